@@ -1,0 +1,3 @@
+from gemini_ckpt.cli import run
+
+run()

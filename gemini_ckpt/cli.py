@@ -1,0 +1,108 @@
+"""The ``gemini-ckpt`` command line.
+
+Subcommands live in ``gemini_ckpt.commands.<name>`` and are imported only when run, so that
+``gemini-ckpt placement`` starts in a blink and never imports torch.
+
+Exit codes: 0 success, 2 bad input (usage errors, invalid scenarios), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+import click
+
+from shared.errors import GeminiError, ScenarioError
+
+# name -> (module under gemini_ckpt.commands, one-line help shown by `gemini-ckpt --help`)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "placement": ("placement", "Show a placement and its probability of recovery from memory."),
+    "validate": ("validate", "Check scenario files against the schema."),
+    "sim": ("sim", "Simulate a scenario under failures (SimPy)."),
+    "real": ("real", "Run a scenario on an emulated cluster with real PyTorch training."),
+    "train": ("train", "Run one trainer process (used by the agents; also runnable by hand)."),
+    "agent": ("agent", "Run a node agent (one per node on a real cluster)."),
+    "bench": ("bench", "Benchmarks of the checkpoint engine and the simulator."),
+    "calibrate": ("calibrate", "Measure this machine or cluster for the simulator."),
+    "report": ("report", "Write an HTML + Markdown report from run folders."),
+    "run": ("run", "The main job: simulate and run a scenario, Gemini and baseline, and report."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in SUBCOMMANDS if _available(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS or not _available(cmd_name):
+            return None
+        module = importlib.import_module(f"gemini_ckpt.commands.{SUBCOMMANDS[cmd_name][0]}")
+        command = getattr(module, "command", None)
+        if not isinstance(command, click.Command):
+            raise RuntimeError(f"gemini_ckpt.commands.{cmd_name} defines no click `command`")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUBCOMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _available(name: str) -> bool:
+    return importlib.util.find_spec(f"gemini_ckpt.commands.{SUBCOMMANDS[name][0]}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="gemini-ckpt")
+def cli(verbose: int) -> None:
+    """Fast failure recovery for distributed training with in-memory checkpoints.
+
+    Simulate a cluster under failures, run real PyTorch training on an emulated cluster with
+    failure injection and recovery, and compare the two.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to exit codes (0 ok, 2 bad input, 1 failure)."""
+    try:
+        cli.main(args=argv, prog_name="gemini-ckpt", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        return 2 if isinstance(error, click.UsageError | click.BadParameter) else error.exit_code
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except ScenarioError as error:
+        click.echo(f"error: {error}", err=True)
+        return 2
+    except GeminiError as error:
+        click.echo(f"error: {error}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry: ``sys.exit`` with ``main``'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""One module per ``gemini-ckpt`` subcommand, imported only when that subcommand runs."""

@@ -1,0 +1,373 @@
+"""Scenario schema: one YAML file describes a run for the simulator and the real harness.
+
+A scenario names the cluster (nodes, accelerators, standby pool, bandwidths, storage), the model
+and training settings, the checkpoint strategy (Gemini in-memory checkpoints or a persistent-
+storage baseline), the failures to inject (an explicit schedule or a stochastic process), the
+detection and recovery settings, and which faces (``sim``, ``real``) it targets.
+
+Every field has a default and a unit in its name (``_s`` seconds, ``_gbit_s`` gigabits per
+second, ``_gbyte_s`` gigabytes per second, ``_gb`` gigabytes, ``_mb`` megabytes). The schema is
+strict: an unknown key, a value of the wrong type or out of range is an error that names the
+field; ``shared.scenario_loader`` turns those errors into one message per field with the file.
+
+The models are pydantic models (frozen, ``extra="forbid"``, strict types) so that the checks,
+the field paths in errors and the defaults come from one well-kept library instead of a loader
+of our own.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GBIT = 1e9 / 8  # bytes per second in one Gbit/s
+GBYTE = 1e9
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class StorageConfig(_Strict):
+    """Persistent storage shared by all nodes (NFS, FSx, S3)."""
+
+    url: str = Field("", description="fsspec URL of the persistent tier for the real harness; "
+                     "empty means a folder inside the run's output folder.")
+    bandwidth_gbit_s: PositiveFloat = Field(20.0, description="Aggregate bandwidth shared by "
+                                            "all writers and readers, Gbit/s.")
+    save_time_s: NonNegativeFloat | None = Field(
+        None, description="Time to serialise one full checkpoint to storage (the paper's 81 s "
+        "with torch.save); default: checkpoint bytes over the aggregate bandwidth.")
+
+
+class ClusterConfig(_Strict):
+    """The machines: nodes, their links, memory, and the standby pool."""
+
+    nodes: int = Field(4, ge=1, le=100_000, description="Number of training nodes N.")
+    accelerators_per_node: int = Field(1, ge=1, le=64, description="Trainer ranks per node.")
+    standby_nodes: int = Field(2, ge=0, description="Healthy spare nodes kept ready.")
+    replacement_s: NonNegativeFloat = Field(
+        0.0, description="Time to bring a standby node into the job, s.")
+    replacement_jitter_s: NonNegativeFloat = Field(
+        0.0, description="Uniform extra replacement time in [0, jitter], s (paper: 4-7 min).")
+    provisioning_delay_s: NonNegativeFloat = Field(
+        300.0, description="Time to provision a new node when the standby pool is empty, s.")
+    cpu_memory_gb: PositiveFloat = Field(24.0, description="CPU memory per node, GB.")
+    network_bandwidth_gbit_s: PositiveFloat = Field(
+        16.0, description="Per-node network link, shared by training and checkpoint traffic.")
+    network_alpha_s: NonNegativeFloat = Field(
+        2e-5, description="Per-message latency of the network (alpha of the alpha-beta model).")
+    copy_bandwidth_gbyte_s: PositiveFloat = Field(
+        6.0, description="Accelerator-to-CPU (or memory) copy bandwidth per node, GB/s.")
+    domains: list[str] | None = Field(
+        None, description="Failure domain (rack, switch) of each node; length must be nodes.")
+    nodes_per_domain: int | None = Field(
+        None, ge=1, description="Alternative to domains: consecutive nodes per domain.")
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> Self:
+        if self.domains is not None and self.nodes_per_domain is not None:
+            raise ValueError("give either domains or nodes_per_domain, not both")
+        if self.domains is not None and len(self.domains) != self.nodes:
+            raise ValueError(
+                f"domains lists {len(self.domains)} entries; it needs one per node ({self.nodes})"
+            )
+        return self
+
+    def domain_names(self) -> list[str] | None:
+        """The failure domain of every node, or None when no domains are configured."""
+        if self.domains is not None:
+            return list(self.domains)
+        if self.nodes_per_domain is not None:
+            return [f"d{i // self.nodes_per_domain}" for i in range(self.nodes)]
+        return None
+
+    @property
+    def network_bytes_per_s(self) -> float:
+        return self.network_bandwidth_gbit_s * GBIT
+
+    @property
+    def copy_bytes_per_s(self) -> float:
+        return self.copy_bandwidth_gbyte_s * GBYTE
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.accelerators_per_node
+
+
+class ModelConfig(_Strict):
+    """The model being trained: its size, and its shape for the real harness's GPT decoder."""
+
+    name: str = "gpt-tiny"
+    parameters: PositiveFloat | None = Field(
+        None, description="Parameter count; default: derived from layers, hidden and vocab.")
+    layers: int = Field(2, ge=1, le=512, description="Decoder layers (real harness).")
+    hidden: int = Field(64, ge=8, le=65_536, description="Model width (real harness).")
+    heads: int = Field(4, ge=1, le=512, description="Attention heads; must divide hidden.")
+    context: int = Field(64, ge=2, le=131_072, description="Context length in tokens.")
+    vocab_size: int = Field(256, ge=2, description="Vocabulary (the byte tokenizer has 256).")
+    checkpoint_bytes_per_parameter: PositiveFloat = Field(
+        12.0, description="Checkpoint bytes per parameter (fp32 master weights + Adam: 12).")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> Self:
+        if self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
+
+    @property
+    def parameter_count(self) -> float:
+        """Parameters: the given count, else a GPT decoder's count from its shape."""
+        if self.parameters is not None:
+            return self.parameters
+        per_layer = 12 * self.hidden * self.hidden + 13 * self.hidden
+        embeddings = (self.vocab_size + self.context) * self.hidden
+        return float(self.layers * per_layer + embeddings + 2 * self.hidden)
+
+    @property
+    def checkpoint_bytes(self) -> float:
+        """Bytes of one full checkpoint of the whole job (all shards together)."""
+        return self.parameter_count * self.checkpoint_bytes_per_parameter
+
+
+class PhaseConfig(_Strict):
+    """One phase of a measured iteration profile."""
+
+    kind: Literal["compute", "communication"]
+    duration_s: PositiveFloat
+
+
+class TrainingConfig(_Strict):
+    """How the model trains: parallelism, batch, speed and the iteration profile."""
+
+    parallelism: Literal["ddp", "zero3"] = "ddp"
+    iterations: int = Field(40, ge=1, description="Iterations to train (real harness).")
+    batch_size_per_rank: int = Field(4, ge=1, description="Sequences per rank per iteration.")
+    learning_rate: PositiveFloat = 3e-3
+    warmup_iterations: int = Field(5, ge=0)
+    iteration_time_s: PositiveFloat | None = Field(
+        None, description="Measured iteration time; default: derived from FLOPs and traffic.")
+    phases: list[PhaseConfig] | None = Field(
+        None, description="Measured profile of one iteration; network idle spans follow.")
+    accelerator_tflops: PositiveFloat = Field(312.0, description="Peak TFLOP/s per accelerator.")
+    efficiency: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.4, description="Fraction of peak FLOP/s reached.")
+    bucket_cap_mb: PositiveFloat = Field(
+        1.0, description="DDP bucket size; fixed across restarts for reproducible results.")
+    corpus: str | None = Field(
+        None, description="Text corpus for the real harness: a file, a folder of text files, "
+        "or a Hugging Face datasets cache folder; default: CPython's shipped documentation.")
+
+
+class CheckpointConfig(_Strict):
+    """The checkpoint strategy: Gemini in memory, or persistent storage only (the baseline)."""
+
+    strategy: Literal["gemini", "persistent"] = "gemini"
+    replicas: int = Field(2, ge=1, description="m: copies of each node's checkpoint, own included.")
+    placement: Literal["auto", "group", "ring", "mixed", "explicit"] = "auto"
+    explicit_placement: list[list[int]] | None = Field(
+        None, description="With placement: explicit, the holders of each node's checkpoint.")
+    traffic: Literal["interleaved", "blocking"] = "interleaved"
+    buffer_mb: PositiveFloat = Field(128.0, description="Staging buffer R for checkpoint chunks.")
+    sub_buffers: int = Field(4, ge=1, description="p: the buffer is split into p sub-buffers.")
+    safety_factor: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.9, description="mu: fraction of each idle span that checkpoint traffic may use.")
+    profiling_iterations: int = Field(20, ge=1, description="Iterations profiled for idle spans.")
+    persist_every_iterations: int | None = Field(
+        None, ge=1, description="Gemini: background persistence every K iterations (none: never).")
+    persistent_interval: Literal["fixed", "strawman", "highfreq", "young", "daly"] = Field(
+        "fixed", description="Baseline interval rule: fixed (persistent_every_iterations or "
+        "persistent_interval_s), strawman (every 3 h), highfreq (every ceil(t_save/T_iter) "
+        "iterations), young or daly (optimal for the failure rate).")
+    persistent_every_iterations: int | None = Field(None, ge=1)
+    persistent_interval_s: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.placement == "explicit" and self.explicit_placement is None:
+            raise ValueError("placement: explicit needs explicit_placement")
+        if self.explicit_placement is not None and self.placement != "explicit":
+            raise ValueError("explicit_placement is only used with placement: explicit")
+        if (
+            self.strategy == "persistent"
+            and self.persistent_interval == "fixed"
+            and self.persistent_every_iterations is None
+            and self.persistent_interval_s is None
+        ):
+            raise ValueError(
+                "a fixed persistent interval needs persistent_every_iterations or "
+                "persistent_interval_s"
+            )
+        return self
+
+    @property
+    def buffer_bytes(self) -> int:
+        return int(self.buffer_mb * 1e6)
+
+
+FailureKindName = Literal["software", "hardware", "network", "root_agent", "group"]
+
+
+class ScheduledFailure(_Strict):
+    """One failure of the explicit schedule, at an iteration or at a time."""
+
+    kind: FailureKindName = Field(
+        description="software: a trainer crashes (CPU memory survives); hardware: the node is "
+        "lost with its memory; network: the node's link goes down (lost); root_agent: the node "
+        "running the root agent is lost; group: every node of one placement group is lost.")
+    nodes: list[int] = Field(min_length=1, description="Nodes failing together (group: any "
+                             "node of the group).")
+    at_iteration: int | None = Field(None, ge=0)
+    at_time_s: NonNegativeFloat | None = None
+    during: Literal["training", "replication", "recovery"] = Field(
+        "training", description="replication: while a checkpoint is being replicated; "
+        "recovery: while the previous failure is being recovered.")
+
+    @model_validator(mode="after")
+    def _check_when(self) -> Self:
+        if (self.at_iteration is None) == (self.at_time_s is None) and self.during != "recovery":
+            raise ValueError("give exactly one of at_iteration or at_time_s")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"nodes lists a node twice: {self.nodes}")
+        return self
+
+
+class FailureProcessConfig(_Strict):
+    """A stochastic failure process per node (and per failure domain)."""
+
+    distribution: Literal["exponential", "weibull"] = "exponential"
+    failures_per_node_per_day: PositiveFloat | None = Field(
+        None, description="Rate per node; 1.5% of instances per day is 0.015.")
+    failures_per_day: PositiveFloat | None = Field(
+        None, description="Rate for the whole cluster, split evenly over nodes.")
+    weibull_shape: PositiveFloat = 1.0
+    hardware_fraction: Fraction = Field(0.5, description="Share of failures losing the node.")
+    domain_failures_per_day: NonNegativeFloat = Field(
+        0.0, description="Rate at which a whole domain fails at once (per domain).")
+
+    @model_validator(mode="after")
+    def _check_rate(self) -> Self:
+        if (self.failures_per_node_per_day is None) == (self.failures_per_day is None):
+            raise ValueError("give exactly one of failures_per_node_per_day or failures_per_day")
+        return self
+
+    def node_mtbf_s(self, nodes: int) -> float:
+        """Mean time between failures of one node, s."""
+        per_node = self.failures_per_node_per_day
+        if per_node is None:
+            assert self.failures_per_day is not None
+            per_node = self.failures_per_day / nodes
+        return 86_400.0 / per_node
+
+
+class FailuresConfig(_Strict):
+    """Failures to inject: an explicit schedule, a stochastic process, or both."""
+
+    schedule: list[ScheduledFailure] = Field(default_factory=list)
+    process: FailureProcessConfig | None = None
+
+
+class DetectionConfig(_Strict):
+    """How failures are noticed."""
+
+    heartbeat_interval_s: PositiveFloat = Field(0.5, description="Agent heartbeat period.")
+    lease_timeout_s: PositiveFloat = Field(
+        3.0, description="A node whose heartbeat lease expires is lost (hardware detection).")
+    exit_report_s: NonNegativeFloat = Field(
+        0.05, description="Time for an agent to report a trainer exit (software detection).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.lease_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"lease_timeout_s ({self.lease_timeout_s}) must exceed heartbeat_interval_s "
+                f"({self.heartbeat_interval_s})"
+            )
+        return self
+
+
+class RecoveryConfig(_Strict):
+    """What a restart costs beyond detection and replacement."""
+
+    stop_s: NonNegativeFloat = Field(1.0, description="Stopping the surviving trainers, s.")
+    restart_s: NonNegativeFloat = Field(
+        5.0, description="Process start to process group ready (the paper's warm-up: 253 s).")
+
+
+class SimConfig(_Strict):
+    """Simulator settings."""
+
+    duration_days: PositiveFloat = Field(1.0, description="Simulated training time, days.")
+    replications: int = Field(1, ge=1, le=10_000, description="Seeds to run (CI over seeds).")
+
+
+class RealConfig(_Strict):
+    """Real-harness settings."""
+
+    mode: Literal["local", "netns"] = "local"
+    store: Literal["embedded", "etcd"] = "embedded"
+    timeout_s: PositiveFloat = Field(900.0, description="Give up on the run after this long.")
+
+
+Target = Literal["sim", "real"]
+
+
+def _sim_only() -> list[Target]:
+    return ["sim"]
+
+
+class Scenario(_Strict):
+    """A whole scenario: what to run, where, and which failures to survive."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    targets: list[Target] = Field(default_factory=_sim_only, min_length=1)
+    seed: int = Field(0, ge=0)
+    cluster: ClusterConfig = ClusterConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    failures: FailuresConfig = FailuresConfig()
+    detection: DetectionConfig = DetectionConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    sim: SimConfig = SimConfig()
+    real: RealConfig = RealConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Self:
+        nodes = self.cluster.nodes
+        if self.checkpoint.replicas > nodes:
+            raise ValueError(
+                f"checkpoint.replicas: {self.checkpoint.replicas} cannot exceed cluster.nodes "
+                f"({nodes})"
+            )
+        explicit = self.checkpoint.explicit_placement
+        if explicit is not None and len(explicit) != nodes:
+            raise ValueError(
+                f"checkpoint.explicit_placement: lists {len(explicit)} nodes; "
+                f"cluster.nodes is {nodes}"
+            )
+        for index, failure in enumerate(self.failures.schedule):
+            bad = [n for n in failure.nodes if not 0 <= n < nodes]
+            if bad:
+                raise ValueError(
+                    f"failures.schedule.{index}.nodes: {bad} out of range 0..{nodes - 1}"
+                )
+        return self
+
+    @property
+    def checkpoint_bytes_per_node(self) -> float:
+        """Bytes each node checkpoints: its share of the whole job's state."""
+        return self.model.checkpoint_bytes / self.cluster.nodes
+
+    def replace(self, **changes: object) -> Scenario:
+        """A copy with some top-level sections replaced, validated again."""
+        data = self.model_dump()
+        data.update(changes)
+        return Scenario.model_validate(data, strict=False)

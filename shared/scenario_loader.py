@@ -1,0 +1,192 @@
+"""Strict loading of scenario YAML files.
+
+``load_scenario`` reads a file, applies ``key.path=value`` overrides (the CLI's ``--set``), and
+validates the document against ``shared.scenario.Scenario``. Whatever is wrong, the caller gets
+one ``ScenarioError`` listing every problem as ``field.path: what is wrong (what is allowed)``,
+never a traceback from the YAML parser or the validator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import ScenarioError
+from shared.scenario import Scenario
+
+
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read, override and validate a scenario file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``dotted.key=value`` strings; the value is read as YAML (``8``, ``ring``,
+            ``[0, 1]``).
+
+    Raises:
+        ScenarioError: the file is missing or unreadable, is not YAML, or breaks the schema.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(source, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(source, [f"cannot read the file: {error}"]) from error
+    return parse_scenario(text, source=source, overrides=overrides)
+
+
+def parse_scenario(text: str, *, source: str = "<string>", overrides: Sequence[str] = ()) -> Scenario:
+    """Validate a scenario given as YAML text; see ``load_scenario``."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ScenarioError(source, [f"not valid YAML: {where}{problem}"]) from None
+    except RecursionError:
+        raise ScenarioError(source, ["not valid YAML: nested too deeply"]) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ScenarioError(
+            source, [f"the top level must be a mapping of keys, got {_type_name(document)}"]
+        )
+    document = apply_overrides(document, overrides, source=source)
+    return validate_document(document, source=source)
+
+
+def validate_document(document: Mapping[str, Any], *, source: str = "<string>") -> Scenario:
+    """Validate an already parsed document."""
+    try:
+        return Scenario.model_validate(document)
+    except ValidationError as error:
+        raise ScenarioError(source, [_describe(item) for item in error.errors()]) from None
+    except RecursionError:
+        raise ScenarioError(source, ["the document is nested too deeply"]) from None
+
+
+def apply_overrides(
+    document: Mapping[str, Any], overrides: Iterable[str], *, source: str = "<string>"
+) -> dict[str, Any]:
+    """A copy of ``document`` with ``dotted.key=value`` overrides applied.
+
+    Intermediate mappings are created as needed; list items are addressed by index
+    (``failures.schedule.0.at_iteration=5``).
+    """
+    result: dict[str, Any] = _deep_copy(dict(document))
+    problems: list[str] = []
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {override!r}: expected key.path=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node: Any = result
+        try:
+            for part in parts[:-1]:
+                node = _step(node, part, create=True)
+            last = parts[-1]
+            if isinstance(node, list):
+                node[int(last)] = value
+            elif isinstance(node, dict):
+                node[last] = value
+            else:
+                raise TypeError
+        except (ValueError, IndexError, TypeError, KeyError):
+            problems.append(f"override {override!r}: {key} does not name a settable field")
+    if problems:
+        raise ScenarioError(source, problems)
+    return result
+
+
+def _step(node: Any, part: str, *, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[int(part)]
+    if not isinstance(node, dict):
+        raise TypeError(part)
+    if part not in node or node[part] is None:
+        if not create:
+            raise KeyError(part)
+        node[part] = {}
+    return node[part]
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _describe(item: Mapping[str, Any]) -> str:
+    """One line for one pydantic error: the field path, the problem, what is allowed."""
+    location = tuple(part for part in item["loc"] if not _is_union_tag(part))
+    path = ".".join(str(part) for part in location) or "(top level)"
+    kind = item["type"]
+    value = item.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(location[:-1])
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    message = str(item["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if kind == "value_error":
+        # Cross-field checks on the whole scenario name their own field path first.
+        return message if not location else f"{path}: {message}"
+    return f"{path}: {message} (got {_short(value)})"
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic adds the member type name ("list[str]", "function-after[...]") to union paths.
+    return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "none"})
+
+
+def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at ``location`` (list indices skipped)."""
+    model: type[BaseModel] | None = Scenario
+    for part in location:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None or get_args(annotation):
+        for argument in get_args(annotation):
+            found = _model_in(argument)
+            if found is not None:
+                return found
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: object) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )

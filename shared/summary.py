@@ -1,0 +1,261 @@
+"""Run summaries: the recovery phases of every failure and the run's totals.
+
+Both the simulator and the real harness derive their ``summary.json`` from their event log
+with ``summarize``, so the phases are measured the same way in both (DESIGN section 5):
+
+- detection: failure injected -> failure detected;
+- stop: detected -> surviving trainers stopped;
+- replacement: stopped -> replacement node ready (hardware failures only, else 0);
+- restart: restart begins -> process group ready;
+- retrieval: process group ready -> state restored;
+- lost progress: iterations recomputed (reached before the failure minus restored) times the
+  failure-free iteration time, plus the part of the iteration in flight when the failure struck;
+- wasted time = lost progress + retrieval (the paper's definition);
+- downtime = failure injected -> training resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.events import Event
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """The recovery of one failure, phase by phase (seconds)."""
+
+    index: int
+    time_s: float
+    kind: str
+    nodes: tuple[int, ...]
+    detection_s: float
+    stop_s: float
+    replacement_s: float
+    restart_s: float
+    retrieval_s: float
+    lost_iterations: int
+    lost_progress_s: float
+    wasted_s: float
+    downtime_s: float
+    tier: str
+    restored_iteration: int | None
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run measured (real) or predicted (sim).
+
+    Attributes:
+        source: "sim" or "real".
+        scenario: the scenario's name.
+        strategy: "gemini" or "persistent".
+        seed: the seed of this run.
+        duration_s: run length (simulated or wall), s.
+        iterations_completed: iterations whose progress survived to the end.
+        iteration_time_s: median iteration time with checkpointing, s.
+        iteration_time_no_ckpt_s: median iteration time without checkpointing, s (None if
+            unknown).
+        failures: one record per failure.
+        checkpoints_per_hour: in-memory (or persistent) checkpoints committed per hour.
+        checkpoint_memory_bytes: CPU memory per node used for checkpoints.
+        extra: face-specific figures.
+    """
+
+    source: str
+    scenario: str
+    strategy: str
+    seed: int
+    duration_s: float
+    iterations_completed: int
+    iteration_time_s: float
+    iteration_time_no_ckpt_s: float | None
+    failures: tuple[FailureRecord, ...]
+    checkpoints_per_hour: float
+    checkpoint_memory_bytes: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_wasted_s(self) -> float:
+        return sum(f.wasted_s for f in self.failures)
+
+    @property
+    def total_downtime_s(self) -> float:
+        return sum(f.downtime_s for f in self.failures)
+
+    @property
+    def mean_wasted_s(self) -> float:
+        return statistics.fmean(f.wasted_s for f in self.failures) if self.failures else 0.0
+
+    @property
+    def mean_downtime_s(self) -> float:
+        return statistics.fmean(f.downtime_s for f in self.failures) if self.failures else 0.0
+
+    @property
+    def fraction_from_memory(self) -> float | None:
+        if not self.failures:
+            return None
+        memory = sum(1 for f in self.failures if f.tier in ("local", "peer"))
+        return memory / len(self.failures)
+
+    @property
+    def ettr(self) -> float:
+        """Effective training time ratio: useful training time over run time."""
+        if self.duration_s <= 0:
+            return 0.0
+        ideal = self.iteration_time_no_ckpt_s or self.iteration_time_s
+        return min(1.0, self.iterations_completed * ideal / self.duration_s)
+
+    @property
+    def checkpoint_overhead(self) -> float | None:
+        """Relative slow-down of an iteration due to checkpointing."""
+        if not self.iteration_time_no_ckpt_s:
+            return None
+        return self.iteration_time_s / self.iteration_time_no_ckpt_s - 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failures"] = [asdict(f) for f in self.failures]
+        data["extra"] = dict(self.extra)
+        data["totals"] = {
+            "failures": len(self.failures),
+            "wasted_s": self.total_wasted_s,
+            "downtime_s": self.total_downtime_s,
+            "mean_wasted_s": self.mean_wasted_s,
+            "mean_downtime_s": self.mean_downtime_s,
+            "fraction_from_memory": self.fraction_from_memory,
+            "ettr": self.ettr,
+            "checkpoint_overhead": self.checkpoint_overhead,
+        }
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunSummary:
+        failures = tuple(
+            FailureRecord(**{**f, "nodes": tuple(f["nodes"])}) for f in data["failures"]
+        )
+        fields = {k: v for k, v in data.items() if k not in ("failures", "totals")}
+        return cls(failures=failures, **fields)
+
+
+def write_summary(path: str | Path, summary: RunSummary) -> None:
+    Path(path).write_text(json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def read_summary(path: str | Path) -> RunSummary:
+    return RunSummary.from_json(json.loads(Path(path).read_text()))
+
+
+def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[FailureRecord, ...]:
+    """Derive one ``FailureRecord`` per failure from an event log.
+
+    Events of one failure carry ``details["failure"]``. When a second failure strikes during
+    the recovery of a first, the first's chain ends at the second's ``failure_injected`` and
+    the first's downtime runs until training resumes after both (marked incomplete only if
+    training never resumed).
+
+    Args:
+        events: the run's events (any order).
+        iteration_time_s: failure-free iteration time, for lost progress.
+    """
+    chains: dict[int, dict[str, Event]] = {}
+    order = sorted(events, key=lambda e: e.time_s)
+    last_iteration = 0
+    progress_since = 0.0  # when the iteration in flight started
+    reached_at_failure: dict[int, tuple[int, float]] = {}
+    resumes: list[float] = []
+    for event in order:
+        if event.kind == "iteration_end" and event.iteration is not None:
+            last_iteration = max(last_iteration, event.iteration)
+            progress_since = max(progress_since, event.time_s)
+        if event.kind in ("training_resumed", "run_started"):
+            resumes.append(event.time_s)
+            progress_since = max(progress_since, event.time_s)
+        index = event.details.get("failure")
+        if not isinstance(index, int) or isinstance(index, bool):
+            continue
+        chain = chains.setdefault(index, {})
+        if event.kind == "failure_injected" and index not in reached_at_failure:
+            # A face that skips uneventful iterations (the simulator) states what was reached.
+            reached = event.details.get("reached_iteration", last_iteration)
+            partial = event.details.get("partial_iteration_s", event.time_s - progress_since)
+            reached_at_failure[index] = (int(reached), float(partial))  # type: ignore[arg-type]
+        # Keep the first event of each kind: the phase starts when the first node reports it.
+        # For state_restored the last one counts: retrieval ends when every rank has its state.
+        if event.kind == "state_restored" or event.kind not in chain:
+            chain[event.kind] = event
+    records = []
+    for index in sorted(chains):
+        chain = chains[index]
+        injected = chain.get("failure_injected")
+        if injected is None:
+            continue
+        reached, partial = reached_at_failure[index]
+        records.append(
+            _record(index, chain, injected, reached, partial, iteration_time_s, resumes)
+        )
+    return tuple(records)
+
+
+def _record(
+    index: int,
+    chain: Mapping[str, Event],
+    injected: Event,
+    reached: int,
+    partial_s: float,
+    iteration_time_s: float,
+    resumes: Sequence[float],
+) -> FailureRecord:
+    t0 = injected.time_s
+
+    def at(kind: str, default: float) -> float:
+        event = chain.get(kind)
+        return event.time_s if event is not None else default
+
+    detected = at("failure_detected", t0)
+    stopped = at("training_stopped", detected)
+    ready = at("replacement_ready", stopped)
+    restart = at("restart_begin", max(stopped, ready))
+    group_ready = at("process_group_ready", restart)
+    restored_event = chain.get("state_restored")
+    restored = restored_event.time_s if restored_event is not None else group_ready
+    resumed_event = chain.get("training_resumed")
+    later = [t for t in resumes if t >= t0]
+    resumed = resumed_event.time_s if resumed_event is not None else (
+        min(later) if later else restored)
+    restored_iteration = restored_event.iteration if restored_event is not None else None
+    tier = str(restored_event.details.get("tier", "unknown")) if restored_event else "none"
+    # Iterations are numbered from 1; restoring iteration r resumes at r + 1. Nothing
+    # restored (start from scratch) loses everything reached.
+    lost = max(0, reached - (restored_iteration if restored_iteration is not None else 0))
+    lost_progress = lost * iteration_time_s + max(0.0, min(partial_s, iteration_time_s))
+    retrieval = max(0.0, restored - group_ready)
+    nodes_value = injected.details.get("nodes")
+    if isinstance(nodes_value, list):
+        nodes = tuple(int(n) for n in nodes_value)
+    else:
+        nodes = () if injected.node is None else (injected.node,)
+    return FailureRecord(
+        index=index,
+        time_s=t0,
+        kind=str(injected.details.get("failure_kind", "unknown")),
+        nodes=nodes,
+        detection_s=max(0.0, detected - t0),
+        stop_s=max(0.0, stopped - detected),
+        replacement_s=max(0.0, ready - stopped) if "replacement_ready" in chain else 0.0,
+        restart_s=max(0.0, group_ready - restart),
+        retrieval_s=retrieval,
+        lost_iterations=lost,
+        lost_progress_s=lost_progress,
+        wasted_s=lost_progress + retrieval,
+        downtime_s=max(0.0, resumed - t0),
+        tier=tier,
+        restored_iteration=restored_iteration,
+        complete=resumed_event is not None or bool(later),
+    )
