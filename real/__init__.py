@@ -1,1 +1,1 @@
-"""real."""
+"""Real harness: PyTorch training with in-memory checkpoints, agents, failure injection."""

@@ -1,0 +1,62 @@
+"""The checkpoint API a training loop calls, whatever the strategy behind it.
+
+A training loop restores once at start and saves after every optimizer step::
+
+    checkpointer = make_checkpointer(...)          # Gemini in-memory engine or DCP baseline
+    restored = checkpointer.restore()              # None: nothing to restore, start fresh
+    start = 1 if restored is None else restored.iteration + 1
+    if restored is not None:
+        trainer.load_state(restored.state)
+    for iteration in range(start, iterations + 1):
+        trainer.step()
+        checkpointer.save(iteration, trainer.state())   # returns once the state is captured
+    checkpointer.close()
+
+``state`` is a nested mapping whose leaves are tensors or JSON values (numbers, strings,
+lists, dicts). ``save`` must have copied every tensor before it returns, so the next optimizer
+step may modify parameters; whatever is sent or written afterwards happens in the background.
+Every implementation lives in ``real/`` and implements ``Checkpointer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Tier = Literal["local", "peer", "persistent"]
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What ``Checkpointer.restore`` found.
+
+    Attributes:
+        iteration: the iteration the state belongs to; training resumes at iteration + 1.
+        tier: where it came from: this node's memory, a peer's memory, or persistent storage.
+        state: the nested state, tensors on CPU.
+        source_node: the node that served it (this node for local, None for persistent).
+        seconds: time spent retrieving and verifying it.
+    """
+
+    iteration: int
+    tier: Tier
+    state: Mapping[str, Any]
+    source_node: int | None
+    seconds: float
+
+
+class Checkpointer(Protocol):
+    """What every checkpoint strategy offers a training loop."""
+
+    def restore(self) -> Restored | None:
+        """Find the newest consistent checkpoint for this rank and load it, or None."""
+        ...
+
+    def save(self, iteration: int, state: Mapping[str, Any]) -> None:
+        """Checkpoint ``state`` after ``iteration``; returns once the tensors are copied."""
+        ...
+
+    def close(self) -> None:
+        """Finish background work (bounded wait) and release every resource."""
+        ...
