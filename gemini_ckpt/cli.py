@@ -78,7 +78,8 @@ def cli(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes (0 ok, 2 bad input, 1 failure)."""
     try:
-        cli.main(args=argv, prog_name="gemini-ckpt", standalone_mode=False)
+        # Without standalone mode click returns a command's Exit code instead of exiting.
+        code = cli.main(args=argv, prog_name="gemini-ckpt", standalone_mode=False)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.ClickException as error:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

@@ -1,0 +1,83 @@
+"""The gemini-ckpt command line: placement and validate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gemini_ckpt.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_placement_json_has_holders_probability_method(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["placement", "-n", "16", "-m", "2", "-k", "2", "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    assert data["holders"]["0"] == [0, 1] and data["holders"]["15"] == [15, 14]
+    assert round(data["probability"], 4) == 0.9333
+    assert data["method"].startswith("exact")
+
+
+def test_placement_ring_and_mixed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["placement", "-n", "16", "-m", "2", "-k", "3", "--strategy", "ring",
+                        "--json"], capsys)
+    assert code == 0 and round(json.loads(out)["probability"], 4) == 0.6286
+    code, out, _ = run(["placement", "-n", "5", "-m", "2", "--json"], capsys)
+    data = json.loads(out)
+    assert data["strategy"] == "mixed" and data["groups"][0] == [0, 1]
+
+
+def test_placement_large_cluster_uses_counting(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["placement", "-n", "1000", "-m", "2", "-k", "5", "--json"], capsys)
+    assert code == 0 and json.loads(out)["method"] == "exact-counting"
+
+
+def test_placement_domain_failures_use_monte_carlo(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["placement", "-n", "40", "-m", "2", "-k", "2", "--domains", "10",
+                        "--domain-failures", "1", "--trials", "20000", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["method"] == "monte-carlo"
+    assert data["ci_low"] <= data["probability"] <= data["ci_high"]
+
+
+def test_placement_table_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["placement", "-n", "4", "-m", "2", "-k", "2"], capsys)
+    assert code == 0 and "0.6667" in out and "group placement" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["placement", "-n", "4", "-m", "5"], ["placement", "-n", "4", "-m", "3", "--strategy",
+     "group"], ["placement", "-n", "4", "-m", "2", "-k", "9"], ["placement", "-n", "4"],
+     ["placement", "-n", "4", "-m", "2", "--domains", "a,b"], ["no-such-command"]],
+)
+def test_bad_input_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(args, capsys)
+    assert code == 2 and err
+
+
+def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = str(REPO / "scenarios" / "quickstart.yaml")
+    code, out, _ = run(["validate", good], capsys)
+    assert code == 0 and "ok" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\ncluster: {nodes: -2}\n")
+    code, _, err = run(["validate", good, str(bad)], capsys)
+    assert code == 2 and "cluster.nodes" in err and str(bad) in err
+
+
+def test_console_script_runs_as_a_module() -> None:
+    done = subprocess.run([sys.executable, "-m", "gemini_ckpt", "--help"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0 and "placement" in done.stdout

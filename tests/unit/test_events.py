@@ -1,0 +1,109 @@
+"""The shared event schema and the summary derived from events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.events import Event, read_events, write_events
+from shared.summary import RunSummary, failure_records, read_summary, write_summary
+
+
+def test_events_round_trip_through_jsonl(tmp_path: Path) -> None:
+    events = [
+        Event(0.0, "run_started"),
+        Event(1.5, "iteration_end", node=0, rank=0, iteration=1, details={"duration_s": 1.5}),
+        Event(2.0, "state_restored", node=1, rank=1, iteration=1, details={"tier": "peer"}),
+    ]
+    path = tmp_path / "events.jsonl"
+    write_events(path, events)
+    assert read_events(path) == events
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_unknown_kind_and_bad_fields_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown event kind"):
+        Event(0.0, "exploded")
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({"time_s": "soon", "kind": "run_started"}) + "\n")
+    with pytest.raises(ValueError, match=r"events.jsonl:1: time_s must be a number"):
+        read_events(path)
+    path.write_text(json.dumps({"time_s": 1, "kind": "run_started", "when": 2}) + "\n")
+    with pytest.raises(ValueError, match="unknown event fields"):
+        read_events(path)
+
+
+def chain(index: int, t0: float, kind: str, *, hardware: bool, restored: int, tier: str,
+          reached: int | None = None) -> list[Event]:
+    failure = {"failure": index}
+    injected = {**failure, "failure_kind": kind, "nodes": [1]}
+    if reached is not None:
+        injected["reached_iteration"] = reached
+        injected["partial_iteration_s"] = 0.25
+    events = [
+        Event(t0, "failure_injected", node=1, details=injected),
+        Event(t0 + 1.0, "failure_detected", node=0, details=failure),
+        Event(t0 + 1.5, "training_stopped", details=failure),
+    ]
+    restart = t0 + 1.5
+    if hardware:
+        events.append(Event(t0 + 4.5, "replacement_ready", node=1, details=failure))
+        restart = t0 + 4.5
+    events += [
+        Event(restart, "restart_begin", details=failure),
+        Event(restart + 2.0, "process_group_ready", details=failure),
+        Event(restart + 2.2, "state_restored", rank=0, iteration=restored,
+              details={**failure, "tier": tier}),
+        Event(restart + 2.5, "state_restored", rank=1, iteration=restored,
+              details={**failure, "tier": tier}),
+        Event(restart + 2.6, "training_resumed", details=failure),
+    ]
+    return events
+
+
+def test_failure_phases_from_an_event_chain() -> None:
+    iterations = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 11)]
+    # Failure at t=10.5: iteration 10 ended at t=10, so 0.5 s of iteration 11 was in flight.
+    events = iterations + chain(0, 10.5, "hardware", hardware=True, restored=9, tier="peer")
+    [record] = failure_records(events, iteration_time_s=1.0)
+    assert record.kind == "hardware" and record.nodes == (1,)
+    assert record.detection_s == pytest.approx(1.0)
+    assert record.stop_s == pytest.approx(0.5)
+    assert record.replacement_s == pytest.approx(3.0)
+    assert record.restart_s == pytest.approx(2.0)
+    assert record.retrieval_s == pytest.approx(0.5)  # until the last rank has its state
+    assert record.lost_iterations == 1
+    assert record.lost_progress_s == pytest.approx(1.5)
+    assert record.wasted_s == pytest.approx(2.0)
+    assert record.downtime_s == pytest.approx(7.1)
+    assert (record.tier, record.restored_iteration, record.complete) == ("peer", 9, True)
+
+
+def test_software_failure_has_no_replacement_and_simulator_fields_win() -> None:
+    events = chain(3, 100.0, "software", hardware=False, restored=40, tier="local", reached=42)
+    [record] = failure_records(events, iteration_time_s=2.0)
+    assert record.index == 3 and record.replacement_s == 0.0
+    assert record.lost_iterations == 2
+    assert record.lost_progress_s == pytest.approx(4.25)
+
+
+def test_summary_totals_and_json_round_trip(tmp_path: Path) -> None:
+    events = chain(0, 10.0, "software", hardware=False, restored=5, tier="local", reached=6)
+    events += chain(1, 50.0, "hardware", hardware=True, restored=20, tier="persistent",
+                    reached=30)
+    records = failure_records(events, iteration_time_s=1.0)
+    summary = RunSummary(
+        source="sim", scenario="t", strategy="gemini", seed=0, duration_s=100.0,
+        iterations_completed=80, iteration_time_s=1.05, iteration_time_no_ckpt_s=1.0,
+        failures=records, checkpoints_per_hour=3600.0, checkpoint_memory_bytes=1e9,
+    )
+    assert summary.fraction_from_memory == 0.5
+    assert summary.ettr == pytest.approx(0.8)
+    assert summary.checkpoint_overhead == pytest.approx(0.05)
+    assert summary.total_wasted_s == pytest.approx(sum(r.wasted_s for r in records))
+    path = tmp_path / "summary.json"
+    write_summary(path, summary)
+    assert read_summary(path) == summary
+    assert json.loads(path.read_text())["totals"]["failures"] == 2
