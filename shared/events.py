@@ -112,8 +112,11 @@ class Event:
 
 def event_sort_key(event: Event) -> tuple[float, int, int]:
     """Order events by time, then node, then rank (None first)."""
-    return (event.time_s, -1 if event.node is None else event.node,
-            -1 if event.rank is None else event.rank)
+    return (
+        event.time_s,
+        -1 if event.node is None else event.node,
+        -1 if event.rank is None else event.rank,
+    )
 
 
 def write_events(path: str | Path, events: Iterable[Event]) -> None:

@@ -36,13 +36,19 @@ class _Strict(BaseModel):
 class StorageConfig(_Strict):
     """Persistent storage shared by all nodes (NFS, FSx, S3)."""
 
-    url: str = Field("", description="fsspec URL of the persistent tier for the real harness; "
-                     "empty means a folder inside the run's output folder.")
-    bandwidth_gbit_s: PositiveFloat = Field(20.0, description="Aggregate bandwidth shared by "
-                                            "all writers and readers, Gbit/s.")
+    url: str = Field(
+        "",
+        description="fsspec URL of the persistent tier for the real harness; "
+        "empty means a folder inside the run's output folder.",
+    )
+    bandwidth_gbit_s: PositiveFloat = Field(
+        20.0, description="Aggregate bandwidth shared by all writers and readers, Gbit/s."
+    )
     save_time_s: NonNegativeFloat | None = Field(
-        None, description="Time to serialise one full checkpoint to storage (the paper's 81 s "
-        "with torch.save); default: checkpoint bytes over the aggregate bandwidth.")
+        None,
+        description="Time to serialise one full checkpoint to storage (the paper's 81 s "
+        "with torch.save); default: checkpoint bytes over the aggregate bandwidth.",
+    )
 
 
 class ClusterConfig(_Strict):
@@ -52,22 +58,30 @@ class ClusterConfig(_Strict):
     accelerators_per_node: int = Field(1, ge=1, le=64, description="Trainer ranks per node.")
     standby_nodes: int = Field(2, ge=0, description="Healthy spare nodes kept ready.")
     replacement_s: NonNegativeFloat = Field(
-        0.0, description="Time to bring a standby node into the job, s.")
+        0.0, description="Time to bring a standby node into the job, s."
+    )
     replacement_jitter_s: NonNegativeFloat = Field(
-        0.0, description="Uniform extra replacement time in [0, jitter], s (paper: 4-7 min).")
+        0.0, description="Uniform extra replacement time in [0, jitter], s (paper: 4-7 min)."
+    )
     provisioning_delay_s: NonNegativeFloat = Field(
-        300.0, description="Time to provision a new node when the standby pool is empty, s.")
+        300.0, description="Time to provision a new node when the standby pool is empty, s."
+    )
     cpu_memory_gb: PositiveFloat = Field(24.0, description="CPU memory per node, GB.")
     network_bandwidth_gbit_s: PositiveFloat = Field(
-        16.0, description="Per-node network link, shared by training and checkpoint traffic.")
+        16.0, description="Per-node network link, shared by training and checkpoint traffic."
+    )
     network_alpha_s: NonNegativeFloat = Field(
-        2e-5, description="Per-message latency of the network (alpha of the alpha-beta model).")
+        2e-5, description="Per-message latency of the network (alpha of the alpha-beta model)."
+    )
     copy_bandwidth_gbyte_s: PositiveFloat = Field(
-        6.0, description="Accelerator-to-CPU (or memory) copy bandwidth per node, GB/s.")
+        6.0, description="Accelerator-to-CPU (or memory) copy bandwidth per node, GB/s."
+    )
     domains: list[str] | None = Field(
-        None, description="Failure domain (rack, switch) of each node; length must be nodes.")
+        None, description="Failure domain (rack, switch) of each node; length must be nodes."
+    )
     nodes_per_domain: int | None = Field(
-        None, ge=1, description="Alternative to domains: consecutive nodes per domain.")
+        None, ge=1, description="Alternative to domains: consecutive nodes per domain."
+    )
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
@@ -106,14 +120,16 @@ class ModelConfig(_Strict):
 
     name: str = "gpt-tiny"
     parameters: PositiveFloat | None = Field(
-        None, description="Parameter count; default: derived from layers, hidden and vocab.")
+        None, description="Parameter count; default: derived from layers, hidden and vocab."
+    )
     layers: int = Field(2, ge=1, le=512, description="Decoder layers (real harness).")
     hidden: int = Field(64, ge=8, le=65_536, description="Model width (real harness).")
     heads: int = Field(4, ge=1, le=512, description="Attention heads; must divide hidden.")
     context: int = Field(64, ge=2, le=131_072, description="Context length in tokens.")
     vocab_size: int = Field(256, ge=2, description="Vocabulary (the byte tokenizer has 256).")
     checkpoint_bytes_per_parameter: PositiveFloat = Field(
-        12.0, description="Checkpoint bytes per parameter (fp32 master weights + Adam: 12).")
+        12.0, description="Checkpoint bytes per parameter (fp32 master weights + Adam: 12)."
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> Self:
@@ -152,17 +168,23 @@ class TrainingConfig(_Strict):
     learning_rate: PositiveFloat = 3e-3
     warmup_iterations: int = Field(5, ge=0)
     iteration_time_s: PositiveFloat | None = Field(
-        None, description="Measured iteration time; default: derived from FLOPs and traffic.")
+        None, description="Measured iteration time; default: derived from FLOPs and traffic."
+    )
     phases: list[PhaseConfig] | None = Field(
-        None, description="Measured profile of one iteration; network idle spans follow.")
+        None, description="Measured profile of one iteration; network idle spans follow."
+    )
     accelerator_tflops: PositiveFloat = Field(312.0, description="Peak TFLOP/s per accelerator.")
     efficiency: Annotated[float, Field(gt=0, le=1)] = Field(
-        0.4, description="Fraction of peak FLOP/s reached.")
+        0.4, description="Fraction of peak FLOP/s reached."
+    )
     bucket_cap_mb: PositiveFloat = Field(
-        1.0, description="DDP bucket size; fixed across restarts for reproducible results.")
+        1.0, description="DDP bucket size; fixed across restarts for reproducible results."
+    )
     corpus: str | None = Field(
-        None, description="Text corpus for the real harness: a file, a folder of text files, "
-        "or a Hugging Face datasets cache folder; default: CPython's shipped documentation.")
+        None,
+        description="Text corpus for the real harness: a file, a folder of text files, "
+        "or a Hugging Face datasets cache folder; default: CPython's shipped documentation.",
+    )
 
 
 class CheckpointConfig(_Strict):
@@ -172,19 +194,24 @@ class CheckpointConfig(_Strict):
     replicas: int = Field(2, ge=1, description="m: copies of each node's checkpoint, own included.")
     placement: Literal["auto", "group", "ring", "mixed", "explicit"] = "auto"
     explicit_placement: list[list[int]] | None = Field(
-        None, description="With placement: explicit, the holders of each node's checkpoint.")
+        None, description="With placement: explicit, the holders of each node's checkpoint."
+    )
     traffic: Literal["interleaved", "blocking"] = "interleaved"
     buffer_mb: PositiveFloat = Field(128.0, description="Staging buffer R for checkpoint chunks.")
     sub_buffers: int = Field(4, ge=1, description="p: the buffer is split into p sub-buffers.")
     safety_factor: Annotated[float, Field(gt=0, le=1)] = Field(
-        0.9, description="mu: fraction of each idle span that checkpoint traffic may use.")
+        0.9, description="mu: fraction of each idle span that checkpoint traffic may use."
+    )
     profiling_iterations: int = Field(20, ge=1, description="Iterations profiled for idle spans.")
     persist_every_iterations: int | None = Field(
-        None, ge=1, description="Gemini: background persistence every K iterations (none: never).")
+        None, ge=1, description="Gemini: background persistence every K iterations (none: never)."
+    )
     persistent_interval: Literal["fixed", "strawman", "highfreq", "young", "daly"] = Field(
-        "fixed", description="Baseline interval rule: fixed (persistent_every_iterations or "
+        "fixed",
+        description="Baseline interval rule: fixed (persistent_every_iterations or "
         "persistent_interval_s), strawman (every 3 h), highfreq (every ceil(t_save/T_iter) "
-        "iterations), young or daly (optimal for the failure rate).")
+        "iterations), young or daly (optimal for the failure rate).",
+    )
     persistent_every_iterations: int | None = Field(None, ge=1)
     persistent_interval_s: PositiveFloat | None = None
 
@@ -220,14 +247,18 @@ class ScheduledFailure(_Strict):
     kind: FailureKindName = Field(
         description="software: a trainer crashes (CPU memory survives); hardware: the node is "
         "lost with its memory; network: the node's link goes down (lost); root_agent: the node "
-        "running the root agent is lost; group: every node of one placement group is lost.")
-    nodes: list[int] = Field(min_length=1, description="Nodes failing together (group: any "
-                             "node of the group).")
+        "running the root agent is lost; group: every node of one placement group is lost."
+    )
+    nodes: list[int] = Field(
+        min_length=1, description="Nodes failing together (group: any node of the group)."
+    )
     at_iteration: int | None = Field(None, ge=0)
     at_time_s: NonNegativeFloat | None = None
     during: Literal["training", "replication", "recovery"] = Field(
-        "training", description="replication: while a checkpoint is being replicated; "
-        "recovery: while the previous failure is being recovered.")
+        "training",
+        description="replication: while a checkpoint is being replicated; "
+        "recovery: while the previous failure is being recovered.",
+    )
 
     @model_validator(mode="after")
     def _check_when(self) -> Self:
@@ -243,13 +274,16 @@ class FailureProcessConfig(_Strict):
 
     distribution: Literal["exponential", "weibull"] = "exponential"
     failures_per_node_per_day: PositiveFloat | None = Field(
-        None, description="Rate per node; 1.5% of instances per day is 0.015.")
+        None, description="Rate per node; 1.5% of instances per day is 0.015."
+    )
     failures_per_day: PositiveFloat | None = Field(
-        None, description="Rate for the whole cluster, split evenly over nodes.")
+        None, description="Rate for the whole cluster, split evenly over nodes."
+    )
     weibull_shape: PositiveFloat = 1.0
     hardware_fraction: Fraction = Field(0.5, description="Share of failures losing the node.")
     domain_failures_per_day: NonNegativeFloat = Field(
-        0.0, description="Rate at which a whole domain fails at once (per domain).")
+        0.0, description="Rate at which a whole domain fails at once (per domain)."
+    )
 
     @model_validator(mode="after")
     def _check_rate(self) -> Self:
@@ -278,9 +312,11 @@ class DetectionConfig(_Strict):
 
     heartbeat_interval_s: PositiveFloat = Field(0.5, description="Agent heartbeat period.")
     lease_timeout_s: PositiveFloat = Field(
-        3.0, description="A node whose heartbeat lease expires is lost (hardware detection).")
+        3.0, description="A node whose heartbeat lease expires is lost (hardware detection)."
+    )
     exit_report_s: NonNegativeFloat = Field(
-        0.05, description="Time for an agent to report a trainer exit (software detection).")
+        0.05, description="Time for an agent to report a trainer exit (software detection)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -297,7 +333,8 @@ class RecoveryConfig(_Strict):
 
     stop_s: NonNegativeFloat = Field(1.0, description="Stopping the surviving trainers, s.")
     restart_s: NonNegativeFloat = Field(
-        5.0, description="Process start to process group ready (the paper's warm-up: 253 s).")
+        5.0, description="Process start to process group ready (the paper's warm-up: 253 s)."
+    )
 
 
 class SimConfig(_Strict):

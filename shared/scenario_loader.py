@@ -40,7 +40,9 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     return parse_scenario(text, source=source, overrides=overrides)
 
 
-def parse_scenario(text: str, *, source: str = "<string>", overrides: Sequence[str] = ()) -> Scenario:
+def parse_scenario(
+    text: str, *, source: str = "<string>", overrides: Sequence[str] = ()
+) -> Scenario:
     """Validate a scenario given as YAML text; see ``load_scenario``."""
     try:
         document = yaml.safe_load(text)

@@ -197,9 +197,7 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
         if injected is None:
             continue
         reached, partial = reached_at_failure[index]
-        records.append(
-            _record(index, chain, injected, reached, partial, iteration_time_s, resumes)
-        )
+        records.append(_record(index, chain, injected, reached, partial, iteration_time_s, resumes))
     return tuple(records)
 
 
@@ -227,8 +225,9 @@ def _record(
     restored = restored_event.time_s if restored_event is not None else group_ready
     resumed_event = chain.get("training_resumed")
     later = [t for t in resumes if t >= t0]
-    resumed = resumed_event.time_s if resumed_event is not None else (
-        min(later) if later else restored)
+    resumed = (
+        resumed_event.time_s if resumed_event is not None else (min(later) if later else restored)
+    )
     restored_iteration = restored_event.iteration if restored_event is not None else None
     tier = str(restored_event.details.get("tier", "unknown")) if restored_event else "none"
     # Iterations are numbered from 1; restoring iteration r resumes at r + 1. Nothing

@@ -30,8 +30,9 @@ def test_placement_json_has_holders_probability_method(capsys: pytest.CaptureFix
 
 
 def test_placement_ring_and_mixed(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["placement", "-n", "16", "-m", "2", "-k", "3", "--strategy", "ring",
-                        "--json"], capsys)
+    code, out, _ = run(
+        ["placement", "-n", "16", "-m", "2", "-k", "3", "--strategy", "ring", "--json"], capsys
+    )
     assert code == 0 and round(json.loads(out)["probability"], 4) == 0.6286
     code, out, _ = run(["placement", "-n", "5", "-m", "2", "--json"], capsys)
     data = json.loads(out)
@@ -44,8 +45,25 @@ def test_placement_large_cluster_uses_counting(capsys: pytest.CaptureFixture[str
 
 
 def test_placement_domain_failures_use_monte_carlo(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["placement", "-n", "40", "-m", "2", "-k", "2", "--domains", "10",
-                        "--domain-failures", "1", "--trials", "20000", "--json"], capsys)
+    code, out, _ = run(
+        [
+            "placement",
+            "-n",
+            "40",
+            "-m",
+            "2",
+            "-k",
+            "2",
+            "--domains",
+            "10",
+            "--domain-failures",
+            "1",
+            "--trials",
+            "20000",
+            "--json",
+        ],
+        capsys,
+    )
     data = json.loads(out)
     assert code == 0 and data["method"] == "monte-carlo"
     assert data["ci_low"] <= data["probability"] <= data["ci_high"]
@@ -58,9 +76,14 @@ def test_placement_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["placement", "-n", "4", "-m", "5"], ["placement", "-n", "4", "-m", "3", "--strategy",
-     "group"], ["placement", "-n", "4", "-m", "2", "-k", "9"], ["placement", "-n", "4"],
-     ["placement", "-n", "4", "-m", "2", "--domains", "a,b"], ["no-such-command"]],
+    [
+        ["placement", "-n", "4", "-m", "5"],
+        ["placement", "-n", "4", "-m", "3", "--strategy", "group"],
+        ["placement", "-n", "4", "-m", "2", "-k", "9"],
+        ["placement", "-n", "4"],
+        ["placement", "-n", "4", "-m", "2", "--domains", "a,b"],
+        ["no-such-command"],
+    ],
 )
 def test_bad_input_exits_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(args, capsys)
@@ -78,6 +101,11 @@ def test_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_console_script_runs_as_a_module() -> None:
-    done = subprocess.run([sys.executable, "-m", "gemini_ckpt", "--help"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "gemini_ckpt", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and "placement" in done.stdout

@@ -35,8 +35,16 @@ def test_unknown_kind_and_bad_fields_are_rejected(tmp_path: Path) -> None:
         read_events(path)
 
 
-def chain(index: int, t0: float, kind: str, *, hardware: bool, restored: int, tier: str,
-          reached: int | None = None) -> list[Event]:
+def chain(
+    index: int,
+    t0: float,
+    kind: str,
+    *,
+    hardware: bool,
+    restored: int,
+    tier: str,
+    reached: int | None = None,
+) -> list[Event]:
     failure = {"failure": index}
     injected = {**failure, "failure_kind": kind, "nodes": [1]}
     if reached is not None:
@@ -54,10 +62,20 @@ def chain(index: int, t0: float, kind: str, *, hardware: bool, restored: int, ti
     events += [
         Event(restart, "restart_begin", details=failure),
         Event(restart + 2.0, "process_group_ready", details=failure),
-        Event(restart + 2.2, "state_restored", rank=0, iteration=restored,
-              details={**failure, "tier": tier}),
-        Event(restart + 2.5, "state_restored", rank=1, iteration=restored,
-              details={**failure, "tier": tier}),
+        Event(
+            restart + 2.2,
+            "state_restored",
+            rank=0,
+            iteration=restored,
+            details={**failure, "tier": tier},
+        ),
+        Event(
+            restart + 2.5,
+            "state_restored",
+            rank=1,
+            iteration=restored,
+            details={**failure, "tier": tier},
+        ),
         Event(restart + 2.6, "training_resumed", details=failure),
     ]
     return events
@@ -91,13 +109,20 @@ def test_software_failure_has_no_replacement_and_simulator_fields_win() -> None:
 
 def test_summary_totals_and_json_round_trip(tmp_path: Path) -> None:
     events = chain(0, 10.0, "software", hardware=False, restored=5, tier="local", reached=6)
-    events += chain(1, 50.0, "hardware", hardware=True, restored=20, tier="persistent",
-                    reached=30)
+    events += chain(1, 50.0, "hardware", hardware=True, restored=20, tier="persistent", reached=30)
     records = failure_records(events, iteration_time_s=1.0)
     summary = RunSummary(
-        source="sim", scenario="t", strategy="gemini", seed=0, duration_s=100.0,
-        iterations_completed=80, iteration_time_s=1.05, iteration_time_no_ckpt_s=1.0,
-        failures=records, checkpoints_per_hour=3600.0, checkpoint_memory_bytes=1e9,
+        source="sim",
+        scenario="t",
+        strategy="gemini",
+        seed=0,
+        duration_s=100.0,
+        iterations_completed=80,
+        iteration_time_s=1.05,
+        iteration_time_no_ckpt_s=1.0,
+        failures=records,
+        checkpoints_per_hour=3600.0,
+        checkpoint_memory_bytes=1e9,
     )
     assert summary.fraction_from_memory == 0.5
     assert summary.ettr == pytest.approx(0.8)

@@ -9,8 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "shared": {"torch", "simpy", "sim", "real", "analysis", "gemini_ckpt", "matplotlib",
-               "seaborn"},
+    "shared": {"torch", "simpy", "sim", "real", "analysis", "gemini_ckpt", "matplotlib", "seaborn"},
     "analysis": {"sim", "real", "torch", "simpy"},
     "sim": {"real", "analysis", "torch"},
     "real": {"sim", "analysis", "simpy"},
