@@ -17,7 +17,8 @@ of our own.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from types import UnionType
+from typing import Annotated, Literal, Self, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -118,7 +119,7 @@ class ClusterConfig(_Strict):
 class ModelConfig(_Strict):
     """The model being trained: its size, and its shape for the real harness's GPT decoder."""
 
-    name: str = "gpt-tiny"
+    name: str = Field("gpt-tiny", description="Label of the model in reports.")
     parameters: PositiveFloat | None = Field(
         None, description="Parameter count; default: derived from layers, hidden and vocab."
     )
@@ -155,18 +156,24 @@ class ModelConfig(_Strict):
 class PhaseConfig(_Strict):
     """One phase of a measured iteration profile."""
 
-    kind: Literal["compute", "communication"]
-    duration_s: PositiveFloat
+    kind: Literal["compute", "communication"] = Field(
+        description="compute leaves the network idle; communication keeps it busy."
+    )
+    duration_s: PositiveFloat = Field(description="Length of the phase, s.")
 
 
 class TrainingConfig(_Strict):
     """How the model trains: parallelism, batch, speed and the iteration profile."""
 
-    parallelism: Literal["ddp", "zero3"] = "ddp"
+    parallelism: Literal["ddp", "zero3"] = Field(
+        "ddp",
+        description="ddp: replicated model (DistributedDataParallel); zero3: sharded "
+        "model and optimizer (ZeRO-3 / FSDP2), about 1.5x the traffic of DDP.",
+    )
     iterations: int = Field(40, ge=1, description="Iterations to train (real harness).")
     batch_size_per_rank: int = Field(4, ge=1, description="Sequences per rank per iteration.")
-    learning_rate: PositiveFloat = 3e-3
-    warmup_iterations: int = Field(5, ge=0)
+    learning_rate: PositiveFloat = Field(3e-3, description="Peak learning rate (AdamW).")
+    warmup_iterations: int = Field(5, ge=0, description="Linear warm-up, then cosine decay.")
     iteration_time_s: PositiveFloat | None = Field(
         None, description="Measured iteration time; default: derived from FLOPs and traffic."
     )
@@ -190,13 +197,25 @@ class TrainingConfig(_Strict):
 class CheckpointConfig(_Strict):
     """The checkpoint strategy: Gemini in memory, or persistent storage only (the baseline)."""
 
-    strategy: Literal["gemini", "persistent"] = "gemini"
+    strategy: Literal["gemini", "persistent"] = Field(
+        "gemini",
+        description="gemini: every iteration to CPU memory with m replicas; "
+        "persistent: the baseline, checkpoints to persistent storage only.",
+    )
     replicas: int = Field(2, ge=1, description="m: copies of each node's checkpoint, own included.")
-    placement: Literal["auto", "group", "ring", "mixed", "explicit"] = "auto"
+    placement: Literal["auto", "group", "ring", "mixed", "explicit"] = Field(
+        "auto",
+        description="Who holds replicas: group, ring, mixed, explicit; auto: group "
+        "when replicas divide nodes, else mixed. Domains (cluster) are honoured when possible.",
+    )
     explicit_placement: list[list[int]] | None = Field(
         None, description="With placement: explicit, the holders of each node's checkpoint."
     )
-    traffic: Literal["interleaved", "blocking"] = "interleaved"
+    traffic: Literal["interleaved", "blocking"] = Field(
+        "interleaved",
+        description="interleaved: checkpoint traffic in the idle spans of "
+        "training traffic; blocking: sent after the step while training waits.",
+    )
     buffer_mb: PositiveFloat = Field(128.0, description="Staging buffer R for checkpoint chunks.")
     sub_buffers: int = Field(4, ge=1, description="p: the buffer is split into p sub-buffers.")
     safety_factor: Annotated[float, Field(gt=0, le=1)] = Field(
@@ -212,8 +231,12 @@ class CheckpointConfig(_Strict):
         "persistent_interval_s), strawman (every 3 h), highfreq (every ceil(t_save/T_iter) "
         "iterations), young or daly (optimal for the failure rate).",
     )
-    persistent_every_iterations: int | None = Field(None, ge=1)
-    persistent_interval_s: PositiveFloat | None = None
+    persistent_every_iterations: int | None = Field(
+        None, ge=1, description="Baseline with a fixed interval: save every K iterations."
+    )
+    persistent_interval_s: float | None = Field(
+        None, gt=0, description="Baseline with a fixed interval: save every this many s."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -252,8 +275,8 @@ class ScheduledFailure(_Strict):
     nodes: list[int] = Field(
         min_length=1, description="Nodes failing together (group: any node of the group)."
     )
-    at_iteration: int | None = Field(None, ge=0)
-    at_time_s: NonNegativeFloat | None = None
+    at_iteration: int | None = Field(None, ge=0, description="Fail once this iteration has ended.")
+    at_time_s: float | None = Field(None, ge=0, description="Fail at this run time, s.")
     during: Literal["training", "replication", "recovery"] = Field(
         "training",
         description="replication: while a checkpoint is being replicated; "
@@ -272,14 +295,18 @@ class ScheduledFailure(_Strict):
 class FailureProcessConfig(_Strict):
     """A stochastic failure process per node (and per failure domain)."""
 
-    distribution: Literal["exponential", "weibull"] = "exponential"
+    distribution: Literal["exponential", "weibull"] = Field(
+        "exponential", description="Time between a node's failures."
+    )
     failures_per_node_per_day: PositiveFloat | None = Field(
         None, description="Rate per node; 1.5% of instances per day is 0.015."
     )
     failures_per_day: PositiveFloat | None = Field(
         None, description="Rate for the whole cluster, split evenly over nodes."
     )
-    weibull_shape: PositiveFloat = 1.0
+    weibull_shape: PositiveFloat = Field(
+        1.0, description="Weibull shape k (< 1: infant mortality); the mean stays 1/rate."
+    )
     hardware_fraction: Fraction = Field(0.5, description="Share of failures losing the node.")
     domain_failures_per_day: NonNegativeFloat = Field(
         0.0, description="Rate at which a whole domain fails at once (per domain)."
@@ -303,8 +330,12 @@ class FailureProcessConfig(_Strict):
 class FailuresConfig(_Strict):
     """Failures to inject: an explicit schedule, a stochastic process, or both."""
 
-    schedule: list[ScheduledFailure] = Field(default_factory=list)
-    process: FailureProcessConfig | None = None
+    schedule: list[ScheduledFailure] = Field(
+        default_factory=list, description="Explicit failures (see failures.schedule items)."
+    )
+    process: FailureProcessConfig | None = Field(
+        None, description="Stochastic failures (see failures.process)."
+    )
 
 
 class DetectionConfig(_Strict):
@@ -347,8 +378,14 @@ class SimConfig(_Strict):
 class RealConfig(_Strict):
     """Real-harness settings."""
 
-    mode: Literal["local", "netns"] = "local"
-    store: Literal["embedded", "etcd"] = "embedded"
+    mode: Literal["local", "netns"] = Field(
+        "local",
+        description="local: every node's processes on loopback (no privileges); "
+        "netns: every node a network namespace with tc bandwidth limits (root).",
+    )
+    store: Literal["embedded", "etcd"] = Field(
+        "embedded", description="Key-value store: embedded (torch TCPStore) or etcd."
+    )
     timeout_s: PositiveFloat = Field(900.0, description="Give up on the run after this long.")
 
 
@@ -362,10 +399,12 @@ def _sim_only() -> list[Target]:
 class Scenario(_Strict):
     """A whole scenario: what to run, where, and which failures to survive."""
 
-    name: str = Field(min_length=1)
-    description: str = ""
-    targets: list[Target] = Field(default_factory=_sim_only, min_length=1)
-    seed: int = Field(0, ge=0)
+    name: str = Field(min_length=1, description="Short name; result folders carry it.")
+    description: str = Field("", description="One line saying what the scenario shows.")
+    targets: list[Target] = Field(
+        default_factory=_sim_only, min_length=1, description="Faces that run it: sim, real."
+    )
+    seed: int = Field(0, ge=0, description="Seed of every random choice (data, failures).")
     cluster: ClusterConfig = ClusterConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
@@ -408,3 +447,66 @@ class Scenario(_Strict):
         data = self.model_dump()
         data.update(changes)
         return Scenario.model_validate(data, strict=False)
+
+
+def schema_markdown() -> str:
+    """Every scenario field as Markdown tables, one per section (for docs/scenarios.md)."""
+    lines = [
+        "# Scenario fields",
+        "",
+        "Generated from `shared/scenario.py` by "
+        "`gemini-ckpt validate --schema`; do not edit by hand.",
+        "",
+    ]
+    _section_markdown(Scenario, "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def _section_markdown(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    title = prefix.rstrip(".") or "top level"
+    doc = (model.__doc__ or "").strip().splitlines()[0]
+    lines += [
+        f"## {title}",
+        "",
+        doc,
+        "",
+        "| field | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            nested.append((name, annotation))
+            continue
+        type_name = _type_text(annotation)
+        if info.default_factory is not None:
+            default = repr(info.default_factory())  # type: ignore[call-arg]
+        elif info.is_required():
+            default = "required"
+        else:
+            default = repr(info.default)
+        description = (info.description or "").replace("|", "\\|")
+        lines.append(f"| `{prefix}{name}` | {type_name} | `{default}` | {description} |")
+    lines.append("")
+    for name, child in nested:
+        _section_markdown(child, f"{prefix}{name}.", lines)
+    if model is Scenario:
+        _section_markdown(ScheduledFailure, "failures.schedule[].", lines)
+        _section_markdown(FailureProcessConfig, "failures.process.", lines)
+        _section_markdown(PhaseConfig, "training.phases[].", lines)
+
+
+def _type_text(annotation: object) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_text(a) for a in args)
+    if origin is list:
+        return f"list of {_type_text(args[0])}"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))

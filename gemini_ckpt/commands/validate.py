@@ -5,17 +5,24 @@ from __future__ import annotations
 import click
 
 from shared.errors import ScenarioError
+from shared.scenario import schema_markdown
 from shared.scenario_loader import load_scenario
 
 
 @click.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
-def command(files: tuple[str, ...], quiet: bool) -> None:
+@click.option("--schema", is_flag=True, help="Print every field (Markdown) and exit.")
+def command(files: tuple[str, ...], quiet: bool, schema: bool) -> None:
     """Check scenario FILES; print every problem with its field path.
 
     Exits 0 when every file is valid, 2 when any is not.
     """
+    if schema:
+        click.echo(schema_markdown(), nl=False)
+        return
+    if not files:
+        raise click.UsageError("give at least one scenario file (or --schema)")
     invalid: list[ScenarioError] = []
     for path in files:
         try:

@@ -232,3 +232,13 @@ def test_fuzzed_near_valid_documents(document: dict[str, object]) -> None:
         parse_scenario(yaml.safe_dump(document))
     except ScenarioError as error:
         assert error.problems
+
+
+def test_docs_list_every_field_and_are_up_to_date() -> None:
+    from shared.scenario import schema_markdown
+
+    text = schema_markdown()
+    assert "| `cluster.nodes` |" in text and "| `failures.schedule[].kind` |" in text
+    assert "|  |" not in text, "every field needs a description"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "scenarios.md"
+    assert docs.read_text() == text, "regenerate: gemini-ckpt validate --schema > docs/scenarios.md"
