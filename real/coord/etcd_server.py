@@ -1,0 +1,147 @@
+"""An owned single-member etcd server on loopback, for tests and the launcher's etcd mode.
+
+On a real cluster etcd runs as a service that outlives the job; on one machine the harness
+starts its own: a temporary data folder, two free ports on 127.0.0.1 (clients, peers), a
+readiness poll of the HTTP gateway's ``/version``, and a stop that terminates, waits, then kills,
+and removes the data folder. The ``etcd`` binary comes from Debian's ``etcd-server`` package
+(``GEMINI_SETUP_APT=1 ./setup.sh``).
+
+etcd 3.4 serves the v3 API over HTTP at ``/v3/`` (``/v3beta/`` remains as an alias); etcd3gw
+finds the path itself from ``/version``. Lease TTLs are whole seconds and at least
+``1.5 * election timeout``; we start etcd with a 50 ms heartbeat and 500 ms election timeout so
+that 1 s leases work in tests (the default would make the minimum 2 s).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from real.coord.kv import StoreError
+
+logger = logging.getLogger(__name__)
+
+
+def etcd_binary() -> str | None:
+    """Path of the ``etcd`` executable, or None when it is not installed."""
+    return shutil.which("etcd")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the caller retries if it is taken meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class EtcdServer:
+    """One etcd member on 127.0.0.1 with a temporary data folder; a context manager.
+
+    Args:
+        host: the loopback (or namespace) address to listen on.
+        start_timeout_s: how long to wait for etcd to answer before giving up.
+        log_path: where etcd's own output goes (default: a file in the data folder).
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", start_timeout_s: float = 15.0, log_path: Path | None = None
+    ) -> None:
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self.log_path = log_path
+        self.client_port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._data_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """``etcd://HOST:PORT`` for :func:`real.coord.kv.connect_kv`."""
+        return f"etcd://{self.host}:{self.client_port}"
+
+    def start(self, attempts: int = 3) -> EtcdServer:
+        """Start etcd and wait until it answers; retries when a chosen port was taken."""
+        binary = etcd_binary()
+        if binary is None:
+            raise StoreError(
+                "etcd is not installed: install Debian's etcd-server "
+                "(GEMINI_SETUP_APT=1 ./setup.sh) or use the embedded store (tcpstore://)"
+            )
+        last_error: Exception | None = None
+        for _ in range(attempts):
+            try:
+                self._start_once(binary)
+                return self
+            except StoreError as error:
+                last_error = error
+                self.stop()
+        raise StoreError(f"etcd did not start after {attempts} attempts: {last_error}")
+
+    def _start_once(self, binary: str) -> None:
+        self._data_dir = Path(tempfile.mkdtemp(prefix="gemini-etcd-"))
+        self.client_port, peer_port = free_port(self.host), free_port(self.host)
+        client_url = f"http://{self.host}:{self.client_port}"
+        peer_url = f"http://{self.host}:{peer_port}"
+        log_path = self.log_path or self._data_dir / "etcd.log"
+        command = [
+            binary,
+            "--name=gemini",
+            f"--data-dir={self._data_dir / 'data'}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=gemini={peer_url}",
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+            "--log-level=warn",
+        ]
+        with open(log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                tail = Path(log_path).read_text(errors="replace")[-2000:]
+                raise StoreError(f"etcd exited with {self._process.returncode} at start:\n{tail}")
+            if self._answers(client_url):
+                logger.info("etcd ready at %s (pid %d)", client_url, self._process.pid)
+                return
+            time.sleep(0.05)
+        raise StoreError(f"etcd did not answer at {client_url} within {self.start_timeout_s} s")
+
+    @staticmethod
+    def _answers(client_url: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{client_url}/version", timeout=1.0) as response:
+                return "etcdserver" in json.loads(response.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate etcd (SIGTERM, timed wait, SIGKILL) and remove its data folder."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=timeout_s)
+        data_dir, self._data_dir = self._data_dir, None
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

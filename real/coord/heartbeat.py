@@ -1,0 +1,129 @@
+"""The agent side of failure detection: a heartbeat lease, and trainer exits reported at once.
+
+**Hardware failures** (a node's processes, memory or link gone) cannot be reported by the node
+itself; they are noticed by silence. Each agent holds a lease of ``lease_timeout_s`` and, every
+``heartbeat_interval_s``, refreshes it and rewrites ``nodes/<id>`` (bound to the lease) with
+the beat's time. When the node dies, the refreshes stop and the key vanishes when the lease
+runs out: at most ``lease_timeout_s`` after the last beat (plus the store's expiry slack).
+The root's :class:`~real.coord.detector.FailureDetector` sees it gone.
+
+**Software failures** (a trainer crashes, the node is fine) are reported by the agent that
+watches the trainer, the moment its process exits: :func:`report_exit` writes
+``exits/<node>/<rank>``, which the detector reads on its next poll (a fraction of a second).
+
+A heartbeat whose lease expired while the agent still lives (a long pause, a store outage)
+grants a new lease and writes its key again; by then the root may have declared the node lost,
+and a node declared lost stays lost for the job (its replacement has taken its rank).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from real.coord import keys
+from real.coord.kv import KeyValueStore, Lease, StoreError
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Keeps ``nodes/<node_id>`` alive from a background thread.
+
+    Args:
+        kv: the coordination store.
+        node_id: this node.
+        interval_s: beat period (scenario ``detection.heartbeat_interval_s``).
+        lease_timeout_s: lease TTL (scenario ``detection.lease_timeout_s``); must exceed
+            ``interval_s``, better by a factor of 3 or more so one late beat is harmless.
+    """
+
+    def __init__(
+        self, kv: KeyValueStore, node_id: int, interval_s: float, lease_timeout_s: float
+    ) -> None:
+        if not 0 < interval_s < lease_timeout_s:
+            raise ValueError(
+                f"heartbeat interval_s ({interval_s}) must be positive and below "
+                f"lease_timeout_s ({lease_timeout_s})"
+            )
+        self.kv = kv
+        self.node_id = node_id
+        self.interval_s = interval_s
+        self.lease_timeout_s = lease_timeout_s
+        self.beats = 0
+        self._lease: Lease | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Heartbeat:
+        """Write the first beat now (so the node is visible on return), then beat on."""
+        if self._thread is not None:
+            return self
+        self._beat()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{self.node_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, *, revoke: bool = True) -> None:
+        """Stop beating. ``revoke=True`` (a clean exit) removes the key at once;
+        ``revoke=False`` leaves it to expire, which is what a crash looks like."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=self.interval_s * 4 + 5)
+        lease, self._lease = self._lease, None
+        if revoke and lease is not None:
+            try:
+                lease.revoke()
+            except StoreError as error:
+                logger.warning("node %d: could not revoke heartbeat lease: %s", self.node_id, error)
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._beat()
+            except StoreError as error:
+                logger.warning("node %d: heartbeat failed: %s", self.node_id, error)
+
+    def _beat(self) -> None:
+        if self._lease is not None and not self._lease.refresh():
+            logger.warning("node %d: heartbeat lease had expired; rejoining", self.node_id)
+            self._lease = None
+        if self._lease is None:
+            self._lease = self.kv.grant_lease(self.lease_timeout_s)
+        self.beats += 1
+        value = {"node": self.node_id, "pid": os.getpid(), "beat": self.beats, "time": time.time()}
+        self.kv.put(keys.node_key(self.node_id), keys.encode(value), self._lease)
+
+
+def report_exit(
+    kv: KeyValueStore, node: int, rank: int, exitcode: int | None, *, at: float | None = None
+) -> None:
+    """Report that trainer ``rank`` on ``node`` exited (software failure, or a clean end).
+
+    Args:
+        kv: the coordination store.
+        node: the node the trainer ran on.
+        rank: the trainer's global rank.
+        exitcode: its exit status; negative for a signal (``-9``: SIGKILL), as
+            ``subprocess`` reports it; None if unknown.
+        at: wall time of the exit (default: now); the detector measures latency from it.
+    """
+    value = {
+        "node": node,
+        "rank": rank,
+        "exitcode": exitcode,
+        "time": time.time() if at is None else at,
+    }
+    kv.put(keys.exit_key(node, rank), keys.encode(value))

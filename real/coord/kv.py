@@ -1,0 +1,167 @@
+"""The key-value store the agents coordinate through: one small interface, two backends.
+
+Everything the agents share lives in one key-value store: the heartbeat of every node
+(``nodes/<id>``), the trainer exits an agent reports (``exits/<node>/<rank>``), the root agent's
+leadership key (``election/leader``) and later the root's instructions. Agents never talk to
+each other for coordination; they read and write keys.
+
+Three things make such a store fit for failure detection and election:
+
+- **Leases.** A lease is granted with a time to live (TTL) and must be refreshed (kept alive)
+  before it runs out. Keys written with a lease vanish when it expires or is revoked. An agent
+  that dies stops refreshing, so its keys disappear on their own: that is how a lost node is
+  noticed without the dead node having to say anything.
+- **Create-if-absent.** ``create`` writes a key only when it does not exist, atomically, so of
+  several candidates exactly one wins the leadership key.
+- **Prefix reads.** ``get_prefix("exits/")`` returns every reported exit at once, so a root
+  agent polls a few prefixes every fraction of a second (polling, not watching: cheap at our
+  scale, and both backends do it the same way).
+
+Backends:
+
+- :class:`~real.coord.etcd_kv.EtcdKV`: etcd (what the paper used) through its HTTP gateway,
+  ``etcd://HOST:PORT``. Native leases and transactions. For real clusters.
+- :class:`~real.coord.embedded_kv.EmbeddedKV`: torch's ``TCPStore`` hosted by a small store
+  process (:mod:`real.coord.kvserver`), ``tcpstore://HOST:PORT``. The default when no etcd is
+  configured; leases are emulated (see that module for why and how).
+
+An optional namespace (the URL's path: ``etcd://127.0.0.1:2379/job42``) prefixes every key,
+so several runs can share one store without seeing each other's keys.
+"""
+
+from __future__ import annotations
+
+import abc
+from urllib.parse import urlsplit
+
+from shared.errors import GeminiError
+
+
+class StoreError(GeminiError):
+    """The key-value store cannot be reached or refused an operation.
+
+    Raised by both backends for connection failures and timeouts, with the store's URL in the
+    message; the original exception is chained (``raise ... from``).
+    """
+
+
+class Lease(abc.ABC):
+    """A time-limited grant; keys written with it vanish when it expires or is revoked.
+
+    Attributes:
+        id: the store's identifier of the lease (unique per store).
+        ttl_s: the time to live the store granted, seconds (etcd rounds up to whole seconds).
+    """
+
+    id: int
+    ttl_s: float
+
+    @abc.abstractmethod
+    def refresh(self) -> bool:
+        """Keep the lease alive for another ``ttl_s`` seconds from now.
+
+        Returns:
+            True if the lease was alive and is extended; False if it had already expired or
+            been revoked (its keys are gone: grant a new lease and write them again).
+        """
+
+    @abc.abstractmethod
+    def revoke(self) -> None:
+        """End the lease now; its keys vanish. Revoking an expired lease is not an error."""
+
+
+class KeyValueStore(abc.ABC):
+    """The coordination store: six operations, keys are ``str``, values ``bytes``.
+
+    Implementations are safe to call from several threads of one process. Keys should be
+    ``/``-separated paths without a leading slash (``nodes/3``).
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when it is absent (or its lease has expired)."""
+
+    @abc.abstractmethod
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Every live key starting with ``prefix`` and its value (an empty dict if none)."""
+
+    @abc.abstractmethod
+    def put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
+        """Write ``key``; with a lease, the key vanishes when the lease ends.
+
+        Raises:
+            StoreError: the lease has already expired (the key is not written).
+        """
+
+    @abc.abstractmethod
+    def create(self, key: str, value: bytes, lease: Lease | None = None) -> bool:
+        """Write ``key`` only if it is absent, atomically (the election primitive).
+
+        Returns:
+            True if this call created the key; False if a live key was already there.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        """Delete ``key`` (or every key starting with it); returns how many were deleted."""
+
+    @abc.abstractmethod
+    def grant_lease(self, ttl_s: float) -> Lease:
+        """A new lease that lives ``ttl_s`` seconds unless refreshed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release the client's connections (not the store). Idempotent."""
+
+    def __enter__(self) -> KeyValueStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def parse_kv_url(url: str) -> tuple[str, str, int, str]:
+    """Split a store URL into (scheme, host, port, namespace).
+
+    Raises:
+        ValueError: the URL is not ``etcd://HOST:PORT[/NAMESPACE]`` or
+            ``tcpstore://HOST:PORT[/NAMESPACE]``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("etcd", "tcpstore"):
+        raise ValueError(
+            f"store URL {url!r}: scheme must be etcd:// or tcpstore:// "
+            "(for example etcd://127.0.0.1:2379 or tcpstore://127.0.0.1:29400)"
+        )
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"store URL {url!r}: bad port ({error})") from error
+    if not parts.hostname or port is None:
+        raise ValueError(f"store URL {url!r}: give a host and a port, e.g. 127.0.0.1:2379")
+    namespace = parts.path.strip("/")
+    return parts.scheme, parts.hostname, port, f"{namespace}/" if namespace else ""
+
+
+def connect_kv(url: str, *, timeout_s: float = 5.0) -> KeyValueStore:
+    """A client of the store at ``url``.
+
+    Args:
+        url: ``etcd://HOST:PORT[/NAMESPACE]`` (etcd's HTTP gateway) or
+            ``tcpstore://HOST:PORT[/NAMESPACE]`` (an embedded store process, see
+            :class:`~real.coord.kvserver.StoreServer`).
+        timeout_s: how long one operation may take before :class:`StoreError`.
+
+    Raises:
+        ValueError: the URL is malformed.
+        StoreError: nothing answers at the URL.
+    """
+    scheme, host, port, namespace = parse_kv_url(url)
+    if scheme == "etcd":
+        from real.coord.etcd_kv import EtcdKV
+
+        return EtcdKV(host, port, namespace=namespace, timeout_s=timeout_s)
+    from real.coord.embedded_kv import EmbeddedKV
+
+    return EmbeddedKV(host, port, namespace=namespace, timeout_s=timeout_s)

@@ -1,0 +1,251 @@
+"""The coordination layer against both store backends, each in its own real server process.
+
+Every test runs twice: on the embedded store (``python -m real.coord.kvserver``, torch's
+TCPStore with emulated leases) and on etcd (Debian's etcd-server over its HTTP gateway; skipped
+when the ``etcd`` binary is absent). One server per backend serves the whole module; each test
+gets its own key namespace, so tests cannot see each other's keys.
+
+Timing bounds are asserted, not slept: every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from real.coord import keys
+from real.coord.detector import FailureDetector
+from real.coord.election import Election
+from real.coord.etcd_server import EtcdServer, etcd_binary
+from real.coord.heartbeat import Heartbeat, report_exit
+from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.coord.kvserver import StoreServer
+
+TTL_S = 1.0
+# How long after its TTL an unrefreshed key may linger: etcd checks expiries every ~0.5 s.
+EXPIRY_SLACK_S = {"embedded": 0.3, "etcd": 0.8}
+ETCD_MISSING = "etcd binary absent: install Debian's etcd-server (GEMINI_SETUP_APT=1 ./setup.sh)"
+
+
+@pytest.fixture(scope="module", params=["embedded", "etcd"])
+def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """(backend name, store URL) of a server that lives for the module."""
+    if request.param == "etcd":
+        if etcd_binary() is None:
+            pytest.skip(ETCD_MISSING)
+        with EtcdServer() as etcd:
+            yield "etcd", etcd.url
+    else:
+        with StoreServer() as server:
+            yield "embedded", server.url
+
+
+@pytest.fixture
+def make_kv(backend: tuple[str, str]) -> Iterator[Callable[[], KeyValueStore]]:
+    """Opens clients in one fresh namespace; closes them all at the end of the test."""
+    namespace = uuid.uuid4().hex[:12]
+    clients: list[KeyValueStore] = []
+
+    def make() -> KeyValueStore:
+        client = connect_kv(f"{backend[1]}/{namespace}")
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def kv(make_kv: Callable[[], KeyValueStore]) -> KeyValueStore:
+    return make_kv()
+
+
+@pytest.fixture
+def slack_s(backend: tuple[str, str]) -> float:
+    return EXPIRY_SLACK_S[backend[0]]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, period_s: float = 0.02) -> float:
+    """Poll until ``condition()``; returns the seconds it took. Fails the test on timeout."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        time.sleep(period_s)
+    return time.monotonic() - start
+
+
+# -- the key-value contract --
+
+
+def test_put_get_delete_and_prefixes(kv: KeyValueStore) -> None:
+    assert kv.get("a/1") is None
+    kv.put("a/1", b"one")
+    kv.put("a/2", b"\x00\xff binary")
+    kv.put("a2", b"not under a/")
+    kv.put("b/1", b"other")
+    assert kv.get("a/1") == b"one"
+    assert kv.get_prefix("a/") == {"a/1": b"one", "a/2": b"\x00\xff binary"}
+    kv.put("a/1", b"uno")
+    assert kv.get("a/1") == b"uno"
+    assert kv.delete("a/1") == 1
+    assert kv.delete("a/1") == 0
+    assert kv.get("a/1") is None
+    assert kv.delete("a/", prefix=True) == 1
+    assert kv.get_prefix("a") == {"a2": b"not under a/"}
+    assert kv.get_prefix("nothing/") == {}
+
+
+def test_namespaces_do_not_see_each_other(backend: tuple[str, str]) -> None:
+    with connect_kv(f"{backend[1]}/left") as left, connect_kv(f"{backend[1]}/right") as right:
+        left.put("k", b"L")
+        assert right.get("k") is None
+        assert right.create("k", b"R")
+        assert (left.get("k"), right.get("k")) == (b"L", b"R")
+        left.delete("", prefix=True)
+        right.delete("", prefix=True)
+
+
+def test_create_race_has_exactly_one_winner(make_kv: Callable[[], KeyValueStore]) -> None:
+    clients = [make_kv(), make_kv()]
+    wins: list[list[str]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def race(index: int) -> None:
+        barrier.wait()
+        for key in range(20):
+            if clients[index].create(f"race/{key}", f"client{index}".encode()):
+                wins[index].append(f"race/{key}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(wins[0] + wins[1]) == sorted(f"race/{key}" for key in range(20))
+    assert not set(wins[0]) & set(wins[1])
+    for index, won in enumerate(wins):
+        for key in won:
+            assert clients[0].get(key) == f"client{index}".encode()
+
+
+def test_lease_expiry_removes_keys_and_create_takes_them_over(
+    make_kv: Callable[[], KeyValueStore], slack_s: float
+) -> None:
+    owner, other = make_kv(), make_kv()
+    lease = owner.grant_lease(TTL_S)
+    start = time.monotonic()
+    owner.put("leased/a", b"1", lease)
+    assert owner.create("leased/b", b"2", lease)
+    owner.put("plain", b"stays")
+    assert not other.create("leased/b", b"mine")
+    gone_after = wait_until(lambda: other.get_prefix("leased/") == {}, TTL_S + slack_s + 1.0)
+    assert TTL_S - 0.3 <= time.monotonic() - start <= TTL_S + slack_s + 0.2, gone_after
+    assert other.get("plain") == b"stays"
+    assert not lease.refresh(), "an expired lease must not come back"
+    with pytest.raises(StoreError, match="expired"):
+        owner.put("leased/c", b"3", lease)
+    with pytest.raises(StoreError, match="expired"):
+        owner.create("leased/d", b"4", lease)
+    assert other.create("leased/b", b"mine")
+    assert owner.get("leased/b") == b"mine"
+
+
+def test_keep_alive_keeps_keys_and_revoke_removes_them(kv: KeyValueStore) -> None:
+    lease = kv.grant_lease(TTL_S)
+    kv.put("alive", b"yes", lease)
+    end = time.monotonic() + 2.2 * TTL_S
+    while time.monotonic() < end:
+        assert lease.refresh()
+        assert kv.get("alive") == b"yes"
+        time.sleep(TTL_S / 4)
+    lease.revoke()
+    assert kv.get("alive") is None
+    lease.revoke()  # idempotent
+
+
+# -- election --
+
+
+def test_one_leader_among_three_then_failover_within_bound(
+    make_kv: Callable[[], KeyValueStore], slack_s: float
+) -> None:
+    candidates = [Election(make_kv(), node, ttl_s=TTL_S, poll_s=0.1) for node in range(3)]
+    try:
+        for candidate in candidates:
+            candidate.campaign(timeout_s=0)
+        wait_until(lambda: any(c.is_leader() for c in candidates), 5.0)
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:  # nobody else may win while the leader lives
+            assert sum(c.is_leader() for c in candidates) == 1
+            time.sleep(0.05)
+        leader = next(c for c in candidates if c.is_leader())
+        assert all(c.leader() == leader.node_id for c in candidates)
+
+        leader.abandon()  # dies without resigning: its lease must run out
+        died = time.monotonic()
+        survivors = [c for c in candidates if c is not leader]
+        took = wait_until(lambda: any(c.is_leader() for c in survivors), 5.0, period_s=0.01)
+        bound = leader.failover_bound_s + slack_s
+        assert took <= bound, f"re-election took {took:.2f} s, bound {bound:.2f} s"
+        assert time.monotonic() - died >= TTL_S / 2 - 0.2, "won before the old lease could end"
+        new = next(c for c in survivors if c.is_leader())
+        assert sum(c.is_leader() for c in survivors) == 1
+        assert survivors[0].leader() == new.node_id
+
+        new.resign()  # a clean resignation hands over at once (one poll), not after a TTL
+        last = next(c for c in survivors if c is not new)
+        assert wait_until(last.is_leader, 1.0, period_s=0.01) < 0.5
+    finally:
+        for candidate in candidates:
+            candidate.resign()
+
+
+# -- failure detection --
+
+
+def test_lost_heartbeat_detected_within_lease_timeout(
+    make_kv: Callable[[], KeyValueStore], slack_s: float
+) -> None:
+    root = make_kv()
+    detector = FailureDetector(root, lease_timeout_s=TTL_S, expected_nodes=[0, 1], poll_s=0.05)
+    beats = [Heartbeat(make_kv(), node, interval_s=0.2, lease_timeout_s=TTL_S) for node in (0, 1)]
+    try:
+        for beat in beats:
+            beat.start()
+        assert detector.alive_nodes() == [0, 1]
+        end = time.monotonic() + 1.5 * TTL_S
+        while time.monotonic() < end:  # beating nodes are never reported
+            assert detector.poll() == []
+            time.sleep(0.1)
+        beats[1].stop(revoke=False)  # a crash: no goodbye, the lease must expire
+        crashed = time.monotonic()
+        found = detector.wait(timeout_s=TTL_S + slack_s + 1.0)
+        took = time.monotonic() - crashed
+        assert [(d.kind, d.node) for d in found] == [("hardware", 1)]
+        assert took <= TTL_S + slack_s + 0.1, f"lost node noticed after {took:.2f} s"
+        assert found[0].latency_s <= TTL_S + slack_s + 0.3
+        assert detector.expected_nodes == [0]
+        assert detector.poll() == []  # reported once
+    finally:
+        for beat in beats:
+            beat.stop()
+
+
+def test_trainer_exit_reported_under_one_second(make_kv: Callable[[], KeyValueStore]) -> None:
+    root, agent = make_kv(), make_kv()
+    detector = FailureDetector(root, lease_timeout_s=TTL_S, poll_s=0.05)
+    exited = time.time()
+    report_exit(agent, node=2, rank=5, exitcode=-9, at=exited)
+    found = detector.wait(timeout_s=1.0)
+    assert [(d.kind, d.node, d.rank, d.exitcode) for d in found] == [("software", 2, 5, -9)]
+    assert found[0].latency_s < 1.0
+    assert found[0].event_details()["failure_kind"] == "software"
+    assert detector.poll() == []  # reported once
+    detector.clear(found[0])
+    assert root.get(keys.exit_key(2, 5)) is None

@@ -1,0 +1,126 @@
+"""Coordination pieces that need no server process: URL parsing, keys, the detector's
+bookkeeping on an explicit clock, and election events (on a TCPStore hosted in this process)."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from torch.distributed import TCPStore  # type: ignore[attr-defined]
+
+from real.coord import keys
+from real.coord.detector import FailureDetector
+from real.coord.election import Election
+from real.coord.embedded_kv import EmbeddedKV
+from real.coord.etcd_server import free_port
+from real.coord.heartbeat import report_exit
+from real.coord.kv import StoreError, connect_kv, parse_kv_url
+from real.eventlog import EventLog
+from shared.events import read_events
+
+
+@pytest.fixture
+def kv() -> Iterator[EmbeddedKV]:
+    master = TCPStore(
+        "127.0.0.1",
+        0,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=5),
+    )
+    client = EmbeddedKV("127.0.0.1", master.port, namespace="t/")
+    yield client
+    client.close()
+    del master
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_parse_kv_url() -> None:
+    assert parse_kv_url("etcd://127.0.0.1:2379") == ("etcd", "127.0.0.1", 2379, "")
+    assert parse_kv_url("tcpstore://localhost:9/job/7/") == ("tcpstore", "localhost", 9, "job/7/")
+    with pytest.raises(ValueError, match="scheme must be etcd:// or tcpstore://"):
+        parse_kv_url("redis://127.0.0.1:1")
+    with pytest.raises(ValueError, match="give a host and a port"):
+        parse_kv_url("etcd://127.0.0.1")
+
+
+@pytest.mark.parametrize("scheme", ["etcd", "tcpstore"])
+def test_connect_to_nothing_says_what_to_do(scheme: str) -> None:
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
+        connect_kv(f"{scheme}://127.0.0.1:{free_port()}", timeout_s=0.5)
+
+
+def test_keys_roundtrip() -> None:
+    assert keys.node_key(3) == "nodes/3"
+    assert keys.exit_key(1, 6) == "exits/1/6"
+    assert keys.decode(keys.encode({"b": 1, "a": [2]})) == {"a": [2], "b": 1}
+    with pytest.raises(ValueError, match="JSON object"):
+        keys.decode(b"[1]")
+
+
+def test_reserved_keys_are_refused(kv: EmbeddedKV) -> None:
+    with pytest.raises(ValueError, match="must not start with '__'"):
+        kv.put("__lease__/1", b"x")
+
+
+def test_node_that_never_comes_up_is_lost_after_one_lease_timeout(kv: EmbeddedKV) -> None:
+    clock = FakeClock()
+    detector = FailureDetector(kv, lease_timeout_s=3.0, expected_nodes=[0, 1], clock=clock)
+    kv.put(keys.node_key(0), keys.encode({"node": 0, "time": clock.now}))
+    clock.now += 2.9
+    assert detector.poll() == []
+    clock.now += 0.2
+    found = detector.poll()
+    assert [(d.kind, d.node) for d in found] == [("hardware", 1)]
+    assert found[0].latency_s == pytest.approx(3.1)
+    assert detector.expected_nodes == [0]
+
+
+def test_ignored_exits_are_never_reported(kv: EmbeddedKV) -> None:
+    detector = FailureDetector(kv, lease_timeout_s=3.0)
+    detector.ignore_exits(1)
+    report_exit(kv, node=1, rank=2, exitcode=-15)
+    assert detector.poll() == []
+    detector.ignore_exits(1, False)
+    assert detector.poll() == []  # the exit seen while ignored stays handled
+    report_exit(kv, node=1, rank=2, exitcode=1)  # a new exit of the same rank is reported
+    assert [(d.rank, d.exitcode) for d in detector.poll()] == [(2, 1)]
+
+
+def test_election_records_root_elected(kv: EmbeddedKV, tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "agent0.jsonl", t0=time.time(), node=0)
+    changes: list[bool] = []
+    election = Election(kv, 0, ttl_s=1.0, poll_s=0.05, events=log, on_change=changes.append)
+    try:
+        assert election.campaign(timeout_s=5.0)
+        assert election.leader() == 0
+    finally:
+        election.resign()
+        log.close()
+    assert changes == [True, False]
+    assert kv.get(keys.LEADER_KEY) is None
+    events = read_events(tmp_path / "agent0.jsonl")
+    assert [(e.kind, e.node) for e in events] == [("root_elected", 0)]
+    assert events[0].details["previous"] is None
+
+
+def test_election_rejects_bad_timing(kv: EmbeddedKV) -> None:
+    with pytest.raises(ValueError, match="poll_s"):
+        Election(kv, 0, ttl_s=1.0, poll_s=2.0)
+
+
+def test_a_closed_client_says_so(kv: EmbeddedKV) -> None:
+    kv.put("k", b"v")
+    kv.close()
+    with pytest.raises(StoreError, match="closed"):
+        kv.get("k")
