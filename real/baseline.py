@@ -1,0 +1,126 @@
+"""The persistent-storage baseline ("NFS"): what users do today.
+
+``PersistentCheckpointer`` implements ``real.api.Checkpointer`` with synchronous DCP saves to
+the storage URL every K iterations (training waits for the write) and restores from the
+newest complete checkpoint there (tier ``persistent``). It is the comparison point for the
+Gemini engine in the same harness, selected by ``checkpoint.strategy: persistent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from real.api import Restored
+from real.eventlog import EventLog
+from real.persistent import (
+    DEFAULT_KEEP,
+    gloo_group,
+    latest_persistent_iteration,
+    load_persistent,
+    save_persistent,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class PersistentCheckpointer:
+    """Synchronous DCP checkpoints to persistent storage every ``every_iterations``.
+
+    Construct it on every rank at the same point (it may create a gloo process group).
+
+    Args:
+        url: the storage location (path or fsspec URL).
+        every_iterations: K: iterations divisible by K are saved.
+        template: returns this rank's current state (``Trainer.state``): restore loads into
+            tensors shaped like it.
+        storage_options: fsspec options.
+        event_log: where persist_begin / persist_done events go.
+        keep: complete checkpoints to keep.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        every_iterations: int,
+        template: Callable[[], Mapping[str, Any]],
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        event_log: EventLog | None = None,
+        keep: int | None = DEFAULT_KEEP,
+    ) -> None:
+        if every_iterations < 1:
+            raise ValueError(
+                f"checkpoint.persistent_every_iterations must be 1 or more, got {every_iterations}"
+            )
+        self.url = url
+        self.every_iterations = every_iterations
+        self.template = template
+        self.storage_options = None if storage_options is None else dict(storage_options)
+        self.event_log = event_log or EventLog(None, time.time())
+        self.keep = keep
+        self._group = gloo_group()
+
+    def restore(self) -> Restored | None:
+        """Load the newest complete checkpoint (every rank the same iteration), or None."""
+        start = time.perf_counter()
+        iteration = self._agreed_latest()
+        if iteration is None:
+            return None
+        state = load_persistent(
+            self.url,
+            iteration,
+            self.template(),
+            process_group=self._group,
+            storage_options=self.storage_options,
+        )
+        seconds = time.perf_counter() - start
+        logger.info("restored iteration %d from %s in %.2f s", iteration, self.url, seconds)
+        return Restored(
+            iteration=iteration, tier="persistent", state=state, source_node=None, seconds=seconds
+        )
+
+    def _agreed_latest(self) -> int | None:
+        # Rank 0 reads the index and tells the others, so that every rank restores the same
+        # iteration even if the index changed between their reads.
+        distributed = dist.is_available() and dist.is_initialized()
+        if not distributed or dist.get_rank() == 0:
+            latest = latest_persistent_iteration(self.url, self.storage_options)
+        else:
+            latest = None
+        if distributed:
+            value = torch.tensor([-1 if latest is None else latest], dtype=torch.int64)
+            dist.broadcast(value, src=0, group=self._group)
+            latest = None if int(value.item()) < 0 else int(value.item())
+        return latest
+
+    def save(self, iteration: int, state: Mapping[str, Any]) -> None:
+        """Write ``state`` when K divides ``iteration``; training waits until it is complete."""
+        if iteration % self.every_iterations:
+            return
+        self.event_log.emit("persist_begin", iteration=iteration, url=self.url, blocking=True)
+        start = time.perf_counter()
+        size = save_persistent(
+            self.url,
+            iteration,
+            state,
+            process_group=self._group,
+            storage_options=self.storage_options,
+            keep=self.keep,
+        )
+        self.event_log.emit(
+            "persist_done",
+            iteration=iteration,
+            url=self.url,
+            seconds=time.perf_counter() - start,
+            bytes=size,
+            blocking=True,
+        )
+
+    def close(self) -> None:
+        """Nothing runs in the background."""

@@ -1,0 +1,411 @@
+"""The trainer process: one rank of a training job, with a checkpointer, under an agent.
+
+An agent (or torchrun, or a person) starts one trainer per accelerator with torchrun's
+environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``, and
+optionally ``GEMINI_NODE``, ``GEMINI_RUN_DIR``, ``GEMINI_RUN_T0``). The trainer joins the
+process group (gloo on CPU, NCCL on GPU), builds the model and the checkpointer, restores the
+newest checkpoint if there is one, trains to the last iteration (the loop of ``real.api``),
+and writes its final weights to ``<run_dir>/final/rank<r>.bin`` (raw bytes) with a JSON
+manifest ``rank<r>.bin.json`` holding ``model_digest``, the sha256 of the whole model (equal
+on every rank and across runs that trained the same way).
+
+Events (``<run_dir>/events/trainer-rank<r>.jsonl``): process_group_ready, state_restored
+(tier, seconds, source_node), training_resumed, iteration_end (duration_s, step_s, save_s,
+loss, learning_rate), and failure_injected when ``real.inject`` crashes the process. A trainer
+started to recover from failure ``i`` of the run (environment ``GEMINI_FAILURE=i``, set by the
+agent) tags its process_group_ready, state_restored and training_resumed events with
+``failure: i``, tying them to that failure's chain.
+
+Run by hand: ``gemini-ckpt train scenarios/quickstart.yaml --out runs/x`` (one rank), or
+``torchrun --nproc-per-node 2 -m real.trainer_main scenarios/quickstart.yaml --out runs/x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+
+from real.api import Checkpointer, Restored
+from real.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
+from real.inject import CrashPoint, crash_point_from_env, maybe_crash
+from real.workload.trainer import Trainer, TrainerConfig
+from real.workload.weights import state_digest, write_tensors
+from shared.scenario import Scenario
+from shared.scenario_loader import load_scenario
+
+logger = logging.getLogger(__name__)
+
+FAILURE_ENV = "GEMINI_FAILURE"
+
+CheckpointerKind = Literal["gemini", "persistent", "none"]
+CHECKPOINTER_KINDS: tuple[CheckpointerKind, ...] = ("gemini", "persistent", "none")
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How to run one trainer.
+
+    Attributes:
+        scenario: the scenario file.
+        overrides: ``dotted.key=value`` overrides of the scenario.
+        run_dir: the run's output folder (events, final weights, default persistent tier).
+        checkpointer: the strategy; None: the scenario's ``checkpoint.strategy``.
+        iterations: overrides ``training.iterations`` (the schedule's length too).
+        threads: intra-op threads (fixed for reproducible results); default
+            ``OMP_NUM_THREADS`` or 1.
+        timeout_s: collective timeout: a peer silent this long fails the trainer.
+    """
+
+    scenario: Path
+    overrides: tuple[str, ...] = ()
+    run_dir: Path = Path("runs/train")
+    checkpointer: CheckpointerKind | None = None
+    iterations: int | None = None
+    threads: int | None = None
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """The torchrun-style environment of one trainer."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RankEnv:
+        """Read RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GEMINI_NODE (or GROUP_RANK),
+        MASTER_ADDR and MASTER_PORT; missing ones mean a single process.
+
+        Raises:
+            ValueError: a variable is not a number, or the ranks are inconsistent.
+        """
+        env = os.environ if env is None else env
+
+        def number(name: str, default: int | None) -> int | None:
+            text = env.get(name)
+            if text is None or text == "":
+                return default
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(
+                    f"environment variable {name}={text!r} is not an integer"
+                ) from None
+
+        rank = number("RANK", 0) or 0
+        world_size = number("WORLD_SIZE", 1) or 1
+        local_rank = number("LOCAL_RANK", rank) or 0
+        local_world_size = number("LOCAL_WORLD_SIZE", world_size) or 1
+        node = number("GEMINI_NODE", number("GROUP_RANK", rank // max(local_world_size, 1)))
+        if not 0 <= rank < world_size:
+            raise ValueError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
+        return cls(
+            rank=rank,
+            world_size=world_size,
+            local_rank=local_rank,
+            local_world_size=local_world_size,
+            node=node or 0,
+            master_addr=env.get("MASTER_ADDR") or None,
+            master_port=number("MASTER_PORT", None),
+        )
+
+
+class NullCheckpointer:
+    """No checkpoints: restore finds nothing, save does nothing."""
+
+    def restore(self) -> Restored | None:
+        return None
+
+    def save(self, iteration: int, state: Mapping[str, Any]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def storage_url(scenario: Scenario, run_dir: Path) -> str:
+    """The persistent tier's URL: ``cluster.storage.url``, else ``<run_dir>/persistent``."""
+    return scenario.cluster.storage.url or str(run_dir / "persistent")
+
+
+def make_checkpointer(
+    kind: CheckpointerKind,
+    scenario: Scenario,
+    *,
+    rank: int,
+    world_size: int,
+    node: int,
+    local_rank: int,
+    run_dir: Path,
+    template: Callable[[], Mapping[str, Any]],
+    event_log: EventLog | None = None,
+    model: torch.nn.Module | None = None,
+) -> Checkpointer:
+    """The checkpointer of ``kind`` for this rank; call on every rank at the same point.
+
+    Args:
+        kind: ``gemini`` (in-memory engine), ``persistent`` (the DCP baseline) or ``none``.
+        scenario: the run's scenario.
+        rank, world_size, node, local_rank: where this trainer sits.
+        run_dir: the run's output folder.
+        template: returns this rank's current state (restores from storage load into its shape).
+        event_log: this trainer's event log.
+        model: the wrapped model, for engines that profile its communication.
+
+    Raises:
+        ValueError: the scenario lacks a setting the strategy needs.
+    """
+    if kind == "none":
+        return NullCheckpointer()
+    if kind == "persistent":
+        from real.baseline import PersistentCheckpointer
+
+        every = scenario.checkpoint.persistent_every_iterations
+        if every is None:
+            raise ValueError(
+                "the persistent baseline in the real harness needs "
+                "checkpoint.persistent_every_iterations (e.g. --set "
+                "checkpoint.persistent_every_iterations=10)"
+            )
+        return PersistentCheckpointer(
+            storage_url(scenario, run_dir), every, template, event_log=event_log
+        )
+    if kind == "gemini":
+        from real.engine import GeminiCheckpointer  # the in-memory engine, imported when used
+
+        arguments: dict[str, Any] = {
+            "scenario": scenario,
+            "rank": rank,
+            "world_size": world_size,
+            "node": node,
+            "local_rank": local_rank,
+            "run_dir": run_dir,
+        }
+        # Optional extras, passed only where the engine's constructor takes them.
+        parameters = inspect.signature(GeminiCheckpointer).parameters
+        for name, value in (("model", model), ("template", template), ("event_log", event_log)):
+            if name in parameters and value is not None:
+                arguments[name] = value
+        checkpointer: Checkpointer = GeminiCheckpointer(**arguments)
+        return checkpointer
+    raise ValueError(f"unknown checkpointer {kind!r}; choose one of {CHECKPOINTER_KINDS}")
+
+
+def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -> Path:
+    """Run one trainer to the end; return the manifest of its final weights.
+
+    Raises:
+        ScenarioError: the scenario is invalid.
+        ValueError, RuntimeError: bad settings, or a failed collective or checkpoint.
+    """
+    process_start = time.time()
+    where = RankEnv.from_env(env)
+    scenario = load_scenario(options.scenario, options.overrides)
+    if options.iterations is not None:
+        scenario = scenario.replace(
+            training={**scenario.training.model_dump(), "iterations": options.iterations}
+        )
+    run_dir = options.run_dir.resolve()
+    os.environ.setdefault(RUN_DIR_ENV, str(run_dir))
+    os.environ.setdefault(RUN_T0_ENV, repr(process_start))
+    events = EventLog.from_env(f"trainer-rank{where.rank}", node=where.node, rank=where.rank)
+    threads = options.threads or int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    torch.set_num_threads(threads)
+    crash = crash_point_from_env(env)
+    failure_text = (os.environ if env is None else env).get(FAILURE_ENV)
+    tags: dict[str, Any] = {"failure": int(failure_text)} if failure_text else {}
+    kind = options.checkpointer or scenario.checkpoint.strategy
+
+    device = _device(where)
+    _init_process_group(where, device, options.timeout_s)
+    try:
+        events.emit("process_group_ready", seconds=time.time() - process_start, **tags)
+        trainer = Trainer(
+            TrainerConfig.from_scenario(scenario),
+            rank=where.rank,
+            world_size=where.world_size,
+            device=device,
+        )
+        checkpointer = make_checkpointer(
+            kind,
+            scenario,
+            rank=where.rank,
+            world_size=where.world_size,
+            node=where.node,
+            local_rank=where.local_rank,
+            run_dir=run_dir,
+            template=trainer.state,
+            event_log=events,
+            model=trainer.model,
+        )
+        try:
+            _train(
+                trainer, checkpointer, scenario.training.iterations, events, crash, where.rank, tags
+            )
+        finally:
+            checkpointer.close()
+        return _write_final(trainer, run_dir, where, kind)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        events.close()
+
+
+def _train(
+    trainer: Trainer,
+    checkpointer: Checkpointer,
+    iterations: int,
+    events: EventLog,
+    crash: CrashPoint | None,
+    rank: int,
+    tags: Mapping[str, Any],
+) -> None:
+    restored = checkpointer.restore()
+    start = 1
+    if restored is not None:
+        load_start = time.perf_counter()
+        trainer.load_state(restored.state)
+        seconds = restored.seconds + time.perf_counter() - load_start
+        events.emit(
+            "state_restored",
+            iteration=restored.iteration,
+            tier=restored.tier,
+            seconds=seconds,
+            source_node=restored.source_node,
+            **tags,
+        )
+        start = restored.iteration + 1
+        events.emit("training_resumed", iteration=start, tier=restored.tier, **tags)
+        logger.info("rank %d: resumed at iteration %d from %s", rank, start, restored.tier)
+    for iteration in range(start, iterations + 1):
+        began = time.perf_counter()
+        maybe_crash(crash, iteration, rank, "before_step", events)
+        result = trainer.step()
+        stepped = time.perf_counter()
+        maybe_crash(crash, iteration, rank, "after_step", events)
+        if not isinstance(checkpointer, NullCheckpointer):  # state() is not free: skip it
+            checkpointer.save(iteration, trainer.state())
+        maybe_crash(crash, iteration, rank, "after_save", events)
+        ended = time.perf_counter()
+        events.emit(
+            "iteration_end",
+            iteration=iteration,
+            duration_s=ended - began,
+            step_s=stepped - began,
+            save_s=ended - stepped,
+            loss=result.loss,
+            learning_rate=result.learning_rate,
+        )
+
+
+def _device(where: RankEnv) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(where.local_rank)
+        return torch.device("cuda", where.local_rank)
+    return torch.device("cpu")
+
+
+def _init_process_group(where: RankEnv, device: torch.device, timeout_s: float) -> None:
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if where.master_addr is None or where.master_port is None:
+        if where.world_size != 1:
+            raise ValueError(
+                f"WORLD_SIZE is {where.world_size} but MASTER_ADDR or MASTER_PORT is not set"
+            )
+        store = dist.HashStore()  # type: ignore[attr-defined]
+        dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        return
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{where.master_addr}:{where.master_port}",
+        rank=where.rank,
+        world_size=where.world_size,
+        timeout=timeout,
+    )
+
+
+def _write_final(trainer: Trainer, run_dir: Path, where: RankEnv, kind: str) -> Path:
+    full = trainer.model_state(full=True)  # a collective under FSDP2
+    local = trainer.model_state()
+    path = run_dir / "final" / f"rank{where.rank}.bin"
+    write_tensors(
+        path,
+        local,
+        extra={
+            "rank": where.rank,
+            "world_size": where.world_size,
+            "iteration": trainer.iteration,
+            "parallelism": trainer.config.parallelism,
+            "checkpointer": kind,
+            "model_digest": state_digest(full),
+        },
+    )
+    return path.with_name(path.name + ".json")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainerOptions:
+    """Options of ``python -m real.trainer_main`` (the same as ``gemini-ckpt train``)."""
+    parser = argparse.ArgumentParser(prog="python -m real.trainer_main", description=__doc__)
+    parser.add_argument("scenario", type=Path)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=Path("runs/train"))
+    parser.add_argument("--checkpointer", choices=CHECKPOINTER_KINDS, default=None)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--timeout-s", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    return TrainerOptions(
+        scenario=args.scenario,
+        overrides=tuple(args.overrides),
+        run_dir=args.out,
+        checkpointer=args.checkpointer,
+        iterations=args.iterations,
+        threads=args.threads,
+        timeout_s=args.timeout_s,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit code 0 on success, 2 on a bad scenario, 1 on any other error."""
+    from shared.errors import ScenarioError
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s rank{os.environ.get('RANK', '0')} %(name)s: %(message)s",
+    )
+    options = parse_args(argv)
+    try:
+        manifest = run_trainer(options)
+    except ScenarioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        logger.exception("trainer failed")
+        print(f"error: trainer rank {os.environ.get('RANK', '0')} failed: {error}", file=sys.stderr)
+        return 1
+    print(manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

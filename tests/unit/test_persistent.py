@@ -1,0 +1,248 @@
+"""The persistent tier: DCP layout through fsspec, the index, the background persister."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+import real.persistent as persistent
+from real.eventlog import EventLog
+from real.persistent import (
+    BackgroundPersister,
+    iteration_folder,
+    latest_persistent_iteration,
+    load_persistent,
+    save_persistent,
+)
+from real.workload.model import GPT, GPTConfig
+from real.workload.trainer import Trainer, TrainerConfig
+from real.workload.weights import state_digest
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+CONFIG = TrainerConfig(
+    model=GPTConfig(layers=2, hidden=32, heads=4, context=32),
+    iterations=8,
+    warmup_iterations=2,
+    batch_size_per_rank=2,
+)
+
+
+def trained(steps: int) -> Trainer:
+    torch.set_num_threads(1)
+    trainer = Trainer(CONFIG)
+    for _ in range(steps):
+        trainer.step()
+    return trainer
+
+
+def test_round_trip_continues_bitwise(tmp_path: Path) -> None:
+    url = str(tmp_path / "tier")
+    trainer = trained(3)
+    saved_bytes = save_persistent(url, 3, trainer.state())
+    assert saved_bytes > 0
+    assert latest_persistent_iteration(url) == 3
+    state = load_persistent(url, 3, Trainer(CONFIG).state())
+    assert state["iteration"] == 3 and state["data"]["position"] == 3
+    resumed = Trainer(CONFIG)
+    resumed.load_state(state)
+    for _ in range(5):
+        resumed.step()
+        trainer.step()
+    assert state_digest(resumed.model_state()) == state_digest(trainer.model_state())
+
+
+def test_template_free_load_reads_the_state_as_stored(tmp_path: Path) -> None:
+    url = str(tmp_path / "tier")
+    trainer = trained(3)
+    save_persistent(url, 3, trainer.state())
+    state = load_persistent(url, 3)  # no template: shapes and dtypes from DCP's metadata
+    assert state["rng"]["torch"].dtype == torch.uint8
+    resumed = Trainer(CONFIG)
+    resumed.load_state(state)
+    for _ in range(2):
+        resumed.step()
+        trainer.step()
+    assert state_digest(resumed.model_state()) == state_digest(trainer.model_state())
+
+
+def test_storage_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_STORAGE_OPTIONS", '{"auto_mkdir": true}')
+    assert persistent.PersistentStorage("/tmp/x").storage_options == {"auto_mkdir": True}
+    assert persistent.PersistentStorage("/tmp/x", {}).storage_options == {}
+    monkeypatch.setenv("GEMINI_STORAGE_OPTIONS", "[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        persistent.PersistentStorage("/tmp/x")
+
+
+def test_plain_dcp_load_reads_the_model(tmp_path: Path) -> None:
+    url = str(tmp_path / "tier")
+    trainer = trained(2)
+    save_persistent(url, 2, trainer.state())
+    model_state = GPT(CONFIG.model, seed=99).state_dict()
+    checkpoint = str(tmp_path / "tier" / iteration_folder(2))
+    dcp.load({"model": model_state}, checkpoint_id=checkpoint)  # type: ignore[attr-defined]
+    assert state_digest(model_state) == state_digest(trainer.model_state())
+    files = sorted(p.name for p in (tmp_path / "tier" / iteration_folder(2)).iterdir())
+    assert files == [".metadata", "__0_0.distcp", "rank_0.json"]
+    sidecar = json.loads((tmp_path / "tier" / iteration_folder(2) / "rank_0.json").read_text())
+    assert sidecar["values"]["iteration"] == 2 and sidecar["values"]["data/position"] == 2
+
+
+def test_index_keeps_the_newest_and_refuses_unlisted_iterations(tmp_path: Path) -> None:
+    url = str(tmp_path / "tier")
+    trainer = trained(1)
+    for iteration in (1, 2, 3):
+        save_persistent(url, iteration, trainer.state(), keep=2)
+    index = json.loads((tmp_path / "tier" / "index.json").read_text())
+    assert [entry["iteration"] for entry in index["complete"]] == [2, 3]
+    assert not (tmp_path / "tier" / iteration_folder(1)).exists()
+    with pytest.raises(FileNotFoundError, match="complete: \\[2, 3\\]"):
+        load_persistent(url, 1, trainer.state())
+    assert latest_persistent_iteration(str(tmp_path / "empty")) is None
+
+
+def test_fsspec_urls_work_beyond_local_paths() -> None:
+    url = f"memory://gemini-test-{os.getpid()}/tier"
+    trainer = trained(2)
+    save_persistent(url, 2, trainer.state())
+    assert latest_persistent_iteration(url) == 2
+    state = load_persistent(url, 2, trainer.state())
+    assert state_digest(state["model"]) == state_digest(trainer.model_state())
+
+
+def copied(state: Mapping[str, Any]) -> dict[str, Any]:
+    from real.state import flatten_state, unflatten_state
+
+    tensors, values = flatten_state(state)
+    return unflatten_state({k: v.detach().clone() for k, v in tensors.items()}, values)
+
+
+def test_background_persister_writes_without_blocking_and_supersedes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(tmp_path / "tier")
+    release = threading.Event()
+    started = threading.Event()
+    real_save = persistent.save_persistent
+
+    def slow_save(*args: Any, **kwargs: Any) -> int:
+        started.set()
+        assert release.wait(60)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(persistent, "save_persistent", slow_save)
+    events_path = tmp_path / "events.jsonl"
+    log = EventLog(events_path, t0=time.time(), node=0, rank=0)
+    trainer = trained(1)
+    persister = BackgroundPersister(url, event_log=log, keep=None)
+    persister.submit(1, copied(trainer.state()))
+    assert started.wait(60)
+    begun = time.perf_counter()
+    for iteration in (2, 3, 4):  # queued behind the one in flight; 4 supersedes 2 and 3
+        trainer.step()
+        persister.submit(iteration, copied(trainer.state()))
+    assert time.perf_counter() - begun < 5  # submit never waits for storage
+    release.set()
+    assert persister.wait(60)
+    persister.close()
+    index = json.loads((tmp_path / "tier" / "index.json").read_text())
+    assert [entry["iteration"] for entry in index["complete"]] == [1, 4]
+    assert persister.last_persisted == 4 and not persister.errors
+    kinds = [
+        (event["kind"], event["iteration"])
+        for event in map(json.loads, events_path.read_text().splitlines())
+    ]
+    assert kinds == [
+        ("persist_begin", 1),
+        ("persist_done", 1),
+        ("persist_begin", 4),
+        ("persist_done", 4),
+    ]
+    state = load_persistent(url, 4, trainer.state())
+    assert state_digest(state["model"]) == state_digest(trainer.model_state())
+
+
+def test_failed_write_is_recorded_and_never_advertised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(tmp_path / "tier")
+    trainer = trained(1)
+    save_persistent(url, 1, trainer.state())
+
+    def broken_finish(self: Any, metadata: Any, results: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(FsspecWriter, "finish", broken_finish)
+    persister = BackgroundPersister(url)
+    persister.submit(2, copied(trainer.state()))
+    assert persister.wait(60)
+    persister.close()
+    assert persister.errors and "disk full" in persister.errors[0]
+    assert latest_persistent_iteration(url) == 1
+
+
+CRASHING_WRITER = """
+import sys, threading, time
+from pathlib import Path
+import torch
+import real.persistent as persistent
+from real.persistent import BackgroundPersister, save_persistent
+
+url, marker, where = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+state = {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "iteration": 1}
+save_persistent(url, 1, state)
+
+def hang(*args, **kwargs):
+    marker.write_text("writing")
+    time.sleep(600)
+
+if where == "metadata":  # tensor data written, DCP's .metadata not yet
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+    FsspecWriter.finish = hang
+else:  # every file written, the index not yet updated
+    persistent._advertise = hang
+persister = BackgroundPersister(url)
+persister.submit(2, {"model": {"w": torch.ones(1000)}, "iteration": 2})
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("where", ["metadata", "index"])
+def test_a_writer_killed_mid_write_never_advertises_the_partial_checkpoint(
+    tmp_path: Path, where: str
+) -> None:
+    url, marker = str(tmp_path / "tier"), tmp_path / "marker"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, url, str(marker), where],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline, "the writer never reached the crash point"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(30)
+    assert (tmp_path / "tier" / iteration_folder(2)).exists()  # partly written ...
+    assert latest_persistent_iteration(url) == 1  # ... and not advertised
+    state = load_persistent(url, 1, {"model": {"w": torch.zeros(1000)}, "iteration": 0})
+    assert torch.equal(state["model"]["w"], torch.arange(1000, dtype=torch.float32))
+    with pytest.raises(FileNotFoundError):
+        load_persistent(url, 2, {"model": {"w": torch.zeros(1000)}, "iteration": 0})

@@ -1,0 +1,262 @@
+"""The training workload: model, schedule, data, RNG states, trainer determinism, weights files."""
+
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import itertools
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from real.state import flatten_state, unflatten_state
+from real.workload.data import ByteTokenizer, Corpus, DataPipeline, load_corpus
+from real.workload.model import GPT, GPTConfig, parameter_count
+from real.workload.rng import capture_rng_state, restore_rng_state
+from real.workload.schedule import learning_rate_at
+from real.workload.trainer import Trainer, TrainerConfig
+from real.workload.weights import read_tensors, state_digest, write_tensors
+from shared.scenario import ModelConfig
+
+TINY = GPTConfig(layers=2, hidden=32, heads=4, context=32)
+
+
+def tiny_config(**changes: object) -> TrainerConfig:
+    values: dict[str, object] = {
+        "model": TINY,
+        "iterations": 8,
+        "warmup_iterations": 2,
+        "batch_size_per_rank": 2,
+    }
+    values.update(changes)
+    return TrainerConfig(**values)  # type: ignore[arg-type]
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("layers", "hidden"), [(2, 32), (4, 128), (8, 448)])
+def test_parameter_count_matches_the_scenario_formula(layers: int, hidden: int) -> None:
+    model = GPT(GPTConfig(layers=layers, hidden=hidden, heads=4, context=64))
+    expected = ModelConfig(layers=layers, hidden=hidden, heads=4, context=64).parameter_count
+    assert parameter_count(model) == expected
+
+
+def test_initialisation_depends_only_on_the_seed() -> None:
+    torch.manual_seed(123)  # the global generator must not matter
+    first = GPT(TINY, seed=7).state_dict()
+    torch.manual_seed(456)
+    second = GPT(TINY, seed=7).state_dict()
+    assert state_digest(first) == state_digest(second)
+    assert state_digest(GPT(TINY, seed=8).state_dict()) != state_digest(first)
+    weight = first["blocks.0.fc.weight"]
+    assert abs(float(weight.std()) - 0.02) < 0.002
+    assert torch.all(first["blocks.0.fc.bias"] == 0)
+    assert torch.all(first["blocks.0.ln1.weight"] == 1)
+
+
+def test_model_rejects_sequences_longer_than_the_context() -> None:
+    with pytest.raises(ValueError, match="context"):
+        GPT(TINY)(torch.zeros(1, TINY.context + 1, dtype=torch.long))
+
+
+def test_config_rejects_heads_not_dividing_width() -> None:
+    with pytest.raises(ValueError, match="heads"):
+        GPTConfig(hidden=30, heads=4)
+
+
+# --- schedule ----------------------------------------------------------------------------
+
+
+def test_schedule_warms_up_then_decays_to_the_floor() -> None:
+    rates = [learning_rate_at(s, peak=1.0, warmup_steps=4, total_steps=20) for s in range(1, 25)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(rates[3:]))
+    assert rates[19] == pytest.approx(0.1)
+    assert rates[23] == pytest.approx(0.1)
+
+
+def test_schedule_without_warmup_starts_at_the_peak() -> None:
+    assert learning_rate_at(1, peak=2.0, warmup_steps=0, total_steps=10) == pytest.approx(
+        2.0 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi / 10)))
+    )
+    with pytest.raises(ValueError, match="step"):
+        learning_rate_at(0, peak=1.0, warmup_steps=0, total_steps=10)
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def test_byte_tokenizer_round_trips_any_text() -> None:
+    tokenizer = ByteTokenizer()
+    text = "Gemini — in-memory checkpoints ✓"
+    tokens = tokenizer.encode(text)
+    assert tokens.dtype == np.uint8 and len(tokens) == len(text.encode())
+    assert tokenizer.decode(tokens) == text
+
+
+def test_default_corpus_is_the_python_documentation_shipped_with_cpython() -> None:
+    corpus = load_corpus()
+    assert "pydoc_data" in corpus.source
+    assert len(corpus) > 100_000
+    assert b"for" in corpus.tokens[:100_000].tobytes()
+    assert load_corpus().fingerprint == corpus.fingerprint
+
+
+def test_batches_are_a_pure_function_of_seed_rank_world_and_position() -> None:
+    corpus = load_corpus()
+    one = DataPipeline(corpus, context=16, batch_size=3, seed=1, rank=0, world_size=2)
+    two = DataPipeline(corpus, context=16, batch_size=3, seed=1, rank=0, world_size=2)
+    other_rank = DataPipeline(corpus, context=16, batch_size=3, seed=1, rank=1, world_size=2)
+    first = [one.next_batch() for _ in range(3)]
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(first, [two.next_batch() for _ in range(3)], strict=True)
+    )
+    assert not torch.equal(first[0][0], other_rank.next_batch()[0])
+    inputs, targets = first[0]
+    assert inputs.shape == (3, 16) and inputs.dtype == torch.int64
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are the next bytes
+
+
+def test_data_position_resumes_where_the_state_left_off() -> None:
+    corpus = load_corpus()
+    running = DataPipeline(corpus, context=8, batch_size=2, seed=0, rank=1, world_size=2)
+    for _ in range(5):
+        running.next_batch()
+    saved = running.state()
+    expected = running.next_batch()
+    resumed = DataPipeline(corpus, context=8, batch_size=2, seed=0, rank=1, world_size=2)
+    resumed.load_state(saved)
+    assert saved["position"] == 5
+    assert torch.equal(resumed.next_batch()[0], expected[0])
+    elsewhere = DataPipeline(Corpus.from_bytes(b"another corpus entirely" * 10, "x"), 8, 2, 0, 1, 2)
+    with pytest.raises(ValueError, match="same corpus"):
+        elsewhere.load_state(saved)
+
+
+def write_dump(path: Path) -> None:
+    pages = [
+        ("Alan Turing", "'''Alan Turing''' was a [[mathematician]]."),
+        ("Turing", "#REDIRECT [[Alan Turing]]"),
+        ("Ada Lovelace", "'''Ada Lovelace''' wrote the first program &amp; notes."),
+    ]
+    body = "".join(
+        f"<page><title>{title}</title><ns>0</ns><id>{i}</id><revision><id>{i}</id>"
+        f'<text bytes="{len(text)}" xml:space="preserve">{text}</text></revision></page>'
+        for i, (title, text) in enumerate(pages)
+    )
+    xml = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" '
+        f'xml:lang="en"><siteinfo><sitename>Wikipedia</sitename></siteinfo>{body}</mediawiki>'
+    )
+    path.write_bytes(bz2.compress(xml.encode("utf-8")))
+
+
+def test_wikipedia_dump_loads_the_article_texts(tmp_path: Path) -> None:
+    dump = tmp_path / "enwiki-latest-pages-articles1.xml.bz2"
+    write_dump(dump)
+    corpus = load_corpus(dump)
+    text = corpus.tokens.tobytes().decode("utf-8")
+    assert "'''Alan Turing''' was a [[mathematician]]." in text
+    assert "first program & notes" in text
+    assert "REDIRECT" not in text and "<title>" not in text
+    assert len(load_corpus(dump, max_bytes=20)) == 20
+
+
+def test_text_file_and_folder_corpora(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("second file " * 10)
+    (tmp_path / "a.txt").write_text("first file " * 10)
+    folder = load_corpus(tmp_path).tokens.tobytes()
+    assert folder.startswith(b"first file") and b"second file" in folder
+    assert load_corpus(tmp_path / "a.txt").tokens.tobytes() == b"first file " * 10
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_corpus(tmp_path / "missing.txt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")
+def test_datasets_cache_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
+    (tmp_path / "wikipedia-train-00000-of-00001.arrow").write_bytes(b"not read")
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        load_corpus(tmp_path)
+
+
+# --- RNG states --------------------------------------------------------------------------
+
+
+def test_rng_states_round_trip_through_flat_tensors_and_json() -> None:
+    state = capture_rng_state()
+    tensors, values = flatten_state(state)
+    assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(7), random.random()
+    restore_rng_state(unflatten_state({k: v.clone() for k, v in tensors.items()}, values))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+# --- trainer -----------------------------------------------------------------------------
+
+
+def train(config: TrainerConfig, steps: int) -> Trainer:
+    trainer = Trainer(config)
+    for _ in range(steps):
+        trainer.step()
+    return trainer
+
+
+def test_training_is_bitwise_deterministic_and_learns() -> None:
+    torch.set_num_threads(1)
+    first, second = train(tiny_config(), 8), train(tiny_config(), 8)
+    assert state_digest(first.model_state()) == state_digest(second.model_state())
+    assert state_digest(train(tiny_config(seed=1), 8).model_state()) != state_digest(
+        first.model_state()
+    )
+    losses = [Trainer(tiny_config()).step().loss, first.step().loss]
+    assert losses[1] < losses[0]
+
+
+def test_restored_state_continues_bitwise_like_the_uninterrupted_run() -> None:
+    torch.set_num_threads(1)
+    uninterrupted = train(tiny_config(), 8)
+    interrupted = train(tiny_config(), 3)
+    state = interrupted.state()
+    assert state["iteration"] == 3 and state["data"]["position"] == 3
+    # What an engine gives back: plain copies, flattened to raw tensors and JSON and rebuilt.
+    tensors, values = flatten_state(state)
+    copy = unflatten_state({k: v.detach().clone() for k, v in tensors.items()}, values)
+    for _ in range(2):
+        interrupted.step()  # the live state moves on; the copy must not
+    resumed = Trainer(tiny_config())
+    resumed.load_state(copy)
+    while resumed.iteration < 8:
+        resumed.step()
+    assert state_digest(resumed.model_state()) == state_digest(uninterrupted.model_state())
+
+
+def test_load_state_rejects_another_schedule() -> None:
+    state = train(tiny_config(), 1).state()
+    with pytest.raises(ValueError, match="schedule"):
+        Trainer(tiny_config(iterations=9)).load_state(state)
+
+
+# --- weights files -----------------------------------------------------------------------
+
+
+def test_weights_file_round_trips_and_detects_damage(tmp_path: Path) -> None:
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor(3)}
+    manifest = write_tensors(tmp_path / "w.bin", tensors, extra={"iteration": 4})
+    back, read_manifest = read_tensors(tmp_path / "w.bin")
+    assert read_manifest == manifest and manifest["iteration"] == 4
+    assert all(torch.equal(back[k], tensors[k]) for k in tensors)
+    assert manifest["digest"] == state_digest(tensors)
+    raw = bytearray((tmp_path / "w.bin").read_bytes())
+    raw[0] ^= 1
+    (tmp_path / "w.bin").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged"):
+        read_tensors(tmp_path / "w.bin")
