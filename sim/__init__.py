@@ -1,1 +1,11 @@
-"""sim."""
+"""SimPy simulator of a training job under failures, with Gemini or persistent checkpoints.
+
+Entry points: ``simulate(scenario, seed)`` for one run, ``replicate(scenario, seeds)`` for
+several in parallel. See docs/simulator.md for the model and its assumptions.
+"""
+
+from __future__ import annotations
+
+from sim.replicate import SimResult, aggregate, replicate, simulate, write_result
+
+__all__ = ["SimResult", "aggregate", "replicate", "simulate", "write_result"]

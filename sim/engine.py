@@ -1,0 +1,475 @@
+"""The simulation: training jumps from failure to failure; each recovery runs in SimPy.
+
+One SimPy process drives a run. Between failures it does not step through iterations: the
+``Timeline`` of the strategy (``sim.strategies``) says where training is at any time, so the
+process sleeps until the next failure and then writes, in closed form, the few events that
+matter: periodic ``iteration_end`` progress marks, the last iteration reached and the last
+checkpoint committed before the failure, and the persistent saves.
+
+A failure then runs its recovery, phase by phase, as DESIGN section 5 names them: detection
+(``detection.exit_report_s`` for a trainer crash, ``detection.lease_timeout_s`` for a lost
+node), stopping the survivors (``recovery.stop_s``), replacement from the standby pool (hardware
+only), restart (``recovery.restart_s``), and retrieval per the ``shared`` recovery plan: local
+copies over each node's copy engine, peer copies as flows over the node links, persistent reads
+as flows sharing the storage's aggregate bandwidth (``sim.network``). Training resumes from
+the restored iteration. A failure that strikes during a recovery ends that recovery's event
+chain and starts a recovery of all the nodes still failed, as ``shared.summary`` expects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from shared.events import Event, JsonValue
+from shared.recovery import FailureKind
+from sim.cluster import ClusterMemory, ClusterPlan, StandbyPool
+from sim.failures import FailureQueue, PlannedFailure, plan_failures
+from sim.model import SimModel
+from sim.network import FlowNetwork
+from sim.strategies import Timeline
+
+SECONDS_PER_DAY = 86_400.0
+_TIER_ORDER = {"local": 0, "peer": 1, "persistent": 2}
+
+
+@dataclass
+class RunState:
+    """What a run has done so far (read by ``sim.metrics``)."""
+
+    events: list[Event] = field(default_factory=list)
+    final_iteration: int = 0
+    commits: int = 0
+    persists: int = 0
+    failures: int = 0
+    interrupted_recoveries: int = 0
+    rollbacks: int = 0
+    replacement_waits_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Chain:
+    """The recovery in progress for one failure index."""
+
+    index: int
+    failed: dict[int, FailureKind]
+    new_nodes: tuple[int, ...]
+    new_kind: str
+    label: str
+    schedule_index: int | None
+    last_event_s: float
+    group_ready: bool = False
+    plan: ClusterPlan | None = None
+
+
+class Engine:
+    """One simulated run of a prepared scenario with one seed.
+
+    Args:
+        model: the scenario prepared by ``sim.model.build_model``.
+        seed: seeds the failure process and the replacement jitter.
+        progress_interval_s: simulated time between ``iteration_end`` progress marks.
+        node_event_limit: per failure, at most this many node-level ``state_restored``
+            events (a job-level one always ends retrieval).
+    """
+
+    def __init__(
+        self,
+        model: SimModel,
+        seed: int,
+        *,
+        progress_interval_s: float = 3600.0,
+        node_event_limit: int = 32,
+    ) -> None:
+        self.model = model
+        self.scenario = model.scenario
+        self.strategy = model.strategy
+        self.env = simpy.Environment()
+        self.duration_s = self.scenario.sim.duration_days * SECONDS_PER_DAY
+        self.queue: FailureQueue = plan_failures(
+            self.scenario, model.placement, np.random.default_rng(seed), self.duration_s
+        )
+        self.pool = StandbyPool(self.scenario.cluster, np.random.default_rng([seed, 1]))
+        self.memory = ClusterMemory(model.placement)
+        bandwidth = self.scenario.cluster.network_bytes_per_s
+        self.network = FlowNetwork(
+            self.env, {"storage": self.scenario.cluster.storage.bandwidth_gbit_s * 1e9 / 8}
+        )
+        self._node_bandwidth = bandwidth
+        self.progress_every = max(1, round(progress_interval_s / self.strategy.mean_iteration_s))
+        self.node_event_limit = node_event_limit
+        # Runs with more than 10,000 persistent saves count them without logging each one.
+        every = self.strategy.persist_every or 0
+        self._log_persists = every * self.strategy.mean_iteration_s * 10_000 >= self.duration_s
+        self.state = RunState()
+        self._persisted: int | None = None  # newest complete persistent checkpoint
+        self._persist_free_s = 0.0  # when storage has finished the previous upload
+        self._stopped = False
+        self._ready_at: dict[int, float] = {}
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self) -> RunState:
+        self.env.process(self._main())
+        self.env.run()
+        return self.state
+
+    def _emit(
+        self,
+        time_s: float,
+        kind: str,
+        *,
+        node: int | None = None,
+        iteration: int | None = None,
+        **details: JsonValue,
+    ) -> None:
+        self.state.events.append(Event(time_s, kind, node, None, iteration, details))
+
+    def _main(self) -> Generator[simpy.Event, Any, None]:
+        end = self.duration_s
+        self._emit(0.0, "run_started", strategy=self.strategy.name)
+        timeline = Timeline(0.0, 0, self.strategy)
+        while True:
+            failure, when = self._next_failure(timeline)
+            stop = min(when, end)
+            self._training_events(timeline, self.env.now, stop)
+            yield self.env.timeout(stop - self.env.now)
+            if failure is None or when >= end:
+                self._finish(timeline.reached_by(end), end)
+                return
+            resumed = yield from self._fail(timeline, failure)
+            if resumed is None:
+                self._finish(self.state.final_iteration, end)
+                return
+            timeline = resumed
+
+    def _finish(self, iteration: int, end: float) -> None:
+        self.state.final_iteration = iteration
+        self._emit(end, "run_finished", iteration=iteration)
+
+    def _next_failure(self, timeline: Timeline) -> tuple[PlannedFailure | None, float]:
+        """The next failure while training, and when it strikes (inf: none)."""
+        best: PlannedFailure | None = self.queue.next_timed()
+        when = best.time_s if best is not None else math.inf
+        by_iteration = self.queue.next_by_iteration()
+        if by_iteration is not None and by_iteration.at_iteration is not None:
+            k = max(by_iteration.at_iteration, timeline.base + 1)
+            if by_iteration.during == "replication":
+                at = timeline.end(k) + self.strategy.commit_delay_s / 2
+            else:
+                at = timeline.start(k) + self.strategy.progress_s / 2
+            at = max(at, self.env.now)
+            if at < when:
+                best, when = by_iteration, at
+        return best, when
+
+    # --- training in closed form -------------------------------------------------------------
+
+    def _training_events(self, timeline: Timeline, begin: float, stop: float) -> None:
+        """Progress marks, commits and persistent saves of training from ``begin`` to ``stop``."""
+        reached = timeline.reached_by(stop)
+        first = timeline.reached_by(begin) + 1
+        every = self.progress_every
+        k = ((first + every - 1) // every) * every
+        while k <= reached:
+            self._emit(timeline.end(k), "iteration_end", iteration=k)
+            k += every
+        if self.strategy.in_memory:
+            committed = timeline.committed_by(stop)
+            if committed is not None:
+                self.state.commits += committed - timeline.base
+        self._persistence(timeline, first, reached, stop)
+
+    def _persistence(self, timeline: Timeline, first: int, reached: int, stop: float) -> None:
+        every = self.strategy.persist_every
+        if not every:
+            return
+        k = ((first + every - 1) // every) * every
+        while k <= reached:
+            if self.strategy.in_memory:  # background copy of the committed checkpoint
+                begin = timeline.end(k) + self.strategy.commit_delay_s
+                if begin > stop:
+                    return
+                if begin < self._persist_free_s:
+                    k += every
+                    continue  # the previous upload is still running: skip this one
+                done = begin + self.strategy.upload_s
+            else:  # blocking serialisation, then the upload waits its turn for storage
+                begin = timeline.end(k)
+                done = max(begin + self.strategy.pause_s, self._persist_free_s)
+                done += self.strategy.upload_s
+            if self._log_persists:
+                self._emit(begin, "persist_begin", iteration=k)
+            self._persist_free_s = done
+            if done <= stop:
+                if self._log_persists:
+                    self._emit(done, "persist_done", iteration=k)
+                self._persisted = k
+                self.state.persists += 1
+            k += every
+
+    # --- failures and recovery ---------------------------------------------------------------
+
+    def _fail(
+        self, timeline: Timeline, failure: PlannedFailure
+    ) -> Generator[simpy.Event, Any, Timeline | None]:
+        now = self.env.now
+        self._pop(failure)
+        reached = timeline.reached_by(now)
+        progress_since = timeline.end(reached) if reached > timeline.base else timeline.start_s
+        if reached > timeline.base:
+            self._emit(
+                timeline.end(reached), "iteration_end", iteration=reached, last_before_failure=True
+            )
+        committed = timeline.committed_by(now) if self.strategy.in_memory else None
+        if committed is not None:
+            self.memory.commit(committed)
+            self._emit(
+                timeline.end(committed) + self.strategy.commit_delay_s,
+                "ckpt_committed",
+                iteration=committed,
+            )
+        self._persist_free_s = now  # an upload in flight is abandoned with the job
+        chain = self._inject(failure, {}, reached, now - progress_since)
+        while True:
+            outcome = yield from self._recover(chain)
+            if outcome == "done":
+                assert chain.plan is not None
+                return Timeline(self.env.now, chain.plan.iteration or 0, self.strategy)
+            plan = self._close(chain)
+            if outcome == "end":
+                self.state.final_iteration = plan.iteration or 0
+                return None
+            # Another failure struck: recover everything still failed.
+            self.state.interrupted_recoveries += 1
+            following = self.queue.next_timed()
+            assert following is not None
+            self._pop(following)
+            chain = self._inject(following, chain.failed, plan.iteration or 0, 0.0)
+
+    def _close(self, chain: _Chain) -> ClusterPlan:
+        """End an interrupted chain with the state it would have restored.
+
+        Its retrieval counts only if it had begun (the event sits at the interruption);
+        otherwise the event sits at the chain's last phase, so no phase is charged twice.
+        """
+        plan = chain.plan or self.memory.plan(chain.failed, self._persisted)
+        restored_s = self.env.now if chain.group_ready else chain.last_event_s
+        self._emit(
+            restored_s,
+            "state_restored",
+            iteration=plan.iteration,
+            failure=chain.index,
+            tier=_worst_tier(plan),
+            interrupted=True,
+        )
+        return plan
+
+    def _pop(self, failure: PlannedFailure) -> None:
+        if failure is self.queue.next_timed():
+            self.queue.pop_timed()
+        else:
+            self.queue.pop_by_iteration()
+
+    def _inject(
+        self,
+        failure: PlannedFailure,
+        failed: dict[int, FailureKind],
+        reached: int,
+        partial_s: float,
+    ) -> _Chain:
+        index = self.state.failures
+        self.state.failures += 1
+        merged = dict(failed)
+        kind: FailureKind = "software" if failure.kind == "software" else "hardware"
+        for node in failure.nodes:
+            if merged.get(node) != "hardware":
+                merged[node] = kind
+        self._emit(
+            self.env.now,
+            "failure_injected",
+            node=failure.nodes[0],
+            failure=index,
+            failure_kind=failure.label,
+            nodes=list(failure.nodes),
+            cause=failure.cause,
+            reached_iteration=reached,
+            partial_iteration_s=partial_s,
+        )
+        return _Chain(
+            index, merged, failure.nodes, kind, failure.label, failure.schedule_index, self.env.now
+        )
+
+    def _wait(self, duration: float) -> Generator[simpy.Event, Any, str]:
+        """Sleep ``duration``; "done", or "failure"/"end" when one comes first."""
+        upcoming = self.queue.next_timed()
+        failure_at = upcoming.time_s if upcoming is not None else math.inf
+        target = self.env.now + duration
+        limit = min(failure_at, self.duration_s)
+        if limit < target:
+            yield self.env.timeout(max(0.0, limit - self.env.now))
+            return "failure" if failure_at < self.duration_s else "end"
+        yield self.env.timeout(duration)
+        return "done"
+
+    def _recover(self, chain: _Chain) -> Generator[simpy.Event, Any, str]:
+        recovery = self.scenario.recovery
+        detection = self.scenario.detection
+        delay = (
+            detection.exit_report_s if chain.new_kind == "software" else detection.lease_timeout_s
+        )
+        outcome = yield from self._wait(delay)
+        if outcome != "done":
+            return outcome
+        first = chain.new_nodes[0]
+        if chain.label == "root_agent":
+            self._emit(self.env.now, "root_elected", failure=chain.index)
+        self._emit(self.env.now, "failure_detected", node=first, failure=chain.index)
+        chain.last_event_s = self.env.now
+        if not self._stopped:
+            outcome = yield from self._wait(recovery.stop_s)
+            if outcome != "done":
+                return outcome
+            self._stopped = True
+            self._emit(self.env.now, "training_stopped", failure=chain.index)
+            chain.last_event_s = self.env.now
+        lost = sorted(n for n, k in chain.failed.items() if k == "hardware")
+        if lost:
+            for node in lost:
+                renewed = node in chain.new_nodes and chain.new_kind == "hardware"
+                if renewed or node not in self._ready_at:
+                    self._ready_at[node] = self.env.now + self.pool.acquire(self.env.now)
+                    self._emit(
+                        self.env.now, "replacement_requested", node=node, failure=chain.index
+                    )
+            ready = max(self._ready_at.get(n, self.env.now) for n in lost)
+            self.state.replacement_waits_s.append(ready - self.env.now)
+            outcome = yield from self._wait(max(0.0, ready - self.env.now))
+            if outcome != "done":
+                return outcome
+            self._emit(self.env.now, "replacement_ready", failure=chain.index, nodes=lost)
+            chain.last_event_s = self.env.now
+        self._emit(self.env.now, "restart_begin", failure=chain.index)
+        chain.last_event_s = self.env.now
+        self.queue.arm_recovery_failures(
+            chain.schedule_index, self.env.now + recovery.restart_s / 2
+        )
+        outcome = yield from self._wait(recovery.restart_s)
+        if outcome != "done":
+            return outcome
+        self._emit(self.env.now, "process_group_ready", failure=chain.index)
+        chain.group_ready = True
+        chain.plan = self.memory.plan(chain.failed, self._persisted)
+        outcome = yield from self._retrieve(chain, chain.plan)
+        if outcome != "done":
+            return outcome
+        self._resume(chain, chain.plan, lost)
+        return "done"
+
+    def _retrieve(self, chain: _Chain, plan: ClusterPlan) -> Generator[simpy.Event, Any, str]:
+        start = self.env.now
+        copy_s = self.model.shard_bytes / self.scenario.cluster.copy_bytes_per_s
+        finished: dict[int, tuple[float, str]] = {}
+        processes = []
+        readers = [s.node for s in plan.remote if s.from_node is None]
+        for source in plan.remote:
+            if source.from_node is not None:
+                processes.append(
+                    self.env.process(self._fetch(source.node, source.from_node, copy_s, finished))
+                )
+        if readers:  # identical reads from storage share it equally and end together
+            processes.append(self.env.process(self._read_storage(readers, copy_s, finished)))
+        if processes:
+            upcoming = self.queue.next_timed()
+            limit = min(upcoming.time_s if upcoming else math.inf, self.duration_s)
+            everything = self.env.all_of(processes)
+            if math.isfinite(limit):
+                yield everything | self.env.timeout(max(0.0, limit - self.env.now))
+            else:
+                yield everything
+            if not everything.triggered:
+                self.network.cancel_all()
+                return "failure" if limit < self.duration_s else "end"
+        local_done = start + copy_s if plan.iteration is not None else start
+        if self.env.now < local_done:
+            outcome = yield from self._wait(local_done - self.env.now)
+            if outcome != "done":
+                return outcome
+        shown = sorted(finished.items(), key=lambda item: (item[1][0], item[0]))
+        for node, (time_s, tier) in shown[: self.node_event_limit]:
+            self._emit(
+                time_s,
+                "state_restored",
+                node=node,
+                iteration=plan.iteration,
+                failure=chain.index,
+                tier=tier,
+            )
+        counts = plan.tiers() if plan.iteration is not None else {}
+        self._emit(
+            self.env.now,
+            "state_restored",
+            iteration=plan.iteration,
+            failure=chain.index,
+            tier=_worst_tier(plan),
+            tiers=dict(counts),
+        )
+        return "done"
+
+    def _fetch(
+        self, node: int, holder: int | None, copy_s: float, finished: dict[int, tuple[float, str]]
+    ) -> Generator[simpy.Event, Any, None]:
+        start = self.env.now
+        down = f"down:{node}"
+        self.network.add_link(down, self._node_bandwidth)
+        if holder is None:
+            route = ["storage", down]
+            tier = "persistent"
+        else:
+            up = f"up:{holder}"
+            self.network.add_link(up, self._node_bandwidth)
+            route = [up, down]
+            tier = "peer"
+        yield self.network.transfer(self.model.shard_bytes, route)
+        # The copy to the accelerator is pipelined with the transfer.
+        if self.env.now < start + copy_s:
+            yield self.env.timeout(start + copy_s - self.env.now)
+        finished[node] = (self.env.now, tier)
+
+    def _read_storage(
+        self, readers: list[int], copy_s: float, finished: dict[int, tuple[float, str]]
+    ) -> Generator[simpy.Event, Any, None]:
+        """Every reader fetches its shard from storage: one flow for all, capped by their links."""
+        start = self.env.now
+        links = f"down:{len(readers)}-readers"
+        self.network.add_link(links, self._node_bandwidth * len(readers))
+        yield self.network.transfer(self.model.shard_bytes * len(readers), ["storage", links])
+        if self.env.now < start + copy_s:
+            yield self.env.timeout(start + copy_s - self.env.now)
+        for node in readers:
+            finished[node] = (self.env.now, "persistent")
+
+    def _resume(self, chain: _Chain, plan: ClusterPlan, lost: list[int]) -> None:
+        if plan.rollback:
+            self.state.rollbacks += 1
+        # Persistent baselines keep no checkpoint in CPU memory; Gemini's agents keep the
+        # restored iteration (own shard, and surviving replicas of it).
+        self.memory.restored(plan.iteration if self.strategy.in_memory else None, lost)
+        self._emit(self.env.now, "training_resumed", iteration=plan.iteration, failure=chain.index)
+        self._stopped = False
+        for node in lost:
+            self._ready_at.pop(node, None)
+
+
+def _worst_tier(plan: ClusterPlan) -> str:
+    if plan.iteration is None:
+        return "scratch"
+    return max((s.tier for s in plan.remote), key=_TIER_ORDER.__getitem__, default="local")
+
+
+__all__ = ["Engine", "RunState"]

@@ -1,0 +1,167 @@
+"""The failures a simulated run will suffer, before the run starts.
+
+Three sources, all decided up front so that a seed fixes the whole run:
+
+- **time-based**: the stochastic process of ``shared.failures.sample_failures`` (per-node
+  MTBF, exponential or Weibull, software/hardware mix, whole failure domains at once) and
+  explicit entries with ``at_time_s``;
+- **iteration-based**: explicit entries with ``at_iteration: k`` strike halfway through
+  iteration k the first time the run has it in flight (``during: replication``: halfway
+  through the replication of iteration k's checkpoint instead);
+- **during recovery**: an explicit entry with ``during: recovery`` strikes halfway through the
+  restart phase of the recovery from the entry before it in the schedule.
+
+Scenario failure kinds map onto the two kinds recovery knows: ``software`` (memory survives);
+``hardware``, ``network`` (the node is unreachable, its memory with it) and ``root_agent``
+(the root agent's node is lost; a new root is elected first) are ``hardware``; ``group`` is a
+hardware failure of every node of the named nodes' placement groups.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shared.failures import sample_failures
+from shared.placement import Placement
+from shared.scenario import Scenario
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True, order=True)
+class PlannedFailure:
+    """One failure to inject.
+
+    Attributes:
+        time_s: when it strikes (time-based), else 0.
+        sequence: tie-breaker, the order the failure was planned in.
+        nodes: nodes failing together, ascending.
+        kind: "software" or "hardware" (what recovery sees).
+        label: the scenario's kind (software, hardware, network, root_agent, group).
+        cause: "node", "domain:<name>" or "explicit".
+        at_iteration: iteration-based failures: the iteration in flight.
+        during: "training", "replication" or "recovery".
+        schedule_index: position in the explicit schedule, or None.
+    """
+
+    time_s: float
+    sequence: int
+    nodes: tuple[int, ...] = field(compare=False)
+    kind: str = field(compare=False)
+    label: str = field(compare=False)
+    cause: str = field(compare=False)
+    at_iteration: int | None = field(default=None, compare=False)
+    during: str = field(default="training", compare=False)
+    schedule_index: int | None = field(default=None, compare=False)
+
+
+class FailureQueue:
+    """The failures still to come, time-based in a heap, iteration-based in order."""
+
+    def __init__(
+        self,
+        timed: list[PlannedFailure],
+        by_iteration: list[PlannedFailure],
+        on_recovery: dict[int, list[PlannedFailure]],
+    ) -> None:
+        self._timed = list(timed)
+        heapq.heapify(self._timed)
+        self._by_iteration = sorted(by_iteration, key=lambda f: (f.at_iteration or 0, f.sequence))
+        self._on_recovery = on_recovery
+
+    def next_timed(self) -> PlannedFailure | None:
+        return self._timed[0] if self._timed else None
+
+    def pop_timed(self) -> PlannedFailure:
+        return heapq.heappop(self._timed)
+
+    def next_by_iteration(self) -> PlannedFailure | None:
+        return self._by_iteration[0] if self._by_iteration else None
+
+    def pop_by_iteration(self) -> PlannedFailure:
+        return self._by_iteration.pop(0)
+
+    def arm_recovery_failures(self, schedule_index: int | None, time_s: float) -> None:
+        """Schedule the ``during: recovery`` entries that follow ``schedule_index`` at time_s."""
+        if schedule_index is None:
+            return
+        for failure in self._on_recovery.pop(schedule_index, []):
+            heapq.heappush(self._timed, _at(failure, time_s))
+
+    @property
+    def time_based_count(self) -> int:
+        return len(self._timed)
+
+
+def _at(failure: PlannedFailure, time_s: float) -> PlannedFailure:
+    return PlannedFailure(
+        time_s,
+        failure.sequence,
+        failure.nodes,
+        failure.kind,
+        failure.label,
+        failure.cause,
+        failure.at_iteration,
+        failure.during,
+        failure.schedule_index,
+    )
+
+
+def plan_failures(
+    scenario: Scenario, placement: Placement, rng: np.random.Generator, duration_s: float
+) -> FailureQueue:
+    """All failures of a run (module docstring); ``rng`` is used only for the process."""
+    timed: list[PlannedFailure] = []
+    by_iteration: list[PlannedFailure] = []
+    on_recovery: dict[int, list[PlannedFailure]] = {}
+    sequence = 0
+    for index, entry in enumerate(scenario.failures.schedule):
+        nodes = tuple(sorted(entry.nodes))
+        if entry.kind == "group":
+            nodes = tuple(sorted({m for n in entry.nodes for m in placement.group_of(n)}))
+        kind = "software" if entry.kind == "software" else "hardware"
+        failure = PlannedFailure(
+            entry.at_time_s or 0.0,
+            sequence,
+            nodes,
+            kind,
+            entry.kind,
+            "explicit",
+            entry.at_iteration,
+            entry.during,
+            index,
+        )
+        sequence += 1
+        if entry.during == "recovery":
+            on_recovery.setdefault(index - 1, []).append(failure)
+        elif entry.at_time_s is not None:
+            timed.append(failure)
+        else:
+            by_iteration.append(failure)
+    process = scenario.failures.process
+    if process is not None:
+        cluster = scenario.cluster
+        domains = cluster.domain_names()
+        domain_rate = process.domain_failures_per_day
+        with_domains = domains is not None and domain_rate > 0
+        sampled = sample_failures(
+            nodes=cluster.nodes,
+            duration_s=duration_s,
+            rng=rng,
+            distribution=process.distribution,
+            mtbf_s=process.node_mtbf_s(cluster.nodes),
+            weibull_shape=process.weibull_shape,
+            hardware_fraction=process.hardware_fraction,
+            domains=domains if with_domains else None,
+            domain_mtbf_s=SECONDS_PER_DAY / domain_rate if with_domains else None,
+        )
+        for event in sampled:
+            label = "domain" if event.cause.startswith("domain:") else event.kind
+            timed.append(
+                PlannedFailure(event.time_s, sequence, event.nodes, event.kind, label, event.cause)
+            )
+            sequence += 1
+    return FailureQueue(timed, by_iteration, on_recovery)

@@ -1,0 +1,99 @@
+"""From a scenario to the simulator's per-configuration constants.
+
+Everything that does not change from one iteration to the next is computed here once: the
+placement (``shared.placement``), the iteration profile and its idle spans, the traffic plan
+(``shared.scheduling``), the steady-state iteration with checkpoint traffic, the persistent
+interval, and the checkpoint memory per node (checked against the node's CPU memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.placement import Placement, plan_placement
+from shared.scenario import Scenario
+from sim.strategies import (
+    StrategyModel,
+    memory_error,
+    persistent_interval,
+    persistent_save_times,
+)
+from sim.training import (
+    IterationProfile,
+    SteadyIteration,
+    iteration_profile,
+    steady_iteration,
+    traffic_plan,
+)
+
+
+@dataclass(frozen=True)
+class SimModel:
+    """A scenario prepared for simulation."""
+
+    scenario: Scenario
+    placement: Placement
+    profile: IterationProfile
+    steady: SteadyIteration | None
+    strategy: StrategyModel
+
+    @property
+    def shard_bytes(self) -> float:
+        return self.scenario.checkpoint_bytes_per_node
+
+
+def build_model(scenario: Scenario) -> SimModel:
+    """Prepare a scenario; raises ScenarioError when checkpoints do not fit in CPU memory."""
+    ckpt = scenario.checkpoint
+    cluster = scenario.cluster
+    placement = plan_placement(
+        cluster.nodes,
+        ckpt.replicas,
+        ckpt.placement,
+        domains=cluster.domain_names() if ckpt.placement != "explicit" else None,
+        explicit=ckpt.explicit_placement,
+    )
+    profile = iteration_profile(scenario)
+    base_s = profile.iteration_s
+    shard = scenario.checkpoint_bytes_per_node
+    blocking, upload = persistent_save_times(scenario)
+    if ckpt.strategy == "gemini":
+        steady = steady_iteration(
+            scenario, profile, traffic_plan(scenario, profile, placement.peers_of(0))
+        )
+        # Two slots (last committed, in progress) for the node's own shard and per replica held.
+        memory = 2 * ckpt.replicas * shard
+        strategy = StrategyModel(
+            name="gemini",
+            progress_s=steady.progress_s,
+            cycle_s=steady.cycle_s,
+            commit_delay_s=steady.commit_delay_s,
+            pause_every=None,
+            pause_s=0.0,
+            persist_every=ckpt.persist_every_iterations,
+            upload_s=blocking + upload,  # from CPU memory: serialise and upload, off the path
+            iteration_no_ckpt_s=base_s,
+            memory_bytes=memory,
+            interval_rule="every iteration",
+        )
+    else:
+        steady = None
+        every, rule = persistent_interval(scenario, base_s)
+        # A serialised copy waits in host memory while it uploads.
+        memory = shard if upload > 0 else 0.0
+        strategy = StrategyModel(
+            name="persistent",
+            progress_s=base_s,
+            cycle_s=base_s,
+            commit_delay_s=0.0,
+            pause_every=every,
+            pause_s=blocking,
+            persist_every=every,
+            upload_s=upload,
+            iteration_no_ckpt_s=base_s,
+            memory_bytes=memory,
+            interval_rule=rule,
+        )
+    if strategy.memory_bytes > cluster.cpu_memory_gb * 1e9:
+        raise memory_error(scenario, strategy.memory_bytes)
+    return SimModel(scenario, placement, profile, steady, strategy)

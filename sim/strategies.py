@@ -1,0 +1,175 @@
+"""Checkpoint strategies, reduced to a closed-form timeline of iterations and checkpoints.
+
+Whatever the strategy, training between two failures is perfectly regular: iteration k starts,
+reaches its optimizer update (its *end*, the progress point) after ``progress_s``, and the next
+iteration starts ``cycle_s`` after it started, plus a blocking ``pause_s`` after every
+``pause_every``-th iteration (a persistent save). Each checkpoint of iteration k completes at a
+fixed delay after k's end. So the simulator never steps through iterations: ``Timeline`` gives
+the end of iteration k, the iterations reached by time t and the newest checkpoint complete at
+time t in O(1) (or a bisection), and the engine jumps from failure to failure.
+
+Strategies (``checkpoint.strategy``):
+
+- ``gemini``: every iteration to CPU memory (own copy + m-1 peers per the ``shared``
+  placement), traffic interleaved per the ``shared`` schedule or blocking (``sim.training``);
+  optionally persisted in the background every K iterations from CPU memory (non-blocking: the
+  copy is already in memory; an upload still in flight makes the next one wait its turn).
+- ``persistent`` (the paper's baselines): a blocking save every K iterations. The save
+  serialises for ``storage.save_time_s`` (blocking), then uploads the bytes at the storage's
+  aggregate bandwidth in the background; without ``save_time_s`` the save writes straight to
+  storage and blocks for the whole upload. K by ``persistent_interval``: ``fixed``;
+  ``strawman`` every 3 h; ``highfreq`` every ceil(t_ckpt / T_iter) iterations, t_ckpt the time
+  a save takes to reach storage; ``young`` / ``daly`` from ``shared.costs`` with the blocking
+  time as the checkpoint cost and the whole job's MTBF.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+from shared import costs
+from shared.errors import ScenarioError
+from shared.scenario import Scenario
+
+STRAWMAN_INTERVAL_S = 3 * 3600.0
+
+
+@dataclass(frozen=True)
+class StrategyModel:
+    """The per-configuration constants of a checkpoint strategy.
+
+    Attributes:
+        name: "gemini" or "persistent".
+        progress_s: iteration start to its update, s.
+        cycle_s: iteration start to the next iteration's start (no pause), s.
+        commit_delay_s: iteration end to its in-memory checkpoint committed (gemini), s.
+        pause_every: K of the blocking persistent save (persistent), or None.
+        pause_s: the blocking part of a persistent save, s.
+        persist_every: K of the persistent checkpoints (both strategies), or None.
+        upload_s: time a persistent checkpoint takes to reach storage after the pause, s.
+        iteration_no_ckpt_s: failure-free iteration without checkpointing, s.
+        memory_bytes: CPU memory per node used for checkpoints, bytes.
+        interval_rule: how K was chosen.
+    """
+
+    name: str
+    progress_s: float
+    cycle_s: float
+    commit_delay_s: float
+    pause_every: int | None
+    pause_s: float
+    persist_every: int | None
+    upload_s: float
+    iteration_no_ckpt_s: float
+    memory_bytes: float
+    interval_rule: str
+
+    @property
+    def in_memory(self) -> bool:
+        return self.name == "gemini"
+
+    @property
+    def mean_iteration_s(self) -> float:
+        """Average wall time per iteration, blocking saves included."""
+        pause = self.pause_s / self.pause_every if self.pause_every else 0.0
+        return self.cycle_s + pause
+
+
+def persistent_save_times(scenario: Scenario) -> tuple[float, float]:
+    """(blocking seconds, background upload seconds) of one persistent save of the whole job."""
+    storage = scenario.cluster.storage
+    upload = scenario.model.checkpoint_bytes / (storage.bandwidth_gbit_s * 1e9 / 8)
+    if storage.save_time_s is None:
+        return upload, 0.0
+    return storage.save_time_s, upload
+
+
+def persistent_interval(scenario: Scenario, iteration_s: float) -> tuple[int, str]:
+    """K of the persistent baseline and a description of the rule that chose it."""
+    ckpt = scenario.checkpoint
+    blocking, upload = persistent_save_times(scenario)
+    rule = ckpt.persistent_interval
+    if rule == "fixed":
+        if ckpt.persistent_every_iterations is not None:
+            return ckpt.persistent_every_iterations, "fixed"
+        assert ckpt.persistent_interval_s is not None
+        return max(1, round(ckpt.persistent_interval_s / iteration_s)), "fixed"
+    if rule == "strawman":
+        return max(1, round(STRAWMAN_INTERVAL_S / iteration_s)), "strawman (every 3 h)"
+    if rule == "highfreq":
+        return max(1, math.ceil((blocking + upload) / iteration_s)), "highfreq"
+    process = scenario.failures.process
+    if process is None:
+        raise ScenarioError(
+            scenario.name,
+            [f"checkpoint.persistent_interval: {rule} needs failures.process for the MTBF"],
+        )
+    job_mtbf = process.node_mtbf_s(scenario.cluster.nodes) / scenario.cluster.nodes
+    formula = costs.young_interval_s if rule == "young" else costs.daly_interval_s
+    interval = formula(blocking, job_mtbf)
+    return max(1, round(interval / iteration_s)), f"{rule} ({interval:.0f} s)"
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Closed-form training from a restore at ``start_s`` of iteration ``base`` onwards.
+
+    Iteration k (k > base) ends at ``end(k)``; its checkpoint (in memory) commits at
+    ``end(k) + commit_delay_s``.
+    """
+
+    start_s: float
+    base: int
+    model: StrategyModel
+
+    def pauses_before(self, k: int) -> int:
+        """Blocking saves between the restore and the start of iteration k."""
+        every = self.model.pause_every
+        if not every or k <= self.base + 1:
+            return 0
+        return (k - 1) // every - self.base // every
+
+    def start(self, k: int) -> float:
+        return (
+            self.start_s
+            + (k - self.base - 1) * self.model.cycle_s
+            + self.pauses_before(k) * self.model.pause_s
+        )
+
+    def end(self, k: int) -> float:
+        """Time of iteration k's update (its progress point)."""
+        return self.start(k) + self.model.progress_s
+
+    def reached_by(self, time_s: float) -> int:
+        """The newest iteration whose update happened at or before ``time_s``."""
+        if time_s < self.end(self.base + 1):
+            return self.base
+        guess = self.base + 1 + int((time_s - self.start_s) / self.model.mean_iteration_s)
+        high = max(guess * 2 - self.base, self.base + 2)
+        while self.end(high) <= time_s:
+            high = 2 * high - self.base
+        low = self.base + 1  # end(low) <= time_s < end(high)
+        span = range(low, high)
+        return low + bisect.bisect_right(span, time_s, key=self.end) - 1
+
+    def committed_by(self, time_s: float) -> int | None:
+        """Newest in-memory checkpoint committed since the restore, or None."""
+        k = self.reached_by(time_s)
+        while k > self.base and self.end(k) + self.model.commit_delay_s > time_s:
+            k -= 1
+        return k if k > self.base else None
+
+
+def memory_error(scenario: Scenario, needed: float) -> ScenarioError:
+    capacity = scenario.cluster.cpu_memory_gb * 1e9
+    return ScenarioError(
+        scenario.name,
+        [
+            f"cluster.cpu_memory_gb: checkpoints need {needed / 1e9:.3g} GB per node "
+            f"(2 slots x {scenario.checkpoint.replicas} replicas x "
+            f"{scenario.checkpoint_bytes_per_node / 1e9:.3g} GB), more than the "
+            f"{capacity / 1e9:.3g} GB available; lower checkpoint.replicas or add memory"
+        ],
+    )

@@ -1,0 +1,77 @@
+"""``gemini-ckpt sim`` end to end: exit codes, output files, every shipped scenario runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gemini_ckpt.cli import main
+from shared.events import read_events
+from shared.scenario_loader import load_scenario
+from shared.summary import read_summary
+from sim import simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM_SCENARIOS = sorted(
+    path for path in (ROOT / "scenarios").rglob("*.yaml") if "sim" in load_scenario(path).targets
+)
+
+
+@pytest.mark.parametrize("path", SIM_SCENARIOS, ids=lambda p: p.stem)
+def test_every_shipped_scenario_runs(path: Path) -> None:
+    result = simulate(load_scenario(path, ["sim.duration_days=0.5"]))
+    assert result.summary.duration_s == pytest.approx(43_200)
+    assert result.events[0].kind == "run_started" and result.events[-1].kind == "run_finished"
+
+
+def test_one_seed_writes_events_and_summary(tmp_path: Path) -> None:
+    code = main(["sim", str(ROOT / "scenarios/quickstart.yaml"), "--out", str(tmp_path)])
+    assert code == 0
+    summary = read_summary(tmp_path / "summary.json")
+    assert summary.source == "sim" and len(summary.failures) == 2
+    assert {e.kind for e in read_events(tmp_path / "events.jsonl")} >= {
+        "failure_injected",
+        "state_restored",
+        "training_resumed",
+    }
+
+
+def test_seeds_run_in_parallel_with_confidence_intervals(tmp_path: Path) -> None:
+    code = main(
+        [
+            "sim",
+            str(ROOT / "scenarios/paper/gpt2-100b-p4d.yaml"),
+            "--out",
+            str(tmp_path),
+            "--seeds",
+            "3",
+            "--set",
+            "sim.duration_days=5",
+            "--strategy",
+            "highfreq",
+        ]
+    )
+    assert code == 0
+    replications = json.loads((tmp_path / "replications.json").read_text())
+    assert replications["seeds"] == [0, 1, 2]
+    assert replications["ettr"]["ci_low"] <= replications["ettr"]["mean"]
+    assert all((tmp_path / f"seed-{s}" / "events.jsonl").exists() for s in range(3))
+    assert read_summary(tmp_path / "summary.json").strategy == "persistent"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim", "missing.yaml"],
+        ["sim", "scenarios/quickstart.yaml", "--set", "cluster.nodes=zero"],
+        ["sim", "scenarios/quickstart.yaml", "--set", "cluster.cpu_memory_gb=0.000001"],
+        ["sim", "scenarios/quickstart.yaml", "--seeds", "0"],
+    ],
+)
+def test_bad_input_exits_2(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main([*argv, "--out", str(tmp_path)]) == 2
