@@ -1,0 +1,447 @@
+"""Reports: one self-contained HTML page (figures embedded) and a Markdown summary.
+
+``write_report(runs, out)`` writes into ``out``:
+
+- ``report.html``: every table and figure; PNGs and the GIF are embedded as base64 ``data:``
+  URIs, so the file can be mailed or opened anywhere without its folder;
+- ``report.md``: the same tables in Markdown, figures linked from ``figures/``;
+- ``figures/*.png`` and ``figures/recovery.gif``.
+
+Tables: the runs; Gemini against the baseline (mean wasted time and downtime per failure and
+the speedups); the validation table (predicted against measured downtime per scenario, whether
+the median error meets the 10% goal, and where it misses); the per-phase errors of every matched
+failure. Figures: see ``analysis.plots`` and ``analysis.timeline``.
+
+*Sweep runs* (simulated runs of one scenario at several failure rates or cluster sizes, which
+``gemini-ckpt run`` writes under ``sweep/``) feed only the ETTR figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from analysis.compare import (
+    PHASES,
+    StrategyComparison,
+    ValidationReport,
+    compare_strategies,
+    validate,
+)
+from analysis.results import RunResult, pair_runs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+Row = list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of strings (already formatted)."""
+
+    title: str
+    headers: Row
+    rows: list[Row]
+    note: str = ""
+
+
+@dataclass
+class ReportFiles:
+    """What ``write_report`` wrote."""
+
+    html: Path
+    markdown: Path
+    figures: list[Path] = field(default_factory=list)
+    animation: Path | None = None
+    validation: ValidationReport | None = None
+
+
+def _s(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) < 0.1:
+        return f"{value * 1e3:.{digits}g} ms"
+    return f"{value:.{digits}g} s"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def runs_table(runs: Sequence[RunResult]) -> Table:
+    """One row per run: failures, means, ETTR, iteration time and checkpoint overhead."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        rows.append(
+            [
+                run.label,
+                s.scenario,
+                run.path.name,
+                str(len(s.failures)),
+                _s(s.mean_wasted_s),
+                _s(s.mean_downtime_s),
+                "-" if s.fraction_from_memory is None else f"{s.fraction_from_memory:.0%}",
+                f"{s.ettr:.3f}",
+                _s(s.iteration_time_s),
+                _pct(s.checkpoint_overhead),
+                f"{s.checkpoint_memory_bytes / 1e6:.3g} MB",
+            ]
+        )
+    headers = [
+        "run",
+        "scenario",
+        "folder",
+        "failures",
+        "mean wasted",
+        "mean downtime",
+        "from memory",
+        "ETTR",
+        "iteration",
+        "ckpt overhead",
+        "ckpt memory/node",
+    ]
+    return Table("Runs", headers, rows)
+
+
+def strategies_table(comparisons: Sequence[StrategyComparison]) -> Table:
+    """Gemini against the persistent baseline: means per failure and speedups."""
+    rows = [
+        [
+            c.scenario,
+            c.source,
+            _s(c.gemini.mean_wasted_s),
+            _s(c.baseline.mean_wasted_s),
+            _ratio(c.wasted_speedup),
+            _s(c.gemini.mean_downtime_s),
+            _s(c.baseline.mean_downtime_s),
+            _ratio(c.downtime_speedup),
+        ]
+        for c in comparisons
+    ]
+    headers = [
+        "scenario",
+        "source",
+        "wasted Gemini",
+        "wasted baseline",
+        "speedup (wasted)",
+        "downtime Gemini",
+        "downtime baseline",
+        "speedup (downtime)",
+    ]
+    note = (
+        "Means per failure. Wasted time = lost progress + retrieval (the paper's definition); "
+        "downtime = failure to training resumed. Speedup = baseline / Gemini."
+    )
+    return Table("Gemini vs the persistent-storage baseline", headers, rows, note)
+
+
+def validation_table(report: ValidationReport) -> Table:
+    """Predicted against measured downtime per scenario, with the verdict."""
+    rows = []
+    for row in report.scenarios:
+        goal = {True: "yes", False: "NO", None: "-"}[row.meets_goal]
+        rows.append(
+            [
+                row.scenario,
+                row.strategy,
+                str(len(row.failures)),
+                _s(row.predicted_downtime_s),
+                _s(row.measured_downtime_s),
+                _pct(row.downtime_error),
+                goal,
+                "yes" if row.used_for_calibration else "no",
+                row.note,
+            ]
+        )
+    headers = [
+        "scenario",
+        "strategy",
+        "failures",
+        "predicted downtime",
+        "measured downtime",
+        "error",
+        "within 10%",
+        "calibration",
+        "where / why",
+    ]
+    return Table("Validation: simulator vs measurement", headers, rows, report.verdict)
+
+
+def phase_table(report: ValidationReport) -> Table:
+    """Every matched failure's phases: predicted, measured, error."""
+    rows = []
+    for row in report.scenarios:
+        for failure in row.failures:
+            tier = failure.predicted.tier
+            if not failure.tier_matches:
+                tier = f"{failure.predicted.tier} / {failure.measured.tier}"
+            for phase in failure.phases:
+                rows.append(
+                    [
+                        f"{row.scenario} ({row.strategy})",
+                        f"#{failure.index} {failure.measured.kind} [{tier}]",
+                        phase.label,
+                        _s(phase.predicted),
+                        _s(phase.measured),
+                        f"{phase.error:+.3g} s",
+                        _pct(phase.relative_error),
+                    ]
+                )
+    medians = ", ".join(
+        f"{label} {report.phase_median_abs_error[name]:.0%}"
+        for name, label in PHASES
+        if name in report.phase_median_abs_error
+    )
+    note = "Median |relative error| per phase: " + (medians or "-")
+    headers = ["scenario", "failure [tier]", "phase", "predicted", "measured", "error", "relative"]
+    return Table("Per-phase errors", headers, rows, note)
+
+
+def markdown_table(table: Table) -> str:
+    """A table as GitHub Markdown, with its title as a heading and its note after it."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"## {table.title}", ""]
+    if table.rows:
+        lines.append("| " + " | ".join(cell(h) for h in table.headers) + " |")
+        lines.append("|" + "|".join("---" for _ in table.headers) + "|")
+        lines.extend("| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows)
+    else:
+        lines.append("(nothing to show)")
+    if table.note:
+        lines += ["", table.note]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(table: Table) -> str:
+    """A table as HTML, escaped."""
+    out = [f"<h2>{html.escape(table.title)}</h2>"]
+    if table.rows:
+        out.append("<table><thead><tr>")
+        out.extend(f"<th>{html.escape(h)}</th>" for h in table.headers)
+        out.append("</tr></thead><tbody>")
+        for row in table.rows:
+            cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
+            out.append(f"<tr>{cells}</tr>")
+        out.append("</tbody></table>")
+    else:
+        out.append("<p>(nothing to show)</p>")
+    if table.note:
+        out.append(f"<p class='note'>{html.escape(table.note)}</p>")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure of the report: file name, heading, caption, and how to draw it."""
+
+    name: str
+    title: str
+    caption: str
+    draw: Callable[[], Figure]
+
+
+def figure_specs(
+    runs: Sequence[RunResult],
+    sweep_runs: Sequence[RunResult],
+    report: ValidationReport,
+    comparisons: Sequence[StrategyComparison],
+) -> list[FigureSpec]:
+    """The report's figures, in order."""
+    from analysis import plots
+    from analysis.timeline import plot_timelines
+
+    pairs = pair_runs(runs)
+    specs = []
+    timeline_runs: list[RunResult] = [run for pair in pairs for run in pair]
+    if not timeline_runs:
+        timeline_runs = list(runs[:4])
+    if timeline_runs:
+        specs.append(
+            FigureSpec(
+                "timeline",
+                "Recovery timeline per node",
+                "Each row is a node; colours are what it was doing (training, detection, "
+                "stop, replacement, restart, retrieval, recomputation of lost progress). "
+                "Simulated (left) and measured (right) side by side.",
+                lambda: plot_timelines(timeline_runs[:8]),
+            )
+        )
+    specs += [
+        FigureSpec(
+            "strategies",
+            "Wasted time and downtime per failure: Gemini vs baseline",
+            "Per failure, Gemini (in-memory checkpoints) against the persistent-storage "
+            "baseline; the speedup is the ratio of the means.",
+            lambda: plots.plot_strategy_comparison(comparisons),
+        ),
+        FigureSpec(
+            "phases",
+            "Simulated vs measured, per recovery phase",
+            "Durations summed over each scenario's matched failures; labels are the relative "
+            "error (sim - real) / real.",
+            lambda: plots.plot_phase_comparison(report),
+        ),
+        FigureSpec(
+            "throughput",
+            "Throughput over time",
+            "Iterations per second (bins of at least three iterations); dashed lines: failures.",
+            lambda: plots.plot_throughput(list(runs[:8])),
+        ),
+        FigureSpec(
+            "iteration_time",
+            "Iteration time with and without checkpointing",
+            "Median iteration time of each run; 'step only' marks a measured run whose time "
+            "without checkpointing is its step time without the save call.",
+            lambda: plots.plot_iteration_time(list(runs)),
+        ),
+        FigureSpec(
+            "recovery_probability",
+            "Probability of recovery from CPU memory",
+            "Exact probability (shared.probability) that every checkpoint keeps a live "
+            "holder when k nodes fail at once, for group, ring and mixed placements.",
+            lambda: plots.plot_recovery_probability(),
+        ),
+    ]
+    if len(sweep_runs) >= 2:
+        specs.append(
+            FigureSpec(
+                "ettr",
+                "Effective training time ratio (simulated)",
+                "ETTR of simulated runs against the failure rate and the cluster size.",
+                lambda: plots.plot_ettr(list(sweep_runs)),
+            )
+        )
+    return specs
+
+
+def _save(figure: Figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #444; font-size: 0.9em; }
+.caption { color: #555; font-size: 0.9em; }
+"""
+
+
+def write_report(
+    runs: Sequence[RunResult],
+    out: str | Path,
+    *,
+    sweep_runs: Sequence[RunResult] = (),
+    calibration_scenarios: Collection[str] = (),
+    animation: bool = True,
+    animation_frames: int = 36,
+    title: str = "Gemini checkpointing: recovery report",
+) -> ReportFiles:
+    """Write ``report.html``, ``report.md`` and ``figures/`` into ``out``.
+
+    Args:
+        runs: the run folders compared (sim and real, Gemini and baseline).
+        out: output folder (created).
+        sweep_runs: simulated runs for the ETTR figure.
+        calibration_scenarios: scenarios used to calibrate (excluded from the median error).
+        animation: also write the GIF of one failure's recovery.
+        animation_frames: frames of that GIF.
+        title: the page's heading.
+    """
+    from analysis.plots import setup_style
+
+    setup_style()
+    out_dir = Path(out)
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report = validate(runs, calibration_scenarios=calibration_scenarios)
+    comparisons = compare_strategies(runs)
+    tables = [
+        runs_table(runs),
+        strategies_table(comparisons),
+        validation_table(report),
+        phase_table(report),
+    ]
+    files = ReportFiles(out_dir / "report.html", out_dir / "report.md", validation=report)
+    sections: list[tuple[FigureSpec, Path]] = []
+    for spec in figure_specs(runs, sweep_runs, report, comparisons):
+        path = figures_dir / f"{spec.name}.png"
+        _save(spec.draw(), path)
+        files.figures.append(path)
+        sections.append((spec, path))
+    if animation:
+        files.animation = _write_animation(runs, figures_dir / "recovery.gif", animation_frames)
+
+    md = [f"# {title}", "", report.verdict, ""]
+    md += [markdown_table(t) for t in tables]
+    md.append("## Figures\n")
+    for spec, path in sections:
+        md += [f"### {spec.title}", "", f"![{spec.title}](figures/{path.name})", "", spec.caption]
+        md.append("")
+    if files.animation is not None:
+        md += ["### One failure and its recovery (animated)", "", "![](figures/recovery.gif)"]
+    md += ["", "Runs: " + ", ".join(f"`{run.path}`" for run in runs), ""]
+    files.markdown.write_text("\n".join(md), encoding="utf-8")
+
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p><b>{html.escape(report.verdict)}</b></p>"]
+    body += [html_table(t) for t in tables]
+    for spec, path in sections:
+        body.append(f"<h2>{html.escape(spec.title)}</h2>")
+        body.append(f"<img alt='{html.escape(spec.name)}' src='{_data_uri(path, 'image/png')}'>")
+        body.append(f"<p class='caption'>{html.escape(spec.caption)}</p>")
+    if files.animation is not None:
+        body.append("<h2>One failure and its recovery (animated)</h2>")
+        body.append(f"<img alt='recovery' src='{_data_uri(files.animation, 'image/gif')}'>")
+    runs_list = "".join(f"<li><code>{html.escape(str(run.path))}</code></li>" for run in runs)
+    body.append(f"<h2>Run folders</h2><ul>{runs_list}</ul>")
+    page = (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    files.html.write_text(page, encoding="utf-8")
+    return files
+
+
+def _write_animation(runs: Sequence[RunResult], path: Path, frames: int) -> Path | None:
+    """The GIF of the first failure of the first measured (else simulated) Gemini run."""
+    from analysis.timeline import animate_failure
+
+    ordered = sorted(
+        (r for r in runs if r.summary.failures and r.events),
+        key=lambda r: (r.source != "real", r.strategy != "gemini"),
+    )
+    for run in ordered:
+        try:
+            return animate_failure(run, path, frames=frames)
+        except ValueError as error:  # no failure chain in its events
+            log.info("no animation from %s: %s", run.path, error)
+    return None

@@ -1,0 +1,181 @@
+"""Result folders: what a simulated or measured run left behind, loaded for analysis.
+
+A *run folder* is what ``gemini-ckpt sim`` and ``gemini-ckpt real`` write: ``events.jsonl``
+(one ``shared.events.Event`` per line) and ``summary.json`` (a ``shared.summary.RunSummary``).
+A simulator run with several seeds writes ``summary.json`` at the top and one ``seed-<n>/``
+folder per seed; its events are read from the first seed's folder.
+
+Everything in ``analysis/`` starts from a ``RunResult``: the folder, its summary, its events,
+and a short label (``sim-gemini``, ``real-persistent`` ...) used in tables and legends. Runs
+are *paired* for validation when they share scenario and strategy and differ in source.
+
+``gemini-ckpt run`` writes one folder per (source, strategy) under its output folder;
+``find_run_folders`` finds them again, so ``gemini-ckpt report DIR`` accepts either run
+folders or a folder of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.events import Event, read_events
+from shared.summary import RunSummary, read_summary
+
+SUMMARY = "summary.json"
+EVENTS = "events.jsonl"
+
+
+class RunFolderError(ValueError):
+    """A run folder is missing or does not hold a valid run (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One loaded run folder.
+
+    Attributes:
+        path: the folder.
+        summary: its ``summary.json``.
+        events: its events, ordered by time (empty when the folder has no event log).
+    """
+
+    path: Path
+    summary: RunSummary
+    events: tuple[Event, ...]
+
+    @property
+    def source(self) -> str:
+        """``sim`` or ``real``."""
+        return self.summary.source
+
+    @property
+    def strategy(self) -> str:
+        """``gemini`` or ``persistent``."""
+        return self.summary.strategy
+
+    @property
+    def scenario(self) -> str:
+        return self.summary.scenario
+
+    @property
+    def label(self) -> str:
+        """Short name for legends: ``<source>-<strategy>``, e.g. ``sim-gemini``."""
+        return f"{self.source}-{self.strategy}"
+
+    @property
+    def long_label(self) -> str:
+        """Label with the scenario and folder name, unique across a report."""
+        return f"{self.scenario} {self.label} ({self.path.name})"
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Load one run folder.
+
+    Raises:
+        RunFolderError: when the folder or its ``summary.json`` is missing or invalid, or the
+            event log has a bad line (the message names the file and line).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder}: no such run folder (expected a folder with {SUMMARY})")
+    summary_path = folder / SUMMARY
+    if not summary_path.is_file():
+        raise RunFolderError(
+            f"{folder}: no {SUMMARY}; run `gemini-ckpt sim` or `gemini-ckpt real` with "
+            f"--out {folder} first"
+        )
+    try:
+        summary = read_summary(summary_path)
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunFolderError(f"{summary_path}: not a run summary ({error})") from error
+    events_path = _events_path(folder)
+    events: list[Event] = []
+    if events_path is not None:
+        try:
+            events = read_events(events_path)
+        except ValueError as error:
+            raise RunFolderError(str(error)) from error
+    events.sort(key=lambda e: e.time_s)
+    return RunResult(folder, summary, tuple(events))
+
+
+def _events_path(folder: Path) -> Path | None:
+    direct = folder / EVENTS
+    if direct.is_file():
+        return direct
+    seeds = sorted(
+        (p for p in folder.glob("seed-*") if (p / EVENTS).is_file()),
+        key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else 0,
+    )
+    return seeds[0] / EVENTS if seeds else None
+
+
+def find_run_folders(path: str | Path) -> list[Path]:
+    """The run folders at or under ``path``: the folder itself if it holds a summary, else
+    its sub-folders (recursively) that do, skipping the per-seed folders of a multi-seed run.
+
+    Raises:
+        RunFolderError: when ``path`` does not exist or holds no run folder.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise RunFolderError(f"{root}: no such folder")
+    if (root / SUMMARY).is_file():
+        return [root]
+    found: list[Path] = []
+    for summary in sorted(root.rglob(SUMMARY)):
+        folder = summary.parent
+        if folder.name.startswith("seed-") and (folder.parent / SUMMARY).is_file():
+            continue
+        found.append(folder)
+    if not found:
+        raise RunFolderError(f"{root}: holds no run folder (no {SUMMARY} in it or below)")
+    return found
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[RunResult]:
+    """Load every run folder at or under each path, in order, without duplicates."""
+    seen: set[Path] = set()
+    runs: list[RunResult] = []
+    for path in paths:
+        for folder in find_run_folders(path):
+            key = folder.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(load_run(folder))
+    return runs
+
+
+def pair_runs(runs: Sequence[RunResult]) -> list[tuple[RunResult, RunResult]]:
+    """(simulated, measured) pairs of runs with the same scenario and strategy.
+
+    When several runs of one kind exist for a key, the first of each is paired.
+    """
+    sims: dict[tuple[str, str], RunResult] = {}
+    reals: dict[tuple[str, str], RunResult] = {}
+    for run in runs:
+        table = sims if run.source == "sim" else reals if run.source == "real" else None
+        if table is not None:
+            table.setdefault((run.scenario, run.strategy), run)
+    return [(sims[key], reals[key]) for key in sims if key in reals]
+
+
+def select(
+    runs: Sequence[RunResult], *, source: str | None = None, strategy: str | None = None
+) -> list[RunResult]:
+    """The runs of one source and/or strategy, in order."""
+    return [
+        r
+        for r in runs
+        if (source is None or r.source == source) and (strategy is None or r.strategy == strategy)
+    ]
+
+
+def split_sweep(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[RunResult]]:
+    """(main runs, sweep runs): sweep runs lie in a folder named ``sweep`` (``gemini-ckpt
+    run`` puts its ETTR sweep there) and feed only the ETTR figure."""
+    main = [r for r in runs if "sweep" not in r.path.parts]
+    sweep = [r for r in runs if "sweep" in r.path.parts]
+    return main, sweep

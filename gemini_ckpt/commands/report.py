@@ -1,0 +1,69 @@
+"""``gemini-ckpt report RUN_DIR... [--out DIR]``: an HTML + Markdown report from run folders.
+
+Each RUN_DIR is a run folder (``events.jsonl`` + ``summary.json``, from ``gemini-ckpt sim`` or
+``gemini-ckpt real``) or a folder holding run folders (the output of ``gemini-ckpt run``). Runs
+under a folder named ``sweep`` feed only the ETTR figure. Exit codes: 0 written, 2 a RUN_DIR is
+missing or holds no valid run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report folder (default: the first RUN_DIR if it holds several runs, else runs/report).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The calibration file the simulated runs used: its scenarios are left out of the "
+    "validation median.",
+)
+@click.option("--gif/--no-gif", default=True, show_default=True, help="Animate one recovery.")
+def command(
+    run_dirs: tuple[Path, ...], out: Path | None, calibration: Path | None, gif: bool
+) -> None:
+    """Compare simulated and measured runs, and Gemini with the baseline, in a report."""
+    from rich.console import Console
+
+    from analysis.calibration import calibration_scenarios, load_calibration
+    from analysis.report import write_report
+    from analysis.results import RunFolderError, load_runs, split_sweep
+
+    try:
+        runs = load_runs(run_dirs)
+    except RunFolderError as error:
+        raise click.UsageError(str(error)) from error
+    calibrated_on: list[str] = []
+    if calibration is not None:
+        try:
+            calibrated_on = calibration_scenarios(load_calibration(calibration))
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--calibration") from error
+    main, sweep = split_sweep(runs)
+    if not main:
+        main, sweep = sweep, []
+    if out is None:
+        first = run_dirs[0]
+        out = (
+            first
+            if len(runs) > 1 and not (first / "summary.json").exists()
+            else Path("runs/report")
+        )
+    files = write_report(
+        main, out, sweep_runs=sweep, calibration_scenarios=calibrated_on, animation=gif
+    )
+    console = Console(stderr=True)
+    console.print(f"{len(main)} run(s){f' + {len(sweep)} sweep runs' if sweep else ''}")
+    if files.validation is not None:
+        console.print(files.validation.verdict)
+    console.print(f"report: {files.html}\nsummary: {files.markdown}")

@@ -1,0 +1,285 @@
+"""``gemini-ckpt run SCENARIO [--out DIR]``: the main job.
+
+Runs one scenario four ways and reports on all of them:
+
+- ``DIR/sim-gemini``, ``DIR/sim-baseline``: the simulator (in this process, through
+  ``sim.simulate``), Gemini and the persistent-storage baseline;
+- ``DIR/real-gemini``, ``DIR/real-baseline``: the real harness on an emulated cluster, each a
+  ``gemini-ckpt real`` child process whose output goes to ``DIR/logs/<name>.log``;
+- ``DIR/sweep/``: simulated runs at several failure rates and cluster sizes (the ETTR figure);
+- ``DIR/report.html``, ``DIR/report.md``, ``DIR/figures/``: the report (``analysis.report``).
+
+The baseline is the same scenario with ``checkpoint.strategy=persistent``; when the scenario
+names no persistent interval, it saves every ``checkpoint.persist_every_iterations`` iterations
+(Gemini's own persistence interval), else every 10.
+
+A calibration file (``--calibration``, from ``gemini-ckpt calibrate``) adds its overrides to the
+simulated runs only; the scenarios it was calibrated on are left out of the validation median.
+
+Ctrl-C (or SIGTERM) stops the running child with SIGTERM, which makes ``gemini-ckpt real`` tear
+its emulated cluster down; a child still alive after a grace period is killed with its process
+group. Exit code: 0 when every run and the report succeeded, 1 when a run failed (the report is
+still written from the runs that exist), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from shared.errors import ScenarioError
+from shared.scenario import Scenario
+from shared.scenario_loader import load_scenario
+
+TEARDOWN_GRACE_S = 60.0
+"""How long a ``gemini-ckpt real`` child gets to tear its cluster down after SIGTERM."""
+
+SWEEP_RATE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+SWEEP_SIZE_FACTORS = (1, 2, 4, 8, 16)
+DEFAULT_FAILURES_PER_NODE_PER_DAY = 2.0
+
+
+def baseline_overrides(scenario: Scenario) -> list[str]:
+    """Overrides that turn a scenario into its persistent-storage baseline."""
+    overrides = ["checkpoint.strategy=persistent"]
+    checkpoint = scenario.checkpoint
+    if (
+        checkpoint.persistent_interval == "fixed"
+        and checkpoint.persistent_every_iterations is None
+        and checkpoint.persistent_interval_s is None
+    ):
+        every = checkpoint.persist_every_iterations or 10
+        overrides.append(f"checkpoint.persistent_every_iterations={every}")
+    return overrides
+
+
+def sweep_points(scenario: Scenario) -> list[tuple[str, list[str]]]:
+    """(folder name, overrides) of the ETTR sweep: failure rates at the scenario's size, then
+    sizes at its failure rate (a stochastic process replaces any explicit schedule)."""
+    process = scenario.failures.process
+    nodes = scenario.cluster.nodes
+    per_node = DEFAULT_FAILURES_PER_NODE_PER_DAY
+    if process is not None:
+        per_node = process.failures_per_node_per_day or (process.failures_per_day or 0) / nodes
+    hardware = process.hardware_fraction if process is not None else 0.5
+    days = max(scenario.sim.duration_days, 1.0)
+
+    def failures(rate: float) -> list[str]:
+        return [
+            "failures.schedule=[]",
+            "failures.process={distribution: exponential, "
+            f"failures_per_node_per_day: {rate:.6g}, hardware_fraction: {hardware}}}",
+            f"sim.duration_days={days}",
+        ]
+
+    points = [(f"rate-{per_node * f:.4g}", failures(per_node * f)) for f in SWEEP_RATE_FACTORS]
+    points += [
+        (f"nodes-{nodes * f}", [*failures(per_node), f"cluster.nodes={nodes * f}"])
+        for f in SWEEP_SIZE_FACTORS
+        if f > 1
+    ]
+    return points
+
+
+class ChildRun:
+    """A ``gemini-ckpt`` child process we own: started in its own session, logged to a file,
+    stopped with SIGTERM then killed with its group."""
+
+    def __init__(self, args: Sequence[str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait/stop
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gemini_ckpt", *args],
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self) -> int:
+        try:
+            return self.process.wait()
+        finally:
+            self.handle.close()
+
+    def stop(self) -> None:
+        """SIGTERM (the child tears down), then SIGKILL to its process group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=TEARDOWN_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.handle.close()
+
+
+def _simulate(scenario_path: Path, overrides: Sequence[str], out: Path) -> None:
+    from sim import simulate, write_result
+
+    write_result(simulate(load_scenario(scenario_path, overrides)), out)
+
+
+@click.command("run")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: runs/<scenario name>).",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario field."
+)
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Calibration file (gemini-ckpt calibrate) applied to the simulated runs.",
+)
+@click.option("--real/--no-real", default=True, show_default=True, help="Run the real harness.")
+@click.option(
+    "--sweep/--no-sweep", default=True, show_default=True, help="Simulate the ETTR sweep."
+)
+@click.option("--gif/--no-gif", default=True, show_default=True, help="Animate one recovery.")
+def command(
+    scenario: Path,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    calibration: Path | None,
+    real: bool,
+    sweep: bool,
+    gif: bool,
+) -> None:
+    """Simulate and run SCENARIO, Gemini and the persistent baseline, and write the report."""
+    from analysis.calibration import calibration_overrides, calibration_scenarios, load_calibration
+
+    console = Console(stderr=True)
+    loaded = load_scenario(scenario, overrides)
+    out = out or Path("runs") / loaded.name
+    out.mkdir(parents=True, exist_ok=True)
+    sim_extra: list[str] = []
+    calibrated_on: list[str] = []
+    if calibration is not None:
+        try:
+            document = load_calibration(calibration)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--calibration") from error
+        sim_extra = calibration_overrides(document)
+        calibrated_on = calibration_scenarios(document)
+    base = list(overrides)
+    baseline = baseline_overrides(loaded)
+    # The simulator takes every scenario, whatever its targets.
+    jobs: list[tuple[str, str, list[str]]] = [
+        ("sim", "sim-gemini", [*base, "checkpoint.strategy=gemini", *sim_extra]),
+        ("sim", "sim-baseline", [*base, *baseline, *sim_extra]),
+    ]
+    if real and "real" in loaded.targets:
+        jobs += [
+            ("real", "real-gemini", [*base, "checkpoint.strategy=gemini"]),
+            ("real", "real-baseline", [*base, *baseline]),
+        ]
+    elif real:
+        console.print(f"[yellow]{loaded.name} does not target real; simulating only[/]")
+    if sweep:
+        for name, settings in sweep_points(loaded):
+            jobs.append(("sweep", f"sweep/{name}-gemini", [*base, *settings, *sim_extra]))
+            jobs.append(
+                ("sweep", f"sweep/{name}-baseline", [*base, *settings, *baseline, *sim_extra])
+            )
+    failed: list[str] = []
+    child: ChildRun | None = None
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    started = time.monotonic()
+    try:
+        for number, (kind, name, settings) in enumerate(jobs, start=1):
+            folder = out / name
+            step = f"[{number}/{len(jobs)}] {name}"
+            if kind == "real" and (folder / "events").exists():
+                console.print(f"{step}: {folder} holds an earlier run; remove it to rerun")
+                failed.append(name)
+                continue
+            began = time.monotonic()
+            if kind in ("sim", "sweep"):
+                if kind == "sim":
+                    console.print(f"{step}: simulating")
+                elif jobs[number - 2][0] != "sweep":
+                    count = sum(1 for job in jobs if job[0] == "sweep")
+                    console.print(f"[{number}-{number + count - 1}/{len(jobs)}] ETTR sweep")
+                try:
+                    _simulate(scenario, settings, folder)
+                except (ScenarioError, ValueError, RuntimeError) as error:
+                    console.print(f"[red]{step} failed[/]: {error}")
+                    failed.append(name)
+                    continue
+            else:
+                console.print(f"{step}: emulated cluster, log in {out / 'logs' / name}.log")
+                child = ChildRun(
+                    ["real", str(scenario), "--out", str(folder), *_sets(settings)],
+                    out / "logs" / f"{name}.log",
+                )
+                code = child.wait()
+                child = None
+                if code != 0:
+                    console.print(f"[red]{step} failed (exit {code})[/]; log tail:")
+                    console.print(_tail(out / "logs" / f"{name}.log"))
+                    failed.append(name)
+                    continue
+            if kind != "sweep":
+                console.print(f"{step}: done in {time.monotonic() - began:.1f} s")
+        console.print("writing the report")
+        files = _report(out, calibrated_on, gif)
+    except KeyboardInterrupt:
+        if child is not None:
+            console.print("interrupted: stopping the running cluster (teardown)...")
+            child.stop()
+        console.print("[red]interrupted[/]")
+        raise click.exceptions.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    console.print(f"done in {time.monotonic() - started:.0f} s: {files.html} and {files.markdown}")
+    if files.validation is not None:
+        console.print(files.validation.verdict)
+    if failed:
+        console.print(f"[red]failed runs: {', '.join(failed)}[/]")
+        raise click.exceptions.Exit(1)
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _sets(settings: Sequence[str]) -> list[str]:
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
+def _report(out: Path, calibrated_on: Sequence[str], gif: bool) -> Any:
+    from analysis.report import write_report
+    from analysis.results import RunFolderError, load_runs, split_sweep
+
+    try:
+        runs = load_runs([out])
+    except RunFolderError as error:
+        raise click.ClickException(f"no run finished, no report: {error}") from error
+    main, sweep = split_sweep(runs)
+    return write_report(
+        main, out, sweep_runs=sweep, calibration_scenarios=calibrated_on, animation=gif
+    )

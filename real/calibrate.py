@@ -1,0 +1,344 @@
+"""Measuring this machine for the simulator: bandwidths, start-up costs, the iteration profile.
+
+The simulator's predictions are only as good as its inputs. ``measure`` runs small benchmarks
+of the things a recovery and a checkpoint spend their time on, on the machine the real harness
+runs on, and returns the ``measurements`` mapping of a calibration file (see
+``analysis/calibration.py`` for the format and how each figure becomes a scenario override):
+
+- **memory copy**: one thread copying a large tensor into a pre-faulted one (checkpoint
+  capture and local restore are memory copies);
+- **loopback TCP**: one process sending to another over a TCP socket on this host (the
+  emulated cluster's links; replication and peer retrieval use them);
+- **storage**: writing a file and ``fsync``-ing it in the run folder's filesystem, then reading
+  it back after asking the kernel to drop it from the page cache (the persistent tier);
+- **process start**: a fresh Python importing torch (every restart starts trainers);
+- **restart, end to end**: spawning the scenario's ranks until their gloo process group has
+  formed (the ``restart`` phase), and the process group formation alone;
+- **iteration profile**: the scenario's model trained with DDP on its world size for a few
+  iterations, timed, with the communication profiled by ``real.engine.profiler.CommProfiler``
+  so the simulator gets the same compute / communication phases.
+
+Every benchmark is bounded in size and time; ``quick=True`` shrinks them for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """What to measure and how hard.
+
+    Attributes:
+        scenario: the scenario file whose model and world size are profiled.
+        overrides: ``key=value`` overrides of that scenario.
+        directory: a folder in the filesystem whose storage bandwidth is measured.
+        ranks: world size for the restart and iteration benchmarks (default: the scenario's
+            nodes x accelerators_per_node).
+        iterations: iterations timed (after two warm-up iterations).
+        quick: small buffers and few repetitions (tests).
+    """
+
+    scenario: Path
+    overrides: tuple[str, ...] = ()
+    directory: Path = Path(".")
+    ranks: int | None = None
+    iterations: int = 8
+    quick: bool = False
+
+
+def _best_rate(run: Callable[[], float], repeats: int, size_bytes: int) -> float:
+    """Bytes per second of the fastest of ``repeats`` runs (each returns its seconds)."""
+    best = min(run() for _ in range(repeats))
+    return size_bytes / max(best, 1e-9)
+
+
+def memory_copy_gbyte_s(size_mb: int = 256, repeats: int = 5) -> float:
+    """One thread copying ``size_mb`` between pre-faulted tensors, GB/s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        source = torch.ones(size_mb * MB, dtype=torch.uint8)
+        target = torch.zeros_like(source)  # zeros_like touches every page: pre-faulted
+
+        def once() -> float:
+            start = time.perf_counter()
+            target.copy_(source)
+            return time.perf_counter() - start
+
+        return _best_rate(once, repeats, size_mb * MB) / 1e9
+    finally:
+        torch.set_num_threads(threads)
+
+
+def loopback_tcp_gbit_s(size_mb: int = 256, chunk_mb: int = 4) -> float:
+    """A sender thread to a receiver thread over TCP on 127.0.0.1, Gbit/s."""
+    total = size_mb * MB
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    received = 0
+
+    def receive() -> None:
+        nonlocal received
+        connection, _ = server.accept()
+        with connection:
+            buffer = bytearray(chunk_mb * MB)
+            view = memoryview(buffer)
+            while received < total:
+                count = connection.recv_into(view)
+                if count == 0:
+                    break
+                received += count
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    payload = bytes(chunk_mb * MB)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            start = time.perf_counter()
+            for _ in range(size_mb // chunk_mb):
+                client.sendall(payload)
+            thread.join(timeout=60)
+            elapsed = time.perf_counter() - start
+    finally:
+        server.close()
+    return received * 8 / max(elapsed, 1e-9) / 1e9
+
+
+def storage_gbit_s(directory: Path, size_mb: int = 256, chunk_mb: int = 8) -> tuple[float, float]:
+    """(write, read) bandwidth of a file in ``directory``, Gbit/s.
+
+    The write includes ``fsync``; before the read the file is dropped from the page cache with
+    ``posix_fadvise(DONTNEED)`` where the platform has it (else the read may come from memory).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    chunk = os.urandom(chunk_mb * MB)
+    handle, name = tempfile.mkstemp(prefix=".calibrate-", dir=directory)
+    path = Path(name)
+    try:
+        start = time.perf_counter()
+        with os.fdopen(handle, "wb") as out:
+            for _ in range(size_mb // chunk_mb):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        write_s = time.perf_counter() - start
+        with open(path, "rb") as source:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(source.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            start = time.perf_counter()
+            while source.read(chunk_mb * MB):
+                pass
+            read_s = time.perf_counter() - start
+    finally:
+        path.unlink(missing_ok=True)
+    size_bits = size_mb * MB * 8
+    return size_bits / max(write_s, 1e-9) / 1e9, size_bits / max(read_s, 1e-9) / 1e9
+
+
+def process_start_s(repeats: int = 3) -> float:
+    """Median time to start Python and import torch (and torch.distributed), s."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import torch, torch.distributed"],
+            check=True,
+            timeout=300,
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _rank_main(
+    rank: int,
+    world: int,
+    port: int,
+    scenario: str,
+    overrides: Sequence[str],
+    iterations: int,
+    results: Any,
+) -> None:
+    """One spawned rank: form the process group, then time the scenario's model."""
+    import torch.distributed as dist
+
+    from real.engine.profiler import CommProfiler
+    from real.workload.trainer import Trainer, TrainerConfig
+    from shared.scenario_loader import load_scenario
+
+    begin = time.perf_counter()
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    dist.barrier()
+    ready_wall = time.time()
+    group_s = time.perf_counter() - begin
+    loaded = load_scenario(scenario, overrides)
+    config = TrainerConfig.from_scenario(loaded)
+    trainer = Trainer(config, rank=rank, world_size=world)
+    profiler = CommProfiler(iterations)
+    if isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel):
+        profiler.attach(trainer.model)
+    for _ in range(2):  # warm-up: first touches, allocator, DDP's first-iteration bucketing
+        trainer.step()
+    lengths = []
+    for _ in range(iterations):
+        started = profiler.iteration_begins()
+        trainer.step()
+        lengths.append(time.perf_counter() - started)
+    profiler.iteration_begins()  # closes the last profiled iteration
+    dist.barrier()
+    spans = [(s.start_s, s.duration_s) for s in (profiler.spans or ())]
+    results.put(
+        {
+            "rank": rank,
+            "ready_wall": ready_wall,
+            "group_s": group_s,
+            "iteration_s": statistics.median(lengths),
+            "spans": spans,
+        }
+    )
+    dist.destroy_process_group()
+
+
+def _phases(iteration_s: float, spans: Sequence[tuple[float, float]]) -> list[list[object]]:
+    """Alternating compute (network idle) and communication phases of one iteration."""
+    phases: list[list[object]] = []
+    cursor = 0.0
+    for start, duration in sorted(spans):
+        if start > cursor:
+            phases.append(["communication", start - cursor])
+        if duration > 0:
+            phases.append(["compute", duration])
+        cursor = max(cursor, start + duration)
+    if iteration_s > cursor:
+        phases.append(["communication", iteration_s - cursor])
+    return [[kind, round(float(d), 9)] for kind, d in phases if float(d) > 1e-7]  # type: ignore[arg-type]
+
+
+def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str, Any]:
+    """Spawn ``world`` ranks: end-to-end restart time, group formation, iteration profile."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    start_wall = time.time()
+    processes = [
+        context.Process(
+            target=_rank_main,
+            args=(
+                rank,
+                world,
+                port,
+                str(options.scenario),
+                list(options.overrides),
+                options.iterations,
+                results,
+            ),
+            daemon=True,
+        )
+        for rank in range(world)
+    ]
+    for process in processes:
+        process.start()
+    reports: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 600
+        while len(reports) < world:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("calibration ranks did not finish within 600 s")
+            try:
+                reports.append(results.get(timeout=min(remaining, 5.0)))
+            except Exception:  # queue.Empty: check that nobody died
+                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"calibration rank exited with code {dead[0].exitcode}; "
+                        "run with -v for its output"
+                    ) from None
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+    rank0 = next(r for r in reports if r["rank"] == 0)
+    return {
+        "restart_s": max(r["ready_wall"] for r in reports) - start_wall,
+        "process_group_s": max(r["group_s"] for r in reports),
+        "iteration_time_s": statistics.median(r["iteration_s"] for r in reports),
+        "iteration_phases": _phases(rank0["iteration_s"], rank0["spans"]) or None,
+    }
+
+
+def measure(
+    options: CalibrationOptions, progress: Callable[[str], None] = log.info
+) -> dict[str, Any]:
+    """Run every benchmark; returns the calibration document (without ``overrides``)."""
+    from shared.scenario_loader import load_scenario
+
+    scenario = load_scenario(options.scenario, options.overrides)
+    world = options.ranks or scenario.cluster.nodes * scenario.cluster.accelerators_per_node
+    size = 32 if options.quick else 256
+    repeats = 2 if options.quick else 5
+    measurements: dict[str, Any] = {}
+    progress("memory copy")
+    measurements["memory_copy_gbyte_s"] = round(memory_copy_gbyte_s(size, repeats), 4)
+    progress("loopback TCP")
+    measurements["loopback_tcp_gbit_s"] = round(loopback_tcp_gbit_s(size), 4)
+    progress(f"storage in {options.directory}")
+    write, read = storage_gbit_s(options.directory, size)
+    measurements["storage_write_gbit_s"] = round(write, 4)
+    measurements["storage_read_gbit_s"] = round(read, 4)
+    progress("process start (python + import torch)")
+    measurements["process_start_s"] = round(process_start_s(1 if options.quick else 3), 4)
+    progress(f"restart of {world} ranks and iteration profile of {scenario.model.name}")
+    spawned = restart_and_iterations(options, world)
+    measurements["restart_s"] = round(spawned["restart_s"], 4)
+    measurements["process_group_s"] = round(spawned["process_group_s"], 4)
+    measurements["iteration_time_s"] = round(spawned["iteration_time_s"], 6)
+    if spawned["iteration_phases"]:
+        measurements["iteration_phases"] = spawned["iteration_phases"]
+    return {
+        "version": 1,
+        "machine": {
+            "hostname": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "world_size": world,
+        },
+        "scenario": scenario.name,
+        "scenarios_used": [],
+        "measurements": measurements,
+    }

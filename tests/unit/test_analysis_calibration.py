@@ -1,0 +1,96 @@
+"""Calibration measurements -> scenario overrides the simulator accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from analysis.calibration import (
+    calibration_overrides,
+    calibration_scenarios,
+    load_calibration,
+    measurements_from_runs,
+    write_calibration,
+)
+from analysis.results import load_run
+from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
+from shared.scenario_loader import load_scenario
+
+REPO = Path(__file__).resolve().parents[2]
+
+MEASURED = {
+    "memory_copy_gbyte_s": 5.8,
+    "loopback_tcp_gbit_s": 31,
+    "storage_write_gbit_s": 6.1,
+    "storage_read_gbit_s": 9.4,
+    "process_start_s": 2.0,
+    "process_group_s": 0.4,
+    "iteration_time_s": 0.045,
+}
+
+
+def test_overrides_follow_the_documented_rules() -> None:
+    assert calibration_overrides({"measurements": MEASURED}) == [
+        "cluster.copy_bandwidth_gbyte_s=5.8",
+        "cluster.network_bandwidth_gbit_s=31",
+        "training.iteration_time_s=0.045",
+        "cluster.storage.bandwidth_gbit_s=6.1",  # the smaller of write and read
+        "recovery.restart_s=2.4",  # process start + group formation
+    ]
+    end_to_end = {**MEASURED, "restart_s": 4.9, "stop_s": 0.1, "exit_report_s": 0.05}
+    overrides = calibration_overrides(end_to_end)  # the bare measurements mapping works too
+    assert "recovery.restart_s=4.9" in overrides
+    assert "recovery.stop_s=0.1" in overrides
+    assert "detection.exit_report_s=0.05" in overrides
+
+
+def test_phases_replace_the_iteration_time_and_load_in_a_scenario() -> None:
+    phases = [["compute", 0.02], ["communication", 0.01]]
+    overrides = calibration_overrides({**MEASURED, "iteration_phases": phases})
+    assert not any(o.startswith("training.iteration_time_s") for o in overrides)
+    scenario = load_scenario(REPO / "scenarios" / "quickstart.yaml", overrides)
+    assert [(p.kind, p.duration_s) for p in scenario.training.phases or []] == [
+        ("compute", 0.02),
+        ("communication", 0.01),
+    ]
+    assert scenario.recovery.restart_s == pytest.approx(2.4)
+    assert scenario.cluster.storage.bandwidth_gbit_s == pytest.approx(6.1)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"memory_copy_gbyte_s": "fast"}, "memory_copy_gbyte_s"),
+        ({"stop_s": -1}, "stop_s"),
+        ({"iteration_phases": [["idle", 1.0]]}, "idle"),
+    ],
+)
+def test_bad_measurements_are_named(bad: dict[str, object], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        calibration_overrides(bad)
+
+
+def test_file_round_trip_and_scenarios_used(tmp_path: Path) -> None:
+    path = write_calibration(
+        tmp_path / "cal.yaml", {"version": 1, "scenarios_used": ["q"], "measurements": MEASURED}
+    )
+    loaded = load_calibration(path)
+    assert loaded["overrides"] == calibration_overrides(loaded)
+    assert calibration_scenarios(loaded) == ["q"]
+    (tmp_path / "not.yaml").write_text("a: 1\n")
+    with pytest.raises(ValueError, match="not a calibration file"):
+        load_calibration(tmp_path / "not.yaml")
+
+
+def test_recovery_costs_from_measured_runs(tmp_path: Path) -> None:
+    failures = (
+        SyntheticFailure(3, "software", (1,), 0.05, 0.1, 0.0, 4.0, 0.5),
+        SyntheticFailure(8, "software", (2,), 0.07, 0.3, 0.0, 6.0, 0.5),
+        SyntheticFailure(12, "hardware", (3,), 3.0, 0.2, 0.5, 5.0, 0.5, "peer"),
+    )
+    real = load_run(write_synthetic_run(tmp_path / "r", SyntheticRun("real", failures=failures)))
+    sim = load_run(write_synthetic_run(tmp_path / "s", SyntheticRun("sim", failures=failures[:1])))
+    assert measurements_from_runs([real, sim]) == pytest.approx(
+        {"stop_s": 0.2, "restart_s": 5.0, "exit_report_s": 0.06}
+    )
