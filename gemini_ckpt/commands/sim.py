@@ -104,6 +104,13 @@ def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table
     default=None,
     help="Processes for replications (default: all cores).",
 )
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A file from `gemini-ckpt calibrate`: measured bandwidths and times replace the "
+    "scenario's (--set still wins).",
+)
 def command(
     scenario: Path,
     out: Path | None,
@@ -111,11 +118,17 @@ def command(
     overrides: tuple[str, ...],
     strategy: str | None,
     workers: int | None,
+    calibration: Path | None,
 ) -> None:
     """Simulate SCENARIO (a YAML file) and write events.jsonl and summary.json."""
+    from analysis.calibration import calibration_overrides, load_calibration
     from sim import aggregate, replicate, simulate, write_result
 
-    settings = [*(STRATEGIES[strategy] if strategy else []), *overrides]
+    try:
+        measured = calibration_overrides(load_calibration(calibration)) if calibration else []
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--calibration") from error
+    settings = [*measured, *(STRATEGIES[strategy] if strategy else []), *overrides]
     loaded = load_scenario(scenario, settings)
     out = out or Path("runs") / f"sim-{loaded.name}"
     count = seeds or loaded.sim.replications
