@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,7 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
     progress_since = 0.0  # when the iteration in flight started
     reached_at_failure: dict[int, tuple[int, float]] = {}
     resumes: list[float] = []
+    tiers: dict[int, int] = {}
     for event in order:
         if event.kind == "iteration_end" and event.iteration is not None:
             last_iteration = max(last_iteration, event.iteration)
@@ -187,7 +188,10 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
             partial = event.details.get("partial_iteration_s", event.time_s - progress_since)
             reached_at_failure[index] = (int(reached), float(partial))  # type: ignore[arg-type]
         # Keep the first event of each kind: the phase starts when the first node reports it.
-        # For state_restored the last one counts: retrieval ends when every rank has its state.
+        # For state_restored the last one counts (retrieval ends when every rank has its
+        # state), and the failure's tier is the farthest any rank had to go.
+        if event.kind == "state_restored":
+            tiers[index] = max(tiers.get(index, -1), _tier_rank(event.details.get("tier")))
         if event.kind == "state_restored" or event.kind not in chain:
             chain[event.kind] = event
     records = []
@@ -197,8 +201,19 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
         if injected is None:
             continue
         reached, partial = reached_at_failure[index]
-        records.append(_record(index, chain, injected, reached, partial, iteration_time_s, resumes))
+        record = _record(index, chain, injected, reached, partial, iteration_time_s, resumes)
+        if tiers.get(index, -1) >= 0:
+            record = replace(record, tier=TIER_ORDER[tiers[index]])
+        records.append(record)
     return tuple(records)
+
+
+TIER_ORDER = ("local", "peer", "persistent")
+
+
+def _tier_rank(tier: object) -> int:
+    """Position of a restore tier from nearest to farthest; -1 for anything else."""
+    return TIER_ORDER.index(tier) if tier in TIER_ORDER else -1
 
 
 def _record(

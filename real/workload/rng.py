@@ -64,4 +64,6 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _cpu_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    return _cpu(tensor).to(torch.uint8).contiguous()
+    # A fresh tensor of its own: torch.set_rng_state crashes (SIGSEGV) on a view at an offset
+    # into a larger buffer, which is what a restore from checkpoint memory hands us.
+    return _cpu(tensor).to(torch.uint8).clone(memory_format=torch.contiguous_format)

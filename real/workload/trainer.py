@@ -166,6 +166,7 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 bucket_cap_mb=config.bucket_cap_mb,
             )
+            self._settle_ddp_buckets()
         else:
             self.model = module
         self.optimizer = torch.optim.AdamW(
@@ -183,6 +184,22 @@ class Trainer:
             world_size=world_size,
         )
         self.iteration = 0
+
+    def _settle_ddp_buckets(self) -> None:
+        """One forward/backward on a blank batch, before any real iteration.
+
+        DDP rebuilds its gradient buckets after the first backward, in the order gradients
+        became ready, and gloo's ring all-reduce sums each element in an order that depends on
+        its offset in the bucket. A run resumed from a checkpoint would otherwise reduce its
+        first resumed iteration with the initial layout while the uninterrupted run used the
+        rebuilt one, and the weights would drift by an ulp. Every run, fresh or resumed, does
+        this warm-up, so every real iteration uses the rebuilt layout. It reads no data and
+        draws no random numbers; the gradients are dropped.
+        """
+        blank = torch.zeros(1, self.config.model.context, dtype=torch.long, device=self.device)
+        self.model(blank, blank).backward()
+        for parameter in self.model.parameters():
+            parameter.grad = None
 
     def _rate(self, step: int) -> float:
         return learning_rate_at(

@@ -132,3 +132,12 @@ def test_summary_totals_and_json_round_trip(tmp_path: Path) -> None:
     write_summary(path, summary)
     assert read_summary(path) == summary
     assert json.loads(path.read_text())["totals"]["failures"] == 2
+
+
+def test_failure_tier_is_the_farthest_any_rank_went() -> None:
+    events = chain(0, 10.0, "hardware", hardware=True, restored=5, tier="local", reached=6)
+    events.append(
+        Event(16.9, "state_restored", rank=2, iteration=5, details={"failure": 0, "tier": "peer"})
+    )
+    [record] = failure_records(events, iteration_time_s=1.0)
+    assert record.tier == "peer"

@@ -1,0 +1,75 @@
+"""``gemini-ckpt real``: run a scenario on an emulated cluster (see docs/cluster.md)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+
+
+@click.command(name="real")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder (default: runs/<scenario name>-<strategy>-<time>).",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario field."
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["gemini", "persistent"]),
+    default=None,
+    help="Checkpoint strategy (default: the scenario's checkpoint.strategy).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["local", "netns"]),
+    default=None,
+    help="Emulated cluster (default: the scenario's real.mode).",
+)
+def command(
+    scenario: Path,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    strategy: str | None,
+    mode: str | None,
+) -> None:
+    """Run training with the scenario's failures on an emulated cluster; print the recovery
+    breakdown. Writes events.jsonl and summary.json to the run folder."""
+    import time
+
+    from rich.console import Console
+
+    from real.launcher.results import breakdown_table
+    from real.launcher.run import RealOptions, run_real
+    from shared.scenario_loader import load_scenario
+
+    parsed = load_scenario(scenario, overrides)
+    chosen = strategy or parsed.checkpoint.strategy
+    if out is None:
+        out = Path("runs") / f"{parsed.name}-{chosen}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)  # teardown runs on SIGTERM too
+    try:
+        result = run_real(RealOptions(scenario, out, tuple(overrides), strategy=chosen, mode=mode))
+    except (RuntimeError, TimeoutError, OSError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    console = Console(width=None if Console().is_terminal else 150)
+    console.print(breakdown_table(result.summary))
+    summary = result.summary
+    console.print(
+        f"iterations {summary.iterations_completed}, iteration {summary.iteration_time_s:.3f} s, "
+        f"run {summary.duration_s:.1f} s, final weights {result.digest or 'DIFFER between ranks'}"
+    )
+    console.print(
+        f"events: {result.run_dir / 'events.jsonl'}  summary: {result.run_dir / 'summary.json'}"
+    )

@@ -1,0 +1,70 @@
+"""The job's keys in the coordination store, beside those of :mod:`real.coord.keys`.
+
+The root agent is the only writer of the **attempt record**; node agents follow it. Everything a
+root needs to carry on after it dies lives here, so a newly elected root resumes from the store::
+
+    job/attempt              {"attempt", "state": running|stopped|finished, "members":
+                              {slot: node_id}, "stores": [host:port by slot], "master_addr",
+                              "master_port", "plan": GEMINI_RESTORE_PLAN JSON, "failures": [..]}
+    job/next_node_id         the next fresh node id (replacements), a decimal string
+    stores/<node_id>         a node agent's registration: {"node_id", "slot", "address", "host",
+                              "pid"}
+    acks/<attempt>/<node_id> an agent has no trainer of an attempt older than <attempt> running
+    done/<attempt>/<rank>    trainer <rank> finished training in attempt <attempt>
+    failures/<index>         an injected failure (the injector's record): {"index", "kind",
+                              "nodes": slots, "node_ids", "time"}
+    handled/<index>          the root has recovered (or is recovering) failure <index>
+    replacements/<node_id>   the cloud operator's order: start an agent <node_id> in <slot>
+                              once wall time reaches "ready_at"
+
+A *slot* is a place in the job (node rank 0..N-1: the placement, the store addresses and the
+event log's ``node`` use slots); a *node id* names one machine (a replacement takes a failed
+node's slot under a fresh id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from real.coord import keys
+from real.coord.kv import KeyValueStore
+
+ATTEMPT_KEY = "job/attempt"
+NEXT_NODE_ID_KEY = "job/next_node_id"
+STORES_PREFIX = "stores/"
+ACKS_PREFIX = "acks/"
+DONE_PREFIX = "done/"
+FAILURES_PREFIX = "failures/"
+HANDLED_PREFIX = "handled/"
+REPLACEMENTS_PREFIX = "replacements/"
+
+
+def read_json(kv: KeyValueStore, key: str) -> dict[str, Any] | None:
+    """The JSON object at ``key``, or None when absent or unreadable."""
+    raw = kv.get(key)
+    if raw is None:
+        return None
+    try:
+        return keys.decode(raw)
+    except ValueError:
+        return None
+
+
+def read_prefix(kv: KeyValueStore, prefix: str) -> dict[str, dict[str, Any]]:
+    """Every readable JSON object under ``prefix``, by the key's remainder."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, raw in kv.get_prefix(prefix).items():
+        try:
+            out[key[len(prefix) :]] = keys.decode(raw)
+        except ValueError:
+            continue
+    return out
+
+
+def put_json(kv: KeyValueStore, key: str, value: dict[str, Any]) -> None:
+    kv.put(key, keys.encode(value))
+
+
+def members_of(record: dict[str, Any]) -> dict[int, int]:
+    """``{slot: node_id}`` of an attempt record."""
+    return {int(slot): int(node) for slot, node in record.get("members", {}).items()}

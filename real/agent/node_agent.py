@@ -1,0 +1,324 @@
+"""The node agent: one per node, for the node's lifetime (``gemini-ckpt agent``).
+
+It owns the node's checkpoint memory (a :class:`~real.engine.StoreProcess` serving the slot
+files in ``/dev/shm``), keeps the node's heartbeat lease in the coordination store, campaigns
+in the root election (the winner also runs :class:`~real.agent.root.RootAgent` in a thread),
+and follows the root's **attempt record** (``job/attempt``, :mod:`real.agent.jobkeys`):
+
+- ``running`` and this node a member: start this node's trainers for the attempt, with the
+  attempt's rendezvous, store addresses and restore plan (:mod:`real.agent.trainers`);
+- ``stopped`` (or a newer attempt): stop the trainers of the older attempt (SIGTERM, grace,
+  SIGKILL), then acknowledge (``acks/<attempt>/<node_id>``);
+- ``finished``: stop and exit; also when this node is no longer a member (the root declared
+  it lost and a replacement took its slot: a fenced node leaves on its own).
+
+A trainer that exits with a failure is reported at once (``exits/<node>/<rank>``, read by the
+root's detector within its polling period); one that finishes writes ``done/<attempt>/<rank>``.
+
+**Persistence.** The background persistence to the persistent tier every K iterations is the
+trainer-side checkpointer's (``real.persistent.BackgroundPersister`` needs the trainers'
+process group for DCP's collective save); the agent does not copy slots to storage itself.
+That keeps one writer per checkpoint and a layout plain DCP loads.
+
+The agent exits (cleaning up its store's slot files and its trainers) on SIGTERM or SIGINT, and
+when the process that started it (``--parent-pid``) is gone, so nothing outlives a launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from real.agent import jobkeys
+from real.agent.trainers import TrainerGroup, TrainerSpec, trainer_env
+from real.coord import keys
+from real.coord.election import Election
+from real.coord.heartbeat import Heartbeat
+from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.engine.process import StoreProcess
+from real.eventlog import EventLog
+from shared.scenario import Scenario
+
+log = logging.getLogger(__name__)
+POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One node agent's settings.
+
+    Attributes:
+        kv_url: the coordination store (``tcpstore://`` or ``etcd://``).
+        node_id: this machine's id (fresh for a replacement).
+        slot: the place in the job this node takes (node rank).
+        scenario: the parsed scenario (overrides applied).
+        spec: what the trainers run.
+        token: the job's secret.
+        job: the job's id (slot file prefix).
+        host: this node's address (store, rendezvous).
+        t0: the run's start (wall seconds), for event times.
+        parent_pid: exit when this process is gone (None: never).
+    """
+
+    kv_url: str
+    node_id: int
+    slot: int
+    scenario: Scenario
+    spec: TrainerSpec
+    token: str
+    job: str
+    host: str = "127.0.0.1"
+    t0: float = 0.0
+    parent_pid: int | None = None
+
+
+class NodeAgent:
+    """The agent of one node; ``run()`` returns when the job finishes or the agent is told to
+    stop (``stop()``, SIGTERM)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.stopping = threading.Event()
+        self.run_dir = config.spec.run_dir
+        self.events = EventLog(
+            self.run_dir / "events" / f"agent-{config.node_id}.jsonl",
+            config.t0,
+            node=config.slot,
+        )
+        self.group: TrainerGroup | None = None
+        self.acked: set[int] = set()
+        self.started: set[int] = set()
+        self.was_member = False
+        self.root_thread: threading.Thread | None = None
+        self.root_stop = threading.Event()
+        self.kv: KeyValueStore | None = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        config = self.config
+        store = StoreProcess(
+            config.slot,
+            config.token,
+            config.host,
+            prefix=f"{config.job}-{config.node_id}",
+            log_path=self.run_dir / "logs" / f"store-{config.node_id}.log",
+        )
+        heartbeat: Heartbeat | None = None
+        election: Election | None = None
+        try:
+            self.kv = connect_kv(config.kv_url)
+            address = store.start()
+            self._write_pids(store)
+            jobkeys.put_json(
+                self.kv,
+                f"{jobkeys.STORES_PREFIX}{config.node_id}",
+                {
+                    "node_id": config.node_id,
+                    "slot": config.slot,
+                    "address": address,
+                    "host": config.host,
+                    "pid": os.getpid(),
+                },
+            )
+            detection = config.scenario.detection
+            heartbeat = Heartbeat(
+                self.kv, config.node_id, detection.heartbeat_interval_s, detection.lease_timeout_s
+            ).start()
+            election = Election(
+                connect_kv(config.kv_url),
+                config.node_id,
+                ttl_s=detection.lease_timeout_s,
+                poll_s=min(0.25, detection.lease_timeout_s / 4),
+                events=self.events,
+                on_change=self._leadership,
+            )
+            election.campaign(0)
+            log.info("node %d (slot %d): agent up, store %s", config.node_id, config.slot, address)
+            return self._follow()
+        finally:
+            self._stop_trainers()
+            self.root_stop.set()
+            if election is not None:
+                election.resign()
+            if self.root_thread is not None:
+                self.root_thread.join(10.0)
+            if heartbeat is not None:
+                heartbeat.stop()
+            store.stop()
+            if self.kv is not None:
+                self.kv.close()
+            self.events.close()
+
+    def _leadership(self, leading: bool) -> None:
+        if not leading:
+            self.root_stop.set()
+            return
+        if self.root_thread is not None and self.root_thread.is_alive():
+            return
+        from real.agent.root import RootAgent
+
+        self.root_stop = threading.Event()
+        root = RootAgent(
+            connect_kv(self.config.kv_url),
+            self.config.node_id,
+            self.config.slot,
+            self.config.scenario,
+            self.run_dir,
+            self.events,
+            self.root_stop,
+            self.config.token,
+        )
+        self.root_thread = threading.Thread(target=root.run_safely, name="root", daemon=True)
+        self.root_thread.start()
+
+    def _follow(self) -> int:
+        assert self.kv is not None
+        while not self.stopping.is_set():
+            if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
+                log.warning("node %d: launcher gone; stopping", self.config.node_id)
+                return 1
+            try:
+                record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+                if record is not None and not self._apply(record):
+                    return 0
+                self._watch_trainers(record)
+            except StoreError as error:
+                log.warning("node %d: store error: %s", self.config.node_id, error)
+            self.stopping.wait(POLL_S)
+        return 0
+
+    # -- following the root -----------------------------------------------------------------
+
+    def _apply(self, record: dict[str, Any]) -> bool:
+        """Act on the attempt record; False when the agent should exit."""
+        assert self.kv is not None
+        attempt, state = int(record["attempt"]), record["state"]
+        members = jobkeys.members_of(record)
+        member = members.get(self.config.slot) == self.config.node_id
+        if member:
+            self.was_member = True
+        if state == "finished":
+            self._wait_trainers_done(10.0)
+            return False
+        if state == "failed":
+            self._stop_trainers()
+            return False
+        if self.was_member and not member and self.config.node_id not in members.values():
+            log.warning("node %d: no longer a member (replaced); leaving", self.config.node_id)
+            return False
+        group = self.group
+        if group is not None and (group.attempt != attempt or state != "running"):
+            self._stop_trainers()
+        if state == "stopped" or (state == "running" and not member):
+            if attempt not in self.acked:
+                jobkeys.put_json(
+                    self.kv,
+                    f"{jobkeys.ACKS_PREFIX}{attempt}/{self.config.node_id}",
+                    {"time": time.time()},
+                )
+                self.acked.add(attempt)
+        elif state == "running" and member and self.group is None and attempt not in self.started:
+            self.started.add(attempt)  # one start per attempt
+            self.group = TrainerGroup(
+                self.config.spec,
+                self.config.slot,
+                attempt,
+                trainer_env(record, self.config.token, self.run_dir, self.config.t0),
+            )
+            self._write_pids(None)
+        return True
+
+    def _watch_trainers(self, record: dict[str, Any] | None) -> None:
+        assert self.kv is not None
+        group = self.group
+        if group is None:
+            return
+        for rank, code in group.poll().items():
+            if code == 0:
+                jobkeys.put_json(
+                    self.kv, f"{jobkeys.DONE_PREFIX}{group.attempt}/{rank}", {"time": time.time()}
+                )
+                continue
+            # Reported at once, whatever the root is doing: it sorts causes from symptoms.
+            value = {
+                "node": self.config.node_id,
+                "rank": rank,
+                "exitcode": code,
+                "time": time.time(),
+                "attempt": group.attempt,
+                "slot": self.config.slot,
+            }
+            self.kv.put(keys.exit_key(self.config.node_id, rank), keys.encode(value))
+            log.warning(
+                "node %d: trainer rank %d exited with %d (attempt %d)",
+                self.config.node_id,
+                rank,
+                code,
+                group.attempt,
+            )
+
+    def _stop_trainers(self) -> None:
+        group, self.group = self.group, None
+        if group is not None:
+            group.stop()
+            self._write_pids(None)
+
+    def _wait_trainers_done(self, timeout_s: float) -> None:
+        group = self.group
+        deadline = time.monotonic() + timeout_s
+        while group is not None and group.running and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        self._stop_trainers()
+
+    def _write_pids(self, store: StoreProcess | None) -> None:
+        """``<run_dir>/pids/<node_id>.json``: what the launcher must kill to fail this node."""
+        path = self.run_dir / "pids" / f"{self.config.node_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        current: dict[str, Any] = {}
+        if path.exists():
+            try:
+                current = json.loads(path.read_text())
+            except ValueError:
+                current = {}
+        current["agent"] = os.getpid()
+        if store is not None:
+            current["store"] = store.pid
+        every = set(current.get("all_trainers", []))
+        if self.group is not None:
+            current["trainers"] = {str(r): self.group.pid(r) for r in self.group.handlers}
+            current["attempt"] = self.group.attempt
+            every |= set(self.group.pids())
+        else:
+            current["trainers"] = {}
+        current["all_trainers"] = sorted(every)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(current))
+        temporary.replace(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Run a node agent until the job ends; SIGTERM and SIGINT stop it cleanly."""
+    agent = NodeAgent(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.stop())
+    return agent.run()

@@ -1,0 +1,545 @@
+"""The root agent: failure detection, stop, replacement, recovery plan, restart.
+
+Whichever node agent wins the election (:mod:`real.coord.election`) runs this in a thread. All
+of the root's state lives in the coordination store (:mod:`real.agent.jobkeys`), so a root
+elected after the previous one died **adopts** the job: it reads the attempt record, counts
+every member without a heartbeat as lost, and finishes (or starts) the recovery.
+
+One recovery, in the order of the event chain (``details["failure"]`` on every event):
+
+1. **Detect.** The detector (:mod:`real.coord.detector`) reports lost nodes (lease expiry) and
+   trainer exits (reported by the agents at once). A lost node or an exit of the node an
+   injected failure names is that failure's ``failure_detected``; other exits are *symptoms*
+   (the survivors of a killed peer fail their collectives) that start the stop without being
+   failures of their own, unless nothing else explains them (then they are an unscheduled
+   software failure).
+2. **Stop.** The attempt record goes to ``stopped``; every live member stops its trainers and
+   acknowledges. A member that dies meanwhile is noticed by its lease (a failure during
+   recovery) and not waited for. ``training_stopped``.
+3. **Replace.** Every lost slot gets a fresh node from the cloud operator (standby pool and
+   delays from the scenario; the launcher or the cluster starts its agent) that takes the
+   slot. ``replacement_requested``, then ``replacement_ready`` once its agent has registered and
+   beats.
+4. **Plan.** Every member's store reports what it holds (per owner rank, committed
+   iterations); ``shared.recovery.plan_recovery`` picks one iteration for all and a source per
+   node (local, peer, persistent, or from scratch), given the lost slots and the newest
+   persistent checkpoint. A store that does not answer is a lost node: back to 3.
+5. **Restart.** A new attempt record (``running``; fresh rendezvous port, the stores' addresses,
+   the plan as ``GEMINI_RESTORE_PLAN``); ``restart_begin``. The trainers record
+   ``process_group_ready``, ``state_restored`` (tier) and ``training_resumed``.
+
+A failure that arrives during steps 2-4 joins the recovery in progress (its nodes are added and
+its events are recorded under its own index); one that arrives after the restart starts a new
+recovery. The job finishes when every rank of the current attempt reports done.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from real.agent import jobkeys
+from real.coord import keys
+from real.coord.detector import Detection, FailureDetector
+from real.coord.kv import KeyValueStore, StoreError
+from real.coord.operator import CloudOperator
+from real.engine.client import StoreClient
+from real.engine.restore import latest_persistent
+from real.eventlog import EventLog
+from shared.placement import plan_placement
+from shared.recovery import RecoveryPlan, plan_recovery
+from shared.scenario import Scenario
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05
+HARDWARE_KINDS = ("hardware", "network", "root_agent", "group")
+UNSCHEDULED_BASE = 1000
+MAX_UNSCHEDULED = 4
+"""Failures nothing injected explains (a trainer that crashes on its own, every time) the root
+recovers before it gives up the job (``state: failed``): the retry budget."""
+
+
+class RecoveryAborted(Exception):
+    """The root lost its leadership (or was told to stop) in the middle of a recovery."""
+
+
+class RootAgent:
+    """The root agent's work loop; ``run_safely()`` returns when the job is finished or
+    ``stop`` is set.
+
+    Args:
+        kv: a client of the coordination store (owned: closed at the end).
+        node_id, slot: the node running the root.
+        scenario: the job's scenario.
+        run_dir: the run's folder.
+        events: the agent's event log (root events carry ``node`` = the root's slot).
+        stop: set when this agent stops being the root.
+        token: the job's secret, to ask the stores what they hold.
+    """
+
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        node_id: int,
+        slot: int,
+        scenario: Scenario,
+        run_dir: Path,
+        events: EventLog,
+        stop: threading.Event,
+        token: str,
+    ) -> None:
+        self.kv, self.node_id, self.slot = kv, node_id, slot
+        self.scenario, self.run_dir, self.events, self.stop = scenario, run_dir, events, stop
+        self.token = token
+        cluster, config = scenario.cluster, scenario.checkpoint
+        self.nodes, self.per_node = cluster.nodes, cluster.accelerators_per_node
+        self.placement = plan_placement(
+            cluster.nodes,
+            config.replicas,
+            config.placement,
+            domains=cluster.domain_names(),
+            explicit=config.explicit_placement,
+        )
+        self.operator = CloudOperator.from_scenario(cluster, rng=random.Random(scenario.seed))
+        self.lease_timeout_s = scenario.detection.lease_timeout_s
+        self.detector = FailureDetector(kv, self.lease_timeout_s, poll_s=POLL_S)
+        from real.trainer_main import storage_url
+
+        self.persistent_url = storage_url(scenario, run_dir)
+        self.unscheduled = 0
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run_safely(self) -> None:
+        try:
+            self.run()
+        except RecoveryAborted:
+            log.warning("node %d: root stepped down during a recovery", self.node_id)
+        except Exception:
+            log.exception("node %d: root agent failed", self.node_id)
+        finally:
+            self.kv.close()
+
+    def run(self) -> None:
+        record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+        if record is None:
+            record = self._start_job()
+            if record is None:
+                return
+            pending: list[Detection] = []
+        else:
+            pending = self._adopt(record)
+            if record["state"] == "stopped":
+                record = self._recover(record, pending, resumed=list(record.get("failures", [])))
+                pending = []
+        while not self.stop.is_set():
+            if record["state"] in ("finished", "failed"):
+                return
+            if self._all_done(record):
+                record = {**record, "state": "finished"}
+                jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+                self._emit("run_finished", attempt=record["attempt"])
+                log.info("node %d: root: job finished", self.node_id)
+                return
+            detections = pending + self.detector.poll()
+            pending = []
+            if detections:
+                record = self._recover(record, detections)
+            self.stop.wait(POLL_S)
+
+    def _emit(self, kind: str, iteration: int | None = None, **details: Any) -> None:
+        self.events.emit(kind, iteration=iteration, node=self.slot, **details)
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise RecoveryAborted
+
+    # -- start and adoption -----------------------------------------------------------------
+
+    def _registrations(self) -> dict[int, dict[str, Any]]:
+        return {int(k): v for k, v in jobkeys.read_prefix(self.kv, jobkeys.STORES_PREFIX).items()}
+
+    def _start_job(self) -> dict[str, Any] | None:
+        """Wait for one registered, beating agent per slot; write attempt 1."""
+        log.info("node %d: root: waiting for %d nodes", self.node_id, self.nodes)
+        while not self.stop.is_set():
+            alive = set(self.detector.alive_nodes())
+            by_slot: dict[int, int] = {}
+            for node_id, registration in sorted(self._registrations().items()):
+                if node_id in alive:
+                    by_slot.setdefault(int(registration["slot"]), node_id)
+            if all(slot in by_slot for slot in range(self.nodes)):
+                members = {slot: by_slot[slot] for slot in range(self.nodes)}
+                ids = [*self._registrations(), *members.values()]
+                if self.kv.get(jobkeys.NEXT_NODE_ID_KEY) is None:
+                    self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(max(ids) + 1).encode())
+                for node_id in members.values():
+                    self.detector.expect(node_id)
+                record = self._attempt_record(1, members, {"iteration": None, "sources": []}, [])
+                jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+                self._emit("run_started", attempt=1, members=_json_members(members))
+                return record
+            self.stop.wait(POLL_S)
+        return None
+
+    def _adopt(self, record: dict[str, Any]) -> list[Detection]:
+        """Take over a job from a dead root: members without a heartbeat are lost."""
+        members = jobkeys.members_of(record)
+        alive = set(self.detector.alive_nodes())
+        now = time.time()
+        lost = []
+        for node_id in members.values():
+            self.detector.expect(node_id)
+            if node_id not in alive:
+                self.detector.forget(node_id)
+                lost.append(Detection("hardware", node_id, None, None, now, now))
+        log.info(
+            "node %d: root adopts attempt %s (%s); lost: %s",
+            self.node_id,
+            record["attempt"],
+            record["state"],
+            [d.node for d in lost],
+        )
+        return lost
+
+    def _attempt_record(
+        self,
+        attempt: int,
+        members: dict[int, int],
+        plan: dict[str, Any],
+        failures: list[int],
+    ) -> dict[str, Any]:
+        registrations = self._registrations()
+        stores = [registrations[members[slot]]["address"] for slot in range(self.nodes)]
+        master = registrations[members[0]].get("host", "127.0.0.1")
+        return {
+            "attempt": attempt,
+            "state": "running",
+            "members": _json_members(members),
+            "stores": stores,
+            "master_addr": master,
+            "master_port": _free_port(master),
+            "plan": plan,
+            "failures": failures,
+        }
+
+    def _all_done(self, record: dict[str, Any]) -> bool:
+        if record["state"] != "running":
+            return False
+        done = self.kv.get_prefix(f"{jobkeys.DONE_PREFIX}{record['attempt']}/")
+        return len(done) >= self.nodes * self.per_node
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def _recover(
+        self,
+        record: dict[str, Any],
+        detections: Iterable[Detection],
+        resumed: Iterable[int] = (),
+    ) -> dict[str, Any]:
+        recovery = _Recovery(self, jobkeys.members_of(record), list(resumed))
+        recovery.absorb(detections)
+        attempt = int(record["attempt"])
+        stopped = {**record, "state": "stopped", "failures": recovery.indices}
+        jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, stopped)
+        recovery.wait_stopped(attempt)
+        unscheduled = [i for i in recovery.indices if i >= UNSCHEDULED_BASE]
+        self.unscheduled += len(unscheduled)
+        if unscheduled and self.unscheduled > MAX_UNSCHEDULED:
+            reason = (
+                f"{self.unscheduled} failures that no injection explains (trainers crashing on "
+                f"their own); giving up. See {self.run_dir}/logs/trainer-*.err"
+            )
+            log.error("node %d: root: %s", self.node_id, reason)
+            failed = {**stopped, "state": "failed", "reason": reason}
+            jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, failed)
+            self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
+            return failed
+        while True:
+            recovery.replace()
+            plan = recovery.plan()
+            if plan is None:
+                continue  # a store did not answer: its node is lost, replace it too
+            recovery.absorb(self.detector.poll())
+            if recovery.unreplaced():
+                continue
+            break
+        record = self._attempt_record(
+            attempt + 1, recovery.members, _plan_json(plan), recovery.indices
+        )
+        tiers = plan.tiers()
+        for index in recovery.indices:
+            self._emit(
+                "restart_begin",
+                iteration=plan.iteration,
+                failure=index,
+                attempt=attempt + 1,
+                tiers=tiers,
+                sources=[[x.node, x.tier, x.from_node] for x in plan.sources],
+                rollback=plan.rollback,
+                reason=plan.reason,
+                failed=_json_members(recovery.failed),
+            )
+        jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+        for index in recovery.indices:
+            jobkeys.put_json(self.kv, f"{jobkeys.HANDLED_PREFIX}{index}", {"time": time.time()})
+        self.kv.delete(f"{jobkeys.ACKS_PREFIX}{attempt}/", prefix=True)
+        log.info(
+            "node %d: root: attempt %d restarts at iteration %s: %s",
+            self.node_id,
+            attempt + 1,
+            plan.iteration,
+            plan.reason,
+        )
+        return record
+
+
+class _Recovery:
+    """The bookkeeping of one recovery (see the module docstring)."""
+
+    def __init__(self, root: RootAgent, members: dict[int, int], resumed: list[int]) -> None:
+        self.root, self.kv = root, root.kv
+        self.members = dict(members)
+        self.failed: dict[int, str] = {}
+        self.indices: list[int] = list(resumed)
+        self.failure_of_slot: dict[int, int] = {}
+        self.symptoms: list[Detection] = []
+        self.replacements: dict[int, int] = {}  # slot -> the replacement's node id
+        self._original = dict(members)
+        records = jobkeys.read_prefix(self.kv, jobkeys.FAILURES_PREFIX)
+        for index in resumed:
+            for slot in records.get(str(index), {}).get("nodes", []):
+                self.failure_of_slot.setdefault(int(slot), index)
+
+    # -- classification ---------------------------------------------------------------------
+
+    def slot_of(self, node_id: int) -> int | None:
+        for slot, member in self.members.items():
+            if member == node_id:
+                return slot
+        return None
+
+    def absorb(self, detections: Iterable[Detection]) -> None:
+        for detection in detections:
+            slot = self.slot_of(detection.node)
+            if slot is None:
+                # Not a member: a replacement that died before joining (replace() orders
+                # another), or a node already replaced.
+                for s, node_id in list(self.replacements.items()):
+                    if node_id == detection.node and detection.kind == "hardware":
+                        log.warning("replacement node %d for slot %d lost", node_id, s)
+                        del self.replacements[s]
+                continue
+            if detection.kind == "hardware":
+                self.root.detector.forget(detection.node)
+                if self.failed.get(slot) == "hardware":
+                    continue
+                self.failed[slot] = "hardware"
+                self._detected(slot, detection, HARDWARE_KINDS)
+            else:
+                index = self._match(slot, ("software",))
+                if index is None or self.failed.get(slot) is not None:
+                    self.symptoms.append(detection)
+                    continue
+                self.failed[slot] = "software"
+                self._detected(slot, detection, ("software",))
+
+    def _match(self, slot: int, kinds: tuple[str, ...]) -> int | None:
+        """The oldest injected, unhandled failure of one of ``kinds`` naming ``slot``."""
+        handled = set(jobkeys.read_prefix(self.kv, jobkeys.HANDLED_PREFIX))
+        records = jobkeys.read_prefix(self.kv, jobkeys.FAILURES_PREFIX)
+        for key in sorted(records, key=int):
+            value = records[key]
+            if key in handled or value.get("kind") not in kinds:
+                continue
+            if slot in [int(n) for n in value.get("nodes", [])]:
+                return int(key)
+        return None
+
+    def _detected(self, slot: int, detection: Detection, kinds: tuple[str, ...]) -> None:
+        index = self._match(slot, kinds)
+        if index is None:
+            index = self.failure_of_slot.get(slot)
+        if index is None:
+            index = UNSCHEDULED_BASE + len(jobkeys.read_prefix(self.kv, jobkeys.HANDLED_PREFIX))
+            index += len(self.indices)
+            log.warning("slot %d: unscheduled %s failure (index %d)", slot, detection.kind, index)
+        self.failure_of_slot[slot] = index
+        if index in self.indices:
+            return
+        self.indices.append(index)
+        details = detection.event_details()
+        details["failure_kind"] = "hardware" if detection.kind == "hardware" else "software"
+        self.root.events.emit(
+            "failure_detected",
+            node=slot,
+            rank=detection.rank,
+            failure=index,
+            node_id=detection.node,
+            **{k: v for k, v in details.items() if k != "failure"},
+        )
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def wait_stopped(self, attempt: int) -> None:
+        """Wait until every live member acknowledged the stop of ``attempt``."""
+        root = self.root
+        deadline = time.monotonic() + 3 * root.lease_timeout_s + 30.0
+        prefix = f"{jobkeys.ACKS_PREFIX}{attempt}/"
+        while True:
+            root._check()
+            self.absorb(root.detector.poll())
+            acks = {int(k) for k in jobkeys.read_prefix(self.kv, prefix)}
+            waiting = [
+                node_id
+                for slot, node_id in self.members.items()
+                if self.failed.get(slot) != "hardware" and node_id not in acks
+            ]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                now = time.time()
+                log.error("nodes %s did not stop their trainers; counted as lost", waiting)
+                self.absorb(Detection("hardware", n, None, None, now, now) for n in waiting)
+            time.sleep(POLL_S)
+        if not self.indices:
+            # Only symptoms: nothing injected explains them. The first killed-by-signal exit
+            # (else the first exit) is an unscheduled software failure.
+            first = sorted(self.symptoms, key=lambda d: (not (d.exitcode or 0) < 0, d.detected_at))[
+                0
+            ]
+            slot = self.slot_of(first.node)
+            assert slot is not None
+            self.failed[slot] = "software"
+            self._detected(slot, first, ("software",))
+        for index in self.indices:
+            root.events.emit("training_stopped", node=root.slot, failure=index, attempt=attempt)
+        # Exit records of the stopped attempt are handled: a restart starts clean.
+        self.kv.delete(keys.EXITS_PREFIX, prefix=True)
+
+    # -- replacement ------------------------------------------------------------------------
+
+    def unreplaced(self) -> list[int]:
+        """Lost slots still held by the lost node (no replacement has joined yet)."""
+        return [
+            slot
+            for slot, kind in self.failed.items()
+            if kind == "hardware" and self.members[slot] == self._original[slot]
+        ]
+
+    def replace(self) -> None:
+        """Order a node for every lost slot and wait until each has joined."""
+        root = self.root
+        while True:
+            root._check()
+            self.absorb(root.detector.poll())
+            lost = [s for s, kind in self.failed.items() if kind == "hardware"]
+            for slot in lost:
+                if self.members[slot] != self._original[slot] or slot in self.replacements:
+                    continue
+                node_id = int(self.kv.get(jobkeys.NEXT_NODE_ID_KEY) or b"0")
+                self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
+                order = root.operator.request_replacement(slot)
+                jobkeys.put_json(
+                    self.kv,
+                    f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}",
+                    {
+                        "node_id": node_id,
+                        "slot": slot,
+                        "replaces": self._original[slot],
+                        "ready_at": order.ready_at,
+                        "source": order.source,
+                    },
+                )
+                self.replacements[slot] = node_id
+                root.events.emit(
+                    "replacement_requested",
+                    node=slot,
+                    failure=self.failure_of_slot.get(slot),
+                    node_id=node_id,
+                    source=order.source,
+                    delay_s=round(order.delay_s, 6),
+                )
+            alive = set(root.detector.alive_nodes())
+            registered = root._registrations()
+            waiting = [
+                slot
+                for slot, node_id in self.replacements.items()
+                if self.members[slot] != node_id
+                and not (node_id in alive and node_id in registered)
+            ]
+            for slot, node_id in self.replacements.items():
+                if slot not in waiting and self.members[slot] != node_id:
+                    self.members[slot] = node_id
+                    root.detector.expect(node_id)
+                    index = self.failure_of_slot.get(slot)
+                    root.events.emit("replacement_ready", node=slot, failure=index, node_id=node_id)
+            if not waiting and not self.unreplaced():
+                return
+            time.sleep(POLL_S)
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def plan(self) -> RecoveryPlan | None:
+        """The recovery plan from what the stores hold; None when a store did not answer."""
+        root = self.root
+        registrations = root._registrations()
+        by_rank: dict[int, dict[int, set[int]]] = {}
+        for slot, node_id in sorted(self.members.items()):
+            address = registrations[node_id]["address"]
+            try:
+                client = StoreClient(slot, address, root.token, 5.0)
+                try:
+                    by_rank[slot] = {o: set(its) for o, its in client.holdings().items()}
+                finally:
+                    client.close()
+            except (OSError, RuntimeError) as error:
+                log.warning("slot %d store %s unreachable: %s; node lost", slot, address, error)
+                now = time.time()
+                self.absorb([Detection("hardware", node_id, None, None, now, now)])
+                return None
+        holdings: dict[int, dict[int, set[int]]] = {}
+        for holder, ranks in by_rank.items():
+            for owner in range(root.nodes):
+                sets = [ranks.get(owner * root.per_node + r, set()) for r in range(root.per_node)]
+                common = set.intersection(*sets)
+                if common:
+                    holdings.setdefault(holder, {})[owner] = common
+        kinds: dict[int, Any] = {
+            s: ("hardware" if k == "hardware" else "software") for s, k in self.failed.items()
+        }
+        persistent = latest_persistent(root.persistent_url)
+        log.info("recovery inputs: holdings by rank %s; persistent %s", by_rank, persistent)
+        return plan_recovery(root.placement, kinds, holdings, persistent)
+
+
+def _plan_json(plan: RecoveryPlan) -> dict[str, Any]:
+    return {
+        "iteration": plan.iteration,
+        "rollback": plan.rollback,
+        "sources": [
+            {"node": s.node, "tier": s.tier, "from_node": s.from_node} for s in plan.sources
+        ],
+    }
+
+
+def _json_members(members: dict[int, Any]) -> dict[str, Any]:
+    return {str(slot): value for slot, value in sorted(members.items())}
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now (the rendezvous of the next attempt), else on any address."""
+    for address in (host, ""):
+        try:
+            with socket.socket() as probe:
+                probe.bind((address, 0))
+                return int(probe.getsockname()[1])
+        except OSError:
+            continue
+    raise StoreError("no free port for the rendezvous")

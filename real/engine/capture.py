@@ -1,0 +1,224 @@
+"""Capture: copy a rank's state into its in-progress slot, one memcpy per tensor.
+
+``save()`` must not return before every tensor is copied, because the next optimizer step
+changes the parameters in place. Capture is therefore only copies: the flat state
+(``real.state.flatten_state``) is laid out in the slot's data region and each tensor is copied
+straight into its place in the store's shared memory, with no intermediate buffer. Checksums and
+the manifest are written afterwards, in the background, before the checkpoint can commit.
+
+Accelerator tensors go through pinned staging: a pinned host buffer of ``buffer_bytes`` split
+into ``sub_buffers`` pieces; device-to-host copies run on a side stream (which first waits for
+the training stream, so the copies see the finished step) while the CPU moves finished pieces
+into the slot, pipelined. The CPU path never touches ``torch.cuda``.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from real.engine.client import StoreClient, StoreError
+from real.engine.manifest import Manifest, dtype_of, layout
+from real.engine.shm import Slot, in_progress_index, next_generation
+from real.state import flatten_state
+
+
+@dataclass
+class Captured:
+    """A checkpoint copied into a slot but not yet sealed or committed."""
+
+    iteration: int
+    slot_index: int
+    slot: Slot
+    manifest: Manifest
+    seconds: float
+    keep: int | None = None  # the iteration every rank has committed: never overwritten
+
+    @property
+    def nbytes(self) -> int:
+        return self.manifest.data_bytes
+
+
+class CudaStager:
+    """Pinned staging buffers and a side stream for device-to-host capture."""
+
+    def __init__(self, buffer_bytes: int, sub_buffers: int) -> None:
+        self.piece = max(buffer_bytes // sub_buffers, 1 << 20)
+        self.stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        self.buffers = [
+            torch.empty(self.piece, dtype=torch.uint8, pin_memory=True) for _ in range(sub_buffers)
+        ]
+
+    def copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy each device tensor into its uint8 destination view; returns when all landed."""
+        self.stream.wait_stream(torch.cuda.current_stream())
+        pending: collections.deque[tuple[torch.cuda.Event, torch.Tensor, torch.Tensor]] = (
+            collections.deque()
+        )
+        turn = 0
+        with torch.cuda.stream(self.stream):
+            for source, target in pairs:
+                flat = source.detach().contiguous().reshape(-1).view(torch.uint8)
+                for start in range(0, flat.numel(), self.piece):
+                    size = min(self.piece, flat.numel() - start)
+                    if len(pending) == len(self.buffers):
+                        self._drain(pending)  # frees the buffer this turn reuses
+                    buffer = self.buffers[turn % len(self.buffers)][:size]
+                    buffer.copy_(flat[start : start + size], non_blocking=True)
+                    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                    event.record(self.stream)
+                    pending.append((event, buffer, target[start : start + size]))
+                    turn += 1
+        while pending:
+            self._drain(pending)
+
+    @staticmethod
+    def _drain(pending: collections.deque[tuple[Any, torch.Tensor, torch.Tensor]]) -> None:
+        event, buffer, target = pending.popleft()
+        event.synchronize()
+        target.copy_(buffer)
+
+
+class Capturer:
+    """Copies one rank's state into that rank's slots in its node store.
+
+    Args:
+        client: connection to this node's store.
+        owner: this rank (slots are keyed by global rank).
+        buffer_bytes, sub_buffers: pinned staging for accelerator tensors (R and p).
+    """
+
+    def __init__(
+        self, client: StoreClient, owner: int, buffer_bytes: int = 128 << 20, sub_buffers: int = 4
+    ) -> None:
+        self.client = client
+        self.owner = owner
+        self.slots: list[Slot | None] = [None, None]
+        self._staging = (buffer_bytes, sub_buffers)
+        self._stager: CudaStager | None = None
+        self.hook: Callable[[str, int], None] | None = None  # tests: called mid-capture
+        self._views: dict[tuple[str, Any], list[torch.Tensor | None]] = {}
+        self.remap()
+
+    def remap(self) -> None:
+        """Map the slot files the store already has for this rank (after a restart)."""
+        paths = self.client.call("slots", owner=self.owner)["paths"]
+        for index, path in enumerate(paths):
+            current = self.slots[index]
+            if path is None or (current is not None and str(current.path) == path):
+                continue
+            if current is not None:
+                self._forget(current)
+                current.close()
+            self.slots[index] = Slot.open(Path(path))
+
+    def _slot_for(self, index: int, manifest_len: int, data_len: int) -> Slot:
+        slot = self.slots[index]
+        if slot is not None and slot.fits(manifest_len, data_len):
+            return slot
+        # Manifests grow with their block checksums: leave room for them.
+        reply = self.client.call(
+            "ensure",
+            owner=self.owner,
+            index=index,
+            manifest_capacity=manifest_len * 2 + (data_len >> 14),
+            data_capacity=data_len,
+        )
+        if slot is not None:
+            self._forget(slot)
+            slot.close()
+        fresh = Slot.open(Path(reply["path"]))
+        self.slots[index] = fresh
+        return fresh
+
+    def capture(self, iteration: int, state: Any, keep: int | None = None) -> Captured:
+        """Copy ``state`` into the in-progress slot; returns once every byte is copied.
+
+        Args:
+            iteration: the iteration the state belongs to.
+            state: nested tensors and JSON values.
+            keep: the newest iteration every rank has committed; its slot is not overwritten
+                (default: the newest committed slot is not).
+        """
+        started = time.perf_counter()
+        tensors, values = flatten_state(state)
+        tensors = {name: _local(t) for name, t in tensors.items()}
+        manifest = layout(iteration, self.owner, tensors, values)
+        index = in_progress_index(self.slots, keep)
+        slot = self._slot_for(index, len(manifest.to_bytes()) + 4096, manifest.data_bytes)
+        slot.invalidate()  # from here on, this slot no longer counts as a checkpoint
+        targets = self._targets(slot, manifest)
+        device_pairs = []
+        with torch.no_grad():
+            for target, tensor in zip(targets, tensors.values(), strict=True):
+                if target is None:
+                    continue
+                if tensor.device.type == "cpu":
+                    target.copy_(tensor)
+                    if self.hook is not None:
+                        self.hook("capture", iteration)
+                else:
+                    device_pairs.append((tensor, target.view(-1).view(torch.uint8)))
+            if device_pairs:
+                self._device_copy(device_pairs)
+        return Captured(iteration, index, slot, manifest, time.perf_counter() - started, keep)
+
+    def _targets(self, slot: Slot, manifest: Manifest) -> list[torch.Tensor | None]:
+        """Each tensor's destination view in the slot, typed and shaped like the tensor.
+
+        Views cost a few torch calls each; a state of hundreds of tensors would spend more
+        time making them than copying, so they are kept while the slot and the layout stay.
+        """
+        key = (str(slot.path), tuple((t.dtype, t.shape, t.offset) for t in manifest.tensors))
+        cached = self._views.get(key)
+        if cached is not None:
+            return cached
+        data = slot.data_tensor(manifest.data_bytes)
+        views: list[torch.Tensor | None] = [
+            data[t.offset : t.offset + t.nbytes].view(dtype_of(t.dtype)).view(t.shape)
+            if t.nbytes
+            else None
+            for t in manifest.tensors
+        ]
+        self._views = {k: v for k, v in self._views.items() if k[0] != key[0]}
+        self._views[key] = views
+        return views
+
+    def _forget(self, slot: Slot) -> None:
+        self._views = {k: v for k, v in self._views.items() if k[0] != str(slot.path)}
+
+    def _device_copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"state holds {pairs[0][0].device} tensors; only CPU and CUDA "
+                "tensors can be captured"
+            )
+        if self._stager is None:
+            self._stager = CudaStager(*self._staging)
+        self._stager.copy(pairs)
+
+    def commit(self, captured: Captured) -> None:
+        """Make a sealed capture this rank's committed local checkpoint."""
+        captured.slot.commit(captured.iteration, next_generation(self.slots))
+
+    def close(self) -> None:
+        self._views.clear()  # drop the views first: they keep the mappings alive
+        for slot in self.slots:
+            if slot is not None:
+                slot.close()
+        self.slots = [None, None]
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2: each rank checkpoints its own shard)."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+__all__ = ["Captured", "Capturer", "CudaStager", "StoreError"]

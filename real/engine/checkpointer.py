@@ -1,0 +1,354 @@
+"""``GeminiCheckpointer``: the in-memory checkpoint engine behind ``real.api.Checkpointer``.
+
+A training loop restores once and saves after every optimizer step::
+
+    checkpointer = GeminiCheckpointer(scenario=scenario, rank=rank, world_size=world,
+                                      node=node, local_rank=local_rank, run_dir=run_dir)
+    checkpointer.attach(ddp_model)          # optional: profile DDP traffic for interleaving
+    restored = checkpointer.restore()   # template=...: only for the persistent tier
+    ...
+    checkpointer.save(iteration, trainer.state())   # returns once the state is copied
+    checkpointer.close()
+
+Where the stores are and the job's secret come from the launcher or node agent, through the
+environment unless given as arguments:
+
+``GEMINI_STORE_ADDRS``   ``host:port`` of every node's store, comma-separated, in node order
+``GEMINI_TOKEN``         the job's secret token (HMAC key of every store connection)
+``GEMINI_RESTORE_PLAN``  optional: the root agent's recovery plan, JSON text or a file path
+                         (``{"iteration": 7, "sources": [{"node": 0, "tier": "local",
+                         "from_node": 0}, ...]}``); without it the ranks decide together
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from real.api import Restored
+from real.engine import restore as restoring
+from real.engine.capture import Capturer
+from real.engine.client import StoreClient, StoreError
+from real.engine.manifest import VerificationError
+from real.engine.persist import PersistentTier
+from real.engine.replication import Hook, ReplicationManager
+from real.eventlog import EventLog
+from shared.placement import plan_placement
+from shared.recovery import RecoveryPlan
+from shared.scenario import Scenario
+
+log = logging.getLogger(__name__)
+ADDRS_ENV, TOKEN_ENV, PLAN_ENV = "GEMINI_STORE_ADDRS", "GEMINI_TOKEN", "GEMINI_RESTORE_PLAN"
+RESTORE_ROUNDS = 4
+
+
+class GeminiCheckpointer:
+    """In-memory checkpoints of one rank: capture, replicate, verify, commit, restore.
+
+    Args:
+        scenario: cluster shape (nodes, accelerators per node) and checkpoint settings.
+        rank, world_size, node, local_rank: this trainer's place in the job.
+        run_dir: the run's folder (the default persistent tier lives in ``persistent/``).
+        store_address: this node's store (default: entry ``node`` of the store addresses).
+        token: the job's secret (default: ``GEMINI_TOKEN``).
+        store_addresses: every node's store (default: ``GEMINI_STORE_ADDRS``).
+        persistent_url: fsspec URL of the persistent tier (default: the scenario's storage
+            URL, else ``<run_dir>/persistent``).
+        model: the training model; a ``DistributedDataParallel`` one is profiled (``attach``).
+        template: returns this rank's current state; the persistent tier loads into its shape.
+        event_log: where ckpt_* and state_restored events go (default: ``ckpt-n<node>-r<rank>``).
+    """
+
+    def __init__(
+        self,
+        *,
+        scenario: Scenario,
+        rank: int,
+        world_size: int,
+        node: int,
+        local_rank: int,
+        run_dir: str | Path,
+        store_address: str | None = None,
+        token: str | None = None,
+        store_addresses: list[str] | None = None,
+        persistent_url: str | None = None,
+        model: Any = None,
+        template: Callable[[], Mapping[str, Any]] | None = None,
+        event_log: EventLog | None = None,
+    ) -> None:
+        cluster, config = scenario.cluster, scenario.checkpoint
+        if world_size != cluster.ranks:
+            raise ValueError(
+                f"world_size {world_size} does not match the scenario's "
+                f"{cluster.nodes} nodes x {cluster.accelerators_per_node} ranks"
+            )
+        addresses = store_addresses or [
+            a.strip() for a in os.environ.get(ADDRS_ENV, "").split(",") if a.strip()
+        ]
+        if store_address is not None:
+            addresses = addresses or [store_address] * cluster.nodes
+            addresses[node] = store_address
+        if len(addresses) != cluster.nodes:
+            raise ValueError(
+                f"need one store address per node ({cluster.nodes}), got "
+                f"{len(addresses)}: set {ADDRS_ENV}=host:port,host:port,..."
+            )
+        secret = token or os.environ.get(TOKEN_ENV)
+        if not secret:
+            raise ValueError(f"no job token: pass token= or set {TOKEN_ENV}")
+        self.scenario, self.rank, self.node, self.local_rank = scenario, rank, node, local_rank
+        self.addresses, self.token = addresses, secret
+        self.per_node = cluster.accelerators_per_node
+        self.persistent_url = (
+            persistent_url or cluster.storage.url or str(Path(run_dir) / "persistent")
+        )
+        self.placement = plan_placement(
+            cluster.nodes,
+            config.replicas,
+            "explicit" if config.placement == "explicit" else config.placement,
+            domains=cluster.domain_names(),
+            explicit=config.explicit_placement,
+        )
+        self.template = template
+        self._own_events = event_log is None
+        self.events = event_log or EventLog.from_env(f"ckpt-n{node}-r{rank}", node=node, rank=rank)
+        self.client = StoreClient(node, addresses[node], secret)
+        self.capturer = Capturer(self.client, rank, config.buffer_bytes, config.sub_buffers)
+        self.replication = ReplicationManager(
+            scenario, self.placement, node, rank, self.capturer, addresses, secret, self.events
+        )
+        # A gloo group for the engine's small collectives (CPU tensors, also under NCCL).
+        self.group = _gloo_group()
+        self.persistent: PersistentTier | None = None
+        if config.persist_every_iterations is not None:
+            self.persistent = PersistentTier(
+                self.persistent_url,
+                config.persist_every_iterations,
+                self.capturer,
+                rank,
+                self.events,
+            )
+            self.replication.on_commit = self.persistent.committed
+        if model is not None and hasattr(model, "register_comm_hook"):
+            self.attach(model)  # DDP: profile its all-reduces to find the idle spans
+
+    def attach(self, ddp_model: Any) -> None:
+        """Profile ``ddp_model``'s all-reduces to find idle spans (before its first backward)."""
+        self.replication.attach(ddp_model)
+
+    def set_hook(self, hook: Hook | None) -> None:
+        """Tests: ``hook(phase, iteration)`` at "capture", "replication" and "commit"."""
+        self.capturer.hook = hook
+        self.replication.hook = hook
+
+    def save(self, iteration: int, state: Mapping[str, Any]) -> None:
+        """Capture ``state`` (returns once copied); replication and commit follow."""
+        self.replication.wait()  # the previous checkpoint's remaining chunks go now
+        # The newest iteration every rank has committed must survive this capture, here and
+        # on the peers, or a failure now could leave no iteration that all ranks hold.
+        last = self.replication.last_committed
+        agreed = restoring.all_reduce_int(-1 if last is None else last, "min", self.group)
+        captured = self.capturer.capture(iteration, state, None if agreed < 0 else agreed)
+        if self.persistent is not None:
+            self.persistent.captured(iteration, state)
+        self.events.emit(
+            "ckpt_captured",
+            iteration=iteration,
+            bytes=captured.nbytes,
+            duration_s=captured.seconds,
+            throughput_bytes_per_s=captured.nbytes / max(captured.seconds, 1e-9),
+        )
+        self.replication.submit(captured)
+
+    def wait(self, timeout_s: float = 300.0) -> bool:
+        """Wait until the last saved checkpoint is committed (or failed)."""
+        return self.replication.wait(timeout_s)
+
+    @property
+    def last_committed(self) -> int | None:
+        return self.replication.last_committed
+
+    def restore(
+        self, template: Mapping[str, Any] | None = None, plan: RecoveryPlan | None = None
+    ) -> Restored | None:
+        """Restore the newest iteration every rank can get; None to start from scratch.
+
+        Args:
+            template: the state's shape (needed only for the persistent tier's DCP load).
+            plan: the root agent's plan (default: ``GEMINI_RESTORE_PLAN``, else decided here).
+        """
+        started = time.perf_counter()
+        plan = plan or _plan_from_env()
+        clients: dict[int, StoreClient | None] = {self.node: self.client}
+
+        def client(node: int) -> StoreClient | None:
+            if node not in clients:
+                try:
+                    clients[node] = StoreClient(node, self.addresses[node], self.token, 10.0)
+                except OSError:
+                    clients[node] = None
+            return clients[node]
+
+        try:
+            for _ in range(RESTORE_ROUNDS):
+                if plan is None:
+                    found = restoring.survey(client, self.placement.nodes)
+                    persistent = restoring.latest_persistent(self.persistent_url)
+                    plan = restoring.agree(
+                        restoring.decide(self.placement, found, self.per_node, persistent),
+                        self.placement.nodes,
+                        self.group,
+                    )
+                    log.info(
+                        "node %d rank %d: recovery plan: %s", self.node, self.rank, plan.reason
+                    )
+                if plan.iteration is None:
+                    return None
+                result = self._fetch(plan, client, template)
+                if not restoring.any_rank_failed(result is None, self.group) and result is not None:
+                    tier, source_node, state = result
+                    seconds = time.perf_counter() - started
+                    if self._own_events:  # a trainer passing its log records this itself
+                        self.events.emit(
+                            "state_restored",
+                            iteration=plan.iteration,
+                            tier=tier,
+                            source_node=source_node,
+                            duration_s=seconds,
+                        )
+                    self.replication.last_committed = plan.iteration
+                    self._forget_newer(plan.iteration)
+                    return Restored(plan.iteration, tier, state, source_node, seconds)
+                plan = None  # someone's shard failed everywhere: plan again without it
+            raise RuntimeError(
+                f"node {self.node} rank {self.rank}: no consistent checkpoint "
+                f"after {RESTORE_ROUNDS} recovery plans; see the log"
+            )
+        finally:
+            for node, other in clients.items():
+                if other is not None and node != self.node:
+                    other.close()
+
+    def _fetch(
+        self, plan: RecoveryPlan, client: Any, template: Mapping[str, Any] | None
+    ) -> tuple[Any, int | None, Any] | None:
+        assert plan.iteration is not None
+        iteration, rank = plan.iteration, self.rank
+        source = plan.source_for_rank(rank, self.per_node)
+        if source.tier == "persistent":
+            try:
+                return (
+                    "persistent",
+                    None,
+                    restoring.load_persistent_state(
+                        self.persistent_url, iteration, self._template(template)
+                    ),
+                )
+            except (ImportError, OSError, ValueError, RuntimeError) as error:
+                log.error(
+                    "node %d rank %d: iteration %d: persistent tier %s failed: %s",
+                    self.node,
+                    rank,
+                    iteration,
+                    self.persistent_url,
+                    error,
+                )
+                return None
+        # The planned holder first, then every other holder of this rank's shard.
+        holders = [
+            source.from_node,
+            *[h for h in self.placement.holders[self.node] if h != source.from_node],
+        ]
+        for holder in holders:
+            assert holder is not None
+            try:
+                if holder == self.node:
+                    self.capturer.remap()
+                    return (
+                        "local",
+                        holder,
+                        restoring.read_local(self.capturer.slots, rank, iteration),
+                    )
+                peer = client(holder)
+                if peer is None:
+                    raise ConnectionError("store unreachable")
+                return "peer", holder, restoring.read_peer(peer, rank, iteration)
+            except (VerificationError, StoreError, OSError) as error:
+                tier = "local memory" if holder == self.node else f"node {holder}'s memory"
+                log.warning(
+                    "node %d rank %d: iteration %d from %s unusable: %s; trying the next tier",
+                    self.node,
+                    rank,
+                    iteration,
+                    tier,
+                    error,
+                )
+                self._invalidate(holder, iteration, str(error), client)
+        return None
+
+    def _forget_newer(self, iteration: int) -> None:
+        """Invalidate this rank's local checkpoints newer than the restored iteration: they
+        belong to a timeline the job abandoned."""
+        for slot in self.capturer.slots:
+            state = None if slot is None else slot.state()
+            if state is not None and state.committed and state.iteration > iteration:
+                self.client.invalidate(self.rank, state.iteration, "newer than the restore")
+
+    def _template(self, given: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        """The state's shape, asked for only when needed: ``Trainer.state()`` before the first
+        step initialises the optimizer's state (DCP's state-dict helpers do), which would change
+        the training that follows."""
+        if given is not None:
+            return given
+        if self.template is None:
+            raise ValueError(
+                "restoring from the persistent tier needs template= (the state's "
+                "shape): pass it to restore() or to the constructor"
+            )
+        return self.template()
+
+    def _invalidate(self, holder: int, iteration: int, reason: str, client: Any) -> None:
+        if "no committed" in reason:  # nothing there to invalidate
+            return
+        try:
+            peer = self.client if holder == self.node else client(holder)
+            if peer is not None:
+                peer.invalidate(self.rank, iteration, reason)
+        except (OSError, StoreError):
+            pass
+
+    def close(self) -> None:
+        """Finish the last checkpoint (bounded wait) and release every resource."""
+        self.replication.close()
+        if self.persistent is not None:
+            self.persistent.close()
+        self.capturer.close()
+        self.client.close()
+        if self._own_events:
+            self.events.close()
+
+
+def _gloo_group() -> Any:
+    """A gloo group of all ranks (collective: every rank constructs its checkpointer at the same
+    point), or None outside a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo")
+
+
+def _plan_from_env() -> RecoveryPlan | None:
+    text = os.environ.get(PLAN_ENV, "").strip()
+    if not text:
+        return None
+    if not text.startswith("{"):
+        text = Path(text).read_text()
+    return restoring.plan_from_json(json.loads(text))

@@ -1,0 +1,126 @@
+"""A node store run as an owned child process (what the node agent does).
+
+``StoreProcess`` starts ``python -m real.engine.store``, waits (polling, bounded) until the
+store has written its address to a ready file, and on ``stop()`` sends SIGTERM, joins with a
+timeout and kills as a last resort. The token travels in the environment (``GEMINI_TOKEN``),
+never on the command line where ``ps`` would show it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from real.engine.store import TOKEN_ENV
+
+
+class StoreProcess:
+    """Owner of one store process.
+
+    Args:
+        node: the node the store serves.
+        token: the job's secret token.
+        host: address to listen on.
+        prefix: slot file name prefix (job id); default: chosen by the store.
+        log_path: where the store's stderr goes (default: discarded).
+    """
+
+    def __init__(
+        self,
+        node: int,
+        token: str,
+        host: str = "127.0.0.1",
+        prefix: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.node = node
+        self.token = token
+        self.host = host
+        self.prefix = prefix
+        self.log_path = log_path
+        self.address = ""
+        self.process: subprocess.Popen[bytes] | None = None
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        """Start the store and return its ``host:port`` once it serves."""
+        self._folder = tempfile.TemporaryDirectory(prefix="gemini-store-")
+        ready = Path(self._folder.name) / "ready"
+        command = [
+            sys.executable,
+            "-m",
+            "real.engine.store",
+            "--node",
+            str(self.node),
+            "--host",
+            self.host,
+            "--ready-file",
+            str(ready),
+        ]
+        if self.prefix:
+            command += ["--prefix", self.prefix]
+        stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, TOKEN_ENV: self.token},
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        finally:
+            if self.log_path:
+                stderr.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(
+                    f"node {self.node} store exited with code "
+                    f"{self.process.returncode} before serving; see its log"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"node {self.node} store did not serve within {timeout_s} s")
+            time.sleep(0.01)
+        self.address = ready.read_text().strip()
+        return self.address
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, timed join, then SIGKILL; returns the exit code."""
+        process, self.process = self.process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout_s)
+            code = process.returncode
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+        return code
+
+    def __enter__(self) -> StoreProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()

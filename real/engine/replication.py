@@ -1,0 +1,328 @@
+"""Replication: sealing a capture, streaming it to the peers' stores, and committing it.
+
+After ``save()`` has copied the state into the in-progress slot, a background sender finishes
+the checkpoint:
+
+1. **seal**: xxh3_64 checksums of every data block and the JSON manifest, written to the slot;
+2. **send**: for each peer that the placement (``shared.placement``) names, ``put_begin`` with
+   the manifest, the data in chunks (each with its own checksum), ``put_end``; the peer verifies
+   every chunk and every block and acks (the replica is *prepared*);
+3. **commit**: only when the local copy is sealed and all ``m - 1`` replicas are prepared, the
+   local slot's generation is written (the checkpoint is committed), then each peer is told to
+   commit its replica. A failed or refused replica leaves the checkpoint uncommitted and the
+   previous one in place.
+
+*When* chunks go is the traffic mode. ``blocking``: everything right inside ``save()``, training
+waits. ``interleaved``: until the profiler (:mod:`real.engine.profiler`) has seen
+``profiling_iterations`` iterations, right after ``save()`` in the background; afterwards by the
+plan of ``shared.scheduling.plan_traffic``: each chunk waits for its idle span, measured from
+the iteration's start. Chunks that missed their spans, and the plan's spill, go when the next
+``save()`` asks for the previous checkpoint to finish (the paper's "delays the next update").
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import xxhash
+
+from real.engine.capture import Captured, Capturer
+from real.engine.client import StoreClient, StoreError
+from real.engine.manifest import seal
+from real.engine.profiler import CommProfiler
+from real.eventlog import EventLog
+from shared.placement import Placement
+from shared.scenario import Scenario
+from shared.scheduling import Chunk, TrafficPlan, plan_traffic
+
+log = logging.getLogger(__name__)
+Tamper = Callable[[int, int, memoryview], bytes | memoryview]
+Hook = Callable[[str, int], None]
+
+
+class ReplicationManager:
+    """Seals, replicates and commits one rank's checkpoints.
+
+    Args:
+        scenario: m, traffic mode, buffer, safety factor, profiling iterations, alpha, bandwidth.
+        placement: who holds whose checkpoint (nodes are indices into ``addresses``).
+        node, rank: this rank's node and global rank.
+        capturer: the rank's capturer (its slots and store connection).
+        addresses: ``host:port`` of every node's store.
+        token: the job's secret.
+        events: where ckpt_replicated / ckpt_committed go.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        placement: Placement,
+        node: int,
+        rank: int,
+        capturer: Capturer,
+        addresses: list[str],
+        token: str,
+        events: EventLog | None = None,
+    ) -> None:
+        config = scenario.checkpoint
+        self.config = config
+        self.alpha_s = scenario.cluster.network_alpha_s
+        self.bandwidth = scenario.cluster.network_bytes_per_s
+        self.placement, self.node, self.rank = placement, node, rank
+        self.peers = list(placement.peers_of(node))
+        self.capturer = capturer
+        self.addresses, self.token = addresses, token
+        self.events = events or EventLog(None, time.time())
+        self.profiler = CommProfiler(config.profiling_iterations)
+        self.clients: dict[int, StoreClient] = {}
+        self.plan: TrafficPlan | None = None
+        self.iteration_start = time.perf_counter()
+        self.tamper: Tamper | None = None  # tests: change a chunk on the wire
+        self.hook: Hook | None = None  # tests: called at "replication" and "commit"
+        self.on_commit: Callable[[Captured], None] | None = None  # e.g. persistence
+        self.last_committed: int | None = None
+        # Replica bytes sent per timing: by the plan inside idle spans, outside them (missed
+        # spans and spill, sent when the next save() asks), or unscheduled (blocking mode, or
+        # before the profile is complete).
+        self.sent_bytes = {"in_spans": 0, "outside_spans": 0, "unscheduled": 0}
+        self._jobs: queue.Queue[Captured | None] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._flush = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"replicate-r{rank}", daemon=True)
+        self._thread.start()
+
+    def attach(self, ddp_model: Any) -> None:
+        """Profile a DDP model's gradient all-reduces (call before its first backward)."""
+        self.profiler.attach(ddp_model)
+
+    # -- called by the checkpointer ---------------------------------------------------------
+
+    def submit(self, captured: Captured) -> None:
+        """Finish ``captured`` (blocking mode: now; interleaved: in the background)."""
+        if self.config.traffic == "blocking":
+            self._finish(captured, flushing=True)
+            self.iteration_start = self.profiler.iteration_begins()
+            return
+        self._idle.clear()
+        self.iteration_start = self.profiler.iteration_begins()
+        self._jobs.put(captured)
+
+    def wait(self, timeout_s: float = 300.0) -> bool:
+        """Send whatever is left of the previous checkpoint now and wait for it to finish."""
+        self._flush.set()
+        finished = self._idle.wait(timeout_s)
+        self._flush.clear()
+        if not finished:
+            log.warning(
+                "node %d rank %d: replication still running after %.0f s",
+                self.node,
+                self.rank,
+                timeout_s,
+            )
+        return finished
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        self.wait(timeout_s)
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
+    # -- the sender -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (captured := self._jobs.get()) is not None:
+            try:
+                self._finish(captured, flushing=False)
+            except Exception:  # keep the sender alive; the checkpoint stays uncommitted
+                log.exception(
+                    "node %d rank %d: checkpoint %d failed",
+                    self.node,
+                    self.rank,
+                    captured.iteration,
+                )
+            finally:
+                self._idle.set()
+
+    def _finish(self, captured: Captured, *, flushing: bool) -> bool:
+        started = time.perf_counter()
+        seal(captured.manifest, captured.slot.data(captured.nbytes))
+        raw = captured.manifest.to_bytes()
+        captured.slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), captured.nbytes)
+        plan = self._plan(captured.nbytes)
+        spill = 0
+        for peer in self.peers:
+            for attempt in (1, 2):
+                try:
+                    outside = self._send(peer, captured, raw, plan, flushing)
+                    spill += outside
+                    if plan is None:
+                        self.sent_bytes["unscheduled"] += captured.nbytes
+                    else:
+                        self.sent_bytes["in_spans"] += captured.nbytes - outside
+                        self.sent_bytes["outside_spans"] += outside
+                    break
+                except (OSError, StoreError) as error:
+                    self._drop(peer)
+                    log.warning(
+                        "node %d rank %d: iteration %d: replica to node %d failed (attempt %d): %s",
+                        self.node,
+                        self.rank,
+                        captured.iteration,
+                        peer,
+                        attempt,
+                        error,
+                    )
+            else:
+                log.error(
+                    "node %d rank %d: iteration %d not committed: node %d holds no "
+                    "verified replica; the last committed checkpoint (%s) stays",
+                    self.node,
+                    self.rank,
+                    captured.iteration,
+                    peer,
+                    self.last_committed,
+                )
+                return False
+        replicated = time.perf_counter()
+        if self.peers:
+            self.events.emit(
+                "ckpt_replicated",
+                iteration=captured.iteration,
+                bytes=captured.nbytes * len(self.peers),
+                peers=self.peers,
+                duration_s=replicated - started,
+                spill_bytes=spill,
+                scheduled=plan is not None,
+            )
+        self._call_hook("commit", captured.iteration)
+        self.capturer.commit(captured)
+        self.last_committed = captured.iteration
+        if self.on_commit is not None:
+            self.on_commit(captured)
+        for peer in self.peers:
+            try:
+                self._client(peer).commit(self.rank, captured.iteration)
+            except (OSError, StoreError) as error:
+                self._drop(peer)
+                log.warning(
+                    "node %d rank %d: iteration %d: node %d did not commit its replica: %s",
+                    self.node,
+                    self.rank,
+                    captured.iteration,
+                    peer,
+                    error,
+                )
+        self.events.emit(
+            "ckpt_committed",
+            iteration=captured.iteration,
+            bytes=captured.nbytes,
+            replicas=1 + len(self.peers),
+            duration_s=time.perf_counter() - started + captured.seconds,
+        )
+        return True
+
+    def _plan(self, nbytes: int) -> TrafficPlan | None:
+        if self.config.traffic == "blocking" or not self.profiler.done or not self.peers:
+            return None
+        if self.plan is None or self.plan.checkpoint_bytes != nbytes:
+            self.plan = plan_traffic(
+                self.profiler.spans or (),
+                nbytes,
+                self.peers,
+                bandwidth_bytes_per_s=self.bandwidth,
+                alpha_s=self.alpha_s,
+                safety_factor=self.config.safety_factor,
+                buffer_bytes=self.config.buffer_bytes,
+                sub_buffers=self.config.sub_buffers,
+            )
+            log.info(
+                "node %d rank %d: traffic plan: %d chunks, %d of %d bytes in idle spans (%s)",
+                self.node,
+                self.rank,
+                len(self.plan.chunks),
+                self.plan.in_span_bytes,
+                self.plan.planned_bytes,
+                self.profiler.summary(),
+            )
+        return self.plan
+
+    def _send(
+        self,
+        peer: int,
+        captured: Captured,
+        manifest: bytes,
+        plan: TrafficPlan | None,
+        flushing: bool,
+    ) -> int:
+        """Stream one replica to ``peer``; returns the bytes sent outside idle spans."""
+        client = self._client(peer)
+        client.put_begin(self.rank, manifest, captured.keep)
+        data = captured.slot.data(captured.nbytes)
+        pieces: list[tuple[Chunk | None, int, int]]
+        if plan is None:
+            step = max(self.config.buffer_bytes // self.config.sub_buffers, 1)
+            pieces = [
+                (None, o, min(step, captured.nbytes - o)) for o in range(0, captured.nbytes, step)
+            ]
+        else:
+            pieces = [
+                (c, c.offset_bytes, c.size_bytes) for c in plan.chunks if c.destination == peer
+            ]
+        spill = 0
+        for number, (chunk, offset, size) in enumerate(pieces):
+            if chunk is not None and not flushing and not self._wait_for_span(chunk):
+                spill += size
+            view = data[offset : offset + size]
+            payload = view if self.tamper is None else self.tamper(peer, offset, view)
+            client.put_chunk(offset, payload)
+            if number == 0:
+                self._call_hook("replication", captured.iteration)
+        client.put_end()
+        return spill if plan is not None else (captured.nbytes if flushing else 0)
+
+    def _wait_for_span(self, chunk: Any) -> bool:
+        """Wait until an idle span can take ``chunk``; False if it goes as spill (flush)."""
+        spans = self.profiler.spans or ()
+        first = len(spans) if chunk.span_index is None else chunk.span_index
+        mu = self.config.safety_factor
+        while not self._flush.is_set():
+            now = time.perf_counter() - self.iteration_start
+            usable = [
+                (
+                    max(s.start_s, chunk.start_s if i == first else 0.0),
+                    s.start_s + mu * s.duration_s,
+                )
+                for i, s in enumerate(spans)
+                if i >= first
+            ]
+            usable = [(begin, end) for begin, end in usable if end > now]
+            if not usable:
+                self._flush.wait(60.0)  # past every span: go when the next save() asks
+                return False
+            begin = usable[0][0]
+            if begin <= now:
+                return True
+            self._flush.wait(begin - now)
+        return False
+
+    def _client(self, peer: int) -> StoreClient:
+        if peer not in self.clients:
+            self.clients[peer] = StoreClient(peer, self.addresses[peer], self.token)
+        return self.clients[peer]
+
+    def _drop(self, peer: int) -> None:
+        client = self.clients.pop(peer, None)
+        if client is not None:
+            client.close()
+
+    def _call_hook(self, phase: str, iteration: int) -> None:
+        if self.hook is not None:
+            self.hook(phase, iteration)

@@ -1,0 +1,216 @@
+"""Restore: one iteration for every rank, each shard from the best tier that verifies.
+
+The decision (which iteration, which source per node) is ``shared.recovery.plan_recovery``'s.
+Its inputs come from the stores: each rank asks every node store which iterations it holds
+committed, per owner rank (``holdings``); a node holds iteration ``i`` of node ``o`` when it
+holds ``i`` for every local rank of ``o``. Stores that do not answer count as lost (hardware).
+Every rank computes the plan from the same answers; to be sure, the plans are compared through
+an ``all_gather`` of int64 tensors (never pickle) and rank 0's wins a disagreement.
+
+Then each rank fetches its own shard: from its node's slot (``local``: mapped, no network),
+from a named peer's store (``peer``: over TCP), or from persistent storage (``persistent``:
+``real.persistent.load_persistent``). Every shard is verified (manifest checksum, manifest,
+every block) before use. A shard that fails is invalidated in its store, logged with
+node/rank/iteration/reason, and the next holder of the same iteration is tried. If a rank runs
+out of holders, all ranks plan again (the invalidated copy no longer counts), which may roll
+everyone back to an older iteration or to persistent storage: never a mix of iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import xxhash
+
+from real.engine.client import StoreClient
+from real.engine.manifest import Manifest, VerificationError, tensors_from, verify
+from real.engine.shm import Slot, best_slot, to_unsigned
+from real.state import unflatten_state
+from shared.placement import Placement
+from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
+
+log = logging.getLogger(__name__)
+TIER_CODES: dict[Tier, int] = {"local": 0, "peer": 1, "persistent": 2}
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the stores hold: per holder node, per owner rank, committed iterations."""
+
+    by_rank: dict[int, dict[int, set[int]]]
+    lost: set[int]
+
+    def node_holdings(self, nodes: int, per_node: int) -> dict[int, dict[int, set[int]]]:
+        """``holdings[holder][owner node]``: iterations held for every rank of the owner."""
+        out: dict[int, dict[int, set[int]]] = {}
+        for holder, ranks in self.by_rank.items():
+            for owner in range(nodes):
+                sets = [ranks.get(owner * per_node + r, set()) for r in range(per_node)]
+                common = set.intersection(*sets) if sets else set()
+                if common:
+                    out.setdefault(holder, {})[owner] = common
+        return out
+
+
+def survey(clients: Callable[[int], StoreClient | None], nodes: int) -> Survey:
+    """Ask every node's store what it holds; unreachable stores count as lost."""
+    by_rank: dict[int, dict[int, set[int]]] = {}
+    lost = set()
+    for node in range(nodes):
+        client = clients(node)
+        try:
+            if client is None:
+                raise ConnectionError("no connection")
+            by_rank[node] = {owner: set(its) for owner, its in client.holdings().items()}
+        except (OSError, RuntimeError) as error:
+            log.warning(
+                "node %d store unreachable during restore (counted as lost): %s", node, error
+            )
+            lost.add(node)
+    return Survey(by_rank, lost)
+
+
+def decide(
+    placement: Placement, found: Survey, per_node: int, persistent_iteration: int | None
+) -> RecoveryPlan:
+    holdings = found.node_holdings(placement.nodes, per_node)
+    failed: dict[int, Any] = dict.fromkeys(found.lost, "hardware")
+    return plan_recovery(placement, failed, holdings, persistent_iteration)
+
+
+def agree(plan: RecoveryPlan, nodes: int, group: Any = None) -> RecoveryPlan:
+    """Make sure every rank uses the same plan (rank 0's when they differ).
+
+    ``group``: a gloo process group (CPU tensors); None: no process group, nothing to agree.
+    """
+    import torch.distributed as dist
+
+    if group is None or dist.get_world_size(group) == 1:
+        return plan
+    mine = encode(plan, nodes)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, mine, group=group)
+    if all(torch.equal(g, gathered[0]) for g in gathered):
+        return plan
+    log.warning(
+        "ranks computed different recovery plans (stores changed while asked); using rank 0's"
+    )
+    return decode(gathered[0], nodes, reason="rank 0's plan")
+
+
+def encode(plan: RecoveryPlan, nodes: int) -> torch.Tensor:
+    values = [-1 if plan.iteration is None else plan.iteration, int(plan.rollback)]
+    for node in range(nodes):
+        source = plan.sources[node] if plan.sources else None
+        values += (
+            [-1, -1]
+            if source is None
+            else [TIER_CODES[source.tier], -1 if source.from_node is None else source.from_node]
+        )
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def decode(encoded: torch.Tensor, nodes: int, reason: str) -> RecoveryPlan:
+    values = encoded.tolist()
+    tiers: dict[int, Tier] = {code: tier for tier, code in TIER_CODES.items()}
+    iteration = None if values[0] < 0 else values[0]
+    sources = (
+        tuple(
+            Source(
+                n, tiers[values[2 + 2 * n]], None if values[3 + 2 * n] < 0 else values[3 + 2 * n]
+            )
+            for n in range(nodes)
+        )
+        if iteration is not None
+        else ()
+    )
+    return RecoveryPlan(iteration, sources, bool(values[1]), reason)
+
+
+def plan_from_json(document: Mapping[str, Any]) -> RecoveryPlan:
+    """An explicit plan from the root agent: ``{"iteration": i, "sources": [{"node": ..,
+    "tier": .., "from_node": ..}, ...]}``."""
+    iteration = document.get("iteration")
+    sources = tuple(
+        Source(int(s["node"]), s["tier"], s.get("from_node")) for s in document.get("sources", [])
+    )
+    return RecoveryPlan(
+        None if iteration is None else int(iteration),
+        sources,
+        bool(document.get("rollback", False)),
+        "explicit plan",
+    )
+
+
+def any_rank_failed(failed: bool, group: Any = None) -> bool:
+    """True on every rank when ``failed`` is true on any (``group``: gloo, or None)."""
+    return bool(all_reduce_int(int(failed), "max", group))
+
+
+def all_reduce_int(value: int, op: str, group: Any) -> int:
+    """``value`` reduced (``"min"`` or ``"max"``) over ``group``'s ranks; itself without one."""
+    import torch.distributed as dist
+
+    if group is None:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX, group=group)
+    return int(tensor.item())
+
+
+def read_local(slots: list[Slot | None], rank: int, iteration: int) -> dict[str, Any]:
+    """This rank's shard from its own node's slot, verified, as fresh tensors."""
+    slot = best_slot(slots, iteration)
+    if slot is None:
+        raise VerificationError(f"no committed slot holds iteration {iteration}")
+    state = slot.state()
+    raw = slot.manifest_bytes()
+    manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration)
+    verify(manifest, slot.data(manifest.data_bytes))
+    data = slot.data_tensor(manifest.data_bytes)
+    return unflatten_state(tensors_from(manifest, data, copy=True), manifest.values)
+
+
+def read_peer(client: StoreClient, rank: int, iteration: int) -> dict[str, Any]:
+    """This rank's shard from a peer's store over TCP, verified."""
+    raw, manifest_checksum, data = client.get(rank, iteration)
+    manifest = check_manifest(raw, manifest_checksum, rank, iteration)
+    verify(manifest, data.numpy().data.cast("B"))
+    # Fresh tensors, not views of one buffer: some consumers mishandle views with a storage
+    # offset (torch.set_rng_state crashes on one), and views would pin the whole buffer.
+    return unflatten_state(tensors_from(manifest, data, copy=True), manifest.values)
+
+
+def check_manifest(raw: bytes, want: int, rank: int, iteration: int) -> Manifest:
+    if xxhash.xxh3_64_intdigest(raw) != want:
+        raise VerificationError("manifest checksum mismatch")
+    manifest = Manifest.from_bytes(raw)
+    if (manifest.rank, manifest.iteration) != (rank, iteration):
+        raise VerificationError(
+            f"manifest is rank {manifest.rank} iteration "
+            f"{manifest.iteration}, expected rank {rank} iteration "
+            f"{iteration}"
+        )
+    return manifest
+
+
+def load_persistent_state(url: str, iteration: int, template: Any) -> Mapping[str, Any]:
+    from real.persistent import load_persistent  # the persistent tier is optional here
+
+    return load_persistent(url, iteration, template)
+
+
+def latest_persistent(url: str) -> int | None:
+    try:
+        from real.persistent import latest_persistent_iteration
+    except ImportError:
+        return None
+    try:
+        return latest_persistent_iteration(url)
+    except (OSError, ValueError) as error:
+        log.warning("persistent tier %s unreadable: %s", url, error)
+        return None

@@ -1,0 +1,313 @@
+"""The emulated cluster's processes, owned by the launcher.
+
+``local`` mode: every node is a node agent process (in its own session, so the node's agent and
+store form one process group) on loopback, with its own ports; the trainers an agent starts
+lead their own sessions and are recorded in ``<run_dir>/pids/<node_id>.json``. The launcher owns
+all of it: the coordination store (embedded TCPStore process, or etcd), the agents, and the
+replacement agents it starts when the root's cloud operator orders one (``replacements/``).
+
+Failing a node (``kill_node``) is what a hardware failure does: every process of the node dies
+at once (SIGKILL: no clean-up runs) and its shared memory goes (the slot files of its store,
+named ``<job>-<node_id>-*`` in ``/dev/shm``). ``freeze_node`` emulates a network partition in
+``local`` mode: the node's processes are stopped (SIGSTOP), unreachable but not dead, until the
+launcher fences them (``kill_node``) once the root has replaced the node.
+
+``teardown`` always runs (success, error, Ctrl-C): SIGTERM to every agent (which stops its
+trainers and removes its slot files), a timed wait, SIGKILL to whatever is left (agents' groups
+and every trainer ever recorded), the coordination store stopped, and every slot file with the
+job's prefix removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from real.agent import jobkeys
+from real.coord import keys
+from real.coord.kv import KeyValueStore, connect_kv
+from real.engine.shm import SHM_DIR
+from shared.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+
+class LocalCluster:
+    """The processes of one emulated cluster.
+
+    Args:
+        scenario: the parsed scenario.
+        scenario_path: its file (agents and trainers read it again, with ``overrides``).
+        overrides: ``key=value`` scenario overrides.
+        run_dir: the run's folder.
+        strategy: gemini or persistent.
+        t0: the run's start, wall seconds.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        scenario_path: Path,
+        overrides: tuple[str, ...],
+        run_dir: Path,
+        strategy: str,
+        t0: float,
+    ) -> None:
+        self.scenario, self.scenario_path, self.overrides = scenario, scenario_path, overrides
+        self.run_dir, self.strategy, self.t0 = run_dir, strategy, t0
+        self.token = secrets.token_hex(16)
+        self.job = f"gemini-{uuid.uuid4().hex[:8]}"
+        self.agents: dict[int, subprocess.Popen[bytes]] = {}
+        self.slots: dict[int, int] = {}
+        self.started_replacements: set[int] = set()
+        self.kv_server: Any = None
+        self.kv_url = ""
+        self.kv: KeyValueStore | None = None
+        self.frozen: set[int] = set()
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.kv_url = self._start_kv()
+        self.kv = connect_kv(self.kv_url)
+        for slot in range(self.scenario.cluster.nodes):
+            self.start_agent(slot, slot)
+
+    def _start_kv(self) -> str:
+        if self.scenario.real.store == "etcd":
+            from real.coord.etcd_server import EtcdServer
+
+            self.kv_server = EtcdServer(log_path=self.run_dir / "logs" / "etcd.log").start()
+        else:
+            from real.coord.kvserver import StoreServer
+
+            self.kv_server = StoreServer().start()
+        return f"{self.kv_server.url}/{self.job}"
+
+    def agent_command(self, node_id: int, slot: int) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "real.agent",
+            str(self.scenario_path),
+            "--kv",
+            self.kv_url,
+            "--node-id",
+            str(node_id),
+            "--slot",
+            str(slot),
+            "--run-dir",
+            str(self.run_dir),
+            "--strategy",
+            self.strategy,
+            "--job",
+            self.job,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        for override in self.overrides:
+            command += ["--set", override]
+        return command
+
+    def agent_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "GEMINI_TOKEN": self.token,
+            "GEMINI_RUN_T0": repr(self.t0),
+            "GEMINI_RUN_DIR": str(self.run_dir),
+            "OMP_NUM_THREADS": "1",
+        }
+
+    def start_agent(self, node_id: int, slot: int) -> None:
+        """Start node ``node_id``'s agent in ``slot`` (its own session: one process group)."""
+        output = open(self.run_dir / "logs" / f"agent-{node_id}.log", "ab")  # noqa: SIM115
+        try:
+            self.agents[node_id] = subprocess.Popen(
+                self.agent_command(node_id, slot),
+                env=self.agent_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            output.close()
+        self.slots[node_id] = slot
+        log.info(
+            "node %d (slot %d): agent started, pid %d", node_id, slot, self.agents[node_id].pid
+        )
+
+    def start_due_replacements(self) -> list[int]:
+        """Start the agents the cloud operator ordered whose ``ready_at`` has come."""
+        assert self.kv is not None
+        started = []
+        for key, order in jobkeys.read_prefix(self.kv, jobkeys.REPLACEMENTS_PREFIX).items():
+            node_id = int(key)
+            if node_id in self.started_replacements or time.time() < float(order["ready_at"]):
+                continue
+            self.started_replacements.add(node_id)
+            self.start_agent(node_id, int(order["slot"]))
+            started.append(node_id)
+        return started
+
+    # -- state ------------------------------------------------------------------------------
+
+    def attempt(self) -> dict[str, Any] | None:
+        assert self.kv is not None
+        return jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+
+    def members(self) -> dict[int, int]:
+        record = self.attempt()
+        if record is None:
+            return {slot: slot for slot in range(self.scenario.cluster.nodes)}
+        return jobkeys.members_of(record)
+
+    def leader(self) -> int | None:
+        """The node id of the root agent now."""
+        assert self.kv is not None
+        raw = self.kv.get(keys.LEADER_KEY)
+        return None if raw is None else int(keys.decode(raw)["node"])
+
+    def pids(self, node_id: int) -> dict[str, Any]:
+        path = self.run_dir / "pids" / f"{node_id}.json"
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def trainer_pid(self, node_id: int, rank: int) -> int | None:
+        pid = self.pids(node_id).get("trainers", {}).get(str(rank))
+        return None if pid is None else int(pid)
+
+    # -- failing ----------------------------------------------------------------------------
+
+    def kill_trainer(self, node_id: int, rank: int) -> bool:
+        """SIGKILL one trainer (a software failure); False if it was not running."""
+        pid = self.trainer_pid(node_id, rank)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill_node(self, node_id: int) -> None:
+        """A hardware failure: every process of the node at once, then its shared memory."""
+        agent = self.agents.get(node_id)
+        if agent is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(agent.pid, signal.SIGKILL)  # the agent and its store
+        for pid in self._trainer_pids(node_id):
+            self._kill_trainer_group(pid, signal.SIGKILL)
+        if agent is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(10.0)
+        self.frozen.discard(node_id)
+        self.remove_shm(f"{self.job}-{node_id}-")
+
+    def freeze_node(self, node_id: int) -> None:
+        """A partition in local mode: the node's processes stop answering (SIGSTOP)."""
+        agent = self.agents.get(node_id)
+        if agent is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(agent.pid, signal.SIGSTOP)
+        for pid in self._trainer_pids(node_id):
+            self._kill_trainer_group(pid, signal.SIGSTOP)
+        self.frozen.add(node_id)
+
+    def partition_node(self, node_id: int) -> None:
+        """A network partition: local mode freezes the node; ``tick`` fences it once replaced."""
+        self.freeze_node(node_id)
+
+    def tick(self) -> None:
+        """Periodic duties: start due replacements, fence frozen nodes that were replaced."""
+        self.start_due_replacements()
+        if self.frozen:
+            members = set(self.members().values())
+            for node_id in list(self.frozen):
+                if node_id not in members:
+                    log.warning("node %d: replaced; fencing (killing) it", node_id)
+                    self.kill_node(node_id)
+
+    def _trainer_pids(self, node_id: int) -> list[int]:
+        record = self.pids(node_id)
+        return sorted(
+            {int(p) for p in record.get("all_trainers", [])}
+            | {int(p) for p in record.get("trainers", {}).values()}
+        )
+
+    def _kill_trainer_group(self, pid: int, signum: int) -> None:
+        """Signal a trainer we started (checked: its command line names our run folder, so a
+        recycled pid of someone else's process is never touched) and its process group."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if str(self.run_dir).encode() not in cmdline:
+            return
+        _kill_group(pid, signum)
+
+    def remove_shm(self, prefix: str) -> int:
+        removed = 0
+        for path in SHM_DIR.glob(f"{prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        return removed
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def alive_agents(self) -> list[int]:
+        return [n for n, p in self.agents.items() if p.poll() is None]
+
+    def wait_agents(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.alive_agents() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.alive_agents()
+
+    def teardown(self, grace_s: float = 10.0) -> None:
+        """Stop everything this cluster started; safe to call more than once."""
+        for node_id in list(self.frozen):
+            self.kill_node(node_id)
+        for agent in self.agents.values():
+            if agent.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(agent.pid, signal.SIGTERM)
+        self.wait_agents(grace_s)
+        for node_id, agent in self.agents.items():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(agent.pid, signal.SIGKILL)
+            for pid in self._trainer_pids(node_id):
+                self._kill_trainer_group(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(10.0)
+        if self.kv is not None:
+            self.kv.close()
+            self.kv = None
+        if self.kv_server is not None:
+            self.kv_server.stop()
+            self.kv_server = None
+        self.remove_shm(f"{self.job}-")
+
+
+def _kill_group(pid: int, signum: int) -> None:
+    """Signal a trainer and its process group (it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)

@@ -1,0 +1,254 @@
+"""The failure injector: one utility for the launcher, the tests and the chaos run.
+
+It fires each failure of the scenario's schedule in order, when its trigger comes:
+
+- ``at_iteration: N``: once some rank has ended iteration N (read from the event files);
+- ``at_time_s: T``: T seconds after the run started;
+- ``during: replication``: after the trigger, at the next checkpoint captured on the failing
+  node, while its replication to the peers is in flight (interleaved replication sends the
+  chunks of iteration i during iteration i+1);
+- ``during: recovery``: while the previous failure is being recovered: a lost node once the
+  root has stopped the job for it; a trainer crash once the restarted trainers are up but have
+  not resumed training yet (they are restoring).
+
+and performs it:
+
+==============  =================================================================================
+``software``    SIGKILL the trainer of the node's first local rank (the node and its memory live)
+``hardware``    every process of the node (agent, store, trainers) and its shared memory
+``network``     the node's link goes down (``netns``); in ``local`` mode its processes freeze
+                (SIGSTOP), and are fenced (killed) once the root has replaced the node
+``root_agent``  a hardware failure of whichever node runs the root agent at that moment
+``group``       a hardware failure of every node in the placement group of the node named
+==============  =================================================================================
+
+Two failures at once in different groups: one schedule entry naming both nodes, or two entries
+with the same trigger. Each failure is recorded before it is performed: ``failures/<index>`` in
+the coordination store (what the root matches detections against) and a ``failure_injected``
+event (``failure``, ``failure_kind``, ``nodes``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from real.agent import jobkeys
+from real.eventlog import EventLog
+from real.launcher.progress import ProgressWatcher
+from shared.placement import plan_placement
+from shared.scenario import Scenario, ScheduledFailure
+
+log = logging.getLogger(__name__)
+POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class Injected:
+    """A failure performed: its index, kind, slots and node ids, and when (run seconds)."""
+
+    index: int
+    kind: str
+    nodes: tuple[int, ...]
+    node_ids: tuple[int, ...]
+    time_s: float
+    attempt: int | None = None
+
+
+class FailureInjector:
+    """Injects failures into a running cluster (``LocalCluster`` or ``NetnsCluster``).
+
+    Args:
+        cluster: the cluster (kill_trainer, kill_node, freeze_node, members, leader...).
+        scenario: the scenario (placement for ``group``).
+        events: where ``failure_injected`` goes (the launcher's log).
+        schedule: the failures to inject in order (default: the scenario's).
+    """
+
+    def __init__(
+        self,
+        cluster: object,
+        scenario: Scenario,
+        events: EventLog,
+        schedule: Sequence[ScheduledFailure] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.scenario = scenario
+        self.events = events
+        self.schedule = list(scenario.failures.schedule if schedule is None else schedule)
+        config = scenario.checkpoint
+        self.placement = plan_placement(
+            scenario.cluster.nodes,
+            config.replicas,
+            config.placement,
+            domains=scenario.cluster.domain_names(),
+            explicit=config.explicit_placement,
+        )
+        self.watcher = ProgressWatcher(cluster.run_dir)  # type: ignore[attr-defined]
+        self.injected: list[Injected] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- the schedule thread ----------------------------------------------------------------
+
+    def start(self) -> FailureInjector:
+        self._thread = threading.Thread(target=self._run, name="injector", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.injected) >= len(self.schedule)
+
+    def _run(self) -> None:
+        try:
+            for index, failure in enumerate(self.schedule):
+                if not self._wait_trigger(index, failure):
+                    return
+                self.inject(index, failure)
+        except BaseException as error:  # reported by the launcher
+            log.exception("failure injector stopped")
+            self.errors.append(error)
+
+    def _wait_trigger(self, index: int, failure: ScheduledFailure) -> bool:
+        while not self._stop.is_set():
+            progress = self.watcher.poll()
+            if failure.during == "recovery" and index > 0:
+                due = self._in_recovery(index - 1, failure)
+            elif failure.at_iteration is not None:
+                due = progress.max_iteration >= failure.at_iteration
+            elif failure.at_time_s is not None:
+                due = self.events.now() >= failure.at_time_s
+            else:
+                due = True
+            if due:
+                return self._wait_capture(failure) if failure.during == "replication" else True
+            time.sleep(POLL_S)
+        return False
+
+    def _in_recovery(self, previous: int, failure: ScheduledFailure) -> bool:
+        record = self.cluster.attempt()  # type: ignore[attr-defined]
+        if record is None or len(self.injected) <= previous:
+            return False
+        if failure.kind == "software":
+            # The restarted trainers are up (restoring) but have not resumed yet.
+            before = self.injected[previous].attempt
+            if record["state"] != "running" or before is None or record["attempt"] <= before:
+                return False
+            node_id = jobkeys.members_of(record)[failure.nodes[0]]
+            pids = self.cluster.pids(node_id)  # type: ignore[attr-defined]
+            return pids.get("attempt") == record["attempt"] and bool(pids.get("trainers"))
+        # The root has stopped the job of the attempt the previous failure struck.
+        before = self.injected[previous].attempt
+        return record["state"] == "stopped" and before is not None and record["attempt"] == before
+
+    def _wait_capture(self, failure: ScheduledFailure) -> bool:
+        per_node = self.scenario.cluster.accelerators_per_node
+        ranks = {n * per_node + r for n in failure.nodes for r in range(per_node)}
+        seen = len(self.watcher.poll().captured)
+        while not self._stop.is_set():
+            captured = self.watcher.poll().captured
+            if any(rank in ranks for _, rank, _ in captured[seen:]):
+                return True
+            seen = len(captured)
+            time.sleep(POLL_S / 5)
+        return False
+
+    # -- performing -------------------------------------------------------------------------
+
+    def inject(self, index: int, failure: ScheduledFailure) -> Injected:
+        """Record and perform one failure now."""
+        cluster = self.cluster
+        kind = failure.kind
+        members = cluster.members()  # type: ignore[attr-defined]
+        slots = list(failure.nodes)
+        if kind == "root_agent":
+            leader = cluster.leader()  # type: ignore[attr-defined]
+            slots = [s for s, n in members.items() if n == leader] or slots[:1]
+        elif kind == "group":
+            slots = sorted({m for s in slots for g in self.placement.groups if s in g for m in g})
+        node_ids = [members[s] for s in slots]
+        record = cluster.attempt()  # type: ignore[attr-defined]
+        attempt = None if record is None else int(record["attempt"])
+        progress = self.watcher.poll()
+        per_node = self.scenario.cluster.accelerators_per_node
+        replicating = [
+            rank
+            for _, rank, iteration in progress.captured[-4 * len(members) :]
+            if rank // per_node in slots and (rank, iteration) not in progress.committed
+        ]
+        jobkeys.put_json(
+            cluster.kv,  # type: ignore[attr-defined]
+            f"{jobkeys.FAILURES_PREFIX}{index}",
+            {
+                "index": index,
+                "kind": kind,
+                "nodes": slots,
+                "node_ids": node_ids,
+                "time": time.time(),
+            },
+        )
+        event = self.events.emit(
+            "failure_injected",
+            failure=index,
+            failure_kind=kind,
+            nodes=slots,
+            node_ids=node_ids,
+            during=failure.during,
+            reached_iteration=progress.max_iteration,
+            replicating=bool(replicating),
+        )
+        if kind == "software":
+            for slot, node_id in zip(slots, node_ids, strict=True):
+                if not cluster.kill_trainer(node_id, slot * per_node):  # type: ignore[attr-defined]
+                    log.warning("failure %d: no trainer running on node %d", index, node_id)
+        elif kind == "network":
+            for node_id in node_ids:
+                cluster.partition_node(node_id)  # type: ignore[attr-defined]
+        else:
+            for node_id in node_ids:
+                cluster.kill_node(node_id)  # type: ignore[attr-defined]
+        log.warning("injected failure %d: %s of slots %s (nodes %s)", index, kind, slots, node_ids)
+        done = Injected(index, kind, tuple(slots), tuple(node_ids), event.time_s, attempt)
+        with self._lock:
+            self.injected.append(done)
+        return done
+
+
+def chaos_schedule(
+    scenario: Scenario, failures: int, rng: random.Random, first: int = 4, gap: int = 6
+) -> list[ScheduledFailure]:
+    """A random schedule of ``failures`` failures of every kind, one every ``gap`` iterations.
+
+    Kinds are drawn from software, hardware, root_agent and group (software and hardware twice
+    as often), some during replication; about one in five is a lost node during the previous
+    failure's recovery. Nodes are drawn uniformly; iterations start at ``first``.
+    """
+    nodes = scenario.cluster.nodes
+    kinds = ["software", "hardware", "root_agent", "group", "software", "hardware"]
+    schedule: list[ScheduledFailure] = []
+    for i in range(failures):
+        node = rng.randrange(nodes)
+        entry: dict[str, object]
+        if schedule and rng.random() < 0.2:
+            entry = {"kind": "hardware", "nodes": [node], "during": "recovery"}
+        else:
+            entry = {
+                "kind": rng.choice(kinds),
+                "nodes": [node],
+                "at_iteration": first + gap * i,
+                "during": rng.choice(["training", "training", "replication"]),
+            }
+        schedule.append(ScheduledFailure.model_validate(entry, strict=False))
+    return schedule

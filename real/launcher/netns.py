@@ -1,0 +1,269 @@
+"""``netns`` mode: every node its own network namespace and address, behind a bridge.
+
+Layout (root, Linux; every name carries the job's short id, so runs never collide)::
+
+    root namespace:  bridge gk<id>  10.<a>.<b>.1/24   (the launcher reaches everything here)
+    gk<id>-ctl:      the coordination store (embedded TCPStore process, or etcd) 10.<a>.<b>.2
+    gk<id>-st:       the persistent storage, an S3 endpoint (rclone serve s3) 10.<a>.<b>.3,
+                     when rclone and s3fs are installed (else a folder in the run directory)
+    gk<id>-n<node>:  node <node>'s agent, store and trainers, 10.<a>.<b>.<10 + node>
+
+Each namespace is joined to the bridge by a veth pair. The node links carry token-bucket
+limits (``tc qdisc ... tbf``) at ``cluster.network_bandwidth_gbit_s`` in both directions (the
+node side shapes what it sends, the bridge side what it receives); the storage link is limited
+to ``cluster.storage.bandwidth_gbit_s``. netem is absent on our machines, so latency is not
+emulated. A hardware failure also takes the node's link down; a network partition takes only
+the link down (the processes live on, unreachable, until the launcher fences them once the
+root has replaced the node). Teardown deletes the namespaces (their veths go with them) and
+the bridge, after the processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from real.launcher.cluster import LocalCluster
+
+log = logging.getLogger(__name__)
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``ip ARGS``; CalledProcessError names the command and its stderr."""
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True, text=True)
+
+
+def netns_available() -> str | None:
+    """None when netns mode can run here, else why not."""
+    if os.geteuid() != 0:
+        return "netns mode needs root"
+    if not shutil.which("ip") or not shutil.which("tc"):
+        return "netns mode needs iproute2 (ip, tc)"
+    probe = f"gkprobe{os.getpid()}"
+    try:
+        ip("netns", "add", probe)
+    except (subprocess.CalledProcessError, OSError) as error:
+        return f"cannot create network namespaces: {error}"
+    ip("netns", "del", probe, check=False)
+    return None
+
+
+class NetnsCluster(LocalCluster):
+    """``LocalCluster`` whose nodes, store and storage live in their own namespaces."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        short = self.job.split("-")[-1][:5]
+        self.short = short
+        rng = random.Random(short)
+        self.subnet = f"10.{rng.randrange(100, 250)}.{rng.randrange(0, 250)}"
+        self.bridge = f"gk{short}"
+        self.namespaces: list[str] = []
+        self.links: dict[str, str] = {}  # namespace -> its bridge-side veth
+        self.storage_process: subprocess.Popen[bytes] | None = None
+        self.kv_process: subprocess.Popen[bytes] | None = None
+        self.storage_overrides: tuple[str, ...] = ()
+        self.storage_env: dict[str, str] = {}
+
+    # -- network ----------------------------------------------------------------------------
+
+    def _namespace(self, name: str, host_index: int, rate_gbit_s: float | None) -> str:
+        """Create namespace ``gk<id>-<name>`` joined to the bridge; return its address."""
+        namespace = f"gk{self.short}-{name}"
+        outside, inside = f"g{self.short}{name}"[:15], f"i{self.short}{name}"[:15]
+        ip("netns", "add", namespace)
+        self.namespaces.append(namespace)
+        # No name server is reachable from our namespaces, and TCPStore resolves names
+        # (getnameinfo) before connecting: a resolver that fails at once instead of timing out
+        # (``ip netns exec`` mounts /etc/netns/<ns>/* over /etc/*).
+        etc = Path("/etc/netns") / namespace
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        self.links[namespace] = outside
+        ip("link", "set", inside, "netns", namespace)
+        ip("link", "set", outside, "master", self.bridge)
+        ip("link", "set", outside, "up")
+        address = f"{self.subnet}.{host_index}"
+        ip("-n", namespace, "addr", "add", f"{address}/24", "dev", inside)
+        ip("-n", namespace, "link", "set", inside, "up")
+        ip("-n", namespace, "link", "set", "lo", "up")
+        ip("-n", namespace, "route", "add", "default", "via", f"{self.subnet}.1")
+        if rate_gbit_s is not None:
+            rate = f"{max(1, int(rate_gbit_s * 1000))}mbit"
+            burst = f"{max(64, int(rate_gbit_s * 1e9 / 8 / 250 / 1024))}kb"  # ~4 ms of traffic
+            for device, where in ((inside, ["-n", namespace]), (outside, [])):
+                subprocess.run(
+                    ["tc", *where, "qdisc", "add", "dev", device, "root", "tbf", "rate", rate,
+                     "burst", burst, "latency", "50ms"],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+        return address
+
+    def link_down(self, node_id: int) -> None:
+        outside = self.links.get(f"gk{self.short}-n{node_id}")
+        if outside is not None:
+            ip("link", "set", outside, "down", check=False)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+        super().start()
+
+    def _start_kv(self) -> str:
+        address = self._namespace("ctl", 2, None)
+        if self.scenario.real.store == "etcd":
+            client, peer = f"http://{address}:2379", f"http://{address}:2380"
+            data = self.run_dir / "etcd-data"
+            command = [
+                "etcd", "--name=gemini", f"--data-dir={data}",
+                f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=gemini={peer}", "--log-level=warn",
+            ]  # fmt: skip
+            self.kv_process = self._popen_in(f"gk{self.short}-ctl", command, "etcd")
+            url = f"etcd://{address}:2379"
+            self._wait_kv(url)
+        else:
+            command = [
+                sys.executable, "-m", "real.coord.kvserver", f"--host={address}", "--port=29500",
+                f"--parent-pid={os.getpid()}",
+            ]  # fmt: skip
+            self.kv_process = self._popen_in(f"gk{self.short}-ctl", command, "kvserver")
+            url = f"tcpstore://{address}:29500"
+            self._wait_kv(url)
+        self._start_storage()
+        return f"{url}/{self.job}"
+
+    def _wait_kv(self, url: str, timeout_s: float = 60.0) -> None:
+        from real.coord.kv import StoreError, connect_kv
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                connect_kv(url, timeout_s=2.0).close()
+                return
+            except (StoreError, OSError):
+                if time.monotonic() > deadline or (
+                    self.kv_process is not None and self.kv_process.poll() is not None
+                ):
+                    raise
+                time.sleep(0.2)
+
+    def _start_storage(self) -> None:
+        """rclone serve s3 in the storage namespace, when rclone and s3fs are installed."""
+        rclone = shutil.which("rclone") or shutil.which(
+            "rclone", path=str(Path(sys.executable).parent)
+        )
+        try:
+            import s3fs  # noqa: F401
+        except ImportError:
+            rclone = None
+        if rclone is None or self.scenario.cluster.storage.url:
+            return
+        address = self._namespace("st", 3, self.scenario.cluster.storage.bandwidth_gbit_s)
+        folder = self.run_dir / "s3"
+        (folder / "gemini").mkdir(parents=True, exist_ok=True)
+        key, secret = f"k{self.short}", self.token[:16]
+        self.storage_process = self._popen_in(
+            f"gk{self.short}-st",
+            [rclone, "serve", "s3", "--addr", f"{address}:9000", "--auth-key", f"{key},{secret}",
+             str(folder)],
+            "rclone",
+        )  # fmt: skip
+        self.storage_overrides = (f"cluster.storage.url=s3://gemini/{self.job}",)
+        self.storage_env = {
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": f"http://{address}:9000",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+        }
+
+    def _popen_in(self, namespace: str, command: list[str], name: str) -> subprocess.Popen[bytes]:
+        output = open(self.run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                ["ip", "netns", "exec", namespace, *command],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            output.close()
+
+    def start_agent(self, node_id: int, slot: int) -> None:
+        namespace = f"gk{self.short}-n{node_id}"
+        address = self._namespace(
+            f"n{node_id}", 10 + node_id, self.scenario.cluster.network_bandwidth_gbit_s
+        )
+        command = [*self.agent_command(node_id, slot), "--host", address]
+        for override in self.storage_overrides:
+            command += ["--set", override]
+        output = open(self.run_dir / "logs" / f"agent-{node_id}.log", "ab")  # noqa: SIM115
+        try:
+            self.agents[node_id] = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, *command],
+                # Gloo picks its interface from the host name, which resolves to loopback here.
+                env={
+                    **self.agent_env(),
+                    **self.storage_env,
+                    "GLOO_SOCKET_IFNAME": f"i{self.short}n{node_id}"[:15],
+                },
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            output.close()
+        self.slots[node_id] = slot
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def kill_node(self, node_id: int) -> None:
+        self.link_down(node_id)
+        super().kill_node(node_id)
+
+    def partition_node(self, node_id: int) -> None:
+        """The node's link goes down; its processes live on until fenced."""
+        self.link_down(node_id)
+        self.frozen.add(node_id)
+
+    def teardown(self, grace_s: float = 10.0) -> None:
+        try:
+            super().teardown(grace_s)
+        finally:
+            for process in (self.storage_process, self.kv_process):
+                if process is not None and process.poll() is None:
+                    process.terminate()
+                    try:
+                        process.wait(5.0)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        process.wait(5.0)
+            for outside in self.links.values():
+                ip("link", "del", outside, check=False)  # the pair goes with it
+            self.links.clear()
+            for namespace in reversed(self.namespaces):
+                ip("netns", "del", namespace, check=False)
+                shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+            self.namespaces.clear()
+            with contextlib.suppress(subprocess.CalledProcessError):
+                ip("link", "del", self.bridge, check=False)

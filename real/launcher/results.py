@@ -1,0 +1,204 @@
+"""A run's results: merged events tied to their failures, the summary, the printed table.
+
+Trainers do not know which failure their restart recovers from, so their recovery events
+(``process_group_ready``, ``state_restored``, ``training_resumed``) are tied to it here: each one
+after the root's ``restart_begin`` of an attempt belongs to the failures that restart recovers
+(``details["failure"]``; a restart that recovers two failures at once, one having struck during
+the other's recovery, gives each its own copy). Then ``shared.summary.failure_records`` measures
+every failure's phases the same way the simulator's are measured.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from real.eventlog import merge_event_files
+from shared.events import Event, event_sort_key, write_events
+from shared.summary import RunSummary, failure_records, write_summary
+
+TRAINER_CHAIN = ("process_group_ready", "state_restored", "training_resumed")
+
+
+def tie_recovery_events(events: Sequence[Event]) -> list[Event]:
+    """Events with trainer recovery events tagged with the failures their restart recovers."""
+    ordered = sorted(events, key=event_sort_key)
+    out: list[Event] = []
+    current: list[int] = []
+    current_attempt = None
+    for event in ordered:
+        if event.kind == "restart_begin" and isinstance(event.details.get("failure"), int):
+            attempt = event.details.get("attempt")
+            if attempt != current_attempt:
+                current, current_attempt = [], attempt
+            index = int(event.details["failure"])  # type: ignore[arg-type]
+            if index not in current:
+                current.append(index)
+        if event.kind in TRAINER_CHAIN and "failure" not in event.details and current:
+            for index in current:
+                out.append(replace(event, details={**event.details, "failure": index}))
+            continue
+        out.append(event)
+    return _resumes_from_scratch(out)
+
+
+def _resumes_from_scratch(events: list[Event]) -> list[Event]:
+    """A restart from scratch restores nothing, so no trainer says ``training_resumed``; derive
+    it (``derived: true``) at the start of the first iteration after that restart."""
+    resumed = {
+        e.details["failure"]
+        for e in events
+        if e.kind == "training_resumed" and "failure" in e.details
+    }
+    extra = []
+    for restart in events:
+        if restart.kind != "restart_begin" or restart.iteration is not None:
+            continue
+        index = restart.details.get("failure")
+        if index in resumed:
+            continue
+        first = next(
+            (e for e in events if e.kind == "iteration_end" and e.time_s > restart.time_s), None
+        )
+        if first is None:
+            continue
+        began = first.time_s - float(first.details.get("duration_s", 0.0))  # type: ignore[arg-type]
+        extra.append(
+            Event(
+                max(began, restart.time_s),
+                "training_resumed",
+                first.node,
+                first.rank,
+                1,
+                {"failure": index, "tier": "none", "derived": True},
+            )
+        )
+        resumed.add(index)
+    return sorted(events + extra, key=event_sort_key)
+
+
+def final_digests(run_dir: Path) -> dict[int, str]:
+    """``{rank: model_digest}`` of the final weights the trainers wrote."""
+    digests = {}
+    for path in sorted((run_dir / "final").glob("rank*.bin.json")):
+        manifest = json.loads(path.read_text())
+        extra = manifest.get("extra", manifest)
+        digest = extra.get("model_digest")
+        if digest is not None:
+            digests[int(path.name[4:].split(".")[0])] = str(digest)
+    return digests
+
+
+def plans(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The root's recovery decisions, one per restart: attempt, iteration, tiers, failures."""
+    by_attempt: dict[int, dict[str, Any]] = {}
+    for event in events:
+        if event.kind != "restart_begin":
+            continue
+        attempt = int(event.details.get("attempt", 0))  # type: ignore[arg-type]
+        entry = by_attempt.setdefault(
+            attempt,
+            {
+                "attempt": attempt,
+                "iteration": event.iteration,
+                "tiers": event.details.get("tiers"),
+                "rollback": event.details.get("rollback"),
+                "reason": event.details.get("reason"),
+                "failed": event.details.get("failed"),
+                "failures": [],
+            },
+        )
+        entry["failures"].append(event.details.get("failure"))
+    return [by_attempt[a] for a in sorted(by_attempt)]
+
+
+def summarize_run(
+    run_dir: Path, scenario_name: str, strategy: str, seed: int, mode: str
+) -> tuple[RunSummary, list[Event]]:
+    """Merge the event files, tie the recovery events, write events.jsonl and summary.json."""
+    events = tie_recovery_events(merge_event_files(run_dir))
+    write_events(run_dir / "events.jsonl", events)
+    durations = [
+        float(e.details["duration_s"])  # type: ignore[arg-type]
+        for e in events
+        if e.kind == "iteration_end" and "duration_s" in e.details
+    ]
+    iteration_time_s = statistics.median(durations) if durations else 0.0
+    records = failure_records(events, iteration_time_s)
+    ends = [e.iteration for e in events if e.kind == "iteration_end" and e.iteration is not None]
+    duration_s = max((e.time_s for e in events), default=0.0)
+    committed = [e for e in events if e.kind == "ckpt_committed" and e.rank == 0]
+    digests = final_digests(run_dir)
+    summary = RunSummary(
+        source="real",
+        scenario=scenario_name,
+        strategy=strategy,
+        seed=seed,
+        duration_s=duration_s,
+        iterations_completed=max(ends, default=0),
+        iteration_time_s=iteration_time_s,
+        iteration_time_no_ckpt_s=None,
+        failures=records,
+        checkpoints_per_hour=len(committed) / duration_s * 3600 if duration_s > 0 else 0.0,
+        checkpoint_memory_bytes=0.0,
+        extra={
+            "mode": mode,
+            "final_digest": next(iter(set(digests.values())), None)
+            if len(set(digests.values())) == 1
+            else None,
+            "final_digests": {str(k): v for k, v in digests.items()},
+            "plans": plans(events),
+            "root_elections": [
+                {"time_s": e.time_s, "node_id": e.node, "previous": e.details.get("previous")}
+                for e in events
+                if e.kind == "root_elected"
+            ],
+        },
+    )
+    write_summary(run_dir / "summary.json", summary)
+    return summary, events
+
+
+def breakdown_table(summary: RunSummary) -> Any:
+    """The recovery breakdown as a rich table (one row per failure, seconds)."""
+    from rich.table import Table
+
+    table = Table(title=f"{summary.scenario} ({summary.strategy}): recovery per failure, s")
+    columns = [
+        "#",
+        "kind",
+        "nodes",
+        "detect",
+        "stop",
+        "replace",
+        "restart",
+        "retrieve",
+        "lost it.",
+        "lost",
+        "wasted",
+        "downtime",
+        "tier",
+    ]
+    for name in columns:
+        table.add_column(name, justify="right" if name not in ("kind", "tier") else "left")
+    for f in summary.failures:
+        table.add_row(
+            str(f.index),
+            f.kind,
+            ",".join(map(str, f.nodes)),
+            f"{f.detection_s:.3f}",
+            f"{f.stop_s:.3f}",
+            f"{f.replacement_s:.3f}",
+            f"{f.restart_s:.3f}",
+            f"{f.retrieval_s:.3f}",
+            str(f.lost_iterations),
+            f"{f.lost_progress_s:.3f}",
+            f"{f.wasted_s:.3f}",
+            f"{f.downtime_s:.3f}",
+            f.tier,
+        )
+    return table

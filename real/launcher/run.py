@@ -1,0 +1,136 @@
+"""``gemini-ckpt real``: run a scenario on an emulated cluster, with its failures, end to end.
+
+1. Bring up the cluster (:mod:`real.launcher.cluster`, or :mod:`real.launcher.netns`): the
+   coordination store, one node agent per node; the agents elect a root, which starts training.
+2. Inject the scenario's failures (:mod:`real.launcher.injector`) while training runs, start
+   the replacement nodes the root orders, fence partitioned nodes once replaced.
+3. When the root reports the job finished (every rank wrote its final weights), wait for the
+   agents to leave; on any error, on Ctrl-C and on the run's timeout (``real.timeout_s``),
+   stop.
+4. Always tear everything down: processes, shared memory, namespaces.
+5. Merge every process's events into ``events.jsonl``, write ``summary.json`` and return them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from real.eventlog import EventLog
+from real.launcher.injector import FailureInjector, Injected
+from real.launcher.results import summarize_run
+from shared.events import Event
+from shared.scenario import ScheduledFailure
+from shared.scenario_loader import load_scenario
+from shared.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RealOptions:
+    """One ``gemini-ckpt real`` run.
+
+    Attributes:
+        scenario: the scenario file.
+        out: the run folder (created; must not hold a previous run's events).
+        overrides: ``key=value`` scenario overrides.
+        strategy: gemini or persistent; None: the scenario's.
+        mode: local or netns; None: the scenario's ``real.mode``.
+        schedule: failures to inject instead of the scenario's (the chaos test's).
+    """
+
+    scenario: Path
+    out: Path
+    overrides: tuple[str, ...] = ()
+    strategy: str | None = None
+    mode: str | None = None
+    schedule: Sequence[ScheduledFailure] | None = None
+
+
+@dataclass
+class RealResult:
+    """What a run produced."""
+
+    run_dir: Path
+    summary: RunSummary
+    events: list[Event]
+    injected: list[Injected] = field(default_factory=list)
+    job: str = ""
+
+    @property
+    def digest(self) -> str | None:
+        value = self.summary.extra.get("final_digest")
+        return None if value is None else str(value)
+
+
+def run_real(options: RealOptions) -> RealResult:
+    """Run the scenario on an emulated cluster; raises on failure, after tearing down."""
+    scenario = load_scenario(options.scenario, options.overrides)
+    strategy = options.strategy or scenario.checkpoint.strategy
+    mode = options.mode or scenario.real.mode
+    run_dir = options.out.resolve()
+    if (run_dir / "events").exists():
+        raise ValueError(f"{run_dir} already holds a run's events; choose a new --out folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    events = EventLog(run_dir / "events" / "launcher.jsonl", t0)
+    cluster_class: type
+    if mode == "netns":
+        from real.launcher.netns import NetnsCluster
+
+        cluster_class = NetnsCluster
+    else:
+        from real.launcher.cluster import LocalCluster
+
+        cluster_class = LocalCluster
+    cluster = cluster_class(
+        scenario, options.scenario.resolve(), tuple(options.overrides), run_dir, strategy, t0
+    )
+    injector: FailureInjector | None = None
+    try:
+        cluster.start()
+        injector = FailureInjector(cluster, scenario, events, options.schedule).start()
+        _wait_finished(cluster, injector, scenario.real.timeout_s, t0)
+        if not cluster.wait_agents(30.0):
+            log.warning("agents %s did not leave in time", cluster.alive_agents())
+    finally:
+        if injector is not None:
+            injector.stop()
+        cluster.teardown()
+        events.close()
+    summary, merged = summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode)
+    injected = list(injector.injected if injector else [])
+    return RealResult(run_dir, summary, merged, injected, cluster.job)
+
+
+def _wait_finished(cluster: object, injector: FailureInjector, timeout_s: float, t0: float) -> None:
+    while True:
+        cluster.tick()  # type: ignore[attr-defined]
+        record = cluster.attempt()  # type: ignore[attr-defined]
+        if record is not None and record.get("state") == "failed":
+            raise RuntimeError(f"the root agent gave up the job: {record.get('reason')}")
+        if record is not None and record.get("state") == "finished":
+            if not injector.finished:
+                log.warning(
+                    "training finished before every scheduled failure was injected (%d of %d)",
+                    len(injector.injected),
+                    len(injector.schedule),
+                )
+            return
+        if injector.errors:
+            raise RuntimeError(f"failure injection failed: {injector.errors[0]}")
+        if not cluster.alive_agents():  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"every node agent exited before the job finished; see "
+                f"{cluster.run_dir}/logs/agent-*.log"  # type: ignore[attr-defined]
+            )
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(
+                f"the run did not finish within real.timeout_s={timeout_s} s; see "
+                f"{cluster.run_dir}/logs"  # type: ignore[attr-defined]
+            )
+        time.sleep(0.05)

@@ -1,0 +1,333 @@
+"""The emulated cluster end to end (local mode): agents, root, failures, recovery.
+
+Every run trains the same tiny scenario (4 nodes x 1 rank, gloo, 30 iterations); the proof of
+recovery is state: the final weights of a run with failures equal, bit for bit, those of the
+failure-free run of the same scenario. Runs are shared between tests (session fixtures) and
+combine several failures each, to keep the whole file within a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from real.launcher.run import RealOptions, RealResult, run_real
+from shared.events import Event
+from shared.scenario import ScheduledFailure
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE_TIMEOUT_S = 2.0
+
+BASE: dict[str, Any] = {
+    "name": "cluster-test",
+    "targets": ["real"],
+    "seed": 0,
+    "cluster": {
+        "nodes": 4,
+        "accelerators_per_node": 1,
+        "standby_nodes": 4,
+        "replacement_s": 0.2,
+        "provisioning_delay_s": 1.0,
+    },
+    "model": {"layers": 2, "hidden": 32, "heads": 4, "context": 32},
+    "training": {"iterations": 30, "batch_size_per_rank": 2},
+    "checkpoint": {
+        "strategy": "gemini",
+        "replicas": 2,
+        "placement": "group",
+        "profiling_iterations": 3,
+    },
+    "failures": {"schedule": []},
+    "detection": {"heartbeat_interval_s": 0.25, "lease_timeout_s": LEASE_TIMEOUT_S},
+    "real": {"timeout_s": 240},
+}
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def scenario_file(folder: Path, name: str, schedule: list[dict[str, Any]]) -> Path:
+    document = json.loads(json.dumps(BASE))
+    document["failures"]["schedule"] = schedule
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def run(folder: Path, name: str, schedule: list[dict[str, Any]]) -> RealResult:
+    path = scenario_file(folder, name, schedule)
+    return run_real(RealOptions(path, folder / name))
+
+
+def leftovers(result: RealResult) -> tuple[list[int], list[str]]:
+    """Processes whose command line names the run folder, and the job's shared memory."""
+    needle = str(result.run_dir).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    shm = sorted(p.name for p in Path("/dev/shm").glob(f"{result.job}-*"))
+    return pids, shm
+
+
+# -- runs shared by the tests ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster")
+
+
+@pytest.fixture(scope="session")
+def reference(runs_dir: Path) -> dict[str, Any]:
+    """The failure-free run, through the command line (``gemini-ckpt real``)."""
+    path = scenario_file(runs_dir, "reference", [])
+    out = runs_dir / "reference"
+    completed = subprocess.run(
+        [sys.executable, "-m", "gemini_ckpt", "real", str(path), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "recovery per failure" in completed.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations_completed"] == 30
+    return summary
+
+
+@pytest.fixture(scope="session")
+def node_failures(runs_dir: Path) -> RealResult:
+    """A trainer crash, a lost node, the root's node lost, a crash during replication."""
+    return run(
+        runs_dir,
+        "node-failures",
+        [
+            {"kind": "software", "nodes": [1], "at_iteration": 5},
+            {"kind": "hardware", "nodes": [2], "at_iteration": 10},
+            {"kind": "root_agent", "nodes": [0], "at_iteration": 15},
+            {"kind": "software", "nodes": [3], "at_iteration": 20, "during": "replication"},
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def group_failures(runs_dir: Path) -> RealResult:
+    """Two nodes of different groups at once, a whole group, a node lost during recovery."""
+    return run(
+        runs_dir,
+        "group-failures",
+        [
+            {"kind": "hardware", "nodes": [0, 2], "at_iteration": 5},
+            {"kind": "group", "nodes": [1], "at_iteration": 12},
+            {"kind": "hardware", "nodes": [3], "during": "recovery"},
+        ],
+    )
+
+
+# -- helpers over events --------------------------------------------------------------------
+
+
+def restarts(events: list[Event]) -> dict[int, Event]:
+    """The root's restart_begin of each attempt (one is enough: the plan is the same)."""
+    out: dict[int, Event] = {}
+    for event in events:
+        if event.kind == "restart_begin":
+            out.setdefault(int(event.details["attempt"]), event)  # type: ignore[arg-type]
+    return out
+
+
+def restored_by_failure(events: list[Event]) -> dict[int, dict[int, str]]:
+    """{failure: {rank: tier}} from the checkpointers' state_restored (they name the source)."""
+    out: dict[int, dict[int, str]] = {}
+    for event in events:
+        if event.kind == "state_restored" and "source_node" in event.details:
+            index = event.details.get("failure")
+            if isinstance(index, int) and event.rank is not None:
+                out.setdefault(index, {})[event.rank] = str(event.details["tier"])
+    return out
+
+
+def check_tiers_follow_plans(result: RealResult) -> None:
+    """Every rank restored from the tier the root's plan (shared.plan_recovery) named."""
+    plans = {}
+    for event in restarts(result.events).values():
+        for index in [
+            e.details["failure"]
+            for e in result.events
+            if e.kind == "restart_begin" and e.details.get("attempt") == event.details["attempt"]
+        ]:
+            plans[index] = event
+    restored = restored_by_failure(result.events)
+    assert plans, "no restart recorded"
+    for index, event in plans.items():
+        sources = {int(node): tier for node, tier, _ in event.details["sources"]}  # type: ignore[union-attr]
+        if event.iteration is None:
+            assert index not in restored, (
+                f"failure {index}: restored although the plan said scratch"
+            )
+            continue
+        assert restored.get(index), f"failure {index}: no rank reported its restore"
+        for rank, tier in restored[index].items():
+            assert tier == sources[rank], (index, rank, tier, sources)
+
+
+def check_complete(result: RealResult, injected_count: int) -> None:
+    records = result.summary.failures
+    scheduled = [r for r in records if r.index < 1000]
+    assert len(result.injected) == injected_count
+    assert len(scheduled) == injected_count, records
+    assert all(r.complete for r in scheduled), records
+    assert result.summary.iterations_completed == 30
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+def test_node_failures_recover_bitwise(
+    node_failures: RealResult, reference: dict[str, Any]
+) -> None:
+    check_complete(node_failures, 4)
+    assert node_failures.digest is not None, node_failures.summary.extra
+    assert node_failures.digest == reference["extra"]["final_digest"]
+
+
+def test_group_failures_recover_bitwise(
+    group_failures: RealResult, reference: dict[str, Any]
+) -> None:
+    check_complete(group_failures, 3)
+    assert group_failures.digest == reference["extra"]["final_digest"]
+
+
+def test_tiers_follow_the_plan(node_failures: RealResult, group_failures: RealResult) -> None:
+    check_tiers_follow_plans(node_failures)
+    check_tiers_follow_plans(group_failures)
+    # A trainer crash keeps the node's memory: everyone restores locally.
+    first = restored_by_failure(node_failures.events)[0]
+    assert set(first.values()) == {"local"}, first
+    # A whole group gone: the plan rolls back (persistent storage, else from scratch).
+    group_restart = next(
+        e for e in group_failures.events if e.kind == "restart_begin" and e.details["failure"] == 1
+    )
+    assert group_restart.details["rollback"] is True
+
+
+def test_detection_within_bounds(node_failures: RealResult, group_failures: RealResult) -> None:
+    for result in (node_failures, group_failures):
+        for record in result.summary.failures:
+            if record.kind == "software":
+                assert record.detection_s < 1.0, record
+            else:
+                assert record.detection_s <= LEASE_TIMEOUT_S + 1.0, record
+
+
+def test_root_reelected_after_its_node_dies(node_failures: RealResult) -> None:
+    elections = [e for e in node_failures.events if e.kind == "root_elected"]
+    injected = next(
+        e
+        for e in node_failures.events
+        if e.kind == "failure_injected" and e.details["failure"] == 2
+    )
+    later = [e for e in elections if e.time_s > injected.time_s]
+    assert later, elections
+    assert later[0].time_s - injected.time_s <= LEASE_TIMEOUT_S + 1.5
+
+
+def test_failure_during_recovery_joins_it(group_failures: RealResult) -> None:
+    by_index = {r.index: r for r in group_failures.summary.failures}
+    assert by_index[2].kind == "hardware"
+    assert by_index[2].complete
+    during = next(
+        e
+        for e in group_failures.events
+        if e.kind == "failure_injected" and e.details["failure"] == 2
+    )
+    detected_first = next(
+        e
+        for e in group_failures.events
+        if e.kind == "failure_detected" and e.details["failure"] == 1
+    )
+    assert during.time_s > detected_first.time_s
+
+
+def test_nothing_left_behind(node_failures: RealResult, group_failures: RealResult) -> None:
+    for result in (node_failures, group_failures):
+        pids, shm = leftovers(result)
+        assert not pids and not shm, (pids, shm)
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+        assert len(summary["failures"]) >= 1
+        assert (result.run_dir / "events.jsonl").stat().st_size > 0
+
+
+def test_ctrl_c_tears_everything_down(runs_dir: Path) -> None:
+    path = scenario_file(runs_dir, "interrupted", [])
+    out = runs_dir / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gemini_ckpt", "real", str(path), "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "events").glob("trainer-rank*.jsonl")):
+            assert process.poll() is None, process.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    needle = str(out.resolve()).encode()
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    left.append(int(entry.name))
+            except OSError:
+                pass
+    assert not left
+    pids = json.loads(next((out / "pids").glob("*.json")).read_text())
+    assert pids["agent"] not in left
+
+
+@pytest.mark.slow
+def test_chaos(runs_dir: Path, reference: dict[str, Any]) -> None:
+    """Random failures of every kind for several minutes; the same checks each time."""
+    import random
+
+    from real.launcher.injector import chaos_schedule
+    from shared.scenario_loader import load_scenario
+
+    rng = random.Random(int(os.environ.get("GEMINI_CHAOS_SEED", "1")))
+    deadline = time.monotonic() + float(os.environ.get("GEMINI_CHAOS_S", "300"))
+    round_ = 0
+    while time.monotonic() < deadline:
+        path = scenario_file(runs_dir, f"chaos-{round_}", [])
+        scenario = load_scenario(path)
+        schedule: list[ScheduledFailure] = chaos_schedule(scenario, 4, rng, first=3, gap=6)
+        result = run_real(RealOptions(path, runs_dir / f"chaos-{round_}", schedule=schedule))
+        assert result.digest == reference["extra"]["final_digest"], schedule
+        check_tiers_follow_plans(result)
+        pids, shm = leftovers(result)
+        assert not pids and not shm
+        round_ += 1

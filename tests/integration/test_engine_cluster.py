@@ -1,0 +1,324 @@
+"""The engine across processes: node stores, trainers saving and restoring, kills, corruption.
+
+Each test starts real node stores (``StoreProcess``) and trainer processes running this file as
+a worker (``python test_engine_cluster.py '<json>'``): a worker saves deterministic states
+(``make_state(iteration, rank)``), or restores and reports whether what came back is bitwise
+the state of the iteration it names. Ranks restoring together form a gloo process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from real.engine.client import StoreClient
+from real.engine.process import StoreProcess
+from real.engine.protocol import make_token
+from real.engine.shm import SHM_DIR, Slot
+
+WORKER_TIMEOUT_S = 90
+
+
+def make_state(iteration: int, rank: int) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(1000 * iteration + rank)
+    return {
+        "model": {
+            "w": torch.randn(384, 384, generator=generator),
+            "b": torch.randn(384, generator=generator),
+        },
+        "optim": {
+            "state": {
+                0: {
+                    "exp_avg": torch.randn(384, 384, generator=generator),
+                    "step": torch.tensor(float(iteration)),
+                }
+            },
+            "param_groups": [{"lr": 0.01, "params": [0]}],
+        },
+        "rng": torch.randint(0, 255, (5056,), dtype=torch.uint8, generator=generator),
+        "data": {"position": 10 * iteration + rank},
+        "iteration": iteration,
+    }
+
+
+def same_state(got: Any, want: Any) -> bool:
+    if isinstance(want, torch.Tensor):
+        return isinstance(got, torch.Tensor) and got.dtype == want.dtype and torch.equal(got, want)
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict)
+            and got.keys() == want.keys()
+            and all(same_state(got[k], want[k]) for k in want)
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(got, list)
+            and len(got) == len(want)
+            and all(same_state(g, w) for g, w in zip(got, want, strict=True))
+        )
+    return bool(got == want)
+
+
+def worker(config: dict[str, Any]) -> None:
+    """One trainer: optional restore, then saves; writes a JSON report."""
+    import torch.distributed as dist
+
+    from real.engine import GeminiCheckpointer
+    from shared.scenario import Scenario
+
+    rank, world = config["rank"], config["world"]
+    if config.get("pg"):
+        dist.init_process_group(
+            "gloo", init_method=f"file://{config['pg']}", rank=rank, world_size=world
+        )
+    scenario = Scenario.model_validate(
+        {
+            "name": "engine-test",
+            "cluster": {"nodes": config["nodes"], "accelerators_per_node": config["per_node"]},
+            "checkpoint": {
+                "replicas": config["replicas"],
+                "profiling_iterations": 2,
+                "traffic": config.get("traffic", "interleaved"),
+            },
+        }
+    )
+    checkpointer = GeminiCheckpointer(
+        scenario=scenario,
+        rank=rank,
+        world_size=world,
+        node=rank // config["per_node"],
+        local_rank=rank % config["per_node"],
+        run_dir=config["run_dir"],
+        store_addresses=config["addrs"],
+    )
+    report: dict[str, Any] = {}
+    if config.get("restore"):
+        restored = checkpointer.restore()
+        report["restored"] = (
+            None
+            if restored is None
+            else {
+                "iteration": restored.iteration,
+                "tier": restored.tier,
+                "source_node": restored.source_node,
+                "bitwise": same_state(restored.state, make_state(restored.iteration, rank)),
+            }
+        )
+    pause = config.get("pause")
+
+    def hook(phase: str, iteration: int) -> None:
+        if pause and (phase, iteration) == (pause["phase"], pause["iteration"]):
+            Path(pause["marker"]).write_text(phase)
+            time.sleep(WORKER_TIMEOUT_S)  # the test kills us here
+
+    checkpointer.set_hook(hook)
+    for iteration in config.get("iterations", []):
+        if iteration == config.get("tamper_iteration"):
+
+            def flip(peer: int, offset: int, view: memoryview) -> bytes:
+                changed = bytearray(view)
+                changed[len(changed) // 2] ^= 1
+                return bytes(changed)
+
+            checkpointer.replication.tamper = flip
+        checkpointer.save(iteration, make_state(iteration, rank))
+        checkpointer.wait()
+        checkpointer.replication.tamper = None
+    report["committed"] = checkpointer.last_committed
+    checkpointer.close()
+    Path(config["out"]).write_text(json.dumps(report))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass
+class Cluster:
+    """Node stores and the worker launcher of one test."""
+
+    folder: Path
+    token: str
+    stores: list[StoreProcess]
+    prefix: str
+    nodes: int
+    per_node: int = 1
+    replicas: int = 2
+
+    @property
+    def addrs(self) -> list[str]:
+        return [s.address for s in self.stores]
+
+    def replace_node(self, node: int) -> None:
+        """A hardware failure: the node's store and memory are gone; a fresh one serves."""
+        self.stores[node].stop()
+        fresh = StoreProcess(node, self.token, prefix=f"{self.prefix}-r")
+        fresh.start()
+        self.stores[node] = fresh
+
+    def start(self, rank: int, name: str, **config: Any) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.folder / f"{name}-rank{rank}.json"
+        full = {
+            "rank": rank,
+            "world": self.nodes * self.per_node,
+            "nodes": self.nodes,
+            "per_node": self.per_node,
+            "replicas": self.replicas,
+            "addrs": self.addrs,
+            "run_dir": str(self.folder),
+            "out": str(out),
+            **config,
+        }
+        log = open(self.folder / f"{name}-rank{rank}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, __file__, json.dumps(full)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GEMINI_TOKEN": self.token, "OMP_NUM_THREADS": "1"},
+        )
+        log.close()
+        return process, out
+
+    def run(self, name: str, ranks: list[int], **config: Any) -> list[dict[str, Any]]:
+        if len(ranks) > 1 and config.get("restore"):
+            config["pg"] = str(self.folder / f"{name}.pg")
+        started = [self.start(rank, name, **config) for rank in ranks]
+        reports = []
+        for rank, (process, out) in zip(ranks, started, strict=True):
+            code = process.wait(WORKER_TIMEOUT_S)
+            log = (self.folder / f"{name}-rank{rank}.log").read_text()
+            assert code == 0, f"{name} rank {rank} exited {code}:\n{log[-3000:]}"
+            reports.append(json.loads(out.read_text()))
+        return reports
+
+    def slot_bytes(self, node: int, owner: int, iteration: int) -> bytes:
+        """The data bytes of ``owner``'s committed slot of ``iteration`` on ``node``."""
+        client = StoreClient(node, self.addrs[node], self.token)
+        paths = client.call("slots", owner=owner)["paths"]
+        client.close()
+        for path in paths:
+            slot = Slot.open(Path(path))
+            state = slot.state()
+            if state.committed and state.iteration == iteration:
+                data = bytes(slot.data(state.data_len))
+                slot.close()
+                return data
+            slot.close()
+        raise AssertionError(f"node {node} holds no committed iteration {iteration} of {owner}")
+
+    def corrupt(self, node: int, owner: int, iteration: int) -> None:
+        client = StoreClient(node, self.addrs[node], self.token)
+        for path in client.call("slots", owner=owner)["paths"]:
+            slot = Slot.open(Path(path))
+            if slot.state().iteration == iteration and slot.state().committed:
+                slot.data()[slot.state().data_len // 3] ^= 0x01
+            slot.close()
+        client.close()
+
+    def holdings(self, node: int) -> dict[int, list[int]]:
+        client = StoreClient(node, self.addrs[node], self.token)
+        try:
+            return client.holdings()
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    token, prefix = make_token(), f"gemini-test-{uuid.uuid4().hex[:8]}"
+    stores = [StoreProcess(node, token, prefix=prefix) for node in range(2)]
+    try:
+        for store in stores:
+            store.start()
+        yield Cluster(tmp_path, token, stores, prefix, nodes=2)
+    finally:
+        for store in stores:
+            store.stop()
+    assert not [name for name in os.listdir(SHM_DIR) if name.startswith(prefix)]
+
+
+def test_replicas_equal_sources_and_restores_fall_through_tiers(cluster: Cluster) -> None:
+    reports = cluster.run("save", [0, 1], iterations=[1, 2, 3])
+    assert [r["committed"] for r in reports] == [3, 3]
+    for owner in (0, 1):
+        peer = 1 - owner
+        assert cluster.slot_bytes(owner, owner, 3) == cluster.slot_bytes(peer, owner, 3)
+    assert cluster.holdings(0) == {0: [2, 3], 1: [2, 3]}
+
+    # Rank 0's local copy is corrupted: it restores iteration 3 from node 1's memory.
+    cluster.corrupt(0, 0, 3)
+    first = cluster.run("restore1", [0, 1], restore=True)
+    assert [r["restored"] for r in first] == [
+        {"iteration": 3, "tier": "peer", "source_node": 1, "bitwise": True},
+        {"iteration": 3, "tier": "local", "source_node": 1, "bitwise": True},
+    ]
+    assert cluster.holdings(0)[0] == [2]  # the corrupted copy was invalidated
+
+    # Node 1 is lost: node 0 holds rank 1's replicas, but its own copy of iteration 3 is gone,
+    # so both ranks roll back together to iteration 2.
+    cluster.replace_node(1)
+    second = cluster.run("restore2", [0, 1], restore=True)
+    assert [r["restored"] for r in second] == [
+        {"iteration": 2, "tier": "local", "source_node": 0, "bitwise": True},
+        {"iteration": 2, "tier": "peer", "source_node": 0, "bitwise": True},
+    ]
+
+    # Rank 1's last copy of iteration 2 (node 0's replica) is corrupted too: the read fails
+    # verification, is invalidated, and with no iteration left for both ranks (and no
+    # persistent checkpoint) both start from scratch, together.
+    cluster.corrupt(0, 1, 2)
+    third = cluster.run("restore3", [0, 1], restore=True)
+    assert [r["restored"] for r in third] == [None, None]
+    log = (cluster.folder / "restore3-rank1.log").read_text()
+    assert "node 1 rank 1: iteration 2 from node 0's memory unusable: block" in log
+
+
+def test_a_corrupted_chunk_is_refused_and_nothing_commits(cluster: Cluster) -> None:
+    (report,) = cluster.run("tamper", [0], iterations=[1, 2, 3], tamper_iteration=3)
+    assert report["committed"] == 2
+    log = (cluster.folder / "tamper-rank0.log").read_text()
+    assert "checksum mismatch" in log and "iteration 3 not committed" in log
+    assert cluster.holdings(0) == {0: [2]}
+    assert cluster.holdings(1) == {0: [2]}
+
+
+@pytest.mark.parametrize("phase", ["capture", "replication", "commit"])
+def test_a_trainer_killed_mid_checkpoint_keeps_the_last_commit(
+    cluster: Cluster, phase: str
+) -> None:
+    marker = cluster.folder / "paused"
+    victim, _ = cluster.start(
+        0,
+        "victim",
+        iterations=[1, 2, 3],
+        pause={"phase": phase, "iteration": 3, "marker": str(marker)},
+    )
+    survivor = cluster.run("survivor", [1], iterations=[1, 2, 3])
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not marker.exists():
+        assert victim.poll() is None, (cluster.folder / "victim-rank0.log").read_text()
+        assert time.monotonic() < deadline, "the victim never reached the pause"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    assert survivor[0]["committed"] == 3
+    assert cluster.holdings(0)[0] == [2]
+    restored = cluster.run("restore", [0, 1], restore=True)
+    assert [r["restored"] for r in restored] == [
+        {"iteration": 2, "tier": "local", "source_node": 0, "bitwise": True},
+        {"iteration": 2, "tier": "local", "source_node": 1, "bitwise": True},
+    ]
+
+
+if __name__ == "__main__":
+    worker(json.loads(sys.argv[1]))

@@ -1,0 +1,157 @@
+"""The node store as a process: owned lifecycle, cleanup on signals, hostile connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from real.engine import protocol
+from real.engine.client import StoreClient
+from real.engine.process import StoreProcess
+from real.engine.shm import SHM_DIR
+
+
+def _leftovers(prefix: str) -> list[str]:
+    return [name for name in os.listdir(SHM_DIR) if name.startswith(prefix)]
+
+
+@pytest.fixture
+def store() -> Iterator[StoreProcess]:
+    process = StoreProcess(0, protocol.make_token(), prefix=f"gemini-test-{uuid.uuid4().hex[:8]}")
+    process.start()
+    yield process
+    process.stop()
+    assert not _leftovers(process.prefix or "")
+
+
+def _make_slot(store: StoreProcess) -> StoreClient:
+    client = StoreClient(0, store.address, store.token)
+    client.call("ensure", owner=0, index=0, manifest_capacity=100, data_capacity=1 << 20)
+    return client
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_store_removes_its_memory_on_signals(signum: int) -> None:
+    prefix = f"gemini-test-{uuid.uuid4().hex[:8]}"
+    process = StoreProcess(0, protocol.make_token(), prefix=prefix)
+    process.start()
+    try:
+        _make_slot(process).close()
+        assert len(_leftovers(prefix)) == 1
+        assert process.process is not None
+        process.process.send_signal(signum)
+        assert process.process.wait(10) == 0
+        assert not _leftovers(prefix)
+    finally:
+        process.stop()
+
+
+def _raw_connection(store: StoreProcess) -> socket.socket:
+    host, port = protocol.parse_address(store.address)
+    return socket.create_connection((host, port), timeout=10)
+
+
+def _closed_by_store(sock: socket.socket) -> bool:
+    """True once the store has closed the connection (polled, bounded)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            continue
+    return False
+
+
+def _challenge(sock: socket.socket) -> dict[str, object]:
+    header = protocol.recv_header(sock)
+    assert header["op"] == "challenge"
+    return header
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["wrong-token", "garbage", "huge-header", "request-before-auth", "silence-then-close"],
+)
+def test_unauthenticated_connections_are_refused_and_the_store_keeps_serving(
+    store: StoreProcess, attack: str
+) -> None:
+    client = _make_slot(store)
+    before = client.holdings()
+    with _raw_connection(store) as sock:
+        challenge = _challenge(sock)
+        if attack == "wrong-token":
+            mac = protocol.auth_mac(protocol.make_token(), str(challenge["nonce"]))
+            protocol.send_frame(sock, {"op": "auth", "mac": mac})
+        elif attack == "garbage":
+            sock.sendall(os.urandom(64))
+        elif attack == "huge-header":
+            sock.sendall(struct.pack(">I", 1 << 31))
+        elif attack == "request-before-auth":
+            protocol.send_frame(
+                sock,
+                {
+                    "op": "ensure",
+                    "owner": 0,
+                    "index": 0,
+                    "manifest_capacity": 1,
+                    "data_capacity": 1 << 40,
+                },
+            )
+        if attack != "silence-then-close":
+            assert _closed_by_store(sock)
+    # The store is unharmed: same holdings, still serving authenticated clients.
+    assert client.holdings() == before
+    assert StoreClient(0, store.address, store.token).call("ping")["node"] == 0
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"op": "no_such_op"},
+        {"op": "put_chunk", "offset": 0},
+        {"op": "ensure", "owner": -1, "index": 0, "manifest_capacity": 1, "data_capacity": 1},
+        {"op": "ensure", "owner": 0, "index": 5, "manifest_capacity": 1, "data_capacity": 1},
+    ],
+)
+def test_malformed_requests_end_only_their_connection(
+    store: StoreProcess, frame: dict[str, object]
+) -> None:
+    client = _make_slot(store)
+    bad = StoreClient(0, store.address, store.token)
+    protocol.send_frame(bad.sock, frame, b"x" * 8 if frame["op"] == "put_chunk" else None)
+    assert _closed_by_store(bad.sock)
+    bad.close()
+    assert client.call("ping")["node"] == 0
+    client.close()
+
+
+def test_a_chunk_outside_the_replica_is_refused(store: StoreProcess) -> None:
+    client = StoreClient(0, store.address, store.token)
+    manifest = {
+        "format": "gemini-shard/1",
+        "iteration": 1,
+        "rank": 5,
+        "data_bytes": 16,
+        "block_bytes": 16,
+        "blocks": ["0"],
+        "shard_checksum": "0",
+        "tensors": [],
+        "values": {},
+    }
+    client.put_begin(5, json.dumps(manifest).encode())
+    client.put_chunk(8, b"x" * 16)
+    assert _closed_by_store(client.sock)
+    client.close()
+    assert StoreClient(0, store.address, store.token).holdings() == {5: []}

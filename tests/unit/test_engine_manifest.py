@@ -1,0 +1,156 @@
+"""Manifest, checksums, wire framing and authentication of the checkpoint engine."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+import torch
+
+from real.engine import protocol
+from real.engine.manifest import (
+    Manifest,
+    VerificationError,
+    layout,
+    seal,
+    tensors_from,
+    verify,
+)
+
+
+def _state() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "w": torch.randn(300, 70, generator=generator),
+        "half": torch.randn(17, generator=generator).to(torch.bfloat16),
+        "ids": torch.arange(11, dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+        "strided": torch.randn(8, 6, generator=generator).t(),
+    }
+
+
+def _packed(tensors: dict[str, torch.Tensor]) -> tuple[Manifest, torch.Tensor]:
+    manifest = layout(5, 2, tensors, {"position": 7, "groups": [{"lr": 0.1}]})
+    manifest.block_bytes = 4096  # many blocks even for a small shard
+    data = torch.zeros(manifest.data_bytes, dtype=torch.uint8)
+    for entry, tensor in zip(manifest.tensors, tensors.values(), strict=True):
+        if entry.nbytes:
+            target = data[entry.offset : entry.offset + entry.nbytes]
+            target.view(tensor.dtype).view(tensor.shape).copy_(tensor)
+    seal(manifest, data.numpy().data)
+    return manifest, data
+
+
+def test_round_trip_is_bitwise_for_every_dtype_and_shape() -> None:
+    tensors = _state()
+    manifest, data = _packed(tensors)
+    parsed = Manifest.from_bytes(manifest.to_bytes())
+    verify(parsed, data.numpy().data)
+    back = tensors_from(parsed, data, copy=True)
+    assert parsed.values == {"position": 7, "groups": [{"lr": 0.1}]}
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape
+        assert torch.equal(back[name], tensor), name
+    assert all(entry.offset % 64 == 0 for entry in parsed.tensors)
+
+
+@pytest.mark.parametrize("position", [0, 4095, 4096, -1])
+def test_a_flipped_byte_anywhere_is_detected(position: int) -> None:
+    manifest, data = _packed(_state())
+    data[position] ^= 0x10
+    with pytest.raises(VerificationError, match="block"):
+        verify(manifest, data.numpy().data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"not json", b"[]", b'{"format": "other"}', b'{"format": "gemini-shard/1"}'],
+)
+def test_malformed_manifests_are_rejected(raw: bytes) -> None:
+    with pytest.raises(VerificationError):
+        Manifest.from_bytes(raw)
+
+
+def test_manifest_with_a_tensor_outside_the_data_is_rejected() -> None:
+    manifest, _ = _packed(_state())
+    manifest.tensors[0] = manifest.tensors[0].__class__("w", "float32", (1,), 10**9, 4)
+    with pytest.raises(VerificationError, match="outside"):
+        Manifest.from_bytes(manifest.to_bytes())
+
+
+def test_non_json_values_are_refused_at_layout() -> None:
+    with pytest.raises(TypeError):
+        layout(1, 0, {}, {"bad": object()})
+
+
+def test_frames_carry_json_headers_and_raw_payloads() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        protocol.send_frame(left, {"op": "put_chunk", "offset": 3}, b"\x00\x01\x02")
+        header, payload = protocol.recv_frame(right)
+        assert header == {"op": "put_chunk", "offset": 3, "payload_bytes": 3}
+        assert payload == b"\x00\x01\x02"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        struct.pack(">I", 0),
+        struct.pack(">I", protocol.MAX_HEADER_BYTES + 1),
+        struct.pack(">I", 5) + b"{bad}",
+        struct.pack(">I", 2) + b"[]",
+        struct.pack(">I", 31) + b'{"op": "x", "payload_bytes": -1}',
+    ],
+)
+def test_malformed_frames_raise_protocol_errors(wire: bytes) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(wire)
+        with pytest.raises(protocol.ProtocolError):
+            protocol.recv_header(right)
+
+
+def _handshake(server_token: str, client_token: str) -> tuple[Exception | None, Exception | None]:
+    left, right = socket.socketpair()
+    errors: list[Exception | None] = [None, None]
+
+    def serve() -> None:
+        try:
+            protocol.server_handshake(left, server_token)
+        except Exception as error:
+            errors[0] = error
+            left.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        protocol.client_handshake(right, client_token)
+    except Exception as error:
+        errors[1] = error
+    thread.join(10)
+    right.close()
+    if errors[0] is None:
+        left.close()
+    return errors[0], errors[1]
+
+
+def test_the_right_token_authenticates() -> None:
+    token = protocol.make_token()
+    assert _handshake(token, token) == (None, None)
+
+
+def test_a_wrong_token_is_refused_on_both_sides() -> None:
+    server_error, client_error = _handshake(protocol.make_token(), protocol.make_token())
+    assert isinstance(server_error, protocol.ProtocolError)
+    assert "wrong token" in str(server_error)
+    assert isinstance(client_error, ConnectionError)
+
+
+def test_addresses_parse() -> None:
+    assert protocol.parse_addresses("a:1, 10.0.0.2:80") == [("a", 1), ("10.0.0.2", 80)]
+    with pytest.raises(ValueError, match="host:port"):
+        protocol.parse_address("nope")
