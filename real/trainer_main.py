@@ -238,7 +238,6 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
     device = _device(where)
     _init_process_group(where, device, options.timeout_s)
     try:
-        events.emit("process_group_ready", seconds=time.time() - process_start, **tags)
         trainer = Trainer(
             TrainerConfig.from_scenario(scenario),
             rank=where.rank,
@@ -257,6 +256,9 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
             event_log=events,
             model=trainer.model,
         )
+        # Restart ends here: processes up, process group formed, model, data and checkpoint
+        # engine built. What follows until state_restored is retrieval alone.
+        events.emit("process_group_ready", seconds=time.time() - process_start, **tags)
         try:
             _train(
                 trainer, checkpointer, scenario.training.iterations, events, crash, where.rank, tags
