@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,3 +18,17 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(autouse=True)
+def _restore_denormals() -> Iterator[None]:
+    """Undo ``torch.set_flush_denormal(True)`` after a test that built a Trainer in-process.
+
+    The trainer sets the processor's flush-to-zero mode (it made CPU iterations 4x faster);
+    left on, it breaks every later float computation that expects subnormals (hypothesis
+    refuses to generate floats in such a process).
+    """
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)
