@@ -91,7 +91,8 @@ def unflatten_state(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = leaf
-    return _restore_keys(root)
+    rebuilt: dict[str, Any] = _restore_keys(root)
+    return rebuilt
 
 
 def _restore_keys(node: Any) -> Any:
