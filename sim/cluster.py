@@ -13,15 +13,14 @@ so one of them answers for all). The plan for that sub-cluster is the plan for t
 cluster, with every untouched node restoring locally; ``tests/unit/test_sim_cluster.py`` checks
 that against the full call. This keeps a 10,000-node failure as cheap as a 16-node one.
 
-**Standby pool.** A hardware failure takes a spare from the pool (ready after
-``replacement_s`` plus a uniform jitter) or, when the pool is empty, provisions a new node
-(``provisioning_delay_s``). The cloud refills the pool: a spare taken is replaced by a newly
-provisioned one after ``provisioning_delay_s``.
+**Standby pool.** A hardware failure takes a spare as ``shared.standby`` decides (the same
+policy as the real harness's cloud operator): the earliest ready spare, joining after
+``replacement_s`` plus a uniform jitter; each spare taken is re-ordered and ready
+``provisioning_delay_s`` later; with no spare ready, the request waits for the first on order.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,8 @@ import numpy as np
 from shared.placement import Placement
 from shared.recovery import FailureKind, Source, plan_recovery
 from shared.scenario import ClusterConfig
+from shared.standby import StandbyPool as SharedPool
+from shared.standby import take_replacement
 
 
 @dataclass(frozen=True)
@@ -159,27 +160,29 @@ class ClusterPlan:
 
 
 class StandbyPool:
-    """Spare nodes that replace lost ones; refilled by provisioning (module docstring)."""
+    """Spare nodes that replace lost ones: the shared policy (``shared.standby``) in sim time."""
 
     def __init__(self, cluster: ClusterConfig, rng: np.random.Generator) -> None:
         self.cluster = cluster
         self.rng = rng
-        self.available = cluster.standby_nodes
-        self._arrivals: list[float] = []
+        self.pool = SharedPool.full(cluster.standby_nodes)
         self.taken = 0
         self.provisioned = 0
 
     def acquire(self, now: float) -> float:
         """Time from now until a replacement node is ready."""
-        while self._arrivals and self._arrivals[0] <= now:
-            heapq.heappop(self._arrivals)
-            self.available += 1
         cluster = self.cluster
-        if self.available > 0:
-            self.available -= 1
+        timing = take_replacement(
+            self.pool,
+            now,
+            replacement_s=cluster.replacement_s,
+            provisioning_delay_s=cluster.provisioning_delay_s,
+            replacement_jitter_s=cluster.replacement_jitter_s,
+            uniform=float(self.rng.random()),
+        )
+        self.pool = timing.pool
+        if timing.source == "standby":
             self.taken += 1
-            heapq.heappush(self._arrivals, now + cluster.provisioning_delay_s)
-            jitter = cluster.replacement_jitter_s * float(self.rng.random())
-            return cluster.replacement_s + jitter
-        self.provisioned += 1
-        return cluster.provisioning_delay_s
+        else:
+            self.provisioned += 1
+        return timing.ready_at_s - now

@@ -17,13 +17,12 @@ scenario's ``cluster`` settings:
 Node ids are integers: the job's first nodes are ``0..nodes-1`` (id = rank); replacements are
 numbered from ``nodes`` upward in the order they are handed out.
 
-The pool's bookkeeping takes the time as an argument (``now``) and an explicit
-``random.Random``, so the same model can drive a simulation clock.
+The pool's policy is ``shared.standby`` (the simulator uses the same one); this module adds
+the wall clock, the thread safety, node ids and ranks.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
 import threading
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shared.scenario import ClusterConfig
+from shared.standby import StandbyPool, take_replacement
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,7 @@ class CloudOperator:
         self._lock = threading.Lock()
         self._rank_of = {node: node for node in range(nodes)}
         self._next_id = nodes
-        start = clock()
-        # Times at which each spare is (or will be) ready; a min-heap.
-        self._spares: list[float] = [start] * standby_nodes
+        self._pool = StandbyPool.full(standby_nodes, clock())
         self.replacements: list[Replacement] = []
 
     @classmethod
@@ -131,7 +129,7 @@ class CloudOperator:
         """Spares ready to be taken at ``now`` (default: the clock)."""
         at = self.clock() if now is None else now
         with self._lock:
-            return sum(1 for ready in self._spares if ready <= at)
+            return self._pool.ready(at)
 
     def rank_of(self, node_id: int) -> int:
         """The rank a node holds (or held)."""
@@ -149,17 +147,17 @@ class CloudOperator:
         at = self.clock() if now is None else now
         with self._lock:
             rank = self.rank_of(failed_node)
-            if self._spares:
-                spare_ready = heapq.heappop(self._spares)
-                # Order a new spare now, so the pool refills after the provisioning delay.
-                heapq.heappush(self._spares, at + self.provisioning_delay_s)
-            else:
-                spare_ready = at + self.provisioning_delay_s
-            source: Literal["standby", "provisioned"] = (
-                "standby" if spare_ready <= at else "provisioned"
+            # Which spare, and when it is in: the policy the simulator uses too.
+            timing = take_replacement(
+                self._pool,
+                at,
+                replacement_s=self.replacement_s,
+                provisioning_delay_s=self.provisioning_delay_s,
+                replacement_jitter_s=self.replacement_jitter_s,
+                uniform=self.rng.random(),
             )
-            jitter = self.rng.uniform(0.0, self.replacement_jitter_s)
-            ready_at = max(at, spare_ready) + self.replacement_s + jitter
+            self._pool = timing.pool
+            source, ready_at = timing.source, timing.ready_at_s
             node_id = self._next_id
             self._next_id += 1
             self._rank_of[node_id] = rank
