@@ -20,12 +20,17 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       iteration_phases: [[compute, 0.02], [communication, 0.01], ...]
       stop_s: 0.1                   # from measured runs (--from-run)
       exit_report_s: 0.05           # software-failure detection, from measured runs
+      node_start_s: 1.3             # a replacement node's agent and store, from runs
+      retrieval_overhead_s: 0.05    # fixed cost of a restore from memory, from runs
+      run_iteration_time_s: 0.04    # iteration time in the runs (the phases are scaled to it)
+      save_time_s: 0.1              # the baseline's blocking save, from its runs
     overrides: [cluster.copy_bandwidth_gbyte_s=5.8, ...]
 
 ``calibration_overrides`` is the one rule that maps measurements to ``key=value`` overrides,
 which ``gemini-ckpt sim --set`` (or ``--calibration FILE``) applies. ``measurements_from_runs``
-takes the recovery costs the simulator models as constants (stop, restart, software detection)
-from measured run folders; scenarios calibrated that way must be left out of the validation
+takes the recovery costs the simulator models as constants (stop, restart, software detection,
+a replacement node's start, the fixed part of a restore, the iteration time) from measured run
+folders; scenarios calibrated that way must be left out of the validation
 median (``analysis.compare.validate(calibration_scenarios=...)``).
 
 Pure functions; no torch. The loader is strict about types and says which key is wrong.
@@ -47,6 +52,8 @@ MEASUREMENTS: dict[str, str] = {
     "loopback_tcp_gbit_s": "cluster.network_bandwidth_gbit_s",
     "stop_s": "recovery.stop_s",
     "exit_report_s": "detection.exit_report_s",
+    "retrieval_overhead_s": "recovery.retrieval_overhead_s",
+    "save_time_s": "cluster.storage.save_time_s",
     "iteration_time_s": "training.iteration_time_s",
 }
 """Measurements copied one to one into a scenario field."""
@@ -78,8 +85,12 @@ def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
       bandwidth for both directions);
     - restart: the end-to-end ``restart_s`` when measured, else process start plus process
       group formation;
+    - a replacement node's start: ``node_start_s`` from runs, else ``process_start_s`` (its
+      agent is a fresh Python importing torch);
     - the iteration profile (``iteration_phases``) becomes ``training.phases``, and then
-      ``training.iteration_time_s`` is left out (the phases define the iteration).
+      ``training.iteration_time_s`` is left out (the phases define the iteration); the phases
+      are scaled to ``run_iteration_time_s`` when runs measured it (which otherwise replaces
+      ``iteration_time_s``).
 
     Raises:
         ValueError: a measurement that is not a non-negative number, or a bad phase.
@@ -114,12 +125,22 @@ def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
             restart = (start or 0.0) + (group or 0.0)
     if restart is not None:
         overrides.append(f"recovery.restart_s={_fmt(restart)}")
+    node_start = _number(measurements, "node_start_s")
+    if node_start is None:
+        node_start = _number(measurements, "process_start_s")
+    if node_start is not None:
+        overrides.append(f"recovery.node_start_s={_fmt(node_start)}")
+    run_iteration = _number(measurements, "run_iteration_time_s")
     if phases:
-        overrides.append(f"training.phases={_phases_yaml(phases)}")
+        overrides.append(f"training.phases={_phases_yaml(phases, run_iteration)}")
+    elif run_iteration:
+        overrides = [o for o in overrides if not o.startswith("training.iteration_time_s=")]
+        overrides.append(f"training.iteration_time_s={_fmt(run_iteration)}")
     return overrides
 
 
-def _phases_yaml(phases: Any) -> str:
+def _phases_yaml(phases: Any, total_s: float | None = None) -> str:
+    """The phases as a YAML flow list; scaled to sum to ``total_s`` when given."""
     if not isinstance(phases, Sequence) or isinstance(phases, str):
         raise ValueError(f"iteration_phases must be a list of [kind, seconds], got {phases!r}")
     items = []
@@ -136,23 +157,50 @@ def _phases_yaml(phases: Any) -> str:
             raise ValueError(
                 f"iteration_phases entry {phase!r}: expected [compute|communication, seconds > 0]"
             )
-        items.append(f"{{kind: {phase[0]}, duration_s: {_fmt(float(phase[1]))}}}")
+    scale = 1.0
+    if total_s:
+        scale = total_s / sum(float(phase[1]) for phase in phases)
+    for phase in phases:
+        items.append(f"{{kind: {phase[0]}, duration_s: {_fmt(float(phase[1]) * scale)}}}")
     return "[" + ", ".join(items) + "]"
 
 
-def measurements_from_runs(runs: Sequence[RunResult]) -> dict[str, float]:
-    """Recovery costs measured by real runs: medians of stop, restart and software detection.
+def measurements_from_runs(
+    runs: Sequence[RunResult], *, replacement_s: float = 0.0, transfer_s: float = 0.0
+) -> dict[str, float]:
+    """Recovery costs measured by real runs (medians over their complete failures).
 
-    Only measured (``real``) runs count; phases never observed are left out.
+    - ``stop_s``: the stop phase of trainer crashes (a lost node's peers stop while it is
+      being detected, so their stop says little about the cost of stopping);
+    - ``restart_s``: restart begins -> process group ready;
+    - ``exit_report_s``: detection of trainer crashes;
+    - ``node_start_s``: the replacement phase minus the scenario's ``replacement_s`` (what
+      starting the new node's agent and store took);
+    - ``retrieval_overhead_s``: retrieval from memory (local or peer) minus ``transfer_s``,
+      the time its bytes take (the fixed part of a restore);
+    - ``run_iteration_time_s``: the median iteration time of the runs (without checkpointing
+      when they measured it), to which the profiled phases are scaled;
+    - ``save_time_s``: the blocking save of the persistent baseline (``persist_done`` events
+      with ``blocking`` and ``seconds``), which sets its HighFreq interval.
+
+    Only measured (``real``) runs count; phases never observed are left out. The recovery
+    phases come from the Gemini runs when there are any: a restart builds the strategy's
+    checkpoint engine, and the simulator's subject is Gemini's recovery (on our 2-core machine
+    the persistent baseline's restarts in the quickstart took ~2 s longer).
     """
     measured = [r for r in runs if r.source == "real"]
-    stops = [f.stop_s for r in measured for f in r.summary.failures if f.complete]
-    restarts = [f.restart_s for r in measured for f in r.summary.failures if f.restart_s > 0]
-    exits = [
-        f.detection_s
+    recovering = [r for r in measured if r.strategy == "gemini"] or measured
+    complete = [f for r in recovering for f in r.summary.failures if f.complete]
+    software = [f for f in complete if f.kind == "software"]
+    stops = [f.stop_s for f in software] or [f.stop_s for f in complete]
+    restarts = [f.restart_s for f in complete if f.restart_s > 0]
+    exits = [f.detection_s for f in software]
+    replacements = [f.replacement_s for f in complete if f.replacement_s > 0]
+    retrievals = [f.retrieval_s for f in complete if f.tier in ("local", "peer")]
+    iterations = [
+        r.summary.iteration_time_no_ckpt_s or r.summary.iteration_time_s
         for r in measured
-        for f in r.summary.failures
-        if f.kind == "software" and f.complete
+        if (r.summary.iteration_time_no_ckpt_s or r.summary.iteration_time_s) > 0
     ]
     out: dict[str, float] = {}
     if stops:
@@ -161,6 +209,23 @@ def measurements_from_runs(runs: Sequence[RunResult]) -> dict[str, float]:
         out["restart_s"] = statistics.median(restarts)
     if exits:
         out["exit_report_s"] = statistics.median(exits)
+    if replacements:
+        out["node_start_s"] = max(0.0, statistics.median(replacements) - replacement_s)
+    if retrievals:
+        out["retrieval_overhead_s"] = max(0.0, statistics.median(retrievals) - transfer_s)
+    if iterations:
+        out["run_iteration_time_s"] = statistics.median(iterations)
+    saves = [
+        float(seconds)
+        for r in measured
+        if r.strategy == "persistent"
+        for e in r.events
+        if e.kind == "persist_done"
+        and e.details.get("blocking") is True
+        and isinstance(seconds := e.details.get("seconds"), int | float)
+    ]
+    if saves:
+        out["save_time_s"] = statistics.median(saves)
     return out
 
 

@@ -83,6 +83,12 @@ class ClusterConfig(_Strict):
     nodes_per_domain: int | None = Field(
         None, ge=1, description="Alternative to domains: consecutive nodes per domain."
     )
+    single_host: bool = Field(
+        False,
+        description="Every node is a group of processes on one host (the real harness's "
+        "emulated cluster): CPU-bound starts share its CPUs, so k replacement nodes starting "
+        "together take k x recovery.node_start_s.",
+    )
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
@@ -365,6 +371,16 @@ class RecoveryConfig(_Strict):
     stop_s: NonNegativeFloat = Field(1.0, description="Stopping the surviving trainers, s.")
     restart_s: NonNegativeFloat = Field(
         5.0, description="Process start to process group ready (the paper's warm-up: 253 s)."
+    )
+    node_start_s: NonNegativeFloat = Field(
+        0.0,
+        description="Starting a replacement node's own software (its agent and checkpoint "
+        "store) once the machine is there, s; replacement = replacement_s + jitter + this.",
+    )
+    retrieval_overhead_s: NonNegativeFloat = Field(
+        0.0,
+        description="Fixed cost of every restore beyond moving bytes (connecting to the "
+        "stores, agreeing on the plan, verifying checksums), s.",
     )
 
 

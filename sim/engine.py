@@ -7,13 +7,19 @@ matter: periodic ``iteration_end`` progress marks, the last iteration reached an
 checkpoint committed before the failure, and the persistent saves.
 
 A failure then runs its recovery, phase by phase, as DESIGN section 5 names them: detection
-(``detection.exit_report_s`` for a trainer crash, ``detection.lease_timeout_s`` for a lost
-node), stopping the survivors (``recovery.stop_s``), replacement from the standby pool (hardware
-only), restart (``recovery.restart_s``), and retrieval per the ``shared`` recovery plan: local
-copies over each node's copy engine, peer copies as flows over the node links, persistent reads
-as flows sharing the storage's aggregate bandwidth (``sim.network``). Training resumes from
-the restored iteration. A failure that strikes during a recovery ends that recovery's event
-chain and starts a recovery of all the nodes still failed, as ``shared.summary`` expects.
+(``detection.exit_report_s`` for a trainer crash; for a lost node its heartbeat lease running
+out, on average ``lease_timeout_s - heartbeat_interval_s / 2`` after the failure), stopping the
+survivors (``recovery.stop_s``, overlapping the detection of a lost node, whose peers fail
+their collectives at once), replacement from the standby pool (hardware only: the pool's delay
+plus ``recovery.node_start_s`` for the new node's agent and store), restart
+(``recovery.restart_s``), and retrieval: a fixed ``recovery.retrieval_overhead_s``, then the
+``shared`` recovery plan's bytes: local copies over each node's copy engine, peer copies as
+flows over the node links, persistent reads as flows sharing the storage's aggregate bandwidth
+(``sim.network``). Training resumes from
+the restored iteration. A failure that strikes during a recovery before its restart
+has begun joins it, as the real root agent does (one recovery; its later events belong to both
+failures); one that strikes later ends that recovery's event chain and starts a recovery of all
+the nodes still failed, as ``shared.summary`` expects.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import simpy
 
 from shared.events import Event, JsonValue
 from shared.recovery import FailureKind
+from shared.scenario import DetectionConfig
 from sim.cluster import ClusterMemory, ClusterPlan, StandbyPool
 from sim.failures import FailureQueue, PlannedFailure, plan_failures
 from sim.model import SimModel
@@ -63,8 +70,19 @@ class _Chain:
     label: str
     schedule_index: int | None
     last_event_s: float
+    reached: int = 0
     group_ready: bool = False
+    detected: bool = False
+    restart_begun: bool = False
     plan: ClusterPlan | None = None
+    joined: tuple[int, ...] = ()
+    """Earlier failures whose recovery this one joined: its later events are theirs too."""
+    undetected: tuple[int, ...] = ()
+    """Joined failures not detected yet: detected with this one."""
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return (self.index, *self.joined)
 
 
 class Engine:
@@ -161,8 +179,8 @@ class Engine:
             k = max(by_iteration.at_iteration, timeline.base + 1)
             if by_iteration.during == "replication":
                 at = timeline.end(k) + self.strategy.commit_delay_s / 2
-            else:
-                at = timeline.start(k) + self.strategy.progress_s / 2
+            else:  # "once iteration k has ended": before its checkpoint commits
+                at = timeline.end(k)
             at = max(at, self.env.now)
             if at < when:
                 best, when = by_iteration, at
@@ -236,21 +254,49 @@ class Engine:
             )
         self._persist_free_s = now  # an upload in flight is abandoned with the job
         chain = self._inject(failure, {}, reached, now - progress_since)
+        chain.reached = reached
         while True:
             outcome = yield from self._recover(chain)
             if outcome == "done":
                 assert chain.plan is not None
                 return Timeline(self.env.now, chain.plan.iteration or 0, self.strategy)
+            if outcome == "failure" and not chain.restart_begun:
+                # Before the restart, a new failure joins the recovery in progress (as the
+                # real root agent does): one recovery, whose events belong to both.
+                self.state.interrupted_recoveries += 1
+                following = self.queue.next_timed()
+                assert following is not None
+                self._pop(following)
+                joined = chain
+                chain = self._inject(following, joined.failed, joined.reached, 0.0)
+                chain.joined = joined.indices
+                chain.undetected = joined.undetected
+                if not joined.detected:
+                    chain.undetected += (joined.index,)
+                continue
             plan = self._close(chain)
             if outcome == "end":
                 self.state.final_iteration = plan.iteration or 0
                 return None
-            # Another failure struck: recover everything still failed.
+            # Another failure struck after the restart began: recover everything still failed.
             self.state.interrupted_recoveries += 1
             following = self.queue.next_timed()
             assert following is not None
             self._pop(following)
             chain = self._inject(following, chain.failed, plan.iteration or 0, 0.0)
+
+    def _emit_chain(
+        self,
+        chain: _Chain,
+        kind: str,
+        *,
+        node: int | None = None,
+        iteration: int | None = None,
+        **details: JsonValue,
+    ) -> None:
+        """One event now for the chain's failure and for every failure it joined."""
+        for index in chain.indices:
+            self._emit(self.env.now, kind, node=node, iteration=iteration, failure=index, **details)
 
     def _close(self, chain: _Chain) -> ClusterPlan:
         """End an interrupted chain with the state it would have restored.
@@ -260,14 +306,15 @@ class Engine:
         """
         plan = chain.plan or self.memory.plan(chain.failed, self._persisted)
         restored_s = self.env.now if chain.group_ready else chain.last_event_s
-        self._emit(
-            restored_s,
-            "state_restored",
-            iteration=plan.iteration,
-            failure=chain.index,
-            tier=_worst_tier(plan),
-            interrupted=True,
-        )
+        for index in chain.indices:
+            self._emit(
+                restored_s,
+                "state_restored",
+                iteration=plan.iteration,
+                failure=index,
+                tier=_worst_tier(plan),
+                interrupted=True,
+            )
         return plan
 
     def _pop(self, failure: PlannedFailure) -> None:
@@ -302,7 +349,14 @@ class Engine:
             partial_iteration_s=partial_s,
         )
         return _Chain(
-            index, merged, failure.nodes, kind, failure.label, failure.schedule_index, self.env.now
+            index,
+            merged,
+            failure.nodes,
+            kind,
+            failure.label,
+            failure.schedule_index,
+            self.env.now,
+            reached,
         )
 
     def _wait(self, duration: float) -> Generator[simpy.Event, Any, str]:
@@ -311,7 +365,7 @@ class Engine:
         failure_at = upcoming.time_s if upcoming is not None else math.inf
         target = self.env.now + duration
         limit = min(failure_at, self.duration_s)
-        if limit < target:
+        if limit < target or failure_at <= self.env.now:
             yield self.env.timeout(max(0.0, limit - self.env.now))
             return "failure" if failure_at < self.duration_s else "end"
         yield self.env.timeout(duration)
@@ -319,50 +373,69 @@ class Engine:
 
     def _recover(self, chain: _Chain) -> Generator[simpy.Event, Any, str]:
         recovery = self.scenario.recovery
-        detection = self.scenario.detection
-        delay = (
-            detection.exit_report_s if chain.new_kind == "software" else detection.lease_timeout_s
-        )
+        delay = detection_delay_s(self.scenario.detection, chain.new_kind)
         outcome = yield from self._wait(delay)
         if outcome != "done":
             return outcome
         first = chain.new_nodes[0]
         if chain.label == "root_agent":
             self._emit(self.env.now, "root_elected", failure=chain.index)
-        self._emit(self.env.now, "failure_detected", node=first, failure=chain.index)
+        for index in (*chain.undetected, chain.index):
+            self._emit(self.env.now, "failure_detected", node=first, failure=index)
+        chain.detected = True
+        chain.undetected = ()
         chain.last_event_s = self.env.now
+        # The real injector fires a lost node "during recovery" once the root has stopped the
+        # job, before the survivors acknowledge: it joins this recovery.
+        self.queue.arm_recovery_failures(chain.schedule_index, self.env.now, software=False)
         if not self._stopped:
-            outcome = yield from self._wait(recovery.stop_s)
+            # A lost node's peers fail their next collective at once, so stopping them
+            # overlaps the detection of the loss; a crash is stopped only once detected.
+            stop = (
+                recovery.stop_s
+                if chain.new_kind == "software"
+                else max(0.0, recovery.stop_s - delay)
+            )
+            outcome = yield from self._wait(stop)
             if outcome != "done":
                 return outcome
             self._stopped = True
-            self._emit(self.env.now, "training_stopped", failure=chain.index)
+            self._emit_chain(chain, "training_stopped")
             chain.last_event_s = self.env.now
+        outcome = yield from self._wait(0.0)
+        if outcome != "done":
+            return outcome
         lost = sorted(n for n, k in chain.failed.items() if k == "hardware")
         if lost:
-            for node in lost:
-                renewed = node in chain.new_nodes and chain.new_kind == "hardware"
-                if renewed or node not in self._ready_at:
-                    self._ready_at[node] = self.env.now + self.pool.acquire(self.env.now)
-                    self._emit(
-                        self.env.now, "replacement_requested", node=node, failure=chain.index
-                    )
+            starting = [
+                node
+                for node in lost
+                if node not in self._ready_at
+                or (node in chain.new_nodes and chain.new_kind == "hardware")
+            ]
+            # Nodes emulated on one host start their software on its shared CPUs: together,
+            # k of them take k times as long as one.
+            share = len(starting) if self.scenario.cluster.single_host else 1
+            for node in starting:
+                wait = self.pool.acquire(self.env.now) + recovery.node_start_s * share
+                self._ready_at[node] = self.env.now + wait
+                self._emit_chain(chain, "replacement_requested", node=node)
             ready = max(self._ready_at.get(n, self.env.now) for n in lost)
             self.state.replacement_waits_s.append(ready - self.env.now)
             outcome = yield from self._wait(max(0.0, ready - self.env.now))
             if outcome != "done":
                 return outcome
-            self._emit(self.env.now, "replacement_ready", failure=chain.index, nodes=lost)
+            self._emit_chain(chain, "replacement_ready", nodes=list(lost))
             chain.last_event_s = self.env.now
-        self._emit(self.env.now, "restart_begin", failure=chain.index)
+        self._emit_chain(chain, "restart_begin")
+        chain.restart_begun = True
         chain.last_event_s = self.env.now
-        self.queue.arm_recovery_failures(
-            chain.schedule_index, self.env.now + recovery.restart_s / 2
-        )
+        # ... and a trainer crash "during recovery" as the restarted trainers start.
+        self.queue.arm_recovery_failures(chain.schedule_index, self.env.now, software=True)
         outcome = yield from self._wait(recovery.restart_s)
         if outcome != "done":
             return outcome
-        self._emit(self.env.now, "process_group_ready", failure=chain.index)
+        self._emit_chain(chain, "process_group_ready")
         chain.group_ready = True
         chain.plan = self.memory.plan(chain.failed, self._persisted)
         outcome = yield from self._retrieve(chain, chain.plan)
@@ -372,6 +445,10 @@ class Engine:
         return "done"
 
     def _retrieve(self, chain: _Chain, plan: ClusterPlan) -> Generator[simpy.Event, Any, str]:
+        # A fixed cost first (connect to the stores, agree on the plan, verify), then bytes.
+        outcome = yield from self._wait(self.scenario.recovery.retrieval_overhead_s)
+        if outcome != "done":
+            return outcome
         start = self.env.now
         copy_s = self.model.shard_bytes / self.scenario.cluster.copy_bytes_per_s
         finished: dict[int, tuple[float, str]] = {}
@@ -401,24 +478,25 @@ class Engine:
             if outcome != "done":
                 return outcome
         shown = sorted(finished.items(), key=lambda item: (item[1][0], item[0]))
-        for node, (time_s, tier) in shown[: self.node_event_limit]:
-            self._emit(
-                time_s,
-                "state_restored",
-                node=node,
-                iteration=plan.iteration,
-                failure=chain.index,
-                tier=tier,
-            )
         counts = plan.tiers() if plan.iteration is not None else {}
-        self._emit(
-            self.env.now,
-            "state_restored",
-            iteration=plan.iteration,
-            failure=chain.index,
-            tier=_worst_tier(plan),
-            tiers=dict(counts),
-        )
+        for index in chain.indices:
+            for node, (time_s, tier) in shown[: self.node_event_limit]:
+                self._emit(
+                    time_s,
+                    "state_restored",
+                    node=node,
+                    iteration=plan.iteration,
+                    failure=index,
+                    tier=tier,
+                )
+            self._emit(
+                self.env.now,
+                "state_restored",
+                iteration=plan.iteration,
+                failure=index,
+                tier=_worst_tier(plan),
+                tiers=dict(counts),
+            )
         return "done"
 
     def _fetch(
@@ -460,10 +538,25 @@ class Engine:
         # Persistent baselines keep no checkpoint in CPU memory; Gemini's agents keep the
         # restored iteration (own shard, and surviving replicas of it).
         self.memory.restored(plan.iteration if self.strategy.in_memory else None, lost)
-        self._emit(self.env.now, "training_resumed", iteration=plan.iteration, failure=chain.index)
+        self._emit_chain(chain, "training_resumed", iteration=plan.iteration)
         self._stopped = False
         for node in lost:
             self._ready_at.pop(node, None)
+
+
+def detection_delay_s(detection: DetectionConfig, kind: str) -> float:
+    """Expected time from a failure to its detection, s.
+
+    A crash is reported by its agent (``exit_report_s``). A lost node is noticed when its
+    heartbeat lease runs out: the lease was renewed at the node's last beat, which came at a
+    uniformly random phase of the beat period before the failure, so on average the lease ends
+    ``lease_timeout_s - heartbeat_interval_s / 2`` after it. The root agent's own loss is no
+    slower: its election lease (renewed every third of the lease) lapses about as soon, and the
+    new root finds the node's heartbeat key gone once that lease ends.
+    """
+    if kind == "software":
+        return detection.exit_report_s
+    return detection.lease_timeout_s - detection.heartbeat_interval_s / 2
 
 
 def _worst_tier(plan: ClusterPlan) -> str:
@@ -472,4 +565,4 @@ def _worst_tier(plan: ClusterPlan) -> str:
     return max((s.tier for s in plan.remote), key=_TIER_ORDER.__getitem__, default="local")
 
 
-__all__ = ["Engine", "RunState"]
+__all__ = ["Engine", "RunState", "detection_delay_s"]

@@ -5,11 +5,13 @@ Three sources, all decided up front so that a seed fixes the whole run:
 - **time-based**: the stochastic process of ``shared.failures.sample_failures`` (per-node
   MTBF, exponential or Weibull, software/hardware mix, whole failure domains at once) and
   explicit entries with ``at_time_s``;
-- **iteration-based**: explicit entries with ``at_iteration: k`` strike halfway through
-  iteration k the first time the run has it in flight (``during: replication``: halfway
-  through the replication of iteration k's checkpoint instead);
-- **during recovery**: an explicit entry with ``during: recovery`` strikes halfway through the
-  restart phase of the recovery from the entry before it in the schedule.
+- **iteration-based**: explicit entries with ``at_iteration: k`` strike the moment iteration
+  k ends, before its checkpoint has committed, the first time the run gets there (as the real
+  injector fires them; ``during: replication``: halfway through the replication of iteration
+  k's checkpoint);
+- **during recovery**: an explicit entry with ``during: recovery`` strikes during the recovery
+  from the entry before it in the schedule, where the real harness's injector fires it: a lost
+  node once the survivors are stopped, a trainer crash as the restarted trainers start.
 
 Scenario failure kinds map onto the two kinds recovery knows: ``software`` (memory survives);
 ``hardware``, ``network`` (the node is unreachable, its memory with it) and ``root_agent``
@@ -84,12 +86,17 @@ class FailureQueue:
     def pop_by_iteration(self) -> PlannedFailure:
         return self._by_iteration.pop(0)
 
-    def arm_recovery_failures(self, schedule_index: int | None, time_s: float) -> None:
-        """Schedule the ``during: recovery`` entries that follow ``schedule_index`` at time_s."""
+    def arm_recovery_failures(
+        self, schedule_index: int | None, time_s: float, *, software: bool
+    ) -> None:
+        """Schedule at ``time_s`` the ``during: recovery`` entries that follow
+        ``schedule_index`` and are trainer crashes (``software=True``) or lost nodes."""
         if schedule_index is None:
             return
-        for failure in self._on_recovery.pop(schedule_index, []):
+        waiting = self._on_recovery.get(schedule_index, [])
+        for failure in [f for f in waiting if (f.kind == "software") == software]:
             heapq.heappush(self._timed, _at(failure, time_s))
+            waiting.remove(failure)
 
     @property
     def time_based_count(self) -> int:

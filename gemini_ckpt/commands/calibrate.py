@@ -91,7 +91,18 @@ def command(
     with console.status("calibrating") as status:
         document = measure(options, progress=lambda text: status.update(f"measuring {text}"))
     if runs:
-        document["measurements"].update(measurements_from_runs(runs))
+        from shared.scenario_loader import load_scenario
+
+        loaded = load_scenario(scenario, overrides)
+        # A restore from memory moves a node's shard at about the memory copy bandwidth;
+        # what the runs measured beyond that is the restore's fixed cost.
+        copy = float(document["measurements"].get("memory_copy_gbyte_s") or 0) * 1e9
+        transfer = loaded.checkpoint_bytes_per_node / copy if copy > 0 else 0.0
+        document["measurements"].update(
+            measurements_from_runs(
+                runs, replacement_s=loaded.cluster.replacement_s, transfer_s=transfer
+            )
+        )
         document["scenarios_used"] = sorted({r.scenario for r in runs if r.source == "real"})
     write_calibration(out, document)
     table = Table(title=f"calibration ({document['machine']['hostname']})")

@@ -10,8 +10,8 @@ Runs one scenario four ways and reports on all of them:
 - ``DIR/report.html``, ``DIR/report.md``, ``DIR/figures/``: the report (``analysis.report``).
 
 The baseline is the same scenario with ``checkpoint.strategy=persistent``; when the scenario
-names no persistent interval, it saves every ``checkpoint.persist_every_iterations`` iterations
-(Gemini's own persistence interval), else every 10.
+names no persistent interval, it saves every K iterations by the HighFreq rule, K = ceil(t_save /
+T_iter) from the scenario's save cost and iteration time (``baseline_overrides``).
 
 A calibration file (``--calibration``, from ``gemini-ckpt calibrate``) adds its overrides to the
 simulated runs only; the scenarios it was calibrated on are left out of the validation median.
@@ -50,7 +50,12 @@ DEFAULT_FAILURES_PER_NODE_PER_DAY = 2.0
 
 
 def baseline_overrides(scenario: Scenario) -> list[str]:
-    """Overrides that turn a scenario into its persistent-storage baseline."""
+    """Overrides that turn a scenario into its persistent-storage baseline.
+
+    A scenario that names no baseline interval gets the HighFreq rule, K = ceil(t_save /
+    T_iter) with the scenario's save cost (``cluster.storage.save_time_s`` plus the upload)
+    and iteration time, as a fixed K so that the real harness saves at the same iterations.
+    """
     overrides = ["checkpoint.strategy=persistent"]
     checkpoint = scenario.checkpoint
     if (
@@ -58,7 +63,14 @@ def baseline_overrides(scenario: Scenario) -> list[str]:
         and checkpoint.persistent_every_iterations is None
         and checkpoint.persistent_interval_s is None
     ):
-        every = checkpoint.persist_every_iterations or 10
+        from sim.model import build_model
+
+        highfreq = scenario.replace(
+            checkpoint=checkpoint.model_copy(
+                update={"strategy": "persistent", "persistent_interval": "highfreq"}
+            )
+        )
+        every = build_model(highfreq).strategy.persist_every or 1
         overrides.append(f"checkpoint.persistent_every_iterations={every}")
     return overrides
 

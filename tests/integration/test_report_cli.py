@@ -90,3 +90,20 @@ def test_run_simulates_both_strategies_and_reports(tmp_path: Path) -> None:
     markdown = (out / "report.md").read_text()
     assert "| sim | " in markdown  # the Gemini vs baseline row of the simulator
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_the_baseline_interval_follows_the_highfreq_rule() -> None:
+    from gemini_ckpt.commands.run import baseline_overrides
+    from shared.scenario_loader import load_scenario
+
+    quickstart = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
+    # K = ceil((save 0.5 s + upload 1.46 MB at 1 Gbit/s = 0.0117 s) / 0.04 s) = 13.
+    settings = ["cluster.storage.save_time_s=0.5", "training.iteration_time_s=0.04"]
+    assert baseline_overrides(load_scenario(quickstart, settings)) == [
+        "checkpoint.strategy=persistent",
+        "checkpoint.persistent_every_iterations=13",
+    ]
+    named = [*settings, "checkpoint.persistent_every_iterations=7"]
+    assert baseline_overrides(load_scenario(quickstart, named)) == [
+        "checkpoint.strategy=persistent"
+    ]

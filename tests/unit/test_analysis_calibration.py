@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from analysis.calibration import (
 )
 from analysis.results import load_run
 from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
+from shared.events import Event
 from shared.scenario_loader import load_scenario
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +39,30 @@ def test_overrides_follow_the_documented_rules() -> None:
         "training.iteration_time_s=0.045",
         "cluster.storage.bandwidth_gbit_s=6.1",  # the smaller of write and read
         "recovery.restart_s=2.4",  # process start + group formation
+        "recovery.node_start_s=2",  # a replacement's agent: a fresh python importing torch
     ]
     end_to_end = {**MEASURED, "restart_s": 4.9, "stop_s": 0.1, "exit_report_s": 0.05}
     overrides = calibration_overrides(end_to_end)  # the bare measurements mapping works too
     assert "recovery.restart_s=4.9" in overrides
     assert "recovery.stop_s=0.1" in overrides
     assert "detection.exit_report_s=0.05" in overrides
+    from_runs = {**end_to_end, "node_start_s": 1.25, "retrieval_overhead_s": 0.04}
+    from_runs["run_iteration_time_s"] = 0.06
+    overrides = calibration_overrides(from_runs)
+    assert "recovery.node_start_s=1.25" in overrides
+    assert "recovery.retrieval_overhead_s=0.04" in overrides
+    assert [o for o in overrides if o.startswith("training.")] == ["training.iteration_time_s=0.06"]
+
+
+def test_phases_are_scaled_to_the_iteration_time_the_runs_measured() -> None:
+    phases = [["compute", 0.02], ["communication", 0.01]]
+    overrides = calibration_overrides(
+        {**MEASURED, "iteration_phases": phases, "run_iteration_time_s": 0.06}
+    )
+    assert overrides[-1] == (
+        "training.phases=[{kind: compute, duration_s: 0.04}, "
+        "{kind: communication, duration_s: 0.02}]"
+    )
 
 
 def test_phases_replace_the_iteration_time_and_load_in_a_scenario() -> None:
@@ -86,11 +106,27 @@ def test_file_round_trip_and_scenarios_used(tmp_path: Path) -> None:
 def test_recovery_costs_from_measured_runs(tmp_path: Path) -> None:
     failures = (
         SyntheticFailure(3, "software", (1,), 0.05, 0.1, 0.0, 4.0, 0.5),
-        SyntheticFailure(8, "software", (2,), 0.07, 0.3, 0.0, 6.0, 0.5),
-        SyntheticFailure(12, "hardware", (3,), 3.0, 0.2, 0.5, 5.0, 0.5, "peer"),
+        SyntheticFailure(8, "software", (2,), 0.07, 0.3, 0.0, 6.0, 0.7),
+        SyntheticFailure(12, "hardware", (3,), 3.0, 0.0, 1.8, 5.0, 0.6, "peer"),
     )
     real = load_run(write_synthetic_run(tmp_path / "r", SyntheticRun("real", failures=failures)))
     sim = load_run(write_synthetic_run(tmp_path / "s", SyntheticRun("sim", failures=failures[:1])))
-    assert measurements_from_runs([real, sim]) == pytest.approx(
-        {"stop_s": 0.2, "restart_s": 5.0, "exit_report_s": 0.06}
+    slower = SyntheticRun("real", strategy="persistent", failures=(failures[0],) * 3)
+    baseline = load_run(write_synthetic_run(tmp_path / "b", slower))
+    saves = tuple(
+        Event(t, "persist_done", None, 0, 5, {"blocking": True, "seconds": t / 10})
+        for t in (1.0, 3.0, 4.0)
+    )
+    baseline = dataclasses.replace(baseline, events=(*baseline.events, *saves))
+    measured = measurements_from_runs([real, sim, baseline], replacement_s=0.5, transfer_s=0.1)
+    assert measured == pytest.approx(
+        {
+            "stop_s": 0.2,  # crashes only: a lost node's stop overlaps its detection
+            "restart_s": 5.0,  # of the Gemini run only (the baseline's restarts are 4.0)
+            "exit_report_s": 0.06,
+            "node_start_s": 1.3,  # 1.8 - replacement_s
+            "retrieval_overhead_s": 0.5,  # median 0.6 - transfer_s
+            "run_iteration_time_s": 0.48,  # without checkpointing, as measured (both runs)
+            "save_time_s": 0.3,  # the baseline's blocking saves: 0.1, 0.3, 0.4 s
+        }
     )

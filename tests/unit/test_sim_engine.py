@@ -24,8 +24,8 @@ failures:
   schedule:
     - {kind: software, nodes: [1], at_iteration: 3}
     - {kind: hardware, nodes: [2], at_iteration: 6}
-detection: {exit_report_s: 0.05, lease_timeout_s: 3.0}
-recovery: {stop_s: 0.5, restart_s: 3.0}
+detection: {exit_report_s: 0.05, heartbeat_interval_s: 0.5, lease_timeout_s: 3.0}
+recovery: {stop_s: 0.5, restart_s: 3.0, node_start_s: 0.25, retrieval_overhead_s: 0.04}
 sim: {duration_days: 0.000231481481481481}
 """
 
@@ -39,36 +39,38 @@ def _log(text: str, *overrides: str) -> list[tuple[Any, ...]]:
 
 
 def test_software_then_hardware_failure_event_log() -> None:
-    # Failure 1 strikes halfway through iteration 3 (t = 2.5): iteration 2 ended at 2.0 and
-    # committed at 2.01. Detection 0.05, stop 0.5, restart 3, local copy 0.01.
-    # Training resumes at 6.06 from iteration 2, so iteration 6 starts at 9.06 and failure 2
-    # strikes at 9.56; iteration 5 ended at 9.06 and committed at 9.07. Lease 3, stop 0.5,
-    # standby 0.5, restart 3; node 2 fetches its shard from node 3 (3 ms) while the copy
-    # engine takes 10 ms: restored at 16.57. The run ends at 20 s after iteration 8 (19.57).
+    # Failure 1 strikes the moment iteration 3 ends (t = 3.0), before its checkpoint commits
+    # (3.01): iteration 2 (committed at 2.01) is restored and iteration 3 recomputed. Detection
+    # 0.05, stop 0.5, restart 3, retrieval 0.04 fixed + local copy 0.01. Training resumes at
+    # 6.60 from iteration 2, so iteration 6 ends at 10.60 and failure 2 strikes then;
+    # iteration 5 committed at 9.61. Detection: lease 3 - half a beat 0.25 = 2.75; stop 0.5
+    # overlaps it (the peers' collectives failed); standby 0.5 + node start 0.25; restart 3;
+    # 0.04 fixed, then node 2 fetches its shard from node 3 (3 ms) while the copy engine takes
+    # 10 ms: restored at 17.15. The run ends at 20 s after iteration 7 (19.15).
     assert _log(TINY) == [
         (0.0, "run_started", None, None, None),
-        (2.0, "iteration_end", None, 2, None),
         (2.01, "ckpt_committed", None, 2, None),
-        (2.5, "failure_injected", 1, None, None),
-        (2.55, "failure_detected", 1, None, None),
-        (3.05, "training_stopped", None, None, None),
-        (3.05, "restart_begin", None, None, None),
-        (6.05, "process_group_ready", None, None, None),
-        (6.06, "state_restored", None, 2, "local"),
-        (6.06, "training_resumed", None, 2, None),
-        (9.06, "iteration_end", None, 5, None),
-        (9.07, "ckpt_committed", None, 5, None),
-        (9.56, "failure_injected", 2, None, None),
-        (12.56, "failure_detected", 2, None, None),
-        (13.06, "training_stopped", None, None, None),
-        (13.06, "replacement_requested", 2, None, None),
-        (13.56, "replacement_ready", None, None, None),
-        (13.56, "restart_begin", None, None, None),
-        (16.56, "process_group_ready", None, None, None),
-        (16.57, "state_restored", 2, 5, "peer"),
-        (16.57, "state_restored", None, 5, "peer"),
-        (16.57, "training_resumed", None, 5, None),
-        (20.0, "run_finished", None, 8, None),
+        (3.0, "iteration_end", None, 3, None),
+        (3.0, "failure_injected", 1, None, None),
+        (3.05, "failure_detected", 1, None, None),
+        (3.55, "training_stopped", None, None, None),
+        (3.55, "restart_begin", None, None, None),
+        (6.55, "process_group_ready", None, None, None),
+        (6.6, "state_restored", None, 2, "local"),
+        (6.6, "training_resumed", None, 2, None),
+        (9.61, "ckpt_committed", None, 5, None),
+        (10.6, "iteration_end", None, 6, None),
+        (10.6, "failure_injected", 2, None, None),
+        (13.35, "failure_detected", 2, None, None),
+        (13.35, "training_stopped", None, None, None),
+        (13.35, "replacement_requested", 2, None, None),
+        (14.1, "replacement_ready", None, None, None),
+        (14.1, "restart_begin", None, None, None),
+        (17.1, "process_group_ready", None, None, None),
+        (17.15, "state_restored", 2, 5, "peer"),
+        (17.15, "state_restored", None, 5, "peer"),
+        (17.15, "training_resumed", None, 5, None),
+        (20.0, "run_finished", None, 7, None),
     ]
 
 
@@ -78,18 +80,19 @@ def test_summary_phases_follow_from_the_log() -> None:
     assert (software.detection_s, software.stop_s, software.restart_s) == pytest.approx(
         (0.05, 0.5, 3.0)
     )
-    assert software.retrieval_s == pytest.approx(0.01)
-    assert software.lost_progress_s == pytest.approx(0.5)  # half of iteration 3
-    assert hardware.replacement_s == pytest.approx(0.5)
+    assert software.retrieval_s == pytest.approx(0.05)
+    assert software.lost_progress_s == pytest.approx(1.0)  # iteration 3, recomputed
+    assert (hardware.detection_s, hardware.stop_s) == pytest.approx((2.75, 0.0))
+    assert hardware.replacement_s == pytest.approx(0.75)
     assert hardware.tier == "peer"
-    assert summary.iterations_completed == 8
-    assert summary.ettr == pytest.approx(8 * 1.0 / 20.0)
+    assert summary.iterations_completed == 7
+    assert summary.ettr == pytest.approx(7 * 1.0 / 20.0)
 
 
 def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
     # Persist every 2 iterations: a background upload of 12 MB at 0.008 Gbit/s (12 s) ...
     # too slow; at 8 Gbit/s it takes 12 ms. Iteration 2 commits at 2.01 and is persisted at
-    # 2.022. Losing group {0, 1} at 2.5 leaves iteration 2 only in storage.
+    # 2.022. Losing group {0, 1} at 3.0 leaves iteration 2 only in storage.
     log = _log(
         TINY,
         "failures.schedule=[{kind: group, nodes: [0], at_iteration: 3}]",
@@ -101,26 +104,44 @@ def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
     assert (2.022, "persist_done", None, 2, None) in log
     restored = [entry for entry in log if entry[1] == "state_restored" and entry[2] is None]
     # All four nodes roll back: 4 x 3 MB through the storage's shared 1 GB/s take 12 ms (the
-    # copy engine, pipelined, 10 ms).
+    # copy engine, pipelined, 10 ms) after the fixed 0.04 s.
     assert restored == [
-        (round(2.5 + 3.0 + 0.5 + 0.5 + 3.0 + 0.012, 9), "state_restored", None, 2, "persistent")
+        (round(3.0 + 2.75 + 0.75 + 3.0 + 0.04 + 0.012, 9), "state_restored", None, 2, "persistent")
     ]
 
 
-def test_failure_during_recovery_ends_the_first_chain_and_recovers_both() -> None:
+def test_a_node_lost_during_recovery_joins_it() -> None:
+    text = TINY.replace(
+        "    - {kind: software, nodes: [1], at_iteration: 3}\n"
+        "    - {kind: hardware, nodes: [2], at_iteration: 6}",
+        "    - {kind: hardware, nodes: [0], at_iteration: 3}\n"
+        "    - {kind: hardware, nodes: [2], during: recovery}",
+    )
+    result = simulate(parse_scenario(text, overrides=["cluster.standby_nodes=2"]))
+    first, second = result.summary.failures
+    # Failure 0 at 3.0, detected at 5.75, when the root stops the job: the injector fires
+    # the second loss then, and it joins the recovery. The stop ends when it is detected
+    # (8.5); both nodes are replaced (0.5 + 0.25), one restart (3) and one retrieval
+    # (0.04 + 0.01): both resume at 12.3 from iteration 2.
+    assert (first.time_s, second.time_s) == pytest.approx((3.0, 5.75))
+    phases = ("detection_s", "stop_s", "replacement_s", "restart_s", "retrieval_s", "downtime_s")
+    assert [getattr(first, p) for p in phases] == pytest.approx([2.75, 2.75, 0.75, 3, 0.05, 9.3])
+    assert [getattr(second, p) for p in phases] == pytest.approx([2.75, 0, 0.75, 3, 0.05, 6.55])
+    assert (first.tier, second.tier) == ("peer", "peer")
+    assert first.restored_iteration == second.restored_iteration == 2
+
+
+def test_crash_during_recovery_strikes_as_the_restarted_trainers_start() -> None:
     log = _log(
         TINY,
-        "failures.schedule=[{kind: hardware, nodes: [0], at_iteration: 3},"
-        " {kind: hardware, nodes: [2], during: recovery}]",
-        "cluster.standby_nodes=2",
+        "failures.schedule=[{kind: software, nodes: [0], at_iteration: 3},"
+        " {kind: software, nodes: [2], during: recovery}]",
     )
-    injected = [entry for entry in log if entry[1] == "failure_injected"]
-    # Failure 1 at 2.5; detected 5.5, stopped 6.0, replaced 6.5, restart 6.5-9.5: the second
-    # failure strikes halfway through the restart, at 8.0.
-    assert [entry[0] for entry in injected] == [2.5, 8.0]
-    interrupted = next(entry for entry in log if entry[1] == "state_restored")
-    assert interrupted == (6.5, "state_restored", None, 2, "peer")
-    assert log[-2][1] == "training_resumed" and log[-2][3] == 2
+    injected = [entry[0] for entry in log if entry[1] == "failure_injected"]
+    # Detected 3.05, stopped 3.55, restart begins 3.55: the crash strikes then; the job is
+    # already stopped, so the second recovery is detection 0.05 + restart 3 + 0.04 + 0.01.
+    assert injected == [3.0, 3.55]
+    assert log[-2] == (6.65, "training_resumed", None, 2, None)
 
 
 def test_same_seed_same_log_and_other_seeds_differ() -> None:
@@ -131,3 +152,19 @@ def test_same_seed_same_log_and_other_seeds_differ() -> None:
     first = simulate(parse_scenario(text), 7).events
     assert first == simulate(parse_scenario(text), 7).events
     assert first != simulate(parse_scenario(text), 8).events
+
+
+@pytest.mark.parametrize(("single_host", "replacement_s"), [(False, 0.75), (True, 1.0)])
+def test_nodes_emulated_on_one_host_start_one_after_another(
+    single_host: bool, replacement_s: float
+) -> None:
+    # Group {0, 1} lost: two replacement nodes start their agents and stores (0.25 s each).
+    # On one host they share its CPUs: 0.5 + 2 x 0.25; on their own machines: 0.5 + 0.25.
+    text = TINY.replace(
+        "    - {kind: software, nodes: [1], at_iteration: 3}\n"
+        "    - {kind: hardware, nodes: [2], at_iteration: 6}",
+        "    - {kind: group, nodes: [0], at_iteration: 3}",
+    )
+    overrides = ["cluster.standby_nodes=2", f"cluster.single_host={str(single_host).lower()}"]
+    (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
+    assert failure.replacement_s == pytest.approx(replacement_s)
