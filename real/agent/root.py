@@ -144,7 +144,7 @@ class RootAgent:
             if self._all_done(record):
                 record = {**record, "state": "finished"}
                 jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
-                self._emit("run_finished", attempt=record["attempt"])
+                self._emit("run_finished", attempt=record["attempt"], **self._store_memory(record))
                 log.info("node %d: root: job finished", self.node_id)
                 return
             detections = pending + self.detector.poll()
@@ -152,6 +152,36 @@ class RootAgent:
             if detections:
                 record = self._recover(record, detections)
             self.stop.wait(POLL_S)
+
+    def _store_memory(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoint memory of every member's node store (its ``stats``), asked once the job
+        is done and before the agents take the stores down: ``checkpoint_memory_bytes`` (the
+        largest node's) and ``store_memory_bytes`` per slot."""
+        registrations = self._registrations()
+        per_slot: dict[str, int] = {}
+        node_memory = 0
+        for slot, node_id in sorted(jobkeys.members_of(record).items()):
+            address = registrations.get(node_id, {}).get("address")
+            if address is None:
+                continue
+            try:
+                client = StoreClient(slot, address, self.token, 5.0)
+                try:
+                    stats = client.stats()
+                finally:
+                    client.close()
+            except (OSError, RuntimeError) as error:
+                log.warning("slot %d store %s: no stats: %s", slot, address, error)
+                continue
+            per_slot[str(slot)] = int(stats["memory_bytes"])
+            node_memory = int(stats["node_memory_bytes"])
+        if not per_slot:
+            return {}
+        return {
+            "checkpoint_memory_bytes": max(per_slot.values()),
+            "store_memory_bytes": per_slot,
+            "node_memory_bytes": node_memory,
+        }
 
     def _emit(self, kind: str, iteration: int | None = None, **details: Any) -> None:
         self.events.emit(kind, iteration=iteration, node=self.slot, **details)

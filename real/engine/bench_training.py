@@ -1,6 +1,7 @@
 """Training iteration time with per-iteration in-memory checkpoints, against none.
 
-The real workload (``real.workload.Trainer``: the GPT decoder under DDP, gloo) runs on
+The real workload (``real.workload.Trainer``: the GPT decoder of a ``BenchModel`` size under
+DDP, gloo) runs on
 ``nodes x ranks_per_node`` processes, three ways in turn, ``repeats`` times:
 
 - ``none``: no checkpoints;
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,56 @@ from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
 
 MODES = ("none", "interleaved", "blocking")
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A model size for the training benchmark.
+
+    Attributes:
+        name: label in the printout.
+        layers, hidden, heads, context: the GPT decoder's shape.
+        batch: sequences per rank per iteration.
+        iterations: iterations per run (larger models: fewer).
+    """
+
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    context: int
+    batch: int
+    iterations: int
+
+    @property
+    def parameters(self) -> int:
+        h = self.hidden
+        return self.layers * (12 * h * h + 13 * h) + (256 + self.context) * h + 2 * h
+
+
+# tiny: the tests' scale (~0.1 s per iteration with 4 ranks on 2 cores); medium: ~1 s per
+# iteration there; demo: DESIGN's ~20M-parameter demo model (~7 s per iteration there).
+MODELS: dict[str, BenchModel] = {
+    "tiny": BenchModel("tiny", 4, 128, 4, 64, 8, 40),
+    "medium": BenchModel("medium", 4, 256, 4, 128, 8, 20),
+    "demo": BenchModel("demo", 8, 448, 8, 256, 8, 12),
+}
+
+
+def parse_model(text: str) -> BenchModel:
+    """A preset name (``tiny``, ``medium``, ``demo``) or ``LAYERSxHIDDENxCONTEXT[/BATCH]``."""
+    text = text.strip()
+    if text in MODELS:
+        return MODELS[text]
+    try:
+        shape, _, batch = text.partition("/")
+        layers, hidden, context = (int(v) for v in shape.split("x"))
+        return BenchModel(text, layers, hidden, 4, context, int(batch or 8), 20)
+    except ValueError:
+        raise ValueError(
+            f"model {text!r}: use one of {sorted(MODELS)} or LAYERSxHIDDENxCONTEXT[/BATCH], "
+            "e.g. 4x256x128/8"
+        ) from None
 
 
 def _scenario(config: dict[str, Any]) -> Any:
@@ -41,10 +93,13 @@ def _scenario(config: dict[str, Any]) -> Any:
             "model": {
                 "layers": config["layers"],
                 "hidden": config["hidden"],
-                "heads": 4,
-                "context": 64,
+                "heads": config["heads"],
+                "context": config["context"],
             },
-            "training": {"iterations": config["iterations"], "batch_size_per_rank": 8},
+            "training": {
+                "iterations": config["iterations"],
+                "batch_size_per_rank": config["batch"],
+            },
             "checkpoint": {
                 "replicas": 2,
                 "profiling_iterations": config["profiling"],
@@ -61,6 +116,7 @@ def worker(config: dict[str, Any]) -> None:
     from real.workload.trainer import Trainer, TrainerConfig
 
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     rank, world = config["rank"], config["world"]
     dist.init_process_group(
         "gloo", init_method=f"file://{config['pg']}", rank=rank, world_size=world
@@ -151,19 +207,24 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
 def bench_training(
     nodes: int = 2,
     per_node: int = 2,
-    iterations: int = 40,
-    layers: int = 4,
-    hidden: int = 128,
+    iterations: int | None = None,
+    model: BenchModel = MODELS["tiny"],
     profiling: int = 5,
     repeats: int = 2,
 ) -> dict[str, Any]:
-    """Median iteration time per mode, and the overheads relative to no checkpoints."""
+    """Median iteration time per mode, and the overheads relative to no checkpoints.
+
+    ``iterations``: per run (default: the model's); the first ``profiling + 2`` are not timed.
+    """
     config = {
         "nodes": nodes,
         "per_node": per_node,
-        "iterations": iterations,
-        "layers": layers,
-        "hidden": hidden,
+        "iterations": iterations or model.iterations,
+        "layers": model.layers,
+        "hidden": model.hidden,
+        "heads": model.heads,
+        "context": model.context,
+        "batch": model.batch,
         "profiling": profiling,
     }
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -176,12 +237,54 @@ def bench_training(
                 details[mode] = result["detail"]
     median = {mode: statistics.median(values) for mode, values in samples.items()}
     return {
+        "model": {**asdict(model), "parameters": model.parameters},
+        "state_bytes": details.get("interleaved", {}).get("checkpoint_bytes"),
         "ranks": nodes * per_node,
-        "iterations": iterations,
+        "iterations": config["iterations"],
         "repeats": repeats,
         "iteration_s": median,
         "overhead": {mode: median[mode] / median["none"] - 1 for mode in MODES[1:]},
         "details": details,
+    }
+
+
+def model_memory(model: BenchModel, per_node: int, replicas: int = 2) -> dict[str, Any]:
+    """Checkpoint memory one node needs for ``model``: each rank's training state (after one
+    step, so Adam's moments exist) times 2 slots (committed, in progress) for itself and 2 for
+    each of the ``replicas - 1`` peers' ranks it holds, times the ranks per node."""
+    import torch
+
+    from real.engine.store import node_memory_bytes
+    from real.state import flatten_state
+    from real.workload.trainer import Trainer, TrainerConfig
+
+    torch.set_flush_denormal(True)
+    config = {
+        "nodes": max(2, replicas),
+        "per_node": 1,
+        "layers": model.layers,
+        "hidden": model.hidden,
+        "heads": model.heads,
+        "context": model.context,
+        "batch": 1,  # the state does not depend on the batch; one sequence keeps this quick
+        "iterations": 1,
+        "profiling": 1,
+        "mode": "none",
+    }
+    trainer = Trainer(TrainerConfig.from_scenario(_scenario(config)), rank=0, world_size=1)
+    trainer.step()
+    tensors, _ = flatten_state(trainer.state())
+    state_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    node_bytes = state_bytes * 2 * replicas * per_node
+    total = node_memory_bytes()
+    return {
+        "model": model.name,
+        "parameters": model.parameters,
+        "state_bytes_per_rank": state_bytes,
+        "ranks_per_node": per_node,
+        "node_bytes": node_bytes,
+        "node_memory_bytes": total,
+        "fraction_of_node": node_bytes / total,
     }
 
 

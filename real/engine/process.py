@@ -2,12 +2,15 @@
 
 ``StoreProcess`` starts ``python -m real.engine.store``, waits (polling, bounded) until the
 store has written its address to a ready file, and on ``stop()`` sends SIGTERM, joins with a
-timeout and kills as a last resort. The token travels in the environment (``GEMINI_TOKEN``),
-never on the command line where ``ps`` would show it.
+timeout and kills as a last resort; then it deletes any slot file of its prefix still in
+``/dev/shm`` (a store killed with SIGKILL cannot remove its own). The token travels in the
+environment (``GEMINI_TOKEN``), never on the command line where ``ps`` would show it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -17,7 +20,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from real.engine.shm import SHM_DIR
 from real.engine.store import TOKEN_ENV
+
+log = logging.getLogger(__name__)
 
 
 class StoreProcess:
@@ -50,6 +56,7 @@ class StoreProcess:
 
     def start(self, timeout_s: float = 30.0) -> str:
         """Start the store and return its ``host:port`` once it serves."""
+        self.sweep()  # a previous store of this prefix killed with SIGKILL left its files
         self._folder = tempfile.TemporaryDirectory(prefix="gemini-store-")
         ready = Path(self._folder.name) / "ready"
         command = [
@@ -108,10 +115,26 @@ class StoreProcess:
                     process.kill()
                     process.wait(timeout_s)
             code = process.returncode
+        self.sweep()  # a store that died by SIGKILL (or was killed here) leaves its files
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None
         return code
+
+    def sweep(self) -> int:
+        """Delete this store's slot files (``<prefix>-n<node>-*``: stores of other nodes may
+        share the prefix); only with an explicit prefix (the store's random default is known
+        only to the store). Returns how many."""
+        if not self.prefix or (self.process is not None and self.process.poll() is None):
+            return 0
+        removed = 0
+        for path in SHM_DIR.glob(f"{self.prefix}-n{self.node}-*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        if removed:
+            log.warning("node %d: removed %d slot files left by a killed store", self.node, removed)
+        return removed
 
     def __enter__(self) -> StoreProcess:
         self.start()

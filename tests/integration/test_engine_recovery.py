@@ -1,7 +1,8 @@
 """End to end: real trainers (``python -m real.trainer_main``) with the Gemini engine survive a
 crash and reach the same final weights as an uninterrupted run.
 
-Two nodes with one rank each, node stores as processes, the tiny GPT under DDP on gloo. Rank 1
+Two nodes with one rank each, node stores as processes, the tiny GPT under DDP (and FSDP2,
+where each rank checkpoints its own shard) on gloo. Rank 1
 is SIGKILLed after the step of iteration 5 (``real.inject``); the surviving rank is stopped, as
 the agent would. For a hardware failure node 1's store is replaced by an empty one. The
 restarted ranks agree on iteration 4, or 3 if rank 1 died before its replication of 4 finished
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ targets: [real]
 seed: 3
 cluster: {nodes: 2, accelerators_per_node: 1}
 model: {layers: 1, hidden: 32, heads: 2, context: 32}
-training: {iterations: 8, batch_size_per_rank: 2, warmup_iterations: 2}
+training: {iterations: 8, batch_size_per_rank: 2, warmup_iterations: 2, parallelism: PARALLELISM}
 checkpoint: {strategy: gemini, replicas: 2, placement: group, profiling_iterations: 2,
              persist_every_iterations: 2}
 """
@@ -114,18 +115,31 @@ def _digest(final: list[dict[str, object]]) -> object:
         return extra["model_digest"]
 
     digests = {str(pick(entry)) for entry in final}
-    assert len(digests) == 1, "DDP ranks disagree on the weights"
+    assert len(digests) == 1, "ranks disagree on the (full) weights"
     return digests.pop()
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    folder = tmp_path_factory.mktemp("reference")
-    scenario = folder / "scenario.yaml"
-    scenario.write_text(SCENARIO)
-    out = folder / "run"
-    final = _finish(_launch(scenario, out, "none", ["127.0.0.1:1", "127.0.0.1:1"], "x"), out)
-    return scenario, _digest(final)
+def references(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], tuple[Path, object]]:
+    """The uninterrupted run per parallelism (``ddp``, ``zero3``), made once when first asked."""
+    made: dict[str, tuple[Path, object]] = {}
+
+    def reference(parallelism: str) -> tuple[Path, object]:
+        if parallelism not in made:
+            folder = tmp_path_factory.mktemp(f"reference-{parallelism}")
+            scenario = folder / "scenario.yaml"
+            scenario.write_text(SCENARIO.replace("PARALLELISM", parallelism))
+            out = folder / "run"
+            addrs = ["127.0.0.1:1", "127.0.0.1:1"]
+            made[parallelism] = (
+                scenario,
+                _digest(_finish(_launch(scenario, out, "none", addrs, "x"), out)),
+            )
+        return made[parallelism]
+
+    return reference
 
 
 @pytest.fixture
@@ -142,14 +156,25 @@ def stores() -> Iterator[tuple[list[StoreProcess], str]]:
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
 
-@pytest.mark.parametrize("failure", ["software", "hardware", "group"])
+@pytest.mark.parametrize(
+    ("parallelism", "failure"),
+    [
+        ("ddp", "software"),
+        ("ddp", "hardware"),
+        ("ddp", "group"),
+        # FSDP2: each rank checkpoints its own shard (DTensor local tensors) and restores it.
+        ("zero3", "software"),
+        ("zero3", "hardware"),
+    ],
+)
 def test_crash_and_restore_reach_the_uninterrupted_weights(
-    reference: tuple[Path, object],
+    references: Callable[[str], tuple[Path, object]],
     stores: tuple[list[StoreProcess], str],
     tmp_path: Path,
+    parallelism: str,
     failure: str,
 ) -> None:
-    scenario, expected = reference
+    scenario, expected = references(parallelism)
     processes, token = stores
     addrs = [p.address for p in processes]
     out = tmp_path / "run"

@@ -54,6 +54,31 @@ def test_store_removes_its_memory_on_signals(signum: int) -> None:
         process.stop()
 
 
+def test_the_owner_sweeps_the_files_of_a_store_killed_with_sigkill() -> None:
+    """SIGKILL leaves the slot files (the store cannot clean up); its owner removes them."""
+    prefix = f"gemini-test-{uuid.uuid4().hex[:8]}"
+    process = StoreProcess(0, protocol.make_token(), prefix=prefix)
+    process.start()
+    try:
+        _make_slot(process).close()
+        assert process.process is not None
+        process.process.send_signal(signal.SIGKILL)
+        process.process.wait(10)
+        assert len(_leftovers(prefix)) == 1  # what a hardware failure leaves
+    finally:
+        process.stop()
+    assert not _leftovers(prefix)
+    # A restarted store of the same prefix starts clean too.
+    stale = SHM_DIR / f"{prefix}-n0-o0-s0-v1"
+    stale.write_bytes(b"stale")
+    again = StoreProcess(0, protocol.make_token(), prefix=prefix)
+    again.start()
+    try:
+        assert not stale.exists()
+    finally:
+        again.stop()
+
+
 def _raw_connection(store: StoreProcess) -> socket.socket:
     host, port = protocol.parse_address(store.address)
     return socket.create_connection((host, port), timeout=10)

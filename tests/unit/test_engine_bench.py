@@ -1,0 +1,28 @@
+"""The training benchmark's model sizes (``gemini-ckpt bench engine --models``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from real.engine.bench_training import MODELS, parse_model
+from real.workload.model import GPT, GPTConfig, parameter_count
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_preset_parameter_counts_match_the_model(name: str) -> None:
+    model = MODELS[name]
+    built = GPT(GPTConfig(model.layers, model.hidden, model.heads, model.context))
+    assert model.parameters == parameter_count(built)
+
+
+def test_presets_and_shapes_parse() -> None:
+    assert parse_model("medium") is MODELS["medium"]
+    custom = parse_model("3x96x48/4")
+    assert (custom.layers, custom.hidden, custom.context, custom.batch) == (3, 96, 48, 4)
+    assert parse_model("3x96x48").batch == 8
+
+
+@pytest.mark.parametrize("text", ["huge", "3x96", "axbxc/2"])
+def test_bad_model_names_say_what_is_accepted(text: str) -> None:
+    with pytest.raises(ValueError, match="LAYERSxHIDDENxCONTEXT"):
+        parse_model(text)
