@@ -235,6 +235,12 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
     tags: dict[str, Any] = {"failure": int(failure_text)} if failure_text else {}
     kind = options.checkpointer or scenario.checkpoint.strategy
 
+    storage = scenario.cluster.storage
+    if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
+        from real.persistent import STORAGE_RATE_ENV, emulated_rate_per_rank
+
+        rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, where.world_size)
+        os.environ[STORAGE_RATE_ENV] = repr(rate)
     device = _device(where)
     _init_process_group(where, device, options.timeout_s)
     try:

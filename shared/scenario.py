@@ -50,6 +50,13 @@ class StorageConfig(_Strict):
         description="Time to serialise one full checkpoint to storage (the paper's 81 s "
         "with torch.save); default: checkpoint bytes over the aggregate bandwidth.",
     )
+    emulate_bandwidth: bool = Field(
+        False,
+        description="Real harness: pace every byte the trainers write to or read from the "
+        "persistent tier (DCP files, JSON sidecars, index) to bandwidth_gbit_s, each of the W "
+        "ranks getting bandwidth_gbit_s / W (an application-level limit: the emulated "
+        "cluster's storage is a local folder, which the page cache makes as fast as memory).",
+    )
 
 
 class ClusterConfig(_Strict):

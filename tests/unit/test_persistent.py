@@ -246,3 +246,67 @@ def test_a_writer_killed_mid_write_never_advertises_the_partial_checkpoint(
     assert torch.equal(state["model"]["w"], torch.arange(1000, dtype=torch.float32))
     with pytest.raises(FileNotFoundError):
         load_persistent(url, 2, {"model": {"w": torch.zeros(1000)}, "iteration": 0})
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_throttle_paces_transfers_exactly() -> None:
+    clock = FakeClock()
+    throttle = persistent.Throttle(1000.0, clock=clock, sleep=clock.sleep)
+    assert throttle.account(500) == 0.5 and clock.now == 100.5
+    # A transfer that took 0.2 s of real I/O of its 1.0 s budget waits only the rest.
+    began = clock.now
+    clock.now += 0.2
+    assert throttle.account(1000, began) == pytest.approx(0.8) and clock.now == 101.5
+    # Idle time earns no burst: the next transfer starts from now.
+    clock.now = 110.0
+    assert throttle.account(250) == 0.25
+    # Two transfers that began together (two threads) queue one after the other.
+    throttle = persistent.Throttle(1000.0, clock=clock, sleep=clock.sleep)
+    began = clock.now
+    assert throttle.account(100, began) == pytest.approx(0.1)
+    assert throttle.account(300, began) == pytest.approx(0.3)  # ends 0.4 s after both began
+    assert clock.now == pytest.approx(began + 0.4)
+    assert throttle.account(0) == 0.0 and throttle.transferred == 400
+    with pytest.raises(ValueError):
+        persistent.Throttle(0.0)
+
+
+def test_emulated_bandwidth_paces_real_writes_and_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rate = 4e6  # bytes/s: the ~0.4 MB state takes >= 0.1 s each way
+    assert persistent.emulated_rate_per_rank(0.128, 4) == pytest.approx(4e6)
+    monkeypatch.setenv(persistent.STORAGE_RATE_ENV, repr(rate))
+    throttle = persistent.process_throttle(rate)
+    url = str(tmp_path / "tier")
+    trainer = trained(1)
+    before = throttle.transferred
+    start = time.monotonic()
+    saved = save_persistent(url, 1, trainer.state())
+    written = throttle.transferred - before
+    assert written >= saved  # the DCP files, the sidecar and the index all pass the throttle
+    assert time.monotonic() - start >= written / rate
+    before = throttle.transferred
+    start = time.monotonic()
+    state = load_persistent(url, 1, Trainer(CONFIG).state())
+    read = throttle.transferred - before
+    assert read >= saved and time.monotonic() - start >= read / rate
+    assert state["iteration"] == 1
+    monkeypatch.delenv(persistent.STORAGE_RATE_ENV)
+    assert persistent.PersistentStorage(url).throttle is None
+    with monkeypatch.context() as patch:
+        patch.setenv(persistent.STORAGE_RATE_ENV, "fast")
+        with pytest.raises(ValueError, match="GEMINI_STORAGE_RATE"):
+            persistent.PersistentStorage(url)

@@ -1,0 +1,207 @@
+"""The README's headline: Gemini against the persistent-storage baseline, measured.
+
+    .venv/bin/python benchmarks/headline.py [--out runs/headline] [--rerun]
+
+On ``scenarios/headline.yaml`` (4 emulated nodes, a 3.2M-parameter GPT, shared storage at
+0.2 Gbit/s emulated in the application; a trainer crash, a lost node, two nodes at once in
+different groups), one real run at a time (about 5 minutes on 2 cores):
+
+1. **probe**: the baseline without failures (15 iterations, a save every 5) measures its
+   blocking save ``t_save`` and its iteration ``T_iter``; the baseline's interval is the
+   HighFreq rule ``K = ceil(t_save / T_iter)`` (``validate.highfreq_interval``, the code
+   ``benchmarks/validate.py`` uses);
+2. ``gemini-ckpt real`` with Gemini, then with the baseline saving every K iterations;
+3. the simulator on the same scenario for both, given the measured ``T_iter`` and ``t_save``
+   (``training.iteration_time_s``, ``cluster.storage.save_time_s``): its prediction beside the
+   measurement;
+4. the table (wasted time and downtime per failure, speedups, tiers) printed and written to
+   ``OUT/headline.md`` with the commands.
+
+Existing real-run folders are kept (``--rerun`` deletes them first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from validate import highfreq_interval, real_run, sim_run  # noqa: E402
+
+SCENARIO = REPO / "scenarios" / "headline.yaml"
+LABELS = {"software": "trainer crash", "hardware": "lost node"}
+
+
+def failures(folder: Path) -> list[dict[str, Any]]:
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    return sorted(summary.get("failures") or [], key=lambda f: int(f["index"]))
+
+
+def label(failure: dict[str, Any]) -> str:
+    nodes = failure.get("nodes") or []
+    if failure.get("kind") == "hardware" and len(nodes) > 1:
+        return f"two nodes at once ({', '.join(map(str, nodes))})"
+    text = LABELS.get(str(failure.get("kind")), str(failure.get("kind")))
+    return f"{text} ({', '.join(map(str, nodes))})" if nodes else text
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f} s"
+
+
+def _x(baseline: Any, gemini: Any) -> str:
+    if baseline is None or gemini is None or float(gemini) <= 0:
+        return "-"
+    return f"{float(baseline) / float(gemini):.1f}x"
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(r[key]) for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def table(measured: dict[str, Path], simulated: dict[str, Path]) -> str:
+    gemini, baseline = failures(measured["gemini"]), failures(measured["baseline"])
+    sim_g, sim_b = (failures(simulated[k]) if simulated else [] for k in ("gemini", "baseline"))
+    lines = [
+        "| failure | wasted Gemini | wasted baseline | speedup | downtime Gemini "
+        "| downtime baseline | speedup | tier Gemini / baseline "
+        "| sim wasted Gemini / baseline (speedup) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, g: dict[str, Any], b: dict[str, Any], sg: Any, sb: Any, tiers: str) -> str:
+        sim = "-"
+        if sg and sb:
+            sim = (
+                f"{_s(sg.get('wasted_s'))} / {_s(sb.get('wasted_s'))} "
+                f"({_x(sb.get('wasted_s'), sg.get('wasted_s'))})"
+            )
+        return (
+            f"| {name} | {_s(g.get('wasted_s'))} | {_s(b.get('wasted_s'))} "
+            f"| {_x(b.get('wasted_s'), g.get('wasted_s'))} | {_s(g.get('downtime_s'))} "
+            f"| {_s(b.get('downtime_s'))} | {_x(b.get('downtime_s'), g.get('downtime_s'))} "
+            f"| {tiers} | {sim} |"
+        )
+
+    for i, (g, b) in enumerate(zip(gemini, baseline, strict=False)):
+        sg = sim_g[i] if i < len(sim_g) else None
+        sb = sim_b[i] if i < len(sim_b) else None
+        lines.append(row(label(g), g, b, sg, sb, f"{g.get('tier')} / {b.get('tier')}"))
+    means = {k: _mean(gemini, k) for k in ("wasted_s", "downtime_s")}
+    bmeans = {k: _mean(baseline, k) for k in ("wasted_s", "downtime_s")}
+    smeans = [{"wasted_s": _mean(s, "wasted_s")} if s else None for s in (sim_g, sim_b)]
+    lines.append(row("**mean per failure**", means, bmeans, smeans[0], smeans[1], ""))
+    return "\n".join(lines)
+
+
+def phases(folder: Path) -> str:
+    parts = []
+    for f in failures(folder):
+        bits = [
+            f"{k[:-2]} {float(f[k]):.2f}"
+            for k in (
+                "detection_s",
+                "stop_s",
+                "replacement_s",
+                "restart_s",
+                "retrieval_s",
+                "lost_progress_s",
+            )
+            if f.get(k) is not None
+        ]
+        parts.append(f"{label(f)}: " + ", ".join(bits) + f" (lost {f.get('lost_iterations')} it.)")
+    return "; ".join(parts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "headline")
+    parser.add_argument("--rerun", action="store_true", help="Delete earlier real runs first.")
+    options = parser.parse_args()
+    out: Path = options.out
+    if options.rerun and out.exists():
+        shutil.rmtree(out)
+    logs = out / "logs"
+    out.mkdir(parents=True, exist_ok=True)
+
+    print("1. probe: the baseline without failures, to measure t_save and T_iter")
+    probe = out / "probe-baseline"
+    probe_settings = [
+        "checkpoint.strategy=persistent",
+        "checkpoint.persistent_every_iterations=5",
+        "training.iterations=15",
+        "failures.schedule=[]",
+    ]
+    if not real_run(SCENARIO, probe, probe_settings, logs):
+        print("the probe run failed; see " + str(logs))
+        return 1
+    k, t_save, t_iter = highfreq_interval([probe])
+    rule = (
+        f"K = ceil(t_save / T_iter) = ceil({t_save:.2f} s / {t_iter:.3f} s) = {k} iterations "
+        "(the HighFreq rule; medians of the probe run)"
+    )
+    print(f"   baseline interval: {rule}")
+
+    print("2. real runs")
+    baseline_settings = [
+        "checkpoint.strategy=persistent",
+        f"checkpoint.persistent_every_iterations={k}",
+    ]
+    measured = {"gemini": out / "real-gemini", "baseline": out / "real-baseline"}
+    failed = [
+        name
+        for name, settings in (("gemini", []), ("baseline", baseline_settings))
+        if not real_run(SCENARIO, measured[name], settings, logs)
+    ]
+    if failed:
+        print("failed real runs: " + ", ".join(failed) + f"; see {logs}")
+        return 1
+
+    print("3. simulator (measured T_iter and t_save)")
+    measured_inputs = [
+        f"training.iteration_time_s={t_iter:.6g}",
+        f"cluster.storage.save_time_s={t_save:.6g}",
+    ]
+    simulated = {"gemini": out / "sim-gemini", "baseline": out / "sim-baseline"}
+    sim_run(SCENARIO, simulated["gemini"], measured_inputs)
+    sim_run(SCENARIO, simulated["baseline"], [*baseline_settings, *measured_inputs])
+
+    command = "`.venv/bin/python benchmarks/headline.py"
+    shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    command += "`" if shown == Path("runs/headline") else f" --out {shown}`"
+    text = "\n".join(
+        [
+            "# Headline: Gemini vs the persistent-storage baseline (emulated 4-node cluster)",
+            "",
+            command,
+            "",
+            f"Scenario `scenarios/headline.yaml`; baseline interval: {rule}.",
+            "",
+            table(measured, simulated),
+            "",
+            "Phases (s), Gemini: " + phases(measured["gemini"]),
+            "",
+            "Phases (s), baseline: " + phases(measured["baseline"]),
+            "",
+            "Real runs: `gemini-ckpt real scenarios/headline.yaml --out OUT/real-gemini` and "
+            f"`gemini-ckpt real scenarios/headline.yaml --out OUT/real-baseline "
+            f"--set checkpoint.strategy=persistent --set "
+            f"checkpoint.persistent_every_iterations={k}`.",
+            "",
+        ]
+    )
+    (out / "headline.md").write_text(text, encoding="utf-8")
+    print(text)
+    print(out / "headline.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
