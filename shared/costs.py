@@ -34,6 +34,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from shared.checks import require_finite_non_negative, require_finite_positive, require_int_at_least
+
 Optimizer = Literal["adam", "sgd", "none"]
 """Optimizer whose state is checkpointed: Adam (m and v), SGD with momentum, or none."""
 
@@ -51,21 +53,6 @@ _HALF_PRECISION_BYTES = 2
 # one add), 4 in the backward pass (gradients with respect to activations and to weights).
 # Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1.
 _TRAINING_FLOPS_PER_PARAMETER_PER_TOKEN = 6
-
-
-def _require_finite_non_negative(name: str, value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _require_finite_positive(name: str, value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _require_int_at_least(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 # --- Wasted time and checkpoint intervals ---------------------------------------------------
@@ -93,10 +80,10 @@ def wasted_time_per_failure_s(
         ValueError: If an argument is out of range, or the interval is shorter than one
             checkpoint or one iteration.
     """
-    _require_finite_non_negative("checkpoint_time_s", checkpoint_time_s)
-    _require_finite_non_negative("retrieval_s", retrieval_s)
-    _require_finite_positive("iteration_s", iteration_s)
-    _require_finite_positive("checkpoint_interval_s", checkpoint_interval_s)
+    require_finite_non_negative("checkpoint_time_s", checkpoint_time_s)
+    require_finite_non_negative("retrieval_s", retrieval_s)
+    require_finite_positive("iteration_s", iteration_s)
+    require_finite_positive("checkpoint_interval_s", checkpoint_interval_s)
     minimum_interval_s = max(checkpoint_time_s, iteration_s)
     if checkpoint_interval_s < minimum_interval_s:
         raise ValueError(
@@ -122,8 +109,8 @@ def young_interval_s(checkpoint_cost_s: float, mtbf_s: float) -> float:
     Raises:
         ValueError: If an argument is not a finite positive number.
     """
-    _require_finite_positive("checkpoint_cost_s", checkpoint_cost_s)
-    _require_finite_positive("mtbf_s", mtbf_s)
+    require_finite_positive("checkpoint_cost_s", checkpoint_cost_s)
+    require_finite_positive("mtbf_s", mtbf_s)
     return math.sqrt(2 * checkpoint_cost_s * mtbf_s)
 
 
@@ -145,8 +132,8 @@ def daly_interval_s(checkpoint_cost_s: float, mtbf_s: float) -> float:
     Raises:
         ValueError: If an argument is not a finite positive number.
     """
-    _require_finite_positive("checkpoint_cost_s", checkpoint_cost_s)
-    _require_finite_positive("mtbf_s", mtbf_s)
+    require_finite_positive("checkpoint_cost_s", checkpoint_cost_s)
+    require_finite_positive("mtbf_s", mtbf_s)
     # Daly 2006, "A higher order estimate of the optimum checkpoint interval for restart
     # dumps", Future Generation Computer Systems 22(3), 2006:
     #   tau_opt = sqrt(2 C M) * [1 + (1/3) sqrt(C / (2M)) + (1/9) (C / (2M))] - C   if C < 2M
@@ -186,11 +173,11 @@ def expected_run_time_s(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_finite_positive("solve_time_s", solve_time_s)
-    _require_finite_positive("interval_s", interval_s)
-    _require_finite_non_negative("checkpoint_cost_s", checkpoint_cost_s)
-    _require_finite_positive("mtbf_s", mtbf_s)
-    _require_finite_non_negative("restart_s", restart_s)
+    require_finite_positive("solve_time_s", solve_time_s)
+    require_finite_positive("interval_s", interval_s)
+    require_finite_non_negative("checkpoint_cost_s", checkpoint_cost_s)
+    require_finite_positive("mtbf_s", mtbf_s)
+    require_finite_non_negative("restart_s", restart_s)
     return (
         mtbf_s
         * math.exp(restart_s / mtbf_s)
@@ -210,10 +197,10 @@ def _ring_collective_s(
     alpha_s: float,
     bandwidth_bytes_per_s: float,
 ) -> float:
-    _require_int_at_least("ranks", ranks, 1)
-    _require_finite_non_negative("message_bytes", message_bytes)
-    _require_finite_non_negative("alpha_s", alpha_s)
-    _require_finite_positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
+    require_int_at_least("ranks", ranks, 1)
+    require_finite_non_negative("message_bytes", message_bytes)
+    require_finite_non_negative("alpha_s", alpha_s)
+    require_finite_positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
     # Each phase is n-1 ring steps; in each step every rank sends S/n bytes as one message.
     steps = phases * (ranks - 1)
     return steps * alpha_s + steps / ranks * message_bytes / bandwidth_bytes_per_s
@@ -321,10 +308,10 @@ def iteration_traffic_bytes(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_int_at_least("parameters", parameters, 1)
+    require_int_at_least("parameters", parameters, 1)
     _require_parallelism(parallelism)
-    _require_int_at_least("ranks", ranks, 1)
-    _require_int_at_least("bytes_per_element", bytes_per_element, 1)
+    require_int_at_least("ranks", ranks, 1)
+    require_int_at_least("bytes_per_element", bytes_per_element, 1)
     phases = _RING_PHASES_PER_ITERATION[parallelism]
     return phases * (ranks - 1) / ranks * parameters * bytes_per_element
 
@@ -358,9 +345,9 @@ def iteration_communication_s(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_int_at_least("parameters", parameters, 1)
+    require_int_at_least("parameters", parameters, 1)
     _require_parallelism(parallelism)
-    _require_int_at_least("bytes_per_element", bytes_per_element, 1)
+    require_int_at_least("bytes_per_element", bytes_per_element, 1)
     model_bytes = parameters * bytes_per_element
     if parallelism == "ddp":
         return ring_allreduce_s(ranks, model_bytes, alpha_s, bandwidth_bytes_per_s)
@@ -404,7 +391,7 @@ def checkpoint_bytes(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_int_at_least("parameters", parameters, 1)
+    require_int_at_least("parameters", parameters, 1)
     if optimizer not in _OPTIMIZER_STATE_BYTES_PER_PARAMETER:
         raise ValueError(
             f"optimizer must be one of {sorted(_OPTIMIZER_STATE_BYTES_PER_PARAMETER)}, "
@@ -440,11 +427,11 @@ def training_compute_s(
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_int_at_least("parameters", parameters, 1)
-    _require_int_at_least("tokens", tokens, 1)
-    _require_finite_positive("flops_per_s", flops_per_s)
+    require_int_at_least("parameters", parameters, 1)
+    require_int_at_least("tokens", tokens, 1)
+    require_finite_positive("flops_per_s", flops_per_s)
     if not math.isfinite(efficiency) or not 0 < efficiency <= 1:
         raise ValueError(f"efficiency must be in (0, 1], got {efficiency!r}")
-    _require_int_at_least("accelerators", accelerators, 1)
+    require_int_at_least("accelerators", accelerators, 1)
     total_flops = _TRAINING_FLOPS_PER_PARAMETER_PER_TOKEN * parameters * tokens
     return total_flops / (flops_per_s * efficiency * accelerators)

@@ -40,6 +40,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import gamma
 
+from shared.checks import require_finite_positive, require_int_at_least
+
 FailureKind = Literal["software", "hardware"]
 """Software: processes die, the node and its memory survive. Hardware: the node is lost."""
 
@@ -114,7 +116,7 @@ def explicit_failures(
         ValueError: If an entry is malformed or out of range; the message names the entry.
     """
     if nodes is not None:
-        _require_int_at_least("nodes", nodes, 1)
+        require_int_at_least("nodes", nodes, 1)
     events: list[FailureEvent] = []
     for index, entry in enumerate(entries):
         where = f"entries[{index}]"
@@ -185,14 +187,14 @@ def sample_failures(
         ValueError: If an argument is out of range, or the schedule would hold more than
             ten million expected events.
     """
-    _require_int_at_least("nodes", nodes, 1)
-    _require_finite_positive("duration_s", duration_s)
-    _require_finite_positive("mtbf_s", mtbf_s)
+    require_int_at_least("nodes", nodes, 1)
+    require_finite_positive("duration_s", duration_s)
+    require_finite_positive("mtbf_s", mtbf_s)
     if distribution not in _DISTRIBUTIONS:
         raise ValueError(
             f"distribution must be one of {list(_DISTRIBUTIONS)}, got {distribution!r}"
         )
-    _require_finite_positive("weibull_shape", weibull_shape)
+    require_finite_positive("weibull_shape", weibull_shape)
     if distribution == "exponential" and weibull_shape != 1.0:
         raise ValueError(
             f"weibull_shape must be 1.0 with distribution='exponential' (use "
@@ -213,7 +215,7 @@ def sample_failures(
             raise ValueError(
                 f"domains must hold one domain name per node ({nodes} names), got {domains!r}"
             )
-        _require_finite_positive("domain_mtbf_s", domain_mtbf_s)
+        require_finite_positive("domain_mtbf_s", domain_mtbf_s)
         members: dict[str, list[int]] = {}
         for node, name in enumerate(domains):
             members.setdefault(name, []).append(node)  # dicts keep first-appearance order
@@ -337,8 +339,8 @@ def failures_per_day_to_mtbf_s(failures_per_day: float, nodes: int) -> float:
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_finite_positive("failures_per_day", failures_per_day)
-    _require_int_at_least("nodes", nodes, 1)
+    require_finite_positive("failures_per_day", failures_per_day)
+    require_int_at_least("nodes", nodes, 1)
     return nodes * SECONDS_PER_DAY / failures_per_day
 
 
@@ -355,8 +357,8 @@ def mtbf_s_to_failures_per_day(mtbf_s: float, nodes: int) -> float:
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_finite_positive("mtbf_s", mtbf_s)
-    _require_int_at_least("nodes", nodes, 1)
+    require_finite_positive("mtbf_s", mtbf_s)
+    require_int_at_least("nodes", nodes, 1)
     return nodes * SECONDS_PER_DAY / mtbf_s
 
 
@@ -393,7 +395,7 @@ def mtbf_s_to_daily_failure_fraction(mtbf_s: float) -> float:
     Raises:
         ValueError: If the MTBF is out of range.
     """
-    _require_finite_positive("mtbf_s", mtbf_s)
+    require_finite_positive("mtbf_s", mtbf_s)
     return SECONDS_PER_DAY / mtbf_s
 
 
@@ -413,16 +415,6 @@ def cluster_mtbf_s(node_mtbf_s: float, nodes: int) -> float:
     Raises:
         ValueError: If an argument is out of range.
     """
-    _require_finite_positive("node_mtbf_s", node_mtbf_s)
-    _require_int_at_least("nodes", nodes, 1)
+    require_finite_positive("node_mtbf_s", node_mtbf_s)
+    require_int_at_least("nodes", nodes, 1)
     return node_mtbf_s / nodes
-
-
-def _require_finite_positive(name: str, value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _require_int_at_least(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
