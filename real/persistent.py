@@ -28,21 +28,7 @@ when_required``; DESIGN 6).
 ``save_persistent`` is synchronous and collective over the ranks; ``BackgroundPersister``
 runs it in a thread so training never waits for storage.
 
-**Emulated storage bandwidth.** On a real cluster the persistent tier is shared and slow (the
-paper: FSx at 20 Gbit/s aggregate for a 1.2 TB checkpoint); on the emulated cluster it is a
-local folder, and the page cache writes a checkpoint at memory speed, which would make the
-baseline look far cheaper than it is. Our machines have no netem and kernel NFS (DESIGN 6), and
-a local folder has no link to shape with tc, so the bandwidth is emulated in the application:
-with ``cluster.storage.emulate_bandwidth`` the trainer sets ``GEMINI_STORAGE_RATE`` (bytes per
-second for this process) and every ``PersistentStorage`` of the process wraps its fsspec
-filesystem in ``ThrottledFileSystem``: every byte of the DCP files, the JSON sidecars and the
-index, written or read, is paced by one process-wide ``Throttle`` (a transfer of n bytes ends
-no earlier than n / rate after the previous one, no bursts), whatever the URL (a local path or
-``s3://``). The approximation: the scenario's bandwidth is the *aggregate* shared by all
-writers and readers; each of the W ranks of the job gets bandwidth / W, which is exact when
-all ranks transfer together and as much (DCP's collective saves and loads: every rank saves
-its share and loads its state at once) and pessimistic when fewer do (rank 0 reading the index
-alone gets 1/W of the link; those files are a few hundred bytes).
+**Emulated storage bandwidth**: ``real.throttle`` (``cluster.storage.emulate_bandwidth``).
 """
 
 from __future__ import annotations
@@ -53,7 +39,7 @@ import os
 import posixpath
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import fsspec
@@ -67,6 +53,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from real.eventlog import EventLog
 from real.state import SEPARATOR, flatten_state, unflatten_state
+from real.throttle import Throttle, ThrottledFileSystem, process_throttle, storage_rate_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -75,171 +62,6 @@ FORMAT = "gemini-ckpt-persistent/1"
 SHARED_KEYS = ("model", "optim")
 DEFAULT_KEEP = 2
 STORAGE_OPTIONS_ENV = "GEMINI_STORAGE_OPTIONS"
-STORAGE_RATE_ENV = "GEMINI_STORAGE_RATE"
-
-
-class Throttle:
-    """Paces transfers to ``bytes_per_s``: a transfer of n bytes that began at t ends no earlier
-    than max(t, end of the previous transfer) + n / rate. Thread-safe; transfers of several
-    threads queue one after the other, so together they never exceed the rate.
-
-    Args:
-        bytes_per_s: the rate.
-        clock, sleep: time source and sleep (a fake pair makes tests exact).
-    """
-
-    def __init__(
-        self,
-        bytes_per_s: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if not bytes_per_s > 0:
-            raise ValueError(f"a throttle needs a positive rate, got {bytes_per_s}")
-        self.bytes_per_s = float(bytes_per_s)
-        self.clock = clock
-        self._sleep = sleep
-        self._free_at = float("-inf")
-        self._lock = threading.Lock()
-        self.transferred = 0
-
-    def account(self, nbytes: int, began: float | None = None) -> float:
-        """Charge a transfer of ``nbytes`` that began at ``began`` (default: now), and sleep
-        until it may end. Returns the seconds slept."""
-        if nbytes <= 0:
-            return 0.0
-        with self._lock:
-            now = self.clock()
-            start = max(now if began is None else began, self._free_at)
-            self._free_at = start + nbytes / self.bytes_per_s
-            self.transferred += nbytes
-            wait = self._free_at - now
-        if wait > 0:
-            self._sleep(wait)
-            return wait
-        return 0.0
-
-
-_process_throttles: dict[float, Throttle] = {}
-_process_lock = threading.Lock()
-
-
-def process_throttle(bytes_per_s: float) -> Throttle:
-    """The process-wide throttle of that rate (shared by every storage object and thread)."""
-    with _process_lock:
-        throttle = _process_throttles.get(bytes_per_s)
-        if throttle is None:
-            throttle = _process_throttles[bytes_per_s] = Throttle(bytes_per_s)
-        return throttle
-
-
-def storage_rate_from_env() -> float | None:
-    """This process's emulated storage rate (``GEMINI_STORAGE_RATE``, bytes/s), or None.
-
-    Raises:
-        ValueError: the variable is not a positive number.
-    """
-    text = os.environ.get(STORAGE_RATE_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        rate = float(text)
-    except ValueError as error:
-        raise ValueError(f"{STORAGE_RATE_ENV}={text!r} is not a number (bytes/s)") from error
-    if not rate > 0 or rate == float("inf"):
-        raise ValueError(f"{STORAGE_RATE_ENV} must be a positive rate in bytes/s, got {text!r}")
-    return rate
-
-
-def emulated_rate_per_rank(bandwidth_gbit_s: float, world_size: int) -> float:
-    """Bytes/s of one of ``world_size`` ranks sharing ``bandwidth_gbit_s`` (aggregate)."""
-    return bandwidth_gbit_s * 1e9 / 8 / max(1, world_size)
-
-
-class ThrottledFile:
-    """A file object of an fsspec filesystem whose reads and writes pass ``throttle``."""
-
-    def __init__(self, raw: Any, throttle: Throttle) -> None:
-        self._raw = raw
-        self._throttle = throttle
-
-    def write(self, data: Any) -> int:
-        began = self._throttle.clock()
-        written = self._raw.write(data)
-        count = memoryview(data).nbytes if written is None else int(written)
-        self._throttle.account(count, began)
-        return count
-
-    def read(self, size: int = -1) -> bytes:
-        began = self._throttle.clock()
-        data: bytes = self._raw.read(size)
-        self._throttle.account(len(data), began)
-        return data
-
-    def read1(self, size: int = -1) -> bytes:
-        began = self._throttle.clock()
-        data: bytes = self._raw.read1(size)
-        self._throttle.account(len(data), began)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        began = self._throttle.clock()
-        count = int(self._raw.readinto(buffer) or 0)
-        self._throttle.account(count, began)
-        return count
-
-    def readinto1(self, buffer: Any) -> int:
-        began = self._throttle.clock()
-        count = int(self._raw.readinto1(buffer) or 0)
-        self._throttle.account(count, began)
-        return count
-
-    def readline(self, size: int = -1) -> bytes:
-        began = self._throttle.clock()
-        data: bytes = self._raw.readline(size)
-        self._throttle.account(len(data), began)
-        return data
-
-    def __iter__(self) -> Any:
-        return iter(self.readline, b"")
-
-    def __enter__(self) -> ThrottledFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._raw.close()
-
-    def __getattr__(self, name: str) -> Any:  # seek, tell, flush, fileno, close, ...
-        return getattr(self._raw, name)
-
-
-class ThrottledFileSystem:
-    """An fsspec filesystem whose file contents pass ``throttle`` (``open``, ``pipe_file``,
-    ``cat_file``); every other call (listing, rename, delete, metadata) goes straight to the
-    wrapped filesystem, so it works for any protocol, local or ``s3://``."""
-
-    def __init__(self, fs: Any, throttle: Throttle) -> None:
-        self._fs = fs
-        self.throttle = throttle
-
-    def open(self, path: str, mode: str = "rb", *args: Any, **kwargs: Any) -> ThrottledFile:
-        return ThrottledFile(self._fs.open(path, mode, *args, **kwargs), self.throttle)
-
-    def pipe_file(self, path: str, value: bytes, *args: Any, **kwargs: Any) -> Any:
-        began = self.throttle.clock()
-        result = self._fs.pipe_file(path, value, *args, **kwargs)
-        self.throttle.account(len(value), began)
-        return result
-
-    def cat_file(self, path: str, *args: Any, **kwargs: Any) -> bytes:
-        began = self.throttle.clock()
-        data: bytes = self._fs.cat_file(path, *args, **kwargs)
-        self.throttle.account(len(data), began)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fs, name)
 
 
 def iteration_folder(iteration: int) -> str:

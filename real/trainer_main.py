@@ -237,7 +237,7 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
 
     storage = scenario.cluster.storage
     if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
-        from real.persistent import STORAGE_RATE_ENV, emulated_rate_per_rank
+        from real.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
 
         rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, where.world_size)
         os.environ[STORAGE_RATE_ENV] = repr(rate)

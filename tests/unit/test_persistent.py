@@ -19,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 import real.persistent as persistent
+import real.throttle as throttling
 from real.eventlog import EventLog
 from real.persistent import (
     BackgroundPersister,
@@ -200,6 +201,7 @@ import sys, threading, time
 from pathlib import Path
 import torch
 import real.persistent as persistent
+import real.throttle as throttling
 from real.persistent import BackgroundPersister, save_persistent
 
 url, marker, where = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
@@ -263,7 +265,7 @@ class FakeClock:
 
 def test_throttle_paces_transfers_exactly() -> None:
     clock = FakeClock()
-    throttle = persistent.Throttle(1000.0, clock=clock, sleep=clock.sleep)
+    throttle = throttling.Throttle(1000.0, clock=clock, sleep=clock.sleep)
     assert throttle.account(500) == 0.5 and clock.now == 100.5
     # A transfer that took 0.2 s of real I/O of its 1.0 s budget waits only the rest.
     began = clock.now
@@ -273,23 +275,23 @@ def test_throttle_paces_transfers_exactly() -> None:
     clock.now = 110.0
     assert throttle.account(250) == 0.25
     # Two transfers that began together (two threads) queue one after the other.
-    throttle = persistent.Throttle(1000.0, clock=clock, sleep=clock.sleep)
+    throttle = throttling.Throttle(1000.0, clock=clock, sleep=clock.sleep)
     began = clock.now
     assert throttle.account(100, began) == pytest.approx(0.1)
     assert throttle.account(300, began) == pytest.approx(0.3)  # ends 0.4 s after both began
     assert clock.now == pytest.approx(began + 0.4)
     assert throttle.account(0) == 0.0 and throttle.transferred == 400
     with pytest.raises(ValueError):
-        persistent.Throttle(0.0)
+        throttling.Throttle(0.0)
 
 
 def test_emulated_bandwidth_paces_real_writes_and_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rate = 4e6  # bytes/s: the ~0.4 MB state takes >= 0.1 s each way
-    assert persistent.emulated_rate_per_rank(0.128, 4) == pytest.approx(4e6)
-    monkeypatch.setenv(persistent.STORAGE_RATE_ENV, repr(rate))
-    throttle = persistent.process_throttle(rate)
+    assert throttling.emulated_rate_per_rank(0.128, 4) == pytest.approx(4e6)
+    monkeypatch.setenv(throttling.STORAGE_RATE_ENV, repr(rate))
+    throttle = throttling.process_throttle(rate)
     url = str(tmp_path / "tier")
     trainer = trained(1)
     before = throttle.transferred
@@ -304,9 +306,9 @@ def test_emulated_bandwidth_paces_real_writes_and_reads(
     read = throttle.transferred - before
     assert read >= saved and time.monotonic() - start >= read / rate
     assert state["iteration"] == 1
-    monkeypatch.delenv(persistent.STORAGE_RATE_ENV)
+    monkeypatch.delenv(throttling.STORAGE_RATE_ENV)
     assert persistent.PersistentStorage(url).throttle is None
     with monkeypatch.context() as patch:
-        patch.setenv(persistent.STORAGE_RATE_ENV, "fast")
+        patch.setenv(throttling.STORAGE_RATE_ENV, "fast")
         with pytest.raises(ValueError, match="GEMINI_STORAGE_RATE"):
             persistent.PersistentStorage(url)
