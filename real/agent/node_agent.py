@@ -96,6 +96,8 @@ class NodeAgent:
         self.started: set[int] = set()
         self.was_member = False
         self.root_thread: threading.Thread | None = None
+        self.election: Election | None = None
+        self._root_lock = threading.Lock()
         self.root_stop = threading.Event()
         self.kv: KeyValueStore | None = None
 
@@ -142,6 +144,7 @@ class NodeAgent:
                 events=self.events,
                 on_change=self._leadership,
             )
+            self.election = election
             election.campaign(0)
             log.info("node %d (slot %d): agent up, store %s", config.node_id, config.slot, address)
             return self._follow()
@@ -163,8 +166,32 @@ class NodeAgent:
         if not leading:
             self.root_stop.set()
             return
-        if self.root_thread is not None and self.root_thread.is_alive():
+        previous = self.root_thread
+        if previous is not None and previous.is_alive():
+            # Leadership lost and won back (a lease starved on a loaded machine) while the
+            # previous root is still winding down: start the new root once it has ended, from
+            # another thread so the election keeps refreshing its lease meanwhile.
+            threading.Thread(
+                target=self._start_root_after,
+                args=(previous,),
+                name="root-handover",
+                daemon=True,
+            ).start()
             return
+        self._start_root()
+
+    def _start_root_after(self, previous: threading.Thread) -> None:
+        previous.join()
+        if self.election is not None and self.election.is_leader() and not self.stopping.is_set():
+            self._start_root()
+
+    def _start_root(self) -> None:
+        with self._root_lock:
+            if self.root_thread is not None and self.root_thread.is_alive():
+                return
+            self._launch_root()
+
+    def _launch_root(self) -> None:
         from real.agent.root import RootAgent
 
         self.root_stop = threading.Event()

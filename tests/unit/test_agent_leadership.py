@@ -1,0 +1,71 @@
+"""A node agent that loses and wins back the root election runs exactly one root again."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from real.agent.node_agent import NodeAgent
+
+
+class FakeElection:
+    def __init__(self) -> None:
+        self.leading = True
+
+    def is_leader(self) -> bool:
+        return self.leading
+
+
+def agent_with_fake_roots() -> tuple[Any, list[threading.Event]]:
+    """A NodeAgent (never run) whose roots are threads that run until their stop is set."""
+    agent: Any = NodeAgent.__new__(NodeAgent)
+    agent.stopping = threading.Event()
+    agent.root_thread = None
+    agent.root_stop = threading.Event()
+    agent.election = FakeElection()
+    agent._root_lock = threading.Lock()
+    started: list[threading.Event] = []
+
+    def launch() -> None:
+        stop = threading.Event()
+        agent.root_stop = stop
+        started.append(stop)
+        agent.root_thread = threading.Thread(target=stop.wait, daemon=True)
+        agent.root_thread.start()
+
+    agent._launch_root = launch
+    return agent, started
+
+
+def test_regained_leadership_starts_a_root_once_the_old_one_has_ended() -> None:
+    agent, started = agent_with_fake_roots()
+    agent._leadership(True)
+    assert len(started) == 1
+    first = agent.root_thread
+    # The lease expired (the old root is told to stop) and was won back at once, before the
+    # old root thread has finished: the agent must not end up leading with no root.
+    agent._leadership(False)
+    agent._leadership(True)
+    first.join(5)
+    handover = [t for t in threading.enumerate() if t.name == "root-handover"]
+    for thread in handover:
+        thread.join(5)
+    assert len(started) == 2, "a new root must start after the old one ended"
+    assert agent.root_thread.is_alive() and agent.root_thread is not first
+    started[-1].set()
+
+
+def test_no_new_root_when_leadership_is_lost_again_before_the_handover() -> None:
+    agent, started = agent_with_fake_roots()
+    agent._leadership(True)
+    old_stop = started[0]
+    blocker = threading.Event()
+    agent.root_thread = threading.Thread(target=blocker.wait, daemon=True)
+    agent.root_thread.start()
+    agent._leadership(True)  # still "alive": a handover waits for it
+    agent.election.leading = False
+    blocker.set()
+    for thread in [t for t in threading.enumerate() if t.name == "root-handover"]:
+        thread.join(5)
+    assert len(started) == 1
+    old_stop.set()
