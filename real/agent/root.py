@@ -142,9 +142,11 @@ class RootAgent:
             if record["state"] in ("finished", "failed"):
                 return
             if self._all_done(record):
+                # Ask the stores first: agents take their stores down once they see "finished".
+                memory = self._store_memory(record)
                 record = {**record, "state": "finished"}
                 jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
-                self._emit("run_finished", attempt=record["attempt"], **self._store_memory(record))
+                self._emit("run_finished", attempt=record["attempt"], **memory)
                 log.info("node %d: root: job finished", self.node_id)
                 return
             detections = pending + self.detector.poll()
@@ -154,8 +156,8 @@ class RootAgent:
             self.stop.wait(POLL_S)
 
     def _store_memory(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoint memory of every member's node store (its ``stats``), asked once the job
-        is done and before the agents take the stores down: ``checkpoint_memory_bytes`` (the
+        """Checkpoint memory of every member's node store (its ``stats``), asked once every
+        trainer is done and before the job is marked finished: ``checkpoint_memory_bytes`` (the
         largest node's) and ``store_memory_bytes`` per slot."""
         registrations = self._registrations()
         per_slot: dict[str, int] = {}
