@@ -39,7 +39,8 @@ result["first"] = None if result["first"] is None else result["first"].iteration
 result.update(iteration=restored.iteration, tier=restored.tier,
               w=restored.state["model"]["w"].tolist()[:2],
               tag=int(restored.state["mine"]["tag"]), note=restored.state["note"])
-print("RESULT " + json.dumps(result))
+print("RESULT " + json.dumps(result), flush=True)
+dist.barrier()  # leave together: a rank that exits first can make the other's teardown fail
 dist.destroy_process_group()
 """
 )
