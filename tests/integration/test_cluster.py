@@ -26,7 +26,7 @@ from shared.scenario import ScheduledFailure
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_TIMEOUT_S = 2.0
-DETECTION_SLACK_S = 1.5
+DETECTION_SLACK_S = 2.5
 
 BASE: dict[str, Any] = {
     "name": "cluster-test",
