@@ -96,6 +96,10 @@ class StoreProcess:
                 raise TimeoutError(f"node {self.node} store did not serve within {timeout_s} s")
             time.sleep(0.01)
         self.address = ready.read_text().strip()
+        # The ready file is needed only until now: remove its folder at once, so an owner
+        # killed later (a hardware failure kills the whole node agent) leaves nothing in /tmp.
+        self._folder.cleanup()
+        self._folder = None
         return self.address
 
     @property

@@ -7,9 +7,11 @@ import os
 import signal
 import socket
 import struct
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +182,14 @@ def test_a_chunk_outside_the_replica_is_refused(store: StoreProcess) -> None:
     assert _closed_by_store(client.sock)
     client.close()
     assert StoreClient(0, store.address, store.token).holdings() == {5: []}
+
+
+def test_the_owner_keeps_no_temporary_folder_once_the_store_serves() -> None:
+    temporary = Path(tempfile.gettempdir())
+    before = set(temporary.glob("gemini-store-*"))
+    owner = StoreProcess(0, protocol.make_token())
+    owner.start()
+    try:
+        assert set(temporary.glob("gemini-store-*")) == before
+    finally:
+        owner.stop()
