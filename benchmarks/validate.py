@@ -30,7 +30,6 @@ continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import statistics
@@ -53,6 +52,7 @@ from analysis.report import (  # noqa: E402
 )
 from analysis.results import load_run, load_runs  # noqa: E402
 from gemini_ckpt.commands.run import ChildRun  # noqa: E402
+from shared.costs import highfreq_interval_iterations  # noqa: E402
 from shared.events import read_events  # noqa: E402
 from shared.scenario import Scenario  # noqa: E402
 from shared.scenario_loader import load_scenario  # noqa: E402
@@ -134,7 +134,7 @@ def highfreq_interval(run_folders: list[Path]) -> tuple[int, float, float]:
         iterations.append(summary.iteration_time_no_ckpt_s or summary.iteration_time_s)
     t_save = statistics.median(saves)
     iteration = statistics.median(iterations)
-    return max(1, math.ceil(t_save / iteration)), t_save, iteration
+    return highfreq_interval_iterations(t_save, iteration), t_save, iteration
 
 
 def main() -> int:

@@ -58,6 +58,21 @@ _TRAINING_FLOPS_PER_PARAMETER_PER_TOKEN = 6
 # --- Wasted time and checkpoint intervals ---------------------------------------------------
 
 
+def highfreq_interval_iterations(save_s: float, iteration_s: float) -> int:
+    """The paper's HighFreq baseline: checkpoint every ceil(t_save / T_iter) iterations.
+
+    The most frequent persistent checkpointing whose saves never overlap: one save (the time
+    it blocks or occupies storage, ``save_s``) per ``ceil(save_s / iteration_s)`` iterations,
+    at least 1.
+
+    Raises:
+        ValueError: ``save_s`` negative or ``iteration_s`` not positive.
+    """
+    require_finite_non_negative("save_s", save_s)
+    require_finite_positive("iteration_s", iteration_s)
+    return max(1, math.ceil(save_s / iteration_s))
+
+
 def wasted_time_per_failure_s(
     checkpoint_time_s: float,
     checkpoint_interval_s: float,

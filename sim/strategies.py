@@ -26,7 +26,6 @@ Strategies (``checkpoint.strategy``):
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 
 from shared import costs
@@ -99,7 +98,7 @@ def persistent_interval(scenario: Scenario, iteration_s: float) -> tuple[int, st
     if rule == "strawman":
         return max(1, round(STRAWMAN_INTERVAL_S / iteration_s)), "strawman (every 3 h)"
     if rule == "highfreq":
-        return max(1, math.ceil((blocking + upload) / iteration_s)), "highfreq"
+        return costs.highfreq_interval_iterations(blocking + upload, iteration_s), "highfreq"
     process = scenario.failures.process
     if process is None:
         raise ScenarioError(

@@ -321,3 +321,13 @@ def test_training_compute_rejects_out_of_range_arguments(
 ) -> None:
     with pytest.raises(ValueError, match=name):
         training_compute_s(1000, 1000, **keywords)  # type: ignore[arg-type]
+
+
+def test_highfreq_interval_is_the_ceiling_of_save_over_iteration() -> None:
+    from shared.costs import highfreq_interval_iterations
+
+    assert highfreq_interval_iterations(81.0 + 480.0, 62.0) == 10  # the paper's inputs
+    assert highfreq_interval_iterations(2.16, 0.335) == 7
+    assert highfreq_interval_iterations(0.0, 1.0) == 1
+    with pytest.raises(ValueError, match="iteration_s"):
+        highfreq_interval_iterations(1.0, 0.0)
