@@ -65,7 +65,8 @@ for iteration in written:
                   and int(loaded["mine"]["tag"]) == rank * 1000 + iteration
                   and loaded["note"] == f"rank {rank}")
 print("RESULT " + json.dumps({"written": written, "checks": checks, "errors": persister.errors,
-                              "last": persister.last_persisted}))
+                              "last": persister.last_persisted}), flush=True)
+dist.barrier()  # leave together: a rank that exits first can abort the other's teardown
 dist.destroy_process_group()
 """
 )
