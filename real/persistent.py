@@ -435,9 +435,6 @@ class BackgroundPersister:
         self.keep = keep
         self.rank, self.world_size = _rank_and_world()
         self._group = process_group if process_group is not None else gloo_group(dedicated=True)
-        # A group made here is this persister's to destroy: left alive, its gloo threads abort
-        # the process at interpreter exit ("terminate called without an active exception").
-        self._owns_group = process_group is None and self._group is not None
         self._distributed = dist.is_available() and dist.is_initialized()
         self._pending: dict[int, Mapping[str, Any]] = {}
         self._condition = threading.Condition()
@@ -481,9 +478,6 @@ class BackgroundPersister:
                 self.rank,
                 timeout_s,
             )
-        elif self._owns_group and dist.is_initialized():
-            dist.destroy_process_group(self._group)
-            self._owns_group = False
 
     def _run(self) -> None:
         while True:
