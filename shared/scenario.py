@@ -229,6 +229,13 @@ class CheckpointConfig(_Strict):
         description="interleaved: checkpoint traffic in the idle spans of "
         "training traffic; blocking: sent after the step while training waits.",
     )
+    commit: Literal["on_arrival", "next_iteration_end"] = Field(
+        "on_arrival",
+        description="When an in-memory checkpoint counts for recovery. on_arrival: once its "
+        "local copy is sealed and its last replica stored (two-phase commit). "
+        "next_iteration_end: only when the next iteration ends, the paper's accounting "
+        "(t_ckpt = T_iter for a checkpoint every iteration).",
+    )
     buffer_mb: PositiveFloat = Field(128.0, description="Staging buffer R for checkpoint chunks.")
     sub_buffers: int = Field(4, ge=1, description="p: the buffer is split into p sub-buffers.")
     safety_factor: Annotated[float, Field(gt=0, le=1)] = Field(

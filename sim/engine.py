@@ -210,7 +210,7 @@ class Engine:
         k = ((first + every - 1) // every) * every
         while k <= reached:
             if self.strategy.in_memory:  # background copy of the committed checkpoint
-                begin = timeline.end(k) + self.strategy.commit_delay_s
+                begin = timeline.commit_time(k)
                 if begin > stop:
                     return
                 if begin < self._persist_free_s:
@@ -248,7 +248,7 @@ class Engine:
         if committed is not None:
             self.memory.commit(committed)
             self._emit(
-                timeline.end(committed) + self.strategy.commit_delay_s,
+                timeline.commit_time(committed),
                 "ckpt_committed",
                 iteration=committed,
             )

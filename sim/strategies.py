@@ -43,7 +43,10 @@ class StrategyModel:
         name: "gemini" or "persistent".
         progress_s: iteration start to its update, s.
         cycle_s: iteration start to the next iteration's start (no pause), s.
-        commit_delay_s: iteration end to its in-memory checkpoint committed (gemini), s.
+        commit_delay_s: iteration end to its in-memory checkpoint's last replica stored
+            (gemini), s.
+        commit_at_next_end: a checkpoint counts only when the next iteration ends
+            (``checkpoint.commit: next_iteration_end``), not when its last replica arrives.
         pause_every: K of the blocking persistent save (persistent), or None.
         pause_s: the blocking part of a persistent save, s.
         persist_every: K of the persistent checkpoints (both strategies), or None.
@@ -57,6 +60,7 @@ class StrategyModel:
     progress_s: float
     cycle_s: float
     commit_delay_s: float
+    commit_at_next_end: bool
     pause_every: int | None
     pause_s: float
     persist_every: int | None
@@ -116,7 +120,7 @@ class Timeline:
     """Closed-form training from a restore at ``start_s`` of iteration ``base`` onwards.
 
     Iteration k (k > base) ends at ``end(k)``; its checkpoint (in memory) commits at
-    ``end(k) + commit_delay_s``.
+    ``commit_time(k)``.
     """
 
     start_s: float
@@ -153,10 +157,22 @@ class Timeline:
         span = range(low, high)
         return low + bisect.bisect_right(span, time_s, key=self.end) - 1
 
+    def commit_time(self, k: int) -> float:
+        """When iteration k's in-memory checkpoint commits: its last replica stored, or with
+        ``commit_at_next_end`` the end of iteration k+1 (the same instant as that update)."""
+        if self.model.commit_at_next_end:
+            return self.end(k + 1)
+        return self.end(k) + self.model.commit_delay_s
+
     def committed_by(self, time_s: float) -> int | None:
-        """Newest in-memory checkpoint committed since the restore, or None."""
+        """Newest in-memory checkpoint committed by ``time_s``, since the restore, or None.
+
+        A commit at ``time_s`` itself counts: a failure injected as iteration k+1 ends strikes
+        after ``save(k+1)`` has returned, which commits k under ``next_iteration_end``, as the
+        real injector (watching the trainers' ``iteration_end`` events) fires it.
+        """
         k = self.reached_by(time_s)
-        while k > self.base and self.end(k) + self.model.commit_delay_s > time_s:
+        while k > self.base and self.commit_time(k) > time_s:
             k -= 1
         return k if k > self.base else None
 

@@ -149,6 +149,7 @@ class GeminiCheckpointer:
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
         """Capture ``state`` (returns once copied); replication and commit follow."""
         self.replication.wait()  # the previous checkpoint's remaining chunks go now
+        self.replication.commit_prepared()  # commit: next_iteration_end, its iteration has ended
         # The newest iteration every rank has committed must survive this capture, here and
         # on the peers, or a failure now could leave no iteration that all ranks hold.
         last = self.replication.last_committed
@@ -166,7 +167,11 @@ class GeminiCheckpointer:
         self.replication.submit(captured)
 
     def wait(self, timeout_s: float = 300.0) -> bool:
-        """Wait until the last saved checkpoint is committed (or failed)."""
+        """Wait until the last saved checkpoint is replicated (or failed).
+
+        With ``commit: on_arrival`` it is then committed; with ``next_iteration_end`` it stays
+        prepared until the next ``save()``.
+        """
         return self.replication.wait(timeout_s)
 
     @property

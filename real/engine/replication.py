@@ -10,7 +10,10 @@ the checkpoint:
 3. **commit**: only when the local copy is sealed and all ``m - 1`` replicas are prepared, the
    local slot's generation is written (the checkpoint is committed), then each peer is told to
    commit its replica. A failed or refused replica leaves the checkpoint uncommitted and the
-   previous one in place.
+   previous one in place. With ``checkpoint.commit: on_arrival`` (the default) this happens as
+   soon as the last replica is prepared; with ``next_iteration_end`` the prepared checkpoint
+   waits for the next ``save()``, the end of the next iteration (the paper's accounting), and a
+   checkpoint still prepared when the job ends or fails never counts.
 
 *When* chunks go is the traffic mode. ``blocking``: everything right inside ``save()``, training
 waits. ``interleaved``: until the profiler (:mod:`real.engine.profiler`) has seen
@@ -86,6 +89,7 @@ class ReplicationManager:
         self.hook: Hook | None = None  # tests: called at "replication" and "commit"
         self.on_commit: Callable[[Captured], None] | None = None  # e.g. persistence
         self.last_committed: int | None = None
+        self._prepared: tuple[Captured, float] | None = None  # next_iteration_end: to commit
         # Replica bytes sent per timing: by the plan inside idle spans, outside them (missed
         # spans and spill, sent when the next save() asks), or unscheduled (blocking mode, or
         # before the profile is complete).
@@ -127,8 +131,19 @@ class ReplicationManager:
             )
         return finished
 
+    def commit_prepared(self) -> None:
+        """``next_iteration_end``: commit the checkpoint whose replicas are all prepared.
+
+        The checkpointer calls it at the end of the next iteration, after ``wait()``.
+        """
+        if self._prepared is not None:
+            captured, started = self._prepared
+            self._prepared = None
+            self._commit(captured, started)
+
     def close(self, timeout_s: float = 60.0) -> None:
         self.wait(timeout_s)
+        self._prepared = None  # the next iteration never ended: it does not count
         self._jobs.put(None)
         self._thread.join(timeout_s)
         for client in self.clients.values():
@@ -202,6 +217,13 @@ class ReplicationManager:
                 spill_bytes=spill,
                 scheduled=plan is not None,
             )
+        if self.config.commit == "next_iteration_end":
+            self._prepared = (captured, started)
+        else:
+            self._commit(captured, started)
+        return True
+
+    def _commit(self, captured: Captured, started: float) -> None:
         self._call_hook("commit", captured.iteration)
         self.capturer.commit(captured)
         self.last_committed = captured.iteration
@@ -227,7 +249,6 @@ class ReplicationManager:
             replicas=1 + len(self.peers),
             duration_s=time.perf_counter() - started + captured.seconds,
         )
-        return True
 
     def _plan(self, nbytes: int) -> TrafficPlan | None:
         if self.config.traffic == "blocking" or not self.profiler.done or not self.peers:

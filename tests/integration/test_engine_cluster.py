@@ -91,6 +91,7 @@ def worker(config: dict[str, Any]) -> None:
                 "replicas": config["replicas"],
                 "profiling_iterations": 2,
                 "traffic": config.get("traffic", "interleaved"),
+                "commit": config.get("commit", "on_arrival"),
             },
         }
     )
@@ -136,6 +137,7 @@ def worker(config: dict[str, Any]) -> None:
         checkpointer.save(iteration, make_state(iteration, rank))
         checkpointer.wait()
         checkpointer.replication.tamper = None
+        report.setdefault("committed_after_save", []).append(checkpointer.last_committed)
     report["committed"] = checkpointer.last_committed
     checkpointer.close()
     Path(config["out"]).write_text(json.dumps(report))
@@ -290,6 +292,25 @@ def test_a_corrupted_chunk_is_refused_and_nothing_commits(cluster: Cluster) -> N
     assert "checksum mismatch" in log and "iteration 3 not committed" in log
     assert cluster.holdings(0) == {0: [2]}
     assert cluster.holdings(1) == {0: [2]}
+
+
+@pytest.mark.parametrize("traffic", ["interleaved", "blocking"])
+def test_next_iteration_end_counts_a_checkpoint_only_when_the_next_iteration_ends(
+    cluster: Cluster, traffic: str
+) -> None:
+    reports = cluster.run(
+        "save", [0, 1], iterations=[1, 2, 3], commit="next_iteration_end", traffic=traffic
+    )
+    # Iteration k is replicated during k+1 but commits only at save(k+1); the job ends before
+    # iteration 4 does, so 3 stays prepared and never counts, here or on the peer.
+    assert [r["committed_after_save"] for r in reports] == [[None, 1, 2], [None, 1, 2]]
+    assert cluster.holdings(0) == {0: [2], 1: [2]}
+    assert cluster.holdings(1) == {0: [2], 1: [2]}
+    restored = cluster.run("restore", [0, 1], restore=True, commit="next_iteration_end")
+    assert [r["restored"] for r in restored] == [
+        {"iteration": 2, "tier": "local", "source_node": 0, "bitwise": True},
+        {"iteration": 2, "tier": "local", "source_node": 1, "bitwise": True},
+    ]
 
 
 @pytest.mark.parametrize("phase", ["capture", "replication", "commit"])

@@ -74,6 +74,56 @@ def test_software_then_hardware_failure_event_log() -> None:
     ]
 
 
+def test_next_iteration_end_commits_count_one_iteration_later() -> None:
+    # commit: next_iteration_end: iteration k's checkpoint counts when k+1 ends (t = k + 1),
+    # inside save(k+1). Failure 1 strikes at 3.5, mid-iteration 4: iteration 3 is in memory
+    # since 3.01 but not yet counted, so iteration 2 (committed at 3.0) is restored and 1.5 s
+    # lost (on_arrival would restore 3 and lose 0.5 s). Exit report 0.05, stop 0.5, restart 3,
+    # retrieval 0.05: resumed at 7.1 from 2, so iteration k ends at 5.1 + k. Failure 2 strikes
+    # as iteration 6 ends (11.1), after save(6) committed iteration 5; lease 2.75, standby
+    # 0.75, restart 3, retrieval 0.05 from the peer. The run ends at 20 s after iteration 7.
+    schedule = (
+        "failures.schedule=[{kind: software, nodes: [1], at_time_s: 3.5},"
+        " {kind: hardware, nodes: [2], at_iteration: 6}]"
+    )
+    assert _log(TINY, "checkpoint.commit=next_iteration_end", schedule) == [
+        (0.0, "run_started", None, None, None),
+        (3.0, "iteration_end", None, 3, None),
+        (3.0, "ckpt_committed", None, 2, None),
+        (3.5, "failure_injected", 1, None, None),
+        (3.55, "failure_detected", 1, None, None),
+        (4.05, "training_stopped", None, None, None),
+        (4.05, "restart_begin", None, None, None),
+        (7.05, "process_group_ready", None, None, None),
+        (7.1, "state_restored", None, 2, "local"),
+        (7.1, "training_resumed", None, 2, None),
+        (11.1, "iteration_end", None, 6, None),
+        (11.1, "ckpt_committed", None, 5, None),
+        (11.1, "failure_injected", 2, None, None),
+        (13.85, "failure_detected", 2, None, None),
+        (13.85, "training_stopped", None, None, None),
+        (13.85, "replacement_requested", 2, None, None),
+        (14.6, "replacement_ready", None, None, None),
+        (14.6, "restart_begin", None, None, None),
+        (17.6, "process_group_ready", None, None, None),
+        (17.65, "state_restored", 2, 5, "peer"),
+        (17.65, "state_restored", None, 5, "peer"),
+        (17.65, "training_resumed", None, 5, None),
+        (20.0, "run_finished", None, 7, None),
+    ]
+    lost = {
+        rule: [
+            f.lost_progress_s
+            for f in simulate(
+                parse_scenario(TINY, overrides=[f"checkpoint.commit={rule}", schedule])
+            ).summary.failures
+        ]
+        for rule in ("next_iteration_end", "on_arrival")
+    }
+    assert lost["next_iteration_end"] == pytest.approx([1.5, 1.0])
+    assert lost["on_arrival"] == pytest.approx([0.5, 1.0])
+
+
 def test_summary_phases_follow_from_the_log() -> None:
     summary = simulate(parse_scenario(TINY)).summary
     software, hardware = summary.failures

@@ -7,12 +7,15 @@ import pytest
 from sim.strategies import StrategyModel, Timeline
 
 
-def _model(pause_every: int | None = None, pause_s: float = 0.0) -> StrategyModel:
+def _model(
+    pause_every: int | None = None, pause_s: float = 0.0, next_end: bool = False
+) -> StrategyModel:
     return StrategyModel(
         "persistent" if pause_every else "gemini",
         1.0,
         1.0,
         0.25,
+        next_end,
         pause_every,
         pause_s,
         pause_every,
@@ -38,3 +41,12 @@ def test_reached_by_inverts_end_and_commits_lag_by_the_delay() -> None:
     assert gemini.committed_by(2.2) == 1  # iteration 2 ends at 2, commits at 2.25
     assert gemini.committed_by(2.25) == 2
     assert gemini.committed_by(0.5) is None
+
+
+def test_commit_at_next_end_counts_iteration_k_once_k_plus_1_has_ended() -> None:
+    timeline = Timeline(0.0, 4, _model(next_end=True))  # iteration 5 ends at 1, 6 at 2, ...
+    assert [timeline.commit_time(k) for k in (5, 6, 7)] == pytest.approx([2.0, 3.0, 4.0])
+    assert timeline.committed_by(1.9) is None  # 5 has arrived in memory, but 6 has not ended
+    assert timeline.committed_by(timeline.end(6)) == 5  # save(6) has committed it
+    assert timeline.committed_by(2.5) == 5
+    assert timeline.committed_by(timeline.end(9) + 0.5) == 8
