@@ -271,7 +271,12 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
             )
         finally:
             checkpointer.close()
-        return _write_final(trainer, run_dir, where, kind)
+        final = _write_final(trainer, run_dir, where, kind)
+        # Leave together: a rank that tears its gloo pairs down while a peer still reads the
+        # last collective's bytes can make that peer abort at exit.
+        if dist.is_initialized() and where.world_size > 1:
+            dist.barrier()
+        return final
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
