@@ -190,6 +190,7 @@ def _rank_main(
     import torch.distributed as dist
 
     from real.engine.profiler import CommProfiler
+    from real.procgroup import leave_process_group
     from real.workload.trainer import Trainer, TrainerConfig
     from shared.scenario_loader import load_scenario
 
@@ -225,7 +226,8 @@ def _rank_main(
             "spans": spans,
         }
     )
-    dist.destroy_process_group()
+    del trainer, profiler
+    leave_process_group(together=True)
 
 
 def _phases(iteration_s: float, spans: Sequence[tuple[float, float]]) -> list[list[object]]:

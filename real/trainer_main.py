@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ import torch.distributed as dist
 from real.api import Checkpointer, Restored
 from real.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
 from real.inject import CrashPoint, crash_point_from_env, maybe_crash
+from real.procgroup import leave_process_group
 from real.workload.trainer import Trainer, TrainerConfig
 from real.workload.weights import state_digest, write_tensors
 from shared.scenario import Scenario
@@ -243,44 +245,60 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
         os.environ[STORAGE_RATE_ENV] = repr(rate)
     device = _device(where)
     _init_process_group(where, device, options.timeout_s)
+    finished = False
     try:
-        trainer = Trainer(
-            TrainerConfig.from_scenario(scenario),
-            rank=where.rank,
-            world_size=where.world_size,
-            device=device,
-        )
-        checkpointer = make_checkpointer(
-            kind,
-            scenario,
-            rank=where.rank,
-            world_size=where.world_size,
-            node=where.node,
-            local_rank=where.local_rank,
-            run_dir=run_dir,
-            template=trainer.state,
-            event_log=events,
-            model=trainer.model,
-        )
-        # Restart ends here: processes up, process group formed, model, data and checkpoint
-        # engine built. What follows until state_restored is retrieval alone.
-        events.emit("process_group_ready", seconds=time.time() - process_start, **tags)
-        try:
-            _train(
-                trainer, checkpointer, scenario.training.iterations, events, crash, where.rank, tags
-            )
-        finally:
-            checkpointer.close()
-        final = _write_final(trainer, run_dir, where, kind)
-        # Leave together: a rank that tears its gloo pairs down while a peer still reads the
-        # last collective's bytes can make that peer abort at exit.
-        if dist.is_initialized() and where.world_size > 1:
-            dist.barrier()
+        final = _run_job(scenario, kind, where, device, run_dir, events, crash, tags, process_start)
+        finished = True
         return final
+    except BaseException as error:
+        # The traceback keeps _run_job's frame, and the modules in it, alive: release them
+        # before the groups go (the traceback's lines are kept for the report).
+        traceback.clear_frames(error.__traceback__)
+        raise
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        # The model and engine (which hold the process groups) are gone with _run_job's frame.
+        leave_process_group(together=finished)
         events.close()
+
+
+def _run_job(
+    scenario: Scenario,
+    kind: CheckpointerKind,
+    where: RankEnv,
+    device: torch.device,
+    run_dir: Path,
+    events: EventLog,
+    crash: CrashPoint | None,
+    tags: Mapping[str, Any],
+    process_start: float,
+) -> Path:
+    """Build the trainer and its checkpointer, train, write the final weights."""
+    trainer = Trainer(
+        TrainerConfig.from_scenario(scenario),
+        rank=where.rank,
+        world_size=where.world_size,
+        device=device,
+    )
+    checkpointer = make_checkpointer(
+        kind,
+        scenario,
+        rank=where.rank,
+        world_size=where.world_size,
+        node=where.node,
+        local_rank=where.local_rank,
+        run_dir=run_dir,
+        template=trainer.state,
+        event_log=events,
+        model=trainer.model,
+    )
+    # Restart ends here: processes up, process group formed, model, data and checkpoint
+    # engine built. What follows until state_restored is retrieval alone.
+    events.emit("process_group_ready", seconds=time.time() - process_start, **tags)
+    try:
+        _train(trainer, checkpointer, scenario.training.iterations, events, crash, where.rank, tags)
+    finally:
+        checkpointer.close()
+    return _write_final(trainer, run_dir, where, kind)
 
 
 def _train(

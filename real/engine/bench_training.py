@@ -113,6 +113,7 @@ def worker(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
+    from real.procgroup import leave_process_group
     from real.workload.trainer import Trainer, TrainerConfig
 
     torch.set_num_threads(1)
@@ -157,8 +158,8 @@ def worker(config: dict[str, Any]) -> None:
         report["spill_bytes"] = None if plan is None else plan.spill_bytes
         report["checkpoint_bytes"] = None if plan is None else plan.checkpoint_bytes
         checkpointer.close()
-    dist.barrier()
-    dist.destroy_process_group()
+    del trainer, checkpointer
+    leave_process_group(together=True)
     Path(config["out"]).write_text(json.dumps(report))
 
 

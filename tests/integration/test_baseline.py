@@ -40,8 +40,9 @@ result.update(iteration=restored.iteration, tier=restored.tier,
               w=restored.state["model"]["w"].tolist()[:2],
               tag=int(restored.state["mine"]["tag"]), note=restored.state["note"])
 print("RESULT " + json.dumps(result), flush=True)
-dist.barrier()  # leave together: a rank that exits first can make the other's teardown fail
-dist.destroy_process_group()
+from real.procgroup import leave_process_group
+del checkpointer
+leave_process_group(together=True)
 """
 )
 
@@ -66,8 +67,9 @@ for iteration in written:
                   and loaded["note"] == f"rank {rank}")
 print("RESULT " + json.dumps({"written": written, "checks": checks, "errors": persister.errors,
                               "last": persister.last_persisted}), flush=True)
-dist.barrier()  # leave together: a rank that exits first can abort the other's teardown
-dist.destroy_process_group()
+from real.procgroup import leave_process_group
+del persister
+leave_process_group(together=True)
 """
 )
 

@@ -76,6 +76,7 @@ def worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from real.engine import GeminiCheckpointer
+    from real.procgroup import leave_process_group
     from shared.scenario import Scenario
 
     rank, world = config["rank"], config["world"]
@@ -141,8 +142,8 @@ def worker(config: dict[str, Any]) -> None:
     report["committed"] = checkpointer.last_committed
     checkpointer.close()
     Path(config["out"]).write_text(json.dumps(report))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    del checkpointer
+    leave_process_group(together=True)
 
 
 @dataclass

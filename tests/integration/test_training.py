@@ -200,7 +200,9 @@ result = {
     "local_numel": sum(v.numel() for k, v in local.items() if k.startswith("model/")),
 }
 print("RESULT " + json.dumps(result))
-dist.destroy_process_group()
+from real.procgroup import leave_process_group
+del uninterrupted, interrupted, resumed, from_tier
+leave_process_group(together=True)
 """
 
 
