@@ -178,7 +178,7 @@ class Engine:
         if by_iteration is not None and by_iteration.at_iteration is not None:
             k = max(by_iteration.at_iteration, timeline.base + 1)
             if by_iteration.during == "replication":
-                at = timeline.end(k) + self.strategy.commit_delay_s / 2
+                at = timeline.end(k) + self.strategy.last_replica_delay_s / 2
             else:  # "once iteration k has ended": before its checkpoint commits
                 at = timeline.end(k)
             at = max(at, self.env.now)

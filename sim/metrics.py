@@ -39,11 +39,8 @@ def build_summary(model: SimModel, state: RunState, seed: int, duration_s: float
         "checkpoint_interval_iterations": 1 if strategy.in_memory else strategy.pause_every,
         "checkpoint_interval_rule": strategy.interval_rule,
         "persist_every_iterations": strategy.persist_every,
-        # iteration end to commit: one whole iteration with commit: next_iteration_end
-        "commit_delay_s": (
-            strategy.cycle_s if strategy.commit_at_next_end else strategy.commit_delay_s
-        ),
-        "last_replica_delay_s": strategy.commit_delay_s if strategy.in_memory else None,
+        "commit_delay_s": strategy.commit_delay_s,
+        "last_replica_delay_s": strategy.last_replica_delay_s if strategy.in_memory else None,
         "commit_rule": model.scenario.checkpoint.commit if strategy.in_memory else None,
         "blocking_save_s": strategy.pause_s,
         "persistent_upload_s": strategy.upload_s,

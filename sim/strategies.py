@@ -43,8 +43,8 @@ class StrategyModel:
         name: "gemini" or "persistent".
         progress_s: iteration start to its update, s.
         cycle_s: iteration start to the next iteration's start (no pause), s.
-        commit_delay_s: iteration end to its in-memory checkpoint's last replica stored
-            (gemini), s.
+        last_replica_delay_s: iteration end to its in-memory checkpoint's capture done and last
+            replica stored (gemini), s.
         commit_at_next_end: a checkpoint counts only when the next iteration ends
             (``checkpoint.commit: next_iteration_end``), not when its last replica arrives.
         pause_every: K of the blocking persistent save (persistent), or None.
@@ -59,7 +59,7 @@ class StrategyModel:
     name: str
     progress_s: float
     cycle_s: float
-    commit_delay_s: float
+    last_replica_delay_s: float
     commit_at_next_end: bool
     pause_every: int | None
     pause_s: float
@@ -72,6 +72,11 @@ class StrategyModel:
     @property
     def in_memory(self) -> bool:
         return self.name == "gemini"
+
+    @property
+    def commit_delay_s(self) -> float:
+        """Iteration end to its in-memory checkpoint committed (gemini has no pauses), s."""
+        return self.cycle_s if self.commit_at_next_end else self.last_replica_delay_s
 
     @property
     def mean_iteration_s(self) -> float:
@@ -162,7 +167,7 @@ class Timeline:
         ``commit_at_next_end`` the end of iteration k+1 (the same instant as that update)."""
         if self.model.commit_at_next_end:
             return self.end(k + 1)
-        return self.end(k) + self.model.commit_delay_s
+        return self.end(k) + self.model.last_replica_delay_s
 
     def committed_by(self, time_s: float) -> int | None:
         """Newest in-memory checkpoint committed by ``time_s``, since the restore, or None.

@@ -80,8 +80,8 @@ class SteadyIteration:
         progress_s: from the iteration's start to its optimizer update (the iteration's end).
         cycle_s: from one iteration's start to the next one's (``progress_s`` plus any
             blocking send of the checkpoint).
-        commit_delay_s: from an iteration's end until its checkpoint is committed (captured and
-            every replica received).
+        last_replica_delay_s: from an iteration's end until its checkpoint is captured and every
+            replica received (when it commits with ``checkpoint.commit: on_arrival``).
         capture_s: GPU-to-CPU copy of the node's shard.
         spill_bytes: checkpoint bytes sent outside the idle spans.
         plan: the traffic plan of one node.
@@ -89,7 +89,7 @@ class SteadyIteration:
 
     progress_s: float
     cycle_s: float
-    commit_delay_s: float
+    last_replica_delay_s: float
     capture_s: float
     spill_bytes: int
     plan: TrafficPlan
