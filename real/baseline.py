@@ -23,7 +23,7 @@ from real.persistent import (
     gloo_group,
     latest_persistent_iteration,
     load_persistent,
-    save_persistent,
+    save_persistent_logged,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,23 +103,15 @@ class PersistentCheckpointer:
         """Write ``state`` when K divides ``iteration``; training waits until it is complete."""
         if iteration % self.every_iterations:
             return
-        self.event_log.emit("persist_begin", iteration=iteration, url=self.url, blocking=True)
-        start = time.perf_counter()
-        size = save_persistent(
+        save_persistent_logged(
+            self.event_log,
             self.url,
             iteration,
             state,
+            blocking=True,
             process_group=self._group,
             storage_options=self.storage_options,
             keep=self.keep,
-        )
-        self.event_log.emit(
-            "persist_done",
-            iteration=iteration,
-            url=self.url,
-            seconds=time.perf_counter() - start,
-            bytes=size,
-            blocking=True,
         )
 
     def close(self) -> None:

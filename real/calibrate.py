@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from real.processes import free_port
+
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
@@ -171,12 +173,6 @@ def process_start_s(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _rank_main(
     rank: int,
     world: int,
@@ -249,7 +245,7 @@ def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str,
     """Spawn ``world`` ranks: end-to-end restart time, group formation, iteration profile."""
     context = mp.get_context("spawn")
     results = context.Queue()
-    port = _free_port()
+    port = free_port()
     start_wall = time.time()
     processes = [
         context.Process(

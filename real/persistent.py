@@ -245,6 +245,40 @@ def gloo_group(*, dedicated: bool = False) -> dist.ProcessGroup | None:
     return group
 
 
+def save_persistent_logged(
+    event_log: EventLog,
+    url: str,
+    iteration: int,
+    state: Mapping[str, Any],
+    *,
+    blocking: bool,
+    process_group: dist.ProcessGroup | None,
+    storage_options: Mapping[str, Any] | None,
+    keep: int | None,
+) -> int:
+    """:func:`save_persistent` between ``persist_begin`` and ``persist_done`` events (with the
+    seconds and bytes; ``blocking``: training waits for it); returns the bytes written."""
+    event_log.emit("persist_begin", iteration=iteration, url=url, blocking=blocking)
+    start = time.perf_counter()
+    size = save_persistent(
+        url,
+        iteration,
+        state,
+        process_group=process_group,
+        storage_options=storage_options,
+        keep=keep,
+    )
+    event_log.emit(
+        "persist_done",
+        iteration=iteration,
+        url=url,
+        seconds=time.perf_counter() - start,
+        bytes=size,
+        blocking=blocking,
+    )
+    return size
+
+
 def save_persistent(
     url: str,
     iteration: int,
@@ -511,18 +545,14 @@ class BackgroundPersister:
         return int(value.item())
 
     def _persist(self, iteration: int, state: Mapping[str, Any]) -> None:
-        self.event_log.emit("persist_begin", iteration=iteration, url=self.url)
-        start = time.perf_counter()
-        size = save_persistent(
+        save_persistent_logged(
+            self.event_log,
             self.url,
             iteration,
             state,
+            blocking=False,
             process_group=self._group,
             storage_options=self.storage_options,
             keep=self.keep,
         )
-        seconds = time.perf_counter() - start
         self.last_persisted = iteration
-        self.event_log.emit(
-            "persist_done", iteration=iteration, url=self.url, seconds=seconds, bytes=size
-        )

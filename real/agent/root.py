@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -52,6 +51,7 @@ from real.coord.operator import CloudOperator
 from real.engine.client import StoreClient
 from real.engine.restore import latest_persistent
 from real.eventlog import EventLog
+from real.processes import free_port
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
 from shared.scenario import Scenario
@@ -569,9 +569,7 @@ def _free_port(host: str) -> int:
     """A port free on ``host`` now (the rendezvous of the next attempt), else on any address."""
     for address in (host, ""):
         try:
-            with socket.socket() as probe:
-                probe.bind((address, 0))
-                return int(probe.getsockname()[1])
+            return free_port(address)
         except OSError:
             continue
     raise StoreError("no free port for the rendezvous")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from real.coord.kv import StoreError
+from real.processes import free_port, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ logger = logging.getLogger(__name__)
 def etcd_binary() -> str | None:
     """Path of the ``etcd`` executable, or None when it is not installed."""
     return shutil.which("etcd")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the caller retries if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 class EtcdServer:
@@ -129,13 +122,8 @@ class EtcdServer:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate etcd (SIGTERM, timed wait, SIGKILL) and remove its data folder."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout_s)
+        if process is not None:
+            stop_process(process, timeout_s)
         data_dir, self._data_dir = self._data_dir, None
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)

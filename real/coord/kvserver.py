@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from real.coord.kv import StoreError
+from real.processes import stop_process
 
 _PARENT_POLL_S = 0.5
 
@@ -136,13 +137,7 @@ class StoreServer:
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout_s)
+        stop_process(process, timeout_s)
         if process.stdout is not None:
             process.stdout.close()
 

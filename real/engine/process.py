@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from types import TracebackType
 
 from real.engine.shm import SHM_DIR
 from real.engine.store import TOKEN_ENV
+from real.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +109,7 @@ class StoreProcess:
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, timed join, then SIGKILL; returns the exit code."""
         process, self.process = self.process, None
-        code = None
-        if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout_s)
-            code = process.returncode
+        code = None if process is None else stop_process(process, timeout_s)
         self.sweep()  # a store that died by SIGKILL (or was killed here) leaves its files
         if self._folder is not None:
             self._folder.cleanup()

@@ -129,13 +129,15 @@ class LocalCluster:
             "OMP_NUM_THREADS": "1",
         }
 
-    def start_agent(self, node_id: int, slot: int) -> None:
-        """Start node ``node_id``'s agent in ``slot`` (its own session: one process group)."""
-        output = open(self.run_dir / "logs" / f"agent-{node_id}.log", "ab")  # noqa: SIM115
+    def spawn(
+        self, command: list[str], log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command`` in a session of its own, output appended to logs/<log_name>.log."""
+        output = open(self.run_dir / "logs" / f"{log_name}.log", "ab")  # noqa: SIM115
         try:
-            self.agents[node_id] = subprocess.Popen(
-                self.agent_command(node_id, slot),
-                env=self.agent_env(),
+            return subprocess.Popen(
+                command,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -143,6 +145,12 @@ class LocalCluster:
             )
         finally:
             output.close()
+
+    def start_agent(self, node_id: int, slot: int) -> None:
+        """Start node ``node_id``'s agent in ``slot`` (its own session: one process group)."""
+        self.agents[node_id] = self.spawn(
+            self.agent_command(node_id, slot), f"agent-{node_id}", self.agent_env()
+        )
         self.slots[node_id] = slot
         log.info(
             "node %d (slot %d): agent started, pid %d", node_id, slot, self.agents[node_id].pid

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from real.launcher.cluster import LocalCluster
+from real.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +197,7 @@ class NetnsCluster(LocalCluster):
         }
 
     def _popen_in(self, namespace: str, command: list[str], name: str) -> subprocess.Popen[bytes]:
-        output = open(self.run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115
-        try:
-            return subprocess.Popen(
-                ["ip", "netns", "exec", namespace, *command],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            output.close()
+        return self.spawn(["ip", "netns", "exec", namespace, *command], name)
 
     def start_agent(self, node_id: int, slot: int) -> None:
         namespace = f"gk{self.short}-n{node_id}"
@@ -216,23 +207,16 @@ class NetnsCluster(LocalCluster):
         command = [*self.agent_command(node_id, slot), "--host", address]
         for override in self.storage_overrides:
             command += ["--set", override]
-        output = open(self.run_dir / "logs" / f"agent-{node_id}.log", "ab")  # noqa: SIM115
-        try:
-            self.agents[node_id] = subprocess.Popen(
-                ["ip", "netns", "exec", namespace, *command],
-                # Gloo picks its interface from the host name, which resolves to loopback here.
-                env={
-                    **self.agent_env(),
-                    **self.storage_env,
-                    "GLOO_SOCKET_IFNAME": f"i{self.short}n{node_id}"[:15],
-                },
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            output.close()
+        self.agents[node_id] = self.spawn(
+            ["ip", "netns", "exec", namespace, *command],
+            f"agent-{node_id}",
+            # Gloo picks its interface from the host name, which resolves to loopback here.
+            {
+                **self.agent_env(),
+                **self.storage_env,
+                "GLOO_SOCKET_IFNAME": f"i{self.short}n{node_id}"[:15],
+            },
+        )
         self.slots[node_id] = slot
 
     # -- failures ---------------------------------------------------------------------------
@@ -251,13 +235,8 @@ class NetnsCluster(LocalCluster):
             super().teardown(grace_s)
         finally:
             for process in (self.storage_process, self.kv_process):
-                if process is not None and process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(5.0)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait(5.0)
+                if process is not None:
+                    stop_process(process, 5.0)
             for outside in self.links.values():
                 ip("link", "del", outside, check=False)  # the pair goes with it
             self.links.clear()

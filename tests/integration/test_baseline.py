@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from real.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,9 +76,7 @@ leave_process_group(together=True)
 
 
 def run_two_ranks(script: str, url: Path) -> list[dict[str, object]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(url)],

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import pytest
 
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
+from real.processes import free_port
 
 SCENARIO = """
 name: engine-recovery
@@ -44,12 +44,6 @@ checkpoint: {strategy: gemini, replicas: 2, placement: group, profiling_iteratio
 TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _launch(
     scenario: Path,
     out: Path,
@@ -58,7 +52,7 @@ def _launch(
     token: str,
     crash: dict[str, str] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    port = _free_port()
+    port = free_port()
     processes = []
     for rank in range(2):
         env = {

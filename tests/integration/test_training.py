@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from real.inject import CrashPoint
+from real.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,12 +30,6 @@ model: {layers: 2, hidden: 32, heads: 4, context: 32}
 training: {iterations: 8, batch_size_per_rank: 2, warmup_iterations: 2, parallelism: PARALLELISM}
 checkpoint: {strategy: persistent, replicas: 1, persistent_every_iterations: 3}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def run_ranks(

@@ -15,10 +15,10 @@ from real.coord import keys
 from real.coord.detector import FailureDetector
 from real.coord.election import Election
 from real.coord.embedded_kv import EmbeddedKV
-from real.coord.etcd_server import free_port
 from real.coord.heartbeat import report_exit
 from real.coord.kv import StoreError, connect_kv, parse_kv_url
 from real.eventlog import EventLog
+from real.processes import free_port
 from shared.events import read_events
 
 

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import datetime
-import socket
 import weakref
 
 import torch
 import torch.distributed as dist
 
+from real.processes import free_port
 from real.procgroup import leave_process_group
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_leaving_collects_cyclic_modules_then_destroys_every_group() -> None:
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{_free_port()}",
+        init_method=f"tcp://127.0.0.1:{free_port()}",
         rank=0,
         world_size=1,
         timeout=datetime.timedelta(seconds=30),
