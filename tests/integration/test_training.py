@@ -117,7 +117,10 @@ def test_ddp_training_is_bitwise_deterministic(tmp_path: Path, reference: dict[s
     scenario = write_scenario(tmp_path, "ddp")
     train(scenario, tmp_path / "again", "--checkpointer", "none")
     assert final_digests(tmp_path / "again", 2) == {reference["ddp"]}
-    assert reference["ddp"] != reference["zero3"]  # the digest sees the difference
+    # The digest sees a difference: one iteration fewer ends elsewhere. (DDP and FSDP2 may end
+    # bitwise equal on 2 ranks, where a sum of two values is the same in either order.)
+    train(scenario, tmp_path / "shorter", "--checkpointer", "none", "--iterations", "7")
+    assert final_digests(tmp_path / "shorter", 2) != {reference["ddp"]}
     iteration_ends = [e for e in events(tmp_path / "again", 1) if e["kind"] == "iteration_end"]
     assert [e["iteration"] for e in iteration_ends] == list(range(1, 9))
     assert all(e["details"]["duration_s"] > 0 for e in iteration_ends)  # type: ignore[index]
