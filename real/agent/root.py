@@ -52,13 +52,13 @@ from real.engine.client import StoreClient
 from real.engine.restore import latest_persistent
 from real.eventlog import EventLog
 from real.processes import free_port
+from shared.failure_kinds import HARDWARE_KINDS
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
-HARDWARE_KINDS = ("hardware", "network", "root_agent", "group")
 UNSCHEDULED_BASE = 1000
 MAX_UNSCHEDULED = 4
 """Failures nothing injected explains (a trainer that crashes on its own, every time) the root
