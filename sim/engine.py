@@ -24,6 +24,7 @@ the nodes still failed, as ``shared.summary`` expects.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 import simpy
 
 from shared.events import Event, JsonValue
+from shared.failure_kinds import initial_root, next_root, resolve_failure
 from shared.recovery import FailureKind
 from shared.scenario import DetectionConfig
 from sim.cluster import ClusterMemory, ClusterPlan, StandbyPool
@@ -79,6 +81,8 @@ class _Chain:
     """Earlier failures whose recovery this one joined: its later events are theirs too."""
     undetected: tuple[int, ...] = ()
     """Joined failures not detected yet: detected with this one."""
+    root_lost: bool = False
+    """This failure lost the root agent's node: a new root is elected before detection."""
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -129,6 +133,8 @@ class Engine:
         self._persist_free_s = 0.0  # when storage has finished the previous upload
         self._stopped = False
         self._ready_at: dict[int, float] = {}
+        # The node running the root agent (shared.failure_kinds: where root_agent failures hit).
+        self._root = initial_root(self.scenario.cluster.nodes)
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -332,17 +338,26 @@ class Engine:
     ) -> _Chain:
         index = self.state.failures
         self.state.failures += 1
+        if failure.label == "root_agent":
+            target = resolve_failure(
+                failure.label, failure.nodes, placement=self.model.placement, root=self._root
+            )
+            failure = dataclasses.replace(failure, nodes=target.nodes)
         merged = dict(failed)
         kind: FailureKind = "software" if failure.kind == "software" else "hardware"
         for node in failure.nodes:
             if merged.get(node) != "hardware":
                 merged[node] = kind
+        lost = [node for node, effect in merged.items() if effect == "hardware"]
+        root_lost = self._root in lost and failed.get(self._root) != "hardware"
+        self._root = next_root(self._root, lost, self.scenario.cluster.nodes)
         self._emit(
             self.env.now,
             "failure_injected",
             node=failure.nodes[0],
             failure=index,
             failure_kind=failure.label,
+            effect=kind,
             nodes=list(failure.nodes),
             cause=failure.cause,
             reached_iteration=reached,
@@ -357,6 +372,7 @@ class Engine:
             failure.schedule_index,
             self.env.now,
             reached,
+            root_lost=root_lost,
         )
 
     def _wait(self, duration: float) -> Generator[simpy.Event, Any, str]:
@@ -378,8 +394,8 @@ class Engine:
         if outcome != "done":
             return outcome
         first = chain.new_nodes[0]
-        if chain.label == "root_agent":
-            self._emit(self.env.now, "root_elected", failure=chain.index)
+        if chain.root_lost:
+            self._emit(self.env.now, "root_elected", node=self._root, failure=chain.index)
         for index in (*chain.undetected, chain.index):
             self._emit(self.env.now, "failure_detected", node=first, failure=index)
         chain.detected = True

@@ -13,10 +13,11 @@ Three sources, all decided up front so that a seed fixes the whole run:
   from the entry before it in the schedule, where the real harness's injector fires it: a lost
   node once the survivors are stopped, a trainer crash as the restarted trainers start.
 
-Scenario failure kinds map onto the two kinds recovery knows: ``software`` (memory survives);
-``hardware``, ``network`` (the node is unreachable, its memory with it) and ``root_agent``
-(the root agent's node is lost; a new root is elected first) are ``hardware``; ``group`` is a
-hardware failure of every node of the named nodes' placement groups.
+Scenario failure kinds mean what ``shared.failure_kinds`` says, as in the real harness:
+``software`` (memory survives) or ``hardware`` for recovery; ``group`` is planned here as every
+node of the named nodes' placement groups. A ``root_agent`` failure hits the node running the
+root agent when it strikes, which only the run knows: it is planned with the named nodes and
+resolved by the engine (``sim.engine``) with ``shared.failure_kinds.resolve_failure``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shared.failure_kinds import effect_of, group_nodes
 from shared.failures import sample_failures
 from shared.placement import Placement
 from shared.scenario import Scenario
@@ -40,7 +42,8 @@ class PlannedFailure:
     Attributes:
         time_s: when it strikes (time-based), else 0.
         sequence: tie-breaker, the order the failure was planned in.
-        nodes: nodes failing together, ascending.
+        nodes: nodes failing together, ascending (``root_agent``: the named nodes; the
+            engine replaces them by the root's node when the failure strikes).
         kind: "software" or "hardware" (what recovery sees).
         label: the scenario's kind (software, hardware, network, root_agent, group).
         cause: "node", "domain:<name>" or "explicit".
@@ -128,8 +131,8 @@ def plan_failures(
     for index, entry in enumerate(scenario.failures.schedule):
         nodes = tuple(sorted(entry.nodes))
         if entry.kind == "group":
-            nodes = tuple(sorted({m for n in entry.nodes for m in placement.group_of(n)}))
-        kind = "software" if entry.kind == "software" else "hardware"
+            nodes = group_nodes(entry.nodes, placement)
+        kind = effect_of(entry.kind)
         failure = PlannedFailure(
             entry.at_time_s or 0.0,
             sequence,

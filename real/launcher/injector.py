@@ -11,21 +11,22 @@ It fires each failure of the scenario's schedule in order, when its trigger come
   root has stopped the job for it; a trainer crash once the restarted trainers are up but have
   not resumed training yet (they are restoring).
 
-and performs it:
+and performs it as ``shared.failure_kinds`` says, the same meaning the simulator gives it:
 
 ==============  =================================================================================
 ``software``    SIGKILL the trainer of the node's first local rank (the node and its memory live)
 ``hardware``    every process of the node (agent, store, trainers) and its shared memory
 ``network``     the node's link goes down (``netns``); in ``local`` mode its processes freeze
                 (SIGSTOP), and are fenced (killed) once the root has replaced the node
-``root_agent``  a hardware failure of whichever node runs the root agent at that moment
-``group``       a hardware failure of every node in the placement group of the node named
+``root_agent``  a hardware failure of the node running the root agent at that moment (read
+                from the leader key; the named node only while no root is elected)
+``group``       a hardware failure of every node in the placement groups of the nodes named
 ==============  =================================================================================
 
 Two failures at once in different groups: one schedule entry naming both nodes, or two entries
 with the same trigger. Each failure is recorded before it is performed: ``failures/<index>`` in
 the coordination store (what the root matches detections against) and a ``failure_injected``
-event (``failure``, ``failure_kind``, ``nodes``).
+event (``failure``, ``failure_kind``, ``effect``: software or hardware, ``nodes``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from real.agent import jobkeys
 from real.eventlog import EventLog
 from real.launcher.progress import ProgressWatcher
+from shared.failure_kinds import resolve_failure
 from shared.placement import plan_placement
 from shared.scenario import Scenario, ScheduledFailure
 
@@ -172,12 +174,12 @@ class FailureInjector:
         cluster = self.cluster
         kind = failure.kind
         members = cluster.members()  # type: ignore[attr-defined]
-        slots = list(failure.nodes)
+        root: int | None = None
         if kind == "root_agent":
             leader = cluster.leader()  # type: ignore[attr-defined]
-            slots = [s for s, n in members.items() if n == leader] or slots[:1]
-        elif kind == "group":
-            slots = sorted({m for s in slots for g in self.placement.groups if s in g for m in g})
+            root = next((s for s, n in members.items() if n == leader), None)
+        target = resolve_failure(kind, failure.nodes, placement=self.placement, root=root)
+        slots = list(target.nodes)
         node_ids = [members[s] for s in slots]
         record = cluster.attempt()  # type: ignore[attr-defined]
         attempt = None if record is None else int(record["attempt"])
@@ -203,17 +205,18 @@ class FailureInjector:
             "failure_injected",
             failure=index,
             failure_kind=kind,
+            effect=target.effect,
             nodes=slots,
             node_ids=node_ids,
             during=failure.during,
             reached_iteration=progress.max_iteration,
             replicating=bool(replicating),
         )
-        if kind == "software":
+        if target.action == "kill_trainer":
             for slot, node_id in zip(slots, node_ids, strict=True):
                 if not cluster.kill_trainer(node_id, slot * per_node):  # type: ignore[attr-defined]
                     log.warning("failure %d: no trainer running on node %d", index, node_id)
-        elif kind == "network":
+        elif target.action == "partition_node":
             for node_id in node_ids:
                 cluster.partition_node(node_id)  # type: ignore[attr-defined]
         else:

@@ -1,0 +1,204 @@
+"""The simulator and the harness's injector hit the same nodes, the same way, per failure kind.
+
+The simulator runs a tiny scenario; the injector performs the same schedule entry on a stand-in
+cluster that records what it is asked to do (no processes). Both must name the same nodes in
+their ``failure_injected`` event and treat them the same (a trainer crash keeps the node,
+everything else loses it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from real.coord.kv import KeyValueStore, Lease
+from real.eventlog import EventLog
+from real.launcher.injector import FailureInjector
+from shared.scenario import Scenario, ScheduledFailure
+from shared.scenario_loader import parse_scenario
+from sim import simulate
+
+# 5 nodes, m = 2, mixed placement: group {0, 1} and ring {2, 3, 4}.
+SCENARIO = """
+name: kinds
+cluster: {nodes: 5, standby_nodes: 2, replacement_s: 0.5, network_bandwidth_gbit_s: 8,
+          copy_bandwidth_gbyte_s: 0.3}
+model: {parameters: 1.0e+6}
+training:
+  phases: [{kind: compute, duration_s: 0.6}, {kind: communication, duration_s: 0.4}]
+checkpoint: {replicas: 2, placement: mixed, buffer_mb: 1, sub_buffers: 1}
+detection: {exit_report_s: 0.05, heartbeat_interval_s: 0.5, lease_timeout_s: 3.0}
+recovery: {stop_s: 0.5, restart_s: 3.0, node_start_s: 0.25}
+sim: {duration_days: 0.0006}
+"""
+
+
+class DictKV(KeyValueStore):
+    """An in-process key-value store without leases (what the injector writes to)."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        return {k: v for k, v in self.data.items() if k.startswith(prefix)}
+
+    def put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
+        self.data[key] = value
+
+    def create(self, key: str, value: bytes, lease: Lease | None = None) -> bool:
+        return self.data.setdefault(key, value) is value
+
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        doomed = [k for k in self.data if k == key or (prefix and k.startswith(key))]
+        for k in doomed:
+            del self.data[k]
+        return len(doomed)
+
+    def grant_lease(self, ttl_s: float) -> Lease:
+        raise NotImplementedError
+
+
+class RecordingCluster:
+    """Stands in for ``LocalCluster``: node ids start at slot + 10, a lost node's slot gets a
+    new id (its replacement), the surviving slots elect the lowest when the leader is lost,
+    and every action is recorded."""
+
+    def __init__(self, run_dir: Path, nodes: int) -> None:
+        self.run_dir = run_dir
+        self.kv = DictKV()
+        self.live = {slot: slot + 10 for slot in range(nodes)}
+        self.leader_id: int | None = 10
+        self.actions: list[tuple[str, int]] = []
+
+    def members(self) -> dict[int, int]:
+        return dict(self.live)
+
+    def leader(self) -> int | None:
+        return self.leader_id
+
+    def attempt(self) -> dict[str, Any] | None:
+        return None
+
+    def kill_trainer(self, node_id: int, rank: int) -> bool:
+        self.actions.append(("kill_trainer", node_id))
+        return True
+
+    def kill_node(self, node_id: int) -> None:
+        self.actions.append(("kill_node", node_id))
+        slot = next(s for s, n in self.live.items() if n == node_id)
+        if node_id == self.leader_id:  # the surviving slots elect; the lowest wins here
+            survivors = [n for s, n in sorted(self.live.items()) if s != slot]
+            self.leader_id = survivors[0] if survivors else None
+        self.live[slot] = node_id + 10  # its replacement, once recovered
+
+    def partition_node(self, node_id: int) -> None:
+        self.actions.append(("partition_node", node_id))
+
+
+def _simulated(schedule: list[dict[str, Any]]) -> list[tuple[list[int], str, str]]:
+    """(nodes, failure kind, effect) of every failure the simulator injected."""
+    scenario = parse_scenario(SCENARIO, overrides=[f"failures.schedule={schedule}"])
+    events = simulate(scenario, progress_interval_s=1e9).events
+    return [
+        (list(e.details["nodes"]), str(e.details["failure_kind"]), str(e.details["effect"]))  # type: ignore[arg-type]
+        for e in events
+        if e.kind == "failure_injected"
+    ]
+
+
+def _injected(
+    schedule: list[dict[str, Any]], tmp_path: Path
+) -> tuple[list[tuple[list[int], str, str]], list[set[str]]]:
+    """The same from the injector: (nodes, kind, effect) and the actions taken per failure."""
+    scenario: Scenario = parse_scenario(SCENARIO, overrides=[f"failures.schedule={schedule}"])
+    cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
+    log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
+    injector = FailureInjector(cluster, scenario, log)
+    out, actions = [], []
+    try:
+        for index, entry in enumerate(schedule):
+            before = len(cluster.actions)
+            done = injector.inject(index, ScheduledFailure.model_validate(entry))
+            taken = cluster.actions[before:]
+            assert sorted(node_id for _, node_id in taken) == list(done.node_ids)
+            actions.append({action for action, _ in taken})
+            effect = "software" if actions[-1] == {"kill_trainer"} else "hardware"
+            out.append((list(done.nodes), done.kind, effect))
+    finally:
+        log.close()
+    recorded = [
+        (e["nodes"], e["failure_kind"], e["effect"])
+        for e in map(_json, (tmp_path / "events" / "launcher.jsonl").read_text().splitlines())
+        if e["kind"] == "failure_injected"
+    ]
+    assert recorded == out  # the event says what was done
+    return out, actions
+
+
+def _json(line: str) -> dict[str, Any]:
+    import json
+
+    value = json.loads(line)
+    return {"kind": value["kind"], **value.get("details", {})}
+
+
+CASES = [
+    ("software", [3], [3], {"kill_trainer"}),
+    ("software", [0, 4], [0, 4], {"kill_trainer"}),
+    ("hardware", [2], [2], {"kill_node"}),
+    ("hardware", [1, 3], [1, 3], {"kill_node"}),
+    ("network", [4], [4], {"partition_node"}),
+    ("root_agent", [3], [0], {"kill_node"}),  # the root runs on slot 0, whatever is named
+    ("group", [1], [0, 1], {"kill_node"}),
+    ("group", [3], [2, 3, 4], {"kill_node"}),  # the ring is one group
+]
+
+
+@pytest.mark.parametrize(("kind", "named", "hit", "actions"), CASES)
+def test_both_faces_hit_the_same_nodes_the_same_way(
+    kind: str, named: list[int], hit: list[int], actions: set[str], tmp_path: Path
+) -> None:
+    schedule = [{"kind": kind, "nodes": named, "at_iteration": 3}]
+    effect = "software" if kind == "software" else "hardware"
+    injected, taken = _injected(schedule, tmp_path)
+    assert _simulated(schedule) == injected == [(hit, kind, effect)]
+    assert taken == [actions]
+
+
+def test_after_the_root_is_lost_the_next_root_agent_failure_hits_the_new_root(
+    tmp_path: Path,
+) -> None:
+    # Node 0 (the root) is lost; the lowest survivor, node 1, leads; the root_agent failure
+    # that follows hits node 1; then the lowest survivor is node 0 again (its replacement).
+    schedule = [
+        {"kind": "hardware", "nodes": [0], "at_iteration": 3},
+        {"kind": "root_agent", "nodes": [0], "at_iteration": 10},
+        {"kind": "root_agent", "nodes": [0], "at_iteration": 17},
+    ]
+    injected, _ = _injected(schedule, tmp_path)
+    expected = [
+        ([0], "hardware", "hardware"),
+        ([1], "root_agent", "hardware"),
+        ([0], "root_agent", "hardware"),
+    ]
+    assert _simulated(schedule) == injected == expected
+
+
+def test_the_simulator_elects_a_root_whenever_the_roots_node_is_lost() -> None:
+    schedule = [
+        {"kind": "software", "nodes": [0], "at_iteration": 3},  # the root's node survives
+        {"kind": "hardware", "nodes": [0, 2], "at_iteration": 10},  # the root's node is lost
+        {"kind": "hardware", "nodes": [4], "at_iteration": 17},  # the root (node 1) lives
+    ]
+    scenario = parse_scenario(SCENARIO, overrides=[f"failures.schedule={schedule}"])
+    events = simulate(scenario, progress_interval_s=1e9).events
+    elected = [(e.node, e.details["failure"]) for e in events if e.kind == "root_elected"]
+    assert elected == [(1, 1)]
