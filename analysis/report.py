@@ -5,7 +5,11 @@
 - ``report.html``: every table and figure; PNGs and the GIF are embedded as base64 ``data:``
   URIs, so the file can be mailed or opened anywhere without its folder;
 - ``report.md``: the same tables in Markdown, figures linked from ``figures/``;
-- ``figures/*.png`` and ``figures/recovery.gif``.
+- ``figures/*.png`` and ``figures/recovery.gif``;
+- the deliverables made from the same tables and figures: ``final-report.md`` and
+  ``final-report.html`` (``analysis.final_report``: method, setup, results, what misses),
+  ``slides.html`` (``analysis.slides``: one slide per figure) and ``demo.mp4``
+  (``analysis.video``: one recovery, simulated and measured side by side).
 
 Tables: the runs; Gemini against the baseline (mean wasted time and downtime per failure and
 the speedups); the validation table (predicted against measured downtime per scenario, whether
@@ -62,6 +66,35 @@ class ReportFiles:
     figures: list[Path] = field(default_factory=list)
     animation: Path | None = None
     validation: ValidationReport | None = None
+    final_markdown: Path | None = None
+    final_html: Path | None = None
+    slides: Path | None = None
+    video: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What the report shows, for the documents made from it (final report, slides).
+
+    Attributes:
+        title: the report's title.
+        runs: the runs compared (sweep runs left out).
+        tables: the report's tables, in order.
+        figures: each figure's spec and its PNG, in order.
+        animation: the GIF of one recovery, if written.
+        validation: the simulator against the measurement.
+        comparisons: Gemini against the baseline.
+        calibration_scenarios: scenarios used to calibrate the simulator.
+    """
+
+    title: str
+    runs: tuple[RunResult, ...]
+    tables: tuple[Table, ...]
+    figures: tuple[tuple[FigureSpec, Path], ...]
+    animation: Path | None
+    validation: ValidationReport
+    comparisons: tuple[StrategyComparison, ...]
+    calibration_scenarios: tuple[str, ...] = ()
 
 
 def _s(value: float | None, digits: int = 3) -> str:
@@ -362,9 +395,12 @@ def write_report(
     calibration_scenarios: Collection[str] = (),
     animation: bool = True,
     animation_frames: int = 36,
+    deliverables: bool = True,
+    video: bool = True,
+    video_frames: int = 60,
     title: str = "Gemini checkpointing: recovery report",
 ) -> ReportFiles:
-    """Write ``report.html``, ``report.md`` and ``figures/`` into ``out``.
+    """Write ``report.html``, ``report.md``, ``figures/`` and the deliverables into ``out``.
 
     Args:
         runs: the run folders compared (sim and real, Gemini and baseline).
@@ -373,6 +409,10 @@ def write_report(
         calibration_scenarios: scenarios used to calibrate (excluded from the median error).
         animation: also write the GIF of one failure's recovery.
         animation_frames: frames of that GIF.
+        deliverables: also write the final report (``final-report.md``, ``.html``) and the
+            slide deck (``slides.html``).
+        video: also write ``demo.mp4`` (one recovery, simulated and measured side by side).
+        video_frames: frames of that video (12 per second).
         title: the page's heading.
     """
     from analysis.plots import setup_style
@@ -428,6 +468,26 @@ def write_report(
         + "\n</body></html>\n"
     )
     files.html.write_text(page, encoding="utf-8")
+    if deliverables:
+        from analysis.final_report import write_final_report
+        from analysis.slides import write_slides
+
+        content = ReportContent(
+            title,
+            tuple(runs),
+            tuple(tables),
+            tuple(sections),
+            files.animation,
+            report,
+            tuple(comparisons),
+            tuple(calibration_scenarios),
+        )
+        files.final_markdown, files.final_html = write_final_report(content, out_dir)
+        files.slides = write_slides(content, out_dir)
+    if video:
+        from analysis.video import write_demo_video
+
+        files.video = write_demo_video(runs, out_dir / "demo.mp4", frames=video_frames)
     return files
 
 

@@ -184,7 +184,8 @@ def _recoveries(run: RunResult) -> list[Recovery]:
     return out
 
 
-def _nodes(run: RunResult) -> tuple[int, ...]:
+def run_nodes(run: RunResult) -> tuple[int, ...]:
+    """The nodes of a run: those its events and failures name, and 0..N-1 when it says N."""
     seen = {e.node for e in run.events if e.node is not None}
     count = run.summary.extra.get("nodes")
     if isinstance(count, int) and not isinstance(count, bool):
@@ -215,7 +216,7 @@ def _subtract(
 def build_timeline(run: RunResult) -> Timeline:
     """Spans and markers of every node of a run."""
     events = run.events
-    nodes = _nodes(run)
+    nodes = run_nodes(run)
     starts = [e.time_s for e in events if e.kind == "run_started"]
     run_start = min(starts) if starts else (events[0].time_s if events else 0.0)
     finished = [e.time_s for e in events if e.kind == "run_finished"]
@@ -440,7 +441,8 @@ def failure_window(timeline: Timeline, index: int | None = None) -> tuple[Recove
     return chosen, lo, hi
 
 
-def _phase_at(recovery: Recovery, now: float) -> str:
+def phase_at(recovery: Recovery, now: float) -> str:
+    """What the recovery is doing at ``now`` (s since run start), in a few words."""
     steps = [
         (recovery.injected, "training"),
         (recovery.injected, f"{recovery.kind} failure of node(s) {list(recovery.nodes)}"),
@@ -496,7 +498,7 @@ def animate_failure(
         draw_gantt(ax, timeline, (lo, hi), now=now, steady_legend=True)
         ax.set_title(
             f"{timeline.title} · failure {recovery.index}\n"
-            f"t = {now - recovery.injected:+.2f} s: {_phase_at(recovery, now)}",
+            f"t = {now - recovery.injected:+.2f} s: {phase_at(recovery, now)}",
             fontsize=10,
         )
         fig.tight_layout()

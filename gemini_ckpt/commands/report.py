@@ -1,4 +1,8 @@
-"""``gemini-ckpt report RUN_DIR... [--out DIR]``: an HTML + Markdown report from run folders.
+"""``gemini-ckpt report RUN_DIR... [--out DIR]``: the report and the deliverables from run folders.
+
+Writes ``report.html`` and ``report.md`` (with ``figures/``), the final report
+(``final-report.md``, ``final-report.html``), the slide deck (``slides.html``) and the demo
+video of one recovery (``demo.mp4``; ``--no-video`` skips it).
 
 Each RUN_DIR is a run folder (``events.jsonl`` + ``summary.json``, from ``gemini-ckpt sim`` or
 ``gemini-ckpt real``) or a folder holding run folders (the output of ``gemini-ckpt run``). Runs
@@ -29,8 +33,14 @@ import click
     "validation median.",
 )
 @click.option("--gif/--no-gif", default=True, show_default=True, help="Animate one recovery.")
+@click.option(
+    "--video/--no-video",
+    default=True,
+    show_default=True,
+    help="Write demo.mp4, one recovery simulated and measured side by side.",
+)
 def command(
-    run_dirs: tuple[Path, ...], out: Path | None, calibration: Path | None, gif: bool
+    run_dirs: tuple[Path, ...], out: Path | None, calibration: Path | None, gif: bool, video: bool
 ) -> None:
     """Compare simulated and measured runs, and Gemini with the baseline, in a report."""
     from rich.console import Console
@@ -60,10 +70,19 @@ def command(
             else Path("runs/report")
         )
     files = write_report(
-        main, out, sweep_runs=sweep, calibration_scenarios=calibrated_on, animation=gif
+        main,
+        out,
+        sweep_runs=sweep,
+        calibration_scenarios=calibrated_on,
+        animation=gif,
+        video=video,
     )
     console = Console(stderr=True)
     console.print(f"{len(main)} run(s){f' + {len(sweep)} sweep runs' if sweep else ''}")
     if files.validation is not None:
         console.print(files.validation.verdict)
     console.print(f"report: {files.html}\nsummary: {files.markdown}")
+    console.print(f"final report: {files.final_html}, {files.final_markdown}")
+    console.print(f"slides: {files.slides}")
+    if files.video is not None:
+        console.print(f"demo video: {files.video}")

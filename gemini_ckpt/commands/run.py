@@ -7,7 +7,9 @@ Runs one scenario four ways and reports on all of them:
 - ``DIR/real-gemini``, ``DIR/real-baseline``: the real harness on an emulated cluster, each a
   ``gemini-ckpt real`` child process whose output goes to ``DIR/logs/<name>.log``;
 - ``DIR/sweep/``: simulated runs at several failure rates and cluster sizes (the ETTR figure);
-- ``DIR/report.html``, ``DIR/report.md``, ``DIR/figures/``: the report (``analysis.report``).
+- ``DIR/report.html``, ``DIR/report.md``, ``DIR/figures/``: the report (``analysis.report``);
+- ``DIR/final-report.md``, ``DIR/final-report.html``, ``DIR/slides.html``, ``DIR/demo.mp4``:
+  the deliverables made from it (``--no-video`` skips the video).
 
 The baseline is the same scenario with ``checkpoint.strategy=persistent``; when the scenario
 names no persistent interval, it saves every K iterations by the HighFreq rule, K = ceil(t_save /
@@ -165,6 +167,12 @@ def _simulate(scenario_path: Path, overrides: Sequence[str], out: Path) -> None:
     "--sweep/--no-sweep", default=True, show_default=True, help="Simulate the ETTR sweep."
 )
 @click.option("--gif/--no-gif", default=True, show_default=True, help="Animate one recovery.")
+@click.option(
+    "--video/--no-video",
+    default=True,
+    show_default=True,
+    help="Write demo.mp4, one recovery simulated and measured side by side (a few seconds).",
+)
 def command(
     scenario: Path,
     out: Path | None,
@@ -173,6 +181,7 @@ def command(
     real: bool,
     sweep: bool,
     gif: bool,
+    video: bool,
 ) -> None:
     """Simulate and run SCENARIO, Gemini and the persistent baseline, and write the report."""
     from analysis.calibration import calibration_overrides, calibration_scenarios, load_calibration
@@ -255,7 +264,7 @@ def command(
             if kind != "sweep":
                 console.print(f"{step}: done in {time.monotonic() - began:.1f} s")
         console.print("writing the report")
-        files = _report(out, calibrated_on, gif)
+        files = _report(out, calibrated_on, gif, video)
     except KeyboardInterrupt:
         if child is not None:
             console.print("interrupted: stopping the running cluster (teardown)...")
@@ -265,6 +274,8 @@ def command(
     finally:
         signal.signal(signal.SIGTERM, previous)
     console.print(f"done in {time.monotonic() - started:.0f} s: {files.html} and {files.markdown}")
+    made = [files.final_html, files.final_markdown, files.slides, files.video]
+    console.print("deliverables: " + ", ".join(str(path) for path in made if path is not None))
     if files.validation is not None:
         console.print(files.validation.verdict)
     if failed:
@@ -283,7 +294,7 @@ def _sets(settings: Sequence[str]) -> list[str]:
     return [arg for setting in settings for arg in ("--set", setting)]
 
 
-def _report(out: Path, calibrated_on: Sequence[str], gif: bool) -> Any:
+def _report(out: Path, calibrated_on: Sequence[str], gif: bool, video: bool) -> Any:
     from analysis.report import write_report
     from analysis.results import RunFolderError, load_runs, split_sweep
 
@@ -293,5 +304,10 @@ def _report(out: Path, calibrated_on: Sequence[str], gif: bool) -> Any:
         raise click.ClickException(f"no run finished, no report: {error}") from error
     main, sweep = split_sweep(runs)
     return write_report(
-        main, out, sweep_runs=sweep, calibration_scenarios=calibrated_on, animation=gif
+        main,
+        out,
+        sweep_runs=sweep,
+        calibration_scenarios=calibrated_on,
+        animation=gif,
+        video=video,
     )

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_writes_self_contained_html_markdown_and_gif(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    assert main(["report", str(run_dir), "--out", str(out), "--no-video"]) == 0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6
     assert "data:image/gif;base64," in html
@@ -81,6 +81,7 @@ def test_run_simulates_both_strategies_and_reports(tmp_path: Path) -> None:
             "--no-real",
             "--no-sweep",
             "--no-gif",
+            "--no-video",
         ]
     )
     assert code == 0
@@ -89,6 +90,10 @@ def test_run_simulates_both_strategies_and_reports(tmp_path: Path) -> None:
         assert (out / name / "events.jsonl").is_file()
     markdown = (out / "report.md").read_text()
     assert "| sim | " in markdown  # the Gemini vs baseline row of the simulator
+    final = (out / "final-report.md").read_text()  # the deliverables come with the main job
+    assert "## What misses" in final and "figures/timeline.png" in final
+    assert (out / "slides.html").read_text().count("<section class='slide figure'>") == 6
+    assert not (out / "demo.mp4").exists()  # --no-video
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
 
 
