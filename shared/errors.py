@@ -21,6 +21,11 @@ class ScenarioError(GeminiError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  {source}: {problem}" for problem in problems)
-        super().__init__(f"invalid scenario {source}:\n{lines}")
+        self.problems = list(problems)
+        # The arguments themselves, so that the error can be rebuilt from ``args`` (SimPy does
+        # that when it passes an error out of a process; pickling between processes too).
+        super().__init__(source, self.problems)
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  {self.source}: {problem}" for problem in self.problems)
+        return f"invalid scenario {self.source}:\n{lines}"

@@ -401,7 +401,9 @@ class RecoveryConfig(_Strict):
 class SimConfig(_Strict):
     """Simulator settings."""
 
-    duration_days: PositiveFloat = Field(1.0, description="Simulated training time, days.")
+    duration_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        1.0, description="Simulated training time, days (at most ten years)."
+    )
     replications: int = Field(1, ge=1, le=10_000, description="Seeds to run (CI over seeds).")
 
 

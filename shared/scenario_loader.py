@@ -1,14 +1,16 @@
 """Strict loading of scenario YAML files.
 
 ``load_scenario`` reads a file, applies ``key.path=value`` overrides (the CLI's ``--set``), and
-validates the document against ``shared.scenario.Scenario``. Whatever is wrong, the caller gets
-one ``ScenarioError`` listing every problem as ``field.path: what is wrong (what is allowed)``,
-never a traceback from the YAML parser or the validator.
+validates the document against ``shared.scenario.Scenario`` and the rules of
+``shared.scenario_rules`` (those of every face, and those of the faces asked for). Whatever is
+wrong, the caller gets one ``ScenarioError`` listing every problem as
+``field.path: what is wrong (what is allowed)``, never a traceback from the YAML parser or the
+validator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -17,15 +19,19 @@ from pydantic import BaseModel, ValidationError
 
 from shared.errors import ScenarioError
 from shared.scenario import Scenario
+from shared.scenario_rules import Face, check_scenario, errors
 
 
-def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+def load_scenario(
+    path: str | Path, overrides: Sequence[str] = (), *, faces: Collection[Face] = ()
+) -> Scenario:
     """Read, override and validate a scenario file.
 
     Args:
         path: the YAML file.
         overrides: ``dotted.key=value`` strings; the value is read as YAML (``8``, ``ring``,
             ``[0, 1]``).
+        faces: the faces about to run it ("sim", "real"): their rules are errors too.
 
     Raises:
         ScenarioError: the file is missing or unreadable, is not YAML, or breaks the schema.
@@ -37,11 +43,15 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
         raise ScenarioError(source, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioError(source, [f"cannot read the file: {error}"]) from error
-    return parse_scenario(text, source=source, overrides=overrides)
+    return parse_scenario(text, source=source, overrides=overrides, faces=faces)
 
 
 def parse_scenario(
-    text: str, *, source: str = "<string>", overrides: Sequence[str] = ()
+    text: str,
+    *,
+    source: str = "<string>",
+    overrides: Sequence[str] = (),
+    faces: Collection[Face] = (),
 ) -> Scenario:
     """Validate a scenario given as YAML text; see ``load_scenario``."""
     try:
@@ -60,17 +70,23 @@ def parse_scenario(
             source, [f"the top level must be a mapping of keys, got {_type_name(document)}"]
         )
     document = apply_overrides(document, overrides, source=source)
-    return validate_document(document, source=source)
+    return validate_document(document, source=source, faces=faces)
 
 
-def validate_document(document: Mapping[str, Any], *, source: str = "<string>") -> Scenario:
-    """Validate an already parsed document."""
+def validate_document(
+    document: Mapping[str, Any], *, source: str = "<string>", faces: Collection[Face] = ()
+) -> Scenario:
+    """Validate an already parsed document: its schema, then the rules of ``faces``."""
     try:
-        return Scenario.model_validate(document)
+        scenario = Scenario.model_validate(document)
     except ValidationError as error:
         raise ScenarioError(source, [_describe(item) for item in error.errors()]) from None
     except RecursionError:
         raise ScenarioError(source, ["the document is nested too deeply"]) from None
+    problems = errors(check_scenario(scenario, faces))
+    if problems:
+        raise ScenarioError(source, problems)
+    return scenario
 
 
 def apply_overrides(

@@ -26,17 +26,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import simpy
 
+from shared.errors import ScenarioError
 from shared.events import Event, JsonValue
 from shared.failure_kinds import initial_root, next_root, resolve_failure
 from shared.recovery import FailureKind
 from shared.scenario import DetectionConfig
+from shared.scenario_rules import (
+    expected_process_failures,
+    fastest_recovery_s,
+    job_failure_rate_per_s,
+    stall_failure_limit,
+)
 from sim.cluster import ClusterMemory, ClusterPlan, StandbyPool
 from sim.failures import FailureQueue, PlannedFailure, plan_failures
 from sim.model import SimModel
@@ -59,6 +67,30 @@ class RunState:
     interrupted_recoveries: int = 0
     rollbacks: int = 0
     replacement_waits_s: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SimProgress:
+    """How far a run has got, for a progress line.
+
+    Attributes:
+        time_s: simulated time reached, s.
+        duration_s: simulated time of the whole run, s.
+        failures: failures injected so far.
+        events: events written so far.
+        wall_s: wall time since the run started, s.
+    """
+
+    time_s: float
+    duration_s: float
+    failures: int
+    events: int
+    wall_s: float
+
+    @property
+    def events_per_s(self) -> float:
+        """Events written per wall second."""
+        return self.events / self.wall_s if self.wall_s > 0 else 0.0
 
 
 @dataclass
@@ -98,6 +130,8 @@ class Engine:
         progress_interval_s: simulated time between ``iteration_end`` progress marks.
         node_event_limit: per failure, at most this many node-level ``state_restored``
             events (a job-level one always ends retrieval).
+        on_progress: called with a ``SimProgress`` every ``progress_wall_s`` of wall time.
+        progress_wall_s: wall seconds between two ``on_progress`` calls.
     """
 
     def __init__(
@@ -107,6 +141,8 @@ class Engine:
         *,
         progress_interval_s: float = 3600.0,
         node_event_limit: int = 32,
+        on_progress: Callable[[SimProgress], None] | None = None,
+        progress_wall_s: float = 0.5,
     ) -> None:
         self.model = model
         self.scenario = model.scenario
@@ -123,7 +159,10 @@ class Engine:
             self.env, {"storage": self.scenario.cluster.storage.bandwidth_gbit_s * 1e9 / 8}
         )
         self._node_bandwidth = bandwidth
-        self.progress_every = max(1, round(progress_interval_s / self.strategy.mean_iteration_s))
+        # Marks count iterations of training time (cycle_s): with the mean, a persistent save
+        # far longer than its interval would space the marks by more iterations than a run of
+        # that length ever does between saves, and flood the log with them.
+        self.progress_every = max(1, round(progress_interval_s / self.strategy.cycle_s))
         self.node_event_limit = node_event_limit
         # Runs with more than 10,000 persistent saves count them without logging each one.
         every = self.strategy.persist_every or 0
@@ -133,6 +172,15 @@ class Engine:
         self._persist_free_s = 0.0  # when storage has finished the previous upload
         self._stopped = False
         self._ready_at: dict[int, float] = {}
+        self._on_progress = on_progress
+        self._progress_wall_s = progress_wall_s
+        self._wall_start = self._wall_reported = time.monotonic()
+        scheduled = len(self.scenario.failures.schedule)
+        self.stall_limit = stall_failure_limit(
+            expected_process_failures(self.scenario) + scheduled, scheduled
+        )
+        self._stalled = 0  # failures in a row with no training progress between them
+        self._stall_since = 0.0  # when the first of them struck
         # The node running the root agent (shared.failure_kinds: where root_agent failures hit).
         self._root = initial_root(self.scenario.cluster.nodes)
 
@@ -154,11 +202,70 @@ class Engine:
     ) -> None:
         self.state.events.append(Event(time_s, kind, node, None, iteration, details))
 
+    def _report(self) -> None:
+        """Call ``on_progress`` when ``progress_wall_s`` of wall time have passed."""
+        if self._on_progress is None:
+            return
+        now = time.monotonic()
+        if now - self._wall_reported < self._progress_wall_s:
+            return
+        self._wall_reported = now
+        self._on_progress(
+            SimProgress(
+                self.env.now,
+                self.duration_s,
+                self.state.failures,
+                len(self.state.events),
+                now - self._wall_start,
+            )
+        )
+
+    def _count_stall(self, progressed: bool) -> None:
+        """The storm guard: stop once ``stall_limit`` failures in a row found no progress."""
+        if progressed:
+            self._stalled = 0
+            return
+        if self._stalled == 0:
+            self._stall_since = self.env.now
+        self._stalled += 1
+        if self._stalled < self.stall_limit:
+            return
+        scenario = self.scenario
+        rate = job_failure_rate_per_s(scenario)
+        recovery_s, made_of = fastest_recovery_s(scenario)
+        process = scenario.failures.process
+        if process is None:
+            field_path = "failures.schedule"
+            cause = "the scheduled failures strike before training resumes"
+        else:
+            name = (
+                "failures_per_node_per_day"
+                if process.failures_per_node_per_day is not None
+                else "failures_per_day"
+            )
+            field_path = f"failures.process.{name}"
+            cause = (
+                f"the job fails every {1 / rate:.3g} s on average ({rate * 3600:.3g} per hour) "
+                f"and a recovery takes at least {recovery_s:.3g} s ({made_of})"
+            )
+        raise ScenarioError(
+            scenario.name,
+            [
+                f"{field_path}: the simulation stopped at {self.env.now:.6g} s of "
+                f"{self.duration_s:.6g} s: {self._stalled} failures in a row, over "
+                f"{self.env.now - self._stall_since:.3g} s, struck before training made any "
+                f"progress; {cause}, so failures arrive faster than "
+                f"recoveries finish and the job cannot train; lower the failure rate (is it "
+                f"per node per day?) or shorten the recovery"
+            ],
+        )
+
     def _main(self) -> Generator[simpy.Event, Any, None]:
         end = self.duration_s
         self._emit(0.0, "run_started", strategy=self.strategy.name)
         timeline = Timeline(0.0, 0, self.strategy)
         while True:
+            self._report()
             failure, when = self._next_failure(timeline)
             stop = min(when, end)
             self._training_events(timeline, self.env.now, stop)
@@ -259,6 +366,7 @@ class Engine:
                 iteration=committed,
             )
         self._persist_free_s = now  # an upload in flight is abandoned with the job
+        self._count_stall(progressed=reached > timeline.base)
         chain = self._inject(failure, {}, reached, now - progress_since)
         chain.reached = reached
         while True:
@@ -270,6 +378,8 @@ class Engine:
                 # Before the restart, a new failure joins the recovery in progress (as the
                 # real root agent does): one recovery, whose events belong to both.
                 self.state.interrupted_recoveries += 1
+                self._count_stall(progressed=False)
+                self._report()
                 following = self.queue.next_timed()
                 assert following is not None
                 self._pop(following)
@@ -286,6 +396,8 @@ class Engine:
                 return None
             # Another failure struck after the restart began: recover everything still failed.
             self.state.interrupted_recoveries += 1
+            self._count_stall(progressed=False)
+            self._report()
             following = self.queue.next_timed()
             assert following is not None
             self._pop(following)
@@ -581,4 +693,4 @@ def _worst_tier(plan: ClusterPlan) -> str:
     return max((s.tier for s in plan.remote), key=_TIER_ORDER.__getitem__, default="local")
 
 
-__all__ = ["Engine", "RunState", "detection_delay_s"]
+__all__ = ["Engine", "RunState", "SimProgress", "detection_delay_s"]

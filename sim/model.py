@@ -3,21 +3,27 @@
 Everything that does not change from one iteration to the next is computed here once: the
 placement (``shared.placement``), the iteration profile and its idle spans, the traffic plan
 (``shared.scheduling``), the steady-state iteration with checkpoint traffic, the persistent
-interval, and the checkpoint memory per node (checked against the node's CPU memory).
+interval, and the checkpoint memory per node. The scenario is checked first with the rules of
+``shared.scenario_rules`` (the memory per node among them), and again with what the model
+derived (its iteration time), so a scenario this module accepts is one the engine can run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import ScenarioError
 from shared.placement import Placement, plan_placement
 from shared.scenario import Scenario
-from sim.strategies import (
-    StrategyModel,
-    memory_error,
-    persistent_interval,
-    persistent_save_times,
+from shared.scenario_rules import (
+    Face,
+    Finding,
+    SimFacts,
+    check_scenario,
+    errors,
+    simulated_run_rules,
 )
+from sim.strategies import StrategyModel, persistent_interval, persistent_save_times
 from sim.training import (
     IterationProfile,
     SteadyIteration,
@@ -41,9 +47,28 @@ class SimModel:
     def shard_bytes(self) -> float:
         return self.scenario.checkpoint_bytes_per_node
 
+    @property
+    def facts(self) -> SimFacts:
+        """What the scenario rules need from the model."""
+        return SimFacts(self.strategy.mean_iteration_s, self.strategy.persist_every)
+
+    def findings(self) -> tuple[Finding, ...]:
+        """Every finding of the scenario for the simulator, warnings included."""
+        return check_scenario(self.scenario, _SIM, sim=self.facts)
+
+
+_SIM: tuple[Face, ...] = ("sim",)
+
+
+def _require(source: str, findings: list[Finding] | tuple[Finding, ...]) -> None:
+    problems = errors(findings)
+    if problems:
+        raise ScenarioError(source, problems)
+
 
 def build_model(scenario: Scenario) -> SimModel:
-    """Prepare a scenario; raises ScenarioError when checkpoints do not fit in CPU memory."""
+    """Prepare a scenario; raises ScenarioError when it breaks a rule of the simulator."""
+    _require(scenario.name, check_scenario(scenario, _SIM))
     ckpt = scenario.checkpoint
     cluster = scenario.cluster
     placement = plan_placement(
@@ -96,6 +121,6 @@ def build_model(scenario: Scenario) -> SimModel:
             memory_bytes=memory,
             interval_rule=rule,
         )
-    if strategy.memory_bytes > cluster.cpu_memory_gb * 1e9:
-        raise memory_error(scenario, strategy.memory_bytes)
-    return SimModel(scenario, placement, profile, steady, strategy)
+    model = SimModel(scenario, placement, profile, steady, strategy)
+    _require(scenario.name, simulated_run_rules(scenario, model.facts))
+    return model

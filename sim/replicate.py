@@ -22,7 +22,7 @@ from scipy import stats
 from shared.events import Event, write_events
 from shared.scenario import Scenario
 from shared.summary import RunSummary, write_summary
-from sim.engine import Engine
+from sim.engine import Engine, SimProgress
 from sim.metrics import build_summary
 from sim.model import build_model
 
@@ -45,12 +45,21 @@ class SimResult:
 
 
 def simulate(
-    scenario: Scenario, seed: int | None = None, *, progress_interval_s: float = 3600.0
+    scenario: Scenario,
+    seed: int | None = None,
+    *,
+    progress_interval_s: float = 3600.0,
+    on_progress: Callable[[SimProgress], None] | None = None,
 ) -> SimResult:
-    """Simulate one run of ``scenario`` with ``seed`` (default: the scenario's)."""
+    """Simulate one run of ``scenario`` with ``seed`` (default: the scenario's).
+
+    ``on_progress`` is called about twice a wall second with how far the run has got.
+    Raises ``ScenarioError`` when the scenario breaks a rule of the simulator, or when a
+    failure storm stops the run (``sim.engine``).
+    """
     seed = scenario.seed if seed is None else seed
     model = build_model(scenario)
-    engine = Engine(model, seed, progress_interval_s=progress_interval_s)
+    engine = Engine(model, seed, progress_interval_s=progress_interval_s, on_progress=on_progress)
     state = engine.run()
     summary = build_summary(model, state, seed, engine.duration_s)
     return SimResult(summary, tuple(state.events))

@@ -180,16 +180,3 @@ class Timeline:
         while k > self.base and self.commit_time(k) > time_s:
             k -= 1
         return k if k > self.base else None
-
-
-def memory_error(scenario: Scenario, needed: float) -> ScenarioError:
-    capacity = scenario.cluster.cpu_memory_gb * 1e9
-    return ScenarioError(
-        scenario.name,
-        [
-            f"cluster.cpu_memory_gb: checkpoints need {needed / 1e9:.3g} GB per node "
-            f"(2 slots x {scenario.checkpoint.replicas} replicas x "
-            f"{scenario.checkpoint_bytes_per_node / 1e9:.3g} GB), more than the "
-            f"{capacity / 1e9:.3g} GB available; lower checkpoint.replicas or add memory"
-        ],
-    )

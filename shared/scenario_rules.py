@@ -1,0 +1,547 @@
+"""Rules a scenario must satisfy beyond its schema, decided once for every command.
+
+The schema (``shared.scenario``) checks each field and each section on its own. The rules here
+relate sections to each other and to what the simulator and the real harness will do with
+them, so that a scenario ``gemini-ckpt validate`` accepts is one that ``sim`` and ``real`` can
+run: the placement against the nodes and replicas, the staging buffer against its
+sub-buffers, the failure process against its distribution and the simulated duration, the
+checkpoint memory against the node's memory, the persistent interval rule against the failure
+rate, and the scheduled failures against the run they are meant to strike.
+
+Where a rule already exists as the argument check of a policy function (``plan_placement``,
+``plan_traffic``, ``sample_failures``), it is called here, not written again: the scenario
+gets exactly the check the run would apply, with the field path in front of its message.
+
+Some rules depend on the face that runs the scenario (``sim`` or ``real``): a failure that can
+never fire is an error for a real run (the injector would wait for it forever, or the run
+would silently skip it) and a warning for the simulator (it simply never strikes). Every
+finding names the field path and what is allowed; ``shared.scenario_loader`` raises the errors
+as one ``ScenarioError`` and the commands print the warnings.
+
+**Failure storms.** A stochastic failure process fails the whole job at rate
+``lambda = N / node_MTBF`` (plus whole domains). Every recovery takes at least
+``R = detection + restart + retrieval overhead`` (and a failure needs one more iteration
+after it to make progress, when the iteration time is given). With Poisson failures, a
+recovery finishes before the next failure with probability ``exp(-lambda R)``, which is also
+about the best effective training time ratio the job can reach. Of the ``M = lambda D``
+failures of a simulated duration ``D``, ``M exp(-lambda R)`` are expected to be followed by a
+finished recovery: when that is below one, training is expected to make no progress at all
+and the scenario is refused (typically a rate in the wrong unit). When ``lambda R > 1``
+(failures arrive faster than a recovery finishes) the scenario is accepted with a warning, and
+the simulator stops a run as soon as ``stall_failure_limit`` failures in a row have struck
+without any training progress between them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from shared.failures import _MAX_EXPECTED_EVENTS, sample_failures
+from shared.placement import plan_placement
+from shared.scheduling import plan_traffic
+
+if TYPE_CHECKING:
+    from shared.scenario import Scenario
+
+Face = Literal["sim", "real"]
+"""What runs a scenario: the simulator or the real harness."""
+
+Severity = Literal["error", "warning"]
+
+SECONDS_PER_DAY = 86_400.0
+
+STALL_FALSE_ALARM = 0.01
+"""Chance, accepted over a whole run, that a run whose recoveries keep up with its failures is
+stopped as a storm anyway (see ``stall_failure_limit``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem of a scenario.
+
+    Attributes:
+        field: the field path (``checkpoint.placement``, ``failures.schedule.0.at_iteration``).
+        message: what is wrong and what is allowed.
+        severity: "error" (the scenario is refused) or "warning" (it runs; the user is told).
+    """
+
+    field: str
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class SimFacts:
+    """What the simulator derives from a scenario that some of its rules need.
+
+    Attributes:
+        iteration_s: the mean failure-free iteration time, persistent saves included, s.
+        persist_every: K, iterations between persistent saves (None: none).
+    """
+
+    iteration_s: float
+    persist_every: int | None
+
+
+def check_scenario(
+    scenario: Scenario, faces: Collection[Face] = (), *, sim: SimFacts | None = None
+) -> tuple[Finding, ...]:
+    """Every finding of ``scenario``: the rules of every face, then those of ``faces``.
+
+    Args:
+        scenario: a scenario that passed its schema.
+        faces: the faces that will run it ("sim", "real"); their own rules are added.
+        sim: what the simulator derived from the scenario; with it, the "sim" rules also
+            check what the iteration count implies: the iterations scheduled failures wait
+            for, and the persistent saves to simulate.
+
+    Returns:
+        The findings, errors and warnings, in field order of the scenario.
+    """
+    findings = [
+        *_placement(scenario),
+        *_traffic(scenario),
+        *_failure_process(scenario),
+        *_memory(scenario),
+        *_persistent_interval(scenario),
+    ]
+    if "sim" in faces:
+        findings += _storm(scenario)
+        findings += schedule_reach(
+            scenario,
+            last_iteration=None,
+            end_s=scenario.sim.duration_days * SECONDS_PER_DAY,
+            face="sim",
+        )
+        if sim is not None:
+            findings += simulated_run_rules(scenario, sim)
+    if "real" in faces:
+        findings += schedule_reach(
+            scenario,
+            last_iteration=scenario.training.iterations,
+            end_s=scenario.real.timeout_s,
+            face="real",
+        )
+        if scenario.failures.process is not None:
+            findings.append(
+                Finding(
+                    "failures.process",
+                    "the real harness injects only failures.schedule; the stochastic process "
+                    "is used by the simulator alone",
+                    "warning",
+                )
+            )
+    return tuple(findings)
+
+
+def errors(findings: Sequence[Finding]) -> list[str]:
+    """The errors among ``findings``, one line each."""
+    return [str(f) for f in findings if f.severity == "error"]
+
+
+def warnings(findings: Sequence[Finding]) -> list[str]:
+    """The warnings among ``findings``, one line each."""
+    return [str(f) for f in findings if f.severity == "warning"]
+
+
+# --- rules of every face ----------------------------------------------------------------------
+
+
+def _placement(scenario: Scenario) -> list[Finding]:
+    ckpt, cluster = scenario.checkpoint, scenario.cluster
+    explicit = ckpt.placement == "explicit"
+    try:
+        plan_placement(
+            cluster.nodes,
+            ckpt.replicas,
+            ckpt.placement,
+            domains=None if explicit else cluster.domain_names(),
+            explicit=ckpt.explicit_placement,
+        )
+    except ValueError as error:
+        where = "checkpoint.explicit_placement" if explicit else "checkpoint.placement"
+        return [
+            Finding(
+                where,
+                f"{error} (cluster.nodes = {cluster.nodes}, checkpoint.replicas = {ckpt.replicas})",
+            )
+        ]
+    return []
+
+
+def _traffic(scenario: Scenario) -> list[Finding]:
+    ckpt, cluster = scenario.checkpoint, scenario.cluster
+    try:
+        plan_traffic(
+            (),
+            0,
+            (),
+            bandwidth_bytes_per_s=cluster.network_bytes_per_s,
+            alpha_s=cluster.network_alpha_s,
+            safety_factor=ckpt.safety_factor,
+            buffer_bytes=ckpt.buffer_bytes,
+            sub_buffers=ckpt.sub_buffers,
+        )
+    except ValueError as error:
+        return [
+            Finding(
+                "checkpoint.buffer_mb",
+                f"{ckpt.buffer_mb} MB is too small for checkpoint.sub_buffers "
+                f"({ckpt.sub_buffers}): {error}; raise buffer_mb or lower sub_buffers",
+            )
+        ]
+    # A chunk per sub-buffer: the simulator plans one iteration's chunks one by one.
+    chunk = ckpt.buffer_bytes // ckpt.sub_buffers
+    copies = max(0, ckpt.replicas - 1)
+    chunks = copies * scenario.checkpoint_bytes_per_node / max(1, chunk)
+    if ckpt.strategy == "gemini" and chunks > MAX_CHUNKS_PER_ITERATION:
+        return [
+            Finding(
+                "checkpoint.buffer_mb",
+                f"{ckpt.buffer_mb} MB in {ckpt.sub_buffers} sub-buffers cuts each iteration's "
+                f"{copies} checkpoint copies of {scenario.checkpoint_bytes_per_node / 1e9:.3g} "
+                f"GB into about {chunks:.3g} chunks, more than {MAX_CHUNKS_PER_ITERATION:,}; "
+                "raise buffer_mb (the paper uses 128 MB in 4 sub-buffers)",
+            )
+        ]
+    return []
+
+
+MAX_CHUNKS_PER_ITERATION = 100_000
+"""Chunks of one iteration's checkpoint copies that a plan may hold (each chunk is an entry of
+the plan and a step of the simulated iteration): beyond it, the buffer is surely mistyped."""
+
+
+def _rate_field(scenario: Scenario) -> str:
+    process = scenario.failures.process
+    per_node = process is not None and process.failures_per_node_per_day is not None
+    name = "failures_per_node_per_day" if per_node else "failures_per_day"
+    return f"failures.process.{name}"
+
+
+def _failure_process(scenario: Scenario) -> list[Finding]:
+    process = scenario.failures.process
+    if process is None:
+        return []
+    cluster = scenario.cluster
+    domains = cluster.domain_names()
+    with_domains = domains is not None and process.domain_failures_per_day > 0
+    node_mtbf_s = process.node_mtbf_s(cluster.nodes)
+    domain_mtbf_s = SECONDS_PER_DAY / process.domain_failures_per_day if with_domains else None
+    try:
+        # The sampler's own argument checks, on a schedule too short to hold a failure.
+        sample_failures(
+            nodes=cluster.nodes,
+            duration_s=min(node_mtbf_s, domain_mtbf_s or math.inf) * 1e-9,
+            rng=np.random.default_rng(0),
+            distribution=process.distribution,
+            mtbf_s=node_mtbf_s,
+            weibull_shape=process.weibull_shape,
+            hardware_fraction=process.hardware_fraction,
+            domains=domains if with_domains else None,
+            domain_mtbf_s=domain_mtbf_s,
+        )
+    except ValueError as error:
+        text = str(error)
+        field = "failures.process.weibull_shape" if "weibull_shape" in text else "failures.process"
+        return [Finding(field, text)]
+    expected = expected_process_failures(scenario)
+    if expected > _MAX_EXPECTED_EVENTS:
+        return [
+            Finding(
+                _rate_field(scenario),
+                f"about {expected:.3g} failures expected in sim.duration_days = "
+                f"{scenario.sim.duration_days:g}, at most {_MAX_EXPECTED_EVENTS:,} can be "
+                f"simulated; is the rate per node per day? (1.5% of nodes failing a day is "
+                f"failures_per_node_per_day: 0.015)",
+            )
+        ]
+    return []
+
+
+def checkpoint_memory_bytes(scenario: Scenario) -> float:
+    """CPU memory each node needs for checkpoints, bytes.
+
+    Gemini: two slots (the last committed checkpoint and the one in progress) for the node's own
+    shard and for each replica it holds: 2 m shards. The persistent baseline keeps a serialised
+    copy in host memory while it uploads (when ``storage.save_time_s`` splits the save into a
+    blocking serialisation and a background upload), else nothing.
+    """
+    shard = scenario.checkpoint_bytes_per_node
+    if scenario.checkpoint.strategy == "gemini":
+        return 2 * scenario.checkpoint.replicas * shard
+    return shard if scenario.cluster.storage.save_time_s is not None else 0.0
+
+
+def _memory(scenario: Scenario) -> list[Finding]:
+    needed = checkpoint_memory_bytes(scenario)
+    capacity = scenario.cluster.cpu_memory_gb * 1e9
+    if needed <= capacity:
+        return []
+    ckpt = scenario.checkpoint
+    shard_gb = scenario.checkpoint_bytes_per_node / 1e9
+    how = (
+        f"2 slots x {ckpt.replicas} replicas x {shard_gb:.3g} GB"
+        if ckpt.strategy == "gemini"
+        else f"a serialised copy of {shard_gb:.3g} GB while it uploads"
+    )
+    return [
+        Finding(
+            "cluster.cpu_memory_gb",
+            f"checkpoints need {needed / 1e9:.3g} GB per node ({how}), more than the "
+            f"{capacity / 1e9:.3g} GB available; lower checkpoint.replicas or add memory",
+        )
+    ]
+
+
+def _persistent_interval(scenario: Scenario) -> list[Finding]:
+    ckpt = scenario.checkpoint
+    rule = ckpt.persistent_interval
+    if ckpt.strategy != "persistent" or rule not in ("young", "daly"):
+        return []
+    if scenario.failures.process is not None:
+        return []
+    return [
+        Finding(
+            "checkpoint.persistent_interval",
+            f"{rule} needs failures.process for the MTBF; give a failure process or use "
+            "fixed, strawman or highfreq",
+        )
+    ]
+
+
+def simulated_run_rules(scenario: Scenario, sim: SimFacts) -> list[Finding]:
+    """The "sim" rules that need the simulator's iteration time (see ``check_scenario``):
+    persistent saves the simulation would step through (an error beyond
+    ``MAX_SIMULATED_SAVES``) and scheduled iterations it never reaches (warnings)."""
+    duration_s = scenario.sim.duration_days * SECONDS_PER_DAY
+    last_iteration = int(min(duration_s / sim.iteration_s, 1e18))
+    return [
+        *_simulated_saves(scenario, last_iteration, sim.persist_every),
+        *schedule_reach(scenario, last_iteration=last_iteration, end_s=math.inf, face="sim"),
+    ]
+
+
+MAX_SIMULATED_SAVES = 1_000_000
+"""Persistent saves one simulated run may step through (about a second of simulation each
+million): beyond it, the save interval or the duration is surely mistyped."""
+
+
+def _simulated_saves(scenario: Scenario, last_iteration: int, every: int | None) -> list[Finding]:
+    ckpt = scenario.checkpoint
+    if ckpt.strategy == "gemini":
+        field = "checkpoint.persist_every_iterations"
+    elif ckpt.persistent_interval == "fixed":
+        field = (
+            "checkpoint.persistent_every_iterations"
+            if ckpt.persistent_every_iterations is not None
+            else "checkpoint.persistent_interval_s"
+        )
+    else:
+        field = "checkpoint.persistent_interval"
+    if not every or last_iteration // every <= MAX_SIMULATED_SAVES:
+        return []
+    return [
+        Finding(
+            field,
+            f"sim.duration_days = {scenario.sim.duration_days:g} holds about {last_iteration:.3g} "
+            f"iterations; a persistent save every {every} of them makes "
+            f"{last_iteration // every:.3g} saves, more than the {MAX_SIMULATED_SAVES:,} a "
+            "simulation can step through; save less often or simulate a shorter time",
+        )
+    ]
+
+
+# --- failure storms (the simulator) -------------------------------------------------------------
+
+
+def job_failure_rate_per_s(scenario: Scenario) -> float:
+    """Failures of the whole job per second from ``failures.process`` (0 without one)."""
+    process = scenario.failures.process
+    if process is None:
+        return 0.0
+    cluster = scenario.cluster
+    rate = cluster.nodes / process.node_mtbf_s(cluster.nodes)
+    domains = cluster.domain_names()
+    if domains is not None:
+        rate += len(set(domains)) * process.domain_failures_per_day / SECONDS_PER_DAY
+    return rate
+
+
+def expected_process_failures(scenario: Scenario) -> float:
+    """Failures the process is expected to cause in the simulated duration."""
+    return job_failure_rate_per_s(scenario) * scenario.sim.duration_days * SECONDS_PER_DAY
+
+
+def fastest_recovery_s(scenario: Scenario) -> tuple[float, str]:
+    """A lower bound on the time from a failure to the first training progress after it.
+
+    Every recovery detects the failure, restarts the ranks and pays the fixed cost of a restore;
+    training then needs one iteration (when the iteration time is given) to make progress.
+    Detection is a trainer's exit report when the process can produce software failures, else
+    the earliest a heartbeat lease can run out.
+
+    Returns:
+        (seconds, how the bound is made up, for messages).
+    """
+    detection, recovery = scenario.detection, scenario.recovery
+    process = scenario.failures.process
+    software = process is None or process.hardware_fraction < 1
+    if software:
+        detect_s, detect = detection.exit_report_s, "exit report"
+    else:
+        detect_s = detection.lease_timeout_s - detection.heartbeat_interval_s
+        detect = "lease"
+    parts = [
+        (detect_s, f"detection ({detect}) {detect_s:g} s"),
+        (recovery.restart_s, f"restart {recovery.restart_s:g} s"),
+        (recovery.retrieval_overhead_s, f"retrieval overhead {recovery.retrieval_overhead_s:g} s"),
+    ]
+    iteration_s = _given_iteration_s(scenario)
+    if iteration_s is not None:
+        parts.append((iteration_s, f"one iteration {iteration_s:g} s"))
+    total = sum(seconds for seconds, _ in parts)
+    return total, " + ".join(text for seconds, text in parts if seconds > 0) or "0 s"
+
+
+def _given_iteration_s(scenario: Scenario) -> float | None:
+    training = scenario.training
+    if training.phases is not None:
+        return sum(p.duration_s for p in training.phases)
+    return training.iteration_time_s
+
+
+def _storm(scenario: Scenario) -> list[Finding]:
+    rate = job_failure_rate_per_s(scenario)
+    if rate <= 0:
+        return []
+    recovery_s, made_of = fastest_recovery_s(scenario)
+    expected = expected_process_failures(scenario)
+    load = rate * recovery_s
+    finished = expected * math.exp(-load)
+    every = f"the job fails every {_duration(1 / rate)} on average ({rate * 3600:.3g} per hour)"
+    recover = f"a recovery takes at least {_duration(recovery_s)} ({made_of})"
+    if finished < 1:
+        return [
+            Finding(
+                _rate_field(scenario),
+                f"{every}, but {recover}: of the {expected:.3g} failures expected in "
+                f"sim.duration_days = {scenario.sim.duration_days:g}, fewer than one is "
+                f"expected to be followed by a finished recovery, so training would make no "
+                f"progress; is the rate per node per day? (1.5% of nodes failing a day is "
+                f"failures_per_node_per_day: 0.015)",
+            )
+        ]
+    if load > 1:
+        limit = stall_failure_limit(expected, len(scenario.failures.schedule))
+        return [
+            Finding(
+                _rate_field(scenario),
+                f"{every}, faster than {recover}: expect an effective training time ratio "
+                f"of at most about {math.exp(-load):.2g}; the simulator stops a run once "
+                f"{limit} failures in a row leave no training progress",
+                "warning",
+            )
+        ]
+    return []
+
+
+def stall_failure_limit(expected_failures: float, scheduled: int) -> int:
+    """Failures in a row without training progress after which a simulation stops.
+
+    A run whose recoveries keep up with its failures (``lambda R <= 1``: on average a failure
+    comes no sooner than one recovery after the previous one) sees a failure strike before
+    progress with probability at most ``1 - 1/e``; ``k`` such failures in a row happen
+    somewhere among its ``M`` failures with probability at most ``M (1 - 1/e)^k``. The limit is
+    the smallest ``k`` that keeps this below ``STALL_FALSE_ALARM``, and never below the
+    scheduled failures plus one (an explicit schedule may chain failures on purpose).
+
+    Args:
+        expected_failures: ``M``, the failures the run expects (process and schedule).
+        scheduled: entries of the explicit schedule.
+    """
+    interrupted = 1 - math.exp(-1)
+    failures = max(1.0, expected_failures)
+    k = math.ceil(math.log(failures / STALL_FALSE_ALARM) / -math.log(interrupted))
+    return max(k, scheduled + 1, 2)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86_400:
+        return f"{seconds / 86_400:.3g} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+# --- failures that can never fire ------------------------------------------------------------
+
+
+def schedule_reach(
+    scenario: Scenario, *, last_iteration: int | None, end_s: float, face: Face
+) -> list[Finding]:
+    """Scheduled failures the run of ``face`` can never fire: errors for real, warnings for sim.
+
+    Args:
+        scenario: the scenario.
+        last_iteration: the last iteration the run trains (None: unknown, not checked).
+        end_s: when the run ends at the latest, s (inf: times and ``during`` not checked).
+        face: "real" (errors) or "sim" (warnings).
+    """
+    severity: Severity = "error" if face == "real" else "warning"
+    ends = (
+        f"training.iterations is {last_iteration}"
+        if face == "real"
+        else f"the simulation reaches about iteration {last_iteration}"
+    )
+    end_field = "real.timeout_s" if face == "real" else "sim.duration_days"
+    findings: list[Finding] = []
+    for index, failure in enumerate(scenario.failures.schedule):
+        where = f"failures.schedule.{index}"
+        if failure.during == "recovery":
+            if index == 0 and math.isfinite(end_s):
+                findings.append(
+                    Finding(
+                        f"{where}.during",
+                        "recovery strikes while the previous entry's failure is recovered, "
+                        "and entry 0 has no previous entry; put the failure it joins before it",
+                        severity,
+                    )
+                )
+            continue
+        k = failure.at_iteration
+        # A real run ends with its last iteration: a failure must strike before that one ends.
+        limit = None if last_iteration is None else last_iteration - (face == "real")
+        if k is not None and limit is not None and k > limit:
+            allowed = (
+                f"at most {limit} (iteration {last_iteration} ends the run)"
+                if face == "real"
+                else f"at most {limit}"
+            )
+            findings.append(
+                Finding(
+                    f"{where}.at_iteration",
+                    f"{k} is never reached: {ends}; use {allowed}",
+                    severity,
+                )
+            )
+        if failure.at_time_s is not None and failure.at_time_s >= end_s:
+            findings.append(
+                Finding(
+                    f"{where}.at_time_s",
+                    f"{failure.at_time_s:g} s is never reached: the run ends by {end_field} "
+                    f"({end_s:g} s); use a time below it",
+                    severity,
+                )
+            )
+    return findings
