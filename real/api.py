@@ -57,6 +57,7 @@ class Checkpointer(Protocol):
         """Checkpoint ``state`` after ``iteration``; returns once the tensors are copied."""
         ...
 
-    def close(self) -> None:
-        """Finish background work (bounded wait) and release every resource."""
+    def close(self, abandon: bool = False) -> None:
+        """Finish background work (bounded wait) and release every resource; with
+        ``abandon``, drop background work at once (a failure stopped the job)."""
         ...

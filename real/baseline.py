@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from real.api import Restored
 from real.eventlog import EventLog
+from real.inprocess import check_abort
 from real.persistent import (
     DEFAULT_KEEP,
     gloo_group,
@@ -100,7 +101,12 @@ class PersistentCheckpointer:
         return latest
 
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
-        """Write ``state`` when K divides ``iteration``; training waits until it is complete."""
+        """Write ``state`` when K divides ``iteration``; training waits until it is complete.
+
+        Raises:
+            AttemptAborted: the node agent stopped this attempt (in-process recovery).
+        """
+        check_abort()
         if iteration % self.every_iterations:
             return
         save_persistent_logged(
@@ -114,5 +120,5 @@ class PersistentCheckpointer:
             keep=self.keep,
         )
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
         """Nothing runs in the background."""

@@ -513,6 +513,15 @@ class BackgroundPersister:
                 timeout_s,
             )
 
+    def abandon(self, timeout_s: float = 5.0) -> None:
+        """Drop what is queued and stop (a failure stopped the job); a write in flight is left
+        to fail with its group."""
+        with self._condition:
+            self._stopping = True
+            self._pending.clear()
+            self._condition.notify_all()
+        self._thread.join(timeout_s)
+
     def _run(self) -> None:
         while True:
             with self._condition:

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from real.api import Checkpointer, Restored
 from real.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
 from real.inject import CrashPoint, crash_point_from_env, maybe_crash
+from real.inprocess import AgentChannel, Assignment, prewarm, run_attempts
 from real.procgroup import leave_process_group
 from real.workload.trainer import Trainer, TrainerConfig
 from real.workload.weights import state_digest, write_tensors
@@ -140,7 +141,7 @@ class NullCheckpointer:
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
         return None
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
         return None
 
 
@@ -212,15 +213,19 @@ def make_checkpointer(
     raise ValueError(f"unknown checkpointer {kind!r}; choose one of {CHECKPOINTER_KINDS}")
 
 
-def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -> Path:
-    """Run one trainer to the end; return the manifest of its final weights.
+def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -> Path | None:
+    """Run one trainer to the end; return the manifest of its final weights (None: a warm
+    spare the job never needed).
+
+    Under a node agent (``GEMINI_AGENT_FD`` set) the process serves the agent's attempts and
+    recovers in process (:mod:`real.inprocess`); otherwise it runs one attempt with torchrun's
+    environment.
 
     Raises:
         ScenarioError: the scenario is invalid.
         ValueError, RuntimeError: bad settings, or a failed collective or checkpoint.
     """
     process_start = time.time()
-    where = RankEnv.from_env(env)
     scenario = load_scenario(options.scenario, options.overrides)
     if options.iterations is not None:
         scenario = scenario.replace(
@@ -229,76 +234,159 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
     run_dir = options.run_dir.resolve()
     os.environ.setdefault(RUN_DIR_ENV, str(run_dir))
     os.environ.setdefault(RUN_T0_ENV, repr(process_start))
-    events = EventLog.from_env(f"trainer-rank{where.rank}", node=where.node, rank=where.rank)
     threads = options.threads or int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     torch.set_num_threads(threads)
-    crash = crash_point_from_env(env)
+    channel = AgentChannel.from_env(env)
+    if channel is not None:
+        return _serve_agent(options, scenario, run_dir, channel)
+    where = RankEnv.from_env(env)
+    job = _Job(options, scenario, run_dir, crash_point_from_env(env))
     failure_text = (os.environ if env is None else env).get(FAILURE_ENV)
-    tags: dict[str, Any] = {"failure": int(failure_text)} if failure_text else {}
-    kind = options.checkpointer or scenario.checkpoint.strategy
-
-    storage = scenario.cluster.storage
-    if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
-        from real.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
-
-        rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, where.world_size)
-        os.environ[STORAGE_RATE_ENV] = repr(rate)
+    if failure_text:
+        job.tags = {"failure": int(failure_text)}
     device = _device(where)
     _init_process_group(where, device, options.timeout_s)
     finished = False
     try:
-        final = _run_job(scenario, kind, where, device, run_dir, events, crash, tags, process_start)
+        final = job.attempt(where, device, process_start)
         finished = True
         return final
     except BaseException as error:
-        # The traceback keeps _run_job's frame, and the modules in it, alive: release them
+        # The traceback keeps the job's frames, and the modules in them, alive: release them
         # before the groups go (the traceback's lines are kept for the report).
         traceback.clear_frames(error.__traceback__)
         raise
     finally:
-        # The model and engine (which hold the process groups) are gone with _run_job's frame.
+        job.release()  # the model and engine hold the process groups
         leave_process_group(together=finished)
-        events.close()
+        job.close()
 
 
-def _run_job(
-    scenario: Scenario,
-    kind: CheckpointerKind,
-    where: RankEnv,
-    device: torch.device,
-    run_dir: Path,
-    events: EventLog,
-    crash: CrashPoint | None,
-    tags: Mapping[str, Any],
-    process_start: float,
-) -> Path:
-    """Build the trainer and its checkpointer, train, write the final weights."""
-    trainer = Trainer(
-        TrainerConfig.from_scenario(scenario),
-        rank=where.rank,
-        world_size=where.world_size,
-        device=device,
-    )
-    checkpointer = make_checkpointer(
-        kind,
-        scenario,
-        rank=where.rank,
-        world_size=where.world_size,
-        node=where.node,
-        local_rank=where.local_rank,
-        run_dir=run_dir,
-        template=trainer.state,
-        event_log=events,
-        model=trainer.model,
-    )
-    # Restart ends here: processes up, process group formed, model, data and checkpoint
-    # engine built. What follows until state_restored is retrieval alone.
-    events.emit("process_group_ready", seconds=time.time() - process_start, **tags)
+def _serve_agent(
+    options: TrainerOptions, scenario: Scenario, run_dir: Path, channel: AgentChannel
+) -> Path | None:
+    """A warm trainer under a node agent: serve attempts until the job is over."""
+    prewarm()
+    job = _Job(options, scenario, run_dir, crash_point_from_env())
+    final: list[Path] = []
+
+    def body(assignment: Assignment) -> None:
+        where = RankEnv.from_env(assignment.env)
+        final.append(job.attempt(where, _device(where), time.time()))
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     try:
-        _train(trainer, checkpointer, scenario.training.iterations, events, crash, where.rank, tags)
+        run_attempts(body, channel, backend=backend, timeout_s=options.timeout_s)
     finally:
-        checkpointer.close()
-    return _write_final(trainer, run_dir, where, kind)
+        job.release()
+        job.close()
+        channel.close()
+    return final[-1] if final else None  # a spare the job never needed
+
+
+class _Job:
+    """The built-in trainer of one process, kept across the attempts it serves.
+
+    The model, optimizer and data pipeline survive a failed attempt (DDP re-wraps the same
+    module in the next attempt's group; FSDP2, whose parameters belong to the old group's
+    mesh, is rebuilt); the checkpointer is renewed per attempt (its stores, peers and group
+    change), the node store's slots stay.
+    """
+
+    def __init__(
+        self,
+        options: TrainerOptions,
+        scenario: Scenario,
+        run_dir: Path,
+        crash: CrashPoint | None,
+    ) -> None:
+        self.options, self.scenario, self.run_dir, self.crash = options, scenario, run_dir, crash
+        self.kind: CheckpointerKind = options.checkpointer or scenario.checkpoint.strategy
+        self.trainer: Trainer | None = None
+        self.events: EventLog | None = None
+        self.tags: dict[str, Any] = {}
+        self.attempts = 0
+        storage = scenario.cluster.storage
+        if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
+            from real.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
+
+            rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, scenario.cluster.ranks)
+            os.environ[STORAGE_RATE_ENV] = repr(rate)
+
+    def attempt(self, where: RankEnv, device: torch.device, began: float) -> Path:
+        """Build (or re-wrap) the trainer and its checkpointer, train, write the final weights.
+
+        ``began``: when this attempt's restart began for this process (its start, or the
+        assignment), so ``process_group_ready`` measures the restart.
+        """
+        self.attempts += 1
+        if self.events is None:
+            self.events = EventLog.from_env(
+                f"trainer-rank{where.rank}", node=where.node, rank=where.rank
+            )
+        events = self.events
+        trainer = self.trainer
+        if trainer is not None and trainer.config.parallelism == "ddp":
+            trainer.rejoin()
+        else:
+            self.trainer = None  # FSDP2: its parameters belong to the old group's mesh
+            trainer = Trainer(
+                TrainerConfig.from_scenario(self.scenario),
+                rank=where.rank,
+                world_size=where.world_size,
+                device=device,
+            )
+            self.trainer = trainer
+        checkpointer = make_checkpointer(
+            self.kind,
+            self.scenario,
+            rank=where.rank,
+            world_size=where.world_size,
+            node=where.node,
+            local_rank=where.local_rank,
+            run_dir=self.run_dir,
+            template=trainer.state,
+            event_log=events,
+            model=trainer.model,
+        )
+        # Restart ends here: processes up, process group formed, model, data and checkpoint
+        # engine built. What follows until state_restored is retrieval alone.
+        events.emit(
+            "process_group_ready",
+            seconds=time.time() - began,
+            in_process=self.attempts > 1,
+            **self.tags,
+        )
+        finished = False
+        try:
+            _train(
+                trainer,
+                checkpointer,
+                self.scenario.training.iterations,
+                events,
+                self.crash,
+                where.rank,
+                self.tags,
+            )
+            finished = True
+        finally:
+            checkpointer.close(abandon=not finished)
+            del checkpointer
+            if not finished:  # leave nothing that holds the failed group
+                if trainer.config.parallelism == "ddp":
+                    trainer.detach()
+                else:
+                    self.trainer = None
+                del trainer
+        return _write_final(trainer, self.run_dir, where, self.kind)
+
+    def release(self) -> None:
+        """Drop the model (and the process groups it holds) before the groups are left."""
+        self.trainer = None
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
 
 
 def _train(
@@ -434,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.exception("trainer failed")
         print(f"error: trainer rank {os.environ.get('RANK', '0')} failed: {error}", file=sys.stderr)
         return 1
-    print(manifest)
+    if manifest is not None:
+        print(manifest)
     return 0
 
 

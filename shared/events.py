@@ -37,6 +37,7 @@ EventKind = Literal[
     "replacement_requested",
     "replacement_ready",
     "restart_begin",
+    "spare_assigned",
     "process_group_ready",
     "state_restored",
     "training_resumed",

@@ -368,6 +368,17 @@ class DetectionConfig(_Strict):
     exit_report_s: NonNegativeFloat = Field(
         0.05, description="Time for an agent to report a trainer exit (software detection)."
     )
+    probe_timeout_s: PositiveFloat = Field(
+        1.0,
+        description="When a trainer reports a broken collective, the root probes every "
+        "member's agent; one that refuses the connection, or does not answer within this, "
+        "is lost at once (the lease stays the backstop for silent partitions).",
+    )
+    abort_timeout_s: PositiveFloat = Field(
+        2.0,
+        description="A trainer that has not left its failed attempt this long after its agent "
+        "told it to is killed, and the node's warm spare takes its place.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

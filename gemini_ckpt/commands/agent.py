@@ -73,6 +73,7 @@ def command(
         checkpointer=strategy or parsed.checkpoint.strategy,
         world_size=parsed.cluster.ranks,
         per_node=parsed.cluster.accelerators_per_node,
+        abort_timeout_s=parsed.detection.abort_timeout_s,
     )
     config = AgentConfig(
         kv_url=kv_url,

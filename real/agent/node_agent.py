@@ -5,15 +5,20 @@ files in ``/dev/shm``), keeps the node's heartbeat lease in the coordination sto
 in the root election (the winner also runs :class:`~real.agent.root.RootAgent` in a thread),
 and follows the root's **attempt record** (``job/attempt``, :mod:`real.agent.jobkeys`):
 
-- ``running`` and this node a member: start this node's trainers for the attempt, with the
-  attempt's rendezvous, store addresses and restore plan (:mod:`real.agent.trainers`);
-- ``stopped`` (or a newer attempt): stop the trainers of the older attempt (SIGTERM, grace,
-  SIGKILL), then acknowledge (``acks/<attempt>/<node_id>``);
+- ``running`` and this node a member: assign the attempt to this node's trainers, already
+  running and warm (:mod:`real.agent.trainers`), with the attempt's rendezvous, store addresses
+  and restore plan;
+- ``stopped`` (or a newer attempt): abort the older attempt: the trainers leave it and wait,
+  in process, for the next one; those that died or are stuck are replaced by warm spares. Then
+  acknowledge (``acks/<attempt>/<node_id>``);
 - ``finished``: stop and exit; also when this node is no longer a member (the root declared
   it lost and a replacement took its slot: a fenced node leaves on its own).
 
 A trainer that exits with a failure is reported at once (``exits/<node>/<rank>``, read by the
-root's detector within its polling period); one that finishes writes ``done/<attempt>/<rank>``.
+root's detector within its polling period); one whose collective broke (a peer is gone) is
+reported as a suspect (``suspects/<node>/<rank>``), on which the root probes every node's agent
+(:mod:`real.coord.probe`; this agent answers on the ``probe`` address it registers); one that
+finishes writes ``done/<attempt>/<rank>``.
 
 **Persistence.** The background persistence to the persistent tier every K iterations is the
 trainer-side checkpointer's (``real.persistent.BackgroundPersister`` needs the trainers'
@@ -36,11 +41,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from real.agent import jobkeys
-from real.agent.trainers import TrainerGroup, TrainerSpec, trainer_env
+from real.agent.trainers import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
 from real.coord.election import Election
 from real.coord.heartbeat import Heartbeat
 from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.coord.probe import ProbeServer
 from real.engine.process import StoreProcess
 from real.eventlog import EventLog
 from shared.scenario import Scenario
@@ -91,7 +97,9 @@ class NodeAgent:
             config.t0,
             node=config.slot,
         )
-        self.group: TrainerGroup | None = None
+        self.pool: TrainerPool | None = None
+        self.running: int | None = None  # the attempt this node's trainers are in
+        self.suspected: set[tuple[int, int]] = set()  # (attempt, rank) reported
         self.acked: set[int] = set()
         self.started: set[int] = set()
         self.was_member = False
@@ -117,9 +125,21 @@ class NodeAgent:
         )
         heartbeat: Heartbeat | None = None
         election: Election | None = None
+        prober: ProbeServer | None = None
         try:
             self.kv = connect_kv(config.kv_url)
             address = store.start()
+            # Warm trainers start now, while the rest of the node and the job come up.
+            self.pool = TrainerPool(
+                config.spec,
+                config.slot,
+                {
+                    "GEMINI_TOKEN": config.token,
+                    "GEMINI_RUN_DIR": str(self.run_dir),
+                    "GEMINI_RUN_T0": repr(config.t0),
+                },
+            )
+            prober = ProbeServer(config.node_id, config.host)
             self._write_pids(store)
             jobkeys.put_json(
                 self.kv,
@@ -128,6 +148,7 @@ class NodeAgent:
                     "node_id": config.node_id,
                     "slot": config.slot,
                     "address": address,
+                    "probe": prober.address,
                     "host": config.host,
                     "pid": os.getpid(),
                 },
@@ -150,6 +171,8 @@ class NodeAgent:
             return self._follow()
         finally:
             self._stop_trainers()
+            if prober is not None:
+                prober.close()
             self.root_stop.set()
             if election is not None:
                 election.resign()
@@ -228,14 +251,14 @@ class NodeAgent:
 
     def _apply(self, record: dict[str, Any]) -> bool:
         """Act on the attempt record; False when the agent should exit."""
-        assert self.kv is not None
+        assert self.kv is not None and self.pool is not None
         attempt, state = int(record["attempt"]), record["state"]
         members = jobkeys.members_of(record)
         member = members.get(self.config.slot) == self.config.node_id
         if member:
             self.was_member = True
         if state == "finished":
-            self._wait_trainers_done(10.0)
+            self._stop_trainers()
             return False
         if state == "failed":
             self._stop_trainers()
@@ -243,9 +266,13 @@ class NodeAgent:
         if self.was_member and not member and self.config.node_id not in members.values():
             log.warning("node %d: no longer a member (replaced); leaving", self.config.node_id)
             return False
-        group = self.group
-        if group is not None and (group.attempt != attempt or state != "running"):
-            self._stop_trainers()
+        running = self.running
+        if running is not None and (running != attempt or state != "running"):
+            self.running = None
+            lost = self.pool.abort(running)
+            if lost:
+                log.warning("node %d: trainers %s replaced by spares", self.config.node_id, lost)
+            self._write_pids(None)
         if state == "stopped" or (state == "running" and not member):
             if attempt not in self.acked:
                 jobkeys.put_json(
@@ -254,35 +281,34 @@ class NodeAgent:
                     {"time": time.time()},
                 )
                 self.acked.add(attempt)
-        elif state == "running" and member and self.group is None and attempt not in self.started:
-            self.started.add(attempt)  # one start per attempt
-            self.group = TrainerGroup(
-                self.config.spec,
-                self.config.slot,
-                attempt,
-                trainer_env(record, self.config.token, self.run_dir, self.config.t0),
-            )
+        elif state == "running" and member and attempt not in self.started:
+            self.started.add(attempt)  # one assignment per attempt
+            fresh = self.pool.assign(attempt, trainer_env(record))
+            self.running = attempt
+            spares = sorted(rank for rank, spare in fresh.items() if spare)
+            if spares and attempt > 1:
+                self.events.emit("spare_assigned", attempt=attempt, ranks=spares)
             self._write_pids(None)
         return True
 
     def _watch_trainers(self, record: dict[str, Any] | None) -> None:
         assert self.kv is not None
-        group = self.group
-        if group is None:
+        pool, attempt = self.pool, self.running
+        if pool is None or attempt is None:
             return
-        for rank, code in group.poll().items():
-            if code == 0:
-                jobkeys.put_json(
-                    self.kv, f"{jobkeys.DONE_PREFIX}{group.attempt}/{rank}", {"time": time.time()}
-                )
-                continue
+        exited, finished = pool.poll()
+        for rank in finished:
+            jobkeys.put_json(
+                self.kv, f"{jobkeys.DONE_PREFIX}{attempt}/{rank}", {"time": time.time()}
+            )
+        for rank, code in exited.items():
             # Reported at once, whatever the root is doing: it sorts causes from symptoms.
             value = {
                 "node": self.config.node_id,
                 "rank": rank,
                 "exitcode": code,
                 "time": time.time(),
-                "attempt": group.attempt,
+                "attempt": attempt,
                 "slot": self.config.slot,
             }
             self.kv.put(keys.exit_key(self.config.node_id, rank), keys.encode(value))
@@ -291,21 +317,27 @@ class NodeAgent:
                 self.config.node_id,
                 rank,
                 code,
-                group.attempt,
+                attempt,
             )
+        for rank, error in pool.parked_after_failure().items():
+            if (attempt, rank) in self.suspected:
+                continue
+            self.suspected.add((attempt, rank))
+            suspect: dict[str, Any] = {
+                "node": self.config.node_id,
+                "rank": rank,
+                "error": error,
+                "time": time.time(),
+                "attempt": attempt,
+            }
+            self.kv.put(keys.suspect_key(self.config.node_id, rank), keys.encode(suspect))
 
     def _stop_trainers(self) -> None:
-        group, self.group = self.group, None
-        if group is not None:
-            group.stop()
+        pool, self.pool = self.pool, None
+        self.running = None
+        if pool is not None:
+            pool.stop()
             self._write_pids(None)
-
-    def _wait_trainers_done(self, timeout_s: float) -> None:
-        group = self.group
-        deadline = time.monotonic() + timeout_s
-        while group is not None and group.running and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        self._stop_trainers()
 
     def _write_pids(self, store: StoreProcess | None) -> None:
         """``<run_dir>/pids/<node_id>.json``: what the launcher must kill to fail this node."""
@@ -321,12 +353,15 @@ class NodeAgent:
         if store is not None:
             current["store"] = store.pid
         every = set(current.get("all_trainers", []))
-        if self.group is not None:
-            current["trainers"] = {str(r): self.group.pid(r) for r in self.group.handlers}
-            current["attempt"] = self.group.attempt
-            every |= set(self.group.pids())
+        if self.pool is not None:
+            active = self.pool.pids()
+            current["trainers"] = {str(r): pid for r, pid in active.items()}
+            current["spares"] = self.pool.spare_pids()
+            current["attempt"] = self.running
+            every |= set(active.values()) | set(current["spares"])
         else:
             current["trainers"] = {}
+            current["spares"] = []
         current["all_trainers"] = sorted(every)
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(current))

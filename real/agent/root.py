@@ -48,6 +48,7 @@ from real.coord import keys
 from real.coord.detector import Detection, FailureDetector
 from real.coord.kv import KeyValueStore, StoreError
 from real.coord.operator import CloudOperator
+from real.coord.probe import probe_all
 from real.engine.client import StoreClient
 from real.engine.restore import latest_persistent
 from real.eventlog import EventLog
@@ -108,7 +109,15 @@ class RootAgent:
         )
         self.operator = CloudOperator.from_scenario(cluster, rng=random.Random(scenario.seed))
         self.lease_timeout_s = scenario.detection.lease_timeout_s
-        self.detector = FailureDetector(kv, self.lease_timeout_s, poll_s=POLL_S)
+        detection = scenario.detection
+        self.probe_timeout_s = detection.probe_timeout_s
+        self.detector = FailureDetector(
+            kv,
+            self.lease_timeout_s,
+            poll_s=POLL_S,
+            prober=self._probe,
+            suspect_grace_s=detection.probe_timeout_s + detection.abort_timeout_s,
+        )
         from real.trainer_main import storage_url
 
         self.persistent_url = storage_url(scenario, run_dir)
@@ -184,6 +193,19 @@ class RootAgent:
             "store_memory_bytes": per_slot,
             "node_memory_bytes": node_memory,
         }
+
+    def _probe(self, node_ids: list[int]) -> list[int]:
+        """The nodes among ``node_ids`` whose agent does not answer a probe now."""
+        registrations = self._registrations()
+        addresses = {
+            n: str(registrations[n]["probe"])
+            for n in node_ids
+            if n in registrations and registrations[n].get("probe")
+        }
+        lost = probe_all(addresses, self.probe_timeout_s)
+        if lost:
+            log.warning("node %d: root: nodes %s do not answer a probe", self.node_id, lost)
+        return lost
 
     def _emit(self, kind: str, iteration: int | None = None, **details: Any) -> None:
         self.events.emit(kind, iteration=iteration, node=self.slot, **details)
@@ -375,8 +397,9 @@ class _Recovery:
                 self.failed[slot] = "hardware"
                 self._detected(slot, detection, HARDWARE_KINDS)
             else:
-                index = self._match(slot, ("software",))
-                if index is None or self.failed.get(slot) is not None:
+                # Survivors of a failure park in process and never exit: a trainer that
+                # exited while its node lives is a software failure of its own.
+                if self.failed.get(slot) is not None:
                     self.symptoms.append(detection)
                     continue
                 self.failed[slot] = "software"
@@ -452,8 +475,9 @@ class _Recovery:
             self._detected(slot, first, ("software",))
         for index in self.indices:
             root.events.emit("training_stopped", node=root.slot, failure=index, attempt=attempt)
-        # Exit records of the stopped attempt are handled: a restart starts clean.
+        # Exit and suspect records of the stopped attempt are handled: a restart starts clean.
         self.kv.delete(keys.EXITS_PREFIX, prefix=True)
+        self.kv.delete(keys.SUSPECTS_PREFIX, prefix=True)
 
     # -- replacement ------------------------------------------------------------------------
 

@@ -1,16 +1,22 @@
-"""The trainer processes of one node, started with torchrun's environment.
+"""The trainer processes of one node: long-lived, recovered in process, backed by warm spares.
 
-A node agent starts one trainer per accelerator (``python -m real.trainer_main``) through
-torch.distributed.elastic's ``SubprocessHandler`` (the piece torchrun itself uses: a new
-session per trainer, output redirected to files, the whole process group signalled on close).
-Every attempt gets the rendezvous address the root chose for it: a fresh ``MASTER_PORT`` per
-attempt, and ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, so a restart never reads a previous
-attempt's stale addresses (pytorch#135712).
+A node agent keeps, per local rank, one **active** trainer and one **warm spare**: both started
+ahead of need (``python -m real.trainer_main``, interpreter up, torch imported, an optimizer step
+taken once), waiting on a socket the agent created and the trainer inherited
+(:mod:`real.inprocess`). For each attempt of the job the agent **assigns** the attempt to the
+active trainer of every local rank (rank, world, rendezvous, stores, restore plan). When the
+root stops an attempt, the agent **aborts** it: survivors leave their failed collectives and
+**park**, keeping their model and optimizer for the next attempt. A trainer that died, or has
+not parked within ``detection.abort_timeout_s`` (stuck in a collective gloo cannot abort), is
+killed and replaced by the spare; a new spare starts in the background. So a crash or a
+replacement node pays no process start, and survivors pay no restart at all.
 
-Environment of each trainer: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
-``GROUP_RANK`` and ``GEMINI_NODE`` (the node's slot), ``MASTER_ADDR``, ``MASTER_PORT``,
-``GEMINI_STORE_ADDRS``, ``GEMINI_TOKEN``, ``GEMINI_RESTORE_PLAN`` (the root's plan),
-``GEMINI_RUN_DIR``, ``GEMINI_RUN_T0``, ``OMP_NUM_THREADS=1``.
+Environment of each trainer: ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GEMINI_NODE`` and
+``GROUP_RANK`` (the node's slot), ``GEMINI_AGENT_FD``, ``GEMINI_TOKEN``, ``GEMINI_RUN_DIR``,
+``GEMINI_RUN_T0``, ``OMP_NUM_THREADS=1``; each assignment adds ``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT`` (a fresh port per attempt, so a restart never reads a previous
+attempt's stale addresses, pytorch#135712), ``GEMINI_STORE_ADDRS`` and ``GEMINI_RESTORE_PLAN``.
+No secret is on a command line.
 """
 
 from __future__ import annotations
@@ -20,14 +26,15 @@ import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from torch.distributed.elastic.multiprocessing.subprocess_handler import SubprocessHandler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ class TrainerSpec:
         world_size: ranks in the job.
         per_node: ranks per node.
         timeout_s: collective timeout of the trainers, s.
+        abort_timeout_s: a trainer that has not parked this long after an abort is killed, s.
+        spares: warm spare processes kept per local rank.
     """
 
     scenario: Path
@@ -53,9 +62,12 @@ class TrainerSpec:
     world_size: int
     per_node: int
     timeout_s: float = 120.0
+    abort_timeout_s: float = 2.0
+    spares: int = 1
 
     def command(self) -> list[str]:
         arguments = [
+            sys.executable,
             "-m",
             "real.trainer_main",
             str(self.scenario),
@@ -71,107 +83,339 @@ class TrainerSpec:
         return arguments
 
 
-class TrainerGroup:
-    """The trainers of one node for one attempt; owned by the node agent.
+class Worker:
+    """One trainer process and the agent's end of its socket.
+
+    States (from its messages): ``starting``, ``ready`` (warm, unassigned), ``joined`` (in the
+    process group of ``attempt``), ``parked`` (left a failed attempt), ``done`` (finished
+    ``attempt``), ``exited``.
+    """
+
+    def __init__(self, spec: TrainerSpec, slot: int, local_rank: int, env: Mapping[str, str]):
+        self.local_rank = local_rank
+        parent, child = socket.socketpair()
+        self._sock = parent
+        self._lock = threading.Condition()
+        self.state = "starting"
+        self.attempt = 0  # the attempt this worker was last assigned
+        self.reported: int | None = None  # the attempt its last joined/parked/done names
+        self.error: str | None = None
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        logs = spec.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"trainer-n{slot}-l{local_rank}-{time.time_ns()}.log"
+        worker_env = {
+            **os.environ,
+            **env,
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(spec.per_node),
+            "GROUP_RANK": str(slot),
+            "GEMINI_NODE": str(slot),
+            "GEMINI_AGENT_FD": str(child.fileno()),
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its stack in the log
+        }
+        with open(self.log_path, "ab") as output:
+            self.proc = subprocess.Popen(
+                spec.command(),
+                env=worker_env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child.fileno(),),
+                start_new_session=True,  # its own process group: killed with its children
+            )
+        child.close()
+        self._reader = threading.Thread(target=self._read, name=f"worker-{self.pid}", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def _read(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError, ValueError):
+            while data := self._sock.recv(65536):
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._handle(json.loads(line))
+        with self._lock:
+            self.state = "exited" if self.proc.poll() is not None else self.state
+            self._lock.notify_all()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        with self._lock:
+            if op == "ready":
+                self.state, self.ready_at = "ready", time.time()
+            elif op in ("joined", "failed", "parked", "done"):
+                self.state, self.reported = op, int(message["attempt"])
+                self.error = message.get("error")
+            self._lock.notify_all()
+
+    def send(self, op: str, **fields: Any) -> bool:
+        line = json.dumps({"op": op, **fields}, separators=(",", ":")).encode() + b"\n"
+        try:
+            self._sock.sendall(line)
+            return True
+        except OSError:
+            return False
+
+    def assign(self, attempt: int, env: Mapping[str, str]) -> None:
+        with self._lock:
+            self.attempt = attempt
+        self.send("assign", attempt=attempt, env=dict(env))
+
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def settled(self, attempt: int) -> bool:
+        """Whether this worker has left ``attempt`` (parked, done, never joined, or dead)."""
+        with self._lock:
+            if self.proc.poll() is not None:
+                return True
+            if self.attempt != attempt:
+                return True
+            return self.reported == attempt and self.state in ("parked", "done")
+
+    def wait_until(self, predicate: Any, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    return bool(predicate())
+                self._lock.wait(min(remaining, 0.05))
+            return True
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the process (Linux), or None."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def dump_stacks(self) -> None:
+        """Ask the trainer to write every thread's stack to its log (before it is killed)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGUSR1)
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the trainer and its children; reap it."""
+        kill_pids([self.pid])
+        with contextlib.suppress(Exception):
+            self.proc.wait(10.0)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def stop(self, grace_s: float) -> None:
+        """Ask it to finish, wait ``grace_s``, then kill."""
+        if self.proc.poll() is None:
+            self.send("finish")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(grace_s)
+        self.kill()
+
+
+class TrainerPool:
+    """The trainers of one node; owned by the node agent.
 
     Args:
         spec: the job's trainer settings.
         slot: the node's place in the job.
-        attempt: the attempt number (logs are per attempt).
-        env: variables common to every trainer of the attempt (rendezvous, stores, plan...).
+        env: variables common to every trainer of the node (token, run folder, clock).
     """
 
-    def __init__(self, spec: TrainerSpec, slot: int, attempt: int, env: Mapping[str, str]):
-        self.spec, self.slot, self.attempt = spec, slot, attempt
-        self.handlers: dict[int, SubprocessHandler] = {}
-        self.exitcodes: dict[int, int] = {}
-        self.started_at = 0.0
-        logs = spec.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.started_at = time.time()
+    def __init__(self, spec: TrainerSpec, slot: int, env: Mapping[str, str]) -> None:
+        self.spec, self.slot, self.env = spec, slot, dict(env)
+        self.active: dict[int, Worker] = {}
+        self.spares: dict[int, list[Worker]] = {r: [] for r in range(spec.per_node)}
+        self.attempt = 0
+        self.exitcodes: dict[int, int] = {}  # rank -> exit code, reported once
+        self.done: set[int] = set()
+        self.retired: list[Worker] = []
         for local_rank in range(spec.per_node):
-            rank = slot * spec.per_node + local_rank
-            trainer_env = {
-                **env,
-                "RANK": str(rank),
-                "WORLD_SIZE": str(spec.world_size),
-                "LOCAL_RANK": str(local_rank),
-                "LOCAL_WORLD_SIZE": str(spec.per_node),
-                "GROUP_RANK": str(slot),
-                "GEMINI_NODE": str(slot),
-                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-                "OMP_NUM_THREADS": "1",
-                "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its stack in the log
-            }
-            output = logs / f"trainer-rank{rank}-attempt{attempt}.log"
-            self.handlers[rank] = SubprocessHandler(
-                entrypoint=sys.executable,
-                args=tuple(spec.command()),
-                env=trainer_env,
-                stdout=str(output),
-                stderr=str(output.with_suffix(".err")),
-                local_rank_id=local_rank,
-                numa_options=None,
+            self.active[local_rank] = self._start(local_rank)
+            for _ in range(spec.spares):
+                self.spares[local_rank].append(self._start(local_rank))
+
+    def _start(self, local_rank: int) -> Worker:
+        worker = Worker(self.spec, self.slot, local_rank, self.env)
+        log.info(
+            "node slot %d: trainer for local rank %d started (pid %d)",
+            self.slot,
+            local_rank,
+            worker.pid,
+        )
+        return worker
+
+    def rank(self, local_rank: int) -> int:
+        return self.slot * self.spec.per_node + local_rank
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until every active trainer and spare is warm."""
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers():
+            remaining = max(0.0, deadline - time.monotonic())
+            if not worker.wait_until(lambda w=worker: w.state != "starting", remaining):
+                return False
+        return True
+
+    def workers(self) -> list[Worker]:
+        return [*self.active.values(), *(w for ws in self.spares.values() for w in ws)]
+
+    def assign(self, attempt: int, env: Mapping[str, str]) -> dict[int, bool]:
+        """Give ``attempt`` to a live trainer per local rank; ``{rank: came from a spare}``."""
+        self.attempt = attempt
+        self.done.clear()
+        self.exitcodes.clear()
+        fresh: dict[int, bool] = {}
+        for local_rank in range(self.spec.per_node):
+            worker = self.active.get(local_rank)
+            fresh[self.rank(local_rank)] = False
+            if worker is None or worker.exitcode() is not None:
+                self._retire(local_rank)
+                worker = self._promote(local_rank)
+                fresh[self.rank(local_rank)] = True
+            rank = self.rank(local_rank)
+            worker.assign(
+                attempt,
+                {
+                    **env,
+                    "RANK": str(rank),
+                    "WORLD_SIZE": str(self.spec.world_size),
+                    "GROUP_RANK": str(self.slot),
+                    "GEMINI_NODE": str(self.slot),
+                },
             )
-            log.info("node slot %d: trainer rank %d started (pid %d)", slot, rank, self.pid(rank))
+        return fresh
 
-    def pid(self, rank: int) -> int:
-        return int(self.handlers[rank].proc.pid)
+    def _promote(self, local_rank: int) -> Worker:
+        """The spare of ``local_rank`` becomes active (a cold start if none is alive); a new
+        spare starts in the background."""
+        spares = [w for w in self.spares[local_rank] if w.exitcode() is None]
+        self.spares[local_rank] = spares
+        if spares:
+            worker = spares.pop(0)
+            log.info(
+                "node slot %d: warm spare (pid %d) takes local rank %d",
+                self.slot,
+                worker.pid,
+                local_rank,
+            )
+        else:
+            log.warning("node slot %d: no warm spare for local rank %d", self.slot, local_rank)
+            worker = self._start(local_rank)
+        self.active[local_rank] = worker
+        while len(self.spares[local_rank]) < self.spec.spares:
+            self.spares[local_rank].append(self._start(local_rank))
+        return worker
 
-    def pids(self) -> list[int]:
-        return [self.pid(rank) for rank in self.handlers]
+    def _retire(self, local_rank: int) -> None:
+        worker = self.active.pop(local_rank, None)
+        if worker is not None:
+            worker.kill()
 
-    def poll(self) -> dict[int, int]:
-        """Trainers that exited since the last call: ``{rank: exit code}`` (negative: signal)."""
-        new = {}
-        for rank, handler in self.handlers.items():
-            if rank in self.exitcodes:
-                continue
-            code = handler.proc.poll()
-            if code is not None:
+    def abort(self, attempt: int) -> list[int]:
+        """Make every trainer leave ``attempt``; kill those that do not park in time.
+
+        Returns:
+            The ranks whose trainers were killed (stuck) or had died.
+        """
+        for worker in self.active.values():
+            if worker.attempt == attempt and worker.exitcode() is None:
+                worker.send("abort", attempt=attempt)
+        deadline = time.monotonic() + self.spec.abort_timeout_s
+        lost = []
+        for local_rank, worker in list(self.active.items()):
+            remaining = max(0.0, deadline - time.monotonic())
+            if not worker.wait_until(lambda w=worker: w.settled(attempt), remaining):
+                worker.dump_stacks()
+                log.warning(
+                    "node slot %d: trainer rank %d (pid %d) did not leave attempt %d in %.1f s; "
+                    "killing it (a spare takes its place)",
+                    self.slot,
+                    self.rank(local_rank),
+                    worker.pid,
+                    attempt,
+                    self.spec.abort_timeout_s,
+                )
+                self._retire(local_rank)
+                lost.append(self.rank(local_rank))
+            elif worker.exitcode() is not None:
+                self._retire(local_rank)
+                lost.append(self.rank(local_rank))
+        return lost
+
+    def poll(self) -> tuple[dict[int, int], list[int]]:
+        """What changed since the last call: trainers of the current attempt that exited
+        (``{rank: exit code}``, negative for a signal) and ranks that finished it."""
+        exited, finished = {}, []
+        for local_rank, worker in self.active.items():
+            rank = self.rank(local_rank)
+            code = worker.exitcode()
+            if code is not None and rank not in self.exitcodes and worker.attempt:
                 self.exitcodes[rank] = code
-                new[rank] = code
-        return new
+                exited[rank] = code
+            elif (
+                code is None
+                and worker.state == "done"
+                and worker.reported == self.attempt
+                and rank not in self.done
+            ):
+                self.done.add(rank)
+                finished.append(rank)
+        return exited, finished
 
-    @property
-    def running(self) -> bool:
-        return any(h.proc.poll() is None for h in self.handlers.values())
+    def parked_after_failure(self) -> dict[int, str]:
+        """Trainers of the current attempt that left it on their own (a collective failed):
+        ``{rank: error}``; the first sign of a peer's failure."""
+        return {
+            self.rank(local_rank): worker.error or "collective failed"
+            for local_rank, worker in self.active.items()
+            if worker.state in ("failed", "parked") and worker.reported == self.attempt
+        }
 
-    def stop(self, grace_s: float = 2.0) -> None:
-        """SIGTERM every trainer's process group, wait ``grace_s``, then SIGKILL; reap all."""
-        for handler in self.handlers.values():
-            if handler.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(handler.proc.pid, signal.SIGTERM)
+    def pids(self) -> dict[int, int]:
+        """``{rank: pid}`` of the active trainers."""
+        return {self.rank(r): w.pid for r, w in self.active.items() if w.exitcode() is None}
+
+    def spare_pids(self) -> list[int]:
+        return [w.pid for ws in self.spares.values() for w in ws if w.exitcode() is None]
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Finish every trainer and spare (``finish``, grace, then SIGKILL); reap all."""
+        workers = self.workers()
+        for worker in workers:
+            if worker.exitcode() is None:
+                worker.send("finish")
         deadline = time.monotonic() + grace_s
-        for handler in self.handlers.values():
-            with contextlib.suppress(Exception):
-                handler.proc.wait(max(0.0, deadline - time.monotonic()))
-        for handler in self.handlers.values():
-            # The group too: a trainer's own children (gloo helpers) must not outlive it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(handler.proc.pid, signal.SIGKILL)
-            handler.proc.wait()
-            for stream in (handler._stdout, handler._stderr):
-                if stream is not None:
-                    stream.close()
-        for rank, handler in self.handlers.items():
-            self.exitcodes.setdefault(rank, handler.proc.returncode)
+        for worker in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            worker.kill()
+        self.active.clear()
+        self.spares = {r: [] for r in range(self.spec.per_node)}
 
 
-def trainer_env(record: Mapping[str, Any], token: str, run_dir: Path, t0: float) -> dict[str, str]:
+def trainer_env(record: Mapping[str, Any]) -> dict[str, str]:
     """The variables an attempt record gives every trainer of the attempt."""
     env = {
         "MASTER_ADDR": str(record["master_addr"]),
         "MASTER_PORT": str(record["master_port"]),
         "GEMINI_STORE_ADDRS": ",".join(record["stores"]),
-        "GEMINI_TOKEN": token,
-        "GEMINI_RUN_DIR": str(run_dir),
-        "GEMINI_RUN_T0": repr(t0),
     }
     plan = record.get("plan")
-    if plan is not None:
-        env["GEMINI_RESTORE_PLAN"] = json.dumps(plan, separators=(",", ":"))
+    env["GEMINI_RESTORE_PLAN"] = "" if plan is None else json.dumps(plan, separators=(",", ":"))
     return env
 
 

@@ -7,6 +7,13 @@ The detector polls two prefixes every ``poll_s``:
   has passed since it was expected (it never came up).
 - ``exits/``: each new exit record is a **software** failure (unless the job told the detector
   to ignore the node, for instance while it is being stopped on purpose).
+- ``suspects/``: a trainer left its attempt because a collective broke: a peer is gone. With a
+  ``prober`` (:mod:`real.coord.probe`), a new exit or suspect record makes the detector probe
+  every expected node's agent at once; one that refuses or does not answer within the bound
+  is a **hardware** failure now, not when its lease expires. A suspect that nothing explains
+  within ``suspect_grace_s`` (no exit, no lost node: a peer hung rather than died) is reported
+  as a software failure of the suspect's node, so the job is stopped and the hung trainer,
+  which cannot leave its collective, is replaced.
 
 Each failure is reported once, as a :class:`Detection`, with the detection latency the root
 can know: for an exit, from the exit (the agent's timestamp) to its detection; for a lost node,
@@ -56,6 +63,7 @@ class Detection:
     detected_at: float
     last_seen_at: float
     key: str | None = None
+    detected_by: str = ""
 
     @property
     def latency_s(self) -> float:
@@ -70,6 +78,8 @@ class Detection:
         }
         if self.exitcode is not None:
             details["exitcode"] = self.exitcode
+        if self.detected_by:
+            details["detected_by"] = self.detected_by
         return details
 
 
@@ -83,6 +93,7 @@ class FailureDetector:
         expected_nodes: nodes to watch from the start.
         poll_s: the polling period of :meth:`wait`.
         clock: wall clock (``time.time``); injectable for tests.
+        prober: given node ids, returns those whose agent does not answer a probe.
     """
 
     def __init__(
@@ -93,7 +104,13 @@ class FailureDetector:
         *,
         poll_s: float = 0.1,
         clock: Callable[[], float] = time.time,
+        prober: Callable[[list[int]], list[int]] | None = None,
+        suspect_grace_s: float = 2.0,
     ) -> None:
+        self.prober = prober
+        self.suspect_grace_s = suspect_grace_s
+        self._unexplained: list[tuple[str, float, int, int]] = []
+        self._reported_suspects: set[tuple[str, float]] = set()
         self.kv = kv
         self.lease_timeout_s = lease_timeout_s
         self.poll_s = poll_s
@@ -134,6 +151,17 @@ class FailureDetector:
     def poll(self) -> list[Detection]:
         """One look at the store; returns the failures not reported before."""
         found = self._lost_nodes() + self._new_exits()
+        suspects = self._new_suspects()
+        if self.prober is not None and (suspects or found):
+            found += self._probe([d.node for d in found if d.kind == "hardware"])
+        if found:
+            self._unexplained.clear()  # the suspects saw this failure
+        elif self._unexplained:
+            key, at, node, rank = self._unexplained[0]
+            now = self.clock()
+            if now - at >= self.suspect_grace_s:
+                self._unexplained.clear()
+                found = [Detection("software", node, rank, None, now, at, key, "suspect")]
         for detection in found:
             logger.info(
                 "node %d rank %s: %s failure detected (%.3f s)",
@@ -180,10 +208,46 @@ class FailureDetector:
             if last is None and now - since < self.lease_timeout_s:
                 continue  # not up yet; give it one lease timeout
             lost.append(
-                Detection("hardware", node, None, None, now, last if last is not None else since)
+                Detection(
+                    "hardware",
+                    node,
+                    None,
+                    None,
+                    now,
+                    last if last is not None else since,
+                    None,
+                    "lease",
+                )
             )
             self.forget(node)
         return lost
+
+    def _probe(self, known_lost: list[int]) -> list[Detection]:
+        assert self.prober is not None
+        candidates = [n for n in self._expected if n not in known_lost]
+        lost = self.prober(candidates)
+        now = self.clock()
+        detections = []
+        for node in lost:
+            last = self._last_beat.get(node, now)
+            detections.append(Detection("hardware", node, None, None, now, last, None, "probe"))
+            self.forget(node)
+        return detections
+
+    def _new_suspects(self) -> list[str]:
+        new = []
+        for key, raw in sorted(self.kv.get_prefix(keys.SUSPECTS_PREFIX).items()):
+            try:
+                value = keys.decode(raw)
+                at, node, rank = float(value["time"]), int(value["node"]), int(value["rank"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if (key, at) not in self._reported_suspects:
+                self._reported_suspects.add((key, at))
+                if node not in self._ignored:
+                    new.append(key)
+                    self._unexplained.append((key, at, node, rank))
+        return new
 
     def _new_exits(self) -> list[Detection]:
         now = self.clock()
@@ -202,5 +266,5 @@ class FailureDetector:
             self._reported_exits.add((key, at))  # an ignored exit is not reported later either
             if node in self._ignored:
                 continue
-            exits.append(Detection("software", node, rank, exitcode, now, at, key))
+            exits.append(Detection("software", node, rank, exitcode, now, at, key, "exit"))
         return exits

@@ -8,6 +8,8 @@
     exits/<node>/<rank>    a trainer exit an agent reports at once: {"node", "rank",
                            "exitcode", "time"}; no lease (it must outlive the reporting agent);
                            the root deletes it once handled
+    suspects/<node>/<rank> a trainer left its attempt because a collective broke (a peer is
+                           gone): {"node", "rank", "error", "time"}; the root then probes
 
 Values are UTF-8 JSON objects. Times are wall-clock seconds (``time.time()``). Node ids are the
 integers the event log uses; a replacement node gets a fresh id (see :mod:`.operator`).
@@ -21,6 +23,7 @@ from typing import Any
 LEADER_KEY = "election/leader"
 NODES_PREFIX = "nodes/"
 EXITS_PREFIX = "exits/"
+SUSPECTS_PREFIX = "suspects/"
 
 
 def node_key(node: int) -> str:
@@ -31,6 +34,11 @@ def node_key(node: int) -> str:
 def exit_key(node: int, rank: int) -> str:
     """The key an agent writes when trainer ``rank`` on ``node`` exits."""
     return f"{EXITS_PREFIX}{node}/{rank}"
+
+
+def suspect_key(node: int, rank: int) -> str:
+    """The key an agent writes when trainer ``rank`` on ``node`` saw a collective break."""
+    return f"{SUSPECTS_PREFIX}{node}/{rank}"
 
 
 def encode(value: dict[str, Any]) -> bytes:

@@ -38,6 +38,7 @@ from real.engine.manifest import VerificationError
 from real.engine.persist import PersistentTier
 from real.engine.replication import Hook, ReplicationManager
 from real.eventlog import EventLog
+from real.inprocess import check_abort
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan
 from shared.scenario import Scenario
@@ -147,7 +148,12 @@ class GeminiCheckpointer:
         self.replication.hook = hook
 
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
-        """Capture ``state`` (returns once copied); replication and commit follow."""
+        """Capture ``state`` (returns once copied); replication and commit follow.
+
+        Raises:
+            AttemptAborted: the node agent stopped this attempt (in-process recovery).
+        """
+        check_abort()
         self.replication.wait()  # the previous checkpoint's remaining chunks go now
         self.replication.commit_prepared()  # commit: next_iteration_end, its iteration has ended
         # The newest iteration every rank has committed must survive this capture, here and
@@ -327,11 +333,19 @@ class GeminiCheckpointer:
         except (OSError, StoreError):
             pass
 
-    def close(self) -> None:
-        """Finish the last checkpoint (bounded wait) and release every resource."""
-        self.replication.close()
+    def close(self, abandon: bool = False) -> None:
+        """Finish the last checkpoint (bounded wait) and release every resource.
+
+        Args:
+            abandon: a failure stopped the job: drop replication and persistence in flight
+                instead of finishing them (the peers may be gone).
+        """
+        if abandon:
+            self.replication.abandon()
+        else:
+            self.replication.close()
         if self.persistent is not None:
-            self.persistent.close()
+            self.persistent.close(abandon=abandon)
         self.capturer.close()
         self.client.close()
         if self._own_events:

@@ -96,6 +96,11 @@ class StoreClient:
                 protocol.recv_into_exact(self.sock, data.numpy().data.cast("B"))
         return manifest, int(reply["manifest_checksum"]), data
 
+    def shutdown(self) -> None:
+        """Shut the connection from another thread: a call blocked on it fails now."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()

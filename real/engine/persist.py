@@ -80,5 +80,8 @@ class PersistentTier:
             state = unflatten_state(tensors, values)
         self.persister.submit(captured.iteration, state)
 
-    def close(self) -> None:
-        self.persister.close()
+    def close(self, abandon: bool = False) -> None:
+        if abandon:
+            self.persister.abandon()
+        else:
+            self.persister.close()

@@ -25,6 +25,7 @@ the iteration's start. Chunks that missed their spans, and the plan's spill, go 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -98,6 +99,7 @@ class ReplicationManager:
         self._idle = threading.Event()
         self._idle.set()
         self._flush = threading.Event()
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name=f"replicate-r{rank}", daemon=True)
         self._thread.start()
 
@@ -150,6 +152,30 @@ class ReplicationManager:
             client.close()
         self.clients.clear()
 
+    def abandon(self, timeout_s: float = 5.0) -> None:
+        """Drop this attempt's replication at once: a failure stopped the job.
+
+        Queued checkpoints are discarded, the peers' connections are shut (a send blocked on
+        a vanished peer fails now rather than at its timeout), and nothing more is sent or
+        committed: the sender must not touch a slot the next attempt restores from.
+        """
+        self._abandoned = True
+        self._prepared = None
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._jobs.get_nowait()
+        self._flush.set()  # a chunk waiting for its idle span gives up
+        for client in list(self.clients.values()):
+            client.shutdown()
+        self._jobs.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("node %d rank %d: replication sender did not stop", self.node, self.rank)
+        for client in list(self.clients.values()):
+            client.close()
+        self.clients.clear()
+        self._idle.set()
+
     # -- the sender -------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -175,6 +201,8 @@ class ReplicationManager:
         spill = 0
         for peer in self.peers:
             for attempt in (1, 2):
+                if self._abandoned:
+                    return False
                 try:
                     outside = self._send(peer, captured, raw, plan, flushing)
                     spill += outside
@@ -224,6 +252,8 @@ class ReplicationManager:
         return True
 
     def _commit(self, captured: Captured, started: float) -> None:
+        if self._abandoned:  # the job stopped: this checkpoint never counts
+            return
         self._call_hook("commit", captured.iteration)
         self.capturer.commit(captured)
         self.last_committed = captured.iteration
@@ -335,6 +365,8 @@ class ReplicationManager:
         return False
 
     def _client(self, peer: int) -> StoreClient:
+        if self._abandoned:
+            raise StoreError("replication abandoned: the job stopped")
         if peer not in self.clients:
             self.clients[peer] = StoreClient(peer, self.addresses[peer], self.token)
         return self.clients[peer]

@@ -16,7 +16,8 @@ JSON values only:
 ``load_state`` takes such a state back, with model and optimizer tensors in the live layout,
 as plain local tensors (what an engine that stores raw bytes gives back; under FSDP2 the rank's
 local shards, wrapped into DTensors again), or, under FSDP2, as whole plain tensors (a
-template-free read of the persistent tier), of which each rank keeps its part.
+template-free read of the persistent tier), of which each rank keeps its part. Both directions
+go through ``real.training_state``, the implementation the public adapters share.
 
 Determinism: weights start from the seed, batches are a pure function of (seed, rank, world
 size, position), DDP's bucket layout is fixed by ``bucket_cap_mb``, and intra-op threads are
@@ -34,15 +35,10 @@ from typing import Any, Literal, cast
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
+from real.training_state import load_model_and_optimizer_state, model_and_optimizer_state
 from real.workload.data import Corpus, DataPipeline, load_corpus
 from real.workload.model import GPT, GPTConfig
 from real.workload.rng import capture_rng_state, restore_rng_state
@@ -185,6 +181,35 @@ class Trainer:
         )
         self.iteration = 0
 
+    def rejoin(self) -> None:
+        """Wrap the same module and optimizer in the process group formed since (in-process
+        recovery: the previous attempt's group is gone with its failure).
+
+        DDP only: a new ``DistributedDataParallel`` around the same module (its constructor
+        broadcasts rank 0's parameters; the restore that follows overwrites them everywhere),
+        then the bucket warm-up, so the resumed run reduces exactly as an uninterrupted one.
+
+        Raises:
+            ValueError: under FSDP2, whose parameters belong to the old group's device mesh:
+                build a new ``Trainer`` instead.
+        """
+        if self.config.parallelism == "zero3":
+            raise ValueError("an FSDP2 trainer cannot change process groups: build a new one")
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        self.model = nn.parallel.DistributedDataParallel(
+            self.module,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            bucket_cap_mb=self.config.bucket_cap_mb,
+        )
+        self._settle_ddp_buckets()
+
+    def detach(self) -> None:
+        """Drop the DDP wrapper (and with it the failed group's last reference), keeping the
+        module and optimizer: until the group is gone, its connections stay open and the peers
+        still blocked in a collective with this rank never learn that it left."""
+        self.model = self.module
+
     def _settle_ddp_buckets(self) -> None:
         """One forward/backward on a blank batch, before any real iteration.
 
@@ -227,7 +252,9 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """The training state after ``self.iteration``; model and optim tensors are live."""
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = model_and_optimizer_state(
+            self.model, self.optimizer, clone=False
+        )
         return {
             "model": model_state,
             "optim": optim_state,
@@ -259,11 +286,9 @@ class Trainer:
                     f"the checkpoint's learning-rate schedule has {key}={schedule[key]}, this "
                     f"run {mine[key]}: resume with the same training settings"
                 )
-        template = get_model_state_dict(self.model)
-        model_state = _live_layout(state["model"], template, self.device)
-        optim_state = _optimizer_live_layout(state["optim"], template, self.device)
-        set_model_state_dict(self.model, model_state)
-        set_optimizer_state_dict(self.model, self.optimizer, optim_state)
+        load_model_and_optimizer_state(
+            self.model, self.optimizer, state["model"], state["optim"], device=self.device
+        )
         self.data.load_state(state["data"])
         restore_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
@@ -311,46 +336,3 @@ def _clip_gradients(model: nn.Module, max_norm: float) -> None:
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def _as_live(value: Any, like: torch.Tensor | None, device: torch.device) -> Any:
-    """``value`` in the layout of ``like``: a DTensor around a local shard, on ``device``."""
-    if not isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, DTensor):
-        return value
-    if isinstance(like, DTensor) and value.dim() == like.dim() and value.dim() > 0:
-        if tuple(value.shape) == tuple(like.shape) != tuple(like.to_local().shape):
-            # A whole tensor (from a template-free read of the persistent tier): keep this
-            # rank's part; src_data_rank=None slices locally, without communication.
-            return distribute_tensor(
-                value.to(like.device), like.device_mesh, like.placements, src_data_rank=None
-            )
-        return DTensor.from_local(
-            value.to(like.device),
-            like.device_mesh,
-            like.placements,
-            run_check=False,
-            shape=like.shape,
-            stride=like.stride(),
-        )
-    return value.to(device if value.dim() > 0 else value.device)
-
-
-def _live_layout(
-    state: Mapping[str, Any], template: Mapping[str, Any], device: torch.device
-) -> dict[str, Any]:
-    missing = sorted(set(template) - set(state))
-    if missing:
-        raise ValueError(f"the checkpoint's model state lacks {missing[:5]} (and maybe more)")
-    return {name: _as_live(value, template.get(name), device) for name, value in state.items()}
-
-
-def _optimizer_live_layout(
-    state: Mapping[str, Any], params: Mapping[str, Any], device: torch.device
-) -> dict[str, Any]:
-    per_param = {
-        name: {key: _as_live(value, params.get(name), device) for key, value in entries.items()}
-        for name, entries in state.get("state", {}).items()
-    }
-    return {**state, "state": per_param}

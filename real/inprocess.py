@@ -1,0 +1,352 @@
+"""In-process recovery: a trainer process that outlives its peers' failures.
+
+Under a node agent, a trainer process is started before it has a place in the job (a **warm
+spare**: interpreter up, torch imported, an optimizer built once so that its lazy imports are
+paid) and is then given **attempts**. For each attempt it joins a fresh process group (the
+attempt's own rendezvous port, so nothing stale is read), runs the training body, and either
+finishes or **parks**: a collective that failed because a peer vanished, or an abort from its
+agent, hands control back here; the process group is torn down and the process waits for the
+next attempt, keeping whatever the body keeps outside the attempt (model, optimizer, data,
+checkpoint engine). Only processes that died are replaced, by the node's warm spares.
+
+The agent and the trainer talk over a socket the agent created and the trainer inherited
+(file descriptor ``GEMINI_AGENT_FD``): one JSON object per line, so no address to find and no
+secret to prove. Agent to trainer::
+
+    {"op": "assign", "attempt": n, "env": {...}}   RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+                                                   GEMINI_STORE_ADDRS, GEMINI_RESTORE_PLAN, ...
+    {"op": "abort", "attempt": n}                  leave attempt n (its job was stopped)
+    {"op": "finish"}                               the job is over: exit
+
+and trainer to agent: ``ready`` (spare up), ``joined`` (process group formed), ``parked``
+(left a failed attempt, with the error), ``done`` (the body returned).
+
+gloo cannot abort a collective that waits for a *hung* peer (torch 2.13: ``abort()`` from
+another thread returns at once and the wait goes on); a peer that *died* makes the survivors'
+collectives fail within tens of milliseconds. So an abort is cooperative (checked by
+:func:`check_abort` at every checkpoint and raised from there), and the agent kills a trainer
+that has not parked within ``detection.abort_timeout_s``; its spare takes its place. NCCL
+communicators are aborted (``abort_process_group``) so a CUDA rank never waits forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import faulthandler
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+AGENT_FD_ENV = "GEMINI_AGENT_FD"
+PEER_FAILURE_MARKERS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "connection refused",
+    "socket closed",
+    "nccl",
+    "gloo",
+    "attempt aborted",
+)
+
+
+class AttemptAborted(RuntimeError):
+    """The agent stopped this attempt (a failure somewhere in the job); the trainer parks."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One attempt as the agent gave it to this trainer.
+
+    Attributes:
+        attempt: the attempt number (the root's record).
+        env: torchrun's variables for this attempt and the job's (stores, plan, failure).
+    """
+
+    attempt: int
+    env: Mapping[str, str]
+
+    def _number(self, name: str) -> int:
+        text = self.env.get(name, "")
+        return int(text) if text else 0
+
+    @property
+    def rank(self) -> int:
+        return self._number("RANK")
+
+    @property
+    def world_size(self) -> int:
+        return self._number("WORLD_SIZE") or 1
+
+
+class AgentChannel:
+    """This trainer's end of its agent's socket (see the module docstring).
+
+    Args:
+        sock: the connected socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._assignments: list[Assignment] = []
+        self._aborted: set[int] = set()
+        self._finish = False
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="agent-channel", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentChannel | None:
+        """The channel named by ``GEMINI_AGENT_FD``, or None outside an agent."""
+        env = os.environ if env is None else env
+        text = env.get(AGENT_FD_ENV)
+        if not text:
+            return None
+        try:
+            fd = int(text)
+        except ValueError:
+            raise ValueError(f"{AGENT_FD_ENV}={text!r} is not a file descriptor") from None
+        return cls(socket.socket(fileno=fd))
+
+    def _read(self) -> None:
+        buffer = b""
+        try:
+            while True:
+                data = self._sock.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._handle(json.loads(line))
+        except (OSError, ValueError) as error:
+            if not self._closed:
+                log.warning("agent channel broken: %s", error)
+        with self._changed:
+            # The agent is gone: nothing more will come; a trainer without its agent stops.
+            self._finish = True
+            self._changed.notify_all()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        with self._changed:
+            if op == "assign":
+                env = {str(k): str(v) for k, v in message["env"].items()}
+                self._assignments.append(Assignment(int(message["attempt"]), env))
+            elif op == "abort":
+                self._aborted.add(int(message["attempt"]))
+            elif op == "finish":
+                self._finish = True
+            else:
+                log.warning("agent channel: unknown message %r", message)
+            self._changed.notify_all()
+
+    def send(self, op: str, **fields: Any) -> None:
+        """Tell the agent ``op`` (best effort: a vanished agent ends the trainer anyway)."""
+        line = json.dumps({"op": op, **fields}, separators=(",", ":")).encode() + b"\n"
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.sendall(line)
+
+    def next_assignment(self, after: int, timeout_s: float | None = None) -> Assignment | None:
+        """The first assignment of an attempt newer than ``after``; None when the job is over
+        (or nothing came within ``timeout_s``)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                newer = [a for a in self._assignments if a.attempt > after]
+                if newer:
+                    chosen = max(newer, key=lambda a: a.attempt)
+                    self._assignments = [a for a in self._assignments if a.attempt > after]
+                    if chosen.attempt not in self._aborted:
+                        return chosen
+                    self._assignments.remove(chosen)
+                    continue
+                if self._finish:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def aborted(self, attempt: int) -> bool:
+        """Whether the agent told this trainer to leave ``attempt``, or the job is over."""
+        with self._changed:
+            return attempt in self._aborted or self._finish
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+_current: tuple[AgentChannel, int] | None = None
+
+
+def check_abort() -> None:
+    """Raise :class:`AttemptAborted` if this trainer's agent stopped the running attempt.
+
+    Called by the checkpointer at every save, so a trainer whose peers are gone leaves its
+    attempt at the end of the iteration even when no collective of its own failed yet.
+    """
+    current = _current
+    if current is not None and current[0].aborted(current[1]):
+        raise AttemptAborted(f"attempt {current[1]} aborted by the node agent")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is what a collective raises when a peer is gone (or the attempt was
+    aborted), as opposed to a bug in the training code."""
+    if isinstance(error, AttemptAborted | ConnectionError | TimeoutError):
+        return True
+    try:
+        import torch.distributed as dist
+
+        if isinstance(error, dist.DistError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    if isinstance(error, RuntimeError | OSError):
+        text = str(error).lower()
+        return any(marker in text for marker in PEER_FAILURE_MARKERS)
+    return False
+
+
+def prewarm() -> None:
+    """Pay the lazy imports of a first optimizer step now, off any recovery's path.
+
+    The first ``torch.optim`` step in a process imports dynamo and sympy (about 2 s here);
+    a warm spare does it while it waits, on a throwaway parameter.
+    """
+    import torch
+
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.AdamW([parameter], lr=1e-3)
+    loss = (parameter * parameter).sum()
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    import torch.distributed  # its import is part of the cost too
+
+    # Leaving a failed attempt collects the old group's modules (gc.collect); with torch's
+    # ~300k objects that took 0.6 s a pass on a loaded 2-core machine. What exists now lives
+    # as long as the process: move it out of the collector's sight.
+    gc.collect()
+    gc.freeze()
+
+
+def join_process_group(assignment: Assignment, backend: str, timeout_s: float) -> None:
+    """Form this attempt's process group from its rendezvous (a fresh port per attempt)."""
+    import torch.distributed as dist
+
+    env = assignment.env
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+        rank=assignment.rank,
+        world_size=assignment.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def leave_attempt(*, together: bool) -> None:
+    """Tear this attempt's process groups down; after a failure without waiting for peers."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        from real.procgroup import leave_process_group
+
+        leave_process_group(together=True)
+        return
+    gc.collect()
+    if dist.get_backend() == "nccl":
+        with contextlib.suppress(Exception):
+            dist.abort_process_group()  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def run_attempts(
+    body: Callable[[Assignment], None],
+    channel: AgentChannel,
+    *,
+    backend: str,
+    timeout_s: float,
+) -> int:
+    """Serve attempts until the job is over; return the number of attempts this process ran.
+
+    Args:
+        body: trains one attempt (the process group is formed when it is called). It raises
+            when a collective fails; a peer failure parks the trainer for the next attempt,
+            anything else propagates (the process exits and its agent reports it).
+        channel: the agent's socket.
+        backend: ``gloo`` or ``nccl``.
+        timeout_s: the collective timeout, s.
+    """
+    global _current
+    last, served = 0, 0
+    # A trainer its agent gives up on gets SIGUSR1 first: its stacks go to its log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    channel.send("ready", pid=os.getpid())
+    while True:
+        assignment = channel.next_assignment(last)
+        if assignment is None:
+            return served
+        last = assignment.attempt
+        served += 1
+        os.environ.update(assignment.env)
+        _current = (channel, assignment.attempt)
+        finished = False
+        try:
+            join_process_group(assignment, backend, timeout_s)
+            channel.send("joined", attempt=assignment.attempt)
+            body(assignment)
+            finished = True
+        except Exception as error:
+            if not (is_peer_failure(error) or channel.aborted(assignment.attempt)):
+                raise
+            reason = f"{type(error).__name__}: {error}"[:500]
+            # First the agent hears of it (the root probes the peers), then the cleanup.
+            channel.send("failed", attempt=assignment.attempt, error=reason)
+            log.warning(
+                "rank %d: attempt %d failed (%s); waiting for the next one",
+                assignment.rank,
+                assignment.attempt,
+                error,
+            )
+            # The traceback holds the body's frames and the modules in them: drop it, or
+            # every recovery leaks the old DDP reducer's threads and sockets, and the group's
+            # connections stay open (peers blocked on this rank would wait for their timeout).
+            cause: BaseException | None = error
+            while cause is not None:
+                traceback.clear_frames(cause.__traceback__)
+                cause.__traceback__ = None
+                cause = cause.__cause__ or cause.__context__
+            del error, cause
+            leave_attempt(together=False)
+            channel.send("parked", attempt=assignment.attempt, error=reason)
+            continue
+        finally:
+            _current = None
+        try:
+            leave_attempt(together=True)
+        finally:
+            channel.send("done" if finished else "parked", attempt=assignment.attempt)

@@ -1,0 +1,203 @@
+"""The training state of a PyTorch model and its optimizer, out and in, under DDP, FSDP2 or none.
+
+A checkpointer stores nested mappings of tensors and JSON values (``real.state``). This module
+turns a model, its optimizer and, optionally, its learning-rate scheduler into such a mapping
+and back, through ``torch.distributed.checkpoint.state_dict``, which handles a plain module, a
+``DistributedDataParallel`` wrapper and an FSDP2 (``fully_shard``) module alike:
+
+    model      the model's state dict: plain tensors (DDP, none) or DTensor shards (FSDP2)
+    optim      the optimizer's state dict from the same ``get_state_dict`` call, keyed by
+               parameter name
+    scheduler  the scheduler's ``state_dict()`` (only when a scheduler is given)
+    rng        torch (and CUDA), numpy and python generator states (``real.workload.rng``)
+
+``get_state_dict`` returns the **live** tensors (FSDP2's DTensor shards share storage with the
+parameters), so a state kept while training goes on must be cloned; a state handed straight to
+a checkpointer whose ``save`` copies it need not be. Loading accepts the live layout, plain
+local tensors (what the in-memory engine stores: under FSDP2 each rank's local shards, wrapped
+into DTensors again) or, under FSDP2, whole plain tensors (a template-free read of the
+persistent tier), of which each rank keeps its part. Model and optimizer go back through
+separate ``set_model_state_dict`` and ``set_optimizer_state_dict`` calls (one
+``set_state_dict`` with ``broadcast_from_rank0`` deadlocks when other ranks pass ``{}``).
+
+The built-in trainer (``real.workload.trainer``) and the public adapters
+(``gemini_ckpt.adapters.ddp``, ``gemini_ckpt.adapters.fsdp2``) share this one implementation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from real.workload.rng import capture_rng_state, restore_rng_state
+
+
+def model_and_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, clone: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's and the optimizer's state dicts, keyed by parameter name.
+
+    Under FSDP2 this is a collective (the optimizer state is keyed through the module's
+    parameter names): call it on every rank at the same point.
+
+    Args:
+        model: the plain module, its DDP wrapper, or an FSDP2 module.
+        optimizer: the optimizer over its parameters.
+        clone: copy every tensor; without it they are the live tensors, which the next
+            optimizer step changes.
+    """
+    model_state, optim_state = get_state_dict(model, optimizer)
+    if clone:
+        return clone_state(model_state), clone_state(optim_state)
+    return model_state, optim_state
+
+
+def load_model_and_optimizer_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_state: Mapping[str, Any],
+    optim_state: Mapping[str, Any],
+    *,
+    device: torch.device | None = None,
+) -> None:
+    """Put a model and an optimizer state (from ``model_and_optimizer_state``) back.
+
+    Tensors may be in the live layout, plain local tensors (FSDP2: this rank's shards) or, under
+    FSDP2, whole tensors. The optimizer keeps references to the tensors it is given: pass a
+    state that is not reused (a fresh restore, or ``clone_state`` of a kept one).
+
+    Args:
+        model, optimizer: built as for the run that took the state, same world size.
+        model_state, optim_state: the two state dicts.
+        device: where plain tensors go (default: the device of the model's first parameter).
+
+    Raises:
+        ValueError: the model state lacks some of the model's tensors.
+    """
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    template = get_model_state_dict(model)
+    set_model_state_dict(model, _live_layout(model_state, template, device))
+    set_optimizer_state_dict(
+        model, optimizer, _optimizer_live_layout(optim_state, template, device)
+    )
+
+
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any = None,
+    *,
+    clone: bool = True,
+) -> dict[str, Any]:
+    """Model, optimizer, scheduler and generator states of this rank, ready for a checkpointer.
+
+    Args:
+        model: the plain module, its DDP wrapper, or an FSDP2 module.
+        optimizer: its optimizer.
+        scheduler: its learning-rate scheduler (anything with ``state_dict``), or None.
+        clone: copy every tensor (default), so the state stays as it is while training goes
+            on; False hands out the live tensors, for a checkpointer that copies them at once.
+
+    Returns:
+        ``{"model", "optim", "rng"}`` and ``"scheduler"`` when one is given.
+    """
+    model_state, optim_state = model_and_optimizer_state(model, optimizer, clone=clone)
+    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+    if scheduler is not None:
+        state["scheduler"] = copy.deepcopy(scheduler.state_dict())
+    state["rng"] = capture_rng_state()
+    return state
+
+
+def load_training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: Mapping[str, Any],
+    scheduler: Any = None,
+) -> None:
+    """Continue from ``state`` (from ``training_state``, a checkpointer's restore, or DCP).
+
+    The tensors are cloned first, so the state given stays usable (loading keeps references).
+
+    Raises:
+        ValueError: a scheduler is given but the state has none, or the model state lacks some
+            of the model's tensors.
+    """
+    if scheduler is not None and "scheduler" not in state:
+        raise ValueError(
+            "the state holds no learning-rate scheduler: it was taken without one; "
+            "pass scheduler=None or take the state with the scheduler"
+        )
+    load_model_and_optimizer_state(
+        model, optimizer, clone_state(state["model"]), clone_state(state["optim"])
+    )
+    if scheduler is not None:
+        scheduler.load_state_dict(copy.deepcopy(dict(state["scheduler"])))
+    restore_rng_state(state["rng"])
+
+
+def clone_state(node: Any) -> Any:
+    """A copy of a nested state: tensors cloned (DTensors stay DTensors), containers copied."""
+    if isinstance(node, torch.Tensor):
+        return node.detach().clone()
+    if isinstance(node, Mapping):
+        return {key: clone_state(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return type(node)(clone_state(value) for value in node)
+    return copy.deepcopy(node)
+
+
+def _as_live(value: Any, like: torch.Tensor | None, device: torch.device) -> Any:
+    """``value`` in the layout of ``like``: a DTensor around a local shard, on ``device``."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, DTensor):
+        return value
+    if isinstance(like, DTensor) and value.dim() == like.dim() and value.dim() > 0:
+        if tuple(value.shape) == tuple(like.shape) != tuple(like.to_local().shape):
+            # A whole tensor (from a template-free read of the persistent tier): keep this
+            # rank's part; src_data_rank=None slices locally, without communication.
+            return distribute_tensor(
+                value.to(like.device), like.device_mesh, like.placements, src_data_rank=None
+            )
+        return DTensor.from_local(
+            value.to(like.device),
+            like.device_mesh,
+            like.placements,
+            run_check=False,
+            shape=like.shape,
+            stride=like.stride(),
+        )
+    return value.to(device if value.dim() > 0 else value.device)
+
+
+def _live_layout(
+    state: Mapping[str, Any], template: Mapping[str, Any], device: torch.device
+) -> dict[str, Any]:
+    missing = sorted(set(template) - set(state))
+    if missing:
+        raise ValueError(f"the checkpoint's model state lacks {missing[:5]} (and maybe more)")
+    return {name: _as_live(value, template.get(name), device) for name, value in state.items()}
+
+
+def _optimizer_live_layout(
+    state: Mapping[str, Any], params: Mapping[str, Any], device: torch.device
+) -> dict[str, Any]:
+    per_param = {
+        name: {key: _as_live(value, params.get(name), device) for key, value in entries.items()}
+        for name, entries in state.get("state", {}).items()
+    }
+    return {**state, "state": per_param}
