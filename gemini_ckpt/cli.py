@@ -3,7 +3,10 @@
 Subcommands live in ``gemini_ckpt.commands.<name>`` and are imported only when run, so that
 ``gemini-ckpt placement`` starts in a blink and never imports torch.
 
-Exit codes: 0 success, 2 bad input (usage errors, invalid scenarios), 1 any other failure.
+Exit codes: 0 success, 2 bad input (usage errors, invalid scenarios, a scenario too big for
+this host), 1 any other failure. No input makes a command print a traceback: an unexpected
+error prints one line naming the command and the scenario and asks for a report; ``-vv`` adds
+the traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ import importlib
 import importlib.util
 import logging
 import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
-from shared.errors import GeminiError, ScenarioError
+from shared.errors import GeminiError, HostCapacityError, ScenarioError
+
+_verbosity = 0  # -v count of the running command, set by the group's callback
 
 # name -> (module under gemini_ckpt.commands, one-line help shown by `gemini-ckpt --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -67,6 +75,8 @@ def cli(verbose: int) -> None:
     Simulate a cluster under failures, run real PyTorch training on an emulated cluster with
     failure injection and recovery, and compare the two.
     """
+    global _verbosity
+    _verbosity = verbose
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG),
@@ -75,8 +85,16 @@ def cli(verbose: int) -> None:
     )
 
 
+def warn(source: str | Path, lines: Sequence[str]) -> None:
+    """Print a scenario's warnings, one per line, on stderr."""
+    for line in lines:
+        click.echo(f"warning: {source}: {line}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes (0 ok, 2 bad input, 1 failure)."""
+    global _verbosity
+    _verbosity = 0
     try:
         # Without standalone mode click returns a command's Exit code instead of exiting.
         code = cli.main(args=argv, prog_name="gemini-ckpt", standalone_mode=False)
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 130
-    except ScenarioError as error:
+    except (ScenarioError, HostCapacityError) as error:
         click.echo(f"error: {error}", err=True)
         return 2
     except GeminiError as error:
@@ -97,7 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
+    except OSError as error:  # the machine said no: a full disk, a folder not writable
+        click.echo(f"error: {error}", err=True)
+        return 1
+    except Exception as error:  # the last line of defence: no traceback unless -vv
+        click.echo(_internal_error(error, sys.argv[1:] if argv is None else argv), err=True)
+        return 1
     return code if isinstance(code, int) else 0
+
+
+def _internal_error(error: BaseException, argv: Sequence[str]) -> str:
+    """One line for an unexpected error (the traceback follows with -vv)."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    scenarios = [a for a in argv if a.endswith((".yaml", ".yml"))]
+    on = f" on {', '.join(scenarios)}" if scenarios else ""
+    text = str(error).splitlines()[0] if str(error) else ""
+    line = (
+        f"internal error in `gemini-ckpt {command}`{on}: {type(error).__name__}"
+        f"{': ' + text[:200] if text else ''}. This is a bug: please report it with the "
+        f"scenario and the output of `gemini-ckpt -vv {command} ...`"
+    )
+    if _verbosity >= 2:
+        trace = "".join(traceback.format_exception(error))
+        return f"{trace.rstrip()}\n{line}"
+    return line
 
 
 def run() -> None:

@@ -29,3 +29,28 @@ class ScenarioError(GeminiError):
     def __str__(self) -> str:
         lines = "\n".join(f"  {self.source}: {problem}" for problem in self.problems)
         return f"invalid scenario {self.source}:\n{lines}"
+
+
+class HostCapacityError(GeminiError):
+    """A run of the emulated cluster would not fit on this host (the CLI exits 2).
+
+    Attributes:
+        scenario: the scenario's name.
+        estimate: what the run needs, in words.
+        problems: one line per limit exceeded, with the need and the limit.
+    """
+
+    def __init__(self, scenario: str, estimate: str, problems: list[str]) -> None:
+        self.scenario = scenario
+        self.estimate = estimate
+        self.problems = list(problems)
+        super().__init__(scenario, estimate, self.problems)
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        return (
+            f"scenario {self.scenario} does not fit on this host:\n{lines}\n"
+            f"  estimate: {self.estimate}\n"
+            "  run fewer or smaller nodes (--set cluster.nodes=4), or start it anyway with "
+            "--force"
+        )

@@ -445,9 +445,10 @@ def _storm(scenario: Scenario) -> list[Finding]:
         return [
             Finding(
                 _rate_field(scenario),
-                f"{every}, faster than {recover}: expect an effective training time ratio "
-                f"of at most about {math.exp(-load):.2g}; the simulator stops a run once "
-                f"{limit} failures in a row leave no training progress",
+                f"{every} and {recover}: failures arrive faster than recoveries finish; "
+                f"expect an effective training time ratio of at most about "
+                f"{math.exp(-load):.2g}; the simulator stops a run once {limit} failures in a "
+                f"row leave no training progress",
                 "warning",
             )
         ]

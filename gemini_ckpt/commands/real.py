@@ -1,4 +1,9 @@
-"""``gemini-ckpt real``: run a scenario on an emulated cluster (see docs/cluster.md)."""
+"""``gemini-ckpt real``: run a scenario on an emulated cluster (see docs/cluster.md).
+
+Before anything starts, the scenario is checked for a real run (a failure that can never fire
+is an error) and the cluster's size against this host (``real.launcher.capacity``): a run that
+does not fit is refused with the estimate and the limit (exit 2) unless ``--force`` is given.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +36,18 @@ import click
     default=None,
     help="Emulated cluster (default: the scenario's real.mode).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Start even when the size check estimates that the cluster does not fit this host.",
+)
 def command(
     scenario: Path,
     out: Path | None,
     overrides: tuple[str, ...],
     strategy: str | None,
     mode: str | None,
+    force: bool,
 ) -> None:
     """Run training with the scenario's failures on an emulated cluster; print the recovery
     breakdown. Writes events.jsonl and summary.json to the run folder."""
@@ -44,12 +55,18 @@ def command(
 
     from rich.console import Console
 
+    from gemini_ckpt.cli import warn
+    from real.launcher.capacity import require_fits
     from real.launcher.results import breakdown_table
-    from real.launcher.run import RealOptions, run_real
+    from real.launcher.run import REAL, RealOptions, run_real
     from shared.scenario_loader import load_scenario
+    from shared.scenario_rules import check_scenario, warnings
 
-    parsed = load_scenario(scenario, overrides)
+    parsed = load_scenario(scenario, overrides, faces=REAL)
+    warn(scenario, warnings(check_scenario(parsed, REAL)))
     chosen = strategy or parsed.checkpoint.strategy
+    # run_real checks again; here the refusal names the file, before any folder is made.
+    require_fits(parsed, chosen, force=force, source=str(scenario))
     if out is None:
         out = Path("runs") / f"{parsed.name}-{chosen}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -58,7 +75,9 @@ def command(
 
     previous = signal.signal(signal.SIGTERM, interrupt)  # teardown runs on SIGTERM too
     try:
-        result = run_real(RealOptions(scenario, out, tuple(overrides), strategy=chosen, mode=mode))
+        result = run_real(
+            RealOptions(scenario, out, tuple(overrides), strategy=chosen, mode=mode, force=force)
+        )
     except (RuntimeError, TimeoutError, OSError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     finally:

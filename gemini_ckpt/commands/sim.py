@@ -4,20 +4,39 @@ One seed writes ``OUT/events.jsonl`` and ``OUT/summary.json``; several seeds (``
 run in parallel across cores, write ``OUT/seed-<seed>/`` each, and ``OUT/summary.json`` (the
 first seed's summary, with the means and 95% confidence intervals over all seeds under
 ``extra.replications``) plus ``OUT/replications.json``.
+
+The scenario is checked as the simulator will run it (``faces=("sim",)``); its warnings (a
+failure that never fires, a failure storm) are printed first. A long single-seed run shows a
+progress line (simulated time, failures so far, events per second): live on a terminal, every
+``PROGRESS_LINE_S`` seconds otherwise. A run stopped by the storm guard exits 2 like any
+invalid scenario, naming the failure rate.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from gemini_ckpt.cli import warn
+from shared.errors import ScenarioError
 from shared.scenario_loader import load_scenario
+from shared.scenario_rules import Face, warnings
 from shared.summary import RunSummary, write_summary
+
+if TYPE_CHECKING:
+    from shared.scenario import Scenario
+    from sim import SimProgress
+
+PROGRESS_LINE_S = 10.0
+"""Wall seconds between progress lines when stderr is not a terminal."""
 
 STRATEGIES: dict[str, list[str]] = {
     "gemini": ["checkpoint.strategy=gemini"],
@@ -122,23 +141,81 @@ def command(
 ) -> None:
     """Simulate SCENARIO (a YAML file) and write events.jsonl and summary.json."""
     from analysis.calibration import calibration_overrides, load_calibration
-    from sim import aggregate, replicate, simulate, write_result
+    from sim import simulate, write_result
 
     try:
         measured = calibration_overrides(load_calibration(calibration)) if calibration else []
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--calibration") from error
     settings = [*measured, *(STRATEGIES[strategy] if strategy else []), *overrides]
-    loaded = load_scenario(scenario, settings)
+    faces: tuple[Face, ...] = ("sim",)
+    loaded = load_scenario(scenario, settings, faces=faces)
     out = out or Path("runs") / f"sim-{loaded.name}"
     count = seeds or loaded.sim.replications
     console = Console(stderr=True)
-    if count == 1:
-        result = simulate(loaded)
-        write_result(result, out)
-        console.print(_table(result.summary, None))
-        console.print(f"results in {out}/")
+    with _named(scenario):
+        from sim.model import build_model
+
+        warn(scenario, warnings(build_model(loaded).findings()))
+        if count == 1:
+            with _progress_line(console) as on_progress:
+                result = simulate(loaded, on_progress=on_progress)
+            write_result(result, out)
+            console.print(_table(result.summary, None))
+            console.print(f"results in {out}/")
+            return
+        _replicate(loaded, count, out, workers, console)
+
+
+@contextmanager
+def _named(scenario: Path) -> Iterator[None]:
+    """Errors the simulator raises name the scenario by its name: name its file instead."""
+    try:
+        yield
+    except ScenarioError as error:
+        raise ScenarioError(str(scenario), error.problems) from None
+
+
+@contextmanager
+def _progress_line(console: Console) -> Iterator[Callable[[SimProgress], None]]:
+    """A callback showing the engine's progress: a live status line on a terminal, a printed
+    line every ``PROGRESS_LINE_S`` seconds otherwise."""
+    printed = [0.0]
+
+    def text(progress: SimProgress) -> str:
+        share = progress.time_s / progress.duration_s if progress.duration_s else 0.0
+        return (
+            f"simulated {_span(progress.time_s)} of {_span(progress.duration_s)} "
+            f"({share:.0%}), {progress.failures:,} failures, "
+            f"{progress.events_per_s:,.0f} events/s"
+        )
+
+    if console.is_terminal:
+        with console.status("simulating...") as status:
+            yield lambda progress: status.update(text(progress))
         return
+
+    def line(progress: SimProgress) -> None:
+        if progress.wall_s - printed[0] >= PROGRESS_LINE_S:
+            printed[0] = progress.wall_s
+            console.print(text(progress))
+
+    yield line
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 2 * 86_400:
+        return f"{seconds / 86_400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds:.0f} s"
+
+
+def _replicate(
+    loaded: Scenario, count: int, out: Path, workers: int | None, console: Console
+) -> None:
+    from sim import aggregate, replicate
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

@@ -1,5 +1,8 @@
 """``gemini-ckpt real``: run a scenario on an emulated cluster, with its failures, end to end.
 
+0. Check the scenario for a real run (``shared.scenario_rules``: failures that could never
+   fire are errors) and that the cluster fits this host (:mod:`real.launcher.capacity`), before
+   anything starts.
 1. Bring up the cluster (:mod:`real.launcher.cluster`, or :mod:`real.launcher.netns`): the
    coordination store, one node agent per node; the agents elect a root, which starts training.
 2. Inject the scenario's failures (:mod:`real.launcher.injector`) while training runs, start
@@ -20,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from real.eventlog import EventLog
+from real.launcher.capacity import require_fits
 from real.launcher.injector import FailureInjector, Injected
 from real.launcher.results import summarize_run
 from shared.events import Event
 from shared.scenario import ScheduledFailure
 from shared.scenario_loader import load_scenario
+from shared.scenario_rules import Face
 from shared.summary import RunSummary
 
 log = logging.getLogger(__name__)
+REAL: tuple[Face, ...] = ("real",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class RealOptions:
         strategy: gemini or persistent; None: the scenario's.
         mode: local or netns; None: the scenario's ``real.mode``.
         schedule: failures to inject instead of the scenario's (the chaos test's).
+        force: start even when the size check says the cluster does not fit this host.
     """
 
     scenario: Path
@@ -49,6 +56,7 @@ class RealOptions:
     strategy: str | None = None
     mode: str | None = None
     schedule: Sequence[ScheduledFailure] | None = None
+    force: bool = False
 
 
 @dataclass
@@ -69,8 +77,9 @@ class RealResult:
 
 def run_real(options: RealOptions) -> RealResult:
     """Run the scenario on an emulated cluster; raises on failure, after tearing down."""
-    scenario = load_scenario(options.scenario, options.overrides)
+    scenario = load_scenario(options.scenario, options.overrides, faces=REAL)
     strategy = options.strategy or scenario.checkpoint.strategy
+    require_fits(scenario, strategy, force=options.force)
     mode = options.mode or scenario.real.mode
     run_dir = options.out.resolve()
     if (run_dir / "events").exists():
