@@ -21,7 +21,15 @@ import click
     "--kv", "kv_url", required=True, help="Coordination store: etcd://H:P or tcpstore://H:P."
 )
 @click.option("--node-id", type=click.IntRange(min=0), required=True, help="This machine's id.")
-@click.option("--slot", type=click.IntRange(min=0), required=True, help="Node rank it takes.")
+@click.option(
+    "--slot", type=click.IntRange(min=0), default=None, help="Node rank it takes (not --standby)."
+)
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Join the standby pool: warm (store, trainers, heartbeat) until the root gives this "
+    "node a lost node's slot.",
+)
 @click.option(
     "--run-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -42,7 +50,8 @@ def command(
     scenario: Path,
     kv_url: str,
     node_id: int,
-    slot: int,
+    slot: int | None,
+    standby: bool,
     run_dir: Path,
     overrides: tuple[str, ...],
     strategy: str | None,
@@ -55,12 +64,15 @@ def command(
     from real.agent.trainers import TrainerSpec
     from shared.scenario_loader import load_scenario
 
+    if standby == (slot is not None):
+        raise click.UsageError("give either --slot N or --standby")
+    where = "standby" if standby else f"slot{slot}"
     token = os.environ.get("GEMINI_TOKEN")
     if not token:
         raise click.UsageError("set GEMINI_TOKEN to the job's secret token")
     logging.basicConfig(
         level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s node{node_id}/slot{slot} %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s node{node_id}/{where} %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )

@@ -14,8 +14,11 @@ root needs to carry on after it dies lives here, so a newly elected root resumes
     failures/<index>         an injected failure (the injector's record): {"index", "kind",
                               "nodes": slots, "node_ids", "time"}
     handled/<index>          the root has recovered (or is recovering) failure <index>
-    replacements/<node_id>   the cloud operator's order: start an agent <node_id> in <slot>
-                              once wall time reaches "ready_at"
+    replacements/<node_id>   the cloud operator's order: node <node_id> takes <slot> once wall
+                              time reaches "ready_at" (a live standby agent when "standby" is
+                              true, else the cluster starts a new agent under that id)
+    standby/<node_id>        a standby agent waiting to be given a slot: {"node_id", "address",
+                              "probe", "host", "pid"} (its heartbeat proves it alive)
 
 A *slot* is a place in the job (node rank 0..N-1: the placement, the store addresses and the
 event log's ``node`` use slots); a *node id* names one machine (a replacement takes a failed
@@ -37,6 +40,7 @@ DONE_PREFIX = "done/"
 FAILURES_PREFIX = "failures/"
 HANDLED_PREFIX = "handled/"
 REPLACEMENTS_PREFIX = "replacements/"
+STANDBY_PREFIX = "standby/"
 
 
 def read_json(kv: KeyValueStore, key: str) -> dict[str, Any] | None:

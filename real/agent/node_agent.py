@@ -62,7 +62,8 @@ class AgentConfig:
     Attributes:
         kv_url: the coordination store (``tcpstore://`` or ``etcd://``).
         node_id: this machine's id (fresh for a replacement).
-        slot: the place in the job this node takes (node rank).
+        slot: the place in the job this node takes (node rank); None: a standby agent, which
+            waits warm (store, trainers, heartbeat) until the root gives it a lost node's slot.
         scenario: the parsed scenario (overrides applied).
         spec: what the trainers run.
         token: the job's secret.
@@ -74,7 +75,7 @@ class AgentConfig:
 
     kv_url: str
     node_id: int
-    slot: int
+    slot: int | None
     scenario: Scenario
     spec: TrainerSpec
     token: str
@@ -92,6 +93,7 @@ class NodeAgent:
         self.config = config
         self.stopping = threading.Event()
         self.run_dir = config.spec.run_dir
+        self.slot = config.slot
         self.events = EventLog(
             self.run_dir / "events" / f"agent-{config.node_id}.jsonl",
             config.t0,
@@ -117,7 +119,7 @@ class NodeAgent:
     def run(self) -> int:
         config = self.config
         store = StoreProcess(
-            config.slot,
+            config.node_id if config.slot is None else config.slot,
             config.token,
             config.host,
             prefix=f"{config.job}-{config.node_id}",
@@ -132,31 +134,37 @@ class NodeAgent:
             # Warm trainers start now, while the rest of the node and the job come up.
             self.pool = TrainerPool(
                 config.spec,
-                config.slot,
+                config.node_id,
                 {
                     "GEMINI_TOKEN": config.token,
                     "GEMINI_RUN_DIR": str(self.run_dir),
                     "GEMINI_RUN_T0": repr(config.t0),
                 },
+                spares_now=config.slot is not None,
             )
             prober = ProbeServer(config.node_id, config.host)
             self._write_pids(store)
-            jobkeys.put_json(
-                self.kv,
-                f"{jobkeys.STORES_PREFIX}{config.node_id}",
-                {
-                    "node_id": config.node_id,
-                    "slot": config.slot,
-                    "address": address,
-                    "probe": prober.address,
-                    "host": config.host,
-                    "pid": os.getpid(),
-                },
-            )
+            registration = {
+                "node_id": config.node_id,
+                "address": address,
+                "probe": prober.address,
+                "host": config.host,
+                "pid": os.getpid(),
+            }
             detection = config.scenario.detection
             heartbeat = Heartbeat(
                 self.kv, config.node_id, detection.heartbeat_interval_s, detection.lease_timeout_s
             ).start()
+            if self.slot is None and not self._wait_for_slot(registration):
+                return 0
+            assert self.slot is not None
+            self.pool.slot = self.slot
+            self.events.node = self.slot
+            jobkeys.put_json(
+                self.kv,
+                f"{jobkeys.STORES_PREFIX}{config.node_id}",
+                {**registration, "slot": self.slot},
+            )
             election = Election(
                 connect_kv(config.kv_url),
                 config.node_id,
@@ -167,7 +175,7 @@ class NodeAgent:
             )
             self.election = election
             election.campaign(0)
-            log.info("node %d (slot %d): agent up, store %s", config.node_id, config.slot, address)
+            log.info("node %d (slot %d): agent up, store %s", config.node_id, self.slot, address)
             return self._follow()
         finally:
             self._stop_trainers()
@@ -184,6 +192,32 @@ class NodeAgent:
             if self.kv is not None:
                 self.kv.close()
             self.events.close()
+
+    def _wait_for_slot(self, registration: dict[str, Any]) -> bool:
+        """A standby agent: announce itself, then wait until the root's order for this node
+        comes due (``replacements/<node_id>``) and take its slot; False if told to stop."""
+        assert self.kv is not None
+        node_id = self.config.node_id
+        jobkeys.put_json(self.kv, f"{jobkeys.STANDBY_PREFIX}{node_id}", registration)
+        log.info("node %d: standby, waiting for a slot", node_id)
+        while not self.stopping.is_set():
+            if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
+                return False
+            try:
+                order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}")
+                record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+            except StoreError as error:
+                log.warning("node %d: store error: %s", node_id, error)
+                order = record = None
+            if record is not None and record.get("state") in ("finished", "failed"):
+                return False  # the job ended without needing this node
+            if order is not None and time.time() >= float(order["ready_at"]):
+                self.slot = int(order["slot"])
+                self.kv.delete(f"{jobkeys.STANDBY_PREFIX}{node_id}")
+                log.info("node %d: standby takes slot %d", node_id, self.slot)
+                return True
+            self.stopping.wait(POLL_S)
+        return False
 
     def _leadership(self, leading: bool) -> None:
         if not leading:
@@ -221,7 +255,7 @@ class NodeAgent:
         root = RootAgent(
             connect_kv(self.config.kv_url),
             self.config.node_id,
-            self.config.slot,
+            self.slot if self.slot is not None else -1,
             self.config.scenario,
             self.run_dir,
             self.events,
@@ -254,7 +288,7 @@ class NodeAgent:
         assert self.kv is not None and self.pool is not None
         attempt, state = int(record["attempt"]), record["state"]
         members = jobkeys.members_of(record)
-        member = members.get(self.config.slot) == self.config.node_id
+        member = self.slot is not None and members.get(self.slot) == self.config.node_id
         if member:
             self.was_member = True
         if state == "finished":
@@ -309,7 +343,7 @@ class NodeAgent:
                 "exitcode": code,
                 "time": time.time(),
                 "attempt": attempt,
-                "slot": self.config.slot,
+                "slot": self.slot,
             }
             self.kv.put(keys.exit_key(self.config.node_id, rank), keys.encode(value))
             log.warning(

@@ -499,9 +499,13 @@ class _Recovery:
             for slot in lost:
                 if self.members[slot] != self._original[slot] or slot in self.replacements:
                     continue
-                node_id = int(self.kv.get(jobkeys.NEXT_NODE_ID_KEY) or b"0")
-                self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
                 order = root.operator.request_replacement(slot)
+                standby = self._standby_agent() if order.source == "standby" else None
+                if standby is None:  # the cluster starts a new agent under a fresh id
+                    node_id = int(self.kv.get(jobkeys.NEXT_NODE_ID_KEY) or b"0")
+                    self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
+                else:
+                    node_id = standby
                 jobkeys.put_json(
                     self.kv,
                     f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}",
@@ -511,6 +515,7 @@ class _Recovery:
                         "replaces": self._original[slot],
                         "ready_at": order.ready_at,
                         "source": order.source,
+                        "standby": standby is not None,
                     },
                 )
                 self.replacements[slot] = node_id
@@ -539,6 +544,17 @@ class _Recovery:
             if not waiting and not self.unreplaced():
                 return
             time.sleep(POLL_S)
+
+    def _standby_agent(self) -> int | None:
+        """A live standby agent no order has taken yet (the lowest id), or None."""
+        alive = set(self.root.detector.alive_nodes())
+        taken = {int(k) for k in jobkeys.read_prefix(self.kv, jobkeys.REPLACEMENTS_PREFIX)}
+        waiting = [
+            int(k)
+            for k in jobkeys.read_prefix(self.kv, jobkeys.STANDBY_PREFIX)
+            if int(k) in alive and int(k) not in taken
+        ]
+        return min(waiting) if waiting else None
 
     # -- plan -------------------------------------------------------------------------------
 

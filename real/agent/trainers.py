@@ -11,9 +11,10 @@ not parked within ``detection.abort_timeout_s`` (stuck in a collective gloo cann
 killed and replaced by the spare; a new spare starts in the background. So a crash or a
 replacement node pays no process start, and survivors pay no restart at all.
 
-Environment of each trainer: ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GEMINI_NODE`` and
-``GROUP_RANK`` (the node's slot), ``GEMINI_AGENT_FD``, ``GEMINI_TOKEN``, ``GEMINI_RUN_DIR``,
-``GEMINI_RUN_T0``, ``OMP_NUM_THREADS=1``; each assignment adds ``RANK``, ``WORLD_SIZE``,
+Environment of each trainer: ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GEMINI_AGENT_FD``,
+``GEMINI_TOKEN``, ``GEMINI_RUN_DIR``, ``GEMINI_RUN_T0``, ``OMP_NUM_THREADS=1``; each assignment
+adds ``GEMINI_NODE`` and ``GROUP_RANK`` (the node's slot: a standby node learns it only when it
+takes a lost node's place), ``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT`` (a fresh port per attempt, so a restart never reads a previous
 attempt's stale addresses, pytorch#135712), ``GEMINI_STORE_ADDRS`` and ``GEMINI_RESTORE_PLAN``.
 No secret is on a command line.
@@ -91,7 +92,7 @@ class Worker:
     ``attempt``), ``exited``.
     """
 
-    def __init__(self, spec: TrainerSpec, slot: int, local_rank: int, env: Mapping[str, str]):
+    def __init__(self, spec: TrainerSpec, name: str, local_rank: int, env: Mapping[str, str]):
         self.local_rank = local_rank
         parent, child = socket.socketpair()
         self._sock = parent
@@ -104,14 +105,12 @@ class Worker:
         self.ready_at: float | None = None
         logs = spec.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.log_path = logs / f"trainer-n{slot}-l{local_rank}-{time.time_ns()}.log"
+        self.log_path = logs / f"trainer-{name}-l{local_rank}-{time.time_ns()}.log"
         worker_env = {
             **os.environ,
             **env,
             "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(spec.per_node),
-            "GROUP_RANK": str(slot),
-            "GEMINI_NODE": str(slot),
             "GEMINI_AGENT_FD": str(child.fileno()),
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "OMP_NUM_THREADS": "1",
@@ -230,12 +229,21 @@ class TrainerPool:
 
     Args:
         spec: the job's trainer settings.
-        slot: the node's place in the job.
+        node_id: the node's id (names the trainers' logs).
         env: variables common to every trainer of the node (token, run folder, clock).
+        spares_now: start the spares at once (a standby node starts them when it joins, to
+            spare the machine while nothing needs them).
+
+    Attributes:
+        slot: the node's place in the job; set before the first assignment (a standby node
+            gets it when it takes a lost node's place).
     """
 
-    def __init__(self, spec: TrainerSpec, slot: int, env: Mapping[str, str]) -> None:
-        self.spec, self.slot, self.env = spec, slot, dict(env)
+    def __init__(
+        self, spec: TrainerSpec, node_id: int, env: Mapping[str, str], spares_now: bool = True
+    ) -> None:
+        self.spec, self.node_id, self.env = spec, node_id, dict(env)
+        self.slot = -1
         self.active: dict[int, Worker] = {}
         self.spares: dict[int, list[Worker]] = {r: [] for r in range(spec.per_node)}
         self.attempt = 0
@@ -244,14 +252,22 @@ class TrainerPool:
         self.retired: list[Worker] = []
         for local_rank in range(spec.per_node):
             self.active[local_rank] = self._start(local_rank)
-            for _ in range(spec.spares):
-                self.spares[local_rank].append(self._start(local_rank))
+        if spares_now:
+            self._top_up()
+
+    def _top_up(self) -> None:
+        """Start spares until every local rank has ``spec.spares`` live ones."""
+        for local_rank in range(self.spec.per_node):
+            alive = [w for w in self.spares[local_rank] if w.exitcode() is None]
+            while len(alive) < self.spec.spares:
+                alive.append(self._start(local_rank))
+            self.spares[local_rank] = alive
 
     def _start(self, local_rank: int) -> Worker:
-        worker = Worker(self.spec, self.slot, local_rank, self.env)
+        worker = Worker(self.spec, f"node{self.node_id}", local_rank, self.env)
         log.info(
-            "node slot %d: trainer for local rank %d started (pid %d)",
-            self.slot,
+            "node %d: trainer for local rank %d started (pid %d)",
+            self.node_id,
             local_rank,
             worker.pid,
         )
@@ -274,6 +290,8 @@ class TrainerPool:
 
     def assign(self, attempt: int, env: Mapping[str, str]) -> dict[int, bool]:
         """Give ``attempt`` to a live trainer per local rank; ``{rank: came from a spare}``."""
+        if self.slot < 0:
+            raise RuntimeError("an attempt for a node without a slot")
         self.attempt = attempt
         self.done.clear()
         self.exitcodes.clear()
@@ -292,10 +310,13 @@ class TrainerPool:
                     **env,
                     "RANK": str(rank),
                     "WORLD_SIZE": str(self.spec.world_size),
+                    "LOCAL_RANK": str(local_rank),
+                    "LOCAL_WORLD_SIZE": str(self.spec.per_node),
                     "GROUP_RANK": str(self.slot),
                     "GEMINI_NODE": str(self.slot),
                 },
             )
+        self._top_up()
         return fresh
 
     def _promote(self, local_rank: int) -> Worker:
@@ -315,8 +336,6 @@ class TrainerPool:
             log.warning("node slot %d: no warm spare for local rank %d", self.slot, local_rank)
             worker = self._start(local_rank)
         self.active[local_rank] = worker
-        while len(self.spares[local_rank]) < self.spec.spares:
-            self.spares[local_rank].append(self._start(local_rank))
         return worker
 
     def _retire(self, local_rank: int) -> None:

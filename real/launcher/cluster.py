@@ -68,7 +68,7 @@ class LocalCluster:
         self.token = secrets.token_hex(16)
         self.job = f"gemini-{uuid.uuid4().hex[:8]}"
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
-        self.slots: dict[int, int] = {}
+        self.slots: dict[int, int | None] = {}
         self.started_replacements: set[int] = set()
         self.kv_server: Any = None
         self.kv_url = ""
@@ -81,8 +81,14 @@ class LocalCluster:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.kv_url = self._start_kv()
         self.kv = connect_kv(self.kv_url)
-        for slot in range(self.scenario.cluster.nodes):
+        cluster = self.scenario.cluster
+        # Ids: the job's nodes 0..N-1, the standby agents next, then any node the cluster
+        # must start later (the root hands those ids out from here).
+        self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(cluster.nodes + cluster.standby_nodes).encode())
+        for slot in range(cluster.nodes):
             self.start_agent(slot, slot)
+        for node_id in range(cluster.nodes, cluster.nodes + cluster.standby_nodes):
+            self.start_agent(node_id, None)
 
     def _start_kv(self) -> str:
         if self.scenario.real.store == "etcd":
@@ -95,7 +101,7 @@ class LocalCluster:
             self.kv_server = StoreServer().start()
         return f"{self.kv_server.url}/{self.job}"
 
-    def agent_command(self, node_id: int, slot: int) -> list[str]:
+    def agent_command(self, node_id: int, slot: int | None) -> list[str]:
         command = [
             sys.executable,
             "-m",
@@ -105,8 +111,7 @@ class LocalCluster:
             self.kv_url,
             "--node-id",
             str(node_id),
-            "--slot",
-            str(slot),
+            *(["--standby"] if slot is None else ["--slot", str(slot)]),
             "--run-dir",
             str(self.run_dir),
             "--strategy",
@@ -146,8 +151,9 @@ class LocalCluster:
         finally:
             output.close()
 
-    def start_agent(self, node_id: int, slot: int) -> None:
-        """Start node ``node_id``'s agent in ``slot`` (its own session: one process group)."""
+    def start_agent(self, node_id: int, slot: int | None) -> None:
+        """Start node ``node_id``'s agent in ``slot``, or as a standby agent (None); its own
+        session, so one process group."""
         self.agents[node_id] = self.spawn(
             self.agent_command(node_id, slot), f"agent-{node_id}", self.agent_env()
         )
@@ -162,6 +168,8 @@ class LocalCluster:
         started = []
         for key, order in jobkeys.read_prefix(self.kv, jobkeys.REPLACEMENTS_PREFIX).items():
             node_id = int(key)
+            if order.get("standby"):  # a live standby agent takes the slot itself
+                continue
             if node_id in self.started_replacements or time.time() < float(order["ready_at"]):
                 continue
             self.started_replacements.add(node_id)

@@ -199,7 +199,7 @@ class NetnsCluster(LocalCluster):
     def _popen_in(self, namespace: str, command: list[str], name: str) -> subprocess.Popen[bytes]:
         return self.spawn(["ip", "netns", "exec", namespace, *command], name)
 
-    def start_agent(self, node_id: int, slot: int) -> None:
+    def start_agent(self, node_id: int, slot: int | None) -> None:
         namespace = f"gk{self.short}-n{node_id}"
         address = self._namespace(
             f"n{node_id}", 10 + node_id, self.scenario.cluster.network_bandwidth_gbit_s
