@@ -151,11 +151,11 @@ def render_frames(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[N
         1, len(panels), figsize=(width / _DPI, height / _DPI), dpi=_DPI, squeeze=False
     )
     before, after = -clock[0], clock[-1]
-    moving: list[tuple[Panel, Axes, Rectangle, Line2D, Text, list[Text]]] = []
+    moving: list[tuple[Panel, Axes, float, Rectangle, Line2D, Text, list[Text]]] = []
     used: set[str] = set()
     for panel, ax in zip(panels, axes.flat, strict=True):
         start = panel.recovery.injected
-        window = (start - before, start + after)
+        window = (max(panel.timeline.start, start - before), start + after)
         draw_gantt(ax, panel.timeline, window, legend=False)
         used |= {s.state for s in panel.timeline.spans if s.end > window[0] and s.start < window[1]}
         nodes = panel.timeline.nodes
@@ -171,7 +171,7 @@ def render_frames(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[N
             ax.text(-0.015, row, "", transform=on_rows, ha="right", va="center", animated=True)
             for row in range(len(nodes))
         ]
-        moving.append((panel, ax, cover, line, title, labels))
+        moving.append((panel, ax, window[1], cover, line, title, labels))
     handles = [Patch(facecolor=STATE_COLORS[s], label=s) for s in STATE_ORDER if s in used]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
     headline = fig.text(0.5, 0.955, "", ha="center", va="top", fontsize=13, animated=True)
@@ -182,9 +182,10 @@ def render_frames(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[N
     sides = " vs ".join(p.name for p in panels)
     for now_rel in clock:
         fig.canvas.restore_region(background)  # type: ignore[attr-defined]
-        for panel, ax, cover, line, title, labels in moving:
+        for panel, ax, end, cover, line, title, labels in moving:
             now = panel.recovery.injected + now_rel
             cover.set_x(now)
+            cover.set_width(max(0.0, end - now))  # from now to the window's end
             line.set_xdata([now, now])
             title.set_text(f"{panel.name} ({panel.run.label})\n{phase_at(panel.recovery, now)}")
             for node, label in zip(panel.timeline.nodes, labels, strict=True):

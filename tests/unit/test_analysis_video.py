@@ -75,3 +75,29 @@ def test_no_failure_no_video(tmp_path: Path) -> None:
     assert not (tmp_path / "demo.mp4").exists()
     with pytest.raises(ValueError, match="frames must be >= 2"):
         write_demo_video([run], tmp_path / "demo.mp4", frames=1)
+
+
+def test_nothing_after_now_shows_even_before_the_run_starts(tmp_path: Path) -> None:
+    # A failure right after the first iteration: the clock starts before the run does, so
+    # the first frame must show nothing at all, the last one the whole recovery.
+    import numpy as np
+
+    from analysis.timeline import STATE_COLORS
+    from analysis.video import render_frames
+
+    early = SyntheticFailure(1, "software", (1,), 0.3, 0.1, 0.0, 2.0, 0.3, "local", 0)
+    run = SyntheticRun("sim", iterations=8, failures=(early,))
+    panels = choose_panels([load_run(write_synthetic_run(tmp_path / "early", run))])
+    clock = frame_clock(panels, 8)
+    assert clock[0] < -panels[0].recovery.injected  # before the run started
+    frames = list(render_frames(panels, clock))
+    assert all(frame.shape == (VIDEO_SIZE[1], VIDEO_SIZE[0], 3) for frame in frames)
+    charts = [frame[: int(VIDEO_SIZE[1] * 0.85)] for frame in frames]  # above the legend
+
+    def shows(chart: np.ndarray, state: str) -> bool:
+        rgb = np.array([int(STATE_COLORS[state][i : i + 2], 16) for i in (1, 3, 5)])
+        return bool((np.abs(chart.astype(int) - rgb).sum(axis=2) < 12).any())
+
+    states = ("training", "detection", "restart", "retrieval")
+    assert not any(shows(charts[0], state) for state in states)
+    assert all(shows(charts[-1], state) for state in states)
