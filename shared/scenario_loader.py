@@ -38,11 +38,18 @@ def load_scenario(
     """
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(source, ["file not found"]) from None
+        if not Path(path).is_file():  # a folder, a device, a pipe: never read endlessly
+            what = "file not found" if not Path(path).exists() else "not a regular file"
+            raise ScenarioError(source, [what])
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ScenarioError(
+                source, [f"the file is larger than {MAX_FILE_BYTES // 2**20} MiB; not a scenario"]
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError(source, [f"cannot read the file: {error}"]) from error
+        raise ScenarioError(source, [f"cannot read the file: {error}"]) from None
     return parse_scenario(text, source=source, overrides=overrides, faces=faces)
 
 
@@ -65,12 +72,47 @@ def parse_scenario(
         raise ScenarioError(source, ["not valid YAML: nested too deeply"]) from None
     if document is None:
         document = {}
+    _require_size(document, source)
     if not isinstance(document, dict):
         raise ScenarioError(
             source, [f"the top level must be a mapping of keys, got {_type_name(document)}"]
         )
     document = apply_overrides(document, overrides, source=source)
+    if overrides:
+        _require_size(document, source)
     return validate_document(document, source=source, faces=faces)
+
+
+MAX_FILE_BYTES = 16 * 2**20
+"""Largest scenario file read (an explicit placement of 100,000 nodes is a few MB)."""
+
+MAX_DOCUMENT_VALUES = 2_000_000
+"""Values a parsed document may hold once YAML aliases are expanded (each alias counts again):
+a few aliases nested in each other expand to billions of values, which would stall the
+validation ("billion laughs"); a self-referencing alias never ends."""
+
+
+def _require_size(document: object, source: str) -> None:
+    """Refuse a document with more than ``MAX_DOCUMENT_VALUES`` values, aliases expanded."""
+    pending = [document]
+    count = 0
+    while pending:
+        value = pending.pop()
+        count += 1
+        if count > MAX_DOCUMENT_VALUES:
+            raise ScenarioError(
+                source,
+                [
+                    f"the document holds more than {MAX_DOCUMENT_VALUES:,} values once its "
+                    "YAML aliases (*name) are expanded, or an alias refers to itself; "
+                    "write the values out"
+                ],
+            )
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def validate_document(
