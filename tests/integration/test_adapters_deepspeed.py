@@ -2,15 +2,16 @@
 
 Two nodes with one rank each (node stores as processes, gloo on CPU, ``DS_ACCELERATOR=cpu``).
 To keep the default run lean (the first ``deepspeed.initialize`` of a process costs seconds),
-one job trains three engines side by side, one per ZeRO stage, built by the example script's
-own functions (``examples/deepspeed_train.py``), and checkpoints the three adapter states as one
-state every iteration (``{"zero1": ..., "zero2": ..., "zero3": ...}``). Rank 1 is SIGKILLed
-after the step of iteration 5 (``real.inject``), before its checkpoint; the surviving rank is
-stopped, as an agent would. The restarted job restores the newest iteration both ranks hold in
-memory (4, or 3 when the replication of 4 was cut short), loads each engine with
-``gemini_ckpt.adapters.deepspeed.load_state_dict``, trains to iteration 8, then builds three
+one job trains four engines side by side, built by the example script's own functions
+(``examples/deepspeed_train.py``): ZeRO 1, 2 and 3 in fp32, and ZeRO-2 in bf16 (where the fp32
+masters must come back as saved, not rebuilt from the bf16 weights). Every iteration it
+checkpoints the four adapter states as one state (``{"zero1": ..., "zero2-bf16": ...}``).
+Rank 1 is SIGKILLed after the step of iteration 5 (``real.inject``), before its checkpoint; the
+surviving rank is stopped, as an agent would. The restarted job restores the newest iteration
+both ranks hold in memory (4, or 3 when the replication of 4 was cut short), loads each engine
+with ``gemini_ckpt.adapters.deepspeed.load_state_dict``, trains to iteration 8, then builds four
 fresh engines and trains them 1..8 without a failure. Proof of recovery is state: for every
-stage and rank, each tensor and value of the final state (module, fp32 master partition, Adam
+engine and rank, each tensor and value of the final state (module, fp32 master partition, Adam
 state, scheduler, counters) is bitwise that of the failure-free engines.
 
 The example script's own ``main`` (under torchrun, killed and run again) is the slow variant.
@@ -41,7 +42,8 @@ pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (.
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "deepspeed_train.py"
-STAGES = (1, 2, 3)
+# name: (ZeRO stage, bf16)
+ENGINES = {"zero1": (1, False), "zero2": (2, False), "zero3": (3, False), "zero2-bf16": (2, True)}
 ITERATIONS, CRASH_AT = 8, 5
 TIMEOUT_S = 240
 
@@ -70,7 +72,9 @@ def worker(config: dict[str, Any]) -> None:
     example = _example()
     example.init_distributed()
     rank = int(os.environ["RANK"])
-    engines = {stage: example.build_engine(stage) for stage in STAGES}
+    engines = {
+        name: example.build_engine(stage, bf16=bf16) for name, (stage, bf16) in ENGINES.items()
+    }
     scenario = Scenario.model_validate(
         {
             "name": "deepspeed-adapter",
@@ -90,8 +94,8 @@ def worker(config: dict[str, Any]) -> None:
     start = 1
     restored = checkpointer.restore()
     if restored is not None:
-        for stage, engine in engines.items():
-            ds_state.load_state_dict(engine, restored.state[f"zero{stage}"])
+        for name, engine in engines.items():
+            ds_state.load_state_dict(engine, restored.state[name])
         start = restored.iteration + 1
         report["restored"] = {"iteration": restored.iteration, "tier": restored.tier}
     crash = crash_point_from_env()
@@ -99,21 +103,22 @@ def worker(config: dict[str, Any]) -> None:
         for engine in engines.values():
             example.train_step(engine, iteration)
         maybe_crash(crash, iteration, rank, "after_step")
-        state = {f"zero{s}": ds_state.state_dict(e, clone=False) for s, e in engines.items()}
+        state = {name: ds_state.state_dict(e, clone=False) for name, e in engines.items()}
         checkpointer.save(iteration, state)
     checkpointer.close()
     report["final"] = {
-        str(stage): example.state_digest(ds_state.state_dict(engine))
-        for stage, engine in engines.items()
+        name: example.state_digest(ds_state.state_dict(engine)) for name, engine in engines.items()
     }
     del engines, restored
-    reference = {stage: example.build_engine(stage) for stage in STAGES}
+    reference = {
+        name: example.build_engine(stage, bf16=bf16) for name, (stage, bf16) in ENGINES.items()
+    }
     for iteration in range(1, ITERATIONS + 1):
         for engine in reference.values():
             example.train_step(engine, iteration)
     report["reference"] = {
-        str(stage): example.state_digest(ds_state.state_dict(engine))
-        for stage, engine in reference.items()
+        name: example.state_digest(ds_state.state_dict(engine))
+        for name, engine in reference.items()
     }
     Path(config["report"]).write_text(json.dumps(report))
     del reference
@@ -205,11 +210,11 @@ def test_zero_stages_restore_bitwise_after_a_killed_rank(
         report = json.loads((tmp_path / f"report-rank{rank}.json").read_text())
         # Rank 1 died before saving 5; its 4 committed if its replication finished in time.
         assert report["restored"] in ({"iteration": i, "tier": "local"} for i in (3, 4)), report
-        for stage in STAGES:
-            final, reference = report["final"][str(stage)], report["reference"][str(stage)]
+        for engine, (stage, _) in ENGINES.items():
+            final, reference = report["final"][engine], report["reference"][engine]
             assert any(name.startswith("zero/optimizer/") for name in final)
             assert ("model/0.weight" in final) == (stage < 3)
-            assert final == reference, f"rank {rank}, ZeRO-{stage}: state differs"
+            assert final == reference, f"rank {rank}, {engine}: state differs"
 
 
 @pytest.mark.slow
