@@ -419,12 +419,28 @@ def _given_iteration_s(scenario: Scenario) -> float | None:
     return training.iteration_time_s
 
 
+MAX_SIMULATED_FAILURES = 1_000_000
+"""Failures of the process one simulated run may hold. The simulator plans them all before it
+starts (tens of microseconds each) and then recovers each one in SimPy: a million take minutes
+on one core; more is surely a rate in the wrong unit or a duration too long."""
+
+
 def _storm(scenario: Scenario) -> list[Finding]:
     rate = job_failure_rate_per_s(scenario)
     if rate <= 0:
         return []
     recovery_s, made_of = fastest_recovery_s(scenario)
     expected = expected_process_failures(scenario)
+    if expected > MAX_SIMULATED_FAILURES:
+        return [
+            Finding(
+                _rate_field(scenario),
+                f"about {expected:.3g} failures expected in sim.duration_days = "
+                f"{scenario.sim.duration_days:g}, more than the {MAX_SIMULATED_FAILURES:,} a "
+                f"simulation handles; is the rate per node per day? (1.5% of nodes failing a "
+                f"day is failures_per_node_per_day: 0.015); else simulate a shorter time",
+            )
+        ]
     load = rate * recovery_s
     finished = expected * math.exp(-load)
     every = f"the job fails every {_duration(1 / rate)} on average ({rate * 3600:.3g} per hour)"
