@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,6 +216,28 @@ def test_zero_stages_restore_bitwise_after_a_killed_rank(
             assert any(name.startswith("zero/optimizer/") for name in final)
             assert ("model/0.weight" in final) == (stage < 3)
             assert final == reference, f"rank {rank}, {engine}: state differs"
+
+
+class _Engine:
+    """Just enough of a DeepSpeed engine for the checks that come before any work."""
+
+    def __init__(self, stage: int, elastic: bool = False) -> None:
+        self.stage = stage
+        self.optimizer = types.SimpleNamespace(elastic_checkpoint=elastic)
+
+    def zero_optimization_stage(self) -> int:
+        return self.stage
+
+
+def test_refuses_states_it_cannot_restore_with_a_way_out() -> None:
+    from gemini_ckpt.adapters import deepspeed as ds_state
+
+    with pytest.raises(ValueError, match=r"stage 0.*gemini_ckpt\.adapters\.ddp"):
+        ds_state.state_dict(_Engine(0))
+    with pytest.raises(ValueError, match=r"elastic_checkpoint.*set it to false"):
+        ds_state.load_state_dict(_Engine(2, elastic=True), {})
+    with pytest.raises(ValueError, match=r"not taken by gemini_ckpt\.adapters\.deepspeed"):
+        ds_state.load_state_dict(_Engine(1), {"model": {}})
 
 
 @pytest.mark.slow

@@ -197,5 +197,21 @@ def test_restore_then_continue_equals_uninterrupted(
         assert found["stored_untouched"], f"rank {rank}: training changed the loaded state"
 
 
+def test_a_state_taken_without_a_scheduler_does_not_load_into_one() -> None:
+    """In one process (no process group): the error names what is missing and the way out."""
+    import torch
+    from torch import nn
+
+    from gemini_ckpt.adapters import ddp
+
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer)
+    state = ddp.state_dict(model, optimizer)
+    assert "scheduler" not in state
+    with pytest.raises(ValueError, match=r"no learning-rate scheduler.*scheduler=None"):
+        ddp.load_state_dict(model, optimizer, state, scheduler)
+
+
 if __name__ == "__main__":
     worker(json.loads(sys.argv[1]))
