@@ -116,7 +116,12 @@ class Capturer:
             if current is not None:
                 self._forget(current)
                 current.close()
-            self.slots[index] = Slot.open(Path(path))
+            self.slots[index] = self._open(Path(path))
+
+    def _open(self, path: Path) -> Slot:
+        slot = Slot.open(path)
+        slot.manifest_key = self.client.manifest_key  # restores check manifests with it
+        return slot
 
     def _slot_for(self, index: int, manifest_len: int, data_len: int) -> Slot:
         slot = self.slots[index]
@@ -133,7 +138,7 @@ class Capturer:
         if slot is not None:
             self._forget(slot)
             slot.close()
-        fresh = Slot.open(Path(reply["path"]))
+        fresh = self._open(Path(reply["path"]))
         self.slots[index] = fresh
         return fresh
 
@@ -149,7 +154,8 @@ class Capturer:
         started = time.perf_counter()
         tensors, values = flatten_state(state)
         tensors = {name: _local(t) for name, t in tensors.items()}
-        manifest = layout(iteration, self.owner, tensors, values)
+        # The manifest carries the job's key, so its sealed bytes carry their MAC.
+        manifest = layout(iteration, self.owner, tensors, values, self.client.manifest_key)
         index = in_progress_index(self.slots, keep)
         slot = self._slot_for(index, len(manifest.to_bytes()) + 4096, manifest.data_bytes)
         slot.invalidate()  # from here on, this slot no longer counts as a checkpoint

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from real.engine import protocol
+from real.engine.manifest import manifest_key
 
 
 class StoreError(RuntimeError):
@@ -22,11 +23,21 @@ class StoreError(RuntimeError):
 
 
 class StoreClient:
-    """Connection to the store of node ``node`` at ``address`` (``host:port``)."""
+    """Connection to the store of node ``node`` at ``address`` (``host:port``).
+
+    Connecting authenticates both ways (:mod:`real.engine.protocol`): the store checks that
+    this client knows ``token``, and the client that the store does; a store of another job,
+    or a stranger listening at ``address``, raises ``ProtocolError``.
+
+    Attributes:
+        manifest_key: the job's manifest key (derived from ``token``), with which manifests
+            are signed at capture and checked at restore.
+    """
 
     def __init__(self, node: int, address: str, token: str, timeout_s: float = 30.0) -> None:
         self.node = node
         self.address = address
+        self.manifest_key = manifest_key(token)
         host, port = protocol.parse_address(address)
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -13,10 +13,25 @@ JSON, says what is where::
 Checksums are xxh3_64 (~28 GiB/s per core here): one per block of ``block_bytes`` of the data
 region (the unit that a replica and a restore verify), and a shard checksum over the block
 checksums. The slot header keeps the checksum of the manifest bytes themselves. No pickle.
+
+xxh3 detects corruption, not forgery: anyone can compute it. Provenance comes from a keyed MAC,
+the last field of the manifest::
+
+    {... "values": {...},"mac":"<HMAC-SHA256(K_m, "gemini-shard/1\0" + body), hex>"}
+
+where ``body`` is the manifest's JSON without the ``mac`` field (byte for byte what precedes
+it, plus the closing brace) and ``K_m = HMAC-SHA256(job token, "gemini-manifest-key")`` (a key
+of its own, so a manifest MAC never doubles as a connection proof). The body holds the block
+checksums, so the MAC binds every data byte at the cost of hashing a few kilobytes: a store, a
+disk or a network that does not know the job token cannot produce a shard that verifies, and
+a restore (:func:`real.engine.restore.check_manifest`) refuses a manifest whose MAC is missing
+or wrong before it looks at the data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +42,10 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "gemini-shard/1"
+_MAC_LABEL = FORMAT.encode() + b"\0"
+_MAC_HEAD = b',"mac":"'
+_MAC_TAIL = b'"}'
+_MAC_HEX = 64
 TENSOR_ALIGN = 64
 BLOCK_BYTES = 1 << 20
 # The dtypes a manifest may name (checked without importing torch: the store never does).
@@ -80,8 +99,15 @@ class Manifest:
     block_bytes: int = BLOCK_BYTES
     blocks: list[str] = field(default_factory=list)
     shard_checksum: str = ""
+    key: bytes | None = field(default=None, repr=False, compare=False)
+    """The manifest key (:func:`manifest_key`); with it, ``to_bytes`` appends the MAC."""
 
     def to_bytes(self) -> bytes:
+        """The manifest's JSON; with a ``key``, the MAC as its last field."""
+        body = self._body()
+        return body if self.key is None else sign(body, self.key)
+
+    def _body(self) -> bytes:
         document = {
             "format": FORMAT,
             "iteration": self.iteration,
@@ -105,8 +131,16 @@ class Manifest:
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Manifest:
-        """Parse and check a manifest; raise VerificationError naming what is wrong."""
+    def from_bytes(cls, raw: bytes, key: bytes | None = None) -> Manifest:
+        """Parse and check a manifest; raise VerificationError naming what is wrong.
+
+        Args:
+            raw: the manifest's bytes.
+            key: the job's manifest key: the MAC must be present and right (provenance).
+                None checks the structure only; every restore and every store passes a key.
+        """
+        if key is not None:
+            authenticate(raw, key)
         try:
             doc = json.loads(raw)
             if doc.get("format") != FORMAT:
@@ -130,6 +164,7 @@ class Manifest:
                 block_bytes=int(doc["block_bytes"]),
                 blocks=[str(b) for b in doc["blocks"]],
                 shard_checksum=str(doc["shard_checksum"]),
+                key=key,
             )
         except VerificationError:
             raise
@@ -147,6 +182,40 @@ class Manifest:
         return manifest
 
 
+def manifest_key(token: str) -> bytes:
+    """The key of a job's manifest MACs, derived from its secret token."""
+    return hmac.new(token.encode(), b"gemini-manifest-key", hashlib.sha256).digest()
+
+
+def _mac(body: bytes, key: bytes) -> bytes:
+    return hmac.new(key, _MAC_LABEL + body, hashlib.sha256).hexdigest().encode()
+
+
+def sign(body: bytes, key: bytes) -> bytes:
+    """``body`` (a manifest's JSON object without a MAC) with its MAC as the last field."""
+    if not body.endswith(b"}"):
+        raise ValueError("a manifest body is a JSON object")
+    return body[:-1] + _MAC_HEAD + _mac(body, key) + _MAC_TAIL
+
+
+def authenticate(raw: bytes, key: bytes) -> None:
+    """Raise VerificationError unless ``raw`` ends with the right MAC for ``key``."""
+    size = len(_MAC_HEAD) + _MAC_HEX + len(_MAC_TAIL)
+    if (
+        len(raw) <= size
+        or not raw.endswith(_MAC_TAIL)
+        or raw[-size:][: len(_MAC_HEAD)] != _MAC_HEAD
+    ):
+        raise VerificationError(
+            "manifest carries no MAC: it was not written by a checkpointer of this job"
+        )
+    body = raw[:-size] + b"}"
+    if not hmac.compare_digest(raw[-size + len(_MAC_HEAD) : -len(_MAC_TAIL)], _mac(body, key)):
+        raise VerificationError(
+            "manifest MAC mismatch: the manifest was changed, or written with another job's token"
+        )
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -161,9 +230,17 @@ def dtype_of(name: str) -> torch.dtype:
 
 
 def layout(
-    iteration: int, rank: int, tensors: dict[str, torch.Tensor], values: dict[str, Any]
+    iteration: int,
+    rank: int,
+    tensors: dict[str, torch.Tensor],
+    values: dict[str, Any],
+    key: bytes | None = None,
 ) -> Manifest:
-    """Plan the data region for ``tensors``: offsets only, checksums come after the copy."""
+    """Plan the data region for ``tensors``: offsets only, checksums come after the copy.
+
+    ``key``: the job's manifest key (:func:`manifest_key`), so that the sealed manifest's
+    bytes carry their MAC.
+    """
     entries, offset = [], 0
     for name, tensor in tensors.items():
         nbytes = tensor.numel() * tensor.element_size()
@@ -172,7 +249,7 @@ def layout(
         )
         offset = -(-(offset + nbytes) // TENSOR_ALIGN) * TENSOR_ALIGN
     json.dumps(values)  # fail early, naming nothing pickled: values must be JSON
-    return Manifest(iteration, rank, entries, values, data_bytes=offset)
+    return Manifest(iteration, rank, entries, values, data_bytes=offset, key=key)
 
 
 def block_count(data_bytes: int, block_bytes: int) -> int:

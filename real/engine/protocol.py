@@ -10,15 +10,27 @@ Headers are small JSON; payloads are raw tensor bytes or a JSON manifest. Nothin
 Payloads are received straight into their destination (a slot's data region) with
 ``recv_into``, so a chunk is copied once, by the kernel.
 
-Authentication, before anything else on a connection (the job's secret token ``K``)::
+Authentication, both ways, before anything else on a connection (the job's secret token
+``K``; ``Ns`` and ``Nc`` are 32 fresh random bytes, hex, from the store and from the client)::
 
-    store  -> client   {"op": "challenge", "nonce": <32 random bytes, hex>}
-    client -> store    {"op": "auth", "mac": HMAC-SHA256(K, "gemini-store-auth:" + nonce)}
-    store  -> client   {"op": "ok"}   (or closes the connection)
+    store  -> client   {"op": "challenge", "nonce": Ns}
+    client -> store    {"op": "auth", "nonce": Nc,
+                        "mac": HMAC-SHA256(K, "gemini-store-auth/client\0" + Ns + "\0" + Nc)}
+    store  -> client   {"op": "ok",
+                        "mac": HMAC-SHA256(K, "gemini-store-auth/server\0" + Ns + "\0" + Nc)}
 
-The store compares MACs with ``hmac.compare_digest`` and gives the client ``AUTH_TIMEOUT_S`` to
-answer. A wrong MAC, a malformed frame, an oversized header or an unknown op ends that one
-connection; the store keeps serving the others.
+The client proves it knows ``K`` for the store's fresh nonce, and the store proves it for the
+client's, so a client knows it talks to a store of its job (a stranger's listener that speaks the
+protocol is refused), and a recorded exchange is worth nothing on another connection. The two
+directions use different labels, so one side's answer can never serve as the other's. Both
+sides compare MACs with ``hmac.compare_digest``; the store gives the client ``AUTH_TIMEOUT_S``
+to answer. A wrong MAC, a malformed frame, an oversized header or an unknown op ends that one
+connection; the store keeps serving the others. The same handshake, with the label
+``gemini-kv-auth``, guards the embedded coordination store (:mod:`real.coord.kvserver`).
+
+What it does not do: frames after the handshake are neither encrypted nor MACed. Checkpoint
+bytes are bound end to end by the keyed manifest (:mod:`real.engine.manifest`), so a restore
+refuses data that an on-path attacker changed; confidentiality needs a private network.
 """
 
 from __future__ import annotations
@@ -33,7 +45,8 @@ from typing import Any
 
 MAX_HEADER_BYTES = 1 << 20
 AUTH_TIMEOUT_S = 5.0
-_AUTH_CONTEXT = b"gemini-store-auth:"
+STORE_SERVICE = "gemini-store-auth"
+_NONCE_HEX = 64
 _LENGTH = struct.Struct(">I")
 
 
@@ -46,8 +59,25 @@ def make_token() -> str:
     return os.urandom(32).hex()
 
 
-def auth_mac(token: str, nonce: str) -> str:
-    return hmac.new(token.encode(), _AUTH_CONTEXT + nonce.encode(), hashlib.sha256).hexdigest()
+def auth_mac(token: str, service: str, direction: str, server_nonce: str, client_nonce: str) -> str:
+    """HMAC-SHA256 proof that the sender (``direction``: "client" or "server") knows ``token``,
+    bound to both nonces of this connection and to the ``service`` it authenticates to."""
+    message = f"{service}/{direction}\0{server_nonce}\0{client_nonce}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _is_nonce(value: object) -> bool:
+    if not isinstance(value, str) or len(value) != _NONCE_HEX:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _same(mac: object, want: str) -> bool:
+    return isinstance(mac, str) and hmac.compare_digest(mac.encode(), want.encode())
 
 
 def send_frame(
@@ -114,37 +144,67 @@ def recv_frame(sock: socket.socket, max_payload: int = 1 << 30) -> tuple[dict[st
     return header, bytes(recv_exact(sock, size)) if size else b""
 
 
-def server_handshake(sock: socket.socket, token: str) -> None:
-    """Challenge the client; raise ProtocolError unless it proves it knows ``token``."""
-    nonce = os.urandom(32).hex()
+def server_handshake(sock: socket.socket, token: str, service: str = STORE_SERVICE) -> None:
+    """Challenge the client, check its proof, then prove ``token`` to it in turn.
+
+    Raises:
+        ProtocolError: the client did not prove it knows ``token`` within AUTH_TIMEOUT_S.
+    """
+    server_nonce = os.urandom(_NONCE_HEX // 2).hex()
     previous = sock.gettimeout()
     sock.settimeout(AUTH_TIMEOUT_S)
     try:
-        send_frame(sock, {"op": "challenge", "nonce": nonce})
+        send_frame(sock, {"op": "challenge", "nonce": server_nonce})
         header = recv_header(sock)
-        mac = header.get("mac")
-        if header["op"] != "auth" or not isinstance(mac, str):
-            raise ProtocolError(f"expected an auth frame, got op {header['op']!r}")
-        if not hmac.compare_digest(mac.encode(), auth_mac(token, nonce).encode()):
-            raise ProtocolError("authentication failed: wrong token")
-        send_frame(sock, {"op": "ok"})
+        client_nonce = header.get("nonce")
+        if header["op"] != "auth" or not _is_nonce(client_nonce):
+            raise ProtocolError(f"expected an auth frame with a nonce, got op {header['op']!r}")
+        assert isinstance(client_nonce, str)
+        want = auth_mac(token, service, "client", server_nonce, client_nonce)
+        if not _same(header.get("mac"), want):
+            raise ProtocolError("authentication failed: wrong token (the client does not know it)")
+        send_frame(
+            sock,
+            {"op": "ok", "mac": auth_mac(token, service, "server", server_nonce, client_nonce)},
+        )
     except TimeoutError as error:
         raise ProtocolError("authentication timed out") from error
     finally:
         sock.settimeout(previous)
 
 
-def client_handshake(sock: socket.socket, token: str) -> None:
+def client_handshake(sock: socket.socket, token: str, service: str = STORE_SERVICE) -> None:
+    """Answer the server's challenge, then check that the server knows ``token`` too.
+
+    Raises:
+        ProtocolError: the server refused our proof (wrong token) or could not prove its own:
+            it is not a server of this job.
+    """
     header = recv_header(sock)
-    if header["op"] != "challenge" or not isinstance(header.get("nonce"), str):
-        raise ProtocolError(f"store did not send a challenge (op {header['op']!r})")
-    send_frame(sock, {"op": "auth", "mac": auth_mac(token, header["nonce"])})
+    server_nonce = header.get("nonce")
+    if header["op"] != "challenge" or not _is_nonce(server_nonce):
+        raise ProtocolError(f"the server did not send a challenge (op {header['op']!r})")
+    assert isinstance(server_nonce, str)
+    client_nonce = os.urandom(_NONCE_HEX // 2).hex()
+    send_frame(
+        sock,
+        {
+            "op": "auth",
+            "nonce": client_nonce,
+            "mac": auth_mac(token, service, "client", server_nonce, client_nonce),
+        },
+    )
     try:
         reply = recv_header(sock)
     except ConnectionError as error:
-        raise ProtocolError("store refused the token (wrong GEMINI_TOKEN?)") from error
+        raise ProtocolError("the server refused our token (wrong GEMINI_TOKEN?)") from error
     if reply["op"] != "ok":
-        raise ProtocolError(f"store refused the connection: {reply}")
+        raise ProtocolError(f"the server refused the connection: {reply}")
+    if not _same(reply.get("mac"), auth_mac(token, service, "server", server_nonce, client_nonce)):
+        raise ProtocolError(
+            "the server could not prove it knows the job token: it is not a server of this "
+            "job (wrong address, or a stranger listening there)"
+        )
 
 
 def parse_address(text: str) -> tuple[str, int]:

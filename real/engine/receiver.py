@@ -4,11 +4,13 @@ A replica arrives as ``put_begin`` (the manifest), any number of ``put_chunk`` f
 byte range of the data, received straight into the slot) and ``put_end``. Chunks are checked
 against the manifest's block checksums (xxh3_64 per 1 MiB block): as soon as the chunks covering
 a block have arrived, the block is hashed and compared, so verification overlaps the transfer
-and every byte is hashed once. The replica is *prepared* when every byte arrived and every block
-and the shard checksum match; the store then acks. It becomes *committed* only on the
-owner's ``commit``, sent after the owner's own copy committed, so a replica never runs ahead of
-a checkpoint that the owner could not finish. Requests that break the rules (a chunk outside the
-data, a chunk without a transfer) raise ProtocolError and end the connection.
+and every byte is hashed once. The manifest itself must carry the job's MAC
+(:mod:`real.engine.manifest`): a store keeps only replicas its job wrote. The replica is
+*prepared* when every byte arrived and every block and the shard checksum match; the store then
+acks. It becomes *committed* only on the owner's ``commit``, sent after the owner's own copy
+committed, so a replica never runs ahead of a checkpoint that the owner could not finish.
+Requests that break the rules (a chunk outside the data, a chunk without a transfer) raise
+ProtocolError and end the connection.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ class Receiver:
         size = self._int(header, "payload_bytes")
         raw = bytes(protocol.recv_exact(self.conn, size)) if size else b""
         try:
-            manifest = Manifest.from_bytes(raw)
+            manifest = Manifest.from_bytes(raw, key=self.store.manifest_key)
         except VerificationError as error:
             self.reply(ok=False, reason=str(error))
             return

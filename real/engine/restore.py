@@ -7,13 +7,16 @@ holds ``i`` for every local rank of ``o``. Stores that do not answer count as lo
 Every rank computes the plan from the same answers; to be sure, the plans are compared through
 an ``all_gather`` of int64 tensors (never pickle) and rank 0's wins a disagreement.
 
-Then each rank fetches its own shard: from its node's slot (``local``: mapped, no network),
-from a named peer's store (``peer``: over TCP), or from persistent storage (``persistent``:
-``real.persistent.load_persistent``). Every shard is verified (manifest checksum, manifest,
-every block) before use. A shard that fails is invalidated in its store, logged with
-node/rank/iteration/reason, and the next holder of the same iteration is tried. If a rank runs
-out of holders, all ranks plan again (the invalidated copy no longer counts), which may roll
-everyone back to an older iteration or to persistent storage: never a mix of iterations.
+Then each rank fetches its own shard: from its node's slot (``local``: mapped, no network), from
+a named peer's store (``peer``: over TCP), or from persistent storage (``persistent``:
+``real.persistent.load_persistent``). Every shard is verified before use: the manifest's
+checksum, its MAC with the job's manifest key (provenance: a manifest the job did not write, or
+one changed without the key, is refused before its data is looked at), its structure, and every
+data block against the checksums the MAC covers. A shard that fails is invalidated in its store,
+logged with node/rank/iteration/reason, and the next holder of the same iteration is tried. If a
+rank runs out of holders, all ranks plan again (the invalidated copy no longer counts), which
+may roll everyone back to an older iteration or to persistent storage: never a mix of
+iterations.
 """
 
 from __future__ import annotations
@@ -162,33 +165,53 @@ def all_reduce_int(value: int, op: str, group: Any) -> int:
     return int(tensor.item())
 
 
-def read_local(slots: list[Slot | None], rank: int, iteration: int) -> dict[str, Any]:
-    """This rank's shard from its own node's slot, verified, as fresh tensors."""
+def read_local(
+    slots: list[Slot | None], rank: int, iteration: int, key: bytes | None = None
+) -> dict[str, Any]:
+    """This rank's shard from its own node's slot, verified, as fresh tensors.
+
+    Args:
+        key: the job's manifest key (default: the one the capturer gave the slots it mapped).
+
+    Raises:
+        VerificationError: no committed slot holds ``iteration``, no key is known, or the
+            manifest (MAC, structure) or a block does not verify.
+    """
     slot = best_slot(slots, iteration)
     if slot is None:
         raise VerificationError(f"no committed slot holds iteration {iteration}")
+    key = key if key is not None else slot.manifest_key
+    if key is None:
+        raise VerificationError(
+            f"no manifest key to verify {slot.path.name} with: map slots through a Capturer "
+            "(it knows the job's token) or pass key="
+        )
     state = slot.state()
     raw = slot.manifest_bytes()
-    manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration)
+    manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration, key)
     verify(manifest, slot.data(manifest.data_bytes))
     data = slot.data_tensor(manifest.data_bytes)
     return unflatten_state(tensors_from(manifest, data, copy=True), manifest.values)
 
 
 def read_peer(client: StoreClient, rank: int, iteration: int) -> dict[str, Any]:
-    """This rank's shard from a peer's store over TCP, verified."""
+    """This rank's shard from a peer's store over TCP, verified with the job's manifest key
+    (the client's: the store proved it knows the same token when the client connected)."""
     raw, manifest_checksum, data = client.get(rank, iteration)
-    manifest = check_manifest(raw, manifest_checksum, rank, iteration)
+    manifest = check_manifest(raw, manifest_checksum, rank, iteration, client.manifest_key)
     verify(manifest, data.numpy().data.cast("B"))
     # Fresh tensors, not views of one buffer: some consumers mishandle views with a storage
     # offset (torch.set_rng_state crashes on one), and views would pin the whole buffer.
     return unflatten_state(tensors_from(manifest, data, copy=True), manifest.values)
 
 
-def check_manifest(raw: bytes, want: int, rank: int, iteration: int) -> Manifest:
+def check_manifest(raw: bytes, want: int, rank: int, iteration: int, key: bytes) -> Manifest:
+    """The parsed manifest, once its checksum, its MAC under ``key`` (the job's manifest key,
+    :func:`real.engine.manifest.manifest_key`), its structure and its rank and iteration are
+    right; VerificationError naming the first thing that is not."""
     if xxhash.xxh3_64_intdigest(raw) != want:
         raise VerificationError("manifest checksum mismatch")
-    manifest = Manifest.from_bytes(raw)
+    manifest = Manifest.from_bytes(raw, key=key)
     if (manifest.rank, manifest.iteration) != (rank, iteration):
         raise VerificationError(
             f"manifest is rank {manifest.rank} iteration "

@@ -78,6 +78,9 @@ class Slot:
         self._map = mapping
         self._view = memoryview(mapping)
         self._words = self._view[:HEADER_BYTES].cast("q")
+        # The job's manifest key, set by whoever maps the slot for a job (the capturer), so
+        # that a restore from it can check the manifest's MAC (real.engine.manifest).
+        self.manifest_key: bytes | None = None
         if self._words[_MAGIC // 8] != MAGIC:
             raise ValueError(f"{path} is not a checkpoint slot (bad magic); remove it")
 

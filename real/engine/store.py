@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from real.engine import protocol
+from real.engine.manifest import manifest_key
 from real.engine.receiver import Receiver
 from real.engine.shm import SHM_DIR, Slot, best_slot, in_progress_index, newest_committed
 
@@ -78,6 +79,7 @@ class NodeStore:
     ) -> None:
         self.node = node
         self.token = token
+        self.manifest_key = manifest_key(token)  # a replica's manifest must carry its MAC
         self.prefix = prefix or f"gemini-{uuid.uuid4().hex[:10]}"
         self.shm_dir = shm_dir
         self.slots: dict[int, list[Slot | None]] = {}

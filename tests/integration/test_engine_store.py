@@ -17,6 +17,7 @@ import pytest
 
 from real.engine import protocol
 from real.engine.client import StoreClient
+from real.engine.manifest import manifest_key, sign
 from real.engine.process import StoreProcess
 from real.engine.shm import SHM_DIR
 
@@ -118,8 +119,15 @@ def test_unauthenticated_connections_are_refused_and_the_store_keeps_serving(
     with _raw_connection(store) as sock:
         challenge = _challenge(sock)
         if attack == "wrong-token":
-            mac = protocol.auth_mac(protocol.make_token(), str(challenge["nonce"]))
-            protocol.send_frame(sock, {"op": "auth", "mac": mac})
+            nonce = os.urandom(32).hex()
+            mac = protocol.auth_mac(
+                protocol.make_token(),
+                protocol.STORE_SERVICE,
+                "client",
+                str(challenge["nonce"]),
+                nonce,
+            )
+            protocol.send_frame(sock, {"op": "auth", "nonce": nonce, "mac": mac})
         elif attack == "garbage":
             sock.sendall(os.urandom(64))
         elif attack == "huge-header":
@@ -177,7 +185,7 @@ def test_a_chunk_outside_the_replica_is_refused(store: StoreProcess) -> None:
         "tensors": [],
         "values": {},
     }
-    client.put_begin(5, json.dumps(manifest).encode())
+    client.put_begin(5, sign(json.dumps(manifest).encode(), manifest_key(store.token)))
     client.put_chunk(8, b"x" * 16)
     assert _closed_by_store(client.sock)
     client.close()
