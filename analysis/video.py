@@ -4,15 +4,17 @@ The video shows the same failure (matched by index, as the validation matches th
 simulated run (left) and the measured run (right) of one scenario, each as the Gantt chart of
 ``analysis.timeline``: one row per node, the states it passes through, the checkpoint, failure
 and resume markers. A "now" line sweeps both charts on one clock, the time since the failure
-(shown at the top), and hides what has not happened yet. Each node's row label says when the
-node is lost and, once the state is back, the tier its restore used (local memory, a peer's
-memory, persistent storage); the panel's title names the phase the recovery is in. With only
-one of the two runs (``gemini-ckpt run --no-real``), the video shows that one.
+(shown at the top), and hides what has not happened yet. Under each node's name, its status:
+crashed, lost or replaced while that lasts, and once the state is back the tier its restore
+used (local memory, a peer's memory, persistent storage); each panel names the phase its
+recovery is in. With only one of the two runs (``gemini-ckpt run --no-real``), the video shows
+that one.
 
 Frames are drawn with matplotlib (Agg) and encoded to H.264 by the ffmpeg binary that the
 ``imageio-ffmpeg`` wheel ships, so nothing needs installing besides the Python dependencies.
-Each chart is drawn once; a frame only moves the cover over the future, the "now" line and
-the labels, which keeps a few seconds of video to a few seconds of work on 2 cores.
+Each chart is drawn once; a frame redraws only the cover over the future, the "now" line and
+the little text that changes, which keeps a few seconds of video to a few seconds of work on
+2 cores.
 """
 
 from __future__ import annotations
@@ -118,28 +120,27 @@ def frame_clock(panels: Sequence[Panel], frames: int) -> list[float]:
     return [-before + (before + after) * i / (frames - 1) for i in range(frames)]
 
 
-def _row_label(panel: Panel, node: int, now: float) -> str:
+def row_status(panel: Panel, node: int, now: float) -> str:
+    """What a node's row says at ``now`` (s since run start): lost, replaced or crashed while
+    that lasts, then the tier its restore used; empty otherwise."""
     recovery = panel.recovery
-    label = f"node {node}"
-    if node in recovery.nodes and now >= recovery.injected:
-        back = recovery.ready if recovery.ready is not None else recovery.stopped
-        if recovery.kind == "software":
-            label += " (crashed)" if now < recovery.restart else ""
-        elif now < back:
-            label += " (lost)"
-        elif now < recovery.restart:
-            label += " (replaced)"
     if now >= recovery.restored:
-        label += f" ← {panel.tiers.get(node, recovery.tier)}"
-    return label
+        return f"restored: {panel.tiers.get(node, recovery.tier)}"
+    if node not in recovery.nodes or not recovery.injected <= now < recovery.restart:
+        return ""
+    if recovery.kind == "software":
+        return "crashed"
+    back = recovery.ready if recovery.ready is not None else recovery.stopped
+    return "lost" if now < back else "replaced"
 
 
-def render_frames(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[NDArray[Any]]:
-    """RGB frames (height x width x 3, ``uint8``, ``VIDEO_SIZE``), one per clock value.
+def _frames_rgba(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[memoryview]:
+    """The frames as RGBA bytes of the figure's canvas, each valid until the next one.
 
-    The charts, axes and legend are drawn once and kept as a background; each frame restores
-    it and draws only what moves (blitting): the cover over the future, the "now" line, the
-    row labels and the titles.
+    What does not change is drawn once and kept as a background (the charts, axes, node
+    names, headings, legend); each frame restores it and draws only what moves (blitting):
+    the cover over the future, the "now" line, the phase of each side, the rows' status and
+    the clock. Text is what costs most to draw, so little of it moves.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -159,49 +160,83 @@ def render_frames(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[N
         draw_gantt(ax, panel.timeline, window, legend=False)
         used |= {s.state for s in panel.timeline.spans if s.end > window[0] and s.start < window[1]}
         nodes = panel.timeline.nodes
-        ax.set_yticks(range(len(nodes)), [""] * len(nodes))
-        ax.set_title("")
+        ax.set_title("")  # draw_gantt's; the panel's own goes on the left
+        ax.set_title(f"{panel.name} ({panel.run.label})", loc="left", fontsize=11, pad=22)
         cover = Rectangle((window[0], -1.0), window[1] - window[0], len(nodes) + 1.0)
         cover.set(facecolor="white", edgecolor="none", animated=True)
         ax.add_patch(cover)
         line = ax.axvline(start, color="#c44e52", linewidth=1.5, linestyle="--", animated=True)
-        title = ax.text(0.0, 1.03, "", transform=ax.transAxes, fontsize=10, animated=True)
+        phase = ax.text(0.0, 1.015, "", transform=ax.transAxes, fontsize=10, animated=True)
         on_rows = blended_transform_factory(ax.transAxes, ax.transData)
-        labels = [
-            ax.text(-0.015, row, "", transform=on_rows, ha="right", va="center", animated=True)
+        statuses = [
+            ax.text(
+                -0.02,
+                row + 0.3,
+                "",
+                transform=on_rows,
+                ha="right",
+                va="center",
+                fontsize=8,
+                color="#8c2d2d",
+                animated=True,
+            )
             for row in range(len(nodes))
         ]
-        moving.append((panel, ax, window[1], cover, line, title, labels))
+        moving.append((panel, ax, window[1], cover, line, phase, statuses))
     handles = [Patch(facecolor=STATE_COLORS[s], label=s) for s in STATE_ORDER if s in used]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
-    headline = fig.text(0.5, 0.955, "", ha="center", va="top", fontsize=13, animated=True)
-    fig.subplots_adjust(left=0.13, right=0.98, top=0.80, bottom=0.17, wspace=0.42)
+    recovery = panels[0].recovery
+    sides = " vs ".join(p.name for p in panels)
+    fig.text(
+        0.5,
+        0.965,
+        f"{panels[0].run.scenario} · failure {recovery.index}: {recovery.kind} of node(s) "
+        f"{list(recovery.nodes)} · {sides}",
+        ha="center",
+        va="top",
+        fontsize=13,
+    )
+    clock_text = fig.text(0.5, 0.915, "", ha="center", va="top", fontsize=12, animated=True)
+    fig.subplots_adjust(left=0.12, right=0.98, top=0.78, bottom=0.17, wspace=0.3)
     fig.canvas.draw()
     background = fig.canvas.copy_from_bbox(fig.bbox)  # type: ignore[attr-defined]
-    run, recovery = panels[0].run, panels[0].recovery
-    sides = " vs ".join(p.name for p in panels)
-    for now_rel in clock:
-        fig.canvas.restore_region(background)  # type: ignore[attr-defined]
-        for panel, ax, end, cover, line, title, labels in moving:
-            now = panel.recovery.injected + now_rel
-            cover.set_x(now)
-            cover.set_width(max(0.0, end - now))  # from now to the window's end
-            line.set_xdata([now, now])
-            title.set_text(f"{panel.name} ({panel.run.label})\n{phase_at(panel.recovery, now)}")
-            for node, label in zip(panel.timeline.nodes, labels, strict=True):
-                label.set_text(_row_label(panel, node, now))
-            for artist in (cover, *ax.spines.values(), line, title, *labels):
-                ax.draw_artist(artist)
-        headline.set_text(
-            f"{run.scenario} · failure {recovery.index}: {recovery.kind} of node(s) "
-            f"{list(recovery.nodes)} · {sides}\nclock: t = {now_rel:+6.2f} s since the failure"
-        )
-        fig.draw_artist(headline)
-        rgba = np.asarray(fig.canvas.buffer_rgba())  # type: ignore[attr-defined]
-        if rgba.shape != (height, width, 4):
-            raise RuntimeError(f"frame of {rgba.shape[1]}x{rgba.shape[0]}, not {width}x{height}")
-        yield np.ascontiguousarray(rgba[:, :, :3])
-    plt.close(fig)
+    try:
+        for now_rel in clock:
+            fig.canvas.restore_region(background)  # type: ignore[attr-defined]
+            for panel, ax, end, cover, line, phase, statuses in moving:
+                now = panel.recovery.injected + now_rel
+                cover.set_x(now)
+                cover.set_width(max(0.0, end - now))  # from now to the window's end
+                line.set_xdata([now, now])
+                phase.set_text(phase_at(panel.recovery, now))
+                for artist in (cover, *ax.spines.values(), line, phase):
+                    ax.draw_artist(artist)
+                for node, status in zip(panel.timeline.nodes, statuses, strict=True):
+                    text = row_status(panel, node, now)
+                    if text:
+                        status.set_text(text)
+                        status.set_color("#2d6a3e" if text.startswith("restored") else "#8c2d2d")
+                        ax.draw_artist(status)
+            clock_text.set_text(f"clock: t = {now_rel:+6.2f} s since the failure")
+            fig.draw_artist(clock_text)
+            buffer = fig.canvas.buffer_rgba()  # type: ignore[attr-defined]
+            rgba = np.asarray(buffer)
+            if rgba.shape != (height, width, 4):
+                raise RuntimeError(
+                    f"frame of {rgba.shape[1]}x{rgba.shape[0]}, not {width}x{height}"
+                )
+            yield memoryview(buffer).cast("B")
+    finally:
+        plt.close(fig)
+
+
+def render_frames(panels: Sequence[Panel], clock: Sequence[float]) -> Iterator[NDArray[Any]]:
+    """RGB frames (height x width x 3, ``uint8``, ``VIDEO_SIZE``), one per clock value."""
+    import numpy as np
+
+    width, height = VIDEO_SIZE
+    for frame in _frames_rgba(panels, clock):
+        yield np.frombuffer(frame, dtype=np.uint8).reshape(height, width, 4)[:, :, :3].copy()
 
 
 def write_demo_video(
@@ -229,7 +264,7 @@ def write_demo_video(
         VIDEO_SIZE,
         fps=fps,
         codec="libx264",
-        pix_fmt_in="rgb24",
+        pix_fmt_in="rgba",
         pix_fmt_out="yuv420p",
         macro_block_size=16,
         ffmpeg_log_level="error",
@@ -237,8 +272,8 @@ def write_demo_video(
     )
     writer.send(None)  # start ffmpeg
     try:
-        for frame in render_frames(panels, frame_clock(panels, frames)):
-            writer.send(frame.tobytes())
+        for frame in _frames_rgba(panels, frame_clock(panels, frames)):
+            writer.send(bytes(frame))
     finally:
         writer.close()
     return out
