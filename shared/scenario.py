@@ -493,7 +493,8 @@ class Scenario(_Strict):
 
 
 def schema_markdown() -> str:
-    """Every scenario field as Markdown tables, one per section (for docs/scenarios.md)."""
+    """Every scenario field as Markdown tables, one per section, then the rules between them
+    (for docs/scenarios.md)."""
     lines = [
         "# Scenario fields",
         "",
@@ -502,7 +503,9 @@ def schema_markdown() -> str:
         "",
     ]
     _section_markdown(Scenario, "", lines)
-    return "\n".join(lines) + "\n"
+    from shared.scenario_rules import rules_markdown  # it imports this module's users
+
+    return "\n".join(lines) + "\n" + rules_markdown()
 
 
 def _section_markdown(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
