@@ -23,7 +23,11 @@ from shared.scenario_rules import Face, check_scenario, errors
 
 
 def load_scenario(
-    path: str | Path, overrides: Sequence[str] = (), *, faces: Collection[Face] = ()
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    faces: Collection[Face] = (),
+    with_targets: bool = False,
 ) -> Scenario:
     """Read, override and validate a scenario file.
 
@@ -32,6 +36,7 @@ def load_scenario(
         overrides: ``dotted.key=value`` strings; the value is read as YAML (``8``, ``ring``,
             ``[0, 1]``).
         faces: the faces about to run it ("sim", "real"): their rules are errors too.
+        with_targets: the rules of the faces the scenario's ``targets`` name apply too.
 
     Raises:
         ScenarioError: the file is missing or unreadable, is not YAML, or breaks the schema.
@@ -50,7 +55,9 @@ def load_scenario(
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioError(source, [f"cannot read the file: {error}"]) from None
-    return parse_scenario(text, source=source, overrides=overrides, faces=faces)
+    return parse_scenario(
+        text, source=source, overrides=overrides, faces=faces, with_targets=with_targets
+    )
 
 
 def parse_scenario(
@@ -59,6 +66,7 @@ def parse_scenario(
     source: str = "<string>",
     overrides: Sequence[str] = (),
     faces: Collection[Face] = (),
+    with_targets: bool = False,
 ) -> Scenario:
     """Validate a scenario given as YAML text; see ``load_scenario``."""
     try:
@@ -80,7 +88,7 @@ def parse_scenario(
     document = apply_overrides(document, overrides, source=source)
     if overrides:
         _require_size(document, source)
-    return validate_document(document, source=source, faces=faces)
+    return validate_document(document, source=source, faces=faces, with_targets=with_targets)
 
 
 MAX_FILE_BYTES = 16 * 2**20
@@ -116,15 +124,22 @@ def _require_size(document: object, source: str) -> None:
 
 
 def validate_document(
-    document: Mapping[str, Any], *, source: str = "<string>", faces: Collection[Face] = ()
+    document: Mapping[str, Any],
+    *,
+    source: str = "<string>",
+    faces: Collection[Face] = (),
+    with_targets: bool = False,
 ) -> Scenario:
-    """Validate an already parsed document: its schema, then the rules of ``faces``."""
+    """Validate an already parsed document: its schema, then the rules of ``faces`` (and of
+    its ``targets`` with ``with_targets``)."""
     try:
         scenario = Scenario.model_validate(document)
     except ValidationError as error:
         raise ScenarioError(source, [_describe(item) for item in error.errors()]) from None
     except RecursionError:
         raise ScenarioError(source, ["the document is nested too deeply"]) from None
+    if with_targets:
+        faces = {*faces, *scenario.targets}
     problems = errors(check_scenario(scenario, faces))
     if problems:
         raise ScenarioError(source, problems)

@@ -10,7 +10,6 @@ this host) are printed and do not fail the check.
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 
 import click
 
@@ -78,8 +77,9 @@ def command(
     invalid: list[ScenarioError] = []
     for path in files:
         try:
-            faces = _faces(Path(path), extra_targets)
-            scenario = load_scenario(path, faces=faces)
+            extra: list[Face] = [face for face in ("sim", "real") if face in extra_targets]
+            scenario = load_scenario(path, faces=extra, with_targets=True)
+            faces = [face for face in ("sim", "real") if face in {*scenario.targets, *extra}]
             lines = scenario_warnings(scenario, faces, path)
         except ScenarioError as error:
             invalid.append(error)
@@ -96,13 +96,3 @@ def command(
     if invalid:
         click.echo(f"{len(invalid)} of {len(files)} files invalid", err=True)
         raise click.exceptions.Exit(2)
-
-
-def _faces(path: Path, extra: tuple[str, ...]) -> tuple[Face, ...]:
-    """The scenario's targets plus ``extra``; the targets come from a first, schema-only load."""
-    scenario = load_scenario(path)
-    faces: list[Face] = list(scenario.targets)
-    for face in extra:
-        if face in ("sim", "real") and face not in faces:
-            faces.append(face)  # type: ignore[arg-type]
-    return tuple(faces)
