@@ -13,6 +13,19 @@ A checkpoint of iteration N lives in ``<url>/iter_<N, 10 digits>/``:
   schedule, iteration) and the DCP key of each of its tensors, written aside and renamed,
   never pickle.
 
+DCP's ``.metadata`` is a pickle, and unpickling runs code of the file's choosing, so it is
+loaded only after a keyed sidecar vouches for it: rank 0 writes ``.metadata.hmac`` beside it
+(JSON: ``{"format", "algorithm": "HMAC-SHA256", "key": <which variable>, "mac"}``, the MAC of
+``"gemini-dcp-metadata/1\0" + <the .metadata bytes>``), and every load here reads the bytes,
+checks the MAC (``hmac.compare_digest``) and only then unpickles those same bytes
+(:class:`VerifiedFsspecReader`); a missing or wrong sidecar is refused with
+:class:`MetadataVerificationError`. The key (:func:`metadata_key`): ``GEMINI_PERSISTENT_KEY``
+when set (a secret that outlives one job, so a later job can load this one's checkpoints), else
+the job's token ``GEMINI_TOKEN``, else this user's key file
+(``~/.config/gemini-ckpt/persistent.key``, made on first use, mode 0600). What is trusted:
+whoever knows the key. The tensor files are read by DCP with ``torch.load(weights_only=True)``,
+which builds tensors only, and everything else is JSON.
+
 ``<url>/index.json`` lists the complete checkpoints. Rank 0 rewrites it (atomically: aside and
 renamed locally, one PUT on object stores) only after every rank has finished writing, so a
 crash at any moment never advertises a partial checkpoint; readers trust only the index.
@@ -33,13 +46,18 @@ runs it in a thread so training never waits for storage.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
+import pickle
 import posixpath
+import secrets
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -47,7 +65,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
@@ -62,6 +80,121 @@ FORMAT = "gemini-ckpt-persistent/1"
 SHARED_KEYS = ("model", "optim")
 DEFAULT_KEEP = 2
 STORAGE_OPTIONS_ENV = "GEMINI_STORAGE_OPTIONS"
+KEY_ENV, TOKEN_ENV = "GEMINI_PERSISTENT_KEY", "GEMINI_TOKEN"
+METADATA_NAME = ".metadata"
+METADATA_MAC_SUFFIX = ".hmac"
+METADATA_MAC_FORMAT = "gemini-dcp-metadata-hmac/1"
+_METADATA_LABEL = b"gemini-dcp-metadata/1\0"
+
+
+class MetadataVerificationError(ValueError):
+    """A persistent checkpoint's DCP metadata has no valid keyed sidecar: it is not unpickled."""
+
+
+def user_key_path() -> Path:
+    """This user's default sidecar key: ``$XDG_CONFIG_HOME/gemini-ckpt/persistent.key``."""
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "gemini-ckpt" / "persistent.key"
+
+
+def _user_key() -> bytes:
+    """This user's key file, created (32 random bytes, hex, mode 0600) on first use."""
+    path = user_key_path()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        aside = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(aside, path)  # atomic, and never replaces a key another process made
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
+    if path.stat().st_mode & 0o077:
+        raise ValueError(
+            f"{path} is readable or writable by others: chmod 600 it, or set {KEY_ENV}"
+        )
+    return path.read_text().strip().encode()
+
+
+def metadata_key(key: str | bytes | None = None) -> tuple[bytes, str]:
+    """The key of the ``.metadata`` sidecars and where it came from.
+
+    In order: ``key``; ``GEMINI_PERSISTENT_KEY`` (a secret shared by every job that reads the
+    checkpoints: a later job, with a new token, can then load them); the job's token
+    ``GEMINI_TOKEN``; this user's key file (:func:`user_key_path`, created on first use: a
+    checkpoint is then trusted by whoever can read that file, on a cluster typically a shared
+    home directory).
+
+    Raises:
+        ValueError: the user's key file is open to other users.
+    """
+    if key is not None:
+        return (key.encode() if isinstance(key, str) else key), "explicit"
+    for name in (KEY_ENV, TOKEN_ENV):
+        value = os.environ.get(name, "")
+        if value:
+            return value.encode(), name
+    return _user_key(), str(user_key_path())
+
+
+def metadata_mac(metadata: bytes, key: bytes) -> str:
+    """HMAC-SHA256 of DCP ``.metadata`` bytes, hex."""
+    return hmac.new(key, _METADATA_LABEL + metadata, hashlib.sha256).hexdigest()
+
+
+def check_metadata(metadata: bytes, sidecar: bytes | None, key: bytes, where: str) -> None:
+    """Raise MetadataVerificationError unless ``sidecar`` holds the MAC of ``metadata``."""
+    if sidecar is None:
+        raise MetadataVerificationError(
+            f"{where}: no {METADATA_NAME}{METADATA_MAC_SUFFIX}: refusing to unpickle a DCP "
+            "metadata file nobody vouched for (written by another tool, or incomplete)"
+        )
+    try:
+        document = json.loads(sidecar)
+        mac = document["mac"] if document.get("format") == METADATA_MAC_FORMAT else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        mac = None
+    if not isinstance(mac, str) or not hmac.compare_digest(
+        mac.encode(), metadata_mac(metadata, key).encode()
+    ):
+        raise MetadataVerificationError(
+            f"{where}: {METADATA_NAME} does not match its keyed sidecar: it was changed, or "
+            f"written with another key (set {KEY_ENV} to the writer's); refusing to unpickle it"
+        )
+
+
+class VerifiedFsspecReader(FsspecReader):
+    """DCP's fsspec reader, whose ``read_metadata`` unpickles only verified bytes.
+
+    Args:
+        path: the checkpoint folder's URL.
+        key: the sidecar key (see :func:`metadata_key`).
+        **kwargs: fsspec options.
+    """
+
+    def __init__(self, path: str, key: bytes, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._key = key
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as handle:
+            raw = handle.read()
+        try:
+            with self.fs.create_stream(f"{path}{METADATA_MAC_SUFFIX}", "rb") as handle:
+                sidecar: bytes | None = handle.read()
+        except FileNotFoundError:
+            sidecar = None
+        check_metadata(raw, sidecar, self._key, str(self.path))
+        metadata: Metadata = pickle.loads(raw)  # the bytes just verified, as DCP would
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        assert metadata.storage_meta is not None
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def iteration_folder(iteration: int) -> str:
@@ -137,6 +270,35 @@ class PersistentStorage:
         else:
             self.fs.pipe_file(path, data)
 
+    def sign_metadata(self, iteration: int, key: bytes, source: str) -> None:
+        """Write ``.metadata.hmac`` for ``iteration``'s ``.metadata`` (rank 0, after DCP)."""
+        path = self.path(iteration_folder(iteration), METADATA_NAME)
+        with self.fs.open(path, "rb") as handle:
+            raw = handle.read()
+        document = {
+            "format": METADATA_MAC_FORMAT,
+            "algorithm": "HMAC-SHA256",
+            "key": source,
+            "mac": metadata_mac(raw, key),
+        }
+        self.write_json(
+            posixpath.join(iteration_folder(iteration), METADATA_NAME + METADATA_MAC_SUFFIX),
+            document,
+        )
+
+    def verify_metadata(self, iteration: int, key: bytes) -> None:
+        """Raise MetadataVerificationError unless ``iteration``'s ``.metadata`` matches its
+        keyed sidecar (nothing is unpickled)."""
+        path = self.path(iteration_folder(iteration), METADATA_NAME)
+        with self.fs.open(path, "rb") as handle:
+            raw = handle.read()
+        try:
+            with self.fs.open(path + METADATA_MAC_SUFFIX, "rb") as handle:
+                sidecar: bytes | None = handle.read()
+        except FileNotFoundError:
+            sidecar = None
+        check_metadata(raw, sidecar, key, self.checkpoint_url(iteration))
+
     def read_json(self, relative_path: str) -> Any:
         with self.fs.open(self.path(relative_path), "rb") as handle:
             return json.loads(handle.read().decode("utf-8"))
@@ -152,8 +314,14 @@ class PersistentStorage:
             _throttle_dcp(writer, self.throttle)
         return writer
 
-    def reader(self, iteration: int) -> FsspecReader:
-        reader = FsspecReader(self.checkpoint_url(iteration), **self.storage_options)
+    def reader(self, iteration: int, key: bytes | None = None) -> FsspecReader:
+        """DCP's reader of ``iteration``, which unpickles ``.metadata`` only once its keyed
+        sidecar verifies (key: :func:`metadata_key`)."""
+        reader = VerifiedFsspecReader(
+            self.checkpoint_url(iteration),
+            key if key is not None else metadata_key()[0],
+            **self.storage_options,
+        )
         if self.throttle is not None:
             _throttle_dcp(reader, self.throttle)
         return reader
@@ -287,6 +455,7 @@ def save_persistent(
     process_group: dist.ProcessGroup | None = None,
     storage_options: Mapping[str, Any] | None = None,
     keep: int | None = DEFAULT_KEEP,
+    key: str | bytes | None = None,
 ) -> int:
     """Write ``state`` of ``iteration`` to the tier; collective over ``process_group``.
 
@@ -296,6 +465,7 @@ def save_persistent(
 
     Args:
         keep: complete checkpoints to keep (older ones are deleted); None keeps all.
+        key: the key of the ``.metadata`` sidecar (default: :func:`metadata_key`'s).
 
     Returns:
         The bytes of tensors this rank handed to DCP.
@@ -303,6 +473,7 @@ def save_persistent(
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be 1 or more (or None for all), got {keep}")
     storage = PersistentStorage(url, storage_options)
+    key, source = metadata_key(key)  # before writing anything: no key, no checkpoint
     rank, _ = _rank_and_world()
     group = _group_kwargs(process_group)
     folder = iteration_folder(iteration)
@@ -319,6 +490,8 @@ def save_persistent(
         raise RuntimeError(
             f"rank {rank}: writing iteration {iteration} to {url} failed: {error}"
         ) from error
+    if rank == 0:  # DCP's coordinator wrote .metadata before save returned
+        storage.sign_metadata(iteration, key, source)
     storage.write_json(
         posixpath.join(folder, f"rank_{rank}.json"),
         {
@@ -366,6 +539,7 @@ def load_persistent(
     rank: int | None = None,
     process_group: dist.ProcessGroup | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    key: str | bytes | None = None,
 ) -> dict[str, Any]:
     """Read this rank's state of iteration ``iteration``.
 
@@ -380,18 +554,26 @@ def load_persistent(
         rank: whose per-rank values to read (default: this process's rank).
         process_group: group for DCP's collectives (with a template).
         storage_options: fsspec options.
+        key: the key of the ``.metadata`` sidecar (default: :func:`metadata_key`'s).
 
     Raises:
         FileNotFoundError: the index does not list ``iteration``.
-        ValueError: the checkpoint lacks a tensor of the template or this rank's values.
+        MetadataVerificationError: DCP's ``.metadata`` has no sidecar, or it does not verify
+            (nothing was unpickled).
+        ValueError: the checkpoint lacks a tensor of the template or this rank's values, or
+            no key is set.
     """
     storage = PersistentStorage(url, storage_options)
+    secret = metadata_key(key)[0]
     listed = {int(e["iteration"]) for e in storage.read_index()["complete"]}
     if iteration not in listed:
         raise FileNotFoundError(
             f"{url} holds no complete checkpoint of iteration {iteration} (complete: "
             f"{sorted(listed) or 'none'})"
         )
+    # Refuse here, with a plain error, what the reader would refuse inside DCP (which wraps
+    # it); the reader still checks the very bytes it unpickles.
+    storage.verify_metadata(iteration, secret)
     rank = _rank_and_world()[0] if rank is None else rank
     try:
         sidecar = storage.read_json(
@@ -407,10 +589,10 @@ def load_persistent(
         fresh = {path: torch.empty_like(t) for path, t in tensors.items()}
         group = _group_kwargs(process_group)
     else:
-        fresh = _allocate_as_stored(storage, iteration, sidecar["tensors"])
+        fresh = _allocate_as_stored(storage, iteration, sidecar["tensors"], secret)
         group = {"no_dist": True}
     try:
-        dcp_load(_to_dcp(fresh, rank), storage_reader=storage.reader(iteration), **group)
+        dcp_load(_to_dcp(fresh, rank), storage_reader=storage.reader(iteration, secret), **group)
     except (Exception, CheckpointException) as error:
         raise ValueError(
             f"cannot load iteration {iteration} from {url} into this rank's state: {error}"
@@ -419,10 +601,10 @@ def load_persistent(
 
 
 def _allocate_as_stored(
-    storage: PersistentStorage, iteration: int, paths: Mapping[str, str]
+    storage: PersistentStorage, iteration: int, paths: Mapping[str, str], secret: bytes
 ) -> dict[str, torch.Tensor]:
     """Empty tensors for ``{state path: DCP key}``, shaped as the checkpoint stores them."""
-    stored = storage.reader(iteration).read_metadata().state_dict_metadata
+    stored = storage.reader(iteration, secret).read_metadata().state_dict_metadata
     fresh = {}
     for path, key in paths.items():
         entry = stored.get(key)

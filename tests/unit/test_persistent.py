@@ -42,6 +42,14 @@ CONFIG = TrainerConfig(
 )
 
 
+@pytest.fixture(autouse=True)
+def _private_key_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """The metadata sidecars' default key file goes to a temporary folder, not to ~/.config."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.delenv("GEMINI_PERSISTENT_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_TOKEN", raising=False)
+
+
 def trained(steps: int) -> Trainer:
     torch.set_num_threads(1)
     trainer = Trainer(CONFIG)
@@ -98,7 +106,7 @@ def test_plain_dcp_load_reads_the_model(tmp_path: Path) -> None:
     dcp.load({"model": model_state}, checkpoint_id=checkpoint)  # type: ignore[attr-defined]
     assert state_digest(model_state) == state_digest(trainer.model_state())
     files = sorted(p.name for p in (tmp_path / "tier" / iteration_folder(2)).iterdir())
-    assert files == [".metadata", "__0_0.distcp", "rank_0.json"]
+    assert files == [".metadata", ".metadata.hmac", "__0_0.distcp", "rank_0.json"]
     sidecar = json.loads((tmp_path / "tier" / iteration_folder(2) / "rank_0.json").read_text())
     assert sidecar["values"]["iteration"] == 2 and sidecar["values"]["data/position"] == 2
 
