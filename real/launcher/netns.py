@@ -21,6 +21,8 @@ the bridge, after the processes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import random
@@ -58,6 +60,17 @@ def netns_available() -> str | None:
         return f"cannot create network namespaces: {error}"
     ip("netns", "del", probe, check=False)
     return None
+
+
+def storage_secret(token: str) -> str:
+    """The S3 endpoint's secret key: derived from the job's token, never a part of it."""
+    return hmac.new(token.encode(), b"gemini-s3-secret", hashlib.sha256).hexdigest()[:32]
+
+
+def rclone_command(rclone: str, address: str, folder: Path) -> list[str]:
+    """``rclone serve s3`` on ``address:9000`` for ``folder``; the credentials are not in it
+    (``RCLONE_AUTH_KEY`` in its environment)."""
+    return [rclone, "serve", "s3", "--addr", f"{address}:9000", str(folder)]
 
 
 class NetnsCluster(LocalCluster):
@@ -180,13 +193,14 @@ class NetnsCluster(LocalCluster):
         address = self._namespace("st", 3, self.scenario.cluster.storage.bandwidth_gbit_s)
         folder = self.run_dir / "s3"
         (folder / "gemini").mkdir(parents=True, exist_ok=True)
-        key, secret = f"k{self.short}", self.token[:16]
-        self.storage_process = self._popen_in(
-            f"gk{self.short}-st",
-            [rclone, "serve", "s3", "--addr", f"{address}:9000", "--auth-key", f"{key},{secret}",
-             str(folder)],
+        key, secret = f"k{self.short}", storage_secret(self.token)
+        self.storage_process = self.spawn(
+            ["ip", "netns", "exec", f"gk{self.short}-st", *rclone_command(rclone, address, folder)],
             "rclone",
-        )  # fmt: skip
+            # The S3 credentials travel in rclone's environment (its RCLONE_<FLAG> form of
+            # --auth-key, CSV-quoted), never on the command line where ps would show them.
+            {**os.environ, "RCLONE_AUTH_KEY": f'"{key},{secret}"'},
+        )
         self.storage_overrides = (f"cluster.storage.url=s3://gemini/{self.job}",)
         self.storage_env = {
             "AWS_ACCESS_KEY_ID": key,
