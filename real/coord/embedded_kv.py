@@ -1,10 +1,11 @@
-"""The embedded backend of the coordination store: torch's TCPStore with emulated leases.
+"""The embedded backend of the coordination store: a small authenticated store with emulated leases.
 
-Where no etcd runs, the agents coordinate through a ``TCPStore`` (the store torchrun itself
-uses) hosted by a small store process (:mod:`real.coord.kvserver`). TCPStore gives us plain
-set/get/delete, an atomic counter (``add``), an atomic compare-and-set and a key listing, but
-**no expiry**: a key stays until someone deletes it. A dead agent deletes nothing, so without
-TTLs its heartbeat key would say "alive" forever. Hence the emulation:
+Where no etcd runs, the agents coordinate through the embedded store process
+(:mod:`real.coord.kvserver`). It gives us plain get/set/delete, an atomic counter (``add``), an
+atomic compare-and-set and a key listing, after a two-way challenge-response with the job's
+secret (``GEMINI_TOKEN``), but **no expiry**: a key stays until someone deletes it. A dead agent
+deletes nothing, so without TTLs its heartbeat key would say "alive" forever. Hence the
+emulation:
 
 - A lease is a record ``__lease__/<id>`` whose value is its **deadline** (wall-clock seconds,
   ``time.time()``). ``refresh`` moves the deadline to now + TTL with a compare-and-set, so a
@@ -15,13 +16,10 @@ TTLs its heartbeat key would say "alive" forever. Hence the emulation:
   "vanish" at the deadline exactly, without any process having to delete them. (Their bytes
   stay in the store until overwritten or deleted; at our scale of a few dozen keys that does
   not matter.)
-- ``create`` is a TCPStore ``compare_set`` against "absent"; if a key is there but its lease
-  is dead, a second ``compare_set`` replaces exactly that stale value, so two candidates racing
-  for an expired leadership key still produce one winner. The token makes every written value
+- ``create`` is a ``compare_set`` against "absent"; if a key is there but its lease is dead, a
+  second ``compare_set`` replaces exactly that stale value, so two candidates racing for an
+  expired leadership key still produce one winner. The random token makes every written value
   distinct, so a compare-and-set never mistakes another writer's value for its own.
-- Reads never block: TCPStore's ``get`` waits for a missing key until its timeout, so a read
-  is ``compare_set(key, SENTINEL, SENTINEL)``, which returns the value, or the sentinel
-  (without writing it) when the key is absent.
 
 Deadlines are compared across processes, so the hosts' clocks must agree to well under a TTL:
 true on one machine, true with NTP on a cluster; etcd (server-side TTLs) has no such need.
@@ -30,19 +28,17 @@ Keys starting with ``__`` are reserved for the emulation.
 
 from __future__ import annotations
 
-import datetime
 import os
+import socket
 import threading
 import time
 from typing import Any
 
-import torch.distributed as dist
-from torch.distributed import TCPStore  # type: ignore[attr-defined]
-
-from real.coord.kv import KeyValueStore, Lease, StoreError
+from real.coord.kv import KeyValueStore, Lease, StoreError, job_token
+from real.coord.kvserver import KV_SERVICE
+from real.engine import protocol
 
 LEASE_PREFIX = "__lease__/"
-_SENTINEL = b"\x00absent\x00"
 _DEAD_LEASE = -1
 
 
@@ -61,7 +57,7 @@ def _decode(raw: bytes) -> tuple[int, bytes]:
 
 
 class EmbeddedLease(Lease):
-    """A lease emulated by a deadline record in the TCPStore."""
+    """A lease emulated by a deadline record in the store."""
 
     def __init__(self, store: EmbeddedKV, lease_id: int, ttl_s: float) -> None:
         self.id = lease_id
@@ -80,64 +76,90 @@ class EmbeddedLease(Lease):
         self._store._delete_raw(self._store._record_key(self.id))
 
 
+class _Connection:
+    """One authenticated connection to the store process; requests and their replies."""
+
+    def __init__(self, host: str, port: int, token: str, timeout_s: float, url: str) -> None:
+        self.url = url
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        except OSError as error:
+            raise StoreError(
+                f"no coordination store answers at {url}: {error}; start one with "
+                "`python -m real.coord.kvserver` or real.coord.kvserver.StoreServer"
+            ) from error
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            protocol.client_handshake(self.sock, token, KV_SERVICE)
+        except (ConnectionError, OSError) as error:
+            self.sock.close()
+            raise StoreError(
+                f"the coordination store at {url} and this client do not share the job's "
+                f"secret: {error}"
+            ) from error
+
+    def request(
+        self, op: str, payload: bytes | None = None, **fields: Any
+    ) -> tuple[dict[str, Any], bytes]:
+        protocol.send_frame(self.sock, {"op": op, **fields}, payload)
+        return protocol.recv_frame(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class EmbeddedKV(KeyValueStore):
-    """Client of a TCPStore served by :class:`~real.coord.kvserver.StoreServer`; thread-safe.
+    """Client of the store served by :class:`~real.coord.kvserver.StoreServer`; thread-safe.
 
     Args:
         host: the store process's address.
         port: its port.
         namespace: prefix of every key, ``""`` or ending in ``/``.
         timeout_s: connect timeout and timeout of each operation.
+        token: the job's secret (default: ``GEMINI_TOKEN``).
+
+    Raises:
+        StoreError: nothing answers, or the store and this client do not share the secret.
     """
 
-    def __init__(self, host: str, port: int, namespace: str = "", timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        namespace: str = "",
+        timeout_s: float = 5.0,
+        *,
+        token: str | None = None,
+    ) -> None:
         self.url = f"tcpstore://{host}:{port}/{namespace}"
         self.namespace = namespace
         self._lock = threading.Lock()
+        self._store: Any = _Connection(host, port, job_token(token), timeout_s, self.url)
+
+    # -- raw store access (every call under the lock, errors as StoreError) --
+
+    def _call(self, op: str, key: str, payload: bytes | None = None, **fields: Any) -> Any:
         try:
-            # Any: torch's stubs type values as str, but the store takes and returns bytes.
-            self._store: Any = TCPStore(
-                host,
-                port,
-                is_master=False,
-                timeout=datetime.timedelta(seconds=timeout_s),
-                wait_for_workers=False,
-            )
-        except (RuntimeError, dist.DistStoreError) as error:
+            with self._lock:
+                return self._store.request(op, payload, key=key, **fields)
+        except (OSError, ValueError) as error:
             raise StoreError(
-                f"no TCPStore answers at {self.url}: {error}; start one with "
-                "`python -m real.coord.kvserver` or real.coord.kvserver.StoreServer"
+                f"coordination store at {self.url}: {op} {key!r} failed: {error}"
             ) from error
 
-    # -- raw TCPStore access (every call under the lock, errors as StoreError) --
-
-    def _guard(self, operation: str, key: str) -> StoreError:
-        return StoreError(f"TCPStore at {self.url}: {operation} {key!r} failed")
-
     def _read(self, key: str) -> bytes | None:
-        raw = self._compare_set(key, _SENTINEL, _SENTINEL)
-        return None if raw == _SENTINEL else raw
+        header, value = self._call("get", key)
+        return value if header.get("found") else None
 
     def _compare_set(self, key: str, expected: bytes, desired: bytes) -> bytes:
-        try:
-            with self._lock:
-                return bytes(self._store.compare_set(key, expected, desired))
-        except (RuntimeError, dist.DistStoreError) as error:
-            raise self._guard("compare_set", key) from error
+        _, value = self._call("compare_set", key, expected + desired, expected_bytes=len(expected))
+        return bytes(value)
 
     def _delete_raw(self, key: str) -> bool:
-        try:
-            with self._lock:
-                return bool(self._store.delete_key(key))
-        except (RuntimeError, dist.DistStoreError) as error:
-            raise self._guard("delete", key) from error
+        return bool(self._call("delete", key)[0].get("deleted"))
 
-    def _list(self) -> list[str]:
-        try:
-            with self._lock:
-                return list(self._store.list_keys())
-        except (RuntimeError, dist.DistStoreError) as error:
-            raise self._guard("list_keys", "") from error
+    def _list(self, prefix: str = "") -> list[str]:
+        return [str(k) for k in self._call("list", prefix)[0].get("keys", [])]
 
     def _record_key(self, lease_id: int) -> str:
         return f"{self.namespace}{LEASE_PREFIX}{lease_id}"
@@ -184,7 +206,7 @@ class EmbeddedKV(KeyValueStore):
         reserved = self.namespace + "__"
         cache: dict[int, bool] = {}
         found: dict[str, bytes] = {}
-        for key in sorted(self._list()):
+        for key in self._list(full):
             if not key.startswith(full) or key.startswith(reserved):
                 continue
             value = self._live_value(self._read(key), cache)
@@ -195,11 +217,7 @@ class EmbeddedKV(KeyValueStore):
     def put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
         _check_key(key)
         lease_id = self._require_lease(key, lease)
-        try:
-            with self._lock:
-                self._store.set(self.namespace + key, _encode(lease_id, value))
-        except (RuntimeError, dist.DistStoreError) as error:
-            raise self._guard("set", key) from error
+        self._call("set", self.namespace + key, _encode(lease_id, value))
 
     def create(self, key: str, value: bytes, lease: Lease | None = None) -> bool:
         _check_key(key)
@@ -227,23 +245,20 @@ class EmbeddedKV(KeyValueStore):
     def grant_lease(self, ttl_s: float) -> EmbeddedLease:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
-        try:
-            with self._lock:
-                lease_id = int(self._store.add(f"{self.namespace}{LEASE_PREFIX}next", 1))
-                record = self._record_key(lease_id)
-                self._store.set(record, b"%.6f" % (time.time() + ttl_s))
-        except (RuntimeError, dist.DistStoreError) as error:
-            raise self._guard("grant lease", LEASE_PREFIX) from error
+        header, _ = self._call("add", f"{self.namespace}{LEASE_PREFIX}next", amount=1)
+        lease_id = int(header["value"])
+        self._call("set", self._record_key(lease_id), b"%.6f" % (time.time() + ttl_s))
         return EmbeddedLease(self, lease_id, float(ttl_s))
 
     def close(self) -> None:
-        # A TCPStore client closes its socket when collected: drop our reference.
         with self._lock:
-            self._store = _Closed(self.url)
+            store, self._store = self._store, _Closed(self.url)
+        if isinstance(store, _Connection):
+            store.close()
 
 
 class _Closed:
-    """Stands in for the TCPStore client after ``close``: every call raises StoreError."""
+    """Stands in for the connection after ``close``: every call raises StoreError."""
 
     def __init__(self, url: str) -> None:
         self.url = url

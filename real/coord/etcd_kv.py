@@ -8,6 +8,16 @@ to import with current protobuf, and HTTP needs nothing but ``requests``.
 etcd 3.4 (Debian's etcd-server) serves the gateway at ``/v3/`` and still at ``/v3beta/``; we
 pass ``/v3/`` (3.5 dropped ``/v3beta/``), which also saves etcd3gw's version probe.
 
+**Authentication and TLS.** ``etcd://USER@HOST:PORT`` logs in as ``USER`` (etcd's
+``/v3/auth/authenticate``) and sends the token etcd returns with every request, logging in
+again when etcd says it expired. The password never comes from the URL or a command line: it
+is ``GEMINI_ETCD_PASSWORD``, else the content of the file named by
+``GEMINI_ETCD_PASSWORD_FILE``, else derived from the job's secret (``GEMINI_TOKEN``:
+HMAC-SHA256(token, "gemini-etcd-password"), hex, so one secret serves a job whose etcd user was
+made for it, as :class:`~real.coord.etcd_server.EtcdServer` does). ``etcds://`` speaks HTTPS,
+verifying the server against ``GEMINI_ETCD_CA`` (a CA file; default: the system's CAs) and
+presenting ``GEMINI_ETCD_CERT`` / ``GEMINI_ETCD_KEY`` as a client certificate when set.
+
 Lease TTLs in etcd are whole seconds: ``grant_lease(1.5)`` asks for 2 s, and etcd may grant
 more than asked (never less than 1.5 election timeouts). The server checks expiries every
 ~0.5 s, so a key outlives its lease by up to about half a second.
@@ -17,16 +27,99 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import math
+import os
 import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from etcd3gw import exceptions as etcd_exceptions
 from etcd3gw.client import Etcd3Client
 
-from real.coord.kv import KeyValueStore, Lease, StoreError
+from real.coord.kv import TOKEN_ENV, KeyValueStore, Lease, StoreError
 
 API_PATH = "/v3/"
+PASSWORD_ENV, PASSWORD_FILE_ENV = "GEMINI_ETCD_PASSWORD", "GEMINI_ETCD_PASSWORD_FILE"
+CA_ENV, CERT_ENV, KEY_ENV = "GEMINI_ETCD_CA", "GEMINI_ETCD_CERT", "GEMINI_ETCD_KEY"
+# What etcd answers when a request's auth token is missing, expired or unknown.
+_LOGIN_AGAIN = ("invalid auth token", "auth token is expired", "user name is empty")
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach an etcd endpoint: credentials and TLS.
+
+    Attributes:
+        user: etcd user to log in as; None: no authentication.
+        password: that user's password (never printed).
+        tls: speak HTTPS.
+        ca_file: CA bundle to verify the server with; None: the system's CAs.
+        cert_file, key_file: client certificate and its key (both or neither).
+    """
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+def derived_password(token: str) -> str:
+    """The etcd password a job's secret stands for (for users made for one job)."""
+    return hmac.new(token.encode(), b"gemini-etcd-password", hashlib.sha256).hexdigest()
+
+
+def etcd_options(
+    user: str | None,
+    *,
+    tls: bool,
+    token: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> EtcdOptions:
+    """Credentials and TLS files for a client, from the environment (never a command line).
+
+    Args:
+        user: the URL's user, or None.
+        tls: the URL is ``etcds://``.
+        token: the job's secret (default: ``GEMINI_TOKEN``), the password's last source.
+        environ: where the variables are read.
+
+    Raises:
+        ValueError: a user without any password source; a client certificate without its
+            key (or the reverse); TLS files for an ``etcd://`` (plain HTTP) URL.
+    """
+    password = None
+    if user:
+        file = environ.get(PASSWORD_FILE_ENV, "")
+        secret = token or environ.get(TOKEN_ENV, "")
+        if environ.get(PASSWORD_ENV):
+            password = environ[PASSWORD_ENV]
+        elif file:
+            try:
+                password = Path(file).read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ValueError(f"{PASSWORD_FILE_ENV}={file}: {error}") from error
+        elif secret:
+            password = derived_password(secret)
+        else:
+            raise ValueError(
+                f"etcd user {user!r} needs a password: set {PASSWORD_ENV} or "
+                f"{PASSWORD_FILE_ENV} (or {TOKEN_ENV} for a user made for this job)"
+            )
+    ca, cert, key = (environ.get(name) or None for name in (CA_ENV, CERT_ENV, KEY_ENV))
+    if (cert is None) != (key is None):
+        raise ValueError(f"set both {CERT_ENV} and {KEY_ENV} (a client certificate and its key)")
+    if not tls and (ca or cert):
+        raise ValueError(
+            f"{CA_ENV} / {CERT_ENV} are set but the store URL is etcd:// (plain HTTP): use "
+            "etcds://HOST:PORT for TLS"
+        )
+    return EtcdOptions(user or None, password, tls, ca, cert, key)
 
 
 def _b64(data: str | bytes) -> str:
@@ -40,6 +133,11 @@ def _prefix_end(prefix: bytes) -> bytes:
     if not trimmed:
         return b"\x00"  # the whole keyspace
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _text(error: etcd_exceptions.Etcd3Exception) -> str:
+    """The HTTP reason and etcd's own message (etcd3gw keeps the body apart)."""
+    return f"{error} {getattr(error, 'detail_text', '') or ''}".strip()
 
 
 class EtcdLease(Lease):
@@ -72,24 +170,79 @@ class EtcdKV(KeyValueStore):
         port: etcd's client port (2379 by default in etcd).
         namespace: prefix of every key, ``""`` or ending in ``/``.
         timeout_s: timeout of each HTTP request.
+        options: user, password and TLS (default: none, plain HTTP).
+
+    Raises:
+        StoreError: nothing answers, or etcd refused the user's credentials.
     """
 
-    def __init__(self, host: str, port: int, namespace: str = "", timeout_s: float = 5.0) -> None:
-        self.url = f"etcd://{host}:{port}/{namespace}"
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        namespace: str = "",
+        timeout_s: float = 5.0,
+        options: EtcdOptions | None = None,
+    ) -> None:
+        self.options = options or EtcdOptions()
+        scheme = "etcds" if self.options.tls else "etcd"
+        user = f"{self.options.user}@" if self.options.user else ""
+        self.url = f"{scheme}://{user}{host}:{port}/{namespace}"
         self.namespace = namespace
-        self._client = Etcd3Client(host=host, port=port, timeout=timeout_s, api_path=API_PATH)
+        self._client = Etcd3Client(
+            host=host,
+            port=port,
+            protocol="https" if self.options.tls else "http",
+            ca_cert=self.options.ca_file,
+            cert_key=self.options.key_file,
+            cert_cert=self.options.cert_file,
+            timeout=timeout_s,
+            api_path=API_PATH,
+        )
         self._lock = threading.Lock()
-        self._call("/maintenance/status", {})  # fail now, with the URL, if nothing answers
+        if self.options.user:
+            with self._lock:
+                self._login()
+        self._call("/kv/range", {"key": _b64(self._key("__probe__"))})  # fail now, with the URL
+
+    def _login(self) -> None:
+        """Log in (etcd's simple token); the session sends the token from now on."""
+        self._client.session.headers.pop("Authorization", None)
+        try:
+            result = self._client.post(
+                self._client.get_url("/auth/authenticate"),
+                json={"name": self.options.user, "password": self.options.password},
+            )
+        except etcd_exceptions.Etcd3Exception as error:
+            raise StoreError(
+                f"etcd at {self.url} refused user {self.options.user!r}: {_text(error)}; check "
+                f"{PASSWORD_ENV} / {PASSWORD_FILE_ENV} (or {TOKEN_ENV} for a user made for "
+                "this job)"
+            ) from error
+        self._client.session.headers["Authorization"] = str(result["token"])
 
     def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             with self._lock:
-                result: dict[str, Any] = self._client.post(self._client.get_url(path), json=payload)
+                try:
+                    result: dict[str, Any] = self._client.post(
+                        self._client.get_url(path), json=payload
+                    )
+                except etcd_exceptions.Etcd3Exception as error:
+                    if not self.options.user or not any(m in _text(error) for m in _LOGIN_AGAIN):
+                        raise
+                    self._login()  # the token expired (etcd's --auth-token-ttl): again
+                    result = self._client.post(self._client.get_url(path), json=payload)
                 return result
         except etcd_exceptions.Etcd3Exception as error:
-            text = str(error)
+            text = _text(error)
             if "Not Found" in text or "lease not found" in text:
                 raise _LeaseNotFound(f"{self.url}: lease not found (expired or revoked)") from error
+            if "user name is empty" in text or "permission denied" in text:
+                raise StoreError(
+                    f"etcd at {self.url} refused {path}: {text}; this etcd requires a user: "
+                    "etcd://USER@HOST:PORT with its password in GEMINI_ETCD_PASSWORD"
+                ) from error
             raise StoreError(
                 f"etcd at {self.url} failed on {path}: {text or type(error).__name__}; "
                 "is etcd running there?"

@@ -6,6 +6,15 @@ readiness poll of the HTTP gateway's ``/version``, and a stop that terminates, w
 and removes the data folder. The ``etcd`` binary comes from Debian's ``etcd-server`` package
 (``GEMINI_SETUP_APT=1 ./setup.sh``).
 
+With the job's secret (``token=``, or ``GEMINI_TOKEN``), etcd runs with authentication: before
+enabling it, the owner makes a ``root`` user (a random password, kept in memory only, for the
+set-up) and a user ``gemini`` whose role may read and write every key, with the password
+derived from the secret (:func:`~real.coord.etcd_kv.derived_password`); ``url`` then names
+the user, ``etcd://gemini@HOST:PORT``, and a client of the job finds the password from
+``GEMINI_TOKEN``. A client without it is refused every read and write. Passwords travel in
+HTTP request bodies on loopback, never on a command line. Without a secret, etcd runs open
+(``auth=False``), as a bare test fixture.
+
 etcd 3.4 serves the v3 API over HTTP at ``/v3/`` (``/v3beta/`` remains as an alias); etcd3gw
 finds the path itself from ``/version``. Lease TTLs are whole seconds and at least
 ``1.5 * election timeout``; we start etcd with a 50 ms heartbeat and 500 ms election timeout so
@@ -14,8 +23,11 @@ that 1 s leases work in tests (the default would make the minimum 2 s).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +36,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from real.coord.kv import StoreError
+from real.coord.etcd_kv import derived_password
+from real.coord.kv import TOKEN_ENV, StoreError
 from real.processes import free_port, stop_process
 
 logger = logging.getLogger(__name__)
@@ -42,22 +55,44 @@ class EtcdServer:
         host: the loopback (or namespace) address to listen on.
         start_timeout_s: how long to wait for etcd to answer before giving up.
         log_path: where etcd's own output goes (default: a file in the data folder).
+        token: the job's secret (default: ``GEMINI_TOKEN``): etcd then requires the user
+            ``gemini`` with the password derived from it.
+        auth: False runs etcd without authentication (tests of the bare backend only).
+
+    Raises:
+        ValueError: ``auth`` and no secret (neither ``token`` nor ``GEMINI_TOKEN``).
     """
 
+    USER = "gemini"
+
     def __init__(
-        self, host: str = "127.0.0.1", start_timeout_s: float = 15.0, log_path: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 15.0,
+        log_path: Path | None = None,
+        *,
+        token: str | None = None,
+        auth: bool = True,
     ) -> None:
         self.host = host
         self.start_timeout_s = start_timeout_s
         self.log_path = log_path
+        self.token = (token or os.environ.get(TOKEN_ENV) or None) if auth else None
+        if auth and self.token is None:
+            raise ValueError(
+                f"EtcdServer with authentication needs the job's secret: pass token= or set "
+                f"{TOKEN_ENV} (auth=False for an open test server)"
+            )
         self.client_port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
 
     @property
     def url(self) -> str:
-        """``etcd://HOST:PORT`` for :func:`real.coord.kv.connect_kv`."""
-        return f"etcd://{self.host}:{self.client_port}"
+        """``etcd://gemini@HOST:PORT`` (``etcd://HOST:PORT`` when open) for
+        :func:`real.coord.kv.connect_kv`."""
+        user = f"{self.USER}@" if self.token else ""
+        return f"etcd://{user}{self.host}:{self.client_port}"
 
     def start(self, attempts: int = 3) -> EtcdServer:
         """Start etcd and wait until it answers; retries when a chosen port was taken."""
@@ -106,10 +141,47 @@ class EtcdServer:
                 tail = Path(log_path).read_text(errors="replace")[-2000:]
                 raise StoreError(f"etcd exited with {self._process.returncode} at start:\n{tail}")
             if self._answers(client_url):
+                if self.token is not None:
+                    self._enable_auth(client_url, derived_password(self.token))
                 logger.info("etcd ready at %s (pid %d)", client_url, self._process.pid)
                 return
             time.sleep(0.05)
         raise StoreError(f"etcd did not answer at {client_url} within {self.start_timeout_s} s")
+
+    @staticmethod
+    def _enable_auth(client_url: str, password: str) -> None:
+        """Users ``root`` (random password, forgotten) and ``gemini`` (read and write every
+        key), then authentication on: from here every request needs a login."""
+        every_key = base64.b64encode(b"\0").decode()
+        steps: list[tuple[str, dict[str, object]]] = [
+            ("user/add", {"name": "root", "password": secrets.token_hex(16)}),
+            ("role/add", {"name": "root"}),
+            ("user/grant", {"user": "root", "role": "root"}),
+            ("role/add", {"name": EtcdServer.USER}),
+            (
+                "role/grant",
+                {
+                    "name": EtcdServer.USER,
+                    "perm": {"permType": "READWRITE", "key": every_key, "range_end": every_key},
+                },
+            ),
+            ("user/add", {"name": EtcdServer.USER, "password": password}),
+            ("user/grant", {"user": EtcdServer.USER, "role": EtcdServer.USER}),
+            ("enable", {}),
+        ]
+        for step, body in steps:
+            request = urllib.request.Request(
+                f"{client_url}/v3/auth/{step}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5.0) as response:
+                    response.read()
+            except (OSError, urllib.error.URLError) as error:
+                raise StoreError(
+                    f"etcd at {client_url}: auth set-up ({step}) failed: {error}"
+                ) from error
 
     @staticmethod
     def _answers(client_url: str) -> bool:

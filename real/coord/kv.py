@@ -20,10 +20,15 @@ Three things make such a store fit for failure detection and election:
 Backends:
 
 - :class:`~real.coord.etcd_kv.EtcdKV`: etcd (what the paper used) through its HTTP gateway,
-  ``etcd://HOST:PORT``. Native leases and transactions. For real clusters.
-- :class:`~real.coord.embedded_kv.EmbeddedKV`: torch's ``TCPStore`` hosted by a small store
-  process (:mod:`real.coord.kvserver`), ``tcpstore://HOST:PORT``. The default when no etcd is
-  configured; leases are emulated (see that module for why and how).
+  ``etcd://[USER@]HOST:PORT`` (``etcds://`` for TLS). Native leases and transactions. For real
+  clusters: with a user, the client logs in with the user's password, taken from
+  ``GEMINI_ETCD_PASSWORD``, from the file named by ``GEMINI_ETCD_PASSWORD_FILE``, or derived from
+  the job's token; TLS files come from ``GEMINI_ETCD_CA`` / ``GEMINI_ETCD_CERT`` /
+  ``GEMINI_ETCD_KEY``. A URL with a password in it is refused: URLs travel on command lines.
+- :class:`~real.coord.embedded_kv.EmbeddedKV`: a small store process
+  (:mod:`real.coord.kvserver`), ``tcpstore://HOST:PORT``, that serves only clients proving they
+  know the job's secret (``GEMINI_TOKEN``). The default when no etcd is configured; leases are
+  emulated (see that module for why and how).
 
 An optional namespace (the URL's path: ``etcd://127.0.0.1:2379/job42``) prefixes every key,
 so several runs can share one store without seeing each other's keys.
@@ -32,9 +37,28 @@ so several runs can share one store without seeing each other's keys.
 from __future__ import annotations
 
 import abc
+import os
 from urllib.parse import urlsplit
 
 from shared.errors import GeminiError
+
+TOKEN_ENV = "GEMINI_TOKEN"
+SCHEMES = ("etcd", "etcds", "tcpstore")
+
+
+def job_token(token: str | None = None) -> str:
+    """``token``, else the job's secret from ``GEMINI_TOKEN``.
+
+    Raises:
+        ValueError: neither is set.
+    """
+    secret = token or os.environ.get(TOKEN_ENV, "")
+    if not secret:
+        raise ValueError(
+            f"no job secret for the coordination store: pass token= or set {TOKEN_ENV} "
+            "(the same value for every agent of the job)"
+        )
+    return secret
 
 
 class StoreError(GeminiError):
@@ -125,14 +149,25 @@ def parse_kv_url(url: str) -> tuple[str, str, int, str]:
     """Split a store URL into (scheme, host, port, namespace).
 
     Raises:
-        ValueError: the URL is not ``etcd://HOST:PORT[/NAMESPACE]`` or
-            ``tcpstore://HOST:PORT[/NAMESPACE]``.
+        ValueError: the URL is not ``etcd://[USER@]HOST:PORT[/NAMESPACE]``,
+            ``etcds://[USER@]HOST:PORT[/NAMESPACE]`` or ``tcpstore://HOST:PORT[/NAMESPACE]``,
+            or it holds a password.
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("etcd", "tcpstore"):
+    if parts.scheme not in SCHEMES:
         raise ValueError(
-            f"store URL {url!r}: scheme must be etcd:// or tcpstore:// "
-            "(for example etcd://127.0.0.1:2379 or tcpstore://127.0.0.1:29400)"
+            f"store URL {url!r}: scheme must be etcd://, etcds:// (TLS) or tcpstore:// "
+            "(for example etcd://gemini@127.0.0.1:2379 or tcpstore://127.0.0.1:29400)"
+        )
+    if parts.password is not None:
+        raise ValueError(
+            f"store URL of {parts.hostname}: no password in the URL (command lines show it to "
+            "every user of the host); set GEMINI_ETCD_PASSWORD or GEMINI_ETCD_PASSWORD_FILE"
+        )
+    if parts.username and parts.scheme == "tcpstore":
+        raise ValueError(
+            f"store URL of {parts.hostname}: tcpstore:// takes no user; it authenticates with "
+            f"the job's secret ({TOKEN_ENV})"
         )
     try:
         port = parts.port
@@ -144,24 +179,29 @@ def parse_kv_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port, f"{namespace}/" if namespace else ""
 
 
-def connect_kv(url: str, *, timeout_s: float = 5.0) -> KeyValueStore:
+def connect_kv(url: str, *, timeout_s: float = 5.0, token: str | None = None) -> KeyValueStore:
     """A client of the store at ``url``.
 
     Args:
-        url: ``etcd://HOST:PORT[/NAMESPACE]`` (etcd's HTTP gateway) or
+        url: ``etcd://[USER@]HOST:PORT[/NAMESPACE]`` (etcd's HTTP gateway; ``etcds://``: over
+            TLS; with a user: authenticated, see :mod:`real.coord.etcd_kv`) or
             ``tcpstore://HOST:PORT[/NAMESPACE]`` (an embedded store process, see
             :class:`~real.coord.kvserver.StoreServer`).
         timeout_s: how long one operation may take before :class:`StoreError`.
+        token: the job's secret (default: ``GEMINI_TOKEN``): the embedded store's key, and
+            etcd's password source when no password is configured.
 
     Raises:
-        ValueError: the URL is malformed.
-        StoreError: nothing answers at the URL.
+        ValueError: the URL is malformed, or a secret it needs is not set.
+        StoreError: nothing answers at the URL, or it refused our credentials, or it could not
+            prove it belongs to the job (embedded store).
     """
     scheme, host, port, namespace = parse_kv_url(url)
-    if scheme == "etcd":
-        from real.coord.etcd_kv import EtcdKV
+    if scheme in ("etcd", "etcds"):
+        from real.coord.etcd_kv import EtcdKV, etcd_options
 
-        return EtcdKV(host, port, namespace=namespace, timeout_s=timeout_s)
+        options = etcd_options(urlsplit(url).username, tls=scheme == "etcds", token=token)
+        return EtcdKV(host, port, namespace=namespace, timeout_s=timeout_s, options=options)
     from real.coord.embedded_kv import EmbeddedKV
 
-    return EmbeddedKV(host, port, namespace=namespace, timeout_s=timeout_s)
+    return EmbeddedKV(host, port, namespace=namespace, timeout_s=timeout_s, token=job_token(token))

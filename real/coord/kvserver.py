@@ -1,51 +1,178 @@
-"""The embedded store process: a TCPStore server the agents reach at ``tcpstore://HOST:PORT``.
+"""The embedded store process: a small key-value server the agents reach at ``tcpstore://HOST:PORT``.
 
-Run as ``python -m real.coord.kvserver --host 127.0.0.1 --port 0 [--port-file PATH]``: it
-listens (port 0: the kernel picks a free one), prints ``PORT <n>`` on its first stdout line,
-optionally writes the port to a file (atomically), and serves until SIGTERM / SIGINT, or until
-the process that started it is gone (so an orphaned store never lingers).
+Run as ``GEMINI_TOKEN=... python -m real.coord.kvserver --host 127.0.0.1 --port 0
+[--port-file PATH]``: it listens on exactly that address (loopback by default: one machine;
+port 0: the kernel picks a free one), prints ``PORT <n>`` on its first stdout line, optionally
+writes the port to a file (atomically), and serves until SIGTERM / SIGINT, or until the process
+that started it is gone (so an orphaned store never lingers).
 
-:class:`StoreServer` is the owner side: it starts that process, reads the port, and stops it
-(SIGTERM, timed wait, SIGKILL). The store holds only small coordination keys; checkpoint bytes
-never pass through it.
+Every connection authenticates both ways before any request is served: the challenge-response
+of the node stores (:mod:`real.engine.protocol`, HMAC-SHA256 over fresh nonces from both sides,
+``hmac.compare_digest``) with the job's secret ``GEMINI_TOKEN`` and the label
+``gemini-kv-auth``. A client without the token can neither read nor write a key, and a client
+knows the store it talks to belongs to its job. The token comes from the environment, never
+from the command line, where ``ps`` would show it.
+
+Requests are frames of the same wire format (JSON header, raw payload), one reply each::
+
+    get          key                      -> found, value (payload)
+    set          key, value (payload)
+    compare_set  key, expected_bytes, expected + desired (payload) -> the value now (payload)
+    add          key, amount              -> value (the integer after adding)
+    delete       key                      -> deleted
+    list         prefix                   -> keys
+
+``compare_set`` follows torch's ``TCPStore``: an absent key is set when ``expected`` is empty;
+the reply is always the key's value afterwards (``expected`` itself when the key is absent and
+``expected`` is not empty). Values live in memory only: the store holds small coordination
+keys, never checkpoint bytes.
+
+:class:`StoreServer` is the owner side: it starts that process with the token in its
+environment, reads the port, and stops it (SIGTERM, timed wait, SIGKILL).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
+import logging
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from real.coord.kv import StoreError
+from real.coord.kv import TOKEN_ENV, StoreError, job_token
+from real.engine import protocol
 from real.processes import stop_process
 
+log = logging.getLogger(__name__)
+KV_SERVICE = "gemini-kv-auth"
+MAX_VALUE_BYTES = 1 << 20
 _PARENT_POLL_S = 0.5
 
 
-def serve(host: str, port: int, port_file: Path | None, parent_pid: int | None) -> int:
-    """Host a TCPStore until told to stop; returns the exit status."""
-    from torch.distributed import TCPStore  # type: ignore[attr-defined]
+class KVServer:
+    """The store itself, serving in background threads; ``stop()`` ends it.
 
-    store = TCPStore(
-        host,
-        port,
-        is_master=True,
-        wait_for_workers=False,
-        timeout=datetime.timedelta(seconds=30),
-        use_libuv=True,
-    )
+    Args:
+        host: the one address to listen on.
+        port: 0 for any free port (see ``port``).
+        token: the job's secret; every connection must prove it knows it.
+    """
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        if not token:
+            raise ValueError(f"the embedded store needs the job's secret: set {TOKEN_ENV}")
+        self.token = token
+        self.data: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        self._server = socket.create_server((host, port))
+        self.port: int = self._server.getsockname()[1]
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+
+    def start(self) -> KVServer:
+        threading.Thread(target=self._accept_loop, name="kvserver", daemon=True).start()
+        return self
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self._server.accept()
+            except OSError:
+                return  # closed by stop()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: Any) -> None:
+        with self.lock:
+            self._connections.add(conn)
+        try:
+            protocol.server_handshake(conn, self.token, KV_SERVICE)
+            while not self._stopping.is_set():
+                try:
+                    header, payload = protocol.recv_frame(conn, max_payload=2 * MAX_VALUE_BYTES)
+                except ConnectionError as closed:
+                    if isinstance(closed, protocol.ProtocolError):
+                        raise
+                    return  # the client hung up between requests
+                reply, value = self._handle(header, payload)
+                protocol.send_frame(conn, {"op": "reply", **reply}, value)
+        except (ConnectionError, ValueError, KeyError, TypeError, OSError) as error:
+            log.warning("coordination store: closing connection from %s: %s", peer, error)
+        finally:
+            with self.lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _handle(
+        self, header: dict[str, Any], payload: bytes
+    ) -> tuple[dict[str, Any], bytes | None]:
+        op, key = header["op"], header.get("key", header.get("prefix"))
+        if not isinstance(key, str):
+            raise protocol.ProtocolError(f"{op}: a string key is required")
+        with self.lock:
+            if op == "get":
+                value = self.data.get(key)
+                return {"found": value is not None}, value if value is not None else b""
+            if op == "set":
+                self.data[key] = payload
+                return {}, None
+            if op == "compare_set":
+                size = header.get("expected_bytes")
+                if not isinstance(size, int) or not 0 <= size <= len(payload):
+                    raise protocol.ProtocolError("compare_set: expected_bytes out of range")
+                expected, desired = payload[:size], payload[size:]
+                current = self.data.get(key)
+                if current is None:
+                    if expected:
+                        return {}, expected
+                    self.data[key] = desired
+                    return {}, desired
+                if current == expected:
+                    self.data[key] = desired
+                    return {}, desired
+                return {}, current
+            if op == "add":
+                amount = header.get("amount")
+                if not isinstance(amount, int) or isinstance(amount, bool):
+                    raise protocol.ProtocolError("add: amount must be an integer")
+                total = int(self.data.get(key, b"0")) + amount
+                self.data[key] = str(total).encode()
+                return {"value": total}, None
+            if op == "delete":
+                return {"deleted": self.data.pop(key, None) is not None}, None
+            if op == "list":
+                return {"keys": sorted(k for k in self.data if k.startswith(key))}, None
+        raise protocol.ProtocolError(f"unknown op {op!r}")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.close()
+        with self.lock:
+            for conn in list(self._connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+
+def serve(host: str, port: int, port_file: Path | None, parent_pid: int | None) -> int:
+    """Serve until told to stop; returns the exit status."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        print(f"set {TOKEN_ENV} to the job's secret (never on the command line)", file=sys.stderr)
+        return 2
+    server = KVServer(host, port, token).start()
     if port_file is not None:
         partial = port_file.with_suffix(port_file.suffix + ".partial")
-        partial.write_text(f"{store.port}\n")
+        partial.write_text(f"{server.port}\n")
         partial.replace(port_file)
-    print(f"PORT {store.port}", flush=True)
+    print(f"PORT {server.port}", flush=True)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -53,19 +180,22 @@ def serve(host: str, port: int, port_file: Path | None, parent_pid: int | None) 
     while not stop.wait(_PARENT_POLL_S):
         if parent_pid is not None and os.getppid() != parent_pid:
             break
-    del store
+    server.stop()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=f"The job's secret comes from {TOKEN_ENV}."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="the one address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument("--port-file", type=Path, help="also write the port to this file")
     parser.add_argument(
         "--parent-pid", type=int, help="exit when this process is no longer our parent"
     )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     return serve(args.host, args.port, args.port_file, args.parent_pid)
 
 
@@ -73,15 +203,28 @@ class StoreServer:
     """Owner of one embedded store process; a context manager.
 
     Args:
-        host: address the store listens on (loopback for the emulated cluster).
+        host: the one address the store listens on (loopback for the emulated cluster).
         port: 0 to let the kernel choose.
         start_timeout_s: how long to wait for the ``PORT`` line.
+        token: the job's secret (default: ``GEMINI_TOKEN``); it reaches the process through
+            its environment.
+
+    Raises:
+        ValueError: no token given and ``GEMINI_TOKEN`` is not set.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_timeout_s: float = 60.0,
+        *,
+        token: str | None = None,
+    ):
         self.host = host
         self.port = port
         self.start_timeout_s = start_timeout_s
+        self.token = job_token(token)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,7 +246,12 @@ class StoreServer:
             f"--port={self.port}",
             f"--parent-pid={os.getpid()}",
         ]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, TOKEN_ENV: self.token},
+        )
         try:
             self.port = self._read_port(self._process)
         except BaseException:

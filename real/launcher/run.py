@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from real.coord.kv import TOKEN_ENV
 from real.eventlog import EventLog
 from real.launcher.capacity import require_fits
 from real.launcher.injector import FailureInjector, Injected
@@ -99,6 +101,10 @@ def run_real(options: RealOptions) -> RealResult:
     cluster = cluster_class(
         scenario, options.scenario.resolve(), tuple(options.overrides), run_dir, strategy, t0
     )
+    # The launcher is a process of the job too: its clients of the coordination store (and the
+    # store it starts) prove the job's secret as the agents' do, from GEMINI_TOKEN.
+    outer_token = os.environ.get(TOKEN_ENV)
+    os.environ[TOKEN_ENV] = cluster.token
     injector: FailureInjector | None = None
     try:
         cluster.start()
@@ -111,6 +117,10 @@ def run_real(options: RealOptions) -> RealResult:
             injector.stop()
         cluster.teardown()
         events.close()
+        if outer_token is None:
+            os.environ.pop(TOKEN_ENV, None)
+        else:
+            os.environ[TOKEN_ENV] = outer_token
     summary, merged = summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode)
     injected = list(injector.injected if injector else [])
     return RealResult(run_dir, summary, merged, injected, cluster.job)

@@ -1,7 +1,7 @@
 """The coordination layer against both store backends, each in its own real server process.
 
-Every test runs twice: on the embedded store (``python -m real.coord.kvserver``, torch's
-TCPStore with emulated leases) and on etcd (Debian's etcd-server over its HTTP gateway; skipped
+Every test runs twice: on the embedded store (``python -m real.coord.kvserver``, with
+emulated leases) and on etcd (Debian's etcd-server over its HTTP gateway; skipped
 when the ``etcd`` binary is absent). One server per backend serves the whole module; each test
 gets its own key namespace, so tests cannot see each other's keys.
 
@@ -33,15 +33,19 @@ ETCD_MISSING = "etcd binary absent: install Debian's etcd-server (GEMINI_SETUP_A
 
 @pytest.fixture(scope="module", params=["embedded", "etcd"])
 def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    """(backend name, store URL) of a server that lives for the module."""
-    if request.param == "etcd":
-        if etcd_binary() is None:
-            pytest.skip(ETCD_MISSING)
-        with EtcdServer() as etcd:
-            yield "etcd", etcd.url
-    else:
-        with StoreServer() as server:
-            yield "embedded", server.url
+    """(backend name, store URL) of a server that lives for the module; the job's secret is
+    in ``GEMINI_TOKEN``, as the agents have it (etcd with a user and password, the embedded
+    store with its challenge-response)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GEMINI_TOKEN", uuid.uuid4().hex)
+        if request.param == "etcd":
+            if etcd_binary() is None:
+                pytest.skip(ETCD_MISSING)
+            with EtcdServer() as etcd:
+                yield "etcd", etcd.url
+        else:
+            with StoreServer() as server:
+                yield "embedded", server.url
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ threading.Event().wait(60)  # the test kills us long before
 
 
 @pytest.fixture
-def store_url() -> Iterator[str]:
+def store_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("GEMINI_TOKEN", os.urandom(16).hex())  # the agents inherit it
     with StoreServer() as server:
         yield server.url
 

@@ -1,15 +1,14 @@
 """Coordination pieces that need no server process: URL parsing, keys, the detector's
-bookkeeping on an explicit clock, and election events (on a TCPStore hosted in this process)."""
+bookkeeping on an explicit clock, and election events (on the embedded store served in this
+process)."""
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
 from real.coord import keys
 from real.coord.detector import FailureDetector
@@ -17,24 +16,21 @@ from real.coord.election import Election
 from real.coord.embedded_kv import EmbeddedKV
 from real.coord.heartbeat import report_exit
 from real.coord.kv import StoreError, connect_kv, parse_kv_url
+from real.coord.kvserver import KVServer
 from real.eventlog import EventLog
 from real.processes import free_port
 from shared.events import read_events
 
+TOKEN = "a-job-secret-for-these-tests"
+
 
 @pytest.fixture
 def kv() -> Iterator[EmbeddedKV]:
-    master = TCPStore(
-        "127.0.0.1",
-        0,
-        is_master=True,
-        wait_for_workers=False,
-        timeout=datetime.timedelta(seconds=5),
-    )
-    client = EmbeddedKV("127.0.0.1", master.port, namespace="t/")
+    server = KVServer("127.0.0.1", 0, TOKEN).start()
+    client = EmbeddedKV("127.0.0.1", server.port, namespace="t/", token=TOKEN)
     yield client
     client.close()
-    del master
+    server.stop()
 
 
 class FakeClock:
@@ -48,7 +44,9 @@ class FakeClock:
 def test_parse_kv_url() -> None:
     assert parse_kv_url("etcd://127.0.0.1:2379") == ("etcd", "127.0.0.1", 2379, "")
     assert parse_kv_url("tcpstore://localhost:9/job/7/") == ("tcpstore", "localhost", 9, "job/7/")
-    with pytest.raises(ValueError, match="scheme must be etcd:// or tcpstore://"):
+    with pytest.raises(
+        ValueError, match=r"scheme must be etcd://, etcds:// \(TLS\) or tcpstore://"
+    ):
         parse_kv_url("redis://127.0.0.1:1")
     with pytest.raises(ValueError, match="give a host and a port"):
         parse_kv_url("etcd://127.0.0.1")
@@ -57,7 +55,7 @@ def test_parse_kv_url() -> None:
 @pytest.mark.parametrize("scheme", ["etcd", "tcpstore"])
 def test_connect_to_nothing_says_what_to_do(scheme: str) -> None:
     with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
-        connect_kv(f"{scheme}://127.0.0.1:{free_port()}", timeout_s=0.5)
+        connect_kv(f"{scheme}://127.0.0.1:{free_port()}", timeout_s=0.5, token=TOKEN)
 
 
 def test_keys_roundtrip() -> None:
