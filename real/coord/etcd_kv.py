@@ -199,6 +199,11 @@ class EtcdKV(KeyValueStore):
             timeout=timeout_s,
             api_path=API_PATH,
         )
+        # Per request, so that REQUESTS_CA_BUNDLE in the environment (which requests prefers
+        # to a session's own setting) can never replace the CA this store is checked against.
+        self._request: dict[str, Any] = (
+            {"verify": self.options.ca_file} if self.options.ca_file else {}
+        )
         self._lock = threading.Lock()
         if self.options.user:
             with self._lock:
@@ -212,6 +217,7 @@ class EtcdKV(KeyValueStore):
             result = self._client.post(
                 self._client.get_url("/auth/authenticate"),
                 json={"name": self.options.user, "password": self.options.password},
+                **self._request,
             )
         except etcd_exceptions.Etcd3Exception as error:
             raise StoreError(
@@ -226,13 +232,15 @@ class EtcdKV(KeyValueStore):
             with self._lock:
                 try:
                     result: dict[str, Any] = self._client.post(
-                        self._client.get_url(path), json=payload
+                        self._client.get_url(path), json=payload, **self._request
                     )
                 except etcd_exceptions.Etcd3Exception as error:
                     if not self.options.user or not any(m in _text(error) for m in _LOGIN_AGAIN):
                         raise
                     self._login()  # the token expired (etcd's --auth-token-ttl): again
-                    result = self._client.post(self._client.get_url(path), json=payload)
+                    result = self._client.post(
+                        self._client.get_url(path), json=payload, **self._request
+                    )
                 return result
         except etcd_exceptions.Etcd3Exception as error:
             text = _text(error)
