@@ -48,6 +48,49 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd")
 
 
+def enable_auth(client_url: str, token: str, user: str = "gemini") -> None:
+    """Turn on authentication of a fresh etcd at ``client_url`` (plain HTTP, loopback or a
+    private network): a ``root`` user (random password, forgotten: only this set-up needs it)
+    and ``user``, who may read and write every key, with the password derived from the job's
+    ``token``; from then on every request needs a login. Passwords travel in request bodies,
+    never on a command line.
+
+    Raises:
+        StoreError: etcd refused a step (auth already on, say).
+    """
+    password = derived_password(token)
+    every_key = base64.b64encode(b"\0").decode()
+    steps: list[tuple[str, dict[str, object]]] = [
+        ("user/add", {"name": "root", "password": secrets.token_hex(16)}),
+        ("role/add", {"name": "root"}),
+        ("user/grant", {"user": "root", "role": "root"}),
+        ("role/add", {"name": user}),
+        (
+            "role/grant",
+            {
+                "name": user,
+                "perm": {"permType": "READWRITE", "key": every_key, "range_end": every_key},
+            },
+        ),
+        ("user/add", {"name": user, "password": password}),
+        ("user/grant", {"user": user, "role": user}),
+        ("enable", {}),
+    ]
+    for step, body in steps:
+        request = urllib.request.Request(
+            f"{client_url}/v3/auth/{step}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5.0) as response:
+                response.read()
+        except (OSError, urllib.error.URLError) as error:
+            raise StoreError(
+                f"etcd at {client_url}: auth set-up ({step}) failed: {error}"
+            ) from error
+
+
 class EtcdServer:
     """One etcd member on 127.0.0.1 with a temporary data folder; a context manager.
 
@@ -142,46 +185,11 @@ class EtcdServer:
                 raise StoreError(f"etcd exited with {self._process.returncode} at start:\n{tail}")
             if self._answers(client_url):
                 if self.token is not None:
-                    self._enable_auth(client_url, derived_password(self.token))
+                    enable_auth(client_url, self.token, self.USER)
                 logger.info("etcd ready at %s (pid %d)", client_url, self._process.pid)
                 return
             time.sleep(0.05)
         raise StoreError(f"etcd did not answer at {client_url} within {self.start_timeout_s} s")
-
-    @staticmethod
-    def _enable_auth(client_url: str, password: str) -> None:
-        """Users ``root`` (random password, forgotten) and ``gemini`` (read and write every
-        key), then authentication on: from here every request needs a login."""
-        every_key = base64.b64encode(b"\0").decode()
-        steps: list[tuple[str, dict[str, object]]] = [
-            ("user/add", {"name": "root", "password": secrets.token_hex(16)}),
-            ("role/add", {"name": "root"}),
-            ("user/grant", {"user": "root", "role": "root"}),
-            ("role/add", {"name": EtcdServer.USER}),
-            (
-                "role/grant",
-                {
-                    "name": EtcdServer.USER,
-                    "perm": {"permType": "READWRITE", "key": every_key, "range_end": every_key},
-                },
-            ),
-            ("user/add", {"name": EtcdServer.USER, "password": password}),
-            ("user/grant", {"user": EtcdServer.USER, "role": EtcdServer.USER}),
-            ("enable", {}),
-        ]
-        for step, body in steps:
-            request = urllib.request.Request(
-                f"{client_url}/v3/auth/{step}",
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=5.0) as response:
-                    response.read()
-            except (OSError, urllib.error.URLError) as error:
-                raise StoreError(
-                    f"etcd at {client_url}: auth set-up ({step}) failed: {error}"
-                ) from error
 
     @staticmethod
     def _answers(client_url: str) -> bool:
