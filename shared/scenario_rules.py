@@ -25,9 +25,9 @@ after it to make progress, when the iteration time is given). With Poisson failu
 recovery finishes before the next failure with probability ``exp(-lambda R)``, which is also
 about the best effective training time ratio the job can reach. Of the ``M = lambda D``
 failures of a simulated duration ``D``, ``M exp(-lambda R)`` are expected to be followed by a
-finished recovery: when that is below one, training is expected to make no progress at all
-and the scenario is refused (typically a rate in the wrong unit). When ``lambda R > 1``
-(failures arrive faster than a recovery finishes) the scenario is accepted with a warning, and
+finished recovery. When failures arrive faster than recoveries finish (``lambda R > 1``) and
+that is below one, training is expected to make no progress at all and the scenario is refused
+(typically a rate in the wrong unit); otherwise it is accepted with a warning, and
 the simulator stops a run as soon as ``stall_failure_limit`` failures in a row have struck
 without any training progress between them.
 """
@@ -330,9 +330,9 @@ def simulated_run_rules(scenario: Scenario, sim: SimFacts) -> list[Finding]:
     ]
 
 
-MAX_SIMULATED_SAVES = 1_000_000
-"""Persistent saves one simulated run may step through (about a second of simulation each
-million): beyond it, the save interval or the duration is surely mistyped."""
+MAX_SIMULATED_SAVES = _MAX_EXPECTED_EVENTS
+"""Persistent saves one simulated run may step through: each is a step of the simulation, like
+a failure, and the same bound applies (about a microsecond each: ten seconds for the bound)."""
 
 
 def _simulated_saves(scenario: Scenario, last_iteration: int, every: int | None) -> list[Finding]:
@@ -445,7 +445,7 @@ def _storm(scenario: Scenario) -> list[Finding]:
     finished = expected * math.exp(-load)
     every = f"the job fails every {_duration(1 / rate)} on average ({rate * 3600:.3g} per hour)"
     recover = f"a recovery takes at least {_duration(recovery_s)} ({made_of})"
-    if finished < 1:
+    if load > 1 and finished < 1:
         return [
             Finding(
                 _rate_field(scenario),
@@ -672,12 +672,12 @@ R = detection + `recovery.restart_s` + `recovery.retrieval_overhead_s` (+ one it
 finishes before the next failure with probability exp(-lambda R), which is also about the best
 effective training time ratio (ETTR) the job can reach.
 
-- Of the M = lambda x `sim.duration_days` failures of a simulation, M exp(-lambda R) are
-  expected to be followed by a finished recovery. Below one, training would make no progress at
-  all: the scenario is refused (typically a rate in the wrong unit: 1.5% of nodes failing a day
-  is `failures_per_node_per_day: 0.015`).
-- When lambda R > 1 (failures arrive faster than recoveries finish) the scenario runs, with a
-  warning giving exp(-lambda R).
+- When lambda R > 1, failures arrive faster than recoveries finish. Of the
+  M = lambda x `sim.duration_days` failures of the simulation, M exp(-lambda R) are then
+  expected to be followed by a finished recovery: below one, training would make no progress at
+  all and the scenario is refused (typically a rate in the wrong unit: 1.5% of nodes failing a
+  day is `failures_per_node_per_day: 0.015`); otherwise it runs, with a warning giving
+  exp(-lambda R).
 - While it runs, the simulator stops with exit 2 as soon as k failures in a row strike with no
   training progress between them, naming the rate, the recovery time and how far it got. The
   bound k comes from the scenario: a run whose recoveries keep up (lambda R <= 1) sees a

@@ -296,6 +296,21 @@ def test_validate_checks_the_targets_faces(
     assert code == 2 and "failures.schedule.0.at_iteration" in err
 
 
+def test_validate_reports_the_rules_of_every_face_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(
+        "name: broken\ntargets: [sim, real]\ncluster: {nodes: 4}\n"
+        "checkpoint: {replicas: 3, placement: group}\ntraining: {iterations: 10}\n"
+        "failures: {schedule: [{kind: software, nodes: [0], at_iteration: 50}]}\n"
+    )
+    code, _, err = run(["validate", str(path)], capsys)
+    assert code == 2
+    assert f"{path}: checkpoint.placement:" in err
+    assert f"{path}: failures.schedule.0.at_iteration: 50 is never reached" in err
+
+
 def test_sim_stopped_by_a_storm_exits_2_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
