@@ -261,6 +261,24 @@ def test_the_engine_reports_progress() -> None:
     assert seen[-1].failures == state.failures and seen[-1].duration_s == 86_400
 
 
+def test_the_sim_command_prints_a_progress_line_for_a_long_run() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gemini_ckpt.commands.sim import PROGRESS_LINE_S, _progress_line
+
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=False, width=200)
+    with _progress_line(console) as on_progress:
+        on_progress(SimProgress(1800.0, 86_400.0, 3, 500, 1.0))  # a short run: nothing yet
+        on_progress(SimProgress(3600.0, 86_400.0, 5, 1000, PROGRESS_LINE_S + 0.5))
+        on_progress(SimProgress(3700.0, 86_400.0, 6, 1100, PROGRESS_LINE_S + 1.0))  # too soon
+    assert text.getvalue().splitlines() == [
+        "simulated 3600 s of 24.0 h (4%), 5 failures, 95 events/s"
+    ]
+
+
 # --- the CLI --------------------------------------------------------------------------------
 
 
