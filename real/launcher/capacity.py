@@ -2,7 +2,8 @@
 
 ``gemini-ckpt real`` runs every node of a scenario as processes on this one machine: per node a
 node agent, its checkpoint store, and per accelerator an active trainer and its warm spares
-(``real.agent.trainers``), plus one coordination store for the job. Nothing of that is cheap:
+(``real.agent.trainers``), the same for every standby node (live agents waiting to replace a
+lost node), plus one coordination store for the job. Nothing of that is cheap:
 each trainer is a Python process with torch imported (about 330 MB before its model, measured
 with torch 2.13), a trainer start costs seconds of CPU, and the stores keep two checkpoint
 slots per rank and per replica held in ``/dev/shm``. A scenario written for a real cluster
@@ -84,8 +85,9 @@ class RunEstimate:
     """What a run of a scenario needs on one host.
 
     Attributes:
-        nodes: nodes with processes at the peak (the scenario's, plus nodes kept frozen by a
-            network failure until their replacement is up).
+        nodes: nodes with processes at the peak: the scenario's, its standby nodes (live
+            agents with warm trainers), and nodes kept frozen by a network failure until their
+            replacement is up.
         processes: processes at the peak.
         trainers: trainer processes (active and warm spares).
         slots_bytes_per_node: checkpoint slots of one node's store in ``/dev/shm``.
@@ -157,10 +159,15 @@ def estimate_run(
         if failure.kind == "network"
         for node in failure.nodes
     }
-    nodes = cluster.nodes + len(frozen)
+    # Standby nodes are live agents with warm trainers, their stores empty until they replace
+    # a lost node (whose slots are gone with it).
+    nodes = cluster.nodes + cluster.standby_nodes + len(frozen)
+    with_slots = cluster.nodes + len(frozen)
     processes = 1 + nodes * (2 + trainers_per_node)
-    memory = footprint.coordinator_bytes + nodes * (
-        slots + footprint.store_bytes + trainer_bytes + footprint.agent_bytes
+    memory = (
+        footprint.coordinator_bytes
+        + nodes * (footprint.store_bytes + trainer_bytes + footprint.agent_bytes)
+        + with_slots * slots
     )
     start_cpu_s = nodes * (
         footprint.node_start_cpu_s + trainers_per_node * footprint.trainer_start_cpu_s
@@ -174,7 +181,7 @@ def estimate_run(
         trainer_bytes_per_node=trainer_bytes,
         agent_bytes_per_node=footprint.agent_bytes,
         memory_bytes=memory,
-        shm_bytes=nodes * slots,
+        shm_bytes=with_slots * slots,
         start_cpu_s=start_cpu_s,
     )
 

@@ -366,8 +366,10 @@ SMALL_HOST = HostLimits(cpus=2, memory_bytes=24 * 2**30, shm_bytes=24 * 2**30, p
 def test_the_quickstart_fits_a_two_core_machine() -> None:
     scenario = parse_scenario(QUICKSTART.read_text())
     estimate = estimate_run(scenario, "gemini")
-    # 4 nodes: an agent, a store and two trainers (active + warm spare) each, and the kv store.
-    assert estimate.processes == 1 + 4 * 4 and estimate.trainers == 8
+    # 4 nodes and 2 standby nodes: an agent, a store and two trainers (active + warm spare)
+    # each, and the kv store.
+    assert scenario.cluster.standby_nodes == 2
+    assert estimate.processes == 1 + 6 * 4 and estimate.trainers == 12
     # Two slots per own state and per replica held: 2 m node states.
     per_rank = scenario.model.parameter_count * scenario.model.checkpoint_bytes_per_parameter
     assert estimate.slots_bytes_per_node == pytest.approx(2 * 2 * per_rank)
@@ -382,8 +384,8 @@ def test_500_nodes_are_refused_with_the_estimate_and_the_limits() -> None:
     assert [p.split(":")[0] for p in error.problems] == ["memory", "CPU"]
     assert "this host has 24 GiB available" in error.problems[0]
     assert "longer than real.timeout_s (900 s)" in error.problems[1]
-    assert "500 nodes: 2001 processes" in error.estimate and "--force" in str(error)
-    assert require_fits(scenario, "gemini", host=SMALL_HOST, force=True).nodes == 500
+    assert "502 nodes: 2009 processes" in error.estimate and "--force" in str(error)
+    assert require_fits(scenario, "gemini", host=SMALL_HOST, force=True).nodes == 502
 
 
 def test_the_persistent_baseline_needs_no_slots() -> None:
@@ -399,4 +401,4 @@ def test_real_refuses_before_starting_anything(
     out = tmp_path / "run"
     code, _, err = run(["real", str(path), "--out", str(out)], capsys)
     assert code == 2 and not out.exists()
-    assert f"error: scenario {path} does not fit on this host" in err and "20000 nodes" in err
+    assert f"error: scenario {path} does not fit on this host" in err and "20002 nodes" in err
