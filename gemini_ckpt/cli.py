@@ -118,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # the machine said no: a full disk, a folder not writable
         click.echo(f"error: {error}", err=True)
         return 1
+    except MemoryError:
+        click.echo(
+            "error: out of memory: the input asks for more than this machine holds "
+            "(a size or a count too large?)",
+            err=True,
+        )
+        return 1
     except Exception as error:  # the last line of defence: no traceback unless -vv
         click.echo(_internal_error(error, sys.argv[1:] if argv is None else argv), err=True)
         return 1
@@ -132,8 +139,9 @@ def _internal_error(error: BaseException, argv: Sequence[str]) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
     line = (
         f"internal error in `gemini-ckpt {command}`{on}: {type(error).__name__}"
-        f"{': ' + text[:200] if text else ''}. This is a bug: please report it with the "
-        f"scenario and the output of `gemini-ckpt -vv {command} ...`"
+        f"{': ' + text[:200] if text else ''}. This is a bug: please report it with "
+        f"{'the scenario and ' if scenarios else ''}the output of "
+        f"`gemini-ckpt -vv {command} ...`"
     )
     if _verbosity >= 2:
         trace = "".join(traceback.format_exception(error))
