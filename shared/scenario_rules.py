@@ -509,6 +509,10 @@ def schedule_reach(
 ) -> list[Finding]:
     """Scheduled failures the run of ``face`` can never fire: errors for real, warnings for sim.
 
+    A failure can never fire when it names a node that does not exist, waits for an iteration
+    after the last one or a time after the end, or strikes "during recovery" with no failure
+    before it to recover from.
+
     Args:
         scenario: the scenario.
         last_iteration: the last iteration the run trains (None: unknown, not checked).
@@ -523,8 +527,22 @@ def schedule_reach(
     )
     end_field = "real.timeout_s" if face == "real" else "sim.duration_days"
     findings: list[Finding] = []
+    nodes = scenario.cluster.nodes
     for index, failure in enumerate(scenario.failures.schedule):
         where = f"failures.schedule.{index}"
+        missing = [n for n in failure.nodes if not 0 <= n < nodes]
+        if missing:
+            skipped = "" if face == "real" else "; the simulation skips this failure"
+            if math.isfinite(end_s):  # reported once, not again with the iteration check
+                findings.append(
+                    Finding(
+                        f"{where}.nodes",
+                        f"{missing} out of range 0..{nodes - 1} (cluster.nodes is {nodes})"
+                        f"{skipped}",
+                        severity,
+                    )
+                )
+            continue
         if failure.during == "recovery":
             if index == 0 and math.isfinite(end_s):
                 findings.append(
@@ -615,16 +633,17 @@ def _rule_rows() -> list[tuple[str, str, str, str]]:
             "error",
         ),
         (
-            "a scheduled failure can fire: `at_iteration` below `training.iterations` (the last "
-            "iteration ends the run), `at_time_s` below `real.timeout_s`; `during: recovery` "
-            "not on the first entry",
+            "a scheduled failure can fire: its `nodes` exist, `at_iteration` is below "
+            "`training.iterations` (the last iteration ends the run), `at_time_s` below "
+            "`real.timeout_s`; `during: recovery` is not on the first entry",
             "`failures.schedule.N`",
             "real",
             "error",
         ),
         (
-            "the same for a simulation: `at_iteration` reached in `sim.duration_days` "
-            "(failure-free), `at_time_s` within it, `during: recovery` not first",
+            "the same for a simulation (which skips the failure): its `nodes` exist, "
+            "`at_iteration` is reached in `sim.duration_days` (failure-free), `at_time_s` "
+            "within it, `during: recovery` not first",
             "`failures.schedule.N`",
             "sim",
             "warning",

@@ -129,6 +129,8 @@ def plan_failures(
     on_recovery: dict[int, list[PlannedFailure]] = {}
     sequence = 0
     for index, entry in enumerate(scenario.failures.schedule):
+        if any(not 0 <= n < placement.nodes for n in entry.nodes):
+            continue  # a node that does not exist: skipped, with a warning (shared rules)
         nodes = tuple(sorted(entry.nodes))
         if entry.kind == "group":
             nodes = group_nodes(entry.nodes, placement)

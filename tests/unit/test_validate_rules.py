@@ -402,3 +402,18 @@ def test_real_refuses_before_starting_anything(
     code, _, err = run(["real", str(path), "--out", str(out)], capsys)
     assert code == 2 and not out.exists()
     assert f"error: scenario {path} does not fit on this host" in err and "20002 nodes" in err
+
+
+def test_a_failure_on_a_node_that_does_not_exist() -> None:
+    text = (
+        "name: n\ncluster: {nodes: 4}\nsim: {duration_days: 0.01}\nfailures: {schedule: "
+        "[{kind: hardware, nodes: [7], at_iteration: 2}, {kind: software, nodes: [1], "
+        "at_iteration: 3}]}"
+    )
+    (problem,) = problems_of(text, ("real",))
+    assert problem == "failures.schedule.0.nodes: [7] out of range 0..3 (cluster.nodes is 4)"
+    scenario = parse_scenario(text, faces=("sim",))
+    (warning,) = warnings(build_model(scenario).findings())
+    assert warning.endswith("(cluster.nodes is 4); the simulation skips this failure")
+    injected = [e for e in simulate(scenario).events if e.kind == "failure_injected"]
+    assert [e.details["nodes"] for e in injected] == [[1]]
