@@ -20,6 +20,16 @@ settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What a run keeps in the user's configuration folder (the persistent tier's per-user key,
+    ``real.persistent.user_key_path``) goes to a temporary folder, not to ``~/.config``; the
+    processes the tests start inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _restore_denormals() -> Iterator[None]:
     """Undo ``torch.set_flush_denormal(True)`` after a test that built a Trainer in-process.

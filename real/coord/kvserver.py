@@ -122,6 +122,8 @@ class KVServer:
                 value = self.data.get(key)
                 return {"found": value is not None}, value if value is not None else b""
             if op == "set":
+                if len(payload) > MAX_VALUE_BYTES:
+                    raise protocol.ProtocolError(f"set: values are at most {MAX_VALUE_BYTES} bytes")
                 self.data[key] = payload
                 return {}, None
             if op == "compare_set":
