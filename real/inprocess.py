@@ -18,8 +18,11 @@ secret to prove. Agent to trainer::
     {"op": "abort", "attempt": n}                  leave attempt n (its job was stopped)
     {"op": "finish"}                               the job is over: exit
 
-and trainer to agent: ``ready`` (spare up), ``joined`` (process group formed), ``parked``
-(left a failed attempt, with the error), ``done`` (the body returned).
+and trainer to agent: ``ready`` (spare up), ``joined`` (process group formed), ``failed``
+(a collective broke: the first sign of a peer's failure), ``parked`` (left the failed attempt),
+``done`` (the body returned), ``retired`` (told to start from scratch after it had trained: the
+agent gives the rank to a fresh spare, since the objects this process keeps hold the abandoned
+run).
 
 gloo cannot abort a collective that waits for a *hung* peer (torch 2.13: ``abort()`` from
 another thread returns at once and the wait goes on); a peer that *died* makes the survivors'
@@ -284,12 +287,25 @@ def leave_attempt(*, together: bool) -> None:
     gc.collect()
 
 
+def _from_scratch(assignment: Assignment) -> bool:
+    """Whether the root's plan for this attempt restores nothing (every rank starts over)."""
+    text = assignment.env.get("GEMINI_RESTORE_PLAN", "")
+    if not text:
+        return False
+    try:
+        plan = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(plan, dict) and plan.get("iteration") is None
+
+
 def run_attempts(
     body: Callable[[Assignment], None],
     channel: AgentChannel,
     *,
     backend: str,
     timeout_s: float,
+    joined: Assignment | None = None,
 ) -> int:
     """Serve attempts until the job is over; return the number of attempts this process ran.
 
@@ -300,24 +316,33 @@ def run_attempts(
         channel: the agent's socket.
         backend: ``gloo`` or ``nccl``.
         timeout_s: the collective timeout, s.
+        joined: an assignment whose process group this process already formed (the first).
     """
     global _current
     last, served = 0, 0
     # A trainer its agent gives up on gets SIGUSR1 first: its stacks go to its log.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    channel.send("ready", pid=os.getpid())
+    if joined is None:
+        channel.send("ready", pid=os.getpid())
     while True:
-        assignment = channel.next_assignment(last)
+        assignment = joined or channel.next_assignment(last)
         if assignment is None:
             return served
         last = assignment.attempt
+        if served and _from_scratch(assignment):
+            # This process trained already: its model, optimizer and data hold a timeline the
+            # job abandoned. A fresh process (the agent's spare) takes the rank instead.
+            channel.send("retired", attempt=assignment.attempt)
+            return served
         served += 1
         os.environ.update(assignment.env)
         _current = (channel, assignment.attempt)
         finished = False
         try:
-            join_process_group(assignment, backend, timeout_s)
-            channel.send("joined", attempt=assignment.attempt)
+            if assignment is not joined:
+                join_process_group(assignment, backend, timeout_s)
+                channel.send("joined", attempt=assignment.attempt)
+            joined = None
             body(assignment)
             finished = True
         except Exception as error:

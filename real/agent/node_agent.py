@@ -53,6 +53,7 @@ from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 POLL_S = 0.02
+WARM_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,15 @@ class NodeAgent:
                 spares_now=config.slot is not None,
             )
             prober = ProbeServer(config.node_id, config.host)
+            self._write_pids(store)
+            # Join (or offer this node to) the job only once its trainers are warm: an attempt
+            # assigned to processes still importing torch would wait for them, and a failure
+            # meanwhile would find nothing ready to take over.
+            if not self.pool.wait_ready(WARM_TIMEOUT_S):
+                raise RuntimeError(
+                    f"node {config.node_id}: trainers not warm after {WARM_TIMEOUT_S:.0f} s; "
+                    f"see {self.run_dir}/logs/trainer-node{config.node_id}-*.log"
+                )
             self._write_pids(store)
             registration = {
                 "node_id": config.node_id,

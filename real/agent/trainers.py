@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+TRAINER_NICENESS = 5
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class TrainerSpec:
 
     def command(self) -> list[str]:
         arguments = [
+            # Below the agents and stores: a node's heartbeat, probe answers and replica
+            # traffic must not starve while its trainers import torch or train.
+            "nice",
+            "-n",
+            str(TRAINER_NICENESS),
             sys.executable,
             "-m",
             "real.trainer_main",
@@ -151,7 +157,7 @@ class Worker:
         with self._lock:
             if op == "ready":
                 self.state, self.ready_at = "ready", time.time()
-            elif op in ("joined", "failed", "parked", "done"):
+            elif op in ("joined", "failed", "parked", "done", "retired"):
                 self.state, self.reported = op, int(message["attempt"])
                 self.error = message.get("error")
             self._lock.notify_all()
@@ -179,7 +185,7 @@ class Worker:
                 return True
             if self.attempt != attempt:
                 return True
-            return self.reported == attempt and self.state in ("parked", "done")
+            return self.reported == attempt and self.state in ("parked", "done", "retired")
 
     def wait_until(self, predicate: Any, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -249,7 +255,7 @@ class TrainerPool:
         self.attempt = 0
         self.exitcodes: dict[int, int] = {}  # rank -> exit code, reported once
         self.done: set[int] = set()
-        self.retired: list[Worker] = []
+        self._env: dict[str, str] = {}
         for local_rank in range(spec.per_node):
             self.active[local_rank] = self._start(local_rank)
         if spares_now:
@@ -303,21 +309,37 @@ class TrainerPool:
                 self._retire(local_rank)
                 worker = self._promote(local_rank)
                 fresh[self.rank(local_rank)] = True
-            rank = self.rank(local_rank)
-            worker.assign(
-                attempt,
-                {
-                    **env,
-                    "RANK": str(rank),
-                    "WORLD_SIZE": str(self.spec.world_size),
-                    "LOCAL_RANK": str(local_rank),
-                    "LOCAL_WORLD_SIZE": str(self.spec.per_node),
-                    "GROUP_RANK": str(self.slot),
-                    "GEMINI_NODE": str(self.slot),
-                },
-            )
+            worker.assign(attempt, self._rank_env(local_rank, env))
+        self._env = dict(env)
         self._top_up()
         return fresh
+
+    def _rank_env(self, local_rank: int, env: Mapping[str, str]) -> dict[str, str]:
+        return {
+            **env,
+            "RANK": str(self.rank(local_rank)),
+            "WORLD_SIZE": str(self.spec.world_size),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(self.spec.per_node),
+            "GROUP_RANK": str(self.slot),
+            "GEMINI_NODE": str(self.slot),
+        }
+
+    def _replace_retired(self) -> None:
+        """A trainer told to start from scratch after it had trained retires (its objects
+        hold the old run's state): a fresh spare takes the same attempt before it is joined."""
+        for local_rank, worker in list(self.active.items()):
+            if worker.state == "retired" and worker.reported == self.attempt:
+                log.info(
+                    "node slot %d: rank %d starts from scratch in a fresh process",
+                    self.slot,
+                    self.rank(local_rank),
+                )
+                self._retire(local_rank)
+                self._promote(local_rank).assign(
+                    self.attempt, self._rank_env(local_rank, self._env)
+                )
+                self._top_up()
 
     def _promote(self, local_rank: int) -> Worker:
         """The spare of ``local_rank`` becomes active (a cold start if none is alive); a new
@@ -377,6 +399,7 @@ class TrainerPool:
     def poll(self) -> tuple[dict[int, int], list[int]]:
         """What changed since the last call: trainers of the current attempt that exited
         (``{rank: exit code}``, negative for a signal) and ranks that finished it."""
+        self._replace_retired()
         exited, finished = {}, []
         for local_rank, worker in self.active.items():
             rank = self.rank(local_rank)

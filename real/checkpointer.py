@@ -1,0 +1,366 @@
+"""The public checkpointer, ``from gemini_ckpt import Checkpointer``, for any training script.
+
+One object per trainer process, configured by a few keyword arguments and the environment the
+launcher set. A training loop either restores once and saves after every step::
+
+    checkpointer = Checkpointer(replicas=2)
+    restored = checkpointer.restore()            # None: nothing to restore, start fresh
+    start = 1 if restored is None else restored.iteration + 1
+    if restored is not None:
+        load(restored.state)
+    for iteration in range(start, iterations + 1):
+        step()
+        checkpointer.save(iteration, state())     # returns once the tensors are copied
+    checkpointer.close()
+
+or hands its per-attempt body to :meth:`Checkpointer.run`, which adds in-process recovery under
+the gemini-ckpt agents (a surviving process re-runs the body with the restored state; its model
+and optimizer objects, built outside the body, are kept)::
+
+    def train(restored):                          # the process group is ready
+        ddp = DistributedDataParallel(model)      # wrap per attempt: the group is new
+        checkpointer.attach(ddp)                  # profile its traffic (interleaving)
+        ...the loop above...
+
+    checkpointer.run(train)
+
+Where it runs decides how it finds its peers:
+
+- **under gemini-ckpt's node agents** (``GEMINI_AGENT_FD`` set: the agent started this process
+  ahead of need, as a warm spare): the constructor waits until the agent gives the process its
+  first attempt (rank, rendezvous, the node stores' addresses, the job's secret, the root's
+  recovery plan), then joins the process group. The job's scenario (``GEMINI_SCENARIO``, with
+  ``GEMINI_SCENARIO_SET`` overrides, one per line) is the configuration; keyword arguments
+  that disagree with it are an error.
+- **under torchrun** (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` set): the process group is
+  initialised from the environment if the script has not done it; each node's checkpoint memory
+  lives in a store daemon started by the node's first local rank that outlives worker restarts
+  (:mod:`real.engine.daemon`), so a restarted worker restores from memory.
+- **a single process**: a private store for this process (the checkpoint lives as long as it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from real.api import Restored
+from real.inprocess import AgentChannel, Assignment, join_process_group, prewarm, run_attempts
+from shared.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+SCENARIO_ENV, SCENARIO_SET_ENV = "GEMINI_SCENARIO", "GEMINI_SCENARIO_SET"
+Strategy = Literal["gemini", "persistent"]
+
+
+class Checkpointer:
+    """In-memory checkpoints of one rank, with in-process recovery under the agents.
+
+    Args:
+        replicas: m, copies of each node's checkpoint (its own included).
+        placement: ``auto``, ``group``, ``ring`` or ``mixed`` (``shared.placement``).
+        traffic: ``interleaved`` (in the idle spans of DDP's traffic) or ``blocking``.
+        commit: ``on_arrival`` or ``next_iteration_end`` (the paper's accounting).
+        persistent_url: fsspec URL (a path or ``s3://...``) of the persistent tier.
+        persist_every: Gemini: persist every K-th committed checkpoint in the background;
+            ``strategy="persistent"``: the baseline's blocking save every K iterations.
+        strategy: ``gemini`` (in memory) or ``persistent`` (the DCP baseline).
+        model: a ``DistributedDataParallel`` model to profile (or call :meth:`attach`).
+        timeout_s: collective timeout of the process group this object forms, s.
+        run_dir: folder for events and the default persistent tier (default:
+            ``GEMINI_RUN_DIR``, else ``./gemini-run``).
+
+    Raises:
+        ValueError: the arguments, or the launcher's environment, are inconsistent.
+    """
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        *,
+        placement: Literal["auto", "group", "ring", "mixed"] = "auto",
+        traffic: Literal["interleaved", "blocking"] = "interleaved",
+        commit: Literal["on_arrival", "next_iteration_end"] = "on_arrival",
+        persistent_url: str | None = None,
+        persist_every: int | None = None,
+        strategy: Strategy = "gemini",
+        model: Any = None,
+        timeout_s: float = 300.0,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "replicas": replicas,
+            "placement": placement,
+            "traffic": traffic,
+            "commit": commit,
+            "persistent_url": persistent_url,
+            "persist_every": persist_every,
+            "strategy": strategy,
+        }
+        self.timeout_s = timeout_s
+        self.run_dir = Path(run_dir or os.environ.get("GEMINI_RUN_DIR") or "gemini-run")
+        self._model = model
+        self._engine: Any = None
+        self._daemon: Any = None
+        self._channel = AgentChannel.from_env()
+        self._assignment: Assignment | None = None
+        if self._channel is not None:
+            prewarm()  # a warm spare: pay the lazy imports before the job needs this process
+            self._channel.send("ready", pid=os.getpid())
+            self._assignment = self._channel.next_assignment(0)
+            if self._assignment is None:
+                raise SystemExit(0)  # the job ended without needing this spare
+            os.environ.update(self._assignment.env)
+            join_process_group(self._assignment, _backend(), timeout_s)
+            self._channel.send("joined", attempt=self._assignment.attempt)
+        else:
+            _init_from_torchrun_env(timeout_s)
+        self.rank, self.world_size, self.local_rank, self.per_node, self.node = _where()
+        self.scenario = self._scenario()
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def _scenario(self) -> Scenario:
+        """The job's scenario (under the agents), else one built from the keyword arguments."""
+        path = os.environ.get(SCENARIO_ENV)
+        if path:
+            from shared.scenario_loader import load_scenario
+
+            overrides = tuple(
+                line for line in os.environ.get(SCENARIO_SET_ENV, "").splitlines() if line
+            )
+            scenario = load_scenario(Path(path), overrides)
+            self._check_against(scenario)
+            return scenario
+        options = self._options
+        nodes = self.world_size // self.per_node
+        checkpoint: dict[str, Any] = {
+            "strategy": options["strategy"],
+            "replicas": min(int(options["replicas"]), nodes),
+            "placement": options["placement"],
+            "traffic": options["traffic"],
+            "commit": options["commit"],
+        }
+        if options["strategy"] == "persistent":
+            checkpoint["persistent_every_iterations"] = options["persist_every"] or 10
+        elif options["persist_every"] is not None:
+            checkpoint["persist_every_iterations"] = options["persist_every"]
+        storage = {"url": options["persistent_url"]} if options["persistent_url"] else {}
+        return Scenario.model_validate(
+            {
+                "name": "checkpointer",
+                "targets": ["real"],
+                "cluster": {
+                    "nodes": nodes,
+                    "accelerators_per_node": self.per_node,
+                    "standby_nodes": 0,
+                    "storage": storage,
+                },
+                "checkpoint": checkpoint,
+            }
+        )
+
+    def _check_against(self, scenario: Scenario) -> None:
+        config = scenario.checkpoint
+        given = self._options
+        for name, value in (
+            ("replicas", config.replicas),
+            ("strategy", config.strategy),
+            ("traffic", config.traffic),
+        ):
+            default = {"replicas": 2, "strategy": "gemini", "traffic": "interleaved"}[name]
+            if given[name] != default and given[name] != value:
+                raise ValueError(
+                    f"Checkpointer({name}={given[name]!r}) disagrees with the job's scenario "
+                    f"(checkpoint.{name}: {value!r}); under the agents the scenario decides: "
+                    "change it there, or drop the argument"
+                )
+
+    # -- the engine, per attempt ------------------------------------------------------------
+
+    def _engine_now(self, template: Callable[[], Mapping[str, Any]] | None = None) -> Any:
+        if self._engine is not None:
+            return self._engine
+        scenario = self.scenario
+        if scenario.checkpoint.strategy == "persistent":
+            from real.baseline import PersistentCheckpointer
+
+            every = scenario.checkpoint.persistent_every_iterations or 10
+            self._engine = PersistentCheckpointer(
+                scenario.cluster.storage.url or str(self.run_dir / "persistent"),
+                every,
+                template or _no_template,
+            )
+            return self._engine
+        from real.engine import GeminiCheckpointer
+
+        addresses, token = self._stores()
+        self._engine = GeminiCheckpointer(
+            scenario=scenario,
+            rank=self.rank,
+            world_size=self.world_size,
+            node=self.node,
+            local_rank=self.local_rank,
+            run_dir=self.run_dir,
+            store_addresses=addresses,
+            token=token,
+            model=self._model,
+            template=template,
+        )
+        return self._engine
+
+    def _stores(self) -> tuple[list[str] | None, str | None]:
+        """Every node's store address and the job's secret: from the agent's assignment, else
+        from this node's store daemon (started here by the first local rank if needed)."""
+        if self._channel is not None:
+            return None, None  # GEMINI_STORE_ADDRS and GEMINI_TOKEN, set by the assignment
+        from real.engine.daemon import node_stores
+
+        if self._daemon is None:
+            self._daemon = node_stores(self.node, self.local_rank, self.per_node)
+        return list(self._daemon.addresses), str(self._daemon.token)
+
+    # -- the contract -----------------------------------------------------------------------
+
+    def attach(self, ddp_model: Any) -> None:
+        """Profile ``ddp_model``'s all-reduces to find idle spans (before its first backward)."""
+        self._model = ddp_model
+        engine = self._engine_now()
+        if hasattr(engine, "attach"):
+            engine.attach(ddp_model)
+
+    def restore(self, template: Mapping[str, Any] | None = None) -> Restored | None:
+        """The newest checkpoint every rank can get (local memory, a peer's, or persistent
+        storage), or None to start from scratch.
+
+        Args:
+            template: the state's shape (only the persistent tier needs it).
+        """
+        engine = self._engine_now(None if template is None else (lambda: template))
+        if template is not None and hasattr(engine, "restore"):
+            try:
+                return engine.restore(template=template)  # type: ignore[no-any-return]
+            except TypeError:
+                pass
+        return engine.restore()  # type: ignore[no-any-return]
+
+    def save(self, iteration: int, state: Mapping[str, Any]) -> None:
+        """Checkpoint ``state`` (nested dicts and lists of tensors and plain values) after
+        ``iteration``; returns once every tensor is copied."""
+        self._engine_now().save(iteration, state)
+
+    def run(self, train: Callable[[Restored | None], None]) -> None:
+        """Call ``train(restored)`` once per attempt until the job is done.
+
+        Under the agents a failed peer makes ``train``'s collective raise; this process then
+        leaves the attempt, waits for the next one, joins its process group, restores per the
+        root's plan, and calls ``train`` again (objects built outside ``train`` are kept).
+        Elsewhere ``train`` runs once and its errors propagate (torchrun restarts the workers).
+        """
+        if self._channel is None:
+            train(self.restore())
+            return
+        first = self._assignment
+
+        def body(assignment: Assignment) -> None:
+            nonlocal first
+            if first is None or assignment.attempt != first.attempt:
+                self._reset_engine(abandon=False)
+            first = None
+            finished = False
+            try:
+                train(self.restore())
+                finished = True
+            finally:
+                if not finished:
+                    self._reset_engine(abandon=True)
+
+        run_attempts(
+            body,
+            self._channel,
+            backend=_backend(),
+            timeout_s=self.timeout_s,
+            joined=self._assignment,
+        )
+
+    def _reset_engine(self, *, abandon: bool) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close(abandon=abandon)
+
+    def close(self) -> None:
+        """Finish the last checkpoint (bounded wait) and release every resource."""
+        self._reset_engine(abandon=False)
+        if self._daemon is not None:
+            self._daemon.close()
+            self._daemon = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _no_template() -> Mapping[str, Any]:
+    raise ValueError(
+        "restoring from persistent storage needs the state's shape: call "
+        "restore(template=your_current_state)"
+    )
+
+
+def _backend() -> str:
+    import torch
+
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _init_from_torchrun_env(timeout_s: float) -> None:
+    """Form the default process group from torchrun's environment, unless the script did."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get("MASTER_ADDR"):
+        store = dist.HashStore()  # type: ignore[attr-defined]
+        dist.init_process_group(
+            "gloo", store=store, rank=0, world_size=1, timeout=datetime.timedelta(seconds=timeout_s)
+        )
+        return
+    dist.init_process_group(_backend(), timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def _where() -> tuple[int, int, int, int, int]:
+    """(rank, world size, local rank, ranks per node, node) from the process group and
+    torchrun's variables.
+
+    Raises:
+        ValueError: the ranks do not split into equal nodes.
+    """
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if per_node < 1 or world % per_node:
+        raise ValueError(
+            f"WORLD_SIZE {world} is not a multiple of LOCAL_WORLD_SIZE {per_node}: every node "
+            "must run the same number of ranks"
+        )
+    node = int(os.environ.get("GEMINI_NODE") or os.environ.get("GROUP_RANK") or rank // per_node)
+    return rank, world, local_rank, per_node, node

@@ -1,0 +1,199 @@
+"""The node store as a daemon, for training scripts run by plain torchrun (no gemini-ckpt agent).
+
+Under torchrun a failure restarts every worker process (``--max-restarts``), so the checkpoint
+memory of a node cannot live in a worker. The node's first local rank starts a store daemon
+(``python -m real.engine.daemon``) in a session of its own; the daemon outlives worker restarts
+and ends with the job: it watches torchrun's agent process (the workers' parent) and, once that
+is gone, stops its store, which removes its slot files from ``/dev/shm``, and its discovery file.
+
+Finding each other: the daemon writes ``<runtime dir>/gemini-<run id>-n<node>.json`` (mode 0600:
+it holds the job's secret) with its address; the workers of a node read it, and the job's ranks
+agree on one secret and learn every node's store address through the default process group
+(one all-gather each), so nothing depends on torchrun's rendezvous store keeping old keys
+(pytorch#135712). The secret travels to the daemon in its environment, never on a command line.
+
+This is the torchrun counterpart of the node agent's store (``real.engine.process``): same store,
+owned by the node rather than by an agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from real.engine.store import TOKEN_ENV, NodeStore
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 60.0
+
+
+def runtime_dir() -> Path:
+    """Where discovery files live: ``GEMINI_RUNTIME_DIR``, ``XDG_RUNTIME_DIR``, else /tmp."""
+    return Path(os.environ.get("GEMINI_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+
+
+def discovery_file(run_id: str, node: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)[:64]
+    return runtime_dir() / f"gemini-{safe}-n{node}.json"
+
+
+def read_discovery(path: Path) -> dict[str, str] | None:
+    """The daemon's record if the file exists and its daemon is alive, else None."""
+    try:
+        record = json.loads(path.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {str(k): str(v) for k, v in record.items()}
+
+
+@dataclass
+class NodeStores:
+    """Every node's store address (node order) and the job's secret, as this rank sees them."""
+
+    addresses: list[str]
+    token: str
+
+    def close(self) -> None:
+        """Nothing to release here: the daemon belongs to the node and ends with the job."""
+
+
+def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
+    """Agree on the job's secret, make sure this node's daemon runs, learn every address.
+
+    Collective over the default process group: call on every rank at the same point.
+
+    Raises:
+        RuntimeError: the daemon did not start, or serves another secret.
+    """
+    import torch.distributed as dist
+
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or f"pid{os.getppid()}"
+    path = discovery_file(run_id, node)
+    existing = read_discovery(path)
+    candidate = secrets.token_hex(16)
+    offers: list[tuple[str | None, str]] = [(None, "")] * dist.get_world_size()
+    dist.all_gather_object(offers, (existing["token"] if existing else None, candidate))
+    token = next((t for t, _ in offers if t), offers[0][1])
+    address = None
+    if local_rank == 0:
+        if existing is not None and existing["token"] != token:
+            raise RuntimeError(
+                f"the store daemon of node {node} ({path}) serves another job's secret; stop "
+                f"it (pid {existing['pid']}) or give this job another --rdzv-id"
+            )
+        if existing is None:
+            existing = start_daemon(path, node, token, watch_pid=os.getppid())
+        address = existing["address"]
+    addresses: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(addresses, address)
+    by_node = [a for a in addresses[::per_node]]
+    if any(a is None for a in by_node):
+        raise RuntimeError(f"no store address from some node: {by_node}")
+    return NodeStores([str(a) for a in by_node], token)
+
+
+def start_daemon(path: Path, node: int, token: str, watch_pid: int) -> dict[str, str]:
+    """Start the node's store daemon and wait until it serves; its record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a dead daemon's record
+    command = [
+        sys.executable,
+        "-m",
+        "real.engine.daemon",
+        "--node",
+        str(node),
+        "--watch-pid",
+        str(watch_pid),
+        "--file",
+        str(path),
+    ]
+    log_path = path.with_suffix(".log")
+    with open(log_path, "ab") as output:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, TOKEN_ENV: token},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not in the worker's process group: outlives restarts
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while (record := read_discovery(path)) is None:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"node {node} store daemon exited with {process.returncode}; see {log_path}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"node {node} store daemon did not serve in {START_TIMEOUT_S} s")
+        time.sleep(0.01)
+    log.info("node %d: store daemon %s serving on %s", node, record["pid"], record["address"])
+    return record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m real.engine.daemon --node N --watch-pid P --file F`` (secret: GEMINI_TOKEN)."""
+    parser = argparse.ArgumentParser(prog="python -m real.engine.daemon", description=__doc__)
+    parser.add_argument("--node", type=int, required=True)
+    parser.add_argument("--watch-pid", type=int, required=True, help="exit when it is gone")
+    parser.add_argument("--file", type=Path, required=True, help="discovery file to write")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    token = os.environ.pop(TOKEN_ENV, "")
+    if not token:
+        parser.error(f"set {TOKEN_ENV} to the job's secret")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s store-daemon: %(message)s"
+    )
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopped.set())
+    prefix = f"gemini-d{os.getpid()}"
+    store = NodeStore(args.node, token, args.host, 0, prefix)
+    store.start()
+    record = {"pid": os.getpid(), "address": store.address, "token": token, "prefix": prefix}
+    temporary = args.file.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(record, handle)
+    temporary.replace(args.file)
+    log.info("node %d store serving on %s for pid %d", args.node, store.address, args.watch_pid)
+    try:
+        while not stopped.wait(0.5):
+            if not _alive(args.watch_pid):
+                log.info("pid %d is gone: the job ended", args.watch_pid)
+                break
+    finally:
+        store.stop()
+        with contextlib.suppress(OSError):
+            args.file.unlink()
+        with contextlib.suppress(OSError):
+            args.file.with_suffix(".log").unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

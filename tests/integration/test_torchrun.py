@@ -1,0 +1,108 @@
+"""A user's own script under plain torchrun: two torchrun "nodes" on this host, c10d rendezvous,
+``--max-restarts``. A worker dies; torchrun restarts every worker; they restore from the node
+store daemons' memory, and the final weights equal those of a run without the failure, bit for
+bit. The daemons end with the job and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from real.processes import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "ddp_train.py"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def run_job(out: Path, runtime: Path, crash_at: int | None) -> list[str]:
+    """Two torchrun nodes of one rank each; returns their outputs."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "GEMINI_RUNTIME_DIR": str(runtime),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    if crash_at is not None:
+        env["EXAMPLE_CRASH_AT"] = str(crash_at)
+    nodes = [
+        subprocess.Popen(
+            [
+                str(TORCHRUN),
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                "--max-restarts=2",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                f"--rdzv-id=job-{out.name}",
+                "--monitor-interval=0.2",
+                str(EXAMPLE),
+                "--iterations=20",
+                f"--out={out}",
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
+    try:
+        for node in nodes:
+            output, _ = node.communicate(timeout=300)
+            outputs.append(output)
+            assert node.returncode == 0, output[-4000:]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait(10)
+    return outputs
+
+
+def test_torchrun_restart_restores_from_memory_bitwise(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    shm_before = set(os.listdir("/dev/shm"))
+    run_job(tmp_path / "reference", runtime, None)
+    outputs = run_job(tmp_path / "crashed", runtime, 12)
+    text = "\n".join(outputs)
+    # The crash struck after iteration 12's save; every worker restarted and resumed from
+    # its node's memory (its own daemon's slots), not from scratch or storage.
+    assert "failed (exitcode: 17)" in text
+    resumed = [line for line in text.splitlines() if "resumed at" in line]
+    assert len(resumed) == 2, text[-4000:]
+    assert all(line.endswith("from local") for line in resumed), resumed
+    assert {line.split("resumed at ")[1].split()[0] for line in resumed} <= {"12", "13"}
+    reference = torch.load(tmp_path / "reference" / "final.pt")
+    crashed = torch.load(tmp_path / "crashed" / "final.pt")
+    assert reference.keys() == crashed.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, crashed[name]), name
+    # The daemons end with their torchrun agents (they look twice a second): no process, no
+    # discovery file, no slot file.
+    deadline = time.monotonic() + 30
+    while daemons(runtime) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemons(runtime) == []
+    assert list(runtime.iterdir()) == []
+    assert set(os.listdir("/dev/shm")) - shm_before == set()
+
+
+def daemons(runtime: Path) -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", f"real.engine.daemon.*{runtime}"], capture_output=True, text=True
+    )
+    return found.stdout.split()
