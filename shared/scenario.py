@@ -499,7 +499,7 @@ def schema_markdown() -> str:
         "",
     ]
     _section_markdown(Scenario, "", lines)
-    from shared.scenario_rules import rules_markdown  # it imports this module's users
+    from shared.scenario_rules_doc import rules_markdown  # it imports this module's users
 
     return "\n".join(lines) + "\n" + rules_markdown()
 

@@ -18,18 +18,8 @@ would silently skip it) and a warning for the simulator (it simply never strikes
 finding names the field path and what is allowed; ``shared.scenario_loader`` raises the errors
 as one ``ScenarioError`` and the commands print the warnings.
 
-**Failure storms.** A stochastic failure process fails the whole job at rate
-``lambda = N / node_MTBF`` (plus whole domains). Every recovery takes at least
-``R = detection + restart + retrieval overhead`` (and a failure needs one more iteration
-after it to make progress, when the iteration time is given). With Poisson failures, a
-recovery finishes before the next failure with probability ``exp(-lambda R)``, which is also
-about the best effective training time ratio the job can reach. Of the ``M = lambda D``
-failures of a simulated duration ``D``, ``M exp(-lambda R)`` are expected to be followed by a
-finished recovery. When failures arrive faster than recoveries finish (``lambda R > 1``) and
-that is below one, training is expected to make no progress at all and the scenario is refused
-(typically a rate in the wrong unit); otherwise it is accepted with a warning, and
-the simulator stops a run as soon as ``stall_failure_limit`` failures in a row have struck
-without any training progress between them.
+**Failure storms** (``shared.storms``): a failure process whose failures outpace every
+recovery is refused for a simulation, or accepted with a warning when some progress remains.
 """
 
 from __future__ import annotations
@@ -44,6 +34,13 @@ import numpy as np
 from shared.failures import _MAX_EXPECTED_EVENTS, sample_failures
 from shared.placement import plan_placement
 from shared.scheduling import plan_traffic
+from shared.storms import (
+    SECONDS_PER_DAY,
+    expected_process_failures,
+    fastest_recovery_s,
+    job_failure_rate_per_s,
+    stall_failure_limit,
+)
 
 if TYPE_CHECKING:
     from shared.scenario import Scenario
@@ -52,12 +49,6 @@ Face = Literal["sim", "real"]
 """What runs a scenario: the simulator or the real harness."""
 
 Severity = Literal["error", "warning"]
-
-SECONDS_PER_DAY = 86_400.0
-
-STALL_FALSE_ALARM = 0.01
-"""Chance, accepted over a whole run, that a run whose recoveries keep up with its failures is
-stopped as a storm anyway (see ``stall_failure_limit``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +95,7 @@ def check_scenario(
             for, and the persistent saves to simulate.
 
     Returns:
-        The findings, errors and warnings, in field order of the scenario.
+        The findings, errors and warnings, rule by rule.
     """
     findings = [
         *_placement(scenario),
@@ -363,62 +354,6 @@ def _simulated_saves(scenario: Scenario, last_iteration: int, every: int | None)
 # --- failure storms (the simulator) -------------------------------------------------------------
 
 
-def job_failure_rate_per_s(scenario: Scenario) -> float:
-    """Failures of the whole job per second from ``failures.process`` (0 without one)."""
-    process = scenario.failures.process
-    if process is None:
-        return 0.0
-    cluster = scenario.cluster
-    rate = cluster.nodes / process.node_mtbf_s(cluster.nodes)
-    domains = cluster.domain_names()
-    if domains is not None:
-        rate += len(set(domains)) * process.domain_failures_per_day / SECONDS_PER_DAY
-    return rate
-
-
-def expected_process_failures(scenario: Scenario) -> float:
-    """Failures the process is expected to cause in the simulated duration."""
-    return job_failure_rate_per_s(scenario) * scenario.sim.duration_days * SECONDS_PER_DAY
-
-
-def fastest_recovery_s(scenario: Scenario) -> tuple[float, str]:
-    """A lower bound on the time from a failure to the first training progress after it.
-
-    Every recovery detects the failure, restarts the ranks and pays the fixed cost of a restore;
-    training then needs one iteration (when the iteration time is given) to make progress.
-    Detection is a trainer's exit report when the process can produce software failures, else
-    the earliest a heartbeat lease can run out.
-
-    Returns:
-        (seconds, how the bound is made up, for messages).
-    """
-    detection, recovery = scenario.detection, scenario.recovery
-    process = scenario.failures.process
-    software = process is None or process.hardware_fraction < 1
-    if software:
-        detect_s, detect = detection.exit_report_s, "exit report"
-    else:
-        detect_s = detection.lease_timeout_s - detection.heartbeat_interval_s
-        detect = "lease"
-    parts = [
-        (detect_s, f"detection ({detect}) {detect_s:g} s"),
-        (recovery.restart_s, f"restart {recovery.restart_s:g} s"),
-        (recovery.retrieval_overhead_s, f"retrieval overhead {recovery.retrieval_overhead_s:g} s"),
-    ]
-    iteration_s = _given_iteration_s(scenario)
-    if iteration_s is not None:
-        parts.append((iteration_s, f"one iteration {iteration_s:g} s"))
-    total = sum(seconds for seconds, _ in parts)
-    return total, " + ".join(text for seconds, text in parts if seconds > 0) or "0 s"
-
-
-def _given_iteration_s(scenario: Scenario) -> float | None:
-    training = scenario.training
-    if training.phases is not None:
-        return sum(p.duration_s for p in training.phases)
-    return training.iteration_time_s
-
-
 MAX_SIMULATED_FAILURES = 1_000_000
 """Failures of the process one simulated run may hold. The simulator plans them all before it
 starts (tens of microseconds each) and then recovers each one in SimPy: a million take minutes
@@ -469,26 +404,6 @@ def _storm(scenario: Scenario) -> list[Finding]:
             )
         ]
     return []
-
-
-def stall_failure_limit(expected_failures: float, scheduled: int) -> int:
-    """Failures in a row without training progress after which a simulation stops.
-
-    A run whose recoveries keep up with its failures (``lambda R <= 1``: on average a failure
-    comes no sooner than one recovery after the previous one) sees a failure strike before
-    progress with probability at most ``1 - 1/e``; ``k`` such failures in a row happen
-    somewhere among its ``M`` failures with probability at most ``M (1 - 1/e)^k``. The limit is
-    the smallest ``k`` that keeps this below ``STALL_FALSE_ALARM``, and never below the
-    scheduled failures plus one (an explicit schedule may chain failures on purpose).
-
-    Args:
-        expected_failures: ``M``, the failures the run expects (process and schedule).
-        scheduled: entries of the explicit schedule.
-    """
-    interrupted = 1 - math.exp(-1)
-    failures = max(1.0, expected_failures)
-    k = math.ceil(math.log(failures / STALL_FALSE_ALARM) / -math.log(interrupted))
-    return max(k, scheduled + 1, 2)
 
 
 def _duration(seconds: float) -> str:
@@ -580,132 +495,3 @@ def schedule_reach(
                 )
             )
     return findings
-
-
-def _rule_rows() -> list[tuple[str, str, str, str]]:
-    """(rule, field, faces, severity) of every rule, for the docs."""
-    return [
-        (
-            "the placement can be built: group placement needs `replicas` to divide `nodes`; "
-            "explicit holders are distinct nodes in range, the node's own first",
-            "`checkpoint.placement`, `checkpoint.explicit_placement`",
-            "all",
-            "error",
-        ),
-        (
-            "the staging buffer holds a byte per sub-buffer and cuts one iteration's checkpoint "
-            f"copies into at most {MAX_CHUNKS_PER_ITERATION:,} chunks",
-            "`checkpoint.buffer_mb`",
-            "all",
-            "error",
-        ),
-        (
-            "`weibull_shape` other than 1 only with `distribution: weibull`; at most "
-            f"{_MAX_EXPECTED_EVENTS:,} failures expected",
-            "`failures.process`",
-            "all",
-            "error",
-        ),
-        (
-            "checkpoints fit in the node's memory: Gemini keeps 2 m shards (two slots, own and "
-            "replicas), the baseline one serialised shard while it uploads (with `save_time_s`)",
-            "`cluster.cpu_memory_gb`",
-            "all",
-            "error",
-        ),
-        (
-            "`persistent_interval: young` or `daly` needs a failure process (the MTBF)",
-            "`checkpoint.persistent_interval`",
-            "all",
-            "error",
-        ),
-        (
-            f"at most {MAX_SIMULATED_FAILURES:,} process failures in the simulated duration",
-            "`failures.process`",
-            "sim",
-            "error",
-        ),
-        ("no failure storm (below)", "`failures.process`", "sim", "error or warning"),
-        (
-            f"at most {MAX_SIMULATED_SAVES:,} persistent saves in the simulated duration",
-            "`checkpoint.persist_every_iterations`, `checkpoint.persistent_*`",
-            "sim",
-            "error",
-        ),
-        (
-            "a scheduled failure can fire: its `nodes` exist, `at_iteration` is below "
-            "`training.iterations` (the last iteration ends the run), `at_time_s` below "
-            "`real.timeout_s`; `during: recovery` is not on the first entry",
-            "`failures.schedule.N`",
-            "real",
-            "error",
-        ),
-        (
-            "the same for a simulation (which skips the failure): its `nodes` exist, "
-            "`at_iteration` is reached in `sim.duration_days` (failure-free), `at_time_s` "
-            "within it, `during: recovery` not first",
-            "`failures.schedule.N`",
-            "sim",
-            "warning",
-        ),
-        (
-            "the real harness injects only `failures.schedule`",
-            "`failures.process`",
-            "real",
-            "warning",
-        ),
-        (
-            "the emulated cluster fits this host (the size check, README)",
-            "`cluster.nodes`",
-            "real",
-            "`gemini-ckpt real` refuses it without `--force`; `validate` warns",
-        ),
-    ]
-
-
-def rules_markdown() -> str:
-    """The rules as Markdown, for docs/scenarios.md (after the field tables)."""
-    rows = "\n".join(f"| {' | '.join(row)} |" for row in _rule_rows())
-    limits = ", ".join(str(stall_failure_limit(m, 0)) for m in (1, 1e3, 1e6))
-    return f"""## Rules between fields
-
-Each field is checked on its own by the tables above. These rules relate fields to each other
-and to the face that runs the scenario (`shared/scenario_rules.py`); `gemini-ckpt validate`
-applies those of every face the scenario `targets` (and of `--target FACE`), `gemini-ckpt sim`
-those of `sim`, `gemini-ckpt real` those of `real`. Errors refuse the scenario (exit 2, one line
-per problem: the file, the field path, what is allowed); warnings are printed and the run goes
-on.
-
-| rule | field | faces | severity |
-| --- | --- | --- | --- |
-{rows}
-
-### Failure storms
-
-A failure process fails the whole job at the rate lambda = N / node MTBF (plus
-`domain_failures_per_day` per failure domain). Every recovery takes at least
-R = detection + `recovery.restart_s` + `recovery.retrieval_overhead_s` (+ one iteration when
-`training.iteration_time_s` or `training.phases` give it); detection is
-`detection.exit_report_s` when the process has software failures, else
-`lease_timeout_s - heartbeat_interval_s`. With failures arriving at random (Poisson), a recovery
-finishes before the next failure with probability exp(-lambda R), which is also about the best
-effective training time ratio (ETTR) the job can reach.
-
-- When lambda R > 1, failures arrive faster than recoveries finish. Of the
-  M = lambda x `sim.duration_days` failures of the simulation, M exp(-lambda R) are then
-  expected to be followed by a finished recovery: below one, training would make no progress at
-  all and the scenario is refused (typically a rate in the wrong unit: 1.5% of nodes failing a
-  day is `failures_per_node_per_day: 0.015`); otherwise it runs, with a warning giving
-  exp(-lambda R).
-- While it runs, the simulator stops with exit 2 as soon as k failures in a row strike with no
-  training progress between them, naming the rate, the recovery time and how far it got. The
-  bound k comes from the scenario: a run whose recoveries keep up (lambda R <= 1) sees a
-  failure strike before progress with probability at most 1 - 1/e, so k such failures in a row
-  happen somewhere among its M failures with probability at most M (1 - 1/e)^k; k is the
-  smallest value keeping that below {STALL_FALSE_ALARM:g}, and never below the scheduled
-  failures plus one (an explicit schedule may chain failures on purpose). For M = 1, 1,000
-  and 1,000,000 expected failures k is {limits}.
-
-A long simulation shows its progress on stderr (simulated time, failures so far, events per
-second): a live line on a terminal, a printed line every 10 s otherwise.
-"""

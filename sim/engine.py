@@ -39,7 +39,7 @@ from shared.events import Event, JsonValue
 from shared.failure_kinds import initial_root, next_root, resolve_failure
 from shared.recovery import FailureKind
 from shared.scenario import DetectionConfig
-from shared.scenario_rules import (
+from shared.storms import (
     expected_process_failures,
     fastest_recovery_s,
     job_failure_rate_per_s,

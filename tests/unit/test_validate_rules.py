@@ -16,13 +16,8 @@ from real.launcher.capacity import (
 )
 from shared.errors import HostCapacityError, ScenarioError
 from shared.scenario_loader import parse_scenario
-from shared.scenario_rules import (
-    SimFacts,
-    check_scenario,
-    errors,
-    stall_failure_limit,
-    warnings,
-)
+from shared.scenario_rules import SimFacts, check_scenario, errors, warnings
+from shared.storms import stall_failure_limit
 from sim import SimProgress, simulate
 from sim.engine import Engine
 from sim.model import build_model
