@@ -131,10 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+def _is_file(argument: str) -> bool:
+    try:
+        return Path(argument).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
 def _internal_error(error: BaseException, argv: Sequence[str]) -> str:
     """One line for an unexpected error (the traceback follows with -vv)."""
     command = next((a for a in argv if not a.startswith("-")), "")
-    scenarios = [a for a in argv if a.endswith((".yaml", ".yml"))]
+    scenarios = [
+        a for a in argv if not a.startswith("-") and (a.endswith((".yaml", ".yml")) or _is_file(a))
+    ]
     on = f" on {', '.join(scenarios)}" if scenarios else ""
     text = str(error).splitlines()[0] if str(error) else ""
     line = (
