@@ -14,9 +14,11 @@ present, numpy, python ``random``)::
         checkpointer.save(iteration, ddp.state_dict(model, optimizer, scheduler, clone=False))
 
 Restore before training on, on every rank, into a model and optimizer built as for the run that
-took the state. Keep DDP's ``bucket_cap_mb`` fixed across restarts: the bucket layout decides
-how gradients are summed, so a resumed run matches the uninterrupted one bit for bit only with
-the same layout (and after the same warm-up iteration, if the run does one).
+took the state. Bitwise continuation on more than two ranks needs the same gradient bucket
+layout as the uninterrupted run: keep ``bucket_cap_mb`` fixed, and since DDP regroups its
+buckets after its first backward, give every run (fresh or resumed) one warm-up forward and
+backward on a blank batch before its first real iteration, gradients dropped, as the built-in
+trainer does (``real.workload.trainer``). On two ranks the order of a sum does not matter.
 """
 
 from __future__ import annotations
