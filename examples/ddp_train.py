@@ -63,5 +63,4 @@ def train(restored) -> None:  # once per attempt, with the process group ready
 
 
 checkpointer.run(train)
-checkpointer.close()
-dist.destroy_process_group()
+checkpointer.close()  # leaves the process group it formed

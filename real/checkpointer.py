@@ -43,13 +43,22 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 from real.api import Restored
-from real.inprocess import AgentChannel, Assignment, join_process_group, prewarm, run_attempts
+from real.eventlog import RUN_T0_ENV, EventLog
+from real.inprocess import (
+    AGENT_FD_ENV,
+    AgentChannel,
+    Assignment,
+    join_process_group,
+    prewarm,
+    run_attempts,
+)
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -103,12 +112,20 @@ class Checkpointer:
             "strategy": strategy,
         }
         self.timeout_s = timeout_s
-        self.run_dir = Path(run_dir or os.environ.get("GEMINI_RUN_DIR") or "gemini-run")
+        # Under the agents the run's folder is the job's (its events feed the harness).
+        agent_dir = os.environ.get("GEMINI_RUN_DIR") if os.environ.get(AGENT_FD_ENV) else None
+        self.run_dir = Path(
+            agent_dir or run_dir or os.environ.get("GEMINI_RUN_DIR") or "gemini-run"
+        )
         self._model = model
+        self._began = time.time()
+        self._attempts = 0
+        self._last_step = time.perf_counter()
         self._engine: Any = None
         self._daemon: Any = None
         self._channel = AgentChannel.from_env()
         self._assignment: Assignment | None = None
+        self._owns_group = self._channel is not None
         if self._channel is not None:
             prewarm()  # a warm spare: pay the lazy imports before the job needs this process
             self._channel.send("ready", pid=os.getpid())
@@ -116,12 +133,22 @@ class Checkpointer:
             if self._assignment is None:
                 raise SystemExit(0)  # the job ended without needing this spare
             os.environ.update(self._assignment.env)
+            self._began = self._assignment.received_at
             join_process_group(self._assignment, _backend(), timeout_s)
             self._channel.send("joined", attempt=self._assignment.attempt)
         else:
-            _init_from_torchrun_env(timeout_s)
+            self._owns_group = _init_from_torchrun_env(timeout_s)
         self.rank, self.world_size, self.local_rank, self.per_node, self.node = _where()
         self.scenario = self._scenario()
+        # The harness's events (restart, restore, iterations): what the failure injector and
+        # the analysis read, whatever the training script.
+        self.events = EventLog(
+            self.run_dir / "events" / f"trainer-rank{self.rank}.jsonl",
+            float(os.environ.get(RUN_T0_ENV) or self._began),
+            node=self.node,
+            rank=self.rank,
+        )
+        self._ready()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -211,6 +238,7 @@ class Checkpointer:
             token=token,
             model=self._model,
             template=template,
+            event_log=self.events,
         )
         return self._engine
 
@@ -229,10 +257,13 @@ class Checkpointer:
 
     def attach(self, ddp_model: Any) -> None:
         """Profile ``ddp_model``'s all-reduces to find idle spans (before its first backward)."""
+        if self._engine is None:
+            self._model = ddp_model
+            self._engine_now()  # the engine attaches the model it is built with
+            return
         self._model = ddp_model
-        engine = self._engine_now()
-        if hasattr(engine, "attach"):
-            engine.attach(ddp_model)
+        if hasattr(self._engine, "attach"):
+            self._engine.attach(ddp_model)
 
     def restore(self, template: Mapping[str, Any] | None = None) -> Restored | None:
         """The newest checkpoint every rank can get (local memory, a peer's, or persistent
@@ -242,17 +273,39 @@ class Checkpointer:
             template: the state's shape (only the persistent tier needs it).
         """
         engine = self._engine_now(None if template is None else (lambda: template))
-        if template is not None and hasattr(engine, "restore"):
-            try:
-                return engine.restore(template=template)  # type: ignore[no-any-return]
-            except TypeError:
-                pass
-        return engine.restore()  # type: ignore[no-any-return]
+        restored: Restored | None
+        if template is not None and self.scenario.checkpoint.strategy == "gemini":
+            restored = engine.restore(template=template)
+        else:
+            restored = engine.restore()
+        if restored is not None:
+            self.events.emit(
+                "state_restored",
+                iteration=restored.iteration,
+                tier=restored.tier,
+                seconds=restored.seconds,
+                source_node=restored.source_node,
+            )
+            self.events.emit(
+                "training_resumed", iteration=restored.iteration + 1, tier=restored.tier
+            )
+        self._last_step = time.perf_counter()
+        return restored
 
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` (nested dicts and lists of tensors and plain values) after
         ``iteration``; returns once every tensor is copied."""
+        began = time.perf_counter()
         self._engine_now().save(iteration, state)
+        ended = time.perf_counter()
+        self.events.emit(
+            "iteration_end",
+            iteration=iteration,
+            duration_s=ended - self._last_step,
+            step_s=began - self._last_step,
+            save_s=ended - began,
+        )
+        self._last_step = ended
 
     def run(self, train: Callable[[Restored | None], None]) -> None:
         """Call ``train(restored)`` once per attempt until the job is done.
@@ -271,6 +324,8 @@ class Checkpointer:
             nonlocal first
             if first is None or assignment.attempt != first.attempt:
                 self._reset_engine(abandon=False)
+                self._began = assignment.received_at
+                self._ready()
             first = None
             finished = False
             try:
@@ -288,7 +343,16 @@ class Checkpointer:
             joined=self._assignment,
         )
 
+    def _ready(self) -> None:
+        """``process_group_ready``: this attempt's restart is over for this rank."""
+        self._attempts += 1
+        self.events.emit(
+            "process_group_ready", seconds=time.time() - self._began, in_process=self._attempts > 1
+        )
+
     def _reset_engine(self, *, abandon: bool) -> None:
+        # The model of the attempt that ended holds its process group: drop it with the engine.
+        self._model = None
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close(abandon=abandon)
@@ -302,6 +366,12 @@ class Checkpointer:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._owns_group:  # formed here: left here (the script's own group is its own)
+            from real.procgroup import leave_process_group
+
+            leave_process_group(together=True)
+            self._owns_group = False
+        self.events.close()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -328,21 +398,22 @@ def _backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _init_from_torchrun_env(timeout_s: float) -> None:
-    """Form the default process group from torchrun's environment, unless the script did."""
+def _init_from_torchrun_env(timeout_s: float) -> bool:
+    """Form the default process group from torchrun's environment, unless the script did;
+    whether it was formed here."""
     import datetime
 
     import torch.distributed as dist
 
     if dist.is_initialized():
-        return
+        return False
+    timeout = datetime.timedelta(seconds=timeout_s)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get("MASTER_ADDR"):
         store = dist.HashStore()  # type: ignore[attr-defined]
-        dist.init_process_group(
-            "gloo", store=store, rank=0, world_size=1, timeout=datetime.timedelta(seconds=timeout_s)
-        )
-        return
-    dist.init_process_group(_backend(), timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timeout)
+        return True
+    dist.init_process_group(_backend(), timeout=timeout)
+    return True
 
 
 def _where() -> tuple[int, int, int, int, int]:

@@ -82,6 +82,7 @@ class Assignment:
 
     attempt: int
     env: Mapping[str, str]
+    received_at: float = 0.0
 
     def _number(self, name: str) -> int:
         text = self.env.get(name, "")
@@ -151,7 +152,7 @@ class AgentChannel:
         with self._changed:
             if op == "assign":
                 env = {str(k): str(v) for k, v in message["env"].items()}
-                self._assignments.append(Assignment(int(message["attempt"]), env))
+                self._assignments.append(Assignment(int(message["attempt"]), env, time.time()))
             elif op == "abort":
                 self._aborted.add(int(message["attempt"]))
             elif op == "finish":

@@ -205,6 +205,14 @@ class TrainingConfig(_Strict):
         description="Text corpus for the real harness: a file, a folder of text files, "
         "or a Hugging Face datasets cache folder; default: CPython's shipped documentation.",
     )
+    entrypoint: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The trainer the agents run, a program and its arguments, started with "
+        "torchrun's environment (a first item ending in .py runs with the agents' Python); "
+        "it checkpoints with `from gemini_ckpt import Checkpointer`. Default: the built-in "
+        "GPT trainer (python -m real.trainer_main).",
+    )
 
 
 class CheckpointConfig(_Strict):
@@ -374,10 +382,30 @@ class DetectionConfig(_Strict):
         "member's agent; one that refuses the connection, or does not answer within this, "
         "is lost at once (the lease stays the backstop for silent partitions).",
     )
+    collective_timeout_s: PositiveFloat = Field(
+        120.0,
+        description="A trainer's collective waiting this long for a peer fails (gloo cannot "
+        "abort a collective whose peer hangs rather than dies: this bounds the wait).",
+    )
     abort_timeout_s: PositiveFloat = Field(
         2.0,
         description="A trainer that has not left its failed attempt this long after its agent "
         "told it to is killed, and the node's warm spare takes its place.",
+    )
+    lost_node: Literal["probe", "lease"] = Field(
+        "probe",
+        description="How a lost node is found while the job trains: probe (the survivors' "
+        "next collective breaks and the root probes the agents: the time to that collective "
+        "plus probe_detection_s), or lease (its heartbeat lease runs out: "
+        "lease_timeout_s - heartbeat_interval_s / 2 on average; the paper's system). A loss "
+        "of the root's own node, of a partitioned node, or while the job is stopped is found "
+        "by the lease either way.",
+    )
+    probe_detection_s: NonNegativeFloat = Field(
+        0.1,
+        description="From the survivors' first collective that fails to the root's verdict on a "
+        "lost node: the collective raises, the trainer tells its agent, the root reads it and "
+        "probes every member's agent, s (lost_node: probe).",
     )
 
     @model_validator(mode="after")
@@ -391,16 +419,42 @@ class DetectionConfig(_Strict):
 
 
 class RecoveryConfig(_Strict):
-    """What a restart costs beyond detection and replacement."""
+    """What a restart costs beyond detection and replacement, and when to give up."""
 
-    stop_s: NonNegativeFloat = Field(1.0, description="Stopping the surviving trainers, s.")
+    max_restarts: int | None = Field(
+        None,
+        ge=0,
+        description="Recoveries the job may go through before it gives up (torchrun's "
+        "--max-restarts); none: unlimited.",
+    )
+    crash_loop_restarts: int = Field(
+        3,
+        ge=1,
+        description="A rank whose trainer dies this many restarts in a row, each time within "
+        "crash_loop_window_s of its restart, is in a crash loop: the job stops with that reason.",
+    )
+    crash_loop_window_s: PositiveFloat = Field(
+        30.0, description="How soon after a restart a crash counts toward a crash loop, s."
+    )
+
+    stop_s: NonNegativeFloat = Field(
+        1.0,
+        description="From detection to the job stopped: the agents abort the attempt, the "
+        "surviving trainers park (leave the failed process group, keep model and optimizer) "
+        "and every live agent acknowledges, s.",
+    )
     restart_s: NonNegativeFloat = Field(
-        5.0, description="Process start to process group ready (the paper's warm-up: 253 s)."
+        5.0,
+        description="Restart begins to process group ready: survivors rejoin in process (a "
+        "fresh group, DDP re-wrapped, the checkpoint engine rebuilt) and a warm spare "
+        "(interpreter up, torch imported) takes each dead rank, s; no process start "
+        "(the paper's cold restart: 253 s).",
     )
     node_start_s: NonNegativeFloat = Field(
         0.0,
-        description="Starting a replacement node's own software (its agent and checkpoint "
-        "store) once the machine is there, s; replacement = replacement_s + jitter + this.",
+        description="Starting a cold replacement node's own software (agent, checkpoint store, "
+        "warm trainers) once the machine is there, s: paid only when no warm standby agent "
+        "(cluster.standby_nodes) is left; a warm one costs replacement_s + jitter alone.",
     )
     retrieval_overhead_s: NonNegativeFloat = Field(
         0.0,

@@ -86,6 +86,10 @@ def command(
         world_size=parsed.cluster.ranks,
         per_node=parsed.cluster.accelerators_per_node,
         abort_timeout_s=parsed.detection.abort_timeout_s,
+        timeout_s=parsed.detection.collective_timeout_s,
+        entrypoint=(
+            None if parsed.training.entrypoint is None else tuple(parsed.training.entrypoint)
+        ),
     )
     config = AgentConfig(
         kv_url=kv_url,

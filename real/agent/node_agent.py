@@ -103,11 +103,13 @@ class NodeAgent:
         self.pool: TrainerPool | None = None
         self.running: int | None = None  # the attempt this node's trainers are in
         self.suspected: set[tuple[int, int]] = set()  # (attempt, rank) reported
+        self.assignments: list[dict[str, Any]] = []  # who ran each rank in each attempt
         self.acked: set[int] = set()
         self.started: set[int] = set()
         self.was_member = False
         self.root_thread: threading.Thread | None = None
         self.election: Election | None = None
+        self.heartbeat: Heartbeat | None = None
         self._root_lock = threading.Lock()
         self.root_stop = threading.Event()
         self.kv: KeyValueStore | None = None
@@ -184,6 +186,7 @@ class NodeAgent:
                 on_change=self._leadership,
             )
             self.election = election
+            self.heartbeat = heartbeat
             election.campaign(0)
             log.info("node %d (slot %d): agent up, store %s", config.node_id, self.slot, address)
             return self._follow()
@@ -281,6 +284,14 @@ class NodeAgent:
             if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
                 log.warning("node %d: launcher gone; stopping", self.config.node_id)
                 return 1
+            if self.heartbeat is not None and self.heartbeat.lease_lost and self.was_member:
+                # Fenced: the root may already have given this slot to a replacement.
+                log.error(
+                    "node %d: heartbeat lease lost; fencing: stopping trainers and leaving",
+                    self.config.node_id,
+                )
+                self._stop_trainers()
+                return 1
             try:
                 record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
                 if record is not None and not self._apply(record):
@@ -329,6 +340,15 @@ class NodeAgent:
             self.started.add(attempt)  # one assignment per attempt
             fresh = self.pool.assign(attempt, trainer_env(record))
             self.running = attempt
+            self.assignments += [
+                {
+                    "attempt": attempt,
+                    "rank": rank,
+                    "pid": pid,
+                    "started_s": started - self.config.t0,
+                }
+                for rank, (pid, started) in sorted(self.pool.started().items())
+            ]
             spares = sorted(rank for rank, spare in fresh.items() if spare)
             if spares and attempt > 1:
                 self.events.emit("spare_assigned", attempt=attempt, ranks=spares)
@@ -407,6 +427,7 @@ class NodeAgent:
             current["trainers"] = {}
             current["spares"] = []
         current["all_trainers"] = sorted(every)
+        current["assignments"] = self.assignments
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(current))
         temporary.replace(path)

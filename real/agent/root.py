@@ -61,9 +61,7 @@ from shared.scenario import Scenario
 log = logging.getLogger(__name__)
 POLL_S = 0.05
 UNSCHEDULED_BASE = 1000
-MAX_UNSCHEDULED = 4
-"""Failures nothing injected explains (a trainer that crashes on its own, every time) the root
-recovers before it gives up the job (``state: failed``): the retry budget."""
+"""Failures no injector record names (real ones) are numbered from here in the event log."""
 
 
 class RecoveryAborted(Exception):
@@ -121,7 +119,9 @@ class RootAgent:
         from real.trainer_main import storage_url
 
         self.persistent_url = storage_url(scenario, run_dir)
-        self.unscheduled = 0
+        self.recoveries = 0
+        self.crash_streak: dict[int, int] = {}  # slot -> restarts in a row it crashed soon after
+        self.attempt_began = time.time()
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -303,13 +303,8 @@ class RootAgent:
         stopped = {**record, "state": "stopped", "failures": recovery.indices}
         jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, stopped)
         recovery.wait_stopped(attempt)
-        unscheduled = [i for i in recovery.indices if i >= UNSCHEDULED_BASE]
-        self.unscheduled += len(unscheduled)
-        if unscheduled and self.unscheduled > MAX_UNSCHEDULED:
-            reason = (
-                f"{self.unscheduled} failures that no injection explains (trainers crashing on "
-                f"their own); giving up. See {self.run_dir}/logs/trainer-*.err"
-            )
+        reason = self._give_up(recovery)
+        if reason is not None:
             log.error("node %d: root: %s", self.node_id, reason)
             failed = {**stopped, "state": "failed", "reason": reason}
             jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, failed)
@@ -341,6 +336,7 @@ class RootAgent:
                 failed=_json_members(recovery.failed),
             )
         jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+        self.attempt_began = time.time()
         for index in recovery.indices:
             jobkeys.put_json(self.kv, f"{jobkeys.HANDLED_PREFIX}{index}", {"time": time.time()})
         self.kv.delete(f"{jobkeys.ACKS_PREFIX}{attempt}/", prefix=True)
@@ -354,6 +350,30 @@ class RootAgent:
         return record
 
 
+    def _give_up(self, recovery: _Recovery) -> str | None:
+        """Why the job must stop instead of recovering (restart budget spent, a crash loop),
+        or None. Every failure is recovered otherwise, whatever caused it."""
+        self.recoveries += 1
+        budget = self.scenario.recovery.max_restarts
+        if budget is not None and self.recoveries > budget:
+            return f"recovery.max_restarts ({budget}) spent; giving up"
+        config = self.scenario.recovery
+        for slot in range(self.nodes):
+            crashed_at = recovery.exit_time.get(slot)
+            soon = crashed_at is not None and (
+                crashed_at - self.attempt_began < config.crash_loop_window_s
+            )
+            self.crash_streak[slot] = self.crash_streak.get(slot, 0) + 1 if soon else 0
+            if self.crash_streak[slot] >= config.crash_loop_restarts:
+                return (
+                    f"crash loop: node {slot}'s trainer died within "
+                    f"{config.crash_loop_window_s:g} s of each of the last "
+                    f"{self.crash_streak[slot]} restarts; fix the cause (see "
+                    f"{self.run_dir}/logs/trainer-*.log) and start the job again"
+                )
+        return None
+
+
 class _Recovery:
     """The bookkeeping of one recovery (see the module docstring)."""
 
@@ -364,6 +384,7 @@ class _Recovery:
         self.indices: list[int] = list(resumed)
         self.failure_of_slot: dict[int, int] = {}
         self.symptoms: list[Detection] = []
+        self.exit_time: dict[int, float] = {}  # slot -> when its trainer exited (software)
         self.replacements: dict[int, int] = {}  # slot -> the replacement's node id
         self._original = dict(members)
         records = jobkeys.read_prefix(self.kv, jobkeys.FAILURES_PREFIX)
@@ -403,6 +424,8 @@ class _Recovery:
                     self.symptoms.append(detection)
                     continue
                 self.failed[slot] = "software"
+                if detection.exitcode is not None:
+                    self.exit_time[slot] = detection.last_seen_at
                 self._detected(slot, detection, ("software",))
 
     def _match(self, slot: int, kinds: tuple[str, ...]) -> int | None:

@@ -55,6 +55,7 @@ class TrainerSpec:
         timeout_s: collective timeout of the trainers, s.
         abort_timeout_s: a trainer that has not parked this long after an abort is killed, s.
         spares: warm spare processes kept per local rank.
+        entrypoint: the user's trainer (``training.entrypoint``); None: the built-in one.
     """
 
     scenario: Path
@@ -66,14 +67,19 @@ class TrainerSpec:
     timeout_s: float = 120.0
     abort_timeout_s: float = 2.0
     spares: int = 1
+    entrypoint: tuple[str, ...] | None = None
 
     def command(self) -> list[str]:
+        # Below the agents and stores: a node's heartbeat, probe answers and replica traffic
+        # must not starve while its trainers import torch or train.
+        nice = ["nice", "-n", str(TRAINER_NICENESS)]
+        if self.entrypoint is not None:
+            program = list(self.entrypoint)
+            if program[0].endswith(".py"):
+                program = [sys.executable, *program]
+            return [*nice, *program]
         arguments = [
-            # Below the agents and stores: a node's heartbeat, probe answers and replica
-            # traffic must not starve while its trainers import torch or train.
-            "nice",
-            "-n",
-            str(TRAINER_NICENESS),
+            *nice,
             sys.executable,
             "-m",
             "real.trainer_main",
@@ -115,6 +121,9 @@ class Worker:
         worker_env = {
             **os.environ,
             **env,
+            # The job's scenario, for the public Checkpointer in a user's trainer.
+            "GEMINI_SCENARIO": str(spec.scenario),
+            "GEMINI_SCENARIO_SET": "\n".join(spec.overrides),
             "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(spec.per_node),
             "GEMINI_AGENT_FD": str(child.fileno()),
@@ -429,6 +438,10 @@ class TrainerPool:
     def pids(self) -> dict[int, int]:
         """``{rank: pid}`` of the active trainers."""
         return {self.rank(r): w.pid for r, w in self.active.items() if w.exitcode() is None}
+
+    def started(self) -> dict[int, tuple[int, float]]:
+        """``{rank: (pid, wall time its process started)}`` of the active trainers."""
+        return {self.rank(r): (w.pid, w.started_at) for r, w in self.active.items()}
 
     def spare_pids(self) -> list[int]:
         return [w.pid for ws in self.spares.values() for w in ws if w.exitcode() is None]

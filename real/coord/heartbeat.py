@@ -13,7 +13,9 @@ watches the trainer, the moment its process exits: :func:`report_exit` writes
 
 A heartbeat whose lease expired while the agent still lives (a long pause, a store outage)
 grants a new lease and writes its key again; by then the root may have declared the node lost,
-and a node declared lost stays lost for the job (its replacement has taken its rank).
+and a node declared lost stays lost for the job (its replacement has taken its rank). So the
+agent **fences** itself as soon as it sees ``lease_lost``: it stops its trainers and leaves,
+before the others restart without it, rather than train on as a second copy of its rank.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Heartbeat:
         self.interval_s = interval_s
         self.lease_timeout_s = lease_timeout_s
         self.beats = 0
+        self.last_beat = time.monotonic()
+        self.lease_lost = False
         self._lease: Lease | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,14 +101,18 @@ class Heartbeat:
                 logger.warning("node %d: heartbeat failed: %s", self.node_id, error)
 
     def _beat(self) -> None:
+        if time.monotonic() - self.last_beat > self.lease_timeout_s:
+            self.lease_lost = True  # silent for a whole lease: the root may have replaced us
         if self._lease is not None and not self._lease.refresh():
             logger.warning("node %d: heartbeat lease had expired; rejoining", self.node_id)
+            self.lease_lost = True
             self._lease = None
         if self._lease is None:
             self._lease = self.kv.grant_lease(self.lease_timeout_s)
         self.beats += 1
         value = {"node": self.node_id, "pid": os.getpid(), "beat": self.beats, "time": time.time()}
         self.kv.put(keys.node_key(self.node_id), keys.encode(value), self._lease)
+        self.last_beat = time.monotonic()
 
 
 def report_exit(
