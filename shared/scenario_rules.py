@@ -366,16 +366,6 @@ def _storm(scenario: Scenario) -> list[Finding]:
         return []
     recovery_s, made_of = fastest_recovery_s(scenario)
     expected = expected_process_failures(scenario)
-    if expected > MAX_SIMULATED_FAILURES:
-        return [
-            Finding(
-                _rate_field(scenario),
-                f"about {expected:.3g} failures expected in sim.duration_days = "
-                f"{scenario.sim.duration_days:g}, more than the {MAX_SIMULATED_FAILURES:,} a "
-                f"simulation handles; is the rate per node per day? (1.5% of nodes failing a "
-                f"day is failures_per_node_per_day: 0.015); else simulate a shorter time",
-            )
-        ]
     load = rate * recovery_s
     finished = expected * math.exp(-load)
     every = f"the job fails every {_duration(1 / rate)} on average ({rate * 3600:.3g} per hour)"
@@ -389,6 +379,17 @@ def _storm(scenario: Scenario) -> list[Finding]:
                 f"expected to be followed by a finished recovery, so training would make no "
                 f"progress; is the rate per node per day? (1.5% of nodes failing a day is "
                 f"failures_per_node_per_day: 0.015)",
+            )
+        ]
+    # After the storm check: a storm's message says more about a mistyped rate.
+    if expected > MAX_SIMULATED_FAILURES:
+        return [
+            Finding(
+                _rate_field(scenario),
+                f"about {expected:.3g} failures expected in sim.duration_days = "
+                f"{scenario.sim.duration_days:g}, more than the {MAX_SIMULATED_FAILURES:,} a "
+                f"simulation handles; is the rate per node per day? (1.5% of nodes failing a "
+                f"day is failures_per_node_per_day: 0.015); else simulate a shorter time",
             )
         ]
     if load > 1:

@@ -123,9 +123,20 @@ def test_a_rate_that_leaves_no_recovery_finished_is_an_error_for_sim() -> None:
     )
 
 
-def test_too_many_failures_for_a_simulation() -> None:
-    # The typo: 1e6 for 0.01, a whole day: 4 million failures.
+def test_a_typo_in_the_rate_is_a_storm_and_says_what_was_meant() -> None:
+    # 1e6 for 0.01 over a whole day: 4 million failures, one every 0.02 s.
     text = "name: s\nfailures: {process: {failures_per_node_per_day: 1000000}}"
+    (problem,) = problems_of(text, ("sim",))
+    assert problem.startswith("failures.process.failures_per_node_per_day: the job fails every")
+    assert "training would make no progress" in problem and "0.015" in problem
+
+
+def test_too_many_failures_for_a_simulation() -> None:
+    # Recoveries that cost nothing keep up with anything: no storm, but 4 million failures.
+    text = (
+        "name: s\nrecovery: {restart_s: 0, stop_s: 0}\ndetection: {exit_report_s: 0}\n"
+        "failures: {process: {failures_per_node_per_day: 1000000}}"
+    )
     (problem,) = problems_of(text, ("sim",))
     assert problem.startswith("failures.process.failures_per_node_per_day: about 4e+06 failures")
 
