@@ -169,8 +169,9 @@ class StandbyPool:
         self.taken = 0
         self.provisioned = 0
 
-    def acquire(self, now: float) -> float:
-        """Time from now until a replacement node is ready."""
+    def acquire(self, now: float) -> tuple[float, str]:
+        """Time from now until a replacement node is ready, and where it comes from
+        ("standby": a ready spare; "provisioned": it waited for one)."""
         cluster = self.cluster
         timing = take_replacement(
             self.pool,
@@ -185,4 +186,4 @@ class StandbyPool:
             self.taken += 1
         else:
             self.provisioned += 1
-        return timing.ready_at_s - now
+        return timing.ready_at_s - now, timing.source

@@ -6,13 +6,19 @@ process sleeps until the next failure and then writes, in closed form, the few e
 matter: periodic ``iteration_end`` progress marks, the last iteration reached and the last
 checkpoint committed before the failure, and the persistent saves.
 
-A failure then runs its recovery, phase by phase, as DESIGN section 5 names them: detection
-(``detection.exit_report_s`` for a trainer crash; for a lost node its heartbeat lease running
-out, on average ``lease_timeout_s - heartbeat_interval_s / 2`` after the failure), stopping the
-survivors (``recovery.stop_s``, overlapping the detection of a lost node, whose peers fail
-their collectives at once), replacement from the standby pool (hardware only: the pool's delay
-plus ``recovery.node_start_s`` for the new node's agent and store), restart
-(``recovery.restart_s``), and retrieval: a fixed ``recovery.retrieval_overhead_s``, then the
+A failure then runs its recovery, phase by phase, as DESIGN section 5 names them and as the
+real harness recovers in process: detection (``detection.exit_report_s`` for a trainer crash,
+which its agent reports; a lost node is found by probe once the survivors' next collective
+fails, i.e. the time until the iteration profile's next communication phase plus
+``detection.probe_detection_s``; by its heartbeat lease, ``lease_timeout_s -
+heartbeat_interval_s / 2`` on average, when it is partitioned, when the job is not training
+or with ``detection.lost_node: lease``; the root's own node after a re-election,
+``root_loss_detection_s``), the stop (``recovery.stop_s`` from detection: the survivors are
+aborted and park, no process is killed), replacement (hardware only: the standby pool's delay;
+a live warm standby agent needs nothing more, and once ``cluster.standby_nodes`` of them are
+taken a node starts cold, ``recovery.node_start_s``), restart (``recovery.restart_s``: the
+survivors rejoin in process and warm spares take the dead ranks), and retrieval: a fixed
+``recovery.retrieval_overhead_s``, then the
 ``shared`` recovery plan's bytes: local copies over each node's copy engine, peer copies as
 flows over the node links, persistent reads as flows sharing the storage's aggregate bandwidth
 (``sim.network``). Training resumes from
@@ -115,6 +121,9 @@ class _Chain:
     """Joined failures not detected yet: detected with this one."""
     root_lost: bool = False
     """This failure lost the root agent's node: a new root is elected before detection."""
+    collective_wait_s: float | None = None
+    """From the failure until the survivors' next collective (which then fails); None when
+    the job was not training (a failure during a recovery) or runs no collectives."""
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -183,6 +192,8 @@ class Engine:
         self._stall_since = 0.0  # when the first of them struck
         # The node running the root agent (shared.failure_kinds: where root_agent failures hit).
         self._root = initial_root(self.scenario.cluster.nodes)
+        # Live standby agents (warm: agent, store and trainers up); taken ones are not renewed.
+        self._warm_standby = self.scenario.cluster.standby_nodes
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -369,6 +380,7 @@ class Engine:
         self._count_stall(progressed=reached > timeline.base)
         chain = self._inject(failure, {}, reached, now - progress_since)
         chain.reached = reached
+        chain.collective_wait_s = self._until_collective_s(timeline, now)
         while True:
             outcome = yield from self._recover(chain)
             if outcome == "done":
@@ -487,6 +499,34 @@ class Engine:
             root_lost=root_lost,
         )
 
+    def _until_collective_s(self, timeline: Timeline, time_s: float) -> float | None:
+        """From ``time_s`` until the survivors' next collective (None: they run none)."""
+        profile = self.model.profile
+        k = timeline.reached_by(time_s) + 1  # the iteration in flight (or about to start)
+        start = timeline.start(k)
+        if time_s >= start:
+            wait = profile.until_collective_s(time_s - start)
+            if wait is not None:
+                return wait
+            start = timeline.start(k + 1)
+        first = profile.until_collective_s(0.0)
+        return None if first is None else start - time_s + first
+
+    def _detection(self, chain: _Chain) -> tuple[float, str]:
+        """Expected seconds from the chain's failure to its detection, and by what."""
+        detection = self.scenario.detection
+        if chain.new_kind == "software":
+            return detection.exit_report_s, "exit"
+        if chain.root_lost:
+            return root_loss_detection_s(detection), "election"
+        if (
+            detection.lost_node == "probe"
+            and chain.label != "network"
+            and chain.collective_wait_s is not None
+        ):
+            return chain.collective_wait_s + detection.probe_detection_s, "probe"
+        return detection_delay_s(detection, chain.new_kind), "lease"
+
     def _wait(self, duration: float) -> Generator[simpy.Event, Any, str]:
         """Sleep ``duration``; "done", or "failure"/"end" when one comes first."""
         upcoming = self.queue.next_timed()
@@ -501,7 +541,7 @@ class Engine:
 
     def _recover(self, chain: _Chain) -> Generator[simpy.Event, Any, str]:
         recovery = self.scenario.recovery
-        delay = detection_delay_s(self.scenario.detection, chain.new_kind)
+        delay, detected_by = self._detection(chain)
         outcome = yield from self._wait(delay)
         if outcome != "done":
             return outcome
@@ -509,7 +549,9 @@ class Engine:
         if chain.root_lost:
             self._emit(self.env.now, "root_elected", node=self._root, failure=chain.index)
         for index in (*chain.undetected, chain.index):
-            self._emit(self.env.now, "failure_detected", node=first, failure=index)
+            self._emit(
+                self.env.now, "failure_detected", node=first, failure=index, detected_by=detected_by
+            )
         chain.detected = True
         chain.undetected = ()
         chain.last_event_s = self.env.now
@@ -517,14 +559,10 @@ class Engine:
         # job, before the survivors acknowledge: it joins this recovery.
         self.queue.arm_recovery_failures(chain.schedule_index, self.env.now, software=False)
         if not self._stopped:
-            # A lost node's peers fail their next collective at once, so stopping them
-            # overlaps the detection of the loss; a crash is stopped only once detected.
-            stop = (
-                recovery.stop_s
-                if chain.new_kind == "software"
-                else max(0.0, recovery.stop_s - delay)
-            )
-            outcome = yield from self._wait(stop)
+            # Once the failure is detected, the root stops the attempt: the agents abort it,
+            # the survivors park in process (their broken collectives may have parked them
+            # already) and every live agent acknowledges. No process is killed.
+            outcome = yield from self._wait(recovery.stop_s)
             if outcome != "done":
                 return outcome
             self._stopped = True
@@ -541,13 +579,24 @@ class Engine:
                 if node not in self._ready_at
                 or (node in chain.new_nodes and chain.new_kind == "hardware")
             ]
-            # Nodes emulated on one host start their software on its shared CPUs: together,
-            # k of them take k times as long as one.
-            share = len(starting) if self.scenario.cluster.single_host else 1
+            # A ready spare whose live standby agent is left joins warm (its agent, store and
+            # trainers are up): replacement_s alone. Otherwise the node's software starts cold,
+            # and nodes emulated on one host start on its shared CPUs: together, k of them
+            # take k times as long as one.
+            orders = []
             for node in starting:
-                wait = self.pool.acquire(self.env.now) + recovery.node_start_s * share
-                self._ready_at[node] = self.env.now + wait
-                self._emit_chain(chain, "replacement_requested", node=node)
+                wait, source = self.pool.acquire(self.env.now)
+                warm = source == "standby" and self._warm_standby > 0
+                self._warm_standby -= warm
+                orders.append((node, wait, warm))
+            cold = sum(1 for _, _, warm in orders if not warm)
+            share = cold if self.scenario.cluster.single_host else 1
+            for node, wait, warm in orders:
+                start_s = 0.0 if warm else recovery.node_start_s * share
+                self._ready_at[node] = self.env.now + wait + start_s
+                self._emit_chain(
+                    chain, "replacement_requested", node=node, standby="warm" if warm else "cold"
+                )
             ready = max(self._ready_at.get(n, self.env.now) for n in lost)
             self.state.replacement_waits_s.append(ready - self.env.now)
             outcome = yield from self._wait(max(0.0, ready - self.env.now))
@@ -673,18 +722,38 @@ class Engine:
 
 
 def detection_delay_s(detection: DetectionConfig, kind: str) -> float:
-    """Expected time from a failure to its detection, s.
+    """Expected time from a failure to its detection by exit report or lease, s.
 
-    A crash is reported by its agent (``exit_report_s``). A lost node is noticed when its
-    heartbeat lease runs out: the lease was renewed at the node's last beat, which came at a
-    uniformly random phase of the beat period before the failure, so on average the lease ends
-    ``lease_timeout_s - heartbeat_interval_s / 2`` after it. The root agent's own loss is no
-    slower: its election lease (renewed every third of the lease) lapses about as soon, and the
-    new root finds the node's heartbeat key gone once that lease ends.
+    A crash is reported by its agent (``exit_report_s``). A lost node nobody probes is noticed
+    when its heartbeat lease runs out: the lease was renewed at the node's last beat, which
+    came at a uniformly random phase of the beat period before the failure, so on average the
+    lease ends ``lease_timeout_s - heartbeat_interval_s / 2`` after it.
     """
     if kind == "software":
         return detection.exit_report_s
     return detection.lease_timeout_s - detection.heartbeat_interval_s / 2
+
+
+ELECTION_RETRY_LIMIT_S = 0.25
+"""A candidate retries the election every ``min(ELECTION_RETRY_LIMIT_S, lease_timeout_s / 4)``
+(the node agent's setting)."""
+
+
+def root_loss_detection_s(detection: DetectionConfig) -> float:
+    """Expected time from the loss of the root agent's node to its detection, s.
+
+    Nobody is left to probe: a new root must be elected first. The dead root renewed its
+    election lease every third of ``lease_timeout_s``, at a uniformly random phase before the
+    failure, so the leader key lapses ``5/6 lease_timeout_s`` after it on average; a candidate
+    wins at its next retry (half a retry period on average). The new root then finds the node
+    lost by probing it (the survivors' broken collectives left their reports), or with
+    ``lost_node: lease`` once the node's heartbeat lease has run out too.
+    """
+    lease = detection.lease_timeout_s
+    elected = lease * 5 / 6 + min(ELECTION_RETRY_LIMIT_S, lease / 4) / 2
+    if detection.lost_node == "probe":
+        return elected + detection.probe_detection_s
+    return max(elected, detection_delay_s(detection, "hardware"))
 
 
 def _worst_tier(plan: ClusterPlan) -> str:
@@ -693,4 +762,4 @@ def _worst_tier(plan: ClusterPlan) -> str:
     return max((s.tier for s in plan.remote), key=_TIER_ORDER.__getitem__, default="local")
 
 
-__all__ = ["Engine", "RunState", "SimProgress", "detection_delay_s"]
+__all__ = ["Engine", "RunState", "SimProgress", "detection_delay_s", "root_loss_detection_s"]

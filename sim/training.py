@@ -62,6 +62,19 @@ class IterationProfile:
     def iteration_s(self) -> float:
         return sum(p.duration_s for p in self.phases)
 
+    def until_collective_s(self, offset_s: float) -> float | None:
+        """Seconds from ``offset_s`` into the iteration until a communication phase is under
+        way (0 inside one); None when no communication phase remains in this iteration.
+
+        A rank whose peer has vanished notices it here: its next collective fails."""
+        start = 0.0
+        for phase in self.phases:
+            end = start + phase.duration_s
+            if phase.kind == "communication" and offset_s < end:
+                return max(0.0, start - offset_s)
+            start = end
+        return None
+
     def idle_spans(self) -> tuple[IdleSpan, ...]:
         """The compute phases, as idle spans of the network from the iteration's start."""
         spans, start = [], 0.0

@@ -43,10 +43,11 @@ def test_software_then_hardware_failure_event_log() -> None:
     # (3.01): iteration 2 (committed at 2.01) is restored and iteration 3 recomputed. Detection
     # 0.05, stop 0.5, restart 3, retrieval 0.04 fixed + local copy 0.01. Training resumes at
     # 6.60 from iteration 2, so iteration 6 ends at 10.60 and failure 2 strikes then;
-    # iteration 5 committed at 9.61. Detection: lease 3 - half a beat 0.25 = 2.75; stop 0.5
-    # overlaps it (the peers' collectives failed); standby 0.5 + node start 0.25; restart 3;
-    # 0.04 fixed, then node 2 fetches its shard from node 3 (3 ms) while the copy engine takes
-    # 10 ms: restored at 17.15. The run ends at 20 s after iteration 7 (19.15).
+    # iteration 5 committed at 9.61. Detection by probe: the survivors' next collective (0.6 s
+    # of compute into iteration 7) fails at 11.2, the probe verdict takes 0.1: 11.3; stop 0.5;
+    # the warm standby joins in 0.5 (no node start); restart 3; 0.04 fixed, then node 2 fetches
+    # its shard from node 3 (3 ms) while the copy engine takes 10 ms: restored at 15.35. The
+    # run ends at 20 s after iteration 9 (19.35).
     assert _log(TINY) == [
         (0.0, "run_started", None, None, None),
         (2.01, "ckpt_committed", None, 2, None),
@@ -61,16 +62,16 @@ def test_software_then_hardware_failure_event_log() -> None:
         (9.61, "ckpt_committed", None, 5, None),
         (10.6, "iteration_end", None, 6, None),
         (10.6, "failure_injected", 2, None, None),
-        (13.35, "failure_detected", 2, None, None),
-        (13.35, "training_stopped", None, None, None),
-        (13.35, "replacement_requested", 2, None, None),
-        (14.1, "replacement_ready", None, None, None),
-        (14.1, "restart_begin", None, None, None),
-        (17.1, "process_group_ready", None, None, None),
-        (17.15, "state_restored", 2, 5, "peer"),
-        (17.15, "state_restored", None, 5, "peer"),
-        (17.15, "training_resumed", None, 5, None),
-        (20.0, "run_finished", None, 7, None),
+        (11.3, "failure_detected", 2, None, None),
+        (11.8, "training_stopped", None, None, None),
+        (11.8, "replacement_requested", 2, None, None),
+        (12.3, "replacement_ready", None, None, None),
+        (12.3, "restart_begin", None, None, None),
+        (15.3, "process_group_ready", None, None, None),
+        (15.35, "state_restored", 2, 5, "peer"),
+        (15.35, "state_restored", None, 5, "peer"),
+        (15.35, "training_resumed", None, 5, None),
+        (20.0, "run_finished", None, 9, None),
     ]
 
 
@@ -80,8 +81,9 @@ def test_next_iteration_end_commits_count_one_iteration_later() -> None:
     # since 3.01 but not yet counted, so iteration 2 (committed at 3.0) is restored and 1.5 s
     # lost (on_arrival would restore 3 and lose 0.5 s). Exit report 0.05, stop 0.5, restart 3,
     # retrieval 0.05: resumed at 7.1 from 2, so iteration k ends at 5.1 + k. Failure 2 strikes
-    # as iteration 6 ends (11.1), after save(6) committed iteration 5; lease 2.75, standby
-    # 0.75, restart 3, retrieval 0.05 from the peer. The run ends at 20 s after iteration 7.
+    # as iteration 6 ends (11.1), after save(6) committed iteration 5; probe 0.6 + 0.1, stop
+    # 0.5, warm standby 0.5, restart 3, retrieval 0.05 from the peer. The run ends at 20 s
+    # after iteration 9.
     schedule = (
         "failures.schedule=[{kind: software, nodes: [1], at_time_s: 3.5},"
         " {kind: hardware, nodes: [2], at_iteration: 6}]"
@@ -100,16 +102,16 @@ def test_next_iteration_end_commits_count_one_iteration_later() -> None:
         (11.1, "iteration_end", None, 6, None),
         (11.1, "ckpt_committed", None, 5, None),
         (11.1, "failure_injected", 2, None, None),
-        (13.85, "failure_detected", 2, None, None),
-        (13.85, "training_stopped", None, None, None),
-        (13.85, "replacement_requested", 2, None, None),
-        (14.6, "replacement_ready", None, None, None),
-        (14.6, "restart_begin", None, None, None),
-        (17.6, "process_group_ready", None, None, None),
-        (17.65, "state_restored", 2, 5, "peer"),
-        (17.65, "state_restored", None, 5, "peer"),
-        (17.65, "training_resumed", None, 5, None),
-        (20.0, "run_finished", None, 7, None),
+        (11.8, "failure_detected", 2, None, None),
+        (12.3, "training_stopped", None, None, None),
+        (12.3, "replacement_requested", 2, None, None),
+        (12.8, "replacement_ready", None, None, None),
+        (12.8, "restart_begin", None, None, None),
+        (15.8, "process_group_ready", None, None, None),
+        (15.85, "state_restored", 2, 5, "peer"),
+        (15.85, "state_restored", None, 5, "peer"),
+        (15.85, "training_resumed", None, 5, None),
+        (20.0, "run_finished", None, 9, None),
     ]
     lost = {
         rule: [
@@ -132,11 +134,11 @@ def test_summary_phases_follow_from_the_log() -> None:
     )
     assert software.retrieval_s == pytest.approx(0.05)
     assert software.lost_progress_s == pytest.approx(1.0)  # iteration 3, recomputed
-    assert (hardware.detection_s, hardware.stop_s) == pytest.approx((2.75, 0.0))
-    assert hardware.replacement_s == pytest.approx(0.75)
+    assert (hardware.detection_s, hardware.stop_s) == pytest.approx((0.7, 0.5))
+    assert hardware.replacement_s == pytest.approx(0.5)
     assert hardware.tier == "peer"
-    assert summary.iterations_completed == 7
-    assert summary.ettr == pytest.approx(7 * 1.0 / 20.0)
+    assert summary.iterations_completed == 9
+    assert summary.ettr == pytest.approx(9 * 1.0 / 20.0)
 
 
 def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
@@ -153,11 +155,11 @@ def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
     assert (2.01, "persist_begin", None, 2, None) in log
     assert (2.022, "persist_done", None, 2, None) in log
     restored = [entry for entry in log if entry[1] == "state_restored" and entry[2] is None]
-    # All four nodes roll back: 4 x 3 MB through the storage's shared 1 GB/s take 12 ms (the
-    # copy engine, pipelined, 10 ms) after the fixed 0.04 s.
-    assert restored == [
-        (round(3.0 + 2.75 + 0.75 + 3.0 + 0.04 + 0.012, 9), "state_restored", None, 2, "persistent")
-    ]
+    # The group holds the root (node 0): a re-election (2.725 s), stop 0.5, two warm standbys
+    # 0.5, restart 3. All four nodes roll back: 4 x 3 MB through the storage's shared 1 GB/s
+    # take 12 ms (the copy engine, pipelined, 10 ms) after the fixed 0.04 s.
+    restored_s = round(3.0 + 2.725 + 0.5 + 0.5 + 3.0 + 0.04 + 0.012, 9)
+    assert restored == [(restored_s, "state_restored", None, 2, "persistent")]
 
 
 def test_a_node_lost_during_recovery_joins_it() -> None:
@@ -169,14 +171,16 @@ def test_a_node_lost_during_recovery_joins_it() -> None:
     )
     result = simulate(parse_scenario(text, overrides=["cluster.standby_nodes=2"]))
     first, second = result.summary.failures
-    # Failure 0 at 3.0, detected at 5.75, when the root stops the job: the injector fires
-    # the second loss then, and it joins the recovery. The stop ends when it is detected
-    # (8.5); both nodes are replaced (0.5 + 0.25), one restart (3) and one retrieval
-    # (0.04 + 0.01): both resume at 12.3 from iteration 2.
-    assert (first.time_s, second.time_s) == pytest.approx((3.0, 5.75))
+    # Failure 0 at 3.0 loses the root's node: a new root is elected once the election lease
+    # lapses (5/6 x 3 s + half a 0.25 s retry) and probes: detected at 5.725, when the root
+    # stops the job: the injector fires the second loss then, and it joins the recovery. No
+    # collective is running to break, so its lease finds it (2.75 s: 8.475); the stop (0.5)
+    # follows; both nodes are replaced by warm standbys (0.5), one restart (3) and one
+    # retrieval (0.04 + 0.01): both resume at 12.525 from iteration 2.
+    assert (first.time_s, second.time_s) == pytest.approx((3.0, 5.725))
     phases = ("detection_s", "stop_s", "replacement_s", "restart_s", "retrieval_s", "downtime_s")
-    assert [getattr(first, p) for p in phases] == pytest.approx([2.75, 2.75, 0.75, 3, 0.05, 9.3])
-    assert [getattr(second, p) for p in phases] == pytest.approx([2.75, 0, 0.75, 3, 0.05, 6.55])
+    assert [getattr(first, p) for p in phases] == pytest.approx([2.725, 3.25, 0.5, 3, 0.05, 9.525])
+    assert [getattr(second, p) for p in phases] == pytest.approx([2.75, 0.5, 0.5, 3, 0.05, 6.8])
     assert (first.tier, second.tier) == ("peer", "peer")
     assert first.restored_iteration == second.restored_iteration == 2
 
@@ -205,16 +209,129 @@ def test_same_seed_same_log_and_other_seeds_differ() -> None:
 
 
 @pytest.mark.parametrize(("single_host", "replacement_s"), [(False, 0.75), (True, 1.0)])
-def test_nodes_emulated_on_one_host_start_one_after_another(
+def test_cold_nodes_emulated_on_one_host_start_one_after_another(
     single_host: bool, replacement_s: float
 ) -> None:
-    # Group {0, 1} lost: two replacement nodes start their agents and stores (0.25 s each).
+    # Group {0, 1} lost with no live standby agent (the pool re-orders at once, so spares are
+    # there, but cold): two replacement nodes start their agents and stores (0.25 s each).
     # On one host they share its CPUs: 0.5 + 2 x 0.25; on their own machines: 0.5 + 0.25.
     text = TINY.replace(
         "    - {kind: software, nodes: [1], at_iteration: 3}\n"
         "    - {kind: hardware, nodes: [2], at_iteration: 6}",
         "    - {kind: group, nodes: [0], at_iteration: 3}",
     )
-    overrides = ["cluster.standby_nodes=2", f"cluster.single_host={str(single_host).lower()}"]
+    overrides = [
+        "cluster.standby_nodes=0",
+        "cluster.provisioning_delay_s=0",
+        f"cluster.single_host={str(single_host).lower()}",
+    ]
     (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
     assert failure.replacement_s == pytest.approx(replacement_s)
+
+
+# TINY with one lost node and no crash: iteration k runs from k - 1 to k, its all-reduce from
+# k - 0.4 to k.
+LOST_NODE = TINY.replace(
+    "    - {kind: software, nodes: [1], at_iteration: 3}\n"
+    "    - {kind: hardware, nodes: [2], at_iteration: 6}",
+    "    - {kind: hardware, nodes: [2], at_time_s: 3.2}",
+)
+
+
+def _detection(text: str, *overrides: str) -> list[tuple[float, str, Any]]:
+    result = simulate(parse_scenario(text, overrides=overrides), progress_interval_s=1e9)
+    return [
+        (round(e.time_s, 9), e.kind, e.details.get("detected_by"))
+        for e in result.events
+        if e.kind in ("failure_injected", "failure_detected", "root_elected")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("at_time_s", "detected_s"),
+    [
+        (3.2, 3.7),  # mid-forward of iteration 4: the all-reduce starts at 3.6, + 0.1 probe
+        (3.7, 3.8),  # mid-all-reduce: it fails at once, + 0.1 probe
+        (3.0, 3.7),  # as iteration 3 ends: iteration 4's all-reduce at 3.6
+    ],
+)
+def test_a_lost_node_is_found_by_probe_when_the_survivors_next_collective_fails(
+    at_time_s: float, detected_s: float
+) -> None:
+    text = LOST_NODE.replace("at_time_s: 3.2", f"at_time_s: {at_time_s}")
+    assert _detection(text) == [
+        (at_time_s, "failure_injected", None),
+        (detected_s, "failure_detected", "probe"),
+    ]
+
+
+def test_probe_event_log_stop_is_an_abort_and_a_warm_standby_needs_no_node_start() -> None:
+    # Lost at 3.2; probe at 3.7; stop (abort, survivors park) 0.5; the warm standby agent joins
+    # after replacement_s 0.5 (no node start); rejoin 3; 0.04 + the peer's shard (10 ms copy).
+    # Iteration 3 committed at 3.01 is restored; 15 iterations by the end (20 s).
+    assert _log(LOST_NODE)[1:] == [
+        (3.0, "iteration_end", None, 3, None),
+        (3.01, "ckpt_committed", None, 3, None),
+        (3.2, "failure_injected", 2, None, None),
+        (3.7, "failure_detected", 2, None, None),
+        (4.2, "training_stopped", None, None, None),
+        (4.2, "replacement_requested", 2, None, None),
+        (4.7, "replacement_ready", None, None, None),
+        (4.7, "restart_begin", None, None, None),
+        (7.7, "process_group_ready", None, None, None),
+        (7.75, "state_restored", 2, 3, "peer"),
+        (7.75, "state_restored", None, 3, "peer"),
+        (7.75, "training_resumed", None, 3, None),
+        (20.0, "run_finished", None, 15, None),
+    ]
+
+
+def test_without_probing_the_lease_finds_a_lost_node_and_the_stop_follows() -> None:
+    # lost_node: lease (the paper's system): 3 - 0.5 / 2 = 2.75 s after the failure; the stop
+    # starts then (no overlap with the detection).
+    (failure,) = simulate(
+        parse_scenario(LOST_NODE, overrides=["detection.lost_node=lease"])
+    ).summary.failures
+    assert (failure.detection_s, failure.stop_s) == pytest.approx((2.75, 0.5))
+    assert _detection(LOST_NODE, "detection.lost_node=lease")[-1] == (
+        5.95,
+        "failure_detected",
+        "lease",
+    )
+
+
+def test_a_partitioned_node_is_found_by_its_lease() -> None:
+    # A partition leaves the node's processes alive: the survivors' collectives hang instead
+    # of failing, so nothing triggers a probe and the lease finds it.
+    text = LOST_NODE.replace("kind: hardware", "kind: network")
+    assert _detection(text) == [
+        (3.2, "failure_injected", None),
+        (5.95, "failure_detected", "lease"),
+    ]
+
+
+def test_losing_the_root_node_waits_for_a_new_root() -> None:
+    # Node 0 runs the root: its election lease lapses 5/6 x 3 = 2.5 s after the failure on
+    # average, a candidate wins half a retry (0.25 / 2) later and probes (0.1): 2.725 s.
+    text = LOST_NODE.replace("nodes: [2]", "nodes: [0]")
+    assert _detection(text) == [
+        (3.2, "failure_injected", None),
+        (5.925, "root_elected", None),
+        (5.925, "failure_detected", "election"),
+    ]
+    lease = _detection(text, "detection.lost_node=lease")
+    assert lease[-1] == (5.95, "failure_detected", "election")  # the heartbeat lease, 2.75
+
+
+def test_standby_agents_run_out_then_replacements_start_cold() -> None:
+    # One live standby agent: the first loss takes it (0.5 s); the second finds a spare machine
+    # (the pool re-orders at once) but no live agent: replacement_s + node_start_s 0.25.
+    text = LOST_NODE.replace(
+        "    - {kind: hardware, nodes: [2], at_time_s: 3.2}",
+        "    - {kind: hardware, nodes: [2], at_time_s: 3.2}\n"
+        "    - {kind: hardware, nodes: [3], at_time_s: 12.2}",
+    )
+    result = simulate(parse_scenario(text, overrides=["cluster.provisioning_delay_s=0"]))
+    assert [f.replacement_s for f in result.summary.failures] == pytest.approx([0.5, 0.75])
+    requested = [e.details["standby"] for e in result.events if e.kind == "replacement_requested"]
+    assert requested == ["warm", "cold"]
