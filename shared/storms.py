@@ -56,7 +56,8 @@ def fastest_recovery_s(scenario: Scenario) -> tuple[float, str]:
     Every recovery detects the failure, restarts the ranks and pays the fixed cost of a restore;
     training then needs one iteration (when the iteration time is given) to make progress.
     Detection is a trainer's exit report when the process can produce software failures, else
-    the earliest a heartbeat lease can run out.
+    the root's probe of the agents (``detection.lost_node: probe``) or the earliest a heartbeat
+    lease can run out.
 
     Returns:
         (seconds, how the bound is made up, for messages).
@@ -66,6 +67,8 @@ def fastest_recovery_s(scenario: Scenario) -> tuple[float, str]:
     software = process is None or process.hardware_fraction < 1
     if software:
         detect_s, detect = detection.exit_report_s, "exit report"
+    elif detection.lost_node == "probe":
+        detect_s, detect = detection.probe_detection_s, "probe"
     else:
         detect_s = detection.lease_timeout_s - detection.heartbeat_interval_s
         detect = "lease"
