@@ -134,18 +134,28 @@ class EmbeddedKV(KeyValueStore):
         self.url = f"tcpstore://{host}:{port}/{namespace}"
         self.namespace = namespace
         self._lock = threading.Lock()
-        self._store: Any = _Connection(host, port, job_token(token), timeout_s, self.url)
+        self._address = (host, port, job_token(token), timeout_s)
+        self._store: Any = self._connect()
+
+    def _connect(self) -> _Connection:
+        host, port, secret, timeout_s = self._address
+        return _Connection(host, port, secret, timeout_s, self.url)
 
     # -- raw store access (every call under the lock, errors as StoreError) --
 
     def _call(self, op: str, key: str, payload: bytes | None = None, **fields: Any) -> Any:
-        try:
-            with self._lock:
+        with self._lock:
+            if self._store is None:  # the last request failed midway: start afresh
+                self._store = self._connect()
+            try:
                 return self._store.request(op, payload, key=key, **fields)
-        except (OSError, ValueError) as error:
-            raise StoreError(
-                f"coordination store at {self.url}: {op} {key!r} failed: {error}"
-            ) from error
+            except (OSError, ValueError) as error:
+                # A reply may still be on its way: never read it as the next request's.
+                self._store.close()
+                self._store = None
+                raise StoreError(
+                    f"coordination store at {self.url}: {op} {key!r} failed: {error}"
+                ) from error
 
     def _read(self, key: str) -> bytes | None:
         header, value = self._call("get", key)

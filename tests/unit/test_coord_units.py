@@ -4,6 +4,7 @@ process)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,11 @@ def test_a_closed_client_says_so(kv: EmbeddedKV) -> None:
     kv.close()
     with pytest.raises(StoreError, match="closed"):
         kv.get("k")
+
+
+def test_a_broken_connection_fails_one_call_and_the_next_one_reconnects(kv: EmbeddedKV) -> None:
+    kv.put("k", b"v")
+    kv._store.sock.shutdown(socket.SHUT_RDWR)  # as if the network dropped mid-request
+    with pytest.raises(StoreError, match="failed"):
+        kv.get("k")
+    assert kv.get("k") == b"v"  # a fresh, authenticated connection; no stale reply read
