@@ -281,8 +281,12 @@ def leave_attempt(*, together: bool) -> None:
         return
     gc.collect()
     if dist.get_backend() == "nccl":
-        with contextlib.suppress(Exception):
-            dist.abort_process_group()  # type: ignore[attr-defined]
+        # NCCL can abort its communicators (a rank blocked on a dead peer returns); torch 2.13
+        # offers it only privately. gloo has no working abort: its waits end by the timeout.
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if abort is not None:
+            with contextlib.suppress(Exception):
+                abort()
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
     gc.collect()

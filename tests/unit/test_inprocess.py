@@ -1,0 +1,219 @@
+"""In-process recovery, trainer side: the agent's socket, attempts, parking, retiring.
+
+The trainer's end (``real.inprocess``) is driven here by a test standing in for the agent, on
+a socket pair; the process group is a one-rank gloo group, so every attempt forms and leaves a
+real group (``tests/integration/test_cluster.py`` runs the whole thing with agents).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch.distributed as dist
+
+from real.inprocess import (
+    AgentChannel,
+    Assignment,
+    AttemptAborted,
+    check_abort,
+    is_peer_failure,
+    run_attempts,
+)
+from real.processes import free_port
+
+
+class Agent:
+    """The agent's end of the socket: sends JSON lines, collects the trainer's."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received: list[dict[str, Any]] = []
+        self._buffer = b""
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):  # the test closed its end
+            self._read_lines()
+
+    def _read_lines(self) -> None:
+        while data := self.sock.recv(65536):
+            self._buffer += data
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                with self._changed:
+                    self.received.append(json.loads(line))
+                    self._changed.notify_all()
+
+    def send(self, op: str, **fields: Any) -> None:
+        self.sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+
+    def assign(self, attempt: int, plan: dict[str, Any] | None = None) -> None:
+        env = {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "GEMINI_RESTORE_PLAN": "" if plan is None else json.dumps(plan),
+        }
+        self.send("assign", attempt=attempt, env=env)
+
+    def wait_for(self, op: str, attempt: int, timeout_s: float = 30.0) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next(
+                (m for m in self.received if m["op"] == op and m.get("attempt") == attempt), None
+            )
+
+        with self._changed:
+            assert self._changed.wait_for(lambda: found() is not None, timeout_s), self.received
+            message = found()
+            assert message is not None
+            return message
+
+    def ops(self) -> list[tuple[str, int | None]]:
+        return [(m["op"], m.get("attempt")) for m in self.received]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Agent, AgentChannel]]:
+    ours, theirs = socket.socketpair()
+    channel = AgentChannel(theirs)
+    yield Agent(ours), channel
+    channel.close()
+    ours.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_newest_assignment_wins_and_aborted_ones_are_skipped(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    agent, channel = pair
+    agent.assign(1)
+    agent.assign(2)
+    agent.assign(3)
+    agent.send("abort", attempt=3)
+    deadline = time.monotonic() + 10
+    while not channel.aborted(3):  # the last message is read, so are the others
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert channel.next_assignment(0, timeout_s=5).attempt == 2  # type: ignore[union-attr]
+    assert not channel.aborted(2)
+    agent.send("finish")
+    assert channel.next_assignment(2, timeout_s=5) is None
+    assert channel.aborted(2)  # the job is over: every attempt is
+
+
+def test_peer_failure_parks_and_the_next_attempt_runs(pair: tuple[Agent, AgentChannel]) -> None:
+    """A body whose collective broke leaves its attempt (the group torn down, the process
+    kept) and serves the next; the agent hears ``failed`` before ``parked``."""
+    agent, channel = pair
+    calls: list[int] = []
+
+    def body(assignment: Assignment) -> None:
+        calls.append(assignment.attempt)
+        assert dist.is_initialized() and dist.get_world_size() == 1
+        if assignment.attempt == 1:
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Connection reset by peer")
+
+    agent.assign(1)
+    served: list[int] = []
+    thread = threading.Thread(
+        target=lambda: served.append(run_attempts(body, channel, backend="gloo", timeout_s=30.0)),
+        daemon=True,
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    assert not dist.is_initialized()  # the failed attempt's group is gone
+    agent.assign(2)
+    agent.wait_for("done", 2)
+    agent.send("finish")
+    thread.join(30)
+    assert served == [2] and calls == [1, 2]
+    ops = agent.ops()
+    assert ops[0] == ("ready", None)
+    assert ops.index(("failed", 1)) < ops.index(("parked", 1)) < ops.index(("joined", 2))
+
+
+def test_a_bug_is_not_a_peer_failure(pair: tuple[Agent, AgentChannel]) -> None:
+    agent, channel = pair
+
+    def body(assignment: Assignment) -> None:
+        raise KeyError("a typo in the training script")
+
+    agent.assign(1)
+    with pytest.raises(KeyError):
+        run_attempts(body, channel, backend="gloo", timeout_s=30.0)
+
+
+def test_abort_is_raised_at_the_next_checkpoint(pair: tuple[Agent, AgentChannel]) -> None:
+    agent, channel = pair
+    seen: list[str] = []
+
+    def body(assignment: Assignment) -> None:
+        check_abort()  # nothing yet
+        agent.send("abort", attempt=assignment.attempt)
+        for _ in range(500):
+            try:
+                check_abort()
+            except AttemptAborted as error:
+                seen.append(str(error))
+                raise
+            threading.Event().wait(0.01)
+
+    agent.assign(1)
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    agent.send("finish")
+    thread.join(30)
+    assert seen == ["attempt 1 aborted by the node agent"]
+
+
+def test_a_trained_process_retires_when_the_job_starts_over(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    """The plan restores nothing: a process that trained holds the abandoned run in its
+    objects, so it hands its rank back (the agent gives it to a fresh spare)."""
+    agent, channel = pair
+    calls: list[int] = []
+
+    def body(assignment: Assignment) -> None:
+        calls.append(assignment.attempt)
+        if assignment.attempt == 1:
+            raise ConnectionError("peer gone")
+
+    agent.assign(1, {"iteration": None, "sources": []})  # a first attempt starts from scratch
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    agent.assign(2, {"iteration": None, "sources": []})
+    agent.wait_for("retired", 2)
+    thread.join(30)
+    assert not thread.is_alive() and calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (RuntimeError("Connection closed by peer [127.0.0.1]:5556"), True),
+        (RuntimeError("wait timeout after 120000ms, keys: /default_pg/0//cpu//0/0"), True),
+        (ConnectionResetError(), True),
+        (AttemptAborted("attempt 3 aborted"), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("bad learning rate"), False),
+    ],
+)
+def test_peer_failures_are_told_from_bugs(error: BaseException, expected: bool) -> None:
+    assert is_peer_failure(error) is expected

@@ -1,0 +1,136 @@
+"""Probing a node agent, and the detector's use of it: a lost node is found when a survivor's
+collective breaks, not when its lease expires; a node that is slow but answers is not lost."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from real.coord import keys
+from real.coord.detector import FailureDetector
+from real.coord.embedded_kv import EmbeddedKV
+from real.coord.kvserver import KVServer
+from real.coord.probe import ProbeServer, probe, probe_all
+
+TOKEN = "a-job-secret-for-these-tests"
+
+
+@pytest.fixture
+def kv() -> Iterator[EmbeddedKV]:
+    server = KVServer("127.0.0.1", 0, TOKEN).start()
+    client = EmbeddedKV("127.0.0.1", server.port, namespace="p/", token=TOKEN)
+    yield client
+    client.close()
+    server.stop()
+
+
+def silent_server() -> tuple[socket.socket, str]:
+    """Accepts connections (the kernel does, even for a stopped process) but never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    return server, f"127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_live_agent_answers_with_its_own_id() -> None:
+    server = ProbeServer(7, "127.0.0.1")
+    try:
+        assert probe(server.address, 7, timeout_s=2.0)
+        assert not probe(server.address, 8, timeout_s=2.0)  # someone else's address now
+    finally:
+        server.close()
+
+
+def test_a_dead_agent_is_refused_at_once_and_a_silent_one_after_the_bound() -> None:
+    gone = ProbeServer(1, "127.0.0.1")
+    address = gone.address
+    gone.close()
+    started = time.monotonic()
+    assert not probe(address, 1, timeout_s=5.0)
+    assert time.monotonic() - started < 2.0  # refused: no waiting for the bound
+    listener, silent = silent_server()
+    try:
+        started = time.monotonic()
+        assert not probe(silent, 2, timeout_s=0.3)
+        assert time.monotonic() - started >= 0.3
+    finally:
+        listener.close()
+
+
+def test_a_slow_agent_that_answers_within_the_bound_is_alive() -> None:
+    """An agent paused for less than the bound (SIGSTOP, a loaded machine) answers late."""
+    listener, address = silent_server()
+
+    def late_answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(16)
+            time.sleep(0.3)
+            connection.sendall(b"pong 4\n")
+
+    thread = threading.Thread(target=late_answer, daemon=True)
+    thread.start()
+    try:
+        assert probe_all({4: address}, timeout_s=2.0) == []
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def suspect(kv: EmbeddedKV, node: int, rank: int, at: float) -> None:
+    value = {"node": node, "rank": rank, "error": "Connection reset by peer", "time": at}
+    kv.put(keys.suspect_key(node, rank), keys.encode(value))
+
+
+def test_a_broken_collective_makes_the_detector_probe(kv: EmbeddedKV) -> None:
+    probed: list[list[int]] = []
+
+    def prober(nodes: list[int]) -> list[int]:
+        probed.append(sorted(nodes))
+        return [2]
+
+    detector = FailureDetector(kv, lease_timeout_s=60.0, expected_nodes=[0, 1, 2], prober=prober)
+    for node in (0, 1, 2):
+        kv.put(keys.node_key(node), keys.encode({"node": node, "time": time.time()}))
+    assert detector.poll() == [] and probed == []  # nothing broke: no probe
+    suspect(kv, 0, 0, time.time())
+    found = detector.poll()
+    assert probed == [[0, 1, 2]]
+    assert [(d.kind, d.node, d.detected_by) for d in found] == [("hardware", 2, "probe")]
+    assert detector.poll() == []  # reported once
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV) -> None:
+    """Every agent answers and no trainer exited: a peer hangs. After the grace the suspect's
+    node is reported, so the job stops and the hung trainer is replaced."""
+    clock = FakeClock()
+    detector = FailureDetector(
+        kv,
+        lease_timeout_s=60.0,
+        expected_nodes=[0, 1],
+        clock=clock,
+        prober=lambda nodes: [],
+        suspect_grace_s=3.0,
+    )
+    for node in (0, 1):
+        kv.put(keys.node_key(node), keys.encode({"node": node, "time": clock.now}))
+    suspect(kv, 1, 1, clock.now)
+    assert detector.poll() == []
+    clock.now += 2.9
+    assert detector.poll() == []
+    clock.now += 0.2
+    found = detector.poll()
+    assert [(d.kind, d.node, d.rank, d.detected_by) for d in found] == [
+        ("software", 1, 1, "suspect")
+    ]
+    assert detector.poll() == []
