@@ -12,7 +12,9 @@ both ranks hold in memory (4, or 3 when the replication of 4 was cut short), loa
 with ``gemini_ckpt.adapters.deepspeed.load_state_dict``, trains to iteration 8, then builds four
 fresh engines and trains them 1..8 without a failure. Proof of recovery is state: for every
 engine and rank, each tensor and value of the final state (module, fp32 master partition, Adam
-state, scheduler, counters) is bitwise that of the failure-free engines.
+state, scheduler, counters) is bitwise that of the failure-free engines. The restarted job also
+writes each engine's state to the persistent tier (DCP), reads it back and loads it: the state
+stays the same, bit for bit.
 
 The example script's own ``main`` (under torchrun, killed and run again) is the slow variant.
 """
@@ -66,6 +68,7 @@ def worker(config: dict[str, Any]) -> None:
     from gemini_ckpt.adapters import deepspeed as ds_state
     from real.engine import GeminiCheckpointer
     from real.inject import crash_point_from_env, maybe_crash
+    from real.persistent import load_persistent, save_persistent
     from real.procgroup import leave_process_group
     from shared.scenario import Scenario
 
@@ -110,6 +113,19 @@ def worker(config: dict[str, Any]) -> None:
     report["final"] = {
         name: example.state_digest(ds_state.state_dict(engine)) for name, engine in engines.items()
     }
+    if restored is not None:
+        # The persistent tier (DCP): each engine's state written, read back into its shape,
+        # loaded into the engine; the engine's state must be what was written.
+        report["persistent"] = {}
+        token = os.environ["GEMINI_TOKEN"]
+        for name, engine in engines.items():
+            url = str(Path(config["run_dir"]) / "persistent" / name)
+            save_persistent(url, ITERATIONS, ds_state.state_dict(engine, clone=False), key=token)
+            # Rank 0 lists the checkpoint in the index after the other ranks' save returned.
+            torch.distributed.barrier()
+            read = load_persistent(url, ITERATIONS, ds_state.state_dict(engine), key=token)
+            ds_state.load_state_dict(engine, read)
+            report["persistent"][name] = example.state_digest(ds_state.state_dict(engine))
     del engines, restored
     reference = {
         name: example.build_engine(stage, bf16=bf16) for name, (stage, bf16) in ENGINES.items()
@@ -216,6 +232,7 @@ def test_zero_stages_restore_bitwise_after_a_killed_rank(
             assert any(name.startswith("zero/optimizer/") for name in final)
             assert ("model/0.weight" in final) == (stage < 3)
             assert final == reference, f"rank {rank}, {engine}: state differs"
+            assert report["persistent"][engine] == final, f"rank {rank}, {engine}: through DCP"
 
 
 class _Engine:
