@@ -1,0 +1,454 @@
+"""The cluster recipe of docs/cluster.md, run on one machine, with no launcher.
+
+Every process is started the way a real cluster starts it: the key-value store
+(``python -m real.coord.kvserver``), one ``gemini-ckpt agent --slot i`` per node and two
+``gemini-ckpt agent --standby``, all with the job's secret in ``GEMINI_TOKEN`` and nothing else
+in common but the scenario, whose ``training.entrypoint`` is the user's own script
+(``examples/ddp_train.py``, which checkpoints with ``from gemini_ckpt import Checkpointer``).
+Failures come from outside and are recorded nowhere (no ``failures/<i>`` key, no injector):
+first a trainer is SIGKILLed, later a whole node (its agent and store, its trainers and spares,
+its ``/dev/shm`` slot files). The proof is state: the script's final weights equal, tensor for
+tensor and bit for bit, those of a failure-free torchrun run of the same script. The lost node's
+place goes to a standby agent; a client without the job's secret is refused by the running
+key-value store and node stores; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from real.agent import jobkeys
+from real.coord import keys
+from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.engine.client import StoreClient
+from real.engine.protocol import ProtocolError
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "ddp_train.py"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+NODES, STANDBY = 2, 2
+# Standby agents take ids the root never hands out itself (it numbers nodes it orders from
+# scratch from N up), as docs/cluster.md advises.
+STANDBY_IDS = [1000 + i for i in range(STANDBY)]
+# The example's steps take milliseconds: enough iterations that both failures strike while it
+# trains (each is triggered by polling the trainers' events, then needs a recovery).
+ITERATIONS = 400
+CRASH_AFTER, NODE_LOSS_AFTER = 40, 30  # iterations before each failure (the second: resumed)
+DEADLINE_S = 420.0
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def scenario_file(folder: Path, out: Path) -> Path:
+    document = {
+        "name": "cluster-recipe",
+        "targets": ["real"],
+        "seed": 0,
+        "cluster": {
+            "nodes": NODES,
+            "accelerators_per_node": 1,
+            "standby_nodes": STANDBY,
+            "replacement_s": 0.2,
+        },
+        "training": {
+            "iterations": ITERATIONS,
+            "entrypoint": [str(EXAMPLE), f"--iterations={ITERATIONS}", f"--out={out}"],
+        },
+        "checkpoint": {"strategy": "gemini", "replicas": 2, "placement": "group"},
+        "detection": {"heartbeat_interval_s": 0.25, "lease_timeout_s": 3.0},
+    }
+    path = folder / "scenario.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def poll(condition: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
+    """``condition()``'s first true value, polled every 20 ms; fails the test on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def read_events(folder: Path, pattern: str) -> list[dict[str, Any]]:
+    events = []
+    for path in sorted(folder.glob(pattern)):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a line being written
+                events.append(json.loads(line))
+    return events
+
+
+@dataclass
+class Cluster:
+    """The processes of one job, each started as an independent process; stopped by PID."""
+
+    folder: Path
+    scenario: Path
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    job: str = field(default_factory=lambda: f"recipe-{uuid.uuid4().hex[:8]}")
+    kv_server: subprocess.Popen[bytes] | None = None
+    kv_url: str = ""
+    agents: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    seen_pids: set[int] = field(default_factory=set)
+    t0: float = field(default_factory=time.time)  # the run's start, one for every process
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    def env(self) -> dict[str, str]:
+        (self.folder / "tmp").mkdir(exist_ok=True)
+        return {
+            **os.environ,
+            "GEMINI_TOKEN": self.token,
+            "GEMINI_RUN_T0": repr(self.t0),
+            "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(self.folder / "tmp"),  # whatever a killed process leaves, stays here
+        }
+
+    def start(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        port_file = self.folder / "kv.port"
+        with open(self.run_dir / "logs" / "kv.log", "ab") as log:
+            self.kv_server = subprocess.Popen(
+                [sys.executable, "-m", "real.coord.kvserver", f"--port-file={port_file}"],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        port = poll(lambda: port_file.exists() and port_file.read_text().strip(), "the kv port")
+        self.kv_url = f"tcpstore://127.0.0.1:{port}/{self.job}"
+        for slot in range(NODES):
+            self.start_agent(slot, ["--slot", str(slot)])
+        for node_id in STANDBY_IDS:
+            self.start_agent(node_id, ["--standby"])
+
+    def start_agent(self, node_id: int, place: list[str]) -> None:
+        command = [
+            *(sys.executable, "-m", "gemini_ckpt", "agent", str(self.scenario)),
+            *("--kv", self.kv_url, "--node-id", str(node_id), *place),
+            *("--run-dir", str(self.run_dir), "--job", self.job),
+        ]
+        with open(self.run_dir / "logs" / f"agent-{node_id}.log", "ab") as log:
+            self.agents[node_id] = subprocess.Popen(
+                command,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the agent and its node store: one process group
+            )
+
+    def kv(self) -> KeyValueStore:
+        return connect_kv(self.kv_url, token=self.token)
+
+    def pids(self, node_id: int) -> dict[str, Any]:
+        """The agent's ``<run_dir>/pids/<node_id>.json``; every pid seen is remembered."""
+        try:
+            record = json.loads((self.run_dir / "pids" / f"{node_id}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        self.seen_pids |= {int(p) for p in record.get("all_trainers", [])}
+        self.seen_pids |= {int(p) for p in record.get("trainers", {}).values()}
+        self.seen_pids |= {int(record[k]) for k in ("agent", "store") if record.get(k)}
+        return dict(record)
+
+    def ours(self, pid: int) -> bool:
+        """Whether ``pid`` is alive and one of this job's (its command line or environment
+        names the job's folder), so a recycled pid is never signalled."""
+        needle = str(self.folder).encode()
+        try:
+            return needle in Path(f"/proc/{pid}/cmdline").read_bytes() or (
+                needle in Path(f"/proc/{pid}/environ").read_bytes()
+            )
+        except OSError:
+            return False
+
+    def kill(self, pid: int) -> None:
+        if self.ours(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def kill_node(self, node_id: int) -> None:
+        """The loss of a machine: every process of the node at once, then its memory."""
+        record = self.pids(node_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.agents[node_id].pid, signal.SIGKILL)  # the agent and its store
+        trainers = {*record.get("trainers", {}).values(), *record.get("spares", [])}
+        for pid in sorted({*trainers, *record.get("all_trainers", [])}):
+            self.kill(int(pid))
+        self.agents[node_id].wait(30)
+        for path in Path("/dev/shm").glob(f"{self.job}-{node_id}-*"):
+            path.unlink()
+
+    def alive(self) -> list[int]:
+        """Every process of the job still running (agents, stores, trainers, spares)."""
+        pids = {p.pid for p in self.agents.values() if p.poll() is None} | self.seen_pids
+        return sorted(pid for pid in pids if self.ours(pid))
+
+    def shm(self) -> list[str]:
+        return sorted(p.name for p in Path("/dev/shm").glob(f"{self.job}-*"))
+
+    def stop(self) -> None:
+        """Teardown, by PID: SIGTERM the agents (they stop their trainers and stores), then
+        SIGKILL whatever is left, then the key-value store; remove the job's slot files."""
+        for node_id in list(self.agents):
+            self.pids(node_id)
+        for process in self.agents.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.agents.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+        for process in self.agents.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+        for pid in self.alive():
+            self.kill(pid)
+        if self.kv_server is not None:
+            self.kv_server.terminate()
+            try:
+                self.kv_server.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kv_server.kill()
+                self.kv_server.wait(10)
+        for path in Path("/dev/shm").glob(f"{self.job}-*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def last_iteration(cluster: Cluster) -> int:
+    ends = read_events(cluster.run_dir / "events", "trainer-rank*.jsonl")
+    return max((e["iteration"] for e in ends if e["kind"] == "iteration_end"), default=0)
+
+
+def attempt(kv: KeyValueStore) -> dict[str, Any]:
+    return jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY) or {}
+
+
+def running(kv: KeyValueStore, number: int) -> Callable[[], bool]:
+    def check() -> bool:
+        record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY) or {}
+        return record.get("attempt") == number and record.get("state") == "running"
+
+    return check
+
+
+def reference_run(folder: Path) -> Path:
+    """The same script, failure-free, under plain torchrun (two ranks, as in the job)."""
+    out = folder / "reference"
+    runtime = folder / "runtime"
+    runtime.mkdir()
+    completed = subprocess.run(
+        [
+            *(str(TORCHRUN), "--standalone", "--nnodes=1", "--nproc-per-node=2"),
+            *(str(EXAMPLE), f"--iterations={ITERATIONS}", f"--out={out}"),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GEMINI_RUNTIME_DIR": str(runtime)},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out / "final.pt"
+
+
+@dataclass
+class Outcome:
+    """What the recipe run showed, for the tests below."""
+
+    cluster: Cluster
+    reference: Path
+    weights: Path
+    crashed: dict[str, Any] = field(default_factory=dict)
+    lost: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, Any] = field(default_factory=dict)
+    exit_codes: dict[int, int | None] = field(default_factory=dict)
+    alive_after: list[int] = field(default_factory=list)
+    shm_after: list[str] = field(default_factory=list)
+
+
+def check_auth(cluster: Cluster, kv: KeyValueStore, found: dict[str, Any]) -> None:
+    """A client with the wrong secret, against the running job's stores (the refusal itself is
+    tested in depth by test_coord_auth.py and test_engine_store.py)."""
+    wrong = secrets.token_hex(16)
+    registration = jobkeys.read_json(kv, f"{jobkeys.STORES_PREFIX}0") or {}
+    address = str(registration["address"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GEMINI_TOKEN", wrong)
+        try:
+            with connect_kv(cluster.kv_url) as stranger:  # the handshake refuses it
+                stranger.put("stranger", b"x")
+                found["kv"] = "served"
+        except StoreError as error:
+            found["kv"] = f"refused: {error}"
+    try:
+        StoreClient(0, address, wrong, 10.0).call("ping")
+        found["store"] = "served"
+    except (ProtocolError, ConnectionError) as error:
+        found["store"] = f"refused: {error}"
+    # The same requests with the job's secret are served (so the refusals are the secret's).
+    with connect_kv(cluster.kv_url, token=cluster.token) as member:
+        found["kv_with_token"] = member.get(jobkeys.ATTEMPT_KEY)
+        found["stranger_key"] = member.get("stranger")
+    client = StoreClient(0, address, cluster.token, 10.0)
+    found["store_with_token"] = client.call("ping").get("node")
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    folder = tmp_path_factory.mktemp("recipe")
+    reference = reference_run(folder)
+    weights = folder / "weights"
+    cluster = Cluster(folder, scenario_file(folder, weights))
+    outcome = Outcome(cluster, reference, weights / "final.pt")
+    try:
+        cluster.start()
+        kv = cluster.kv()
+        poll(running(kv, 1), "attempt 1")
+        check_auth(cluster, kv, outcome.auth)
+
+        # 1. A trainer dies (SIGKILL from outside): its node's warm spare takes the rank.
+        poll(lambda: last_iteration(cluster) >= CRASH_AFTER, f"iteration {CRASH_AFTER}")
+        before = {n: cluster.pids(n) for n in range(NODES)}
+        crashed = int(before[1]["trainers"]["1"])
+        cluster.kill(crashed)
+        outcome.crashed = {"pid": crashed, "before": before, "at": last_iteration(cluster)}
+        poll(running(kv, 2), "attempt 2")
+        poll(
+            lambda: all(cluster.pids(n).get("attempt") == 2 for n in range(NODES)),
+            "both nodes in attempt 2",
+        )
+        outcome.crashed["after"] = {n: cluster.pids(n) for n in range(NODES)}
+
+        # 2. Later, a whole node that does not run the root: agent, store, trainers, spares
+        # and slot files, all at once.
+        resumed_from = outcome.crashed["at"]
+        poll(
+            lambda: last_iteration(cluster) >= resumed_from + NODE_LOSS_AFTER,
+            "training after the first recovery",
+        )
+        leader = keys.decode(kv.get(keys.LEADER_KEY) or b"{}")["node"]
+        members = jobkeys.members_of(attempt(kv))
+        victim = next(node for node in members.values() if node != leader)
+        outcome.lost = {"node": victim, "slot": next(s for s, n in members.items() if n == victim)}
+        cluster.kill_node(victim)
+        poll(running(kv, 3), "attempt 3")
+        outcome.lost["members"] = jobkeys.members_of(attempt(kv))
+
+        # The job ends by itself: every agent exits once the attempt record is finished.
+        poll(
+            lambda: all(p.poll() is not None for p in cluster.agents.values()),
+            "every agent to exit",
+        )
+        outcome.exit_codes = {n: p.returncode for n, p in cluster.agents.items()}
+        outcome.lost["record"] = attempt(kv)
+        outcome.lost["failure_records"] = kv.get_prefix(jobkeys.FAILURES_PREFIX)
+        for node_id in cluster.agents:
+            cluster.pids(node_id)
+        # Agents stop their trainers and stores before they exit; the last may take a moment.
+        deadline = time.monotonic() + 30
+        while cluster.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outcome.alive_after = cluster.alive()
+        outcome.shm_after = cluster.shm()
+        kv.close()
+        yield outcome
+    finally:
+        cluster.stop()
+        assert cluster.alive() == [] and cluster.shm() == []
+
+
+def test_job_finishes_with_the_failure_free_weights(recipe: Outcome) -> None:
+    assert recipe.lost["record"]["state"] == "finished", recipe.lost["record"]
+    codes = recipe.exit_codes
+    assert codes.pop(recipe.lost["node"]) == -signal.SIGKILL
+    assert codes == dict.fromkeys(codes, 0), codes
+    reference = torch.load(recipe.reference)
+    final = torch.load(recipe.weights)
+    assert reference.keys() == final.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, final[name]), name
+
+
+def test_failures_classified_from_observation(recipe: Outcome) -> None:
+    """Nothing recorded either failure; the root saw a trainer exit while its node lived
+    (software) and a node whose agent was gone (hardware), and nothing else."""
+    cluster = recipe.cluster
+    assert recipe.lost["failure_records"] == {}
+    detected = [
+        e
+        for e in read_events(cluster.run_dir / "events", "agent-*.jsonl")
+        if e["kind"] == "failure_detected"
+    ]
+    assert [(e["node"], e["details"]["failure_kind"]) for e in detected] == [
+        (1, "software"),
+        (recipe.lost["slot"], "hardware"),
+    ], detected
+    assert detected[0]["details"]["detected_by"] == "exit"
+    assert all(e["details"]["failure"] >= 1000 for e in detected)  # unscheduled: real ones
+
+
+def test_crashed_rank_taken_by_a_warm_spare_survivor_keeps_its_process(recipe: Outcome) -> None:
+    before, after = recipe.crashed["before"], recipe.crashed["after"]
+    spare = int(after[1]["trainers"]["1"])
+    assert spare != recipe.crashed["pid"]
+    assert spare in before[1]["spares"]  # started before the crash: warm
+    assert after[0]["trainers"]["0"] == before[0]["trainers"]["0"]  # recovered in process
+
+
+def test_lost_node_replaced_by_a_standby_agent(recipe: Outcome) -> None:
+    cluster = recipe.cluster
+    slot = recipe.lost["slot"]
+    replacement = recipe.lost["members"][slot]
+    assert replacement in STANDBY_IDS
+    requested = [
+        e
+        for e in read_events(cluster.run_dir / "events", "agent-*.jsonl")
+        if e["kind"] == "replacement_requested"
+    ]
+    assert [(e["node"], e["details"]["source"], e["details"]["node_id"]) for e in requested] == [
+        (slot, "standby", replacement)
+    ]
+    # The standby agent's own trainer trained the slot's rank in the last attempt.
+    record = json.loads((cluster.run_dir / "pids" / f"{replacement}.json").read_text())
+    assert [a["attempt"] for a in record["assignments"]] == [3]
+
+
+def test_a_client_without_the_secret_is_refused(recipe: Outcome) -> None:
+    auth = recipe.auth
+    assert auth["kv"].startswith("refused"), auth
+    assert auth["store"].startswith("refused"), auth
+    assert auth["kv_with_token"] is not None and auth["store_with_token"] == 0, auth
+    assert auth["stranger_key"] is None, auth
+
+
+def test_nothing_left_behind(recipe: Outcome) -> None:
+    assert recipe.alive_after == [] and recipe.shm_after == []
