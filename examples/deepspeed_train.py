@@ -4,21 +4,22 @@ A small MLP learns a fixed random linear map; each rank's batches are a pure fun
 (seed, rank, iteration), so a resumed run reads exactly the batches the uninterrupted run would
 have. The whole training state of every rank (module, ZeRO partition of fp32 master weights and
 Adam state, LR scheduler, step counters, generators) goes out through
-``gemini_ckpt.adapters.deepspeed.state_dict`` and back through ``load_state_dict``; the
-checkpoint engine (``real.engine.GeminiCheckpointer``) keeps it in the node stores' memory.
+``gemini_ckpt.adapters.deepspeed.state_dict`` and back through ``load_state_dict``;
+``gemini_ckpt.Checkpointer`` keeps it in memory: in a store daemon per node that outlives
+torchrun's worker restarts, and in ``--replicas`` - 1 peers' (on several nodes).
 
-One machine, CPU and gloo, ZeRO-3 on two ranks::
+One machine, CPU and gloo, ZeRO-3 on two ranks; a failed worker makes torchrun restart them all
+(``--max-restarts``), and they resume from memory::
 
-    export GEMINI_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(16))')
-    python -m real.engine.store --node 0 &      # prints: node 0 store serving on HOST:PORT
-    export GEMINI_STORE_ADDRS=HOST:PORT         # one store per node, in node order
-    DS_ACCELERATOR=cpu torchrun --nproc-per-node 2 examples/deepspeed_train.py --zero-stage 3
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 DS_ACCELERATOR=cpu torchrun --nnodes 1 \\
+        --nproc-per-node 2 --max-restarts 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:29500 \\
+        examples/deepspeed_train.py --zero-stage 3
 
-Kill a rank (or set ``GEMINI_CRASH_AT_ITERATION=12 GEMINI_CRASH_RANK=1``, ``real.inject``) and
-run the same torchrun line again: every rank restores the newest iteration all ranks hold in
-memory and trains on; the last line of each rank (``state sha256 ...``) equals that of a run
-that never failed. On several nodes, start one store per node and list all of them in
-``GEMINI_STORE_ADDRS``; each node's checkpoints are replicated to ``--replicas`` - 1 peers.
+torch 2.13's torchrun hands restarted workers the dead ones' addresses from its shared store
+(pytorch#135712) unless ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, and a restart needs the c10d
+rendezvous. ``GEMINI_CRASH_AT_ITERATION=12 GEMINI_CRASH_RANK=1`` (``real.inject``) kills rank 1
+there in the first attempt. The last line of each rank (``state sha256 ...``) equals that of a
+run that never failed.
 """
 
 from __future__ import annotations
@@ -37,12 +38,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from gemini_ckpt import Checkpointer
 from gemini_ckpt.adapters import deepspeed as ds_state
-from real.engine import GeminiCheckpointer
 from real.inject import crash_point_from_env, maybe_crash
 from real.procgroup import leave_process_group
 from real.state import flatten_state
-from shared.scenario import Scenario
 
 log = logging.getLogger("deepspeed_train")
 
@@ -50,7 +50,7 @@ FEATURES, HIDDEN, OUTPUTS = 16, 64, 4
 
 
 def init_distributed() -> None:
-    """Join torchrun's process group (gloo on CPU, NCCL on GPU) through DeepSpeed.
+    """Let DeepSpeed take the process group (formed from torchrun's environment if none is).
 
     ``deepspeed.init_distributed`` would JIT-compile its shared-memory collectives first
     (minutes on a small CPU machine), which gloo does not need.
@@ -130,32 +130,6 @@ def combined_digest(digests: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
 
 
-def make_checkpointer(replicas: int, run_dir: Path) -> GeminiCheckpointer:
-    """The in-memory checkpoint engine for this rank, from torchrun's environment.
-
-    The node stores' addresses and the job's secret come from ``GEMINI_STORE_ADDRS`` and
-    ``GEMINI_TOKEN``; every rank constructs its checkpointer at the same point.
-    """
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    nodes = max(world // per_node, 1)
-    scenario = Scenario.model_validate(
-        {
-            "name": "deepspeed-example",
-            "cluster": {"nodes": nodes, "accelerators_per_node": per_node},
-            "checkpoint": {"replicas": min(replicas, nodes), "profiling_iterations": 2},
-        }
-    )
-    return GeminiCheckpointer(
-        scenario=scenario,
-        rank=rank,
-        world_size=world,
-        node=rank // per_node,
-        local_rank=int(os.environ.get("LOCAL_RANK", rank % per_node)),
-        run_dir=run_dir,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=3)
@@ -168,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank %(process)d: %(message)s")
     torch.set_flush_denormal(True)
 
+    # Rank, world and node from torchrun's environment; it forms the process group (afresh on
+    # every torchrun attempt), which DeepSpeed then uses.
+    checkpointer = Checkpointer(replicas=args.replicas, run_dir=args.out)
     init_distributed()
     engine = build_engine(args.zero_stage, bf16=args.bf16, seed=args.seed)
     rank = engine.global_rank
-    checkpointer = make_checkpointer(args.replicas, args.out)
-    crash = crash_point_from_env()
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    crash = crash_point_from_env() if first_attempt else None
     start = 1
     restored = checkpointer.restore()
     if restored is not None:
