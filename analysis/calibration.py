@@ -26,6 +26,26 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       save_time_s: 0.1              # the baseline's blocking save, from its runs
     overrides: [cluster.copy_bandwidth_gbyte_s=5.8, ...]
 
+``gemini-ckpt run`` calibrates first with micro-measurements of an in-process recovery
+(``real.calibrate.measure_recovery``, a few seconds, never the scenario's own run) and writes
+``OUT/calibration.yaml`` with ``source: micro``::
+
+    measurements:
+      spare_join_s: 0.38          # a warm rank joins a fresh group and builds the model + DDP
+      rejoin_s: 0.35              # a survivor leaves its group, joins a fresh one, re-wraps DDP
+      park_s: 0.01                # a survivor tears its broken group down
+      collective_failure_s: 0.06  # a peer vanishes -> the survivor's all-reduce raises
+      probe_s: 0.0002             # a probe round trip (live and refused)
+      exit_notice_s: 0.01         # SIGKILL of a child -> its parent reaps it
+      state_load_s: 0.05          # loading a copy of the state into model and optimizer
+      agent_poll_s: 0.02          # the harness's polling periods (its constants)
+      root_poll_s: 0.05
+      micro_iteration_time_s: 0.1 # the scenario's model on recovery_ranks ranks
+      micro_iteration_phases: [...]
+
+``recovery_costs`` turns them into the scenario's recovery costs (the rules are in its
+docstring).
+
 ``calibration_overrides`` is the one rule that maps measurements to ``key=value`` overrides,
 which ``gemini-ckpt sim --set`` (or ``--calibration FILE``) applies. ``measurements_from_runs``
 takes the recovery costs the simulator models as constants (stop, restart, software detection,
@@ -39,7 +59,7 @@ Pure functions; no torch. The loader is strict about types and says which key is
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +94,70 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
+def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
+    """The in-process recovery's costs from micro-measurements (``source: micro``), s.
+
+    The harness's agents poll every ``agent_poll_s`` and its root every ``root_poll_s``; a
+    message waits half a period on average at each hop:
+
+    - ``detection.exit_report_s`` = exit notice + agent poll / 2 + root poll / 2;
+    - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
+      report) + root poll / 2 + probe round trip;
+    - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop) + park + agent poll / 2
+      (the abort settles) + root poll / 2 (the root reads the acknowledgements);
+    - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
+      a spare's join and a survivor's rejoin (every rank waits for the group);
+    - ``recovery.retrieval_overhead_s`` = loading the state into model and optimizer;
+    - the iteration (``micro_iteration_time_s`` and its phases): measured on
+      ``recovery_ranks`` ranks; when the scenario's ranks all share this host
+      (``single_host``) and outnumber its CPUs, each gets a smaller share of them, so the
+      iteration is scaled by ``max(1, world_size / cpus) / max(1, recovery_ranks / cpus)``
+      (returned as ``iteration_scale``).
+
+    Only what was measured is returned.
+    """
+    agent = _number(measurements, "agent_poll_s") or 0.0
+    root = _number(measurements, "root_poll_s") or 0.0
+    hop = agent / 2 + root / 2
+    out: dict[str, float] = {}
+    notice = _number(measurements, "exit_notice_s")
+    if notice is not None:
+        out["exit_report_s"] = notice + hop
+    failure = _number(measurements, "collective_failure_s")
+    probe = _number(measurements, "probe_s")
+    if failure is not None:
+        out["probe_detection_s"] = failure + hop + (probe or 0.0)
+    park = _number(measurements, "park_s")
+    if park is not None:
+        out["stop_s"] = agent / 2 + park + hop
+    joins = [
+        v
+        for v in (_number(measurements, "spare_join_s"), _number(measurements, "rejoin_s"))
+        if v is not None
+    ]
+    if joins:
+        out["restart_s"] = agent / 2 + max(joins)
+    load = _number(measurements, "state_load_s")
+    if load is not None:
+        out["retrieval_overhead_s"] = load
+    cpus = _number(measurements, "cpus")
+    world = _number(measurements, "world_size")
+    ranks = _number(measurements, "recovery_ranks")
+    if cpus and world and ranks and measurements.get("single_host") is True:
+        out["iteration_scale"] = max(1.0, world / cpus) / max(1.0, ranks / cpus)
+    return out
+
+
+MICRO_FIELDS = {
+    "exit_report_s": "detection.exit_report_s",
+    "probe_detection_s": "detection.probe_detection_s",
+    "stop_s": "recovery.stop_s",
+    "restart_s": "recovery.restart_s",
+    "retrieval_overhead_s": "recovery.retrieval_overhead_s",
+}
+"""Costs from ``recovery_costs`` and the scenario fields they set."""
+
+
 def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
     """Scenario overrides (``dotted.key=value``) for the simulator from a calibration.
 
@@ -92,12 +176,45 @@ def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
       are scaled to ``run_iteration_time_s`` when runs measured it (which otherwise replaces
       ``iteration_time_s``).
 
+    Micro-measurements of an in-process recovery (``gemini-ckpt run``'s own calibration) set
+    what they measure by ``recovery_costs``, unless the same cost was measured by runs.
+
     Raises:
         ValueError: a measurement that is not a non-negative number, or a bad phase.
     """
     measurements = calibration.get("measurements", calibration)
     if not isinstance(measurements, Mapping):
         raise ValueError(f"calibration measurements must be a mapping, got {measurements!r}")
+    micro = recovery_costs(measurements)
+    if micro:
+        overrides = _micro_overrides(measurements, micro)
+        return [*overrides, *_plain_overrides(measurements, skip=overrides)]
+    return _plain_overrides(measurements)
+
+
+def _micro_overrides(measurements: Mapping[str, Any], micro: Mapping[str, float]) -> list[str]:
+    overrides = [
+        f"{field}={_fmt(micro[key])}"
+        for key, field in MICRO_FIELDS.items()
+        if key in micro and _number(measurements, key) is None  # runs measured it: theirs
+    ]
+    iteration = _number(measurements, "micro_iteration_time_s")
+    # Runs, or a profile of the scenario's whole world size, say more about the iteration.
+    measured = ("run_iteration_time_s", "iteration_time_s", "iteration_phases")
+    if iteration and not any(measurements.get(key) for key in measured):
+        scale = micro.get("iteration_scale", 1.0)
+        phases = measurements.get("micro_iteration_phases")
+        if phases:
+            overrides.append(f"training.phases={_phases_yaml(phases, iteration * scale)}")
+        else:
+            overrides.append(f"training.iteration_time_s={_fmt(iteration * scale)}")
+    return overrides
+
+
+def _plain_overrides(measurements: Mapping[str, Any], skip: Collection[str] = ()) -> list[str]:
+    """The rules above for everything but the micro-measurements; ``skip``: overrides
+    already made (their fields are left alone)."""
+    fields = {o.split("=", 1)[0] for o in skip}
     overrides: list[str] = []
     phases = measurements.get("iteration_phases")
     for key, field in MEASUREMENTS.items():
@@ -136,7 +253,9 @@ def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
     elif run_iteration:
         overrides = [o for o in overrides if not o.startswith("training.iteration_time_s=")]
         overrides.append(f"training.iteration_time_s={_fmt(run_iteration)}")
-    return overrides
+    if any(f.startswith("training.") for f in fields):
+        overrides = [o for o in overrides if not o.startswith("training.")]
+    return [o for o in overrides if o.split("=", 1)[0] not in fields]
 
 
 def _phases_yaml(phases: Any, total_s: float | None = None) -> str:

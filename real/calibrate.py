@@ -11,9 +11,14 @@ runs on, and returns the ``measurements`` mapping of a calibration file (see
   emulated cluster's links; replication and peer retrieval use them);
 - **storage**: writing a file and ``fsync``-ing it in the run folder's filesystem, then reading
   it back after asking the kernel to drop it from the page cache (the persistent tier);
-- **process start**: a fresh Python importing torch (every restart starts trainers);
-- **restart, end to end**: spawning the scenario's ranks until their gloo process group has
-  formed (the ``restart`` phase), and the process group formation alone;
+- **process start**: a fresh Python importing torch (a cold replacement node's trainers);
+- **cold restart, end to end**: spawning the scenario's ranks until their gloo process group
+  has formed (``cold_restart_s``: what a restart cost before in-process recovery), and the
+  process group formation alone;
+- **in-process recovery** (``measure_recovery``, also what ``gemini-ckpt run`` measures
+  first): two warm ranks time a spare's join and a survivor's rejoin, a collective failing when
+  a peer vanishes, the teardown that follows and loading a state; a probe round trip and the
+  notice of a killed child;
 - **iteration profile**: the scenario's model trained with DDP on its world size for a few
   iterations, timed, with the communication profiled by ``real.engine.profiler.CommProfiler``
   so the simulator gets the same compute / communication phases.
@@ -23,6 +28,7 @@ Every benchmark is bounded in size and time; ``quick=True`` shrinks them for tes
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -299,6 +305,299 @@ def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str,
     }
 
 
+# --- recovery micro-measurements (``gemini-ckpt run`` calibrates with these first) -------------
+
+RECOVERY_RANKS = 2
+"""Ranks of the recovery micro-benchmark: enough for a process group, a DDP all-reduce and a
+peer that vanishes, few enough to start in a couple of seconds."""
+
+
+def _recovery_rank_main(
+    rank: int,
+    ports: tuple[int, int],
+    scenario: str,
+    overrides: Sequence[str],
+    iterations: int,
+    results: Any,
+    go: Any,
+) -> None:
+    """One rank of the recovery micro-benchmark, already started and warm (torch imported,
+    a first optimizer step taken: what a warm spare has paid before it is needed).
+
+    Times, per rank: joining a fresh process group and building the scenario's trainer (a
+    spare taking a dead rank: group, model, DDP wrapper, bucket warm-up); a few iterations and
+    their communication profile; leaving the group and rejoining a fresh one around the same
+    model (a survivor's in-process rejoin); loading a copy of the state (the fixed part of a
+    restore). Then rank 1 vanishes (``os._exit``) and rank 0 times how long its next
+    all-reduce takes to fail, and how long tearing the broken group down takes (parking).
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    from real.engine.profiler import CommProfiler
+    from real.inprocess import leave_attempt
+    from real.workload.trainer import Trainer, TrainerConfig
+    from shared.scenario_loader import load_scenario
+
+    # As the harness runs its trainers: one thread each (OMP_NUM_THREADS=1), and what the
+    # warm process holds moved out of the collector's sight (real.inprocess.prewarm).
+    torch.set_num_threads(1)
+    gc.collect()
+    gc.freeze()
+    loaded = load_scenario(scenario, overrides)
+    config = TrainerConfig.from_scenario(loaded)
+    timeout = datetime.timedelta(seconds=60)
+    world = RECOVERY_RANKS
+    results.put({"rank": rank, "ready": True})
+    # The parent says go once both ranks are warm: what follows is a restart, not a start.
+    go.wait(120)
+    began = time.perf_counter()
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{ports[0]}",
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
+    trainer = Trainer(config, rank=rank, world_size=world)
+    dist.barrier()
+    spare_join_s = time.perf_counter() - began
+    profiler = CommProfiler(iterations)
+    if isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel):
+        profiler.attach(trainer.model)
+    trainer.step()  # first touches, DDP's first-iteration bucketing
+    lengths = []
+    for _ in range(iterations):
+        started = profiler.iteration_begins()
+        trainer.step()
+        lengths.append(time.perf_counter() - started)
+    profiler.iteration_begins()
+    spans = [(s.start_s, s.duration_s) for s in (profiler.spans or ())]
+    state = trainer.state()
+    copy = {
+        "model": {k: v.clone() for k, v in state["model"].items()},
+        "optim": _clone_tree(state["optim"]),
+        **{k: v for k, v in state.items() if k not in ("model", "optim")},
+    }
+    began = time.perf_counter()
+    trainer.load_state(copy)
+    load_s = time.perf_counter() - began
+    del profiler
+    dist.barrier()
+    trainer.detach()
+    began = time.perf_counter()
+    leave_attempt(together=False)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{ports[1]}",
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
+    trainer.rejoin()
+    dist.barrier()
+    rejoin_s = time.perf_counter() - began
+    report = {
+        "rank": rank,
+        "spare_join_s": spare_join_s,
+        "rejoin_s": rejoin_s,
+        "load_s": load_s,
+        "iteration_s": statistics.median(lengths),
+        "spans": spans,
+    }
+    if rank == 1:
+        results.put(report)
+        time.sleep(0.3)  # rank 0 is inside its all-reduce by now
+        results.put({"rank": 1, "vanished_at": time.time()})
+        results.close()
+        results.join_thread()  # the queue's feeder thread has written everything
+        os._exit(0)  # a peer that dies: its sockets close with it
+    tensor = torch.zeros(1)
+    try:
+        dist.all_reduce(tensor)
+        failed_at = None
+    except Exception:  # gloo: "Connection closed by peer"
+        failed_at = time.time()
+    began = time.perf_counter()
+    trainer.detach()
+    leave_attempt(together=False)
+    report["park_s"] = time.perf_counter() - began
+    report["failed_at"] = failed_at
+    results.put(report)
+
+
+def _clone_tree(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clone_tree(v) for v in value)
+    return value
+
+
+def _warm_up_torch() -> None:
+    """Pay the lazy imports of a first optimizer step in this process (see
+    ``real.inprocess.prewarm``; without freezing the collector, which is this process's)."""
+    import torch.distributed
+
+    assert torch.distributed.is_available()
+
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.AdamW([parameter], lr=1e-3)
+    (parameter * parameter).sum().backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+
+
+def _probe_round_trip_s(repeats: int = 5) -> float:
+    """A probe of a live agent and of a vanished one (refused), the slower median, s."""
+    from real.coord.probe import ProbeServer, probe
+
+    server = ProbeServer(7, "127.0.0.1")
+    closed = socket.create_server(("127.0.0.1", 0))
+    gone = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    live, refused = [], []
+    try:
+        for _ in range(repeats):
+            began = time.perf_counter()
+            probe(server.address, 7, 1.0)
+            live.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            probe(gone, 8, 1.0)
+            refused.append(time.perf_counter() - began)
+    finally:
+        server.close()
+    return max(statistics.median(live), statistics.median(refused))
+
+
+def _exit_notice_s(repeats: int = 3) -> float:
+    """From SIGKILL of a child process to its parent reaping it (how an agent learns), s."""
+    times = []
+    for _ in range(repeats):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            time.sleep(0.05)
+            began = time.perf_counter()
+            child.kill()
+            child.wait(timeout=10)
+            times.append(time.perf_counter() - began)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+    return statistics.median(times)
+
+
+def _harness_polls() -> dict[str, float]:
+    """The polling periods of the harness's agents and root agent, s (its own constants)."""
+    from real.agent import node_agent, root
+
+    return {"agent_poll_s": float(node_agent.POLL_S), "root_poll_s": float(root.POLL_S)}
+
+
+def measure_recovery(
+    options: CalibrationOptions, progress: Callable[[str], None] = log.info
+) -> dict[str, Any]:
+    """Micro-measurements of what an in-process recovery costs on this machine (seconds).
+
+    Two warm ranks of the scenario's model (their start is not timed: warm spares pay it
+    before they are needed) time a spare's join and a survivor's rejoin, the iteration
+    profile, loading a state, a collective failing when a peer vanishes and the teardown that
+    follows; the parent times a probe round trip and the notice of a killed child. A few
+    seconds; never the scenario's own run. Returns the ``measurements`` (see
+    ``analysis.calibration.recovery_overrides`` for how they become costs).
+    """
+    from shared.scenario_loader import load_scenario
+
+    scenario = load_scenario(options.scenario, options.overrides)
+    progress("probe round trip and exit notice")
+    measurements: dict[str, Any] = {
+        "probe_s": round(_probe_round_trip_s(), 6),
+        "exit_notice_s": round(_exit_notice_s(2 if options.quick else 3), 6),
+        **_harness_polls(),
+    }
+    progress(f"rejoin and iteration profile of {scenario.model.name} on {RECOVERY_RANKS} ranks")
+    # The ranks are forked from a process that has paid what a warm spare pays (torch and
+    # torch.distributed imported, a first optimizer step taken), so they start at once.
+    _warm_up_torch()
+    context = mp.get_context("fork")
+    results = context.Queue()
+    go = context.Event()
+    ports = (free_port(), free_port())
+    iterations = 3 if options.quick else max(3, options.iterations)
+    processes = [
+        context.Process(
+            target=_recovery_rank_main,
+            args=(
+                rank,
+                ports,
+                str(options.scenario),
+                list(options.overrides),
+                iterations,
+                results,
+                go,
+            ),
+            daemon=True,
+        )
+        for rank in range(RECOVERY_RANKS)
+    ]
+    for process in processes:
+        process.start()
+    reports: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 300
+        while sum(1 for r in reports if "iteration_s" in r) < RECOVERY_RANKS or not any(
+            "vanished_at" in r for r in reports
+        ):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("recovery calibration ranks did not finish within 300 s")
+            try:
+                reports.append(results.get(timeout=min(remaining, 5.0)))
+                if sum(1 for r in reports if r.get("ready")) == RECOVERY_RANKS:
+                    go.set()
+            except Exception:  # queue.Empty: check that nobody died early
+                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"recovery calibration rank exited with code {dead[0].exitcode}; "
+                        "run with -v for its output"
+                    ) from None
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+    ranks = [r for r in reports if "iteration_s" in r]
+    rank0 = next(r for r in ranks if r["rank"] == 0)
+    vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)
+    cpus = os.cpu_count() or 1
+    world = scenario.cluster.nodes * scenario.cluster.accelerators_per_node
+    measurements.update(
+        {
+            "spare_join_s": round(max(r["spare_join_s"] for r in ranks), 6),
+            "rejoin_s": round(max(r["rejoin_s"] for r in ranks), 6),
+            "state_load_s": round(max(r["load_s"] for r in ranks), 6),
+            "park_s": round(float(rank0["park_s"]), 6),
+            "collective_failure_s": round(
+                max(0.0, float(rank0["failed_at"] or vanished) - vanished), 6
+            ),
+            "recovery_ranks": RECOVERY_RANKS,
+            "cpus": cpus,
+            "world_size": world,
+            "single_host": scenario.cluster.single_host,
+            "micro_iteration_time_s": round(statistics.median(r["iteration_s"] for r in ranks), 6),
+        }
+    )
+    phases = _phases(rank0["iteration_s"], rank0["spans"])
+    if phases:
+        measurements["micro_iteration_phases"] = phases
+    return measurements
+
+
 def measure(
     options: CalibrationOptions, progress: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
@@ -322,11 +621,14 @@ def measure(
     measurements["process_start_s"] = round(process_start_s(1 if options.quick else 3), 4)
     progress(f"restart of {world} ranks and iteration profile of {scenario.model.name}")
     spawned = restart_and_iterations(options, world)
-    measurements["restart_s"] = round(spawned["restart_s"], 4)
+    # A cold start of every rank: what a restart cost before in-process recovery; the
+    # restart is now a rejoin (measure_recovery below).
+    measurements["cold_restart_s"] = round(spawned["restart_s"], 4)
     measurements["process_group_s"] = round(spawned["process_group_s"], 4)
     measurements["iteration_time_s"] = round(spawned["iteration_time_s"], 6)
     if spawned["iteration_phases"]:
         measurements["iteration_phases"] = spawned["iteration_phases"]
+    measurements.update(measure_recovery(options, progress))
     return {
         "version": 1,
         "machine": {

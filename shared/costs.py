@@ -374,6 +374,27 @@ def iteration_communication_s(
 # --- Checkpoint size and compute ------------------------------------------------------------
 
 
+def node_checkpoint_bytes(
+    job_bytes: float, *, nodes: int, ranks_per_node: int, parallelism: str
+) -> float:
+    """Bytes one node checkpoints (its ranks' states together).
+
+    Under ZeRO-3 (FSDP) the job's state is sharded: each node holds ``job_bytes / nodes``.
+    Under DDP every rank holds the whole model and optimizer state, and each checkpoints it
+    (as the real harness does): ``job_bytes * ranks_per_node``; the job's checkpoint is then
+    ``nodes`` times that.
+
+    Args:
+        job_bytes: one full copy of the model and optimizer state, bytes.
+        nodes: N.
+        ranks_per_node: ranks (accelerators) per node.
+        parallelism: "ddp" or "zero3".
+    """
+    if parallelism == "ddp":
+        return job_bytes * ranks_per_node
+    return job_bytes / nodes
+
+
 def checkpoint_bytes(
     parameters: int,
     *,

@@ -28,6 +28,7 @@ from sim.training import (
     IterationProfile,
     SteadyIteration,
     iteration_profile,
+    node_shard_bytes,
     steady_iteration,
     traffic_plan,
 )
@@ -45,7 +46,8 @@ class SimModel:
 
     @property
     def shard_bytes(self) -> float:
-        return self.scenario.checkpoint_bytes_per_node
+        """Bytes one node checkpoints (``node_shard_bytes``)."""
+        return node_shard_bytes(self.scenario)
 
     @property
     def facts(self) -> SimFacts:
@@ -80,7 +82,7 @@ def build_model(scenario: Scenario) -> SimModel:
     )
     profile = iteration_profile(scenario)
     base_s = profile.iteration_s
-    shard = scenario.checkpoint_bytes_per_node
+    shard = node_shard_bytes(scenario)
     blocking, upload = persistent_save_times(scenario)
     if ckpt.strategy == "gemini":
         steady = steady_iteration(

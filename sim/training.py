@@ -162,6 +162,18 @@ def _layout(parallelism: str, compute_s: float, communication_s: float) -> tuple
     return tuple(p for p in phases if p.duration_s > 0)
 
 
+def node_shard_bytes(scenario: Scenario) -> float:
+    """Bytes one node checkpoints: its share of a ZeRO-3 job's state, or under DDP, where every
+    rank holds the whole state, a full copy per rank (``shared.costs.node_checkpoint_bytes``)."""
+    cluster = scenario.cluster
+    return costs.node_checkpoint_bytes(
+        scenario.model.checkpoint_bytes,
+        nodes=cluster.nodes,
+        ranks_per_node=cluster.accelerators_per_node,
+        parallelism=scenario.training.parallelism,
+    )
+
+
 def traffic_plan(
     scenario: Scenario, profile: IterationProfile, destinations: Sequence[int]
 ) -> TrafficPlan:
@@ -170,7 +182,7 @@ def traffic_plan(
     spans = profile.idle_spans() if ckpt.traffic == "interleaved" else ()
     return plan_traffic(
         spans,
-        round(scenario.checkpoint_bytes_per_node),
+        round(node_shard_bytes(scenario)),
         destinations,
         bandwidth_bytes_per_s=scenario.cluster.network_bytes_per_s,
         alpha_s=scenario.cluster.network_alpha_s,
@@ -188,7 +200,7 @@ def steady_iteration(
     bandwidth = scenario.cluster.network_bytes_per_s
     network = FlowNetwork(env, {"uplink": bandwidth})
     alpha = scenario.cluster.network_alpha_s
-    capture_s = scenario.checkpoint_bytes_per_node / scenario.cluster.copy_bytes_per_s
+    capture_s = node_shard_bytes(scenario) / scenario.cluster.copy_bytes_per_s
     blocking = scenario.checkpoint.traffic == "blocking"
     marks: dict[str, float] = {}
 

@@ -15,8 +15,15 @@ The baseline is the same scenario with ``checkpoint.strategy=persistent``; when 
 names no persistent interval, it saves every K iterations by the HighFreq rule, K = ceil(t_save /
 T_iter) from the scenario's save cost and iteration time (``baseline_overrides``).
 
-A calibration file (``--calibration``, from ``gemini-ckpt calibrate``) adds its overrides to the
-simulated runs only; the scenarios it was calibrated on are left out of the validation median.
+Before it simulates, the job **calibrates this machine** (``OUT/calibration.yaml``, a few
+seconds): micro-benchmarks of an in-process recovery (``real.calibrate.measure_recovery``: a
+warm rank joining and rejoining a gloo group around the scenario's model, a collective failing
+when a peer vanishes, a probe round trip, a killed child's exit notice, loading a state, the
+iteration), turned into recovery costs by ``analysis.calibration.recovery_costs``. So the
+prediction is made on the machine that then measures, and never from the run it is compared
+with. A calibration file (``--calibration``, from ``gemini-ckpt calibrate``) replaces it; its
+overrides go to the simulated runs only, and the scenarios it was calibrated on are left out
+of the validation median. ``--no-calibrate`` simulates the scenario's own values.
 
 Ctrl-C (or SIGTERM) stops the running child with SIGTERM, which makes ``gemini-ckpt real`` tear
 its emulated cluster down; a child still alive after a grace period is killed with its process
@@ -139,6 +146,32 @@ class ChildRun:
         self.handle.close()
 
 
+def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> dict[str, Any]:
+    """Measure this machine's recovery costs for ``scenario`` and write ``out/calibration.yaml``.
+
+    Micro-benchmarks only (``real.calibrate.measure_recovery``), never the scenario's run.
+    Returns the calibration document (with its ``overrides``).
+    """
+    import platform
+
+    from analysis.calibration import calibration_overrides, write_calibration
+    from real.calibrate import CalibrationOptions, measure_recovery
+
+    loaded = load_scenario(scenario, overrides)
+    measurements = measure_recovery(CalibrationOptions(scenario, tuple(overrides), out, quick=True))
+    document: dict[str, Any] = {
+        "version": 1,
+        "machine": {"hostname": platform.node(), "cpus": os.cpu_count()},
+        "scenario": loaded.name,
+        "source": "micro",
+        "scenarios_used": [],
+        "measurements": measurements,
+    }
+    write_calibration(out / "calibration.yaml", document)
+    document["overrides"] = calibration_overrides(document)
+    return document
+
+
 def _simulate(scenario_path: Path, overrides: Sequence[str], out: Path) -> None:
     from sim import simulate, write_result
 
@@ -162,6 +195,13 @@ def _simulate(scenario_path: Path, overrides: Sequence[str], out: Path) -> None:
     default=None,
     help="Calibration file (gemini-ckpt calibrate) applied to the simulated runs.",
 )
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=True,
+    show_default=True,
+    help="Measure this machine's recovery costs first (micro-benchmarks, a few seconds; "
+    "OUT/calibration.yaml) and simulate with them.",
+)
 @click.option("--real/--no-real", default=True, show_default=True, help="Run the real harness.")
 @click.option(
     "--sweep/--no-sweep", default=True, show_default=True, help="Simulate the ETTR sweep."
@@ -178,6 +218,7 @@ def command(
     out: Path | None,
     overrides: tuple[str, ...],
     calibration: Path | None,
+    calibrate: bool,
     real: bool,
     sweep: bool,
     gif: bool,
@@ -199,8 +240,17 @@ def command(
             raise click.BadParameter(str(error), param_hint="--calibration") from error
         sim_extra = calibration_overrides(document)
         calibrated_on = calibration_scenarios(document)
+    elif calibrate:
+        console.print("calibrating this machine (micro-benchmarks of an in-process recovery)")
+        began = time.monotonic()
+        try:
+            sim_extra = calibrate_machine(scenario, overrides, out)["overrides"]
+        except (OSError, RuntimeError, TimeoutError) as error:
+            raise click.ClickException(f"calibration failed: {error}") from error
+        console.print(f"calibrated in {time.monotonic() - began:.1f} s: {out / 'calibration.yaml'}")
     base = list(overrides)
-    baseline = baseline_overrides(loaded)
+    # The baseline's interval (HighFreq) from the iteration this machine runs.
+    baseline = baseline_overrides(load_scenario(scenario, [*overrides, *sim_extra]))
     # The simulator takes every scenario, whatever its targets.
     jobs: list[tuple[str, str, list[str]]] = [
         ("sim", "sim-gemini", [*base, "checkpoint.strategy=gemini", *sim_extra]),

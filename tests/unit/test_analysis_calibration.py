@@ -130,3 +130,44 @@ def test_recovery_costs_from_measured_runs(tmp_path: Path) -> None:
             "save_time_s": 0.3,  # the baseline's blocking saves: 0.1, 0.3, 0.4 s
         }
     )
+
+
+MICRO = {
+    "exit_notice_s": 0.01,
+    "collective_failure_s": 0.06,
+    "probe_s": 0.002,
+    "park_s": 0.004,
+    "spare_join_s": 0.3,
+    "rejoin_s": 0.2,
+    "state_load_s": 0.05,
+    "agent_poll_s": 0.02,
+    "root_poll_s": 0.05,
+    "micro_iteration_time_s": 0.1,
+    "micro_iteration_phases": [["compute", 0.06], ["communication", 0.04]],
+    "recovery_ranks": 2,
+    "cpus": 2,
+    "world_size": 4,
+    "single_host": True,
+}
+
+
+def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> None:
+    # A message waits half a poll at each hop: agent 0.01 + root 0.025 = 0.035 s.
+    scenario = load_scenario(REPO / "scenarios" / "quickstart.yaml", calibration_overrides(MICRO))
+    detection, recovery = scenario.detection, scenario.recovery
+    assert detection.exit_report_s == pytest.approx(0.01 + 0.035)
+    assert detection.probe_detection_s == pytest.approx(0.06 + 0.035 + 0.002)
+    assert recovery.stop_s == pytest.approx(0.01 + 0.004 + 0.035)
+    assert recovery.restart_s == pytest.approx(0.01 + 0.3)  # the slower of join and rejoin
+    assert recovery.retrieval_overhead_s == pytest.approx(0.05)
+    # 4 ranks share 2 CPUs where the micro-benchmark's 2 ranks had one each: twice as long.
+    phases = scenario.training.phases
+    assert phases is not None
+    assert [p.kind for p in phases] == ["compute", "communication"]
+    assert [p.duration_s for p in phases] == pytest.approx([0.12, 0.08])
+    # Runs that measured a cost keep theirs.
+    overrides = calibration_overrides({**MICRO, "restart_s": 0.9, "run_iteration_time_s": 0.3})
+    assert "recovery.restart_s=0.9" in overrides
+    assert "recovery.restart_s=0.31" not in overrides
+    assert not any(o.startswith("training.phases=") for o in overrides)
+    assert "training.iteration_time_s=0.3" in overrides

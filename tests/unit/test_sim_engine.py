@@ -10,14 +10,16 @@ from shared.scenario_loader import parse_scenario
 from sim import simulate
 
 # 4 nodes, groups {0,1} {2,3}; iteration = 0.6 s compute (the idle span) + 0.4 s all-reduce.
-# Shard 3 MB per node: replicated in 3 chunks of 1 MB at 1 GB/s inside the span (3 ms), captured
-# over a 0.3 GB/s copy engine (10 ms): every checkpoint commits 10 ms after its iteration ends.
+# ZeRO-3 shards the 12 MB state: 3 MB per node, replicated in 3 chunks of 1 MB at 1 GB/s inside
+# the span (3 ms), captured over a 0.3 GB/s copy engine (10 ms): every checkpoint commits 10 ms
+# after its iteration ends.
 TINY = """
 name: tiny
 cluster: {nodes: 4, standby_nodes: 1, replacement_s: 0.5, network_bandwidth_gbit_s: 8,
           network_alpha_s: 0, copy_bandwidth_gbyte_s: 0.3}
 model: {parameters: 1.0e+6}
 training:
+  parallelism: zero3
   phases: [{kind: compute, duration_s: 0.6}, {kind: communication, duration_s: 0.4}]
 checkpoint: {replicas: 2, placement: group, buffer_mb: 1, sub_buffers: 1}
 failures:
@@ -335,3 +337,16 @@ def test_standby_agents_run_out_then_replacements_start_cold() -> None:
     assert [f.replacement_s for f in result.summary.failures] == pytest.approx([0.5, 0.75])
     requested = [e.details["standby"] for e in result.events if e.kind == "replacement_requested"]
     assert requested == ["warm", "cold"]
+
+
+def test_under_ddp_every_rank_checkpoints_the_whole_state() -> None:
+    # DDP: each rank holds the full 12 MB (1M parameters x 12 bytes), as the harness saves it.
+    from sim.model import build_model
+
+    assert build_model(parse_scenario(TINY)).shard_bytes == pytest.approx(3e6)
+    ddp = parse_scenario(TINY, overrides=["training.parallelism=ddp"])
+    assert build_model(ddp).shard_bytes == pytest.approx(12e6)
+    two_ranks = parse_scenario(
+        TINY, overrides=["training.parallelism=ddp", "cluster.accelerators_per_node=2"]
+    )
+    assert build_model(two_ranks).shard_bytes == pytest.approx(24e6)

@@ -1,0 +1,75 @@
+"""``gemini-ckpt run`` calibrates this machine with micro-measurements before it simulates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.calibration import load_calibration
+from gemini_ckpt.cli import main
+from shared.summary import read_summary
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
+
+
+def test_run_simulates_with_the_costs_its_micro_calibration_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import real.calibrate
+    import sim
+
+    calls: list[str] = []
+    measured = {
+        "exit_notice_s": 0.2,
+        "collective_failure_s": 0.1,
+        "probe_s": 0.0,
+        "park_s": 0.3,
+        "spare_join_s": 0.7,
+        "rejoin_s": 0.4,
+        "state_load_s": 0.25,
+        "agent_poll_s": 0.02,
+        "root_poll_s": 0.06,
+    }
+
+    def fake_measure(options: Any, progress: Any = None) -> dict[str, Any]:
+        assert options.scenario == QUICKSTART  # the scenario's model, not a run of it
+        calls.append("calibrate")
+        return dict(measured)
+
+    simulate = sim.simulate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("simulate")
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(real.calibrate, "measure_recovery", fake_measure)
+    monkeypatch.setattr(sim, "simulate", spy)
+    out = tmp_path / "q"
+    args = ["run", str(QUICKSTART), "--out", str(out), "--no-real", "--no-sweep"]
+    assert main([*args, "--no-gif", "--no-video"]) == 0
+    assert calls == ["calibrate", "simulate", "simulate"]
+    calibration = load_calibration(out / "calibration.yaml")
+    assert calibration["source"] == "micro" and calibration["scenarios_used"] == []
+    assert calibration["measurements"] == measured
+    crash, lost = read_summary(out / "sim-gemini" / "summary.json").failures
+    hop = 0.01 + 0.03  # half an agent poll and half a root poll
+    assert crash.detection_s == pytest.approx(0.2 + hop)
+    for failure in (crash, lost):
+        assert failure.stop_s == pytest.approx(0.01 + 0.3 + hop)
+        assert failure.restart_s == pytest.approx(0.01 + 0.7)
+
+
+def test_the_micro_calibration_measures_this_machine(tmp_path: Path) -> None:
+    from real.calibrate import CalibrationOptions, measure_recovery
+
+    measured = measure_recovery(CalibrationOptions(QUICKSTART, (), tmp_path, quick=True))
+    for key in ("spare_join_s", "rejoin_s", "park_s", "state_load_s", "micro_iteration_time_s"):
+        assert 0 < measured[key] < 60, key
+    # The survivor's all-reduce failed when its peer vanished, well before the 60 s timeout.
+    assert 0 <= measured["collective_failure_s"] < 30
+    assert 0 < measured["probe_s"] < 1.0
+    assert measured["world_size"] == 4 and measured["recovery_ranks"] == 2
+    assert [kind for kind, _ in measured["micro_iteration_phases"]].count("communication") >= 1
