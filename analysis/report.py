@@ -11,8 +11,10 @@
   ``slides.html`` (``analysis.slides``: one slide per figure) and ``demo.mp4``
   (``analysis.video``: one recovery, simulated and measured side by side).
 
-Tables: the runs; Gemini against the baseline (mean wasted time and downtime per failure and
-the speedups); the validation table (predicted against measured downtime per scenario, whether
+Tables: first the **lead**, Gemini against the baseline per failure kind (wasted time and
+downtime per failure, measured, with the simulator's prediction beside each figure); the
+runs; Gemini against the baseline (mean wasted time and downtime per failure and the
+speedups); the validation table (predicted against measured downtime per scenario, whether
 the median error meets the 10% goal, and where it misses); the per-phase errors of every matched
 failure. Figures: see ``analysis.plots`` and ``analysis.timeline``.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import statistics
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ from analysis.compare import (
     validate,
 )
 from analysis.results import RunResult, pair_runs
+from shared.summary import FailureRecord, RunSummary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -113,6 +117,109 @@ def _pct(value: float | None) -> str:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}x"
+
+
+KIND_LABELS = {"software": "trainer crash", "hardware": "lost node"}
+
+
+def _kind_means(summary: RunSummary) -> dict[str, tuple[float, float, int]]:
+    """Per failure kind: (mean wasted, mean downtime, failures) over complete failures."""
+    by_kind: dict[str, list[FailureRecord]] = {}
+    for failure in summary.failures:
+        if failure.complete:
+            by_kind.setdefault(failure.kind, []).append(failure)
+    return {
+        kind: (
+            statistics.fmean(f.wasted_s for f in failures),
+            statistics.fmean(f.downtime_s for f in failures),
+            len(failures),
+        )
+        for kind, failures in by_kind.items()
+    }
+
+
+def lead_table(runs: Sequence[RunResult]) -> Table:
+    """Gemini against the baseline per failure kind: measured, the simulator beside it.
+
+    One row per scenario and failure kind: mean wasted time and downtime per failure of each
+    strategy and the speedups (baseline / Gemini), each measured figure followed by the
+    simulator's prediction in parentheses; a scenario without measured runs shows the
+    simulator's figures alone.
+    """
+    found: dict[tuple[str, str, str], RunSummary] = {}
+    for run in runs:
+        found.setdefault((run.scenario, run.source, run.strategy), run.summary)
+    scenarios = sorted({scenario for scenario, _, _ in found})
+    rows = []
+    for scenario in scenarios:
+        means = {
+            (source, strategy): _kind_means(summary)
+            for (name, source, strategy), summary in found.items()
+            if name == scenario
+        }
+        lead = "real" if any(source == "real" for source, _ in means) else "sim"
+        kinds = sorted({k for kinds in means.values() for k in kinds}, key=_kind_order)
+        rows += [_lead_row(scenario, kind, means, lead) for kind in kinds]
+    headers = [
+        "scenario",
+        "failure",
+        "wasted Gemini",
+        "wasted baseline",
+        "speedup (wasted)",
+        "downtime Gemini",
+        "downtime baseline",
+        "speedup (downtime)",
+    ]
+    note = (
+        "Per failure, mean over the failures of each kind: measured on the emulated cluster, "
+        "the simulator's prediction (made before the run, from this machine's calibration) in "
+        "parentheses. Wasted time = lost progress + retrieval; downtime = failure to training "
+        "resumed; speedup = baseline / Gemini."
+    )
+    return Table("Gemini vs the persistent-storage baseline, per failure", headers, rows, note)
+
+
+KindMeans = dict[tuple[str, str], dict[str, tuple[float, float, int]]]
+
+
+def _lead_row(scenario: str, kind: str, means: KindMeans, lead: str) -> Row:
+    """One row of ``lead_table``; ``lead`` is the source shown first (real when measured)."""
+    sources = (lead, "sim") if lead == "real" else (lead,)
+
+    def figure(strategy: str, which: int, source: str) -> float | None:
+        value = means.get((source, strategy), {}).get(kind)
+        return None if value is None else value[which]
+
+    def shown(texts: list[str]) -> str:
+        return texts[0] + (f" (sim {texts[1]})" if len(texts) > 1 else "")
+
+    def cell(strategy: str, which: int) -> str:
+        return shown([_s(figure(strategy, which, source)) for source in sources])
+
+    def speedup(which: int) -> str:
+        ratios = []
+        for source in sources:
+            gemini = figure("gemini", which, source)
+            baseline = figure("persistent", which, source)
+            ratios.append(_ratio(baseline / gemini if gemini and baseline else None))
+        return shown(ratios)
+
+    count = max(means.get((lead, s), {}).get(kind, (0, 0, 0))[2] for s in ("gemini", "persistent"))
+    return [
+        scenario,
+        f"{KIND_LABELS.get(kind, kind)} (x{count})",
+        cell("gemini", 0),
+        cell("persistent", 0),
+        speedup(0),
+        cell("gemini", 1),
+        cell("persistent", 1),
+        speedup(1),
+    ]
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    order = list(KIND_LABELS)
+    return (order.index(kind) if kind in order else len(order), kind)
 
 
 def runs_table(runs: Sequence[RunResult]) -> Table:
@@ -424,6 +531,7 @@ def write_report(
     report = validate(runs, calibration_scenarios=calibration_scenarios)
     comparisons = compare_strategies(runs)
     tables = [
+        lead_table(runs),
         runs_table(runs),
         strategies_table(comparisons),
         validation_table(report),
@@ -439,8 +547,8 @@ def write_report(
     if animation:
         files.animation = _write_animation(runs, figures_dir / "recovery.gif", animation_frames)
 
-    md = [f"# {title}", "", report.verdict, ""]
-    md += [markdown_table(t) for t in tables]
+    md = [f"# {title}", "", markdown_table(tables[0]), report.verdict, ""]
+    md += [markdown_table(t) for t in tables[1:]]
     md.append("## Figures\n")
     for spec, path in sections:
         md += [f"### {spec.title}", "", f"![{spec.title}](figures/{path.name})", "", spec.caption]
@@ -450,8 +558,9 @@ def write_report(
     md += ["", "Runs: " + ", ".join(f"`{run.path}`" for run in runs), ""]
     files.markdown.write_text("\n".join(md), encoding="utf-8")
 
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p><b>{html.escape(report.verdict)}</b></p>"]
-    body += [html_table(t) for t in tables]
+    body = [f"<h1>{html.escape(title)}</h1>", html_table(tables[0])]
+    body.append(f"<p><b>{html.escape(report.verdict)}</b></p>")
+    body += [html_table(t) for t in tables[1:]]
     for spec, path in sections:
         body.append(f"<h2>{html.escape(spec.title)}</h2>")
         body.append(f"<img alt='{html.escape(spec.name)}' src='{_data_uri(path, 'image/png')}'>")

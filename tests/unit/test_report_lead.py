@@ -1,0 +1,47 @@
+"""The report's lead: Gemini against the baseline per failure kind, the simulator beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.report import lead_table, markdown_table
+from analysis.results import load_run
+from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
+
+
+def _run(tmp_path: Path, source: str, strategy: str, retrieval: float, detection: float):
+    failures = (
+        SyntheticFailure(4, "software", (1,), detection, 0.1, 0.0, 0.5, retrieval),
+        SyntheticFailure(9, "hardware", (2,), 2 * detection, 0.1, 0.5, 0.5, 2 * retrieval, "peer"),
+    )
+    run = SyntheticRun(source, strategy, failures=failures)
+    return load_run(write_synthetic_run(tmp_path / f"{source}-{strategy}", run))
+
+
+def test_lead_rows_put_the_prediction_beside_each_measured_figure(tmp_path: Path) -> None:
+    runs = [
+        _run(tmp_path, "real", "gemini", 0.1, 0.2),
+        _run(tmp_path, "real", "persistent", 2.0, 0.2),
+        _run(tmp_path, "sim", "gemini", 0.125, 0.25),
+        _run(tmp_path, "sim", "persistent", 1.5, 0.25),
+    ]
+    table = lead_table(runs)
+    assert [row[1] for row in table.rows] == ["trainer crash (x1)", "lost node (x1)"]
+    crash, lost = table.rows
+    # Nothing is lost (restored = reached), so wasted = retrieval; downtime = the phases.
+    assert crash[2:5] == ["0.1 s (sim 0.125 s)", "2 s (sim 1.5 s)", "20.0x (sim 12.0x)"]
+    # Downtime: detection + stop + restart + retrieval (0.2 + 0.1 + 0.5 + 0.1), sim beside it.
+    assert crash[5:] == ["0.9 s (sim 0.975 s)", "2.8 s (sim 2.35 s)", "3.1x (sim 2.4x)"]
+    assert lost[2:5] == ["0.2 s (sim 0.25 s)", "4 s (sim 3 s)", "20.0x (sim 12.0x)"]
+    assert lost[5] == "1.7 s (sim 1.85 s)"  # with the replacement, 0.5
+    assert "the simulator's prediction" in table.note
+    assert markdown_table(table).startswith("## Gemini vs the persistent-storage baseline")
+
+
+def test_without_measured_runs_the_lead_shows_the_simulator(tmp_path: Path) -> None:
+    runs = [
+        _run(tmp_path, "sim", "gemini", 0.1, 0.2),
+        _run(tmp_path, "sim", "persistent", 2.0, 0.2),
+    ]
+    crash, _ = lead_table(runs).rows
+    assert crash[2:5] == ["0.1 s", "2 s", "20.0x"]
