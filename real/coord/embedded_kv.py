@@ -2,7 +2,7 @@
 
 Where no etcd runs, the agents coordinate through the embedded store process
 (:mod:`real.coord.kvserver`). It gives us plain get/set/delete, an atomic counter (``add``), an
-atomic compare-and-set and a key listing, after a two-way challenge-response with the job's
+atomic compare-and-set and a prefix scan, after a two-way challenge-response with the job's
 secret (``GEMINI_TOKEN``), but **no expiry**: a key stays until someone deletes it. A dead agent
 deletes nothing, so without TTLs its heartbeat key would say "alive" forever. Hence the
 emulation:
@@ -168,8 +168,14 @@ class EmbeddedKV(KeyValueStore):
     def _delete_raw(self, key: str) -> bool:
         return bool(self._call("delete", key)[0].get("deleted"))
 
-    def _list(self, prefix: str = "") -> list[str]:
-        return [str(k) for k in self._call("list", prefix)[0].get("keys", [])]
+    def _scan(self, prefix: str) -> dict[str, bytes]:
+        """Every key under ``prefix`` with its raw value, in one request."""
+        header, payload = self._call("scan", prefix)
+        found, offset = {}, 0
+        for key, size in zip(header.get("keys", []), header.get("sizes", []), strict=True):
+            found[str(key)] = payload[offset : offset + int(size)]
+            offset += int(size)
+        return found
 
     def _record_key(self, lease_id: int) -> str:
         return f"{self.namespace}{LEASE_PREFIX}{lease_id}"
@@ -212,16 +218,22 @@ class EmbeddedKV(KeyValueStore):
         return self._live_value(self._read(self.namespace + key))
 
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        full = self.namespace + prefix
+        # Two requests whatever the number of keys: the values, then (if any value has a
+        # lease) every lease record of the namespace; the root polls this many times a second.
         reserved = self.namespace + "__"
-        cache: dict[int, bool] = {}
+        leases: dict[str, bytes] | None = None
         found: dict[str, bytes] = {}
-        for key in self._list(full):
-            if not key.startswith(full) or key.startswith(reserved):
+        for key, raw in self._scan(self.namespace + prefix).items():
+            if key.startswith(reserved):
                 continue
-            value = self._live_value(self._read(key), cache)
-            if value is not None:
-                found[key[len(self.namespace) :]] = value
+            lease_id, value = _decode(raw)
+            if lease_id != 0:
+                if leases is None:
+                    leases = self._scan(f"{self.namespace}{LEASE_PREFIX}")
+                record = leases.get(self._record_key(lease_id)) if lease_id > 0 else None
+                if record is None or float(record) <= time.time():
+                    continue
+            found[key[len(self.namespace) :]] = value
         return found
 
     def put(self, key: str, value: bytes, lease: Lease | None = None) -> None:

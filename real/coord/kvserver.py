@@ -20,7 +20,7 @@ Requests are frames of the same wire format (JSON header, raw payload), one repl
     compare_set  key, expected_bytes, expected + desired (payload) -> the value now (payload)
     add          key, amount              -> value (the integer after adding)
     delete       key                      -> deleted
-    list         prefix                   -> keys
+    scan         prefix                   -> keys, sizes, their values (payload, concatenated)
 
 ``compare_set`` follows torch's ``TCPStore``: an absent key is set when ``expected`` is empty;
 the reply is always the key's value afterwards (``expected`` itself when the key is absent and
@@ -114,7 +114,7 @@ class KVServer:
     def _handle(
         self, header: dict[str, Any], payload: bytes
     ) -> tuple[dict[str, Any], bytes | None]:
-        op, key = header["op"], header.get("key", header.get("prefix"))
+        op, key = header["op"], header.get("key")
         if not isinstance(key, str):
             raise protocol.ProtocolError(f"{op}: a string key is required")
         with self.lock:
@@ -150,8 +150,10 @@ class KVServer:
                 return {"value": total}, None
             if op == "delete":
                 return {"deleted": self.data.pop(key, None) is not None}, None
-            if op == "list":
-                return {"keys": sorted(k for k in self.data if k.startswith(key))}, None
+            if op == "scan":
+                keys = sorted(k for k in self.data if k.startswith(key))
+                values = [self.data[k] for k in keys]
+                return {"keys": keys, "sizes": [len(v) for v in values]}, b"".join(values)
         raise protocol.ProtocolError(f"unknown op {op!r}")
 
     def stop(self) -> None:
