@@ -423,6 +423,7 @@ def save_persistent_logged(
     process_group: dist.ProcessGroup | None,
     storage_options: Mapping[str, Any] | None,
     keep: int | None,
+    key: str | bytes | None = None,
 ) -> int:
     """:func:`save_persistent` between ``persist_begin`` and ``persist_done`` events (with the
     seconds and bytes; ``blocking``: training waits for it); returns the bytes written."""
@@ -435,6 +436,7 @@ def save_persistent_logged(
         process_group=process_group,
         storage_options=storage_options,
         keep=keep,
+        key=key,
     )
     event_log.emit(
         "persist_done",
@@ -633,6 +635,7 @@ class BackgroundPersister:
         keep: complete checkpoints to keep.
         process_group: group for DCP's collectives, used by no other thread (default: a new
             gloo group).
+        key: the key of the ``.metadata`` sidecars (default: :func:`metadata_key`'s).
     """
 
     def __init__(
@@ -643,8 +646,10 @@ class BackgroundPersister:
         event_log: EventLog | None = None,
         keep: int | None = DEFAULT_KEEP,
         process_group: dist.ProcessGroup | None = None,
+        key: str | bytes | None = None,
     ) -> None:
         PersistentStorage(url, storage_options)  # fail now on a bad URL, not in the thread
+        self._key = metadata_key(key)[0] if key is not None else None
         self.url = url
         self.storage_options = None if storage_options is None else dict(storage_options)
         self.event_log = event_log or EventLog(None, time.time())
@@ -745,5 +750,6 @@ class BackgroundPersister:
             process_group=self._group,
             storage_options=self.storage_options,
             keep=self.keep,
+            key=self._key,
         )
         self.last_persisted = iteration

@@ -19,6 +19,7 @@ from real.baseline import PersistentCheckpointer
 from real.persistent import (
     METADATA_MAC_SUFFIX,
     METADATA_NAME,
+    BackgroundPersister,
     MetadataVerificationError,
     iteration_folder,
     load_persistent,
@@ -136,3 +137,19 @@ def test_the_key_order_and_the_users_key_file(
     os.chmod(path, 0o644)
     with pytest.raises(ValueError, match="chmod 600"):
         metadata_key()
+
+
+def test_the_background_persister_signs_with_the_key_it_is_given(tmp_path: Path) -> None:
+    url = str(tmp_path / "tier")
+    persister = BackgroundPersister(url, key="the-jobs-own-key")
+    persister.submit(ITERATION, _state())
+    persister.close(60)
+    assert persister.errors == [] and persister.last_persisted == ITERATION
+    sidecar = (
+        tmp_path / "tier" / iteration_folder(ITERATION) / (METADATA_NAME + METADATA_MAC_SUFFIX)
+    )
+    assert json.loads(sidecar.read_text())["key"] == "explicit"
+    with pytest.raises(MetadataVerificationError):  # the environment's key is another
+        load_persistent(url, ITERATION, _state(0.0))
+    state = load_persistent(url, ITERATION, _state(0.0), key="the-jobs-own-key")
+    assert torch.equal(state["model"]["w"], _state()["model"]["w"])
