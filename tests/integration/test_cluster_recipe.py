@@ -11,6 +11,10 @@ its ``/dev/shm`` slot files). The proof is state: the script's final weights equ
 tensor and bit for bit, those of a failure-free torchrun run of the same script. The lost node's
 place goes to a standby agent; a client without the job's secret is refused by the running
 key-value store and node stores; nothing is left behind.
+
+The same run in ``netns`` mode (root only, ``-m netns``): the key-value store and every node
+in a network namespace of their own behind a bridge the test creates, each agent on its own
+address (``--host``); a lost node also loses its link.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +43,7 @@ from real.coord import keys
 from real.coord.kv import KeyValueStore, StoreError, connect_kv
 from real.engine.client import StoreClient
 from real.engine.protocol import ProtocolError
+from real.launcher.netns import ip, netns_available
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ddp_train.py"
@@ -99,8 +105,71 @@ def read_events(folder: Path, pattern: str) -> list[dict[str, Any]]:
 
 
 @dataclass
+class Namespaces:
+    """netns mode: one network namespace per machine (the key-value store's and each node's),
+    joined to a bridge of the test's own by veth pairs; deleted by :meth:`teardown`."""
+
+    short: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+    created: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # namespace -> its bridge-side veth
+
+    @property
+    def bridge(self) -> str:
+        return f"gr{self.short}"
+
+    @property
+    def subnet(self) -> str:
+        number = int(self.short, 16)
+        return f"10.{100 + number % 150}.{(number // 150) % 250}"
+
+    def start(self) -> None:
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+
+    def add(self, name: str, index: int) -> tuple[str, str, str]:
+        """Namespace ``gr<id>-<name>`` at ``<subnet>.<index>``: (namespace, address, device)."""
+        namespace = f"{self.bridge}-{name}"
+        outside, inside = f"o{self.short}{name}"[:15], f"i{self.short}{name}"[:15]
+        ip("netns", "add", namespace)
+        self.created.append(namespace)
+        # No name server here: a resolver that fails at once (TCPStore resolves names).
+        etc = Path("/etc/netns") / namespace
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        self.links[namespace] = outside
+        ip("link", "set", inside, "netns", namespace)
+        ip("link", "set", outside, "master", self.bridge)
+        ip("link", "set", outside, "up")
+        address = f"{self.subnet}.{index}"
+        ip("-n", namespace, "addr", "add", f"{address}/24", "dev", inside)
+        for device in (inside, "lo"):
+            ip("-n", namespace, "link", "set", device, "up")
+        ip("-n", namespace, "route", "add", "default", "via", f"{self.subnet}.1")
+        return namespace, address, inside
+
+    def link_down(self, namespace: str) -> None:
+        ip("link", "set", self.links[namespace], "down", check=False)
+
+    def teardown(self) -> None:
+        for outside in self.links.values():
+            ip("link", "del", outside, check=False)
+        for namespace in reversed(self.created):
+            ip("netns", "del", namespace, check=False)
+            shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+        ip("link", "del", self.bridge, check=False)
+
+    def leftovers(self) -> list[str]:
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        return [line for line in (names + links).splitlines() if self.short in line]
+
+
+@dataclass
 class Cluster:
-    """The processes of one job, each started as an independent process; stopped by PID."""
+    """The processes of one job, each started as an independent process; stopped by PID.
+    With ``network``, every machine is a network namespace of its own."""
 
     folder: Path
     scenario: Path
@@ -111,6 +180,8 @@ class Cluster:
     agents: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     seen_pids: set[int] = field(default_factory=set)
     t0: float = field(default_factory=time.time)  # the run's start, one for every process
+    network: Namespaces | None = None
+    namespaces: dict[int, str] = field(default_factory=dict)  # node id -> its namespace
 
     @property
     def run_dir(self) -> Path:
@@ -126,40 +197,55 @@ class Cluster:
             "TMPDIR": str(self.folder / "tmp"),  # whatever a killed process leaves, stays here
         }
 
+    def machine(self, name: str, index: int) -> tuple[list[str], str, dict[str, str]]:
+        """Where a machine's processes run: (command prefix, its address, extra variables)."""
+        if self.network is None:
+            return [], "127.0.0.1", {}
+        namespace, address, device = self.network.add(name, index)
+        # Gloo picks its interface from the host name, which resolves to loopback here.
+        return ["ip", "netns", "exec", namespace], address, {"GLOO_SOCKET_IFNAME": device}
+
+    def spawn(self, command: list[str], name: str, extra: dict[str, str]) -> Any:
+        with open(self.run_dir / "logs" / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                command,
+                env={**self.env(), **extra},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # an agent and its node store: one process group
+            )
+
     def start(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.network is not None:
+            self.network.start()
         port_file = self.folder / "kv.port"
-        with open(self.run_dir / "logs" / "kv.log", "ab") as log:
-            self.kv_server = subprocess.Popen(
-                [sys.executable, "-m", "real.coord.kvserver", f"--port-file={port_file}"],
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        prefix, host, extra = self.machine("ctl", 2)
+        command = [sys.executable, "-m", "real.coord.kvserver", f"--host={host}"]
+        self.kv_server = self.spawn(
+            [*prefix, *command, f"--port-file={port_file}"],
+            "kv",
+            extra,
+        )
         port = poll(lambda: port_file.exists() and port_file.read_text().strip(), "the kv port")
-        self.kv_url = f"tcpstore://127.0.0.1:{port}/{self.job}"
+        self.kv_url = f"tcpstore://{host}:{port}/{self.job}"
         for slot in range(NODES):
-            self.start_agent(slot, ["--slot", str(slot)])
-        for node_id in STANDBY_IDS:
-            self.start_agent(node_id, ["--standby"])
+            self.start_agent(slot, ["--slot", str(slot)], 10 + slot)
+        for number, node_id in enumerate(STANDBY_IDS):
+            self.start_agent(node_id, ["--standby"], 10 + NODES + number)
 
-    def start_agent(self, node_id: int, place: list[str]) -> None:
+    def start_agent(self, node_id: int, place: list[str], index: int) -> None:
+        prefix, host, extra = self.machine(f"n{node_id}", index)
+        if prefix:
+            self.namespaces[node_id] = prefix[-1]
         command = [
+            *prefix,
             *(sys.executable, "-m", "gemini_ckpt", "agent", str(self.scenario)),
-            *("--kv", self.kv_url, "--node-id", str(node_id), *place),
+            *("--kv", self.kv_url, "--node-id", str(node_id), *place, "--host", host),
             *("--run-dir", str(self.run_dir), "--job", self.job),
         ]
-        with open(self.run_dir / "logs" / f"agent-{node_id}.log", "ab") as log:
-            self.agents[node_id] = subprocess.Popen(
-                command,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # the agent and its node store: one process group
-            )
+        self.agents[node_id] = self.spawn(command, f"agent-{node_id}", extra)
 
     def kv(self) -> KeyValueStore:
         return connect_kv(self.kv_url, token=self.token)
@@ -194,6 +280,8 @@ class Cluster:
     def kill_node(self, node_id: int) -> None:
         """The loss of a machine: every process of the node at once, then its memory."""
         record = self.pids(node_id)
+        if self.network is not None:
+            self.network.link_down(self.namespaces[node_id])
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.agents[node_id].pid, signal.SIGKILL)  # the agent and its store
         trainers = {*record.get("trainers", {}).values(), *record.get("spares", [])}
@@ -240,6 +328,8 @@ class Cluster:
         for path in Path("/dev/shm").glob(f"{self.job}-*"):
             with contextlib.suppress(OSError):
                 path.unlink()
+        if self.network is not None:
+            self.network.teardown()
 
 
 def last_iteration(cluster: Cluster) -> int:
@@ -322,12 +412,22 @@ def check_auth(cluster: Cluster, kv: KeyValueStore, found: dict[str, Any]) -> No
     client.close()
 
 
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    folder = tmp_path_factory.mktemp("recipe")
+@pytest.fixture(scope="module", params=["local", pytest.param("netns", marks=pytest.mark.netns)])
+def recipe(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outcome]:
+    """The run, on loopback (``local``) or with every machine in a network namespace of its
+    own (``netns``: root only)."""
+    network = None
+    if request.param == "netns":
+        why = netns_available()
+        if why is not None:
+            pytest.skip(why)
+        network = Namespaces()
+    folder = tmp_path_factory.mktemp(f"recipe-{request.param}")
     reference = reference_run(folder)
     weights = folder / "weights"
-    cluster = Cluster(folder, scenario_file(folder, weights))
+    cluster = Cluster(folder, scenario_file(folder, weights), network=network)
     outcome = Outcome(cluster, reference, weights / "final.pt")
     try:
         cluster.start()
@@ -384,6 +484,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     finally:
         cluster.stop()
         assert cluster.alive() == [] and cluster.shm() == []
+        assert network is None or network.leftovers() == []
 
 
 def test_job_finishes_with_the_failure_free_weights(recipe: Outcome) -> None:
