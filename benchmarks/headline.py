@@ -11,7 +11,9 @@ different groups), one real run at a time (about 5 minutes on 2 cores):
    HighFreq rule ``K = ceil(t_save / T_iter)`` (``validate.highfreq_interval``, the code
    ``benchmarks/validate.py`` uses);
 2. ``gemini-ckpt real`` with Gemini, then with the baseline saving every K iterations;
-3. the simulator on the same scenario for both, given the measured ``T_iter`` and ``t_save``
+3. the simulator on the same scenario for both, with this machine's recovery costs from the
+   micro-benchmarks ``gemini-ckpt run`` calibrates with (``OUT/calibration.yaml``, measured
+   before the real runs) and the probe's ``T_iter`` and ``t_save``
    (``training.iteration_time_s``, ``cluster.storage.save_time_s``): its prediction beside the
    measurement;
 4. the table (wasted time and downtime per failure, speedups, tiers) printed and written to
@@ -131,6 +133,13 @@ def main() -> int:
     logs = out / "logs"
     out.mkdir(parents=True, exist_ok=True)
 
+    print("0. calibrate: micro-benchmarks of an in-process recovery on this machine")
+    from gemini_ckpt.commands.run import calibrate_machine
+
+    calibration = calibrate_machine(SCENARIO, [], out)
+    costs = [o for o in calibration["overrides"] if not o.startswith("training.")]
+    print("   " + " ".join(costs))
+
     print("1. probe: the baseline without failures, to measure t_save and T_iter")
     probe = out / "probe-baseline"
     probe_settings = [
@@ -164,8 +173,9 @@ def main() -> int:
         print("failed real runs: " + ", ".join(failed) + f"; see {logs}")
         return 1
 
-    print("3. simulator (measured T_iter and t_save)")
+    print("3. simulator (this machine's recovery costs, measured T_iter and t_save)")
     measured_inputs = [
+        *costs,
         f"training.iteration_time_s={t_iter:.6g}",
         f"cluster.storage.save_time_s={t_save:.6g}",
     ]
