@@ -36,7 +36,12 @@ Where it runs decides how it finds its peers:
   initialised from the environment if the script has not done it; each node's checkpoint memory
   lives in a store daemon started by the node's first local rank that outlives worker restarts
   (:mod:`real.engine.daemon`), so a restarted worker restores from memory.
-- **a single process**: a private store for this process (the checkpoint lives as long as it).
+- **a single process** (no launcher): a store daemon as under torchrun, which ends with the
+  process that started the script (its shell, say), so a rerun from there restores from memory.
+
+Under the agents, use :meth:`Checkpointer.run`: a plain loop works (its ``close()`` tells the
+agent the rank is done), but a peer's failure then ends the process, and its rank is recovered
+by a spare like a crash, instead of in place.
 """
 
 from __future__ import annotations
@@ -126,7 +131,12 @@ class Checkpointer:
         self._channel = AgentChannel.from_env()
         self._assignment: Assignment | None = None
         self._owns_group = self._channel is not None
+        self._ran = False
         if self._channel is not None:
+            # The job's scenario decides, the collective timeout included (a hung peer is
+            # noticed after it).
+            timeout_s = self._job_scenario().detection.collective_timeout_s
+            self.timeout_s = timeout_s
             prewarm()  # a warm spare: pay the lazy imports before the job needs this process
             self._channel.send("ready", pid=os.getpid())
             self._assignment = self._channel.next_assignment(0)
@@ -154,16 +164,8 @@ class Checkpointer:
 
     def _scenario(self) -> Scenario:
         """The job's scenario (under the agents), else one built from the keyword arguments."""
-        path = os.environ.get(SCENARIO_ENV)
-        if path:
-            from shared.scenario_loader import load_scenario
-
-            overrides = tuple(
-                line for line in os.environ.get(SCENARIO_SET_ENV, "").splitlines() if line
-            )
-            scenario = load_scenario(Path(path), overrides)
-            self._check_against(scenario)
-            return scenario
+        if os.environ.get(SCENARIO_ENV):
+            return self._job_scenario()
         options = self._options
         nodes = self.world_size // self.per_node
         checkpoint: dict[str, Any] = {
@@ -191,6 +193,24 @@ class Checkpointer:
                 "checkpoint": checkpoint,
             }
         )
+
+    def _job_scenario(self) -> Scenario:
+        """The scenario the agents run (``GEMINI_SCENARIO`` with ``GEMINI_SCENARIO_SET``).
+
+        Raises:
+            ValueError: under the agents without it, or when the arguments disagree with it.
+        """
+        path = os.environ.get(SCENARIO_ENV)
+        if not path:
+            raise ValueError(f"{SCENARIO_ENV} is not set: the agents set it for their trainers")
+        from shared.scenario_loader import load_scenario
+
+        overrides = tuple(
+            line for line in os.environ.get(SCENARIO_SET_ENV, "").splitlines() if line
+        )
+        scenario = load_scenario(Path(path), overrides)
+        self._check_against(scenario)
+        return scenario
 
     def _check_against(self, scenario: Scenario) -> None:
         config = scenario.checkpoint
@@ -315,6 +335,7 @@ class Checkpointer:
         root's plan, and calls ``train`` again (objects built outside ``train`` are kept).
         Elsewhere ``train`` runs once and its errors propagate (torchrun restarts the workers).
         """
+        self._ran = True
         if self._channel is None:
             train(self.restore())
             return
@@ -360,6 +381,8 @@ class Checkpointer:
     def close(self) -> None:
         """Finish the last checkpoint (bounded wait) and release every resource."""
         self._reset_engine(abandon=False)
+        if self._channel is not None and not self._ran and self._assignment is not None:
+            self._channel.send("done", attempt=self._assignment.attempt)  # a plain loop ended
         if self._daemon is not None:
             self._daemon.close()
             self._daemon = None
@@ -411,6 +434,25 @@ def _init_from_torchrun_env(timeout_s: float) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get("MASTER_ADDR"):
         store = dist.HashStore()  # type: ignore[attr-defined]
         dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=timeout)
+        return True
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's workers share its rendezvous store across restarts, and a restarted
+        # worker's env:// group reads the previous attempt's keys and waits forever
+        # (pytorch#135712): keep each restart's keys apart.
+        agent_store = dist.TCPStore(  # type: ignore[attr-defined]
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timeout,
+        )
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            _backend(),
+            store=dist.PrefixStore(f"gemini/restart{restart}/", agent_store),  # type: ignore[attr-defined]
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            timeout=timeout,
+        )
         return True
     dist.init_process_group(_backend(), timeout=timeout)
     return True

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from real.agent import jobkeys
+from real.agent.root import RootAgent  # at start, not on winning: see _launch_root
 from real.agent.trainers import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
 from real.coord.election import Election
@@ -110,6 +111,7 @@ class NodeAgent:
         self.root_thread: threading.Thread | None = None
         self.election: Election | None = None
         self.heartbeat: Heartbeat | None = None
+        self.job_failed = False  # the root gave the job up: the agent exits non-zero
         self._root_lock = threading.Lock()
         self.root_stop = threading.Event()
         self.kv: KeyValueStore | None = None
@@ -262,8 +264,9 @@ class NodeAgent:
             self._launch_root()
 
     def _launch_root(self) -> None:
-        from real.agent.root import RootAgent
-
+        # RootAgent's module is imported with this one: imported here, inside the election's
+        # thread, it took 14 s on a loaded machine (torch, through the store client) while
+        # nothing refreshed the new leader's lease, and another agent took over.
         self.root_stop = threading.Event()
         root = RootAgent(
             connect_kv(self.config.kv_url),
@@ -295,7 +298,7 @@ class NodeAgent:
             try:
                 record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
                 if record is not None and not self._apply(record):
-                    return 0
+                    return 1 if self.job_failed else 0
                 self._watch_trainers(record)
             except StoreError as error:
                 log.warning("node %d: store error: %s", self.config.node_id, error)
@@ -317,6 +320,7 @@ class NodeAgent:
             return False
         if state == "failed":
             self._stop_trainers()
+            self.job_failed = True
             return False
         if self.was_member and not member and self.config.node_id not in members.values():
             log.warning("node %d: no longer a member (replaced); leaving", self.config.node_id)

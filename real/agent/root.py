@@ -349,7 +349,6 @@ class RootAgent:
         )
         return record
 
-
     def _give_up(self, recovery: _Recovery) -> str | None:
         """Why the job must stop instead of recovering (restart budget spent, a crash loop),
         or None. Every failure is recovered otherwise, whatever caused it."""
@@ -501,6 +500,7 @@ class _Recovery:
         # Exit and suspect records of the stopped attempt are handled: a restart starts clean.
         self.kv.delete(keys.EXITS_PREFIX, prefix=True)
         self.kv.delete(keys.SUSPECTS_PREFIX, prefix=True)
+        root.detector.clear_suspects()
 
     # -- replacement ------------------------------------------------------------------------
 
@@ -524,11 +524,8 @@ class _Recovery:
                     continue
                 order = root.operator.request_replacement(slot)
                 standby = self._standby_agent() if order.source == "standby" else None
-                if standby is None:  # the cluster starts a new agent under a fresh id
-                    node_id = int(self.kv.get(jobkeys.NEXT_NODE_ID_KEY) or b"0")
-                    self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
-                else:
-                    node_id = standby
+                # No live standby agent: the cluster starts a new agent under a fresh id.
+                node_id = self._fresh_node_id() if standby is None else standby
                 jobkeys.put_json(
                     self.kv,
                     f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}",
@@ -567,6 +564,20 @@ class _Recovery:
             if not waiting and not self.unreplaced():
                 return
             time.sleep(POLL_S)
+
+    def _fresh_node_id(self) -> int:
+        """The next node id no agent has registered (standby agents started by hand may have
+        taken any), reserved in the store."""
+        taken = {
+            int(k)
+            for prefix in (jobkeys.STORES_PREFIX, jobkeys.STANDBY_PREFIX)
+            for k in jobkeys.read_prefix(self.kv, prefix)
+        }
+        node_id = int(self.kv.get(jobkeys.NEXT_NODE_ID_KEY) or b"0")
+        while node_id in taken:
+            node_id += 1
+        self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
+        return node_id
 
     def _standby_agent(self) -> int | None:
         """A live standby agent no order has taken yet (the lowest id), or None."""

@@ -99,9 +99,9 @@ class TrainerSpec:
 class Worker:
     """One trainer process and the agent's end of its socket.
 
-    States (from its messages): ``starting``, ``ready`` (warm, unassigned), ``joined`` (in the
-    process group of ``attempt``), ``parked`` (left a failed attempt), ``done`` (finished
-    ``attempt``), ``exited``.
+    States (its last message): ``starting``, ``ready`` (warm, unassigned), ``joined`` (in the
+    process group of ``attempt``), ``failed``/``parked`` (left a failed attempt), ``done``
+    (finished ``attempt``), ``retired``; whether it still runs is its exit code's business.
     """
 
     def __init__(self, spec: TrainerSpec, name: str, local_rank: int, env: Mapping[str, str]):
@@ -157,8 +157,7 @@ class Worker:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     self._handle(json.loads(line))
-        with self._lock:
-            self.state = "exited" if self.proc.poll() is not None else self.state
+        with self._lock:  # the process ended (its exit code says how): wake the waiters
             self._lock.notify_all()
 
     def _handle(self, message: dict[str, Any]) -> None:
@@ -413,11 +412,14 @@ class TrainerPool:
         for local_rank, worker in self.active.items():
             rank = self.rank(local_rank)
             code = worker.exitcode()
-            if code is not None and rank not in self.exitcodes and worker.attempt:
+            done = worker.state == "done" and worker.reported == self.attempt
+            if code == 0 and done:  # finished its part, then ended (a plain training loop)
+                self.exitcodes.setdefault(rank, code)
+            elif code is not None and rank not in self.exitcodes and worker.attempt:
                 self.exitcodes[rank] = code
                 exited[rank] = code
-            elif (
-                code is None
+            if (
+                (code is None or code == 0)
                 and worker.state == "done"
                 and worker.reported == self.attempt
                 and rank not in self.done

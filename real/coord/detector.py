@@ -222,6 +222,10 @@ class FailureDetector:
             self.forget(node)
         return lost
 
+    def clear_suspects(self) -> None:
+        """Forget suspects not yet explained: the job was stopped, they belonged to it."""
+        self._unexplained.clear()
+
     def _probe(self, known_lost: list[int]) -> list[Detection]:
         assert self.prober is not None
         candidates = [n for n in self._expected if n not in known_lost]

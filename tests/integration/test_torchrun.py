@@ -18,13 +18,13 @@ import torch
 from real.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "ddp_train.py"
+EXAMPLES = REPO / "examples"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 pytestmark = pytest.mark.timeout(400)
 
 
-def run_job(out: Path, runtime: Path, crash_at: int | None) -> list[str]:
+def run_job(script: str, out: Path, runtime: Path, crash_at: int | None) -> list[str]:
     """Two torchrun nodes of one rank each; returns their outputs."""
     port = free_port()
     env = {
@@ -46,8 +46,8 @@ def run_job(out: Path, runtime: Path, crash_at: int | None) -> list[str]:
                 f"--rdzv-endpoint=127.0.0.1:{port}",
                 f"--rdzv-id=job-{out.name}",
                 "--monitor-interval=0.2",
-                str(EXAMPLE),
-                "--iterations=20",
+                str(EXAMPLES / script),
+                "--iterations=14",
                 f"--out={out}",
             ],
             env=env,
@@ -72,20 +72,21 @@ def run_job(out: Path, runtime: Path, crash_at: int | None) -> list[str]:
     return outputs
 
 
-def test_torchrun_restart_restores_from_memory_bitwise(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", ["ddp_train.py", "fsdp2_train.py"])
+def test_torchrun_restart_restores_from_memory_bitwise(tmp_path: Path, script: str) -> None:
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     shm_before = set(os.listdir("/dev/shm"))
-    run_job(tmp_path / "reference", runtime, None)
-    outputs = run_job(tmp_path / "crashed", runtime, 12)
+    run_job(script, tmp_path / "reference", runtime, None)
+    outputs = run_job(script, tmp_path / "crashed", runtime, 9)
     text = "\n".join(outputs)
-    # The crash struck after iteration 12's save; every worker restarted and resumed from
+    # The crash struck after iteration 9's save; every worker restarted and resumed from
     # its node's memory (its own daemon's slots), not from scratch or storage.
     assert "failed (exitcode: 17)" in text
     resumed = [line for line in text.splitlines() if "resumed at" in line]
     assert len(resumed) == 2, text[-4000:]
     assert all(line.endswith("from local") for line in resumed), resumed
-    assert {line.split("resumed at ")[1].split()[0] for line in resumed} <= {"12", "13"}
+    assert {line.split("resumed at ")[1].split()[0] for line in resumed} <= {"9", "10"}
     reference = torch.load(tmp_path / "reference" / "final.pt")
     crashed = torch.load(tmp_path / "crashed" / "final.pt")
     assert reference.keys() == crashed.keys()

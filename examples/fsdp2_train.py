@@ -1,0 +1,72 @@
+"""A minimal FSDP2 (``fully_shard``) training script protected by gemini-ckpt.
+
+Every rank checkpoints its own shards of the model and optimizer in memory. Runs under plain
+torchrun and, unchanged, under gemini-ckpt's agents::
+
+    torchrun --nnodes 1 --nproc-per-node 2 --max-restarts 3 examples/fsdp2_train.py --out runs/fsdp2
+
+Under the agents a surviving process recovers in place: FSDP2's parameters belong to the
+process group they were sharded over, so the model and optimizer are built inside ``train``,
+once per attempt (cheap next to the process start a restart would cost), and the restored
+shards are loaded into them. Set ``EXAMPLE_CRASH_AT=<iteration>`` to make rank 1 die there once.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+
+from gemini_ckpt import Checkpointer
+from gemini_ckpt.adapters import fsdp2 as adapter
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--iterations", type=int, default=30)
+parser.add_argument("--out", type=Path, default=Path("runs/fsdp2-example"))
+args = parser.parse_args()
+
+torch.set_num_threads(1)
+checkpointer = Checkpointer(replicas=2, run_dir=args.out)  # joins the process group
+crash_at = int(os.environ.get("EXAMPLE_CRASH_AT", "0"))
+
+
+def batch(iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data as a pure function of (iteration, rank): a resumed run sees what it would have."""
+    generator = torch.Generator().manual_seed(iteration * 1000 + dist.get_rank())
+    inputs = torch.randn(16, 32, generator=generator)
+    return inputs, inputs.sum(dim=1, keepdim=True).sin()
+
+
+def train(restored) -> None:  # once per attempt, with the process group ready
+    torch.manual_seed(0)  # the same initial weights on every rank and in every attempt
+    model = fully_shard(nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 1)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    start = 1
+    if restored is not None:
+        adapter.load_state_dict(model, optimizer, restored.state)
+        start = restored.iteration + 1
+        print(f"rank {dist.get_rank()}: resumed at {start} from {restored.tier}", flush=True)
+    for iteration in range(start, args.iterations + 1):
+        inputs, targets = batch(iteration)
+        loss = nn.functional.mse_loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        checkpointer.save(iteration, adapter.state_dict(model, optimizer, clone=False))
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if iteration == crash_at and dist.get_rank() == 1 and first_attempt:
+            os._exit(17)  # a crash: no cleanup, as a real failure
+    # Every rank's shards, gathered whole on every rank (a collective), then saved by rank 0.
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    if dist.get_rank() == 0:
+        args.out.mkdir(parents=True, exist_ok=True)
+        torch.save(whole, args.out / "final.pt")
+
+
+checkpointer.run(train)
+checkpointer.close()  # leaves the process group it formed
