@@ -11,14 +11,11 @@ torchrun's worker restarts, and in ``--replicas`` - 1 peers' (on several nodes).
 One machine, CPU and gloo, ZeRO-3 on two ranks; a failed worker makes torchrun restart them all
 (``--max-restarts``), and they resume from memory::
 
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 DS_ACCELERATOR=cpu torchrun --nnodes 1 \\
-        --nproc-per-node 2 --max-restarts 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:29500 \\
+    DS_ACCELERATOR=cpu torchrun --nproc-per-node 2 --max-restarts 1 \\
         examples/deepspeed_train.py --zero-stage 3
 
-torch 2.13's torchrun hands restarted workers the dead ones' addresses from its shared store
-(pytorch#135712) unless ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, and a restart needs the c10d
-rendezvous. ``GEMINI_CRASH_AT_ITERATION=12 GEMINI_CRASH_RANK=1`` (``real.inject``) kills rank 1
-there in the first attempt. The last line of each rank (``state sha256 ...``) equals that of a
+``GEMINI_CRASH_AT_ITERATION=12 GEMINI_CRASH_RANK=1`` (``real.inject``) kills rank 1 there in the
+first attempt. The last line of each rank (``state sha256 ...``) equals that of a
 run that never failed.
 """
 

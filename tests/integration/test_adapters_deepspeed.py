@@ -274,15 +274,13 @@ def test_example_script_resumes_under_torchrun(tmp_path: Path) -> None:
             "DS_ACCELERATOR": "cpu",
             "OMP_NUM_THREADS": "1",
             "GEMINI_RUNTIME_DIR": str(runtime),
-            # torch 2.13 hands restarted workers stale addresses otherwise (pytorch#135712).
-            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             **(crash or {}),
         }
         env.pop("GEMINI_RUN_DIR", None)
         command = [
-            *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"),
-            *("--nproc-per-node", "2", "--max-restarts", "1", "--monitor-interval", "0.2"),
-            *("--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"),
+            *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
+            *("--max-restarts", "1", "--monitor-interval", "0.2"),
+            *("--master-port", str(free_port())),
             *(str(EXAMPLE), "--zero-stage", "3", "--iterations", "12", "--out", str(out)),
         ]
         done = subprocess.run(
