@@ -311,10 +311,13 @@ RECOVERY_RANKS = 2
 """Ranks of the recovery micro-benchmark: enough for a process group, a DDP all-reduce and a
 peer that vanishes, few enough to start in a couple of seconds."""
 
+REJOINS = 3
+"""Rejoins timed (their median is kept)."""
+
 
 def _recovery_rank_main(
     rank: int,
-    ports: tuple[int, int],
+    ports: tuple[int, ...],
     scenario: str,
     overrides: Sequence[str],
     iterations: int,
@@ -327,9 +330,10 @@ def _recovery_rank_main(
     Times, per rank: joining a fresh process group and building the scenario's trainer (a
     spare taking a dead rank: group, model, DDP wrapper, bucket warm-up); a few iterations and
     their communication profile; leaving the group and rejoining a fresh one around the same
-    model (a survivor's in-process rejoin); loading a copy of the state (the fixed part of a
-    restore). Then rank 1 vanishes (``os._exit``) and rank 0 times how long its next
-    all-reduce takes to fail, and how long tearing the broken group down takes (parking).
+    model (a survivor's in-process rejoin, ``REJOINS`` times: the median); loading a copy of
+    the state (the fixed part of a restore). Then rank 1 vanishes (``os._exit``) and rank 0
+    times how long its next all-reduce takes to fail, and how long tearing the broken group
+    down takes (parking).
     """
     import datetime
 
@@ -384,20 +388,23 @@ def _recovery_rank_main(
     trainer.load_state(copy)
     load_s = time.perf_counter() - began
     del profiler
-    dist.barrier()
-    trainer.detach()
-    began = time.perf_counter()
-    leave_attempt(together=False)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{ports[1]}",
-        rank=rank,
-        world_size=world,
-        timeout=timeout,
-    )
-    trainer.rejoin()
-    dist.barrier()
-    rejoin_s = time.perf_counter() - began
+    rejoins = []
+    for port in ports[1:]:  # a few rejoins: the median resists a moment of load
+        dist.barrier()
+        trainer.detach()
+        began = time.perf_counter()
+        leave_attempt(together=False)
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
+        )
+        trainer.rejoin()
+        dist.barrier()
+        rejoins.append(time.perf_counter() - began)
+    rejoin_s = statistics.median(rejoins)
     report = {
         "rank": rank,
         "spare_join_s": spare_join_s,
@@ -525,8 +532,8 @@ def measure_recovery(
     context = mp.get_context("fork")
     results = context.Queue()
     go = context.Event()
-    ports = (free_port(), free_port())
-    iterations = 3 if options.quick else max(3, options.iterations)
+    ports = tuple(free_port() for _ in range(1 + REJOINS))
+    iterations = 6 if options.quick else max(6, options.iterations)
     processes = [
         context.Process(
             target=_recovery_rank_main,

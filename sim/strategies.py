@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from shared import costs
 from shared.errors import ScenarioError
 from shared.scenario import Scenario
-from sim.training import node_shard_bytes
 
 STRAWMAN_INTERVAL_S = 3 * 3600.0
 
@@ -89,8 +88,9 @@ class StrategyModel:
 def persistent_save_times(scenario: Scenario) -> tuple[float, float]:
     """(blocking seconds, background upload seconds) of one persistent save of the whole job."""
     storage = scenario.cluster.storage
-    job_bytes = node_shard_bytes(scenario) * scenario.cluster.nodes
-    upload = job_bytes / (storage.bandwidth_gbit_s * 1e9 / 8)
+    # One copy of the job's state: under DDP the ranks hold the same state, and a DCP save
+    # splits its writes among them (while a DCP load reads the whole state on every rank).
+    upload = scenario.model.checkpoint_bytes / (storage.bandwidth_gbit_s * 1e9 / 8)
     if storage.save_time_s is None:
         return upload, 0.0
     return storage.save_time_s, upload

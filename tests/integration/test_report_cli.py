@@ -102,12 +102,12 @@ def test_the_baseline_interval_follows_the_highfreq_rule() -> None:
     from shared.scenario_loader import load_scenario
 
     quickstart = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
-    # K = ceil((save 0.5 s + upload of 4 DDP states of 951,552 x 12 bytes = 45.7 MB at
-    # 0.2 Gbit/s = 1.827 s) / 0.04 s) = 59.
+    # K = ceil((save 0.5 s + upload of one copy of the state, 951,552 x 12 bytes = 11.4 MB at
+    # 0.2 Gbit/s = 0.457 s) / 0.04 s) = 24.
     settings = ["cluster.storage.save_time_s=0.5", "training.iteration_time_s=0.04"]
     assert baseline_overrides(load_scenario(quickstart, settings)) == [
         "checkpoint.strategy=persistent",
-        "checkpoint.persistent_every_iterations=59",
+        "checkpoint.persistent_every_iterations=24",
     ]
     named = [*settings, "checkpoint.persistent_every_iterations=7"]
     assert baseline_overrides(load_scenario(quickstart, named)) == [
