@@ -305,6 +305,11 @@ class Engine:
                 at = timeline.end(k) + self.strategy.last_replica_delay_s / 2
             else:  # "once iteration k has ended": before its checkpoint commits
                 at = timeline.end(k)
+                every = self.strategy.pause_every
+                if every and k % every == 0:
+                    # The injector fires on iteration k's end as the trainer reports it, which
+                    # is after its blocking persistent save of k has returned.
+                    at += self.strategy.pause_s
             at = max(at, self.env.now)
             if at < when:
                 best, when = by_iteration, at

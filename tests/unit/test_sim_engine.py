@@ -350,3 +350,19 @@ def test_under_ddp_every_rank_checkpoints_the_whole_state() -> None:
         TINY, overrides=["training.parallelism=ddp", "cluster.accelerators_per_node=2"]
     )
     assert build_model(two_ranks).shard_bytes == pytest.approx(24e6)
+
+
+def test_a_failure_as_a_save_iteration_ends_finds_the_blocking_save_done() -> None:
+    # The baseline saves every 3 iterations, blocking for 12 MB at 8 Gbit/s = 12 ms. The
+    # injector fires on iteration 3's end as the trainer reports it, after save(3) returned:
+    # at 3.012, and iteration 3 is restored (nothing lost).
+    text = LOST_NODE.replace("at_time_s: 3.2", "at_iteration: 3")
+    overrides = [
+        "checkpoint.strategy=persistent",
+        "checkpoint.persistent_every_iterations=3",
+        "cluster.storage.bandwidth_gbit_s=8",
+    ]
+    result = simulate(parse_scenario(text, overrides=overrides))
+    (failure,) = result.summary.failures
+    assert failure.time_s == pytest.approx(3.012)
+    assert (failure.restored_iteration, failure.lost_iterations) == (3, 0)
