@@ -9,8 +9,9 @@ is gone, stops its store, which removes its slot files from ``/dev/shm``, and it
 Finding each other: the daemon writes ``<runtime dir>/gemini-<run id>-n<node>.json`` (mode 0600:
 it holds the job's secret) with its address; the workers of a node read it, and the job's ranks
 agree on one secret and learn every node's store address through the default process group
-(one all-gather each), so nothing depends on torchrun's rendezvous store keeping old keys
-(pytorch#135712). The secret travels to the daemon in its environment, never on a command line.
+(one all-gather of fixed-size byte tensors each: no pickle), so nothing depends on torchrun's
+rendezvous store keeping old keys (pytorch#135712). The secret travels to the daemon in its
+environment, never on a command line.
 
 This is the torchrun counterpart of the node agent's store (``real.engine.process``): same store,
 owned by the node rather than by an agent.
@@ -77,16 +78,15 @@ def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
     Raises:
         RuntimeError: the daemon did not start, or serves another secret.
     """
-    import torch.distributed as dist
-
     run_id = os.environ.get("TORCHELASTIC_RUN_ID") or f"pid{os.getppid()}"
     path = discovery_file(run_id, node)
     existing = read_discovery(path)
-    candidate = secrets.token_hex(16)
-    offers: list[tuple[str | None, str]] = [(None, "")] * dist.get_world_size()
-    dist.all_gather_object(offers, (existing["token"] if existing else None, candidate))
-    token = next((t for t, _ in offers if t), offers[0][1])
-    address = None
+    # Every rank offers its node daemon's secret if one runs, else a fresh one; the first
+    # running daemon's wins (a restart keeps the job's secret), else rank 0's fresh one.
+    offers = _all_gather_text(existing["token"] if existing else "")
+    fresh = _all_gather_text(secrets.token_hex(16))
+    token = next((t for t in offers if t), fresh[0])
+    address = ""
     if local_rank == 0:
         if existing is not None and existing["token"] != token:
             raise RuntimeError(
@@ -96,12 +96,28 @@ def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
         if existing is None:
             existing = start_daemon(path, node, token, watch_pid=os.getppid())
         address = existing["address"]
-    addresses: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(addresses, address)
-    by_node = [a for a in addresses[::per_node]]
-    if any(a is None for a in by_node):
+    by_node = _all_gather_text(address)[::per_node]
+    if not all(by_node):
         raise RuntimeError(f"no store address from some node: {by_node}")
-    return NodeStores([str(a) for a in by_node], token)
+    return NodeStores(by_node, token)
+
+
+TEXT_BYTES = 256
+
+
+def _all_gather_text(text: str) -> list[str]:
+    """Every rank's short ASCII ``text``, in rank order, as raw bytes (no pickle)."""
+    import torch
+    import torch.distributed as dist
+
+    raw = text.encode("ascii")
+    if len(raw) > TEXT_BYTES:
+        raise ValueError(f"{text[:40]!r}... is longer than {TEXT_BYTES} bytes")
+    mine = torch.zeros(TEXT_BYTES, dtype=torch.uint8)
+    mine[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    return [bytes(t.tolist()).rstrip(b"\0").decode("ascii") for t in everyone]
 
 
 def start_daemon(path: Path, node: int, token: str, watch_pid: int) -> dict[str, str]:

@@ -151,8 +151,13 @@ class NetnsCluster(LocalCluster):
                 f"--initial-cluster=gemini={peer}", "--log-level=warn",
             ]  # fmt: skip
             self.kv_process = self._popen_in(f"gk{self.short}-ctl", command, "etcd")
-            url = f"etcd://{address}:2379"
-            self._wait_kv(url)
+            self._wait_kv(f"etcd://{address}:2379")
+            # Reachable from the host through the run's bridge: no client without the job's
+            # secret (the user's password is derived from it, as in local mode).
+            from real.coord.etcd_server import enable_auth
+
+            enable_auth(client, self.token)
+            url = f"etcd://gemini@{address}:2379"
         else:
             command = [
                 sys.executable, "-m", "real.coord.kvserver", f"--host={address}", "--port=29500",
