@@ -40,7 +40,7 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       state_load_s: 0.05          # loading a copy of the state into model and optimizer
       agent_poll_s: 0.02          # the harness's polling periods (its constants)
       root_poll_s: 0.05
-      micro_iteration_time_s: 0.1 # the scenario's model on recovery_ranks ranks
+      micro_iteration_time_s: 0.2 # the scenario's model on recovery_ranks ranks (its world)
       micro_iteration_phases: [...]
 
 ``recovery_costs`` turns them into the scenario's recovery costs (the rules are in its
@@ -109,10 +109,10 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
       a spare's join and a survivor's rejoin (every rank waits for the group);
     - ``recovery.retrieval_overhead_s`` = loading the state into model and optimizer;
     - the iteration (``micro_iteration_time_s`` and its phases): measured on
-      ``recovery_ranks`` ranks; when the scenario's ranks all share this host
-      (``single_host``) and outnumber its CPUs, each gets a smaller share of them, so the
+      ``recovery_ranks`` ranks (the world size, up to 8); when the scenario's ranks all share
+      this host (``single_host``) and are more, each gets a smaller share of its CPUs, so the
       iteration is scaled by ``max(1, world_size / cpus) / max(1, recovery_ranks / cpus)``
-      (returned as ``iteration_scale``).
+      (returned as ``iteration_scale``; 1 when the benchmark ran the whole world).
 
     Only what was measured is returned.
     """

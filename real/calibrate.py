@@ -307,9 +307,10 @@ def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str,
 
 # --- recovery micro-measurements (``gemini-ckpt run`` calibrates with these first) -------------
 
-RECOVERY_RANKS = 2
-"""Ranks of the recovery micro-benchmark: enough for a process group, a DDP all-reduce and a
-peer that vanishes, few enough to start in a couple of seconds."""
+MAX_RECOVERY_RANKS = 8
+"""Ranks of the recovery micro-benchmark: the scenario's world size up to this many (forked
+from a warm process, they start at once), so its group, its all-reduce and its ranks' share of
+this host's CPUs are the run's."""
 
 REJOINS = 3
 """Rejoins timed (their median is kept)."""
@@ -317,6 +318,7 @@ REJOINS = 3
 
 def _recovery_rank_main(
     rank: int,
+    world: int,
     ports: tuple[int, ...],
     scenario: str,
     overrides: Sequence[str],
@@ -331,8 +333,8 @@ def _recovery_rank_main(
     spare taking a dead rank: group, model, DDP wrapper, bucket warm-up); a few iterations and
     their communication profile; leaving the group and rejoining a fresh one around the same
     model (a survivor's in-process rejoin, ``REJOINS`` times: the median); loading a copy of
-    the state (the fixed part of a restore). Then rank 1 vanishes (``os._exit``) and rank 0
-    times how long its next all-reduce takes to fail, and how long tearing the broken group
+    the state (the fixed part of a restore). Then the last rank vanishes (``os._exit``) and
+    rank 0 times how long its next all-reduce takes to fail, and how long tearing the broken group
     down takes (parking).
     """
     import datetime
@@ -352,7 +354,6 @@ def _recovery_rank_main(
     loaded = load_scenario(scenario, overrides)
     config = TrainerConfig.from_scenario(loaded)
     timeout = datetime.timedelta(seconds=60)
-    world = RECOVERY_RANKS
     results.put({"rank": rank, "ready": True})
     # The parent says go once both ranks are warm: what follows is a restart, not a start.
     go.wait(120)
@@ -413,10 +414,10 @@ def _recovery_rank_main(
         "iteration_s": statistics.median(lengths),
         "spans": spans,
     }
-    if rank == 1:
+    if rank == world - 1:
         results.put(report)
-        time.sleep(0.3)  # rank 0 is inside its all-reduce by now
-        results.put({"rank": 1, "vanished_at": time.time()})
+        time.sleep(0.3)  # the others are inside their all-reduce by now
+        results.put({"rank": rank, "vanished_at": time.time()})
         results.close()
         results.join_thread()  # the queue's feeder thread has written everything
         os._exit(0)  # a peer that dies: its sockets close with it
@@ -509,12 +510,13 @@ def measure_recovery(
 ) -> dict[str, Any]:
     """Micro-measurements of what an in-process recovery costs on this machine (seconds).
 
-    Two warm ranks of the scenario's model (their start is not timed: warm spares pay it
-    before they are needed) time a spare's join and a survivor's rejoin, the iteration
-    profile, loading a state, a collective failing when a peer vanishes and the teardown that
-    follows; the parent times a probe round trip and the notice of a killed child. A few
-    seconds; never the scenario's own run. Returns the ``measurements`` (see
-    ``analysis.calibration.recovery_overrides`` for how they become costs).
+    Warm ranks of the scenario's model, as many as its world size (up to
+    ``MAX_RECOVERY_RANKS``; their start is not timed: warm spares pay it before they are
+    needed), time a spare's join and a survivor's rejoin, the iteration profile, loading a
+    state, a collective failing when a peer vanishes and the teardown that follows; the parent
+    times a probe round trip and the notice of a killed child. A few seconds; never the
+    scenario's own run. Returns the ``measurements`` (see
+    ``analysis.calibration.recovery_costs`` for how they become costs).
     """
     from shared.scenario_loader import load_scenario
 
@@ -525,7 +527,9 @@ def measure_recovery(
         "exit_notice_s": round(_exit_notice_s(2 if options.quick else 3), 6),
         **_harness_polls(),
     }
-    progress(f"rejoin and iteration profile of {scenario.model.name} on {RECOVERY_RANKS} ranks")
+    world = scenario.cluster.nodes * scenario.cluster.accelerators_per_node
+    ranks = max(2, min(world, MAX_RECOVERY_RANKS))
+    progress(f"rejoin and iteration profile of {scenario.model.name} on {ranks} ranks")
     # The ranks are forked from a process that has paid what a warm spare pays (torch and
     # torch.distributed imported, a first optimizer step taken), so they start at once.
     _warm_up_torch()
@@ -539,6 +543,7 @@ def measure_recovery(
             target=_recovery_rank_main,
             args=(
                 rank,
+                ranks,
                 ports,
                 str(options.scenario),
                 list(options.overrides),
@@ -548,14 +553,14 @@ def measure_recovery(
             ),
             daemon=True,
         )
-        for rank in range(RECOVERY_RANKS)
+        for rank in range(ranks)
     ]
     for process in processes:
         process.start()
     reports: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + 300
-        while sum(1 for r in reports if "iteration_s" in r) < RECOVERY_RANKS or not any(
+        while sum(1 for r in reports if "iteration_s" in r) < ranks or not any(
             "vanished_at" in r for r in reports
         ):
             remaining = deadline - time.monotonic()
@@ -563,7 +568,7 @@ def measure_recovery(
                 raise TimeoutError("recovery calibration ranks did not finish within 300 s")
             try:
                 reports.append(results.get(timeout=min(remaining, 5.0)))
-                if sum(1 for r in reports if r.get("ready")) == RECOVERY_RANKS:
+                if sum(1 for r in reports if r.get("ready")) == ranks:
                     go.set()
             except Exception:  # queue.Empty: check that nobody died early
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
@@ -578,25 +583,24 @@ def measure_recovery(
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
-    ranks = [r for r in reports if "iteration_s" in r]
-    rank0 = next(r for r in ranks if r["rank"] == 0)
+    timed = [r for r in reports if "iteration_s" in r]
+    rank0 = next(r for r in timed if r["rank"] == 0)
     vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)
     cpus = os.cpu_count() or 1
-    world = scenario.cluster.nodes * scenario.cluster.accelerators_per_node
     measurements.update(
         {
-            "spare_join_s": round(max(r["spare_join_s"] for r in ranks), 6),
-            "rejoin_s": round(max(r["rejoin_s"] for r in ranks), 6),
-            "state_load_s": round(max(r["load_s"] for r in ranks), 6),
+            "spare_join_s": round(max(r["spare_join_s"] for r in timed), 6),
+            "rejoin_s": round(max(r["rejoin_s"] for r in timed), 6),
+            "state_load_s": round(max(r["load_s"] for r in timed), 6),
             "park_s": round(float(rank0["park_s"]), 6),
             "collective_failure_s": round(
                 max(0.0, float(rank0["failed_at"] or vanished) - vanished), 6
             ),
-            "recovery_ranks": RECOVERY_RANKS,
+            "recovery_ranks": ranks,
             "cpus": cpus,
             "world_size": world,
             "single_host": scenario.cluster.single_host,
-            "micro_iteration_time_s": round(statistics.median(r["iteration_s"] for r in ranks), 6),
+            "micro_iteration_time_s": round(statistics.median(r["iteration_s"] for r in timed), 6),
         }
     )
     phases = _phases(rank0["iteration_s"], rank0["spans"])

@@ -71,5 +71,5 @@ def test_the_micro_calibration_measures_this_machine(tmp_path: Path) -> None:
     # The survivor's all-reduce failed when its peer vanished, well before the 60 s timeout.
     assert 0 <= measured["collective_failure_s"] < 30
     assert 0 < measured["probe_s"] < 1.0
-    assert measured["world_size"] == 4 and measured["recovery_ranks"] == 2
+    assert measured["world_size"] == measured["recovery_ranks"] == 4  # the run's ranks
     assert [kind for kind, _ in measured["micro_iteration_phases"]].count("communication") >= 1
