@@ -97,7 +97,16 @@ def command(
         # A restore from memory moves a node's shard at about the memory copy bandwidth;
         # what the runs measured beyond that is the restore's fixed cost.
         copy = float(document["measurements"].get("memory_copy_gbyte_s") or 0) * 1e9
-        transfer = loaded.checkpoint_bytes_per_node / copy if copy > 0 else 0.0
+        from shared.costs import node_checkpoint_bytes
+
+        cluster = loaded.cluster
+        shard = node_checkpoint_bytes(
+            loaded.model.checkpoint_bytes,
+            nodes=cluster.nodes,
+            ranks_per_node=cluster.accelerators_per_node,
+            parallelism=loaded.training.parallelism,
+        )
+        transfer = shard / copy if copy > 0 else 0.0
         document["measurements"].update(
             measurements_from_runs(
                 runs, replacement_s=loaded.cluster.replacement_s, transfer_s=transfer
