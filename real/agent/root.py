@@ -237,6 +237,7 @@ class RootAgent:
                     self.detector.expect(node_id)
                 record = self._attempt_record(1, members, {"iteration": None, "sources": []}, [])
                 jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+                self.detector.attempt = 1
                 self._emit("run_started", attempt=1, members=_json_members(members))
                 return record
             self.stop.wait(POLL_S)
@@ -247,6 +248,7 @@ class RootAgent:
         members = jobkeys.members_of(record)
         alive = set(self.detector.alive_nodes())
         now = time.time()
+        self.detector.attempt = int(record["attempt"])
         lost = []
         for node_id in members.values():
             self.detector.expect(node_id)
@@ -337,6 +339,7 @@ class RootAgent:
             )
         jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
         self.attempt_began = time.time()
+        self.detector.attempt = attempt + 1
         for index in recovery.indices:
             jobkeys.put_json(self.kv, f"{jobkeys.HANDLED_PREFIX}{index}", {"time": time.time()})
         self.kv.delete(f"{jobkeys.ACKS_PREFIX}{attempt}/", prefix=True)

@@ -109,6 +109,9 @@ class FailureDetector:
     ) -> None:
         self.prober = prober
         self.suspect_grace_s = suspect_grace_s
+        # The attempt running now (the root sets it): a suspect of an older attempt, left by a
+        # survivor whose collective broke late, says nothing about the current one.
+        self.attempt: int | None = None
         self._unexplained: list[tuple[str, float, int, int]] = []
         self._reported_suspects: set[tuple[str, float]] = set()
         self.kv = kv
@@ -244,11 +247,13 @@ class FailureDetector:
             try:
                 value = keys.decode(raw)
                 at, node, rank = float(value["time"]), int(value["node"]), int(value["rank"])
+                attempt = value.get("attempt")
             except (ValueError, KeyError, TypeError):
                 continue
             if (key, at) not in self._reported_suspects:
                 self._reported_suspects.add((key, at))
-                if node not in self._ignored:
+                stale = self.attempt is not None and attempt != self.attempt
+                if node not in self._ignored and not stale:
                     new.append(key)
                     self._unexplained.append((key, at, node, rank))
         return new

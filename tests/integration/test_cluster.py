@@ -289,8 +289,9 @@ def test_survivors_keep_their_processes(
     node_failures: RealResult, group_failures: RealResult
 ) -> None:
     """In-process recovery: a rank on a node that did not fail keeps its process across the
-    restart; only the failed ranks get other processes (a rollback to scratch excepted: every
-    trainer that trained then hands its rank to a fresh one)."""
+    restart (a rollback to scratch excepted: every trainer that trained then hands its rank to
+    a fresh one). That the failed ranks' processes were replaced, by warm ones, is the next
+    test's."""
     checked = 0
     for result in (node_failures, group_failures):
         runs = assignments(result)
@@ -303,8 +304,6 @@ def test_survivors_keep_their_processes(
                 if rank not in failed:  # one rank per node: the rank is the slot
                     assert pid == before[rank][0], (attempt, rank, before, after)
                     checked += 1
-                else:
-                    assert pid != before[rank][0], (attempt, rank)
     assert checked >= 6
 
 

@@ -134,3 +134,22 @@ def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV)
         ("software", 1, 1, "suspect")
     ]
     assert detector.poll() == []
+
+
+def test_a_suspect_of_an_earlier_attempt_is_ignored(kv: EmbeddedKV) -> None:
+    """A survivor whose collective broke only after the job was stopped reports a suspect of
+    the attempt that is over: it must not stop the next one."""
+    clock = FakeClock()
+    detector = FailureDetector(
+        kv, lease_timeout_s=60.0, clock=clock, prober=lambda nodes: [], suspect_grace_s=1.0
+    )
+    detector.attempt = 3
+    late = {"node": 0, "rank": 0, "error": "timed out", "time": clock.now, "attempt": 2}
+    kv.put(keys.suspect_key(0, 0), keys.encode(late))
+    clock.now += 5.0
+    assert detector.poll() == []
+    current = {**late, "time": clock.now, "attempt": 3, "node": 1, "rank": 1}
+    kv.put(keys.suspect_key(1, 1), keys.encode(current))
+    assert detector.poll() == []  # within its grace
+    clock.now += 1.0
+    assert [(d.node, d.detected_by) for d in detector.poll()] == [(1, "suspect")]
