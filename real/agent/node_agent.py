@@ -53,7 +53,11 @@ from real.eventlog import EventLog
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
-POLL_S = 0.02
+POLL_S = 0.05
+"""How often an agent reads the attempt record and looks at its trainers, s: every agent's
+read is a request to the one coordination store, which must keep answering heartbeats and
+elections in time on a loaded machine."""
+STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 
 
@@ -231,7 +235,7 @@ class NodeAgent:
                 self.kv.delete(f"{jobkeys.STANDBY_PREFIX}{node_id}")
                 log.info("node %d: standby takes slot %d", node_id, self.slot)
                 return True
-            self.stopping.wait(POLL_S)
+            self.stopping.wait(STANDBY_POLL_S)
         return False
 
     def _leadership(self, leading: bool) -> None:
