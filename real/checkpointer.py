@@ -438,7 +438,15 @@ def _init_from_torchrun_env(timeout_s: float) -> bool:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         # torchrun's workers share its rendezvous store across restarts, and a restarted
         # worker's env:// group reads the previous attempt's keys and waits forever
-        # (pytorch#135712): keep each restart's keys apart.
+        # (pytorch#135712). On one node the restart count keeps each restart's keys apart;
+        # across nodes it does not (an agent whose workers were still healthy restarts them
+        # without counting), so there torchrun must give each restart a store of its own.
+        if int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1:
+            raise RuntimeError(
+                "a multi-node torchrun job shares its rendezvous store with restarted workers, "
+                "and torch 2.13 then hangs their process group (pytorch#135712): start "
+                "torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment"
+            )
         agent_store = dist.TCPStore(  # type: ignore[attr-defined]
             os.environ["MASTER_ADDR"],
             int(os.environ["MASTER_PORT"]),

@@ -32,6 +32,8 @@ def run_job(script: str, out: Path, runtime: Path, crash_at: int | None) -> list
         "GEMINI_RUNTIME_DIR": str(runtime),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
+        # Multi-node torchrun must give each restart a rendezvous store of its own.
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
     }
     if crash_at is not None:
         env["EXAMPLE_CRASH_AT"] = str(crash_at)
