@@ -66,9 +66,6 @@ class NodeStores:
     addresses: list[str]
     token: str
 
-    def close(self) -> None:
-        """Nothing to release here: the daemon belongs to the node and ends with the job."""
-
 
 def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
     """Agree on the job's secret, make sure this node's daemon runs, learn every address.
