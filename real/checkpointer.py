@@ -383,9 +383,7 @@ class Checkpointer:
         self._reset_engine(abandon=False)
         if self._channel is not None and not self._ran and self._assignment is not None:
             self._channel.send("done", attempt=self._assignment.attempt)  # a plain loop ended
-        if self._daemon is not None:
-            self._daemon.close()
-            self._daemon = None
+        self._daemon = None  # the daemon belongs to the node and ends with the job, not here
         if self._channel is not None:
             self._channel.close()
             self._channel = None
