@@ -29,6 +29,8 @@ EventKind = Literal[
     "ckpt_captured",
     "ckpt_replicated",
     "ckpt_committed",
+    "ckpt_interval_changed",
+    "ckpt_compression",
     "persist_begin",
     "persist_done",
     "failure_injected",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from types import UnionType
 from typing import Annotated, Literal, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 GBYTE = 1e9
@@ -265,6 +265,41 @@ class CheckpointConfig(_Strict):
     persistent_interval_s: float | None = Field(
         None, gt=0, description="Baseline with a fixed interval: save every this many s."
     )
+    interval: Annotated[int, Field(ge=1)] | Literal["adaptive"] = Field(
+        1,
+        description="Gemini: checkpoint every this many iterations (1: every iteration), or "
+        "adaptive: every k iterations, k the least whose idle spans carry the checkpoint's "
+        "replicas at the measured replication throughput (shared.adaptive), re-chosen when "
+        "the profile or the throughput changes; multiples of persist_every_iterations are "
+        "always checkpointed.",
+    )
+    compression: Literal["off", "on", "auto"] = Field(
+        "off",
+        description="Gemini: compress replication chunks losslessly (byte planes + zstd). "
+        "auto: only when the link, not the CPU, is the bottleneck, judged from the codec "
+        "measured on the real state (shared.compression); the simulator judges from "
+        "compression_ratio and compression_gbyte_s.",
+    )
+    compression_ratio: PositiveFloat | None = Field(
+        None,
+        description="Simulator: measured raw over compressed bytes of the state "
+        "(benchmarks/compression.py); none: incompressible (1).",
+    )
+    compression_gbyte_s: PositiveFloat | None = Field(
+        None,
+        description="Simulator: measured codec throughput, the slower of compression and "
+        "decompression, raw GB/s; none: never the bottleneck.",
+    )
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _check_interval(cls, value: object) -> object:
+        ok = value == "adaptive" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        )
+        if not ok:
+            raise ValueError(f"must be an integer >= 1 or 'adaptive', got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -282,6 +317,10 @@ class CheckpointConfig(_Strict):
                 "a fixed persistent interval needs persistent_every_iterations or "
                 "persistent_interval_s"
             )
+        if self.strategy == "persistent" and self.interval != 1:
+            raise ValueError("interval applies to strategy gemini; the baseline has its own")
+        if self.strategy == "persistent" and self.compression != "off":
+            raise ValueError("compression applies to strategy gemini (replication)")
         return self
 
     @property
