@@ -291,6 +291,14 @@ class CheckpointConfig(_Strict):
         "decompression, raw GB/s; none: never the bottleneck.",
     )
 
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        # YAML 1.1 reads a bare on / off as a boolean.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
     @field_validator("interval", mode="before")
     @classmethod
     def _check_interval(cls, value: object) -> object:
@@ -321,6 +329,10 @@ class CheckpointConfig(_Strict):
             raise ValueError("interval applies to strategy gemini; the baseline has its own")
         if self.strategy == "persistent" and self.compression != "off":
             raise ValueError("compression applies to strategy gemini (replication)")
+        if self.interval == "adaptive" and self.traffic != "interleaved":
+            raise ValueError(
+                "interval: adaptive needs traffic: interleaved (k is chosen from the idle spans)"
+            )
         return self
 
     @property

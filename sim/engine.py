@@ -274,6 +274,16 @@ class Engine:
     def _main(self) -> Generator[simpy.Event, Any, None]:
         end = self.duration_s
         self._emit(0.0, "run_started", strategy=self.strategy.name)
+        if self.strategy.checkpoint_every != 1:  # sim.cadence chose k once, before training
+            self._emit(
+                0.0,
+                "ckpt_interval_changed",
+                interval=self.strategy.checkpoint_every,
+                previous=1,
+                reason=self.strategy.interval_rule,
+            )
+        if self.strategy.compressed:
+            self._emit(0.0, "ckpt_compression", enabled=True)
         timeline = Timeline(0.0, 0, self.strategy)
         while True:
             self._report()
@@ -329,7 +339,7 @@ class Engine:
         if self.strategy.in_memory:
             committed = timeline.committed_by(stop)
             if committed is not None:
-                self.state.commits += committed - timeline.base
+                self.state.commits += timeline.checkpoints_through(committed)
         self._persistence(timeline, first, reached, stop)
 
     def _persistence(self, timeline: Timeline, first: int, reached: int, stop: float) -> None:

@@ -36,7 +36,10 @@ def build_summary(model: SimModel, state: RunState, seed: int, duration_s: float
         "interrupted_recoveries": state.interrupted_recoveries,
         "persistent_checkpoints": state.persists,
         "in_memory_checkpoints": state.commits,
-        "checkpoint_interval_iterations": 1 if strategy.in_memory else strategy.pause_every,
+        "checkpoint_interval_iterations": (
+            strategy.checkpoint_every if strategy.in_memory else strategy.pause_every
+        ),
+        "compressed_replication": strategy.compressed,
         "checkpoint_interval_rule": strategy.interval_rule,
         "persist_every_iterations": strategy.persist_every,
         "commit_delay_s": strategy.commit_delay_s,

@@ -23,6 +23,7 @@ from shared.scenario_rules import (
     errors,
     simulated_run_rules,
 )
+from sim.cadence import checkpoint_cadence
 from sim.strategies import StrategyModel, persistent_interval, persistent_save_times
 from sim.training import (
     IterationProfile,
@@ -85,15 +86,21 @@ def build_model(scenario: Scenario) -> SimModel:
     shard = node_shard_bytes(scenario)
     blocking, upload = persistent_save_times(scenario)
     if ckpt.strategy == "gemini":
-        steady = steady_iteration(
-            scenario, profile, traffic_plan(scenario, profile, placement.peers_of(0))
-        )
+        cadence = checkpoint_cadence(scenario, profile, placement.peers_of(0))
+        if cadence.interval == 1 and not cadence.compression.enabled:
+            steady = steady_iteration(
+                scenario, profile, traffic_plan(scenario, profile, placement.peers_of(0))
+            )
+            per_iteration = 1
+        else:  # one checkpoint's traffic over its k iterations, run as one (sim.cadence)
+            steady = steady_iteration(scenario, cadence.profile, cadence.plan)
+            per_iteration = cadence.interval
         # Two slots (last committed, in progress) for the node's own shard and per replica held.
         memory = 2 * ckpt.replicas * shard
         strategy = StrategyModel(
             name="gemini",
-            progress_s=steady.progress_s,
-            cycle_s=steady.cycle_s,
+            progress_s=steady.progress_s / per_iteration,
+            cycle_s=steady.cycle_s / per_iteration,
             last_replica_delay_s=steady.last_replica_delay_s,
             commit_at_next_end=ckpt.commit == "next_iteration_end",
             pause_every=None,
@@ -102,7 +109,9 @@ def build_model(scenario: Scenario) -> SimModel:
             upload_s=blocking + upload,  # from CPU memory: serialise and upload, off the path
             iteration_no_ckpt_s=base_s,
             memory_bytes=memory,
-            interval_rule="every iteration",
+            interval_rule=_interval_rule(cadence.interval, cadence.decision.reason),
+            checkpoint_every=cadence.interval,
+            compressed=cadence.compression.enabled,
         )
     else:
         steady = None
@@ -126,3 +135,9 @@ def build_model(scenario: Scenario) -> SimModel:
     model = SimModel(scenario, placement, profile, steady, strategy)
     _require(scenario.name, simulated_run_rules(scenario, model.facts))
     return model
+
+
+def _interval_rule(interval: int, reason: str) -> str:
+    if interval == 1:
+        return "every iteration"
+    return f"every {interval} iterations ({reason})"

@@ -29,6 +29,7 @@ import bisect
 from dataclasses import dataclass
 
 from shared import costs
+from shared.adaptive import due
 from shared.errors import ScenarioError
 from shared.scenario import Scenario
 
@@ -54,6 +55,10 @@ class StrategyModel:
         iteration_no_ckpt_s: failure-free iteration without checkpointing, s.
         memory_bytes: CPU memory per node used for checkpoints, bytes.
         interval_rule: how K was chosen.
+        checkpoint_every: gemini: k, iterations between in-memory checkpoints
+            (``checkpoint.interval``, ``sim.cadence``); the persistence interval's multiples
+            are checkpointed too.
+        compressed: gemini: replication compresses its chunks.
     """
 
     name: str
@@ -68,6 +73,8 @@ class StrategyModel:
     iteration_no_ckpt_s: float
     memory_bytes: float
     interval_rule: str
+    checkpoint_every: int = 1
+    compressed: bool = False
 
     @property
     def in_memory(self) -> bool:
@@ -164,6 +171,36 @@ class Timeline:
         span = range(low, high)
         return low + bisect.bisect_right(span, time_s, key=self.end) - 1
 
+    def is_checkpoint(self, k: int) -> bool:
+        """Whether iteration k is checkpointed in memory (``shared.adaptive.due``)."""
+        model = self.model
+        return k > self.base and due(k, self.base, model.checkpoint_every, model.persist_every)
+
+    def checkpoint_at_or_before(self, k: int) -> int | None:
+        """The newest checkpointed iteration at or before k, since the restore, or None."""
+        every, persist = self.model.checkpoint_every, self.model.persist_every
+        if k <= self.base:
+            return None
+        best = self.base + (k - self.base) // every * every
+        if persist:
+            best = max(best, k // persist * persist)
+        return best if best > self.base else None
+
+    def checkpoints_through(self, k: int) -> int:
+        """Checkpointed iterations in ``(base, k]``."""
+        every, persist = self.model.checkpoint_every, self.model.persist_every
+        if k <= self.base:
+            return 0
+        count = (k - self.base) // every
+        if persist and every > 1:
+            # Multiples of persist_every that are not on the lattice base + j * every.
+            count += sum(
+                1
+                for m in range((self.base // persist + 1) * persist, k + 1, persist)
+                if (m - self.base) % every
+            )
+        return count
+
     def commit_time(self, k: int) -> float:
         """When iteration k's in-memory checkpoint commits: its last replica stored, or with
         ``commit_at_next_end`` the end of iteration k+1 (the same instant as that update)."""
@@ -178,7 +215,7 @@ class Timeline:
         after ``save(k+1)`` has returned, which commits k under ``next_iteration_end``, as the
         real injector (watching the trainers' ``iteration_end`` events) fires it.
         """
-        k = self.reached_by(time_s)
-        while k > self.base and self.commit_time(k) > time_s:
-            k -= 1
-        return k if k > self.base else None
+        found = self.checkpoint_at_or_before(self.reached_by(time_s))
+        while found is not None and self.commit_time(found) > time_s:
+            found = self.checkpoint_at_or_before(found - 1)
+        return found
