@@ -379,3 +379,299 @@ def calibration_scenarios(calibration: Mapping[str, Any]) -> list[str]:
     """Names of the scenarios whose measured runs calibrated the file."""
     used = calibration.get("scenarios_used") or []
     return [str(name) for name in used]
+
+
+# --- Laws: costs that transfer to shapes the calibration did not measure ---------------------
+
+LAW_FORMS: dict[str, str] = {
+    "rejoin_s": "r0 + r1 * ranks",
+    "spare_join_s": "j0 + j1 * ranks + j2 * parameters_m",
+    "state_load_s": "l0 + bytes / load_bytes_per_s",
+    "compute_s": "(c0 + 6 * parameters * tokens_per_rank / flops_per_s) * share",
+    "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
+}
+"""The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,
+``parameters_m`` the parameters in millions, ``bytes`` the state one node restores, ``share``
+``max(1, ranks / cpus)`` when every rank shares this host's CPUs (else 1); a DDP iteration's
+collective is a ring all-reduce of the fp32 gradients (``steps`` = 2 (n - 1) messages,
+``sent_bytes`` = 2 (n - 1) / n x 4 P), ZeRO-3/FSDP's two all-gathers and a reduce-scatter
+(3 (n - 1) and 3 (n - 1) / n x 4 P)."""
+
+CONSTANT_LAWS = (
+    "park_s",
+    "collective_failure_s",
+    "probe_s",
+    "exit_notice_s",
+    "agent_poll_s",
+    "root_poll_s",
+)
+"""Micro-measurements that do not depend on the shape: their median over the samples."""
+
+
+def _nonnegative_fit(rows: Sequence[Sequence[float]], values: Sequence[float]) -> list[float]:
+    """Least squares with non-negative coefficients (a cost never falls as a shape grows)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    solution, _ = nnls(np.asarray(rows, dtype=float), np.asarray(values, dtype=float))
+    return [float(x) for x in solution]
+
+
+def _share(ranks: float, cpus: float, single_host: bool) -> float:
+    return max(1.0, ranks / cpus) if single_host and cpus > 0 else 1.0
+
+
+def _ring(parallelism: str, ranks: int, parameters: float) -> tuple[float, float]:
+    """(messages, bytes each rank sends) per iteration: fp32 gradients and parameters."""
+    phases = 3 if parallelism == "zero3" else 2
+    return phases * (ranks - 1), phases * (ranks - 1) / ranks * 4 * parameters
+
+
+def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
+    """Fit ``LAW_FORMS`` to micro-measurements of reference shapes (``real.calibrate``).
+
+    Each sample holds the shape it measured (``ranks``, ``parameters``, ``state_bytes``,
+    ``tokens_per_rank``, ``single_host``) and what ``measure_recovery`` measured on it; the
+    iteration's compute and communication are the sums of its ``micro_iteration_phases``.
+    Coefficients are fitted by non-negative least squares. Raises ValueError with fewer than
+    two samples.
+    """
+    if len(samples) < 2:
+        raise ValueError(f"fitting laws needs at least two reference shapes, got {len(samples)}")
+    laws: dict[str, Any] = {"cpus": cpus, "forms": dict(LAW_FORMS)}
+    ranks = [float(s["ranks"]) for s in samples]
+    params = [float(s["parameters"]) for s in samples]
+    shares = [
+        _share(r, cpus, bool(s.get("single_host", True)))
+        for r, s in zip(ranks, samples, strict=True)
+    ]
+    r0, r1 = _nonnegative_fit([[1, n] for n in ranks], [float(s["rejoin_s"]) for s in samples])
+    laws["rejoin_s"] = {"r0": r0, "r1": r1}
+    j0, j1, j2 = _nonnegative_fit(
+        [[1, n, p / 1e6] for n, p in zip(ranks, params, strict=True)],
+        [float(s["spare_join_s"]) for s in samples],
+    )
+    laws["spare_join_s"] = {"j0": j0, "j1": j1, "j2": j2}
+    l0, per_byte = _nonnegative_fit(
+        [[1, float(s["state_bytes"])] for s in samples], [float(s["state_load_s"]) for s in samples]
+    )
+    laws["state_load_s"] = {"l0": l0, "load_bytes_per_s": 1 / per_byte if per_byte > 0 else None}
+    compute, communication = [], []
+    for s in samples:
+        phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
+        compute.append(sum(float(d) for kind, d in phases if kind == "compute"))
+        communication.append(sum(float(d) for kind, d in phases if kind == "communication"))
+    c0, per_flop = _nonnegative_fit(
+        [[1, 6 * p * float(s["tokens_per_rank"])] for p, s in zip(params, samples, strict=True)],
+        [c / share for c, share in zip(compute, shares, strict=True)],
+    )
+    laws["compute_s"] = {"c0": c0, "flops_per_s": 1 / per_flop if per_flop > 0 else None}
+    rings = [_ring("ddp", int(n), p) for n, p in zip(ranks, params, strict=True)]
+    alpha, per_byte = _nonnegative_fit(
+        [[steps, sent] for steps, sent in rings],
+        [c / share for c, share in zip(communication, shares, strict=True)],
+    )
+    laws["communication_s"] = {
+        "alpha_s": alpha,
+        "bytes_per_s": 1 / per_byte if per_byte > 0 else None,
+    }
+    for key in CONSTANT_LAWS:
+        values = [float(s[key]) for s in samples if isinstance(s.get(key), int | float)]
+        if values:
+            laws[key] = statistics.median(values)
+    laws["shapes"] = [
+        {k: s[k] for k in ("ranks", "parameters", "state_bytes", "tokens_per_rank") if k in s}
+        for s in samples
+    ]
+    return laws
+
+
+def _law(laws: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = laws.get(name)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"calibration laws: {name} is missing or not a mapping")
+    return value
+
+
+def law_costs(laws: Mapping[str, Any], scenario: Any) -> dict[str, float]:
+    """The scenario's recovery costs and iteration (seconds) by ``LAW_FORMS``.
+
+    Returns ``exit_notice_s``, ``collective_failure_s``, ``probe_s``, ``park_s`` (constants),
+    ``spare_join_s``, ``rejoin_s``, ``state_load_s``, ``compute_s`` and ``communication_s``
+    for the scenario's world size, parameters, tokens per rank, parallelism and the state one
+    node restores (``shared.costs.node_checkpoint_bytes``). With links limited by tc (netns),
+    the communication takes at least its bytes over the scenario's link.
+    """
+    from shared.costs import node_checkpoint_bytes
+
+    cluster = scenario.cluster
+    ranks = cluster.nodes * cluster.accelerators_per_node
+    parameters = float(scenario.model.parameter_count)
+    tokens = scenario.training.batch_size_per_rank * scenario.model.context
+    cpus = float(laws.get("cpus") or 1)
+    share = _share(ranks, cpus, bool(cluster.single_host))
+    state = node_checkpoint_bytes(
+        scenario.model.checkpoint_bytes,
+        nodes=cluster.nodes,
+        ranks_per_node=cluster.accelerators_per_node,
+        parallelism=scenario.training.parallelism,
+    )
+    out: dict[str, float] = {}
+    for key in CONSTANT_LAWS:
+        value = laws.get(key)
+        if isinstance(value, int | float):
+            out[key] = float(value)
+    rejoin = _law(laws, "rejoin_s")
+    out["rejoin_s"] = float(rejoin["r0"]) + float(rejoin["r1"]) * ranks
+    join = _law(laws, "spare_join_s")
+    out["spare_join_s"] = (
+        float(join["j0"]) + float(join["j1"]) * ranks + float(join["j2"]) * parameters / 1e6
+    )
+    load = _law(laws, "state_load_s")
+    rate = load.get("load_bytes_per_s")
+    out["state_load_s"] = float(load["l0"]) + (state / float(rate) if rate else 0.0)
+    compute = _law(laws, "compute_s")
+    flops = compute.get("flops_per_s")
+    out["compute_s"] = (
+        float(compute["c0"]) + (6 * parameters * tokens / float(flops) if flops else 0.0)
+    ) * share
+    communication = _law(laws, "communication_s")
+    steps, sent = _ring(scenario.training.parallelism, ranks, parameters)
+    bandwidth = float(communication.get("bytes_per_s") or 0.0)
+    out["communication_s"] = (
+        float(communication["alpha_s"]) * steps + (sent / bandwidth if bandwidth else 0.0)
+    ) * share
+    if scenario.real.mode == "netns":  # the tc-limited link, if it is the slower
+        link = cluster.network_bandwidth_gbit_s * 1e9 / 8
+        out["communication_s"] = max(out["communication_s"], sent / link)
+    return out
+
+
+def limited_overrides(overrides: Sequence[str], scenario: Any) -> list[str]:
+    """Drop or clamp the overrides that would replace what the scenario deliberately limits.
+
+    - netns mode: tc limits every node link to ``cluster.network_bandwidth_gbit_s``, so a
+      measured (loopback) rate applies only below it: the smaller of the two;
+    - storage emulated in the application (``cluster.storage.emulate_bandwidth``): the
+      scenario's bandwidth is what the harness enforces, so no measured storage bandwidth
+      replaces it.
+    """
+    out: list[str] = []
+    network = "cluster.network_bandwidth_gbit_s="
+    for setting in overrides:
+        if setting.startswith(network) and scenario.real.mode == "netns":
+            measured = float(setting[len(network) :])
+            limit = scenario.cluster.network_bandwidth_gbit_s
+            setting = network + _fmt(min(measured, limit))
+        if setting.startswith("cluster.storage.bandwidth_gbit_s=") and (
+            scenario.cluster.storage.emulate_bandwidth
+        ):
+            continue
+        out.append(setting)
+    return out
+
+
+def law_overrides(calibration: Mapping[str, Any], scenario: Any) -> list[str]:
+    """Scenario overrides from a calibration with ``laws`` (``gemini-ckpt calibrate``).
+
+    The recovery costs are ``recovery_costs``'s rules applied to the laws' values for this
+    scenario's shape (``law_costs``); the iteration is the laws' compute then communication
+    (DDP), or ZeRO-3's three collectives around forward and backward; the bandwidths are the
+    measured ones, within the scenario's limits (``limited_overrides``).
+    """
+    measurements = calibration.get("measurements", calibration)
+    laws = measurements.get("laws") if isinstance(measurements, Mapping) else None
+    if not isinstance(laws, Mapping):
+        raise ValueError("calibration has no `laws` (measure them with `gemini-ckpt calibrate`)")
+    costs = law_costs(laws, scenario)
+    profile = calibration.get("profile")
+    if isinstance(profile, Mapping) and profile.get("configuration") == configuration(scenario):
+        # A failure-free profile of this very configuration says more than the laws.
+        phases = profile.get("micro_iteration_phases") or [
+            ["compute", profile.get("micro_iteration_time_s") or 0.0]
+        ]
+        costs["compute_s"] = sum(float(d) for kind, d in phases if kind == "compute")
+        costs["communication_s"] = sum(float(d) for kind, d in phases if kind == "communication")
+    shaped = {
+        **{k: v for k, v in measurements.items() if k != "laws"},
+        **{k: round(v, 6) for k, v in costs.items()},
+    }
+    micro = recovery_costs(shaped)
+    overrides = [
+        f"{field}={_fmt(micro[key])}" for key, field in MICRO_FIELDS.items() if key in micro
+    ]
+    compute, communication = costs["compute_s"], costs["communication_s"]
+    if compute + communication > 0:
+        if scenario.training.parallelism == "zero3":
+            third = communication / 3
+            phases = [
+                ["communication", third],
+                ["compute", compute / 3],
+                ["communication", third],
+                ["compute", 2 * compute / 3],
+                ["communication", third],
+            ]
+        else:
+            phases = [["compute", compute], ["communication", communication]]
+        kept = [p for p in phases if float(p[1]) > 0]
+        overrides.append(f"training.phases={_phases_yaml(kept)}")
+    plain = {
+        k: measurements[k]
+        for k in ("memory_copy_gbyte_s", "loopback_tcp_gbit_s")
+        if k in measurements
+    }
+    start = _number(measurements, "process_start_s")
+    if start is not None:  # a cold node: a fresh Python importing torch
+        overrides.append(f"recovery.node_start_s={_fmt(start)}")
+    plain.update({k: measurements[k] for k in RUN_MEASUREMENTS if k in measurements})
+    overrides += _plain_overrides(plain)
+    storage = [
+        v
+        for v in (
+            _number(measurements, "storage_write_gbit_s"),
+            _number(measurements, "storage_read_gbit_s"),
+        )
+        if v
+    ]
+    if storage:
+        overrides.append(f"cluster.storage.bandwidth_gbit_s={_fmt(min(storage))}")
+    return limited_overrides(overrides, scenario)
+
+
+RUN_MEASUREMENTS = (
+    "stop_s",
+    "restart_s",
+    "exit_report_s",
+    "node_start_s",
+    "retrieval_overhead_s",
+    "run_iteration_time_s",
+    "save_time_s",
+)
+"""What ``measurements_from_runs`` adds (``calibrate --from-run``): measured by runs, these win
+over the laws (and the scenarios those runs ran are left out of the validation median)."""
+
+
+def configuration(scenario: Any) -> dict[str, Any]:
+    """What fixes a failure-free iteration: the model, the parallelism, the batch and the
+    cluster's shape. A profile applies to a scenario only when these are equal."""
+    model = scenario.model
+    cluster = scenario.cluster
+    return {
+        "model": [model.layers, model.hidden, model.heads, model.context, model.vocab_size],
+        "parameters": float(model.parameter_count),
+        "parallelism": scenario.training.parallelism,
+        "batch_size_per_rank": scenario.training.batch_size_per_rank,
+        "nodes": cluster.nodes,
+        "accelerators_per_node": cluster.accelerators_per_node,
+        "single_host": bool(cluster.single_host),
+    }
+
+
+def scenario_overrides(calibration: Mapping[str, Any], scenario: Any) -> list[str]:
+    """The overrides a calibration makes to one scenario: by its laws when it has them
+    (``law_overrides``), else ``calibration_overrides``; either way within the scenario's
+    limits (``limited_overrides``)."""
+    measurements = calibration.get("measurements", calibration)
+    if isinstance(measurements, Mapping) and isinstance(measurements.get("laws"), Mapping):
+        return law_overrides(calibration, scenario)
+    return limited_overrides(calibration_overrides(calibration), scenario)

@@ -653,3 +653,137 @@ def measure(
         "scenarios_used": [],
         "measurements": measurements,
     }
+
+
+# --- Laws: reference shapes measured, laws fitted (``gemini-ckpt calibrate``) ----------------
+
+REFERENCE_SHAPES: tuple[tuple[int, int], ...] = ((2, 96), (4, 96), (3, 160))
+"""(ranks, hidden width) of the reference shapes whose micro-measurements the laws are fitted
+to: a 2-layer GPT of 0.25M and 0.68M parameters on 2, 3 and 4 ranks of this host. No scenario
+shipped in ``scenarios/validation/`` has these shapes (their models are 0.12M and 1.28M
+parameters, on 4 and 8 ranks), so the laws are validated only on shapes they were not fitted
+to."""
+
+LAW_REPEATS = 3
+"""Micro-measurements of each reference shape; the laws are fitted to their medians (one moment
+of load from other jobs moves a single sample by tens of percent)."""
+
+
+def _median_sample(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the median of repeated micro-measurements; the iteration profile of the repeat
+    whose iteration time is the median."""
+    ordered = sorted(samples, key=lambda s: float(s["micro_iteration_time_s"]))
+    out = dict(ordered[len(ordered) // 2])
+    for key, value in samples[0].items():
+        if isinstance(value, float):
+            out[key] = round(statistics.median(float(s[key]) for s in samples), 6)
+    return out
+
+
+def reference_scenario(ranks: int, hidden: int) -> dict[str, Any]:
+    """The scenario document of one reference shape (one rank per node, DDP, this host)."""
+    return {
+        "name": f"reference-{ranks}x{hidden}",
+        "description": "a reference shape of the calibration's laws",
+        "targets": ["sim", "real"],
+        "cluster": {
+            "nodes": ranks,
+            "accelerators_per_node": 1,
+            "single_host": True,
+            "network_bandwidth_gbit_s": 16,
+            "storage": {"bandwidth_gbit_s": 1.0},
+        },
+        "model": {
+            "name": f"gpt-reference-{hidden}",
+            "layers": 2,
+            "hidden": hidden,
+            "heads": 4,
+            "context": 64,
+        },
+        "training": {"parallelism": "ddp", "iterations": 20, "batch_size_per_rank": 4},
+        "checkpoint": {"strategy": "gemini", "replicas": 2, "placement": "ring"},
+        "failures": {"schedule": []},
+    }
+
+
+def measure_laws(
+    directory: Path, progress: Callable[[str], None] = log.info, *, quick: bool = False
+) -> dict[str, Any]:
+    """Micro-measure the reference shapes and fit the laws (``analysis.calibration.fit_laws``).
+
+    Each reference shape runs ``measure_recovery`` (warm ranks: a spare's join, a survivor's
+    rejoin, loading a state, the iteration profile, a collective failing, the teardown); the
+    samples and the fitted laws are returned as ``{"laws": ..., "law_samples": [...]}``.
+    """
+    import yaml
+
+    from analysis.calibration import fit_laws
+    from shared.costs import node_checkpoint_bytes
+    from shared.scenario_loader import load_scenario
+
+    samples = []
+    shapes = REFERENCE_SHAPES[:2] if quick else REFERENCE_SHAPES
+    with tempfile.TemporaryDirectory(prefix=".calibrate-", dir=directory) as folder:
+        for ranks, hidden in shapes:
+            path = Path(folder) / f"reference-{ranks}x{hidden}.yaml"
+            path.write_text(yaml.safe_dump(reference_scenario(ranks, hidden)), encoding="utf-8")
+            scenario = load_scenario(path)
+            progress(f"reference shape: {ranks} ranks, hidden {hidden}")
+            repeats = [
+                measure_recovery(CalibrationOptions(path, quick=quick), progress)
+                for _ in range(1 if quick else LAW_REPEATS)
+            ]
+            measured = _median_sample(repeats)
+            measured.update(
+                {
+                    "ranks": ranks,
+                    "parameters": scenario.model.parameter_count,
+                    "state_bytes": node_checkpoint_bytes(
+                        scenario.model.checkpoint_bytes,
+                        nodes=ranks,
+                        ranks_per_node=1,
+                        parallelism="ddp",
+                    ),
+                    "tokens_per_rank": scenario.training.batch_size_per_rank
+                    * scenario.model.context,
+                }
+            )
+            samples.append(measured)
+    laws = fit_laws(samples, os.cpu_count() or 1)
+    return {"laws": laws, "law_samples": samples}
+
+
+def measure_machine(
+    directory: Path, progress: Callable[[str], None] = log.info, *, quick: bool = False
+) -> dict[str, Any]:
+    """What ``gemini-ckpt calibrate`` measures: bandwidths, process start and the laws.
+
+    Returns the calibration document (without ``overrides``); nothing here depends on a
+    scenario: ``analysis.calibration.scenario_overrides`` applies it to one.
+    """
+    size = 32 if quick else 256
+    repeats = 2 if quick else 5
+    measurements: dict[str, Any] = {}
+    progress("memory copy")
+    measurements["memory_copy_gbyte_s"] = round(memory_copy_gbyte_s(size, repeats), 4)
+    progress("loopback TCP")
+    measurements["loopback_tcp_gbit_s"] = round(loopback_tcp_gbit_s(size), 4)
+    progress(f"storage in {directory}")
+    write, read = storage_gbit_s(directory, size)
+    measurements["storage_write_gbit_s"] = round(write, 4)
+    measurements["storage_read_gbit_s"] = round(read, 4)
+    progress("process start (python + import torch)")
+    measurements["process_start_s"] = round(process_start_s(1 if quick else 3), 4)
+    measurements.update(measure_laws(directory, progress, quick=quick))
+    return {
+        "version": 2,
+        "machine": {
+            "hostname": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+        },
+        "source": "laws",
+        "scenarios_used": [],
+        "measurements": measurements,
+    }

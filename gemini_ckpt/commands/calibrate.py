@@ -1,15 +1,25 @@
 """``gemini-ckpt calibrate [SCENARIO] [--out FILE]``: measure this machine for the simulator.
 
-Runs the benchmarks of ``real/calibrate.py`` (memory copy, loopback TCP, storage in the run
-folder's filesystem, process start, restart of the scenario's ranks, the scenario's iteration
-profile), optionally adds recovery costs measured by earlier real runs (``--from-run``), and
-writes a calibration file whose ``overrides`` the simulator applies (``gemini-ckpt sim
---set ...`` or ``--calibration FILE``). See docs/analysis.md.
+Measures what does not depend on a scenario (``real.calibrate.measure_machine``: memory copy,
+loopback TCP, storage in the run folder's filesystem, process start) and fits the **laws** of
+the recovery costs and the iteration (``analysis.calibration.LAW_FORMS``) to micro-measurements
+of reference shapes (``real.calibrate.REFERENCE_SHAPES``: warm ranks joining and rejoining a
+gloo group, a collective failing, loading a state, a few iterations). The file then applies to
+any scenario: ``gemini-ckpt sim SCENARIO --calibration FILE`` evaluates the laws at the
+scenario's world size, parameters, state and links (``analysis.calibration.scenario_overrides``),
+never overriding what the scenario deliberately limits (netns links, emulated storage).
+
+With a SCENARIO, the file also carries a failure-free profile of that configuration (its model
+on its world size, a few iterations: ``profile``), which replaces the iteration law for
+scenarios of the same configuration. ``--from-run`` adds recovery costs measured by earlier
+real runs (those scenarios are then left out of the validation median). See
+docs/simulator.md.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,7 +48,6 @@ import click
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario field."
 )
-@click.option("--ranks", type=click.IntRange(min=1), default=None, help="World size to profile.")
 @click.option(
     "--iterations", type=click.IntRange(min=2), default=8, show_default=True, help="Timed steps."
 )
@@ -50,76 +59,113 @@ import click
     help="Measured run folder(s) whose stop, restart and detection times calibrate too; "
     "their scenarios are then left out of the validation median.",
 )
-@click.option("--quick", is_flag=True, help="Small benchmarks (seconds, less precise).")
+@click.option(
+    "--quick", is_flag=True, help="Small benchmarks, two reference shapes (less precise)."
+)
 def command(
     scenario: Path | None,
     out: Path,
     directory: Path,
     overrides: tuple[str, ...],
-    ranks: int | None,
     iterations: int,
     from_runs: tuple[Path, ...],
     quick: bool,
 ) -> None:
-    """Measure this machine (and the SCENARIO's model, default the quickstart) and write a
-    calibration file for the simulator."""
+    """Measure this machine, fit the laws of the simulator's costs, and write a calibration
+    file (with SCENARIO: also a failure-free profile of its configuration)."""
     from rich.console import Console
     from rich.table import Table
 
     from analysis.calibration import (
-        calibration_overrides,
+        configuration,
         measurements_from_runs,
+        scenario_overrides,
         write_calibration,
     )
     from analysis.results import RunFolderError, load_runs
-    from real.calibrate import CalibrationOptions, measure
+    from real.calibrate import CalibrationOptions, measure_machine, measure_recovery
+    from shared.scenario_loader import load_scenario
 
     console = Console(stderr=True)
-    if scenario is None:
-        scenario = Path("scenarios/quickstart.yaml")
-        if not scenario.is_file():
-            raise click.UsageError("give a SCENARIO (scenarios/quickstart.yaml is not here)")
     runs = []
     if from_runs:
+        if scenario is None:
+            raise click.UsageError("--from-run needs the SCENARIO those runs ran")
         try:
             runs = load_runs(from_runs)
         except RunFolderError as error:
             raise click.UsageError(str(error)) from error
-    options = CalibrationOptions(
-        scenario, tuple(overrides), directory, ranks, iterations, quick=quick
-    )
+    directory.mkdir(parents=True, exist_ok=True)
+    loaded = load_scenario(scenario, overrides) if scenario is not None else None
     with console.status("calibrating") as status:
-        document = measure(options, progress=lambda text: status.update(f"measuring {text}"))
-    if runs:
-        from shared.scenario_loader import load_scenario
 
-        loaded = load_scenario(scenario, overrides)
-        # A restore from memory moves a node's shard at about the memory copy bandwidth;
-        # what the runs measured beyond that is the restore's fixed cost.
-        copy = float(document["measurements"].get("memory_copy_gbyte_s") or 0) * 1e9
-        from shared.costs import node_checkpoint_bytes
+        def progress(text: str) -> None:
+            status.update(f"measuring {text}")
 
-        cluster = loaded.cluster
-        shard = node_checkpoint_bytes(
-            loaded.model.checkpoint_bytes,
-            nodes=cluster.nodes,
-            ranks_per_node=cluster.accelerators_per_node,
-            parallelism=loaded.training.parallelism,
-        )
-        transfer = shard / copy if copy > 0 else 0.0
-        document["measurements"].update(
-            measurements_from_runs(
-                runs, replacement_s=loaded.cluster.replacement_s, transfer_s=transfer
+        document = measure_machine(directory, progress, quick=quick)
+        if scenario is not None and loaded is not None:
+            options = CalibrationOptions(
+                scenario, tuple(overrides), directory, iterations=iterations, quick=quick
             )
-        )
+            profiled = measure_recovery(options, progress)
+            document["profile"] = {
+                "scenario": loaded.name,
+                "configuration": configuration(loaded),
+                **{
+                    k: profiled[k]
+                    for k in ("micro_iteration_time_s", "micro_iteration_phases")
+                    if k in profiled
+                },
+            }
+            document["scenario"] = loaded.name
+    if runs and loaded is not None:
+        document["measurements"].update(_from_runs(document, loaded, runs, measurements_from_runs))
         document["scenarios_used"] = sorted({r.scenario for r in runs if r.source == "real"})
     write_calibration(out, document)
+    laws = document["measurements"]["laws"]
     table = Table(title=f"calibration ({document['machine']['hostname']})")
-    table.add_column("measurement")
+    table.add_column("measurement or law")
     table.add_column("value", justify="right")
     for key, value in document["measurements"].items():
-        table.add_row(key, str(value))
+        if key not in ("laws", "law_samples"):
+            table.add_row(key, str(value))
+    for key, form in laws["forms"].items():
+        fitted = laws.get(key)
+        values = ", ".join(f"{k}={_short(v)}" for k, v in (fitted or {}).items())
+        table.add_row(f"{key} = {form}", values)
+    for key in ("park_s", "collective_failure_s", "probe_s", "exit_notice_s"):
+        if key in laws:
+            table.add_row(key, _short(laws[key]))
     console.print(table)
-    for override in calibration_overrides(document):
-        console.print(f"  --set {override}")
+    if loaded is not None:
+        console.print(f"for {loaded.name}:")
+        for override in scenario_overrides(document, loaded):
+            console.print(f"  --set {override}")
     console.print(f"calibration written to {out}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _from_runs(
+    document: dict[str, Any], loaded: Any, runs: list[Any], measure: Any
+) -> dict[str, float]:
+    """Recovery costs measured by runs of ``loaded`` (``measurements_from_runs``)."""
+    from shared.costs import node_checkpoint_bytes
+
+    # A restore from memory moves a node's shard at about the memory copy bandwidth; what the
+    # runs measured beyond that is the restore's fixed cost.
+    copy = float(document["measurements"].get("memory_copy_gbyte_s") or 0) * 1e9
+    cluster = loaded.cluster
+    shard = node_checkpoint_bytes(
+        loaded.model.checkpoint_bytes,
+        nodes=cluster.nodes,
+        ranks_per_node=cluster.accelerators_per_node,
+        parallelism=loaded.training.parallelism,
+    )
+    transfer = shard / copy if copy > 0 else 0.0
+    result: dict[str, float] = measure(
+        runs, replacement_s=cluster.replacement_s, transfer_s=transfer
+    )
+    return result

@@ -22,8 +22,11 @@ when a peer vanishes, a probe round trip, a killed child's exit notice, loading 
 iteration), turned into recovery costs by ``analysis.calibration.recovery_costs``. So the
 prediction is made on the machine that then measures, and never from the run it is compared
 with. A calibration file (``--calibration``, from ``gemini-ckpt calibrate``) replaces it; its
-overrides go to the simulated runs only, and the scenarios it was calibrated on are left out
-of the validation median. ``--no-calibrate`` simulates the scenario's own values.
+overrides (its laws evaluated at this scenario's shape, ``analysis.calibration.
+scenario_overrides``) go to the simulated runs only, and the scenarios it was calibrated on are
+left out of the validation median. Either way no calibration overrides what the scenario
+deliberately limits: netns links keep their tc rate (a measured rate applies only below it),
+emulated storage its bandwidth. ``--no-calibrate`` simulates the scenario's own values.
 
 Ctrl-C (or SIGTERM) stops the running child with SIGTERM, which makes ``gemini-ckpt real`` tear
 its emulated cluster down; a child still alive after a grace period is killed with its process
@@ -154,7 +157,7 @@ def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> di
     """
     import platform
 
-    from analysis.calibration import calibration_overrides, write_calibration
+    from analysis.calibration import scenario_overrides, write_calibration
     from real.calibrate import CalibrationOptions, measure_recovery
 
     loaded = load_scenario(scenario, overrides)
@@ -168,7 +171,7 @@ def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> di
         "measurements": measurements,
     }
     write_calibration(out / "calibration.yaml", document)
-    document["overrides"] = calibration_overrides(document)
+    document["overrides"] = scenario_overrides(document, loaded)
     return document
 
 
@@ -225,7 +228,7 @@ def command(
     video: bool,
 ) -> None:
     """Simulate and run SCENARIO, Gemini and the persistent baseline, and write the report."""
-    from analysis.calibration import calibration_overrides, calibration_scenarios, load_calibration
+    from analysis.calibration import calibration_scenarios, load_calibration, scenario_overrides
 
     console = Console(stderr=True)
     loaded = load_scenario(scenario, overrides)
@@ -238,7 +241,7 @@ def command(
             document = load_calibration(calibration)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--calibration") from error
-        sim_extra = calibration_overrides(document)
+        sim_extra = scenario_overrides(document, loaded)
         calibrated_on = calibration_scenarios(document)
     elif calibrate:
         console.print("calibrating this machine (micro-benchmarks of an in-process recovery)")

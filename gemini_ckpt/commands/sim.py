@@ -127,8 +127,9 @@ def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table
     "--calibration",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
-    help="A file from `gemini-ckpt calibrate`: measured bandwidths and times replace the "
-    "scenario's (--set still wins).",
+    help="A file from `gemini-ckpt calibrate`: its laws, evaluated at this scenario's shape, "
+    "replace the scenario's costs and iteration, never what it limits (netns links, emulated "
+    "storage); --set still wins.",
 )
 def command(
     scenario: Path,
@@ -140,15 +141,20 @@ def command(
     calibration: Path | None,
 ) -> None:
     """Simulate SCENARIO (a YAML file) and write events.jsonl and summary.json."""
-    from analysis.calibration import calibration_overrides, load_calibration
+    from analysis.calibration import load_calibration, scenario_overrides
     from sim import simulate, write_result
 
-    try:
-        measured = calibration_overrides(load_calibration(calibration)) if calibration else []
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--calibration") from error
-    settings = [*measured, *(STRATEGIES[strategy] if strategy else []), *overrides]
     faces: tuple[Face, ...] = ("sim",)
+    chosen = [*(STRATEGIES[strategy] if strategy else []), *overrides]
+    measured: list[str] = []
+    if calibration:
+        # The calibration's laws evaluated at this scenario's shape, within its limits.
+        try:
+            document = load_calibration(calibration)
+            measured = scenario_overrides(document, load_scenario(scenario, chosen, faces=faces))
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--calibration") from error
+    settings = [*measured, *chosen]
     loaded = load_scenario(scenario, settings, faces=faces)
     out = out or Path("runs") / f"sim-{loaded.name}"
     count = seeds or loaded.sim.replications

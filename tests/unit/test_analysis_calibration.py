@@ -171,3 +171,174 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     assert "recovery.restart_s=0.31" not in overrides
     assert not any(o.startswith("training.phases=") for o in overrides)
     assert "training.iteration_time_s=0.3" in overrides
+
+
+# --- Laws: fitted on reference shapes, evaluated at others ------------------------------------
+
+LAWS_TRUE = {
+    "r0": 0.05,
+    "r1": 0.02,
+    "j0": 0.1,
+    "j1": 0.03,
+    "j2": 0.2,
+    "l0": 0.004,
+    "load": 2e9,
+    "c0": 0.002,
+    "flops": 40e9,
+    "alpha": 3e-4,
+    "beta": 1e8,
+}
+CONSTANTS = {
+    "park_s": 0.01,
+    "collective_failure_s": 0.03,
+    "probe_s": 0.001,
+    "exit_notice_s": 0.002,
+    "agent_poll_s": 0.05,
+    "root_poll_s": 0.05,
+}
+
+
+def _sample(ranks: int, parameters: float, cpus: int = 2) -> dict[str, object]:
+    """A micro-measurement of one shape, exactly as the laws say (DDP, this host)."""
+    t = LAWS_TRUE
+    share = max(1.0, ranks / cpus)
+    tokens = 256
+    compute = (t["c0"] + 6 * parameters * tokens / t["flops"]) * share
+    sent = 2 * (ranks - 1) / ranks * 4 * parameters
+    communication = (t["alpha"] * 2 * (ranks - 1) + sent / t["beta"]) * share
+    state = 12 * parameters
+    return {
+        **CONSTANTS,
+        "ranks": ranks,
+        "parameters": parameters,
+        "state_bytes": state,
+        "tokens_per_rank": tokens,
+        "single_host": True,
+        "rejoin_s": t["r0"] + t["r1"] * ranks,
+        "spare_join_s": t["j0"] + t["j1"] * ranks + t["j2"] * parameters / 1e6,
+        "state_load_s": t["l0"] + state / t["load"],
+        "micro_iteration_time_s": compute + communication,
+        "micro_iteration_phases": [["compute", compute], ["communication", communication]],
+    }
+
+
+REFERENCE = [_sample(2, 254_592), _sample(4, 254_592), _sample(3, 670_080)]
+
+
+def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
+    from analysis.calibration import fit_laws, law_costs
+
+    laws = fit_laws(REFERENCE, cpus=2)
+    assert laws["rejoin_s"]["r1"] == pytest.approx(0.02, rel=1e-6)
+    assert laws["spare_join_s"]["j2"] == pytest.approx(0.2, rel=1e-6)
+    assert laws["compute_s"]["flops_per_s"] == pytest.approx(40e9, rel=1e-6)
+    assert laws["communication_s"]["bytes_per_s"] == pytest.approx(1e8, rel=1e-6)
+    # 8 nodes of a 0.12M-parameter model: a shape none of the references had.
+    scenario = load_scenario(REPO / "scenarios" / "validation" / "v03-small-8nodes-hardware.yaml")
+    expected = _sample(8, scenario.model.parameter_count)
+    costs = law_costs(laws, scenario)
+    for key in ("rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
+        assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
+    phases = dict(expected["micro_iteration_phases"])  # type: ignore[arg-type]
+    assert costs["compute_s"] == pytest.approx(phases["compute"], rel=1e-6)
+    assert costs["communication_s"] == pytest.approx(phases["communication"], rel=1e-6)
+
+
+def test_fitting_needs_two_shapes() -> None:
+    from analysis.calibration import fit_laws
+
+    with pytest.raises(ValueError, match="at least two reference shapes"):
+        fit_laws(REFERENCE[:1], cpus=2)
+
+
+def _law_calibration(**extra: object) -> dict[str, object]:
+    from analysis.calibration import fit_laws
+
+    measurements = {
+        "memory_copy_gbyte_s": 5.0,
+        "loopback_tcp_gbit_s": 30.0,
+        "storage_write_gbit_s": 2.0,
+        "storage_read_gbit_s": 3.0,
+        "process_start_s": 2.5,
+        "laws": fit_laws(REFERENCE, cpus=2),
+        **extra,
+    }
+    return {"version": 2, "source": "laws", "measurements": measurements}
+
+
+def test_a_calibration_never_overrides_what_the_scenario_limits() -> None:
+    from analysis.calibration import scenario_overrides
+
+    validation = REPO / "scenarios" / "validation"
+    netns = load_scenario(validation / "v08-large-netns-02g-hardware.yaml")
+    overrides = scenario_overrides(_law_calibration(), netns)
+    # tc holds the link at 0.2 Gbit/s: the loopback's 30 does not replace it.
+    assert "cluster.network_bandwidth_gbit_s=0.2" in overrides
+    assert "cluster.storage.bandwidth_gbit_s=2" in overrides  # real disk: the slower of the two
+    emulated = load_scenario(validation / "v12-large-baseline-slow-storage.yaml")
+    overrides = scenario_overrides(_law_calibration(), emulated)
+    assert not any(o.startswith("cluster.storage.bandwidth_gbit_s=") for o in overrides)
+    assert "cluster.network_bandwidth_gbit_s=30" in overrides  # local mode: loopback
+    calibrated = load_scenario(validation / "v12-large-baseline-slow-storage.yaml", overrides)
+    assert calibrated.cluster.storage.bandwidth_gbit_s == 0.2
+    # The same rules for a calibration without laws (``gemini-ckpt run``'s, or an old file).
+    old = scenario_overrides({"measurements": MEASURED}, netns)
+    assert "cluster.network_bandwidth_gbit_s=0.2" in old
+    assert "cluster.storage.bandwidth_gbit_s=6.1" in old
+    # In netns mode the iteration's collectives take at least their bytes over the link.
+    phases = dict(
+        (p.kind, p.duration_s)
+        for p in load_scenario(
+            validation / "v08-large-netns-02g-hardware.yaml",
+            overrides=scenario_overrides(_law_calibration(), netns),
+        ).training.phases
+        or []
+    )
+    sent = 2 * 3 / 4 * 4 * netns.model.parameter_count
+    assert phases["communication"] == pytest.approx(sent / (0.2e9 / 8), rel=1e-5)
+
+
+def test_law_overrides_set_the_recovery_costs_by_the_micro_rules() -> None:
+    from analysis.calibration import law_costs, scenario_overrides
+
+    calibration = _law_calibration()
+    path = REPO / "scenarios" / "validation" / "v01-small-software.yaml"
+    scenario = load_scenario(path)
+    costs = law_costs(calibration["measurements"]["laws"], scenario)  # type: ignore[index]
+    calibrated = load_scenario(path, scenario_overrides(calibration, scenario))
+    hop = 0.025 + 0.025
+    assert calibrated.detection.exit_report_s == pytest.approx(0.002 + hop)
+    assert calibrated.recovery.stop_s == pytest.approx(0.025 + 0.01 + hop)
+    restart = 0.025 + max(costs["spare_join_s"], costs["rejoin_s"])
+    assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-5)
+    assert calibrated.recovery.node_start_s == pytest.approx(2.5)
+    phases = calibrated.training.phases
+    assert phases is not None
+    assert sum(p.duration_s for p in phases) == pytest.approx(
+        costs["compute_s"] + costs["communication_s"], rel=1e-5
+    )
+    # Costs measured by runs (calibrate --from-run) win over the laws.
+    with_runs = scenario_overrides(_law_calibration(restart_s=0.9), scenario)
+    assert load_scenario(path, with_runs).recovery.restart_s == pytest.approx(0.9)
+
+
+def test_a_profile_applies_to_its_own_configuration_only() -> None:
+    from analysis.calibration import configuration, scenario_overrides
+
+    validation = REPO / "scenarios" / "validation"
+    small = load_scenario(validation / "v01-small-software.yaml")
+    profile = {
+        "configuration": configuration(small),
+        "micro_iteration_phases": [["compute", 0.5], ["communication", 0.25]],
+    }
+    calibration = {**_law_calibration(), "profile": profile}
+    same = load_scenario(
+        validation / "v09-small-network.yaml", scenario_overrides(calibration, small)
+    )
+    assert same.training.phases is not None
+    assert sum(p.duration_s for p in same.training.phases) == pytest.approx(0.75)
+    other = load_scenario(validation / "v03-small-8nodes-hardware.yaml")
+    phases = load_scenario(
+        validation / "v03-small-8nodes-hardware.yaml", scenario_overrides(calibration, other)
+    ).training.phases
+    assert phases is not None and sum(p.duration_s for p in phases) != pytest.approx(0.75)
