@@ -33,7 +33,7 @@ from typing import Any
 from real.api import Restored
 from real.engine import restore as restoring
 from real.engine.capture import Capturer
-from real.engine.client import StoreClient, StoreError
+from real.engine.client import PlacedDataError, StoreClient, StoreError
 from real.engine.manifest import VerificationError
 from real.engine.persist import PersistentTier
 from real.engine.replication import Hook, ReplicationManager
@@ -45,6 +45,7 @@ from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 ADDRS_ENV, TOKEN_ENV, PLAN_ENV = "GEMINI_STORE_ADDRS", "GEMINI_TOKEN", "GEMINI_RESTORE_PLAN"
+VERIFY_ENV = "GEMINI_VERIFY_LOCAL"
 RESTORE_ROUNDS = 4
 
 
@@ -63,6 +64,10 @@ class GeminiCheckpointer:
         model: the training model; a ``DistributedDataParallel`` one is profiled (``attach``).
         template: returns this rank's current state; the persistent tier loads into its shape.
         event_log: where ckpt_* and state_restored events go (default: ``ckpt-n<node>-r<rank>``).
+        verify_local: a restore from this node's memory hashes every block against the sealed
+            manifest before copying (default: ``GEMINI_VERIFY_LOCAL=1``, else off: the slot's
+            manifest, checksum and MAC are checked and its data, sealed by this job, trusted;
+            replicas are always verified as they arrive, and peer restores as they stream).
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class GeminiCheckpointer:
         model: Any = None,
         template: Callable[[], Mapping[str, Any]] | None = None,
         event_log: EventLog | None = None,
+        verify_local: bool | None = None,
     ) -> None:
         cluster, config = scenario.cluster, scenario.checkpoint
         if world_size != cluster.ranks:
@@ -116,6 +122,10 @@ class GeminiCheckpointer:
             explicit=config.explicit_placement,
         )
         self.template = template
+        self.verify_local = (
+            os.environ.get(VERIFY_ENV, "") == "1" if verify_local is None else verify_local
+        )
+        self._clobbered = False
         self._own_events = event_log is None
         self.events = event_log or EventLog.from_env(f"ckpt-n{node}-r{rank}", node=node, rank=rank)
         self.client = StoreClient(node, addresses[node], secret)
@@ -185,17 +195,32 @@ class GeminiCheckpointer:
         return self.replication.last_committed
 
     def restore(
-        self, template: Mapping[str, Any] | None = None, plan: RecoveryPlan | None = None
+        self,
+        template: Mapping[str, Any] | None = None,
+        plan: RecoveryPlan | None = None,
+        into: LiveState | None = None,
     ) -> Restored | None:
         """Restore the newest iteration every rank can get; None to start from scratch.
 
         Args:
             template: the state's shape (needed only for the persistent tier's DCP load).
             plan: the root agent's plan (default: ``GEMINI_RESTORE_PLAN``, else decided here).
+            into: the live state (the model's and optimizer's tensors, as given to ``save()``),
+                or a callable returning it, asked for only when a memory tier serves: every
+                checkpointed tensor is copied straight into the live tensor of the same name,
+                dtype and shape (from the slot's memory, or from the peer's socket), and
+                ``Restored.state`` holds those same tensors; tensors with no live counterpart
+                come back fresh. None: fresh tensors (a caller with no state yet).
+
+        Raises:
+            RuntimeError: no consistent checkpoint after several plans; or a shard that failed
+                verification had already been streamed into the live tensors and no other
+                source replaced it (the live state is then undefined: restart the process).
         """
         started = time.perf_counter()
         plan = plan or _plan_from_env()
         clients: dict[int, StoreClient | None] = {self.node: self.client}
+        self._clobbered = False
 
         def client(node: int) -> StoreClient | None:
             if node not in clients:
@@ -205,11 +230,16 @@ class GeminiCheckpointer:
                     clients[node] = None
             return clients[node]
 
+        live = _Live(into)
         try:
             for _ in range(RESTORE_ROUNDS):
                 if plan is None:
                     found = restoring.survey(client, self.placement.nodes)
-                    persistent = restoring.latest_persistent(self.persistent_url)
+                    persistent = (
+                        restoring.latest_persistent(self.persistent_url)
+                        if self._persistent_configured()
+                        else None
+                    )
                     plan = restoring.agree(
                         restoring.decide(self.placement, found, self.per_node, persistent),
                         self.placement.nodes,
@@ -219,8 +249,14 @@ class GeminiCheckpointer:
                         "node %d rank %d: recovery plan: %s", self.node, self.rank, plan.reason
                     )
                 if plan.iteration is None:
+                    if self._clobbered:
+                        raise RuntimeError(
+                            f"node {self.node} rank {self.rank}: a shard that failed "
+                            "verification was streamed into the live state and no checkpoint "
+                            "is left to replace it; restart this process"
+                        )
                     return None
-                result = self._fetch(plan, client, template)
+                result = self._fetch(plan, client, template, live)
                 if not restoring.any_rank_failed(result is None, self.group) and result is not None:
                     tier, source_node, state = result
                     seconds = time.perf_counter() - started
@@ -245,8 +281,19 @@ class GeminiCheckpointer:
                 if other is not None and node != self.node:
                     other.close()
 
+    def _persistent_configured(self) -> bool:
+        """Whether a persistent tier may hold checkpoints; without one, its modules (DCP,
+        fsspec: over a second to import) stay unimported."""
+        if self.persistent is not None or self.scenario.cluster.storage.url:
+            return True
+        return restoring.persistent_exists(self.persistent_url)
+
     def _fetch(
-        self, plan: RecoveryPlan, client: Any, template: Mapping[str, Any] | None
+        self,
+        plan: RecoveryPlan,
+        client: Any,
+        template: Mapping[str, Any] | None,
+        live: _Live,
     ) -> tuple[Any, int | None, Any] | None:
         assert plan.iteration is not None
         iteration, rank = plan.iteration, self.rank
@@ -257,7 +304,9 @@ class GeminiCheckpointer:
                     "persistent",
                     None,
                     restoring.load_persistent_state(
-                        self.persistent_url, iteration, self._template(template)
+                        self.persistent_url,
+                        iteration,
+                        self._template(template if template is not None else live.get()),
                     ),
                 )
             except (ImportError, OSError, ValueError, RuntimeError) as error:
@@ -283,12 +332,23 @@ class GeminiCheckpointer:
                     return (
                         "local",
                         holder,
-                        restoring.read_local(self.capturer.slots, rank, iteration),
+                        restoring.read_local(
+                            self.capturer.slots,
+                            rank,
+                            iteration,
+                            into=live.get(),
+                            verify_data=self.verify_local,
+                        ),
                     )
                 peer = client(holder)
                 if peer is None:
                     raise ConnectionError("store unreachable")
-                return "peer", holder, restoring.read_peer(peer, rank, iteration)
+                state = live.get()
+                try:
+                    return "peer", holder, restoring.read_peer(peer, rank, iteration, into=state)
+                except PlacedDataError:
+                    self._clobbered = state is not None  # streamed into the live state
+                    raise
             except (VerificationError, StoreError, OSError) as error:
                 tier = "local memory" if holder == self.node else f"node {holder}'s memory"
                 log.warning(
@@ -350,6 +410,22 @@ class GeminiCheckpointer:
         self.client.close()
         if self._own_events:
             self.events.close()
+
+
+LiveState = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
+class _Live:
+    """The live state to restore into, asked for at most once, and only when needed."""
+
+    def __init__(self, into: LiveState | None) -> None:
+        self._into = into
+        self._state: Mapping[str, Any] | None = None
+
+    def get(self) -> Mapping[str, Any] | None:
+        if self._state is None and self._into is not None:
+            self._state = self._into() if callable(self._into) else self._into
+        return self._state
 
 
 def _gloo_group() -> Any:

@@ -10,16 +10,30 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from real.engine import protocol
-from real.engine.manifest import manifest_key
+from real.engine.manifest import (
+    BlockHasher,
+    Manifest,
+    VerificationError,
+    checksum,
+    dtype_of,
+    manifest_key,
+)
+from real.state import unflatten_state
 
 
 class StoreError(RuntimeError):
     """The store refused a request; the message names the node and the store's reason."""
+
+
+class PlacedDataError(VerificationError):
+    """A block failed verification after the shard's bytes were placed in their destination
+    (live tensors included): the destination holds unverified data."""
 
 
 class StoreClient:
@@ -74,14 +88,39 @@ class StoreClient:
         """Start a replica; the store keeps the slot holding iteration ``keep`` intact."""
         self.call("put_begin", manifest, owner=owner, keep=keep)
 
-    def put_chunk(self, offset: int, data: bytes | memoryview) -> None:
-        """Stream one chunk (no reply; the store verifies it against the manifest's block
-        checksums and reports at ``put_end``)."""
-        with self.lock:
-            protocol.send_frame(self.sock, {"op": "put_chunk", "offset": offset}, data)
+    def put_chunk(
+        self,
+        offset: int,
+        data: bytes | memoryview,
+        on_piece: Callable[[int, memoryview], None] | None = None,
+        piece_bytes: int = 1 << 20,
+    ) -> None:
+        """Stream one chunk (no reply; the store hashes it as it lands and reports at
+        ``put_end``).
 
-    def put_end(self) -> None:
-        self.call("put_end")
+        ``on_piece(offset, piece)`` sees each piece (of at most ``piece_bytes``, ending at
+        multiples of it) right before it goes out: the sender hashes it then, from cache.
+        """
+        with self.lock:
+            if on_piece is None:
+                protocol.send_frame(self.sock, {"op": "put_chunk", "offset": offset}, data)
+                return
+            view = memoryview(data).cast("B")
+            protocol.send_frame(
+                self.sock, {"op": "put_chunk", "offset": offset, "payload_bytes": len(view)}
+            )
+            done = 0
+            while done < len(view):
+                end = min(len(view), ((offset + done) // piece_bytes + 1) * piece_bytes - offset)
+                piece = view[done:end]
+                on_piece(offset + done, piece)
+                self.sock.sendall(piece)
+                done = end
+
+    def put_end(self, manifest: bytes | None = None) -> None:
+        """Finish a replica; ``manifest``: the sealed manifest (block checksums, MAC), when
+        ``put_begin`` carried only the layout."""
+        self.call("put_end", manifest)
 
     def commit(self, owner: int, iteration: int) -> None:
         self.call("commit", owner=owner, iteration=iteration)
@@ -107,6 +146,43 @@ class StoreClient:
                 protocol.recv_into_exact(self.sock, data.numpy().data.cast("B"))
         return manifest, int(reply["manifest_checksum"]), data
 
+    def get_into(
+        self,
+        owner: int,
+        iteration: int,
+        check: Callable[[bytes, int], Manifest],
+        live: Mapping[str, torch.Tensor],
+    ) -> dict[str, Any]:
+        """Fetch a committed shard straight into ``live`` tensors (see ``restore.read_peer``).
+
+        ``check(manifest bytes, manifest checksum)`` parses and authenticates the manifest
+        before any data byte is placed; a manifest it refuses leaves ``live`` untouched (the
+        data is drained, the connection stays usable).
+
+        Raises:
+            VerificationError: the manifest or a block does not verify.
+        """
+        with self.lock:
+            protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
+            reply = protocol.recv_header(self.sock)
+            if reply.get("ok") is False:
+                raise StoreError(f"node {self.node} store: get: {reply.get('reason')}")
+            manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
+            if manifest_len + data_len != reply["payload_bytes"]:
+                raise protocol.ProtocolError("get: payload size does not add up")
+            raw = bytes(protocol.recv_exact(self.sock, manifest_len))
+            try:
+                manifest = check(raw, int(reply["manifest_checksum"]))
+                if manifest.data_bytes != data_len:
+                    raise VerificationError(
+                        f"the store sent {data_len} data bytes, the manifest says "
+                        f"{manifest.data_bytes}"
+                    )
+            except VerificationError:
+                protocol.discard(self.sock, data_len)
+                raise
+            return receive_shard(self.sock, manifest, live)
+
     def shutdown(self) -> None:
         """Shut the connection from another thread: a call blocked on it fails now."""
         with contextlib.suppress(OSError):
@@ -115,3 +191,101 @@ class StoreClient:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def receive_shard(
+    sock: socket.socket, manifest: Manifest, live: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Receive a shard's data region from ``sock`` into its tensors, hashing as it lands.
+
+    Each tensor goes straight into its live tensor when that is a contiguous CPU tensor of the
+    same dtype and shape (the kernel's copy is the only one), else into a fresh CPU tensor
+    (copied into a live tensor of another layout or device only once every block verified).
+    Pieces end at block boundaries, so every block is hashed from cache right after it arrived.
+    """
+    targets: list[tuple[int, int, memoryview]] = []  # (offset, nbytes, destination bytes)
+    out: dict[str, torch.Tensor] = {}
+    later: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, fresh received copy)
+    for entry in sorted(manifest.tensors, key=lambda t: t.offset):
+        dtype = dtype_of(entry.dtype)
+        target = live.get(entry.name)
+        local = _local(target) if target is not None else None
+        direct = (
+            local is not None
+            and local.dtype == dtype
+            and tuple(local.shape) == entry.shape
+            and local.device.type == "cpu"
+            and local.is_contiguous()
+        )
+        if direct:
+            assert target is not None and local is not None
+            out[entry.name] = target
+            place = local
+        else:
+            place = torch.empty(entry.shape, dtype=dtype)
+            fits = local is not None and local.dtype == dtype and tuple(local.shape) == entry.shape
+            if fits:
+                assert target is not None and local is not None
+                later.append((local, place))
+                out[entry.name] = target
+            else:
+                out[entry.name] = place
+        if entry.nbytes:
+            targets.append((entry.offset, entry.nbytes, _bytes_of(place)))
+    hasher = BlockHasher(manifest.data_bytes, manifest.block_bytes)
+    scratch = memoryview(bytearray(64 * 1024))
+    position = 0
+    for offset, nbytes, view in targets:
+        if offset < position:
+            raise VerificationError("manifest tensors overlap")
+        position = _receive_gap(sock, hasher, scratch, position, offset)
+        _receive_range(sock, hasher, offset, view[:nbytes], manifest.block_bytes)
+        position = offset + nbytes
+    _receive_gap(sock, hasher, scratch, position, manifest.data_bytes)
+    bad = hasher.mismatches(manifest)
+    if bad:
+        raise VerificationError(f"{bad[0]} checksum mismatch")
+    if checksum("".join(manifest.blocks).encode()) != manifest.shard_checksum:
+        raise VerificationError("shard checksum does not match the block checksums")
+    with torch.no_grad():
+        for local, received in later:
+            local.copy_(received)
+    return unflatten_state(out, manifest.values)
+
+
+def _receive_range(
+    sock: socket.socket, hasher: BlockHasher, offset: int, view: memoryview, block: int
+) -> None:
+    """Receive ``view`` (data bytes ``offset..``) in pieces that end at block boundaries."""
+    done, size = 0, len(view)
+    while done < size:
+        start = offset + done
+        end = min(offset + size, (start // block + 1) * block)
+        piece = view[done : done + end - start]
+        protocol.recv_into_exact(sock, piece)
+        hasher.update(start, piece)
+        done += end - start
+
+
+def _receive_gap(
+    sock: socket.socket, hasher: BlockHasher, scratch: memoryview, start: int, end: int
+) -> int:
+    """Receive the alignment padding between tensors (hashed like any byte)."""
+    while start < end:
+        piece = scratch[: min(len(scratch), end - start)]
+        protocol.recv_into_exact(sock, piece)
+        hasher.update(start, piece)
+        start += len(piece)
+    return end
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor's memory."""
+    if tensor.numel() == 0:
+        return memoryview(bytearray(0))
+    return tensor.detach().view(-1).view(torch.uint8).numpy().data.cast("B")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    to_local = getattr(tensor, "to_local", None)  # a DTensor: its local shard
+    return to_local() if callable(to_local) else tensor

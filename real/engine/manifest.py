@@ -131,13 +131,17 @@ class Manifest:
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes, key: bytes | None = None) -> Manifest:
+    def from_bytes(cls, raw: bytes, key: bytes | None = None, *, sealed: bool = True) -> Manifest:
         """Parse and check a manifest; raise VerificationError naming what is wrong.
 
         Args:
             raw: the manifest's bytes.
             key: the job's manifest key: the MAC must be present and right (provenance).
                 None checks the structure only; every restore and every store passes a key.
+            sealed: the block checksums must cover the data. False accepts a *layout*
+                manifest (no checksums yet): what ``put_begin`` carries, so the first byte of
+                a replica goes out before the data is hashed (the sealed manifest follows at
+                ``put_end``).
         """
         if key is not None:
             authenticate(raw, key)
@@ -175,11 +179,24 @@ class Manifest:
                 raise VerificationError(f"manifest tensor {t.name!r} lies outside the data")
             if t.dtype not in DTYPES:
                 raise VerificationError(f"manifest names an unknown dtype {t.dtype!r}")
-        if manifest.block_bytes <= 0 or len(manifest.blocks) != block_count(
+        if manifest.block_bytes <= 0:
+            raise VerificationError("manifest block size must be positive")
+        if (sealed or manifest.blocks) and len(manifest.blocks) != block_count(
             manifest.data_bytes, manifest.block_bytes
         ):
             raise VerificationError("manifest block checksums do not cover the data")
         return manifest
+
+    def same_layout(self, other: Manifest) -> bool:
+        """Whether ``other`` describes the same shard (all but the checksums)."""
+        return (
+            self.iteration == other.iteration
+            and self.rank == other.rank
+            and self.data_bytes == other.data_bytes
+            and self.block_bytes == other.block_bytes
+            and self.tensors == other.tensors
+            and self.values == other.values
+        )
 
 
 def manifest_key(token: str) -> bytes:
@@ -270,6 +287,89 @@ def block_checksums(data: memoryview, block_bytes: int = BLOCK_BYTES) -> list[st
 def seal(manifest: Manifest, data: memoryview) -> None:
     """Fill in the block and shard checksums of the data just written."""
     manifest.blocks = block_checksums(data[: manifest.data_bytes], manifest.block_bytes)
+    manifest.shard_checksum = checksum("".join(manifest.blocks).encode())
+
+
+class BlockHasher:
+    """The block checksums of a shard, computed from its pieces as they pass by.
+
+    A sender hashes each piece right before it sends it, a receiver right after the kernel
+    wrote it into place: the bytes are hashed while they are in cache, in the same pass that
+    moves them, instead of in a pass of their own. Pieces of one block must come in order to be
+    hashed on the fly (xxh3's streaming state); a block whose pieces come out of order, or
+    twice, is hashed from the data at :meth:`finish`, so the result is always right.
+
+    Args:
+        data_bytes, block_bytes: the shard's size and block size (the manifest's).
+    """
+
+    def __init__(self, data_bytes: int, block_bytes: int = BLOCK_BYTES) -> None:
+        self.data_bytes, self.block_bytes = data_bytes, block_bytes
+        self.digests: list[str | None] = [None] * block_count(data_bytes, block_bytes)
+        self._open: dict[int, tuple[Any, int]] = {}  # block -> (xxh3 state, next offset)
+        self._late: set[int] = set()
+
+    def update(self, offset: int, piece: memoryview | bytes) -> None:
+        """Account for the bytes ``[offset, offset + len(piece))`` of the data region."""
+        block, size, end = self.block_bytes, self.data_bytes, offset + len(piece)
+        position = offset
+        while position < end:
+            index = position // block
+            start, stop = index * block, min(index * block + block, size)
+            high = min(end, stop)
+            part = piece[position - offset : high - offset]
+            state = self._open.get(index)
+            if index in self._late or self.digests[index] is not None:
+                self._late.add(index)  # a block seen twice: hash it whole at the end
+            elif state is None and position == start:
+                if high == stop:  # the whole block in one piece
+                    self.digests[index] = xxhash.xxh3_64_hexdigest(part)
+                else:
+                    hasher = xxhash.xxh3_64()
+                    hasher.update(part)
+                    self._open[index] = (hasher, high)
+            elif state is not None and state[1] == position:
+                state[0].update(part)
+                if high == stop:
+                    self.digests[index] = state[0].hexdigest()
+                    del self._open[index]
+                else:
+                    self._open[index] = (state[0], high)
+            else:  # out of order: hash it whole at the end
+                self._open.pop(index, None)
+                self._late.add(index)
+            position = high
+
+    def finish(self, data: memoryview | None = None) -> list[str]:
+        """Every block's checksum; blocks not hashed on the fly are hashed from ``data``.
+
+        Raises:
+            ValueError: a block was not hashed on the fly and no ``data`` was given.
+        """
+        out = []
+        for index, digest in enumerate(self.digests):
+            if digest is None or index in self._late:
+                if data is None:
+                    raise ValueError(f"block {index} was not hashed on the fly")
+                start = index * self.block_bytes
+                digest = checksum(data[start : min(start + self.block_bytes, self.data_bytes)])
+            out.append(digest)
+        return out
+
+    def mismatches(self, manifest: Manifest, data: memoryview | None = None) -> list[str]:
+        """The blocks (``block I (bytes A..B)``) whose checksums differ from ``manifest``'s."""
+        bad = []
+        for index, (got, want) in enumerate(zip(self.finish(data), manifest.blocks, strict=True)):
+            if got != want:
+                start = index * self.block_bytes
+                end = min(start + self.block_bytes, self.data_bytes)
+                bad.append(f"block {index} (bytes {start}..{end})")
+        return bad
+
+
+def seal_with(manifest: Manifest, digests: list[str]) -> None:
+    """Fill in the block checksums computed elsewhere (a :class:`BlockHasher`) and the shard's."""
+    manifest.blocks = list(digests)
     manifest.shard_checksum = checksum("".join(manifest.blocks).encode())
 
 

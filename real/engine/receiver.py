@@ -1,13 +1,16 @@
 """The store's side of one connection: the operations a client may ask for.
 
-A replica arrives as ``put_begin`` (the manifest), any number of ``put_chunk`` frames (each a
-byte range of the data, received straight into the slot) and ``put_end``. Chunks are checked
-against the manifest's block checksums (xxh3_64 per 1 MiB block): as soon as the chunks covering
-a block have arrived, the block is hashed and compared, so verification overlaps the transfer
-and every byte is hashed once. The manifest itself must carry the job's MAC
-(:mod:`real.engine.manifest`): a store keeps only replicas its job wrote. The replica is
-*prepared* when every byte arrived and every block and the shard checksum match; the store then
-acks. It becomes *committed* only on the owner's ``commit``, sent after the owner's own copy
+A replica arrives as ``put_begin`` (the layout manifest: tensors, values, no checksums yet),
+any number of ``put_chunk`` frames (each a byte range of the data) and ``put_end`` (the sealed
+manifest: block and shard checksums). Each chunk is received straight into the replica slot in
+pieces that end at block boundaries, and each piece is hashed (xxh3_64, streaming per 1 MiB
+block) right after the kernel wrote it, from cache: every byte is received and hashed in one
+pass. The sender hashed the same bytes the same way right before sending them, so neither side
+makes a checksum pass of its own. Both manifests must carry the job's MAC
+(:mod:`real.engine.manifest`) and describe the same shard: a store keeps only replicas its job
+wrote. The replica is *prepared* when every byte arrived and every block and the shard checksum
+match the sealed manifest; the store then writes that manifest into the slot and acks. It
+becomes *committed* only on the owner's ``commit``, sent after the owner's own copy
 committed, so a replica never runs ahead of a checkpoint that the owner could not finish.
 Requests that break the rules (a chunk outside the data, a chunk without a transfer) raise
 ProtocolError and end the connection.
@@ -23,13 +26,21 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from real.engine import protocol
-from real.engine.manifest import Manifest, VerificationError, checksum
+from real.engine.manifest import (
+    BlockHasher,
+    Manifest,
+    VerificationError,
+    block_count,
+    checksum,
+)
 from real.engine.shm import Slot, next_generation, to_unsigned
 
 if TYPE_CHECKING:
     from real.engine.store import NodeStore
 
 log = logging.getLogger(__name__)
+# A sealed manifest's growth over its layout, per block: a quoted hex checksum and a comma.
+SEALED_BYTES_PER_BLOCK = 20
 
 
 class Receiver:
@@ -43,9 +54,8 @@ class Receiver:
         self.manifest: Manifest | None = None
         self.slot: Slot | None = None
         self.received = 0
-        self.block_bytes_in: list[int] = []
-        self.block_checked: list[bool] = []
-        self.bad_blocks: list[str] = []
+        self.hasher: BlockHasher | None = None
+        self.layout_raw = b""
         self.prepared: dict[tuple[int, int], Slot] = {}
 
     def reply(self, **fields: Any) -> None:
@@ -141,7 +151,9 @@ class Receiver:
         size = self._int(header, "payload_bytes")
         raw = bytes(protocol.recv_exact(self.conn, size)) if size else b""
         try:
-            manifest = Manifest.from_bytes(raw, key=self.store.manifest_key)
+            # The layout, signed by the job (checked before a byte of memory is given out);
+            # the block checksums come with the sealed manifest at put_end.
+            manifest = Manifest.from_bytes(raw, key=self.store.manifest_key, sealed=False)
         except VerificationError as error:
             self.reply(ok=False, reason=str(error))
             return
@@ -149,62 +161,64 @@ class Receiver:
         keep = header.get("keep")
         if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool)):
             raise protocol.ProtocolError("put_begin: keep must be an integer or null")
-        self.slot = self.store.replica_slot(owner, len(raw), manifest.data_bytes, keep)
-        self.slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), manifest.data_bytes)
+        blocks = block_count(manifest.data_bytes, manifest.block_bytes)
+        room = len(raw) + SEALED_BYTES_PER_BLOCK * blocks + 64  # the sealed manifest's size
+        self.slot = self.store.replica_slot(owner, room, manifest.data_bytes, keep)
         self.owner, self.manifest, self.received = owner, manifest, 0
-        self.block_bytes_in = [0] * len(manifest.blocks)
-        self.block_checked = [False] * len(manifest.blocks)
-        self.bad_blocks = []
+        self.layout_raw = raw
+        self.hasher = BlockHasher(manifest.data_bytes, manifest.block_bytes)
         self.reply(ok=True)
 
     def op_put_chunk(self, header: dict[str, Any]) -> None:
         offset, size = self._int(header, "offset"), self._int(header, "payload_bytes")
-        manifest = self.manifest
-        if self.slot is None or manifest is None:
+        manifest, hasher = self.manifest, self.hasher
+        if self.slot is None or manifest is None or hasher is None:
             raise protocol.ProtocolError("put_chunk without put_begin")
         if offset + size > manifest.data_bytes:
             raise protocol.ProtocolError(
                 f"chunk {offset}+{size} lies outside the {manifest.data_bytes}-byte shard"
             )
-        protocol.recv_into_exact(self.conn, self.slot.data()[offset : offset + size])
-        self.received += size
-        # Verify every block this chunk completes now, while later chunks queue in the socket.
+        # Straight into the replica slot, in pieces that end at block boundaries, each hashed
+        # right after the kernel wrote it (from cache): one pass over the bytes. (A chunk codec
+        # would decode its payload into ``target`` here and hash the decoded bytes the same way.)
+        target = self.slot.data()[offset : offset + size]
         block = manifest.block_bytes
-        for index in range(offset // block, -(-(offset + size) // block)):
-            low, high = max(offset, index * block), min(offset + size, (index + 1) * block)
-            self.block_bytes_in[index] += high - low
-            if self.block_bytes_in[index] >= self._block_range(index)[1] - index * block:
-                self._check_block(index)
-
-    def _block_range(self, index: int) -> tuple[int, int]:
-        assert self.manifest is not None
-        start = index * self.manifest.block_bytes
-        return start, min(start + self.manifest.block_bytes, self.manifest.data_bytes)
-
-    def _check_block(self, index: int) -> None:
-        assert self.slot is not None and self.manifest is not None
-        start, end = self._block_range(index)
-        self.block_checked[index] = True
-        if checksum(self.slot.data()[start:end]) != self.manifest.blocks[index]:
-            self.bad_blocks.append(f"block {index} (bytes {start}..{end})")
+        done = 0
+        while done < size:
+            end = min(size, ((offset + done) // block + 1) * block - offset)
+            piece = target[done:end]
+            protocol.recv_into_exact(self.conn, piece)
+            hasher.update(offset + done, piece)
+            done = end
+        self.received += size
 
     def op_put_end(self, header: dict[str, Any]) -> None:
-        self._no_payload(header)
-        manifest, slot = self.manifest, self.slot
-        if slot is None or manifest is None:
+        manifest, slot, hasher = self.manifest, self.slot, self.hasher
+        if slot is None or manifest is None or hasher is None:
             raise protocol.ProtocolError("put_end without put_begin")
+        size = int(header.get("payload_bytes", 0))  # checked by protocol.recv_header
+        raw = bytes(protocol.recv_exact(self.conn, size)) if size else b""
+        self.slot = self.manifest = self.hasher = None
         reason = ""
-        if self.received != manifest.data_bytes:
+        try:
+            sealed = Manifest.from_bytes(raw, key=self.store.manifest_key) if raw else manifest
+            if not sealed.same_layout(manifest):
+                raise VerificationError("the sealed manifest describes another shard")
+            if len(sealed.blocks) != block_count(sealed.data_bytes, sealed.block_bytes):
+                raise VerificationError("manifest block checksums do not cover the data")
+        except VerificationError as error:
+            reason = str(error)
+            sealed = manifest
+        if reason:
+            pass  # the manifest is refused: nothing more to check
+        elif self.received != manifest.data_bytes:
             reason = f"received {self.received} of {manifest.data_bytes} bytes"
         else:
-            for index, checked in enumerate(self.block_checked):
-                if not checked:  # chunks overlapped or came out of order: check it now
-                    self._check_block(index)
-            if self.bad_blocks:
-                reason = f"checksum mismatch in {', '.join(self.bad_blocks[:3])}"
-            elif checksum("".join(manifest.blocks).encode()) != manifest.shard_checksum:
+            bad = hasher.mismatches(sealed, slot.data(manifest.data_bytes))
+            if bad:
+                reason = f"checksum mismatch in {', '.join(bad[:3])}"
+            elif checksum("".join(sealed.blocks).encode()) != sealed.shard_checksum:
                 reason = "shard checksum does not match the block checksums"
-        self.slot = self.manifest = None
         if reason:
             log.warning(
                 "node %d store: replica of rank %d iteration %d rejected: %s",
@@ -214,6 +228,12 @@ class Receiver:
                 reason,
             )
             self.reply(ok=False, reason=reason)
+            return
+        final = raw or self.layout_raw
+        try:
+            slot.write_manifest(final, xxhash.xxh3_64_intdigest(final), manifest.data_bytes)
+        except ValueError as error:
+            self.reply(ok=False, reason=str(error))
             return
         self.prepared[(self.owner, manifest.iteration)] = slot
         self.reply(ok=True)

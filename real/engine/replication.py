@@ -37,7 +37,7 @@ import xxhash
 
 from real.engine.capture import Captured, Capturer
 from real.engine.client import StoreClient, StoreError
-from real.engine.manifest import seal
+from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
 from real.eventlog import EventLog
 from shared.placement import Placement
@@ -194,9 +194,13 @@ class ReplicationManager:
 
     def _finish(self, captured: Captured, *, flushing: bool) -> bool:
         started = time.perf_counter()
-        seal(captured.manifest, captured.slot.data(captured.nbytes))
-        raw = captured.manifest.to_bytes()
-        captured.slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), captured.nbytes)
+        # put_begin carries the layout (signed): the first byte goes out before any hashing.
+        # The first send hashes each piece right before it goes out (one pass over the bytes);
+        # then the manifest is sealed, written to the local slot and sent at each put_end.
+        layout_raw = captured.manifest.to_bytes()
+        sealed: list[bytes] = []
+        if not self.peers:
+            self._seal(captured, None)
         plan = self._plan(captured.nbytes)
         spill = 0
         for peer in self.peers:
@@ -204,7 +208,7 @@ class ReplicationManager:
                 if self._abandoned:
                     return False
                 try:
-                    outside = self._send(peer, captured, raw, plan, flushing)
+                    outside = self._send(peer, captured, layout_raw, plan, flushing, sealed)
                     spill += outside
                     if plan is None:
                         self.sent_bytes["unscheduled"] += captured.nbytes
@@ -305,6 +309,18 @@ class ReplicationManager:
             )
         return self.plan
 
+    def _seal(self, captured: Captured, hasher: BlockHasher | None) -> bytes:
+        """Seal ``captured``: block checksums (from ``hasher``, else a pass over the slot), the
+        shard checksum, the MAC; written to the local slot. Returns the sealed manifest."""
+        data = captured.slot.data(captured.nbytes)
+        if hasher is None:
+            seal(captured.manifest, data)
+        else:
+            seal_with(captured.manifest, hasher.finish(data))
+        raw = captured.manifest.to_bytes()
+        captured.slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), captured.nbytes)
+        return raw
+
     def _send(
         self,
         peer: int,
@@ -312,11 +328,17 @@ class ReplicationManager:
         manifest: bytes,
         plan: TrafficPlan | None,
         flushing: bool,
+        sealed: list[bytes],
     ) -> int:
-        """Stream one replica to ``peer``; returns the bytes sent outside idle spans."""
+        """Stream one replica to ``peer``; returns the bytes sent outside idle spans.
+
+        ``sealed`` holds the sealed manifest once a send has hashed the data; while it is
+        empty, this send hashes every piece right before it goes out and seals at the end.
+        """
         client = self._client(peer)
         client.put_begin(self.rank, manifest, captured.keep)
         data = captured.slot.data(captured.nbytes)
+        hasher = None if sealed else BlockHasher(captured.nbytes, captured.manifest.block_bytes)
         pieces: list[tuple[Chunk | None, int, int]]
         if plan is None:
             step = max(self.config.buffer_bytes // self.config.sub_buffers, 1)
@@ -332,11 +354,22 @@ class ReplicationManager:
             if chunk is not None and not flushing and not self._wait_for_span(chunk):
                 spill += size
             view = data[offset : offset + size]
-            payload = view if self.tamper is None else self.tamper(peer, offset, view)
-            client.put_chunk(offset, payload)
+            if self.tamper is None:
+                client.put_chunk(
+                    offset,
+                    view,
+                    None if hasher is None else hasher.update,
+                    captured.manifest.block_bytes,
+                )
+            else:  # tests: the bytes sent differ from the slot's (hashed from the slot)
+                if hasher is not None:
+                    hasher.update(offset, view)
+                client.put_chunk(offset, self.tamper(peer, offset, view))
             if number == 0:
                 self._call_hook("replication", captured.iteration)
-        client.put_end()
+        if not sealed:
+            sealed.append(self._seal(captured, hasher))
+        client.put_end(sealed[0])
         return spill if plan is not None else (captured.nbytes if flushing else 0)
 
     def _wait_for_span(self, chunk: Any) -> bool:

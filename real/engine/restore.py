@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ import xxhash
 from real.engine.client import StoreClient
 from real.engine.manifest import Manifest, VerificationError, tensors_from, verify
 from real.engine.shm import Slot, best_slot, to_unsigned
-from real.state import unflatten_state
+from real.state import flatten_state, unflatten_state
 from shared.placement import Placement
 from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
 
@@ -166,12 +167,27 @@ def all_reduce_int(value: int, op: str, group: Any) -> int:
 
 
 def read_local(
-    slots: list[Slot | None], rank: int, iteration: int, key: bytes | None = None
+    slots: list[Slot | None],
+    rank: int,
+    iteration: int,
+    key: bytes | None = None,
+    *,
+    into: Mapping[str, Any] | None = None,
+    verify_data: bool = True,
 ) -> dict[str, Any]:
-    """This rank's shard from its own node's slot, verified, as fresh tensors.
+    """This rank's shard from its own node's slot.
 
     Args:
         key: the job's manifest key (default: the one the capturer gave the slots it mapped).
+        into: the live state (the model's and optimizer's tensors): each tensor of the shard
+            is copied straight from the slot into the live tensor of the same name, dtype and
+            shape (one copy, no fresh tensor); the rest become fresh tensors. None: fresh
+            tensors for everything (a caller with no state yet).
+        verify_data: hash every block against the manifest before the copy. False trusts the
+            data of a slot sealed by this job: its manifest, checksum and MAC are still checked
+            (anyone able to change the slot file runs as the job's user and can read its token,
+            so the block hashes would add no protection against a writer, only against memory
+            corruption the hardware's ECC already catches).
 
     Raises:
         VerificationError: no committed slot holds ``iteration``, no key is known, or the
@@ -189,20 +205,67 @@ def read_local(
     state = slot.state()
     raw = slot.manifest_bytes()
     manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration, key)
-    verify(manifest, slot.data(manifest.data_bytes))
+    if verify_data:
+        verify(manifest, slot.data(manifest.data_bytes))
     data = slot.data_tensor(manifest.data_bytes)
-    return unflatten_state(tensors_from(manifest, data, copy=True), manifest.values)
+    return unflatten_state(load_tensors(manifest, data, into), manifest.values)
 
 
-def read_peer(client: StoreClient, rank: int, iteration: int) -> dict[str, Any]:
+def load_tensors(
+    manifest: Manifest, data: torch.Tensor, into: Mapping[str, Any] | None
+) -> dict[str, torch.Tensor]:
+    """The shard's tensors, copied from ``data`` (uint8, the slot's data region) into the live
+    tensors of ``into`` where name, dtype and shape match, else into fresh tensors."""
+    live = live_tensors(into)
+    views = tensors_from(manifest, data, copy=False)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for entry in manifest.tensors:
+            view = views[entry.name]
+            target = live.get(entry.name)
+            if target is not None and fits(target, view.dtype, entry.shape):
+                _local(target).copy_(view)
+                out[entry.name] = target
+            else:
+                out[entry.name] = view.clone()
+    return out
+
+
+def live_tensors(state: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    """The tensors of a live state by flat name (``real.state.flatten_state``)."""
+    return {} if state is None else flatten_state(state)[0]
+
+
+def fits(tensor: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+    """Whether a checkpointed tensor of ``dtype`` and ``shape`` can be restored into ``tensor``."""
+    local = _local(tensor)
+    return local.dtype == dtype and tuple(local.shape) == tuple(shape)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    to_local = getattr(tensor, "to_local", None)  # a DTensor: its shard, as captured
+    return to_local() if callable(to_local) else tensor
+
+
+def read_peer(
+    client: StoreClient, rank: int, iteration: int, *, into: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """This rank's shard from a peer's store over TCP, verified with the job's manifest key
-    (the client's: the store proved it knows the same token when the client connected)."""
-    raw, manifest_checksum, data = client.get(rank, iteration)
-    manifest = check_manifest(raw, manifest_checksum, rank, iteration, client.manifest_key)
-    verify(manifest, data.numpy().data.cast("B"))
-    # Fresh tensors, not views of one buffer: some consumers mishandle views with a storage
-    # offset (torch.set_rng_state crashes on one), and views would pin the whole buffer.
-    return unflatten_state(tensors_from(manifest, data, copy=True), manifest.values)
+    (the client's: the store proved it knows the same token when the client connected).
+
+    The data streams from the socket straight into the live tensors of ``into`` (contiguous CPU
+    tensors of the same name, dtype and shape; the others get fresh CPU tensors, copied into
+    the live ones once verified) and each block is hashed right after it arrived, while in
+    cache. A block that fails raises VerificationError *after* the live tensors were written:
+    the caller must restore them from another source (the checkpointer does).
+    """
+    live = live_tensors(into)
+    return client.get_into(
+        rank,
+        iteration,
+        lambda raw, want: check_manifest(raw, want, rank, iteration, client.manifest_key),
+        live,
+    )
 
 
 def check_manifest(raw: bytes, want: int, rank: int, iteration: int, key: bytes) -> Manifest:
@@ -225,6 +288,14 @@ def load_persistent_state(url: str, iteration: int, template: Any) -> Mapping[st
     from real.persistent import load_persistent  # the persistent tier is optional here
 
     return load_persistent(url, iteration, template)
+
+
+def persistent_exists(url: str) -> bool:
+    """Whether the persistent tier at ``url`` may hold anything: a local folder that does not
+    exist holds nothing (and then DCP and fsspec need not be imported); a remote URL may."""
+    if "://" in url and not url.startswith("file://"):
+        return True
+    return Path(url.removeprefix("file://")).exists()
 
 
 def latest_persistent(url: str) -> int | None:

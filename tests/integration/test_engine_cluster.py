@@ -71,6 +71,17 @@ def same_state(got: Any, want: Any) -> bool:
     return bool(got == want)
 
 
+def same_objects(got: Any, live: Any) -> bool:
+    """Whether every tensor of ``got`` is the very tensor at the same place in ``live``."""
+    if isinstance(live, torch.Tensor):
+        return got is live
+    if isinstance(live, dict):
+        return all(same_objects(got[k], v) for k, v in live.items())
+    if isinstance(live, list):
+        return all(same_objects(g, v) for g, v in zip(got, live, strict=True))
+    return True
+
+
 def worker(config: dict[str, Any]) -> None:
     """One trainer: optional restore, then saves; writes a JSON report."""
     import torch.distributed as dist
@@ -104,10 +115,17 @@ def worker(config: dict[str, Any]) -> None:
         local_rank=rank % config["per_node"],
         run_dir=config["run_dir"],
         store_addresses=config["addrs"],
+        verify_local=config.get("verify_local"),
     )
     report: dict[str, Any] = {}
     if config.get("restore"):
-        restored = checkpointer.restore()
+        live = None
+        if config.get("into"):
+            # The live state: same layout, other values; one tensor non-contiguous (it cannot
+            # take the socket's bytes directly: received aside, copied in once verified).
+            live = make_state(0, rank)
+            live["model"]["w"] = torch.zeros(384, 384).t()
+        restored = checkpointer.restore(into=live)
         report["restored"] = (
             None
             if restored is None
@@ -118,6 +136,10 @@ def worker(config: dict[str, Any]) -> None:
                 "bitwise": same_state(restored.state, make_state(restored.iteration, rank)),
             }
         )
+        if live is not None and restored is not None:
+            # Every tensor came back as the live tensor itself (holding the restored bytes:
+            # "bitwise" above); the JSON values come back in the restored state.
+            report["in_place"] = same_objects(restored.state, live)
     pause = config.get("pause")
 
     def hook(phase: str, iteration: int) -> None:
@@ -258,23 +280,26 @@ def test_replicas_equal_sources_and_restores_fall_through_tiers(cluster: Cluster
         assert cluster.slot_bytes(owner, owner, 3) == cluster.slot_bytes(peer, owner, 3)
     assert cluster.holdings(0) == {0: [2, 3], 1: [2, 3]}
 
-    # Rank 0's local copy is corrupted: it restores iteration 3 from node 1's memory.
+    # Rank 0's local copy is corrupted: with local verification on, it restores iteration 3
+    # from node 1's memory, streamed into its live tensors.
     cluster.corrupt(0, 0, 3)
-    first = cluster.run("restore1", [0, 1], restore=True)
+    first = cluster.run("restore1", [0, 1], restore=True, into=True, verify_local=True)
     assert [r["restored"] for r in first] == [
         {"iteration": 3, "tier": "peer", "source_node": 1, "bitwise": True},
         {"iteration": 3, "tier": "local", "source_node": 1, "bitwise": True},
     ]
+    assert [r["in_place"] for r in first] == [True, True]
     assert cluster.holdings(0)[0] == [2]  # the corrupted copy was invalidated
 
     # Node 1 is lost: node 0 holds rank 1's replicas, but its own copy of iteration 3 is gone,
-    # so both ranks roll back together to iteration 2.
+    # so both ranks roll back together to iteration 2, into their live tensors.
     cluster.replace_node(1)
-    second = cluster.run("restore2", [0, 1], restore=True)
+    second = cluster.run("restore2", [0, 1], restore=True, into=True)
     assert [r["restored"] for r in second] == [
         {"iteration": 2, "tier": "local", "source_node": 0, "bitwise": True},
         {"iteration": 2, "tier": "peer", "source_node": 0, "bitwise": True},
     ]
+    assert [r["in_place"] for r in second] == [True, True]
 
     # Rank 1's last copy of iteration 2 (node 0's replica) is corrupted too: the read fails
     # verification, is invalidated, and with no iteration left for both ranks (and no
