@@ -132,6 +132,7 @@ class Checkpointer:
         self._assignment: Assignment | None = None
         self._owns_group = self._channel is not None
         self._ran = False
+        self._live: Mapping[str, Any] | None = None
         if self._channel is not None:
             # The job's scenario decides, the collective timeout included (a hung peer is
             # noticed after it).
@@ -285,17 +286,36 @@ class Checkpointer:
         if hasattr(self._engine, "attach"):
             self._engine.attach(ddp_model)
 
-    def restore(self, template: Mapping[str, Any] | None = None) -> Restored | None:
+    def restore(
+        self,
+        template: Mapping[str, Any] | None = None,
+        *,
+        into: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    ) -> Restored | None:
         """The newest checkpoint every rank can get (local memory, a peer's, or persistent
         storage), or None to start from scratch.
 
+        From memory the checkpoint is restored *in place*: each tensor is copied once, straight
+        from the checkpoint memory (or a peer's socket), into the live tensor of the same name,
+        dtype and shape, and ``restored.state`` holds those very tensors (loading it into the
+        model and optimizer then costs nothing more); tensors with no live counterpart (an
+        optimizer not stepped yet) come back as fresh tensors.
+
         Args:
-            template: the state's shape (only the persistent tier needs it).
+            template: the state's shape (the persistent tier loads into it); also the live
+                state to restore into when ``into`` is not given.
+            into: the live state, as passed to ``save()`` (model and optimizer tensors), or a
+                callable returning it (asked only when a memory tier serves). Default:
+                ``template``, else the state of this process's last ``save()`` (a process that
+                survived a failure restores into its own tensors), else fresh tensors.
         """
         engine = self._engine_now(None if template is None else (lambda: template))
         restored: Restored | None
-        if template is not None and self.scenario.checkpoint.strategy == "gemini":
-            restored = engine.restore(template=template)
+        if self.scenario.checkpoint.strategy == "gemini":
+            target = into if into is not None else template
+            if target is None:
+                target = self._live
+            restored = engine.restore(template=template, into=target)
         else:
             restored = engine.restore()
         if restored is not None:
@@ -317,6 +337,7 @@ class Checkpointer:
         ``iteration``; returns once every tensor is copied."""
         began = time.perf_counter()
         self._engine_now().save(iteration, state)
+        self._live = state  # a later restore in this process copies into these tensors
         ended = time.perf_counter()
         self.events.emit(
             "iteration_end",

@@ -15,6 +15,7 @@ into the slot, pipelined. The CPU path never touches ``torch.cuda``.
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from typing import Any
 import torch
 
 from real.engine.client import StoreClient, StoreError
-from real.engine.manifest import Manifest, dtype_of, layout
+from real.engine.costs import Costs
+from real.engine.manifest import Manifest, TensorEntry, block_count, dtype_of, layout
 from real.engine.shm import Slot, in_progress_index, next_generation
 from real.state import flatten_state
 
@@ -104,6 +106,8 @@ class Capturer:
         self._stager: CudaStager | None = None
         self.hook: Callable[[str, int], None] | None = None  # tests: called mid-capture
         self._views: dict[tuple[str, Any], list[torch.Tensor | None]] = {}
+        self._layout: tuple[tuple[Any, ...], list[TensorEntry], int, int] | None = None
+        self.costs = Costs()  # the training thread's (real.engine.costs)
         self.remap()
 
     def remap(self) -> None:
@@ -154,12 +158,13 @@ class Capturer:
         started = time.perf_counter()
         tensors, values = flatten_state(state)
         tensors = {name: _local(t) for name, t in tensors.items()}
-        # The manifest carries the job's key, so its sealed bytes carry their MAC.
-        manifest = layout(iteration, self.owner, tensors, values, self.client.manifest_key)
+        manifest, manifest_len = self._manifest(iteration, tensors, values)
         index = in_progress_index(self.slots, keep)
-        slot = self._slot_for(index, len(manifest.to_bytes()) + 4096, manifest.data_bytes)
+        slot = self._slot_for(index, manifest_len, manifest.data_bytes)
         slot.invalidate()  # from here on, this slot no longer counts as a checkpoint
         targets = self._targets(slot, manifest)
+        copying = time.perf_counter()
+        self.costs.add("capture: flatten, manifest, slot (fixed)", copying - started)
         device_pairs = []
         with torch.no_grad():
             for target, tensor in zip(targets, tensors.values(), strict=True):
@@ -173,7 +178,33 @@ class Capturer:
                     device_pairs.append((tensor, target.view(-1).view(torch.uint8)))
             if device_pairs:
                 self._device_copy(device_pairs)
+        self.costs.add(
+            "capture: copy into the slot", time.perf_counter() - copying, manifest.data_bytes
+        )
         return Captured(iteration, index, slot, manifest, time.perf_counter() - started, keep)
+
+    def _manifest(
+        self, iteration: int, tensors: dict[str, torch.Tensor], values: dict[str, Any]
+    ) -> tuple[Manifest, int]:
+        """This capture's manifest and a bound on its sealed size.
+
+        The layout (offsets, dtypes, shapes) is planned once and reused while the state's
+        tensors keep their names, dtypes and shapes; only the JSON values are new per save.
+        The manifest carries the job's key, so its sealed bytes carry their MAC.
+        """
+        signature = tuple((name, t.dtype, tuple(t.shape)) for name, t in tensors.items())
+        if self._layout is None or self._layout[0] != signature:
+            planned = layout(iteration, self.owner, tensors, {}, self.client.manifest_key)
+            blocks = block_count(planned.data_bytes, planned.block_bytes)
+            # Its JSON without values, plus room for the block checksums and the MAC.
+            room = len(planned.to_bytes()) + 20 * blocks + 4096
+            self._layout = (signature, planned.tensors, planned.data_bytes, room)
+        _, entries, data_bytes, room = self._layout
+        values_len = len(json.dumps(values))  # and fails early: values must be JSON
+        manifest = Manifest(
+            iteration, self.owner, entries, values, data_bytes, key=self.client.manifest_key
+        )
+        return manifest, room + values_len
 
     def _targets(self, slot: Slot, manifest: Manifest) -> list[torch.Tensor | None]:
         """Each tensor's destination view in the slot, typed and shaped like the tensor.

@@ -163,14 +163,21 @@ class GeminiCheckpointer:
         Raises:
             AttemptAborted: the node agent stopped this attempt (in-process recovery).
         """
+        costs, started = self.capturer.costs, time.perf_counter()
         check_abort()
         self.replication.wait()  # the previous checkpoint's remaining chunks go now
+        waited = time.perf_counter()
+        costs.add("save: wait for the previous checkpoint", waited - started)
         self.replication.commit_prepared()  # commit: next_iteration_end, its iteration has ended
         # The newest iteration every rank has committed must survive this capture, here and
         # on the peers, or a failure now could leave no iteration that all ranks hold.
         last = self.replication.last_committed
         agreed = restoring.all_reduce_int(-1 if last is None else last, "min", self.group)
+        reduced = time.perf_counter()
+        if self.group is not None:
+            costs.add("save: all_reduce(min) of the last committed (round trip)", reduced - waited)
         captured = self.capturer.capture(iteration, state, None if agreed < 0 else agreed)
+        captured_at = time.perf_counter()
         if self.persistent is not None:
             self.persistent.captured(iteration, state)
         self.events.emit(
@@ -181,6 +188,9 @@ class GeminiCheckpointer:
             throughput_bytes_per_s=captured.nbytes / max(captured.seconds, 1e-9),
         )
         self.replication.submit(captured)
+        ended = time.perf_counter()
+        costs.add("save: event, hand-off to the sender (fixed)", ended - captured_at)
+        costs.add("save: total", ended - started, captured.nbytes)
 
     def wait(self, timeout_s: float = 300.0) -> bool:
         """Wait until the last saved checkpoint is replicated (or failed).
@@ -234,17 +244,21 @@ class GeminiCheckpointer:
         try:
             for _ in range(RESTORE_ROUNDS):
                 if plan is None:
-                    found = restoring.survey(client, self.placement.nodes)
-                    persistent = (
-                        restoring.latest_persistent(self.persistent_url)
-                        if self._persistent_configured()
-                        else None
-                    )
-                    plan = restoring.agree(
-                        restoring.decide(self.placement, found, self.per_node, persistent),
-                        self.placement.nodes,
-                        self.group,
-                    )
+                    costs = self.capturer.costs
+                    with costs.timed("restore: holdings of every store (round trips)"):
+                        found = restoring.survey(client, self.placement.nodes)
+                    with costs.timed("restore: persistent tier's newest iteration"):
+                        persistent = (
+                            restoring.latest_persistent(self.persistent_url)
+                            if self._persistent_configured()
+                            else None
+                        )
+                    with costs.timed("restore: plan, all_gather to agree (round trip)"):
+                        plan = restoring.agree(
+                            restoring.decide(self.placement, found, self.per_node, persistent),
+                            self.placement.nodes,
+                            self.group,
+                        )
                     log.info(
                         "node %d rank %d: recovery plan: %s", self.node, self.rank, plan.reason
                     )
@@ -257,7 +271,9 @@ class GeminiCheckpointer:
                         )
                     return None
                 result = self._fetch(plan, client, template, live)
-                if not restoring.any_rank_failed(result is None, self.group) and result is not None:
+                with self.capturer.costs.timed("restore: all_reduce, every rank read (round trip)"):
+                    failed = restoring.any_rank_failed(result is None, self.group)
+                if not failed and result is not None:
                     tier, source_node, state = result
                     seconds = time.perf_counter() - started
                     if self._own_events:  # a trainer passing its log records this itself
@@ -338,6 +354,7 @@ class GeminiCheckpointer:
                             iteration,
                             into=live.get(),
                             verify_data=self.verify_local,
+                            costs=self.capturer.costs,
                         ),
                     )
                 peer = client(holder)
@@ -345,7 +362,10 @@ class GeminiCheckpointer:
                     raise ConnectionError("store unreachable")
                 state = live.get()
                 try:
-                    return "peer", holder, restoring.read_peer(peer, rank, iteration, into=state)
+                    read = restoring.read_peer(
+                        peer, rank, iteration, into=state, costs=self.capturer.costs
+                    )
+                    return "peer", holder, read
                 except PlacedDataError:
                     self._clobbered = state is not None  # streamed into the live state
                     raise

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from real.engine import protocol
+from real.engine.costs import Costs
 from real.engine.manifest import (
     BlockHasher,
     Manifest,
@@ -152,6 +154,7 @@ class StoreClient:
         iteration: int,
         check: Callable[[bytes, int], Manifest],
         live: Mapping[str, torch.Tensor],
+        costs: Costs | None = None,
     ) -> dict[str, Any]:
         """Fetch a committed shard straight into ``live`` tensors (see ``restore.read_peer``).
 
@@ -181,7 +184,7 @@ class StoreClient:
             except VerificationError:
                 protocol.discard(self.sock, data_len)
                 raise
-            return receive_shard(self.sock, manifest, live)
+            return receive_shard(self.sock, manifest, live, costs)
 
     def shutdown(self) -> None:
         """Shut the connection from another thread: a call blocked on it fails now."""
@@ -194,7 +197,10 @@ class StoreClient:
 
 
 def receive_shard(
-    sock: socket.socket, manifest: Manifest, live: Mapping[str, torch.Tensor]
+    sock: socket.socket,
+    manifest: Manifest,
+    live: Mapping[str, torch.Tensor],
+    costs: Costs | None = None,
 ) -> dict[str, Any]:
     """Receive a shard's data region from ``sock`` into its tensors, hashing as it lands.
 
@@ -233,15 +239,23 @@ def receive_shard(
         if entry.nbytes:
             targets.append((entry.offset, entry.nbytes, _bytes_of(place)))
     hasher = BlockHasher(manifest.data_bytes, manifest.block_bytes)
+    timed = TimedHasher(hasher)
     scratch = memoryview(bytearray(64 * 1024))
     position = 0
+    started = time.perf_counter()
     for offset, nbytes, view in targets:
         if offset < position:
             raise VerificationError("manifest tensors overlap")
-        position = _receive_gap(sock, hasher, scratch, position, offset)
-        _receive_range(sock, hasher, offset, view[:nbytes], manifest.block_bytes)
+        position = _receive_gap(sock, timed, scratch, position, offset)
+        _receive_range(sock, timed, offset, view[:nbytes], manifest.block_bytes)
         position = offset + nbytes
-    _receive_gap(sock, hasher, scratch, position, manifest.data_bytes)
+    _receive_gap(sock, timed, scratch, position, manifest.data_bytes)
+    if costs is not None:
+        total = time.perf_counter() - started
+        costs.add(
+            "restore: receive into place (socket)", total - timed.seconds, manifest.data_bytes
+        )
+        costs.add("restore: hash while receiving", timed.seconds, manifest.data_bytes)
     bad = hasher.mismatches(manifest)
     if bad:
         raise VerificationError(f"{bad[0]} checksum mismatch")
@@ -253,8 +267,20 @@ def receive_shard(
     return unflatten_state(out, manifest.values)
 
 
+class TimedHasher:
+    """A :class:`BlockHasher` that also sums the time spent hashing (for the cost breakdown)."""
+
+    def __init__(self, hasher: BlockHasher) -> None:
+        self.hasher, self.seconds = hasher, 0.0
+
+    def update(self, offset: int, piece: memoryview) -> None:
+        started = time.perf_counter()
+        self.hasher.update(offset, piece)
+        self.seconds += time.perf_counter() - started
+
+
 def _receive_range(
-    sock: socket.socket, hasher: BlockHasher, offset: int, view: memoryview, block: int
+    sock: socket.socket, hasher: TimedHasher, offset: int, view: memoryview, block: int
 ) -> None:
     """Receive ``view`` (data bytes ``offset..``) in pieces that end at block boundaries."""
     done, size = 0, len(view)
@@ -268,7 +294,7 @@ def _receive_range(
 
 
 def _receive_gap(
-    sock: socket.socket, hasher: BlockHasher, scratch: memoryview, start: int, end: int
+    sock: socket.socket, hasher: TimedHasher, scratch: memoryview, start: int, end: int
 ) -> int:
     """Receive the alignment padding between tensors (hashed like any byte)."""
     while start < end:

@@ -116,6 +116,7 @@ class Receiver:
             node_memory_bytes=total,
             fraction=used / total,
             cpu_s=time.process_time(),
+            costs=self.store.costs.snapshot(),
             slots=sum(s is not None for p in self.store.slots.values() for s in p),
         )
 
@@ -183,20 +184,30 @@ class Receiver:
         # would decode its payload into ``target`` here and hash the decoded bytes the same way.)
         target = self.slot.data()[offset : offset + size]
         block = manifest.block_bytes
-        done = 0
+        done, hashing, started = 0, 0.0, time.perf_counter()
         while done < size:
             end = min(size, ((offset + done) // block + 1) * block - offset)
             piece = target[done:end]
             protocol.recv_into_exact(self.conn, piece)
+            began = time.perf_counter()
             hasher.update(offset + done, piece)
+            hashing += time.perf_counter() - began
             done = end
         self.received += size
+        costs = self.store.costs
+        costs.add(
+            "store: receive into the replica slot (socket)",
+            time.perf_counter() - started - hashing,
+            size,
+        )
+        costs.add("store: hash while receiving", hashing, size, calls=0)
 
     def op_put_end(self, header: dict[str, Any]) -> None:
         manifest, slot, hasher = self.manifest, self.slot, self.hasher
         if slot is None or manifest is None or hasher is None:
             raise protocol.ProtocolError("put_end without put_begin")
         size = int(header.get("payload_bytes", 0))  # checked by protocol.recv_header
+        started = time.perf_counter()
         raw = bytes(protocol.recv_exact(self.conn, size)) if size else b""
         self.slot = self.manifest = self.hasher = None
         reason = ""
@@ -236,6 +247,9 @@ class Receiver:
             self.reply(ok=False, reason=str(error))
             return
         self.prepared[(self.owner, manifest.iteration)] = slot
+        self.store.costs.add(
+            "store: put_end (sealed manifest, verdict)", time.perf_counter() - started
+        )
         self.reply(ok=True)
 
     def op_commit(self, header: dict[str, Any]) -> None:

@@ -36,7 +36,8 @@ from typing import Any
 import xxhash
 
 from real.engine.capture import Captured, Capturer
-from real.engine.client import StoreClient, StoreError
+from real.engine.client import StoreClient, StoreError, TimedHasher
+from real.engine.costs import Costs
 from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
 from real.eventlog import EventLog
@@ -83,6 +84,7 @@ class ReplicationManager:
         self.addresses, self.token = addresses, token
         self.events = events or EventLog(None, time.time())
         self.profiler = CommProfiler(config.profiling_iterations)
+        self.costs = Costs()  # the sender thread's (real.engine.costs)
         self.clients: dict[int, StoreClient] = {}
         self.plan: TrafficPlan | None = None
         self.iteration_start = time.perf_counter()
@@ -200,7 +202,8 @@ class ReplicationManager:
         layout_raw = captured.manifest.to_bytes()
         sealed: list[bytes] = []
         if not self.peers:
-            self._seal(captured, None)
+            with self.costs.timed("seal: hash every block (no peers)", captured.nbytes):
+                self._seal(captured, None)
         plan = self._plan(captured.nbytes)
         spill = 0
         for peer in self.peers:
@@ -265,7 +268,8 @@ class ReplicationManager:
             self.on_commit(captured)
         for peer in self.peers:
             try:
-                self._client(peer).commit(self.rank, captured.iteration)
+                with self.costs.timed("send: commit (round trip)"):
+                    self._client(peer).commit(self.rank, captured.iteration)
             except (OSError, StoreError) as error:
                 self._drop(peer)
                 log.warning(
@@ -335,10 +339,16 @@ class ReplicationManager:
         ``sealed`` holds the sealed manifest once a send has hashed the data; while it is
         empty, this send hashes every piece right before it goes out and seals at the end.
         """
+        costs = self.costs
         client = self._client(peer)
-        client.put_begin(self.rank, manifest, captured.keep)
+        with costs.timed("send: put_begin (round trip)"):
+            client.put_begin(self.rank, manifest, captured.keep)
         data = captured.slot.data(captured.nbytes)
-        hasher = None if sealed else BlockHasher(captured.nbytes, captured.manifest.block_bytes)
+        hasher = (
+            None
+            if sealed
+            else TimedHasher(BlockHasher(captured.nbytes, captured.manifest.block_bytes))
+        )
         pieces: list[tuple[Chunk | None, int, int]]
         if plan is None:
             step = max(self.config.buffer_bytes // self.config.sub_buffers, 1)
@@ -354,6 +364,7 @@ class ReplicationManager:
             if chunk is not None and not flushing and not self._wait_for_span(chunk):
                 spill += size
             view = data[offset : offset + size]
+            sending = time.perf_counter()
             if self.tamper is None:
                 client.put_chunk(
                     offset,
@@ -365,11 +376,18 @@ class ReplicationManager:
                 if hasher is not None:
                     hasher.update(offset, view)
                 client.put_chunk(offset, self.tamper(peer, offset, view))
+            costs.add("send: chunks (socket)", time.perf_counter() - sending, size)
             if number == 0:
                 self._call_hook("replication", captured.iteration)
+        if hasher is not None:
+            # The hashing happened inside the chunks' time: count it apart.
+            costs.add("send: chunks (socket)", -hasher.seconds, calls=0)
+            costs.add("send: hash while sending", hasher.seconds, captured.nbytes)
         if not sealed:
-            sealed.append(self._seal(captured, hasher))
-        client.put_end(sealed[0])
+            with costs.timed("send: seal (manifest, MAC, into the slot)"):
+                sealed.append(self._seal(captured, None if hasher is None else hasher.hasher))
+        with costs.timed("send: put_end (round trip: the store's verdict)"):
+            client.put_end(sealed[0])
         return spill if plan is not None else (captured.nbytes if flushing else 0)
 
     def _wait_for_span(self, chunk: Any) -> bool:

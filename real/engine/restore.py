@@ -22,6 +22,7 @@ iterations.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 import xxhash
 
 from real.engine.client import StoreClient
+from real.engine.costs import Costs
 from real.engine.manifest import Manifest, VerificationError, tensors_from, verify
 from real.engine.shm import Slot, best_slot, to_unsigned
 from real.state import flatten_state, unflatten_state
@@ -174,6 +176,7 @@ def read_local(
     *,
     into: Mapping[str, Any] | None = None,
     verify_data: bool = True,
+    costs: Costs | None = None,
 ) -> dict[str, Any]:
     """This rank's shard from its own node's slot.
 
@@ -202,32 +205,52 @@ def read_local(
             f"no manifest key to verify {slot.path.name} with: map slots through a Capturer "
             "(it knows the job's token) or pass key="
         )
-    state = slot.state()
-    raw = slot.manifest_bytes()
-    manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration, key)
+    costs = costs or Costs()
+    with costs.timed("restore: manifest checksum, MAC, layout (fixed)"):
+        state = slot.state()
+        raw = slot.manifest_bytes()
+        manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration, key)
     if verify_data:
-        verify(manifest, slot.data(manifest.data_bytes))
+        with costs.timed("restore: verify every block (hash)", manifest.data_bytes):
+            verify(manifest, slot.data(manifest.data_bytes))
     data = slot.data_tensor(manifest.data_bytes)
-    return unflatten_state(load_tensors(manifest, data, into), manifest.values)
+    return unflatten_state(load_tensors(manifest, data, into, costs), manifest.values)
 
 
 def load_tensors(
-    manifest: Manifest, data: torch.Tensor, into: Mapping[str, Any] | None
+    manifest: Manifest,
+    data: torch.Tensor,
+    into: Mapping[str, Any] | None,
+    costs: Costs | None = None,
 ) -> dict[str, torch.Tensor]:
     """The shard's tensors, copied from ``data`` (uint8, the slot's data region) into the live
     tensors of ``into`` where name, dtype and shape match, else into fresh tensors."""
+    started = time.perf_counter()
     live = live_tensors(into)
     views = tensors_from(manifest, data, copy=False)
     out: dict[str, torch.Tensor] = {}
+    copied = cloned = 0
+    copy_s = clone_s = 0.0
     with torch.no_grad():
         for entry in manifest.tensors:
             view = views[entry.name]
             target = live.get(entry.name)
+            began = time.perf_counter()
             if target is not None and fits(target, view.dtype, entry.shape):
                 _local(target).copy_(view)
                 out[entry.name] = target
+                copied += entry.nbytes
+                copy_s += time.perf_counter() - began
             else:
                 out[entry.name] = view.clone()
+                cloned += entry.nbytes
+                clone_s += time.perf_counter() - began
+    if costs is not None:
+        if copied:
+            costs.add("restore: copy into the live tensors", copy_s, copied)
+        if cloned:
+            costs.add("restore: clone into fresh tensors", clone_s, cloned)
+        costs.add("restore: views, names (fixed)", time.perf_counter() - started - copy_s - clone_s)
     return out
 
 
@@ -248,7 +271,12 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def read_peer(
-    client: StoreClient, rank: int, iteration: int, *, into: Mapping[str, Any] | None = None
+    client: StoreClient,
+    rank: int,
+    iteration: int,
+    *,
+    into: Mapping[str, Any] | None = None,
+    costs: Costs | None = None,
 ) -> dict[str, Any]:
     """This rank's shard from a peer's store over TCP, verified with the job's manifest key
     (the client's: the store proved it knows the same token when the client connected).
@@ -265,6 +293,7 @@ def read_peer(
         iteration,
         lambda raw, want: check_manifest(raw, want, rank, iteration, client.manifest_key),
         live,
+        costs,
     )
 
 

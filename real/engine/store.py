@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from real.engine import protocol
+from real.engine.costs import Costs
 from real.engine.manifest import manifest_key
 from real.engine.receiver import Receiver
 from real.engine.shm import SHM_DIR, Slot, best_slot, in_progress_index, newest_committed
@@ -91,6 +92,7 @@ class NodeStore:
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()
         self.scratch = bytearray()  # the raw-TCP benchmark's target (op ``sink``)
+        self.costs = Costs()  # where this store's time goes (real.engine.costs)
 
     # -- slots ------------------------------------------------------------------------------
 
