@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from real.engine.client import StoreClient
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
 
@@ -152,6 +153,11 @@ def worker(config: dict[str, Any]) -> None:
     report: dict[str, Any] = {"times": times, "save_s": statistics.median(saves[skip:])}
     if checkpointer is not None:
         checkpointer.wait()
+        report["saves"] = len(saves)
+        report["costs"] = {
+            "training": checkpointer.capturer.costs.snapshot(),
+            "sender": checkpointer.replication.costs.snapshot(),
+        }
         report["profile"] = checkpointer.replication.profiler.summary()
         report["sent_bytes"] = checkpointer.replication.sent_bytes
         plan = checkpointer.replication.plan
@@ -194,15 +200,20 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
             if process.wait(1800) != 0:
                 raise RuntimeError(f"bench worker exited with {process.returncode}")
         reports = [json.loads((folder / f"{r}.json").read_text()) for r in range(world)]
+        store_costs = []
+        for node, address in enumerate(addrs):
+            client = StoreClient(node, address, token)
+            store_costs.append(client.stats().get("costs", {}))
+            client.close()
     finally:
         for store in stores:
             store.stop()
     skip = config["profiling"] + 2
     slowest = [max(r["times"][i] for r in reports) for i in range(skip, config["iterations"])]
-    return {
-        "iteration_times": slowest,
-        "detail": {k: v for k, v in reports[0].items() if k != "times"},
-    }
+    detail = {k: v for k, v in reports[0].items() if k != "times"}
+    if stores:
+        detail["store_costs"] = store_costs[0]
+    return {"iteration_times": slowest, "detail": detail}
 
 
 def bench_training(
@@ -212,6 +223,7 @@ def bench_training(
     model: BenchModel = MODELS["tiny"],
     profiling: int = 5,
     repeats: int = 2,
+    modes: tuple[str, ...] = MODES,
 ) -> dict[str, Any]:
     """Median iteration time per mode, and the overheads relative to no checkpoints.
 
@@ -228,11 +240,13 @@ def bench_training(
         "batch": model.batch,
         "profiling": profiling,
     }
-    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    if "none" not in modes or any(mode not in MODES for mode in modes):
+        raise ValueError(f"modes must include 'none' and come from {MODES}, got {modes}")
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gemini-bench-train-") as folder:
         for _ in range(repeats):
-            for mode in MODES:
+            for mode in modes:
                 result = _launch(mode, config, Path(folder))
                 samples[mode].extend(result["iteration_times"])
                 details[mode] = result["detail"]
@@ -244,7 +258,7 @@ def bench_training(
         "iterations": config["iterations"],
         "repeats": repeats,
         "iteration_s": median,
-        "overhead": {mode: median[mode] / median["none"] - 1 for mode in MODES[1:]},
+        "overhead": {mode: median[mode] / median["none"] - 1 for mode in modes if mode != "none"},
         "details": details,
     }
 

@@ -65,6 +65,6 @@ def difference(
     for name, now in after.items():
         then = before.get(name, {"s": 0.0, "calls": 0, "bytes": 0})
         delta = {key: now[key] - then.get(key, 0) for key in now}
-        if delta["calls"]:
+        if delta["calls"] or delta["s"]:
             out[name] = delta
     return out

@@ -200,7 +200,7 @@ class Receiver:
             time.perf_counter() - started - hashing,
             size,
         )
-        costs.add("store: hash while receiving", hashing, size, calls=0)
+        costs.add("store: hash while receiving", hashing, size)
 
     def op_put_end(self, header: dict[str, Any]) -> None:
         manifest, slot, hasher = self.manifest, self.slot, self.hasher
