@@ -98,7 +98,9 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     """The in-process recovery's costs from micro-measurements (``source: micro``), s.
 
     The harness's agents poll every ``agent_poll_s`` and its root every ``root_poll_s``; a
-    message waits half a period on average at each hop:
+    message waits half a period on average at each hop, plus ``hop_work_s`` when measured (the
+    CPU a poller waits for and spends once woken; the laws scale it with the host's load), so
+    below "agent poll / 2" stands for agent poll / 2 + hop work, "root poll / 2" likewise:
 
     - ``detection.exit_report_s`` = exit notice + agent poll / 2 + root poll / 2;
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
@@ -116,8 +118,9 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
 
     Only what was measured is returned.
     """
-    agent = _number(measurements, "agent_poll_s") or 0.0
-    root = _number(measurements, "root_poll_s") or 0.0
+    work = _number(measurements, "hop_work_s") or 0.0
+    agent = (_number(measurements, "agent_poll_s") or 0.0) + 2 * work
+    root = (_number(measurements, "root_poll_s") or 0.0) + 2 * work
     hop = agent / 2 + root / 2
     out: dict[str, float] = {}
     notice = _number(measurements, "exit_notice_s")
@@ -384,15 +387,19 @@ def calibration_scenarios(calibration: Mapping[str, Any]) -> list[str]:
 # --- Laws: costs that transfer to shapes the calibration did not measure ---------------------
 
 LAW_FORMS: dict[str, str] = {
-    "rejoin_s": "r0 + r1 * ranks",
-    "spare_join_s": "j0 + j1 * ranks + j2 * parameters_m",
-    "state_load_s": "l0 + bytes / load_bytes_per_s",
+    "rejoin_s": "(r0 + r1 * ranks) * share",
+    "spare_join_s": "(j0 + j1 * ranks + j2 * parameters_m) * share",
+    "state_load_s": "(l0 + bytes / load_bytes_per_s) * share",
     "compute_s": "(c0 + 6 * parameters * tokens_per_rank / flops_per_s) * share",
     "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
+    "hop_work_s": "w * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,
 ``parameters_m`` the parameters in millions, ``bytes`` the state one node restores, ``share``
-``max(1, ranks / cpus)`` when every rank shares this host's CPUs (else 1); a DDP iteration's
+the CPU time a rank waits for per second of its own work when every rank shares this host's
+CPUs (``single_host``): ``max(1, (ranks + background) / cpus)``, with ``background`` the
+runnable processes of other jobs (``runnable_processes``: when the sample was taken, or when
+the prediction is made); 1 on a real cluster. A DDP iteration's
 collective is a ring all-reduce of the fp32 gradients (``steps`` = 2 (n - 1) messages,
 ``sent_bytes`` = 2 (n - 1) / n x 4 P), ZeRO-3/FSDP's two all-gathers and a reduce-scatter
 (3 (n - 1) and 3 (n - 1) / n x 4 P)."""
@@ -408,6 +415,31 @@ CONSTANT_LAWS = (
 """Micro-measurements that do not depend on the shape: their median over the samples."""
 
 
+def runnable_processes(seconds: float = 1.0, samples: int = 20) -> float:
+    """Other processes running or waiting for a CPU on this host now: the mean of the kernel's
+    ``procs_running`` over ``seconds`` (this process, which reads it, left out). Unlike the
+    load average it does not remember a job that ended a minute ago. Falls back to the
+    1-minute load average where ``/proc/stat`` is absent."""
+    import os
+    import time
+
+    counts = []
+    for index in range(samples):
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                for line in stat:
+                    if line.startswith("procs_running"):
+                        counts.append(int(line.split()[1]) - 1)
+                        break
+        except OSError:
+            break
+        if index + 1 < samples:
+            time.sleep(seconds / samples)
+    if not counts:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(0.0, statistics.fmean(counts))
+
+
 def _nonnegative_fit(rows: Sequence[Sequence[float]], values: Sequence[float]) -> list[float]:
     """Least squares with non-negative coefficients (a cost never falls as a shape grows)."""
     import numpy as np
@@ -417,8 +449,8 @@ def _nonnegative_fit(rows: Sequence[Sequence[float]], values: Sequence[float]) -
     return [float(x) for x in solution]
 
 
-def _share(ranks: float, cpus: float, single_host: bool) -> float:
-    return max(1.0, ranks / cpus) if single_host and cpus > 0 else 1.0
+def _share(ranks: float, cpus: float, single_host: bool, background: float = 0.0) -> float:
+    return max(1.0, (ranks + background) / cpus) if single_host and cpus > 0 else 1.0
 
 
 def _ring(parallelism: str, ranks: int, parameters: float) -> tuple[float, float]:
@@ -442,20 +474,32 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     ranks = [float(s["ranks"]) for s in samples]
     params = [float(s["parameters"]) for s in samples]
     shares = [
-        _share(r, cpus, bool(s.get("single_host", True)))
+        _share(r, cpus, bool(s.get("single_host", True)), float(s.get("load_average") or 0.0))
         for r, s in zip(ranks, samples, strict=True)
     ]
-    r0, r1 = _nonnegative_fit([[1, n] for n in ranks], [float(s["rejoin_s"]) for s in samples])
+    r0, r1 = _nonnegative_fit(
+        [[1, n] for n in ranks],
+        [float(s["rejoin_s"]) / x for s, x in zip(samples, shares, strict=True)],
+    )
     laws["rejoin_s"] = {"r0": r0, "r1": r1}
     j0, j1, j2 = _nonnegative_fit(
         [[1, n, p / 1e6] for n, p in zip(ranks, params, strict=True)],
-        [float(s["spare_join_s"]) for s in samples],
+        [float(s["spare_join_s"]) / x for s, x in zip(samples, shares, strict=True)],
     )
     laws["spare_join_s"] = {"j0": j0, "j1": j1, "j2": j2}
     l0, per_byte = _nonnegative_fit(
-        [[1, float(s["state_bytes"])] for s in samples], [float(s["state_load_s"]) for s in samples]
+        [[1, float(s["state_bytes"])] for s in samples],
+        [float(s["state_load_s"]) / x for s, x in zip(samples, shares, strict=True)],
     )
     laws["state_load_s"] = {"l0": l0, "load_bytes_per_s": 1 / per_byte if per_byte > 0 else None}
+    # Measured after the reference ranks had ended: only the background competed with it.
+    works = [
+        float(s["hop_work_s"]) / _share(0, cpus, True, float(s.get("load_average") or 0.0))
+        for s in samples
+        if isinstance(s.get("hop_work_s"), int | float)
+    ]
+    if works:
+        laws["hop_work_s"] = {"w": statistics.median(works)}
     compute, communication = [], []
     for s in samples:
         phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
@@ -493,14 +537,17 @@ def _law(laws: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value
 
 
-def law_costs(laws: Mapping[str, Any], scenario: Any) -> dict[str, float]:
+def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -> dict[str, float]:
     """The scenario's recovery costs and iteration (seconds) by ``LAW_FORMS``.
 
     Returns ``exit_notice_s``, ``collective_failure_s``, ``probe_s``, ``park_s`` (constants),
     ``spare_join_s``, ``rejoin_s``, ``state_load_s``, ``compute_s`` and ``communication_s``
     for the scenario's world size, parameters, tokens per rank, parallelism and the state one
     node restores (``shared.costs.node_checkpoint_bytes``). With links limited by tc (netns),
-    the communication takes at least its bytes over the scenario's link.
+    the communication takes at least its bytes over the scenario's link. ``background``: the
+    other jobs' runnable processes on this host when the scenario will run
+    (``runnable_processes``), which lengthens every CPU-bound cost of a ``single_host``
+    scenario.
     """
     from shared.costs import node_checkpoint_bytes
 
@@ -509,7 +556,7 @@ def law_costs(laws: Mapping[str, Any], scenario: Any) -> dict[str, float]:
     parameters = float(scenario.model.parameter_count)
     tokens = scenario.training.batch_size_per_rank * scenario.model.context
     cpus = float(laws.get("cpus") or 1)
-    share = _share(ranks, cpus, bool(cluster.single_host))
+    share = _share(ranks, cpus, bool(cluster.single_host), background)
     state = node_checkpoint_bytes(
         scenario.model.checkpoint_bytes,
         nodes=cluster.nodes,
@@ -522,14 +569,17 @@ def law_costs(laws: Mapping[str, Any], scenario: Any) -> dict[str, float]:
         if isinstance(value, int | float):
             out[key] = float(value)
     rejoin = _law(laws, "rejoin_s")
-    out["rejoin_s"] = float(rejoin["r0"]) + float(rejoin["r1"]) * ranks
+    out["rejoin_s"] = (float(rejoin["r0"]) + float(rejoin["r1"]) * ranks) * share
     join = _law(laws, "spare_join_s")
     out["spare_join_s"] = (
         float(join["j0"]) + float(join["j1"]) * ranks + float(join["j2"]) * parameters / 1e6
-    )
+    ) * share
+    hop = laws.get("hop_work_s")
+    if isinstance(hop, Mapping):
+        out["hop_work_s"] = float(hop["w"]) * share
     load = _law(laws, "state_load_s")
     rate = load.get("load_bytes_per_s")
-    out["state_load_s"] = float(load["l0"]) + (state / float(rate) if rate else 0.0)
+    out["state_load_s"] = (float(load["l0"]) + (state / float(rate) if rate else 0.0)) * share
     compute = _law(laws, "compute_s")
     flops = compute.get("flops_per_s")
     out["compute_s"] = (
@@ -571,27 +621,46 @@ def limited_overrides(overrides: Sequence[str], scenario: Any) -> list[str]:
     return out
 
 
-def law_overrides(calibration: Mapping[str, Any], scenario: Any) -> list[str]:
+def law_overrides(
+    calibration: Mapping[str, Any], scenario: Any, background: float = 0.0
+) -> list[str]:
     """Scenario overrides from a calibration with ``laws`` (``gemini-ckpt calibrate``).
 
     The recovery costs are ``recovery_costs``'s rules applied to the laws' values for this
     scenario's shape (``law_costs``); the iteration is the laws' compute then communication
     (DDP), or ZeRO-3's three collectives around forward and backward; the bandwidths are the
-    measured ones, within the scenario's limits (``limited_overrides``).
+    measured ones, within the scenario's limits (``limited_overrides``); ``background`` as for
+    ``law_costs``.
     """
     measurements = calibration.get("measurements", calibration)
     laws = measurements.get("laws") if isinstance(measurements, Mapping) else None
     if not isinstance(laws, Mapping):
         raise ValueError("calibration has no `laws` (measure them with `gemini-ckpt calibrate`)")
-    costs = law_costs(laws, scenario)
+    costs = law_costs(laws, scenario, background)
     profile = calibration.get("profile")
     if isinstance(profile, Mapping) and profile.get("configuration") == configuration(scenario):
-        # A failure-free profile of this very configuration says more than the laws.
-        phases = profile.get("micro_iteration_phases") or [
-            ["compute", profile.get("micro_iteration_time_s") or 0.0]
-        ]
-        costs["compute_s"] = sum(float(d) for kind, d in phases if kind == "compute")
-        costs["communication_s"] = sum(float(d) for kind, d in phases if kind == "communication")
+        # A failure-free profile of this very configuration says more than the laws: a run of
+        # the harness (its iteration with the strategy's checkpoint, the laws' split between
+        # compute and communication), else the micro-benchmark's phases.
+        run = _number(profile, "run_iteration_time_s")
+        if run and profile.get("strategy") == scenario.checkpoint.strategy:
+            # Measured under the background of its moment: rescaled to the prediction's.
+            cluster = scenario.cluster
+            ranks = cluster.nodes * cluster.accelerators_per_node
+            cpus = float(laws.get("cpus") or 1)
+            then = _share(ranks, cpus, bool(cluster.single_host), profile.get("background", 0.0))
+            now = _share(ranks, cpus, bool(cluster.single_host), background)
+            scale = run * now / then / max(costs["compute_s"] + costs["communication_s"], 1e-12)
+            costs["compute_s"] *= scale
+            costs["communication_s"] *= scale
+        elif profile.get("micro_iteration_phases") or profile.get("micro_iteration_time_s"):
+            phases = profile.get("micro_iteration_phases") or [
+                ["compute", profile.get("micro_iteration_time_s") or 0.0]
+            ]
+            costs["compute_s"] = sum(float(d) for kind, d in phases if kind == "compute")
+            costs["communication_s"] = sum(
+                float(d) for kind, d in phases if kind == "communication"
+            )
     shaped = {
         **{k: v for k, v in measurements.items() if k != "laws"},
         **{k: round(v, 6) for k, v in costs.items()},
@@ -667,11 +736,13 @@ def configuration(scenario: Any) -> dict[str, Any]:
     }
 
 
-def scenario_overrides(calibration: Mapping[str, Any], scenario: Any) -> list[str]:
+def scenario_overrides(
+    calibration: Mapping[str, Any], scenario: Any, background: float = 0.0
+) -> list[str]:
     """The overrides a calibration makes to one scenario: by its laws when it has them
     (``law_overrides``), else ``calibration_overrides``; either way within the scenario's
     limits (``limited_overrides``)."""
     measurements = calibration.get("measurements", calibration)
     if isinstance(measurements, Mapping) and isinstance(measurements.get("laws"), Mapping):
-        return law_overrides(calibration, scenario)
+        return law_overrides(calibration, scenario, background)
     return limited_overrides(calibration_overrides(calibration), scenario)

@@ -8,11 +8,15 @@
    reference shapes (``real.calibrate.REFERENCE_SHAPES``), none of which is a validation
    scenario's shape, and never from a scenario's run. ``--calibration FILE`` reuses a file.
 2. **Each scenario** of ``scenarios/validation/`` (its strategy as its file says), one after
-   the other: ``gemini-ckpt sim SCENARIO --calibration OUT/calibration.yaml`` (the laws at the
-   scenario's shape, within its limits: netns links, emulated storage) and ``gemini-ckpt real
-   SCENARIO``, into ``OUT/<name>/{sim,real}-<strategy>``. The netns scenarios need root with
-   ``ip`` and ``tc`` (else they are skipped and the table says so). The load average is read
-   before and after each real run.
+   the other: ``gemini-ckpt calibrate SCENARIO --laws OUT/calibration.yaml --profile run``
+   (the machine's laws plus a failure-free profile of the configuration: the harness run with
+   the failures removed, which gives the iteration with the strategy's checkpoint; ``--profile
+   micro`` or ``none`` for the micro-benchmark's or the laws' iteration), then ``gemini-ckpt
+   sim SCENARIO --calibration OUT/<name>/calibration.yaml --load now`` (the laws at the
+   scenario's shape and this host's current load, within its limits: netns links, emulated
+   storage) and ``gemini-ckpt real SCENARIO``, into ``OUT/<name>/{sim,real}-<strategy>``.
+   The netns scenarios need root with ``ip`` and ``tc`` (else they are skipped and the table
+   says so). The load average is read before and after each real run.
 3. **The table** (printed, and ``OUT/validation.md``): per scenario and failure, predicted
    against measured for detection, restart (stop + replacement + restart: from detection to
    the new process group), retrieval, lost progress, downtime and wasted time; then per phase
@@ -134,15 +138,29 @@ class Outcome:
         return f"{name[:-2]} {predicted:.2f} s predicted, {measured:.2f} s measured"
 
 
-def run_scenario(path: Path, out: Path, calibration: Path, rerun: bool) -> Outcome:
+def run_scenario(path: Path, out: Path, calibration: Path, rerun: bool, profile: str) -> Outcome:
     loaded = load_scenario(path)
     strategy = loaded.checkpoint.strategy
     outcome = Outcome(loaded.name, strategy)
     folder = out / path.stem
     logs = out / "logs"
     sim_folder = folder / f"sim-{strategy}"
+    folder.mkdir(parents=True, exist_ok=True)
+    own = folder / "calibration.yaml"
+    if rerun or not own.exists():
+        # The machine's laws plus a failure-free profile of this configuration.
+        args = ["calibrate", str(path), "--laws", str(calibration), "--profile", profile]
+        code = product(
+            [*args, "--out", str(own), "--dir", str(folder)], logs / f"{path.stem}-cal.log"
+        )
+        if code != 0:
+            outcome.problem = f"calibrate exited {code}"
+            return outcome
     code = product(
-        ["sim", str(path), "--calibration", str(calibration), "--out", str(sim_folder)],
+        [
+            *("sim", str(path), "--calibration", str(own), "--load", "now"),
+            *("--out", str(sim_folder)),
+        ],
         logs / f"{path.stem}-sim.log",
     )
     if code != 0:
@@ -239,6 +257,13 @@ def main() -> int:
     parser.add_argument("--calibration", type=Path, help="Reuse this calibration file.")
     parser.add_argument("--rerun", action="store_true", help="Delete earlier real runs first.")
     parser.add_argument("--no-netns", action="store_true", help="Skip the netns scenarios.")
+    parser.add_argument(
+        "--profile",
+        choices=("run", "micro", "none"),
+        default="run",
+        help="How each scenario's configuration is profiled without failures before it is "
+        "simulated (gemini-ckpt calibrate --profile; default: run).",
+    )
     options = parser.parse_args()
     out: Path = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -269,7 +294,7 @@ def main() -> int:
                 skipped[loaded.name] = reason
                 print(f"  {path.stem}: skipped ({reason})")
                 continue
-        outcome = run_scenario(path, out, calibration, options.rerun)
+        outcome = run_scenario(path, out, calibration, options.rerun, options.profile)
         loads.append(load_average())
         outcomes.append(outcome)
         print(

@@ -498,6 +498,49 @@ def _exit_notice_s(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def _echo_poller(connection: Any, period_s: float) -> None:
+    """Poll ``connection`` every ``period_s`` as an agent polls; echo what arrives."""
+    while True:
+        if connection.poll():
+            message = connection.recv()
+            if message is None:
+                return
+            connection.send(message)
+            continue
+        time.sleep(period_s)
+
+
+def hop_work_s(period_s: float = 0.05, repeats: int = 12) -> float:
+    """What a message to a polling process costs beyond half its period, s.
+
+    A forked process polls a pipe every ``period_s`` (sleeping in between, as the harness's
+    agents and root do) and echoes what arrives; messages sent at random phases come back
+    after half a period on average plus the time the poller waits for a CPU once woken and
+    spends on the message: that remainder, halved (two hops: there and back), is returned.
+    """
+    import random
+
+    context = mp.get_context("fork")
+    parent, child = context.Pipe()
+    poller = context.Process(target=_echo_poller, args=(child, period_s), daemon=True)
+    poller.start()
+    try:
+        latencies = []
+        for index in range(repeats):
+            time.sleep(random.uniform(0, period_s))
+            began = time.perf_counter()
+            parent.send(index)
+            parent.recv()
+            latencies.append(time.perf_counter() - began)
+        parent.send(None)
+    finally:
+        poller.join(timeout=5)
+        if poller.is_alive():
+            poller.kill()
+            poller.join(timeout=5)
+    return max(0.0, statistics.median(latencies) - period_s / 2) / 2
+
+
 def _harness_polls() -> dict[str, float]:
     """The polling periods of the harness's agents and root agent, s (its own constants)."""
     from real.agent import node_agent, root
@@ -717,7 +760,7 @@ def measure_laws(
     """
     import yaml
 
-    from analysis.calibration import fit_laws
+    from analysis.calibration import fit_laws, runnable_processes
     from shared.costs import node_checkpoint_bytes
     from shared.scenario_loader import load_scenario
 
@@ -729,10 +772,15 @@ def measure_laws(
             path.write_text(yaml.safe_dump(reference_scenario(ranks, hidden)), encoding="utf-8")
             scenario = load_scenario(path)
             progress(f"reference shape: {ranks} ranks, hidden {hidden}")
-            repeats = [
-                measure_recovery(CalibrationOptions(path, quick=quick), progress)
-                for _ in range(1 if quick else LAW_REPEATS)
-            ]
+            repeats = []
+            for _ in range(1 if quick else LAW_REPEATS):
+                # Other jobs' runnable processes as it measures (the laws' background).
+                load = runnable_processes(0.5, 10)
+                sample = measure_recovery(CalibrationOptions(path, quick=quick), progress)
+                work = hop_work_s()
+                repeats.append(
+                    {**sample, "load_average": round(load, 2), "hop_work_s": round(work, 6)}
+                )
             measured = _median_sample(repeats)
             measured.update(
                 {

@@ -9,11 +9,15 @@ any scenario: ``gemini-ckpt sim SCENARIO --calibration FILE`` evaluates the laws
 scenario's world size, parameters, state and links (``analysis.calibration.scenario_overrides``),
 never overriding what the scenario deliberately limits (netns links, emulated storage).
 
-With a SCENARIO, the file also carries a failure-free profile of that configuration (its model
-on its world size, a few iterations: ``profile``), which replaces the iteration law for
-scenarios of the same configuration. ``--from-run`` adds recovery costs measured by earlier
-real runs (those scenarios are then left out of the validation median). See
-docs/simulator.md.
+With a SCENARIO, the file also carries a failure-free profile of that configuration
+(``profile``), which replaces the iteration law for scenarios of the same configuration:
+``--profile micro`` (the default) times its model on its world size with warm ranks, ``--profile
+run`` runs the real harness on it with its failures removed (its iteration then includes the
+strategy's checkpoint, which costs CPU time on a host without accelerators; the laws keep the
+split between compute and communication). ``--laws FILE`` reuses the machine's measurements
+and laws of an earlier calibration instead of measuring them again. ``--from-run`` adds
+recovery costs measured by earlier real runs (those scenarios are then left out of the
+validation median). See docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+PROFILE_ITERATIONS = 12
+"""Iterations of a failure-free profile run (``--profile run``): the harness's profiling
+iterations without checkpoints, then the strategy's."""
 
 
 @click.command("calibrate")
@@ -62,6 +70,23 @@ import click
 @click.option(
     "--quick", is_flag=True, help="Small benchmarks, two reference shapes (less precise)."
 )
+@click.option(
+    "--laws",
+    "laws_from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Take the machine's measurements and laws from this calibration file instead of "
+    "measuring them again (with SCENARIO: add its profile to them).",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["micro", "run", "none"]),
+    default="micro",
+    show_default=True,
+    help="With SCENARIO: how its configuration is profiled without failures: `micro` (warm "
+    "ranks, a few iterations), `run` (the real harness, failures removed, "
+    f"{PROFILE_ITERATIONS} iterations: the iteration with the strategy's checkpoint), or none.",
+)
 def command(
     scenario: Path | None,
     out: Path,
@@ -70,6 +95,8 @@ def command(
     iterations: int,
     from_runs: tuple[Path, ...],
     quick: bool,
+    laws_from: Path | None,
+    profile: str,
 ) -> None:
     """Measure this machine, fit the laws of the simulator's costs, and write a calibration
     file (with SCENARIO: also a failure-free profile of its configuration)."""
@@ -102,8 +129,29 @@ def command(
         def progress(text: str) -> None:
             status.update(f"measuring {text}")
 
-        document = measure_machine(directory, progress, quick=quick)
-        if scenario is not None and loaded is not None:
+        if laws_from is not None:
+            from analysis.calibration import load_calibration
+
+            try:
+                reused = load_calibration(laws_from)
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--laws") from error
+            if not isinstance(reused["measurements"].get("laws"), dict):
+                raise click.BadParameter(f"{laws_from} has no laws", param_hint="--laws")
+            document = {k: v for k, v in reused.items() if k not in ("overrides", "profile")}
+            document["measurements"] = dict(reused["measurements"])
+        else:
+            document = measure_machine(directory, progress, quick=quick)
+        if scenario is not None and loaded is not None and profile == "run":
+            progress(f"a failure-free run of {loaded.name}")
+            document["profile"] = {
+                "scenario": loaded.name,
+                "configuration": configuration(loaded),
+                "strategy": loaded.checkpoint.strategy,
+                **profile_run(scenario, overrides, directory),
+            }
+            document["scenario"] = loaded.name
+        elif scenario is not None and loaded is not None and profile == "micro":
             options = CalibrationOptions(
                 scenario, tuple(overrides), directory, iterations=iterations, quick=quick
             )
@@ -142,6 +190,42 @@ def command(
         for override in scenario_overrides(document, loaded):
             console.print(f"  --set {override}")
     console.print(f"calibration written to {out}")
+
+
+def profile_run(scenario: Path, overrides: tuple[str, ...], directory: Path) -> dict[str, Any]:
+    """A failure-free run of the scenario by the real harness (``gemini-ckpt real``, failures
+    removed, ``PROFILE_ITERATIONS`` iterations, in a temporary folder under ``directory``):
+    its median iteration (with the strategy's checkpoint) and step (without), and the other
+    jobs' runnable processes as it started (the laws rescale the iteration to the load of the
+    moment a prediction is made)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from analysis.calibration import runnable_processes
+    from analysis.results import RunFolderError, load_run
+
+    background = runnable_processes()  # other jobs' runnable processes as it starts
+    with tempfile.TemporaryDirectory(prefix=".profile-", dir=directory) as folder:
+        out = Path(folder) / "run"
+        settings = [*overrides, "failures.schedule=[]", f"training.iterations={PROFILE_ITERATIONS}"]
+        args = [sys.executable, "-m", "gemini_ckpt", "real", str(scenario), "--out", str(out)]
+        for setting in settings:
+            args += ["--set", setting]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-10:])
+            raise click.ClickException(f"the profile run failed (exit {done.returncode}):\n{tail}")
+        try:
+            summary = load_run(out).summary
+        except RunFolderError as error:
+            raise click.ClickException(f"the profile run left no summary: {error}") from error
+    return {
+        "run_iteration_time_s": round(summary.iteration_time_s, 6),
+        "run_step_s": round(summary.iteration_time_no_ckpt_s or summary.iteration_time_s, 6),
+        "iterations": PROFILE_ITERATIONS,
+        "background": round(background, 2),
+    }
 
 
 def _short(value: Any) -> str:

@@ -131,6 +131,15 @@ def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table
     "replace the scenario's costs and iteration, never what it limits (netns links, emulated "
     "storage); --set still wins.",
 )
+@click.option(
+    "--load",
+    default="0",
+    show_default=True,
+    metavar="N|now",
+    help="With --calibration: other jobs' runnable processes on this host when a single-host "
+    "scenario will run (`now`: counted for a second); the laws' CPU-bound costs grow "
+    "with it.",
+)
 def command(
     scenario: Path,
     out: Path | None,
@@ -139,6 +148,7 @@ def command(
     strategy: str | None,
     workers: int | None,
     calibration: Path | None,
+    load: str,
 ) -> None:
     """Simulate SCENARIO (a YAML file) and write events.jsonl and summary.json."""
     from analysis.calibration import load_calibration, scenario_overrides
@@ -151,7 +161,8 @@ def command(
         # The calibration's laws evaluated at this scenario's shape, within its limits.
         try:
             document = load_calibration(calibration)
-            measured = scenario_overrides(document, load_scenario(scenario, chosen, faces=faces))
+            shape = load_scenario(scenario, chosen, faces=faces)
+            measured = scenario_overrides(document, shape, _background(load))
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--calibration") from error
     settings = [*measured, *chosen]
@@ -171,6 +182,21 @@ def command(
             console.print(f"results in {out}/")
             return
         _replicate(loaded, count, out, workers, console)
+
+
+def _background(load: str) -> float:
+    """The --load option: a number of runnable processes, or ``now`` (the load average)."""
+    if load == "now":
+        from analysis.calibration import runnable_processes
+
+        return runnable_processes()
+    try:
+        value = float(load)
+    except ValueError:
+        raise click.BadParameter(f"a number or `now`, got {load!r}", param_hint="--load") from None
+    if not value >= 0:
+        raise click.BadParameter(f"must be >= 0, got {load!r}", param_hint="--load")
+    return value
 
 
 @contextmanager

@@ -198,10 +198,13 @@ CONSTANTS = {
 }
 
 
-def _sample(ranks: int, parameters: float, cpus: int = 2) -> dict[str, object]:
-    """A micro-measurement of one shape, exactly as the laws say (DDP, this host)."""
+def _sample(
+    ranks: int, parameters: float, cpus: int = 2, background: float = 0.0
+) -> dict[str, object]:
+    """A micro-measurement of one shape, exactly as the laws say (DDP, this host, with
+    ``background`` runnable processes of other jobs)."""
     t = LAWS_TRUE
-    share = max(1.0, ranks / cpus)
+    share = max(1.0, (ranks + background) / cpus)
     tokens = 256
     compute = (t["c0"] + 6 * parameters * tokens / t["flops"]) * share
     sent = 2 * (ranks - 1) / ranks * 4 * parameters
@@ -214,15 +217,17 @@ def _sample(ranks: int, parameters: float, cpus: int = 2) -> dict[str, object]:
         "state_bytes": state,
         "tokens_per_rank": tokens,
         "single_host": True,
-        "rejoin_s": t["r0"] + t["r1"] * ranks,
-        "spare_join_s": t["j0"] + t["j1"] * ranks + t["j2"] * parameters / 1e6,
-        "state_load_s": t["l0"] + state / t["load"],
+        "load_average": background,
+        "rejoin_s": (t["r0"] + t["r1"] * ranks) * share,
+        "spare_join_s": (t["j0"] + t["j1"] * ranks + t["j2"] * parameters / 1e6) * share,
+        "state_load_s": (t["l0"] + state / t["load"]) * share,
         "micro_iteration_time_s": compute + communication,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
 
-REFERENCE = [_sample(2, 254_592), _sample(4, 254_592), _sample(3, 670_080)]
+# Measured while other jobs kept 0, 3 and 1 processes runnable.
+REFERENCE = [_sample(2, 254_592), _sample(4, 254_592, background=3), _sample(3, 670_080, 2, 1)]
 
 
 def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
@@ -235,8 +240,8 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     assert laws["communication_s"]["bytes_per_s"] == pytest.approx(1e8, rel=1e-6)
     # 8 nodes of a 0.12M-parameter model: a shape none of the references had.
     scenario = load_scenario(REPO / "scenarios" / "validation" / "v03-small-8nodes-hardware.yaml")
-    expected = _sample(8, scenario.model.parameter_count)
-    costs = law_costs(laws, scenario)
+    expected = _sample(8, scenario.model.parameter_count, background=5)
+    costs = law_costs(laws, scenario, background=5)
     for key in ("rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
         assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
     phases = dict(expected["micro_iteration_phases"])  # type: ignore[arg-type]
@@ -342,3 +347,35 @@ def test_a_profile_applies_to_its_own_configuration_only() -> None:
         validation / "v03-small-8nodes-hardware.yaml", scenario_overrides(calibration, other)
     ).training.phases
     assert phases is not None and sum(p.duration_s for p in phases) != pytest.approx(0.75)
+
+
+def test_a_run_profile_sets_the_iteration_at_the_load_of_the_prediction() -> None:
+    from analysis.calibration import configuration, law_costs, scenario_overrides
+
+    path = REPO / "scenarios" / "validation" / "v01-small-software.yaml"
+    small = load_scenario(path)
+    profile = {
+        "configuration": configuration(small),
+        "strategy": "gemini",
+        "run_iteration_time_s": 0.2,
+        "background": 2.0,  # 4 ranks + 2 others on 2 CPUs: a share of 3
+    }
+    calibration = {**_law_calibration(), "profile": profile}
+    laws = calibration["measurements"]["laws"]  # type: ignore[index]
+
+    def phases(background: float) -> dict[str, float]:
+        overrides = scenario_overrides(calibration, small, background)
+        loaded = load_scenario(path, overrides).training.phases or []
+        return {p.kind: p.duration_s for p in loaded}
+
+    same = phases(2.0)
+    assert sum(same.values()) == pytest.approx(0.2, rel=1e-5)
+    costs = law_costs(laws, small, 2.0)  # the laws keep the split
+    assert same["compute"] / same["communication"] == pytest.approx(
+        costs["compute_s"] / costs["communication_s"], rel=1e-4
+    )
+    assert sum(phases(8.0).values()) == pytest.approx(0.2 * 6 / 3, rel=1e-5)  # share 6
+    # The baseline's profile does not set Gemini's iteration.
+    other = {**calibration, "profile": {**profile, "strategy": "persistent"}}
+    loaded = load_scenario(path, scenario_overrides(other, small, 2.0)).training.phases or []
+    assert sum(p.duration_s for p in loaded) != pytest.approx(0.2)
