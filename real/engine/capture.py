@@ -48,23 +48,39 @@ class Captured:
 
 
 class CudaStager:
-    """Pinned staging buffers and a side stream for device-to-host capture."""
+    """Pinned staging buffers and a side stream for device-to-host capture.
 
-    def __init__(self, buffer_bytes: int, sub_buffers: int) -> None:
+    ``copy`` first makes its side stream wait for the training stream (the copies must see the
+    finished optimizer step), then, per piece of at most ``buffer_bytes / sub_buffers``: an
+    asynchronous device-to-host copy into the next pinned buffer on the side stream and an event
+    after it; once every buffer is in flight, the oldest event is waited for and its buffer
+    copied into the slot by the CPU while the later pieces are still on the wire (pipelined).
+
+    Args:
+        buffer_bytes, sub_buffers: the pinned staging (R and p of the paper).
+        cuda: the ``torch.cuda`` module or a stand-in with ``Stream``, ``Event``,
+            ``current_stream`` and ``stream`` (the tests run this logic on CPU with one).
+        pin_memory: pinned buffers (off for a stand-in on a machine without CUDA).
+    """
+
+    def __init__(
+        self, buffer_bytes: int, sub_buffers: int, cuda: Any = None, pin_memory: bool = True
+    ) -> None:
+        self.cuda = cuda if cuda is not None else torch.cuda
         self.piece = max(buffer_bytes // sub_buffers, 1 << 20)
-        self.stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        self.stream = self.cuda.Stream()
         self.buffers = [
-            torch.empty(self.piece, dtype=torch.uint8, pin_memory=True) for _ in range(sub_buffers)
+            torch.empty(self.piece, dtype=torch.uint8, pin_memory=pin_memory)
+            for _ in range(sub_buffers)
         ]
 
     def copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Copy each device tensor into its uint8 destination view; returns when all landed."""
-        self.stream.wait_stream(torch.cuda.current_stream())
-        pending: collections.deque[tuple[torch.cuda.Event, torch.Tensor, torch.Tensor]] = (
-            collections.deque()
-        )
+        cuda = self.cuda
+        self.stream.wait_stream(cuda.current_stream())
+        pending: collections.deque[tuple[Any, torch.Tensor, torch.Tensor]] = collections.deque()
         turn = 0
-        with torch.cuda.stream(self.stream):
+        with cuda.stream(self.stream):
             for source, target in pairs:
                 flat = source.detach().contiguous().reshape(-1).view(torch.uint8)
                 for start in range(0, flat.numel(), self.piece):
@@ -73,7 +89,7 @@ class CudaStager:
                         self._drain(pending)  # frees the buffer this turn reuses
                     buffer = self.buffers[turn % len(self.buffers)][:size]
                     buffer.copy_(flat[start : start + size], non_blocking=True)
-                    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                    event = cuda.Event()
                     event.record(self.stream)
                     pending.append((event, buffer, target[start : start + size]))
                     turn += 1
@@ -108,6 +124,9 @@ class Capturer:
         self._views: dict[tuple[str, Any], list[torch.Tensor | None]] = {}
         self._layout: tuple[tuple[Any, ...], list[TensorEntry], int, int] | None = None
         self.costs = Costs()  # the training thread's (real.engine.costs)
+        # Which tensors the CPU copies directly; the others go through the CUDA stager (tests
+        # route CPU tensors through a stager with a stand-in for torch.cuda).
+        self.on_host: Callable[[torch.Tensor], bool] = lambda t: t.device.type == "cpu"
         self.remap()
 
     def remap(self) -> None:
@@ -170,7 +189,7 @@ class Capturer:
             for target, tensor in zip(targets, tensors.values(), strict=True):
                 if target is None:
                     continue
-                if tensor.device.type == "cpu":
+                if self.on_host(tensor):
                     target.copy_(tensor)
                     if self.hook is not None:
                         self.hook("capture", iteration)
@@ -231,12 +250,12 @@ class Capturer:
         self._views = {k: v for k, v in self._views.items() if k[0] != str(slot.path)}
 
     def _device_copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"state holds {pairs[0][0].device} tensors; only CPU and CUDA "
-                "tensors can be captured"
-            )
         if self._stager is None:
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"state holds {pairs[0][0].device} tensors; only CPU and CUDA "
+                    "tensors can be captured"
+                )
             self._stager = CudaStager(*self._staging)
         self._stager.copy(pairs)
 
