@@ -108,8 +108,8 @@ def micro(size_mb: int, repeats: int) -> dict[str, Any]:
     state = make_state(size_mb * MB)
     tensors = state["model"]
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    live = {"model": {k: torch.zeros_like(t) for k, t in tensors.items()}, "iteration": 0}
-    targets = live["model"]
+    targets = {k: torch.zeros_like(t) for k, t in tensors.items()}
+    live: dict[str, Any] = {"model": targets, "iteration": 0}
     out: dict[str, Any] = {"state_bytes": nbytes, "tensors": len(tensors), "repeats": repeats}
     local = NodeStore(0, token).start()
     remote = StoreProcess(1, token)

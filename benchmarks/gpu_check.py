@@ -55,8 +55,9 @@ def capture_and_restore(size_mb: int) -> None:
 
     device = torch.device("cuda")
     per = size_mb * MB // 8 // 4
-    state = {"model": {f"w{i}": torch.randn(per, device=device) for i in range(8)}, "step": 1}
-    expected = {k: (t * 2).cpu() for k, t in state["model"].items()}
+    weights = {f"w{i}": torch.randn(per, device=device) for i in range(8)}
+    state: dict[str, Any] = {"model": weights, "step": 1}
+    expected = {k: (t * 2).cpu() for k, t in weights.items()}
     token = make_token()
     store = NodeStore(0, token).start()
     client = StoreClient(0, store.address, token)
@@ -65,8 +66,8 @@ def capture_and_restore(size_mb: int) -> None:
         capturer.capture(0, state)  # allocate the slots, create the stager
         torch.cuda.synchronize()
         # The update the capture must see is still queued behind a ~50 ms kernel.
-        torch.cuda._sleep(50_000_000)
-        for t in state["model"].values():
+        torch.cuda._sleep(50_000_000)  # type: ignore[no-untyped-call]
+        for t in weights.values():
             t.mul_(2)
         captured = capturer.capture(1, state)
         seal(captured.manifest, captured.slot.data(captured.nbytes))
@@ -77,12 +78,12 @@ def capture_and_restore(size_mb: int) -> None:
         same = all(torch.equal(host["model"][k], v) for k, v in expected.items())
         check("CUDA capture waits for the training stream", same, "slot holds the updated bytes")
 
-        pinned = {k: torch.empty(t.shape, pin_memory=True) for k, t in state["model"].items()}
+        pinned = {k: torch.empty(t.shape, pin_memory=True) for k, t in weights.items()}
 
         def plain() -> float:
             torch.cuda.synchronize()
             started = time.perf_counter()
-            for k, t in state["model"].items():
+            for k, t in weights.items():
                 pinned[k].copy_(t, non_blocking=True)
             torch.cuda.synchronize()
             return time.perf_counter() - started
@@ -104,8 +105,8 @@ def capture_and_restore(size_mb: int) -> None:
             f"({size_mb} MiB; the capture also lands the bytes in the slot)",
         )
 
-        live = {"model": {k: torch.zeros_like(t) for k, t in state["model"].items()}}
-        objects = dict(live["model"])
+        objects = {k: torch.zeros_like(t) for k, t in weights.items()}
+        live = {"model": dict(objects)}
         restored = read_local(capturer.slots, 0, 1, into=live)
         in_place = all(restored["model"][k] is objects[k] for k in objects)
         bitwise = all(torch.equal(objects[k].cpu(), v) for k, v in expected.items())
@@ -140,7 +141,7 @@ def profiler_under_nccl() -> None:
         profiler.iteration_begins()
         for _ in range(4):
             begun = time.perf_counter()
-            torch.cuda._sleep(100_000_000)  # ~50 ms of device work before the backward
+            torch.cuda._sleep(100_000_000)  # type: ignore[no-untyped-call]  # ~50 ms of device work before the backward
             model(data).sum().backward()
             queued_after.append(time.perf_counter() - begun)
             torch.cuda.synchronize()

@@ -3,9 +3,10 @@
 - **capture**: ``Capturer.capture`` of a state into its slot, against a plain ``copy_`` of the
   same tensors into preallocated (already touched) tensors: the ratio of throughputs (goal
   >= 0.8).
-- **replication**: one replica (``put_begin``, checksummed chunks, ``put_end`` with the
-  receiver's verification, ``commit``) to a store process, against the same bytes sent raw over
-  a connection to the same store process (op ``sink``: received into plain memory).
+- **replication**: one replica (``put_begin``, chunks hashed while sent and while received,
+  ``put_end`` with the sealed manifest and the receiver's verdict, ``commit``) to a store
+  process, against the same bytes sent raw over a connection to the same store process (op
+  ``sink``: received into plain memory).
 - **restore**: verified restore from local memory, against ``torch.distributed.checkpoint``
   loading the same state from disk (the files are fresh, so mostly from the page cache: a
   favourable case for DCP).
@@ -29,7 +30,6 @@ import torch
 
 from real.engine.capture import Capturer
 from real.engine.client import StoreClient
-from real.engine.manifest import seal
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token, send_frame
 from real.engine.replication import ReplicationManager
@@ -127,11 +127,10 @@ def bench_micro(size_mb: int = 256, repeats: int = 5) -> dict[str, Any]:
 
         def replicate() -> Measurement:
             again = capturer.capture(2, state)
-            seal(again.manifest, again.slot.data(again.nbytes))
-            manifest = again.manifest.to_bytes()
+            manifest = again.manifest.to_bytes()  # the layout: hashed while sent, sealed after
 
             def send() -> None:
-                manager._send(1, again, manifest, None, flushing=True)
+                manager._send(1, again, manifest, None, True, [])
                 manager._client(1).commit(0, again.iteration)
 
             return _measure(send, remote_stats)
