@@ -35,6 +35,7 @@ communicators are aborted (``abort_process_group``) so a CUDA rank never waits f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import faulthandler
 import gc
@@ -53,6 +54,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 AGENT_FD_ENV = "GEMINI_AGENT_FD"
+RDZV_PREFIX_ENV = "GEMINI_RDZV_PREFIX"
 PEER_FAILURE_MARKERS = (
     "connection closed by peer",
     "connection reset by peer",
@@ -83,6 +85,7 @@ class Assignment:
     attempt: int
     env: Mapping[str, str]
     received_at: float = 0.0
+    joined_at: float = 0.0
 
     def _number(self, name: str) -> int:
         text = self.env.get(name, "")
@@ -155,6 +158,7 @@ class AgentChannel:
                 self._assignments.append(Assignment(int(message["attempt"]), env, time.time()))
             elif op == "abort":
                 self._aborted.add(int(message["attempt"]))
+                log.info("abort of attempt %s received", message["attempt"])
             elif op == "finish":
                 self._finish = True
             else:
@@ -193,6 +197,11 @@ class AgentChannel:
         with self._changed:
             return attempt in self._aborted or self._finish
 
+    def aborted_now(self, attempt: int) -> bool:
+        """:meth:`aborted` without the lock, for checks on the training's hot path (reading a
+        set and a flag that the reader thread only ever adds to is safe without it)."""
+        return self._finish or attempt in self._aborted
+
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
@@ -206,12 +215,47 @@ _current: tuple[AgentChannel, int] | None = None
 def check_abort() -> None:
     """Raise :class:`AttemptAborted` if this trainer's agent stopped the running attempt.
 
-    Called by the checkpointer at every save, so a trainer whose peers are gone leaves its
-    attempt at the end of the iteration even when no collective of its own failed yet.
+    Called by the checkpointer at every save and, through :func:`install_abort_checks`, at
+    every module's forward and every parameter's gradient, so a trainer whose peers are gone
+    leaves its attempt within one layer's compute even when no collective of its own failed
+    yet. Cheap: a set lookup, no lock.
     """
     current = _current
-    if current is not None and current[0].aborted(current[1]):
+    if current is not None and current[0].aborted_now(current[1]):
         raise AttemptAborted(f"attempt {current[1]} aborted by the node agent")
+
+
+def install_abort_checks(module: Any) -> Callable[[], None]:
+    """Make ``module``'s forward and backward passes leave an aborted attempt at once.
+
+    A survivor of a peer's failure is usually computing (forward, backward) when its agent's
+    abort arrives, and would learn of it only at its next collective or ``save``: up to one
+    iteration later. This registers :func:`check_abort` as a forward pre-hook on every
+    submodule and as a gradient hook on every parameter: an abort interrupts the pass within
+    one layer, raising :class:`AttemptAborted` out of ``forward()`` or ``backward()``. Outside
+    an attempt (or without an agent) the checks do nothing. What the interrupted step leaves
+    (half-updated DDP buckets, partial gradients) belongs to the attempt being left: the next
+    one wraps the module afresh and restores its state.
+
+    Returns:
+        A function that removes the hooks.
+    """
+
+    def forward_check(_module: Any, _inputs: Any) -> None:
+        check_abort()
+
+    def gradient_check(gradient: Any) -> Any:
+        check_abort()
+        return gradient
+
+    handles = [sub.register_forward_pre_hook(forward_check) for sub in module.modules()]
+    handles += [p.register_hook(gradient_check) for p in module.parameters() if p.requires_grad]
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
 
 
 def is_peer_failure(error: BaseException) -> bool:
@@ -255,16 +299,41 @@ def prewarm() -> None:
 
 
 def join_process_group(assignment: Assignment, backend: str, timeout_s: float) -> None:
-    """Form this attempt's process group from its rendezvous (a fresh port per attempt)."""
+    """Form this attempt's process group from its rendezvous.
+
+    With ``GEMINI_RDZV_PREFIX`` (the agents' way) ``MASTER_ADDR:MASTER_PORT`` is a rendezvous
+    store that a node agent keeps listening for the whole job, and every rank joins under the
+    attempt's own key prefix: no rank waits for another to open a port (torch's store client
+    retries a refused connection only after a ~0.6 s back-off, paid whenever rank 0 got its
+    assignment last), and no attempt reads another's keys. Without it, rank 0 opens a store
+    on a fresh port per attempt (``tcp://`` init).
+    """
     import torch.distributed as dist
 
     env = assignment.env
+    timeout = datetime.timedelta(seconds=timeout_s)
+    prefix = env.get(RDZV_PREFIX_ENV, "")
+    if prefix:
+        store = dist.TCPStore(  # type: ignore[attr-defined]
+            env["MASTER_ADDR"],
+            int(env["MASTER_PORT"]),
+            is_master=False,
+            timeout=timeout,
+        )
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(prefix, store),  # type: ignore[attr-defined]
+            rank=assignment.rank,
+            world_size=assignment.world_size,
+            timeout=timeout,
+        )
+        return
     dist.init_process_group(
         backend,
         init_method=f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
         rank=assignment.rank,
         world_size=assignment.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
 
 
@@ -346,6 +415,7 @@ def run_attempts(
         try:
             if assignment is not joined:
                 join_process_group(assignment, backend, timeout_s)
+                assignment = dataclasses.replace(assignment, joined_at=time.time())
                 channel.send("joined", attempt=assignment.attempt)
             joined = None
             body(assignment)
@@ -354,6 +424,9 @@ def run_attempts(
             if not (is_peer_failure(error) or channel.aborted(assignment.attempt)):
                 raise
             reason = f"{type(error).__name__}: {error}"[:500]
+            where = traceback.extract_tb(error.__traceback__)[-1:]
+            if where:  # where the attempt was left: a hook, a save, a collective
+                log.info("left attempt %d at %s:%d", assignment.attempt, *where[0][:2])
             # First the agent hears of it (the root probes the peers), then the cleanup.
             channel.send("failed", attempt=assignment.attempt, error=reason)
             log.warning(

@@ -41,7 +41,13 @@ import torch.distributed as dist
 from real.api import Checkpointer, Restored
 from real.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
 from real.inject import CrashPoint, crash_point_from_env, maybe_crash
-from real.inprocess import AgentChannel, Assignment, prewarm, run_attempts
+from real.inprocess import (
+    AgentChannel,
+    Assignment,
+    install_abort_checks,
+    prewarm,
+    run_attempts,
+)
 from real.procgroup import leave_process_group
 from real.workload.trainer import Trainer, TrainerConfig
 from real.workload.weights import state_digest, write_tensors
@@ -272,7 +278,8 @@ def _serve_agent(
 
     def body(assignment: Assignment) -> None:
         where = RankEnv.from_env(assignment.env)
-        final.append(job.attempt(where, _device(where), time.time()))
+        began = assignment.received_at or time.time()
+        final.append(job.attempt(where, _device(where), began, assignment.joined_at or None))
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     try:
@@ -306,6 +313,7 @@ class _Job:
         self.events: EventLog | None = None
         self.tags: dict[str, Any] = {}
         self.attempts = 0
+        self.hooked: torch.nn.Module | None = None  # the module carrying the abort checks
         storage = scenario.cluster.storage
         if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
             from real.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
@@ -313,12 +321,16 @@ class _Job:
             rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, scenario.cluster.ranks)
             os.environ[STORAGE_RATE_ENV] = repr(rate)
 
-    def attempt(self, where: RankEnv, device: torch.device, began: float) -> Path:
+    def attempt(
+        self, where: RankEnv, device: torch.device, began: float, joined: float | None = None
+    ) -> Path:
         """Build (or re-wrap) the trainer and its checkpointer, train, write the final weights.
 
         ``began``: when this attempt's restart began for this process (its start, or the
-        assignment), so ``process_group_ready`` measures the restart.
+        assignment's arrival), so ``process_group_ready`` measures the restart; ``joined``:
+        when the attempt's process group was formed (under an agent), for its breakdown.
         """
+        building = time.time()
         self.attempts += 1
         if self.events is None:
             self.events = EventLog.from_env(
@@ -337,6 +349,11 @@ class _Job:
                 device=device,
             )
             self.trainer = trainer
+        if self.hooked is not trainer.module:
+            # An abort from the agent interrupts forward and backward at once (in process).
+            install_abort_checks(trainer.module)
+            self.hooked = trainer.module
+        built = time.time()
         checkpointer = make_checkpointer(
             self.kind,
             self.scenario,
@@ -351,10 +368,18 @@ class _Job:
         )
         # Restart ends here: processes up, process group formed, model, data and checkpoint
         # engine built. What follows until state_restored is retrieval alone.
+        ready = time.time()
+        # The restart's parts for this rank: joining the group (from the assignment's arrival),
+        # wrapping or building the model (DDP's broadcast and bucket warm-up are collectives,
+        # so this waits for the slowest rank), building the checkpointer.
+        breakdown: dict[str, Any] = {"build_s": built - building, "checkpointer_s": ready - built}
+        if joined is not None:
+            breakdown["join_s"] = joined - began
         events.emit(
             "process_group_ready",
-            seconds=time.time() - began,
+            seconds=ready - began,
             in_process=self.attempts > 1,
+            **{k: round(v, 6) for k, v in breakdown.items()},
             **self.tags,
         )
         finished = False
@@ -383,6 +408,7 @@ class _Job:
     def release(self) -> None:
         """Drop the model (and the process groups it holds) before the groups are left."""
         self.trainer = None
+        self.hooked = None
 
     def close(self) -> None:
         if self.events is not None:

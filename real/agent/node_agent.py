@@ -54,11 +54,13 @@ from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
-"""How often an agent reads the attempt record and looks at its trainers, s: every agent's
-read is a request to the one coordination store, which must keep answering heartbeats and
-elections in time on a loaded machine."""
+"""The longest an agent goes without reading the attempt record and looking at its trainers,
+s. It acts at once on a change: a watch on the store wakes it when the record is written, and
+its trainers' messages and exits wake it too; the period bounds what no notification covers
+(etcd, which this harness polls)."""
 STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
+WATCH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,35 @@ class NodeAgent:
         self._root_lock = threading.Lock()
         self.root_stop = threading.Event()
         self.kv: KeyValueStore | None = None
+        self.wake = threading.Event()  # something changed: the record, a trainer
+        self.rendezvous: Any = None  # the job's rendezvous store, kept by every agent
+
+    def _watch(self, prefixes: list[str]) -> None:
+        """Wake the agent whenever a key under ``prefixes`` changes (a thread of its own,
+        with a store client of its own, until the agent stops)."""
+        try:
+            kv = connect_kv(self.config.kv_url)
+        except StoreError as error:
+            log.warning("node %d: no store watch (%s); polling", self.config.node_id, error)
+            return
+        try:
+            cursor: int | None = None
+            while not self.stopping.is_set():
+                try:
+                    cursor, changed = kv.watch(prefixes, cursor, WATCH_S)
+                except StoreError as error:
+                    log.warning("node %d: store watch: %s", self.config.node_id, error)
+                    cursor = None
+                    self.stopping.wait(POLL_S)
+                    continue
+                if changed:
+                    self.wake.set()
+        finally:
+            kv.close()
 
     def stop(self) -> None:
         self.stopping.set()
+        self.wake.set()
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -139,7 +167,14 @@ class NodeAgent:
         prober: ProbeServer | None = None
         try:
             self.kv = connect_kv(config.kv_url)
+            threading.Thread(
+                target=self._watch,
+                args=([jobkeys.ATTEMPT_KEY, jobkeys.REPLACEMENTS_PREFIX],),
+                name="store-watch",
+                daemon=True,
+            ).start()
             address = store.start()
+            self.rendezvous = _rendezvous_store(config.host)
             # Warm trainers start now, while the rest of the node and the job come up.
             self.pool = TrainerPool(
                 config.spec,
@@ -150,6 +185,7 @@ class NodeAgent:
                     "GEMINI_RUN_T0": repr(config.t0),
                 },
                 spares_now=config.slot is not None,
+                on_change=self.wake.set,
             )
             prober = ProbeServer(config.node_id, config.host)
             self._write_pids(store)
@@ -168,6 +204,7 @@ class NodeAgent:
                 "probe": prober.address,
                 "host": config.host,
                 "pid": os.getpid(),
+                "rendezvous": f"{config.host}:{self.rendezvous.port}",
             }
             detection = config.scenario.detection
             heartbeat = Heartbeat(
@@ -208,6 +245,7 @@ class NodeAgent:
             if heartbeat is not None:
                 heartbeat.stop()
             store.stop()
+            self.rendezvous = None  # its server ends with it
             if self.kv is not None:
                 self.kv.close()
             self.events.close()
@@ -235,7 +273,11 @@ class NodeAgent:
                 self.kv.delete(f"{jobkeys.STANDBY_PREFIX}{node_id}")
                 log.info("node %d: standby takes slot %d", node_id, self.slot)
                 return True
-            self.stopping.wait(STANDBY_POLL_S)
+            wait_s = STANDBY_POLL_S
+            if order is not None:  # the order comes due at ready_at: be there then
+                wait_s = min(wait_s, max(0.0, float(order["ready_at"]) - time.time()))
+            self.wake.wait(wait_s)
+            self.wake.clear()
         return False
 
     def _leadership(self, leading: bool) -> None:
@@ -268,22 +310,40 @@ class NodeAgent:
             self._launch_root()
 
     def _launch_root(self) -> None:
-        # RootAgent's module is imported with this one: imported here, inside the election's
-        # thread, it took 14 s on a loaded machine (torch, through the store client) while
-        # nothing refreshed the new leader's lease, and another agent took over.
+        # Called from the election's thread, which must go on refreshing the new leader's
+        # lease: the root is built in a thread of its own (its store connection, and once an
+        # import of the training stack that took seconds on a loaded machine, let the lease
+        # lapse and another agent take over, again and again). RootAgent's module is imported
+        # with this one for the same reason.
         self.root_stop = threading.Event()
-        root = RootAgent(
-            connect_kv(self.config.kv_url),
-            self.config.node_id,
-            self.slot if self.slot is not None else -1,
-            self.config.scenario,
-            self.run_dir,
-            self.events,
-            self.root_stop,
-            self.config.token,
+        stop = self.root_stop
+        self.root_thread = threading.Thread(
+            target=self._run_root, args=(stop,), name="root", daemon=True
         )
-        self.root_thread = threading.Thread(target=root.run_safely, name="root", daemon=True)
         self.root_thread.start()
+
+    def _run_root(self, stop: threading.Event) -> None:
+        try:
+            kv = connect_kv(self.config.kv_url)
+        except StoreError as error:
+            log.error("node %d: root cannot reach the store: %s", self.config.node_id, error)
+            return
+        try:
+            root = RootAgent(
+                kv,
+                self.config.node_id,
+                self.slot if self.slot is not None else -1,
+                self.config.scenario,
+                self.run_dir,
+                self.events,
+                stop,
+                self.config.token,
+            )
+        except Exception:
+            log.exception("node %d: root agent failed to start", self.config.node_id)
+            kv.close()
+            return
+        root.run_safely()  # closes kv
 
     def _follow(self) -> int:
         assert self.kv is not None
@@ -306,7 +366,8 @@ class NodeAgent:
                 self._watch_trainers(record)
             except StoreError as error:
                 log.warning("node %d: store error: %s", self.config.node_id, error)
-            self.stopping.wait(POLL_S)
+            self.wake.wait(POLL_S)
+            self.wake.clear()  # what woke it is read by the next pass
         return 0
 
     # -- following the root -----------------------------------------------------------------
@@ -332,7 +393,14 @@ class NodeAgent:
         running = self.running
         if running is not None and (running != attempt or state != "running"):
             self.running = None
+            aborting = time.monotonic()
             lost = self.pool.abort(running)
+            log.info(
+                "node %d: attempt %d left by every trainer in %.3f s",
+                self.config.node_id,
+                running,
+                time.monotonic() - aborting,
+            )
             if lost:
                 log.warning("node %d: trainers %s replaced by spares", self.config.node_id, lost)
             self._write_pids(None)
@@ -347,6 +415,7 @@ class NodeAgent:
         elif state == "running" and member and attempt not in self.started:
             self.started.add(attempt)  # one assignment per attempt
             fresh = self.pool.assign(attempt, trainer_env(record))
+            log.info("node %d: attempt %d assigned", self.config.node_id, attempt)
             self.running = attempt
             self.assignments += [
                 {
@@ -439,6 +508,20 @@ class NodeAgent:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(current))
         temporary.replace(path)
+
+
+def _rendezvous_store(host: str) -> Any:
+    """A torch ``TCPStore`` listening on ``host`` for the whole job: the trainers of every
+    attempt form their process group through the store of slot 0's agent, each attempt under
+    its own key prefix (:func:`real.inprocess.join_process_group`), so it is listening before
+    any rank arrives."""
+    import datetime
+
+    import torch.distributed as dist
+
+    return dist.TCPStore(  # type: ignore[attr-defined]
+        host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -35,11 +35,13 @@ recovery. The job finishes when every rank of the current attempt reports done.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import random
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,23 @@ from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
 from shared.scenario import Scenario
 
+# Imported now, with the agent, not at the first recovery: latest_persistent imports it lazily,
+# and its import (torch.distributed.checkpoint) took 1.4-3 s of a recovery on a loaded machine.
+importlib.import_module("real.persistent")
+
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+"""The longest the root goes without reading the store. It acts at once on a change: it waits
+on a watch of the keys the agents write (exits, suspects, acknowledgements, registrations,
+done), and reads the store every ``POLL_S`` for what writes nothing (a lease that expires)."""
+WATCHED = [
+    keys.EXITS_PREFIX,
+    keys.SUSPECTS_PREFIX,
+    jobkeys.ACKS_PREFIX,
+    jobkeys.DONE_PREFIX,
+    jobkeys.STORES_PREFIX,
+    jobkeys.STANDBY_PREFIX,
+]
 UNSCHEDULED_BASE = 1000
 """Failures no injector record names (real ones) are numbered from here in the event log."""
 
@@ -116,12 +133,24 @@ class RootAgent:
             prober=self._probe,
             suspect_grace_s=detection.probe_timeout_s + detection.abort_timeout_s,
         )
-        from real.trainer_main import storage_url
-
-        self.persistent_url = storage_url(scenario, run_dir)
+        # The trainers' rule (real.trainer_main.storage_url), not imported from there: that
+        # module pulls the training stack in, seconds of import on a loaded machine.
+        self.persistent_url = scenario.cluster.storage.url or str(run_dir / "persistent")
         self.recoveries = 0
         self.crash_streak: dict[int, int] = {}  # slot -> restarts in a row it crashed soon after
         self.attempt_began = time.time()
+        self._cursor: int | None = None  # of the store watch
+
+    def wait(self) -> None:
+        """Until a watched key changes (or ``POLL_S`` passes, or the root is told to stop)."""
+        if self.stop.is_set():
+            return
+        try:
+            self._cursor, _ = self.kv.watch(WATCHED, self._cursor, POLL_S)
+        except StoreError as error:
+            log.warning("node %d: root: store watch: %s", self.node_id, error)
+            self._cursor = None
+            self.stop.wait(POLL_S)
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -136,6 +165,7 @@ class RootAgent:
             self.kv.close()
 
     def run(self) -> None:
+        self._cursor, _ = self.kv.watch(WATCHED, None, 0.0)  # before the first read
         record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
         if record is None:
             record = self._start_job()
@@ -162,7 +192,8 @@ class RootAgent:
             pending = []
             if detections:
                 record = self._recover(record, detections)
-            self.stop.wait(POLL_S)
+                continue  # look again at once: what happened meanwhile is read now
+            self.wait()
 
     def _store_memory(self, record: dict[str, Any]) -> dict[str, Any]:
         """Checkpoint memory of every member's node store (its ``stats``), asked once every
@@ -240,7 +271,7 @@ class RootAgent:
                 self.detector.attempt = 1
                 self._emit("run_started", attempt=1, members=_json_members(members))
                 return record
-            self.stop.wait(POLL_S)
+            self.wait()
         return None
 
     def _adopt(self, record: dict[str, Any]) -> list[Detection]:
@@ -273,17 +304,26 @@ class RootAgent:
     ) -> dict[str, Any]:
         registrations = self._registrations()
         stores = [registrations[members[slot]]["address"] for slot in range(self.nodes)]
-        master = registrations[members[0]].get("host", "127.0.0.1")
-        return {
+        first = registrations[members[0]]
+        master = first.get("host", "127.0.0.1")
+        record = {
             "attempt": attempt,
             "state": "running",
             "members": _json_members(members),
             "stores": stores,
-            "master_addr": master,
-            "master_port": _free_port(master),
             "plan": plan,
             "failures": failures,
         }
+        rendezvous = first.get("rendezvous")
+        if rendezvous:
+            # Slot 0's agent keeps a rendezvous store listening; the attempt has its prefix.
+            host, _, port = str(rendezvous).rpartition(":")
+            record.update(
+                master_addr=host, master_port=int(port), rendezvous_prefix=f"attempt{attempt}"
+            )
+        else:
+            record.update(master_addr=master, master_port=_free_port(master))
+        return record
 
     def _all_done(self, record: dict[str, Any]) -> bool:
         if record["state"] != "running":
@@ -487,7 +527,7 @@ class _Recovery:
                 now = time.time()
                 log.error("nodes %s did not stop their trainers; counted as lost", waiting)
                 self.absorb(Detection("hardware", n, None, None, now, now) for n in waiting)
-            time.sleep(POLL_S)
+            root.wait()
         if not self.indices:
             # Only symptoms: nothing injected explains them. The first killed-by-signal exit
             # (else the first exit) is an unscheduled software failure.
@@ -566,7 +606,7 @@ class _Recovery:
                     root.events.emit("replacement_ready", node=slot, failure=index, node_id=node_id)
             if not waiting and not self.unreplaced():
                 return
-            time.sleep(POLL_S)
+            root.wait()
 
     def _fresh_node_id(self) -> int:
         """The next node id no agent has registered (standby agents started by hand may have
@@ -600,19 +640,34 @@ class _Recovery:
         root = self.root
         registrations = root._registrations()
         by_rank: dict[int, dict[int, set[int]]] = {}
-        for slot, node_id in sorted(self.members.items()):
-            address = registrations[node_id]["address"]
+
+        def ask(slot: int) -> dict[int, set[int]] | BaseException:
+            address = registrations[self.members[slot]]["address"]
             try:
                 client = StoreClient(slot, address, root.token, 5.0)
                 try:
-                    by_rank[slot] = {o: set(its) for o, its in client.holdings().items()}
+                    return {o: set(its) for o, its in client.holdings().items()}
                 finally:
                     client.close()
             except (OSError, RuntimeError) as error:
-                log.warning("slot %d store %s unreachable: %s; node lost", slot, address, error)
+                return error
+
+        slots = sorted(self.members)
+        # Every store at once (each answer is a connection and a handshake), and the
+        # persistent tier's newest checkpoint meanwhile.
+        with ThreadPoolExecutor(max_workers=min(16, len(slots) + 1)) as pool:
+            newest = pool.submit(latest_persistent, root.persistent_url)
+            answers = dict(zip(slots, pool.map(ask, slots), strict=True))
+            persistent = newest.result()
+        for slot, answer in answers.items():
+            if isinstance(answer, BaseException):
+                node_id = self.members[slot]
+                address = registrations[node_id]["address"]
+                log.warning("slot %d store %s unreachable: %s; node lost", slot, address, answer)
                 now = time.time()
                 self.absorb([Detection("hardware", node_id, None, None, now, now)])
                 return None
+            by_rank[slot] = answer
         holdings: dict[int, dict[int, set[int]]] = {}
         for holder, ranks in by_rank.items():
             for owner in range(root.nodes):
@@ -623,7 +678,6 @@ class _Recovery:
         kinds: dict[int, Any] = {
             s: ("hardware" if k == "hardware" else "software") for s, k in self.failed.items()
         }
-        persistent = latest_persistent(root.persistent_url)
         log.info("recovery inputs: holdings by rank %s; persistent %s", by_rank, persistent)
         return plan_recovery(root.placement, kinds, holdings, persistent)
 

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,16 @@ class Worker:
     (finished ``attempt``), ``retired``; whether it still runs is its exit code's business.
     """
 
-    def __init__(self, spec: TrainerSpec, name: str, local_rank: int, env: Mapping[str, str]):
+    def __init__(
+        self,
+        spec: TrainerSpec,
+        name: str,
+        local_rank: int,
+        env: Mapping[str, str],
+        on_change: Callable[[], None] | None = None,
+    ):
         self.local_rank = local_rank
+        self._on_change = on_change
         parent, child = socket.socketpair()
         self._sock = parent
         self._lock = threading.Condition()
@@ -157,8 +165,15 @@ class Worker:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     self._handle(json.loads(line))
-        with self._lock:  # the process ended (its exit code says how): wake the waiters
+        # The process ended (its socket closed as it exited): reap it, so that its exit code
+        # is there when the waiters and the agent look (bounded: a process that closed the
+        # socket and lives on is seen by the agent's next look instead).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1.0)
+        with self._lock:
             self._lock.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def _handle(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -169,6 +184,8 @@ class Worker:
                 self.state, self.reported = op, int(message["attempt"])
                 self.error = message.get("error")
             self._lock.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def send(self, op: str, **fields: Any) -> bool:
         line = json.dumps({"op": op, **fields}, separators=(",", ":")).encode() + b"\n"
@@ -202,7 +219,8 @@ class Worker:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.proc.poll() is not None:
                     return bool(predicate())
-                self._lock.wait(min(remaining, 0.05))
+                # Every message and the process's end notify; the slice bounds a missed one.
+                self._lock.wait(min(remaining, 0.25))
             return True
 
     def rss_bytes(self) -> int | None:
@@ -247,6 +265,8 @@ class TrainerPool:
         env: variables common to every trainer of the node (token, run folder, clock).
         spares_now: start the spares at once (a standby node starts them when it joins, to
             spare the machine while nothing needs them).
+        on_change: called (from a reader thread) whenever a trainer reports or ends, so the
+            agent acts at once instead of at its next look.
 
     Attributes:
         slot: the node's place in the job; set before the first assignment (a standby node
@@ -254,9 +274,15 @@ class TrainerPool:
     """
 
     def __init__(
-        self, spec: TrainerSpec, node_id: int, env: Mapping[str, str], spares_now: bool = True
+        self,
+        spec: TrainerSpec,
+        node_id: int,
+        env: Mapping[str, str],
+        spares_now: bool = True,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.spec, self.node_id, self.env = spec, node_id, dict(env)
+        self.on_change = on_change
         self.slot = -1
         self.active: dict[int, Worker] = {}
         self.spares: dict[int, list[Worker]] = {r: [] for r in range(spec.per_node)}
@@ -278,7 +304,7 @@ class TrainerPool:
             self.spares[local_rank] = alive
 
     def _start(self, local_rank: int) -> Worker:
-        worker = Worker(self.spec, f"node{self.node_id}", local_rank, self.env)
+        worker = Worker(self.spec, f"node{self.node_id}", local_rank, self.env, self.on_change)
         log.info(
             "node %d: trainer for local rank %d started (pid %d)",
             self.node_id,
@@ -471,6 +497,8 @@ def trainer_env(record: Mapping[str, Any]) -> dict[str, str]:
         "MASTER_PORT": str(record["master_port"]),
         "GEMINI_STORE_ADDRS": ",".join(record["stores"]),
     }
+    if record.get("rendezvous_prefix"):
+        env["GEMINI_RDZV_PREFIX"] = str(record["rendezvous_prefix"])
     plan = record.get("plan")
     env["GEMINI_RESTORE_PLAN"] = "" if plan is None else json.dumps(plan, separators=(",", ":"))
     return env

@@ -28,14 +28,16 @@ Keys starting with ``__`` are reserved for the emulation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from real.coord.kv import KeyValueStore, Lease, StoreError, job_token
-from real.coord.kvserver import KV_SERVICE
+from real.coord.kvserver import KV_SERVICE, MAX_WATCH_S
 from real.engine import protocol
 
 LEASE_PREFIX = "__lease__/"
@@ -136,6 +138,9 @@ class EmbeddedKV(KeyValueStore):
         self._lock = threading.Lock()
         self._address = (host, port, job_token(token), timeout_s)
         self._store: Any = self._connect()
+        self._watch_lock = threading.Lock()
+        self._watcher: _Connection | None = None
+        self._closed = False
 
     def _connect(self) -> _Connection:
         host, port, secret, timeout_s = self._address
@@ -272,11 +277,49 @@ class EmbeddedKV(KeyValueStore):
         self._call("set", self._record_key(lease_id), b"%.6f" % (time.time() + ttl_s))
         return EmbeddedLease(self, lease_id, float(ttl_s))
 
+    def watch(
+        self, prefixes: Sequence[str], after: int | None, timeout_s: float
+    ) -> tuple[int, bool]:
+        """The store's ``watch`` (see :mod:`real.coord.kvserver`), on a connection of its own
+        so that a waiting watcher never holds up this client's other requests."""
+        for prefix in prefixes:
+            if prefix.startswith("__"):
+                raise ValueError(f"prefix {prefix!r}: keys starting with '__' are reserved")
+        # The reply must come before the connection's own timeout.
+        timeout_s = max(0.0, min(timeout_s, 0.5 * self._address[3], MAX_WATCH_S))
+        with self._watch_lock:
+            if self._closed:
+                raise StoreError(f"the client of {self.url} is closed; connect_kv() a new one")
+            if self._watcher is None:
+                self._watcher = self._connect()
+            try:
+                header, _ = self._watcher.request(
+                    "watch",
+                    key="",
+                    prefixes=[self.namespace + p for p in prefixes],
+                    after=after,
+                    timeout_s=timeout_s,
+                )
+            except (OSError, ValueError) as error:
+                self._watcher.close()
+                self._watcher = None
+                raise StoreError(
+                    f"coordination store at {self.url}: watch failed: {error}"
+                ) from error
+            return int(header["revision"]), bool(header["changed"])
+
     def close(self) -> None:
         with self._lock:
             store, self._store = self._store, _Closed(self.url)
         if isinstance(store, _Connection):
             store.close()
+        self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            # A watch in progress ends with an error (its socket is gone), never waits it out.
+            with contextlib.suppress(OSError):
+                watcher.sock.shutdown(socket.SHUT_RDWR)
+            watcher.close()
 
 
 class _Closed:

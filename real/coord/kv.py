@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import abc
 import os
+import time
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from shared.errors import GeminiError
@@ -134,6 +136,23 @@ class KeyValueStore(abc.ABC):
     @abc.abstractmethod
     def grant_lease(self, ttl_s: float) -> Lease:
         """A new lease that lives ``ttl_s`` seconds unless refreshed."""
+
+    def watch(
+        self, prefixes: Sequence[str], after: int | None, timeout_s: float
+    ) -> tuple[int, bool]:
+        """Wait until a key under one of ``prefixes`` changes after ``after``, at most
+        ``timeout_s``; returns ``(cursor, changed)``, the cursor to pass next time.
+
+        The agents wait here instead of sleeping between reads, so a change reaches them at
+        once. ``after`` None returns a cursor at once (take it before the first read: a change
+        between that read and the next call is then not missed). Lease expiry is not a change:
+        callers still read the store every ``timeout_s``. The embedded store notifies; this
+        default (etcd) only sleeps ``timeout_s`` and reports no change, so its callers poll at
+        that period.
+        """
+        if after is not None:
+            time.sleep(max(0.0, timeout_s))
+        return 0, False
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release the client's connections (not the store). Idempotent."""

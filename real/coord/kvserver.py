@@ -21,6 +21,13 @@ Requests are frames of the same wire format (JSON header, raw payload), one repl
     add          key, amount              -> value (the integer after adding)
     delete       key                      -> deleted
     scan         prefix                   -> keys, sizes, their values (payload, concatenated)
+    watch        key (unused), prefixes, after, timeout_s -> revision, changed
+
+``watch`` is the notification the agents wait on instead of polling: it returns as soon as a
+key under one of ``prefixes`` is written or deleted after revision ``after`` (every change
+bumps the store's revision), or after ``timeout_s`` (at most ``MAX_WATCH_S``) with
+``changed`` false; ``after`` null returns the current revision at once. Lease expiry writes
+nothing, so a watcher still looks at the store every ``timeout_s``.
 
 ``compare_set`` follows torch's ``TCPStore``: an absent key is set when ``expected`` is empty;
 the reply is always the key's value afterwards (``expected`` itself when the key is absent and
@@ -34,6 +41,7 @@ environment, reads the port, and stops it (SIGTERM, timed wait, SIGKILL).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import logging
 import os
@@ -54,6 +62,9 @@ from real.processes import stop_process
 log = logging.getLogger(__name__)
 KV_SERVICE = "gemini-kv-auth"
 MAX_VALUE_BYTES = 1 << 20
+MAX_WATCH_S = 10.0
+WATCH_HISTORY = 8192
+"""Changes remembered for watchers (a watcher further behind is told "changed" at once)."""
 _PARENT_POLL_S = 0.5
 
 
@@ -72,6 +83,9 @@ class KVServer:
         self.token = token
         self.data: dict[str, bytes] = {}
         self.lock = threading.Lock()
+        self.revision = 0
+        self._watchers: list[tuple[tuple[str, ...], threading.Event]] = []
+        self.history: collections.deque[tuple[int, str]] = collections.deque(maxlen=WATCH_HISTORY)
         self._server = socket.create_server((host, port))
         self.port: int = self._server.getsockname()[1]
         self._stopping = threading.Event()
@@ -117,6 +131,8 @@ class KVServer:
         op, key = header["op"], header.get("key")
         if not isinstance(key, str):
             raise protocol.ProtocolError(f"{op}: a string key is required")
+        if op == "watch":
+            return self._watch(header), None
         with self.lock:
             if op == "get":
                 value = self.data.get(key)
@@ -125,6 +141,7 @@ class KVServer:
                 if len(payload) > MAX_VALUE_BYTES:
                     raise protocol.ProtocolError(f"set: values are at most {MAX_VALUE_BYTES} bytes")
                 self.data[key] = payload
+                self._note(key)
                 return {}, None
             if op == "compare_set":
                 size = header.get("expected_bytes")
@@ -136,9 +153,11 @@ class KVServer:
                     if expected:
                         return {}, expected
                     self.data[key] = desired
+                    self._note(key)
                     return {}, desired
                 if current == expected:
                     self.data[key] = desired
+                    self._note(key)
                     return {}, desired
                 return {}, current
             if op == "add":
@@ -147,18 +166,73 @@ class KVServer:
                     raise protocol.ProtocolError("add: amount must be an integer")
                 total = int(self.data.get(key, b"0")) + amount
                 self.data[key] = str(total).encode()
+                self._note(key)
                 return {"value": total}, None
             if op == "delete":
-                return {"deleted": self.data.pop(key, None) is not None}, None
+                deleted = self.data.pop(key, None) is not None
+                if deleted:
+                    self._note(key)
+                return {"deleted": deleted}, None
             if op == "scan":
                 keys = sorted(k for k in self.data if k.startswith(key))
                 values = [self.data[k] for k in keys]
                 return {"keys": keys, "sizes": [len(v) for v in values]}, b"".join(values)
         raise protocol.ProtocolError(f"unknown op {op!r}")
 
+    def _note(self, key: str) -> None:
+        """Record a change of ``key`` (under the lock) and wake the watchers of its prefixes
+        (only those: heartbeats and lease refreshes, most of the changes, wake nobody)."""
+        self.revision += 1
+        self.history.append((self.revision, key))
+        for prefixes, event in self._watchers:
+            if key.startswith(prefixes):
+                event.set()
+
+    def _watch(self, header: dict[str, Any]) -> dict[str, Any]:
+        prefixes, after, timeout = (
+            header.get("prefixes"),
+            header.get("after"),
+            header.get("timeout_s"),
+        )
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+            raise protocol.ProtocolError("watch: prefixes must be a list of strings")
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
+            raise protocol.ProtocolError("watch: after must be an integer or null")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise protocol.ProtocolError("watch: timeout_s must be a number >= 0")
+        watcher = (tuple(prefixes), threading.Event())
+        with self.lock:
+            if after is None:
+                return {"revision": self.revision, "changed": False}
+            if self._changed_since(after, prefixes):
+                return {"revision": self.revision, "changed": True}
+            self._watchers.append(watcher)
+        try:
+            watcher[1].wait(min(float(timeout), MAX_WATCH_S))
+        finally:
+            with self.lock:
+                self._watchers.remove(watcher)
+        with self.lock:
+            return {"revision": self.revision, "changed": self._changed_since(after, prefixes)}
+
+    def _changed_since(self, after: int, prefixes: list[str]) -> bool:
+        if after >= self.revision:
+            return False
+        if not self.history or self.history[0][0] > after + 1:
+            return True  # changes older than the history were forgotten: say "changed"
+        for revision, key in reversed(self.history):
+            if revision <= after:
+                return False
+            if key.startswith(tuple(prefixes)):
+                return True
+        return False
+
     def stop(self) -> None:
         self._stopping.set()
         self._server.close()
+        with self.lock:
+            for _, event in self._watchers:
+                event.set()
         with self.lock:
             for conn in list(self._connections):
                 with contextlib.suppress(OSError):

@@ -253,3 +253,36 @@ def test_trainer_exit_reported_under_one_second(make_kv: Callable[[], KeyValueSt
     assert detector.poll() == []  # reported once
     detector.clear(found[0])
     assert root.get(keys.exit_key(2, 5)) is None
+
+
+def test_watch_wakes_on_a_change_under_its_prefixes_only(
+    backend: tuple[str, str], make_kv: Callable[[], KeyValueStore]
+) -> None:
+    if backend[0] != "embedded":
+        pytest.skip("etcd is polled: its watch only sleeps")
+    watcher, writer = make_kv(), make_kv()
+    cursor, changed = watcher.watch(["job/"], None, 0.0)  # a cursor before the first read
+    assert not changed
+    writer.put("nodes/1", b"beat")  # another prefix: no wake
+    cursor, changed = watcher.watch(["job/"], cursor, 0.3)
+    assert not changed
+    woke: list[tuple[int, bool]] = []
+    thread = threading.Thread(target=lambda: woke.append(watcher.watch(["job/"], cursor, 5.0)))
+    thread.start()
+    writer.put("job/attempt", b"1")
+    thread.join(10.0)
+    assert woke and woke[0][1], woke
+    # A change made while nobody waited is not missed: the cursor remembers.
+    writer.delete("job/attempt")
+    assert watcher.watch(["job/"], woke[0][0], 5.0)[1]
+
+
+def test_watch_after_close_is_an_error(
+    backend: tuple[str, str], make_kv: Callable[[], KeyValueStore]
+) -> None:
+    if backend[0] != "embedded":
+        pytest.skip("etcd is polled: its watch only sleeps")
+    kv = make_kv()
+    kv.close()
+    with pytest.raises(StoreError):
+        kv.watch(["job/"], 0, 0.1)

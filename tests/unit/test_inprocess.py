@@ -19,10 +19,12 @@ import pytest
 import torch.distributed as dist
 
 from real.inprocess import (
+    RDZV_PREFIX_ENV,
     AgentChannel,
     Assignment,
     AttemptAborted,
     check_abort,
+    install_abort_checks,
     is_peer_failure,
     run_attempts,
 )
@@ -217,3 +219,75 @@ def test_a_trained_process_retires_when_the_job_starts_over(
 )
 def test_peer_failures_are_told_from_bugs(error: BaseException, expected: bool) -> None:
     assert is_peer_failure(error) is expected
+
+
+def test_an_abort_interrupts_forward_and_backward(pair: tuple[Agent, AgentChannel]) -> None:
+    torch = pytest.importorskip("torch")
+    agent, channel = pair
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    remove = install_abort_checks(model)
+    left: list[str] = []
+
+    def body(assignment: Assignment) -> None:
+        model(torch.ones(2, 4)).sum().backward()  # no abort yet: the checks let it run
+        loss = model(torch.ones(2, 4)).sum()
+        agent.send("abort", attempt=assignment.attempt)
+        deadline = time.monotonic() + 20
+        while not channel.aborted(assignment.attempt) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for name, step in (
+            ("forward", lambda: model(torch.ones(2, 4))),  # the first submodule's hook
+            ("backward", loss.backward),  # the parameters' gradient hooks
+        ):
+            try:
+                step()
+            except AttemptAborted:
+                left.append(name)
+        raise AttemptAborted("left")
+
+    agent.assign(1)
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    agent.send("finish")
+    thread.join(30)
+    assert left == ["forward", "backward"]
+    model(torch.ones(2, 4)).sum().backward()  # outside an attempt the checks do nothing
+    remove()
+
+
+def test_a_rendezvous_prefix_joins_through_a_standing_store(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    agent, channel = pair
+    import datetime
+
+    server = dist.TCPStore(  # type: ignore[attr-defined]
+        "127.0.0.1",
+        0,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    ranks: list[int] = []
+
+    def body(assignment: Assignment) -> None:
+        ranks.append(dist.get_rank())
+
+    for attempt in (1, 2):  # two attempts through the same store, each under its prefix
+        env = {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(server.port),
+            RDZV_PREFIX_ENV: f"attempt{attempt}",
+            "GEMINI_RESTORE_PLAN": "",
+        }
+        agent.send("assign", attempt=attempt, env=env)
+    agent.send("finish")
+    run_attempts(body, channel, backend="gloo", timeout_s=30.0)
+    # The newest assignment wins, and it joined through the standing store (a tcp:// init
+    # would have had to open that port itself, which the store holds).
+    assert ranks == [0]
