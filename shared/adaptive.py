@@ -271,10 +271,15 @@ class IntervalController:
         sub_buffers: int,
     ) -> IntervalDecision:
         """Choose k for a checkpoint of ``checkpoint_bytes`` (per copy, on the wire) given one
-        iteration's idle spans; the throughput is the estimate, or ``bandwidth_bytes_per_s``
-        before any measurement. The decision becomes the controller's current k."""
+        iteration's idle spans; the throughput is the estimate, never above the link's
+        ``bandwidth_bytes_per_s`` (a sender's clock can see its socket buffer fill faster than
+        the link drains it), or the bandwidth before any measurement. The decision becomes
+        the controller's current k."""
         previous = self.interval
-        throughput = self.throughput_bytes_per_s or bandwidth_bytes_per_s
+        measured = self.throughput_bytes_per_s
+        throughput = (
+            bandwidth_bytes_per_s if measured is None else min(measured, bandwidth_bytes_per_s)
+        )
         idle_s = sum(span.duration_s for span in spans)
         if not self.adaptive:
             return IntervalDecision(

@@ -83,7 +83,7 @@ def test_next_interval_hysteresis() -> None:
 
 def test_controller_does_not_flap_around_a_boundary() -> None:
     spans = [IdleSpan(0.0, 1.0)]
-    kwargs = {"bandwidth_bytes_per_s": 1.0, **PLANNING}
+    kwargs = {"bandwidth_bytes_per_s": 1000.0, **PLANNING}
     controller = IntervalController("adaptive", hysteresis=0.2, window=1)
     chosen = []
     # 100 bytes, 1 s idle per iteration: 20 bytes/s needs 5 iterations, 26 bytes/s needs 4.
@@ -114,6 +114,11 @@ def test_controller_uses_bandwidth_before_measurements_and_then_the_median() -> 
     assert controller.throughput_bytes_per_s == 20.0
     decision = controller.decide(spans, 1.0, 100, 1, bandwidth_bytes_per_s=50.0, **PLANNING)
     assert (decision.previous, decision.interval) == (2, 5)
+    # A measurement above the link's bandwidth counts as the bandwidth.
+    for _ in range(3):
+        controller.observe(10_000, 1.0)
+    capped = controller.decide(spans, 1.0, 100, 1, bandwidth_bytes_per_s=50.0, **PLANNING)
+    assert capped.throughput_bytes_per_s == 50.0
 
 
 def test_due() -> None:
@@ -217,7 +222,7 @@ def test_next_interval_properties(current: int, required: int, extra: int) -> No
 def test_controller_never_changes_while_throughput_stays_in_its_band(rates: list[float]) -> None:
     """Once chosen at a throughput, k stays while later estimates are within the band."""
     spans = [IdleSpan(0.0, 1.0)]
-    kw = {"bandwidth_bytes_per_s": 1.0, **PLANNING}
+    kw = {"bandwidth_bytes_per_s": 1000.0, **PLANNING}
     controller = IntervalController("adaptive", hysteresis=0.2, window=1)
     previous = None
     changes = 0
