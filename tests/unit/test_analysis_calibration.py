@@ -244,7 +244,7 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     costs = law_costs(laws, scenario, background=5)
     for key in ("rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
         assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
-    phases = dict(expected["micro_iteration_phases"])  # type: ignore[arg-type]
+    phases = dict(expected["micro_iteration_phases"])  # type: ignore[call-overload]
     assert costs["compute_s"] == pytest.approx(phases["compute"], rel=1e-6)
     assert costs["communication_s"] == pytest.approx(phases["communication"], rel=1e-6)
 
