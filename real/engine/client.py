@@ -258,9 +258,9 @@ def receive_shard(
         costs.add("restore: hash while receiving", timed.seconds, manifest.data_bytes)
     bad = hasher.mismatches(manifest)
     if bad:
-        raise VerificationError(f"{bad[0]} checksum mismatch")
+        raise PlacedDataError(f"{bad[0]} checksum mismatch")
     if checksum("".join(manifest.blocks).encode()) != manifest.shard_checksum:
-        raise VerificationError("shard checksum does not match the block checksums")
+        raise PlacedDataError("shard checksum does not match the block checksums")
     with torch.no_grad():
         for local, received in later:
             local.copy_(received)
