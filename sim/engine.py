@@ -11,13 +11,16 @@ real harness recovers in process: detection (``detection.exit_report_s`` for a t
 which its agent reports; a lost node is found by probe once the survivors' next collective
 fails, i.e. the time until the iteration profile's next communication phase plus
 ``detection.probe_detection_s``; by its heartbeat lease, ``lease_timeout_s -
-heartbeat_interval_s / 2`` on average, when it is partitioned, when the job is not training
-or with ``detection.lost_node: lease``; the root's own node after a re-election,
+heartbeat_interval_s / 2`` on average, when it is partitioned or lost in netns mode (the
+survivors' collectives hang: no reset reaches them), when the job is not training or with
+``detection.lost_node: lease``; the root's own node after a re-election,
 ``root_loss_detection_s``), the stop (``recovery.stop_s`` from detection: the survivors are
-aborted and park, no process is killed), replacement (hardware only: the standby pool's delay;
-a live warm standby agent needs nothing more, and once ``cluster.standby_nodes`` of them are
-taken a node starts cold, ``recovery.node_start_s``), restart (``recovery.restart_s``: the
-survivors rejoin in process and warm spares take the dead ranks), and retrieval: a fixed
+aborted and park, no process is killed; survivors stuck in a hung collective are killed at
+``detection.abort_timeout_s`` first, and their warm spares take the ranks), replacement
+(hardware only: the standby pool's delay; a live warm standby agent needs nothing more, and
+once ``cluster.standby_nodes`` of them are taken a node starts cold,
+``recovery.node_start_s``), restart (``recovery.restart_s``: the survivors rejoin in process
+and warm spares take the dead ranks), and retrieval: a fixed
 ``recovery.retrieval_overhead_s``, then the
 ``shared`` recovery plan's bytes: local copies over each node's copy engine, peer copies as
 flows over the node links, persistent reads as flows sharing the storage's aggregate bandwidth
@@ -124,6 +127,9 @@ class _Chain:
     collective_wait_s: float | None = None
     """From the failure until the survivors' next collective (which then fails); None when
     the job was not training (a failure during a recovery) or runs no collectives."""
+    hung: bool = False
+    """The survivors' collectives hang rather than fail (``Engine._hangs``): the lease finds
+    the node, and the stop waits ``detection.abort_timeout_s`` for the stuck survivors."""
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -396,6 +402,7 @@ class Engine:
         chain = self._inject(failure, {}, reached, now - progress_since)
         chain.reached = reached
         chain.collective_wait_s = self._until_collective_s(timeline, now)
+        chain.hung = self._hangs(chain)
         while True:
             outcome = yield from self._recover(chain)
             if outcome == "done":
@@ -527,6 +534,16 @@ class Engine:
         first = profile.until_collective_s(0.0)
         return None if first is None else start - time_s + first
 
+    def _hangs(self, chain: _Chain) -> bool:
+        """Whether the survivors' collectives hang on the lost node rather than fail.
+
+        A partitioned node (``network``) keeps its connections open but silent; in netns
+        mode a lost node's link goes down with it, so no reset reaches the survivors either
+        (docs/cluster.md). Only while the job trains (there is a collective to hang in)."""
+        if chain.collective_wait_s is None or chain.new_kind == "software":
+            return False
+        return chain.label == "network" or self.scenario.real.mode == "netns"
+
     def _detection(self, chain: _Chain) -> tuple[float, str]:
         """Expected seconds from the chain's failure to its detection, and by what."""
         detection = self.scenario.detection
@@ -537,6 +554,7 @@ class Engine:
         if (
             detection.lost_node == "probe"
             and chain.label != "network"
+            and not chain.hung
             and chain.collective_wait_s is not None
         ):
             return chain.collective_wait_s + detection.probe_detection_s, "probe"
@@ -577,7 +595,10 @@ class Engine:
             # Once the failure is detected, the root stops the attempt: the agents abort it,
             # the survivors park in process (their broken collectives may have parked them
             # already) and every live agent acknowledges. No process is killed.
-            outcome = yield from self._wait(recovery.stop_s)
+            # Survivors stuck in a collective that hangs cannot leave it: their agents kill
+            # them at the abort timeout, and their warm spares take the ranks.
+            stuck = self.scenario.detection.abort_timeout_s if chain.hung else 0.0
+            outcome = yield from self._wait(stuck + recovery.stop_s)
             if outcome != "done":
                 return outcome
             self._stopped = True

@@ -312,6 +312,21 @@ def test_a_partitioned_node_is_found_by_its_lease() -> None:
     ]
 
 
+def test_survivors_stuck_in_a_hung_collective_are_killed_at_the_abort_timeout() -> None:
+    # A partition, or in netns mode any lost node (its link goes down: no reset reaches the
+    # survivors): the lease finds it, and the stop waits detection.abort_timeout_s (2 s) for
+    # the stuck survivors before their spares take over, then the 0.5 s of a stop.
+    for text, overrides in (
+        (LOST_NODE.replace("kind: hardware", "kind: network"), ()),
+        (LOST_NODE, ("real.mode=netns",)),
+    ):
+        (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
+        assert (failure.detection_s, failure.stop_s) == pytest.approx((2.75, 2.0 + 0.5))
+    # A lost node in local mode resets the survivors' connections: probe, and a plain stop.
+    (failure,) = simulate(parse_scenario(LOST_NODE)).summary.failures
+    assert (failure.detection_s, failure.stop_s) == pytest.approx((0.5, 0.5))
+
+
 def test_losing_the_root_node_waits_for_a_new_root() -> None:
     # Node 0 runs the root: its election lease lapses 5/6 x 3 = 2.5 s after the failure on
     # average, a candidate wins half a retry (0.25 / 2) later and probes (0.1): 2.725 s.
