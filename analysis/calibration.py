@@ -105,10 +105,12 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     - ``detection.exit_report_s`` = exit notice + agent poll / 2 + root poll / 2;
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
       report) + root poll / 2 + probe round trip;
-    - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop) + park + agent poll / 2
-      (the abort settles) + root poll / 2 (the root reads the acknowledgements);
+    - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop) + closing the checkpoint
+      engine (``engine_close_s``, when measured) + park + agent poll / 2 (the abort settles)
+      + root poll / 2 (the root reads the acknowledgements);
     - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
-      a spare's join and a survivor's rejoin (every rank waits for the group);
+      a spare's join and a survivor's rejoin (every rank waits for the group) + building the
+      checkpoint engine (``engine_build_s``, when measured);
     - ``recovery.retrieval_overhead_s`` = loading the state into model and optimizer;
     - the iteration (``micro_iteration_time_s`` and its phases): measured on
       ``recovery_ranks`` ranks (the world size, up to 8); when the scenario's ranks all share
@@ -132,14 +134,15 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
         out["probe_detection_s"] = failure + hop + (probe or 0.0)
     park = _number(measurements, "park_s")
     if park is not None:
-        out["stop_s"] = agent / 2 + park + hop
+        close = _number(measurements, "engine_close_s") or 0.0
+        out["stop_s"] = agent / 2 + close + park + hop
     joins = [
         v
         for v in (_number(measurements, "spare_join_s"), _number(measurements, "rejoin_s"))
         if v is not None
     ]
     if joins:
-        out["restart_s"] = agent / 2 + max(joins)
+        out["restart_s"] = agent / 2 + max(joins) + (_number(measurements, "engine_build_s") or 0)
     load = _number(measurements, "state_load_s")
     if load is not None:
         out["retrieval_overhead_s"] = load
@@ -393,6 +396,8 @@ LAW_FORMS: dict[str, str] = {
     "compute_s": "(c0 + 6 * parameters * tokens_per_rank / flops_per_s) * share",
     "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
     "hop_work_s": "w * share",
+    "engine_build_s": "e * share",
+    "engine_close_s": "e * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,
 ``parameters_m`` the parameters in millions, ``bytes`` the state one node restores, ``share``
@@ -492,6 +497,14 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
         [float(s["state_load_s"]) / x for s, x in zip(samples, shares, strict=True)],
     )
     laws["state_load_s"] = {"l0": l0, "load_bytes_per_s": 1 / per_byte if per_byte > 0 else None}
+    for key in ("engine_build_s", "engine_close_s"):
+        values = [
+            float(s[key]) / x
+            for s, x in zip(samples, shares, strict=True)
+            if isinstance(s.get(key), int | float)
+        ]
+        if values:
+            laws[key] = {"e": statistics.median(values)}
     # Measured after the reference ranks had ended: only the background competed with it.
     works = [
         float(s["hop_work_s"]) / _share(0, cpus, True, float(s.get("load_average") or 0.0))
@@ -574,9 +587,10 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     out["spare_join_s"] = (
         float(join["j0"]) + float(join["j1"]) * ranks + float(join["j2"]) * parameters / 1e6
     ) * share
-    hop = laws.get("hop_work_s")
-    if isinstance(hop, Mapping):
-        out["hop_work_s"] = float(hop["w"]) * share
+    for key, letter in (("hop_work_s", "w"), ("engine_build_s", "e"), ("engine_close_s", "e")):
+        fitted = laws.get(key)
+        if isinstance(fitted, Mapping):
+            out[key] = float(fitted[letter]) * share
     load = _law(laws, "state_load_s")
     rate = load.get("load_bytes_per_s")
     out["state_load_s"] = (float(load["l0"]) + (state / float(rate) if rate else 0.0)) * share

@@ -406,6 +406,7 @@ def _recovery_rank_main(
         dist.barrier()
         rejoins.append(time.perf_counter() - began)
     rejoin_s = statistics.median(rejoins)
+    engine = _engine_costs(loaded, rank, world, trainer)
     report = {
         "rank": rank,
         "spare_join_s": spare_join_s,
@@ -413,6 +414,7 @@ def _recovery_rank_main(
         "load_s": load_s,
         "iteration_s": statistics.median(lengths),
         "spans": spans,
+        **engine,
     }
     if rank == world - 1:
         results.put(report)
@@ -433,6 +435,58 @@ def _recovery_rank_main(
     report["park_s"] = time.perf_counter() - began
     report["failed_at"] = failed_at
     results.put(report)
+
+
+def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[str, float]:
+    """Build this rank's in-memory checkpoint engine, checkpoint twice, close it as a failure
+    does (``abandon``): what a restart's engine build and a stop's engine teardown cost, s.
+
+    Every rank runs a node store of its own in this process (the stores' addresses and the
+    job's secret are exchanged over the process group). Empty for strategies other than
+    Gemini's, or when the engine cannot be built here (the reason is logged).
+    """
+    if scenario.checkpoint.strategy != "gemini":
+        return {}
+    import torch.distributed as dist
+
+    from real.engine import GeminiCheckpointer
+    from real.engine.protocol import make_token
+    from real.engine.store import NodeStore
+
+    tokens: list[Any] = [None] * world
+    dist.all_gather_object(tokens, make_token())
+    store = NodeStore(rank, tokens[0]).start()
+    try:
+        addresses: list[Any] = [None] * world
+        dist.all_gather_object(addresses, store.address)
+        with tempfile.TemporaryDirectory(prefix=".calibrate-engine-") as run_dir:
+            began = time.perf_counter()
+            engine = GeminiCheckpointer(
+                scenario=scenario,
+                rank=rank,
+                world_size=world,
+                node=rank,
+                local_rank=0,
+                run_dir=run_dir,
+                token=tokens[0],
+                store_addresses=list(addresses),
+                template=trainer.state,
+            )
+            build_s = time.perf_counter() - began
+            for iteration in (1, 2):
+                engine.save(iteration, trainer.state())
+            engine.wait(30.0)
+            dist.barrier()
+            began = time.perf_counter()
+            engine.close(abandon=True)
+            close_s = time.perf_counter() - began
+        dist.barrier()
+    except Exception as error:  # a micro-benchmark that cannot run says so and is left out
+        log.warning("engine micro-benchmark skipped: %s", error)
+        return {}
+    finally:
+        store.stop()
+    return {"engine_build_s": build_s, "engine_close_s": close_s}
 
 
 def _clone_tree(value: Any) -> Any:
@@ -635,6 +689,11 @@ def measure_recovery(
             "spare_join_s": round(max(r["spare_join_s"] for r in timed), 6),
             "rejoin_s": round(max(r["rejoin_s"] for r in timed), 6),
             "state_load_s": round(max(r["load_s"] for r in timed), 6),
+            **{
+                key: round(max(float(r[key]) for r in timed), 6)
+                for key in ("engine_build_s", "engine_close_s")
+                if all(key in r for r in timed)
+            },
             "park_s": round(float(rank0["park_s"]), 6),
             "collective_failure_s": round(
                 max(0.0, float(rank0["failed_at"] or vanished) - vanished), 6
