@@ -26,18 +26,77 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 
-from validate import highfreq_interval, real_run, sim_run  # noqa: E402
+from shared.costs import highfreq_interval_iterations  # noqa: E402
+from shared.events import read_events  # noqa: E402
+from shared.scenario_loader import load_scenario  # noqa: E402
 
 SCENARIO = REPO / "scenarios" / "headline.yaml"
 LABELS = {"software": "trainer crash", "hardware": "lost node"}
+REAL_TIMEOUT_S = 600.0
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def real_run(scenario: Path, folder: Path, settings: list[str], logs: Path) -> bool:
+    """One ``gemini-ckpt real`` run (this source tree); True when it succeeded or had."""
+    if (folder / "summary.json").exists():
+        print(f"  {folder.name}: kept from an earlier run")
+        return True
+    if folder.exists():
+        shutil.rmtree(folder)
+    command = [sys.executable, "-m", "gemini_ckpt", "real", str(scenario), "--out", str(folder)]
+    for setting in settings:
+        command += ["--set", setting]
+    logs.mkdir(parents=True, exist_ok=True)
+    before, began = load(), time.monotonic()
+    with open(logs / f"{folder.name}.log", "w") as output:
+        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout=REAL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(30)
+            code = -1
+    print(
+        f"  {folder.name}: exit {code}, {time.monotonic() - began:.0f} s "
+        f"({before} before, {load()} after)"
+    )
+    return code == 0
+
+
+def sim_run(scenario: Path, folder: Path, settings: list[str]) -> None:
+    from sim import simulate, write_result
+
+    write_result(simulate(load_scenario(scenario, settings)), folder)
+
+
+def highfreq_interval(run_folders: list[Path]) -> tuple[int, float, float]:
+    """(K, t_save, T_iter) of the HighFreq rule from measured baseline runs (medians)."""
+    saves, iterations = [], []
+    for folder in run_folders:
+        for event in read_events(folder / "events.jsonl"):
+            seconds = event.details.get("seconds")
+            if event.kind == "persist_done" and isinstance(seconds, int | float):
+                saves.append(float(seconds))
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        iterations.append(summary.get("iteration_time_no_ckpt_s") or summary["iteration_time_s"])
+    t_save, iteration = statistics.median(saves), statistics.median(iterations)
+    return highfreq_interval_iterations(t_save, iteration), t_save, iteration
 
 
 def failures(folder: Path) -> list[dict[str, Any]]:
@@ -126,19 +185,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "headline")
     parser.add_argument("--rerun", action="store_true", help="Delete earlier real runs first.")
+    parser.add_argument(
+        "--no-sim", action="store_true", help="Only the real runs: no calibration, no simulator."
+    )
     options = parser.parse_args()
     out: Path = options.out
     if options.rerun and out.exists():
         shutil.rmtree(out)
     logs = out / "logs"
     out.mkdir(parents=True, exist_ok=True)
+    loads = [f"start: {load()}"]
 
-    print("0. calibrate: micro-benchmarks of an in-process recovery on this machine")
-    from gemini_ckpt.commands.run import calibrate_machine
+    costs: list[str] = []
+    if not options.no_sim:
+        print("0. calibrate: micro-benchmarks of an in-process recovery on this machine")
+        from gemini_ckpt.commands.run import calibrate_machine
 
-    calibration = calibrate_machine(SCENARIO, [], out)
-    costs = [o for o in calibration["overrides"] if not o.startswith("training.")]
-    print("   " + " ".join(costs))
+        calibration = calibrate_machine(SCENARIO, [], out)
+        costs = [o for o in calibration["overrides"] if not o.startswith("training.")]
+        print("   " + " ".join(costs))
 
     print("1. probe: the baseline without failures, to measure t_save and T_iter")
     probe = out / "probe-baseline"
@@ -173,17 +238,21 @@ def main() -> int:
         print("failed real runs: " + ", ".join(failed) + f"; see {logs}")
         return 1
 
-    print("3. simulator (this machine's recovery costs, measured T_iter)")
-    # The harness's save is one synchronous write (no separate upload), so the simulator's save
-    # blocks for the state over the storage's bandwidth: t_save sets only the interval K.
-    measured_inputs = [*costs, f"training.iteration_time_s={t_iter:.6g}"]
-    simulated = {"gemini": out / "sim-gemini", "baseline": out / "sim-baseline"}
-    sim_run(SCENARIO, simulated["gemini"], measured_inputs)
-    sim_run(SCENARIO, simulated["baseline"], [*baseline_settings, *measured_inputs])
+    loads.append(f"end of the real runs: {load()}")
+    simulated: dict[str, Path] = {}
+    if not options.no_sim:
+        print("3. simulator (this machine's recovery costs, measured T_iter)")
+        # The harness's save is one synchronous write (no separate upload), so the simulator's
+        # save blocks for the state over the storage's bandwidth: t_save sets only K.
+        measured_inputs = [*costs, f"training.iteration_time_s={t_iter:.6g}"]
+        simulated = {"gemini": out / "sim-gemini", "baseline": out / "sim-baseline"}
+        sim_run(SCENARIO, simulated["gemini"], measured_inputs)
+        sim_run(SCENARIO, simulated["baseline"], [*baseline_settings, *measured_inputs])
 
     command = "`.venv/bin/python benchmarks/headline.py"
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
-    command += "`" if shown == Path("runs/headline") else f" --out {shown}`"
+    command += "" if shown == Path("runs/headline") else f" --out {shown}"
+    command += " --no-sim`" if options.no_sim else "`"
     text = "\n".join(
         [
             "# Headline: Gemini vs the persistent-storage baseline (emulated 4-node cluster)",
@@ -202,6 +271,8 @@ def main() -> int:
             f"`gemini-ckpt real scenarios/headline.yaml --out OUT/real-baseline "
             f"--set checkpoint.strategy=persistent --set "
             f"checkpoint.persistent_every_iterations={k}`.",
+            "",
+            "Load (`uptime`): " + "; ".join(loads) + ".",
             "",
         ]
     )

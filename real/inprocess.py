@@ -14,7 +14,8 @@ The agent and the trainer talk over a socket the agent created and the trainer i
 secret to prove. Agent to trainer::
 
     {"op": "assign", "attempt": n, "env": {...}}   RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
-                                                   GEMINI_STORE_ADDRS, GEMINI_RESTORE_PLAN, ...
+                                                   GEMINI_RDZV_PREFIX, GEMINI_STORE_ADDRS,
+                                                   GEMINI_RESTORE_PLAN, ...
     {"op": "abort", "attempt": n}                  leave attempt n (its job was stopped)
     {"op": "finish"}                               the job is over: exit
 
@@ -27,7 +28,8 @@ run).
 gloo cannot abort a collective that waits for a *hung* peer (torch 2.13: ``abort()`` from
 another thread returns at once and the wait goes on); a peer that *died* makes the survivors'
 collectives fail within tens of milliseconds. So an abort is cooperative (checked by
-:func:`check_abort` at every checkpoint and raised from there), and the agent kills a trainer
+:func:`check_abort` at every checkpoint, and with :func:`install_abort_checks` at every block
+of the model's forward and backward passes, and raised from there), and the agent kills a trainer
 that has not parked within ``detection.abort_timeout_s``; its spare takes its place. NCCL
 communicators are aborted (``abort_process_group``) so a CUDA rank never waits forever.
 """
@@ -49,6 +51,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -230,10 +233,11 @@ def install_abort_checks(module: Any) -> Callable[[], None]:
 
     A survivor of a peer's failure is usually computing (forward, backward) when its agent's
     abort arrives, and would learn of it only at its next collective or ``save``: up to one
-    iteration later. This registers :func:`check_abort` as a forward pre-hook on every
-    submodule and as a gradient hook on every parameter: an abort interrupts the pass within
-    one layer, raising :class:`AttemptAborted` out of ``forward()`` or ``backward()``. Outside
-    an attempt (or without an agent) the checks do nothing. What the interrupted step leaves
+    iteration later. This registers :func:`check_abort` as a forward pre-hook on the module,
+    its children and theirs, and as a gradient hook on one parameter of each: an abort
+    interrupts the pass within one block, raising :class:`AttemptAborted` out of
+    ``forward()`` or ``backward()``. Outside an attempt (or without an agent) the checks do
+    nothing. What the interrupted step leaves
     (half-updated DDP buckets, partial gradients) belongs to the attempt being left: the next
     one wraps the module afresh and restores its state.
 
@@ -248,8 +252,15 @@ def install_abort_checks(module: Any) -> Callable[[], None]:
         check_abort()
         return gradient
 
-    handles = [sub.register_forward_pre_hook(forward_check) for sub in module.modules()]
-    handles += [p.register_hook(gradient_check) for p in module.parameters() if p.requires_grad]
+    # A check per block, not per layer: each hook costs a call into Python on every pass.
+    blocks = [module, *module.children()]
+    for child in list(module.children()):
+        blocks += list(child.children())
+    handles = [block.register_forward_pre_hook(forward_check) for block in blocks]
+    for block in blocks[1:]:
+        first = next((p for p in block.parameters() if p.requires_grad), None)
+        if first is not None:
+            handles.append(first.register_hook(gradient_check))
 
     def remove() -> None:
         for handle in handles:
@@ -424,9 +435,12 @@ def run_attempts(
             if not (is_peer_failure(error) or channel.aborted(assignment.attempt)):
                 raise
             reason = f"{type(error).__name__}: {error}"[:500]
-            where = traceback.extract_tb(error.__traceback__)[-1:]
-            if where:  # where the attempt was left: a hook, a save, a collective
-                log.info("left attempt %d at %s:%d", assignment.attempt, *where[0][:2])
+            # Where the attempt was left (a hook, a save, a collective), for the timeline.
+            where = " < ".join(
+                f"{Path(frame.filename).name}:{frame.lineno}"
+                for frame in reversed(traceback.extract_tb(error.__traceback__)[-3:])
+            )
+            log.info("left attempt %d at %s", assignment.attempt, where)
             # First the agent hears of it (the root probes the peers), then the cleanup.
             channel.send("failed", attempt=assignment.attempt, error=reason)
             log.warning(

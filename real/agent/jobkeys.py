@@ -5,10 +5,12 @@ root needs to carry on after it dies lives here, so a newly elected root resumes
 
     job/attempt              {"attempt", "state": running|stopped|finished, "members":
                               {slot: node_id}, "stores": [host:port by slot], "master_addr",
-                              "master_port", "plan": GEMINI_RESTORE_PLAN JSON, "failures": [..]}
+                              "master_port" (slot 0's rendezvous store), "rendezvous_prefix"
+                              (the attempt's keys there), "plan": GEMINI_RESTORE_PLAN JSON,
+                              "failures": [..]}
     job/next_node_id         the next fresh node id (replacements), a decimal string
     stores/<node_id>         a node agent's registration: {"node_id", "slot", "address", "host",
-                              "pid"}
+                              "probe", "rendezvous", "pid"}
     acks/<attempt>/<node_id> an agent has no trainer of an attempt older than <attempt> running
     done/<attempt>/<rank>    trainer <rank> finished training in attempt <attempt>
     failures/<index>         an injected failure (the injector's record): {"index", "kind",

@@ -15,7 +15,8 @@ Environment of each trainer: ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GEMINI_AGEN
 ``GEMINI_TOKEN``, ``GEMINI_RUN_DIR``, ``GEMINI_RUN_T0``, ``OMP_NUM_THREADS=1``; each assignment
 adds ``GEMINI_NODE`` and ``GROUP_RANK`` (the node's slot: a standby node learns it only when it
 takes a lost node's place), ``RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR``, ``MASTER_PORT`` (a fresh port per attempt, so a restart never reads a previous
+``MASTER_ADDR``, ``MASTER_PORT`` (the rendezvous store slot 0's agent keeps listening) with
+``GEMINI_RDZV_PREFIX`` (the attempt's own keys there, so a restart never reads a previous
 attempt's stale addresses, pytorch#135712), ``GEMINI_STORE_ADDRS`` and ``GEMINI_RESTORE_PLAN``.
 No secret is on a command line.
 """

@@ -13,9 +13,10 @@ Three things make such a store fit for failure detection and election:
   noticed without the dead node having to say anything.
 - **Create-if-absent.** ``create`` writes a key only when it does not exist, atomically, so of
   several candidates exactly one wins the leadership key.
-- **Prefix reads.** ``get_prefix("exits/")`` returns every reported exit at once, so a root
-  agent polls a few prefixes every fraction of a second (polling, not watching: cheap at our
-  scale, and both backends do it the same way).
+- **Prefix reads.** ``get_prefix("exits/")`` returns every reported exit at once.
+- **Watches.** ``watch(prefixes, cursor, timeout_s)`` returns when a key under the prefixes
+  changes, so the agents act on a write at once instead of at their next poll (the embedded
+  store notifies; etcd's client here only sleeps, and its callers poll).
 
 Backends:
 
@@ -97,7 +98,7 @@ class Lease(abc.ABC):
 
 
 class KeyValueStore(abc.ABC):
-    """The coordination store: six operations, keys are ``str``, values ``bytes``.
+    """The coordination store: seven operations, keys are ``str``, values ``bytes``.
 
     Implementations are safe to call from several threads of one process. Keys should be
     ``/``-separated paths without a leading slash (``nodes/3``).

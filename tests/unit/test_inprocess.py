@@ -8,6 +8,7 @@ real group (``tests/integration/test_cluster.py`` runs the whole thing with agen
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import socket
 import threading
@@ -262,8 +263,6 @@ def test_a_rendezvous_prefix_joins_through_a_standing_store(
     pair: tuple[Agent, AgentChannel],
 ) -> None:
     agent, channel = pair
-    import datetime
-
     server = dist.TCPStore(  # type: ignore[attr-defined]
         "127.0.0.1",
         0,
@@ -271,11 +270,16 @@ def test_a_rendezvous_prefix_joins_through_a_standing_store(
         wait_for_workers=False,
         timeout=datetime.timedelta(seconds=30),
     )
-    ranks: list[int] = []
+    joined: list[int] = []
 
     def body(assignment: Assignment) -> None:
-        ranks.append(dist.get_rank())
+        joined.append(assignment.attempt)
+        assert dist.get_rank() == 0
 
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
     for attempt in (1, 2):  # two attempts through the same store, each under its prefix
         env = {
             "RANK": "0",
@@ -286,8 +290,9 @@ def test_a_rendezvous_prefix_joins_through_a_standing_store(
             "GEMINI_RESTORE_PLAN": "",
         }
         agent.send("assign", attempt=attempt, env=env)
+        agent.wait_for("done", attempt)
     agent.send("finish")
-    run_attempts(body, channel, backend="gloo", timeout_s=30.0)
-    # The newest assignment wins, and it joined through the standing store (a tcp:// init
-    # would have had to open that port itself, which the store holds).
-    assert ranks == [0]
+    thread.join(30)
+    # Both joined through the standing store: a tcp:// init would have had to open that
+    # port itself, which the store holds.
+    assert joined == [1, 2]
