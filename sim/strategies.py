@@ -205,7 +205,13 @@ class Timeline:
         """When iteration k's in-memory checkpoint commits: its last replica stored, or with
         ``commit_at_next_end`` the end of iteration k+1 (the same instant as that update)."""
         if self.model.commit_at_next_end:
-            return self.end(k + 1)
+            if self.model.checkpoint_every == 1:
+                return self.end(k + 1)
+            # Replicated over the k iterations that follow: it counts at the first iteration
+            # end once every replica is stored (the real engine commits it at that save()).
+            stored = self.end(k) + self.model.last_replica_delay_s
+            j = max(k + 1, self.reached_by(stored))
+            return self.end(j) if self.end(j) >= stored else self.end(j + 1)
         return self.end(k) + self.model.last_replica_delay_s
 
     def committed_by(self, time_s: float) -> int | None:

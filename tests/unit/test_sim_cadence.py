@@ -134,3 +134,10 @@ def test_auto_compression_follows_the_bottleneck() -> None:
         )
     )
     assert not slow.strategy.compressed and slow.strategy.checkpoint_every == 3
+
+
+def test_next_iteration_end_commits_at_the_first_end_after_the_last_replica() -> None:
+    # Iteration 3's replica is stored at 5.42; under next_iteration_end it counts when the
+    # next iteration ends after that: iteration 6, at 6.0.
+    log = _log(SLOW, "checkpoint.commit=next_iteration_end")
+    assert log[2] == (6.0, "ckpt_committed", None, 3, None)
