@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ from real.engine.persist import PersistentTier
 from real.engine.replication import Hook, ReplicationManager
 from real.eventlog import EventLog
 from real.inprocess import check_abort
+from shared.adaptive import due
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan
 from shared.scenario import Scenario
@@ -133,6 +135,11 @@ class GeminiCheckpointer:
         self.replication = ReplicationManager(
             scenario, self.placement, node, rank, self.capturer, addresses, secret, self.events
         )
+        # checkpoint.interval: save() checkpoints every k-th iteration from the anchor (the
+        # start, the restored iteration, or where k last changed); k is agreed by all ranks.
+        self._fixed_interval = 1 if config.interval == "adaptive" else config.interval
+        self._interval, self._anchor = self._fixed_interval, 0
+        self._resumed_at: float | None = None  # when the last save() returned
         # A gloo group for the engine's small collectives (CPU tensors, also under NCCL).
         self.group = _gloo_group()
         self.persistent: PersistentTier | None = None
@@ -165,6 +172,16 @@ class GeminiCheckpointer:
         """
         costs, started = self.capturer.costs, time.perf_counter()
         check_abort()
+        if self._resumed_at is not None:  # the iteration's training time, save() excluded
+            self.replication.iteration_seconds.append(started - self._resumed_at)
+        persist = self.scenario.checkpoint.persist_every_iterations
+        if not due(iteration, self._anchor, self._interval, persist):
+            # Not a checkpoint iteration: the next one begins, the checkpoint in flight rides
+            # in its idle spans, and a prepared one counts once this iteration has ended.
+            self.replication.commit_prepared()
+            self.replication.tick()
+            self._resumed_at = time.perf_counter()
+            return
         self.replication.wait()  # the previous checkpoint's remaining chunks go now
         waited = time.perf_counter()
         costs.add("save: wait for the previous checkpoint", waited - started)
@@ -176,6 +193,13 @@ class GeminiCheckpointer:
         reduced = time.perf_counter()
         if self.group is not None:
             costs.add("save: all_reduce(min) of the last committed (round trip)", reduced - waited)
+        if self.replication.interval.adaptive:
+            self._agree_interval(iteration)
+        anchor, interval = self._anchor, self._interval
+        # The iterations until the next checkpoint: this one's chunks ride in their idle spans.
+        self.replication.window = next(
+            j for j in range(1, interval + 1) if due(iteration + j, anchor, interval, persist)
+        )
         captured = self.capturer.capture(iteration, state, None if agreed < 0 else agreed)
         captured_at = time.perf_counter()
         if self.persistent is not None:
@@ -191,6 +215,38 @@ class GeminiCheckpointer:
         ended = time.perf_counter()
         costs.add("save: event, hand-off to the sender (fixed)", ended - captured_at)
         costs.add("save: total", ended - started, captured.nbytes)
+        self._resumed_at = time.perf_counter()
+
+    def _agree_interval(self, iteration: int) -> None:
+        """``checkpoint.interval: adaptive``: every rank takes the largest k proposed (a
+        collective, at a checkpoint iteration every rank reaches), from this iteration on."""
+        proposal = self.replication.interval.interval
+        agreed = restoring.all_reduce_int(proposal, "max", self.group)
+        if agreed == self._interval:
+            return
+        throughput = self.replication.interval.throughput_bytes_per_s
+        self.events.emit(
+            "ckpt_interval_changed",
+            iteration=iteration,
+            interval=agreed,
+            previous=self._interval,
+            proposed=proposal,
+            throughput_bytes_per_s=throughput,
+            iteration_s=(
+                statistics.median(self.replication.iteration_seconds)
+                if self.replication.iteration_seconds
+                else None
+            ),
+        )
+        log.info(
+            "node %d rank %d: checkpoint every %d iterations from iteration %d (was %d)",
+            self.node,
+            self.rank,
+            agreed,
+            iteration,
+            self._interval,
+        )
+        self._interval, self._anchor = agreed, iteration
 
     def wait(self, timeout_s: float = 300.0) -> bool:
         """Wait until the last saved checkpoint is replicated (or failed).
@@ -229,6 +285,8 @@ class GeminiCheckpointer:
         """
         started = time.perf_counter()
         plan = plan or _plan_from_env()
+        # Every rank, a replacement too, starts the interval afresh from the restored iteration.
+        self._interval, self._anchor, self._resumed_at = self._fixed_interval, 0, None
         clients: dict[int, StoreClient | None] = {self.node: self.client}
         self._clobbered = False
 
@@ -285,6 +343,7 @@ class GeminiCheckpointer:
                             duration_s=seconds,
                         )
                     self.replication.last_committed = plan.iteration
+                    self._anchor = plan.iteration
                     self._forget_newer(plan.iteration)
                     return Restored(plan.iteration, tier, state, source_node, seconds)
                 plan = None  # someone's shard failed everywhere: plan again without it

@@ -119,6 +119,27 @@ class StoreClient:
                 self.sock.sendall(piece)
                 done = end
 
+    def put_chunk_encoded(
+        self,
+        offset: int,
+        raw: memoryview,
+        payload: bytes,
+        codec: str,
+        on_piece: Callable[[int, memoryview], None] | None = None,
+        piece_bytes: int = 1 << 20,
+    ) -> None:
+        """Stream one compressed chunk: ``payload`` encodes ``raw``, the data bytes at
+        ``offset`` (``real.engine.compress``); ``on_piece`` sees the raw bytes, as with
+        ``put_chunk``, since the store hashes what it decodes."""
+        with self.lock:
+            done = 0
+            while on_piece is not None and done < len(raw):
+                end = min(len(raw), ((offset + done) // piece_bytes + 1) * piece_bytes - offset)
+                on_piece(offset + done, raw[done:end])
+                done = end
+            header = {"op": "put_chunk", "offset": offset, "codec": codec, "raw_bytes": len(raw)}
+            protocol.send_frame(self.sock, header, payload)
+
     def put_end(self, manifest: bytes | None = None) -> None:
         """Finish a replica; ``manifest``: the sealed manifest (block checksums, MAC), when
         ``put_begin`` carried only the layout."""

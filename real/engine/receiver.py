@@ -175,6 +175,9 @@ class Receiver:
         manifest, hasher = self.manifest, self.hasher
         if self.slot is None or manifest is None or hasher is None:
             raise protocol.ProtocolError("put_chunk without put_begin")
+        if header.get("codec") is not None:
+            self._put_chunk_encoded(header, offset, size)
+            return
         if offset + size > manifest.data_bytes:
             raise protocol.ProtocolError(
                 f"chunk {offset}+{size} lies outside the {manifest.data_bytes}-byte shard"
@@ -201,6 +204,42 @@ class Receiver:
             size,
         )
         costs.add("store: hash while receiving", hashing, size)
+
+    def _put_chunk_encoded(self, header: dict[str, Any], offset: int, size: int) -> None:
+        """A compressed chunk (``real.engine.compress``): decoded into the slot's range
+        ``[offset, offset + raw_bytes)``, then hashed like any received chunk."""
+        from real.engine import compress
+
+        assert self.slot is not None and self.manifest is not None and self.hasher is not None
+        if header["codec"] != compress.CODEC:
+            raise protocol.ProtocolError(f"put_chunk: unknown codec {header['codec']!r}")
+        raw_bytes = self._int(header, "raw_bytes")
+        if offset + raw_bytes > self.manifest.data_bytes:
+            raise protocol.ProtocolError(
+                f"chunk {offset}+{raw_bytes} lies outside the {self.manifest.data_bytes}-byte shard"
+            )
+        if size > raw_bytes + raw_bytes // 128 + 1024:  # above zstd's worst-case expansion
+            raise protocol.ProtocolError(
+                f"put_chunk: {size} compressed bytes for {raw_bytes} raw bytes"
+            )
+        started = time.perf_counter()
+        payload = protocol.recv_exact(self.conn, size)
+        target = self.slot.data()[offset : offset + raw_bytes]
+        try:
+            compress.decode_into(payload, offset, target)
+        except compress.CodecError as error:
+            raise protocol.ProtocolError(f"put_chunk: {error}") from error
+        decoded = time.perf_counter()
+        block = self.manifest.block_bytes
+        done = 0
+        while done < raw_bytes:
+            end = min(raw_bytes, ((offset + done) // block + 1) * block - offset)
+            self.hasher.update(offset + done, target[done:end])
+            done = end
+        self.received += raw_bytes
+        costs = self.store.costs
+        costs.add("store: receive and decode a compressed chunk", decoded - started, raw_bytes)
+        costs.add("store: hash while receiving", time.perf_counter() - decoded, raw_bytes)
 
     def op_put_end(self, header: dict[str, Any]) -> None:
         manifest, slot, hasher = self.manifest, self.slot, self.hasher

@@ -25,9 +25,11 @@ the iteration's start. Chunks that missed their spans, and the plan's spill, go 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -35,19 +37,23 @@ from typing import Any
 
 import xxhash
 
+from real.engine import compress
 from real.engine.capture import Captured, Capturer
 from real.engine.client import StoreClient, StoreError, TimedHasher
 from real.engine.costs import Costs
 from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
 from real.eventlog import EventLog
+from shared.adaptive import IntervalController, tile_spans
+from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
 from shared.placement import Placement
 from shared.scenario import Scenario
-from shared.scheduling import Chunk, TrafficPlan, plan_traffic
+from shared.scheduling import Chunk, IdleSpan, TrafficPlan, plan_traffic
 
 log = logging.getLogger(__name__)
 Tamper = Callable[[int, int, memoryview], bytes | memoryview]
 Hook = Callable[[str, int], None]
+CODEC_REMEASURE = 50  # checkpoints between two measurements of the codec on the state
 
 
 class ReplicationManager:
@@ -87,6 +93,10 @@ class ReplicationManager:
         self.costs = Costs()  # the sender thread's (real.engine.costs)
         self.clients: dict[int, StoreClient] = {}
         self.plan: TrafficPlan | None = None
+        self._plan_key: tuple[Any, ...] | None = None
+        self._plan_spans: tuple[IdleSpan, ...] = ()
+        self._plan_length = 1.0
+        self._plan_window = 1
         self.iteration_start = time.perf_counter()
         self.tamper: Tamper | None = None  # tests: change a chunk on the wire
         self.hook: Hook | None = None  # tests: called at "replication" and "commit"
@@ -97,6 +107,18 @@ class ReplicationManager:
         # spans and spill, sent when the next save() asks), or unscheduled (blocking mode, or
         # before the profile is complete).
         self.sent_bytes = {"in_spans": 0, "outside_spans": 0, "unscheduled": 0}
+        # checkpoint.interval (shared.adaptive): the sender proposes k from the profile and the
+        # measured throughput; the checkpointer agrees on it with the other ranks and sets
+        # ``window``, the iterations whose idle spans the current checkpoint's chunks ride in.
+        self.interval = IntervalController(config.interval)
+        self.window = 1
+        self.iteration_seconds: collections.deque[float] = collections.deque(maxlen=20)
+        self._starts: list[float] = [self.iteration_start]  # iterations of the window begun
+        # checkpoint.compression (shared.compression, real.engine.compress).
+        self.codec: CodecMeasurement | None = None
+        self.compression: CompressionDecision | None = None
+        self._codec_checkpoints = 0
+        self.wire_bytes = 0  # replica bytes that crossed the network (compressed or not)
         self._jobs: queue.Queue[Captured | None] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
@@ -116,10 +138,18 @@ class ReplicationManager:
         if self.config.traffic == "blocking":
             self._finish(captured, flushing=True)
             self.iteration_start = self.profiler.iteration_begins()
+            self._starts = [self.iteration_start]
             return
         self._idle.clear()
         self.iteration_start = self.profiler.iteration_begins()
+        self._starts = [self.iteration_start]
         self._jobs.put(captured)
+
+    def tick(self) -> None:
+        """An iteration ended without a checkpoint (``checkpoint.interval``): the next one
+        begins now, and the chunks planned in its idle spans may go."""
+        self.iteration_start = self.profiler.iteration_begins()
+        self._starts.append(self.iteration_start)
 
     def wait(self, timeout_s: float = 300.0) -> bool:
         """Send whatever is left of the previous checkpoint now and wait for it to finish."""
@@ -204,6 +234,7 @@ class ReplicationManager:
         if not self.peers:
             with self.costs.timed("seal: hash every block (no peers)", captured.nbytes):
                 self._seal(captured, None)
+        self._decide_compression(captured)
         plan = self._plan(captured.nbytes)
         spill = 0
         for peer in self.peers:
@@ -242,6 +273,7 @@ class ReplicationManager:
                 )
                 return False
         replicated = time.perf_counter()
+        self._propose_interval(captured.nbytes)
         if self.peers:
             self.events.emit(
                 "ckpt_replicated",
@@ -291,27 +323,124 @@ class ReplicationManager:
     def _plan(self, nbytes: int) -> TrafficPlan | None:
         if self.config.traffic == "blocking" or not self.profiler.done or not self.peers:
             return None
-        if self.plan is None or self.plan.checkpoint_bytes != nbytes:
+        spans, length = self._profile()
+        # Raw bytes per second: a compressed chunk's bytes cross the link ``ratio`` times faster.
+        rate = self._link_bytes_per_s() * self._ratio()
+        key = (nbytes, self.window, rate, spans, length)
+        if self.plan is None or self._plan_key != key:
+            self._plan_key = key
+            self._plan_spans, self._plan_length = spans, length
+            self._plan_window = self.window
             self.plan = plan_traffic(
-                self.profiler.spans or (),
+                tile_spans(spans, length, self.window),
                 nbytes,
                 self.peers,
-                bandwidth_bytes_per_s=self.bandwidth,
+                bandwidth_bytes_per_s=rate,
                 alpha_s=self.alpha_s,
                 safety_factor=self.config.safety_factor,
                 buffer_bytes=self.config.buffer_bytes,
                 sub_buffers=self.config.sub_buffers,
             )
             log.info(
-                "node %d rank %d: traffic plan: %d chunks, %d of %d bytes in idle spans (%s)",
+                "node %d rank %d: traffic plan over %d iteration(s): %d chunks, %d of %d bytes "
+                "in idle spans (%s)",
                 self.node,
                 self.rank,
+                self.window,
                 len(self.plan.chunks),
                 self.plan.in_span_bytes,
                 self.plan.planned_bytes,
                 self.profiler.summary(),
             )
         return self.plan
+
+    def _profile(self) -> tuple[tuple[IdleSpan, ...], float]:
+        """One iteration's idle spans and length (the profile is complete)."""
+        spans = tuple(self.profiler.spans or ())
+        length = statistics.median(self.profiler.lengths) if self.profiler.lengths else 0.0
+        if self.interval.adaptive and self.iteration_seconds:
+            # A profiled iteration lasts from one save() returning to the next, the wait for
+            # the previous checkpoint's spill included; training itself takes the time from a
+            # save() returning to the next save() call, and only that time is idle network.
+            length = statistics.median(self.iteration_seconds)
+            spans = tuple(
+                IdleSpan(s.start_s, min(s.end_s, length) - s.start_s)
+                for s in spans
+                if s.start_s < length
+            )
+        if length <= 0:
+            length = max((s.end_s for s in spans), default=1.0) or 1.0
+        return spans, length
+
+    def _link_bytes_per_s(self) -> float:
+        """The link's throughput for planning: the configured bandwidth, or with an adaptive
+        interval the measured replication throughput (never above the bandwidth)."""
+        measured = self.interval.throughput_bytes_per_s
+        if not self.interval.adaptive or measured is None:
+            return self.bandwidth
+        return min(measured, self.bandwidth)
+
+    def _ratio(self) -> float:
+        """Raw over wire bytes of a chunk: the measured ratio while compressing, else 1."""
+        if self.compression is None or not self.compression.enabled or self.codec is None:
+            return 1.0
+        return max(self.codec.ratio, 1e-3)
+
+    def _decide_compression(self, captured: Captured) -> None:
+        """``checkpoint.compression``: measure the codec on this checkpoint's state (the first
+        one, then every ``CODEC_REMEASURE``) and decide with ``shared.compression``."""
+        mode = self.config.compression
+        if mode == "off" or not self.peers or not captured.nbytes:
+            return
+        if self._codec_checkpoints % CODEC_REMEASURE == 0:
+            with self.costs.timed("compression: measure the codec on the state"):
+                self.codec = compress.measure(captured.slot.data(captured.nbytes))
+        self._codec_checkpoints += 1
+        decision = decide(mode, self._link_bytes_per_s(), self.codec)
+        if self.compression is None or decision.enabled != self.compression.enabled:
+            codec = self.codec
+            self.events.emit(
+                "ckpt_compression",
+                iteration=captured.iteration,
+                enabled=decision.enabled,
+                ratio=None if codec is None else codec.ratio,
+                compress_bytes_per_s=None if codec is None else codec.compress_bytes_per_s,
+                decompress_bytes_per_s=None if codec is None else codec.decompress_bytes_per_s,
+                link_bytes_per_s=decision.plain_bytes_per_s,
+                compressed_bytes_per_s=decision.compressed_bytes_per_s,
+                bottleneck=decision.bottleneck,
+                reason=decision.reason,
+            )
+            log.info("node %d rank %d: compression: %s", self.node, self.rank, decision.reason)
+        self.compression = decision
+
+    def _propose_interval(self, nbytes: int) -> None:
+        """``checkpoint.interval: adaptive``: the k this rank proposes for the next checkpoint,
+        from the profile and the measured throughput (the checkpointer agrees on the largest)."""
+        if not self.interval.adaptive or not self.profiler.done or not self.peers:
+            return
+        spans, length = self._profile()
+        ratio = self._ratio()
+        decision = self.interval.decide(
+            spans,
+            length,
+            wire_bytes(nbytes, ratio if ratio != 1.0 else None),
+            len(self.peers),
+            bandwidth_bytes_per_s=self.bandwidth,
+            alpha_s=self.alpha_s,
+            safety_factor=self.config.safety_factor,
+            buffer_bytes=self.config.buffer_bytes,
+            sub_buffers=self.config.sub_buffers,
+        )
+        if decision.changed:
+            log.info(
+                "node %d rank %d: checkpoint interval %d -> %d: %s",
+                self.node,
+                self.rank,
+                decision.previous,
+                decision.interval,
+                decision.reason,
+            )
 
     def _seal(self, captured: Captured, hasher: BlockHasher | None) -> bytes:
         """Seal ``captured``: block checksums (from ``hasher``, else a pass over the slot), the
@@ -360,23 +489,45 @@ class ReplicationManager:
                 (c, c.offset_bytes, c.size_bytes) for c in plan.chunks if c.destination == peer
             ]
         spill = 0
+        compressing = (
+            self.compression is not None and self.compression.enabled and self.tamper is None
+        )
+        wire, sending_s = 0, 0.0  # bytes on the wire, seconds spent sending them
         for number, (chunk, offset, size) in enumerate(pieces):
+            view = data[offset : offset + size]
+            encoded = None
+            if compressing:  # before the chunk's idle span: the CPU work stays off the link
+                with costs.timed("send: compress", size):
+                    encoded = compress.encode(view, offset)
             if chunk is not None and not flushing and not self._wait_for_span(chunk):
                 spill += size
-            view = data[offset : offset + size]
             sending = time.perf_counter()
-            if self.tamper is None:
+            if encoded is not None:
+                client.put_chunk_encoded(
+                    offset,
+                    view,
+                    encoded,
+                    compress.CODEC,
+                    None if hasher is None else hasher.update,
+                    captured.manifest.block_bytes,
+                )
+                wire += len(encoded)
+            elif self.tamper is None:
                 client.put_chunk(
                     offset,
                     view,
                     None if hasher is None else hasher.update,
                     captured.manifest.block_bytes,
                 )
+                wire += size
             else:  # tests: the bytes sent differ from the slot's (hashed from the slot)
                 if hasher is not None:
                     hasher.update(offset, view)
                 client.put_chunk(offset, self.tamper(peer, offset, view))
-            costs.add("send: chunks (socket)", time.perf_counter() - sending, size)
+                wire += size
+            elapsed = time.perf_counter() - sending
+            sending_s += elapsed
+            costs.add("send: chunks (socket)", elapsed, size)
             if number == 0:
                 self._call_hook("replication", captured.iteration)
         if hasher is not None:
@@ -386,33 +537,49 @@ class ReplicationManager:
         if not sealed:
             with costs.timed("send: seal (manifest, MAC, into the slot)"):
                 sealed.append(self._seal(captured, None if hasher is None else hasher.hasher))
+        ending = time.perf_counter()
         with costs.timed("send: put_end (round trip: the store's verdict)"):
             client.put_end(sealed[0])
+        # The store answers once every byte arrived: chunks plus put_end is the transfer's
+        # time on the link (waits for idle spans excluded).
+        self.interval.observe(wire, sending_s + time.perf_counter() - ending)
+        self.wire_bytes += wire
         return spill if plan is not None else (captured.nbytes if flushing else 0)
 
     def _wait_for_span(self, chunk: Any) -> bool:
-        """Wait until an idle span can take ``chunk``; False if it goes as spill (flush)."""
-        spans = self.profiler.spans or ()
-        first = len(spans) if chunk.span_index is None else chunk.span_index
+        """Wait until an idle span can take ``chunk``; False if it goes as spill (flush).
+
+        The plan covers the ``window`` iterations after the checkpoint (``checkpoint.interval``)
+        whose spans repeat every iteration: span ``j * n + i`` is span ``i`` of the window's
+        iteration ``j``, timed from when that iteration began (``tick``).
+        """
+        spans, window = self._plan_spans, self._plan_window
+        count = len(spans)
+        first = count * window if chunk.span_index is None else chunk.span_index
         mu = self.config.safety_factor
         while not self._flush.is_set():
-            now = time.perf_counter() - self.iteration_start
-            usable = [
-                (
-                    max(s.start_s, chunk.start_s if i == first else 0.0),
-                    s.start_s + mu * s.duration_s,
-                )
-                for i, s in enumerate(spans)
-                if i >= first
-            ]
-            usable = [(begin, end) for begin, end in usable if end > now]
-            if not usable:
+            starts = self._starts
+            now = time.perf_counter()
+            usable: list[float] = []
+            for index in range(first, count * window):
+                j, i = divmod(index, count)
+                if j >= len(starts):
+                    break  # that iteration has not begun
+                span = spans[i]
+                begin = span.start_s
+                if index == first:
+                    begin = max(begin, chunk.start_s - j * self._plan_length)
+                if starts[j] + span.start_s + mu * span.duration_s > now:
+                    usable.append(starts[j] + begin)
+            if usable:
+                if usable[0] <= now:
+                    return True
+                self._flush.wait(usable[0] - now)
+            elif len(starts) < window:
+                self._flush.wait(0.005)  # the window's next iteration begins soon
+            else:
                 self._flush.wait(60.0)  # past every span: go when the next save() asks
                 return False
-            begin = usable[0][0]
-            if begin <= now:
-                return True
-            self._flush.wait(begin - now)
         return False
 
     def _client(self, peer: int) -> StoreClient:
