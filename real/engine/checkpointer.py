@@ -142,6 +142,9 @@ class GeminiCheckpointer:
         self._resumed_at: float | None = None  # when the last save() returned
         # A gloo group for the engine's small collectives (CPU tensors, also under NCCL).
         self.group = _gloo_group()
+        # The sender agrees on the newest iteration every rank has committed on a gloo group of
+        # its own, in the background (collectives of two threads must not share a group).
+        self.replication.keep_group = _gloo_group(dedicated=True)
         self.persistent: PersistentTier | None = None
         if config.persist_every_iterations is not None:
             self.persistent = PersistentTier(
@@ -188,11 +191,23 @@ class GeminiCheckpointer:
         self.replication.commit_prepared()  # commit: next_iteration_end, its iteration has ended
         # The newest iteration every rank has committed must survive this capture, here and
         # on the peers, or a failure now could leave no iteration that all ranks hold.
-        last = self.replication.last_committed
-        agreed = restoring.all_reduce_int(-1 if last is None else last, "min", self.group)
-        reduced = time.perf_counter()
-        if self.group is not None:
-            costs.add("save: all_reduce(min) of the last committed (round trip)", reduced - waited)
+        if self.scenario.checkpoint.commit == "next_iteration_end":
+            # The commit just happened here: agree on it now (the commit rule needs it).
+            last = self.replication.last_committed
+            agreed = restoring.all_reduce_int(-1 if last is None else last, "min", self.group)
+            if self.group is not None:
+                costs.add(
+                    "save: all_reduce(min) of the last committed (round trip)",
+                    time.perf_counter() - waited,
+                )
+        else:  # agreed in the background after each checkpoint finished (no round trip here)
+            known = self.replication.keep()
+            agreed = -1 if known is None else known
+            if self.group is not None:
+                costs.add(
+                    "save: every rank's last commit, agreed in the background (wait)",
+                    time.perf_counter() - waited,
+                )
         if self.replication.interval.adaptive:
             self._agree_interval(iteration)
         anchor, interval = self._anchor, self._interval
@@ -342,7 +357,7 @@ class GeminiCheckpointer:
                             source_node=source_node,
                             duration_s=seconds,
                         )
-                    self.replication.last_committed = plan.iteration
+                    self.replication.restored(plan.iteration)
                     self._anchor = plan.iteration
                     self._forget_newer(plan.iteration)
                     return Restored(plan.iteration, tier, state, source_node, seconds)
@@ -507,14 +522,14 @@ class _Live:
         return self._state
 
 
-def _gloo_group() -> Any:
+def _gloo_group(dedicated: bool = False) -> Any:
     """A gloo group of all ranks (collective: every rank constructs its checkpointer at the same
-    point), or None outside a process group."""
+    point), or None outside a process group; ``dedicated``: a new one even under gloo."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
-    if dist.get_backend() == "gloo":
+    if dist.get_backend() == "gloo" and not dedicated:
         return dist.group.WORLD
     return dist.new_group(backend="gloo")
 

@@ -102,6 +102,12 @@ class ReplicationManager:
         self.hook: Hook | None = None  # tests: called at "replication" and "commit"
         self.on_commit: Callable[[Captured], None] | None = None  # e.g. persistence
         self.last_committed: int | None = None
+        # The newest iteration every rank has committed, as far as this rank knows (it only
+        # grows), and the background reductions that tell it (``announce``, ``keep``).
+        self.keep_group: Any = None
+        self.agreed: int | None = None
+        self._reductions: list[tuple[Any, Any]] = []
+        self._keep_lock = threading.Lock()
         self._prepared: tuple[Captured, float] | None = None  # next_iteration_end: to commit
         # Replica bytes sent per timing: by the plan inside idle spans, outside them (missed
         # spans and spill, sent when the next save() asks), or unscheduled (blocking mode, or
@@ -137,6 +143,7 @@ class ReplicationManager:
         """Finish ``captured`` (blocking mode: now; interleaved: in the background)."""
         if self.config.traffic == "blocking":
             self._finish(captured, flushing=True)
+            self.announce()
             self.iteration_start = self.profiler.iteration_begins()
             self._starts = [self.iteration_start]
             return
@@ -193,6 +200,8 @@ class ReplicationManager:
         """
         self._abandoned = True
         self._prepared = None
+        with self._keep_lock:
+            self._reductions.clear()  # a broken group's reductions never finish
         with contextlib.suppress(queue.Empty):
             while True:
                 self._jobs.get_nowait()
@@ -222,7 +231,75 @@ class ReplicationManager:
                     captured.iteration,
                 )
             finally:
+                if not self._abandoned:
+                    self.announce()
                 self._idle.set()
+
+    # -- the iteration every rank has committed ---------------------------------------------
+
+    def announce(self) -> None:
+        """A checkpoint finished here (committed or not): start an ``all_reduce(MIN)`` of this
+        rank's last committed iteration over ``keep_group``, in the background.
+
+        Every rank announces once per checkpoint, in order, from the thread that finishes its
+        checkpoints, so the reductions pair up; ``save()`` reads the result (:meth:`keep`),
+        usually long finished: the round trip is off the training thread. ``next_iteration_end``
+        commits inside ``save()`` and agrees there instead.
+        """
+        if self.config.commit == "next_iteration_end":
+            return
+        last = self.last_committed
+        if self.keep_group is None:  # one rank: what it committed, every rank committed
+            with self._keep_lock:
+                if last is not None:
+                    self.agreed = max(last, self.agreed or last)
+            return
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([-1 if last is None else last], dtype=torch.int64)
+        try:
+            work = dist.all_reduce(
+                tensor, op=dist.ReduceOp.MIN, group=self.keep_group, async_op=True
+            )
+        except Exception as error:  # a broken group: the last agreement stays (older: safe)
+            log.warning(
+                "node %d rank %d: keep reduction not started: %s", self.node, self.rank, error
+            )
+            return
+        with self._keep_lock:
+            self._reductions.append((work, tensor))
+
+    def keep(self) -> int | None:
+        """The newest iteration every rank has committed: the reductions announced so far.
+
+        Usually they finished long ago, in the background, and this costs nothing; a rank whose
+        previous checkpoint is still in flight makes the others wait here for it, as a blocking
+        all-reduce in ``save()`` would (each rank announces only after its checkpoint finished).
+        A failed reduction leaves the previous agreement, older and therefore safe: a capture
+        never overwrites an iteration that every rank may still need.
+        """
+        with self._keep_lock:
+            pending, self._reductions = self._reductions, []
+        for work, tensor in pending:
+            try:
+                work.wait()
+            except Exception as error:  # the group broke: this agreement is lost
+                log.warning(
+                    "node %d rank %d: keep reduction failed: %s", self.node, self.rank, error
+                )
+                continue
+            value = int(tensor.item())
+            if value >= 0:
+                with self._keep_lock:
+                    self.agreed = max(value, self.agreed if self.agreed is not None else value)
+        return self.agreed
+
+    def restored(self, iteration: int) -> None:
+        """Every rank restored ``iteration``: it is committed everywhere."""
+        with self._keep_lock:
+            self._reductions.clear()
+            self.last_committed = self.agreed = iteration
 
     def _finish(self, captured: Captured, *, flushing: bool) -> bool:
         started = time.perf_counter()
