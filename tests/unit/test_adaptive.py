@@ -156,7 +156,7 @@ span_lists = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     spans=span_lists,
     nbytes=st.integers(0, 5000),
