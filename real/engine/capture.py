@@ -124,6 +124,8 @@ class Capturer:
         self._views: dict[tuple[str, Any], list[torch.Tensor | None]] = {}
         self._layout: tuple[tuple[Any, ...], list[TensorEntry], int, int] | None = None
         self.costs = Costs()  # the training thread's (real.engine.costs)
+        self._allocated = 0.0  # seconds this capture spent allocating slots
+        self._layout_version = 0
         # Which tensors the CPU copies directly; the others go through the CUDA stager (tests
         # route CPU tensors through a stager with a stand-in for torch.cuda).
         self.on_host: Callable[[torch.Tensor], bool] = lambda t: t.device.type == "cpu"
@@ -151,6 +153,7 @@ class Capturer:
         if slot is not None and slot.fits(manifest_len, data_len):
             return slot
         # Manifests grow with their block checksums: leave room for them.
+        started = time.perf_counter()
         reply = self.client.call(
             "ensure",
             owner=self.owner,
@@ -163,6 +166,7 @@ class Capturer:
             slot.close()
         fresh = self._open(Path(reply["path"]))
         self.slots[index] = fresh
+        self._allocated += time.perf_counter() - started
         return fresh
 
     def capture(self, iteration: int, state: Any, keep: int | None = None) -> Captured:
@@ -183,7 +187,10 @@ class Capturer:
         slot.invalidate()  # from here on, this slot no longer counts as a checkpoint
         targets = self._targets(slot, manifest)
         copying = time.perf_counter()
-        self.costs.add("capture: flatten, manifest, slot (fixed)", copying - started)
+        allocated, self._allocated = self._allocated, 0.0
+        if allocated:
+            self.costs.add("capture: allocate and map a slot (store round trip)", allocated)
+        self.costs.add("capture: flatten, manifest, slot (fixed)", copying - started - allocated)
         device_pairs = []
         with torch.no_grad():
             for target, tensor in zip(targets, tensors.values(), strict=True):
@@ -218,6 +225,7 @@ class Capturer:
             # Its JSON without values, plus room for the block checksums and the MAC.
             room = len(planned.to_bytes()) + 20 * blocks + 4096
             self._layout = (signature, planned.tensors, planned.data_bytes, room)
+            self._layout_version += 1
         _, entries, data_bytes, room = self._layout
         values_len = len(json.dumps(values))  # and fails early: values must be JSON
         manifest = Manifest(
@@ -231,7 +239,8 @@ class Capturer:
         Views cost a few torch calls each; a state of hundreds of tensors would spend more
         time making them than copying, so they are kept while the slot and the layout stay.
         """
-        key = (str(slot.path), tuple((t.dtype, t.shape, t.offset) for t in manifest.tensors))
+        # The layout planned by ``_manifest`` for this capture, by its number.
+        key = (str(slot.path), self._layout_version)
         cached = self._views.get(key)
         if cached is not None:
             return cached
