@@ -8,10 +8,11 @@
    reference shapes (``real.calibrate.REFERENCE_SHAPES``), none of which is a validation
    scenario's shape, and never from a scenario's run. ``--calibration FILE`` reuses a file.
 2. **Each scenario** of ``scenarios/validation/`` (its strategy as its file says), one after
-   the other: ``gemini-ckpt calibrate SCENARIO --laws OUT/calibration.yaml --profile run``
-   (the machine's laws plus a failure-free profile of the configuration: the harness run with
-   the failures removed, which gives the iteration with the strategy's checkpoint; ``--profile
-   micro`` or ``none`` for the micro-benchmark's or the laws' iteration), then ``gemini-ckpt
+   the other: ``gemini-ckpt calibrate SCENARIO --laws OUT/calibration.yaml --profile micro``
+   (the machine's laws plus a failure-free profile of the configuration: warm ranks of its
+   model, a few iterations; ``--profile run``: the harness run with the failures removed,
+   whose iteration includes the strategy's checkpoint, a minute or two more per scenario;
+   ``none``: the laws' iteration), then ``gemini-ckpt
    sim SCENARIO --calibration OUT/<name>/calibration.yaml --load now`` (the laws at the
    scenario's shape and this host's current load, within its limits: netns links, emulated
    storage) and ``gemini-ckpt real SCENARIO``, into ``OUT/<name>/{sim,real}-<strategy>``.
@@ -260,9 +261,10 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         choices=("run", "micro", "none"),
-        default="run",
+        default="micro",
         help="How each scenario's configuration is profiled without failures before it is "
-        "simulated (gemini-ckpt calibrate --profile; default: run).",
+        "simulated (gemini-ckpt calibrate --profile; default: micro; run adds a failure-free "
+        "harness run of a minute or two per scenario; none leaves the iteration to the laws).",
     )
     options = parser.parse_args()
     out: Path = options.out
