@@ -57,6 +57,7 @@ __all__ = [
     "due",
     "estimate_mtbf_s",
     "next_interval",
+    "persist_every",
     "persistent_interval_iterations",
     "required_interval",
     "tile_spans",
@@ -386,3 +387,18 @@ def persistent_interval_iterations(
         return None
     formula = costs.young_interval_s if rule == "young" else costs.daly_interval_s
     return max(1, round(formula(save_s, mtbf_s) / iteration_s))
+
+
+def persist_every(
+    rule: Literal["young", "daly"],
+    save_s: float,
+    iteration_s: float,
+    failures: int,
+    elapsed_s: float,
+    prior_mtbf_s: float | None,
+) -> int | None:
+    """The persistence interval in iterations after ``failures`` failures in ``elapsed_s``:
+    `persistent_interval_iterations` at the MTBF of `estimate_mtbf_s` (None: never persist,
+    when no failure is expected yet)."""
+    mtbf_s = estimate_mtbf_s(failures, elapsed_s, prior_mtbf_s)
+    return persistent_interval_iterations(save_s, mtbf_s, iteration_s, rule)

@@ -273,6 +273,14 @@ class CheckpointConfig(_Strict):
         "the profile or the throughput changes; multiples of persist_every_iterations are "
         "always checkpointed.",
     )
+    persist_interval: Literal["fixed", "young", "daly"] = Field(
+        "fixed",
+        description="Gemini: the background persistence interval. fixed: "
+        "persist_every_iterations; young or daly: sqrt(2 t_save MTBF) (Daly's refinement), "
+        "t_save the upload of one checkpoint to storage, the MTBF estimated from the failures "
+        "observed so far with failures.process's rate as a prior worth one failure, "
+        "re-chosen after every failure (shared.adaptive).",
+    )
     compression: Literal["off", "on", "auto"] = Field(
         "off",
         description="Gemini: compress replication chunks losslessly (byte planes + zstd). "
@@ -329,6 +337,15 @@ class CheckpointConfig(_Strict):
             raise ValueError("interval applies to strategy gemini; the baseline has its own")
         if self.strategy == "persistent" and self.compression != "off":
             raise ValueError("compression applies to strategy gemini (replication)")
+        if self.persist_interval != "fixed" and self.strategy != "gemini":
+            raise ValueError(
+                "persist_interval applies to strategy gemini; the baseline's is persistent_interval"
+            )
+        if self.persist_interval != "fixed" and self.persist_every_iterations is not None:
+            raise ValueError(
+                f"persist_interval: {self.persist_interval} chooses the interval; "
+                "drop persist_every_iterations"
+            )
         if self.interval == "adaptive" and self.traffic != "interleaved":
             raise ValueError(
                 "interval: adaptive needs traffic: interleaved (k is chosen from the idle spans)"

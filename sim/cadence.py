@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shared import adaptive
 from shared.adaptive import IntervalController, IntervalDecision
 from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
 from shared.scenario import GBYTE, Scenario
@@ -99,3 +100,21 @@ def checkpoint_cadence(
         sub_buffers=ckpt.sub_buffers,
     )
     return Cadence(k, decision, compression, sent, window, plan)
+
+
+def persist_every(
+    scenario: Scenario, save_s: float, iteration_s: float, failures: int, elapsed_s: float
+) -> int | None:
+    """Gemini's persistence interval (``checkpoint.persist_interval``): the fixed
+    ``persist_every_iterations``, or Young's / Daly's interval for the failures seen so far
+    (``shared.adaptive.persist_every``, the failure process's job MTBF as the prior); the engine
+    re-chooses it after every failure, and so does the simulator."""
+    ckpt = scenario.checkpoint
+    if ckpt.persist_interval == "fixed" or save_s <= 0:
+        return ckpt.persist_every_iterations
+    process = scenario.failures.process
+    nodes = scenario.cluster.nodes
+    prior = None if process is None else process.node_mtbf_s(nodes) / nodes
+    return adaptive.persist_every(
+        ckpt.persist_interval, save_s, iteration_s, failures, elapsed_s, prior
+    )

@@ -54,6 +54,7 @@ from shared.storms import (
     job_failure_rate_per_s,
     stall_failure_limit,
 )
+from sim.cadence import persist_every
 from sim.cluster import ClusterMemory, ClusterPlan, StandbyPool
 from sim.failures import FailureQueue, PlannedFailure, plan_failures
 from sim.model import SimModel
@@ -306,6 +307,22 @@ class Engine:
                 return
             timeline = resumed
 
+    def _rechoose_persistence(self) -> None:
+        """``checkpoint.persist_interval: young|daly``: the interval for the failures so far."""
+        if self.scenario.checkpoint.persist_interval == "fixed" or not self.strategy.in_memory:
+            return
+        every = persist_every(
+            self.scenario,
+            self.strategy.upload_s,
+            self.strategy.mean_iteration_s,
+            self.state.failures,
+            self.env.now,
+        )
+        if every != self.strategy.persist_every:
+            self.strategy = dataclasses.replace(self.strategy, persist_every=every)
+            span = (every or 0) * self.strategy.mean_iteration_s * 10_000
+            self._log_persists = span >= self.duration_s
+
     def _finish(self, iteration: int, end: float) -> None:
         self.state.final_iteration = iteration
         self._emit(end, "run_finished", iteration=iteration)
@@ -407,6 +424,7 @@ class Engine:
             outcome = yield from self._recover(chain)
             if outcome == "done":
                 assert chain.plan is not None
+                self._rechoose_persistence()
                 return Timeline(self.env.now, chain.plan.iteration or 0, self.strategy)
             if outcome == "failure" and not chain.restart_begun:
                 # Before the restart, a new failure joins the recovery in progress (as the

@@ -23,7 +23,7 @@ from shared.scenario_rules import (
     errors,
     simulated_run_rules,
 )
-from sim.cadence import checkpoint_cadence
+from sim.cadence import checkpoint_cadence, persist_every
 from sim.strategies import StrategyModel, persistent_interval, persistent_save_times
 from sim.training import (
     IterationProfile,
@@ -105,7 +105,9 @@ def build_model(scenario: Scenario) -> SimModel:
             commit_at_next_end=ckpt.commit == "next_iteration_end",
             pause_every=None,
             pause_s=0.0,
-            persist_every=ckpt.persist_every_iterations,
+            persist_every=persist_every(
+                scenario, blocking + upload, steady.cycle_s / per_iteration, 0, 0.0
+            ),
             upload_s=blocking + upload,  # from CPU memory: serialise and upload, off the path
             iteration_no_ckpt_s=base_s,
             memory_bytes=memory,

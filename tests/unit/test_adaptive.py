@@ -14,6 +14,7 @@ from shared.adaptive import (
     due,
     estimate_mtbf_s,
     next_interval,
+    persist_every,
     persistent_interval_iterations,
     required_interval,
     tile_spans,
@@ -268,3 +269,13 @@ def test_mtbf_estimate_lies_between_prior_and_observation(
         assert low * (1 - 1e-9) <= estimate <= high * (1 + 1e-9)
     else:
         assert estimate == pytest.approx(elapsed + prior)
+
+
+def test_persist_every_follows_the_observed_failures() -> None:
+    # Prior MTBF 7200 s (one failure's worth): 8 s uploads, 2 s iterations: sqrt(2*8*7200) =
+    # 339 s = 170 iterations. After 3 failures in 600 s the MTBF is (600 + 7200) / 4 = 1950 s:
+    # sqrt(2*8*1950) = 177 s = 88 iterations. No prior and no failure: never.
+    assert persist_every("young", 8.0, 2.0, 0, 0.0, 7200.0) == 170
+    assert persist_every("young", 8.0, 2.0, 3, 600.0, 7200.0) == 88
+    assert persist_every("young", 8.0, 2.0, 0, 600.0, None) is None
+    assert persist_every("young", 8.0, 2.0, 2, 600.0, None) == round(math.sqrt(2 * 8 * 300) / 2)

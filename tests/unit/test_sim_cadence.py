@@ -141,3 +141,48 @@ def test_next_iteration_end_commits_at_the_first_end_after_the_last_replica() ->
     # next iteration ends after that: iteration 6, at 6.0.
     log = _log(SLOW, "checkpoint.commit=next_iteration_end")
     assert log[2] == (6.0, "ckpt_committed", None, 3, None)
+
+
+# Storage at 0.08 Gbit/s (10 MB/s): the job's whole 12 MB state uploads in 1.2 s. Fast links:
+# every iteration commits 10 ms after it ends.
+YOUNG = """
+name: tiny-young
+cluster: {nodes: 4, standby_nodes: 1, replacement_s: 0.5, network_bandwidth_gbit_s: 8,
+          network_alpha_s: 0, copy_bandwidth_gbyte_s: 0.3, storage: {bandwidth_gbit_s: 0.08}}
+model: {parameters: 1.0e+6}
+training:
+  parallelism: zero3
+  phases: [{kind: compute, duration_s: 0.6}, {kind: communication, duration_s: 0.4}]
+checkpoint: {replicas: 2, placement: group, buffer_mb: 1, sub_buffers: 1, persist_interval: young}
+failures:
+  schedule:
+    - {kind: software, nodes: [1], at_iteration: 3}
+detection: {exit_report_s: 0.05, heartbeat_interval_s: 0.5, lease_timeout_s: 3.0}
+recovery: {stop_s: 0.5, restart_s: 3.0, node_start_s: 0.25, retrieval_overhead_s: 0.04}
+sim: {duration_days: 0.000231481481481481}
+"""
+
+
+def test_young_persistence_follows_the_observed_failures() -> None:
+    # No failure process, so no prior: nothing is persisted until a failure is seen. Training
+    # resumes at 6.6 s after one failure: MTBF 6.6 s, Young's sqrt(2 x 1.2 x 6.6) = 3.98 s = 4
+    # iterations. Iterations 4, 8, 12 commit 10 ms after they end (8.6, 12.6, 16.6) and upload
+    # for 1.2 s.
+    assert build_model(parse_scenario(YOUNG)).strategy.persist_every is None
+    log = _log(YOUNG)
+    assert [entry for entry in log if entry[1].startswith("persist")] == [
+        (8.61, "persist_begin", None, 4, None),
+        (9.81, "persist_done", None, 4, None),
+        (12.61, "persist_begin", None, 8, None),
+        (13.81, "persist_done", None, 8, None),
+        (16.61, "persist_begin", None, 12, None),
+        (17.81, "persist_done", None, 12, None),
+    ]
+
+
+def test_young_persistence_starts_from_the_failure_process() -> None:
+    # 2000 failures a day over the job: MTBF 43.2 s; sqrt(2 x 1.2 x 43.2) = 10.2 s = 10 iterations.
+    scenario = parse_scenario(
+        YOUNG, overrides=["failures.schedule=[]", "failures.process={failures_per_day: 2000}"]
+    )
+    assert build_model(scenario).strategy.persist_every == 10
