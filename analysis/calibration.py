@@ -668,13 +668,16 @@ def law_overrides(
             costs["compute_s"] *= scale
             costs["communication_s"] *= scale
         elif profile.get("micro_iteration_phases") or profile.get("micro_iteration_time_s"):
-            phases = profile.get("micro_iteration_phases") or [
-                ["compute", profile.get("micro_iteration_time_s") or 0.0]
-            ]
-            costs["compute_s"] = sum(float(d) for kind, d in phases if kind == "compute")
-            costs["communication_s"] = sum(
-                float(d) for kind, d in phases if kind == "communication"
-            )
+            phases = profile.get("micro_iteration_phases") or []
+            compute = sum(float(d) for kind, d in phases if kind == "compute")
+            communication = sum(float(d) for kind, d in phases if kind == "communication")
+            total = _number(profile, "micro_iteration_time_s") or compute + communication
+            if communication > 0:
+                costs["compute_s"], costs["communication_s"] = compute, communication
+            else:  # not profiled (FSDP2): the laws' split of the measured iteration
+                scale = total / max(costs["compute_s"] + costs["communication_s"], 1e-12)
+                costs["compute_s"] *= scale
+                costs["communication_s"] *= scale
     shaped = {
         **{k: v for k, v in measurements.items() if k != "laws"},
         **{k: round(v, 6) for k, v in costs.items()},

@@ -402,7 +402,13 @@ def _recovery_rank_main(
             world_size=world,
             timeout=timeout,
         )
-        trainer.rejoin()
+        if config.parallelism == "zero3":
+            # FSDP2's parameters belong to the old group's mesh: the harness builds a new
+            # trainer around the new group, and so does this rejoin.
+            del trainer
+            trainer = Trainer(config, rank=rank, world_size=world)
+        else:
+            trainer.rejoin()
         dist.barrier()
         rejoins.append(time.perf_counter() - began)
     rejoin_s = statistics.median(rejoins)

@@ -379,3 +379,22 @@ def test_a_run_profile_sets_the_iteration_at_the_load_of_the_prediction() -> Non
     other = {**calibration, "profile": {**profile, "strategy": "persistent"}}
     loaded = load_scenario(path, scenario_overrides(other, small, 2.0)).training.phases or []
     assert sum(p.duration_s for p in loaded) != pytest.approx(0.2)
+
+
+def test_a_micro_profile_without_communication_keeps_the_laws_split() -> None:
+    # FSDP2's micro-profile has no communication phases (only DDP's are profiled): the
+    # measured iteration is split as the laws split it, so the survivors still have a
+    # collective for the probe to follow.
+    from analysis.calibration import configuration, scenario_overrides
+
+    path = REPO / "scenarios" / "validation" / "v06-small-fsdp-m3-ring-software.yaml"
+    fsdp = load_scenario(path)
+    profile = {
+        "configuration": configuration(fsdp),
+        "micro_iteration_time_s": 0.3,
+        "micro_iteration_phases": [["compute", 0.3]],
+    }
+    overrides = scenario_overrides({**_law_calibration(), "profile": profile}, fsdp)
+    phases = load_scenario(path, overrides).training.phases or []
+    assert sum(p.duration_s for p in phases) == pytest.approx(0.3, rel=1e-5)
+    assert [p.kind for p in phases].count("communication") == 3  # ZeRO-3's three collectives
