@@ -374,7 +374,8 @@ def persistent_interval_iterations(
     Args:
         save_s: the cost of one persistent checkpoint (the time it stalls training, or the
             upload when it runs in the background), s (> 0).
-        mtbf_s: the job's MTBF (`estimate_mtbf_s`), s; ``math.inf``: no failures expected.
+        mtbf_s: the job's MTBF (`estimate_mtbf_s`), s; ``math.inf``: no failures expected;
+            0 (failures observed in no time): every iteration.
         iteration_s: one iteration, s (> 0).
         rule: ``young`` (sqrt(2 t_save MTBF)) or ``daly`` (its higher-order refinement).
 
@@ -385,6 +386,8 @@ def persistent_interval_iterations(
     require_finite_positive("iteration_s", iteration_s)
     if math.isinf(mtbf_s):
         return None
+    if mtbf_s <= 0:  # failures observed in no time at all: persist every iteration
+        return 1
     formula = costs.young_interval_s if rule == "young" else costs.daly_interval_s
     return max(1, round(formula(save_s, mtbf_s) / iteration_s))
 

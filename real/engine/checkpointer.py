@@ -40,15 +40,16 @@ from real.engine.persist import PersistentTier
 from real.engine.replication import Hook, ReplicationManager
 from real.eventlog import EventLog
 from real.inprocess import check_abort
-from shared.adaptive import due
+from shared.adaptive import due, persist_every
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan
-from shared.scenario import Scenario
+from shared.scenario import GBIT, Scenario
 
 log = logging.getLogger(__name__)
 ADDRS_ENV, TOKEN_ENV, PLAN_ENV = "GEMINI_STORE_ADDRS", "GEMINI_TOKEN", "GEMINI_RESTORE_PLAN"
 VERIFY_ENV = "GEMINI_VERIFY_LOCAL"
 RESTORE_ROUNDS = 4
+NEVER = 1 << 62  # a persistence interval no run reaches
 
 
 class GeminiCheckpointer:
@@ -146,10 +147,12 @@ class GeminiCheckpointer:
         # its own, in the background (collectives of two threads must not share a group).
         self.replication.keep_group = _gloo_group(dedicated=True)
         self.persistent: PersistentTier | None = None
-        if config.persist_every_iterations is not None:
+        # persist_interval: young|daly: the interval follows the failures this process saw.
+        self._born, self._failures = time.monotonic(), 0
+        if config.persist_every_iterations is not None or config.persist_interval != "fixed":
             self.persistent = PersistentTier(
                 self.persistent_url,
-                config.persist_every_iterations,
+                config.persist_every_iterations or NEVER,
                 self.capturer,
                 rank,
                 self.events,
@@ -177,7 +180,7 @@ class GeminiCheckpointer:
         check_abort()
         if self._resumed_at is not None:  # the iteration's training time, save() excluded
             self.replication.iteration_seconds.append(started - self._resumed_at)
-        persist = self.scenario.checkpoint.persist_every_iterations
+        persist = self._persist_every()
         if not due(iteration, self._anchor, self._interval, persist):
             # Not a checkpoint iteration: the next one begins, the checkpoint in flight rides
             # in its idle spans, and a prepared one counts once this iteration has ended.
@@ -210,6 +213,9 @@ class GeminiCheckpointer:
                 )
         if self.replication.interval.adaptive:
             self._agree_interval(iteration)
+        if self.scenario.checkpoint.persist_interval != "fixed":
+            self._agree_persistence(iteration)
+            persist = self._persist_every()
         anchor, interval = self._anchor, self._interval
         # The iterations until the next checkpoint: this one's chunks ride in their idle spans.
         self.replication.window = next(
@@ -231,6 +237,46 @@ class GeminiCheckpointer:
         costs.add("save: event, hand-off to the sender (fixed)", ended - captured_at)
         costs.add("save: total", ended - started, captured.nbytes)
         self._resumed_at = time.perf_counter()
+
+    def _persist_every(self) -> int | None:
+        every = None if self.persistent is None else self.persistent.every
+        return None if every is None or every >= NEVER else every
+
+    def _agree_persistence(self, iteration: int) -> None:
+        """``persist_interval: young|daly``: Young's or Daly's interval for the failures this
+        process has seen (``shared.adaptive.persist_every``), the largest proposal of all ranks
+        (a collective, at a checkpoint iteration every rank reaches)."""
+        assert self.persistent is not None
+        config, cluster = self.scenario.checkpoint, self.scenario.cluster
+        seconds = self.replication.iteration_seconds
+        proposal = self.persistent.every
+        if seconds:
+            # t_save: the job's state over the storage's bandwidth (plus serialising it), as
+            # the simulator's background persistence from memory.
+            save_s = self.scenario.model.checkpoint_bytes / (
+                cluster.storage.bandwidth_gbit_s * GBIT
+            ) + (cluster.storage.save_time_s or 0.0)
+            process = self.scenario.failures.process
+            prior = None if process is None else process.node_mtbf_s(cluster.nodes) / cluster.nodes
+            chosen = persist_every(
+                "young" if config.persist_interval == "young" else "daly",
+                save_s,
+                statistics.median(seconds),
+                self._failures,
+                time.monotonic() - self._born,
+                prior,
+            )
+            proposal = NEVER if chosen is None else chosen
+        agreed = restoring.all_reduce_int(proposal, "max", self.group)
+        if agreed != self.persistent.every:
+            log.info(
+                "node %d rank %d: persisting every %s iterations from iteration %d",
+                self.node,
+                self.rank,
+                "no" if agreed >= NEVER else agreed,
+                iteration,
+            )
+            self.persistent.every = agreed
 
     def _agree_interval(self, iteration: int) -> None:
         """``checkpoint.interval: adaptive``: every rank takes the largest k proposed (a
@@ -360,6 +406,7 @@ class GeminiCheckpointer:
                     self.replication.restored(plan.iteration)
                     self._anchor = plan.iteration
                     self._forget_newer(plan.iteration)
+                    self._failures += 1  # a restore follows a failure (or a job restart)
                     return Restored(plan.iteration, tier, state, source_node, seconds)
                 plan = None  # someone's shard failed everywhere: plan again without it
             raise RuntimeError(

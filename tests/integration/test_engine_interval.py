@@ -152,3 +152,23 @@ def test_adaptive_interval_with_compression_recovers_bitwise(
     (iteration,) = {i for _, i, _ in found}
     assert iteration in captured
     assert [(r, tier) for r, _, tier in found] == [(0, "local"), (1, "peer")]
+
+
+def test_young_persistence_starts_after_the_first_failure(
+    stores: tuple[list[StoreProcess], str], tmp_path: Path
+) -> None:
+    # No failure process, so no prior: the first run persists nothing. The restarted ranks have
+    # seen one failure within seconds: Young's interval for a state that uploads in a fraction
+    # of a millisecond is below one iteration, so every checkpoint from then on is persisted.
+    text = (
+        SCENARIO.replace("BANDWIDTH", "16")
+        .replace("INTERVAL", "1")
+        .replace("COMPRESSION", "off")
+        .replace("compression: off}", "compression: off, persist_interval: young}")
+    )
+    _, out, captured = _crash_then_recover(tmp_path, stores, text, lost_nodes=[])
+    persisted = sorted(e["iteration"] for e in _events(out, "persist_done") if e["rank"] == 0)
+    (restored,) = {i for _, i, _ in _restored(out)}
+    assert captured  # the first run checkpointed ...
+    assert persisted and min(persisted) > restored  # ... but persisted only after the restore
+    assert persisted[-1] == 12
