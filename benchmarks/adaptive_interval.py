@@ -94,6 +94,7 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
     agreed k, and the failure's wasted time."""
     events = read_events(folder / "events.jsonl")
     durations, steps, ks = [], [], []
+    inputs: dict[str, Any] = {}
     seen: set[int] = set()
     for event in events:
         if event.rank != 0 or event.iteration is None:
@@ -104,8 +105,9 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
             seen.add(event.iteration)
             durations.append(float(event.details["duration_s"]))  # type: ignore[arg-type]
             steps.append(float(event.details["step_s"]))  # type: ignore[arg-type]
-        if event.kind == "ckpt_interval_changed":
+        if event.kind == "ckpt_interval_changed" and (event.iteration or 0) <= last:
             ks.append((event.iteration, event.details.get("interval")))
+            inputs = dict(event.details)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     failures = summary.get("failures") or []
     lost = next((f for f in failures if f.get("kind") == "hardware"), {})
@@ -122,25 +124,34 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
         "lost_iterations": lost.get("lost_iterations"),
         "retrieval_s": lost.get("retrieval_s"),
         "restored": lost.get("restored_iteration"),
+        "inputs": inputs,  # what the engine chose its k from (ckpt_interval_changed)
     }
 
 
-def simulated(overrides: list[str], step_s: float) -> dict[str, Any]:
+def simulated(overrides: list[str], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The simulator on the same settings, fed what the engine measured when it chose k: one
+    iteration's training time and idle time (as a compute phase and a communication phase) and
+    the replication throughput (as the links' bandwidth)."""
     from sim import simulate
     from sim.model import build_model
 
+    iteration_s, idle_s = float(inputs["iteration_s"]), float(inputs["idle_s"])
+    busy_s = max(iteration_s - idle_s, 1e-3)
     sim_overrides = [
         *[o for o in overrides if not o.startswith("real.")],
-        f"training.iteration_time_s={step_s:.6g}",
+        f"training.phases=[{{kind: compute, duration_s: {idle_s:.6g}}}, "
+        f"{{kind: communication, duration_s: {busy_s:.6g}}}]",
+        f"cluster.network_bandwidth_gbit_s={float(inputs['throughput_bytes_per_s']) * 8e-9:.6g}",
     ]
     scenario = load_scenario(SCENARIO, sim_overrides)
     model = build_model(scenario)
     result = simulate(scenario)
     lost = next((f for f in result.summary.failures if f.kind == "hardware"), None)
+    base_s = idle_s + busy_s
     return {
         "k": model.strategy.checkpoint_every,
         "iteration_s": model.strategy.mean_iteration_s,
-        "overhead": model.strategy.mean_iteration_s / step_s - 1,
+        "overhead": model.strategy.mean_iteration_s / base_s - 1,
         "wasted_s": None if lost is None else lost.wasted_s,
         "lost_iterations": None if lost is None else lost.lost_iterations,
         "restored": None if lost is None else lost.restored_iteration,
@@ -181,9 +192,16 @@ def main() -> int:
             print(f"the {name} run failed; see {logs}")
             return 1
     loads.append(f"end of the real runs: {load()}")
+    reals = {
+        name: measured(out / f"real-{interval}", options.skip + 1, options.fail_at)
+        for name, interval in runs.items()
+    }
+    inputs = reals["adaptive"]["inputs"]
+    if not inputs:
+        print("the adaptive run never changed k: nothing to feed the simulator")
+        return 1
     for name, interval in runs.items():
-        real = measured(out / f"real-{interval}", options.skip + 1, options.fail_at)
-        rows[name] = (real, simulated(settings(options, interval), real["step_s"]))
+        rows[name] = (reals[name], simulated(settings(options, interval), inputs))
     every = rows["every iteration"][0]
     lines = [
         "# Adaptive checkpoint interval on 0.5 Gbit/s links (measured and simulated)",
@@ -192,7 +210,11 @@ def main() -> int:
         f"`scenarios/headline.yaml` in {options.mode} mode, links at {options.gbit_s} Gbit/s, "
         f"{options.iterations} iterations, node 2 lost after iteration {options.fail_at}; "
         f"iteration times of rank 0 over iterations {options.skip + 1}-{options.fail_at} "
-        "(mean of `duration_s`; the step alone is the median `step_s`).",
+        "(mean of `duration_s`; the step alone is the median `step_s`). The simulator is fed "
+        "what the adaptive run's engine measured when it chose k: iteration "
+        f"{float(inputs['iteration_s']):.3f} s with {float(inputs['idle_s']):.3f} s idle, "
+        f"replication at {float(inputs['throughput_bytes_per_s']) / 1e6:.1f} MB/s; its "
+        "overhead is against that iteration.",
         "",
         "| interval | k measured (sim) | iteration s: mean (median) | step s | overhead "
         "measured (sim) | vs every iteration | lost node: wasted s measured (sim) | lost "

@@ -285,14 +285,17 @@ class GeminiCheckpointer:
         agreed = restoring.all_reduce_int(proposal, "max", self.group)
         if agreed == self._interval:
             return
-        throughput = self.replication.interval.throughput_bytes_per_s
+        decision = self.replication.last_decision
         self.events.emit(
             "ckpt_interval_changed",
             iteration=iteration,
             interval=agreed,
             previous=self._interval,
             proposed=proposal,
-            throughput_bytes_per_s=throughput,
+            # This rank's inputs: the throughput it planned with (measured, at most the link's
+            # bandwidth), one iteration's idle time and its training time.
+            throughput_bytes_per_s=None if decision is None else decision.throughput_bytes_per_s,
+            idle_s=None if decision is None else decision.idle_s,
             iteration_s=(
                 statistics.median(self.replication.iteration_seconds)
                 if self.replication.iteration_seconds

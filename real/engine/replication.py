@@ -44,7 +44,7 @@ from real.engine.costs import Costs
 from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
 from real.eventlog import EventLog
-from shared.adaptive import IntervalController, tile_spans
+from shared.adaptive import IntervalController, IntervalDecision, tile_spans
 from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
 from shared.placement import Placement
 from shared.scenario import Scenario
@@ -117,6 +117,7 @@ class ReplicationManager:
         # measured throughput; the checkpointer agrees on it with the other ranks and sets
         # ``window``, the iterations whose idle spans the current checkpoint's chunks ride in.
         self.interval = IntervalController(config.interval)
+        self.last_decision: IntervalDecision | None = None  # the latest proposal, and why
         self.window = 1
         self.iteration_seconds: collections.deque[float] = collections.deque(maxlen=20)
         self._starts: list[float] = [self.iteration_start]  # iterations of the window begun
@@ -509,6 +510,7 @@ class ReplicationManager:
             buffer_bytes=self.config.buffer_bytes,
             sub_buffers=self.config.sub_buffers,
         )
+        self.last_decision = decision
         if decision.changed:
             log.info(
                 "node %d rank %d: checkpoint interval %d -> %d: %s",
