@@ -398,6 +398,7 @@ LAW_FORMS: dict[str, str] = {
     "hop_work_s": "w * share",
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
+    "checkpoint_overhead_s": "(o0 + bytes / bytes_per_s) * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,
 ``parameters_m`` the parameters in millions, ``bytes`` the state one node restores, ``share``
@@ -497,6 +498,22 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
         [float(s["state_load_s"]) / x for s, x in zip(samples, shares, strict=True)],
     )
     laws["state_load_s"] = {"l0": l0, "load_bytes_per_s": 1 / per_byte if per_byte > 0 else None}
+    overheads = [
+        (
+            float(s["state_bytes"]),
+            (float(s["engine_iteration_s"]) - float(s["micro_iteration_time_s"])) / x,
+        )
+        for s, x in zip(samples, shares, strict=True)
+        if isinstance(s.get("engine_iteration_s"), int | float)
+    ]
+    if len(overheads) >= 2:
+        o0, per_byte = _nonnegative_fit(
+            [[1, b] for b, _ in overheads], [max(0.0, o) for _, o in overheads]
+        )
+        laws["checkpoint_overhead_s"] = {
+            "o0": o0,
+            "bytes_per_s": 1 / per_byte if per_byte > 0 else None,
+        }
     for key in ("engine_build_s", "engine_close_s"):
         values = [
             float(s[key]) / x
@@ -594,6 +611,12 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     load = _law(laws, "state_load_s")
     rate = load.get("load_bytes_per_s")
     out["state_load_s"] = (float(load["l0"]) + (state / float(rate) if rate else 0.0)) * share
+    overhead = laws.get("checkpoint_overhead_s")
+    if isinstance(overhead, Mapping):
+        rate = overhead.get("bytes_per_s")
+        out["checkpoint_overhead_s"] = (
+            float(overhead["o0"]) + (state / float(rate) if rate else 0.0)
+        ) * share
     compute = _law(laws, "compute_s")
     flops = compute.get("flops_per_s")
     out["compute_s"] = (
@@ -652,7 +675,10 @@ def law_overrides(
         raise ValueError("calibration has no `laws` (measure them with `gemini-ckpt calibrate`)")
     costs = law_costs(laws, scenario, background)
     profile = calibration.get("profile")
-    if isinstance(profile, Mapping) and profile.get("configuration") == configuration(scenario):
+    profiled = isinstance(profile, Mapping) and profile.get("configuration") == configuration(
+        scenario
+    )
+    if isinstance(profile, Mapping) and profiled:
         # A failure-free profile of this very configuration says more than the laws: a run of
         # the harness (its iteration with the strategy's checkpoint, the laws' split between
         # compute and communication), else the micro-benchmark's phases.
@@ -672,12 +698,26 @@ def law_overrides(
             compute = sum(float(d) for kind, d in phases if kind == "compute")
             communication = sum(float(d) for kind, d in phases if kind == "communication")
             total = _number(profile, "micro_iteration_time_s") or compute + communication
+            engine = _number(profile, "engine_iteration_s")
+            if engine and scenario.checkpoint.strategy == "gemini" and total:
+                # Profiled with a checkpoint every iteration, as Gemini's trainers run:
+                # the extra CPU time stretches the phases alike.
+                compute, communication = compute * engine / total, communication * engine / total
+                total = engine
             if communication > 0:
                 costs["compute_s"], costs["communication_s"] = compute, communication
             else:  # not profiled (FSDP2): the laws' split of the measured iteration
                 scale = total / max(costs["compute_s"] + costs["communication_s"], 1e-12)
                 costs["compute_s"] *= scale
                 costs["communication_s"] *= scale
+    if not profiled and scenario.checkpoint.strategy == "gemini":
+        # Gemini checkpoints every iteration: on a host without accelerators its capture and
+        # replication take CPU from training (the simulator's network model does not see it).
+        extra = costs.get("checkpoint_overhead_s", 0.0)
+        total = costs["compute_s"] + costs["communication_s"]
+        if total > 0:
+            costs["compute_s"] *= (total + extra) / total
+            costs["communication_s"] *= (total + extra) / total
     shaped = {
         **{k: v for k, v in measurements.items() if k != "laws"},
         **{k: round(v, 6) for k, v in costs.items()},

@@ -161,7 +161,11 @@ def command(
                 "configuration": configuration(loaded),
                 **{
                     k: profiled[k]
-                    for k in ("micro_iteration_time_s", "micro_iteration_phases")
+                    for k in (
+                        "micro_iteration_time_s",
+                        "micro_iteration_phases",
+                        "engine_iteration_s",
+                    )
                     if k in profiled
                 },
             }
