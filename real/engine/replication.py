@@ -440,7 +440,7 @@ class ReplicationManager:
             # A profiled iteration lasts from one save() returning to the next, the wait for
             # the previous checkpoint's spill included; training itself takes the time from a
             # save() returning to the next save() call, and only that time is idle network.
-            length = statistics.median(self.iteration_seconds)
+            length = statistics.median(tuple(self.iteration_seconds))  # a snapshot: save() appends
             spans = tuple(
                 IdleSpan(s.start_s, min(s.end_s, length) - s.start_s)
                 for s in spans
