@@ -5,7 +5,7 @@ simulated.
 
 On ``scenarios/headline.yaml`` (4 emulated nodes, the 3.2M-parameter GPT, 39 MB of state per
 rank) in netns mode (root: a namespace per node, tc limits) with every link at 0.5 Gbit/s, no
-persistence, and one lost node (node 2 after iteration ``--fail-at``), two real runs one after
+persistence, and one lost node (node 2 after iteration ``--fail-at``), three real runs one after
 the other, each ``gemini-ckpt real`` of this source tree:
 
 1. ``checkpoint.interval: 1``: a checkpoint every iteration, as Gemini does by default; one
@@ -13,14 +13,18 @@ the other, each ``gemini-ckpt real`` of this source tree:
    ``save()`` waits for the spill;
 2. ``checkpoint.interval: adaptive``: k chosen online (``shared.adaptive``) from the profiled
    idle spans and the measured replication throughput.
+3. the same with ``checkpoint.compression: auto``: the engine measures the codec on the state
+   and compresses the chunks when the link is the bottleneck (``shared.compression``).
 
 For each: the mean iteration time over the iterations after profiling and before the failure
 (the mean, not the median: with k > 1 the waits gather at the checkpoint iterations), the step
 alone (``step_s``, forward/backward/optimizer: the iteration without checkpointing), the
 overhead, the k the ranks agreed on (``ckpt_interval_changed``), and the lost node's wasted
 time (lost progress + retrieval) and restored iteration. Then the simulator on the same
-scenario and settings, with the measured step as ``training.iteration_time_s``: the k it
-chooses and the wasted time it predicts, beside the measured ones. Written to ``OUT/report.md``.
+scenario and settings, fed what the engine measured when it chose k (its iteration, idle time
+and replication throughput, and the codec's ratio and speed): the k it chooses and the wasted
+time it predicts, beside the measured ones. Written to ``OUT/report.md``. Existing run folders
+are kept (``--rerun`` deletes them first).
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ def load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
-def settings(options: argparse.Namespace, interval: str) -> list[str]:
+def settings(options: argparse.Namespace, interval: str, compression: str = "off") -> list[str]:
     return [
+        f"checkpoint.compression={compression}",
         f"real.mode={options.mode}",
         f"cluster.network_bandwidth_gbit_s={options.gbit_s}",
         "checkpoint.persist_every_iterations=null",
@@ -95,6 +100,7 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
     events = read_events(folder / "events.jsonl")
     durations, steps, ks = [], [], []
     inputs: dict[str, Any] = {}
+    codec: dict[str, Any] = {}
     seen: set[int] = set()
     for event in events:
         if event.rank != 0 or event.iteration is None:
@@ -105,6 +111,8 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
             seen.add(event.iteration)
             durations.append(float(event.details["duration_s"]))  # type: ignore[arg-type]
             steps.append(float(event.details["step_s"]))  # type: ignore[arg-type]
+        if event.kind == "ckpt_compression" and event.details.get("ratio"):
+            codec = dict(event.details)
         if event.kind == "ckpt_interval_changed" and (event.iteration or 0) <= last:
             ks.append((event.iteration, event.details.get("interval")))
             inputs = dict(event.details)
@@ -125,10 +133,13 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
         "retrieval_s": lost.get("retrieval_s"),
         "restored": lost.get("restored_iteration"),
         "inputs": inputs,  # what the engine chose its k from (ckpt_interval_changed)
+        "codec": codec,  # the codec measured on the state (ckpt_compression)
     }
 
 
-def simulated(overrides: list[str], inputs: dict[str, Any]) -> dict[str, Any]:
+def simulated(
+    overrides: list[str], inputs: dict[str, Any], codec: dict[str, Any]
+) -> dict[str, Any]:
     """The simulator on the same settings, fed what the engine measured when it chose k: one
     iteration's training time and idle time (as a compute phase and a communication phase) and
     the replication throughput (as the links' bandwidth)."""
@@ -143,6 +154,12 @@ def simulated(overrides: list[str], inputs: dict[str, Any]) -> dict[str, Any]:
         f"{{kind: communication, duration_s: {busy_s:.6g}}}]",
         f"cluster.network_bandwidth_gbit_s={float(inputs['throughput_bytes_per_s']) * 8e-9:.6g}",
     ]
+    if codec:  # the ratio and the slower of the codec's two throughputs, as measured
+        speed = min(float(codec["compress_bytes_per_s"]), float(codec["decompress_bytes_per_s"]))
+        sim_overrides += [
+            f"checkpoint.compression_ratio={float(codec['ratio']):.6g}",
+            f"checkpoint.compression_gbyte_s={speed / 1e9:.6g}",
+        ]
     scenario = load_scenario(SCENARIO, sim_overrides)
     model = build_model(scenario)
     result = simulate(scenario)
@@ -183,25 +200,32 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     loads = [f"start: {load()}"]
-    runs = {"every iteration": "1", "adaptive": "adaptive"}
+    # name: (interval, compression, folder)
+    runs = {
+        "every iteration": ("1", "off", "real-1"),
+        "adaptive": ("adaptive", "off", "real-adaptive"),
+        "adaptive, compression auto": ("adaptive", "auto", "real-adaptive-auto"),
+    }
     rows: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     print("real runs (gemini-ckpt real, one after the other)", flush=True)
-    for name, interval in runs.items():
-        folder = out / f"real-{interval}"
-        if not real_run(folder, settings(options, interval), logs):
+    for name, (interval, compression, folder_name) in runs.items():
+        folder = out / folder_name
+        if not real_run(folder, settings(options, interval, compression), logs):
             print(f"the {name} run failed; see {logs}")
             return 1
     loads.append(f"end of the real runs: {load()}")
     reals = {
-        name: measured(out / f"real-{interval}", options.skip + 1, options.fail_at)
-        for name, interval in runs.items()
+        name: measured(out / folder, options.skip + 1, options.fail_at)
+        for name, (_, _, folder) in runs.items()
     }
     inputs = reals["adaptive"]["inputs"]
     if not inputs:
         print("the adaptive run never changed k: nothing to feed the simulator")
         return 1
-    for name, interval in runs.items():
-        rows[name] = (reals[name], simulated(settings(options, interval), inputs))
+    for name, (interval, compression, _) in runs.items():
+        real = reals[name]
+        fed = real["inputs"] or inputs
+        rows[name] = (real, simulated(settings(options, interval, compression), fed, real["codec"]))
     every = rows["every iteration"][0]
     lines = [
         "# Adaptive checkpoint interval on 0.5 Gbit/s links (measured and simulated)",
@@ -230,11 +254,22 @@ def main() -> int:
             f"({_f(sim['wasted_s'])}) | {real['lost_iterations']} ({sim['lost_iterations']}) | "
             f"{real['restored']} ({sim['restored']}) |"
         )
-    adaptive = rows["adaptive"][0]
+    lines.append("")
+    for name, (real, _) in rows.items():
+        if real["k"]:
+            changes = zip(real["k_at"], real["k"], strict=True)
+            lines.append(
+                f"k changes (iteration: k), {name}: " + ", ".join(f"{i}: {k}" for i, k in changes)
+            )
+        if real["codec"]:
+            codec = real["codec"]
+            lines.append(
+                f"codec, {name}: ratio {float(codec['ratio']):.3f}, compress "
+                f"{float(codec['compress_bytes_per_s']) / 1e6:.0f} MB/s, decompress "
+                f"{float(codec['decompress_bytes_per_s']) / 1e6:.0f} MB/s: "
+                f"{'on' if codec.get('enabled') else 'off'} ({codec.get('reason')})"
+            )
     lines += [
-        "",
-        "k changes (iteration: k), adaptive run: "
-        + ", ".join(f"{i}: {k}" for i, k in zip(adaptive["k_at"], adaptive["k"], strict=True)),
         "",
         "Load (`uptime`): " + "; ".join(loads) + ".",
         "",
