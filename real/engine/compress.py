@@ -58,7 +58,7 @@ def encode(data: memoryview | bytes, offset: int, level: int = LEVEL) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(shuffled.data)
 
 
-def decode_into(payload: bytes | memoryview, offset: int, out: memoryview) -> None:
+def decode_into(payload: bytes | bytearray | memoryview, offset: int, out: memoryview) -> None:
     """Decompress ``payload`` into ``out``, the slot's bytes ``[offset, offset + len(out))``.
 
     Raises:
