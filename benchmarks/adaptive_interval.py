@@ -102,18 +102,20 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     codec: dict[str, Any] = {}
     seen: set[int] = set()
+    failed_s = min((e.time_s for e in events if e.kind == "failure_injected"), default=None)
     for event in events:
         if event.rank != 0 or event.iteration is None:
             continue
+        before_failure = failed_s is None or event.time_s < failed_s
         if event.kind == "iteration_end" and first <= event.iteration <= last:
             if event.iteration in seen:  # a recomputed iteration after the failure
                 continue
             seen.add(event.iteration)
             durations.append(float(event.details["duration_s"]))  # type: ignore[arg-type]
             steps.append(float(event.details["step_s"]))  # type: ignore[arg-type]
-        if event.kind == "ckpt_compression" and event.details.get("ratio"):
+        if event.kind == "ckpt_compression" and event.details.get("ratio") and before_failure:
             codec = dict(event.details)
-        if event.kind == "ckpt_interval_changed" and (event.iteration or 0) <= last:
+        if event.kind == "ckpt_interval_changed" and before_failure:
             ks.append((event.iteration, event.details.get("interval")))
             inputs = dict(event.details)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
