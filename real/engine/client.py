@@ -58,6 +58,7 @@ class StoreClient:
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.lock = threading.Lock()
+        self._pending: list[str] = []  # ops sent without waiting, whose replies are due
         try:
             protocol.client_handshake(self.sock, token)
         except BaseException:
@@ -68,10 +69,21 @@ class StoreClient:
         """Send one request and return the store's reply header (raises StoreError on refusal)."""
         with self.lock:
             protocol.send_frame(self.sock, {"op": op, **fields}, payload)
+            self._replies_pending()
             reply, _ = protocol.recv_frame(self.sock, max_payload=1 << 20)
         if reply.get("ok") is False:
             raise StoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
         return reply
+
+    def _replies_pending(self) -> None:
+        """Read the replies of requests sent without waiting (lock held), in order; the first
+        refusal raises StoreError (the store then closes the connection: drop this client)."""
+        while self._pending:
+            op = self._pending.pop(0)
+            reply, _ = protocol.recv_frame(self.sock, max_payload=1 << 20)
+            if reply.get("ok") is False:
+                self._pending.clear()
+                raise StoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
 
     def holdings(self) -> dict[int, list[int]]:
         """Committed iterations per owner rank held by this store."""
@@ -86,9 +98,22 @@ class StoreClient:
 
     # -- replication ------------------------------------------------------------------------
 
-    def put_begin(self, owner: int, manifest: bytes, keep: int | None = None) -> None:
-        """Start a replica; the store keeps the slot holding iteration ``keep`` intact."""
-        self.call("put_begin", manifest, owner=owner, keep=keep)
+    def put_begin(
+        self, owner: int, manifest: bytes, keep: int | None = None, *, wait: bool = True
+    ) -> None:
+        """Start a replica; the store keeps the slot holding iteration ``keep`` intact.
+
+        ``wait=False`` pipelines it: the chunks follow at once and the reply is read before
+        the next reply (``put_end``'s), saving a round trip; a refusal then surfaces there.
+        """
+        if wait:
+            self.call("put_begin", manifest, owner=owner, keep=keep)
+            return
+        with self.lock:
+            protocol.send_frame(
+                self.sock, {"op": "put_begin", "owner": owner, "keep": keep}, manifest
+            )
+            self._pending.append("put_begin")
 
     def put_chunk(
         self,
@@ -157,6 +182,7 @@ class StoreClient:
         """
         with self.lock:
             protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
+            self._replies_pending()
             reply = protocol.recv_header(self.sock)
             if reply.get("ok") is False:
                 raise StoreError(f"node {self.node} store: get: {reply.get('reason')}")
@@ -188,6 +214,7 @@ class StoreClient:
         """
         with self.lock:
             protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
+            self._replies_pending()
             reply = protocol.recv_header(self.sock)
             if reply.get("ok") is False:
                 raise StoreError(f"node {self.node} store: get: {reply.get('reason')}")

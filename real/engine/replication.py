@@ -549,8 +549,8 @@ class ReplicationManager:
         """
         costs = self.costs
         client = self._client(peer)
-        with costs.timed("send: put_begin (round trip)"):
-            client.put_begin(self.rank, manifest, captured.keep)
+        with costs.timed("send: put_begin (pipelined: its reply comes before put_end's)"):
+            client.put_begin(self.rank, manifest, captured.keep, wait=False)
         data = captured.slot.data(captured.nbytes)
         hasher = (
             None

@@ -14,7 +14,7 @@ import torch
 import xxhash
 
 from real.engine.capture import Capturer
-from real.engine.client import PlacedDataError, StoreClient
+from real.engine.client import PlacedDataError, StoreClient, StoreError
 from real.engine.manifest import (
     BlockHasher,
     Manifest,
@@ -284,3 +284,20 @@ def test_a_persistent_tier_that_was_never_written_is_not_opened(tmp_path: Path) 
     (tmp_path / "persistent").mkdir()
     assert persistent_exists(str(tmp_path / "persistent"))
     assert persistent_exists("s3://bucket/run")  # remote: may hold checkpoints
+
+
+def test_a_pipelined_put_begin_refused_fails_the_replica(rig: dict[str, Any]) -> None:
+    """put_begin goes without waiting for its reply; a refusal surfaces at put_end."""
+    remote = rig["remote"]
+    unsigned = layout(1, 0, {"w": torch.zeros(4)}, {}).to_bytes()  # no MAC: refused
+    client = StoreClient(1, remote.address, remote.token)
+    try:
+        client.put_begin(0, unsigned, wait=False)
+        with pytest.raises((StoreError, OSError)):
+            client.put_chunk(0, bytes(16))
+            client.put_end()
+    finally:
+        client.close()
+    assert remote.holdings() == {}
+    _replicate(rig, 1)  # the sender's own pipelined replicas go through
+    assert remote.holdings() == {0: [1]}
