@@ -10,6 +10,10 @@ index in the run)::
     failure_injected -> failure_detected -> training_stopped -> [replacement_ready]
       -> restart_begin -> process_group_ready -> state_restored (tier) -> training_resumed
 
+Two kinds record the checkpoint policy's choices (``shared.adaptive``, ``shared.compression``):
+``ckpt_interval_changed`` (``interval``, ``previous``: the checkpoint every k iterations) and
+``ckpt_compression`` (``enabled``, with the measured ``ratio`` and throughputs in the harness).
+
 Times are seconds since the run started (simulated seconds in the simulator, wall seconds in
 the real harness).
 """
