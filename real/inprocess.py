@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 AGENT_FD_ENV = "GEMINI_AGENT_FD"
 RDZV_PREFIX_ENV = "GEMINI_RDZV_PREFIX"
+JOIN_TIMEOUT_S = 120.0
+"""The longest a rank waits at an attempt's rendezvous for the others to arrive (one that
+never comes is the root's business: a lost node is probed, the stop kills what cannot leave)."""
 PEER_FAILURE_MARKERS = (
     "connection closed by peer",
     "connection reset by peer",
@@ -325,11 +328,21 @@ def join_process_group(assignment: Assignment, backend: str, timeout_s: float) -
     timeout = datetime.timedelta(seconds=timeout_s)
     prefix = env.get(RDZV_PREFIX_ENV, "")
     if prefix:
+        address, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+        join_timeout = datetime.timedelta(seconds=max(timeout_s, JOIN_TIMEOUT_S))
+        # Every rank arrives first, however long the slowest takes (a spare still warming up
+        # on a loaded machine): gloo's own rendezvous waits only the collective timeout, and a
+        # short one made every rank give up on a warming spare, attempt after attempt, and
+        # the spare then hang connecting to peers that had left. A client of its own: the
+        # group's store keeps the collective timeout.
+        arrivals = dist.TCPStore(  # type: ignore[attr-defined]
+            address, port, is_master=False, timeout=join_timeout
+        )
+        arrivals.set(f"{prefix}/arrived/{assignment.rank}", "1")
+        arrivals.wait([f"{prefix}/arrived/{r}" for r in range(assignment.world_size)])
+        del arrivals
         store = dist.TCPStore(  # type: ignore[attr-defined]
-            env["MASTER_ADDR"],
-            int(env["MASTER_PORT"]),
-            is_master=False,
-            timeout=timeout,
+            address, port, is_master=False, timeout=timeout
         )
         dist.init_process_group(
             backend,
