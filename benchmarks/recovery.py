@@ -15,7 +15,7 @@ nobody is left to probe it, so its lease (3 s) finds it, as the scenario's rules
 ``--compare OTHER_TREE`` runs the same from another source tree (a checkout of an earlier
 commit, with this virtual environment) alternately with this one, ``--runs`` times each, and
 prints both side by side: measured under the same load, minutes apart. The load average
-(``uptime``) is printed with every run. One run takes about a minute on 2 cores.
+(``uptime``) is printed with every run. One run takes 1-2 minutes on 2 cores.
 """
 
 from __future__ import annotations
