@@ -37,3 +37,24 @@ def leave_process_group(*, together: bool) -> None:
     gc.collect()  # modules in reference cycles still hold the groups
     dist.destroy_process_group()
     gc.collect()
+
+
+def new_gloo_group() -> dist.ProcessGroup:
+    """A new gloo group of every rank, bounded by the default group's collective timeout.
+
+    ``dist.new_group`` falls back to torch's 30-minute default, not the timeout the job was
+    formed with: a background collective on such a group (the engine's commit agreement, the
+    persister's saves) that waits on a hung peer then holds the group's worker thread, and
+    ``destroy_process_group`` on the failed attempt blocks until it ends, long after the job's
+    own collectives timed out. A collective call on every rank.
+    """
+    import torch
+
+    device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    try:
+        default = dist.distributed_c10d._get_default_group()
+        timeout = default._get_backend(device).options._timeout
+    except (AttributeError, RuntimeError):  # a backend without options: torch's default
+        timeout = None
+    group: dist.ProcessGroup = dist.new_group(backend="gloo", timeout=timeout)
+    return group

@@ -581,7 +581,9 @@ def _gloo_group(dedicated: bool = False) -> Any:
         return None
     if dist.get_backend() == "gloo" and not dedicated:
         return dist.group.WORLD
-    return dist.new_group(backend="gloo")
+    from real.procgroup import new_gloo_group
+
+    return new_gloo_group()
 
 
 def _plan_from_env() -> RecoveryPlan | None:

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from real.processes import free_port
-from real.procgroup import leave_process_group
+from real.procgroup import leave_process_group, new_gloo_group
 
 
 def test_leaving_collects_cyclic_modules_then_destroys_every_group() -> None:
@@ -32,3 +32,24 @@ def test_leaving_collects_cyclic_modules_then_destroys_every_group() -> None:
     assert not dist.is_initialized()
     assert extra not in dist.distributed_c10d._world.pg_map
     leave_process_group(together=True)  # nothing left: a no-op
+
+
+def test_a_new_gloo_group_keeps_the_jobs_collective_timeout() -> None:
+    """torch's new_group would wait 30 minutes: a background collective stuck on a hung peer
+    would then block the failed attempt's teardown long after the job's own timeout."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{free_port()}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=7),
+    )
+    try:
+        group = new_gloo_group()
+        backend = group._get_backend(torch.device("cpu"))
+        assert backend.options._timeout == datetime.timedelta(seconds=7)
+        assert dist.new_group(backend="gloo")._get_backend(
+            torch.device("cpu")
+        ).options._timeout > datetime.timedelta(seconds=7)  # what the helper avoids
+    finally:
+        leave_process_group(together=True)
