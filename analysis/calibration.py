@@ -2,7 +2,7 @@
 
 The simulator predicts recovery from a scenario's numbers (bandwidths, restart cost, iteration
 time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt calibrate``
-(``real/calibrate.py``, which needs torch) measures them and writes a *calibration file*::
+(``benchmarks/calibrate.py``, which needs torch) measures them and writes a *calibration file*::
 
     version: 1
     machine: {hostname: ..., cpus: 2, torch: 2.13.0}
@@ -27,7 +27,7 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
     overrides: [cluster.copy_bandwidth_gbyte_s=5.8, ...]
 
 ``gemini-ckpt run`` calibrates first with micro-measurements of an in-process recovery
-(``real.calibrate.measure_recovery``, a few seconds, never the scenario's own run) and writes
+(``benchmarks.calibrate.measure_recovery``, a few seconds, never the scenario's own run) and writes
 ``OUT/calibration.yaml`` with ``source: micro``::
 
     measurements:
@@ -466,7 +466,7 @@ def _ring(parallelism: str, ranks: int, parameters: float) -> tuple[float, float
 
 
 def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
-    """Fit ``LAW_FORMS`` to micro-measurements of reference shapes (``real.calibrate``).
+    """Fit ``LAW_FORMS`` to micro-measurements of reference shapes (``benchmarks.calibrate``).
 
     Each sample holds the shape it measured (``ranks``, ``parameters``, ``state_bytes``,
     ``tokens_per_rank``, ``single_host``) and what ``measure_recovery`` measured on it; the

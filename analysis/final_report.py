@@ -35,7 +35,7 @@ from analysis.results import RunResult
 from analysis.timeline import run_nodes
 
 if TYPE_CHECKING:
-    from analysis.report import ReportContent, Table
+    from analysis.render import ReportContent, Table
 
 RECOVERY_PHASES: tuple[str, ...] = (
     "detection_s",
@@ -106,7 +106,7 @@ def misses(report: ValidationReport) -> list[Miss]:
 
 def miss_table(rows: Sequence[Miss], report: ValidationReport) -> Table:
     """The miss table: one row per (failure, phase), worst first."""
-    from analysis.report import Table, _pct, _s
+    from analysis.render import Table, _pct, _s
 
     body = [
         [
@@ -135,7 +135,7 @@ def miss_table(rows: Sequence[Miss], report: ValidationReport) -> Table:
 
 def setup_table(runs: Sequence[RunResult]) -> Table:
     """One row per run: what was run, on how many nodes, for how long, with which failures."""
-    from analysis.report import Table, _s
+    from analysis.render import Table, _s
 
     rows = []
     for run in runs:
@@ -208,7 +208,7 @@ Block = Heading | Paragraph | Bullets | TableBlock | FigureBlock
 
 def to_markdown(blocks: Sequence[Block], figures_prefix: str = "figures/") -> str:
     """The blocks as GitHub Markdown; figures are linked as ``figures_prefix`` + file name."""
-    from analysis.report import markdown_table
+    from analysis.render import markdown_table
 
     out: list[str] = []
     for block in blocks:
@@ -228,7 +228,7 @@ def to_markdown(blocks: Sequence[Block], figures_prefix: str = "figures/") -> st
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
     """The blocks as one self-contained HTML page (figures as ``data:`` URIs)."""
-    from analysis.report import CSS, _data_uri, html_table
+    from analysis.render import CSS, _data_uri, html_table
 
     body: list[str] = []
     for block in blocks:
@@ -261,7 +261,7 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
 
 def key_results(content: ReportContent) -> list[str]:
     """The summary's bullets: the verdict, Gemini vs baseline, the worst miss."""
-    from analysis.report import _ratio, _s
+    from analysis.render import _ratio, _s
 
     items = [content.validation.verdict]
     for c in content.comparisons:

@@ -20,15 +20,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import RunFolderError
 from shared.events import Event, read_events
 from shared.summary import RunSummary, read_summary
 
 SUMMARY = "summary.json"
 EVENTS = "events.jsonl"
-
-
-class RunFolderError(ValueError):
-    """A run folder is missing or does not hold a valid run (the message names the file)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from analysis.report import ReportContent
+    from analysis.render import ReportContent
 
 MISSES_SHOWN = 6
 """Rows of the miss table on its slide (the final report has them all)."""
@@ -68,7 +68,7 @@ def _slide(kind: str, inner: str) -> str:
 def deck_slides(content: ReportContent) -> list[str]:
     """The slides' HTML, in order (module docstring)."""
     from analysis.final_report import figures, key_results, miss_table, misses
-    from analysis.report import _data_uri, html_table
+    from analysis.render import _data_uri, html_table
 
     scenarios = sorted({run.scenario for run in content.runs})
     labels = sorted({run.label for run in content.runs})

@@ -120,7 +120,7 @@ def measured(folder: Path, first: int, last: int) -> dict[str, Any]:
             inputs = dict(event.details)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     failures = summary.get("failures") or []
-    lost = next((f for f in failures if f.get("kind") == "hardware"), {})
+    lost: dict[str, Any] = next((f for f in failures if f.get("kind") == "hardware"), {})
     mean, step = statistics.fmean(durations), statistics.median(steps)
     return {
         "iterations": len(durations),

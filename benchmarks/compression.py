@@ -30,8 +30,8 @@ import zstandard
 
 from real.engine import compress
 from real.engine.manifest import layout
-from real.state import flatten_state
-from real.workload.trainer import Trainer, TrainerConfig
+from real.engine.state import flatten_state
+from real.trainer.workload.trainer import Trainer, TrainerConfig
 from shared.compression import CodecMeasurement, decide
 from shared.scenario import GBIT
 from shared.scenario_loader import load_scenario

@@ -26,7 +26,7 @@ Then the **cost breakdown** per save and per restore: every pass over the bytes 
 send, receive, verify, clone) with its rate, every round trip and every fixed step, for the
 training thread, the sender thread and the store process (``real.engine.costs``).
 
-Part 2, training (``real.engine.bench_training``): iteration time of 4 ranks (DDP on gloo, 4
+Part 2, training (``benchmarks.engine_training``): iteration time of 4 ranks (DDP on gloo, 4
 nodes x 1 rank, each with its own store: the headline's layout) with a checkpoint after every
 iteration, replicated to a peer (m = 2), interleaved, against no checkpoints; models
 ``headline`` (4 x 256, context 64, batch 4: 3.2M parameters, 39 MB of state per rank, as
@@ -54,8 +54,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from real.engine.bench import make_state  # noqa: E402
-from real.engine.bench_training import BenchModel, bench_training, parse_model  # noqa: E402
+from benchmarks.engine import make_state  # noqa: E402
+from benchmarks.engine_training import BenchModel, bench_training, parse_model  # noqa: E402
 from real.engine.capture import Capturer  # noqa: E402
 from real.engine.client import StoreClient  # noqa: E402
 from real.engine.costs import difference  # noqa: E402
@@ -64,6 +64,7 @@ from real.engine.protocol import make_token, send_frame  # noqa: E402
 from real.engine.replication import ReplicationManager  # noqa: E402
 from real.engine.restore import read_local, read_peer  # noqa: E402
 from real.engine.store import NodeStore  # noqa: E402
+from real.runtime.env import GEMINI_RUN_DIR  # noqa: E402
 from shared.placement import plan_placement  # noqa: E402
 from shared.scenario import Scenario  # noqa: E402
 
@@ -285,7 +286,7 @@ def fresh_process_restore(address: str, token: str, iteration: int) -> dict[str,
             capture_output=True,
             text=True,
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), "GEMINI_RUN_DIR": folder},
+            env={**os.environ, "PYTHONPATH": str(REPO), GEMINI_RUN_DIR: folder},
             check=False,
             timeout=120,
         )

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from real.runtime.env import GEMINI_RUN_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -165,7 +167,7 @@ def nccl_abort() -> None:
     import torch
     import torch.distributed as dist
 
-    from real.inprocess import leave_attempt
+    from real.trainer.inprocess import leave_attempt
 
     _group("nccl")
     tensor = torch.ones(1024, device="cuda")
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    os.environ.setdefault("GEMINI_RUN_DIR", tempfile.mkdtemp(prefix="gemini-gpu-check-"))
+    os.environ.setdefault(GEMINI_RUN_DIR, tempfile.mkdtemp(prefix="gemini-gpu-check-"))
     steps: list[tuple[str, Any]] = [
         ("CUDA capture and restore", lambda: capture_and_restore(args.size_mb)),
         ("profiler under NCCL", profiler_under_nccl),

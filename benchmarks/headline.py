@@ -209,7 +209,7 @@ def main() -> int:
     probe = out / "probe-baseline"
     probe_settings = [
         "checkpoint.strategy=persistent",
-        "checkpoint.persistent_every_iterations=5",
+        "checkpoint.baseline_every_iterations=5",
         "training.iterations=15",
         "failures.schedule=[]",
     ]
@@ -226,7 +226,7 @@ def main() -> int:
     print("2. real runs")
     baseline_settings = [
         "checkpoint.strategy=persistent",
-        f"checkpoint.persistent_every_iterations={k}",
+        f"checkpoint.baseline_every_iterations={k}",
     ]
     measured = {"gemini": out / "real-gemini", "baseline": out / "real-baseline"}
     failed = [
@@ -270,7 +270,7 @@ def main() -> int:
             "Real runs: `gemini-ckpt real scenarios/headline.yaml --out OUT/real-gemini` and "
             f"`gemini-ckpt real scenarios/headline.yaml --out OUT/real-baseline "
             f"--set checkpoint.strategy=persistent --set "
-            f"checkpoint.persistent_every_iterations={k}`.",
+            f"checkpoint.baseline_every_iterations={k}`.",
             "",
             "Load (`uptime`): " + "; ".join(loads) + ".",
             "",

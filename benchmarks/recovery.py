@@ -61,7 +61,7 @@ def real_run(tree: Path, out: Path, strategy: str) -> Path:
     for setting in (*SETTINGS, f"checkpoint.strategy={strategy}"):
         command += ["--set", setting]
     if strategy == "persistent":
-        command += ["--set", "checkpoint.persistent_every_iterations=6"]
+        command += ["--set", "checkpoint.baseline_every_iterations=6"]
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as output:

@@ -1,4 +1,4 @@
-"""The paper's figures from the simulator (DESIGN section 7), printed as tables.
+"""The paper's figures from the simulator (docs/design.md section 7), printed as tables.
 
 Every input is the paper's setup (scenarios/paper/); nothing is tuned to an output. Run:
 ``.venv/bin/python benchmarks/sim_paper.py [--seeds 4] [--only wasted,interleaving,...]``.
@@ -24,11 +24,11 @@ from sim import simulate
 P4D = "scenarios/paper/gpt2-100b-p4d.yaml"
 P3DN = "scenarios/paper/gpt2-40b-p3dn.yaml"
 STRATEGIES = {
-    "strawman": ["checkpoint.strategy=persistent", "checkpoint.persistent_interval=strawman"],
+    "strawman": ["checkpoint.strategy=persistent", "checkpoint.baseline_interval=strawman"],
     "highfreq": [
         "checkpoint.strategy=persistent",
-        "checkpoint.persistent_interval=fixed",
-        "checkpoint.persistent_every_iterations=9",
+        "checkpoint.baseline_interval=fixed",
+        "checkpoint.baseline_every_iterations=9",
     ],
     "gemini": [],
 }
@@ -123,7 +123,7 @@ def young(seeds: int) -> None:
     cost, mtbf, iteration = 480.0, 86_400 / 8, 62.0
     intervals = list(range(20, 121, 5))
     ettr = [
-        _mean(P4D, [*base, f"checkpoint.persistent_every_iterations={k}"], seeds, "ettr")
+        _mean(P4D, [*base, f"checkpoint.baseline_every_iterations={k}"], seeds, "ettr")
         for k in intervals
     ]
     best = int(np.argmax(ettr))

@@ -5,7 +5,7 @@
 
 1. **Calibration**, once: ``gemini-ckpt calibrate --out OUT/calibration.yaml`` measures this
    machine and fits the laws of the recovery costs and the iteration to micro-measurements of
-   reference shapes (``real.calibrate.REFERENCE_SHAPES``), none of which is a validation
+   reference shapes (``benchmarks.calibrate.REFERENCE_SHAPES``), none of which is a validation
    scenario's shape, and never from a scenario's run. ``--calibration FILE`` reuses a file.
 2. **Each scenario** of ``scenarios/validation/`` (its strategy as its file says), one after
    the other: ``gemini-ckpt calibrate SCENARIO --laws OUT/calibration.yaml --profile micro``

@@ -1,10 +1,12 @@
 """What a warm spare trainer costs: resident memory and the time to become warm.
 
 A node agent keeps, per local rank, an active trainer and a warm spare, both started ahead of
-need: interpreter up, torch imported, an optimizer step taken once (``real.inprocess.prewarm``).
+need: interpreter up, torch imported, an optimizer step taken once
+(``real.trainer.inprocess.prewarm``).
 This starts one of each kind the agents run, the built-in GPT trainer and a user's script
 through the public ``Checkpointer`` (``examples/ddp_train.py``), exactly as an agent does
-(``real.agent.trainers.Worker``), waits until each says it is ready, and prints its resident
+(``real.agent.trainer_processes.Worker``), waits until each says it is ready, and prints its
+resident
 memory (VmRSS) and how long it took. Run: ``.venv/bin/python benchmarks/warm_spare.py``.
 """
 
@@ -17,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from real.agent.trainers import TrainerSpec, Worker
+from real.agent.trainer_processes import TrainerSpec, Worker
+from real.runtime.env import GEMINI_RUN_DIR, GEMINI_TOKEN
 
 MB = 1 << 20
 
@@ -26,7 +29,7 @@ def measure(spec: TrainerSpec, repeats: int) -> tuple[float, float]:
     """Median (seconds to ready, resident MB) over ``repeats`` spares started one by one."""
     seconds, resident = [], []
     for _ in range(repeats):
-        env = {"GEMINI_TOKEN": secrets.token_hex(16), "GEMINI_RUN_DIR": str(spec.run_dir)}
+        env = {GEMINI_TOKEN: secrets.token_hex(16), GEMINI_RUN_DIR: str(spec.run_dir)}
         started = time.monotonic()
         worker = Worker(spec, "bench", 0, env)
         try:

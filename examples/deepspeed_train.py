@@ -14,7 +14,8 @@ One machine, CPU and gloo, ZeRO-3 on two ranks; a failed worker makes torchrun r
     DS_ACCELERATOR=cpu torchrun --nproc-per-node 2 --max-restarts 1 \\
         examples/deepspeed_train.py --zero-stage 3
 
-``GEMINI_CRASH_AT_ITERATION=12 GEMINI_CRASH_RANK=1`` (``real.inject``) kills rank 1 there in the
+``GEMINI_CRASH_AT_ITERATION=12 GEMINI_CRASH_RANK=1`` (``real.trainer.inject``) kills rank 1 there in
+the
 first attempt. The last line of each rank (``state sha256 ...``) equals that of a
 run that never failed.
 """
@@ -37,9 +38,9 @@ from torch import nn
 
 from gemini_ckpt import Checkpointer
 from gemini_ckpt.adapters import deepspeed as ds_state
-from real.inject import crash_point_from_env, maybe_crash
-from real.procgroup import leave_process_group
-from real.state import flatten_state
+from real.engine.state import flatten_state
+from real.runtime.procgroup import leave_process_group
+from real.trainer.inject import crash_point_from_env, maybe_crash
 
 log = logging.getLogger("deepspeed_train")
 

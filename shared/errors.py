@@ -1,7 +1,9 @@
 """The project's own exceptions, in one place.
 
-Built-in exceptions (ValueError for bad arguments) are used wherever they fit; these few exist
-because callers need to tell them apart: the CLI maps ``ScenarioError`` to exit code 2.
+Built-in exceptions (ValueError for bad arguments) are used wherever they fit; the project's own
+errors all derive from ``GeminiError`` and live here, whichever layer raises them, so that
+callers can tell them apart (the CLI maps ``ScenarioError`` to exit code 2). Each also keeps
+the built-in base its callers catch (``ValueError``, ``ConnectionError``, ``RuntimeError``).
 """
 
 from __future__ import annotations
@@ -54,3 +56,32 @@ class HostCapacityError(GeminiError):
             "  run fewer or smaller nodes (--set cluster.nodes=4), or start it anyway with "
             "--force"
         )
+
+
+class KVError(GeminiError):
+    """The coordination kv store (etcd, or the embedded one) failed or refused an operation."""
+
+
+class NodeStoreError(GeminiError, RuntimeError):
+    """A node store (the node's checkpoint memory) refused a request, or replication was
+    abandoned."""
+
+
+class VerificationError(GeminiError, ValueError):
+    """Checkpoint bytes or manifest do not match their checksums (corruption, torn write)."""
+
+
+class ProtocolError(GeminiError, ConnectionError):
+    """The peer broke the wire format or failed authentication."""
+
+
+class MetadataVerificationError(GeminiError, ValueError):
+    """A persistent checkpoint's DCP metadata has no valid keyed sidecar: it is not unpickled."""
+
+
+class AttemptAborted(GeminiError, RuntimeError):
+    """The agent stopped this attempt (a failure somewhere in the job); the trainer parks."""
+
+
+class RunFolderError(GeminiError, ValueError):
+    """A run folder is missing or does not hold a valid run (the message names the file)."""

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from shared.failures import FailureKind
 from shared.placement import Placement
+from shared.recovery import FailureKind
 from shared.scenario import FailureKindName
 
 HarnessAction = Literal["kill_trainer", "kill_node", "partition_node"]

@@ -41,8 +41,8 @@ import numpy.typing as npt
 from scipy.special import gamma
 
 from shared.checks import require_finite_positive, require_int_at_least
+from shared.recovery import FailureKind
 
-FailureKind = Literal["software", "hardware"]
 """Software: processes die, the node and its memory survive. Hardware: the node is lost."""
 
 FailureDistribution = Literal["exponential", "weibull"]

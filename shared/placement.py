@@ -6,7 +6,7 @@ sends copies to ``replicas - 1`` peers, so that ``replicas`` (m) nodes hold it i
 state is fetched from any surviving holder; only when every holder of some checkpoint is lost does
 the job fall back to persistent storage (see :mod:`shared.probability`).
 
-Strategies (DESIGN section 3):
+Strategies (docs/design.md section 3):
 
 * ``group``: m must divide N. The nodes form N/m groups of consecutive ranks ({0..m-1},
   {m..2m-1}, ...); each node sends to the other m-1 members of its group. A checkpoint is lost

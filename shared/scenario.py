@@ -17,8 +17,8 @@ of our own.
 
 from __future__ import annotations
 
-from types import UnionType
-from typing import Annotated, Literal, Self, Union, get_args, get_origin
+import warnings
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -211,8 +211,16 @@ class TrainingConfig(_Strict):
         description="The trainer the agents run, a program and its arguments, started with "
         "torchrun's environment (a first item ending in .py runs with the agents' Python); "
         "it checkpoints with `from gemini_ckpt import Checkpointer`. Default: the built-in "
-        "GPT trainer (python -m real.trainer_main).",
+        "GPT trainer (python -m real.trainer.main).",
     )
+
+
+# The old names a scenario may still use, with a DeprecationWarning.
+RENAMED_CHECKPOINT_FIELDS = {
+    "persistent_every_iterations": "baseline_every_iterations",
+    "persistent_interval": "baseline_interval",
+    "persistent_interval_s": "baseline_interval_s",
+}
 
 
 class CheckpointConfig(_Strict):
@@ -253,16 +261,16 @@ class CheckpointConfig(_Strict):
     persist_every_iterations: int | None = Field(
         None, ge=1, description="Gemini: background persistence every K iterations (none: never)."
     )
-    persistent_interval: Literal["fixed", "strawman", "highfreq", "young", "daly"] = Field(
+    baseline_interval: Literal["fixed", "strawman", "highfreq", "young", "daly"] = Field(
         "fixed",
-        description="Baseline interval rule: fixed (persistent_every_iterations or "
-        "persistent_interval_s), strawman (every 3 h), highfreq (every ceil(t_save/T_iter) "
+        description="Baseline interval rule: fixed (baseline_every_iterations or "
+        "baseline_interval_s), strawman (every 3 h), highfreq (every ceil(t_save/T_iter) "
         "iterations), young or daly (optimal for the failure rate).",
     )
-    persistent_every_iterations: int | None = Field(
+    baseline_every_iterations: int | None = Field(
         None, ge=1, description="Baseline with a fixed interval: save every K iterations."
     )
-    persistent_interval_s: float | None = Field(
+    baseline_interval_s: float | None = Field(
         None, gt=0, description="Baseline with a fixed interval: save every this many s."
     )
     interval: Annotated[int, Field(ge=1)] | Literal["adaptive"] = Field(
@@ -299,6 +307,25 @@ class CheckpointConfig(_Strict):
         "decompression, raw GB/s; none: never the bottleneck.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        """Accept the fields' old names, with a warning (scenario files written before the
+        rename keep working)."""
+        if isinstance(data, dict):
+            for old, new in RENAMED_CHECKPOINT_FIELDS.items():
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"{old} is the old name of {new}: give only {new}")
+                    warnings.warn(
+                        f"checkpoint.{old} is deprecated: it is now checkpoint.{new}",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    data = {**data, new: data[old]}
+                    del data[old]
+        return data
+
     @field_validator("compression", mode="before")
     @classmethod
     def _yaml_switch(cls, value: object) -> object:
@@ -325,13 +352,12 @@ class CheckpointConfig(_Strict):
             raise ValueError("explicit_placement is only used with placement: explicit")
         if (
             self.strategy == "persistent"
-            and self.persistent_interval == "fixed"
-            and self.persistent_every_iterations is None
-            and self.persistent_interval_s is None
+            and self.baseline_interval == "fixed"
+            and self.baseline_every_iterations is None
+            and self.baseline_interval_s is None
         ):
             raise ValueError(
-                "a fixed persistent interval needs persistent_every_iterations or "
-                "persistent_interval_s"
+                "a fixed persistent interval needs baseline_every_iterations or baseline_interval_s"
             )
         if self.strategy == "persistent" and self.interval != 1:
             raise ValueError("interval applies to strategy gemini; the baseline has its own")
@@ -339,7 +365,7 @@ class CheckpointConfig(_Strict):
             raise ValueError("compression applies to strategy gemini (replication)")
         if self.persist_interval != "fixed" and self.strategy != "gemini":
             raise ValueError(
-                "persist_interval applies to strategy gemini; the baseline's is persistent_interval"
+                "persist_interval applies to strategy gemini; the baseline's is baseline_interval"
             )
         if self.persist_interval != "fixed" and self.persist_every_iterations is not None:
             raise ValueError(
@@ -608,69 +634,3 @@ class Scenario(_Strict):
         data = self.model_dump()
         data.update(changes)
         return Scenario.model_validate(data, strict=False)
-
-
-def schema_markdown() -> str:
-    """Every scenario field as Markdown tables, one per section, then the rules between them
-    (for docs/scenarios.md)."""
-    lines = [
-        "# Scenario fields",
-        "",
-        "Generated from `shared/scenario.py` by "
-        "`gemini-ckpt validate --schema`; do not edit by hand.",
-        "",
-    ]
-    _section_markdown(Scenario, "", lines)
-    from shared.scenario_rules_doc import rules_markdown  # it imports this module's users
-
-    return "\n".join(lines) + "\n" + rules_markdown()
-
-
-def _section_markdown(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
-    title = prefix.rstrip(".") or "top level"
-    doc = (model.__doc__ or "").strip().splitlines()[0]
-    lines += [
-        f"## {title}",
-        "",
-        doc,
-        "",
-        "| field | type | default | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
-    nested: list[tuple[str, type[BaseModel]]] = []
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            nested.append((name, annotation))
-            continue
-        type_name = _type_text(annotation)
-        if info.default_factory is not None:
-            default = repr(info.default_factory())  # type: ignore[call-arg]
-        elif info.is_required():
-            default = "required"
-        else:
-            default = repr(info.default)
-        description = (info.description or "").replace("|", "\\|")
-        lines.append(f"| `{prefix}{name}` | {type_name} | `{default}` | {description} |")
-    lines.append("")
-    for name, child in nested:
-        _section_markdown(child, f"{prefix}{name}.", lines)
-    if model is Scenario:
-        _section_markdown(ScheduledFailure, "failures.schedule[].", lines)
-        _section_markdown(FailureProcessConfig, "failures.process.", lines)
-        _section_markdown(PhaseConfig, "training.phases[].", lines)
-
-
-def _type_text(annotation: object) -> str:
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Annotated:
-        return _type_text(args[0])
-    if origin is Literal:
-        return " or ".join(repr(a) for a in args)
-    if origin in (Union, UnionType):
-        return " or ".join(_type_text(a) for a in args)
-    if origin is list:
-        return f"list of {_type_text(args[0])}"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))

@@ -295,14 +295,14 @@ def _memory(scenario: Scenario) -> list[Finding]:
 
 def _persistent_interval(scenario: Scenario) -> list[Finding]:
     ckpt = scenario.checkpoint
-    rule = ckpt.persistent_interval
+    rule = ckpt.baseline_interval
     if ckpt.strategy != "persistent" or rule not in ("young", "daly"):
         return []
     if scenario.failures.process is not None:
         return []
     return [
         Finding(
-            "checkpoint.persistent_interval",
+            "checkpoint.baseline_interval",
             f"{rule} needs failures.process for the MTBF; give a failure process or use "
             "fixed, strawman or highfreq",
         )
@@ -330,14 +330,14 @@ def _simulated_saves(scenario: Scenario, last_iteration: int, every: int | None)
     ckpt = scenario.checkpoint
     if ckpt.strategy == "gemini":
         field = "checkpoint.persist_every_iterations"
-    elif ckpt.persistent_interval == "fixed":
+    elif ckpt.baseline_interval == "fixed":
         field = (
-            "checkpoint.persistent_every_iterations"
-            if ckpt.persistent_every_iterations is not None
-            else "checkpoint.persistent_interval_s"
+            "checkpoint.baseline_every_iterations"
+            if ckpt.baseline_every_iterations is not None
+            else "checkpoint.baseline_interval_s"
         )
     else:
-        field = "checkpoint.persistent_interval"
+        field = "checkpoint.baseline_interval"
     if not every or last_iteration // every <= MAX_SIMULATED_SAVES:
         return []
     return [

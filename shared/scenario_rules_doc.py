@@ -7,7 +7,13 @@ The limits in the text come from the rules' own constants (``shared.scenario_rul
 
 from __future__ import annotations
 
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
 from shared.failures import _MAX_EXPECTED_EVENTS
+from shared.scenario import FailureProcessConfig, PhaseConfig, Scenario, ScheduledFailure
 from shared.scenario_rules import (
     MAX_CHUNKS_PER_ITERATION,
     MAX_SIMULATED_FAILURES,
@@ -48,8 +54,8 @@ def _rule_rows() -> list[tuple[str, str, str, str]]:
             "error",
         ),
         (
-            "`persistent_interval: young` or `daly` needs a failure process (the MTBF)",
-            "`checkpoint.persistent_interval`",
+            "`baseline_interval: young` or `daly` needs a failure process (the MTBF)",
+            "`checkpoint.baseline_interval`",
             "all",
             "error",
         ),
@@ -144,3 +150,69 @@ the job can reach.
 A long simulation shows its progress on stderr (simulated time, failures so far, events per
 second): a live line on a terminal, a printed line every 10 s otherwise.
 """
+
+
+def schema_markdown() -> str:
+    """Every scenario field as Markdown tables, one per section, then the rules between them
+    (for docs/scenarios.md)."""
+    lines = [
+        "# Scenario fields",
+        "",
+        "Generated from `shared/scenario.py` by "
+        "`gemini-ckpt validate --schema`; do not edit by hand.",
+        "",
+    ]
+    _section_markdown(Scenario, "", lines)
+    from shared.scenario_rules_doc import rules_markdown  # it imports this module's users
+
+    return "\n".join(lines) + "\n" + rules_markdown()
+
+
+def _section_markdown(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    title = prefix.rstrip(".") or "top level"
+    doc = (model.__doc__ or "").strip().splitlines()[0]
+    lines += [
+        f"## {title}",
+        "",
+        doc,
+        "",
+        "| field | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            nested.append((name, annotation))
+            continue
+        type_name = _type_text(annotation)
+        if info.default_factory is not None:
+            default = repr(info.default_factory())  # type: ignore[call-arg]
+        elif info.is_required():
+            default = "required"
+        else:
+            default = repr(info.default)
+        description = (info.description or "").replace("|", "\\|")
+        lines.append(f"| `{prefix}{name}` | {type_name} | `{default}` | {description} |")
+    lines.append("")
+    for name, child in nested:
+        _section_markdown(child, f"{prefix}{name}.", lines)
+    if model is Scenario:
+        _section_markdown(ScheduledFailure, "failures.schedule[].", lines)
+        _section_markdown(FailureProcessConfig, "failures.process.", lines)
+        _section_markdown(PhaseConfig, "training.phases[].", lines)
+
+
+def _type_text(annotation: object) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_text(a) for a in args)
+    if origin is list:
+        return f"list of {_type_text(args[0])}"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))

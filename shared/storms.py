@@ -14,7 +14,7 @@ the simulator stops a run as soon as ``stall_failure_limit`` failures in a row h
 without any training progress between them.
 
 These are pure functions of the scenario: ``shared.scenario_rules`` turns them into findings
-(an error or a warning) and ``sim.engine`` uses ``stall_failure_limit`` for its guard.
+(an error or a warning) and ``sim.simulation`` uses ``stall_failure_limit`` for its guard.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run summaries: the recovery phases of every failure and the run's totals.
 
 Both the simulator and the real harness derive their ``summary.json`` from their event log
-with ``summarize``, so the phases are measured the same way in both (DESIGN section 5):
+with ``summarize``, so the phases are measured the same way in both (docs/design.md section 5):
 
 - detection: failure injected -> failure detected;
 - stop: detected -> surviving trainers stopped;

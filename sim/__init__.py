@@ -6,7 +6,7 @@ several in parallel. See docs/simulator.md for the model and its assumptions.
 
 from __future__ import annotations
 
-from sim.engine import SimProgress
 from sim.replicate import SimResult, aggregate, replicate, simulate, write_result
+from sim.simulation import SimProgress
 
 __all__ = ["SimProgress", "SimResult", "aggregate", "replicate", "simulate", "write_result"]

@@ -17,7 +17,7 @@ Scenario failure kinds mean what ``shared.failure_kinds`` says, as in the real h
 ``software`` (memory survives) or ``hardware`` for recovery; ``group`` is planned here as every
 node of the named nodes' placement groups. A ``root_agent`` failure hits the node running the
 root agent when it strikes, which only the run knows: it is planned with the named nodes and
-resolved by the engine (``sim.engine``) with ``shared.failure_kinds.resolve_failure``.
+resolved by the simulation (``sim.simulation``) with ``shared.failure_kinds.resolve_failure``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class PlannedFailure:
         time_s: when it strikes (time-based), else 0.
         sequence: tie-breaker, the order the failure was planned in.
         nodes: nodes failing together, ascending (``root_agent``: the named nodes; the
-            engine replaces them by the root's node when the failure strikes).
+            simulation replaces them by the root's node when the failure strikes).
         kind: "software" or "hardware" (what recovery sees).
         label: the scenario's kind (software, hardware, network, root_agent, group).
         cause: "node", "domain:<name>" or "explicit".

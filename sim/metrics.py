@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.summary import RunSummary, failure_records
-from sim.engine import RunState
 from sim.model import SimModel
+from sim.simulation import RunState
 
 
 def build_summary(model: SimModel, state: RunState, seed: int, duration_s: float) -> RunSummary:

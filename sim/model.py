@@ -5,7 +5,7 @@ placement (``shared.placement``), the iteration profile and its idle spans, the 
 (``shared.scheduling``), the steady-state iteration with checkpoint traffic, the persistent
 interval, and the checkpoint memory per node. The scenario is checked first with the rules of
 ``shared.scenario_rules`` (the memory per node among them), and again with what the model
-derived (its iteration time), so a scenario this module accepts is one the engine can run.
+derived (its iteration time), so a scenario this module accepts is one the simulation can run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from shared.scenario_rules import (
     simulated_run_rules,
 )
 from sim.cadence import checkpoint_cadence, persist_every
-from sim.strategies import StrategyModel, persistent_interval, persistent_save_times
+from sim.strategies import StrategyModel, baseline_interval, persistent_save_times
 from sim.training import (
     IterationProfile,
     SteadyIteration,
@@ -117,7 +117,7 @@ def build_model(scenario: Scenario) -> SimModel:
         )
     else:
         steady = None
-        every, rule = persistent_interval(scenario, base_s)
+        every, rule = baseline_interval(scenario, base_s)
         # A serialised copy waits in host memory while it uploads.
         memory = shard if upload > 0 else 0.0
         strategy = StrategyModel(

@@ -1,6 +1,6 @@
 """Running a scenario: one seed (``simulate``), or several in parallel with confidence intervals.
 
-``simulate`` prepares the scenario (``sim.model``), runs the engine and builds the summary.
+``simulate`` prepares the scenario (``sim.model``), runs the simulation and builds the summary.
 ``replicate`` runs seeds ``scenario.seed, scenario.seed + 1, ...`` across processes and reports,
 for the headline metrics, the mean over seeds and a 95% confidence interval (Student's t over
 the per-seed values; a single seed has no interval).
@@ -22,9 +22,9 @@ from scipy import stats
 from shared.events import Event, write_events
 from shared.scenario import Scenario
 from shared.summary import RunSummary, write_summary
-from sim.engine import Engine, SimProgress
 from sim.metrics import build_summary
 from sim.model import build_model
+from sim.simulation import SimProgress, Simulation
 
 HEADLINE_METRICS: tuple[str, ...] = (
     "ettr",
@@ -55,13 +55,15 @@ def simulate(
 
     ``on_progress`` is called about twice a wall second with how far the run has got.
     Raises ``ScenarioError`` when the scenario breaks a rule of the simulator, or when a
-    failure storm stops the run (``sim.engine``).
+    failure storm stops the run (``sim.simulation``).
     """
     seed = scenario.seed if seed is None else seed
     model = build_model(scenario)
-    engine = Engine(model, seed, progress_interval_s=progress_interval_s, on_progress=on_progress)
-    state = engine.run()
-    summary = build_summary(model, state, seed, engine.duration_s)
+    simulation = Simulation(
+        model, seed, progress_interval_s=progress_interval_s, on_progress=on_progress
+    )
+    state = simulation.run()
+    summary = build_summary(model, state, seed, simulation.duration_s)
     return SimResult(summary, tuple(state.events))
 
 

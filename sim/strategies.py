@@ -6,7 +6,7 @@ iteration starts ``cycle_s`` after it started, plus a blocking ``pause_s`` after
 ``pause_every``-th iteration (a persistent save). Each checkpoint of iteration k completes at a
 fixed delay after k's end. So the simulator never steps through iterations: ``Timeline`` gives
 the end of iteration k, the iterations reached by time t and the newest checkpoint complete at
-time t in O(1) (or a bisection), and the engine jumps from failure to failure.
+time t in O(1) (or a bisection), and the simulation jumps from failure to failure.
 
 Strategies (``checkpoint.strategy``):
 
@@ -17,7 +17,7 @@ Strategies (``checkpoint.strategy``):
 - ``persistent`` (the paper's baselines): a blocking save every K iterations. The save
   serialises for ``storage.save_time_s`` (blocking), then uploads the bytes at the storage's
   aggregate bandwidth in the background; without ``save_time_s`` the save writes straight to
-  storage and blocks for the whole upload. K by ``persistent_interval``: ``fixed``;
+  storage and blocks for the whole upload. K by ``baseline_interval``: ``fixed``;
   ``strawman`` every 3 h; ``highfreq`` every ceil(t_ckpt / T_iter) iterations, t_ckpt the time
   a save takes to reach storage; ``young`` / ``daly`` from ``shared.costs`` with the blocking
   time as the checkpoint cost and the whole job's MTBF.
@@ -103,16 +103,16 @@ def persistent_save_times(scenario: Scenario) -> tuple[float, float]:
     return storage.save_time_s, upload
 
 
-def persistent_interval(scenario: Scenario, iteration_s: float) -> tuple[int, str]:
+def baseline_interval(scenario: Scenario, iteration_s: float) -> tuple[int, str]:
     """K of the persistent baseline and a description of the rule that chose it."""
     ckpt = scenario.checkpoint
     blocking, upload = persistent_save_times(scenario)
-    rule = ckpt.persistent_interval
+    rule = ckpt.baseline_interval
     if rule == "fixed":
-        if ckpt.persistent_every_iterations is not None:
-            return ckpt.persistent_every_iterations, "fixed"
-        assert ckpt.persistent_interval_s is not None
-        return max(1, round(ckpt.persistent_interval_s / iteration_s)), "fixed"
+        if ckpt.baseline_every_iterations is not None:
+            return ckpt.baseline_every_iterations, "fixed"
+        assert ckpt.baseline_interval_s is not None
+        return max(1, round(ckpt.baseline_interval_s / iteration_s)), "fixed"
     if rule == "strawman":
         return max(1, round(STRAWMAN_INTERVAL_S / iteration_s)), "strawman (every 3 h)"
     if rule == "highfreq":
@@ -121,7 +121,7 @@ def persistent_interval(scenario: Scenario, iteration_s: float) -> tuple[int, st
     if process is None:
         raise ScenarioError(
             scenario.name,
-            [f"checkpoint.persistent_interval: {rule} needs failures.process for the MTBF"],
+            [f"checkpoint.baseline_interval: {rule} needs failures.process for the MTBF"],
         )
     job_mtbf = process.node_mtbf_s(scenario.cluster.nodes) / scenario.cluster.nodes
     formula = costs.young_interval_s if rule == "young" else costs.daly_interval_s

@@ -23,7 +23,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 @pytest.fixture(autouse=True, scope="session")
 def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """What a run keeps in the user's configuration folder (the persistent tier's per-user key,
-    ``real.persistent.user_key_path``) goes to a temporary folder, not to ``~/.config``; the
+    ``real.persistent.metadata.user_key_path``) goes to a temporary folder, not to ``~/.config``;
+    the
     processes the tests start inherit it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))

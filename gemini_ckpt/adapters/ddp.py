@@ -18,7 +18,7 @@ took the state. Bitwise continuation on more than two ranks needs the same gradi
 layout as the uninterrupted run: keep ``bucket_cap_mb`` fixed, and since DDP regroups its
 buckets after its first backward, give every run (fresh or resumed) one warm-up forward and
 backward on a blank batch before its first real iteration, gradients dropped, as the built-in
-trainer does (``real.workload.trainer``). On two ranks the order of a sum does not matter.
+trainer does (``real.trainer.workload.trainer``). On two ranks the order of a sum does not matter.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from real.training_state import load_training_state, training_state
+from real.trainer.training_state import load_training_state, training_state
 
 
 def state_dict(

@@ -44,9 +44,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from real.state import JSON_LEAVES
-from real.training_state import clone_state
-from real.workload.rng import capture_rng_state, restore_rng_state
+from real.engine.state import JSON_LEAVES
+from real.trainer.training_state import clone_state
+from real.trainer.workload.rng import capture_rng_state, restore_rng_state
 
 COUNTERS = ("global_steps", "global_samples", "skipped_steps", "micro_steps")
 # Entries of the ZeRO optimizer's state_dict() that describe the engine's layout for DeepSpeed's

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from real.training_state import load_training_state, training_state
+from real.trainer.training_state import load_training_state, training_state
 
 
 def state_dict(

@@ -1,7 +1,7 @@
 """``gemini-ckpt bench``: benchmarks that print figures (not timed tests).
 
 ``gemini-ckpt bench engine`` measures the in-memory checkpoint engine against its baselines,
-side by side in one run (``real.engine.bench`` and ``real.engine.bench_training``): capture vs
+side by side in one run (``benchmarks.engine`` and ``benchmarks.engine_training``): capture vs
 a plain tensor copy, replication vs raw TCP to the same store process, restore from local memory
 vs a DCP load from disk, checkpoint memory as a fraction of the node's memory (also for the
 ~20M-parameter demo model), and training iteration time with per-iteration checkpoints
@@ -86,7 +86,7 @@ def engine(
     """Capture, replication, restore, memory and training overhead of the engine."""
     import warnings
 
-    from real.engine.bench import bench_micro
+    from benchmarks.engine import bench_micro
 
     warnings.filterwarnings("ignore", module="torch.distributed.checkpoint")
     click.echo(f"$ gemini-ckpt {shlex.join(sys.argv[1:])}")

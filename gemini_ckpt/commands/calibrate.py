@@ -1,9 +1,9 @@
 """``gemini-ckpt calibrate [SCENARIO] [--out FILE]``: measure this machine for the simulator.
 
-Measures what does not depend on a scenario (``real.calibrate.measure_machine``: memory copy,
+Measures what does not depend on a scenario (``benchmarks.calibrate.measure_machine``: memory copy,
 loopback TCP, storage in the run folder's filesystem, process start) and fits the **laws** of
 the recovery costs and the iteration (``analysis.calibration.LAW_FORMS``) to micro-measurements
-of reference shapes (``real.calibrate.REFERENCE_SHAPES``: warm ranks joining and rejoining a
+of reference shapes (``benchmarks.calibrate.REFERENCE_SHAPES``: warm ranks joining and rejoining a
 gloo group, a collective failing, loading a state, a few iterations). The file then applies to
 any scenario: ``gemini-ckpt sim SCENARIO --calibration FILE`` evaluates the laws at the
 scenario's world size, parameters, state and links (``analysis.calibration.scenario_overrides``),
@@ -109,8 +109,9 @@ def command(
         scenario_overrides,
         write_calibration,
     )
-    from analysis.results import RunFolderError, load_runs
-    from real.calibrate import CalibrationOptions, measure_machine, measure_recovery
+    from analysis.results import load_runs
+    from benchmarks.calibrate import CalibrationOptions, measure_machine, measure_recovery
+    from shared.errors import RunFolderError
     from shared.scenario_loader import load_scenario
 
     console = Console(stderr=True)
@@ -207,7 +208,8 @@ def profile_run(scenario: Path, overrides: tuple[str, ...], directory: Path) -> 
     import tempfile
 
     from analysis.calibration import runnable_processes
-    from analysis.results import RunFolderError, load_run
+    from analysis.results import load_run
+    from shared.errors import RunFolderError
 
     background = runnable_processes()  # other jobs' runnable processes as it starts
     with tempfile.TemporaryDirectory(prefix=".profile-", dir=directory) as folder:

@@ -47,7 +47,8 @@ def command(
 
     from analysis.calibration import calibration_scenarios, load_calibration
     from analysis.report import write_report
-    from analysis.results import RunFolderError, load_runs, split_sweep
+    from analysis.results import load_runs, split_sweep
+    from shared.errors import RunFolderError
 
     try:
         runs = load_runs(run_dirs)

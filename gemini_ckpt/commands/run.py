@@ -16,7 +16,7 @@ names no persistent interval, it saves every K iterations by the HighFreq rule, 
 T_iter) from the scenario's save cost and iteration time (``baseline_overrides``).
 
 Before it simulates, the job **calibrates this machine** (``OUT/calibration.yaml``, a few
-seconds): micro-benchmarks of an in-process recovery (``real.calibrate.measure_recovery``: a
+seconds): micro-benchmarks of an in-process recovery (``benchmarks.calibrate.measure_recovery``: a
 warm rank joining and rejoining a gloo group around the scenario's model, a collective failing
 when a peer vanishes, a probe round trip, a killed child's exit notice, loading a state, the
 iteration), turned into recovery costs by ``analysis.calibration.recovery_costs``. So the
@@ -71,19 +71,19 @@ def baseline_overrides(scenario: Scenario) -> list[str]:
     overrides = ["checkpoint.strategy=persistent"]
     checkpoint = scenario.checkpoint
     if (
-        checkpoint.persistent_interval == "fixed"
-        and checkpoint.persistent_every_iterations is None
-        and checkpoint.persistent_interval_s is None
+        checkpoint.baseline_interval == "fixed"
+        and checkpoint.baseline_every_iterations is None
+        and checkpoint.baseline_interval_s is None
     ):
         from sim.model import build_model
 
         highfreq = scenario.replace(
             checkpoint=checkpoint.model_copy(
-                update={"strategy": "persistent", "persistent_interval": "highfreq"}
+                update={"strategy": "persistent", "baseline_interval": "highfreq"}
             )
         )
         every = build_model(highfreq).strategy.persist_every or 1
-        overrides.append(f"checkpoint.persistent_every_iterations={every}")
+        overrides.append(f"checkpoint.baseline_every_iterations={every}")
     return overrides
 
 
@@ -152,13 +152,13 @@ class ChildRun:
 def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> dict[str, Any]:
     """Measure this machine's recovery costs for ``scenario`` and write ``out/calibration.yaml``.
 
-    Micro-benchmarks only (``real.calibrate.measure_recovery``), never the scenario's run.
+    Micro-benchmarks only (``benchmarks.calibrate.measure_recovery``), never the scenario's run.
     Returns the calibration document (with its ``overrides``).
     """
     import platform
 
     from analysis.calibration import scenario_overrides, write_calibration
-    from real.calibrate import CalibrationOptions, measure_recovery
+    from benchmarks.calibrate import CalibrationOptions, measure_recovery
 
     loaded = load_scenario(scenario, overrides)
     measurements = measure_recovery(CalibrationOptions(scenario, tuple(overrides), out, quick=True))
@@ -349,7 +349,8 @@ def _sets(settings: Sequence[str]) -> list[str]:
 
 def _report(out: Path, calibrated_on: Sequence[str], gif: bool, video: bool) -> Any:
     from analysis.report import write_report
-    from analysis.results import RunFolderError, load_runs, split_sweep
+    from analysis.results import load_runs, split_sweep
+    from shared.errors import RunFolderError
 
     try:
         runs = load_runs([out])

@@ -41,10 +41,10 @@ PROGRESS_LINE_S = 10.0
 STRATEGIES: dict[str, list[str]] = {
     "gemini": ["checkpoint.strategy=gemini"],
     "persistent": ["checkpoint.strategy=persistent"],
-    "strawman": ["checkpoint.strategy=persistent", "checkpoint.persistent_interval=strawman"],
-    "highfreq": ["checkpoint.strategy=persistent", "checkpoint.persistent_interval=highfreq"],
-    "young": ["checkpoint.strategy=persistent", "checkpoint.persistent_interval=young"],
-    "daly": ["checkpoint.strategy=persistent", "checkpoint.persistent_interval=daly"],
+    "strawman": ["checkpoint.strategy=persistent", "checkpoint.baseline_interval=strawman"],
+    "highfreq": ["checkpoint.strategy=persistent", "checkpoint.baseline_interval=highfreq"],
+    "young": ["checkpoint.strategy=persistent", "checkpoint.baseline_interval=young"],
+    "daly": ["checkpoint.strategy=persistent", "checkpoint.baseline_interval=daly"],
 }
 
 

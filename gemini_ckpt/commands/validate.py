@@ -15,9 +15,10 @@ import click
 
 from gemini_ckpt.cli import warn
 from shared.errors import ScenarioError
-from shared.scenario import Scenario, schema_markdown
+from shared.scenario import Scenario
 from shared.scenario_loader import load_scenario
 from shared.scenario_rules import Face, check_scenario, warnings
+from shared.scenario_rules_doc import schema_markdown
 
 
 def scenario_warnings(scenario: Scenario, faces: Collection[Face], source: str) -> list[str]:

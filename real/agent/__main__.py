@@ -2,6 +2,6 @@
 
 import sys
 
-from gemini_ckpt.commands.agent import command
+from real.agent.command import command
 
-sys.exit(command.main(standalone_mode=True))
+sys.exit(command.main(prog_name="python -m real.agent", standalone_mode=True))

@@ -6,7 +6,8 @@ in the root election (the winner also runs :class:`~real.agent.root.RootAgent` i
 and follows the root's **attempt record** (``job/attempt``, :mod:`real.agent.jobkeys`):
 
 - ``running`` and this node a member: assign the attempt to this node's trainers, already
-  running and warm (:mod:`real.agent.trainers`), with the attempt's rendezvous, store addresses
+  running and warm (:mod:`real.agent.trainer_processes`), with the attempt's rendezvous, store
+  addresses
   and restore plan;
 - ``stopped`` (or a newer attempt): abort the older attempt: the trainers leave it and wait,
   in process, for the next one; those that died or are stuck are replaced by warm spares. Then
@@ -21,7 +22,7 @@ reported as a suspect (``suspects/<node>/<rank>``), on which the root probes eve
 finishes writes ``done/<attempt>/<rank>``.
 
 **Persistence.** The background persistence to the persistent tier every K iterations is the
-trainer-side checkpointer's (``real.persistent.BackgroundPersister`` needs the trainers'
+trainer-side checkpointer's (``real.persistent.persister.BackgroundPersister`` needs the trainers'
 process group for DCP's collective save); the agent does not copy slots to storage itself.
 That keeps one writer per checkpoint and a layout plain DCP loads.
 
@@ -42,14 +43,17 @@ from typing import Any
 
 from real.agent import jobkeys
 from real.agent.root import RootAgent  # at start, not on winning: see _launch_root
-from real.agent.trainers import TrainerPool, TrainerSpec, trainer_env
+from real.agent.trainer_processes import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
+from real.coord.connect import connect_kv
 from real.coord.election import Election
 from real.coord.heartbeat import Heartbeat
-from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.coord.kv import KeyValueStore
 from real.coord.probe import ProbeServer
+from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
-from real.eventlog import EventLog
+from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
+from shared.errors import KVError
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -129,7 +133,7 @@ class NodeAgent:
         with a store client of its own, until the agent stops)."""
         try:
             kv = connect_kv(self.config.kv_url)
-        except StoreError as error:
+        except KVError as error:
             log.warning("node %d: no store watch (%s); polling", self.config.node_id, error)
             return
         try:
@@ -137,7 +141,7 @@ class NodeAgent:
             while not self.stopping.is_set():
                 try:
                     cursor, changed = kv.watch(prefixes, cursor, WATCH_S)
-                except StoreError as error:
+                except KVError as error:
                     log.warning("node %d: store watch: %s", self.config.node_id, error)
                     cursor = None
                     self.stopping.wait(POLL_S)
@@ -180,9 +184,9 @@ class NodeAgent:
                 config.spec,
                 config.node_id,
                 {
-                    "GEMINI_TOKEN": config.token,
-                    "GEMINI_RUN_DIR": str(self.run_dir),
-                    "GEMINI_RUN_T0": repr(config.t0),
+                    GEMINI_TOKEN: config.token,
+                    GEMINI_RUN_DIR: str(self.run_dir),
+                    GEMINI_RUN_T0: repr(config.t0),
                 },
                 spares_now=config.slot is not None,
                 on_change=self.wake.set,
@@ -263,7 +267,7 @@ class NodeAgent:
             try:
                 order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}")
                 record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
-            except StoreError as error:
+            except KVError as error:
                 log.warning("node %d: store error: %s", node_id, error)
                 order = record = None
             if record is not None and record.get("state") in ("finished", "failed"):
@@ -325,7 +329,7 @@ class NodeAgent:
     def _run_root(self, stop: threading.Event) -> None:
         try:
             kv = connect_kv(self.config.kv_url)
-        except StoreError as error:
+        except KVError as error:
             log.error("node %d: root cannot reach the store: %s", self.config.node_id, error)
             return
         try:
@@ -364,7 +368,7 @@ class NodeAgent:
                 if record is not None and not self._apply(record):
                     return 1 if self.job_failed else 0
                 self._watch_trainers(record)
-            except StoreError as error:
+            except KVError as error:
                 log.warning("node %d: store error: %s", self.config.node_id, error)
             self.wake.wait(POLL_S)
             self.wake.clear()  # what woke it is read by the next pass
@@ -513,7 +517,8 @@ class NodeAgent:
 def _rendezvous_store(host: str) -> Any:
     """A torch ``TCPStore`` listening on ``host`` for the whole job: the trainers of every
     attempt form their process group through the store of slot 0's agent, each attempt under
-    its own key prefix (:func:`real.inprocess.join_process_group`), so it is listening before
+    its own key prefix (:func:`real.trainer.inprocess.join_process_group`), so it is listening
+    before
     any rank arrives."""
     import datetime
 

@@ -48,13 +48,14 @@ from typing import Any
 from real.agent import jobkeys
 from real.coord import keys
 from real.coord.detector import Detection, FailureDetector
-from real.coord.kv import KeyValueStore, StoreError
+from real.coord.kv import KeyValueStore
 from real.coord.operator import CloudOperator
 from real.coord.probe import probe_all
 from real.engine.client import StoreClient
+from real.engine.eventlog import EventLog
 from real.engine.restore import latest_persistent
-from real.eventlog import EventLog
-from real.processes import free_port
+from real.runtime.processes import free_port
+from shared.errors import KVError
 from shared.failure_kinds import HARDWARE_KINDS
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
@@ -133,7 +134,7 @@ class RootAgent:
             prober=self._probe,
             suspect_grace_s=detection.probe_timeout_s + detection.abort_timeout_s,
         )
-        # The trainers' rule (real.trainer_main.storage_url), not imported from there: that
+        # The trainers' rule (real.trainer.main.storage_url), not imported from there: that
         # module pulls the training stack in, seconds of import on a loaded machine.
         self.persistent_url = scenario.cluster.storage.url or str(run_dir / "persistent")
         self.recoveries = 0
@@ -147,7 +148,7 @@ class RootAgent:
             return
         try:
             self._cursor, _ = self.kv.watch(WATCHED, self._cursor, POLL_S)
-        except StoreError as error:
+        except KVError as error:
             log.warning("node %d: root: store watch: %s", self.node_id, error)
             self._cursor = None
             self.stop.wait(POLL_S)
@@ -703,4 +704,4 @@ def _free_port(host: str) -> int:
             return free_port(address)
         except OSError:
             continue
-    raise StoreError("no free port for the rendezvous")
+    raise KVError("no free port for the rendezvous")

@@ -5,11 +5,13 @@ This layer knows nothing of checkpoints or trainers; the node agents and the roo
 on it. See ``docs/coordination.md`` for the design and the key layout (:mod:`.keys`).
 """
 
+from real.coord.connect import connect_kv
 from real.coord.detector import Detection, FailureDetector
 from real.coord.election import Election
 from real.coord.heartbeat import Heartbeat, report_exit
-from real.coord.kv import KeyValueStore, Lease, StoreError, connect_kv
+from real.coord.kv import KeyValueStore, Lease
 from real.coord.operator import CloudOperator, Replacement
+from shared.errors import KVError
 
 __all__ = [
     "CloudOperator",
@@ -17,10 +19,10 @@ __all__ = [
     "Election",
     "FailureDetector",
     "Heartbeat",
+    "KVError",
     "KeyValueStore",
     "Lease",
     "Replacement",
-    "StoreError",
     "connect_kv",
     "report_exit",
 ]

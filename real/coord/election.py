@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 
 from real.coord import keys
-from real.coord.kv import KeyValueStore, Lease, StoreError
-from real.eventlog import EventLog
+from real.coord.kv import KeyValueStore, Lease
+from real.engine.eventlog import EventLog
+from shared.errors import KVError
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Election:
         if lease is not None:
             try:
                 lease.revoke()
-            except StoreError as error:
+            except KVError as error:
                 logger.warning("node %d: could not revoke election lease: %s", self.node_id, error)
         self._set_leader(False)
 
@@ -144,7 +145,7 @@ class Election:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except StoreError as error:
+            except KVError as error:
                 logger.warning("node %d: election store error: %s", self.node_id, error)
             self._stop.wait(tick)
 

@@ -36,9 +36,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from real.coord.kv import KeyValueStore, Lease, StoreError, job_token
+from real.coord.kv import KeyValueStore, Lease, job_token
 from real.coord.kvserver import KV_SERVICE, MAX_WATCH_S
 from real.engine import protocol
+from shared.errors import KVError
 
 LEASE_PREFIX = "__lease__/"
 _DEAD_LEASE = -1
@@ -86,7 +87,7 @@ class _Connection:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout_s)
         except OSError as error:
-            raise StoreError(
+            raise KVError(
                 f"no coordination store answers at {url}: {error}; start one with "
                 "`python -m real.coord.kvserver` or real.coord.kvserver.StoreServer"
             ) from error
@@ -95,7 +96,7 @@ class _Connection:
             protocol.client_handshake(self.sock, token, KV_SERVICE)
         except (ConnectionError, OSError) as error:
             self.sock.close()
-            raise StoreError(
+            raise KVError(
                 f"the coordination store at {url} and this client do not share the job's "
                 f"secret: {error}"
             ) from error
@@ -121,7 +122,7 @@ class EmbeddedKV(KeyValueStore):
         token: the job's secret (default: ``GEMINI_TOKEN``).
 
     Raises:
-        StoreError: nothing answers, or the store and this client do not share the secret.
+        KVError: nothing answers, or the store and this client do not share the secret.
     """
 
     def __init__(
@@ -146,7 +147,7 @@ class EmbeddedKV(KeyValueStore):
         host, port, secret, timeout_s = self._address
         return _Connection(host, port, secret, timeout_s, self.url)
 
-    # -- raw store access (every call under the lock, errors as StoreError) --
+    # -- raw store access (every call under the lock, errors as KVError) --
 
     def _call(self, op: str, key: str, payload: bytes | None = None, **fields: Any) -> Any:
         with self._lock:
@@ -158,7 +159,7 @@ class EmbeddedKV(KeyValueStore):
                 # A reply may still be on its way: never read it as the next request's.
                 self._store.close()
                 self._store = None
-                raise StoreError(
+                raise KVError(
                     f"coordination store at {self.url}: {op} {key!r} failed: {error}"
                 ) from error
 
@@ -210,7 +211,7 @@ class EmbeddedKV(KeyValueStore):
         if lease is None:
             return 0
         if not self._lease_alive(lease.id):
-            raise StoreError(
+            raise KVError(
                 f"cannot write {key!r} with lease {lease.id}: the lease has expired; "
                 "grant a new one"
             )
@@ -289,7 +290,7 @@ class EmbeddedKV(KeyValueStore):
         timeout_s = max(0.0, min(timeout_s, 0.5 * self._address[3], MAX_WATCH_S))
         with self._watch_lock:
             if self._closed:
-                raise StoreError(f"the client of {self.url} is closed; connect_kv() a new one")
+                raise KVError(f"the client of {self.url} is closed; connect_kv() a new one")
             if self._watcher is None:
                 self._watcher = self._connect()
             try:
@@ -303,9 +304,7 @@ class EmbeddedKV(KeyValueStore):
             except (OSError, ValueError) as error:
                 self._watcher.close()
                 self._watcher = None
-                raise StoreError(
-                    f"coordination store at {self.url}: watch failed: {error}"
-                ) from error
+                raise KVError(f"coordination store at {self.url}: watch failed: {error}") from error
             return int(header["revision"]), bool(header["changed"])
 
     def close(self) -> None:
@@ -323,13 +322,13 @@ class EmbeddedKV(KeyValueStore):
 
 
 class _Closed:
-    """Stands in for the connection after ``close``: every call raises StoreError."""
+    """Stands in for the connection after ``close``: every call raises KVError."""
 
     def __init__(self, url: str) -> None:
         self.url = url
 
     def __getattr__(self, name: str) -> Any:
-        raise StoreError(f"the client of {self.url} is closed; connect_kv() a new one")
+        raise KVError(f"the client of {self.url} is closed; connect_kv() a new one")
 
 
 def _check_key(key: str) -> None:

@@ -40,11 +40,19 @@ from typing import Any
 from etcd3gw import exceptions as etcd_exceptions
 from etcd3gw.client import Etcd3Client
 
-from real.coord.kv import TOKEN_ENV, KeyValueStore, Lease, StoreError
+from real.coord.kv import TOKEN_ENV, KeyValueStore, Lease
+from real.runtime.env import (
+    GEMINI_ETCD_CA,
+    GEMINI_ETCD_CERT,
+    GEMINI_ETCD_KEY,
+    GEMINI_ETCD_PASSWORD,
+    GEMINI_ETCD_PASSWORD_FILE,
+)
+from shared.errors import KVError
 
 API_PATH = "/v3/"
-PASSWORD_ENV, PASSWORD_FILE_ENV = "GEMINI_ETCD_PASSWORD", "GEMINI_ETCD_PASSWORD_FILE"
-CA_ENV, CERT_ENV, KEY_ENV = "GEMINI_ETCD_CA", "GEMINI_ETCD_CERT", "GEMINI_ETCD_KEY"
+PASSWORD_ENV, PASSWORD_FILE_ENV = GEMINI_ETCD_PASSWORD, GEMINI_ETCD_PASSWORD_FILE
+CA_ENV, CERT_ENV, KEY_ENV = GEMINI_ETCD_CA, GEMINI_ETCD_CERT, GEMINI_ETCD_KEY
 # What etcd answers when a request's auth token is missing, expired or unknown.
 _LOGIN_AGAIN = ("invalid auth token", "auth token is expired", "user name is empty")
 
@@ -158,7 +166,7 @@ class EtcdLease(Lease):
             self._store._call("/kv/lease/revoke", {"ID": self.id})
 
 
-class _LeaseNotFound(StoreError):
+class _LeaseNotFound(KVError):
     """etcd answered 404: the lease is unknown (expired or revoked)."""
 
 
@@ -173,7 +181,7 @@ class EtcdKV(KeyValueStore):
         options: user, password and TLS (default: none, plain HTTP).
 
     Raises:
-        StoreError: nothing answers, or etcd refused the user's credentials.
+        KVError: nothing answers, or etcd refused the user's credentials.
     """
 
     def __init__(
@@ -220,7 +228,7 @@ class EtcdKV(KeyValueStore):
                 **self._request,
             )
         except etcd_exceptions.Etcd3Exception as error:
-            raise StoreError(
+            raise KVError(
                 f"etcd at {self.url} refused user {self.options.user!r}: {_text(error)}; check "
                 f"{PASSWORD_ENV} / {PASSWORD_FILE_ENV} (or {TOKEN_ENV} for a user made for "
                 "this job)"
@@ -247,11 +255,11 @@ class EtcdKV(KeyValueStore):
             if "Not Found" in text or "lease not found" in text:
                 raise _LeaseNotFound(f"{self.url}: lease not found (expired or revoked)") from error
             if "user name is empty" in text or "permission denied" in text:
-                raise StoreError(
+                raise KVError(
                     f"etcd at {self.url} refused {path}: {text}; this etcd requires a user: "
                     "etcd://USER@HOST:PORT with its password in GEMINI_ETCD_PASSWORD"
                 ) from error
-            raise StoreError(
+            raise KVError(
                 f"etcd at {self.url} failed on {path}: {text or type(error).__name__}; "
                 "is etcd running there?"
             ) from error
@@ -284,7 +292,7 @@ class EtcdKV(KeyValueStore):
         try:
             self._call("/kv/put", payload)
         except _LeaseNotFound as error:
-            raise StoreError(
+            raise KVError(
                 f"cannot write {key!r} with lease {lease.id if lease else None}: the lease has "
                 "expired; grant a new one"
             ) from error
@@ -304,7 +312,7 @@ class EtcdKV(KeyValueStore):
         try:
             result = self._call("/kv/txn", transaction)
         except _LeaseNotFound as error:
-            raise StoreError(f"cannot create {key!r}: lease {put.get('lease')} expired") from error
+            raise KVError(f"cannot create {key!r}: lease {put.get('lease')} expired") from error
         return bool(result.get("succeeded", False))
 
     def delete(self, key: str, *, prefix: bool = False) -> int:

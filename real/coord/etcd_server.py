@@ -37,8 +37,9 @@ import urllib.request
 from pathlib import Path
 
 from real.coord.etcd_kv import derived_password
-from real.coord.kv import TOKEN_ENV, StoreError
-from real.processes import free_port, stop_process
+from real.coord.kv import TOKEN_ENV
+from real.runtime.processes import free_port, stop_process
+from shared.errors import KVError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def enable_auth(client_url: str, token: str, user: str = "gemini") -> None:
     never on a command line.
 
     Raises:
-        StoreError: etcd refused a step (auth already on, say).
+        KVError: etcd refused a step (auth already on, say).
     """
     password = derived_password(token)
     every_key = base64.b64encode(b"\0").decode()
@@ -86,9 +87,7 @@ def enable_auth(client_url: str, token: str, user: str = "gemini") -> None:
             with urllib.request.urlopen(request, timeout=5.0) as response:
                 response.read()
         except (OSError, urllib.error.URLError) as error:
-            raise StoreError(
-                f"etcd at {client_url}: auth set-up ({step}) failed: {error}"
-            ) from error
+            raise KVError(f"etcd at {client_url}: auth set-up ({step}) failed: {error}") from error
 
 
 class EtcdServer:
@@ -141,7 +140,7 @@ class EtcdServer:
         """Start etcd and wait until it answers; retries when a chosen port was taken."""
         binary = etcd_binary()
         if binary is None:
-            raise StoreError(
+            raise KVError(
                 "etcd is not installed: install Debian's etcd-server "
                 "(GEMINI_SETUP_APT=1 ./setup.sh) or use the embedded store (tcpstore://)"
             )
@@ -150,10 +149,10 @@ class EtcdServer:
             try:
                 self._start_once(binary)
                 return self
-            except StoreError as error:
+            except KVError as error:
                 last_error = error
                 self.stop()
-        raise StoreError(f"etcd did not start after {attempts} attempts: {last_error}")
+        raise KVError(f"etcd did not start after {attempts} attempts: {last_error}")
 
     def _start_once(self, binary: str) -> None:
         self._data_dir = Path(tempfile.mkdtemp(prefix="gemini-etcd-"))
@@ -182,14 +181,14 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 tail = Path(log_path).read_text(errors="replace")[-2000:]
-                raise StoreError(f"etcd exited with {self._process.returncode} at start:\n{tail}")
+                raise KVError(f"etcd exited with {self._process.returncode} at start:\n{tail}")
             if self._answers(client_url):
                 if self.token is not None:
                     enable_auth(client_url, self.token, self.USER)
                 logger.info("etcd ready at %s (pid %d)", client_url, self._process.pid)
                 return
             time.sleep(0.05)
-        raise StoreError(f"etcd did not answer at {client_url} within {self.start_timeout_s} s")
+        raise KVError(f"etcd did not answer at {client_url} within {self.start_timeout_s} s")
 
     @staticmethod
     def _answers(client_url: str) -> bool:

@@ -26,7 +26,8 @@ import threading
 import time
 
 from real.coord import keys
-from real.coord.kv import KeyValueStore, Lease, StoreError
+from real.coord.kv import KeyValueStore, Lease
+from shared.errors import KVError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Heartbeat:
         if revoke and lease is not None:
             try:
                 lease.revoke()
-            except StoreError as error:
+            except KVError as error:
                 logger.warning("node %d: could not revoke heartbeat lease: %s", self.node_id, error)
 
     def __enter__(self) -> Heartbeat:
@@ -97,7 +98,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 self._beat()
-            except StoreError as error:
+            except KVError as error:
                 logger.warning("node %d: heartbeat failed: %s", self.node_id, error)
 
     def _beat(self) -> None:

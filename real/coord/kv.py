@@ -43,9 +43,9 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from shared.errors import GeminiError
+from real.runtime.env import GEMINI_TOKEN
 
-TOKEN_ENV = "GEMINI_TOKEN"
+TOKEN_ENV = GEMINI_TOKEN
 SCHEMES = ("etcd", "etcds", "tcpstore")
 
 
@@ -62,14 +62,6 @@ def job_token(token: str | None = None) -> str:
             "(the same value for every agent of the job)"
         )
     return secret
-
-
-class StoreError(GeminiError):
-    """The key-value store cannot be reached or refused an operation.
-
-    Raised by both backends for connection failures and timeouts, with the store's URL in the
-    message; the original exception is chained (``raise ... from``).
-    """
 
 
 class Lease(abc.ABC):
@@ -119,7 +111,7 @@ class KeyValueStore(abc.ABC):
         """Write ``key``; with a lease, the key vanishes when the lease ends.
 
         Raises:
-            StoreError: the lease has already expired (the key is not written).
+            KVError: the lease has already expired (the key is not written).
         """
 
     @abc.abstractmethod
@@ -197,31 +189,3 @@ def parse_kv_url(url: str) -> tuple[str, str, int, str]:
         raise ValueError(f"store URL {url!r}: give a host and a port, e.g. 127.0.0.1:2379")
     namespace = parts.path.strip("/")
     return parts.scheme, parts.hostname, port, f"{namespace}/" if namespace else ""
-
-
-def connect_kv(url: str, *, timeout_s: float = 5.0, token: str | None = None) -> KeyValueStore:
-    """A client of the store at ``url``.
-
-    Args:
-        url: ``etcd://[USER@]HOST:PORT[/NAMESPACE]`` (etcd's HTTP gateway; ``etcds://``: over
-            TLS; with a user: authenticated, see :mod:`real.coord.etcd_kv`) or
-            ``tcpstore://HOST:PORT[/NAMESPACE]`` (an embedded store process, see
-            :class:`~real.coord.kvserver.StoreServer`).
-        timeout_s: how long one operation may take before :class:`StoreError`.
-        token: the job's secret (default: ``GEMINI_TOKEN``): the embedded store's key, and
-            etcd's password source when no password is configured.
-
-    Raises:
-        ValueError: the URL is malformed, or a secret it needs is not set.
-        StoreError: nothing answers at the URL, or it refused our credentials, or it could not
-            prove it belongs to the job (embedded store).
-    """
-    scheme, host, port, namespace = parse_kv_url(url)
-    if scheme in ("etcd", "etcds"):
-        from real.coord.etcd_kv import EtcdKV, etcd_options
-
-        options = etcd_options(urlsplit(url).username, tls=scheme == "etcds", token=token)
-        return EtcdKV(host, port, namespace=namespace, timeout_s=timeout_s, options=options)
-    from real.coord.embedded_kv import EmbeddedKV
-
-    return EmbeddedKV(host, port, namespace=namespace, timeout_s=timeout_s, token=job_token(token))

@@ -1,4 +1,5 @@
-"""The embedded store process: a small key-value server the agents reach at ``tcpstore://HOST:PORT``.
+"""The embedded store process: a small key-value server the agents reach at
+``tcpstore://HOST:PORT``.
 
 Run as ``GEMINI_TOKEN=... python -m real.coord.kvserver --host 127.0.0.1 --port 0
 [--port-file PATH]``: it listens on exactly that address (loopback by default: one machine;
@@ -55,9 +56,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from real.coord.kv import TOKEN_ENV, StoreError, job_token
+from real.coord.kv import TOKEN_ENV, job_token
 from real.engine import protocol
-from real.processes import stop_process
+from real.runtime.processes import stop_process
+from shared.errors import KVError, ProtocolError
 
 log = logging.getLogger(__name__)
 KV_SERVICE = "gemini-kv-auth"
@@ -113,7 +115,7 @@ class KVServer:
                 try:
                     header, payload = protocol.recv_frame(conn, max_payload=2 * MAX_VALUE_BYTES)
                 except ConnectionError as closed:
-                    if isinstance(closed, protocol.ProtocolError):
+                    if isinstance(closed, ProtocolError):
                         raise
                     return  # the client hung up between requests
                 reply, value = self._handle(header, payload)
@@ -130,7 +132,7 @@ class KVServer:
     ) -> tuple[dict[str, Any], bytes | None]:
         op, key = header["op"], header.get("key")
         if not isinstance(key, str):
-            raise protocol.ProtocolError(f"{op}: a string key is required")
+            raise ProtocolError(f"{op}: a string key is required")
         if op == "watch":
             return self._watch(header), None
         with self.lock:
@@ -139,14 +141,14 @@ class KVServer:
                 return {"found": value is not None}, value if value is not None else b""
             if op == "set":
                 if len(payload) > MAX_VALUE_BYTES:
-                    raise protocol.ProtocolError(f"set: values are at most {MAX_VALUE_BYTES} bytes")
+                    raise ProtocolError(f"set: values are at most {MAX_VALUE_BYTES} bytes")
                 self.data[key] = payload
                 self._note(key)
                 return {}, None
             if op == "compare_set":
                 size = header.get("expected_bytes")
                 if not isinstance(size, int) or not 0 <= size <= len(payload):
-                    raise protocol.ProtocolError("compare_set: expected_bytes out of range")
+                    raise ProtocolError("compare_set: expected_bytes out of range")
                 expected, desired = payload[:size], payload[size:]
                 current = self.data.get(key)
                 if current is None:
@@ -163,7 +165,7 @@ class KVServer:
             if op == "add":
                 amount = header.get("amount")
                 if not isinstance(amount, int) or isinstance(amount, bool):
-                    raise protocol.ProtocolError("add: amount must be an integer")
+                    raise ProtocolError("add: amount must be an integer")
                 total = int(self.data.get(key, b"0")) + amount
                 self.data[key] = str(total).encode()
                 self._note(key)
@@ -177,7 +179,7 @@ class KVServer:
                 keys = sorted(k for k in self.data if k.startswith(key))
                 values = [self.data[k] for k in keys]
                 return {"keys": keys, "sizes": [len(v) for v in values]}, b"".join(values)
-        raise protocol.ProtocolError(f"unknown op {op!r}")
+        raise ProtocolError(f"unknown op {op!r}")
 
     def _note(self, key: str) -> None:
         """Record a change of ``key`` (under the lock) and wake the watchers of its prefixes
@@ -195,11 +197,11 @@ class KVServer:
             header.get("timeout_s"),
         )
         if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
-            raise protocol.ProtocolError("watch: prefixes must be a list of strings")
+            raise ProtocolError("watch: prefixes must be a list of strings")
         if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
-            raise protocol.ProtocolError("watch: after must be an integer or null")
+            raise ProtocolError("watch: after must be an integer or null")
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
-            raise protocol.ProtocolError("watch: timeout_s must be a number >= 0")
+            raise ProtocolError("watch: timeout_s must be a number >= 0")
         watcher = (tuple(prefixes), threading.Event())
         with self.lock:
             if after is None:
@@ -353,7 +355,7 @@ class StoreServer:
                     break
         code = process.poll()
         reason = f"exited with {code}" if code is not None else "did not report its port"
-        raise StoreError(
+        raise KVError(
             f"the store process (python -m real.coord.kvserver) {reason} within "
             f"{self.start_timeout_s} s; run it by hand to see why"
         )

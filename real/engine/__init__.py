@@ -10,7 +10,7 @@ Pieces, in the order a checkpoint meets them:
 - :mod:`~real.engine.replication` with :mod:`~real.engine.profiler`: checksums, the JSON
   manifest (:mod:`~real.engine.manifest`), chunks to the peers inside idle spans, commit;
 - :mod:`~real.engine.restore`: one iteration for everyone, each shard verified, tier by tier;
-- :mod:`~real.engine.checkpointer`: ``GeminiCheckpointer``, the ``real.api.Checkpointer``.
+- :mod:`~real.engine.checkpointer`: ``GeminiCheckpointer``, the ``real.engine.api.Checkpointer``.
 
 See docs/engine.md.
 """

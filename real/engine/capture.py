@@ -2,7 +2,8 @@
 
 ``save()`` must not return before every tensor is copied, because the next optimizer step
 changes the parameters in place. Capture is therefore only copies: the flat state
-(``real.state.flatten_state``) is laid out in the slot's data region and each tensor is copied
+(``real.engine.state.flatten_state``) is laid out in the slot's data region and each tensor is
+copied
 straight into its place in the store's shared memory, with no intermediate buffer. Checksums and
 the manifest are written afterwards, in the background, before the checkpoint can commit.
 
@@ -24,11 +25,12 @@ from typing import Any
 
 import torch
 
-from real.engine.client import StoreClient, StoreError
+from real.engine.client import StoreClient
 from real.engine.costs import Costs
 from real.engine.manifest import Manifest, TensorEntry, block_count, dtype_of, layout
 from real.engine.shm import Slot, in_progress_index, next_generation
-from real.state import flatten_state
+from real.engine.state import flatten_state
+from shared.errors import NodeStoreError
 
 
 @dataclass
@@ -286,4 +288,4 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return to_local() if callable(to_local) else tensor
 
 
-__all__ = ["Captured", "Capturer", "CudaStager", "StoreError"]
+__all__ = ["Captured", "Capturer", "CudaStager", "NodeStoreError"]

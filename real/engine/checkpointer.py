@@ -1,4 +1,4 @@
-"""``GeminiCheckpointer``: the in-memory checkpoint engine behind ``real.api.Checkpointer``.
+"""``GeminiCheckpointer``: the in-memory checkpoint engine behind ``real.engine.api.Checkpointer``.
 
 A training loop restores once and saves after every optimizer step::
 
@@ -31,23 +31,29 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from real.api import Restored
 from real.engine import restore as restoring
+from real.engine.api import Restored
 from real.engine.capture import Capturer
-from real.engine.client import PlacedDataError, StoreClient, StoreError
-from real.engine.manifest import VerificationError
-from real.engine.persist import PersistentTier
-from real.engine.replication import Hook, ReplicationManager
-from real.eventlog import EventLog
-from real.inprocess import check_abort
+from real.engine.client import PlacedDataError, StoreClient
+from real.engine.eventlog import EventLog
+from real.engine.replication import ReplicationManager
+from real.persistent.from_memory import PersistentTier
+from real.runtime.env import (
+    GEMINI_RESTORE_PLAN,
+    GEMINI_STORE_ADDRS,
+    GEMINI_TOKEN,
+    GEMINI_VERIFY_LOCAL,
+)
+from real.trainer.inprocess import check_abort
 from shared.adaptive import due, persist_every
+from shared.errors import NodeStoreError, VerificationError
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan
 from shared.scenario import GBIT, Scenario
 
 log = logging.getLogger(__name__)
-ADDRS_ENV, TOKEN_ENV, PLAN_ENV = "GEMINI_STORE_ADDRS", "GEMINI_TOKEN", "GEMINI_RESTORE_PLAN"
-VERIFY_ENV = "GEMINI_VERIFY_LOCAL"
+ADDRS_ENV, TOKEN_ENV, PLAN_ENV = GEMINI_STORE_ADDRS, GEMINI_TOKEN, GEMINI_RESTORE_PLAN
+VERIFY_ENV = GEMINI_VERIFY_LOCAL
 RESTORE_ROUNDS = 4
 NEVER = 1 << 62  # a persistence interval no run reaches
 
@@ -164,11 +170,6 @@ class GeminiCheckpointer:
     def attach(self, ddp_model: Any) -> None:
         """Profile ``ddp_model``'s all-reduces to find idle spans (before its first backward)."""
         self.replication.attach(ddp_model)
-
-    def set_hook(self, hook: Hook | None) -> None:
-        """Tests: ``hook(phase, iteration)`` at "capture", "replication" and "commit"."""
-        self.capturer.hook = hook
-        self.replication.hook = hook
 
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
         """Capture ``state`` (returns once copied); replication and commit follow.
@@ -493,7 +494,7 @@ class GeminiCheckpointer:
                 except PlacedDataError:
                     self._clobbered = state is not None  # streamed into the live state
                     raise
-            except (VerificationError, StoreError, OSError) as error:
+            except (VerificationError, NodeStoreError, OSError) as error:
                 tier = "local memory" if holder == self.node else f"node {holder}'s memory"
                 log.warning(
                     "node %d rank %d: iteration %d from %s unusable: %s; trying the next tier",
@@ -534,7 +535,7 @@ class GeminiCheckpointer:
             peer = self.client if holder == self.node else client(holder)
             if peer is not None:
                 peer.invalidate(self.rank, iteration, reason)
-        except (OSError, StoreError):
+        except (OSError, NodeStoreError):
             pass
 
     def close(self, abandon: bool = False) -> None:
@@ -581,7 +582,7 @@ def _gloo_group(dedicated: bool = False) -> Any:
         return None
     if dist.get_backend() == "gloo" and not dedicated:
         return dist.group.WORLD
-    from real.procgroup import new_gloo_group
+    from real.runtime.procgroup import new_gloo_group
 
     return new_gloo_group()
 

@@ -1,7 +1,7 @@
 """A client of one node store: a trainer's handle on its own store and on its peers' stores.
 
 One authenticated TCP connection per client, used by one thread at a time. Requests that fail
-on the store's side come back as ``{"ok": false, "reason": ...}`` and raise ``StoreError`` here
+on the store's side come back as ``{"ok": false, "reason": ...}`` and raise ``NodeStoreError`` here
 with the node and the reason; a broken connection raises ``ConnectionError``.
 """
 
@@ -18,19 +18,9 @@ import torch
 
 from real.engine import protocol
 from real.engine.costs import Costs
-from real.engine.manifest import (
-    BlockHasher,
-    Manifest,
-    VerificationError,
-    checksum,
-    dtype_of,
-    manifest_key,
-)
-from real.state import unflatten_state
-
-
-class StoreError(RuntimeError):
-    """The store refused a request; the message names the node and the store's reason."""
+from real.engine.manifest import BlockHasher, Manifest, checksum, dtype_of, manifest_key
+from real.engine.state import unflatten_state
+from shared.errors import NodeStoreError, ProtocolError, VerificationError
 
 
 class PlacedDataError(VerificationError):
@@ -66,24 +56,25 @@ class StoreClient:
             raise
 
     def call(self, op: str, payload: bytes | None = None, **fields: Any) -> dict[str, Any]:
-        """Send one request and return the store's reply header (raises StoreError on refusal)."""
+        """Send one request and return the store's reply header (raises NodeStoreError on
+        refusal)."""
         with self.lock:
             protocol.send_frame(self.sock, {"op": op, **fields}, payload)
             self._replies_pending()
             reply, _ = protocol.recv_frame(self.sock, max_payload=1 << 20)
         if reply.get("ok") is False:
-            raise StoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
+            raise NodeStoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
         return reply
 
     def _replies_pending(self) -> None:
         """Read the replies of requests sent without waiting (lock held), in order; the first
-        refusal raises StoreError (the store then closes the connection: drop this client)."""
+        refusal raises NodeStoreError (the store then closes the connection: drop this client)."""
         while self._pending:
             op = self._pending.pop(0)
             reply, _ = protocol.recv_frame(self.sock, max_payload=1 << 20)
             if reply.get("ok") is False:
                 self._pending.clear()
-                raise StoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
+                raise NodeStoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
 
     def holdings(self) -> dict[int, list[int]]:
         """Committed iterations per owner rank held by this store."""
@@ -185,10 +176,10 @@ class StoreClient:
             self._replies_pending()
             reply = protocol.recv_header(self.sock)
             if reply.get("ok") is False:
-                raise StoreError(f"node {self.node} store: get: {reply.get('reason')}")
+                raise NodeStoreError(f"node {self.node} store: get: {reply.get('reason')}")
             manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
             if manifest_len + data_len != reply["payload_bytes"]:
-                raise protocol.ProtocolError("get: payload size does not add up")
+                raise ProtocolError("get: payload size does not add up")
             manifest = bytes(protocol.recv_exact(self.sock, manifest_len))
             data = torch.empty(data_len, dtype=torch.uint8)
             if data_len:
@@ -217,10 +208,10 @@ class StoreClient:
             self._replies_pending()
             reply = protocol.recv_header(self.sock)
             if reply.get("ok") is False:
-                raise StoreError(f"node {self.node} store: get: {reply.get('reason')}")
+                raise NodeStoreError(f"node {self.node} store: get: {reply.get('reason')}")
             manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
             if manifest_len + data_len != reply["payload_bytes"]:
-                raise protocol.ProtocolError("get: payload size does not add up")
+                raise ProtocolError("get: payload size does not add up")
             raw = bytes(protocol.recv_exact(self.sock, manifest_len))
             try:
                 manifest = check(raw, int(reply["manifest_checksum"]))

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from real.engine.store import TOKEN_ENV, NodeStore
+from real.runtime.env import GEMINI_RUNTIME_DIR
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
@@ -41,7 +42,7 @@ START_TIMEOUT_S = 60.0
 
 def runtime_dir() -> Path:
     """Where discovery files live: ``GEMINI_RUNTIME_DIR``, ``XDG_RUNTIME_DIR``, else /tmp."""
-    return Path(os.environ.get("GEMINI_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    return Path(os.environ.get(GEMINI_RUNTIME_DIR) or os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
 
 
 def discovery_file(run_id: str, node: int) -> Path:

@@ -1,6 +1,7 @@
 """The manifest of one checkpoint shard, and the checksums that verify it.
 
-A shard is the flat state of one rank (``real.state.flatten_state``): tensors laid out back to
+A shard is the flat state of one rank (``real.engine.state.flatten_state``): tensors laid out back
+to
 back in a data region (each at a 64-byte aligned offset) and JSON values. The manifest, itself
 JSON, says what is where::
 
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from shared.errors import VerificationError
+
 if TYPE_CHECKING:
     import torch
 
@@ -70,10 +73,6 @@ DTYPES = frozenset(
         "float8_e5m2",
     }
 )
-
-
-class VerificationError(ValueError):
-    """Checkpoint bytes or manifest do not match their checksums (corruption, torn write)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from types import TracebackType
 
 from real.engine.shm import SHM_DIR
 from real.engine.store import TOKEN_ENV
-from real.processes import stop_process
+from real.runtime.processes import stop_process
 
 log = logging.getLogger(__name__)
 

@@ -43,15 +43,13 @@ import socket
 import struct
 from typing import Any
 
+from shared.errors import ProtocolError
+
 MAX_HEADER_BYTES = 1 << 20
 AUTH_TIMEOUT_S = 5.0
 STORE_SERVICE = "gemini-store-auth"
 _NONCE_HEX = 64
 _LENGTH = struct.Struct(">I")
-
-
-class ProtocolError(ConnectionError):
-    """The peer broke the wire format or failed authentication."""
 
 
 def make_token() -> str:

@@ -21,32 +21,63 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import xxhash
 
 from real.engine import protocol
-from real.engine.manifest import (
-    BlockHasher,
-    Manifest,
-    VerificationError,
-    block_count,
-    checksum,
-)
-from real.engine.shm import Slot, next_generation, to_unsigned
-
-if TYPE_CHECKING:
-    from real.engine.store import NodeStore
+from real.engine.costs import Costs
+from real.engine.manifest import BlockHasher, Manifest, block_count, checksum
+from real.engine.shm import Slot, next_generation, node_memory_bytes, to_unsigned
+from shared.errors import ProtocolError, VerificationError
 
 log = logging.getLogger(__name__)
 # A sealed manifest's growth over its layout, per block: a quoted hex checksum and a comma.
 SEALED_BYTES_PER_BLOCK = 20
 
 
+class ReceiverStore(Protocol):
+    """What a receiver uses of the node store it serves (``real.engine.store.NodeStore``), so
+    that the two modules do not import each other."""
+
+    def committed_slot(self, owner: int, iteration: int) -> Slot | None: ...
+
+    @property
+    def costs(self) -> Costs: ...
+
+    def ensure(
+        self, owner: int, index: int, manifest_capacity: int, data_capacity: int
+    ) -> Slot: ...
+
+    def holdings(self) -> dict[int, list[int]]: ...
+
+    @property
+    def lock(self) -> Any: ...
+
+    @property
+    def manifest_key(self) -> Any: ...
+
+    def memory_bytes(self) -> int: ...
+
+    @property
+    def node(self) -> int: ...
+
+    def pair(self, owner: int) -> list[Slot | None]: ...
+
+    def replica_slot(
+        self, owner: int, manifest_len: int, data_len: int, keep: int | None = None
+    ) -> Slot: ...
+
+    scratch: bytearray
+
+    @property
+    def slots(self) -> dict[int, list[Slot | None]]: ...
+
+
 class Receiver:
     """Serves one authenticated connection of ``store``."""
 
-    def __init__(self, store: NodeStore, conn: socket.socket) -> None:
+    def __init__(self, store: ReceiverStore, conn: socket.socket) -> None:
         self.store = store
         self.conn = conn
         # The replica being received on this connection.
@@ -65,18 +96,18 @@ class Receiver:
         op = header["op"]
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
-            raise protocol.ProtocolError(f"unknown op {op!r}")
+            raise ProtocolError(f"unknown op {op!r}")
         handler(header)
 
     def _int(self, header: dict[str, Any], key: str) -> int:
         value = header.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise protocol.ProtocolError(f"{header['op']}: {key} must be an integer >= 0")
+            raise ProtocolError(f"{header['op']}: {key} must be an integer >= 0")
         return value
 
     def _no_payload(self, header: dict[str, Any]) -> None:
         if header.get("payload_bytes", 0):
-            raise protocol.ProtocolError(f"{header['op']} takes no payload")
+            raise ProtocolError(f"{header['op']} takes no payload")
 
     # -- local trainers ---------------------------------------------------------------------
 
@@ -89,7 +120,7 @@ class Receiver:
         index, owner = self._int(header, "index"), self._int(header, "owner")
         sizes = self._int(header, "manifest_capacity"), self._int(header, "data_capacity")
         if index > 1:
-            raise protocol.ProtocolError("ensure: index must be 0 or 1")
+            raise ProtocolError("ensure: index must be 0 or 1")
         try:
             slot = self.store.ensure(owner, index, *sizes)
         except (ValueError, OSError) as error:
@@ -107,7 +138,6 @@ class Receiver:
         self.reply(holdings={str(k): v for k, v in self.store.holdings().items()})
 
     def op_stats(self, header: dict[str, Any]) -> None:
-        from real.engine.store import node_memory_bytes
 
         self._no_payload(header)
         used, total = self.store.memory_bytes(), node_memory_bytes()
@@ -139,7 +169,7 @@ class Receiver:
         """Benchmarks: receive a payload into plain memory, the raw-TCP baseline."""
         size = self._int(header, "payload_bytes")
         if size > 1 << 31:
-            raise protocol.ProtocolError("sink: at most 2 GiB")
+            raise ProtocolError("sink: at most 2 GiB")
         if len(self.store.scratch) < size:
             self.store.scratch = bytearray(size)  # zero-filled: pages already touched
         protocol.recv_into_exact(self.conn, memoryview(self.store.scratch)[:size])
@@ -161,7 +191,7 @@ class Receiver:
         self.prepared.pop((owner, manifest.iteration), None)
         keep = header.get("keep")
         if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool)):
-            raise protocol.ProtocolError("put_begin: keep must be an integer or null")
+            raise ProtocolError("put_begin: keep must be an integer or null")
         blocks = block_count(manifest.data_bytes, manifest.block_bytes)
         room = len(raw) + SEALED_BYTES_PER_BLOCK * blocks + 64  # the sealed manifest's size
         self.slot = self.store.replica_slot(owner, room, manifest.data_bytes, keep)
@@ -174,12 +204,12 @@ class Receiver:
         offset, size = self._int(header, "offset"), self._int(header, "payload_bytes")
         manifest, hasher = self.manifest, self.hasher
         if self.slot is None or manifest is None or hasher is None:
-            raise protocol.ProtocolError("put_chunk without put_begin")
+            raise ProtocolError("put_chunk without put_begin")
         if header.get("codec") is not None:
             self._put_chunk_encoded(header, offset, size)
             return
         if offset + size > manifest.data_bytes:
-            raise protocol.ProtocolError(
+            raise ProtocolError(
                 f"chunk {offset}+{size} lies outside the {manifest.data_bytes}-byte shard"
             )
         # Straight into the replica slot, in pieces that end at block boundaries, each hashed
@@ -212,23 +242,21 @@ class Receiver:
 
         assert self.slot is not None and self.manifest is not None and self.hasher is not None
         if header["codec"] != compress.CODEC:
-            raise protocol.ProtocolError(f"put_chunk: unknown codec {header['codec']!r}")
+            raise ProtocolError(f"put_chunk: unknown codec {header['codec']!r}")
         raw_bytes = self._int(header, "raw_bytes")
         if offset + raw_bytes > self.manifest.data_bytes:
-            raise protocol.ProtocolError(
+            raise ProtocolError(
                 f"chunk {offset}+{raw_bytes} lies outside the {self.manifest.data_bytes}-byte shard"
             )
         if size > raw_bytes + raw_bytes // 128 + 1024:  # above zstd's worst-case expansion
-            raise protocol.ProtocolError(
-                f"put_chunk: {size} compressed bytes for {raw_bytes} raw bytes"
-            )
+            raise ProtocolError(f"put_chunk: {size} compressed bytes for {raw_bytes} raw bytes")
         started = time.perf_counter()
         payload = protocol.recv_exact(self.conn, size)
         target = self.slot.data()[offset : offset + raw_bytes]
         try:
             compress.decode_into(payload, offset, target)
         except compress.CodecError as error:
-            raise protocol.ProtocolError(f"put_chunk: {error}") from error
+            raise ProtocolError(f"put_chunk: {error}") from error
         decoded = time.perf_counter()
         block = self.manifest.block_bytes
         done = 0
@@ -244,7 +272,7 @@ class Receiver:
     def op_put_end(self, header: dict[str, Any]) -> None:
         manifest, slot, hasher = self.manifest, self.slot, self.hasher
         if slot is None or manifest is None or hasher is None:
-            raise protocol.ProtocolError("put_end without put_begin")
+            raise ProtocolError("put_end without put_begin")
         size = int(header.get("payload_bytes", 0))  # checked by protocol.recv_header
         started = time.perf_counter()
         raw = bytes(protocol.recv_exact(self.conn, size)) if size else b""

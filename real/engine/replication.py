@@ -39,13 +39,14 @@ import xxhash
 
 from real.engine import compress
 from real.engine.capture import Captured, Capturer
-from real.engine.client import StoreClient, StoreError, TimedHasher
+from real.engine.client import StoreClient, TimedHasher
 from real.engine.costs import Costs
+from real.engine.eventlog import EventLog
 from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
-from real.eventlog import EventLog
 from shared.adaptive import IntervalController, IntervalDecision, tile_spans
 from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
+from shared.errors import NodeStoreError
 from shared.placement import Placement
 from shared.scenario import Scenario
 from shared.scheduling import Chunk, IdleSpan, TrafficPlan, plan_traffic
@@ -328,7 +329,7 @@ class ReplicationManager:
                         self.sent_bytes["in_spans"] += captured.nbytes - outside
                         self.sent_bytes["outside_spans"] += outside
                     break
-                except (OSError, StoreError) as error:
+                except (OSError, NodeStoreError) as error:
                     self._drop(peer)
                     log.warning(
                         "node %d rank %d: iteration %d: replica to node %d failed (attempt %d): %s",
@@ -380,7 +381,7 @@ class ReplicationManager:
             try:
                 with self.costs.timed("send: commit (round trip)"):
                     self._client(peer).commit(self.rank, captured.iteration)
-            except (OSError, StoreError) as error:
+            except (OSError, NodeStoreError) as error:
                 self._drop(peer)
                 log.warning(
                     "node %d rank %d: iteration %d: node %d did not commit its replica: %s",
@@ -663,7 +664,7 @@ class ReplicationManager:
 
     def _client(self, peer: int) -> StoreClient:
         if self._abandoned:
-            raise StoreError("replication abandoned: the job stopped")
+            raise NodeStoreError("replication abandoned: the job stopped")
         if peer not in self.clients:
             self.clients[peer] = StoreClient(peer, self.addresses[peer], self.token)
         return self.clients[peer]

@@ -9,7 +9,7 @@ an ``all_gather`` of int64 tensors (never pickle) and rank 0's wins a disagreeme
 
 Then each rank fetches its own shard: from its node's slot (``local``: mapped, no network), from
 a named peer's store (``peer``: over TCP), or from persistent storage (``persistent``:
-``real.persistent.load_persistent``). Every shard is verified before use: the manifest's
+``real.persistent.dcp.load_persistent``). Every shard is verified before use: the manifest's
 checksum, its MAC with the job's manifest key (provenance: a manifest the job did not write, or
 one changed without the key, is refused before its data is looked at), its structure, and every
 data block against the checksums the MAC covers. A shard that fails is invalidated in its store,
@@ -33,9 +33,10 @@ import xxhash
 
 from real.engine.client import StoreClient
 from real.engine.costs import Costs
-from real.engine.manifest import Manifest, VerificationError, tensors_from, verify
+from real.engine.manifest import Manifest, tensors_from, verify
 from real.engine.shm import Slot, best_slot, to_unsigned
-from real.state import flatten_state, unflatten_state
+from real.engine.state import flatten_state, unflatten_state
+from shared.errors import VerificationError
 from shared.placement import Placement
 from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
 
@@ -255,7 +256,7 @@ def load_tensors(
 
 
 def live_tensors(state: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
-    """The tensors of a live state by flat name (``real.state.flatten_state``)."""
+    """The tensors of a live state by flat name (``real.engine.state.flatten_state``)."""
     return {} if state is None else flatten_state(state)[0]
 
 
@@ -314,7 +315,7 @@ def check_manifest(raw: bytes, want: int, rank: int, iteration: int, key: bytes)
 
 
 def load_persistent_state(url: str, iteration: int, template: Any) -> Mapping[str, Any]:
-    from real.persistent import load_persistent  # the persistent tier is optional here
+    from real.persistent.dcp import load_persistent  # the persistent tier is optional here
 
     return load_persistent(url, iteration, template)
 
@@ -329,7 +330,7 @@ def persistent_exists(url: str) -> bool:
 
 def latest_persistent(url: str) -> int | None:
     try:
-        from real.persistent import latest_persistent_iteration
+        from real.persistent.storage import latest_persistent_iteration
     except ImportError:
         return None
     try:

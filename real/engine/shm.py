@@ -229,3 +229,7 @@ def in_progress_index(slots: list[Slot | None], keep: int | None = None) -> int:
 
 def next_generation(slots: list[Slot | None]) -> int:
     return 1 + max((s.state().generation for s in slots if s is not None), default=0)
+
+
+def node_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

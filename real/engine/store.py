@@ -44,18 +44,16 @@ from real.engine.costs import Costs
 from real.engine.manifest import manifest_key
 from real.engine.receiver import Receiver
 from real.engine.shm import SHM_DIR, Slot, best_slot, in_progress_index, newest_committed
+from real.runtime.env import GEMINI_TOKEN
+from shared.errors import ProtocolError
 
 log = logging.getLogger(__name__)
-TOKEN_ENV = "GEMINI_TOKEN"
+TOKEN_ENV = GEMINI_TOKEN
 
 
 def shared_memory_free(folder: Path) -> int:
     stats = os.statvfs(folder)
     return stats.f_bavail * stats.f_frsize
-
-
-def node_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class NodeStore:
@@ -194,7 +192,7 @@ class NodeStore:
                 try:
                     header = protocol.recv_header(conn)
                 except ConnectionError as closed:
-                    if isinstance(closed, protocol.ProtocolError):
+                    if isinstance(closed, ProtocolError):
                         raise
                     return  # the client hung up between frames: normal end
                 receiver.handle(header)

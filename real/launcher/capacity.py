@@ -2,7 +2,8 @@
 
 ``gemini-ckpt real`` runs every node of a scenario as processes on this one machine: per node a
 node agent, its checkpoint store, and per accelerator an active trainer and its warm spares
-(``real.agent.trainers``), the same for every standby node (live agents waiting to replace a
+(``real.agent.trainer_processes``), the same for every standby node (live agents waiting to replace
+a
 lost node), plus one coordination store for the job. Nothing of that is cheap:
 each trainer is a Python process with torch imported (about 330 MB before its model, measured
 with torch 2.13), a trainer start costs seconds of CPU, and the stores keep two checkpoint
@@ -50,7 +51,8 @@ class Footprint:
         trainer_start_cpu_s: CPU time to start a trainer: import torch (2.1-2.6 s) and build
             the first optimizer (about 2 s).
         node_start_cpu_s: CPU time to start a node agent and its store.
-        warm_spares: warm spare trainers kept per rank (``real.agent.trainers.TrainerSpec``).
+        warm_spares: warm spare trainers kept per rank
+        (``real.agent.trainer_processes.TrainerSpec``).
     """
 
     trainer_bytes: int = 330 * MB

@@ -35,8 +35,10 @@ from typing import Any
 
 from real.agent import jobkeys
 from real.coord import keys
-from real.coord.kv import KeyValueStore, connect_kv
+from real.coord.connect import connect_kv
+from real.coord.kv import KeyValueStore
 from real.engine.shm import SHM_DIR
+from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -128,9 +130,9 @@ class LocalCluster:
     def agent_env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "GEMINI_TOKEN": self.token,
-            "GEMINI_RUN_T0": repr(self.t0),
-            "GEMINI_RUN_DIR": str(self.run_dir),
+            GEMINI_TOKEN: self.token,
+            GEMINI_RUN_T0: repr(self.t0),
+            GEMINI_RUN_DIR: str(self.run_dir),
             "OMP_NUM_THREADS": "1",
         }
 

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from real.agent import jobkeys
-from real.eventlog import EventLog
+from real.engine.eventlog import EventLog
 from real.launcher.progress import ProgressWatcher
 from shared.failure_kinds import resolve_failure
 from shared.placement import plan_placement

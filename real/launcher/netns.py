@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from real.launcher.cluster import LocalCluster
-from real.processes import stop_process
+from real.runtime.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,15 @@ class NetnsCluster(LocalCluster):
         return f"{url}/{self.job}"
 
     def _wait_kv(self, url: str, timeout_s: float = 60.0) -> None:
-        from real.coord.kv import StoreError, connect_kv
+        from real.coord.connect import connect_kv
+        from shared.errors import KVError
 
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 connect_kv(url, timeout_s=2.0).close()
                 return
-            except (StoreError, OSError):
+            except (KVError, OSError):
                 if time.monotonic() > deadline or (
                     self.kv_process is not None and self.kv_process.poll() is not None
                 ):

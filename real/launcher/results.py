@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from real.eventlog import merge_event_files
+from real.engine.eventlog import merge_event_files
 from shared.events import Event, event_sort_key, write_events
 from shared.summary import RunSummary, failure_records, write_summary
 

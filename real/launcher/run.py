@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from real.coord.kv import TOKEN_ENV
-from real.eventlog import EventLog
+from real.engine.eventlog import EventLog
 from real.launcher.capacity import require_fits
 from real.launcher.injector import FailureInjector, Injected
 from real.launcher.results import summarize_run

@@ -6,7 +6,8 @@ one job trains four engines side by side, built by the example script's own func
 (``examples/deepspeed_train.py``): ZeRO 1, 2 and 3 in fp32, and ZeRO-2 in bf16 (where the fp32
 masters must come back as saved, not rebuilt from the bf16 weights). Every iteration it
 checkpoints the four adapter states as one state (``{"zero1": ..., "zero2-bf16": ...}``).
-Rank 1 is SIGKILLed after the step of iteration 5 (``real.inject``), before its checkpoint; the
+Rank 1 is SIGKILLed after the step of iteration 5 (``real.trainer.inject``), before its checkpoint;
+the
 surviving rank is stopped, as an agent would. The restarted job restores the newest iteration
 both ranks hold in memory (4, or 3 when the replication of 4 was cut short), loads each engine
 with ``gemini_ckpt.adapters.deepspeed.load_state_dict``, trains to iteration 8, then builds four
@@ -39,8 +40,8 @@ import pytest
 
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
-from real.inject import CrashPoint
-from real.processes import free_port, stop_process
+from real.runtime.processes import free_port, stop_process
+from real.trainer.inject import CrashPoint
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (./setup.sh)")
 
@@ -68,9 +69,9 @@ def worker(config: dict[str, Any]) -> None:
 
     from gemini_ckpt.adapters import deepspeed as ds_state
     from real.engine import GeminiCheckpointer
-    from real.inject import crash_point_from_env, maybe_crash
-    from real.persistent import load_persistent, save_persistent
-    from real.procgroup import leave_process_group
+    from real.persistent.dcp import load_persistent, save_persistent
+    from real.runtime.procgroup import leave_process_group
+    from real.trainer.inject import crash_point_from_env, maybe_crash
     from shared.scenario import Scenario
 
     torch.set_flush_denormal(True)

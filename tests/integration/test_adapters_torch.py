@@ -4,7 +4,7 @@ One job of two ranks (this file run as a worker: ``python test_adapters_torch.py
 trains a small MLP under DDP, then under FSDP2 (``fully_shard``), with AdamW and a warm-up then
 cosine LR schedule, on batches drawn from the global torch, numpy and python generators (so
 restoring them matters). At iteration 3 it takes ``state_dict(...)`` (cloned) and passes it
-through the in-memory engine's layout (``real.state.flatten_state``, local tensors copied,
+through the in-memory engine's layout (``real.engine.state.flatten_state``, local tensors copied,
 JSON values through ``json``), as a checkpointer stores it; the first model trains on to
 iteration 7 without a pause. A freshly built model, optimizer and scheduler then load the stored
 state: their state must equal the captured one bit for bit (generators included, and the capture
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from real.processes import free_port, stop_process
+from real.runtime.processes import free_port, stop_process
 
 KINDS = ("ddp", "fsdp2")
 CAPTURE_AT, ITERATIONS = 3, 7
@@ -41,8 +41,8 @@ def worker(config: dict[str, Any]) -> None:
     from torch import nn
 
     from gemini_ckpt.adapters import ddp, fsdp2
-    from real.procgroup import leave_process_group
-    from real.state import flatten_state, unflatten_state
+    from real.engine.state import flatten_state, unflatten_state
+    from real.runtime.procgroup import leave_process_group
 
     rank = config["rank"]
     dist.init_process_group(

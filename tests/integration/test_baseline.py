@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from real.processes import free_port
+from real.runtime.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def state(iteration):
 BASELINE = (
     PRELUDE
     + """
-from real.baseline import PersistentCheckpointer
+from real.persistent.baseline import PersistentCheckpointer
 checkpointer = PersistentCheckpointer(url, 3, lambda: state(0))
 result = {"first": checkpointer.restore()}
 for iteration in range(1, 8):
@@ -41,7 +41,7 @@ result.update(iteration=restored.iteration, tier=restored.tier,
               w=restored.state["model"]["w"].tolist()[:2],
               tag=int(restored.state["mine"]["tag"]), note=restored.state["note"])
 print("RESULT " + json.dumps(result), flush=True)
-from real.procgroup import leave_process_group
+from real.runtime.procgroup import leave_process_group
 del checkpointer
 leave_process_group(together=True)
 """
@@ -50,7 +50,8 @@ leave_process_group(together=True)
 BACKGROUND = (
     PRELUDE
     + """
-from real.persistent import BackgroundPersister, load_persistent
+from real.persistent.persister import BackgroundPersister
+from real.persistent.dcp import load_persistent
 persister = BackgroundPersister(url, keep=None)
 for iteration in range(1, 13):
     if rank == 1:
@@ -68,7 +69,7 @@ for iteration in written:
                   and loaded["note"] == f"rank {rank}")
 print("RESULT " + json.dumps({"written": written, "checks": checks, "errors": persister.errors,
                               "last": persister.last_persisted}), flush=True)
-from real.procgroup import leave_process_group
+from real.runtime.procgroup import leave_process_group
 del persister
 leave_process_group(together=True)
 """

@@ -40,10 +40,11 @@ import yaml
 
 from real.agent import jobkeys
 from real.coord import keys
-from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.coord.connect import connect_kv
+from real.coord.kv import KeyValueStore
 from real.engine.client import StoreClient
-from real.engine.protocol import ProtocolError
 from real.launcher.netns import ip, netns_available
+from shared.errors import KVError, ProtocolError
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ddp_train.py"
@@ -396,7 +397,7 @@ def check_auth(cluster: Cluster, kv: KeyValueStore, found: dict[str, Any]) -> No
             with connect_kv(cluster.kv_url) as stranger:  # the handshake refuses it
                 stranger.put("stranger", b"x")
                 found["kv"] = "served"
-        except StoreError as error:
+        except KVError as error:
             found["kv"] = f"refused: {error}"
     try:
         StoreClient(0, address, wrong, 10.0).call("ping")

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from real.coord.connect import connect_kv
 from real.coord.etcd_kv import EtcdKV, derived_password, etcd_options
 from real.coord.etcd_server import EtcdServer, etcd_binary
-from real.coord.kv import KeyValueStore, StoreError, connect_kv, parse_kv_url
+from real.coord.kv import KeyValueStore, parse_kv_url
 from real.coord.kvserver import KV_SERVICE, StoreServer
 from real.engine import protocol
-from real.processes import free_port, stop_process
+from real.runtime.processes import free_port, stop_process
+from shared.errors import KVError, ProtocolError
 
 ETCD_MISSING = "etcd binary absent: install Debian's etcd-server (GEMINI_SETUP_APT=1 ./setup.sh)"
 needs_etcd = pytest.mark.skipif(etcd_binary() is None, reason=ETCD_MISSING)
@@ -76,7 +78,7 @@ def test_a_client_with_the_wrong_secret_can_neither_read_nor_write(
 ) -> None:
     with connect_kv(f"{embedded.url}/auth", token=embedded.token) as kv:
         kv.put("kept", b"v1")
-        with pytest.raises(StoreError, match="do not share the job's secret"):
+        with pytest.raises(KVError, match="do not share the job's secret"):
             connect_kv(f"{embedded.url}/auth", token=protocol.make_token())
         # A raw connection that skips the proof: its write and its read are never served.
         host, port = embedded.host, embedded.port
@@ -106,7 +108,7 @@ def test_a_node_stores_proof_does_not_open_the_coordination_store(
     """The two services use different labels: a proof for one is worthless for the other."""
     with (
         socket.create_connection((embedded.host, embedded.port), timeout=10.0) as sock,
-        pytest.raises(protocol.ProtocolError),
+        pytest.raises(ProtocolError),
     ):
         protocol.client_handshake(sock, embedded.token, protocol.STORE_SERVICE)
 
@@ -128,7 +130,7 @@ def test_a_fake_coordination_store_is_refused(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=fake, daemon=True)
     thread.start()
-    with pytest.raises(StoreError, match="could not prove"):
+    with pytest.raises(KVError, match="could not prove"):
         connect_kv(f"tcpstore://127.0.0.1:{server.getsockname()[1]}/x", token=token)
     thread.join(10.0)
     assert not thread.is_alive() and requests == []
@@ -187,9 +189,9 @@ def test_etcd_serves_the_jobs_user_and_refuses_everyone_else(
         assert kv.create("leader", b"me", lease) and lease.refresh()
         lease.revoke()
         # A wrong secret derives a wrong password; no user at all is refused too.
-        with pytest.raises(StoreError, match="refused user 'gemini'"):
+        with pytest.raises(KVError, match="refused user 'gemini'"):
             connect_kv(f"{etcd.url}/auth", token=protocol.make_token())
-        with pytest.raises(StoreError, match="requires a user"):
+        with pytest.raises(KVError, match="requires a user"):
             connect_kv(f"{etcd.url.replace('gemini@', '')}/auth", token=etcd.token)
         # Raw HTTP without a login token: neither a write nor a read is served.
         key = "YXV0aC9rZXB0"  # base64 of "auth/kept"
@@ -300,7 +302,7 @@ def _connect_when_up(url: str, attempts: int = 200) -> KeyValueStore:
     for attempt in range(attempts):
         try:
             return connect_kv(url, timeout_s=2.0)
-        except StoreError as error:
+        except KVError as error:
             if "Connection refused" not in str(error) or attempt == attempts - 1:
                 raise
             threading.Event().wait(0.05)
@@ -321,10 +323,10 @@ def test_etcd_over_tls_needs_the_ca_and_a_client_certificate(
         assert kv.get("k") == b"over tls"
     monkeypatch.delenv("GEMINI_ETCD_CERT")
     monkeypatch.delenv("GEMINI_ETCD_KEY")
-    with pytest.raises(StoreError):  # no client certificate: the server refuses the handshake
+    with pytest.raises(KVError):  # no client certificate: the server refuses the handshake
         connect_kv(f"{url}/tls", timeout_s=2.0)
     monkeypatch.setenv("GEMINI_ETCD_CERT", str(files["node.pem"]))
     monkeypatch.setenv("GEMINI_ETCD_KEY", str(files["node.key"]))
     monkeypatch.delenv("GEMINI_ETCD_CA")
-    with pytest.raises(StoreError, match="CERTIFICATE_VERIFY_FAILED"):  # a server we cannot trust
+    with pytest.raises(KVError, match="CERTIFICATE_VERIFY_FAILED"):  # a server we cannot trust
         connect_kv(f"{url}/tls", timeout_s=2.0)

@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from real.coord import keys
+from real.coord.connect import connect_kv
 from real.coord.detector import FailureDetector
 from real.coord.election import Election
 from real.coord.etcd_server import EtcdServer, etcd_binary
 from real.coord.heartbeat import Heartbeat, report_exit
-from real.coord.kv import KeyValueStore, StoreError, connect_kv
+from real.coord.kv import KeyValueStore
 from real.coord.kvserver import StoreServer
+from shared.errors import KVError
 
 TTL_S = 1.0
 # How long after its TTL an unrefreshed key may linger: etcd checks expiries every ~0.5 s.
@@ -152,9 +154,9 @@ def test_lease_expiry_removes_keys_and_create_takes_them_over(
     assert TTL_S - 0.3 <= time.monotonic() - start <= TTL_S + slack_s + 0.2, gone_after
     assert other.get("plain") == b"stays"
     assert not lease.refresh(), "an expired lease must not come back"
-    with pytest.raises(StoreError, match="expired"):
+    with pytest.raises(KVError, match="expired"):
         owner.put("leased/c", b"3", lease)
-    with pytest.raises(StoreError, match="expired"):
+    with pytest.raises(KVError, match="expired"):
         owner.create("leased/d", b"4", lease)
     assert other.create("leased/b", b"mine")
     assert owner.get("leased/b") == b"mine"
@@ -284,5 +286,5 @@ def test_watch_after_close_is_an_error(
         pytest.skip("etcd is polled: its watch only sleeps")
     kv = make_kv()
     kv.close()
-    with pytest.raises(StoreError):
+    with pytest.raises(KVError):
         kv.watch(["job/"], 0, 0.1)

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from real.coord import keys
+from real.coord.connect import connect_kv
 from real.coord.detector import FailureDetector
-from real.coord.kv import connect_kv
 from real.coord.kvserver import StoreServer
 
 LEASE_TIMEOUT_S = 1.0

@@ -87,7 +87,7 @@ def worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from real.engine import GeminiCheckpointer
-    from real.procgroup import leave_process_group
+    from real.runtime.procgroup import leave_process_group
     from shared.scenario import Scenario
 
     rank, world = config["rank"], config["world"]
@@ -147,7 +147,7 @@ def worker(config: dict[str, Any]) -> None:
             Path(pause["marker"]).write_text(phase)
             time.sleep(WORKER_TIMEOUT_S)  # the test kills us here
 
-    checkpointer.set_hook(hook)
+    checkpointer.capturer.hook = checkpointer.replication.hook = hook
     for iteration in config.get("iterations", []):
         if iteration == config.get("tamper_iteration"):
 

@@ -1,9 +1,10 @@
-"""End to end: real trainers (``python -m real.trainer_main``) with the Gemini engine survive a
+"""End to end: real trainers (``python -m real.trainer.main``) with the Gemini engine survive a
 crash and reach the same final weights as an uninterrupted run.
 
 Two nodes with one rank each, node stores as processes, the tiny GPT under DDP (and FSDP2,
 where each rank checkpoints its own shard) on gloo. Rank 1
-is SIGKILLed after the step of iteration 5 (``real.inject``); the surviving rank is stopped, as
+is SIGKILLed after the step of iteration 5 (``real.trainer.inject``); the surviving rank is stopped,
+as
 the agent would. For a hardware failure node 1's store is replaced by an empty one. The
 restarted ranks agree on iteration 4, or 3 if rank 1 died before its replication of 4 finished
 (it never captured 5, and rank 0 cannot capture 5 before every rank committed 4), restore it
@@ -29,7 +30,7 @@ import pytest
 
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
-from real.processes import free_port
+from real.runtime.processes import free_port
 
 SCENARIO = """
 name: engine-recovery
@@ -76,7 +77,7 @@ def _launch(
                 [
                     sys.executable,
                     "-m",
-                    "real.trainer_main",
+                    "real.trainer.main",
                     str(scenario),
                     "--out",
                     str(out),

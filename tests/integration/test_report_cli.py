@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 from gemini_ckpt.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,9 +107,9 @@ def test_the_baseline_interval_follows_the_highfreq_rule() -> None:
     settings = ["cluster.storage.save_time_s=0.5", "training.iteration_time_s=0.04"]
     assert baseline_overrides(load_scenario(quickstart, settings)) == [
         "checkpoint.strategy=persistent",
-        "checkpoint.persistent_every_iterations=24",
+        "checkpoint.baseline_every_iterations=24",
     ]
-    named = [*settings, "checkpoint.persistent_every_iterations=7"]
+    named = [*settings, "checkpoint.baseline_every_iterations=7"]
     assert baseline_overrides(load_scenario(quickstart, named)) == [
         "checkpoint.strategy=persistent"
     ]

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 from gemini_ckpt.cli import main
 
 # (at_iteration, kind, nodes, detection, stop, replacement, restart, retrieval, tier, restored)

@@ -18,7 +18,7 @@ QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 def test_run_simulates_with_the_costs_its_micro_calibration_measured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import real.calibrate
+    import benchmarks.calibrate
     import sim
 
     calls: list[str] = []
@@ -45,7 +45,7 @@ def test_run_simulates_with_the_costs_its_micro_calibration_measured(
         calls.append("simulate")
         return simulate(*args, **kwargs)
 
-    monkeypatch.setattr(real.calibrate, "measure_recovery", fake_measure)
+    monkeypatch.setattr(benchmarks.calibrate, "measure_recovery", fake_measure)
     monkeypatch.setattr(sim, "simulate", spy)
     out = tmp_path / "q"
     args = ["run", str(QUICKSTART), "--out", str(out), "--no-real", "--no-sweep"]
@@ -63,7 +63,7 @@ def test_run_simulates_with_the_costs_its_micro_calibration_measured(
 
 
 def test_the_micro_calibration_measures_this_machine(tmp_path: Path) -> None:
-    from real.calibrate import CalibrationOptions, measure_recovery
+    from benchmarks.calibrate import CalibrationOptions, measure_recovery
 
     measured = measure_recovery(CalibrationOptions(QUICKSTART, (), tmp_path, quick=True))
     for key in ("spare_join_s", "rejoin_s", "park_s", "state_load_s", "micro_iteration_time_s"):

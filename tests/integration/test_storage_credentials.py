@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from real.launcher.netns import rclone_command, storage_secret
-from real.processes import free_port, stop_process
+from real.runtime.processes import free_port, stop_process
 
 RCLONE = shutil.which("rclone") or shutil.which("rclone", path=str(Path(sys.executable).parent))
 s3fs = pytest.importorskip("s3fs")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from real.processes import free_port
+from real.runtime.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

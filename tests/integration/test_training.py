@@ -2,7 +2,7 @@
 
 The proof of recovery is state, not logs: a job whose ranks are killed at an iteration and
 restarted from the persistent baseline reaches the same final weights, bit for bit, as a job
-that never failed (DESIGN 4; STYLE "Tests").
+that never failed (docs/design.md section 4; STYLE "Tests").
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from real.inject import CrashPoint
-from real.processes import free_port
+from real.runtime.processes import free_port
+from real.trainer.inject import CrashPoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ seed: 3
 cluster: {nodes: 2}
 model: {layers: 2, hidden: 32, heads: 4, context: 32}
 training: {iterations: 8, batch_size_per_rank: 2, warmup_iterations: 2, parallelism: PARALLELISM}
-checkpoint: {strategy: persistent, replicas: 1, persistent_every_iterations: 3}
+checkpoint: {strategy: persistent, replicas: 1, baseline_every_iterations: 3}
 """
 
 
@@ -56,7 +56,7 @@ def run_ranks(
         }
         processes.append(
             subprocess.Popen(
-                [sys.executable, *(module or ["-m", "real.trainer_main"]), *args],
+                [sys.executable, *(module or ["-m", "real.trainer.main"]), *args],
                 env=rank_env,
                 cwd=REPO,
                 stdout=subprocess.PIPE,
@@ -155,11 +155,11 @@ def test_restore_after_a_crash_reaches_the_uninterrupted_weights(
 FSDP_ROUND_TRIP = """
 import datetime, json, os, sys
 import torch, torch.distributed as dist
-from real.persistent import load_persistent, save_persistent
-from real.state import flatten_state, unflatten_state
-from real.workload.model import GPTConfig
-from real.workload.trainer import Trainer, TrainerConfig
-from real.workload.weights import state_digest
+from real.persistent.dcp import load_persistent, save_persistent
+from real.engine.state import flatten_state, unflatten_state
+from real.trainer.workload.model import GPTConfig
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+from real.trainer.workload.weights import state_digest
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
@@ -197,7 +197,7 @@ result = {
     "local_numel": sum(v.numel() for k, v in local.items() if k.startswith("model/")),
 }
 print("RESULT " + json.dumps(result))
-from real.procgroup import leave_process_group
+from real.runtime.procgroup import leave_process_group
 del uninterrupted, interrupted, resumed, from_tier
 leave_process_group(together=True)
 """
@@ -219,14 +219,14 @@ def test_bad_settings_fail_with_a_clear_message(tmp_path: Path) -> None:
     scenario = tmp_path / "no-interval.yaml"
     scenario.write_text(
         TINY_SCENARIO.replace("PARALLELISM", "ddp").replace(
-            "strategy: persistent, replicas: 1, persistent_every_iterations: 3", "replicas: 1"
+            "strategy: persistent, replicas: 1, baseline_every_iterations: 3", "replicas: 1"
         )
     )
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "real.trainer_main",
+            "real.trainer.main",
             str(scenario),
             "--out",
             str(tmp_path / "x"),
@@ -239,7 +239,7 @@ def test_bad_settings_fail_with_a_clear_message(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 1
-    assert "checkpoint.persistent_every_iterations" in done.stderr
+    assert "checkpoint.baseline_every_iterations" in done.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nmodel: {layers: 0}\n")
     done = subprocess.run(

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
 from analysis.calibration import (
     calibration_overrides,
@@ -15,7 +16,6 @@ from analysis.calibration import (
     write_calibration,
 )
 from analysis.results import load_run
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 from shared.events import Event
 from shared.scenario_loader import load_scenario
 

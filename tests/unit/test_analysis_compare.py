@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
 from analysis.compare import GOAL, compare_strategies, phase_error, validate, validate_pair
 from analysis.results import load_run
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
 SOFT = SyntheticFailure(4, "software", (1,), 0.1, 0.2, 0.0, 2.0, 0.5, "local", 3)
 HARD = SyntheticFailure(10, "hardware", (2,), 3.0, 0.25, 0.5, 2.0, 1.0, "peer", 9)

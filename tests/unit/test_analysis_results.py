@@ -7,17 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
-from analysis.results import (
-    RunFolderError,
-    find_run_folders,
-    load_run,
-    load_runs,
-    pair_runs,
-    select,
-    split_sweep,
-)
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
+from analysis.results import find_run_folders, load_run, load_runs, pair_runs, select, split_sweep
+from shared.errors import RunFolderError
 
 FAILURE = SyntheticFailure(3)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
 from analysis.results import load_run
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 from analysis.timeline import animate_failure, build_timeline, failure_window
 
 HARD = SyntheticFailure(4, "hardware", (2,), 1.0, 0.5, 2.0, 1.5, 0.5, "peer", 3)

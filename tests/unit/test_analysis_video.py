@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
 from analysis.results import load_run
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 from analysis.video import VIDEO_SIZE, choose_panels, frame_clock, restore_tiers, write_demo_video
 
 SOFT = SyntheticFailure(4, "software", (1,), 0.05, 0.1, 0.0, 2.0, 0.3, "local", 3)

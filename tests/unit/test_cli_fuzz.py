@@ -114,10 +114,10 @@ scenarios = st.fixed_dictionaries(
                 "traffic": st.sampled_from(["interleaved", "blocking"]),
                 "buffer_mb": st.sampled_from([1e-6, 128.0]),
                 "sub_buffers": st.integers(1, 8),
-                "persistent_interval": st.sampled_from(
+                "baseline_interval": st.sampled_from(
                     ["fixed", "strawman", "highfreq", "young", "daly"]
                 ),
-                "persistent_every_iterations": st.sampled_from([1, 7]),
+                "baseline_every_iterations": st.sampled_from([1, 7]),
                 "persist_every_iterations": st.sampled_from([1, 10]),
             },
         ),

@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 
 from real.coord import keys
+from real.coord.connect import connect_kv
 from real.coord.detector import FailureDetector
 from real.coord.election import Election
 from real.coord.embedded_kv import EmbeddedKV
 from real.coord.heartbeat import report_exit
-from real.coord.kv import StoreError, connect_kv, parse_kv_url
+from real.coord.kv import parse_kv_url
 from real.coord.kvserver import KVServer
-from real.eventlog import EventLog
-from real.processes import free_port
+from real.engine.eventlog import EventLog
+from real.runtime.processes import free_port
+from shared.errors import KVError
 from shared.events import read_events
 
 TOKEN = "a-job-secret-for-these-tests"
@@ -55,7 +57,7 @@ def test_parse_kv_url() -> None:
 
 @pytest.mark.parametrize("scheme", ["etcd", "tcpstore"])
 def test_connect_to_nothing_says_what_to_do(scheme: str) -> None:
-    with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
+    with pytest.raises(KVError, match=r"127\.0\.0\.1"):
         connect_kv(f"{scheme}://127.0.0.1:{free_port()}", timeout_s=0.5, token=TOKEN)
 
 
@@ -121,13 +123,13 @@ def test_election_rejects_bad_timing(kv: EmbeddedKV) -> None:
 def test_a_closed_client_says_so(kv: EmbeddedKV) -> None:
     kv.put("k", b"v")
     kv.close()
-    with pytest.raises(StoreError, match="closed"):
+    with pytest.raises(KVError, match="closed"):
         kv.get("k")
 
 
 def test_a_broken_connection_fails_one_call_and_the_next_one_reconnects(kv: EmbeddedKV) -> None:
     kv.put("k", b"v")
     kv._store.sock.shutdown(socket.SHUT_RDWR)  # as if the network dropped mid-request
-    with pytest.raises(StoreError, match="failed"):
+    with pytest.raises(KVError, match="failed"):
         kv.get("k")
     assert kv.get("k") == b"v"  # a fresh, authenticated connection; no stale reply read

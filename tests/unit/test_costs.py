@@ -23,7 +23,7 @@ from shared.costs import (
 
 # --- Wasted time per failure ---------------------------------------------------------------
 
-# DESIGN section 7: GPT-2 100B on 16 x p4d.24xlarge, FSx at 20 Gbps aggregate.
+# docs/design.md section 7: GPT-2 100B on 16 x p4d.24xlarge, FSx at 20 Gbps aggregate.
 PAPER_ITERATION_S = 62.0
 PAPER_SERIALISATION_S = 81.0
 PAPER_FSX_BYTES_PER_S = 20e9 / 8

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from real.engine.bench_training import MODELS, parse_model
-from real.workload.model import GPT, GPTConfig, parameter_count
+from benchmarks.engine_training import MODELS, parse_model
+from real.trainer.workload.model import GPT, GPTConfig, parameter_count
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

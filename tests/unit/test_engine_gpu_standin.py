@@ -21,7 +21,7 @@ from real.engine.profiler import CommProfiler
 from real.engine.protocol import make_token
 from real.engine.restore import read_local
 from real.engine.store import NodeStore
-from real.inprocess import leave_attempt
+from real.trainer.inprocess import leave_attempt
 
 MB = 1 << 20
 

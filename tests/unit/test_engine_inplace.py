@@ -14,21 +14,14 @@ import torch
 import xxhash
 
 from real.engine.capture import Capturer
-from real.engine.client import PlacedDataError, StoreClient, StoreError
-from real.engine.manifest import (
-    BlockHasher,
-    Manifest,
-    VerificationError,
-    block_checksums,
-    layout,
-    seal,
-    sign,
-)
+from real.engine.client import PlacedDataError, StoreClient
+from real.engine.manifest import BlockHasher, Manifest, block_checksums, layout, seal, sign
 from real.engine.protocol import make_token
 from real.engine.replication import ReplicationManager
 from real.engine.restore import persistent_exists, read_local, read_peer
 from real.engine.shm import SHM_DIR, best_slot
 from real.engine.store import NodeStore
+from shared.errors import NodeStoreError, VerificationError
 from shared.placement import plan_placement
 from shared.scenario import Scenario
 
@@ -293,7 +286,7 @@ def test_a_pipelined_put_begin_refused_fails_the_replica(rig: dict[str, Any]) ->
     client = StoreClient(1, remote.address, remote.token)
     try:
         client.put_begin(0, unsigned, wait=False)
-        with pytest.raises((StoreError, OSError)):
+        with pytest.raises((NodeStoreError, OSError)):
             client.put_chunk(0, bytes(16))
             client.put_end()
     finally:

@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from real.engine import protocol
-from real.engine.manifest import (
-    Manifest,
-    VerificationError,
-    layout,
-    seal,
-    tensors_from,
-    verify,
-)
+from real.engine.manifest import Manifest, layout, seal, tensors_from, verify
+from shared.errors import ProtocolError, VerificationError
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -110,7 +104,7 @@ def test_malformed_frames_raise_protocol_errors(wire: bytes) -> None:
     left, right = socket.socketpair()
     with left, right:
         left.sendall(wire)
-        with pytest.raises(protocol.ProtocolError):
+        with pytest.raises(ProtocolError):
             protocol.recv_header(right)
 
 
@@ -145,7 +139,7 @@ def test_the_right_token_authenticates() -> None:
 
 def test_a_wrong_token_is_refused_on_both_sides() -> None:
     server_error, client_error = _handshake(protocol.make_token(), protocol.make_token())
-    assert isinstance(server_error, protocol.ProtocolError)
+    assert isinstance(server_error, ProtocolError)
     assert "wrong token" in str(server_error)
     assert isinstance(client_error, ConnectionError)
 

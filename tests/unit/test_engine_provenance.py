@@ -21,10 +21,9 @@ import xxhash
 
 from real.engine import protocol
 from real.engine.capture import Capturer
-from real.engine.client import StoreClient, StoreError
+from real.engine.client import StoreClient
 from real.engine.manifest import (
     Manifest,
-    VerificationError,
     authenticate,
     block_checksums,
     checksum,
@@ -35,6 +34,7 @@ from real.engine.manifest import (
 from real.engine.restore import read_local, read_peer
 from real.engine.shm import SHM_DIR, Slot, best_slot
 from real.engine.store import NodeStore
+from shared.errors import NodeStoreError, ProtocolError, VerificationError
 
 ITERATION, OWNER = 4, 1
 
@@ -187,7 +187,7 @@ def test_a_store_refuses_a_replica_whose_manifest_another_job_signed(store: Node
     ).encode()
     with _client(store) as client:
         for manifest in (body, sign(body, manifest_key(protocol.make_token()))):
-            with pytest.raises(StoreError, match="MAC"):
+            with pytest.raises(NodeStoreError, match="MAC"):
                 client.put_begin(5, manifest)
         client.put_begin(5, sign(body, manifest_key(store.token)))  # this job's: accepted
         client.put_chunk(0, bytes(16))
@@ -205,7 +205,7 @@ def test_a_client_with_the_wrong_token_can_neither_read_nor_write(capturer: Capt
     slot = _commit(capturer)
     before = slot.manifest_bytes()
     store_address = capturer.client.address
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(ProtocolError):
         StoreClient(0, store_address, protocol.make_token(), timeout_s=10.0)
     # A raw connection that skips the handshake gets nothing either.
     host, port = protocol.parse_address(store_address)
@@ -262,7 +262,7 @@ def test_a_fake_store_is_refused_by_the_client(
     reply: Callable[[str, dict[str, object]], dict[str, object]],
 ) -> None:
     address, seen, thread = _fake_store(reply)
-    with pytest.raises(protocol.ProtocolError, match="could not prove"):
+    with pytest.raises(ProtocolError, match="could not prove"):
         StoreClient(0, address, protocol.make_token(), timeout_s=10.0)
     thread.join(10.0)  # the client hung up: the fake store's last read ends
     assert not thread.is_alive()

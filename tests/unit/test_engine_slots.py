@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from real.engine.capture import Capturer
-from real.engine.client import StoreClient, StoreError
-from real.engine.manifest import VerificationError, seal
+from real.engine.client import StoreClient
+from real.engine.manifest import seal
 from real.engine.profiler import CommProfiler
 from real.engine.protocol import make_token
 from real.engine.restore import read_local
 from real.engine.shm import SHM_DIR, in_progress_index, newest_committed
 from real.engine.store import NodeStore
+from shared.errors import NodeStoreError, VerificationError
 
 
 def _state(iteration: int) -> dict[str, object]:
@@ -118,7 +119,7 @@ def test_state_growth_reallocates_only_the_in_progress_slot(
     assert captured.slot.state().data_capacity >= captured.nbytes
     _assert_equal(read_local(capturer.slots, 3, 1), 1)
     client = StoreClient(0, store.address, store.token)
-    with pytest.raises(StoreError, match="newest committed"):
+    with pytest.raises(NodeStoreError, match="newest committed"):
         index = newest_committed(capturer.slots)
         client.call("ensure", owner=3, index=index, manifest_capacity=1, data_capacity=1 << 30)
     client.close()

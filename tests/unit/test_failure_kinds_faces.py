@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from real.coord.kv import KeyValueStore, Lease
-from real.eventlog import EventLog
+from real.engine.eventlog import EventLog
 from real.launcher.injector import FailureInjector
 from shared.scenario import Scenario, ScheduledFailure
 from shared.scenario_loader import parse_scenario

@@ -20,7 +20,6 @@ from scipy.special import gamma
 from shared.failures import (
     SECONDS_PER_DAY,
     FailureEvent,
-    FailureKind,
     cluster_mtbf_s,
     daily_failure_fraction_to_mtbf_s,
     explicit_failures,
@@ -29,6 +28,7 @@ from shared.failures import (
     mtbf_s_to_failures_per_day,
     sample_failures,
 )
+from shared.recovery import FailureKind
 
 DAY_S = 86_400.0
 
@@ -196,7 +196,7 @@ def test_exponential_rate_matches_the_mtbf() -> None:
 
 
 def test_paper_failure_rate_at_1000_instances() -> None:
-    # DESIGN section 7: 1.5% of instances fail per day.
+    # docs/design.md section 7: 1.5% of instances fail per day.
     mtbf_s = daily_failure_fraction_to_mtbf_s(0.015)
     count = len(_sample(nodes=1000, duration_s=30 * DAY_S, mtbf_s=mtbf_s))
     expected = 0.015 * 1000 * 30  # 450

@@ -1,6 +1,7 @@
 """In-process recovery, trainer side: the agent's socket, attempts, parking, retiring.
 
-The trainer's end (``real.inprocess``) is driven here by a test standing in for the agent, on
+The trainer's end (``real.trainer.inprocess``) is driven here by a test standing in for the agent,
+on
 a socket pair; the process group is a one-rank gloo group, so every attempt forms and leaves a
 real group (``tests/integration/test_cluster.py`` runs the whole thing with agents).
 """
@@ -19,17 +20,17 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 
-from real.inprocess import (
+from real.runtime.processes import free_port
+from real.trainer.inprocess import (
     RDZV_PREFIX_ENV,
     AgentChannel,
     Assignment,
-    AttemptAborted,
     check_abort,
     install_abort_checks,
     is_peer_failure,
     run_attempts,
 )
-from real.processes import free_port
+from shared.errors import AttemptAborted
 
 
 class Agent:

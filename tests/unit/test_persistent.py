@@ -18,19 +18,17 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
-import real.persistent as persistent
-import real.throttle as throttling
-from real.eventlog import EventLog
-from real.persistent import (
-    BackgroundPersister,
-    iteration_folder,
-    latest_persistent_iteration,
-    load_persistent,
-    save_persistent,
-)
-from real.workload.model import GPT, GPTConfig
-from real.workload.trainer import Trainer, TrainerConfig
-from real.workload.weights import state_digest
+import real.persistent.dcp as persistent_dcp
+import real.persistent.persister as persistent_persister
+import real.persistent.storage as persistent_storage
+import real.persistent.throttle as throttling
+from real.engine.eventlog import EventLog
+from real.persistent.dcp import load_persistent, save_persistent
+from real.persistent.persister import BackgroundPersister
+from real.persistent.storage import iteration_folder, latest_persistent_iteration
+from real.trainer.workload.model import GPT, GPTConfig
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+from real.trainer.workload.weights import state_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -90,11 +88,11 @@ def test_template_free_load_reads_the_state_as_stored(tmp_path: Path) -> None:
 
 def test_storage_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_STORAGE_OPTIONS", '{"auto_mkdir": true}')
-    assert persistent.PersistentStorage("/tmp/x").storage_options == {"auto_mkdir": True}
-    assert persistent.PersistentStorage("/tmp/x", {}).storage_options == {}
+    assert persistent_storage.PersistentStorage("/tmp/x").storage_options == {"auto_mkdir": True}
+    assert persistent_storage.PersistentStorage("/tmp/x", {}).storage_options == {}
     monkeypatch.setenv("GEMINI_STORAGE_OPTIONS", "[1]")
     with pytest.raises(ValueError, match="JSON object"):
-        persistent.PersistentStorage("/tmp/x")
+        persistent_storage.PersistentStorage("/tmp/x")
 
 
 def test_plain_dcp_load_reads_the_model(tmp_path: Path) -> None:
@@ -134,7 +132,7 @@ def test_fsspec_urls_work_beyond_local_paths() -> None:
 
 
 def copied(state: Mapping[str, Any]) -> dict[str, Any]:
-    from real.state import flatten_state, unflatten_state
+    from real.engine.state import flatten_state, unflatten_state
 
     tensors, values = flatten_state(state)
     return unflatten_state({k: v.detach().clone() for k, v in tensors.items()}, values)
@@ -146,14 +144,14 @@ def test_background_persister_writes_without_blocking_and_supersedes(
     url = str(tmp_path / "tier")
     release = threading.Event()
     started = threading.Event()
-    real_save = persistent.save_persistent
+    real_save = persistent_dcp.save_persistent
 
     def slow_save(*args: Any, **kwargs: Any) -> int:
         started.set()
         assert release.wait(60)
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(persistent, "save_persistent", slow_save)
+    monkeypatch.setattr(persistent_persister, "save_persistent", slow_save)
     events_path = tmp_path / "events.jsonl"
     log = EventLog(events_path, t0=time.time(), node=0, rank=0)
     trainer = trained(1)
@@ -208,9 +206,10 @@ CRASHING_WRITER = """
 import sys, threading, time
 from pathlib import Path
 import torch
-import real.persistent as persistent
-import real.throttle as throttling
-from real.persistent import BackgroundPersister, save_persistent
+import real.persistent.dcp as persistent_dcp
+import real.persistent.throttle as throttling
+from real.persistent.persister import BackgroundPersister
+from real.persistent.dcp import save_persistent
 
 url, marker, where = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 state = {"model": {"w": torch.arange(1000, dtype=torch.float32)}, "iteration": 1}
@@ -224,7 +223,7 @@ if where == "metadata":  # tensor data written, DCP's .metadata not yet
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
     FsspecWriter.finish = hang
 else:  # every file written, the index not yet updated
-    persistent._advertise = hang
+    persistent_dcp._advertise = hang
 persister = BackgroundPersister(url)
 persister.submit(2, {"model": {"w": torch.ones(1000)}, "iteration": 2})
 time.sleep(600)
@@ -315,8 +314,8 @@ def test_emulated_bandwidth_paces_real_writes_and_reads(
     assert read >= saved and time.monotonic() - start >= read / rate
     assert state["iteration"] == 1
     monkeypatch.delenv(throttling.STORAGE_RATE_ENV)
-    assert persistent.PersistentStorage(url).throttle is None
+    assert persistent_storage.PersistentStorage(url).throttle is None
     with monkeypatch.context() as patch:
         patch.setenv(throttling.STORAGE_RATE_ENV, "fast")
         with pytest.raises(ValueError, match="GEMINI_STORAGE_RATE"):
-            persistent.PersistentStorage(url)
+            persistent_storage.PersistentStorage(url)

@@ -15,18 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from real.baseline import PersistentCheckpointer
-from real.persistent import (
-    METADATA_MAC_SUFFIX,
-    METADATA_NAME,
-    BackgroundPersister,
-    MetadataVerificationError,
-    iteration_folder,
-    load_persistent,
-    metadata_key,
-    save_persistent,
-    user_key_path,
-)
+from real.persistent.baseline import PersistentCheckpointer
+from real.persistent.dcp import load_persistent, save_persistent
+from real.persistent.metadata import METADATA_MAC_SUFFIX, METADATA_NAME, metadata_key, user_key_path
+from real.persistent.persister import BackgroundPersister
+from real.persistent.storage import iteration_folder
+from shared.errors import MetadataVerificationError
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 ITERATION = 4

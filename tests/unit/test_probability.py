@@ -21,7 +21,8 @@ from shared.probability import (
     recovery_probability,
 )
 
-# --- reference values (DESIGN section 3) --------------------------------------------------------
+# --- reference values (docs/design.md section 3)
+# --------------------------------------------------------
 
 REFERENCE = [
     ("group", 2, 0.9333),

@@ -8,8 +8,8 @@ import weakref
 import torch
 import torch.distributed as dist
 
-from real.processes import free_port
-from real.procgroup import leave_process_group, new_gloo_group
+from real.runtime.processes import free_port
+from real.runtime.procgroup import leave_process_group, new_gloo_group
 
 
 def test_leaving_collects_cyclic_modules_then_destroys_every_group() -> None:

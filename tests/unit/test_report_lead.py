@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.report import lead_table, markdown_table
+from synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
+
+from analysis.render import markdown_table
+from analysis.report import lead_table
 from analysis.results import load_run
-from analysis.synthetic import SyntheticFailure, SyntheticRun, write_synthetic_run
 
 
 def _run(tmp_path: Path, source: str, strategy: str, retrieval: float, detection: float):

@@ -236,7 +236,7 @@ def test_fuzzed_near_valid_documents(document: dict[str, object]) -> None:
 
 
 def test_docs_list_every_field_and_are_up_to_date() -> None:
-    from shared.scenario import schema_markdown
+    from shared.scenario_rules_doc import schema_markdown
 
     text = schema_markdown()
     assert "| `cluster.nodes` |" in text and "| `failures.schedule[].kind` |" in text

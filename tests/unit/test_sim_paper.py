@@ -1,4 +1,4 @@
-"""The paper's figures, reproduced from the paper's setup (DESIGN section 7).
+"""The paper's figures, reproduced from the paper's setup (docs/design.md section 7).
 
 Inputs are the paper's hardware, model sizes, intervals and failure rates; the figures must
 emerge. The paper scenarios take the paper's commit accounting (``commit: next_iteration_end``);
@@ -21,11 +21,11 @@ from sim import simulate
 P4D = "scenarios/paper/gpt2-100b-p4d.yaml"
 P3DN = "scenarios/paper/gpt2-40b-p3dn.yaml"
 PERSISTENT = ["checkpoint.strategy=persistent"]
-STRAWMAN = [*PERSISTENT, "checkpoint.persistent_interval=strawman"]
+STRAWMAN = [*PERSISTENT, "checkpoint.baseline_interval=strawman"]
 HIGHFREQ = [
     *PERSISTENT,
-    "checkpoint.persistent_interval=fixed",
-    "checkpoint.persistent_every_iterations=9",
+    "checkpoint.baseline_interval=fixed",
+    "checkpoint.baseline_every_iterations=9",
 ]  # the paper's HighFreq interval
 YEAR = ["sim.duration_days=365"]
 

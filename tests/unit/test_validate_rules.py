@@ -19,8 +19,8 @@ from shared.scenario_loader import parse_scenario
 from shared.scenario_rules import SimFacts, check_scenario, errors, warnings
 from shared.storms import stall_failure_limit
 from sim import SimProgress, simulate
-from sim.engine import Engine
 from sim.model import build_model
+from sim.simulation import Simulation
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
@@ -82,9 +82,9 @@ def test_checkpoints_must_fit_in_cpu_memory() -> None:
 
 
 def test_young_and_daly_need_a_failure_rate() -> None:
-    text = "name: y\ncheckpoint: {strategy: persistent, persistent_interval: daly}"
+    text = "name: y\ncheckpoint: {strategy: persistent, baseline_interval: daly}"
     (problem,) = problems_of(text)
-    assert problem.startswith("checkpoint.persistent_interval: daly needs failures.process")
+    assert problem.startswith("checkpoint.baseline_interval: daly needs failures.process")
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -258,7 +258,7 @@ def test_the_engine_reports_progress() -> None:
         "name: p\nsim: {duration_days: 1}\nfailures: {process: {failures_per_node_per_day: 5}}"
     )
     seen: list[SimProgress] = []
-    engine = Engine(build_model(scenario), 0, on_progress=seen.append, progress_wall_s=0.0)
+    engine = Simulation(build_model(scenario), 0, on_progress=seen.append, progress_wall_s=0.0)
     state = engine.run()
     assert len(seen) >= state.failures > 0
     times = [p.time_s for p in seen]

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from real.state import flatten_state, unflatten_state
-from real.workload.data import ByteTokenizer, Corpus, DataPipeline, load_corpus
-from real.workload.model import GPT, GPTConfig, parameter_count
-from real.workload.rng import capture_rng_state, restore_rng_state
-from real.workload.schedule import learning_rate_at
-from real.workload.trainer import Trainer, TrainerConfig
-from real.workload.weights import read_tensors, state_digest, write_tensors
+from real.engine.state import flatten_state, unflatten_state
+from real.trainer.workload.data import ByteTokenizer, Corpus, DataPipeline, load_corpus
+from real.trainer.workload.model import GPT, GPTConfig, parameter_count
+from real.trainer.workload.rng import capture_rng_state, restore_rng_state
+from real.trainer.workload.schedule import learning_rate_at
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+from real.trainer.workload.weights import read_tensors, state_digest, write_tensors
 from shared.scenario import ModelConfig
 
 TINY = GPTConfig(layers=2, hidden=32, heads=4, context=32)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from real.inject import EXIT_CODE, CrashPoint, crash_point_from_env, maybe_crash
+from real.trainer.inject import EXIT_CODE, CrashPoint, crash_point_from_env, maybe_crash
 
 
 def test_crash_point_round_trips_through_the_environment() -> None:
@@ -35,8 +35,8 @@ def test_other_iterations_ranks_and_phases_do_not_crash() -> None:
 
 SCRIPT = """
 import sys
-from real.eventlog import EventLog
-from real.inject import crash_point_from_env, maybe_crash
+from real.engine.eventlog import EventLog
+from real.trainer.inject import crash_point_from_env, maybe_crash
 log = EventLog(sys.argv[1], t0=0.0, node=0, rank=0)
 point = crash_point_from_env()
 for iteration in range(1, 10):

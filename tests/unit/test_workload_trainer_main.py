@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from real.trainer_main import NullCheckpointer, RankEnv, make_checkpointer, storage_url
+from real.trainer.main import NullCheckpointer, RankEnv, make_checkpointer, storage_url
 from shared.scenario import Scenario
 
 
@@ -97,7 +97,7 @@ def test_none_and_missing_interval(tmp_path: Path) -> None:
         template=dict,
     )
     assert isinstance(none, NullCheckpointer) and none.restore() is None
-    with pytest.raises(ValueError, match="persistent_every_iterations"):
+    with pytest.raises(ValueError, match="baseline_every_iterations"):
         make_checkpointer(
             "persistent",
             scenario,

@@ -25,15 +25,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from real.eventlog import EventLog
+from real.engine.eventlog import EventLog
+from real.runtime.env import (
+    GEMINI_CRASH_AT_ITERATION,
+    GEMINI_CRASH_FAILURE,
+    GEMINI_CRASH_MODE,
+    GEMINI_CRASH_PHASE,
+    GEMINI_CRASH_RANK,
+)
 
 logger = logging.getLogger(__name__)
 
-CRASH_AT_ENV = "GEMINI_CRASH_AT_ITERATION"
-CRASH_RANK_ENV = "GEMINI_CRASH_RANK"
-CRASH_PHASE_ENV = "GEMINI_CRASH_PHASE"
-CRASH_MODE_ENV = "GEMINI_CRASH_MODE"
-CRASH_FAILURE_ENV = "GEMINI_CRASH_FAILURE"
+CRASH_AT_ENV = GEMINI_CRASH_AT_ITERATION
+CRASH_RANK_ENV = GEMINI_CRASH_RANK
+CRASH_PHASE_ENV = GEMINI_CRASH_PHASE
+CRASH_MODE_ENV = GEMINI_CRASH_MODE
+CRASH_FAILURE_ENV = GEMINI_CRASH_FAILURE
 EXIT_CODE = 71
 
 Phase = Literal["before_step", "after_step", "after_save"]

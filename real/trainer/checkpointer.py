@@ -54,9 +54,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from real.api import Restored
-from real.eventlog import RUN_T0_ENV, EventLog
-from real.inprocess import (
+from real.engine.api import Restored
+from real.engine.eventlog import RUN_T0_ENV, EventLog
+from real.runtime.env import GEMINI_NODE, GEMINI_RUN_DIR, GEMINI_SCENARIO, GEMINI_SCENARIO_SET
+from real.trainer.inprocess import (
     AGENT_FD_ENV,
     AgentChannel,
     Assignment,
@@ -68,7 +69,7 @@ from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
-SCENARIO_ENV, SCENARIO_SET_ENV = "GEMINI_SCENARIO", "GEMINI_SCENARIO_SET"
+SCENARIO_ENV, SCENARIO_SET_ENV = GEMINI_SCENARIO, GEMINI_SCENARIO_SET
 Strategy = Literal["gemini", "persistent"]
 
 
@@ -118,10 +119,8 @@ class Checkpointer:
         }
         self.timeout_s = timeout_s
         # Under the agents the run's folder is the job's (its events feed the harness).
-        agent_dir = os.environ.get("GEMINI_RUN_DIR") if os.environ.get(AGENT_FD_ENV) else None
-        self.run_dir = Path(
-            agent_dir or run_dir or os.environ.get("GEMINI_RUN_DIR") or "gemini-run"
-        )
+        agent_dir = os.environ.get(GEMINI_RUN_DIR) if os.environ.get(AGENT_FD_ENV) else None
+        self.run_dir = Path(agent_dir or run_dir or os.environ.get(GEMINI_RUN_DIR) or "gemini-run")
         self._model = model
         self._began = time.time()
         self._attempts = 0
@@ -177,7 +176,7 @@ class Checkpointer:
             "commit": options["commit"],
         }
         if options["strategy"] == "persistent":
-            checkpoint["persistent_every_iterations"] = options["persist_every"] or 10
+            checkpoint["baseline_every_iterations"] = options["persist_every"] or 10
         elif options["persist_every"] is not None:
             checkpoint["persist_every_iterations"] = options["persist_every"]
         storage = {"url": options["persistent_url"]} if options["persistent_url"] else {}
@@ -236,9 +235,9 @@ class Checkpointer:
             return self._engine
         scenario = self.scenario
         if scenario.checkpoint.strategy == "persistent":
-            from real.baseline import PersistentCheckpointer
+            from real.persistent.baseline import PersistentCheckpointer
 
-            every = scenario.checkpoint.persistent_every_iterations or 10
+            every = scenario.checkpoint.baseline_every_iterations or 10
             self._engine = PersistentCheckpointer(
                 scenario.cluster.storage.url or str(self.run_dir / "persistent"),
                 every,
@@ -409,7 +408,7 @@ class Checkpointer:
             self._channel.close()
             self._channel = None
         if self._owns_group:  # formed here: left here (the script's own group is its own)
-            from real.procgroup import leave_process_group
+            from real.runtime.procgroup import leave_process_group
 
             leave_process_group(together=True)
             self._owns_group = False
@@ -502,5 +501,5 @@ def _where() -> tuple[int, int, int, int, int]:
             f"WORLD_SIZE {world} is not a multiple of LOCAL_WORLD_SIZE {per_node}: every node "
             "must run the same number of ranks"
         )
-    node = int(os.environ.get("GEMINI_NODE") or os.environ.get("GROUP_RANK") or rank // per_node)
+    node = int(os.environ.get(GEMINI_NODE) or os.environ.get("GROUP_RANK") or rank // per_node)
     return rank, world, local_rank, per_node, node

@@ -374,7 +374,7 @@ def test_a_failure_as_a_save_iteration_ends_finds_the_blocking_save_done() -> No
     text = LOST_NODE.replace("at_time_s: 3.2", "at_iteration: 3")
     overrides = [
         "checkpoint.strategy=persistent",
-        "checkpoint.persistent_every_iterations=3",
+        "checkpoint.baseline_every_iterations=3",
         "cluster.storage.bandwidth_gbit_s=8",
     ]
     result = simulate(parse_scenario(text, overrides=overrides))

@@ -1,6 +1,6 @@
 """The persistent-storage baseline ("NFS"): what users do today.
 
-``PersistentCheckpointer`` implements ``real.api.Checkpointer`` with synchronous DCP saves to
+``PersistentCheckpointer`` implements ``real.engine.api.Checkpointer`` with synchronous DCP saves to
 the storage URL every K iterations (training waits for the write) and restores from the
 newest complete checkpoint there (tier ``persistent``). It is the comparison point for the
 Gemini engine in the same harness, selected by ``checkpoint.strategy: persistent``.
@@ -16,16 +16,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from real.api import Restored
-from real.eventlog import EventLog
-from real.inprocess import check_abort
-from real.persistent import (
-    DEFAULT_KEEP,
-    gloo_group,
-    latest_persistent_iteration,
-    load_persistent,
-    save_persistent_logged,
-)
+from real.engine.api import Restored
+from real.engine.eventlog import EventLog
+from real.persistent.dcp import DEFAULT_KEEP, load_persistent
+from real.persistent.persister import save_persistent_logged
+from real.persistent.storage import latest_persistent_iteration
+from real.runtime.procgroup import gloo_group
+from real.trainer.inprocess import check_abort
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ class PersistentCheckpointer:
     ) -> None:
         if every_iterations < 1:
             raise ValueError(
-                f"checkpoint.persistent_every_iterations must be 1 or more, got {every_iterations}"
+                f"checkpoint.baseline_every_iterations must be 1 or more, got {every_iterations}"
             )
         self.url = url
         self.every_iterations = every_iterations

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0
 from shared.events import Event, write_event, write_events
 
-RUN_DIR_ENV = "GEMINI_RUN_DIR"
-RUN_T0_ENV = "GEMINI_RUN_T0"
+RUN_DIR_ENV = GEMINI_RUN_DIR
+RUN_T0_ENV = GEMINI_RUN_T0
 
 
 class EventLog:

@@ -17,7 +17,7 @@ JSON values only:
 as plain local tensors (what an engine that stores raw bytes gives back; under FSDP2 the rank's
 local shards, wrapped into DTensors again), or, under FSDP2, as whole plain tensors (a
 template-free read of the persistent tier), of which each rank keeps its part. Both directions
-go through ``real.training_state``, the implementation the public adapters share.
+go through ``real.trainer.training_state``, the implementation the public adapters share.
 
 Determinism: weights start from the seed, batches are a pure function of (seed, rank, world
 size, position), DDP's bucket layout is fixed by ``bucket_cap_mb``, and intra-op threads are
@@ -38,11 +38,11 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from real.training_state import load_model_and_optimizer_state, model_and_optimizer_state
-from real.workload.data import Corpus, DataPipeline, load_corpus
-from real.workload.model import GPT, GPTConfig
-from real.workload.rng import capture_rng_state, restore_rng_state
-from real.workload.schedule import learning_rate_at
+from real.trainer.training_state import load_model_and_optimizer_state, model_and_optimizer_state
+from real.trainer.workload.data import Corpus, DataPipeline, load_corpus
+from real.trainer.workload.model import GPT, GPTConfig
+from real.trainer.workload.rng import capture_rng_state, restore_rng_state
+from real.trainer.workload.schedule import learning_rate_at
 from shared.scenario import Scenario
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class TrainerConfig:
         warmup_iterations: linear warmup steps.
         bucket_cap_mb: DDP gradient bucket size, MB; keep it fixed across restarts.
         seed: seed of the weights and the data.
-        corpus: text source (``real.workload.data.load_corpus``); None: CPython's docs.
+        corpus: text source (``real.trainer.workload.data.load_corpus``); None: CPython's docs.
         weight_decay: AdamW weight decay.
         grad_clip_norm: gradients are clipped to this global norm; 0 disables clipping.
     """
@@ -131,7 +131,8 @@ class Trainer:
         device: torch.device | str = "cpu",
         corpus: Corpus | None = None,
     ) -> None:
-        # Subnormal floats made CPU iterations ~4x slower on our machines (DESIGN 6).
+        # Subnormal floats made CPU iterations ~4x slower on our machines (docs/design.md section
+        # 6).
         torch.set_flush_denormal(True)
         self.config = config
         self.rank = rank

@@ -58,3 +58,22 @@ def new_gloo_group() -> dist.ProcessGroup:
         timeout = None
     group: dist.ProcessGroup = dist.new_group(backend="gloo", timeout=timeout)
     return group
+
+
+def gloo_group(*, dedicated: bool = False) -> dist.ProcessGroup | None:
+    """A process group for DCP's CPU-side collectives (a collective call on every rank).
+
+    Args:
+        dedicated: always a new group. A background thread needs one of its own: collectives
+            of two threads on one group would interleave differently on different ranks.
+
+    Returns:
+        None (the default group) when that is gloo and ``dedicated`` is false; a new gloo group
+        otherwise (NCCL cannot carry DCP's object collectives without a device); None outside
+        a distributed job.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if dist.get_backend() == "gloo" and not dedicated:
+        return None
+    return new_gloo_group()

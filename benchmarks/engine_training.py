@@ -1,6 +1,6 @@
 """Training iteration time with per-iteration in-memory checkpoints, against none.
 
-The real workload (``real.workload.Trainer``: the GPT decoder of a ``BenchModel`` size under
+The real workload (``real.trainer.workload.Trainer``: the GPT decoder of a ``BenchModel`` size under
 DDP, gloo) runs on
 ``nodes x ranks_per_node`` processes, three ways in turn, ``repeats`` times:
 
@@ -11,7 +11,7 @@ DDP, gloo) runs on
 
 An iteration's time is the slowest rank's time from the start of its step to the return of
 ``save()``; the figure per mode is the median over the iterations after profiling and over the
-repeats. Workers run ``python -m real.engine.bench_training '<json>'``.
+repeats. Workers run ``python -m benchmarks.engine_training '<json>'``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 from real.engine.client import StoreClient
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
+from real.runtime.env import GEMINI_TOKEN
 
 MODES = ("none", "interleaved", "blocking")
 
@@ -60,7 +61,8 @@ class BenchModel:
 
 
 # tiny: the tests' scale (~0.1 s per iteration with 4 ranks on 2 cores); medium: ~1 s per
-# iteration there; demo: DESIGN's ~20M-parameter demo model (~7 s per iteration there).
+# iteration there; demo: the design's (docs/design.md section 6) ~20M-parameter demo model (~7 s per
+# iteration there).
 MODELS: dict[str, BenchModel] = {
     "tiny": BenchModel("tiny", 4, 128, 4, 64, 8, 40),
     "medium": BenchModel("medium", 4, 256, 4, 128, 8, 20),
@@ -114,8 +116,8 @@ def worker(config: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from real.procgroup import leave_process_group
-    from real.workload.trainer import Trainer, TrainerConfig
+    from real.runtime.procgroup import leave_process_group
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
@@ -192,8 +194,8 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
             }
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "real.engine.bench_training", json.dumps(full)],
-                    env={**os.environ, "GEMINI_TOKEN": token, "OMP_NUM_THREADS": "1"},
+                    [sys.executable, "-m", "benchmarks.engine_training", json.dumps(full)],
+                    env={**os.environ, GEMINI_TOKEN: token, "OMP_NUM_THREADS": "1"},
                 )
             )
         for process in processes:
@@ -269,9 +271,9 @@ def model_memory(model: BenchModel, per_node: int, replicas: int = 2) -> dict[st
     each of the ``replicas - 1`` peers' ranks it holds, times the ranks per node."""
     import torch
 
-    from real.engine.store import node_memory_bytes
-    from real.state import flatten_state
-    from real.workload.trainer import Trainer, TrainerConfig
+    from real.engine.shm import node_memory_bytes
+    from real.engine.state import flatten_state
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
 
     torch.set_flush_denormal(True)
     config = {

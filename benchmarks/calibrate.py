@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from real.processes import free_port
+from real.runtime.processes import free_port
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ def _rank_main(
     import torch.distributed as dist
 
     from real.engine.profiler import CommProfiler
-    from real.procgroup import leave_process_group
-    from real.workload.trainer import Trainer, TrainerConfig
+    from real.runtime.procgroup import leave_process_group
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
     from shared.scenario_loader import load_scenario
 
     begin = time.perf_counter()
@@ -342,12 +342,12 @@ def _recovery_rank_main(
     import torch.distributed as dist
 
     from real.engine.profiler import CommProfiler
-    from real.inprocess import leave_attempt
-    from real.workload.trainer import Trainer, TrainerConfig
+    from real.trainer.inprocess import leave_attempt
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
     from shared.scenario_loader import load_scenario
 
     # As the harness runs its trainers: one thread each (OMP_NUM_THREADS=1), and what the
-    # warm process holds moved out of the collector's sight (real.inprocess.prewarm).
+    # warm process holds moved out of the collector's sight (real.trainer.inprocess.prewarm).
     torch.set_num_threads(1)
     gc.collect()
     gc.freeze()
@@ -524,7 +524,7 @@ def _clone_tree(value: Any) -> Any:
 
 def _warm_up_torch() -> None:
     """Pay the lazy imports of a first optimizer step in this process (see
-    ``real.inprocess.prewarm``; without freezing the collector, which is this process's)."""
+    ``real.trainer.inprocess.prewarm``; without freezing the collector, which is this process's)."""
     import torch.distributed
 
     assert torch.distributed.is_available()

@@ -6,7 +6,7 @@ process sleeps until the next failure and then writes, in closed form, the few e
 matter: periodic ``iteration_end`` progress marks, the last iteration reached and the last
 checkpoint committed before the failure, and the persistent saves.
 
-A failure then runs its recovery, phase by phase, as DESIGN section 5 names them and as the
+A failure then runs its recovery, phase by phase, as docs/design.md section 5 names them and as the
 real harness recovers in process: detection (``detection.exit_report_s`` for a trainer crash,
 which its agent reports; a lost node is found by probe once the survivors' next collective
 fails, i.e. the time until the iteration profile's next communication phase plus
@@ -129,7 +129,7 @@ class _Chain:
     """From the failure until the survivors' next collective (which then fails); None when
     the job was not training (a failure during a recovery) or runs no collectives."""
     hung: bool = False
-    """The survivors' collectives hang rather than fail (``Engine._hangs``): the lease finds
+    """The survivors' collectives hang rather than fail (``Simulation._hangs``): the lease finds
     the node, and the stop waits ``detection.abort_timeout_s`` for the stuck survivors."""
 
     @property
@@ -137,7 +137,7 @@ class _Chain:
         return (self.index, *self.joined)
 
 
-class Engine:
+class Simulation:
     """One simulated run of a prepared scenario with one seed.
 
     Args:
@@ -816,4 +816,4 @@ def _worst_tier(plan: ClusterPlan) -> str:
     return max((s.tier for s in plan.remote), key=_TIER_ORDER.__getitem__, default="local")
 
 
-__all__ = ["Engine", "RunState", "SimProgress", "detection_delay_s", "root_loss_detection_s"]
+__all__ = ["RunState", "SimProgress", "Simulation", "detection_delay_s", "root_loss_detection_s"]

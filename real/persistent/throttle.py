@@ -3,7 +3,8 @@
 On a real cluster the persistent tier is shared and slow (the
 paper: FSx at 20 Gbit/s aggregate for a 1.2 TB checkpoint); on the emulated cluster it is a
 local folder, and the page cache writes a checkpoint at memory speed, which would make the
-baseline look far cheaper than it is. Our machines have no netem and kernel NFS (DESIGN 6), and
+baseline look far cheaper than it is. Our machines have no netem and kernel NFS (docs/design.md
+section 6), and
 a local folder has no link to shape with tc, so the bandwidth is emulated in the application:
 with ``cluster.storage.emulate_bandwidth`` the trainer sets ``GEMINI_STORAGE_RATE`` (bytes per
 second for this process) and every ``PersistentStorage`` of the process wraps its fsspec
@@ -25,7 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-STORAGE_RATE_ENV = "GEMINI_STORAGE_RATE"
+from real.runtime.env import GEMINI_STORAGE_RATE
+
+STORAGE_RATE_ENV = GEMINI_STORAGE_RATE
 
 
 class Throttle:

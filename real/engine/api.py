@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-Tier = Literal["local", "peer", "persistent"]
+from shared.recovery import Tier
 
 
 @dataclass(frozen=True)

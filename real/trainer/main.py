@@ -4,25 +4,25 @@ An agent (or torchrun, or a person) starts one trainer per accelerator with torc
 environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``, and
 optionally ``GEMINI_NODE``, ``GEMINI_RUN_DIR``, ``GEMINI_RUN_T0``). The trainer joins the
 process group (gloo on CPU, NCCL on GPU), builds the model and the checkpointer, restores the
-newest checkpoint if there is one, trains to the last iteration (the loop of ``real.api``),
+newest checkpoint if there is one, trains to the last iteration (the loop of ``real.engine.api``),
 and writes its final weights to ``<run_dir>/final/rank<r>.bin`` (raw bytes) with a JSON
 manifest ``rank<r>.bin.json`` holding ``model_digest``, the sha256 of the whole model (equal
 on every rank and across runs that trained the same way).
 
 Events (``<run_dir>/events/trainer-rank<r>.jsonl``): process_group_ready, state_restored
 (tier, seconds, source_node), training_resumed, iteration_end (duration_s, step_s, save_s,
-loss, learning_rate), and failure_injected when ``real.inject`` crashes the process. A trainer
+loss, learning_rate), and failure_injected when ``real.trainer.inject`` crashes the process. A
+trainer
 started to recover from failure ``i`` of the run (environment ``GEMINI_FAILURE=i``, set by the
 agent) tags its process_group_ready, state_restored and training_resumed events with
 ``failure: i``, tying them to that failure's chain.
 
 Run by hand: ``gemini-ckpt train scenarios/quickstart.yaml --out runs/x`` (one rank), or
-``torchrun --nproc-per-node 2 -m real.trainer_main scenarios/quickstart.yaml --out runs/x``.
+``torchrun --nproc-per-node 2 -m real.trainer.main scenarios/quickstart.yaml --out runs/x``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import inspect
 import logging
@@ -35,28 +35,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import click
 import torch
 import torch.distributed as dist
 
-from real.api import Checkpointer, Restored
-from real.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
-from real.inject import CrashPoint, crash_point_from_env, maybe_crash
-from real.inprocess import (
+from real.engine.api import Checkpointer, Restored
+from real.engine.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
+from real.runtime.env import GEMINI_FAILURE, GEMINI_NODE
+from real.runtime.procgroup import leave_process_group
+from real.trainer.inject import CrashPoint, crash_point_from_env, maybe_crash
+from real.trainer.inprocess import (
     AgentChannel,
     Assignment,
     install_abort_checks,
     prewarm,
     run_attempts,
 )
-from real.procgroup import leave_process_group
-from real.workload.trainer import Trainer, TrainerConfig
-from real.workload.weights import state_digest, write_tensors
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+from real.trainer.workload.weights import state_digest, write_tensors
 from shared.scenario import Scenario
 from shared.scenario_loader import load_scenario
 
 logger = logging.getLogger(__name__)
 
-FAILURE_ENV = "GEMINI_FAILURE"
+FAILURE_ENV = GEMINI_FAILURE
 
 CheckpointerKind = Literal["gemini", "persistent", "none"]
 CHECKPOINTER_KINDS: tuple[CheckpointerKind, ...] = ("gemini", "persistent", "none")
@@ -124,7 +126,7 @@ class RankEnv:
         world_size = number("WORLD_SIZE", 1) or 1
         local_rank = number("LOCAL_RANK", rank) or 0
         local_world_size = number("LOCAL_WORLD_SIZE", world_size) or 1
-        node = number("GEMINI_NODE", number("GROUP_RANK", rank // max(local_world_size, 1)))
+        node = number(GEMINI_NODE, number("GROUP_RANK", rank // max(local_world_size, 1)))
         if not 0 <= rank < world_size:
             raise ValueError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
         return cls(
@@ -186,14 +188,14 @@ def make_checkpointer(
     if kind == "none":
         return NullCheckpointer()
     if kind == "persistent":
-        from real.baseline import PersistentCheckpointer
+        from real.persistent.baseline import PersistentCheckpointer
 
-        every = scenario.checkpoint.persistent_every_iterations
+        every = scenario.checkpoint.baseline_every_iterations
         if every is None:
             raise ValueError(
                 "the persistent baseline in the real harness needs "
-                "checkpoint.persistent_every_iterations (e.g. --set "
-                "checkpoint.persistent_every_iterations=10)"
+                "checkpoint.baseline_every_iterations (e.g. --set "
+                "checkpoint.baseline_every_iterations=10)"
             )
         return PersistentCheckpointer(
             storage_url(scenario, run_dir), every, template, event_log=event_log
@@ -224,7 +226,8 @@ def run_trainer(options: TrainerOptions, env: Mapping[str, str] | None = None) -
     spare the job never needed).
 
     Under a node agent (``GEMINI_AGENT_FD`` set) the process serves the agent's attempts and
-    recovers in process (:mod:`real.inprocess`); otherwise it runs one attempt with torchrun's
+    recovers in process (:mod:`real.trainer.inprocess`); otherwise it runs one attempt with
+    torchrun's
     environment.
 
     Raises:
@@ -316,7 +319,7 @@ class _Job:
         self.hooked: torch.nn.Module | None = None  # the module carrying the abort checks
         storage = scenario.cluster.storage
         if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
-            from real.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
+            from real.persistent.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
 
             rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, scenario.cluster.ranks)
             os.environ[STORAGE_RATE_ENV] = repr(rate)
@@ -508,48 +511,95 @@ def _write_final(trainer: Trainer, run_dir: Path, where: RankEnv, kind: str) -> 
     return path.with_name(path.name + ".json")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainerOptions:
-    """Options of ``python -m real.trainer_main`` (the same as ``gemini-ckpt train``)."""
-    parser = argparse.ArgumentParser(prog="python -m real.trainer_main", description=__doc__)
-    parser.add_argument("scenario", type=Path)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, default=Path("runs/train"))
-    parser.add_argument("--checkpointer", choices=CHECKPOINTER_KINDS, default=None)
-    parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--timeout-s", type=float, default=300.0)
-    args = parser.parse_args(argv)
-    return TrainerOptions(
-        scenario=args.scenario,
-        overrides=tuple(args.overrides),
-        run_dir=args.out,
-        checkpointer=args.checkpointer,
-        iterations=args.iterations,
-        threads=args.threads,
-        timeout_s=args.timeout_s,
+@click.command(name="train")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario field."
+)
+@click.option(
+    "--out",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/train"),
+    show_default=True,
+    help="Run folder: events, final weights, default persistent tier.",
+)
+@click.option(
+    "--checkpointer",
+    type=click.Choice(CHECKPOINTER_KINDS),
+    default=None,
+    help="Checkpoint strategy (default: the scenario's checkpoint.strategy).",
+)
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Iterations to train.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default 1)."
+)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Collective timeout: a silent peer fails the trainer after this long.",
+)
+def command(
+    scenario: Path,
+    overrides: tuple[str, ...],
+    run_dir: Path,
+    checkpointer: CheckpointerKind | None,
+    iterations: int | None,
+    threads: int | None,
+    timeout_s: float,
+) -> None:
+    """Run one trainer: restore, train, checkpoint every iteration, write final weights.
+
+    The options of ``gemini-ckpt train`` and of ``python -m real.trainer.main`` (defined here
+    once). Agents start it once per accelerator with torchrun's environment (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT); without those it trains alone.
+    """
+    options = TrainerOptions(
+        scenario=scenario,
+        overrides=overrides,
+        run_dir=run_dir,
+        checkpointer=checkpointer,
+        iterations=iterations,
+        threads=threads,
+        timeout_s=timeout_s,
     )
+    try:
+        manifest = run_trainer(options)
+    except (ValueError, RuntimeError, OSError, ImportError) as error:
+        raise click.ClickException(f"trainer failed: {error}") from error
+    if manifest is not None:
+        click.echo(str(manifest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; exit code 0 on success, 2 on a bad scenario, 1 on any other error."""
+    """``python -m real.trainer.main``: exit code 0 on success, 2 on a bad scenario or bad
+    options, 1 on any other error."""
     from shared.errors import ScenarioError
 
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s rank{os.environ.get('RANK', '0')} %(name)s: %(message)s",
     )
-    options = parse_args(argv)
     try:
-        manifest = run_trainer(options)
+        command.main(
+            args=list(sys.argv[1:] if argv is None else argv),
+            prog_name="python -m real.trainer.main",
+            standalone_mode=False,
+        )
     except ScenarioError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except click.ClickException as error:
+        if error.__cause__ is not None:
+            logger.error("trainer failed", exc_info=error.__cause__)
+        error.show()
+        return error.exit_code
     except Exception as error:
         logger.exception("trainer failed")
         print(f"error: trainer rank {os.environ.get('RANK', '0')} failed: {error}", file=sys.stderr)
         return 1
-    if manifest is not None:
-        print(manifest)
     return 0
 
 

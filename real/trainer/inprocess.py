@@ -54,10 +54,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from real.runtime.env import GEMINI_AGENT_FD, GEMINI_RDZV_PREFIX, GEMINI_RESTORE_PLAN
+from shared.errors import AttemptAborted
+
 log = logging.getLogger(__name__)
 
-AGENT_FD_ENV = "GEMINI_AGENT_FD"
-RDZV_PREFIX_ENV = "GEMINI_RDZV_PREFIX"
+AGENT_FD_ENV = GEMINI_AGENT_FD
+RDZV_PREFIX_ENV = GEMINI_RDZV_PREFIX
 JOIN_TIMEOUT_S = 120.0
 """The longest a rank waits at an attempt's rendezvous for the others to arrive (one that
 never comes is the root's business: a lost node is probed, the stop kills what cannot leave)."""
@@ -73,10 +76,6 @@ PEER_FAILURE_MARKERS = (
     "gloo",
     "attempt aborted",
 )
-
-
-class AttemptAborted(RuntimeError):
-    """The agent stopped this attempt (a failure somewhere in the job); the trainer parks."""
 
 
 @dataclass(frozen=True)
@@ -368,7 +367,7 @@ def leave_attempt(*, together: bool) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if together:
-        from real.procgroup import leave_process_group
+        from real.runtime.procgroup import leave_process_group
 
         leave_process_group(together=True)
         return
@@ -387,7 +386,7 @@ def leave_attempt(*, together: bool) -> None:
 
 def _from_scratch(assignment: Assignment) -> bool:
     """Whether the root's plan for this attempt restores nothing (every rank starts over)."""
-    text = assignment.env.get("GEMINI_RESTORE_PLAN", "")
+    text = assignment.env.get(GEMINI_RESTORE_PLAN, "")
     if not text:
         return False
     try:

@@ -1,6 +1,7 @@
 """The training state of a PyTorch model and its optimizer, out and in, under DDP, FSDP2 or none.
 
-A checkpointer stores nested mappings of tensors and JSON values (``real.state``). This module
+A checkpointer stores nested mappings of tensors and JSON values (``real.engine.state``). This
+module
 turns a model, its optimizer and, optionally, its learning-rate scheduler into such a mapping
 and back, through ``torch.distributed.checkpoint.state_dict``, which handles a plain module, a
 ``DistributedDataParallel`` wrapper and an FSDP2 (``fully_shard``) module alike:
@@ -9,7 +10,7 @@ and back, through ``torch.distributed.checkpoint.state_dict``, which handles a p
     optim      the optimizer's state dict from the same ``get_state_dict`` call, keyed by
                parameter name
     scheduler  the scheduler's ``state_dict()`` (only when a scheduler is given)
-    rng        torch (and CUDA), numpy and python generator states (``real.workload.rng``)
+    rng        torch (and CUDA), numpy and python generator states (``real.trainer.workload.rng``)
 
 ``get_state_dict`` returns the **live** tensors (FSDP2's DTensor shards share storage with the
 parameters), so a state kept while training goes on must be cloned; a state handed straight to
@@ -20,7 +21,7 @@ persistent tier), of which each rank keeps its part. Model and optimizer go back
 separate ``set_model_state_dict`` and ``set_optimizer_state_dict`` calls (one
 ``set_state_dict`` with ``broadcast_from_rank0`` deadlocks when other ranks pass ``{}``).
 
-The built-in trainer (``real.workload.trainer``) and the public adapters
+The built-in trainer (``real.trainer.workload.trainer``) and the public adapters
 (``gemini_ckpt.adapters.ddp``, ``gemini_ckpt.adapters.fsdp2``) share this one implementation.
 """
 
@@ -40,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from real.workload.rng import capture_rng_state, restore_rng_state
+from real.trainer.workload.rng import capture_rng_state, restore_rng_state
 
 
 def model_and_optimizer_state(

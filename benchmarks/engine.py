@@ -34,7 +34,8 @@ from real.engine.process import StoreProcess
 from real.engine.protocol import make_token, send_frame
 from real.engine.replication import ReplicationManager
 from real.engine.restore import read_local
-from real.engine.store import NodeStore, node_memory_bytes
+from real.engine.shm import node_memory_bytes
+from real.engine.store import NodeStore
 from shared.placement import plan_placement
 from shared.scenario import Scenario
 

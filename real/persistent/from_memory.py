@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from real.engine.capture import Captured, Capturer
+from real.engine.eventlog import EventLog
 from real.engine.restore import read_local
-from real.eventlog import EventLog
-from real.state import flatten_state, unflatten_state
+from real.engine.state import flatten_state, unflatten_state
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class PersistentTier:
     def __init__(
         self, url: str, every: int, capturer: Capturer, rank: int, events: EventLog
     ) -> None:
-        from real.persistent import BackgroundPersister
+        from real.persistent.persister import BackgroundPersister
 
         self.every, self.capturer, self.rank = every, capturer, rank
         self.persister = BackgroundPersister(url, event_log=events)

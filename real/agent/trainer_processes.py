@@ -1,9 +1,10 @@
 """The trainer processes of one node: long-lived, recovered in process, backed by warm spares.
 
 A node agent keeps, per local rank, one **active** trainer and one **warm spare**: both started
-ahead of need (``python -m real.trainer_main``, interpreter up, torch imported, an optimizer step
+ahead of need (``python -m real.trainer.main``, interpreter up, torch imported, an optimizer step
 taken once), waiting on a socket the agent created and the trainer inherited
-(:mod:`real.inprocess`). For each attempt of the job the agent **assigns** the attempt to the
+(:mod:`real.trainer.inprocess`). For each attempt of the job the agent **assigns** the attempt to
+the
 active trainer of every local rank (rank, world, rendezvous, stores, restore plan). When the
 root stops an attempt, the agent **aborts** it: survivors leave their failed collectives and
 **park**, keeping their model and optimizer for the next attempt. A trainer that died, or has
@@ -37,6 +38,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from real.runtime.env import (
+    GEMINI_AGENT_FD,
+    GEMINI_NODE,
+    GEMINI_RDZV_PREFIX,
+    GEMINI_RESTORE_PLAN,
+    GEMINI_SCENARIO,
+    GEMINI_SCENARIO_SET,
+    GEMINI_STORE_ADDRS,
+)
 
 log = logging.getLogger(__name__)
 TRAINER_NICENESS = 5
@@ -83,7 +94,7 @@ class TrainerSpec:
             *nice,
             sys.executable,
             "-m",
-            "real.trainer_main",
+            "real.trainer.main",
             str(self.scenario),
             "--out",
             str(self.run_dir),
@@ -131,11 +142,11 @@ class Worker:
             **os.environ,
             **env,
             # The job's scenario, for the public Checkpointer in a user's trainer.
-            "GEMINI_SCENARIO": str(spec.scenario),
-            "GEMINI_SCENARIO_SET": "\n".join(spec.overrides),
+            GEMINI_SCENARIO: str(spec.scenario),
+            GEMINI_SCENARIO_SET: "\n".join(spec.overrides),
             "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(spec.per_node),
-            "GEMINI_AGENT_FD": str(child.fileno()),
+            GEMINI_AGENT_FD: str(child.fileno()),
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "OMP_NUM_THREADS": "1",
             "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its stack in the log
@@ -357,7 +368,7 @@ class TrainerPool:
             "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(self.spec.per_node),
             "GROUP_RANK": str(self.slot),
-            "GEMINI_NODE": str(self.slot),
+            GEMINI_NODE: str(self.slot),
         }
 
     def _replace_retired(self) -> None:
@@ -496,12 +507,12 @@ def trainer_env(record: Mapping[str, Any]) -> dict[str, str]:
     env = {
         "MASTER_ADDR": str(record["master_addr"]),
         "MASTER_PORT": str(record["master_port"]),
-        "GEMINI_STORE_ADDRS": ",".join(record["stores"]),
+        GEMINI_STORE_ADDRS: ",".join(record["stores"]),
     }
     if record.get("rendezvous_prefix"):
-        env["GEMINI_RDZV_PREFIX"] = str(record["rendezvous_prefix"])
+        env[GEMINI_RDZV_PREFIX] = str(record["rendezvous_prefix"])
     plan = record.get("plan")
-    env["GEMINI_RESTORE_PLAN"] = "" if plan is None else json.dumps(plan, separators=(",", ":"))
+    env[GEMINI_RESTORE_PLAN] = "" if plan is None else json.dumps(plan, separators=(",", ":"))
     return env
 
 
