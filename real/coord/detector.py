@@ -12,8 +12,9 @@ The detector polls two prefixes every ``poll_s``:
   every expected node's agent at once; one that refuses or does not answer within the bound
   is a **hardware** failure now, not when its lease expires. A suspect that nothing explains
   within ``suspect_grace_s`` (no exit, no lost node: a peer hung rather than died) is reported
-  as a software failure of the suspect's node, so the job is stopped and the hung trainer,
-  which cannot leave its collective, is replaced.
+  as a software failure of the one member that reported nothing (the hung trainer's node; the
+  first reporter's when that is ambiguous), so the job is stopped and the hung trainer, which
+  cannot leave its collective, is replaced.
 
 Each failure is reported once, as a :class:`Detection`, with the detection latency the root
 can know: for an exit, from the exit (the agent's timestamp) to its detection; for a lost node,
@@ -164,6 +165,9 @@ class FailureDetector:
             now = self.clock()
             if now - at >= self.suspect_grace_s:
                 self._unexplained.clear()
+                silent = self._silent_member()
+                if silent is not None:  # the hung trainer's node: the one that never reported
+                    node, rank = silent, None
                 found = [Detection("software", node, rank, None, now, at, key, "suspect")]
         for detection in found:
             logger.info(
@@ -240,6 +244,26 @@ class FailureDetector:
             detections.append(Detection("hardware", node, None, None, now, last, None, "probe"))
             self.forget(node)
         return detections
+
+    def _silent_member(self) -> int | None:
+        """The one expected node none of whose trainers reported a broken collective.
+
+        A hung trainer cannot report: its peers' collectives time out and each of their
+        agents writes a suspect record naming itself. When exactly one member stayed silent,
+        that is the hung trainer's node; otherwise (several silent, or several local ranks)
+        the first reporter stands for the failure.
+        """
+        reporters = set()
+        for raw in self.kv.get_prefix(keys.SUSPECTS_PREFIX).values():
+            try:
+                value = keys.decode(raw)
+                node, attempt = int(value["node"]), value.get("attempt")
+            except (ValueError, KeyError, TypeError):
+                continue
+            if self.attempt is None or attempt == self.attempt:
+                reporters.add(node)
+        silent = [n for n in self._expected if n not in reporters and n not in self._ignored]
+        return silent[0] if len(silent) == 1 and reporters else None
 
     def _new_suspects(self) -> list[str]:
         new = []

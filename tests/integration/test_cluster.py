@@ -559,6 +559,7 @@ def test_slow_node_is_not_lost_and_hung_trainer_is_replaced(
     assert detected[0].node == 1 and detected[0].details["detected_by"] == "exit"
     # The hang: noticed through the peers' timed-out collectives (no exit, no lost node).
     assert detected[1].details["detected_by"] == "suspect", detected[1]
+    assert detected[1].node == 2, detected[1]  # the silent member: the hung trainer's node
     runs = assignments(result)
     last = runs[max(runs)]
     assert last[2][0] != seen["hung"]  # the hung trainer's rank went to another process

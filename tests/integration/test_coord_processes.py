@@ -62,7 +62,10 @@ def test_sigkilled_root_is_replaced_and_its_node_reported_lost(store_url: str) -
             raw = kv.get(keys.LEADER_KEY)
             return None if raw is None else int(keys.decode(raw)["node"])
 
-        first = leader()
+        # campaign(timeout_s=0) returns before the background candidate's first try
+        deadline = time.monotonic() + LEASE_TIMEOUT_S + 2.0
+        while (first := leader()) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert first in (0, 1)
         os.kill(agents[first].pid, signal.SIGKILL)
         killed = time.monotonic()

@@ -111,29 +111,48 @@ class FakeClock:
 
 
 def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV) -> None:
-    """Every agent answers and no trainer exited: a peer hangs. After the grace the suspect's
-    node is reported, so the job stops and the hung trainer is replaced."""
+    """Every agent answers and no trainer exited: a peer hangs. After the grace the member
+    that reported nothing (the hung trainer's node) is reported, so the job stops and the hung
+    trainer is replaced."""
     clock = FakeClock()
     detector = FailureDetector(
         kv,
         lease_timeout_s=60.0,
-        expected_nodes=[0, 1],
+        expected_nodes=[0, 1, 2],
         clock=clock,
         prober=lambda nodes: [],
         suspect_grace_s=3.0,
     )
-    for node in (0, 1):
+    for node in (0, 1, 2):
         kv.put(keys.node_key(node), keys.encode({"node": node, "time": clock.now}))
-    suspect(kv, 1, 1, clock.now)
+    suspect(kv, 2, 2, clock.now)
     assert detector.poll() == []
-    clock.now += 2.9
+    clock.now += 1.0
+    suspect(kv, 0, 0, clock.now)
+    clock.now += 1.9
     assert detector.poll() == []
     clock.now += 0.2
     found = detector.poll()
     assert [(d.kind, d.node, d.rank, d.detected_by) for d in found] == [
-        ("software", 1, 1, "suspect")
+        ("software", 1, None, "suspect")
     ]
     assert detector.poll() == []
+
+
+def test_a_hang_with_several_silent_members_is_the_first_reporters(kv: EmbeddedKV) -> None:
+    clock = FakeClock()
+    detector = FailureDetector(
+        kv,
+        lease_timeout_s=60.0,
+        expected_nodes=[0, 1, 2],
+        clock=clock,
+        prober=lambda nodes: [],
+        suspect_grace_s=1.0,
+    )
+    suspect(kv, 2, 2, clock.now)
+    assert detector.poll() == []
+    clock.now += 1.0
+    assert [(d.node, d.rank) for d in detector.poll()] == [(2, 2)]
 
 
 def test_a_suspect_of_an_earlier_attempt_is_ignored(kv: EmbeddedKV) -> None:
