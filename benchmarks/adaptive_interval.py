@@ -34,25 +34,20 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks import headline  # noqa: E402
+from benchmarks.headline import load  # noqa: E402
 from shared.events import read_events  # noqa: E402
 from shared.scenario_loader import load_scenario  # noqa: E402
 
 SCENARIO = REPO / "scenarios" / "headline.yaml"
 REAL_TIMEOUT_S = 900.0
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def settings(options: argparse.Namespace, interval: str, compression: str = "off") -> list[str]:
@@ -68,30 +63,7 @@ def settings(options: argparse.Namespace, interval: str, compression: str = "off
 
 
 def real_run(folder: Path, overrides: list[str], logs: Path) -> bool:
-    if (folder / "summary.json").exists():
-        print(f"  {folder.name}: kept from an earlier run", flush=True)
-        return True
-    if folder.exists():
-        shutil.rmtree(folder)
-    command = [sys.executable, "-m", "gemini_ckpt", "real", str(SCENARIO), "--out", str(folder)]
-    for setting in overrides:
-        command += ["--set", setting]
-    logs.mkdir(parents=True, exist_ok=True)
-    before, began = load(), time.monotonic()
-    with open(logs / f"{folder.name}.log", "w") as output:
-        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            code = process.wait(timeout=REAL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait(60)
-            code = -1
-    print(
-        f"  {folder.name}: exit {code}, {time.monotonic() - began:.0f} s "
-        f"({before} before, {load()} after)",
-        flush=True,
-    )
-    return code == 0
+    return headline.real_run(SCENARIO, folder, overrides, logs, timeout_s=REAL_TIMEOUT_S)
 
 
 def measured(folder: Path, first: int, last: int) -> dict[str, Any]:

@@ -52,10 +52,16 @@ def load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
-def real_run(scenario: Path, folder: Path, settings: list[str], logs: Path) -> bool:
+def real_run(
+    scenario: Path,
+    folder: Path,
+    settings: list[str],
+    logs: Path,
+    timeout_s: float = REAL_TIMEOUT_S,
+) -> bool:
     """One ``gemini-ckpt real`` run (this source tree); True when it succeeded or had."""
     if (folder / "summary.json").exists():
-        print(f"  {folder.name}: kept from an earlier run")
+        print(f"  {folder.name}: kept from an earlier run", flush=True)
         return True
     if folder.exists():
         shutil.rmtree(folder)
@@ -67,14 +73,15 @@ def real_run(scenario: Path, folder: Path, settings: list[str], logs: Path) -> b
     with open(logs / f"{folder.name}.log", "w") as output:
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
         try:
-            code = process.wait(timeout=REAL_TIMEOUT_S)
+            code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.terminate()
-            process.wait(30)
+            process.wait(60)
             code = -1
     print(
         f"  {folder.name}: exit {code}, {time.monotonic() - began:.0f} s "
-        f"({before} before, {load()} after)"
+        f"({before} before, {load()} after)",
+        flush=True,
     )
     return code == 0
 

@@ -161,7 +161,8 @@ class FailureDetector:
         if found:
             self._unexplained.clear()  # the suspects saw this failure
         elif self._unexplained:
-            key, at, node, rank = self._unexplained[0]
+            key, at, node, reporter = self._unexplained[0]
+            rank: int | None = reporter
             now = self.clock()
             if now - at >= self.suspect_grace_s:
                 self._unexplained.clear()

@@ -166,20 +166,25 @@ class StoreClient:
 
     # -- restore ----------------------------------------------------------------------------
 
+    def _get_header(self, owner: int, iteration: int) -> tuple[dict[str, Any], int, int]:
+        """Ask for a committed shard (the lock held): its reply, manifest and data lengths."""
+        protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
+        self._replies_pending()
+        reply = protocol.recv_header(self.sock)
+        if reply.get("ok") is False:
+            raise NodeStoreError(f"node {self.node} store: get: {reply.get('reason')}")
+        manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
+        if manifest_len + data_len != reply["payload_bytes"]:
+            raise ProtocolError("get: payload size does not add up")
+        return reply, manifest_len, data_len
+
     def get(self, owner: int, iteration: int) -> tuple[bytes, int, torch.Tensor]:
         """Fetch a committed shard: (manifest bytes, manifest checksum, data as uint8 tensor).
 
         The caller verifies both before use.
         """
         with self.lock:
-            protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
-            self._replies_pending()
-            reply = protocol.recv_header(self.sock)
-            if reply.get("ok") is False:
-                raise NodeStoreError(f"node {self.node} store: get: {reply.get('reason')}")
-            manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
-            if manifest_len + data_len != reply["payload_bytes"]:
-                raise ProtocolError("get: payload size does not add up")
+            reply, manifest_len, data_len = self._get_header(owner, iteration)
             manifest = bytes(protocol.recv_exact(self.sock, manifest_len))
             data = torch.empty(data_len, dtype=torch.uint8)
             if data_len:
@@ -204,14 +209,7 @@ class StoreClient:
             VerificationError: the manifest or a block does not verify.
         """
         with self.lock:
-            protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
-            self._replies_pending()
-            reply = protocol.recv_header(self.sock)
-            if reply.get("ok") is False:
-                raise NodeStoreError(f"node {self.node} store: get: {reply.get('reason')}")
-            manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
-            if manifest_len + data_len != reply["payload_bytes"]:
-                raise ProtocolError("get: payload size does not add up")
+            reply, manifest_len, data_len = self._get_header(owner, iteration)
             raw = bytes(protocol.recv_exact(self.sock, manifest_len))
             try:
                 manifest = check(raw, int(reply["manifest_checksum"]))
