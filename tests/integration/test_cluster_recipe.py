@@ -355,12 +355,19 @@ def reference_run(folder: Path) -> Path:
     out = folder / "reference"
     runtime = folder / "runtime"
     runtime.mkdir()
+    scratch = folder / "tmp"  # torchrun's own torchelastic_* log folders
+    scratch.mkdir()
     completed = subprocess.run(
         [
             *(str(TORCHRUN), "--standalone", "--nnodes=1", "--nproc-per-node=2"),
             *(str(EXAMPLE), f"--iterations={ITERATIONS}", f"--out={out}"),
         ],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "GEMINI_RUNTIME_DIR": str(runtime)},
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "GEMINI_RUNTIME_DIR": str(runtime),
+            "TMPDIR": str(scratch),
+        },
         cwd=folder,
         capture_output=True,
         text=True,

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.timeout(400)
 def run_job(script: str, out: Path, runtime: Path, crash_at: int | None) -> list[str]:
     """Two torchrun nodes of one rank each; returns their outputs."""
     port = free_port()
+    scratch = runtime.parent / f"tmp-{out.name}"  # torchrun's own torchelastic_* log folders
+    scratch.mkdir(exist_ok=True)
     env = {
         **os.environ,
+        "TMPDIR": str(scratch),
         "GEMINI_RUNTIME_DIR": str(runtime),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
