@@ -131,7 +131,6 @@ class Checkpointer:
         self._assignment: Assignment | None = None
         self._owns_group = self._channel is not None
         self._ran = False
-        self._live: Mapping[str, Any] | None = None
         if self._channel is not None:
             # The job's scenario decides, the collective timeout included (a hung peer is
             # noticed after it).
@@ -294,26 +293,27 @@ class Checkpointer:
         """The newest checkpoint every rank can get (local memory, a peer's, or persistent
         storage), or None to start from scratch.
 
-        From memory the checkpoint is restored *in place*: each tensor is copied once, straight
-        from the checkpoint memory (or a peer's socket), into the live tensor of the same name,
-        dtype and shape, and ``restored.state`` holds those very tensors (loading it into the
-        model and optimizer then costs nothing more); tensors with no live counterpart (an
-        optimizer not stepped yet) come back as fresh tensors.
+        Without ``into`` (and ``template``) the tensors of ``restored.state`` are fresh, owned
+        by the caller. With them, a checkpoint from memory is restored *in place*: each tensor
+        is copied once, straight from the checkpoint memory (or a peer's socket), into the live
+        tensor of the same name, dtype and shape, and ``restored.state`` holds those very
+        tensors; tensors with no live counterpart (an optimizer not stepped yet) come back
+        fresh. Restore in place only into tensors nothing overwrites before the state is
+        loaded: wrapping a model in ``DistributedDataParallel`` broadcasts rank 0's parameters
+        over every rank's, so wrap first, then restore into the wrapped model's state.
+        :meth:`run` therefore restores into fresh tensors: its ``train`` wraps the model after.
 
         Args:
             template: the state's shape (the persistent tier loads into it); also the live
                 state to restore into when ``into`` is not given.
             into: the live state, as passed to ``save()`` (model and optimizer tensors), or a
                 callable returning it (asked only when a memory tier serves). Default:
-                ``template``, else the state of this process's last ``save()`` (a process that
-                survived a failure restores into its own tensors), else fresh tensors.
+                ``template``, else fresh tensors.
         """
         engine = self._engine_now(None if template is None else (lambda: template))
         restored: Restored | None
         if self.scenario.checkpoint.strategy == "gemini":
             target = into if into is not None else template
-            if target is None:
-                target = self._live
             restored = engine.restore(template=template, into=target)
         else:
             restored = engine.restore()
@@ -336,7 +336,6 @@ class Checkpointer:
         ``iteration``; returns once every tensor is copied."""
         began = time.perf_counter()
         self._engine_now().save(iteration, state)
-        self._live = state  # a later restore in this process copies into these tensors
         ended = time.perf_counter()
         self.events.emit(
             "iteration_end",
@@ -354,6 +353,11 @@ class Checkpointer:
         leaves the attempt, waits for the next one, joins its process group, restores per the
         root's plan, and calls ``train`` again (objects built outside ``train`` are kept).
         Elsewhere ``train`` runs once and its errors propagate (torchrun restarts the workers).
+
+        ``restored.state`` holds fresh tensors, never the model's own: ``train`` wraps the model
+        in ``DistributedDataParallel``, whose construction overwrites every rank's parameters
+        with rank 0's, and rank 0 may be a fresh process whose parameters are still the
+        initial ones.
         """
         self._ran = True
         if self._channel is None:

@@ -96,6 +96,14 @@ def poll(condition: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S)
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def leader(kv: KeyValueStore) -> int | None:
+    """The node id of the root agent, or None before the first election."""
+    try:
+        return keys.decode(kv.get(keys.LEADER_KEY) or b"{}").get("node")
+    except KVError:
+        return None
+
+
 def read_events(folder: Path, pattern: str) -> list[dict[str, Any]]:
     events = []
     for path in sorted(folder.glob(pattern)):
@@ -231,7 +239,18 @@ class Cluster:
         )
         port = poll(lambda: port_file.exists() and port_file.read_text().strip(), "the kv port")
         self.kv_url = f"tcpstore://{host}:{port}/{self.job}"
-        for slot in range(NODES):
+        # The last slot's agent starts alone and becomes the root, so the node lost later (one
+        # that does not run the root) is slot 0's: rank 0 then restarts in a fresh process
+        # while rank 1 survives in place, the harder case (DDP's wrap broadcasts rank 0's
+        # parameters over the survivor's before the restored state is loaded).
+        first = NODES - 1
+        self.start_agent(first, ["--slot", str(first)], 10 + first)
+        kv = self.kv()
+        try:
+            poll(lambda: leader(kv) == first, f"node {first} to lead")
+        finally:
+            kv.close()
+        for slot in range(NODES - 1):
             self.start_agent(slot, ["--slot", str(slot)], 10 + slot)
         for number, node_id in enumerate(STANDBY_IDS):
             self.start_agent(node_id, ["--standby"], 10 + NODES + number)
@@ -463,9 +482,8 @@ def recipe(
             lambda: last_iteration(cluster) >= resumed_from + NODE_LOSS_AFTER,
             "training after the first recovery",
         )
-        leader = keys.decode(kv.get(keys.LEADER_KEY) or b"{}")["node"]
         members = jobkeys.members_of(attempt(kv))
-        victim = next(node for node in members.values() if node != leader)
+        victim = next(node for node in members.values() if node != leader(kv))
         outcome.lost = {"node": victim, "slot": next(s for s, n in members.items() if n == victim)}
         cluster.kill_node(victim)
         poll(running(kv, 3), "attempt 3")
@@ -500,6 +518,15 @@ def test_job_finishes_with_the_failure_free_weights(recipe: Outcome) -> None:
     codes = recipe.exit_codes
     assert codes.pop(recipe.lost["node"]) == -signal.SIGKILL
     assert codes == dict.fromkeys(codes, 0), codes
+    # Both survivor cases happened: rank 0 kept its process after the crash, rank 1 after the
+    # node loss (with rank 0 in a fresh process: see Cluster.start).
+    assert recipe.lost["slot"] == 0
+    resumed = [
+        (e["rank"], e["details"]["in_process"])
+        for e in read_events(recipe.cluster.run_dir / "events", "trainer-*.jsonl")
+        if e["kind"] == "process_group_ready"
+    ]
+    assert sorted(resumed) == [(0, False), (0, False), (0, True), (1, False), (1, False), (1, True)]
     reference = torch.load(recipe.reference)
     final = torch.load(recipe.weights)
     assert reference.keys() == final.keys()
