@@ -10,7 +10,8 @@ a few iterations apart, and prints the median and the range of every recovery ph
 (detection, stop, replacement, restart, retrieval, downtime), how each was detected, and the
 restart's parts as the trainers measured them (joining the group, wrapping the model, building
 the checkpointer; the slowest rank). A lost node that ran the root agent is listed on its own:
-nobody is left to probe it, so its lease (3 s) finds it, as the scenario's rules expect.
+nobody is left to probe it, so a survivor's agent probes the root's agent and revokes its
+election lease, and the new root finds the node when it adopts the job.
 
 ``--compare OTHER_TREE`` runs the same from another source tree (a checkout of an earlier
 commit, with this virtual environment) alternately with this one, ``--runs`` times each, and
@@ -76,10 +77,16 @@ def failures(run: Path) -> list[dict[str, Any]]:
     summary = json.loads((run / "summary.json").read_text())
     detected: dict[int, str] = {}
     parts: dict[int, dict[str, float]] = defaultdict(dict)
+    elections: list[tuple[float, int]] = []  # (time, the elected root's node id)
+    injected: dict[int, tuple[float, list[int]]] = {}  # index -> (time, its node ids)
     for line in (run / "events.jsonl").read_text().splitlines():
         event = json.loads(line)
         details = event.get("details", {})
+        if event["kind"] == "root_elected":
+            elections.append((float(event["time_s"]), int(event["node"])))
         index = details.get("failure")
+        if event["kind"] == "failure_injected" and index is not None:
+            injected[int(index)] = (float(event["time_s"]), list(details.get("node_ids", [])))
         if index is None:
             continue
         if event["kind"] == "failure_detected":
@@ -92,7 +99,9 @@ def failures(run: Path) -> list[dict[str, Any]]:
     for failure in summary.get("failures") or []:
         index = int(failure["index"])
         kind = "trainer crash" if failure["kind"] == "software" else "lost node"
-        if kind == "lost node" and detected.get(index) == "lease":
+        when, node_ids = injected.get(index, (float(failure.get("time_s", 0.0)), []))
+        roots = [node for at, node in sorted(elections) if at <= when]
+        if kind == "lost node" and roots and roots[-1] in node_ids:
             kind = "lost node running the root"
         rows.append({**failure, **parts[index], "label": kind, "by": detected.get(index, "?")})
     return rows

@@ -42,14 +42,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from real.agent import jobkeys
-from real.agent.root import RootAgent  # at start, not on winning: see _launch_root
+
+# At start, not on winning: see _launch_root.
+from real.agent.root import RootAgent, preimport_persistent_tier
 from real.agent.trainer_processes import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
 from real.coord.connect import connect_kv
 from real.coord.election import Election
 from real.coord.heartbeat import Heartbeat
 from real.coord.kv import KeyValueStore
-from real.coord.probe import ProbeServer
+from real.coord.probe import ProbeServer, refuses
 from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
@@ -114,6 +116,7 @@ class NodeAgent:
         self.pool: TrainerPool | None = None
         self.running: int | None = None  # the attempt this node's trainers are in
         self.suspected: set[tuple[int, int]] = set()  # (attempt, rank) reported
+        self.root_checked: set[int] = set()  # attempts whose broken collective made us probe
         self.assignments: list[dict[str, Any]] = []  # who ran each rank in each attempt
         self.acked: set[int] = set()
         self.started: set[int] = set()
@@ -327,6 +330,7 @@ class NodeAgent:
         self.root_thread.start()
 
     def _run_root(self, stop: threading.Event) -> None:
+        preimport_persistent_tier()
         try:
             kv = connect_kv(self.config.kv_url)
         except KVError as error:
@@ -476,6 +480,31 @@ class NodeAgent:
                 "attempt": attempt,
             }
             self.kv.put(keys.suspect_key(self.config.node_id, rank), keys.encode(suspect))
+            self._check_root(attempt)
+
+    def _check_root(self, attempt: int) -> None:
+        """A trainer's collective broke: if the root's own agent is gone (its probe endpoint
+        refuses connections), depose it now rather than after its election lease (the root
+        is the one that would have probed it). In the background; once per attempt."""
+        election = self.election
+        if election is None or election.is_leader() or attempt in self.root_checked:
+            return
+        self.root_checked.add(attempt)
+        timeout_s = self.config.scenario.detection.probe_timeout_s
+
+        def check() -> None:
+            try:  # the election's client: thread-safe, and the root's lease is its business
+                leader = election.leader()
+                if leader is None:
+                    return
+                stores = jobkeys.read_prefix(election.kv, jobkeys.STORES_PREFIX)
+                address = stores.get(str(leader), {}).get("probe")
+                if address and refuses(address, timeout_s):
+                    election.depose(leader)
+            except (KVError, NotImplementedError) as error:
+                log.warning("node %d: checking the root failed: %s", self.config.node_id, error)
+
+        threading.Thread(target=check, name="check-root", daemon=True).start()
 
     def _stop_trainers(self) -> None:
         pool, self.pool = self.pool, None

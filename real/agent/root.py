@@ -61,9 +61,21 @@ from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
 from shared.scenario import Scenario
 
-# Imported now, with the agent, not at the first recovery: latest_persistent imports it lazily,
-# and its import (torch.distributed.checkpoint) took 1.4-3 s of a recovery on a loaded machine.
-importlib.import_module("real.persistent")
+
+def preimport_persistent_tier() -> threading.Thread:
+    """Import the persistent tier's storage module in the background, now, not at the first
+    recovery: ``latest_persistent`` imports it lazily, and that import (fsspec and
+    torch.distributed.checkpoint, about 1 s with torch loaded) delayed the first recovery's
+    plan by 0.5-1 s (1.4-3 s on a loaded machine). Called when an agent becomes the root."""
+    thread = threading.Thread(
+        target=importlib.import_module,
+        args=("real.persistent.storage",),
+        name="import-persistent",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
@@ -276,17 +288,21 @@ class RootAgent:
         return None
 
     def _adopt(self, record: dict[str, Any]) -> list[Detection]:
-        """Take over a job from a dead root: members without a heartbeat are lost."""
+        """Take over a job from a dead root: members without a heartbeat, or whose agent does
+        not answer a probe (a root deposed early still has its heartbeat), are lost."""
         members = jobkeys.members_of(record)
         alive = set(self.detector.alive_nodes())
+        others = [n for n in members.values() if n in alive and n != self.node_id]
+        unanswered = set(self._probe(others))
         now = time.time()
         self.detector.attempt = int(record["attempt"])
         lost = []
         for node_id in members.values():
             self.detector.expect(node_id)
-            if node_id not in alive:
+            if node_id not in alive or node_id in unanswered:
                 self.detector.forget(node_id)
-                lost.append(Detection("hardware", node_id, None, None, now, now))
+                how = "probe" if node_id in unanswered else "lease"
+                lost.append(Detection("hardware", node_id, None, None, now, now, None, how))
         log.info(
             "node %d: root adopts attempt %s (%s); lost: %s",
             self.node_id,

@@ -10,7 +10,9 @@ therefore exists at most
     ttl_s (the dead leader's lease running out) + poll_s (the next attempt) + the store's
     expiry slack (etcd: up to ~0.5 s and TTLs rounded up to whole seconds; embedded: 0)
 
-after the old one died. A leader that stalls past its own TTL (a long pause) finds its lease
+after the old one died; sooner when a candidate proves the leader dead (:meth:`Election.depose`:
+its agent's process refuses connections) and revokes its lease. A leader that stalls past its
+own TTL (a long pause) finds its lease
 expired, steps down, and campaigns again like everyone else; ``is_leader()`` is checked
 against the store on every tick, so at most one agent believes it leads, up to one tick.
 
@@ -74,6 +76,7 @@ class Election:
         self._value: bytes | None = None
         self._leader = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # try now, not at the next tick
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
         self._last_refresh = 0.0
@@ -115,6 +118,36 @@ class Election:
             logger.warning("node %d: unreadable leader key %r", self.node_id, raw[:80])
             return None
 
+    def depose(self, node_id: int) -> bool:
+        """End the leadership of ``node_id``, known to be dead (its agent's process refuses
+        connections), instead of waiting up to ``ttl_s`` for its lease to run out: its lease is
+        revoked, the leader key vanishes, and every candidate may win at once (this one tries
+        now). Returns whether ``node_id`` led and was deposed.
+
+        Only a refused connection proves death: a partitioned or stopped leader does not
+        answer either, and is left to its lease (it may still believe it leads until then).
+        """
+        raw = self.kv.get(self.key)
+        if raw is None or node_id == self.node_id:
+            return False
+        try:
+            current = keys.decode(raw)
+            leader, lease_id = int(current["node"]), int(current["lease"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        if leader != node_id:
+            return False
+        self.kv.revoke_lease(lease_id)
+        logger.warning(
+            "node %d: the root (node %d) is gone; its election lease %d revoked",
+            self.node_id,
+            node_id,
+            lease_id,
+        )
+        self._seen_leader = node_id
+        self._wake.set()
+        return True
+
     def resign(self) -> None:
         """Stop campaigning and give up the lease: the key vanishes now, others take over."""
         self._halt()
@@ -136,6 +169,7 @@ class Election:
 
     def _halt(self) -> None:
         self._stop.set()
+        self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10 * self.poll_s + 5)
@@ -147,7 +181,8 @@ class Election:
                 self._tick()
             except KVError as error:
                 logger.warning("node %d: election store error: %s", self.node_id, error)
-            self._stop.wait(tick)
+            self._wake.wait(tick)
+            self._wake.clear()
 
     def _tick(self) -> None:
         now = time.monotonic()

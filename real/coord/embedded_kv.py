@@ -270,6 +270,9 @@ class EmbeddedKV(KeyValueStore):
             deleted += int(self._delete_raw(self.namespace + name))
         return deleted
 
+    def revoke_lease(self, lease_id: int) -> None:
+        EmbeddedLease(self, int(lease_id), 0.0).revoke()
+
     def grant_lease(self, ttl_s: float) -> EmbeddedLease:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")

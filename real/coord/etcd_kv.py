@@ -322,6 +322,9 @@ class EtcdKV(KeyValueStore):
             payload["range_end"] = _b64(_prefix_end(start))
         return int(self._call("/kv/deleterange", payload).get("deleted", 0))
 
+    def revoke_lease(self, lease_id: int) -> None:
+        EtcdLease(self, int(lease_id), 0.0).revoke()
+
     def grant_lease(self, ttl_s: float) -> EtcdLease:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")

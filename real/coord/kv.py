@@ -130,6 +130,12 @@ class KeyValueStore(abc.ABC):
     def grant_lease(self, ttl_s: float) -> Lease:
         """A new lease that lives ``ttl_s`` seconds unless refreshed."""
 
+    def revoke_lease(self, lease_id: int) -> None:
+        """End the lease ``lease_id`` (another process's) now: its keys vanish as if it had
+        expired. For a holder known to be dead (its process refuses connections); an unknown
+        or expired lease is no error."""
+        raise NotImplementedError(f"{type(self).__name__} cannot revoke another's lease")
+
     def watch(
         self, prefixes: Sequence[str], after: int | None, timeout_s: float
     ) -> tuple[int, bool]:

@@ -78,6 +78,19 @@ def probe(address: str, node_id: int, timeout_s: float) -> bool:
     return reply.strip() == f"pong {node_id}".encode()
 
 
+def refuses(address: str, timeout_s: float) -> bool:
+    """Whether ``host:port`` refuses a connection: nothing listens there, so the process that
+    did is gone (a host that does not answer at all proves nothing: it may be partitioned)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def probe_all(addresses: Mapping[int, str], timeout_s: float) -> list[int]:
     """Probe every ``{node_id: address}`` at once; the node ids that did not answer."""
     nodes: Iterable[int] = sorted(addresses)

@@ -34,7 +34,8 @@ class Restored:
     Attributes:
         iteration: the iteration the state belongs to; training resumes at iteration + 1.
         tier: where it came from: this node's memory, a peer's memory, or persistent storage.
-        state: the nested state, tensors on CPU.
+        state: the nested state: fresh CPU tensors, or, where the restore was asked to go
+            *into* a live state, those live tensors themselves (on their own device).
         source_node: the node that served it (this node for local, None for persistent).
         seconds: time spent retrieving and verifying it.
     """

@@ -67,12 +67,16 @@ class CommProfiler:
 
         process_group: Any = getattr(ddp_model, "process_group", None)  # None: WORLD
 
+        from real.trainer.inprocess import abortable
+
         # No annotations: DDP checks them and, with postponed evaluation, sees only strings.
         def hook(state, bucket):  # type: ignore[no-untyped-def]
-            return state.timed(
-                lambda: default_hooks.allreduce_hook(process_group, bucket),
-                bucket.buffer().is_cuda,
+            on_device = bucket.buffer().is_cuda
+            future = state.timed(
+                lambda: default_hooks.allreduce_hook(process_group, bucket), on_device
             )
+            # A CPU all-reduce that an abort can cut short (in-process recovery).
+            return future if on_device else abortable(future)
 
         ddp_model.register_comm_hook(self, hook)
         self.attached = True

@@ -32,6 +32,15 @@ collectives fail within tens of milliseconds. So an abort is cooperative (checke
 of the model's forward and backward passes, and raised from there), and the agent kills a trainer
 that has not parked within ``detection.abort_timeout_s``; its spare takes its place. NCCL
 communicators are aborted (``abort_process_group``) so a CUDA rank never waits forever.
+
+Two waits are not the training thread's own and are cut short here. DDP waits for its gradient
+buckets' all-reduces in C++, where no hook runs: the engine's communication hook hands DDP an
+:func:`abortable` future instead of gloo's, which an abort fails at once, so ``backward()``
+raises. And tearing a gloo group down joins its worker thread, which may wait in that very
+all-reduce for a peer that also waits (each survivor for another): a failed attempt's groups
+are therefore released by a background thread (:func:`leave_attempt`), whose wait ends when
+the peers' sockets close or the collective timeout runs out, while this process goes on to the
+next attempt on new groups.
 """
 
 from __future__ import annotations
@@ -164,6 +173,7 @@ class AgentChannel:
             elif op == "abort":
                 self._aborted.add(int(message["attempt"]))
                 log.info("abort of attempt %s received", message["attempt"])
+                _fail_pending(int(message["attempt"]))
             elif op == "finish":
                 self._finish = True
             else:
@@ -228,6 +238,54 @@ def check_abort() -> None:
     current = _current
     if current is not None and current[0].aborted_now(current[1]):
         raise AttemptAborted(f"attempt {current[1]} aborted by the node agent")
+
+
+_pending_lock = threading.Lock()
+_pending: dict[int, set[Any]] = {}  # attempt -> abortable futures not completed yet
+
+
+def abortable(future: Any) -> Any:
+    """``future`` (a ``torch.futures.Future`` of a CPU collective), as a future that also fails
+    with :class:`AttemptAborted` the moment this trainer's agent aborts the running attempt.
+
+    DDP waits for each bucket's all-reduce future in C++ at the end of ``backward()``, beyond
+    any hook: when a peer hangs (or waits on a peer that does), the gloo all-reduce never
+    completes and only the agent's kill would end the wait. A communication hook that returns
+    this future instead lets the abort make ``backward()`` raise. Outside an attempt it returns
+    ``future`` itself. Do not use it for CUDA futures (their streams need the original).
+    """
+    current = _current
+    if current is None:
+        return future
+    import torch
+
+    channel, attempt = current
+    outer: Any = torch.futures.Future()
+    with _pending_lock:
+        _pending.setdefault(attempt, set()).add(outer)
+
+    def settle(done: Any) -> None:
+        with _pending_lock:
+            if outer not in _pending.get(attempt, ()):
+                return  # failed by an abort already
+            _pending[attempt].discard(outer)
+        try:
+            outer.set_result(done.value())
+        except Exception as error:
+            outer.set_exception(error)
+
+    future.add_done_callback(settle)
+    if channel.aborted_now(attempt):
+        _fail_pending(attempt)
+    return outer
+
+
+def _fail_pending(attempt: int) -> None:
+    """Fail every :func:`abortable` future of ``attempt`` still waiting (the reader thread)."""
+    with _pending_lock:
+        waiting = _pending.pop(attempt, set())
+    for outer in waiting:
+        outer.set_exception(AttemptAborted(f"attempt {attempt} aborted by the node agent"))
 
 
 def install_abort_checks(module: Any) -> Callable[[], None]:
@@ -379,9 +437,31 @@ def leave_attempt(*, together: bool) -> None:
         if abort is not None:
             with contextlib.suppress(Exception):
                 abort()
+    # Destroying a gloo group joins its worker threads, and one may still wait in a collective
+    # of the failed attempt for a peer that waits too. Held here, the groups are released by a
+    # thread of their own once everything else let go of them; that thread may wait, not this.
+    groups = list(getattr(dist.distributed_c10d._world, "pg_map", {}))
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
     gc.collect()
+    _release_in_background(groups)
+
+
+def _release_in_background(groups: list[Any]) -> None:
+    """Drop the last references to a failed attempt's process groups on a daemon thread
+    (it empties ``groups``: the caller keeps the list, not the groups)."""
+    if not groups:
+        return
+
+    def release() -> None:
+        began = time.monotonic()
+        groups.clear()  # the groups' destructors run here (joining their worker threads)
+        gc.collect()
+        waited = time.monotonic() - began
+        if waited > 1.0:
+            log.info("a failed attempt's process groups were released after %.1f s", waited)
+
+    threading.Thread(target=release, name="release-groups", daemon=True).start()
 
 
 def _from_scratch(assignment: Assignment) -> bool:

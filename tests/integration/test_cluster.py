@@ -341,7 +341,9 @@ def test_root_reelected_after_its_node_dies(node_failures: RealResult) -> None:
     )
     later = [e for e in elections if e.time_s > injected.time_s]
     assert later, elections
-    assert later[0].time_s - injected.time_s <= LEASE_TIMEOUT_S + 1.5
+    # The survivors' broken collectives made their agents probe the root's agent, which
+    # refused: its election lease was revoked, not waited out (LEASE_TIMEOUT_S + a poll).
+    assert later[0].time_s - injected.time_s < LEASE_TIMEOUT_S, (later[0], injected)
 
 
 def test_failure_during_recovery_joins_it(group_failures: RealResult) -> None:

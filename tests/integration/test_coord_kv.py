@@ -212,6 +212,34 @@ def test_one_leader_among_three_then_failover_within_bound(
             candidate.resign()
 
 
+def test_a_dead_leader_is_deposed_before_its_lease_runs_out(
+    make_kv: Callable[[], KeyValueStore],
+) -> None:
+    """A candidate that proved the leader dead revokes its lease: a new leader at once, not
+    after ``ttl_s``; deposing a node that does not lead changes nothing."""
+    ttl_s = 6.0
+    candidates = [Election(make_kv(), node, ttl_s=ttl_s, poll_s=1.0) for node in range(2)]
+    try:
+        candidates[0].campaign(timeout_s=5)
+        candidates[1].campaign(timeout_s=0)
+        assert candidates[0].is_leader() and candidates[1].leader() == 0
+        assert not candidates[1].depose(1)  # node 1 does not lead
+        assert not candidates[0].depose(0)  # nor does a candidate depose itself
+        time.sleep(0.3)
+        assert candidates[0].is_leader() and not candidates[1].is_leader()
+
+        candidates[0].abandon()  # dies without resigning: its lease would live ttl_s more
+        began = time.monotonic()
+        assert candidates[1].depose(0)
+        took = wait_until(candidates[1].is_leader, 5.0, period_s=0.01)
+        assert took < 1.0, f"took {took:.2f} s after the deposition, the lease lives {ttl_s} s"
+        assert candidates[1].leader() == 1
+        assert time.monotonic() - began < ttl_s / 2
+    finally:
+        for candidate in candidates:
+            candidate.resign()
+
+
 # -- failure detection --
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -69,3 +71,18 @@ def test_no_new_root_when_leadership_is_lost_again_before_the_handover() -> None
         thread.join(5)
     assert len(started) == 1
     old_stop.set()
+
+
+def test_the_root_imports_the_persistent_tier_before_its_first_recovery() -> None:
+    """An agent does not import the persistent tier's storage (fsspec, DCP: about a second)
+    until it becomes the root, which then imports it in the background, so the first
+    recovery's plan does not wait for it."""
+    script = (
+        "import sys\n"
+        "from real.agent import node_agent, root\n"
+        "assert 'real.persistent.storage' not in sys.modules\n"
+        "root.preimport_persistent_tier().join(timeout=120)\n"
+        "assert 'real.persistent.storage' in sys.modules\n"
+        "assert 'torch.distributed.checkpoint' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=180)

@@ -133,3 +133,15 @@ def test_a_broken_connection_fails_one_call_and_the_next_one_reconnects(kv: Embe
     with pytest.raises(KVError, match="failed"):
         kv.get("k")
     assert kv.get("k") == b"v"  # a fresh, authenticated connection; no stale reply read
+
+
+def test_only_a_refused_connection_proves_a_process_gone() -> None:
+    """``refuses``: a port nobody listens on proves the listener gone; a listening one (even
+    one that never answers) does not."""
+    from real.coord.probe import refuses
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert not refuses(address, 1.0)
+    assert refuses(address, 1.0)  # closed now: refused
+    assert not refuses("not-an-address", 1.0)

@@ -25,6 +25,7 @@ from real.trainer.inprocess import (
     RDZV_PREFIX_ENV,
     AgentChannel,
     Assignment,
+    abortable,
     check_abort,
     install_abort_checks,
     is_peer_failure,
@@ -297,3 +298,117 @@ def test_a_rendezvous_prefix_joins_through_a_standing_store(
     # Both joined through the standing store: a tcp:// init would have had to open that
     # port itself, which the store holds.
     assert joined == [1, 2]
+
+
+def test_an_abort_ends_ddp_waiting_for_a_bucket_all_reduce(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    """DDP waits for its buckets' all-reduce futures in C++, beyond any hook: a future from
+    ``abortable`` makes that wait, and so ``backward()``, raise once the agent aborts."""
+    torch = pytest.importorskip("torch")
+    agent, channel = pair
+    waited: list[tuple[float, str]] = []
+
+    def body(assignment: Assignment) -> None:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+
+        def hook(state, bucket):  # type: ignore[no-untyped-def]
+            return abortable(torch.futures.Future())  # an all-reduce whose peer hangs
+
+        model.register_comm_hook(None, hook)
+        threading.Timer(0.3, agent.send, ("abort",), {"attempt": assignment.attempt}).start()
+        began = time.monotonic()
+        try:
+            model(torch.ones(2, 4)).sum().backward()
+        except RuntimeError as error:
+            waited.append((time.monotonic() - began, str(error)))
+            raise
+
+    agent.assign(1)
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    agent.send("finish")
+    thread.join(30)
+    assert len(waited) == 1, waited
+    seconds, message = waited[0]
+    assert 0.2 < seconds < 10 and "attempt 1 aborted by the node agent" in message
+
+
+def test_a_completed_all_reduce_passes_through_abortable(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    torch = pytest.importorskip("torch")
+    agent, channel = pair
+    values: list[Any] = []
+
+    def body(assignment: Assignment) -> None:
+        inner = torch.futures.Future()
+        outer = abortable(inner)
+        inner.set_result([torch.ones(3)])
+        values.append(outer.wait())
+        agent.send("abort", attempt=assignment.attempt)  # after completion: nothing to fail
+        deadline = time.monotonic() + 20
+        while not channel.aborted(assignment.attempt) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise AttemptAborted("left")
+
+    agent.assign(1)
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    agent.send("finish")
+    thread.join(30)
+    assert len(values) == 1 and torch.equal(values[0][0], torch.ones(3))
+    outside = torch.futures.Future()
+    assert abortable(outside) is outside  # outside an attempt: the future itself
+
+
+LEAVER = """
+import datetime, sys, time, torch, torch.distributed as dist
+from real.trainer.inprocess import leave_attempt
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=sys.argv[2], rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+dist.all_reduce(torch.ones(4))
+if rank == 0:
+    time.sleep(15)  # alive, never joins the next collective: rank 1's waits on it
+    sys.exit(0)
+work = dist.all_reduce(torch.ones(4), async_op=True)  # its worker thread now waits on rank 0
+time.sleep(0.3)
+began = time.monotonic()
+leave_attempt(together=False)
+print(f"left {time.monotonic() - began:.3f}", flush=True)
+time.sleep(30)
+"""
+
+
+def test_leaving_a_failed_attempt_does_not_wait_for_a_hung_collective(tmp_path: Any) -> None:
+    """Tearing down a gloo group joins its worker threads, one of which waits for a peer that
+    is alive but never comes; a survivor leaving its failed attempt must not wait for it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leaver.py"
+    script.write_text(LEAVER)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), address], stdout=subprocess.PIPE, text=True
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        assert ranks[1].stdout is not None
+        line = ranks[1].stdout.readline()  # rank 1 stays alive after it left (its wait, too)
+        assert ranks[0].poll() is None, f"rank 0 ended before rank 1 left: {line!r}"
+        assert line.startswith("left "), line
+        assert float(line.split()[1]) < 5.0, line  # rank 0 still sleeps: the wait not joined
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
