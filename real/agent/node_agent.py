@@ -162,6 +162,9 @@ class NodeAgent:
 
     def run(self) -> int:
         config = self.config
+        # Any agent may become the root (at the start or when a root dies): the persistent
+        # tier's modules load now, in the background, not on a recovery's path.
+        preimport_persistent_tier()
         store = StoreProcess(
             config.node_id if config.slot is None else config.slot,
             config.token,
@@ -330,7 +333,6 @@ class NodeAgent:
         self.root_thread.start()
 
     def _run_root(self, stop: threading.Event) -> None:
-        preimport_persistent_tier()
         try:
             kv = connect_kv(self.config.kv_url)
         except KVError as error:

@@ -66,7 +66,8 @@ def preimport_persistent_tier() -> threading.Thread:
     """Import the persistent tier's storage module in the background, now, not at the first
     recovery: ``latest_persistent`` imports it lazily, and that import (fsspec and
     torch.distributed.checkpoint, about 1 s with torch loaded) delayed the first recovery's
-    plan by 0.5-1 s (1.4-3 s on a loaded machine). Called when an agent becomes the root."""
+    plan by 0.5-1 s (1.4-3 s on a loaded machine), and a root elected after its predecessor's
+    node died by 2.3 s. Called when an agent starts: any agent may become the root."""
     thread = threading.Thread(
         target=importlib.import_module,
         args=("real.persistent.storage",),

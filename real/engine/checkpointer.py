@@ -176,6 +176,8 @@ class GeminiCheckpointer:
 
         Raises:
             AttemptAborted: the node agent stopped this attempt (in-process recovery).
+            ConnectionError: a peer is gone (the agreement on the last committed checkpoint
+                failed): nothing is captured, so every iteration a recovery may need stays.
         """
         costs, started = self.capturer.costs, time.perf_counter()
         check_abort()

@@ -278,19 +278,24 @@ class ReplicationManager:
         Usually they finished long ago, in the background, and this costs nothing; a rank whose
         previous checkpoint is still in flight makes the others wait here for it, as a blocking
         all-reduce in ``save()`` would (each rank announces only after its checkpoint finished).
-        A failed reduction leaves the previous agreement, older and therefore safe: a capture
-        never overwrites an iteration that every rank may still need.
+
+        Raises:
+            ConnectionError: a reduction failed: a peer is gone. The reduction may have
+                completed on other ranks (gloo: those that had received every piece before the
+                peer died), which then keep the newer agreement and let the older go; a capture
+                here under the older one would overwrite the newer, and no iteration would be
+                held by every rank. So nothing is captured: the attempt is left.
         """
         with self._keep_lock:
             pending, self._reductions = self._reductions, []
         for work, tensor in pending:
             try:
                 work.wait()
-            except Exception as error:  # the group broke: this agreement is lost
-                log.warning(
-                    "node %d rank %d: keep reduction failed: %s", self.node, self.rank, error
-                )
-                continue
+            except Exception as error:  # the group broke: a peer is gone
+                raise ConnectionError(
+                    f"node {self.node} rank {self.rank}: the agreement on the last committed "
+                    f"checkpoint failed (a peer is gone; no capture now): {error}"
+                ) from error
             value = int(tensor.item())
             if value >= 0:
                 with self._keep_lock:

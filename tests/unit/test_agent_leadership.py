@@ -73,10 +73,10 @@ def test_no_new_root_when_leadership_is_lost_again_before_the_handover() -> None
     old_stop.set()
 
 
-def test_the_root_imports_the_persistent_tier_before_its_first_recovery() -> None:
-    """An agent does not import the persistent tier's storage (fsspec, DCP: about a second)
-    until it becomes the root, which then imports it in the background, so the first
-    recovery's plan does not wait for it."""
+def test_an_agent_imports_the_persistent_tier_in_the_background() -> None:
+    """The persistent tier's storage (fsspec, DCP: about a second) is not imported with the
+    agent's modules but in the background when an agent starts (any agent may become the
+    root), so a root's first recovery plan does not wait for it."""
     script = (
         "import sys\n"
         "from real.agent import node_agent, root\n"
