@@ -183,6 +183,35 @@ def test_background_persister_writes_without_blocking_and_supersedes(
     assert state_digest(state["model"]) == state_digest(trainer.model_state())
 
 
+def test_abandoning_does_not_wait_for_a_write_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure stopped the job: the survivors leave at once, not when the write in flight
+    (on slow storage, its collective broken) ends; what was queued is dropped."""
+    release = threading.Event()
+    started = threading.Event()
+    written: list[int] = []
+
+    def slow_save(*args: Any, **kwargs: Any) -> int:
+        started.set()
+        assert release.wait(60)
+        written.append(int(args[1]))
+        return 0
+
+    monkeypatch.setattr(persistent_persister, "save_persistent", slow_save)
+    trainer = trained(1)
+    persister = BackgroundPersister(str(tmp_path / "tier"), keep=None)
+    persister.submit(1, copied(trainer.state()))
+    assert started.wait(60)
+    persister.submit(2, copied(trainer.state()))  # queued: dropped by the abandon
+    began = time.perf_counter()
+    persister.abandon()
+    assert time.perf_counter() - began < 2.0
+    release.set()
+    persister._thread.join(60)
+    assert written == [1]
+
+
 def test_failed_write_is_recorded_and_never_advertised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
