@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -84,6 +84,27 @@ class Agent:
 
     def ops(self) -> list[tuple[str, int | None]]:
         return [(m["op"], m.get("attempt")) for m in self.received]
+
+
+def park_after_attempt_1(
+    agent: Agent, channel: AgentChannel, body: Callable[[Assignment], None]
+) -> None:
+    """Give the trainer attempt 1, let ``body`` leave it, then end the job."""
+    agent.assign(1)
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    agent.wait_for("parked", 1)
+    agent.send("finish")
+    thread.join(30)
+
+
+def wait_aborted(channel: AgentChannel, attempt: int) -> None:
+    """Until the channel has read the agent's abort of ``attempt`` (bounded)."""
+    deadline = time.monotonic() + 20
+    while not channel.aborted(attempt) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -173,14 +194,7 @@ def test_abort_is_raised_at_the_next_checkpoint(pair: tuple[Agent, AgentChannel]
                 raise
             threading.Event().wait(0.01)
 
-    agent.assign(1)
-    thread = threading.Thread(
-        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
-    )
-    thread.start()
-    agent.wait_for("parked", 1)
-    agent.send("finish")
-    thread.join(30)
+    park_after_attempt_1(agent, channel, body)
     assert seen == ["attempt 1 aborted by the node agent"]
 
 
@@ -235,9 +249,7 @@ def test_an_abort_interrupts_forward_and_backward(pair: tuple[Agent, AgentChanne
         model(torch.ones(2, 4)).sum().backward()  # no abort yet: the checks let it run
         loss = model(torch.ones(2, 4)).sum()
         agent.send("abort", attempt=assignment.attempt)
-        deadline = time.monotonic() + 20
-        while not channel.aborted(assignment.attempt) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_aborted(channel, assignment.attempt)
         for name, step in (
             ("forward", lambda: model(torch.ones(2, 4))),  # the first submodule's hook
             ("backward", loss.backward),  # the parameters' gradient hooks
@@ -248,14 +260,7 @@ def test_an_abort_interrupts_forward_and_backward(pair: tuple[Agent, AgentChanne
                 left.append(name)
         raise AttemptAborted("left")
 
-    agent.assign(1)
-    thread = threading.Thread(
-        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
-    )
-    thread.start()
-    agent.wait_for("parked", 1)
-    agent.send("finish")
-    thread.join(30)
+    park_after_attempt_1(agent, channel, body)
     assert left == ["forward", "backward"]
     model(torch.ones(2, 4)).sum().backward()  # outside an attempt the checks do nothing
     remove()
@@ -324,14 +329,7 @@ def test_an_abort_ends_ddp_waiting_for_a_bucket_all_reduce(
             waited.append((time.monotonic() - began, str(error)))
             raise
 
-    agent.assign(1)
-    thread = threading.Thread(
-        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
-    )
-    thread.start()
-    agent.wait_for("parked", 1)
-    agent.send("finish")
-    thread.join(30)
+    park_after_attempt_1(agent, channel, body)
     assert len(waited) == 1, waited
     seconds, message = waited[0]
     assert 0.2 < seconds < 10 and "attempt 1 aborted by the node agent" in message
@@ -350,19 +348,10 @@ def test_a_completed_all_reduce_passes_through_abortable(
         inner.set_result([torch.ones(3)])
         values.append(outer.wait())
         agent.send("abort", attempt=assignment.attempt)  # after completion: nothing to fail
-        deadline = time.monotonic() + 20
-        while not channel.aborted(assignment.attempt) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_aborted(channel, assignment.attempt)
         raise AttemptAborted("left")
 
-    agent.assign(1)
-    thread = threading.Thread(
-        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
-    )
-    thread.start()
-    agent.wait_for("parked", 1)
-    agent.send("finish")
-    thread.join(30)
+    park_after_attempt_1(agent, channel, body)
     assert len(values) == 1 and torch.equal(values[0][0], torch.ones(3))
     outside = torch.futures.Future()
     assert abortable(outside) is outside  # outside an attempt: the future itself
