@@ -109,11 +109,17 @@ class Election:
 
     def leader(self) -> int | None:
         """The node that holds the leader key now, read from the store; None if nobody."""
+        holder = self._holder()
+        return None if holder is None else holder[0]
+
+    def _holder(self) -> tuple[int, int] | None:
+        """(node, lease id) of the leader key now; None if nobody holds it."""
         raw = self.kv.get(self.key)
         if raw is None:
             return None
         try:
-            return int(keys.decode(raw)["node"])
+            current = keys.decode(raw)
+            return int(current["node"]), int(current["lease"])
         except (ValueError, KeyError, TypeError):
             logger.warning("node %d: unreadable leader key %r", self.node_id, raw[:80])
             return None
@@ -127,16 +133,10 @@ class Election:
         Only a refused connection proves death: a partitioned or stopped leader does not
         answer either, and is left to its lease (it may still believe it leads until then).
         """
-        raw = self.kv.get(self.key)
-        if raw is None or node_id == self.node_id:
+        holder = None if node_id == self.node_id else self._holder()
+        if holder is None or holder[0] != node_id:
             return False
-        try:
-            current = keys.decode(raw)
-            leader, lease_id = int(current["node"]), int(current["lease"])
-        except (ValueError, KeyError, TypeError):
-            return False
-        if leader != node_id:
-            return False
+        lease_id = holder[1]
         self.kv.revoke_lease(lease_id)
         logger.warning(
             "node %d: the root (node %d) is gone; its election lease %d revoked",

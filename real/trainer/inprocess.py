@@ -266,9 +266,12 @@ def abortable(future: Any) -> Any:
 
     def settle(done: Any) -> None:
         with _pending_lock:
-            if outer not in _pending.get(attempt, ()):
+            waiting = _pending.get(attempt, set())
+            if outer not in waiting:
                 return  # failed by an abort already
-            _pending[attempt].discard(outer)
+            waiting.discard(outer)
+            if not waiting:
+                del _pending[attempt]
         try:
             outer.set_result(done.value())
         except Exception as error:

@@ -110,19 +110,24 @@ class FakeClock:
         return self.now
 
 
-def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV) -> None:
-    """Every agent answers and no trainer exited: a peer hangs. After the grace the member
-    that reported nothing (the hung trainer's node) is reported, so the job stops and the hung
-    trainer is replaced."""
-    clock = FakeClock()
-    detector = FailureDetector(
+def answering_detector(kv: EmbeddedKV, clock: FakeClock, grace_s: float) -> FailureDetector:
+    """A detector of nodes 0-2 whose agents all answer a probe (a hang, not a loss)."""
+    return FailureDetector(
         kv,
         lease_timeout_s=60.0,
         expected_nodes=[0, 1, 2],
         clock=clock,
         prober=lambda nodes: [],
-        suspect_grace_s=3.0,
+        suspect_grace_s=grace_s,
     )
+
+
+def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV) -> None:
+    """Every agent answers and no trainer exited: a peer hangs. After the grace the member
+    that reported nothing (the hung trainer's node) is reported, so the job stops and the hung
+    trainer is replaced."""
+    clock = FakeClock()
+    detector = answering_detector(kv, clock, grace_s=3.0)
     for node in (0, 1, 2):
         kv.put(keys.node_key(node), keys.encode({"node": node, "time": clock.now}))
     suspect(kv, 2, 2, clock.now)
@@ -141,14 +146,7 @@ def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV)
 
 def test_a_hang_with_several_silent_members_is_the_first_reporters(kv: EmbeddedKV) -> None:
     clock = FakeClock()
-    detector = FailureDetector(
-        kv,
-        lease_timeout_s=60.0,
-        expected_nodes=[0, 1, 2],
-        clock=clock,
-        prober=lambda nodes: [],
-        suspect_grace_s=1.0,
-    )
+    detector = answering_detector(kv, clock, grace_s=1.0)
     suspect(kv, 2, 2, clock.now)
     assert detector.poll() == []
     clock.now += 1.0
