@@ -51,6 +51,46 @@ from real.runtime.env import (
 
 log = logging.getLogger(__name__)
 TRAINER_NICENESS = 5
+# A spare started while the job trains warms up (python, torch, model, a step: seconds of CPU)
+# below the trainers, so that it takes no CPU they want: on a GPU node the CPU has room for it,
+# on the emulated cluster of a few cores it would stretch every iteration for seconds after
+# each failure. Once warm (it then only waits) or once it takes a rank, it is raised back to
+# TRAINER_NICENESS: only where the agent may raise a priority (CAP_SYS_NICE or RLIMIT_NICE),
+# else it warms at TRAINER_NICENESS from the start.
+BACKGROUND_NICENESS = 19
+CAP_SYS_NICE = 23
+
+
+def may_raise_priority() -> bool:
+    """Whether this process may lower another's niceness to ``TRAINER_NICENESS``."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    if soft == resource.RLIM_INFINITY or soft >= 20 - TRAINER_NICENESS:
+        return True
+    try:
+        status = Path("/proc/self/status").read_text()
+        effective = int(status.split("CapEff:")[1].split()[0], 16)
+    except (OSError, IndexError, ValueError):
+        return False
+    return bool(effective >> CAP_SYS_NICE & 1)
+
+
+def set_niceness(pid: int, niceness: int) -> bool:
+    """Set every thread of ``pid`` to ``niceness`` (Linux keeps a niceness per thread);
+    False if the process is gone or the change is not allowed."""
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tasks = [pid]
+    try:
+        for task in tasks:
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, task, niceness)
+    except (PermissionError, ProcessLookupError) as error:
+        log.warning("could not set trainer %d to niceness %d: %s", pid, niceness, error)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -81,10 +121,10 @@ class TrainerSpec:
     spares: int = 1
     entrypoint: tuple[str, ...] | None = None
 
-    def command(self) -> list[str]:
+    def command(self, niceness: int = TRAINER_NICENESS) -> list[str]:
         # Below the agents and stores: a node's heartbeat, probe answers and replica traffic
         # must not starve while its trainers import torch or train.
-        nice = ["nice", "-n", str(TRAINER_NICENESS)]
+        nice = ["nice", "-n", str(niceness)]
         if self.entrypoint is not None:
             program = list(self.entrypoint)
             if program[0].endswith(".py"):
@@ -123,8 +163,11 @@ class Worker:
         local_rank: int,
         env: Mapping[str, str],
         on_change: Callable[[], None] | None = None,
+        background: bool = False,
     ):
         self.local_rank = local_rank
+        # Warming up below the trainers until warm or needed (BACKGROUND_NICENESS).
+        self.background = background
         self._on_change = on_change
         parent, child = socket.socketpair()
         self._sock = parent
@@ -153,7 +196,7 @@ class Worker:
         }
         with open(self.log_path, "ab") as output:
             self.proc = subprocess.Popen(
-                spec.command(),
+                spec.command(BACKGROUND_NICENESS if background else TRAINER_NICENESS),
                 env=worker_env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -192,12 +235,19 @@ class Worker:
         with self._lock:
             if op == "ready":
                 self.state, self.ready_at = "ready", time.time()
+                self.foreground()
             elif op in ("joined", "failed", "parked", "done", "retired"):
                 self.state, self.reported = op, int(message["attempt"])
                 self.error = message.get("error")
             self._lock.notify_all()
         if self._on_change is not None:
             self._on_change()
+
+    def foreground(self) -> None:
+        """Raise a spare warming up in the background to the trainers' priority."""
+        if self.background:
+            self.background = False
+            set_niceness(self.pid, TRAINER_NICENESS)
 
     def send(self, op: str, **fields: Any) -> bool:
         line = json.dumps({"op": op, **fields}, separators=(",", ":")).encode() + b"\n"
@@ -302,26 +352,37 @@ class TrainerPool:
         self.exitcodes: dict[int, int] = {}  # rank -> exit code, reported once
         self.done: set[int] = set()
         self._env: dict[str, str] = {}
+        self._background = may_raise_priority()
         for local_rank in range(spec.per_node):
             self.active[local_rank] = self._start(local_rank)
         if spares_now:
-            self._top_up()
+            self._top_up(background=False)
 
-    def _top_up(self) -> None:
-        """Start spares until every local rank has ``spec.spares`` live ones."""
+    def _top_up(self, background: bool = True) -> None:
+        """Start spares until every local rank has ``spec.spares`` live ones; ``background``:
+        while the job trains (below the trainers, where the agent may raise them back)."""
         for local_rank in range(self.spec.per_node):
             alive = [w for w in self.spares[local_rank] if w.exitcode() is None]
             while len(alive) < self.spec.spares:
-                alive.append(self._start(local_rank))
+                alive.append(self._start(local_rank, background=background))
             self.spares[local_rank] = alive
 
-    def _start(self, local_rank: int) -> Worker:
-        worker = Worker(self.spec, f"node{self.node_id}", local_rank, self.env, self.on_change)
+    def _start(self, local_rank: int, background: bool = False) -> Worker:
+        background = background and self._background
+        worker = Worker(
+            self.spec,
+            f"node{self.node_id}",
+            local_rank,
+            self.env,
+            self.on_change,
+            background=background,
+        )
         log.info(
-            "node %d: trainer for local rank %d started (pid %d)",
+            "node %d: trainer for local rank %d started (pid %d%s)",
             self.node_id,
             local_rank,
             worker.pid,
+            f", warming up at niceness {BACKGROUND_NICENESS}" if background else "",
         )
         return worker
 
@@ -394,9 +455,11 @@ class TrainerPool:
         self.spares[local_rank] = spares
         if spares:
             worker = spares.pop(0)
+            worker.foreground()  # still warming up, maybe: it is on the recovery's path now
             log.info(
-                "node slot %d: warm spare (pid %d) takes local rank %d",
+                "node slot %d: %s spare (pid %d) takes local rank %d",
                 self.slot,
+                "warm" if worker.state != "starting" else "warming",
                 worker.pid,
                 local_rank,
             )

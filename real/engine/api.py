@@ -3,10 +3,10 @@
 A training loop restores once at start and saves after every optimizer step::
 
     checkpointer = make_checkpointer(...)          # Gemini in-memory engine or DCP baseline
-    restored = checkpointer.restore()              # None: nothing to restore, start fresh
+    restored = checkpointer.restore(into=trainer.state)   # None: start fresh
     start = 1 if restored is None else restored.iteration + 1
     if restored is not None:
-        trainer.load_state(restored.state)
+        trainer.load_state(restored.state)         # restored in place: nothing left to copy
     for iteration in range(start, iterations + 1):
         trainer.step()
         checkpointer.save(iteration, trainer.state())   # returns once the state is captured
@@ -20,7 +20,7 @@ Every implementation lives in ``real/`` and implements ``Checkpointer``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,11 +47,20 @@ class Restored:
     seconds: float
 
 
+LiveState = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+"""The live state (as given to ``save``), or a callable returning it when it is needed."""
+
+
 class Checkpointer(Protocol):
     """What every checkpoint strategy offers a training loop."""
 
-    def restore(self) -> Restored | None:
-        """Find the newest consistent checkpoint for this rank and load it, or None."""
+    def restore(self, into: LiveState | None = None) -> Restored | None:
+        """Find the newest consistent checkpoint for this rank and load it, or None.
+
+        ``into``: the live state to load into, in place (one copy, no fresh tensors); wrap a
+        model in DDP *before* (its construction broadcasts rank 0's parameters). None: fresh
+        tensors.
+        """
         ...
 
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:

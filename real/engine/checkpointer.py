@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from real.engine import restore as restoring
-from real.engine.api import Restored
+from real.engine.api import LiveState, Restored
 from real.engine.capture import Capturer
 from real.engine.client import PlacedDataError, StoreClient
 from real.engine.eventlog import EventLog
@@ -557,9 +557,6 @@ class GeminiCheckpointer:
         self.client.close()
         if self._own_events:
             self.events.close()
-
-
-LiveState = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 class _Live:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from real.engine.api import Restored
+from real.engine.api import LiveState, Restored
 from real.engine.eventlog import EventLog
 from real.persistent.dcp import DEFAULT_KEEP, load_persistent
 from real.persistent.persister import save_persistent_logged
@@ -64,16 +64,20 @@ class PersistentCheckpointer:
         self.keep = keep
         self._group = gloo_group()
 
-    def restore(self) -> Restored | None:
-        """Load the newest complete checkpoint (every rank the same iteration), or None."""
+    def restore(self, into: LiveState | None = None) -> Restored | None:
+        """Load the newest complete checkpoint (every rank the same iteration), or None.
+
+        ``into``: the live state DCP loads into, in place (default: the template's).
+        """
         start = time.perf_counter()
         iteration = self._agreed_latest()
         if iteration is None:
             return None
+        target = self.template() if into is None else into() if callable(into) else into
         state = load_persistent(
             self.url,
             iteration,
-            self.template(),
+            target,
             process_group=self._group,
             storage_options=self.storage_options,
         )

@@ -39,7 +39,7 @@ import click
 import torch
 import torch.distributed as dist
 
-from real.engine.api import Checkpointer, Restored
+from real.engine.api import Checkpointer, LiveState, Restored
 from real.engine.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
 from real.runtime.env import GEMINI_FAILURE, GEMINI_NODE
 from real.runtime.procgroup import leave_process_group
@@ -143,7 +143,7 @@ class RankEnv:
 class NullCheckpointer:
     """No checkpoints: restore finds nothing, save does nothing."""
 
-    def restore(self) -> Restored | None:
+    def restore(self, into: LiveState | None = None) -> Restored | None:
         return None
 
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
@@ -427,7 +427,9 @@ def _train(
     rank: int,
     tags: Mapping[str, Any],
 ) -> None:
-    restored = checkpointer.restore()
+    # In place: the model is wrapped already (DDP's broadcast is behind us), so the checkpoint
+    # is copied once, from memory straight into the live tensors, and loading them is a no-op.
+    restored = checkpointer.restore(into=trainer.state)
     start = 1
     if restored is not None:
         load_start = time.perf_counter()

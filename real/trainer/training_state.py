@@ -90,7 +90,8 @@ def load_model_and_optimizer_state(
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
     template = get_model_state_dict(model)
-    set_model_state_dict(model, _live_layout(model_state, template, device))
+    if not _all_live(model_state, template):  # restored in place: already there, no self-copy
+        set_model_state_dict(model, _live_layout(model_state, template, device))
     set_optimizer_state_dict(
         model, optimizer, _optimizer_live_layout(optim_state, template, device)
     )
@@ -142,23 +143,61 @@ def load_training_state(
             "the state holds no learning-rate scheduler: it was taken without one; "
             "pass scheduler=None or take the state with the scheduler"
         )
+    live_model, live_optim = get_state_dict(model, optimizer)
     load_model_and_optimizer_state(
-        model, optimizer, clone_state(state["model"]), clone_state(state["optim"])
+        model,
+        optimizer,
+        clone_state(state["model"], live=live_model),
+        clone_state(state["optim"], live=live_optim),
     )
     if scheduler is not None:
         scheduler.load_state_dict(copy.deepcopy(dict(state["scheduler"])))
     restore_rng_state(state["rng"])
 
 
-def clone_state(node: Any) -> Any:
-    """A copy of a nested state: tensors cloned (DTensors stay DTensors), containers copied."""
+def clone_state(node: Any, live: Any = None) -> Any:
+    """A copy of a nested state: tensors cloned (DTensors stay DTensors), containers copied.
+
+    ``live``: the live state in the same layout; a tensor that *is* its live counterpart (the
+    same memory: a checkpoint restored in place) is kept, not cloned, since loading it is a
+    no-op and nothing else holds it.
+    """
     if isinstance(node, torch.Tensor):
-        return node.detach().clone()
+        return node if _same_memory(node, live) else node.detach().clone()
     if isinstance(node, Mapping):
-        return {key: clone_state(value) for key, value in node.items()}
+        inner = live if isinstance(live, Mapping) else {}
+        return {key: clone_state(value, inner.get(key)) for key, value in node.items()}
     if isinstance(node, list | tuple):
-        return type(node)(clone_state(value) for value in node)
+        others = list(live) if isinstance(live, list | tuple) and len(live) == len(node) else []
+        return type(node)(
+            clone_state(value, others[i] if others else None) for i, value in enumerate(node)
+        )
     return copy.deepcopy(node)
+
+
+def _same_memory(tensor: torch.Tensor, live: Any) -> bool:
+    """Whether ``tensor`` is ``live``'s memory: same place, dtype, shape and strides (a DTensor
+    by its local shard)."""
+    if not isinstance(live, torch.Tensor):
+        return False
+    a = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    b = live.to_local() if isinstance(live, DTensor) else live
+    return (
+        a.device == b.device
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.data_ptr() == b.data_ptr()
+        and (a.numel() == 0 or a.data_ptr() != 0)
+    )
+
+
+def _all_live(state: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """Whether every tensor of a model state is the live tensor of the same name."""
+    return set(state) == set(live) and all(
+        _same_memory(value, live[name]) if isinstance(value, torch.Tensor) else False
+        for name, value in state.items()
+    )
 
 
 def _as_live(value: Any, like: torch.Tensor | None, device: torch.device) -> Any:

@@ -239,6 +239,59 @@ def test_restored_state_continues_bitwise_like_the_uninterrupted_run() -> None:
     assert state_digest(resumed.model_state()) == state_digest(uninterrupted.model_state())
 
 
+def test_a_state_restored_in_place_loads_without_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the engine's ``restore(into=trainer.state)`` hands back: the checkpoint copied into
+    the live tensors, which are the state's tensors. Loading it copies nothing (no self-copy of
+    the model, no clone) and the run continues bitwise like the uninterrupted one."""
+    import real.trainer.training_state as training_state
+
+    torch.set_num_threads(1)
+    uninterrupted = train(tiny_config(), 8)
+    trainer = train(tiny_config(), 3)
+    tensors, values = flatten_state(trainer.state())
+    saved = {k: v.detach().clone() for k, v in tensors.items()}
+    for _ in range(2):
+        trainer.step()  # the live state moves on, then the checkpoint is restored into it
+    live, _ = flatten_state(trainer.state())
+    pointers = {n: t.data_ptr() for n, t in live.items() if not n.startswith("rng/")}
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            live[name].copy_(tensor)
+    restored = unflatten_state(dict(live), values)
+    calls: list[str] = []
+    real_set = training_state.set_model_state_dict
+    monkeypatch.setattr(
+        training_state,
+        "set_model_state_dict",
+        lambda *a, **k: calls.append("model") or real_set(*a, **k),
+    )
+    trainer.load_state(restored)
+    assert calls == []
+    after, _ = flatten_state(trainer.state())
+    assert {n: t.data_ptr() for n, t in after.items() if not n.startswith("rng/")} == pointers
+    while trainer.iteration < 8:
+        trainer.step()
+    assert state_digest(trainer.model_state()) == state_digest(uninterrupted.model_state())
+
+
+def test_load_training_state_keeps_live_tensors_and_clones_the_rest() -> None:
+    from real.trainer.training_state import clone_state, load_training_state, training_state
+
+    torch.set_num_threads(1)
+    trainer = train(tiny_config(), 2)
+    live = training_state(trainer.model, trainer.optimizer, clone=False)
+    kept = clone_state(live, live=live)
+    fresh = clone_state(live)
+    first = next(iter(live["model"]))
+    assert kept["model"][first].data_ptr() == live["model"][first].data_ptr()
+    assert fresh["model"][first].data_ptr() != live["model"][first].data_ptr()
+    before = state_digest(trainer.model_state())
+    load_training_state(trainer.model, trainer.optimizer, live)  # the live state: a no-op
+    assert state_digest(trainer.model_state()) == before
+    moments = [s["exp_avg"].data_ptr() for s in trainer.optimizer.state.values()]
+    assert moments == [s["exp_avg"].data_ptr() for s in live["optim"]["state"].values()]
+
+
 def test_load_state_rejects_another_schedule() -> None:
     state = train(tiny_config(), 1).state()
     with pytest.raises(ValueError, match="schedule"):

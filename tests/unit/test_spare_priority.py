@@ -1,0 +1,91 @@
+"""Spares started while the job trains warm up below the trainers' priority, and are raised
+back once warm or once they take a rank (``real.agent.trainer_processes``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from real.agent.trainer_processes import (
+    BACKGROUND_NICENESS,
+    TRAINER_NICENESS,
+    TrainerPool,
+    TrainerSpec,
+    may_raise_priority,
+)
+
+# A stand-in trainer: reports "ready" once the file named by its first argument exists (its
+# warm-up), then waits until the agent closes its socket or sends anything.
+FAKE_TRAINER = """
+import json, os, socket, sys, time
+sock = socket.socket(fileno=int(os.environ["GEMINI_AGENT_FD"]))
+go = sys.argv[1]
+while not os.path.exists(go):
+    time.sleep(0.01)
+sock.sendall(json.dumps({"op": "ready"}).encode() + b"\\n")
+sock.recv(1)
+"""
+
+pytestmark = pytest.mark.skipif(
+    not may_raise_priority(), reason="raising a priority needs CAP_SYS_NICE or RLIMIT_NICE"
+)
+
+
+def niceness(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def pool(tmp_path: Path, go: Path) -> TrainerPool:
+    spec = TrainerSpec(
+        scenario=tmp_path / "scenario.yaml",
+        overrides=(),
+        run_dir=tmp_path,
+        checkpointer="gemini",
+        world_size=1,
+        per_node=1,
+        entrypoint=(sys.executable, "-c", FAKE_TRAINER, str(go)),
+    )
+    return TrainerPool(spec, node_id=0, env={}, spares_now=False)
+
+
+def test_a_spare_started_while_training_warms_up_below_the_trainers(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    trainers = pool(tmp_path, go)
+    try:
+        active = trainers.active[0]
+        trainers._top_up()  # what assign() does once the job trains
+        (spare,) = trainers.spares[0]
+        wait_for(lambda: niceness(spare.pid) == BACKGROUND_NICENESS)
+        assert niceness(active.pid) == TRAINER_NICENESS
+        go.touch()  # warm: it only waits from now on, at the trainers' priority
+        wait_for(lambda: spare.state == "ready")
+        assert niceness(spare.pid) == TRAINER_NICENESS
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
+def test_a_spare_taking_a_rank_while_warming_up_is_raised_at_once(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    trainers = pool(tmp_path, go)
+    try:
+        trainers.slot = 0
+        trainers._top_up()
+        (spare,) = trainers.spares[0]
+        wait_for(lambda: niceness(spare.pid) == BACKGROUND_NICENESS)
+        trainers._retire(0)
+        assert trainers._promote(0) is spare and spare.state == "starting"
+        assert niceness(spare.pid) == TRAINER_NICENESS
+    finally:
+        go.touch()
+        trainers.stop(grace_s=1.0)
