@@ -76,9 +76,27 @@ def may_raise_priority() -> bool:
     return bool(effective >> CAP_SYS_NICE & 1)
 
 
+def set_autogroup_niceness(pid: int, niceness: int) -> bool:
+    """Give the session of ``pid`` (a trainer leads its own) the scheduling weight of
+    ``niceness``. With the kernel's autogroups (``/proc/sys/kernel/sched_autogroup_enabled``,
+    on by default in many distributions) every session is scheduled as one group, and a
+    process's own niceness ranks it only within its session: a trainer in a session of its
+    own would otherwise weigh as much as an agent, whatever its niceness. False where the
+    kernel has no autogroups, the process is gone, or the change is not allowed."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        log.warning("could not set trainer %d's session to niceness %d: %s", pid, niceness, error)
+        return False
+    return True
+
+
 def set_niceness(pid: int, niceness: int) -> bool:
-    """Set every thread of ``pid`` to ``niceness`` (Linux keeps a niceness per thread);
-    False if the process is gone or the change is not allowed."""
+    """Set every thread of ``pid``, and its session's autogroup, to ``niceness`` (Linux keeps
+    a niceness per thread); False if the process is gone or the change is not allowed."""
+    set_autogroup_niceness(pid, niceness)
     try:
         tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
@@ -194,9 +212,10 @@ class Worker:
             "OMP_NUM_THREADS": "1",
             "PYTHONFAULTHANDLER": "1",  # a crash in native code leaves its stack in the log
         }
+        niceness = BACKGROUND_NICENESS if background else TRAINER_NICENESS
         with open(self.log_path, "ab") as output:
             self.proc = subprocess.Popen(
-                spec.command(BACKGROUND_NICENESS if background else TRAINER_NICENESS),
+                spec.command(niceness),
                 env=worker_env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -205,6 +224,7 @@ class Worker:
                 start_new_session=True,  # its own process group: killed with its children
             )
         child.close()
+        set_autogroup_niceness(self.pid, niceness)  # its own session: see there
         self._reader = threading.Thread(target=self._read, name=f"worker-{self.pid}", daemon=True)
         self._reader.start()
 
