@@ -342,7 +342,12 @@ def _recovery_rank_main(
     import torch.distributed as dist
 
     from real.engine.profiler import CommProfiler
-    from real.trainer.inprocess import leave_attempt
+    from real.trainer.inprocess import (
+        RDZV_PREFIX_ENV,
+        Assignment,
+        join_process_group,
+        leave_attempt,
+    )
     from real.trainer.workload.trainer import Trainer, TrainerConfig
     from shared.scenario_loader import load_scenario
 
@@ -357,14 +362,23 @@ def _recovery_rank_main(
     results.put({"rank": rank, "ready": True})
     # The parent says go once both ranks are warm: what follows is a restart, not a start.
     go.wait(120)
+
+    def join(number: int) -> None:
+        """Form a group as the harness's trainers do (``join_process_group``): through a
+        rendezvous store that stays listening (the parent's, as a node agent's), under a
+        prefix of its own; a ``tcp://`` group per join would time torch's ~0.6 s back-off
+        whenever rank 0 comes last, which the harness never pays."""
+        env = {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(ports[0]),
+            RDZV_PREFIX_ENV: f"calibrate/{number}",
+        }
+        join_process_group(Assignment(attempt=number, env=env), "gloo", timeout.total_seconds())
+
     began = time.perf_counter()
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{ports[0]}",
-        rank=rank,
-        world_size=world,
-        timeout=timeout,
-    )
+    join(0)
     trainer = Trainer(config, rank=rank, world_size=world)
     dist.barrier()
     spare_join_s = time.perf_counter() - began
@@ -390,18 +404,12 @@ def _recovery_rank_main(
     load_s = time.perf_counter() - began
     del profiler
     rejoins = []
-    for port in ports[1:]:  # a few rejoins: the median resists a moment of load
+    for number in range(1, 1 + REJOINS):  # a few rejoins: the median resists a moment of load
         dist.barrier()
         trainer.detach()
         began = time.perf_counter()
         leave_attempt(together=False)
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=timeout,
-        )
+        join(number)
         if config.parallelism == "zero3":
             # FSDP2's parameters belong to the old group's mesh: the harness builds a new
             # trainer around the new group, and so does this rejoin.
@@ -656,7 +664,8 @@ def measure_recovery(
     context = mp.get_context("fork")
     results = context.Queue()
     go = context.Event()
-    ports = tuple(free_port() for _ in range(1 + REJOINS))
+    # The rendezvous store every join goes through, listening the whole time (a node agent's).
+    ports = (free_port(),)
     iterations = 6 if options.quick else max(6, options.iterations)
     processes = [
         context.Process(
@@ -677,6 +686,11 @@ def measure_recovery(
     ]
     for process in processes:
         process.start()
+    import torch.distributed as dist
+
+    rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
+        "127.0.0.1", ports[0], is_master=True, wait_for_workers=False
+    )
     reports: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + 300
@@ -703,6 +717,7 @@ def measure_recovery(
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
+        del rendezvous
     timed = [r for r in reports if "iteration_s" in r]
     rank0 = next(r for r in timed if r["rank"] == 0)
     vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)

@@ -62,10 +62,26 @@ def test_run_simulates_with_the_costs_its_micro_calibration_measured(
         assert failure.restart_s == pytest.approx(0.01 + 0.7)
 
 
-def test_the_micro_calibration_measures_this_machine(tmp_path: Path) -> None:
-    from benchmarks.calibrate import CalibrationOptions, measure_recovery
+def test_the_micro_calibration_measures_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import real.trainer.inprocess as inprocess
+    from benchmarks.calibrate import REJOINS, CalibrationOptions, measure_recovery
 
+    # Every join it times goes the harness's way (the ranks are forked: they inherit this).
+    joins = tmp_path / "joins"
+    original = inprocess.join_process_group
+
+    def recorded(assignment, backend, timeout_s):  # type: ignore[no-untyped-def]
+        with open(joins, "a") as out:
+            out.write(f"{assignment.rank} {assignment.env[inprocess.RDZV_PREFIX_ENV]}\n")
+        original(assignment, backend, timeout_s)
+
+    monkeypatch.setattr(inprocess, "join_process_group", recorded)
     measured = measure_recovery(CalibrationOptions(QUICKSTART, (), tmp_path, quick=True))
+    assert sorted(joins.read_text().split("\n")[:-1]) == sorted(
+        f"{rank} calibrate/{number}" for rank in range(4) for number in range(1 + REJOINS)
+    )
     for key in ("spare_join_s", "rejoin_s", "park_s", "state_load_s", "micro_iteration_time_s"):
         assert 0 < measured[key] < 60, key
     # The survivor's all-reduce failed when its peer vanished, well before the 60 s timeout.
