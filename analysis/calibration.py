@@ -111,7 +111,11 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
       a spare's join and a survivor's rejoin (every rank waits for the group) + building the
       checkpoint engine (``engine_build_s``, when measured);
-    - ``recovery.retrieval_overhead_s`` = loading the state into model and optimizer;
+    - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
+      the harness makes one (the root's plan, every rank at once, into the live state, then
+      the trainer's load; ``engine_restore_fixed_s``, the slowest rank) without its copy of
+      the bytes, which the simulator adds at the copy bandwidth; else (no engine measured)
+      loading a copy of the state into model and optimizer (``state_load_s``);
     - the iteration (``micro_iteration_time_s`` and its phases): measured on
       ``recovery_ranks`` ranks (the world size, up to 8); when the scenario's ranks all share
       this host (``single_host``) and are more, each gets a smaller share of its CPUs, so the
@@ -144,7 +148,10 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     if joins:
         out["restart_s"] = agent / 2 + max(joins) + (_number(measurements, "engine_build_s") or 0)
     load = _number(measurements, "state_load_s")
-    if load is not None:
+    restore = _number(measurements, "engine_restore_fixed_s")
+    if restore is not None:
+        out["retrieval_overhead_s"] = restore
+    elif load is not None:
         out["retrieval_overhead_s"] = load
     cpus = _number(measurements, "cpus")
     world = _number(measurements, "world_size")

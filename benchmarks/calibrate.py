@@ -503,6 +503,7 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
                 if iteration > 1:  # the first one fills the slots
                     lengths.append(time.perf_counter() - began)
             engine.wait(30.0)
+            restore = _engine_restore_fixed_s(engine, trainer, world)
             dist.barrier()
             began = time.perf_counter()
             engine.close(abandon=True)
@@ -517,7 +518,39 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         "engine_build_s": build_s,
         "engine_close_s": close_s,
         "engine_iteration_s": statistics.median(lengths),
+        **({} if restore is None else {"engine_restore_fixed_s": restore}),
     }
+
+
+def _engine_restore_fixed_s(engine: Any, trainer: Any, world: int) -> float | None:
+    """A restore from local memory as the harness's trainers make one, every rank at once:
+    the root's plan (every node its own memory), the engine's restore into the live state,
+    then the trainer's load of it; minus the copy of the bytes (the simulator adds that at the
+    copy bandwidth), s. None when nothing was committed to restore."""
+    import torch.distributed as dist
+
+    from real.engine.costs import difference
+    from shared.recovery import RecoveryPlan, Source
+
+    iteration = engine.last_committed
+    if iteration is None:
+        return None
+    plan = RecoveryPlan(
+        iteration,
+        tuple(Source(node, "local", node) for node in range(world)),
+        False,
+        "calibration: every node restores from its own memory",
+    )
+    dist.barrier()
+    before = engine.capturer.costs.snapshot()
+    began = time.perf_counter()
+    restored = engine.restore(plan=plan, into=trainer.state)
+    if restored is not None:
+        trainer.load_state(restored.state)
+    total = time.perf_counter() - began
+    copied = difference(engine.capturer.costs.snapshot(), before)
+    copy_s = sum(v["s"] for k, v in copied.items() if k.startswith("restore: copy"))
+    return max(0.0, total - copy_s)
 
 
 def _clone_tree(value: Any) -> Any:
@@ -729,7 +762,7 @@ def measure_recovery(
             "state_load_s": round(max(r["load_s"] for r in timed), 6),
             **{
                 key: round(max(float(r[key]) for r in timed), 6)
-                for key in ("engine_build_s", "engine_close_s")
+                for key in ("engine_build_s", "engine_close_s", "engine_restore_fixed_s")
                 if all(key in r for r in timed)
             },
             **(

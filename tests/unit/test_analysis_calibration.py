@@ -173,6 +173,14 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     assert "training.iteration_time_s=0.3" in overrides
 
 
+def test_the_engines_own_restore_sets_the_retrieval_overhead_when_measured() -> None:
+    # Gemini's calibration times the engine's restore as the harness makes one (less its copy,
+    # which the simulator adds); loading a copy of the state stands in only without it.
+    measured = {**MICRO, "engine_restore_fixed_s": 0.03}
+    assert "recovery.retrieval_overhead_s=0.03" in calibration_overrides(measured)
+    assert "recovery.retrieval_overhead_s=0.05" in calibration_overrides(MICRO)
+
+
 # --- Laws: fitted on reference shapes, evaluated at others ------------------------------------
 
 LAWS_TRUE = {
