@@ -405,6 +405,7 @@ LAW_FORMS: dict[str, str] = {
     "hop_work_s": "w * share",
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
+    "engine_restore_fixed_s": "e * share",
     "checkpoint_overhead_s": "(o0 + bytes / bytes_per_s) * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,
@@ -521,7 +522,7 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
             "o0": o0,
             "bytes_per_s": 1 / per_byte if per_byte > 0 else None,
         }
-    for key in ("engine_build_s", "engine_close_s"):
+    for key in ("engine_build_s", "engine_close_s", "engine_restore_fixed_s"):
         values = [
             float(s[key]) / x
             for s, x in zip(samples, shares, strict=True)
@@ -611,7 +612,8 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     out["spare_join_s"] = (
         float(join["j0"]) + float(join["j1"]) * ranks + float(join["j2"]) * parameters / 1e6
     ) * share
-    for key, letter in (("hop_work_s", "w"), ("engine_build_s", "e"), ("engine_close_s", "e")):
+    fixed = ("engine_build_s", "engine_close_s", "engine_restore_fixed_s")
+    for key, letter in (("hop_work_s", "w"), *((k, "e") for k in fixed)):
         fitted = laws.get(key)
         if isinstance(fitted, Mapping):
             out[key] = float(fitted[letter]) * share

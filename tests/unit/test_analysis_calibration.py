@@ -231,6 +231,7 @@ def _sample(
         "state_load_s": (t["l0"] + state / t["load"]) * share,
         "micro_iteration_time_s": compute + communication,
         "engine_iteration_s": compute + communication + (0.01 + state / 1e9) * share,
+        "engine_restore_fixed_s": 0.02 * share,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
@@ -260,6 +261,8 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     share = (8 + 5) / 2
     state = 12 * scenario.model.parameter_count
     assert costs["checkpoint_overhead_s"] == pytest.approx((0.01 + state / 1e9) * share, rel=1e-6)
+    # The engine's restore without its copy: a fixed cost, times the share.
+    assert costs["engine_restore_fixed_s"] == pytest.approx(0.02 * share, rel=1e-6)
 
 
 def test_fitting_needs_two_shapes() -> None:
