@@ -168,9 +168,10 @@ def clone_state(node: Any, live: Any = None) -> Any:
         inner = live if isinstance(live, Mapping) else {}
         return {key: clone_state(value, inner.get(key)) for key, value in node.items()}
     if isinstance(node, list | tuple):
-        others = list(live) if isinstance(live, list | tuple) and len(live) == len(node) else []
+        paired = isinstance(live, list | tuple) and len(live) == len(node)
+        others = live if paired else [None] * len(node)
         return type(node)(
-            clone_state(value, others[i] if others else None) for i, value in enumerate(node)
+            clone_state(value, other) for value, other in zip(node, others, strict=True)
         )
     return copy.deepcopy(node)
 
@@ -188,14 +189,13 @@ def _same_memory(tensor: torch.Tensor, live: Any) -> bool:
         and a.shape == b.shape
         and a.stride() == b.stride()
         and a.data_ptr() == b.data_ptr()
-        and (a.numel() == 0 or a.data_ptr() != 0)
     )
 
 
 def _all_live(state: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
     """Whether every tensor of a model state is the live tensor of the same name."""
     return set(state) == set(live) and all(
-        _same_memory(value, live[name]) if isinstance(value, torch.Tensor) else False
+        isinstance(value, torch.Tensor) and _same_memory(value, live[name])
         for name, value in state.items()
     )
 
