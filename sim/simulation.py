@@ -13,10 +13,11 @@ fails, i.e. the time until the iteration profile's next communication phase plus
 ``detection.probe_detection_s``; by its heartbeat lease, ``lease_timeout_s -
 heartbeat_interval_s / 2`` on average, when it is partitioned or lost in netns mode (the
 survivors' collectives hang: no reset reaches them), when the job is not training or with
-``detection.lost_node: lease``; the root's own node after a re-election,
-``root_loss_detection_s``), the stop (``recovery.stop_s`` from detection: the survivors are
-aborted and park, no process is killed; survivors stuck in a hung collective are killed at
-``detection.abort_timeout_s`` first, and their warm spares take the ranks), replacement
+``detection.lost_node: lease``; the root's own node by the same probe, its agent deposed by
+the survivor's agent that finds it refusing connections, or, where no probe runs, after a
+re-election, ``root_loss_detection_s``), the stop (``recovery.stop_s`` from detection: the
+survivors are aborted and park, no process is killed; one waiting in a hung collective
+leaves it at the abort too), replacement
 (hardware only: the standby pool's delay; a live warm standby agent needs nothing more, and
 once ``cluster.standby_nodes`` of them are taken a node starts cold,
 ``recovery.node_start_s``), restart (``recovery.restart_s``: the survivors rejoin in process
@@ -129,8 +130,8 @@ class _Chain:
     """From the failure until the survivors' next collective (which then fails); None when
     the job was not training (a failure during a recovery) or runs no collectives."""
     hung: bool = False
-    """The survivors' collectives hang rather than fail (``Simulation._hangs``): the lease finds
-    the node, and the stop waits ``detection.abort_timeout_s`` for the stuck survivors."""
+    """The survivors' collectives hang rather than fail (``Simulation._hangs``): no probe is
+    triggered, the lease finds the node (the stop then ends their waits at once)."""
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -567,15 +568,18 @@ class Simulation:
         detection = self.scenario.detection
         if chain.new_kind == "software":
             return detection.exit_report_s, "exit"
-        if chain.root_lost:
-            return root_loss_detection_s(detection), "election"
         if (
             detection.lost_node == "probe"
             and chain.label != "network"
             and not chain.hung
             and chain.collective_wait_s is not None
         ):
+            # A survivor's broken collective starts the probe. When the root's own node is
+            # the one lost, that survivor's agent finds the root's agent refusing connections
+            # and deposes it: a new root is elected at once and probes the same way.
             return chain.collective_wait_s + detection.probe_detection_s, "probe"
+        if chain.root_lost:
+            return root_loss_detection_s(detection), "election"
         return detection_delay_s(detection, chain.new_kind), "lease"
 
     def _wait(self, duration: float) -> Generator[simpy.Event, Any, str]:
@@ -612,11 +616,10 @@ class Simulation:
         if not self._stopped:
             # Once the failure is detected, the root stops the attempt: the agents abort it,
             # the survivors park in process (their broken collectives may have parked them
-            # already) and every live agent acknowledges. No process is killed.
-            # Survivors stuck in a collective that hangs cannot leave it: their agents kill
-            # them at the abort timeout, and their warm spares take the ranks.
-            stuck = self.scenario.detection.abort_timeout_s if chain.hung else 0.0
-            outcome = yield from self._wait(stuck + recovery.stop_s)
+            # already) and every live agent acknowledges. No process is killed: a survivor
+            # waiting in a collective that hangs (DDP's bucket all-reduce, FSDP2's all-gather
+            # and reduce-scatter on gloo) waits on a future the abort fails.
+            outcome = yield from self._wait(recovery.stop_s)
             if outcome != "done":
                 return outcome
             self._stopped = True

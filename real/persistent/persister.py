@@ -163,7 +163,16 @@ class BackgroundPersister:
                 newest = max(self._pending)
                 self._busy = True
             try:
-                target = self._agree(newest)
+                try:
+                    target = self._agree(newest)
+                except Exception:
+                    # The group is broken (a peer is gone) and stays so: drop what it could
+                    # not agree on rather than retry it in a loop; a later save on a working
+                    # group persists again.
+                    with self._condition:
+                        for waiting in [i for i in self._pending if i <= newest]:
+                            del self._pending[waiting]
+                    raise
                 with self._condition:
                     state = self._pending.pop(target)
                     for older in [i for i in self._pending if i < target]:

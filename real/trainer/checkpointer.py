@@ -62,6 +62,7 @@ from real.trainer.inprocess import (
     AgentChannel,
     Assignment,
     join_process_group,
+    make_fsdp_abortable,
     prewarm,
     run_attempts,
 )
@@ -275,7 +276,14 @@ class Checkpointer:
     # -- the contract -----------------------------------------------------------------------
 
     def attach(self, ddp_model: Any) -> None:
-        """Profile ``ddp_model``'s all-reduces to find idle spans (before its first backward)."""
+        """Profile ``ddp_model``'s all-reduces to find idle spans (before its first backward).
+
+        An FSDP2 module (``fully_shard``) is not profiled; on the CPU its all-gathers and
+        reduce-scatters are made abortable instead, so that under the agents a survivor leaves
+        a failed attempt at once rather than wait for peers that have left it."""
+        make_fsdp_abortable(ddp_model)
+        if not hasattr(ddp_model, "register_comm_hook"):
+            return  # not a DDP model: no all-reduces to profile
         if self._engine is None:
             self._model = ddp_model
             self._engine_now()  # the engine attaches the model it is built with

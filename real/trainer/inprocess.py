@@ -61,7 +61,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from real.runtime.env import GEMINI_AGENT_FD, GEMINI_RDZV_PREFIX, GEMINI_RESTORE_PLAN
 from shared.errors import AttemptAborted
@@ -289,6 +289,120 @@ def _fail_pending(attempt: int) -> None:
         waiting = _pending.pop(attempt, set())
     for outer in waiting:
         outer.set_exception(AttemptAborted(f"attempt {attempt} aborted by the node agent"))
+
+
+def wait_collective(work: Any) -> None:
+    """Wait for a CPU collective launched with ``async_op=True``, leaving at once with
+    :class:`AttemptAborted` when this trainer's agent aborts the running attempt (a peer's
+    error is raised as ``work.wait()`` would raise it).
+
+    A synchronous gloo collective waits in C++: when the peers it waits for have left the
+    attempt (their sockets stay open until their groups are released), only the agent's kill
+    at ``detection.abort_timeout_s`` would end it. Outside an attempt this is ``work.wait()``.
+    """
+    if _current is None:
+        work.wait()
+        return
+    try:
+        future = work.get_future()
+    except RuntimeError:  # gloo's reduce-scatter has none ("Work::getFuture not implemented")
+        future = _future_of(work)
+    abortable(future).wait()
+
+
+def _future_of(work: Any) -> Any:
+    """A future of ``work`` for the collectives whose work has none: a daemon thread waits.
+
+    The thread outlives an abort when the peers never answer, like the wait it replaces (the
+    failed attempt's group is released when their sockets close or the collective timeout
+    runs out), while the trainer goes on to the next attempt."""
+    import torch
+
+    future: Any = torch.futures.Future()
+
+    def wait() -> None:
+        try:
+            work.wait()
+        except Exception as error:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=wait, name="collective-wait", daemon=True).start()
+    return future
+
+
+class AbortableAllGather:
+    """FSDP2's all-gather for CPU tensors (gloo), waited with :func:`wait_collective`.
+
+    Installed with ``FSDPModule.set_custom_all_gather`` (:func:`make_fsdp_abortable`): FSDP2
+    calls it synchronously from its forward and backward hooks, where a survivor otherwise
+    waits in C++ for peers that have already left. It follows FSDP2's ``AllGather`` interface
+    (``allocate`` and the call), which torch keeps in a private module, hence no base class.
+    """
+
+    def allocate(self, size: Any, *, dtype: Any, device: Any) -> Any:
+        import torch
+
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(
+        self, output_tensor: Any, input_tensor: Any, group: Any, async_op: bool = False
+    ) -> Any:
+        import torch.distributed as dist
+
+        work = dist.all_gather_single(output_tensor, input_tensor, group=group, async_op=True)
+        if async_op:  # FSDP2 waits for it itself (explicit prefetching)
+            return work
+        wait_collective(work)
+        return None
+
+
+class AbortableReduceScatter:
+    """FSDP2's gradient reduce-scatter for CPU tensors, waited with :func:`wait_collective`
+    (see :class:`AbortableAllGather`)."""
+
+    def allocate(self, size: Any, *, dtype: Any, device: Any) -> Any:
+        import torch
+
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(
+        self, output_tensor: Any, input_tensor: Any, group: Any, op: Any, async_op: bool = False
+    ) -> Any:
+        import torch.distributed as dist
+
+        work = dist.reduce_scatter_single(
+            output_tensor, input_tensor, op=op, group=group, async_op=True
+        )
+        if async_op:
+            return work
+        wait_collective(work)
+        return None
+
+
+def make_fsdp_abortable(module: Any) -> int:
+    """Give every FSDP2 module in ``module`` (itself included) collectives that the agent's
+    abort ends (:class:`AbortableAllGather`, :class:`AbortableReduceScatter`), when its
+    parameters live on the CPU; CUDA modules keep NCCL's, whose communicators the agent
+    aborts. Returns how many modules were changed (0: no FSDP2 module, or not on the CPU).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return 0
+    changed = 0
+    for sub in module.modules():
+        if not isinstance(sub, FSDPModule):
+            continue
+        sub = cast(Any, sub)  # an nn.Module too; the comms follow FSDP2's interfaces by shape
+        first = next(iter(sub.parameters()), None)
+        if first is None or first.device.type != "cpu":
+            continue
+        sub.set_custom_all_gather(AbortableAllGather())
+        sub.set_custom_reduce_scatter(AbortableReduceScatter())
+        changed += 1
+    return changed
 
 
 def install_abort_checks(module: Any) -> Callable[[], None]:

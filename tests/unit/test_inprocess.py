@@ -401,3 +401,95 @@ def test_leaving_a_failed_attempt_does_not_wait_for_a_hung_collective(tmp_path: 
         for process in ranks:
             process.kill()
             process.wait()
+
+
+FSDP_SURVIVOR = """
+import json, socket, sys, threading, time, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from real.trainer.inprocess import AgentChannel, make_fsdp_abortable, run_attempts
+rank, port, abortable = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "abortable"
+ours, theirs = socket.socketpair()
+channel = AgentChannel(theirs)
+
+def send(op, **fields):
+    ours.sendall(json.dumps({"op": op, **fields}).encode() + b"\\n")
+
+def body(assignment):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    fully_shard(model[0])
+    fully_shard(model)
+    if abortable:
+        print(f"changed {make_fsdp_abortable(model)}", flush=True)
+    model(torch.ones(2, 8)).sum().backward()  # a step together: all-gathers, reduce-scatters
+    dist.barrier()
+    if rank == 0:
+        time.sleep(60)  # alive, never joins the next all-gather: rank 1 waits on it
+    threading.Timer(0.5, send, ("abort",), {"attempt": 1}).start()
+    print("waiting", flush=True)
+    began = time.monotonic()
+    try:
+        model(torch.ones(2, 8))
+    finally:
+        print(f"left {time.monotonic() - began:.3f}", flush=True)
+
+env = {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+       "GEMINI_RESTORE_PLAN": ""}
+send("assign", attempt=1, env=env)
+run_attempts(body, channel, backend="gloo", timeout_s=120.0)
+"""
+
+
+@pytest.mark.parametrize("abortable", [True, False], ids=["abortable", "default"])
+def test_an_abort_ends_an_fsdp2_all_gather_waiting_for_a_peer_that_left(
+    tmp_path: Any, abortable: bool
+) -> None:
+    """FSDP2 all-gathers from its forward hook and waits in C++: a survivor whose peer has
+    left the attempt (alive, its sockets open) waits there until the agent kills it. With the
+    collectives of ``make_fsdp_abortable`` (the built-in trainer's and ``attach``'s), the
+    agent's abort ends that wait at once. The default collectives stand as the control."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fsdp_survivor.py"
+    script.write_text(FSDP_SURVIVOR)
+    port = str(free_port())
+    mode = "abortable" if abortable else "default"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), port, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    lines: list[str] = []
+    try:
+        out = ranks[1].stdout
+        assert out is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")))
+        reader.daemon = True
+        reader.start()
+
+        def until(prefix: str, seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while not any(line.startswith(prefix) for line in lines):
+                if time.monotonic() > deadline or ranks[1].poll() is not None:
+                    return
+                time.sleep(0.05)
+
+        until("waiting", 60)  # imports and the first step
+        assert "waiting\n" in lines, lines
+        until("left", 10 if abortable else 4)  # the abort comes 0.5 s after "waiting"
+        assert ranks[0].poll() is None, lines  # rank 0 is alive throughout
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    left = [float(line.split()[1]) for line in lines if line.startswith("left")]
+    if abortable:
+        assert "changed 2\n" in lines, lines  # both FSDP2 modules
+        assert len(left) == 1 and 0.4 < left[0] < 10.0, lines
+    else:  # waits in C++ past the abort (for as long as rank 0 lives)
+        assert left == [], lines

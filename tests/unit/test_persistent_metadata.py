@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,23 @@ def test_the_background_persister_signs_with_the_key_it_is_given(tmp_path: Path)
         load_persistent(url, ITERATION, _state(0.0))
     state = load_persistent(url, ITERATION, _state(0.0), key="the-jobs-own-key")
     assert torch.equal(state["model"]["w"], _state()["model"]["w"])
+
+
+def test_the_background_persister_drops_what_a_broken_group_cannot_agree_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer gone: the agreement's collective fails and keeps failing. The persister records
+    it once and waits for the next save, rather than retry the same state in a tight loop."""
+    persister = BackgroundPersister(str(tmp_path / "tier"))
+    calls: list[int] = []
+
+    def broken(newest: int) -> int:
+        calls.append(newest)
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(persister, "_agree", broken)
+    persister.submit(ITERATION, _state())
+    assert persister.wait(5.0)
+    time.sleep(0.05)
+    assert calls == [ITERATION] and len(persister.errors) == 1
+    persister.close(5)

@@ -157,10 +157,13 @@ def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
     assert (2.01, "persist_begin", None, 2, None) in log
     assert (2.022, "persist_done", None, 2, None) in log
     restored = [entry for entry in log if entry[1] == "state_restored" and entry[2] is None]
-    # The group holds the root (node 0): a re-election (2.725 s), stop 0.5, two warm standbys
-    # 0.5, restart 3. All four nodes roll back: 4 x 3 MB through the storage's shared 1 GB/s
-    # take 12 ms (the copy engine, pipelined, 10 ms) after the fixed 0.04 s.
-    restored_s = round(3.0 + 2.725 + 0.5 + 0.5 + 3.0 + 0.04 + 0.012, 9)
+    # The group holds the root (node 0): the survivors' next collective breaks after the
+    # 0.6 s of compute, their agent finds the root's agent refusing connections and deposes
+    # it, and the new root's probe verdict takes 0.1 s (no election lease to wait for);
+    # stop 0.5, two warm standbys 0.5, restart 3. All four nodes roll back: 4 x 3 MB
+    # through the storage's shared 1 GB/s take 12 ms (the copy engine, pipelined, 10 ms)
+    # after the fixed 0.04 s.
+    restored_s = round(3.0 + 0.6 + 0.1 + 0.5 + 0.5 + 3.0 + 0.04 + 0.012, 9)
     assert restored == [(restored_s, "state_restored", None, 2, "persistent")]
 
 
@@ -173,15 +176,16 @@ def test_a_node_lost_during_recovery_joins_it() -> None:
     )
     result = simulate(parse_scenario(text, overrides=["cluster.standby_nodes=2"]))
     first, second = result.summary.failures
-    # Failure 0 at 3.0 loses the root's node: a new root is elected once the election lease
-    # lapses (5/6 x 3 s + half a 0.25 s retry) and probes: detected at 5.725, when the root
-    # stops the job: the injector fires the second loss then, and it joins the recovery. No
-    # collective is running to break, so its lease finds it (2.75 s: 8.475); the stop (0.5)
-    # follows; both nodes are replaced by warm standbys (0.5), one restart (3) and one
-    # retrieval (0.04 + 0.01): both resume at 12.525 from iteration 2.
-    assert (first.time_s, second.time_s) == pytest.approx((3.0, 5.725))
+    # Failure 0 at 3.0 loses the root's node: the survivors' next collective breaks at 3.6,
+    # their agent deposes the root, whose agent refuses connections, and the new root's probe
+    # finds the node lost (0.1 s): detected at 3.7, when the root stops the job: the injector
+    # fires the second loss then, and it joins the recovery. No collective is running to
+    # break, so its lease finds it (2.75 s: 6.45); the stop (0.5) follows; both nodes are
+    # replaced by warm standbys (0.5), one restart (3) and one retrieval (0.04 + 0.01): both
+    # resume at 10.5 from iteration 2.
+    assert (first.time_s, second.time_s) == pytest.approx((3.0, 3.7))
     phases = ("detection_s", "stop_s", "replacement_s", "restart_s", "retrieval_s", "downtime_s")
-    assert [getattr(first, p) for p in phases] == pytest.approx([2.725, 3.25, 0.5, 3, 0.05, 9.525])
+    assert [getattr(first, p) for p in phases] == pytest.approx([0.7, 3.25, 0.5, 3, 0.05, 7.5])
     assert [getattr(second, p) for p in phases] == pytest.approx([2.75, 0.5, 0.5, 3, 0.05, 6.8])
     assert (first.tier, second.tier) == ("peer", "peer")
     assert first.restored_iteration == second.restored_iteration == 2
@@ -312,26 +316,40 @@ def test_a_partitioned_node_is_found_by_its_lease() -> None:
     ]
 
 
-def test_survivors_stuck_in_a_hung_collective_are_killed_at_the_abort_timeout() -> None:
+def test_survivors_in_a_hung_collective_leave_it_at_the_stop() -> None:
     # A partition, or in netns mode any lost node (its link goes down: no reset reaches the
-    # survivors): the lease finds it, and the stop waits detection.abort_timeout_s (2 s) for
-    # the stuck survivors before their spares take over, then the 0.5 s of a stop.
+    # survivors): the lease finds it. The stop's abort fails the future their collective waits
+    # on (DDP's bucket all-reduce, FSDP2's all-gather): a plain 0.5 s stop, no kill.
     for text, overrides in (
         (LOST_NODE.replace("kind: hardware", "kind: network"), ()),
         (LOST_NODE, ("real.mode=netns",)),
+        (LOST_NODE, ("real.mode=netns", "training.parallelism=ddp")),
     ):
         (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
-        assert (failure.detection_s, failure.stop_s) == pytest.approx((2.75, 2.0 + 0.5))
+        assert (failure.detection_s, failure.stop_s) == pytest.approx((2.75, 0.5))
     # A lost node in local mode resets the survivors' connections: probe, and a plain stop.
     (failure,) = simulate(parse_scenario(LOST_NODE)).summary.failures
     assert (failure.detection_s, failure.stop_s) == pytest.approx((0.5, 0.5))
 
 
-def test_losing_the_root_node_waits_for_a_new_root() -> None:
-    # Node 0 runs the root: its election lease lapses 5/6 x 3 = 2.5 s after the failure on
-    # average, a candidate wins half a retry (0.25 / 2) later and probes (0.1): 2.725 s.
+def test_losing_the_root_node_is_found_by_the_survivors_probe() -> None:
+    # Node 0 runs the root. The survivors' all-reduce breaks at 3.6; their agent finds the
+    # root's agent refusing connections and deposes it, and the new root, elected at once,
+    # probes (0.1): 3.7, as for any other lost node.
     text = LOST_NODE.replace("nodes: [2]", "nodes: [0]")
     assert _detection(text) == [
+        (3.2, "failure_injected", None),
+        (3.7, "root_elected", None),
+        (3.7, "failure_detected", "probe"),
+    ]
+
+
+def test_losing_the_root_node_without_a_probe_waits_for_a_new_root() -> None:
+    # No reset reaches the survivors (netns mode): nobody deposes the root. Its election lease
+    # lapses 5/6 x 3 = 2.5 s after the failure on average, a candidate wins half a retry
+    # (0.25 / 2) later and probes (0.1): 2.725 s.
+    text = LOST_NODE.replace("nodes: [2]", "nodes: [0]")
+    assert _detection(text, "real.mode=netns") == [
         (3.2, "failure_injected", None),
         (5.925, "root_elected", None),
         (5.925, "failure_detected", "election"),

@@ -38,6 +38,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
+from real.trainer.inprocess import make_fsdp_abortable, wait_collective
 from real.trainer.training_state import load_model_and_optimizer_state, model_and_optimizer_state
 from real.trainer.workload.data import Corpus, DataPipeline, load_corpus
 from real.trainer.workload.model import GPT, GPTConfig
@@ -318,6 +319,9 @@ def _fully_shard(module: nn.Module, device: torch.device, world_size: int) -> nn
     for block in module.blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)
+    # On the CPU, collectives that an abort ends: a survivor must not wait in a gloo
+    # all-gather for peers that have left the attempt (in-process recovery).
+    make_fsdp_abortable(module)
     return module
 
 
@@ -328,7 +332,11 @@ def _clip_gradients(model: nn.Module, max_norm: float) -> None:
         return
     squares = torch.stack([_local(g).detach().float().pow(2).sum() for g in grads]).sum()
     if isinstance(grads[0], DTensor):
-        dist.all_reduce(squares, group=grads[0].device_mesh.get_group())
+        group = grads[0].device_mesh.get_group()
+        if squares.device.type == "cpu":  # gloo: a wait that the agent's abort ends
+            wait_collective(dist.all_reduce(squares, group=group, async_op=True))
+        else:
+            dist.all_reduce(squares, group=group)
     total = squares.sqrt()
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for grad in grads:
