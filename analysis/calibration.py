@@ -114,7 +114,9 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
       the harness makes one (the root's plan, every rank at once, into the live state, then
       the trainer's load; ``engine_restore_fixed_s``, the slowest rank) without its copy of
-      the bytes, which the simulator adds at the copy bandwidth; else (no engine measured)
+      the bytes, which the simulator adds at the copy bandwidth (under FSDP2 the law's
+      ``engine_restore_fixed_zero3_s`` stands in: the restore into a trainer rebuilt around
+      the new group, as the harness makes it, ``law_costs``); else (no engine measured)
       loading a copy of the state into model and optimizer (``state_load_s``);
     - the iteration (``micro_iteration_time_s`` and its phases): measured on
       ``recovery_ranks`` ranks (the world size, up to 8); when the scenario's ranks all share
@@ -396,6 +398,14 @@ def calibration_scenarios(calibration: Mapping[str, Any]) -> list[str]:
 
 # --- Laws: costs that transfer to shapes the calibration did not measure ---------------------
 
+FIXED_LAWS = (
+    "engine_build_s",
+    "engine_close_s",
+    "engine_restore_fixed_s",
+    "engine_restore_fixed_zero3_s",
+)
+"""The engine's fixed costs, each a constant times the CPU share (``LAW_FORMS``)."""
+
 LAW_FORMS: dict[str, str] = {
     "rejoin_s": "(r0 + r1 * ranks) * share",
     "spare_join_s": "(j0 + j1 * ranks + j2 * parameters_m) * share",
@@ -406,6 +416,7 @@ LAW_FORMS: dict[str, str] = {
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
+    "engine_restore_fixed_zero3_s": "e * share",
     "checkpoint_overhead_s": "(o0 + bytes / bytes_per_s) * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,
@@ -522,7 +533,7 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
             "o0": o0,
             "bytes_per_s": 1 / per_byte if per_byte > 0 else None,
         }
-    for key in ("engine_build_s", "engine_close_s", "engine_restore_fixed_s"):
+    for key in FIXED_LAWS:
         values = [
             float(s[key]) / x
             for s, x in zip(samples, shares, strict=True)
@@ -612,11 +623,15 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     out["spare_join_s"] = (
         float(join["j0"]) + float(join["j1"]) * ranks + float(join["j2"]) * parameters / 1e6
     ) * share
-    fixed = ("engine_build_s", "engine_close_s", "engine_restore_fixed_s")
-    for key, letter in (("hop_work_s", "w"), *((k, "e") for k in fixed)):
+    for key, letter in (("hop_work_s", "w"), *((k, "e") for k in FIXED_LAWS)):
         fitted = laws.get(key)
         if isinstance(fitted, Mapping):
             out[key] = float(fitted[letter]) * share
+    # FSDP2: the harness restores into a trainer rebuilt around the new group (measured as
+    # such on the reference shapes, benchmarks/calibrate.py), not into the trained one.
+    zero3 = out.pop("engine_restore_fixed_zero3_s", None)
+    if zero3 is not None and scenario.training.parallelism == "zero3":
+        out["engine_restore_fixed_s"] = zero3
     load = _law(laws, "state_load_s")
     rate = load.get("load_bytes_per_s")
     out["state_load_s"] = (float(load["l0"]) + (state / float(rate) if rate else 0.0)) * share

@@ -514,12 +514,80 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         return {}
     finally:
         store.stop()
-    return {
+    out = {
         "engine_build_s": build_s,
         "engine_close_s": close_s,
         "engine_iteration_s": statistics.median(lengths),
         **({} if restore is None else {"engine_restore_fixed_s": restore}),
     }
+    if scenario.training.parallelism == "ddp":  # the reference shapes: FSDP2's restore too
+        zero3 = _fsdp2_restore_fixed_s(scenario, rank, world)
+        if zero3 is not None:
+            out["engine_restore_fixed_zero3_s"] = zero3
+    return out
+
+
+FSDP2_SAVES = 2
+"""Iterations an FSDP2 engine checkpoints before its restore is timed (the first fills the
+slots)."""
+
+
+def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> float | None:
+    """The engine's restore as the harness's FSDP2 trainers make one, s; None if it cannot
+    run here (the reason is logged).
+
+    An FSDP2 module's parameters belong to the device mesh of the group it was sharded on, so
+    after a failure the harness builds a new trainer around the new group and restores into
+    *its* state: the engine copies the shards into the fresh DTensors, the optimizer's state
+    (which a fresh AdamW has not allocated yet) comes back in tensors of its own, and the
+    trainer loads it all through DCP's state-dict helpers. That path costs several times the
+    DDP one (measured here: every rank at once, the copy of the bytes left out, as for
+    ``engine_restore_fixed_s``), so the simulator takes it for ``parallelism: zero3``."""
+    import torch.distributed as dist
+
+    from real.engine import GeminiCheckpointer
+    from real.engine.protocol import make_token
+    from real.engine.store import NodeStore
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
+
+    training = scenario.training.model_copy(update={"parallelism": "zero3"})
+    sharded = scenario.model_copy(update={"training": training})
+    config = TrainerConfig.from_scenario(sharded)
+    tokens: list[Any] = [None] * world
+    dist.all_gather_object(tokens, make_token())
+    store = NodeStore(rank, tokens[0]).start()
+    try:
+        addresses: list[Any] = [None] * world
+        dist.all_gather_object(addresses, store.address)
+        trainer = Trainer(config, rank=rank, world_size=world)
+        with tempfile.TemporaryDirectory(prefix=".calibrate-fsdp2-") as run_dir:
+            engine = GeminiCheckpointer(
+                scenario=sharded,
+                rank=rank,
+                world_size=world,
+                node=rank,
+                local_rank=0,
+                run_dir=run_dir,
+                token=tokens[0],
+                store_addresses=list(addresses),
+                template=trainer.state,
+            )
+            for iteration in range(1, 1 + FSDP2_SAVES):
+                trainer.step()
+                engine.save(iteration, trainer.state())
+            engine.wait(30.0)
+            del trainer  # as the harness drops it, then builds the next attempt's
+            fresh = Trainer(config, rank=rank, world_size=world)
+            restore = _engine_restore_fixed_s(engine, fresh, world)
+            dist.barrier()
+            engine.close(abandon=True)
+        dist.barrier()
+        return restore
+    except Exception as error:  # left out, with the reason
+        log.warning("FSDP2 restore micro-benchmark skipped: %s", error)
+        return None
+    finally:
+        store.stop()
 
 
 def _engine_restore_fixed_s(engine: Any, trainer: Any, world: int) -> float | None:
@@ -762,7 +830,12 @@ def measure_recovery(
             "state_load_s": round(max(r["load_s"] for r in timed), 6),
             **{
                 key: round(max(float(r[key]) for r in timed), 6)
-                for key in ("engine_build_s", "engine_close_s", "engine_restore_fixed_s")
+                for key in (
+                    "engine_build_s",
+                    "engine_close_s",
+                    "engine_restore_fixed_s",
+                    "engine_restore_fixed_zero3_s",
+                )
                 if all(key in r for r in timed)
             },
             **(

@@ -6,8 +6,8 @@ with ``summarize``, so the phases are measured the same way in both (docs/design
 - detection: failure injected -> failure detected;
 - stop: detected -> surviving trainers stopped;
 - replacement: stopped -> replacement node ready (hardware failures only, else 0);
-- restart: restart begins -> process group ready;
-- retrieval: process group ready -> state restored;
+- restart: restart begins -> process group ready on every rank (the last rank's event);
+- retrieval: process group ready on every rank -> state restored on every rank;
 - lost progress: iterations recomputed (reached before the failure minus restored) times the
   failure-free iteration time, plus the part of the iteration in flight when the failure struck;
 - wasted time = lost progress + retrieval (the paper's definition);
@@ -189,11 +189,13 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
             partial = event.details.get("partial_iteration_s", event.time_s - progress_since)
             reached_at_failure[index] = (int(reached), float(partial))  # type: ignore[arg-type]
         # Keep the first event of each kind: the phase starts when the first node reports it.
-        # For state_restored the last one counts (retrieval ends when every rank has its
-        # state), and the failure's tier is the farthest any rank had to go.
+        # For process_group_ready and state_restored the last one counts (the restart ends
+        # when every rank is ready, the retrieval when every rank has its state: a rank's
+        # restore waits for the slowest in its collectives), and the failure's tier is the
+        # farthest any rank had to go.
         if event.kind == "state_restored":
             tiers[index] = max(tiers.get(index, -1), _tier_rank(event.details.get("tier")))
-        if event.kind == "state_restored" or event.kind not in chain:
+        if event.kind in _LAST_COUNTS or event.kind not in chain:
             chain[event.kind] = event
     records = []
     for index in sorted(chains):
@@ -210,6 +212,9 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
 
 
 TIER_ORDER = ("local", "peer", "persistent")
+
+_LAST_COUNTS = frozenset({"process_group_ready", "state_restored"})
+"""Events that end a phase once every rank has reported them."""
 
 
 def _tier_rank(tier: object) -> int:

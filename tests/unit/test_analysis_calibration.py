@@ -232,6 +232,7 @@ def _sample(
         "micro_iteration_time_s": compute + communication,
         "engine_iteration_s": compute + communication + (0.01 + state / 1e9) * share,
         "engine_restore_fixed_s": 0.02 * share,
+        "engine_restore_fixed_zero3_s": 0.09 * share,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
@@ -263,6 +264,27 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     assert costs["checkpoint_overhead_s"] == pytest.approx((0.01 + state / 1e9) * share, rel=1e-6)
     # The engine's restore without its copy: a fixed cost, times the share.
     assert costs["engine_restore_fixed_s"] == pytest.approx(0.02 * share, rel=1e-6)
+    assert "engine_restore_fixed_zero3_s" not in costs
+
+
+def test_an_fsdp2_scenario_restores_at_the_cost_of_a_rebuilt_trainer() -> None:
+    """Under FSDP2 the harness restores into a trainer built anew around the new group; the
+    reference shapes measure that path as well, and an FSDP2 scenario's retrieval takes it."""
+    from analysis.calibration import fit_laws, law_costs, recovery_costs
+
+    laws = fit_laws(REFERENCE, cpus=2)
+    scenario = load_scenario(REPO / "scenarios" / "validation" / "v05-large-fsdp-hardware.yaml")
+    assert scenario.training.parallelism == "zero3"
+    share = (4 + 1) / 2
+    costs = law_costs(laws, scenario, background=1)
+    assert costs["engine_restore_fixed_s"] == pytest.approx(0.09 * share, rel=1e-6)
+    assert recovery_costs(costs)["retrieval_overhead_s"] == pytest.approx(0.09 * share, rel=1e-6)
+    ddp = scenario.model_copy(
+        update={"training": scenario.training.model_copy(update={"parallelism": "ddp"})}
+    )
+    assert law_costs(laws, ddp, background=1)["engine_restore_fixed_s"] == pytest.approx(
+        0.02 * share, rel=1e-6
+    )
 
 
 def test_fitting_needs_two_shapes() -> None:

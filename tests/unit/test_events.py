@@ -61,7 +61,8 @@ def chain(
         restart = t0 + 4.5
     events += [
         Event(restart, "restart_begin", details=failure),
-        Event(restart + 2.0, "process_group_ready", details=failure),
+        Event(restart + 1.9, "process_group_ready", rank=1, details=failure),
+        Event(restart + 2.0, "process_group_ready", rank=0, details=failure),
         Event(
             restart + 2.2,
             "state_restored",
@@ -90,7 +91,7 @@ def test_failure_phases_from_an_event_chain() -> None:
     assert record.detection_s == pytest.approx(1.0)
     assert record.stop_s == pytest.approx(0.5)
     assert record.replacement_s == pytest.approx(3.0)
-    assert record.restart_s == pytest.approx(2.0)
+    assert record.restart_s == pytest.approx(2.0)  # until every rank's group is ready
     assert record.retrieval_s == pytest.approx(0.5)  # until the last rank has its state
     assert record.lost_iterations == 1
     assert record.lost_progress_s == pytest.approx(1.5)

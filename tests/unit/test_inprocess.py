@@ -455,16 +455,22 @@ def test_an_abort_ends_an_fsdp2_all_gather_waiting_for_a_peer_that_left(
     script.write_text(FSDP_SURVIVOR)
     port = str(free_port())
     mode = "abortable" if abortable else "default"
+    logs = [tmp_path / f"rank{rank}.log" for rank in (0, 1)]
     ranks = [
         subprocess.Popen(
             [sys.executable, str(script), str(rank), port, mode],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=logs[rank].open("w"),
             text=True,
         )
         for rank in (0, 1)
     ]
     lines: list[str] = []
+
+    def said() -> str:  # what went wrong, when something did
+        tails = [f"rank {r}: ...{log.read_text()[-1500:]}" for r, log in enumerate(logs)]
+        return "\n".join([repr(lines), *tails])
+
     try:
         out = ranks[1].stdout
         assert out is not None
@@ -480,16 +486,16 @@ def test_an_abort_ends_an_fsdp2_all_gather_waiting_for_a_peer_that_left(
                 time.sleep(0.05)
 
         until("waiting", 60)  # imports and the first step
-        assert "waiting\n" in lines, lines
+        assert "waiting\n" in lines, said()
         until("left", 10 if abortable else 4)  # the abort comes 0.5 s after "waiting"
-        assert ranks[0].poll() is None, lines  # rank 0 is alive throughout
+        assert ranks[0].poll() is None, said()  # rank 0 is alive throughout
     finally:
         for process in ranks:
             process.kill()
             process.wait()
     left = [float(line.split()[1]) for line in lines if line.startswith("left")]
     if abortable:
-        assert "changed 2\n" in lines, lines  # both FSDP2 modules
-        assert len(left) == 1 and 0.4 < left[0] < 10.0, lines
+        assert "changed 2\n" in lines, said()  # both FSDP2 modules
+        assert len(left) == 1 and 0.4 < left[0] < 10.0, said()
     else:  # waits in C++ past the abort (for as long as rank 0 lives)
-        assert left == [], lines
+        assert left == [], said()
