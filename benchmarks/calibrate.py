@@ -28,6 +28,7 @@ Every benchmark is bounded in size and time; ``quick=True`` shrinks them for tes
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing as mp
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -455,18 +456,13 @@ ENGINE_ITERATIONS = 4
 """Iterations timed with a checkpoint each (``engine_iteration_s``, their median)."""
 
 
-def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[str, float]:
-    """Build this rank's in-memory checkpoint engine, train ``ENGINE_ITERATIONS`` + 1
-    iterations that checkpoint every time, close it as a failure does (``abandon``): what a
-    restart's engine build, an iteration with its checkpoint and a stop's engine teardown
-    cost, s.
-
-    Every rank runs a node store of its own in this process (the stores' addresses and the
-    job's secret are exchanged over the process group). Empty for strategies other than
-    Gemini's, or when the engine cannot be built here (the reason is logged).
-    """
-    if scenario.checkpoint.strategy != "gemini":
-        return {}
+@contextlib.contextmanager
+def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, float]]]:
+    """A node store of this rank's own, in this process (the stores' addresses and the job's
+    secret are exchanged over the process group), and a function that builds an in-memory
+    checkpoint engine against it: ``build(scenario, template) -> (engine, build seconds)``.
+    Engines built one after another share the store and the run folder, as a trainer's
+    successive attempts do. The store stops on the way out."""
     import torch.distributed as dist
 
     from real.engine import GeminiCheckpointer
@@ -480,19 +476,45 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         addresses: list[Any] = [None] * world
         dist.all_gather_object(addresses, store.address)
         with tempfile.TemporaryDirectory(prefix=".calibrate-engine-") as run_dir:
-            began = time.perf_counter()
-            engine = GeminiCheckpointer(
-                scenario=scenario,
-                rank=rank,
-                world_size=world,
-                node=rank,
-                local_rank=0,
-                run_dir=run_dir,
-                token=tokens[0],
-                store_addresses=list(addresses),
-                template=trainer.state,
-            )
-            build_s = time.perf_counter() - began
+
+            def build(scenario: Any, template: Callable[[], Any]) -> tuple[Any, float]:
+                began = time.perf_counter()
+                engine = GeminiCheckpointer(
+                    scenario=scenario,
+                    rank=rank,
+                    world_size=world,
+                    node=rank,
+                    local_rank=0,
+                    run_dir=run_dir,
+                    token=tokens[0],
+                    store_addresses=list(addresses),
+                    template=template,
+                )
+                return engine, time.perf_counter() - began
+
+            yield build
+    finally:
+        store.stop()
+
+
+def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[str, float]:
+    """Build this rank's in-memory checkpoint engine, train ``ENGINE_ITERATIONS`` + 1
+    iterations that checkpoint every time, close it as a failure does (``abandon``), then
+    build the next attempt's engine and restore with it: what a restart's engine build, an
+    iteration with its checkpoint, a stop's engine teardown and a restore's fixed cost take,
+    s.
+
+    Every rank runs a node store of its own in this process (``_own_node_store``). Empty for
+    strategies other than Gemini's, or when the engine cannot be built here (the reason is
+    logged).
+    """
+    if scenario.checkpoint.strategy != "gemini":
+        return {}
+    import torch.distributed as dist
+
+    try:
+        with _own_node_store(rank, world) as build:
+            engine, build_s = build(scenario, trainer.state)
             # Iterations that checkpoint every time, as Gemini's trainers do: on a host
             # without accelerators the capture and the replication take CPU from training.
             lengths = []
@@ -503,17 +525,19 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
                 if iteration > 1:  # the first one fills the slots
                     lengths.append(time.perf_counter() - began)
             engine.wait(30.0)
-            restore = _engine_restore_fixed_s(engine, trainer, world)
+            committed = engine.last_committed
             dist.barrier()
             began = time.perf_counter()
             engine.close(abandon=True)
             close_s = time.perf_counter() - began
+            # The harness restores with the next attempt's engine, new in the same process.
+            engine, _ = build(scenario, trainer.state)
+            restore = _engine_restore_fixed_s(engine, trainer, world, committed)
+            engine.close(abandon=True)
         dist.barrier()
     except Exception as error:  # a micro-benchmark that cannot run says so and is left out
         log.warning("engine micro-benchmark skipped: %s", error)
         return {}
-    finally:
-        store.stop()
     out = {
         "engine_build_s": build_s,
         "engine_close_s": close_s,
@@ -541,66 +565,51 @@ def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> float | None
     *its* state: the engine copies the shards into the fresh DTensors, the optimizer's state
     (which a fresh AdamW has not allocated yet) comes back in tensors of its own, and the
     trainer loads it all through DCP's state-dict helpers. That path costs several times the
-    DDP one (measured here: every rank at once, the copy of the bytes left out, as for
-    ``engine_restore_fixed_s``), so the simulator takes it for ``parallelism: zero3``."""
+    DDP one (measured here as ``engine_restore_fixed_s`` is: every rank at once, with the next
+    attempt's engine, the copy of the bytes left out), so the simulator takes it for
+    ``parallelism: zero3``."""
     import torch.distributed as dist
 
-    from real.engine import GeminiCheckpointer
-    from real.engine.protocol import make_token
-    from real.engine.store import NodeStore
     from real.trainer.workload.trainer import Trainer, TrainerConfig
 
     training = scenario.training.model_copy(update={"parallelism": "zero3"})
     sharded = scenario.model_copy(update={"training": training})
     config = TrainerConfig.from_scenario(sharded)
-    tokens: list[Any] = [None] * world
-    dist.all_gather_object(tokens, make_token())
-    store = NodeStore(rank, tokens[0]).start()
     try:
-        addresses: list[Any] = [None] * world
-        dist.all_gather_object(addresses, store.address)
-        trainer = Trainer(config, rank=rank, world_size=world)
-        with tempfile.TemporaryDirectory(prefix=".calibrate-fsdp2-") as run_dir:
-            engine = GeminiCheckpointer(
-                scenario=sharded,
-                rank=rank,
-                world_size=world,
-                node=rank,
-                local_rank=0,
-                run_dir=run_dir,
-                token=tokens[0],
-                store_addresses=list(addresses),
-                template=trainer.state,
-            )
+        with _own_node_store(rank, world) as build:
+            trainer = Trainer(config, rank=rank, world_size=world)
+            engine, _ = build(sharded, trainer.state)
             for iteration in range(1, 1 + FSDP2_SAVES):
                 trainer.step()
                 engine.save(iteration, trainer.state())
             engine.wait(30.0)
-            del trainer  # as the harness drops it, then builds the next attempt's
-            fresh = Trainer(config, rank=rank, world_size=world)
-            restore = _engine_restore_fixed_s(engine, fresh, world)
+            committed = engine.last_committed
             dist.barrier()
+            engine.close(abandon=True)
+            del trainer, engine  # as the harness drops them, then builds the next attempt's
+            fresh = Trainer(config, rank=rank, world_size=world)
+            engine, _ = build(sharded, fresh.state)
+            restore = _engine_restore_fixed_s(engine, fresh, world, committed)
             engine.close(abandon=True)
         dist.barrier()
         return restore
     except Exception as error:  # left out, with the reason
         log.warning("FSDP2 restore micro-benchmark skipped: %s", error)
         return None
-    finally:
-        store.stop()
 
 
-def _engine_restore_fixed_s(engine: Any, trainer: Any, world: int) -> float | None:
-    """A restore from local memory as the harness's trainers make one, every rank at once:
-    the root's plan (every node its own memory), the engine's restore into the live state,
-    then the trainer's load of it; minus the copy of the bytes (the simulator adds that at the
-    copy bandwidth), s. None when nothing was committed to restore."""
+def _engine_restore_fixed_s(
+    engine: Any, trainer: Any, world: int, iteration: int | None
+) -> float | None:
+    """A restore of ``iteration`` from local memory as the harness's trainers make one, every
+    rank at once: the root's plan (every node its own memory), the engine's restore into the
+    live state, then the trainer's load of it; minus the copy of the bytes (the simulator adds
+    that at the copy bandwidth), s. None when nothing was committed to restore."""
     import torch.distributed as dist
 
     from real.engine.costs import difference
     from shared.recovery import RecoveryPlan, Source
 
-    iteration = engine.last_committed
     if iteration is None:
         return None
     plan = RecoveryPlan(

@@ -35,6 +35,7 @@ from real.engine import restore as restoring
 from real.engine.api import LiveState, Restored
 from real.engine.capture import Capturer
 from real.engine.client import PlacedDataError, StoreClient
+from real.engine.costs import difference
 from real.engine.eventlog import EventLog
 from real.engine.replication import ReplicationManager
 from real.persistent.from_memory import PersistentTier
@@ -351,6 +352,7 @@ class GeminiCheckpointer:
                 source replaced it (the live state is then undefined: restart the process).
         """
         started = time.perf_counter()
+        costs_before = self.capturer.costs.snapshot()
         plan = plan or _plan_from_env()
         # Every rank, a replacement too, starts the interval afresh from the restored iteration.
         self._interval, self._anchor, self._resumed_at = self._fixed_interval, 0, None
@@ -365,7 +367,7 @@ class GeminiCheckpointer:
                     clients[node] = None
             return clients[node]
 
-        live = _Live(into)
+        live = _Live(into, self.capturer.costs)
         try:
             for _ in range(RESTORE_ROUNDS):
                 if plan is None:
@@ -401,6 +403,19 @@ class GeminiCheckpointer:
                 if not failed and result is not None:
                     tier, source_node, state = result
                     seconds = time.perf_counter() - started
+                    spent = difference(self.capturer.costs.snapshot(), costs_before)
+                    log.info(
+                        "node %d rank %d: iteration %d restored from %s in %.3f s (%s)",
+                        self.node,
+                        self.rank,
+                        plan.iteration,
+                        tier,
+                        seconds,
+                        ", ".join(
+                            f"{name.removeprefix('restore: ')} {value['s']:.3f}"
+                            for name, value in spent.items()
+                        ),
+                    )
                     if self._own_events:  # a trainer passing its log records this itself
                         self.events.emit(
                             "state_restored",
@@ -562,13 +577,18 @@ class GeminiCheckpointer:
 class _Live:
     """The live state to restore into, asked for at most once, and only when needed."""
 
-    def __init__(self, into: LiveState | None) -> None:
+    def __init__(self, into: LiveState | None, costs: Any) -> None:
         self._into = into
+        self._costs = costs
         self._state: Mapping[str, Any] | None = None
 
     def get(self) -> Mapping[str, Any] | None:
         if self._state is None and self._into is not None:
-            self._state = self._into() if callable(self._into) else self._into
+            if callable(self._into):  # e.g. a trainer's state dict: DCP's helpers, at a cost
+                with self._costs.timed("restore: the live state asked for"):
+                    self._state = self._into()
+            else:
+                self._state = self._into
         return self._state
 
 

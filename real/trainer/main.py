@@ -434,7 +434,9 @@ def _train(
     if restored is not None:
         load_start = time.perf_counter()
         trainer.load_state(restored.state)
-        seconds = restored.seconds + time.perf_counter() - load_start
+        loaded = time.perf_counter() - load_start
+        seconds = restored.seconds + loaded
+        logger.info("rank %d: restored state loaded in %.3f s", rank, loaded)
         events.emit(
             "state_restored",
             iteration=restored.iteration,
