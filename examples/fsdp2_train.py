@@ -43,6 +43,7 @@ def batch(iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train(restored) -> None:  # once per attempt, with the process group ready
     torch.manual_seed(0)  # the same initial weights on every rank and in every attempt
     model = fully_shard(nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 1)))
+    checkpointer.attach(model)  # on the CPU: collectives a failed attempt's abort ends
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     start = 1
     if restored is not None:
