@@ -756,6 +756,7 @@ def measure_recovery(
     scenario's own run. Returns the ``measurements`` (see
     ``analysis.calibration.recovery_costs`` for how they become costs).
     """
+    from analysis.calibration import FIXED_LAWS
     from shared.scenario_loader import load_scenario
 
     scenario = load_scenario(options.scenario, options.overrides)
@@ -839,12 +840,7 @@ def measure_recovery(
             "state_load_s": round(max(r["load_s"] for r in timed), 6),
             **{
                 key: round(max(float(r[key]) for r in timed), 6)
-                for key in (
-                    "engine_build_s",
-                    "engine_close_s",
-                    "engine_restore_fixed_s",
-                    "engine_restore_fixed_zero3_s",
-                )
+                for key in FIXED_LAWS  # the engine's fixed costs: the slowest rank's
                 if all(key in r for r in timed)
             },
             **(

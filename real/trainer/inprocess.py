@@ -332,19 +332,26 @@ def _future_of(work: Any) -> Any:
     return future
 
 
-class AbortableAllGather:
-    """FSDP2's all-gather for CPU tensors (gloo), waited with :func:`wait_collective`.
+class _PlainBuffers:
+    """FSDP2's ``Comm.allocate``: plain tensors, as its default collectives allocate.
 
-    Installed with ``FSDPModule.set_custom_all_gather`` (:func:`make_fsdp_abortable`): FSDP2
-    calls it synchronously from its forward and backward hooks, where a survivor otherwise
-    waits in C++ for peers that have already left. It follows FSDP2's ``AllGather`` interface
-    (``allocate`` and the call), which torch keeps in a private module, hence no base class.
+    The collectives below follow FSDP2's ``AllGather`` and ``ReduceScatter`` interfaces
+    (``allocate`` and the call), which torch keeps in a private module, hence no torch base.
     """
 
     def allocate(self, size: Any, *, dtype: Any, device: Any) -> Any:
         import torch
 
         return torch.empty(*size, dtype=dtype, device=device)
+
+
+class AbortableAllGather(_PlainBuffers):
+    """FSDP2's all-gather for CPU tensors (gloo), waited with :func:`wait_collective`.
+
+    Installed with ``FSDPModule.set_custom_all_gather`` (:func:`make_fsdp_abortable`): FSDP2
+    calls it synchronously from its forward and backward hooks, where a survivor otherwise
+    waits in C++ for peers that have already left.
+    """
 
     def __call__(
         self, output_tensor: Any, input_tensor: Any, group: Any, async_op: bool = False
@@ -358,14 +365,9 @@ class AbortableAllGather:
         return None
 
 
-class AbortableReduceScatter:
+class AbortableReduceScatter(_PlainBuffers):
     """FSDP2's gradient reduce-scatter for CPU tensors, waited with :func:`wait_collective`
     (see :class:`AbortableAllGather`)."""
-
-    def allocate(self, size: Any, *, dtype: Any, device: Any) -> Any:
-        import torch
-
-        return torch.empty(*size, dtype=dtype, device=device)
 
     def __call__(
         self, output_tensor: Any, input_tensor: Any, group: Any, op: Any, async_op: bool = False

@@ -456,15 +456,17 @@ def test_an_abort_ends_an_fsdp2_all_gather_waiting_for_a_peer_that_left(
     port = str(free_port())
     mode = "abortable" if abortable else "default"
     logs = [tmp_path / f"rank{rank}.log" for rank in (0, 1)]
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), port, mode],
-            stdout=subprocess.PIPE,
-            stderr=logs[rank].open("w"),
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
+    ranks = []
+    for rank, log in enumerate(logs):
+        with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
+            ranks.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), str(rank), port, mode],
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                )
+            )
     lines: list[str] = []
 
     def said() -> str:  # what went wrong, when something did
