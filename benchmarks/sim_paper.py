@@ -56,7 +56,8 @@ def wasted(seeds: int) -> None:
         )
     print(f"  HighFreq / Gemini = {results['highfreq'] / results['gemini']:.1f}x (paper: >13x)")
     # The scenario takes the paper's accounting (commit: next_iteration_end); the engine's own
-    # rule counts a checkpoint once its last replica lands, a few seconds into the next iteration.
+    # rule counts a checkpoint once its last replica lands, a few seconds into the next
+    # iteration, and after a trainer crash every rank's finished capture (shared.recovery).
     on_arrival = ["checkpoint.commit=on_arrival", "sim.duration_days=365"]
     minutes = _mean(P4D, on_arrival, seeds, "mean_wasted_s") / 60
     print(f"  gemini committing on arrival (the engine's rule): {minutes:.2f} min")

@@ -21,8 +21,17 @@ first surviving holder in placement order (deterministic, so every agent computi
 agrees). A persistent checkpoint newer than every iteration in memory wins over memory.
 
 Only holders named by the placement are consulted for a node's shard. The function is pure:
-the inputs are the placement, the failures, what each holder reports complete (committed) in
-memory, and the newest complete persistent checkpoint.
+the inputs are the placement, the failures, what each holder reports complete in memory, and
+the newest complete persistent checkpoint.
+
+What counts as complete is the caller's rule, the same in both faces. A committed checkpoint
+always does (captured, and every replica stored). With ``checkpoint.commit: on_arrival`` so does
+a copy whose every byte is in place though not committed: the owner's own capture once
+``save()`` returned, a replica once the peer verified it. After a trainer crash every node's
+memory survives, so the newest iteration every rank has *captured* is restored from local
+memory, losing no finished iteration; a lost node's shard still needs a replica on a peer, so a
+hardware failure restores the newest iteration whose replicas arrived. Every node still
+restores the same iteration.
 """
 
 from __future__ import annotations
@@ -157,7 +166,8 @@ def plan_recovery(
         placement: Who holds whose checkpoint (``.nodes`` and ``.holders`` are read).
         failed: Failure kind per failed node id. Nodes absent did not fail.
         holdings: ``holdings[holder][owner]``: iterations of ``owner``'s shard that ``holder``
-            has complete (committed) in CPU memory; ``holder == owner`` is the node's own copy.
+            has complete in CPU memory (module docstring); ``holder == owner`` is the node's own
+            copy.
             Missing entries mean nothing held. What nodes lost to a hardware failure held is
             ignored.
         persistent_iteration: Newest complete checkpoint in persistent storage, or None.

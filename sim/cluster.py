@@ -3,8 +3,19 @@
 **Checkpoint memory.** Between failures every node holds the same thing: after the first
 in-memory checkpoint commits since the last restore, each node holds iteration c of its own
 shard and of every shard the placement gives it; before that, each node holds what the restore
-left (its own restored iteration, and any replica of that iteration that survived). So the
-holdings are kept as one of two compact states and expanded only for the nodes that matter.
+left (its own restored iteration, and any replica of that iteration that survived). On top of
+that, with ``checkpoint.commit: on_arrival``, each node's store reports its own shard of a
+newer iteration as soon as its capture has finished, before its replicas are stored: the
+*captured* iteration, the same on every node. (A replica counts once it is received and
+verified, which in the simulator is the instant its checkpoint commits, so replicas only ever
+hold committed iterations.) So the holdings are kept as one of two compact states, plus the
+captured iteration, and expanded only for the nodes that matter.
+
+A restore of a captured iteration that had not committed leaves, in the real engine, that
+iteration in each node's own memory and replicas of the older committed iteration on the
+peers. The simulator keeps it conservatively, as after a persistent restore: every node holds
+its own shard of the restored iteration and no replicas, so a lost node rolls back to
+persistent storage until the next commit.
 
 **Recovery planning** is ``shared.recovery.plan_recovery``, called on the part of the cluster
 a failure touches: the placement groups of the failed nodes plus one untouched group standing
@@ -54,33 +65,57 @@ class ClusterMemory:
         self._iteration: int | None = None  # every node holds this iteration of its own shard
         # ... and of the shards it holds for peers, except these holders (None: every holder).
         self._without_replicas: set[int] | None = None
+        # Every node also holds this newer iteration of its own shard only (captured, its
+        # replicas not all stored), or None.
+        self._captured: int | None = None
 
     def commit(self, iteration: int) -> None:
         """Every node now holds ``iteration`` of its own shard and of its replicas."""
         self._iteration, self._without_replicas = iteration, set()
+        if self._captured is not None and self._captured <= iteration:
+            self._captured = None
 
-    def holdings(self, holder: int) -> dict[int, int]:
-        """owner -> iteration held complete by ``holder``."""
-        if self._iteration is None:
+    def capture(self, iteration: int) -> None:
+        """Every node now also holds ``iteration`` of its own shard, captured but not committed.
+
+        Nothing changes when ``iteration`` is not newer than the committed (or restored)
+        iteration, which every node holds already.
+        """
+        if self._iteration is None or iteration > self._iteration:
+            self._captured = iteration
+
+    def holdings(self, holder: int) -> dict[int, tuple[int, ...]]:
+        """owner -> iterations held complete by ``holder`` (as ``plan_recovery`` takes them)."""
+        own = tuple(it for it in (self._iteration, self._captured) if it is not None)
+        if not own:
             return {}
-        held = {holder: self._iteration}
-        if self._without_replicas is not None and holder not in self._without_replicas:
+        held = {holder: own}
+        if (
+            self._iteration is not None
+            and self._without_replicas is not None
+            and holder not in self._without_replicas
+        ):
             for owner in self._held_by[holder]:
-                held[owner] = self._iteration
+                held[owner] = (self._iteration,)
         return held
 
     def restored(self, iteration: int | None, lost: Sequence[int]) -> None:
         """After every node restored ``iteration``: own shards, plus surviving replicas of it.
 
+        A restored committed iteration keeps its replicas, except those the ``lost`` nodes
+        held. A restored captured iteration that had not committed, or a persistent one,
+        leaves every node its own shard only (see the module docstring).
+
         Args:
             iteration: the restored iteration (None: training restarts from scratch).
             lost: nodes replaced after a hardware failure; they hold their own shard only.
         """
+        self._captured = None
         if iteration is None:
             self._iteration, self._without_replicas = None, None
         elif iteration == self._iteration and self._without_replicas is not None:
             self._without_replicas.update(lost)
-        else:  # older (persistent) state: replicas of it are nowhere in memory
+        else:  # captured only, or persistent: replicas of it are nowhere in memory
             self._iteration, self._without_replicas = iteration, None
 
     def plan(
@@ -108,7 +143,7 @@ class ClusterMemory:
             len(members), tuple(tuple(local[h] for h in placement.holders[n]) for n in members)
         )
         holdings = {
-            local[h]: {local[o]: (it,) for o, it in self.holdings(h).items() if o in local}
+            local[h]: {local[o]: its for o, its in self.holdings(h).items() if o in local}
             for h in members
         }
         sub = plan_recovery(

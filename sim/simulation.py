@@ -4,7 +4,13 @@ One SimPy process drives a run. Between failures it does not step through iterat
 ``Timeline`` of the strategy (``sim.strategies``) says where training is at any time, so the
 process sleeps until the next failure and then writes, in closed form, the few events that
 matter: periodic ``iteration_end`` progress marks, the last iteration reached and the last
-checkpoint committed before the failure, and the persistent saves.
+checkpoint committed before the failure, and the persistent saves. CPU memory
+(``sim.cluster.ClusterMemory``) then holds that committed checkpoint and, with
+``checkpoint.commit: on_arrival``, every node's own shard of the newest checkpoint captured
+(its iteration ended, its replicas not all stored yet), as the stores report them to the
+recovery plan: a trainer crash, whose node keeps its memory, restores the newest captured
+iteration from local memory (a failure as iteration k ends restores k), while a lost node
+needs its shard's replica on a peer, so the newest committed one.
 
 A failure then runs its recovery, phase by phase, as docs/design.md section 5 names them and as the
 real harness recovers in process: detection (``detection.exit_report_s`` for a trainer crash,
@@ -415,6 +421,14 @@ class Simulation:
                 "ckpt_committed",
                 iteration=committed,
             )
+        if self.strategy.holds_captured:
+            # Each store also reports its own shard of an iteration captured and not yet
+            # committed: a trainer crash restores it from local memory. The memory state stays
+            # as set here for the whole recovery, failures joining or interrupting it included
+            # (nothing is captured while training is stopped), until ``_resume``.
+            captured = timeline.captured_by(now)
+            if captured is not None and (committed is None or captured > committed):
+                self.memory.capture(captured)
         self._persist_free_s = now  # an upload in flight is abandoned with the job
         self._count_stall(progressed=reached > timeline.base)
         chain = self._inject(failure, {}, reached, now - progress_since)
@@ -770,7 +784,8 @@ class Simulation:
         if plan.rollback:
             self.state.rollbacks += 1
         # Persistent baselines keep no checkpoint in CPU memory; Gemini's agents keep the
-        # restored iteration (own shard, and surviving replicas of it).
+        # restored iteration (own shard, and surviving replicas of it if it was committed;
+        # ``ClusterMemory.restored``).
         self.memory.restored(plan.iteration if self.strategy.in_memory else None, lost)
         self._emit_chain(chain, "training_resumed", iteration=plan.iteration)
         self._stopped = False

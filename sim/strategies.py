@@ -5,8 +5,8 @@ reaches its optimizer update (its *end*, the progress point) after ``progress_s`
 iteration starts ``cycle_s`` after it started, plus a blocking ``pause_s`` after every
 ``pause_every``-th iteration (a persistent save). Each checkpoint of iteration k completes at a
 fixed delay after k's end. So the simulator never steps through iterations: ``Timeline`` gives
-the end of iteration k, the iterations reached by time t and the newest checkpoint complete at
-time t in O(1) (or a bisection), and the simulation jumps from failure to failure.
+the end of iteration k, the iterations reached by time t and the newest checkpoint captured or
+committed at time t in O(1) (or a bisection), and the simulation jumps from failure to failure.
 
 Strategies (``checkpoint.strategy``):
 
@@ -81,6 +81,13 @@ class StrategyModel:
         return self.name == "gemini"
 
     @property
+    def holds_captured(self) -> bool:
+        """Whether a node's store reports its own shard of an iteration once captured, before
+        the checkpoint commits (in memory, ``checkpoint.commit: on_arrival``): a software
+        failure then restores the newest captured iteration from local memory."""
+        return self.in_memory and not self.commit_at_next_end
+
+    @property
     def commit_delay_s(self) -> float:
         """Iteration end to its in-memory checkpoint committed (gemini has no pauses), s."""
         return self.cycle_s if self.commit_at_next_end else self.last_replica_delay_s
@@ -133,8 +140,8 @@ def baseline_interval(scenario: Scenario, iteration_s: float) -> tuple[int, str]
 class Timeline:
     """Closed-form training from a restore at ``start_s`` of iteration ``base`` onwards.
 
-    Iteration k (k > base) ends at ``end(k)``; its checkpoint (in memory) commits at
-    ``commit_time(k)``.
+    Iteration k (k > base) ends at ``end(k)``, when its in-memory checkpoint (if k is
+    checkpointed) is captured; that checkpoint commits at ``commit_time(k)``.
     """
 
     start_s: float
@@ -225,3 +232,14 @@ class Timeline:
         while found is not None and self.commit_time(found) > time_s:
             found = self.checkpoint_at_or_before(found - 1)
         return found
+
+    def captured_by(self, time_s: float) -> int | None:
+        """Newest in-memory checkpoint captured by ``time_s``, since the restore, or None.
+
+        A checkpoint is captured when its node's own copy is complete, before any replica is
+        stored. ``end(k)`` is taken as the instant ``save(k)`` returned, capture included: the
+        real harness copies the shard synchronously inside ``save()`` and emits the trainer's
+        ``iteration_end`` after it, so a failure injected as iteration k ends finds k captured.
+        (The copy engine's time, part of ``last_replica_delay_s``, is not added here.)
+        """
+        return self.checkpoint_at_or_before(self.reached_by(time_s))

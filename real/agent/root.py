@@ -53,7 +53,7 @@ from real.coord.operator import CloudOperator
 from real.coord.probe import probe_all
 from real.engine.client import StoreClient
 from real.engine.eventlog import EventLog
-from real.engine.restore import latest_persistent
+from real.engine.restore import complete_counts, latest_persistent
 from real.runtime.processes import free_port
 from shared.errors import KVError
 from shared.failure_kinds import HARDWARE_KINDS
@@ -664,12 +664,14 @@ class _Recovery:
             try:
                 client = StoreClient(slot, address, root.token, 5.0)
                 try:
-                    return {o: set(its) for o, its in client.holdings().items()}
+                    held = client.holdings(complete=complete)
+                    return {o: set(its) for o, its in held.items()}
                 finally:
                     client.close()
             except (OSError, RuntimeError) as error:
                 return error
 
+        complete = complete_counts(root.scenario)
         slots = sorted(self.members)
         # Every store at once (each answer is a connection and a handshake), and the
         # persistent tier's newest checkpoint meanwhile.

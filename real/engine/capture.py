@@ -4,8 +4,10 @@
 changes the parameters in place. Capture is therefore only copies: the flat state
 (``real.engine.state.flatten_state``) is laid out in the slot's data region and each tensor is
 copied
-straight into its place in the store's shared memory, with no intermediate buffer. Checksums and
-the manifest are written afterwards, in the background, before the checkpoint can commit.
+straight into its place in the store's shared memory, with no intermediate buffer. Then the
+signed layout manifest (no checksums yet) goes into the slot and the slot is marked complete
+(``real.engine.shm``): from here a trainer crash loses nothing of this iteration. Checksums and
+the sealed manifest are written afterwards, in the background, before the checkpoint can commit.
 
 Accelerator tensors go through pinned staging: a pinned host buffer of ``buffer_bytes`` split
 into ``sub_buffers`` pieces; device-to-host copies run on a side stream (which first waits for
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 
 from real.engine.client import StoreClient
 from real.engine.costs import Costs
@@ -43,6 +46,7 @@ class Captured:
     manifest: Manifest
     seconds: float
     keep: int | None = None  # the iteration every rank has committed: never overwritten
+    layout_raw: bytes = b""  # the signed layout manifest (no checksums), as in the slot
 
     @property
     def nbytes(self) -> int:
@@ -206,10 +210,17 @@ class Capturer:
                     device_pairs.append((tensor, target.view(-1).view(torch.uint8)))
             if device_pairs:
                 self._device_copy(device_pairs)
+        copied = time.perf_counter()
+        self.costs.add("capture: copy into the slot", copied - copying, manifest.data_bytes)
+        # Every byte is in: with the signed layout beside it, the slot is a checkpoint a
+        # restore from this node's memory can use, before the sender seals and replicates it.
+        raw = manifest.to_bytes()
+        slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), manifest.data_bytes)
+        slot.mark_complete(iteration)
         self.costs.add(
-            "capture: copy into the slot", time.perf_counter() - copying, manifest.data_bytes
+            "capture: layout manifest, mark complete (fixed)", time.perf_counter() - copied
         )
-        return Captured(iteration, index, slot, manifest, time.perf_counter() - started, keep)
+        return Captured(iteration, index, slot, manifest, time.perf_counter() - started, keep, raw)
 
     def _manifest(
         self, iteration: int, tensors: dict[str, torch.Tensor], values: dict[str, Any]

@@ -38,6 +38,7 @@ from real.engine.client import PlacedDataError, StoreClient
 from real.engine.costs import difference
 from real.engine.eventlog import EventLog
 from real.engine.replication import ReplicationManager
+from real.engine.shm import held_slot
 from real.persistent.from_memory import PersistentTier
 from real.runtime.env import (
     GEMINI_RESTORE_PLAN,
@@ -373,7 +374,11 @@ class GeminiCheckpointer:
                 if plan is None:
                     costs = self.capturer.costs
                     with costs.timed("restore: holdings of every store (round trips)"):
-                        found = restoring.survey(client, self.placement.nodes)
+                        found = restoring.survey(
+                            client,
+                            self.placement.nodes,
+                            complete=restoring.complete_counts(self.scenario, self.verify_local),
+                        )
                     with costs.timed("restore: persistent tier's newest iteration"):
                         persistent = (
                             restoring.latest_persistent(self.persistent_url)
@@ -398,10 +403,13 @@ class GeminiCheckpointer:
                         )
                     return None
                 result = self._fetch(plan, client, template, live)
+                # One reduction says both whether any rank failed its read and whether any
+                # restored a copy that was only complete (not committed everywhere).
+                status = 2 if result is None else int(not result[3])
                 with self.capturer.costs.timed("restore: all_reduce, every rank read (round trip)"):
-                    failed = restoring.any_rank_failed(result is None, self.group)
-                if not failed and result is not None:
-                    tier, source_node, state = result
+                    status = restoring.all_reduce_int(status, "max", self.group)
+                if status < 2 and result is not None:
+                    tier, source_node, state, _ = result
                     seconds = time.perf_counter() - started
                     spent = difference(self.capturer.costs.snapshot(), costs_before)
                     log.info(
@@ -424,7 +432,7 @@ class GeminiCheckpointer:
                             source_node=source_node,
                             duration_s=seconds,
                         )
-                    self.replication.restored(plan.iteration)
+                    self.replication.restored(plan.iteration, committed=status == 0)
                     self._anchor = plan.iteration
                     self._forget_newer(plan.iteration)
                     self._failures += 1  # a restore follows a failure (or a job restart)
@@ -452,7 +460,9 @@ class GeminiCheckpointer:
         client: Any,
         template: Mapping[str, Any] | None,
         live: _Live,
-    ) -> tuple[Any, int | None, Any] | None:
+    ) -> tuple[Any, int | None, Any, bool] | None:
+        """This rank's shard of the plan's iteration: (tier, source node, state, whether the
+        copy read was committed), or None when no source served it."""
         assert plan.iteration is not None
         iteration, rank = plan.iteration, self.rank
         source = plan.source_for_rank(rank, self.per_node)
@@ -466,6 +476,7 @@ class GeminiCheckpointer:
                         iteration,
                         self._template(template if template is not None else live.get()),
                     ),
+                    True,
                 )
             except (ImportError, OSError, ValueError, RuntimeError) as error:
                 log.error(
@@ -487,6 +498,7 @@ class GeminiCheckpointer:
             try:
                 if holder == self.node:
                     self.capturer.remap()
+                    held = held_slot(self.capturer.slots, iteration)
                     return (
                         "local",
                         holder,
@@ -498,6 +510,7 @@ class GeminiCheckpointer:
                             verify_data=self.verify_local,
                             costs=self.capturer.costs,
                         ),
+                        held is not None and held.state().committed,
                     )
                 peer = client(holder)
                 if peer is None:
@@ -507,7 +520,7 @@ class GeminiCheckpointer:
                     read = restoring.read_peer(
                         peer, rank, iteration, into=state, costs=self.capturer.costs
                     )
-                    return "peer", holder, read
+                    return "peer", holder, read, bool(peer.served_committed)
                 except PlacedDataError:
                     self._clobbered = state is not None  # streamed into the live state
                     raise
@@ -525,12 +538,12 @@ class GeminiCheckpointer:
         return None
 
     def _forget_newer(self, iteration: int) -> None:
-        """Invalidate this rank's local checkpoints newer than the restored iteration: they
-        belong to a timeline the job abandoned."""
+        """Invalidate this rank's local checkpoints newer than the restored iteration (committed
+        or complete): they belong to a timeline the job abandoned."""
         for slot in self.capturer.slots:
-            state = None if slot is None else slot.state()
-            if state is not None and state.committed and state.iteration > iteration:
-                self.client.invalidate(self.rank, state.iteration, "newer than the restore")
+            held = None if slot is None else slot.state().held
+            if held is not None and held > iteration:
+                self.client.invalidate(self.rank, held, "newer than the restore")
 
     def _template(self, given: Mapping[str, Any] | None) -> Mapping[str, Any]:
         """The state's shape, asked for only when needed: ``Trainer.state()`` before the first

@@ -48,6 +48,7 @@ class StoreClient:
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.lock = threading.Lock()
+        self.served_committed: bool | None = None  # of the last ``get``: was it committed?
         self._pending: list[str] = []  # ops sent without waiting, whose replies are due
         try:
             protocol.client_handshake(self.sock, token)
@@ -76,9 +77,10 @@ class StoreClient:
                 self._pending.clear()
                 raise NodeStoreError(f"node {self.node} store: {op}: {reply.get('reason')}")
 
-    def holdings(self) -> dict[int, list[int]]:
-        """Committed iterations per owner rank held by this store."""
-        raw = self.call("holdings")["holdings"]
+    def holdings(self, complete: bool = False) -> dict[int, list[int]]:
+        """Committed iterations per owner rank held by this store; with ``complete``, also
+        those complete but not committed (captured by the owner, or a verified replica)."""
+        raw = self.call("holdings")["complete" if complete else "holdings"]
         return {int(owner): [int(i) for i in its] for owner, its in raw.items()}
 
     def stats(self) -> dict[str, Any]:
@@ -167,12 +169,14 @@ class StoreClient:
     # -- restore ----------------------------------------------------------------------------
 
     def _get_header(self, owner: int, iteration: int) -> tuple[dict[str, Any], int, int]:
-        """Ask for a committed shard (the lock held): its reply, manifest and data lengths."""
+        """Ask for a committed (else complete) shard (the lock held): its reply, manifest and
+        data lengths. ``served_committed`` then says whether the copy served was committed."""
         protocol.send_frame(self.sock, {"op": "get", "owner": owner, "iteration": iteration})
         self._replies_pending()
         reply = protocol.recv_header(self.sock)
         if reply.get("ok") is False:
             raise NodeStoreError(f"node {self.node} store: get: {reply.get('reason')}")
+        self.served_committed = bool(reply.get("committed", True))
         manifest_len, data_len = int(reply["manifest_bytes"]), int(reply["data_bytes"])
         if manifest_len + data_len != reply["payload_bytes"]:
             raise ProtocolError("get: payload size does not add up")

@@ -40,7 +40,7 @@ class ReceiverStore(Protocol):
     """What a receiver uses of the node store it serves (``real.engine.store.NodeStore``), so
     that the two modules do not import each other."""
 
-    def committed_slot(self, owner: int, iteration: int) -> Slot | None: ...
+    def held_slot(self, owner: int, iteration: int) -> Slot | None: ...
 
     @property
     def costs(self) -> Costs: ...
@@ -49,7 +49,7 @@ class ReceiverStore(Protocol):
         self, owner: int, index: int, manifest_capacity: int, data_capacity: int
     ) -> Slot: ...
 
-    def holdings(self) -> dict[int, list[int]]: ...
+    def holdings(self, complete: bool = False) -> dict[int, list[int]]: ...
 
     @property
     def lock(self) -> Any: ...
@@ -135,7 +135,10 @@ class Receiver:
 
     def op_holdings(self, header: dict[str, Any]) -> None:
         self._no_payload(header)
-        self.reply(holdings={str(k): v for k, v in self.store.holdings().items()})
+        self.reply(
+            holdings={str(k): v for k, v in self.store.holdings().items()},
+            complete={str(k): v for k, v in self.store.holdings(complete=True).items()},
+        )
 
     def op_stats(self, header: dict[str, Any]) -> None:
 
@@ -153,7 +156,7 @@ class Receiver:
     def op_invalidate(self, header: dict[str, Any]) -> None:
         self._no_payload(header)
         owner, iteration = self._int(header, "owner"), self._int(header, "iteration")
-        slot = self.store.committed_slot(owner, iteration)
+        slot = self.store.held_slot(owner, iteration)
         if slot is not None:
             slot.invalidate()
             log.warning(
@@ -313,6 +316,7 @@ class Receiver:
         except ValueError as error:
             self.reply(ok=False, reason=str(error))
             return
+        slot.mark_complete(manifest.iteration)  # prepared: every block verified
         self.prepared[(self.owner, manifest.iteration)] = slot
         self.store.costs.add(
             "store: put_end (sealed manifest, verdict)", time.perf_counter() - started
@@ -333,7 +337,7 @@ class Receiver:
     def op_get(self, header: dict[str, Any]) -> None:
         self._no_payload(header)
         owner, iteration = self._int(header, "owner"), self._int(header, "iteration")
-        slot = self.store.committed_slot(owner, iteration)
+        slot = self.store.held_slot(owner, iteration)
         if slot is None:
             self.reply(
                 ok=False,
@@ -348,6 +352,7 @@ class Receiver:
             {
                 "op": "reply",
                 "ok": True,
+                "committed": state.committed,
                 "manifest_bytes": len(manifest),
                 "manifest_checksum": to_unsigned(state.manifest_checksum),
                 "data_bytes": state.data_len,

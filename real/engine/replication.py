@@ -302,18 +302,24 @@ class ReplicationManager:
                     self.agreed = max(value, self.agreed if self.agreed is not None else value)
         return self.agreed
 
-    def restored(self, iteration: int) -> None:
-        """Every rank restored ``iteration``: it is committed everywhere."""
+    def restored(self, iteration: int, committed: bool = True) -> None:
+        """Every rank restored ``iteration``.
+
+        ``committed``: every rank restored a committed copy, so ``iteration`` is committed
+        everywhere and the next checkpoints keep it. False (a crash restored what every rank
+        had only captured): its replicas may not exist, so nothing is assumed agreed and the
+        next capture spares each rank's newest committed slot, as without agreement.
+        """
         with self._keep_lock:
             self._reductions.clear()
-            self.last_committed = self.agreed = iteration
+            self.last_committed = self.agreed = iteration if committed else None
 
     def _finish(self, captured: Captured, *, flushing: bool) -> bool:
         started = time.perf_counter()
         # put_begin carries the layout (signed): the first byte goes out before any hashing.
         # The first send hashes each piece right before it goes out (one pass over the bytes);
         # then the manifest is sealed, written to the local slot and sent at each put_end.
-        layout_raw = captured.manifest.to_bytes()
+        layout_raw = captured.layout_raw or captured.manifest.to_bytes()
         sealed: list[bytes] = []
         if not self.peers:
             with self.costs.timed("seal: hash every block (no peers)", captured.nbytes):
@@ -536,7 +542,11 @@ class ReplicationManager:
         else:
             seal_with(captured.manifest, hasher.finish(data))
         raw = captured.manifest.to_bytes()
+        # Not complete while its manifest is rewritten: a crash mid-write must not leave a
+        # slot that claims a manifest it does not hold.
+        captured.slot.mark_complete(None)
         captured.slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), captured.nbytes)
+        captured.slot.mark_complete(captured.iteration)
         return raw
 
     def _send(

@@ -1,9 +1,11 @@
 """Restore: one iteration for every rank, each shard from the best tier that verifies.
 
 The decision (which iteration, which source per node) is ``shared.recovery.plan_recovery``'s.
-Its inputs come from the stores: each rank asks every node store which iterations it holds
-committed, per owner rank (``holdings``); a node holds iteration ``i`` of node ``o`` when it
-holds ``i`` for every local rank of ``o``. Stores that do not answer count as lost (hardware).
+Its inputs come from the stores: each rank asks every node store which iterations it holds,
+per owner rank (``holdings``): committed ones, and with ``checkpoint.commit: on_arrival`` also
+those complete but not committed (an owner's finished capture, a verified replica: see
+``real.engine.shm``); a node holds iteration ``i`` of node ``o`` when it holds ``i`` for every
+local rank of ``o``. Stores that do not answer count as lost (hardware).
 Every rank computes the plan from the same answers; to be sure, the plans are compared through
 an ``all_gather`` of int64 tensors (never pickle) and rank 0's wins a disagreement.
 
@@ -22,6 +24,7 @@ iterations.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,11 +37,13 @@ import xxhash
 from real.engine.client import StoreClient
 from real.engine.costs import Costs
 from real.engine.manifest import Manifest, tensors_from, verify
-from real.engine.shm import Slot, best_slot, to_unsigned
+from real.engine.shm import Slot, held_slot, to_unsigned
 from real.engine.state import flatten_state, unflatten_state
+from real.runtime.env import GEMINI_VERIFY_LOCAL
 from shared.errors import VerificationError
 from shared.placement import Placement
 from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
+from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 TIER_CODES: dict[Tier, int] = {"local": 0, "peer": 1, "persistent": 2}
@@ -46,7 +51,8 @@ TIER_CODES: dict[Tier, int] = {"local": 0, "peer": 1, "persistent": 2}
 
 @dataclass(frozen=True)
 class Survey:
-    """What the stores hold: per holder node, per owner rank, committed iterations."""
+    """What the stores hold: per holder node, per owner rank, the iterations held (committed,
+    or also complete: see `survey`)."""
 
     by_rank: dict[int, dict[int, set[int]]]
     lost: set[int]
@@ -63,8 +69,11 @@ class Survey:
         return out
 
 
-def survey(clients: Callable[[int], StoreClient | None], nodes: int) -> Survey:
-    """Ask every node's store what it holds; unreachable stores count as lost."""
+def survey(
+    clients: Callable[[int], StoreClient | None], nodes: int, complete: bool = False
+) -> Survey:
+    """Ask every node's store what it holds (``complete``: also what is complete but not
+    committed); unreachable stores count as lost."""
     by_rank: dict[int, dict[int, set[int]]] = {}
     lost = set()
     for node in range(nodes):
@@ -72,7 +81,8 @@ def survey(clients: Callable[[int], StoreClient | None], nodes: int) -> Survey:
         try:
             if client is None:
                 raise ConnectionError("no connection")
-            by_rank[node] = {owner: set(its) for owner, its in client.holdings().items()}
+            held = client.holdings(complete=complete)
+            by_rank[node] = {owner: set(its) for owner, its in held.items()}
         except (OSError, RuntimeError) as error:
             log.warning(
                 "node %d store unreachable during restore (counted as lost): %s", node, error
@@ -87,6 +97,17 @@ def decide(
     holdings = found.node_holdings(placement.nodes, per_node)
     failed: dict[int, Any] = dict.fromkeys(found.lost, "hardware")
     return plan_recovery(placement, failed, holdings, persistent_iteration)
+
+
+def complete_counts(scenario: Scenario, verify_local: bool | None = None) -> bool:
+    """Whether a recovery may use iterations complete but not committed: with ``commit:
+    on_arrival`` (``next_iteration_end`` counts only what the next iteration's end has
+    committed, the paper's accounting), and unless local restores verify every block (a
+    capture not sealed yet has no checksums to verify against; ``verify_local`` None: the
+    ``GEMINI_VERIFY_LOCAL`` environment variable, as the checkpointer reads it)."""
+    if verify_local is None:
+        verify_local = os.environ.get(GEMINI_VERIFY_LOCAL, "") == "1"
+    return scenario.checkpoint.commit == "on_arrival" and not verify_local
 
 
 def agree(plan: RecoveryPlan, nodes: int, group: Any = None) -> RecoveryPlan:
@@ -153,11 +174,6 @@ def plan_from_json(document: Mapping[str, Any]) -> RecoveryPlan:
     )
 
 
-def any_rank_failed(failed: bool, group: Any = None) -> bool:
-    """True on every rank when ``failed`` is true on any (``group``: gloo, or None)."""
-    return bool(all_reduce_int(int(failed), "max", group))
-
-
 def all_reduce_int(value: int, op: str, group: Any) -> int:
     """``value`` reduced (``"min"`` or ``"max"``) over ``group``'s ranks; itself without one."""
     import torch.distributed as dist
@@ -188,16 +204,17 @@ def read_local(
             shape (one copy, no fresh tensor); the rest become fresh tensors. None: fresh
             tensors for everything (a caller with no state yet).
         verify_data: hash every block against the manifest before the copy. False trusts the
-            data of a slot sealed by this job: its manifest, checksum and MAC are still checked
+            data of a slot written by this job: its manifest, checksum and MAC are still checked
             (anyone able to change the slot file runs as the job's user and can read its token,
             so the block hashes would add no protection against a writer, only against memory
-            corruption the hardware's ECC already catches).
+            corruption the hardware's ECC already catches). Only False can restore a slot that
+            is complete but not yet sealed (captured, its checksums not computed yet).
 
     Raises:
-        VerificationError: no committed slot holds ``iteration``, no key is known, or the
-            manifest (MAC, structure) or a block does not verify.
+        VerificationError: no committed or complete slot holds ``iteration``, no key is known,
+            or the manifest (MAC, structure) or a block does not verify (or cannot: not sealed).
     """
-    slot = best_slot(slots, iteration)
+    slot = held_slot(slots, iteration)
     if slot is None:
         raise VerificationError(f"no committed slot holds iteration {iteration}")
     key = key if key is not None else slot.manifest_key
@@ -210,7 +227,16 @@ def read_local(
     with costs.timed("restore: manifest checksum, MAC, layout (fixed)"):
         state = slot.state()
         raw = slot.manifest_bytes()
-        manifest = check_manifest(raw, to_unsigned(state.manifest_checksum), rank, iteration, key)
+        manifest = check_manifest(
+            raw, to_unsigned(state.manifest_checksum), rank, iteration, key, sealed=False
+        )
+    if verify_data and not manifest.blocks:
+        raise VerificationError(
+            f"no committed copy of iteration {iteration} to verify: it is captured but its "
+            "checksums are not computed yet"
+        )
+    if not manifest.blocks and state.committed:
+        raise VerificationError("manifest block checksums do not cover the data")
     if verify_data:
         with costs.timed("restore: verify every block (hash)", manifest.data_bytes):
             verify(manifest, slot.data(manifest.data_bytes))
@@ -298,13 +324,16 @@ def read_peer(
     )
 
 
-def check_manifest(raw: bytes, want: int, rank: int, iteration: int, key: bytes) -> Manifest:
+def check_manifest(
+    raw: bytes, want: int, rank: int, iteration: int, key: bytes, *, sealed: bool = True
+) -> Manifest:
     """The parsed manifest, once its checksum, its MAC under ``key`` (the job's manifest key,
     :func:`real.engine.manifest.manifest_key`), its structure and its rank and iteration are
-    right; VerificationError naming the first thing that is not."""
+    right; VerificationError naming the first thing that is not. ``sealed=False`` also accepts
+    a layout manifest without block checksums (a capture not sealed yet)."""
     if xxhash.xxh3_64_intdigest(raw) != want:
         raise VerificationError("manifest checksum mismatch")
-    manifest = Manifest.from_bytes(raw, key=key)
+    manifest = Manifest.from_bytes(raw, key=key, sealed=sealed)
     if (manifest.rank, manifest.iteration) != (rank, iteration):
         raise VerificationError(
             f"manifest is rank {manifest.rank} iteration "

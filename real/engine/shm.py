@@ -19,6 +19,15 @@ Commit protocol (header fields are little-endian int64 at fixed offsets):
    store. The committed slot of a rank is the one with the highest non-zero generation.
 
 A crash at any step leaves the other slot, the previous committed checkpoint, untouched.
+
+Between steps 2 and 3 a slot can also be marked *complete* (``mark_complete``, its own header
+word, cleared by ``invalidate``): every data byte and a signed manifest are in place, though the
+checkpoint is not committed. The capture marks its slot complete as ``save()`` returns (the
+manifest then holds the layout, not yet the block checksums), the sender re-marks it once
+sealed, and a store marks a replica complete once it has verified every block (prepared). With
+``checkpoint.commit: on_arrival`` recovery may restore a complete iteration
+(``shared.recovery``): after a trainer crash every node's memory survives, and the iteration
+every rank has captured is consistent whether or not its replicas have arrived.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ MAGIC = 0x47454D494E49_0001  # "GEMINI" + layout version 1
 # Header field offsets (int64 each).
 _MAGIC, _GENERATION, _ITERATION, _MANIFEST_LEN = 0, 8, 16, 24
 _MANIFEST_CHECKSUM, _DATA_LEN, _MANIFEST_CAPACITY, _DATA_CAPACITY = 32, 40, 48, 56
+# The complete iteration plus one (0: none), so that a header written before this word existed
+# (zero-filled) reads as "nothing complete".
+_COMPLETE = 64
 
 
 def align_up(value: int, to: int = ALIGN) -> int:
@@ -59,10 +71,16 @@ class SlotState:
     data_len: int
     manifest_capacity: int
     data_capacity: int
+    complete_iteration: int | None = None
 
     @property
     def committed(self) -> bool:
         return self.generation > 0
+
+    @property
+    def held(self) -> int | None:
+        """The iteration the slot holds whole: committed, else complete; None while written."""
+        return self.iteration if self.committed else self.complete_iteration
 
 
 class Slot:
@@ -131,6 +149,7 @@ class Slot:
             data_len=w[_DATA_LEN // 8],
             manifest_capacity=w[_MANIFEST_CAPACITY // 8],
             data_capacity=w[_DATA_CAPACITY // 8],
+            complete_iteration=w[_COMPLETE // 8] - 1 if w[_COMPLETE // 8] > 0 else None,
         )
 
     def fits(self, manifest_len: int, data_len: int) -> bool:
@@ -138,8 +157,14 @@ class Slot:
         return manifest_len <= state.manifest_capacity and data_len <= state.data_capacity
 
     def invalidate(self) -> None:
-        """Step 1 of a write: the slot stops counting as committed."""
+        """Step 1 of a write: the slot stops counting as committed, or as complete."""
         self._words[_GENERATION // 8] = 0
+        self._words[_COMPLETE // 8] = 0
+
+    def mark_complete(self, iteration: int | None) -> None:
+        """Mark every data byte and the manifest of ``iteration`` in place (None: unmark, before
+        the manifest is rewritten); the slot is not committed by this."""
+        self._words[_COMPLETE // 8] = 0 if iteration is None else iteration + 1
 
     def write_manifest(self, manifest: bytes, checksum: int, data_len: int) -> None:
         state = self.state()
@@ -214,13 +239,24 @@ def best_slot(slots: list[Slot | None], iteration: int) -> Slot | None:
     return max(matches, key=lambda s: s.state().generation, default=None)
 
 
+def held_slot(slots: list[Slot | None], iteration: int) -> Slot | None:
+    """The slot holding ``iteration`` whole: the committed one (`best_slot`), else one marked
+    complete, or None."""
+    committed = best_slot(slots, iteration)
+    if committed is not None:
+        return committed
+    return next(
+        (s for s in slots if s is not None and s.state().complete_iteration == iteration), None
+    )
+
+
 def in_progress_index(slots: list[Slot | None], keep: int | None = None) -> int:
     """The slot a new checkpoint is written to.
 
     Never the one holding iteration ``keep`` (the newest iteration every rank has committed,
     which recovery may need); without ``keep``, never the newest committed one.
     """
-    kept = best_slot(slots, keep) if keep is not None else None
+    kept = held_slot(slots, keep) if keep is not None else None
     if kept is not None:
         return 1 if slots[0] is kept else 0
     newest = newest_committed(slots)

@@ -11,12 +11,13 @@ Operations (frames of :mod:`real.engine.protocol`, after authentication):
 ==============  ================================================================================
 ``ensure``      create or grow slot ``index`` of ``owner`` (never the newest committed one)
 ``slots``       paths of ``owner``'s slot files, for a (restarted) trainer to map
-``holdings``    committed iterations per owner rank, from the slot headers
+``holdings``    iterations held per owner rank, from the slot headers: committed, and complete
+                (captured or prepared, committed or not)
 ``put_begin``   start receiving a replica: manifest as payload; the in-progress slot is chosen
 ``put_chunk``   one chunk: ``offset``, the bytes as payload; checked against the block checksums
 ``put_end``     check that every byte arrived and every block matches the manifest; ack
 ``commit``      the owner committed: make the verified replica the committed slot
-``get``         serve a committed shard: manifest then data, in one payload
+``get``         serve a committed (else complete) shard: manifest then data, in one payload
 ``invalidate``  drop a slot found corrupted by a reader
 ``stats``       memory use
 ``sink``        benchmarks: receive a payload into plain memory (raw TCP baseline)
@@ -43,7 +44,7 @@ from real.engine import protocol
 from real.engine.costs import Costs
 from real.engine.manifest import manifest_key
 from real.engine.receiver import Receiver
-from real.engine.shm import SHM_DIR, Slot, best_slot, in_progress_index, newest_committed
+from real.engine.shm import SHM_DIR, Slot, held_slot, in_progress_index, newest_committed
 from real.runtime.env import GEMINI_TOKEN
 from shared.errors import ProtocolError
 
@@ -145,20 +146,27 @@ class NodeStore:
             slot.invalidate()
             return slot
 
-    def holdings(self) -> dict[int, list[int]]:
+    def holdings(self, complete: bool = False) -> dict[int, list[int]]:
+        """Iterations held per owner rank: committed ones; with ``complete``, also those
+        complete but not committed (a capture, a prepared replica)."""
         with self.lock:
-            return {
-                owner: sorted(
-                    {s.state().iteration for s in pair if s is not None and s.state().committed}
-                )
-                for owner, pair in self.slots.items()
-            }
+            out = {}
+            for owner, pair in self.slots.items():
+                states = [s.state() for s in pair if s is not None]
+                held = {
+                    state.held if complete else state.iteration
+                    for state in states
+                    if state.committed or complete
+                }
+                out[owner] = sorted(i for i in held if i is not None)
+            return out
 
-    def committed_slot(self, owner: int, iteration: int) -> Slot | None:
-        """``owner``'s committed slot of ``iteration`` (the newer one if both hold it: after a
-        rollback, the iteration may have been checkpointed again)."""
+    def held_slot(self, owner: int, iteration: int) -> Slot | None:
+        """``owner``'s slot holding ``iteration`` whole: the committed one (the newer if both
+        hold it: after a rollback, the iteration may have been checkpointed again), else one
+        complete but not committed."""
         with self.lock:
-            return best_slot(self.pair(owner), iteration)
+            return held_slot(self.pair(owner), iteration)
 
     def memory_bytes(self) -> int:
         with self.lock:

@@ -236,6 +236,28 @@ def test_tiers_follow_the_plan(node_failures: RealResult, group_failures: RealRe
     assert group_restart.details["rollback"] is True
 
 
+def test_a_crash_restores_what_every_rank_captured(node_failures: RealResult) -> None:
+    """A trainer crash keeps every node's memory: the plan restores the newest iteration every
+    rank captured before the restart, committed or not (commit: on_arrival). The crash as
+    iteration 5 ends, and the one while iteration 20 replicates, lose no finished iteration
+    whenever every rank had captured it."""
+    events = node_failures.events
+    for index, record in enumerate(node_failures.summary.failures):
+        if record.kind != "software" or record.index >= 1000:
+            continue
+        restart = next(
+            e for e in events if e.kind == "restart_begin" and e.details["failure"] == index
+        )
+        newest: dict[int, int] = {}
+        for event in events:
+            if event.kind == "ckpt_captured" and event.time_s < restart.time_s:
+                assert event.rank is not None and event.iteration is not None
+                newest[event.rank] = max(newest.get(event.rank, -1), event.iteration)
+        assert len(newest) == 4, newest
+        assert restart.iteration == min(newest.values()), (index, newest, restart)
+        assert record.restored_iteration == restart.iteration
+
+
 def root_at(events: list[Event], time_s: float) -> int | None:
     """The node that was root at ``time_s`` (the last election before it)."""
     elected = [e for e in events if e.kind == "root_elected" and e.time_s <= time_s]

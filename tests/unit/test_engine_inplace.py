@@ -148,7 +148,7 @@ def test_replication_hashes_once_per_side_and_seals_after_the_first_byte(
     sealed = Manifest.from_bytes(slot.manifest_bytes(), key=capturer.client.manifest_key)
     data = slot.data(sealed.data_bytes)
     assert sealed.blocks == block_checksums(data, sealed.block_bytes)  # hashed while sent
-    replica = remote.committed_slot(0, 2)
+    replica = remote.held_slot(0, 2)
     assert replica is not None
     assert replica.manifest_bytes() == slot.manifest_bytes()
     assert bytes(replica.data(sealed.data_bytes)) == bytes(data)
@@ -231,7 +231,7 @@ def test_a_peer_restore_streams_into_the_live_tensors(rig: dict[str, Any]) -> No
 
 def test_a_corrupted_replica_raises_after_placing_its_data(rig: dict[str, Any]) -> None:
     _replicate(rig, 1)
-    replica = rig["remote"].committed_slot(0, 1)
+    replica = rig["remote"].held_slot(0, 1)
     replica.data()[5 * 4096] ^= 1
     with pytest.raises(PlacedDataError, match="block 0"):
         read_peer(rig["peer"], 0, 1, into=_live())
@@ -294,3 +294,30 @@ def test_a_pipelined_put_begin_refused_fails_the_replica(rig: dict[str, Any]) ->
     assert remote.holdings() == {}
     _replicate(rig, 1)  # the sender's own pipelined replicas go through
     assert remote.holdings() == {0: [1]}
+
+
+def test_a_prepared_replica_and_a_sealed_capture_count_as_complete_before_commit(
+    rig: dict[str, Any],
+) -> None:
+    """Iteration 2 is captured, sealed and its replica verified, but the owner stops before
+    committing it: both copies count as complete (not committed), and the peer serves its
+    replica, saying it is not committed."""
+    _replicate(rig, 1)
+    capturer, manager, remote, peer = rig["capturer"], rig["manager"], rig["remote"], rig["peer"]
+
+    def stop_before_commit(phase: str, iteration: int) -> None:
+        if (phase, iteration) == ("replication", 2):
+            manager._abandoned = True  # the job stops: the sender finishes this send only
+
+    manager.hook = stop_before_commit
+    assert manager._finish(capturer.capture(2, _state(2)), flushing=True)
+    assert manager.last_committed == 1
+    assert remote.holdings() == {0: [1]}
+    assert remote.holdings(complete=True) == {0: [1, 2]}
+    assert capturer.client.holdings(complete=True) == {0: [1, 2]}
+    assert capturer.client.holdings() == {0: [1]}
+    _assert_restored(read_peer(peer, 0, 2), 2)
+    assert peer.served_committed is False
+    _assert_restored(read_peer(peer, 0, 1), 1)
+    assert peer.served_committed is True
+    _assert_restored(read_local(capturer.slots, 0, 2), 2)  # sealed: verifiable

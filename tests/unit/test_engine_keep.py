@@ -47,3 +47,14 @@ def test_a_failed_reduction_forbids_the_capture() -> None:
         replication.keep()
     assert is_peer_failure(raised.value)
     assert replication.agreed == 22  # what completed here still counts
+
+
+def test_a_restore_of_a_committed_iteration_agrees_on_it_and_one_only_captured_does_not() -> None:
+    """After a restore of what every rank committed, the next capture keeps it; after a
+    restore of what some rank had only captured (its replicas may not exist), nothing is
+    agreed, so each rank's capture spares its newest committed slot instead."""
+    replication = manager([(Work(), torch.tensor([22]))], 21)
+    replication.restored(25)
+    assert (replication.keep(), replication.last_committed) == (25, 25)
+    replication.restored(26, committed=False)
+    assert (replication.keep(), replication.last_committed) == (None, None)

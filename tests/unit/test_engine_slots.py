@@ -157,3 +157,40 @@ def test_the_iteration_every_rank_committed_is_never_overwritten(
     assert store.holdings() == {3: [1]}
     _assert_equal(read_local(capturer.slots, 3, 1), 1)
     assert captured.keep == 1
+
+
+def test_a_finished_capture_is_complete_and_restorable_before_it_is_sealed(
+    capturer: Capturer, store: NodeStore
+) -> None:
+    """save() returns with the slot marked complete and its signed layout in place: a restore
+    trusting this job's memory reads it back bitwise though no checksum exists yet; one that
+    verifies every block refuses it, without calling it corrupted."""
+    _checkpoint(capturer, 1)
+    capturer.capture(2, _state(2))
+    assert store.holdings() == {3: [1]}
+    assert store.holdings(complete=True) == {3: [1, 2]}
+    _assert_equal(read_local(capturer.slots, 3, 2, verify_data=False), 2)
+    with pytest.raises(VerificationError, match="no committed copy of iteration 2 to verify"):
+        read_local(capturer.slots, 3, 2)
+    # The next capture spares the complete 2 when told to keep it, else the committed 1.
+    held = [slot.state().held if slot is not None else None for slot in capturer.slots]
+    assert held[in_progress_index(capturer.slots, keep=2)] == 1
+    assert held[in_progress_index(capturer.slots, keep=1)] == 2
+    assert held[in_progress_index(capturer.slots)] == 2
+
+
+def test_a_capture_cut_short_is_not_complete(capturer: Capturer, store: NodeStore) -> None:
+    """A trainer killed mid-capture leaves a slot that counts for nothing: invalidated first,
+    marked complete only after the last byte."""
+    _checkpoint(capturer, 1)
+
+    def die(phase: str, iteration: int) -> None:
+        raise KeyboardInterrupt  # stands in for the kill, mid-copy
+
+    capturer.hook = die
+    with pytest.raises(KeyboardInterrupt):
+        capturer.capture(2, _state(2))
+    capturer.hook = None
+    assert store.holdings(complete=True) == {3: [1]}
+    with pytest.raises(VerificationError):
+        read_local(capturer.slots, 3, 2, verify_data=False)

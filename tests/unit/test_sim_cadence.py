@@ -51,25 +51,34 @@ def _log(text: str, *overrides: str) -> list[tuple[Any, ...]]:
 def test_adaptive_interval_event_log() -> None:
     # k = 3: checkpoints of iterations 3, 6, 9, ... Iteration 3's copy rides in the spans of
     # iterations 4, 5 and 6 (1.08 + 1.08 + 0.84 MB): the last chunk (0.42 s) ends at
-    # 5.0 + 0.42 = 5.42, when 3 commits. The failure at the end of iteration 7 finds 6 not yet
-    # committed (8.42): 3 is restored, iterations 4-7 are recomputed. Detection 0.05, stop
-    # 0.5, restart 3, retrieval 0.04 + the 10 ms local copy: resumed at 10.6 from 3; the run
-    # ends at 20 s after iteration 3 + 9 = 12.
+    # 5.0 + 0.42 = 5.42, when 3 commits. The crash at the end of iteration 7 finds 6 captured
+    # (by save(6), at 6.0) but not yet committed (8.42): under commit: on_arrival the crashed
+    # node's store reports its own shard of 6, so 6 is restored from local memory and only
+    # iteration 7 is recomputed. Detection 0.05, stop 0.5, restart 3, retrieval 0.04 + the
+    # 10 ms local copy: resumed at 10.6 from 6; the run ends at 20 s after iteration
+    # 6 + 9 = 15.
     assert _log(SLOW) == [
         (0.0, "run_started", None, None, None),
         (0.0, "ckpt_interval_changed", None, None, None),
         (5.42, "ckpt_committed", None, 3, None),
         *RECOVERY,
-        (10.6, "state_restored", None, 3, "local"),
-        (10.6, "training_resumed", None, 3, None),
-        (20.0, "run_finished", None, 12, None),
+        (10.6, "state_restored", None, 6, "local"),
+        (10.6, "training_resumed", None, 6, None),
+        (20.0, "run_finished", None, 15, None),
     ]
     result = simulate(parse_scenario(SLOW), progress_interval_s=1e9)
     change = result.events[1]
     assert change.details["interval"] == 3 and change.details["previous"] == 1
     (failure,) = result.summary.failures
-    assert (failure.lost_iterations, failure.restored_iteration) == (4, 3)
+    assert (failure.lost_iterations, failure.restored_iteration) == (1, 6)
     assert result.summary.extra["checkpoint_interval_iterations"] == 3
+    # A lost node needs its shard's replica on a peer: the newest committed checkpoint, 3,
+    # and iterations 4-7 are recomputed.
+    lost = parse_scenario(
+        SLOW, overrides=["failures.schedule=[{kind: hardware, nodes: [1], at_iteration: 7}]"]
+    )
+    (failure,) = simulate(lost).summary.failures
+    assert (failure.lost_iterations, failure.restored_iteration, failure.tier) == (4, 3, "peer")
 
 
 def test_every_iteration_on_the_same_link_spills_and_slows_training() -> None:
@@ -95,16 +104,17 @@ def test_fixed_interval_event_log() -> None:
 
 def test_compression_shrinks_the_copy_and_the_interval() -> None:
     # A measured ratio of 3 makes the copy 1 MB: it fits in one span (0.5 s), k = 1. Iteration
-    # 6 commits at 6.5 and is restored.
+    # 6 commits at 6.5; iteration 7, captured as the crash strikes at its end, is restored
+    # from local memory. Resumed at 10.6 from 7: iteration 16 ends at 19.6.
     log = _log(SLOW, "checkpoint.compression=on", "checkpoint.compression_ratio=3")
     assert log == [
         (0.0, "run_started", None, None, None),
         (0.0, "ckpt_compression", None, None, None),
         (6.5, "ckpt_committed", None, 6, None),
         *RECOVERY,
-        (10.6, "state_restored", None, 6, "local"),
-        (10.6, "training_resumed", None, 6, None),
-        (20.0, "run_finished", None, 15, None),
+        (10.6, "state_restored", None, 7, "local"),
+        (10.6, "training_resumed", None, 7, None),
+        (20.0, "run_finished", None, 16, None),
     ]
 
 
@@ -166,17 +176,19 @@ sim: {duration_days: 0.000231481481481481}
 def test_young_persistence_follows_the_observed_failures() -> None:
     # No failure process, so no prior: nothing is persisted until a failure is seen. Training
     # resumes at 6.6 s after one failure: MTBF 6.6 s, Young's sqrt(2 x 1.2 x 6.6) = 3.98 s = 4
-    # iterations. Iterations 4, 8, 12 commit 10 ms after they end (8.6, 12.6, 16.6) and upload
-    # for 1.2 s.
+    # iterations. The crash at the end of iteration 3 restores 3 (captured), so iteration k
+    # ends at 3.6 + k: iterations 4, 8, 12, 16 commit 10 ms after they end (7.6, 11.6, 15.6,
+    # 19.6) and upload for 1.2 s; the last upload is still running when the run ends at 20 s.
     assert build_model(parse_scenario(YOUNG)).strategy.persist_every is None
     log = _log(YOUNG)
     assert [entry for entry in log if entry[1].startswith("persist")] == [
-        (8.61, "persist_begin", None, 4, None),
-        (9.81, "persist_done", None, 4, None),
-        (12.61, "persist_begin", None, 8, None),
-        (13.81, "persist_done", None, 8, None),
-        (16.61, "persist_begin", None, 12, None),
-        (17.81, "persist_done", None, 12, None),
+        (7.61, "persist_begin", None, 4, None),
+        (8.81, "persist_done", None, 4, None),
+        (11.61, "persist_begin", None, 8, None),
+        (12.81, "persist_done", None, 8, None),
+        (15.61, "persist_begin", None, 12, None),
+        (16.81, "persist_done", None, 12, None),
+        (19.61, "persist_begin", None, 16, None),
     ]
 
 

@@ -47,12 +47,21 @@ def test_wasted_time_per_failure_strawman_highfreq_gemini() -> None:
 
 def test_gemini_committing_on_arrival_wastes_what_the_analytic_model_predicts() -> None:
     # Committing when the last replica lands (the engine's default) the checkpoint counts
-    # 5.3 s into the next iteration, not 62 s: the same formula with that t_ckpt.
+    # 5.3 s into the next iteration, not 62 s: a lost node (its shard's replica needed) wastes
+    # the same formula with that t_ckpt. A crash restores the iteration captured as it ended,
+    # from the node's own memory: t_ckpt 0. Half the failures are crashes.
     on_arrival = ["checkpoint.commit=on_arrival"]
     extra = simulate(load_scenario(P4D, [*on_arrival, "sim.duration_days=1"])).summary.extra
     assert extra["commit_rule"] == "on_arrival"
-    assert extra["commit_delay_s"] == pytest.approx(5.3, abs=0.1)
-    analytic = costs.wasted_time_per_failure_s(extra["commit_delay_s"], 62, 3.0, 62) / 60
+    delay_s = extra["commit_delay_s"]
+    assert delay_s == pytest.approx(5.3, abs=0.1)
+    failures = simulate(load_scenario(P4D, [*on_arrival, *YEAR])).summary.failures
+    for kind, checkpoint_s in (("software", 0.0), ("hardware", delay_s)):
+        wasted = [f.wasted_s for f in failures if f.kind == kind]
+        analytic = costs.wasted_time_per_failure_s(checkpoint_s, 62, 3.0, 62)
+        assert len(wasted) > 300
+        assert sum(wasted) / len(wasted) == pytest.approx(analytic, rel=0.05), kind
+    analytic = costs.wasted_time_per_failure_s(delay_s / 2, 62, 3.0, 62) / 60
     assert _wasted_min(on_arrival) == pytest.approx(analytic, rel=0.1)
 
 

@@ -41,15 +41,18 @@ def _log(text: str, *overrides: str) -> list[tuple[Any, ...]]:
 
 
 def test_software_then_hardware_failure_event_log() -> None:
-    # Failure 1 strikes the moment iteration 3 ends (t = 3.0), before its checkpoint commits
-    # (3.01): iteration 2 (committed at 2.01) is restored and iteration 3 recomputed. Detection
-    # 0.05, stop 0.5, restart 3, retrieval 0.04 fixed + local copy 0.01. Training resumes at
-    # 6.60 from iteration 2, so iteration 6 ends at 10.60 and failure 2 strikes then;
-    # iteration 5 committed at 9.61. Detection by probe: the survivors' next collective (0.6 s
-    # of compute into iteration 7) fails at 11.2, the probe verdict takes 0.1: 11.3; stop 0.5;
-    # the warm standby joins in 0.5 (no node start); restart 3; 0.04 fixed, then node 2 fetches
-    # its shard from node 3 (3 ms) while the copy engine takes 10 ms: restored at 15.35. The
-    # run ends at 20 s after iteration 9 (19.35).
+    # Failure 1 strikes the moment iteration 3 ends (t = 3.0), after save(3) captured it and
+    # before its checkpoint commits (3.01). A trainer crash keeps the node's memory, and under
+    # commit: on_arrival each store reports its own shard once captured: iteration 3 is
+    # restored from local memory, nothing recomputed (iteration 2, committed at 2.01, is
+    # logged). Detection 0.05, stop 0.5, restart 3, retrieval 0.04 fixed + local copy 0.01.
+    # Training resumes at 6.60 from iteration 3, so iteration 6 ends at 9.60 and failure 2
+    # strikes then, before 6 commits; iteration 5 committed at 8.61. A lost node needs its
+    # shard's replica on a peer: 5. Detection by probe: the survivors' next collective (0.6 s
+    # of compute into iteration 7) fails at 10.2, the probe verdict takes 0.1: 10.3; stop 0.5;
+    # the warm standby joins in 0.5 (no node start); restart 3; 0.04 fixed, then node 2
+    # fetches its shard from node 3 (3 ms) while the copy engine takes 10 ms: restored at
+    # 14.35. The run ends at 20 s after iteration 10 (19.35).
     assert _log(TINY) == [
         (0.0, "run_started", None, None, None),
         (2.01, "ckpt_committed", None, 2, None),
@@ -59,21 +62,21 @@ def test_software_then_hardware_failure_event_log() -> None:
         (3.55, "training_stopped", None, None, None),
         (3.55, "restart_begin", None, None, None),
         (6.55, "process_group_ready", None, None, None),
-        (6.6, "state_restored", None, 2, "local"),
-        (6.6, "training_resumed", None, 2, None),
-        (9.61, "ckpt_committed", None, 5, None),
-        (10.6, "iteration_end", None, 6, None),
-        (10.6, "failure_injected", 2, None, None),
-        (11.3, "failure_detected", 2, None, None),
-        (11.8, "training_stopped", None, None, None),
-        (11.8, "replacement_requested", 2, None, None),
-        (12.3, "replacement_ready", None, None, None),
-        (12.3, "restart_begin", None, None, None),
-        (15.3, "process_group_ready", None, None, None),
-        (15.35, "state_restored", 2, 5, "peer"),
-        (15.35, "state_restored", None, 5, "peer"),
-        (15.35, "training_resumed", None, 5, None),
-        (20.0, "run_finished", None, 9, None),
+        (6.6, "state_restored", None, 3, "local"),
+        (6.6, "training_resumed", None, 3, None),
+        (8.61, "ckpt_committed", None, 5, None),
+        (9.6, "iteration_end", None, 6, None),
+        (9.6, "failure_injected", 2, None, None),
+        (10.3, "failure_detected", 2, None, None),
+        (10.8, "training_stopped", None, None, None),
+        (10.8, "replacement_requested", 2, None, None),
+        (11.3, "replacement_ready", None, None, None),
+        (11.3, "restart_begin", None, None, None),
+        (14.3, "process_group_ready", None, None, None),
+        (14.35, "state_restored", 2, 5, "peer"),
+        (14.35, "state_restored", None, 5, "peer"),
+        (14.35, "training_resumed", None, 5, None),
+        (20.0, "run_finished", None, 10, None),
     ]
 
 
@@ -135,12 +138,17 @@ def test_summary_phases_follow_from_the_log() -> None:
         (0.05, 0.5, 3.0)
     )
     assert software.retrieval_s == pytest.approx(0.05)
-    assert software.lost_progress_s == pytest.approx(1.0)  # iteration 3, recomputed
+    # Iteration 3, captured as the crash struck, is restored: nothing is recomputed.
+    assert (software.restored_iteration, software.lost_iterations) == (3, 0)
+    assert software.lost_progress_s == pytest.approx(0.0)
     assert (hardware.detection_s, hardware.stop_s) == pytest.approx((0.7, 0.5))
     assert hardware.replacement_s == pytest.approx(0.5)
     assert hardware.tier == "peer"
-    assert summary.iterations_completed == 9
-    assert summary.ettr == pytest.approx(9 * 1.0 / 20.0)
+    # Iteration 6 ended, only 5 committed: iteration 6 is recomputed.
+    assert (hardware.restored_iteration, hardware.lost_iterations) == (5, 1)
+    assert hardware.lost_progress_s == pytest.approx(1.0)
+    assert summary.iterations_completed == 10
+    assert summary.ettr == pytest.approx(10 * 1.0 / 20.0)
 
 
 def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
@@ -200,8 +208,10 @@ def test_crash_during_recovery_strikes_as_the_restarted_trainers_start() -> None
     injected = [entry[0] for entry in log if entry[1] == "failure_injected"]
     # Detected 3.05, stopped 3.55, restart begins 3.55: the crash strikes then; the job is
     # already stopped, so the second recovery is detection 0.05 + restart 3 + 0.04 + 0.01.
+    # Nothing was captured in between: every node still holds iteration 3 captured (its
+    # end at 3.0, its commit due at 3.01), and both crashes leave memory intact: 3.
     assert injected == [3.0, 3.55]
-    assert log[-2] == (6.65, "training_resumed", None, 2, None)
+    assert log[-2] == (6.65, "training_resumed", None, 3, None)
 
 
 def test_same_seed_same_log_and_other_seeds_differ() -> None:
@@ -399,3 +409,108 @@ def test_a_failure_as_a_save_iteration_ends_finds_the_blocking_save_done() -> No
     (failure,) = result.summary.failures
     assert failure.time_s == pytest.approx(3.012)
     assert (failure.restored_iteration, failure.lost_iterations) == (3, 0)
+
+
+# --- what a failure restores: captured (a crash) or committed (a lost node) -------------------
+
+ONE_FAILURE = TINY.replace(
+    "    - {kind: software, nodes: [1], at_iteration: 3}\n"
+    "    - {kind: hardware, nodes: [2], at_iteration: 6}",
+    "    - {kind: KIND, nodes: [2], WHEN}",
+)
+
+
+def _failures(kind: str, when: str, *overrides: str) -> list[Any]:
+    text = ONE_FAILURE.replace("KIND", kind).replace("WHEN", when)
+    return simulate(parse_scenario(text, overrides=overrides)).summary.failures
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "at_iteration: 3",  # as iteration 3 ends (3.0), before it commits (3.01)
+        "at_iteration: 3, during: replication",  # halfway through its replication (3.005)
+    ],
+)
+def test_a_crash_as_iteration_k_ends_restores_k_from_local_memory(when: str) -> None:
+    # commit: on_arrival (the default): each store reports its own shard of 3 once save(3)
+    # has captured it; the crashed trainer's node keeps its memory: 3, locally, nothing lost.
+    (failure,) = _failures("software", when)
+    assert (failure.restored_iteration, failure.tier, failure.lost_iterations) == (3, "local", 0)
+    # Under the paper's accounting only committed checkpoints count: 2, committed as save(3)
+    # returned; iteration 3 is recomputed.
+    (failure,) = _failures("software", when, "checkpoint.commit=next_iteration_end")
+    assert (failure.restored_iteration, failure.tier, failure.lost_iterations) == (2, "local", 1)
+
+
+@pytest.mark.parametrize("when", ["at_iteration: 3", "at_iteration: 3, during: replication"])
+def test_a_lost_node_as_iteration_k_ends_restores_the_committed_k_minus_1(when: str) -> None:
+    # Node 2's memory is gone with it; its shard of 3 has no replica stored on node 3 yet, so
+    # every node restores 2, node 2 from its peer.
+    text = ONE_FAILURE.replace("KIND", "hardware").replace("WHEN", when)
+    restored = [entry[1:] for entry in _log(text) if entry[1] == "state_restored"]
+    assert restored == [("state_restored", 2, 2, "peer"), ("state_restored", None, 2, "peer")]
+    (failure,) = simulate(parse_scenario(text)).summary.failures
+    assert (failure.restored_iteration, failure.lost_iterations) == (2, 1)
+
+
+# A crash as iteration 3 ends restores the captured 3 at 6.6 (no replica of 3 anywhere); the
+# second failure strikes at 7.0, mid-iteration 4, before anything commits again. Iteration 2
+# was persisted at 2.022 (every 2 iterations, 12 MB at 8 Gbit/s).
+AFTER_A_CAPTURED_RESTORE = (
+    "checkpoint.persist_every_iterations=2",
+    "cluster.storage.bandwidth_gbit_s=8",
+)
+
+
+def _after_a_captured_restore(kind: str, *overrides: str) -> list[Any]:
+    schedule = (
+        "failures.schedule=[{kind: software, nodes: [1], at_iteration: 3},"
+        f" {{kind: {kind}, nodes: [2], at_time_s: 7.0}}]"
+    )
+    return simulate(parse_scenario(TINY, overrides=[schedule, *overrides])).summary.failures
+
+
+def test_a_node_lost_after_a_captured_restore_rolls_back_to_persistent_storage() -> None:
+    # Modelled conservatively: after restoring a captured iteration each node holds its own
+    # shard of it and no replica, so node 2's shard is in no surviving memory until the next
+    # commit: every node reads persistent iteration 2.
+    first, second = _after_a_captured_restore("hardware", *AFTER_A_CAPTURED_RESTORE)
+    assert (first.restored_iteration, first.tier) == (3, "local")
+    assert (second.restored_iteration, second.tier) == (2, "persistent")
+    # With nothing persisted, training restarts from scratch.
+    first, second = _after_a_captured_restore("hardware")
+    assert (first.restored_iteration, second.restored_iteration, second.tier) == (
+        3,
+        None,
+        "scratch",
+    )
+
+
+def test_a_crash_after_a_captured_restore_restores_it_locally_again() -> None:
+    first, second = _after_a_captured_restore("software", *AFTER_A_CAPTURED_RESTORE)
+    assert (first.restored_iteration, first.tier) == (3, "local")
+    assert (second.restored_iteration, second.tier) == (3, "local")
+
+
+def test_a_node_lost_during_a_crash_recovery_restores_the_committed_iteration() -> None:
+    # The crash at iteration 3's end finds 3 captured, 2 committed; node 2, lost as the root
+    # stops the job, joins the recovery: its shard of 3 went with it, so all restore 2.
+    text = TINY.replace(
+        "    - {kind: hardware, nodes: [2], at_iteration: 6}",
+        "    - {kind: hardware, nodes: [2], during: recovery}",
+    )
+    first, second = simulate(parse_scenario(text)).summary.failures
+    assert first.restored_iteration == second.restored_iteration == 2
+    assert (first.tier, second.tier) == ("peer", "peer")
+
+
+def test_the_persistent_baseline_restores_its_last_save_after_a_crash() -> None:
+    # No checkpoint in CPU memory: a crash as iteration 3 ends restores the save of 2.
+    overrides = ("checkpoint.strategy=persistent", "checkpoint.baseline_every_iterations=2")
+    (failure,) = _failures("software", "at_iteration: 3", *overrides)
+    assert (failure.restored_iteration, failure.tier, failure.lost_iterations) == (
+        2,
+        "persistent",
+        1,
+    )

@@ -1,6 +1,8 @@
-"""The closed-form timeline: iteration ends, pauses, commits, and its inverse."""
+"""The closed-form timeline: iteration ends, pauses, captures, commits, and its inverse."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -50,3 +52,21 @@ def test_commit_at_next_end_counts_iteration_k_once_k_plus_1_has_ended() -> None
     assert timeline.committed_by(timeline.end(6)) == 5  # save(6) has committed it
     assert timeline.committed_by(2.5) == 5
     assert timeline.committed_by(timeline.end(9) + 0.5) == 8
+
+
+def test_captured_by_counts_an_iteration_from_its_end() -> None:
+    # end(k) is when save(k) returned, its capture done; its replicas follow (0.25 s later).
+    gemini = Timeline(0.0, 0, _model())
+    assert gemini.captured_by(0.5) is None
+    assert gemini.captured_by(2.0) == 2  # captured as it ends; committed_by says 1
+    assert gemini.committed_by(2.0) == 1
+    assert gemini.captured_by(2.2) == 2
+    restored = Timeline(10.0, 4, _model())  # since the restore only: 5 ends at 11
+    assert restored.captured_by(10.9) is None
+    assert restored.captured_by(11.0) == 5
+
+
+def test_captured_by_keeps_to_the_checkpointed_iterations() -> None:
+    every_three = Timeline(0.0, 0, dataclasses.replace(_model(), checkpoint_every=3))
+    assert [every_three.captured_by(t) for t in (2.9, 3.0, 5.5, 6.0)] == [None, 3, 3, 6]
+    assert every_three.committed_by(6.0) == 3
