@@ -397,7 +397,9 @@ class ScheduledFailure(_Strict):
     nodes: list[int] = Field(
         min_length=1, description="Nodes failing together (group: any node of the group)."
     )
-    at_iteration: int | None = Field(None, ge=0, description="Fail once this iteration has ended.")
+    at_iteration: int | None = Field(
+        None, ge=0, description="Fail once this iteration has ended (on the nodes named)."
+    )
     at_time_s: float | None = Field(None, ge=0, description="Fail at this run time, s.")
     during: Literal["training", "replication", "recovery"] = Field(
         "training",

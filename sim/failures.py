@@ -6,9 +6,9 @@ Three sources, all decided up front so that a seed fixes the whole run:
   MTBF, exponential or Weibull, software/hardware mix, whole failure domains at once) and
   explicit entries with ``at_time_s``;
 - **iteration-based**: explicit entries with ``at_iteration: k`` strike the moment iteration
-  k ends, before its checkpoint has committed, the first time the run gets there (as the real
-  injector fires them; ``during: replication``: halfway through the replication of iteration
-  k's checkpoint);
+  k ends (its capture done), before its checkpoint has committed, the first time the run gets
+  there (as the real injector fires them, once the failing nodes' ranks have ended k;
+  ``during: replication``: halfway through the replication of iteration k's checkpoint);
 - **during recovery**: an explicit entry with ``during: recovery`` strikes during the recovery
   from the entry before it in the schedule, where the real harness's injector fires it: a lost
   node once the survivors are stopped, a trainer crash as the restarted trainers start.

@@ -2,7 +2,9 @@
 
 It fires each failure of the scenario's schedule in order, when its trigger comes:
 
-- ``at_iteration: N``: once some rank has ended iteration N (read from the event files);
+- ``at_iteration: N``: once every rank of the nodes it names has ended iteration N, its
+  ``save(N)`` included (read from the event files; a ``root_agent`` failure, whose node is
+  known only when it strikes: once some rank has);
 - ``at_time_s: T``: T seconds after the run started;
 - ``during: replication``: after the trigger, at the next checkpoint captured on the failing
   node, while its replication to the peers is in flight (interleaved replication sends the
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 
 from real.agent import jobkeys
 from real.engine.eventlog import EventLog
-from real.launcher.progress import ProgressWatcher
+from real.launcher.progress import Progress, ProgressWatcher
 from shared.failure_kinds import resolve_failure
 from shared.placement import plan_placement
 from shared.scenario import Scenario, ScheduledFailure
@@ -129,7 +131,7 @@ class FailureInjector:
             if failure.during == "recovery" and index > 0:
                 due = self._in_recovery(index - 1, failure)
             elif failure.at_iteration is not None:
-                due = progress.max_iteration >= failure.at_iteration
+                due = self._reached(progress, failure, failure.at_iteration)
             elif failure.at_time_s is not None:
                 due = self.events.now() >= failure.at_time_s
             else:
@@ -138,6 +140,15 @@ class FailureInjector:
                 return self._wait_capture(failure) if failure.during == "replication" else True
             time.sleep(POLL_S)
         return False
+
+    def _reached(self, progress: Progress, failure: ScheduledFailure, iteration: int) -> bool:
+        """Whether the nodes ``failure`` names have ended ``iteration`` (every rank of them), as
+        the simulator's failure strikes as its iteration ends; for ``root_agent``, some rank."""
+        if failure.kind == "root_agent":
+            return progress.max_iteration >= iteration
+        per_node = self.scenario.cluster.accelerators_per_node
+        ranks = [n * per_node + r for n in failure.nodes for r in range(per_node)]
+        return all(progress.ended.get(rank, 0) >= iteration for rank in ranks)
 
     def _in_recovery(self, previous: int, failure: ScheduledFailure) -> bool:
         record = self.cluster.attempt()  # type: ignore[attr-defined]

@@ -19,12 +19,14 @@ class Progress:
 
     Attributes:
         max_iteration: the highest iteration any rank ended.
+        ended: per rank, the highest iteration it ended.
         captured: ``(time_s, rank, iteration)`` of every ``ckpt_captured``.
         committed: ``(rank, iteration)`` pairs committed.
         resumed: times of ``training_resumed`` events.
     """
 
     max_iteration: int = 0
+    ended: dict[int, int] = field(default_factory=dict)
     captured: list[tuple[float, int, int]] = field(default_factory=list)
     committed: set[tuple[int, int]] = field(default_factory=set)
     resumed: list[float] = field(default_factory=list)
@@ -65,6 +67,8 @@ class ProgressWatcher:
         progress = self.progress
         if kind == "iteration_end" and isinstance(iteration, int):
             progress.max_iteration = max(progress.max_iteration, iteration)
+            if isinstance(rank, int):
+                progress.ended[rank] = max(progress.ended.get(rank, 0), iteration)
         elif kind == "ckpt_captured" and isinstance(iteration, int) and isinstance(rank, int):
             progress.captured.append((float(event["time_s"]), rank, iteration))
         elif kind == "ckpt_committed" and isinstance(iteration, int) and isinstance(rank, int):

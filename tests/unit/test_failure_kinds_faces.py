@@ -202,3 +202,34 @@ def test_the_simulator_elects_a_root_whenever_the_roots_node_is_lost() -> None:
     events = simulate(scenario, progress_interval_s=1e9).events
     elected = [(e.node, e.details["failure"]) for e in events if e.kind == "root_elected"]
     assert elected == [(1, 1)]
+
+
+def test_an_iteration_trigger_waits_for_the_failing_nodes_ranks(tmp_path: Path) -> None:
+    """``at_iteration: k`` fires once the named nodes' ranks have ended k (their ``save(k)``
+    included), as the simulator's failure strikes with k captured; not when some other rank
+    got there first. A root_agent failure, whose node is known only when it strikes, fires
+    once some rank has."""
+    scenario: Scenario = parse_scenario(SCENARIO)
+    cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
+    log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
+    injector = FailureInjector(cluster, scenario, log)
+    try:
+        progress = injector.watcher.poll()
+        progress.max_iteration = 5
+        progress.ended = {0: 5, 1: 5, 2: 4}
+        crash = ScheduledFailure.model_validate(
+            {"kind": "software", "nodes": [2], "at_iteration": 5}
+        )
+        lost = ScheduledFailure.model_validate(
+            {"kind": "hardware", "nodes": [1], "at_iteration": 5}
+        )
+        root = ScheduledFailure.model_validate(
+            {"kind": "root_agent", "nodes": [2], "at_iteration": 5}
+        )
+        assert not injector._reached(progress, crash, 5)
+        assert injector._reached(progress, lost, 5)
+        assert injector._reached(progress, root, 5)
+        progress.ended[2] = 5
+        assert injector._reached(progress, crash, 5)
+    finally:
+        log.close()
