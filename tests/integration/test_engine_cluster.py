@@ -339,19 +339,9 @@ def test_next_iteration_end_counts_a_checkpoint_only_when_the_next_iteration_end
     ]
 
 
-@pytest.mark.parametrize(
-    ("phase", "crash_restores", "lost_restores"),
-    [("capture", 2, 2), ("replication", 3, 2), ("commit", 3, 2)],
-)
-def test_a_trainer_killed_mid_checkpoint_restores_what_every_rank_captured(
-    cluster: Cluster, phase: str, crash_restores: int, lost_restores: int
-) -> None:
-    """Rank 0 is killed while checkpointing iteration 3; rank 1 commits 3. Killed mid-capture,
-    rank 0's copy of 3 is incomplete: both restore 2, the last commit. Killed once its capture
-    was complete (while replicating, or about to commit), its node's memory still holds all of
-    3: after the crash both restore 3 from local memory, though 3 never committed on rank 0.
-    Then they checkpoint on. Had rank 0's node been lost instead, its shard of 3 would be gone
-    (its replica never finished) and both would restore 2."""
+def kill_mid_checkpoint(cluster: Cluster, phase: str) -> list[dict[str, Any]]:
+    """Rank 0 checkpoints 1, 2, 3 and is killed at ``phase`` of iteration 3, while rank 1
+    checkpoints 1, 2, 3 whole; returns rank 1's report."""
     marker = cluster.folder / "paused"
     victim, _ = cluster.start(
         0,
@@ -367,13 +357,26 @@ def test_a_trainer_killed_mid_checkpoint_restores_what_every_rank_captured(
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
+    return survivor
+
+
+@pytest.mark.parametrize(("phase", "restores"), [("capture", 2), ("replication", 3), ("commit", 3)])
+def test_a_trainer_killed_mid_checkpoint_restores_what_every_rank_captured(
+    cluster: Cluster, phase: str, restores: int
+) -> None:
+    """Rank 0 is killed while checkpointing iteration 3; rank 1 commits 3. Killed mid-capture,
+    rank 0's copy of 3 is incomplete: both restore 2, the last commit. Killed once its capture
+    was complete (while replicating, or about to commit), its node's memory still holds all of
+    3: after the crash both restore 3 from local memory, though 3 never committed on rank 0.
+    Then they checkpoint on."""
+    survivor = kill_mid_checkpoint(cluster, phase)
     assert survivor[0]["committed"] == 3
     assert cluster.holdings(0)[0] == [2]  # committed
-    assert cluster.holdings(0, complete=True)[0] == sorted({2, crash_restores})
+    assert cluster.holdings(0, complete=True)[0] == sorted({2, restores})
     restored = cluster.run("restore", [0, 1], restore=True, into=True, iterations=[4, 5])
     assert [r["restored"] for r in restored] == [
-        {"iteration": crash_restores, "tier": "local", "source_node": 0, "bitwise": True},
-        {"iteration": crash_restores, "tier": "local", "source_node": 1, "bitwise": True},
+        {"iteration": restores, "tier": "local", "source_node": 0, "bitwise": True},
+        {"iteration": restores, "tier": "local", "source_node": 1, "bitwise": True},
     ]
     assert [r["committed"] for r in restored] == [5, 5]
     assert cluster.holdings(1, complete=True) == {0: [4, 5], 1: [4, 5]}
@@ -383,21 +386,7 @@ def test_a_node_lost_mid_replication_restores_the_last_commit(cluster: Cluster) 
     """Rank 0's node is lost while rank 0 replicates iteration 3: its complete copy of 3 was
     only in that node's memory, so both ranks restore 2, the last commit, rank 0 from its
     replica on node 1."""
-    marker = cluster.folder / "paused"
-    victim, _ = cluster.start(
-        0,
-        "victim",
-        iterations=[1, 2, 3],
-        pause={"phase": "replication", "iteration": 3, "marker": str(marker)},
-    )
-    cluster.run("survivor", [1], iterations=[1, 2, 3])
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    while not marker.exists():
-        assert victim.poll() is None, (cluster.folder / "victim-rank0.log").read_text()
-        assert time.monotonic() < deadline, "the victim never reached the pause"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
+    kill_mid_checkpoint(cluster, "replication")
     cluster.replace_node(0)
     restored = cluster.run("restore", [0, 1], restore=True, into=True)
     assert [r["restored"] for r in restored] == [
