@@ -2,9 +2,10 @@
 
 It fires each failure of the scenario's schedule in order, when its trigger comes:
 
-- ``at_iteration: N``: once every rank of the nodes it names has ended iteration N, its
-  ``save(N)`` included (read from the event files; a ``root_agent`` failure, whose node is
-  known only when it strikes: once some rank has);
+- ``at_iteration: N``: once every rank of the nodes it names has ended iteration N, or, when N
+  is checkpointed, captured it (``ckpt_captured``: the copy done, its replication not started;
+  read from the event files; a ``root_agent`` failure, whose node is known only when it
+  strikes: once some rank has ended N);
 - ``at_time_s: T``: T seconds after the run started;
 - ``during: replication``: after the trigger, at the next checkpoint captured on the failing
   node, while its replication to the peers is in flight (interleaved replication sends the
@@ -142,8 +143,9 @@ class FailureInjector:
         return False
 
     def _reached(self, progress: Progress, failure: ScheduledFailure, iteration: int) -> bool:
-        """Whether the nodes ``failure`` names have ended ``iteration`` (every rank of them), as
-        the simulator's failure strikes as its iteration ends; for ``root_agent``, some rank."""
+        """Whether every rank of the nodes ``failure`` names has ended or captured ``iteration``:
+        the simulator's failure strikes as the iteration ends, its capture done and its
+        replicas not yet sent. For ``root_agent``, whether some rank has ended it."""
         if failure.kind == "root_agent":
             return progress.max_iteration >= iteration
         per_node = self.scenario.cluster.accelerators_per_node

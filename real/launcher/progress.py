@@ -19,7 +19,9 @@ class Progress:
 
     Attributes:
         max_iteration: the highest iteration any rank ended.
-        ended: per rank, the highest iteration it ended.
+        ended: per rank, the highest iteration it ended, or captured (``save()`` emits
+            ``ckpt_captured`` once the copy is done, before the replication starts and before
+            the iteration's ``iteration_end``).
         captured: ``(time_s, rank, iteration)`` of every ``ckpt_captured``.
         committed: ``(rank, iteration)`` pairs committed.
         resumed: times of ``training_resumed`` events.
@@ -71,6 +73,7 @@ class ProgressWatcher:
                 progress.ended[rank] = max(progress.ended.get(rank, 0), iteration)
         elif kind == "ckpt_captured" and isinstance(iteration, int) and isinstance(rank, int):
             progress.captured.append((float(event["time_s"]), rank, iteration))
+            progress.ended[rank] = max(progress.ended.get(rank, 0), iteration)
         elif kind == "ckpt_committed" and isinstance(iteration, int) and isinstance(rank, int):
             progress.committed.add((rank, iteration))
         elif kind == "training_resumed":

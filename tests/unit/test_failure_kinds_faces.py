@@ -205,10 +205,10 @@ def test_the_simulator_elects_a_root_whenever_the_roots_node_is_lost() -> None:
 
 
 def test_an_iteration_trigger_waits_for_the_failing_nodes_ranks(tmp_path: Path) -> None:
-    """``at_iteration: k`` fires once the named nodes' ranks have ended k (their ``save(k)``
-    included), as the simulator's failure strikes with k captured; not when some other rank
-    got there first. A root_agent failure, whose node is known only when it strikes, fires
-    once some rank has."""
+    """``at_iteration: k`` fires once the named nodes' ranks have ended or captured k, as the
+    simulator's failure strikes with k captured and its replicas not yet sent; not when some
+    other rank got there first. A root_agent failure, whose node is known only when it strikes,
+    fires once some rank has."""
     scenario: Scenario = parse_scenario(SCENARIO)
     cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
     log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
@@ -231,5 +231,11 @@ def test_an_iteration_trigger_waits_for_the_failing_nodes_ranks(tmp_path: Path) 
         assert injector._reached(progress, root, 5)
         progress.ended[2] = 5
         assert injector._reached(progress, crash, 5)
+        # A capture counts as the iteration's end: it comes first, before the replication.
+        watcher = injector.watcher
+        watcher._see({"kind": "ckpt_captured", "rank": 2, "iteration": 6, "time_s": 1.0})
+        assert watcher.progress.ended[2] == 6 and watcher.progress.max_iteration == 5
+        assert injector._reached(watcher.progress, crash, 6)
+        assert not injector._reached(watcher.progress, lost, 6)
     finally:
         log.close()
