@@ -46,6 +46,7 @@ __all__ = [
     "RecoveryPlan",
     "Source",
     "Tier",
+    "complete_counts",
     "plan_recovery",
 ]
 
@@ -152,6 +153,14 @@ class RecoveryPlan:
         for source in self.sources:
             counts[source.tier] += 1
         return counts
+
+
+def complete_counts(commit: str) -> bool:
+    """Whether copies complete but not committed count as held (module docstring), for the
+    checkpoint commit rule ``commit`` (``scenario.checkpoint.commit``): with ``on_arrival``
+    they do; with ``next_iteration_end`` (the paper's accounting) only committed ones count.
+    Both faces ask this: the harness's stores and root agent, and the simulator's memory."""
+    return commit == "on_arrival"
 
 
 def plan_recovery(

@@ -102,7 +102,7 @@ def build_model(scenario: Scenario) -> SimModel:
             progress_s=steady.progress_s / per_iteration,
             cycle_s=steady.cycle_s / per_iteration,
             last_replica_delay_s=steady.last_replica_delay_s,
-            commit_at_next_end=ckpt.commit == "next_iteration_end",
+            commit=ckpt.commit,
             pause_every=None,
             pause_s=0.0,
             persist_every=persist_every(
@@ -125,7 +125,7 @@ def build_model(scenario: Scenario) -> SimModel:
             progress_s=base_s,
             cycle_s=base_s,
             last_replica_delay_s=0.0,
-            commit_at_next_end=False,
+            commit="on_arrival",
             pause_every=every,
             pause_s=blocking,
             persist_every=every,

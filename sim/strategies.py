@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from shared import costs
 from shared.adaptive import due
 from shared.errors import ScenarioError
+from shared.recovery import complete_counts
 from shared.scenario import Scenario
 
 STRAWMAN_INTERVAL_S = 3 * 3600.0
@@ -46,8 +47,8 @@ class StrategyModel:
         cycle_s: iteration start to the next iteration's start (no pause), s.
         last_replica_delay_s: iteration end to its in-memory checkpoint's capture done and last
             replica stored (gemini), s.
-        commit_at_next_end: a checkpoint counts only when the next iteration ends
-            (``checkpoint.commit: next_iteration_end``), not when its last replica arrives.
+        commit: ``checkpoint.commit``: ``on_arrival`` (a checkpoint counts once its last
+            replica arrives) or ``next_iteration_end`` (once the next iteration ends).
         pause_every: K of the blocking persistent save (persistent), or None.
         pause_s: the blocking part of a persistent save, s.
         persist_every: K of the persistent checkpoints (both strategies), or None.
@@ -65,7 +66,7 @@ class StrategyModel:
     progress_s: float
     cycle_s: float
     last_replica_delay_s: float
-    commit_at_next_end: bool
+    commit: str
     pause_every: int | None
     pause_s: float
     persist_every: int | None
@@ -81,11 +82,17 @@ class StrategyModel:
         return self.name == "gemini"
 
     @property
+    def commit_at_next_end(self) -> bool:
+        """A checkpoint counts only when the next iteration ends (the paper's accounting)."""
+        return self.commit == "next_iteration_end"
+
+    @property
     def holds_captured(self) -> bool:
         """Whether a node's store reports its own shard of an iteration once captured, before
-        the checkpoint commits (in memory, ``checkpoint.commit: on_arrival``): a software
-        failure then restores the newest captured iteration from local memory."""
-        return self.in_memory and not self.commit_at_next_end
+        the checkpoint commits (in memory, and ``shared.recovery.complete_counts``, as the
+        harness asks it): a software failure then restores the newest captured iteration
+        from local memory."""
+        return self.in_memory and complete_counts(self.commit)
 
     @property
     def commit_delay_s(self) -> float:

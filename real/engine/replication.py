@@ -319,7 +319,7 @@ class ReplicationManager:
         # put_begin carries the layout (signed): the first byte goes out before any hashing.
         # The first send hashes each piece right before it goes out (one pass over the bytes);
         # then the manifest is sealed, written to the local slot and sent at each put_end.
-        layout_raw = captured.layout_raw or captured.manifest.to_bytes()
+        layout_raw = captured.layout_raw  # signed at capture, as in the slot
         sealed: list[bytes] = []
         if not self.peers:
             with self.costs.timed("seal: hash every block (no peers)", captured.nbytes):

@@ -43,6 +43,7 @@ from real.runtime.env import GEMINI_VERIFY_LOCAL
 from shared.errors import VerificationError
 from shared.placement import Placement
 from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
+from shared.recovery import complete_counts as recovery_counts_complete
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def complete_counts(scenario: Scenario, verify_local: bool | None = None) -> boo
     ``GEMINI_VERIFY_LOCAL`` environment variable, as the checkpointer reads it)."""
     if verify_local is None:
         verify_local = os.environ.get(GEMINI_VERIFY_LOCAL, "") == "1"
-    return scenario.checkpoint.commit == "on_arrival" and not verify_local
+    return recovery_counts_complete(scenario.checkpoint.commit) and not verify_local
 
 
 def agree(plan: RecoveryPlan, nodes: int, group: Any = None) -> RecoveryPlan:

@@ -17,7 +17,7 @@ def _model(
         1.0,
         1.0,
         0.25,
-        next_end,
+        "next_iteration_end" if next_end else "on_arrival",
         pause_every,
         pause_s,
         pause_every,
