@@ -252,6 +252,14 @@ class CheckpointConfig(_Strict):
         "next_iteration_end: only when the next iteration ends, the paper's accounting "
         "(t_ckpt = T_iter for a checkpoint every iteration).",
     )
+    local_slots: Literal[1, 2] = Field(
+        2,
+        description="Gemini: slots per rank for its own checkpoint in its node's memory. 2: a "
+        "capture never overwrites the newest iteration every rank committed (4 bytes of memory "
+        "per state byte at m=2). 1: 3 bytes per state byte at m=2; from the start of a capture "
+        "until every rank has captured, a recovery reads the previous iteration from the "
+        "peers' replicas instead of local memory. Needs commit: on_arrival.",
+    )
     buffer_mb: PositiveFloat = Field(128.0, description="Staging buffer R for checkpoint chunks.")
     sub_buffers: int = Field(4, ge=1, description="p: the buffer is split into p sub-buffers.")
     safety_factor: Annotated[float, Field(gt=0, le=1)] = Field(
@@ -371,6 +379,11 @@ class CheckpointConfig(_Strict):
             raise ValueError(
                 f"persist_interval: {self.persist_interval} chooses the interval; "
                 "drop persist_every_iterations"
+            )
+        if self.local_slots == 1 and self.commit != "on_arrival":
+            raise ValueError(
+                "local_slots: 1 needs commit: on_arrival (with next_iteration_end the one slot "
+                "is overwritten by the next capture before its checkpoint ever counts)"
             )
         if self.interval == "adaptive" and self.traffic != "interleaved":
             raise ValueError(

@@ -11,6 +11,13 @@ verified, which in the simulator is the instant its checkpoint commits, so repli
 hold committed iterations.) So the holdings are kept as one of two compact states, plus the
 captured iteration, and expanded only for the nodes that matter.
 
+With ``checkpoint.local_slots: 1`` a node's own shard has one slot: a capture replaces the
+committed iteration there, so a node holds its own shard of the captured iteration only (the
+committed one stays on the peers), and a restore of an older iteration than the captured one
+reads every shard from a peer and leaves no own shard in memory until the next capture. The
+copy's own duration (the window in which the slot holds neither, inside ``save()``) is not
+modelled: captures are instantaneous, as in ``Timeline.captured_by``.
+
 A restore of a captured iteration that had not committed leaves, in the real engine, that
 iteration in each node's own memory and replicas of the older committed iteration on the
 peers. The simulator keeps it conservatively, as after a persistent restore: every node holds
@@ -55,8 +62,12 @@ class _SubPlacement:
 class ClusterMemory:
     """Which iterations each node holds in CPU memory (see the module docstring)."""
 
-    def __init__(self, placement: Placement) -> None:
+    def __init__(self, placement: Placement, local_slots: int = 2) -> None:
         self.placement = placement
+        self.local_slots = local_slots
+        # local_slots 1: whether each node's one slot still holds the iteration in _iteration
+        # (False after a restore read it from the peers over a newer capture).
+        self._own_held = True
         held_by: list[list[int]] = [[] for _ in range(placement.nodes)]
         for owner, holders in enumerate(placement.holders):
             for holder in holders[1:]:
@@ -72,6 +83,7 @@ class ClusterMemory:
     def commit(self, iteration: int) -> None:
         """Every node now holds ``iteration`` of its own shard and of its replicas."""
         self._iteration, self._without_replicas = iteration, set()
+        self._own_held = True
         if self._captured is not None and self._captured <= iteration:
             self._captured = None
 
@@ -87,9 +99,9 @@ class ClusterMemory:
     def holdings(self, holder: int) -> dict[int, tuple[int, ...]]:
         """owner -> iterations held complete by ``holder`` (as ``plan_recovery`` takes them)."""
         own = tuple(it for it in (self._iteration, self._captured) if it is not None)
-        if not own:
-            return {}
-        held = {holder: own}
+        if self.local_slots == 1:  # the one slot: the capture replaced the committed iteration
+            own = own[-1:] if self._captured is not None or self._own_held else ()
+        held = {holder: own} if own else {}
         if (
             self._iteration is not None
             and self._without_replicas is not None
@@ -110,6 +122,8 @@ class ClusterMemory:
             iteration: the restored iteration (None: training restarts from scratch).
             lost: nodes replaced after a hardware failure; they hold their own shard only.
         """
+        if self.local_slots == 1 and self._captured is not None and iteration != self._captured:
+            self._own_held = False  # read from the peers; the newer capture is dropped
         self._captured = None
         if iteration is None:
             self._iteration, self._without_replicas = None, None
@@ -126,6 +140,10 @@ class ClusterMemory:
         touched: set[int] = set()
         for node in failed:
             touched.update(placement.group_of(node))
+        if self.local_slots == 1 and self._without_replicas:
+            # One local slot: an untouched node may have to read its own shard from a peer,
+            # so the nodes without replicas are not like the others.
+            touched.update(self._without_replicas)
         untouched = next((n for n in range(placement.nodes) if n not in touched), None)
         if untouched is not None:
             touched.update(placement.group_of(untouched))
@@ -159,6 +177,14 @@ class ClusterMemory:
                 for s in sub.sources
                 if s.tier != "local" and s.from_node is not None
             )
+            if untouched is not None and sub.sources[local[untouched]].tier == "peer":
+                # local_slots 1: the untouched nodes hold only a newer capture of their own
+                # shard, and read it from their first holder, as the untouched one does.
+                remote += tuple(
+                    Source(n, "peer", next(h for h in placement.holders[n] if h != n))
+                    for n in range(placement.nodes)
+                    if n not in local
+                )
         return ClusterPlan(sub.iteration, sub.rollback, sub.reason, placement.nodes, remote)
 
 

@@ -176,7 +176,7 @@ class Simulation:
             self.scenario, model.placement, np.random.default_rng(seed), self.duration_s
         )
         self.pool = StandbyPool(self.scenario.cluster, np.random.default_rng([seed, 1]))
-        self.memory = ClusterMemory(model.placement)
+        self.memory = ClusterMemory(model.placement, self.scenario.checkpoint.local_slots)
         bandwidth = self.scenario.cluster.network_bytes_per_s
         self.network = FlowNetwork(
             self.env, {"storage": self.scenario.cluster.storage.bandwidth_gbit_s * 1e9 / 8}

@@ -116,13 +116,25 @@ class Capturer:
         client: connection to this node's store.
         owner: this rank (slots are keyed by global rank).
         buffer_bytes, sub_buffers: pinned staging for accelerator tensors (R and p).
+        local_slots: ``checkpoint.local_slots``. 2: a capture never overwrites the newest
+            iteration every rank has committed. 1: every capture goes to the one slot, and
+            until every rank has captured, that iteration lives only in the peers' replicas
+            (see ``docs/engine.md``, "Memory").
     """
 
     def __init__(
-        self, client: StoreClient, owner: int, buffer_bytes: int = 128 << 20, sub_buffers: int = 4
+        self,
+        client: StoreClient,
+        owner: int,
+        buffer_bytes: int = 128 << 20,
+        sub_buffers: int = 4,
+        local_slots: int = 2,
     ) -> None:
+        if local_slots not in (1, 2):
+            raise ValueError(f"local_slots must be 1 or 2, got {local_slots}")
         self.client = client
         self.owner = owner
+        self.local_slots = local_slots
         self.slots: list[Slot | None] = [None, None]
         self._staging = (buffer_bytes, sub_buffers)
         self._stager: CudaStager | None = None
@@ -166,6 +178,7 @@ class Capturer:
             index=index,
             manifest_capacity=manifest_len * 2 + (data_len >> 14),
             data_capacity=data_len,
+            replace=self.local_slots == 1,
         )
         if slot is not None:
             self._forget(slot)
@@ -182,13 +195,14 @@ class Capturer:
             iteration: the iteration the state belongs to.
             state: nested tensors and JSON values.
             keep: the newest iteration every rank has committed; its slot is not overwritten
-                (default: the newest committed slot is not).
+                (default: the newest committed slot is not). With one local slot it is: the
+                peers' replicas hold it.
         """
         started = time.perf_counter()
         tensors, values = flatten_state(state)
         tensors = {name: _local(t) for name, t in tensors.items()}
         manifest, manifest_len = self._manifest(iteration, tensors, values)
-        index = in_progress_index(self.slots, keep)
+        index = 0 if self.local_slots == 1 else in_progress_index(self.slots, keep)
         slot = self._slot_for(index, manifest_len, manifest.data_bytes)
         slot.invalidate()  # from here on, this slot no longer counts as a checkpoint
         targets = self._targets(slot, manifest)

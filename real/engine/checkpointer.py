@@ -140,7 +140,9 @@ class GeminiCheckpointer:
         self._own_events = event_log is None
         self.events = event_log or EventLog.from_env(f"ckpt-n{node}-r{rank}", node=node, rank=rank)
         self.client = StoreClient(node, addresses[node], secret)
-        self.capturer = Capturer(self.client, rank, config.buffer_bytes, config.sub_buffers)
+        self.capturer = Capturer(
+            self.client, rank, config.buffer_bytes, config.sub_buffers, config.local_slots
+        )
         self.replication = ReplicationManager(
             scenario, self.placement, node, rank, self.capturer, addresses, secret, self.events
         )

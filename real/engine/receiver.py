@@ -46,7 +46,12 @@ class ReceiverStore(Protocol):
     def costs(self) -> Costs: ...
 
     def ensure(
-        self, owner: int, index: int, manifest_capacity: int, data_capacity: int
+        self,
+        owner: int,
+        index: int,
+        manifest_capacity: int,
+        data_capacity: int,
+        replace: bool = False,
     ) -> Slot: ...
 
     def holdings(self, complete: bool = False) -> dict[int, list[int]]: ...
@@ -121,8 +126,11 @@ class Receiver:
         sizes = self._int(header, "manifest_capacity"), self._int(header, "data_capacity")
         if index > 1:
             raise ProtocolError("ensure: index must be 0 or 1")
+        replace = header.get("replace", False)
+        if not isinstance(replace, bool):
+            raise ProtocolError("ensure: replace must be a boolean")
         try:
-            slot = self.store.ensure(owner, index, *sizes)
+            slot = self.store.ensure(owner, index, *sizes, replace=replace)
         except (ValueError, OSError) as error:
             self.reply(ok=False, reason=str(error))
             return

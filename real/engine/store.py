@@ -99,14 +99,26 @@ class NodeStore:
         with self.lock:
             return self.slots.setdefault(owner, [None, None])
 
-    def ensure(self, owner: int, index: int, manifest_capacity: int, data_capacity: int) -> Slot:
-        """Slot ``index`` of ``owner``, (re)created if it cannot hold the sizes given."""
+    def ensure(
+        self,
+        owner: int,
+        index: int,
+        manifest_capacity: int,
+        data_capacity: int,
+        replace: bool = False,
+    ) -> Slot:
+        """Slot ``index`` of ``owner``, (re)created if it cannot hold the sizes given.
+
+        A slot holding ``owner``'s newest committed checkpoint is not reallocated unless
+        ``replace`` (``checkpoint.local_slots: 1``: the one local slot is always the newest,
+        and its replicas on the peers stand in for it meanwhile).
+        """
         with self.lock:
             pair = self.pair(owner)
             current = pair[index]
             if current is not None and current.fits(manifest_capacity, data_capacity):
                 return current
-            if current is not None and newest_committed(pair) == index:
+            if current is not None and newest_committed(pair) == index and not replace:
                 raise ValueError(
                     f"slot {index} of rank {owner} holds the newest committed "
                     "checkpoint; it cannot be reallocated"

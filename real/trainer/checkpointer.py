@@ -82,6 +82,8 @@ class Checkpointer:
         placement: ``auto``, ``group``, ``ring`` or ``mixed`` (``shared.placement``).
         traffic: ``interleaved`` (in the idle spans of DDP's traffic) or ``blocking``.
         commit: ``on_arrival`` or ``next_iteration_end`` (the paper's accounting).
+        local_slots: 2 (default), or 1 for 3 bytes of memory per state byte at m = 2 instead
+            of 4, a crash mid-capture then restoring from the peers (``docs/engine.md``).
         persistent_url: fsspec URL (a path or ``s3://...``) of the persistent tier.
         persist_every: Gemini: persist every K-th committed checkpoint in the background;
             ``strategy="persistent"``: the baseline's blocking save every K iterations.
@@ -102,6 +104,7 @@ class Checkpointer:
         placement: Literal["auto", "group", "ring", "mixed"] = "auto",
         traffic: Literal["interleaved", "blocking"] = "interleaved",
         commit: Literal["on_arrival", "next_iteration_end"] = "on_arrival",
+        local_slots: Literal[1, 2] = 2,
         persistent_url: str | None = None,
         persist_every: int | None = None,
         strategy: Strategy = "gemini",
@@ -114,6 +117,7 @@ class Checkpointer:
             "placement": placement,
             "traffic": traffic,
             "commit": commit,
+            "local_slots": local_slots,
             "persistent_url": persistent_url,
             "persist_every": persist_every,
             "strategy": strategy,
@@ -174,6 +178,7 @@ class Checkpointer:
             "placement": options["placement"],
             "traffic": options["traffic"],
             "commit": options["commit"],
+            "local_slots": options["local_slots"],
         }
         if options["strategy"] == "persistent":
             checkpoint["baseline_every_iterations"] = options["persist_every"] or 10
@@ -219,8 +224,14 @@ class Checkpointer:
             ("replicas", config.replicas),
             ("strategy", config.strategy),
             ("traffic", config.traffic),
+            ("local_slots", config.local_slots),
         ):
-            default = {"replicas": 2, "strategy": "gemini", "traffic": "interleaved"}[name]
+            default = {
+                "replicas": 2,
+                "strategy": "gemini",
+                "traffic": "interleaved",
+                "local_slots": 2,
+            }[name]
             if given[name] != default and given[name] != value:
                 raise ValueError(
                     f"Checkpointer({name}={given[name]!r}) disagrees with the job's scenario "

@@ -104,6 +104,7 @@ def worker(config: dict[str, Any]) -> None:
                 "profiling_iterations": 2,
                 "traffic": config.get("traffic", "interleaved"),
                 "commit": config.get("commit", "on_arrival"),
+                "local_slots": config.get("local_slots", 2),
             },
         }
     )
@@ -339,7 +340,7 @@ def test_next_iteration_end_counts_a_checkpoint_only_when_the_next_iteration_end
     ]
 
 
-def kill_mid_checkpoint(cluster: Cluster, phase: str) -> list[dict[str, Any]]:
+def kill_mid_checkpoint(cluster: Cluster, phase: str, **config: Any) -> list[dict[str, Any]]:
     """Rank 0 checkpoints 1, 2, 3 and is killed at ``phase`` of iteration 3, while rank 1
     checkpoints 1, 2, 3 whole; returns rank 1's report."""
     marker = cluster.folder / "paused"
@@ -348,8 +349,9 @@ def kill_mid_checkpoint(cluster: Cluster, phase: str) -> list[dict[str, Any]]:
         "victim",
         iterations=[1, 2, 3],
         pause={"phase": phase, "iteration": 3, "marker": str(marker)},
+        **config,
     )
-    survivor = cluster.run("survivor", [1], iterations=[1, 2, 3])
+    survivor = cluster.run("survivor", [1], iterations=[1, 2, 3], **config)
     deadline = time.monotonic() + WORKER_TIMEOUT_S
     while not marker.exists():
         assert victim.poll() is None, (cluster.folder / "victim-rank0.log").read_text()
@@ -393,6 +395,51 @@ def test_a_node_lost_mid_replication_restores_the_last_commit(cluster: Cluster) 
         {"iteration": 2, "tier": "peer", "source_node": 1, "bitwise": True},
         {"iteration": 2, "tier": "local", "source_node": 1, "bitwise": True},
     ]
+
+
+def test_one_local_slot_restores_from_the_peers_after_a_crash_mid_capture(
+    cluster: Cluster,
+) -> None:
+    """``checkpoint.local_slots: 1``: each rank's own checkpoint has one slot. Rank 0 is
+    killed mid-capture of 3 (its slot torn) after rank 1 captured 3 over its own 2. Iteration
+    2 is then only in the peers' replicas: both ranks restore it from there, bitwise, and
+    checkpoint on. Each node holds 3 slots of state (own 1, replica 2), not 4."""
+    survivor = kill_mid_checkpoint(cluster, "capture", local_slots=1)
+    assert survivor[0]["committed"] == 3
+    assert cluster.holdings(0, complete=True) == {0: [], 1: [2, 3]}
+    assert cluster.holdings(1, complete=True) == {0: [1, 2], 1: [3]}
+    restored = cluster.run(
+        "restore", [0, 1], restore=True, into=True, iterations=[4, 5], local_slots=1
+    )
+    assert [r["restored"] for r in restored] == [
+        {"iteration": 2, "tier": "peer", "source_node": 1, "bitwise": True},
+        {"iteration": 2, "tier": "peer", "source_node": 0, "bitwise": True},
+    ]
+    assert [r["in_place"] for r in restored] == [True, True]
+    assert [r["committed"] for r in restored] == [5, 5]
+    assert cluster.holdings(0) == {0: [5], 1: [4, 5]}
+    assert cluster.holdings(1) == {0: [4, 5], 1: [5]}
+    for node in (0, 1):
+        client = StoreClient(node, cluster.addrs[node], cluster.token)
+        try:
+            slots = [p for owner in (0, 1) for p in client.call("slots", owner=owner)["paths"]]
+        finally:
+            client.close()
+        assert sum(path is not None for path in slots) == 3
+
+
+def test_one_local_slot_and_two_copies_lose_memory_with_a_node_mid_replication(
+    cluster: Cluster,
+) -> None:
+    """The price of ``local_slots: 1`` at m = 2: rank 0's node is lost while rank 0 replicates
+    iteration 3. Rank 0's 2 was only on node 1 (its own slot held 3), and rank 1's 3 only on
+    node 1 (its replica to node 0 is gone with the node, and its own 2 was overwritten): no
+    iteration is left in memory for both ranks, and without a persistent tier they start over.
+    With two local slots the same loss restores 2 (the test above)."""
+    kill_mid_checkpoint(cluster, "replication", local_slots=1)
+    cluster.replace_node(0)
+    restored = cluster.run("restore", [0, 1], restore=True, local_slots=1)
+    assert [r["restored"] for r in restored] == [None, None]
 
 
 if __name__ == "__main__":

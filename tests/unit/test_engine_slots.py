@@ -194,3 +194,32 @@ def test_a_capture_cut_short_is_not_complete(capturer: Capturer, store: NodeStor
     assert store.holdings(complete=True) == {3: [1]}
     with pytest.raises(VerificationError):
         read_local(capturer.slots, 3, 2, verify_data=False)
+
+
+def test_one_local_slot_holds_each_capture_in_the_same_slot(store: NodeStore) -> None:
+    """``checkpoint.local_slots: 1``: every capture overwrites the one slot, the iteration every
+    rank committed included (its replicas on the peers stand in), and a growing state
+    reallocates that slot, which the two-slot rule refuses."""
+    client = StoreClient(0, store.address, store.token)
+    capturer = Capturer(client, owner=3, local_slots=1)
+    try:
+        _checkpoint(capturer, 1)
+        one_slot = store.memory_bytes()
+        _checkpoint(capturer, 2)
+        assert capturer.slots[1] is None and store.memory_bytes() == one_slot
+        assert store.holdings() == {3: [2]}
+        captured = capturer.capture(3, _state(3), keep=2)  # keep 2 is the peers' job now
+        assert captured.slot_index == 0
+        assert store.holdings() == {3: []}
+        assert store.holdings(complete=True) == {3: [3]}
+        _checkpoint(capturer, 4)
+        bigger = _state(5)
+        bigger["extra"] = torch.ones(1 << 20)
+        grown = capturer.capture(5, bigger, keep=4)
+        assert grown.slot_index == 0 and grown.slot.state().data_capacity >= grown.nbytes
+        assert capturer.slots[1] is None
+    finally:
+        capturer.close()
+        client.close()
+    with pytest.raises(ValueError, match="local_slots must be 1 or 2"):
+        Capturer(client, owner=3, local_slots=3)
