@@ -31,10 +31,19 @@ from real.runtime.env import GEMINI_STORAGE_RATE
 STORAGE_RATE_ENV = GEMINI_STORAGE_RATE
 
 
+MIN_SLEEP_S = 0.002
+"""A wait shorter than this is not slept but carried: the next transfer starts after it ends
+anyway. A parser's tiny reads (``pickle.load`` of DCP's ``.metadata``: some two thousand reads
+of a few bytes) would otherwise each sleep a few microseconds and overshoot by tens, 0.1 s or
+more per load that the emulated link does not have (seen on the quickstart's state)."""
+
+
 class Throttle:
     """Paces transfers to ``bytes_per_s``: a transfer of n bytes that began at t ends no earlier
     than max(t, end of the previous transfer) + n / rate. Thread-safe; transfers of several
-    threads queue one after the other, so together they never exceed the rate.
+    threads queue one after the other, so together they never exceed the rate. A wait under
+    ``MIN_SLEEP_S`` is carried to the next transfer instead of slept (the last transfer of a
+    series may end that much early).
 
     Args:
         bytes_per_s: the rate.
@@ -68,7 +77,7 @@ class Throttle:
             self._free_at = start + nbytes / self.bytes_per_s
             self.transferred += nbytes
             wait = self._free_at - now
-        if wait > 0:
+        if wait >= MIN_SLEEP_S:
             self._sleep(wait)
             return wait
         return 0.0

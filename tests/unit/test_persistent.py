@@ -321,6 +321,20 @@ def test_throttle_paces_transfers_exactly() -> None:
         throttling.Throttle(0.0)
 
 
+def test_tiny_transfers_are_paced_in_batches_without_losing_time() -> None:
+    """A parser's reads of a few bytes each are charged exactly, but slept only once their
+    waits add up to ``MIN_SLEEP_S``: the same total time, a few sleeps instead of thousands."""
+    clock = FakeClock()
+    throttle = throttling.Throttle(1e6, clock=clock, sleep=clock.sleep)
+    for _ in range(5000):
+        throttle.account(8)  # 8 us each: 40 ms in all
+    assert throttle.transferred == 40_000
+    assert len(clock.slept) <= 40_000 / 1e6 / throttling.MIN_SLEEP_S
+    assert clock.now - 100.0 == pytest.approx(0.04, abs=throttling.MIN_SLEEP_S)
+    throttle.account(10_000)  # a large transfer pays what the small ones still owed
+    assert clock.now - 100.0 == pytest.approx(0.05)
+
+
 def test_emulated_bandwidth_paces_real_writes_and_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
