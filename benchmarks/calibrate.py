@@ -853,8 +853,17 @@ def measure_recovery(
                 else {}
             ),
             "park_s": round(float(rank0["park_s"]), 6),
+            # The first survivor whose all-reduce raises: the harness's detector probes on
+            # the first suspect record. (Rank 0's alone waited, when its ring neighbour was
+            # not the vanished rank, for that neighbour to fail first and leave.)
             "collective_failure_s": round(
-                max(0.0, float(rank0["failed_at"] or vanished) - vanished), 6
+                max(
+                    0.0,
+                    min(float(r["failed_at"]) for r in timed if r.get("failed_at")) - vanished
+                    if any(r.get("failed_at") for r in timed)
+                    else 0.0,
+                ),
+                6,
             ),
             "recovery_ranks": ranks,
             "cpus": cpus,
