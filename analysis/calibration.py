@@ -71,6 +71,7 @@ MEASUREMENTS: dict[str, str] = {
     "memory_copy_gbyte_s": "cluster.copy_bandwidth_gbyte_s",
     "loopback_tcp_gbit_s": "cluster.network_bandwidth_gbit_s",
     "stop_s": "recovery.stop_s",
+    "stop_parked_s": "recovery.stop_parked_s",
     "exit_report_s": "detection.exit_report_s",
     "retrieval_overhead_s": "recovery.retrieval_overhead_s",
     "save_time_s": "cluster.storage.save_time_s",
@@ -108,6 +109,9 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop) + closing the checkpoint
       engine (``engine_close_s``, when measured) + park + agent poll / 2 (the abort settles)
       + root poll / 2 (the root reads the acknowledgements);
+    - ``recovery.stop_parked_s`` = agent poll / 2: the stop after a lost node that the
+      survivors' broken collectives revealed (they parked before the probe found it, and the
+      root reads the acknowledgements as they are written);
     - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
       a spare's join and a survivor's rejoin (every rank waits for the group) + building the
       checkpoint engine (``engine_build_s``, when measured);
@@ -142,6 +146,7 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     if park is not None:
         close = _number(measurements, "engine_close_s") or 0.0
         out["stop_s"] = agent / 2 + close + park + hop
+        out["stop_parked_s"] = agent / 2
     joins = [
         v
         for v in (_number(measurements, "spare_join_s"), _number(measurements, "rejoin_s"))
@@ -167,6 +172,7 @@ MICRO_FIELDS = {
     "exit_report_s": "detection.exit_report_s",
     "probe_detection_s": "detection.probe_detection_s",
     "stop_s": "recovery.stop_s",
+    "stop_parked_s": "recovery.stop_parked_s",
     "restart_s": "recovery.restart_s",
     "retrieval_overhead_s": "recovery.retrieval_overhead_s",
 }

@@ -552,6 +552,12 @@ class RecoveryConfig(_Strict):
         "surviving trainers park (leave the failed process group, keep model and optimizer) "
         "and every live agent acknowledges, s.",
     )
+    stop_parked_s: NonNegativeFloat | None = Field(
+        None,
+        description="The stop when the survivors parked already: a lost node found by a probe "
+        "that the survivors' broken collectives started (they left the failed group before it "
+        "was detected), so only the agents' acknowledgements remain, s. Default: stop_s.",
+    )
     restart_s: NonNegativeFloat = Field(
         5.0,
         description="Restart begins to process group ready: survivors rejoin in process (a "

@@ -633,7 +633,10 @@ class Simulation:
             # already) and every live agent acknowledges. No process is killed: a survivor
             # waiting in a collective that hangs (DDP's bucket all-reduce, FSDP2's all-gather
             # and reduce-scatter on gloo) waits on a future the abort fails.
-            outcome = yield from self._wait(recovery.stop_s)
+            # Found by a probe, a lost node broke the survivors' collectives first: they left
+            # the failed group before the detection, and only the acknowledgements remain.
+            parked = detected_by == "probe" and recovery.stop_parked_s is not None
+            outcome = yield from self._wait(recovery.stop_parked_s if parked else recovery.stop_s)
             if outcome != "done":
                 return outcome
             self._stopped = True

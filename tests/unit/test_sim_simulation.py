@@ -342,6 +342,29 @@ def test_survivors_in_a_hung_collective_leave_it_at_the_stop() -> None:
     assert (failure.detection_s, failure.stop_s) == pytest.approx((0.5, 0.5))
 
 
+def test_survivors_that_parked_on_a_broken_collective_stop_in_stop_parked_s() -> None:
+    """Found by the probe their broken collectives started, a lost node's survivors have left
+    the failed group already: the stop is ``stop_parked_s``. Found by the lease (their
+    collectives hang), or a crash, the full ``stop_s``."""
+    parked = "recovery.stop_parked_s=0.05"
+    (failure,) = simulate(parse_scenario(LOST_NODE, overrides=[parked])).summary.failures
+    assert (failure.detection_s, failure.stop_s) == pytest.approx((0.5, 0.05))
+    assert [e[:2] for e in _log(LOST_NODE, parked)[4:6]] == [
+        (3.7, "failure_detected"),
+        (3.75, "training_stopped"),
+    ]
+    for text, overrides in (
+        (LOST_NODE, ("detection.lost_node=lease", parked)),
+        (LOST_NODE.replace("kind: hardware", "kind: network"), (parked,)),
+        (LOST_NODE, ("real.mode=netns", parked)),
+    ):
+        (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
+        assert failure.stop_s == pytest.approx(0.5)
+    crash = LOST_NODE.replace("kind: hardware", "kind: software")
+    (failure,) = simulate(parse_scenario(crash, overrides=[parked])).summary.failures
+    assert failure.stop_s == pytest.approx(0.5)
+
+
 def test_losing_the_root_node_is_found_by_the_survivors_probe() -> None:
     # Node 0 runs the root. The survivors' all-reduce breaks at 3.6; their agent finds the
     # root's agent refusing connections and deposes it, and the new root, elected at once,
