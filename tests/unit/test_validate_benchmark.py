@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -69,3 +70,21 @@ def test_the_table_gives_medians_worst_cases_and_targets() -> None:
     assert "over 3 scenarios" in text
     # Every scenario names the sub-phase that misses most (b: replacement, 0.25 s).
     assert "- b: downtime +50%, wasted +50%; largest sub-phase miss: replacement 0.75 s" in text
+
+
+def test_lost_progress_is_also_judged_over_one_iteration_per_failure() -> None:
+    """A crash losing nothing in both faces (0.00 s predicted, 0.01 s measured) is a -100%
+    miss over the measurement, -2% over one 0.5 s iteration; a real miss stays one."""
+    validate = _validate()
+    none_lost = validate.Outcome("crash", "gemini", iteration_s=0.5)
+    predicted = dataclasses.replace(_record(1.0), lost_progress_s=0.0)
+    measured = dataclasses.replace(_record(1.0), lost_progress_s=0.01)
+    none_lost.failures.append((predicted, measured))
+    assert none_lost.error("lost_progress") == pytest.approx(-1.0)
+    assert none_lost.error_per_iteration("lost_progress") == pytest.approx(-0.02)
+    missed = validate.Outcome("lost", "gemini", iteration_s=0.5)
+    missed.failures.append((_record(2.0), _record(1.0)))  # 0.8 s against 0.4 s
+    assert missed.error_per_iteration("lost_progress") == pytest.approx(0.8)
+    text = validate.tables([none_lost, missed], {})
+    assert "| lost progress | 100.0% |" in text  # the plain measure, as before
+    assert "one iteration per failure) | 41.0% | <= 10% | lost (+80%) | no |" in text
