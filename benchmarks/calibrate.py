@@ -832,6 +832,7 @@ def measure_recovery(
     timed = [r for r in reports if "iteration_s" in r]
     rank0 = next(r for r in timed if r["rank"] == 0)
     vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)
+    failed = [float(r["failed_at"]) for r in timed if r.get("failed_at")]
     cpus = os.cpu_count() or 1
     measurements.update(
         {
@@ -856,15 +857,7 @@ def measure_recovery(
             # The first survivor whose all-reduce raises: the harness's detector probes on
             # the first suspect record. (Rank 0's alone waited, when its ring neighbour was
             # not the vanished rank, for that neighbour to fail first and leave.)
-            "collective_failure_s": round(
-                max(
-                    0.0,
-                    min(float(r["failed_at"]) for r in timed if r.get("failed_at")) - vanished
-                    if any(r.get("failed_at") for r in timed)
-                    else 0.0,
-                ),
-                6,
-            ),
+            "collective_failure_s": round(max(0.0, min(failed, default=vanished) - vanished), 6),
             "recovery_ranks": ranks,
             "cpus": cpus,
             "world_size": world,
