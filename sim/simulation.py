@@ -635,8 +635,10 @@ class Simulation:
             # and reduce-scatter on gloo) waits on a future the abort fails.
             # Found by a probe, a lost node broke the survivors' collectives first: they left
             # the failed group before the detection, and only the acknowledgements remain.
-            parked = detected_by == "probe" and recovery.stop_parked_s is not None
-            outcome = yield from self._wait(recovery.stop_parked_s if parked else recovery.stop_s)
+            stop = recovery.stop_s
+            if detected_by == "probe" and recovery.stop_parked_s is not None:
+                stop = recovery.stop_parked_s
+            outcome = yield from self._wait(stop)
             if outcome != "done":
                 return outcome
             self._stopped = True
