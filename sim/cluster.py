@@ -177,11 +177,15 @@ class ClusterMemory:
                 for s in sub.sources
                 if s.tier != "local" and s.from_node is not None
             )
-            if untouched is not None and sub.sources[local[untouched]].tier == "peer":
+            standing = sub.sources[local[untouched]] if untouched is not None else None
+            if standing is not None and standing.tier == "peer":
                 # local_slots 1: the untouched nodes hold only a newer capture of their own
-                # shard, and read it from their first holder, as the untouched one does.
+                # shard; each reads it from the holder in the place shared's plan chose for
+                # the one standing for them.
+                assert untouched is not None and standing.from_node is not None
+                place = placement.holders[untouched].index(members[standing.from_node])
                 remote += tuple(
-                    Source(n, "peer", next(h for h in placement.holders[n] if h != n))
+                    Source(n, "peer", placement.holders[n][place])
                     for n in range(placement.nodes)
                     if n not in local
                 )
