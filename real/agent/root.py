@@ -53,7 +53,7 @@ from real.coord.operator import CloudOperator
 from real.coord.probe import probe_all
 from real.engine.client import StoreClient
 from real.engine.eventlog import EventLog
-from real.engine.restore import complete_counts, latest_persistent
+from real.engine.tiers import complete_counts, latest_persistent
 from real.runtime.processes import free_port
 from shared.errors import KVError
 from shared.failure_kinds import HARDWARE_KINDS
@@ -63,11 +63,11 @@ from shared.scenario import Scenario
 
 
 def preimport_persistent_tier() -> threading.Thread:
-    """Import the persistent tier's storage module in the background, now, not at the first
-    recovery: ``latest_persistent`` imports it lazily, and that import (fsspec and
-    torch.distributed.checkpoint, about 1 s with torch loaded) delayed the first recovery's
-    plan by 0.5-1 s (1.4-3 s on a loaded machine), and a root elected after its predecessor's
-    node died by 2.3 s. Called when an agent starts: any agent may become the root."""
+    """Import the persistent tier's index reader (``real.persistent.storage``: fsspec, not DCP
+    nor torch) in the background, now, not at the first recovery: ``latest_persistent``
+    imports it lazily, and an import on a recovery's path delays that recovery's plan (DCP's,
+    when this module still pulled it in, by 0.5-3 s). Called when an agent starts: any agent
+    may become the root."""
     thread = threading.Thread(
         target=importlib.import_module,
         args=("real.persistent.storage",),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from real.engine import restore as restoring
+from real.engine import tiers
 from real.engine.api import LiveState, Restored
 from real.engine.capture import Capturer
 from real.engine.client import PlacedDataError, StoreClient
@@ -379,11 +380,11 @@ class GeminiCheckpointer:
                         found = restoring.survey(
                             client,
                             self.placement.nodes,
-                            complete=restoring.complete_counts(self.scenario, self.verify_local),
+                            complete=tiers.complete_counts(self.scenario, self.verify_local),
                         )
                     with costs.timed("restore: persistent tier's newest iteration"):
                         persistent = (
-                            restoring.latest_persistent(self.persistent_url)
+                            tiers.latest_persistent(self.persistent_url)
                             if self._persistent_configured()
                             else None
                         )
@@ -454,7 +455,7 @@ class GeminiCheckpointer:
         fsspec: over a second to import) stay unimported."""
         if self.persistent is not None or self.scenario.cluster.storage.url:
             return True
-        return restoring.persistent_exists(self.persistent_url)
+        return tiers.persistent_exists(self.persistent_url)
 
     def _fetch(
         self,

@@ -12,15 +12,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from real.engine import protocol
 from real.engine.costs import Costs
 from real.engine.manifest import BlockHasher, Manifest, checksum, dtype_of, manifest_key
-from real.engine.state import unflatten_state
 from shared.errors import NodeStoreError, ProtocolError, VerificationError
+
+if TYPE_CHECKING:
+    # torch is imported where tensors are made, not here: the node agents (the root's survey
+    # of the stores) use this client without torch, which costs each of them seconds of CPU
+    # at start (a 2-core host runs every agent of an emulated cluster).
+    import torch
 
 
 class PlacedDataError(VerificationError):
@@ -187,6 +190,8 @@ class StoreClient:
 
         The caller verifies both before use.
         """
+        import torch
+
         with self.lock:
             reply, manifest_len, data_len = self._get_header(owner, iteration)
             manifest = bytes(protocol.recv_exact(self.sock, manifest_len))
@@ -250,6 +255,10 @@ def receive_shard(
     (copied into a live tensor of another layout or device only once every block verified).
     Pieces end at block boundaries, so every block is hashed from cache right after it arrived.
     """
+    import torch
+
+    from real.engine.state import unflatten_state
+
     targets: list[tuple[int, int, memoryview]] = []  # (offset, nbytes, destination bytes)
     out: dict[str, torch.Tensor] = {}
     later: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live tensor, fresh received copy)
@@ -348,6 +357,8 @@ def _receive_gap(
 
 def _bytes_of(tensor: torch.Tensor) -> memoryview:
     """A writable byte view of a contiguous CPU tensor's memory."""
+    import torch
+
     if tensor.numel() == 0:
         return memoryview(bytearray(0))
     return tensor.detach().view(-1).view(torch.uint8).numpy().data.cast("B")

@@ -24,11 +24,9 @@ iterations.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,12 +37,9 @@ from real.engine.costs import Costs
 from real.engine.manifest import Manifest, tensors_from, verify
 from real.engine.shm import Slot, held_slot, to_unsigned
 from real.engine.state import flatten_state, unflatten_state
-from real.runtime.env import GEMINI_VERIFY_LOCAL
 from shared.errors import VerificationError
 from shared.placement import Placement
 from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
-from shared.recovery import complete_counts as recovery_counts_complete
-from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 TIER_CODES: dict[Tier, int] = {"local": 0, "peer": 1, "persistent": 2}
@@ -98,17 +93,6 @@ def decide(
     holdings = found.node_holdings(placement.nodes, per_node)
     failed: dict[int, Any] = dict.fromkeys(found.lost, "hardware")
     return plan_recovery(placement, failed, holdings, persistent_iteration)
-
-
-def complete_counts(scenario: Scenario, verify_local: bool | None = None) -> bool:
-    """Whether a recovery may use iterations complete but not committed: with ``commit:
-    on_arrival`` (``next_iteration_end`` counts only what the next iteration's end has
-    committed, the paper's accounting), and unless local restores verify every block (a
-    capture not sealed yet has no checksums to verify against; ``verify_local`` None: the
-    ``GEMINI_VERIFY_LOCAL`` environment variable, as the checkpointer reads it)."""
-    if verify_local is None:
-        verify_local = os.environ.get(GEMINI_VERIFY_LOCAL, "") == "1"
-    return recovery_counts_complete(scenario.checkpoint.commit) and not verify_local
 
 
 def agree(plan: RecoveryPlan, nodes: int, group: Any = None) -> RecoveryPlan:
@@ -348,23 +332,3 @@ def load_persistent_state(url: str, iteration: int, template: Any) -> Mapping[st
     from real.persistent.dcp import load_persistent  # the persistent tier is optional here
 
     return load_persistent(url, iteration, template)
-
-
-def persistent_exists(url: str) -> bool:
-    """Whether the persistent tier at ``url`` may hold anything: a local folder that does not
-    exist holds nothing (and then DCP and fsspec need not be imported); a remote URL may."""
-    if "://" in url and not url.startswith("file://"):
-        return True
-    return Path(url.removeprefix("file://")).exists()
-
-
-def latest_persistent(url: str) -> int | None:
-    try:
-        from real.persistent.storage import latest_persistent_iteration
-    except ImportError:
-        return None
-    try:
-        return latest_persistent_iteration(url)
-    except (OSError, ValueError) as error:
-        log.warning("persistent tier %s unreadable: %s", url, error)
-        return None

@@ -7,20 +7,10 @@ import json
 import os
 import posixpath
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
-from real.persistent.metadata import (
-    METADATA_MAC_FORMAT,
-    METADATA_MAC_SUFFIX,
-    METADATA_NAME,
-    VerifiedFsspecReader,
-    check_metadata,
-    metadata_key,
-    metadata_mac,
-)
 from real.persistent.throttle import (
     Throttle,
     ThrottledFileSystem,
@@ -28,6 +18,12 @@ from real.persistent.throttle import (
     storage_rate_from_env,
 )
 from real.runtime.env import GEMINI_STORAGE_OPTIONS
+
+if TYPE_CHECKING:
+    # DCP (torch.distributed.checkpoint, and torch with it) is imported where a checkpoint is
+    # written, read or signed, not here: reading the index is all a root agent needs to plan a
+    # recovery, and an agent that imported DCP paid seconds of CPU at start.
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
 INDEX_NAME = "index.json"
 
@@ -113,6 +109,13 @@ class PersistentStorage:
 
     def sign_metadata(self, iteration: int, key: bytes, source: str) -> None:
         """Write ``.metadata.hmac`` for ``iteration``'s ``.metadata`` (rank 0, after DCP)."""
+        from real.persistent.metadata import (
+            METADATA_MAC_FORMAT,
+            METADATA_MAC_SUFFIX,
+            METADATA_NAME,
+            metadata_mac,
+        )
+
         path = self.path(iteration_folder(iteration), METADATA_NAME)
         with self.fs.open(path, "rb") as handle:
             raw = handle.read()
@@ -130,6 +133,8 @@ class PersistentStorage:
     def verify_metadata(self, iteration: int, key: bytes) -> None:
         """Raise MetadataVerificationError unless ``iteration``'s ``.metadata`` matches its
         keyed sidecar (nothing is unpickled)."""
+        from real.persistent.metadata import METADATA_MAC_SUFFIX, METADATA_NAME, check_metadata
+
         path = self.path(iteration_folder(iteration), METADATA_NAME)
         with self.fs.open(path, "rb") as handle:
             raw = handle.read()
@@ -150,6 +155,8 @@ class PersistentStorage:
             self.fs.rm(path, recursive=True)
 
     def writer(self, iteration: int) -> FsspecWriter:
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
         writer = FsspecWriter(self.checkpoint_url(iteration), **self.storage_options)
         if self.throttle is not None:
             _throttle_dcp(writer, self.throttle)
@@ -157,7 +164,9 @@ class PersistentStorage:
 
     def reader(self, iteration: int, key: bytes | None = None) -> FsspecReader:
         """DCP's reader of ``iteration``, which unpickles ``.metadata`` only once its keyed
-        sidecar verifies (key: :func:`metadata_key`)."""
+        sidecar verifies (key: :func:`real.persistent.metadata.metadata_key`)."""
+        from real.persistent.metadata import VerifiedFsspecReader, metadata_key
+
         reader = VerifiedFsspecReader(
             self.checkpoint_url(iteration),
             key if key is not None else metadata_key()[0],

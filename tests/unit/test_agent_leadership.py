@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from real.agent.node_agent import NodeAgent
+from real.persistent.storage import FORMAT
 
 
 class FakeElection:
@@ -73,16 +76,24 @@ def test_no_new_root_when_leadership_is_lost_again_before_the_handover() -> None
     old_stop.set()
 
 
-def test_an_agent_imports_the_persistent_tier_in_the_background() -> None:
-    """The persistent tier's storage (fsspec, DCP: about a second) is not imported with the
-    agent's modules but in the background when an agent starts (any agent may become the
-    root), so a root's first recovery plan does not wait for it."""
+def test_an_agent_plans_from_the_persistent_tier_without_torch(tmp_path: Path) -> None:
+    """An agent imports neither torch nor DCP: every node of an emulated cluster runs one on
+    the same host, and those imports cost each agent seconds of CPU at start. The persistent
+    tier's index reader (fsspec) is imported in the background when an agent starts (any
+    agent may become the root), so a root's first recovery plan does not wait for it, and
+    reading the newest checkpoint from the index needs nothing more."""
+    (tmp_path / "index.json").write_text(
+        json.dumps({"format": FORMAT, "complete": [{"iteration": 7, "folder": "iter_7"}]})
+    )
     script = (
         "import sys\n"
         "from real.agent import node_agent, root\n"
+        "from real.engine import tiers\n"
         "assert 'real.persistent.storage' not in sys.modules\n"
         "root.preimport_persistent_tier().join(timeout=120)\n"
         "assert 'real.persistent.storage' in sys.modules\n"
-        "assert 'torch.distributed.checkpoint' in sys.modules\n"
+        f"assert tiers.latest_persistent({str(tmp_path)!r}) == 7\n"
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not heavy, heavy[:5]\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=180)

@@ -18,9 +18,10 @@ from real.engine.client import PlacedDataError, StoreClient
 from real.engine.manifest import BlockHasher, Manifest, block_checksums, layout, seal, sign
 from real.engine.protocol import make_token
 from real.engine.replication import ReplicationManager
-from real.engine.restore import persistent_exists, read_local, read_peer
+from real.engine.restore import read_local, read_peer
 from real.engine.shm import SHM_DIR, best_slot
 from real.engine.store import NodeStore
+from real.engine.tiers import persistent_exists
 from shared.errors import NodeStoreError, VerificationError
 from shared.placement import plan_placement
 from shared.scenario import Scenario
