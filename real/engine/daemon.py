@@ -62,10 +62,18 @@ def read_discovery(path: Path) -> dict[str, str] | None:
 
 @dataclass
 class NodeStores:
-    """Every node's store address (node order) and the job's secret, as this rank sees them."""
+    """Every node's store address (node order) and the job's secret, as this rank sees them.
+
+    ``standalone``: no torchrun (one process started by hand): the daemon watches the script's
+    parent, the shell. ``daemon``: this node's daemon record (pid, address) and ``path`` its
+    discovery file, on the node's first local rank; else None.
+    """
 
     addresses: list[str]
     token: str
+    standalone: bool = False
+    daemon: dict[str, str] | None = None
+    path: Path | None = None
 
 
 def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
@@ -76,7 +84,8 @@ def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
     Raises:
         RuntimeError: the daemon did not start, or serves another secret.
     """
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or f"pid{os.getppid()}"
+    torchrun_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    run_id = torchrun_id or f"pid{os.getppid()}"
     path = discovery_file(run_id, node)
     existing = read_discovery(path)
     # Every rank offers its node daemon's secret if one runs, else a fresh one; the first
@@ -97,7 +106,8 @@ def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
     by_node = _all_gather_text(address)[::per_node]
     if not all(by_node):
         raise RuntimeError(f"no store address from some node: {by_node}")
-    return NodeStores(by_node, token)
+    mine = existing if local_rank == 0 else None
+    return NodeStores(by_node, token, torchrun_id is None, mine, path)
 
 
 TEXT_BYTES = 256
@@ -156,6 +166,23 @@ def start_daemon(path: Path, node: int, token: str, watch_pid: int) -> dict[str,
         time.sleep(0.01)
     log.info("node %d: store daemon %s serving on %s", node, record["pid"], record["address"])
     return record
+
+
+def stop_daemon(path: Path, pid: int, timeout_s: float = 10.0) -> bool:
+    """Stop the store daemon ``pid`` whose discovery file is ``path`` (SIGTERM: it stops its
+    store, which removes its slot files, and its discovery and log files) and wait until it
+    is gone; False if it was already gone or did not stop in ``timeout_s`` (logged)."""
+    record = read_discovery(path)
+    if record is None or int(record["pid"]) != pid:
+        return False  # gone already, or the file names another daemon now: not ours to stop
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and path.exists():
+        if time.monotonic() > deadline:
+            log.warning("store daemon %d did not stop within %.0f s", pid, timeout_s)
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _alive(pid: int) -> bool:

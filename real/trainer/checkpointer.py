@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -422,11 +423,23 @@ class Checkpointer:
             engine.close(abandon=abandon)
 
     def close(self) -> None:
-        """Finish the last checkpoint (bounded wait) and release every resource."""
+        """Finish the last checkpoint (bounded wait) and release every resource.
+
+        In one process started by hand (no torchrun, no agents), a close while no exception
+        is in flight ends the job: the node's store daemon stops with it and its memory is
+        freed. A close on the way out of an exception (``finally``, ``with``) leaves the
+        daemon to a rerun from the same shell, which restores from its memory."""
+        failing = sys.exc_info()[0] is not None
         self._reset_engine(abandon=False)
         if self._channel is not None and not self._ran and self._assignment is not None:
             self._channel.send("done", attempt=self._assignment.attempt)  # a plain loop ended
-        self._daemon = None  # the daemon belongs to the node and ends with the job, not here
+        daemon, self._daemon = self._daemon, None
+        if daemon is not None and daemon.standalone and self.world_size == 1 and not failing:
+            from real.engine.daemon import stop_daemon
+
+            if daemon.daemon is not None and daemon.path is not None:
+                stop_daemon(daemon.path, int(daemon.daemon["pid"]))
+        # Otherwise the daemon belongs to the node and ends with the job (torchrun's agent).
         if self._channel is not None:
             self._channel.close()
             self._channel = None

@@ -1,0 +1,122 @@
+"""A user's script in one process, started by hand (no torchrun, no agents): a crash leaves
+the node's store daemon to a rerun from the same parent, which restores from its memory and
+ends with the same weights as a run without the crash; a clean finish stops the daemon and
+frees its memory (no process, no discovery file, no slot file)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(300)
+
+SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch
+from torch import nn
+from gemini_ckpt import Checkpointer
+
+out = Path(sys.argv[1])
+torch.manual_seed(0)
+torch.set_num_threads(1)
+checkpointer = Checkpointer(run_dir=out)
+model = nn.Linear(8, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+crash_at = int(os.environ.get("CRASH_AT", "0"))
+
+def train(restored):
+    start = 1
+    if restored is not None:
+        model.load_state_dict(restored.state["model"])
+        optimizer.load_state_dict(restored.state["optim"])
+        start = restored.iteration + 1
+        print(f"resumed at {start} from {restored.tier}", flush=True)
+    for iteration in range(start, 9):
+        inputs = torch.randn(4, 8, generator=torch.Generator().manual_seed(iteration))
+        loss = model(inputs).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        checkpointer.save(iteration, {"model": model.state_dict(), "optim": optimizer.state_dict()})
+        if iteration == crash_at:
+            os._exit(17)  # a crash: no cleanup
+    torch.save(model.state_dict(), out / "final.pt")
+
+with checkpointer:
+    checkpointer.run(train)
+"""
+
+
+def run(
+    script: Path, out: Path, runtime: Path, crash_at: int | None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "GEMINI_RUNTIME_DIR": str(runtime),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        env.pop(name, None)
+    if crash_at is not None:
+        env["CRASH_AT"] = str(crash_at)
+    return subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def daemons(runtime: Path) -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", f"real.engine.daemon.*{runtime}"], capture_output=True, text=True
+    )
+    return found.stdout.split()
+
+
+def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    shm_before = set(os.listdir("/dev/shm"))
+    try:
+        reference = run(script, tmp_path / "reference", runtime, None)
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        # A clean finish: the daemon this process started is gone, and all it held.
+        assert daemons(runtime) == []
+        assert list(runtime.iterdir()) == []
+        assert set(os.listdir("/dev/shm")) - shm_before == set()
+
+        crashed = run(script, tmp_path / "resumed", runtime, 5)
+        assert crashed.returncode == 17, crashed.stderr[-3000:]
+        # A crash: the daemon stays for a rerun from the same parent (this test's process).
+        assert len(daemons(runtime)) == 1
+        rerun = run(script, tmp_path / "resumed", runtime, None)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "resumed at 6 from local" in rerun.stdout
+        final = torch.load(tmp_path / "resumed" / "final.pt")
+        expected = torch.load(tmp_path / "reference" / "final.pt")
+        for name, tensor in expected.items():
+            assert torch.equal(final[name], tensor), name
+        assert daemons(runtime) == []
+        assert list(runtime.iterdir()) == []
+        assert set(os.listdir("/dev/shm")) - shm_before == set()
+    finally:
+        for pid in daemons(runtime):
+            os.kill(int(pid), 15)
+        deadline = time.monotonic() + 10
+        while daemons(runtime) and time.monotonic() < deadline:
+            time.sleep(0.1)
