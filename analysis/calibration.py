@@ -179,7 +179,7 @@ MICRO_FIELDS = {
 """Costs from ``recovery_costs`` and the scenario fields they set."""
 
 
-def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
+def calibration_overrides(calibration: Mapping[str, Any], strategy: str | None = None) -> list[str]:
     """Scenario overrides (``dotted.key=value``) for the simulator from a calibration.
 
     Accepts the whole calibration document or just its ``measurements`` mapping. Rules:
@@ -198,7 +198,10 @@ def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
       ``iteration_time_s``).
 
     Micro-measurements of an in-process recovery (``gemini-ckpt run``'s own calibration) set
-    what they measure by ``recovery_costs``, unless the same cost was measured by runs.
+    what they measure by ``recovery_costs``, unless the same cost was measured by runs. With
+    ``strategy`` ``gemini`` the micro-benchmark's iteration with a checkpoint each
+    (``engine_iteration_s``) stands for the iteration, its phases stretched alike (the laws'
+    rule); without one, or for the baseline, the iteration without checkpoints.
 
     Raises:
         ValueError: a measurement that is not a non-negative number, or a bad phase.
@@ -208,12 +211,14 @@ def calibration_overrides(calibration: Mapping[str, Any]) -> list[str]:
         raise ValueError(f"calibration measurements must be a mapping, got {measurements!r}")
     micro = recovery_costs(measurements)
     if micro:
-        overrides = _micro_overrides(measurements, micro)
+        overrides = _micro_overrides(measurements, micro, strategy)
         return [*overrides, *_plain_overrides(measurements, skip=overrides)]
     return _plain_overrides(measurements)
 
 
-def _micro_overrides(measurements: Mapping[str, Any], micro: Mapping[str, float]) -> list[str]:
+def _micro_overrides(
+    measurements: Mapping[str, Any], micro: Mapping[str, float], strategy: str | None
+) -> list[str]:
     overrides = [
         f"{field}={_fmt(micro[key])}"
         for key, field in MICRO_FIELDS.items()
@@ -224,6 +229,12 @@ def _micro_overrides(measurements: Mapping[str, Any], micro: Mapping[str, float]
     measured = ("run_iteration_time_s", "iteration_time_s", "iteration_phases")
     if iteration and not any(measurements.get(key) for key in measured):
         scale = micro.get("iteration_scale", 1.0)
+        engine = _number(measurements, "engine_iteration_s")
+        if strategy == "gemini" and engine:
+            # As the laws do (``law_overrides``): Gemini's trainers checkpoint every iteration,
+            # and the benchmark timed that too; on a host without accelerators the capture and
+            # replication take CPU from training, so its phases stretch alike.
+            scale *= engine / iteration
         phases = measurements.get("micro_iteration_phases")
         if phases:
             overrides.append(f"training.phases={_phases_yaml(phases, iteration * scale)}")
@@ -824,12 +835,21 @@ def configuration(scenario: Any) -> dict[str, Any]:
 
 
 def scenario_overrides(
-    calibration: Mapping[str, Any], scenario: Any, background: float = 0.0
+    calibration: Mapping[str, Any],
+    scenario: Any,
+    background: float = 0.0,
+    strategy: str | None = None,
 ) -> list[str]:
     """The overrides a calibration makes to one scenario: by its laws when it has them
     (``law_overrides``), else ``calibration_overrides``; either way within the scenario's
-    limits (``limited_overrides``)."""
+    limits (``limited_overrides``). ``strategy``: simulate that one rather than the
+    scenario's (its costs differ: Gemini's iteration carries its checkpoints)."""
+    if strategy is not None and strategy != scenario.checkpoint.strategy:
+        checkpoint = scenario.checkpoint.model_copy(update={"strategy": strategy})
+        scenario = scenario.model_copy(update={"checkpoint": checkpoint})
     measurements = calibration.get("measurements", calibration)
     if isinstance(measurements, Mapping) and isinstance(measurements.get("laws"), Mapping):
         return law_overrides(calibration, scenario, background)
-    return limited_overrides(calibration_overrides(calibration), scenario)
+    return limited_overrides(
+        calibration_overrides(calibration, scenario.checkpoint.strategy), scenario
+    )

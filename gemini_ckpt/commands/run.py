@@ -234,30 +234,39 @@ def command(
     loaded = load_scenario(scenario, overrides)
     out = out or Path("runs") / loaded.name
     out.mkdir(parents=True, exist_ok=True)
-    sim_extra: list[str] = []
+    document: dict[str, Any] | None = None
     calibrated_on: list[str] = []
     if calibration is not None:
         try:
             document = load_calibration(calibration)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--calibration") from error
-        sim_extra = scenario_overrides(document, loaded)
         calibrated_on = calibration_scenarios(document)
     elif calibrate:
         console.print("calibrating this machine (micro-benchmarks of an in-process recovery)")
         began = time.monotonic()
         try:
-            sim_extra = calibrate_machine(scenario, overrides, out)["overrides"]
+            document = calibrate_machine(scenario, overrides, out)
         except (OSError, RuntimeError, TimeoutError) as error:
             raise click.ClickException(f"calibration failed: {error}") from error
         console.print(f"calibrated in {time.monotonic() - began:.1f} s: {out / 'calibration.yaml'}")
     base = list(overrides)
+    gemini = [*base, "checkpoint.strategy=gemini"]
+    # The calibration's costs for each strategy (Gemini's iteration carries its checkpoints).
+    gemini_extra, baseline_extra = (
+        ([], [])
+        if document is None
+        else (
+            scenario_overrides(document, loaded, strategy="gemini"),
+            scenario_overrides(document, loaded, strategy="persistent"),
+        )
+    )
     # The baseline's interval (HighFreq) from the iteration this machine runs.
-    baseline = baseline_overrides(load_scenario(scenario, [*overrides, *sim_extra]))
+    baseline = baseline_overrides(load_scenario(scenario, [*base, *baseline_extra]))
     # The simulator takes every scenario, whatever its targets.
     jobs: list[tuple[str, str, list[str]]] = [
-        ("sim", "sim-gemini", [*base, "checkpoint.strategy=gemini", *sim_extra]),
-        ("sim", "sim-baseline", [*base, *baseline, *sim_extra]),
+        ("sim", "sim-gemini", [*gemini, *gemini_extra]),
+        ("sim", "sim-baseline", [*base, *baseline, *baseline_extra]),
     ]
     if real and "real" in loaded.targets:
         jobs += [
@@ -268,9 +277,9 @@ def command(
         console.print(f"[yellow]{loaded.name} does not target real; simulating only[/]")
     if sweep:
         for name, settings in sweep_points(loaded):
-            jobs.append(("sweep", f"sweep/{name}-gemini", [*base, *settings, *sim_extra]))
+            jobs.append(("sweep", f"sweep/{name}-gemini", [*base, *settings, *gemini_extra]))
             jobs.append(
-                ("sweep", f"sweep/{name}-baseline", [*base, *settings, *baseline, *sim_extra])
+                ("sweep", f"sweep/{name}-baseline", [*base, *settings, *baseline, *baseline_extra])
             )
     failed: list[str] = []
     child: ChildRun | None = None

@@ -13,6 +13,7 @@ from analysis.calibration import (
     calibration_scenarios,
     load_calibration,
     measurements_from_runs,
+    scenario_overrides,
     write_calibration,
 )
 from analysis.results import load_run
@@ -171,6 +172,23 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     assert "recovery.restart_s=0.31" not in overrides
     assert not any(o.startswith("training.phases=") for o in overrides)
     assert "training.iteration_time_s=0.3" in overrides
+
+
+def test_geminis_iteration_carries_its_checkpoints_the_baselines_does_not() -> None:
+    # The micro-benchmark timed its iteration with a checkpoint each too (0.15 s against
+    # 0.1 s): Gemini's simulated phases stretch by that (the laws' rule), the baseline's not.
+    measured = {**MICRO, "engine_iteration_s": 0.15}
+    quickstart = REPO / "scenarios" / "quickstart.yaml"
+    scenario = load_scenario(quickstart)
+    for strategy, expected in (("gemini", [0.18, 0.12]), ("persistent", [0.12, 0.08])):
+        shaped = load_scenario(
+            quickstart, scenario_overrides(measured, scenario, strategy=strategy)
+        )
+        phases = shaped.training.phases
+        assert phases is not None
+        assert [p.duration_s for p in phases] == pytest.approx(expected), strategy
+    # Without a strategy (a calibration file's own list): the iteration without checkpoints.
+    assert calibration_overrides(measured) == calibration_overrides(MICRO)
 
 
 def test_the_engines_own_restore_sets_the_retrieval_overhead_when_measured() -> None:
