@@ -202,7 +202,9 @@ class NodeAgent:
             # Join (or offer this node to) the job only once its trainers are warm: an attempt
             # assigned to processes still importing torch would wait for them, and a failure
             # meanwhile would find nothing ready to take over.
-            if not self.pool.wait_ready(WARM_TIMEOUT_S):
+            if not self.pool.wait_ready(WARM_TIMEOUT_S, self.stopping):
+                if self.stopping.is_set():
+                    return 0  # stopped while they warmed: the trainers stop on the way out
                 raise RuntimeError(
                     f"node {config.node_id}: trainers not warm after {WARM_TIMEOUT_S:.0f} s; "
                     f"see {self.run_dir}/logs/trainer-node{config.node_id}-*.log"

@@ -409,12 +409,21 @@ class TrainerPool:
     def rank(self, local_rank: int) -> int:
         return self.slot * self.spec.per_node + local_rank
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """Wait until every active trainer and spare is warm."""
+    def wait_ready(self, timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """Wait until every active trainer and spare is warm; False on timeout, or within a
+        quarter second of ``stop`` being set (a Ctrl-C while the trainers import torch)."""
         deadline = time.monotonic() + timeout_s
+
+        def stopped() -> bool:
+            return stop is not None and stop.is_set()
+
         for worker in self.workers():
             remaining = max(0.0, deadline - time.monotonic())
-            if not worker.wait_until(lambda w=worker: w.state != "starting", remaining):
+            if not worker.wait_until(
+                lambda w=worker: w.state != "starting" or stopped(), remaining
+            ):
+                return False
+            if stopped():
                 return False
         return True
 
@@ -570,10 +579,15 @@ class TrainerPool:
         return [w.pid for ws in self.spares.values() for w in ws if w.exitcode() is None]
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Finish every trainer and spare (``finish``, grace, then SIGKILL); reap all."""
+        """Finish every trainer and spare (``finish``, grace, then SIGKILL); reap all.
+
+        One still starting (importing torch) holds nothing and cannot read the message yet:
+        it is killed at once rather than waited for (a Ctrl-C during a cluster's start)."""
         workers = self.workers()
         for worker in workers:
-            if worker.exitcode() is None:
+            if worker.state == "starting":
+                worker.kill()
+            elif worker.exitcode() is None:
                 worker.send("finish")
         deadline = time.monotonic() + grace_s
         for worker in workers:

@@ -1,10 +1,12 @@
 """Spares started while the job trains warm up below the trainers' priority, and are raised
-back once warm or once they take a rank (``real.agent.trainer_processes``)."""
+back once warm or once they take a rank; a pool stopped while its trainers still start (a
+Ctrl-C during a cluster's start) does not wait for them (``real.agent.trainer_processes``)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ sock.sendall(json.dumps({"op": "ready"}).encode() + b"\\n")
 sock.recv(1)
 """
 
-pytestmark = pytest.mark.skipif(
+needs_nice = pytest.mark.skipif(
     not may_raise_priority(), reason="raising a priority needs CAP_SYS_NICE or RLIMIT_NICE"
 )
 
@@ -66,6 +68,7 @@ def pool(tmp_path: Path, go: Path) -> TrainerPool:
     return TrainerPool(spec, node_id=0, env={}, spares_now=False)
 
 
+@needs_nice
 def test_a_spare_started_while_training_warms_up_below_the_trainers(tmp_path: Path) -> None:
     go = tmp_path / "go"
     trainers = pool(tmp_path, go)
@@ -82,6 +85,7 @@ def test_a_spare_started_while_training_warms_up_below_the_trainers(tmp_path: Pa
         trainers.stop(grace_s=1.0)
 
 
+@needs_nice
 def test_a_spare_taking_a_rank_while_warming_up_is_raised_at_once(tmp_path: Path) -> None:
     go = tmp_path / "go"
     trainers = pool(tmp_path, go)
@@ -96,3 +100,19 @@ def test_a_spare_taking_a_rank_while_warming_up_is_raised_at_once(tmp_path: Path
     finally:
         go.touch()
         trainers.stop(grace_s=1.0)
+
+
+def test_a_stop_while_the_trainers_start_ends_the_wait_and_kills_them_at_once(
+    tmp_path: Path,
+) -> None:
+    # Never warm (the stand-in waits for a file that never comes): what a trainer importing
+    # torch looks like to its agent, which cannot read a "finish" yet.
+    trainers = pool(tmp_path, tmp_path / "never")
+    (active,) = trainers.workers()
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    began = time.monotonic()
+    assert not trainers.wait_ready(120.0, stop)  # the stop ends the wait, not the timeout
+    trainers.stop(grace_s=120.0)  # and the stop does not wait its grace for them
+    assert time.monotonic() - began < 60.0
+    assert active.exitcode() is not None
