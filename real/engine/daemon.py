@@ -175,7 +175,10 @@ def stop_daemon(path: Path, pid: int, timeout_s: float = 10.0) -> bool:
     record = read_discovery(path)
     if record is None or int(record["pid"]) != pid:
         return False  # gone already, or the file names another daemon now: not ours to stop
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False  # it ended meanwhile
     deadline = time.monotonic() + timeout_s
     while _alive(pid) and path.exists():
         if time.monotonic() > deadline:
