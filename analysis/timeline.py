@@ -482,13 +482,15 @@ def animate_failure(
         dpi: resolution; 80 keeps a 40-frame GIF well under a megabyte.
 
     Raises:
-        ValueError: when the run has no such failure.
+        ValueError: when the run has no such failure, or ``frames`` < 1.
     """
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Rectangle
     from PIL import Image
 
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
     timeline = build_timeline(run)
     recovery, lo, hi = failure_window(timeline, index)
     height = 0.45 * len(timeline.nodes) + 1.6

@@ -65,14 +65,14 @@ class NodeStores:
     """Every node's store address (node order) and the job's secret, as this rank sees them.
 
     ``standalone``: no torchrun (one process started by hand): the daemon watches the script's
-    parent, the shell. ``daemon``: this node's daemon record (pid, address) and ``path`` its
-    discovery file, on the node's first local rank; else None.
+    parent, the shell. ``daemon_pid``: this node's daemon, on the node's first local rank (else
+    None); ``path``: its discovery file.
     """
 
     addresses: list[str]
     token: str
     standalone: bool = False
-    daemon: dict[str, str] | None = None
+    daemon_pid: int | None = None
     path: Path | None = None
 
 
@@ -106,8 +106,8 @@ def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
     by_node = _all_gather_text(address)[::per_node]
     if not all(by_node):
         raise RuntimeError(f"no store address from some node: {by_node}")
-    mine = existing if local_rank == 0 else None
-    return NodeStores(by_node, token, torchrun_id is None, mine, path)
+    pid = int(existing["pid"]) if local_rank == 0 and existing is not None else None
+    return NodeStores(by_node, token, torchrun_id is None, pid, path)
 
 
 TEXT_BYTES = 256

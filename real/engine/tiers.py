@@ -1,9 +1,9 @@
 """What a recovery's planner reads about the tiers, importable without torch.
 
 The root agent plans every recovery from the stores' holdings, whether complete copies count,
-and the persistent tier's newest checkpoint. These need neither torch nor DCP: an agent that
-imported them paid seconds of CPU at start, on every node, for nothing (``real.engine.restore``,
-which moves tensors, re-exports them for the trainers).
+and the persistent tier's newest checkpoint. These need neither torch nor DCP, so they live
+apart from ``real.engine.restore`` (which moves tensors): an agent that imported that paid
+seconds of CPU at start, on every node, for nothing. The trainers' engine uses them too.
 """
 
 from __future__ import annotations

@@ -437,8 +437,8 @@ class Checkpointer:
         if daemon is not None and daemon.standalone and self.world_size == 1 and not failing:
             from real.engine.daemon import stop_daemon
 
-            if daemon.daemon is not None and daemon.path is not None:
-                stop_daemon(daemon.path, int(daemon.daemon["pid"]))
+            if daemon.daemon_pid is not None and daemon.path is not None:
+                stop_daemon(daemon.path, daemon.daemon_pid)
         # Otherwise the daemon belongs to the node and ends with the job (torchrun's agent).
         if self._channel is not None:
             self._channel.close()
