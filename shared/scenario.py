@@ -395,6 +395,11 @@ class CheckpointConfig(_Strict):
     def buffer_bytes(self) -> int:
         return int(self.buffer_mb * 1e6)
 
+    @property
+    def persists_from_memory(self) -> bool:
+        """Whether the in-memory engine also writes checkpoints to the persistent tier."""
+        return self.persist_every_iterations is not None or self.persist_interval != "fixed"
+
 
 FailureKindName = Literal["software", "hardware", "network", "root_agent", "group"]
 

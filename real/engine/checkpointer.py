@@ -155,12 +155,14 @@ class GeminiCheckpointer:
         # A gloo group for the engine's small collectives (CPU tensors, also under NCCL).
         self.group = _gloo_group()
         # The sender agrees on the newest iteration every rank has committed on a gloo group of
-        # its own, in the background (collectives of two threads must not share a group).
-        self.replication.keep_group = _gloo_group(dedicated=True)
+        # its own, in the background (collectives of two threads must not share a group); the
+        # group connects in the background too, off the restart's path.
+        if config.commit != "next_iteration_end":
+            self.replication.keep_group = _background_group("engine-keep")
         self.persistent: PersistentTier | None = None
         # persist_interval: young|daly: the interval follows the failures this process saw.
         self._born, self._failures = time.monotonic(), 0
-        if config.persist_every_iterations is not None or config.persist_interval != "fixed":
+        if config.persists_from_memory:
             self.persistent = PersistentTier(
                 self.persistent_url,
                 config.persist_every_iterations or NEVER,
@@ -620,6 +622,18 @@ def _gloo_group(dedicated: bool = False) -> Any:
     from real.runtime.procgroup import new_gloo_group
 
     return new_gloo_group()
+
+
+def _background_group(name: str) -> Any:
+    """A gloo group of all ranks for a background thread, connected in the background (see
+    ``BackgroundGlooGroup``), or None outside a process group of more than one rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    from real.runtime.procgroup import BackgroundGlooGroup
+
+    return BackgroundGlooGroup(name)
 
 
 def _plan_from_env() -> RecoveryPlan | None:

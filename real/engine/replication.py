@@ -192,6 +192,8 @@ class ReplicationManager:
         for client in self.clients.values():
             client.close()
         self.clients.clear()
+        if self.keep_group is not None:  # every reduction was waited for by the last keep()
+            self.keep_group.release()
 
     def abandon(self, timeout_s: float = 5.0) -> None:
         """Drop this attempt's replication at once: a failure stopped the job.
@@ -210,6 +212,8 @@ class ReplicationManager:
         self._flush.set()  # a chunk waiting for its idle span gives up
         for client in list(self.clients.values()):
             client.shutdown()
+        if self.keep_group is not None:  # a reduction may wait for a vanished peer, and the
+            self.keep_group.release()  # sender for a group that never connects: both end
         self._jobs.put(None)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -261,9 +265,8 @@ class ReplicationManager:
 
         tensor = torch.tensor([-1 if last is None else last], dtype=torch.int64)
         try:
-            work = dist.all_reduce(
-                tensor, op=dist.ReduceOp.MIN, group=self.keep_group, async_op=True
-            )
+            group = self.keep_group.wait()  # connected in the background, usually long ago
+            work = dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=group, async_op=True)
         except Exception as error:  # a broken group: the last agreement stays (older: safe)
             log.warning(
                 "node %d rank %d: keep reduction not started: %s", self.node, self.rank, error

@@ -62,6 +62,7 @@ from real.trainer.inprocess import (
     AGENT_FD_ENV,
     AgentChannel,
     Assignment,
+    checkpoint_modules,
     join_process_group,
     make_fsdp_abortable,
     prewarm,
@@ -140,9 +141,12 @@ class Checkpointer:
         if self._channel is not None:
             # The job's scenario decides, the collective timeout included (a hung peer is
             # noticed after it).
-            timeout_s = self._job_scenario().detection.collective_timeout_s
+            job = self._job_scenario()
+            timeout_s = job.detection.collective_timeout_s
             self.timeout_s = timeout_s
-            prewarm()  # a warm spare: pay the lazy imports before the job needs this process
+            # A warm spare: pay the lazy imports before the job needs this process.
+            config = job.checkpoint
+            prewarm(checkpoint_modules(config.strategy, config.persists_from_memory))
             self._channel.send("ready", pid=os.getpid())
             self._assignment = self._channel.next_assignment(0)
             if self._assignment is None:

@@ -466,13 +466,39 @@ def is_peer_failure(error: BaseException) -> bool:
     return False
 
 
-def prewarm() -> None:
-    """Pay the lazy imports of a first optimizer step now, off any recovery's path.
+def checkpoint_modules(strategy: str, persists: bool) -> tuple[str, ...]:
+    """The modules a trainer's first checkpointer imports lazily, for ``prewarm``.
+
+    ``strategy``: the scenario's ``checkpoint.strategy``; ``persists``: whether the in-memory
+    engine also writes to the persistent tier (``checkpoint.persist_every_iterations`` or an
+    adaptive ``persist_interval``), which brings in DCP.
+    """
+    if strategy == "persistent":
+        return ("real.persistent.baseline",)
+    if strategy != "gemini":
+        return ()
+    engine = ("real.engine.checkpointer", "real.engine.restore")
+    if persists:
+        return (*engine, "real.persistent.from_memory", "real.persistent.persister")
+    return engine
+
+
+def prewarm(modules: tuple[str, ...] = ()) -> None:
+    """Pay the lazy imports of a first optimizer step and of the job's checkpointer now, off any
+    recovery's path.
 
     The first ``torch.optim`` step in a process imports dynamo and sympy (about 2 s here);
-    a warm spare does it while it waits, on a throwaway parameter.
+    a warm spare does it while it waits, on a throwaway parameter. ``modules``
+    (``checkpoint_modules``) are the checkpoint engine's: a spare that imported them only when
+    it took a failed rank's place arrived 80-140 ms after the survivors at the engine's first
+    collective (the persistent tier's group), and every rank waited for it.
     """
+    import importlib
+
     import torch
+
+    for name in modules:
+        importlib.import_module(name)
 
     parameter = torch.nn.Parameter(torch.zeros(4))
     optimizer = torch.optim.AdamW([parameter], lr=1e-3)
@@ -556,31 +582,9 @@ def leave_attempt(*, together: bool) -> None:
         if abort is not None:
             with contextlib.suppress(Exception):
                 abort()
-    # Destroying a gloo group joins its worker threads, and one may still wait in a collective
-    # of the failed attempt for a peer that waits too. Held here, the groups are released by a
-    # thread of their own once everything else let go of them; that thread may wait, not this.
-    groups = list(getattr(dist.distributed_c10d._world, "pg_map", {}))
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
-    gc.collect()
-    _release_in_background(groups)
+    from real.runtime.procgroup import abandon_process_groups
 
-
-def _release_in_background(groups: list[Any]) -> None:
-    """Drop the last references to a failed attempt's process groups on a daemon thread
-    (it empties ``groups``: the caller keeps the list, not the groups)."""
-    if not groups:
-        return
-
-    def release() -> None:
-        began = time.monotonic()
-        groups.clear()  # the groups' destructors run here (joining their worker threads)
-        gc.collect()
-        waited = time.monotonic() - began
-        if waited > 1.0:
-            log.info("a failed attempt's process groups were released after %.1f s", waited)
-
-    threading.Thread(target=release, name="release-groups", daemon=True).start()
+    abandon_process_groups()
 
 
 def _from_scratch(assignment: Assignment) -> bool:

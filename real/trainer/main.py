@@ -47,6 +47,7 @@ from real.trainer.inject import CrashPoint, crash_point_from_env, maybe_crash
 from real.trainer.inprocess import (
     AgentChannel,
     Assignment,
+    checkpoint_modules,
     install_abort_checks,
     prewarm,
     run_attempts,
@@ -275,8 +276,8 @@ def _serve_agent(
     options: TrainerOptions, scenario: Scenario, run_dir: Path, channel: AgentChannel
 ) -> Path | None:
     """A warm trainer under a node agent: serve attempts until the job is over."""
-    prewarm()
     job = _Job(options, scenario, run_dir, crash_point_from_env())
+    prewarm(checkpoint_modules(job.kind, scenario.checkpoint.persists_from_memory))
     final: list[Path] = []
 
     def body(assignment: Assignment) -> None:

@@ -501,3 +501,35 @@ def test_an_abort_ends_an_fsdp2_all_gather_waiting_for_a_peer_that_left(
         assert len(left) == 1 and 0.4 < left[0] < 10.0, said()
     else:  # waits in C++ past the abort (for as long as rank 0 lives)
         assert left == [], said()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "persists", "dcp"),
+    [("gemini", True, True), ("gemini", False, False), ("persistent", False, True)],
+)
+def test_a_warm_spare_imports_its_jobs_checkpointer_before_it_is_needed(
+    strategy: str, persists: bool, dcp: bool
+) -> None:
+    """What a spare's first engine build would import lazily is imported while it waits: the
+    engine, and DCP only when the job writes to the persistent tier (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    from real.trainer.inprocess import checkpoint_modules
+
+    modules = checkpoint_modules(strategy, persists)
+    script = (
+        "import sys\n"
+        "from real.trainer.inprocess import prewarm\n"
+        "before = set(sys.modules)\n"
+        f"prewarm({modules!r})\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    engine = "real.engine.checkpointer" in out
+    assert engine == (strategy == "gemini")
+    assert ("torch.distributed.checkpoint" in out) == dcp
+    if strategy == "gemini":  # the engine's persistent tier (the baseline's is its own)
+        assert ("real.persistent.persister" in out) == persists

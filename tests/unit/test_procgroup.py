@@ -1,9 +1,11 @@
-"""Leaving a process group: modules in reference cycles are collected before the groups go."""
+"""Leaving a process group: modules in reference cycles are collected before the groups go;
+background groups connect beside the program's own and are dropped without waiting."""
 
 from __future__ import annotations
 
 import datetime
 import weakref
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,3 +55,157 @@ def test_a_new_gloo_group_keeps_the_jobs_collective_timeout() -> None:
         ).options._timeout > datetime.timedelta(seconds=7)  # what the helper avoids
     finally:
         leave_process_group(together=True)
+
+
+BACKGROUND_RANK = """
+import datetime, sys, threading, time, torch, torch.distributed as dist
+from real.runtime import procgroup
+from real.runtime.procgroup import BackgroundGlooGroup, leave_process_group, new_gloo_group
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=60))
+first = BackgroundGlooGroup("test")
+# The program builds a registered group meanwhile, on its own thread and its own store client:
+# over a shared client the two connections waited for each other's keys across ranks.
+registered = new_gloo_group()
+second = BackgroundGlooGroup("test")
+values = []
+for group in (first.wait(), registered, second.wait()):
+    tensor = torch.tensor([10 * (rank + 1)])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=group)
+    values.append(int(tensor.item()))
+print("names", first.name, second.name, flush=True)
+print("values", *values, flush=True)
+leave_process_group(together=True)
+alive = [t.name for t in threading.enumerate() if t.name.startswith(("connect-", "release-"))]
+print("left", len(procgroup._BACKGROUND_GROUPS), len(alive), flush=True)
+"""
+
+
+def _ranks(tmp_path: Any, source: str, world: int, *extra: str) -> list[Any]:
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(source)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(world), address, *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+
+
+def test_background_groups_connect_beside_the_programs_own_and_reduce_over_every_rank(
+    tmp_path: Any,
+) -> None:
+    """Two background groups of one name and a registered group built between them: each
+    reduces over all three ranks, the two have names of their own, and a clean leave drops
+    them and their threads."""
+    ranks = _ranks(tmp_path, BACKGROUND_RANK, 3)
+    try:
+        outputs = [process.communicate(timeout=120)[0] for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank}: {output}"
+        lines = dict(line.split(" ", 1) for line in output.strip().splitlines())
+        assert lines["names"] == "test-1 test-2"
+        assert lines["values"] == "10 10 10"
+        assert lines["left"] == "0 0"
+
+
+ABANDONING_RANK = """
+import datetime, sys, time, torch, torch.distributed as dist
+from real.runtime.procgroup import BackgroundGlooGroup, abandon_process_groups
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=60))
+background = BackgroundGlooGroup("test")
+group = background.wait()
+dist.barrier()
+if rank == 0:
+    time.sleep(60)  # alive, never joins the reduction: rank 1's worker thread waits on it
+work = dist.all_reduce(torch.ones(4), group=group, async_op=True)
+del group
+time.sleep(0.3)
+began = time.monotonic()
+abandon_process_groups()
+try:
+    background.wait(1.0)
+except ConnectionError as error:
+    print("wait", error, flush=True)
+print(f"left {time.monotonic() - began:.3f}", flush=True)
+time.sleep(30)
+"""
+
+
+def test_abandoning_a_background_group_does_not_wait_for_its_hung_reduction(
+    tmp_path: Any,
+) -> None:
+    """A failed attempt's survivor drops its background group while a reduction on it waits
+    for a peer that is alive but never comes: dropping it joins that wait, on a thread of its
+    own, and the group is gone for every later caller."""
+    ranks = _ranks(tmp_path, ABANDONING_RANK, 2)
+    try:
+        assert ranks[1].stdout is not None
+        said = ranks[1].stdout.readline()
+        left = ranks[1].stdout.readline()
+        assert ranks[0].poll() is None, "rank 0 ended before rank 1 left"
+        assert said.startswith("wait process group test-1 released"), said
+        assert left.startswith("left ") and float(left.split()[1]) < 5.0, left
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+
+
+UNCONNECTED_RANK = """
+import datetime, sys, threading, time, torch.distributed as dist
+from real.runtime.procgroup import BackgroundGlooGroup
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=60))
+if rank == 0:
+    time.sleep(60)  # alive, never builds the group: rank 1's connection waits for it
+background = BackgroundGlooGroup("test")
+said = []
+def waiter():
+    try:
+        background.wait()
+    except ConnectionError as error:
+        said.append(str(error))
+thread = threading.Thread(target=waiter)
+thread.start()
+time.sleep(0.3)
+began = time.monotonic()
+background.release()
+thread.join(10)
+print(f"waited {time.monotonic() - began:.3f} {said}", flush=True)
+time.sleep(30)
+"""
+
+
+def test_releasing_a_background_group_that_never_connected_frees_its_waiter(
+    tmp_path: Any,
+) -> None:
+    """A peer that never built the group: a background thread waiting for the connection (the
+    engine's sender, on a failed attempt) returns when the group is released, not after the
+    collective timeout."""
+    ranks = _ranks(tmp_path, UNCONNECTED_RANK, 2)
+    try:
+        assert ranks[1].stdout is not None
+        line = ranks[1].stdout.readline()
+        assert ranks[0].poll() is None, "rank 0 ended before rank 1 released"
+        assert line.startswith("waited "), line
+        assert float(line.split()[1]) < 5.0, line
+        assert "process group test-1 released" in line, line
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
