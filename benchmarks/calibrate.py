@@ -510,8 +510,17 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
     """
     if scenario.checkpoint.strategy != "gemini":
         return {}
+    import importlib
+
     import torch.distributed as dist
 
+    from real.trainer.inprocess import checkpoint_modules
+
+    # The harness's warm spares import the job's checkpointer before they are needed
+    # (``prewarm``): the build timed here, like theirs, does not import it.
+    config = scenario.checkpoint
+    for name in checkpoint_modules(config.strategy, config.persists_from_memory):
+        importlib.import_module(name)
     try:
         with _own_node_store(rank, world) as build:
             engine, build_s = build(scenario, trainer.state)
