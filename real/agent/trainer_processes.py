@@ -253,9 +253,9 @@ class Worker:
     def _handle(self, message: dict[str, Any]) -> None:
         op = message.get("op")
         with self._lock:
-            if op == "ready":
-                self.state, self.ready_at = "ready", time.time()
+            if op == "ready":  # at the trainers' priority before anyone sees it ready
                 self.foreground()
+                self.state, self.ready_at = "ready", time.time()
             elif op in ("joined", "failed", "parked", "done", "retired"):
                 self.state, self.reported = op, int(message["attempt"])
                 self.error = message.get("error")
