@@ -192,7 +192,7 @@ class ReplicationManager:
         for client in self.clients.values():
             client.close()
         self.clients.clear()
-        if self.keep_group is not None:  # every reduction was waited for by the last keep()
+        if self.keep_group is not None:  # the last reduction may still wait for a slower rank
             self.keep_group.release()
 
     def abandon(self, timeout_s: float = 5.0) -> None:

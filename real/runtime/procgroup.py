@@ -118,8 +118,8 @@ class BackgroundGlooGroup:
 
     ``dist.new_group`` is a collective call in the program's order: it numbers groups with a
     per-process counter, so every rank must create its groups in the same order on the same
-    thread, and the caller waits until every rank has connected (80-140 ms of a restart on a
-    loaded 2-core host, four ranks). A group used only by one of our background threads needs
+    thread, and the caller waits until every rank has arrived and connected (on a restart, for
+    the slowest rank to get there). A group used only by one of our background threads needs
     none of torch's registry: this one is a bare ``ProcessGroupGloo`` on the default group's
     store, under a key prefix no other group uses (``name`` and how many groups of that name
     this rank has created in this store, counted in the store itself, so a fresh process

@@ -490,7 +490,7 @@ def prewarm(modules: tuple[str, ...] = ()) -> None:
     The first ``torch.optim`` step in a process imports dynamo and sympy (about 2 s here);
     a warm spare does it while it waits, on a throwaway parameter. ``modules``
     (``checkpoint_modules``) are the checkpoint engine's: a spare that imported them only when
-    it took a failed rank's place arrived 80-140 ms after the survivors at the engine's first
+    it took a failed rank's place arrived 80-130 ms after the survivors at the engine's first
     collective (the persistent tier's group), and every rank waited for it.
     """
     import importlib
