@@ -122,6 +122,11 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
       ``engine_restore_fixed_zero3_s`` stands in: the restore into a trainer rebuilt around
       the new group, as the harness makes it, ``law_costs``); else (no engine measured)
       loading a copy of the state into model and optimizer (``state_load_s``);
+    - ``recovery.persistent_retrieval_overhead_s`` = a restore from persistent storage as the
+      harness's baseline makes one (every rank at once: the agreement on the newest iteration,
+      DCP's load into the live state from a folder in the page cache, then the trainer's load;
+      ``persistent_restore_fixed_s``, the slowest rank) without a copy of the bytes, which the
+      simulator moves at the storage's bandwidth;
     - the iteration (``micro_iteration_time_s`` and its phases): measured on
       ``recovery_ranks`` ranks (the world size, up to 8); when the scenario's ranks all share
       this host (``single_host``) and are more, each gets a smaller share of its CPUs, so the
@@ -160,6 +165,9 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
         out["retrieval_overhead_s"] = restore
     elif load is not None:
         out["retrieval_overhead_s"] = load
+    persistent = _number(measurements, "persistent_restore_fixed_s")
+    if persistent is not None:
+        out["persistent_retrieval_overhead_s"] = persistent
     cpus = _number(measurements, "cpus")
     world = _number(measurements, "world_size")
     ranks = _number(measurements, "recovery_ranks")
@@ -175,6 +183,7 @@ MICRO_FIELDS = {
     "stop_parked_s": "recovery.stop_parked_s",
     "restart_s": "recovery.restart_s",
     "retrieval_overhead_s": "recovery.retrieval_overhead_s",
+    "persistent_retrieval_overhead_s": "recovery.persistent_retrieval_overhead_s",
 }
 """Costs from ``recovery_costs`` and the scenario fields they set."""
 
@@ -420,8 +429,10 @@ FIXED_LAWS = (
     "engine_close_s",
     "engine_restore_fixed_s",
     "engine_restore_fixed_zero3_s",
+    "persistent_restore_fixed_s",
 )
-"""The engine's fixed costs, each a constant times the CPU share (``LAW_FORMS``)."""
+"""The engine's fixed costs and the persistent restore's, each a constant times the CPU share
+(``LAW_FORMS``)."""
 
 LAW_FORMS: dict[str, str] = {
     "rejoin_s": "(r0 + r1 * ranks) * share",
@@ -434,6 +445,7 @@ LAW_FORMS: dict[str, str] = {
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
     "engine_restore_fixed_zero3_s": "e * share",
+    "persistent_restore_fixed_s": "e * share",
     "checkpoint_overhead_s": "(o0 + bytes / bytes_per_s) * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,

@@ -334,7 +334,9 @@ def _recovery_rank_main(
     spare taking a dead rank: group, model, DDP wrapper, bucket warm-up); a few iterations and
     their communication profile; leaving the group and rejoining a fresh one around the same
     model (a survivor's in-process rejoin, ``REJOINS`` times: the median); loading a copy of
-    the state (the fixed part of a restore). Then the last rank vanishes (``os._exit``) and
+    the state (the fixed part of a restore); the in-memory engine's costs (``_engine_costs``)
+    and a restore from persistent storage (``_persistent_restore_fixed_s``). Then the last
+    rank vanishes (``os._exit``) and
     rank 0 times how long its next all-reduce takes to fail, and how long tearing the broken group
     down takes (parking).
     """
@@ -422,6 +424,7 @@ def _recovery_rank_main(
         rejoins.append(time.perf_counter() - began)
     rejoin_s = statistics.median(rejoins)
     engine = _engine_costs(loaded, rank, world, trainer)
+    persistent = _persistent_restore_fixed_s(trainer)
     report = {
         "rank": rank,
         "spare_join_s": spare_join_s,
@@ -430,6 +433,7 @@ def _recovery_rank_main(
         "iteration_s": statistics.median(lengths),
         "spans": spans,
         **engine,
+        **({} if persistent is None else {"persistent_restore_fixed_s": persistent}),
     }
     if rank == world - 1:
         results.put(report)
@@ -637,6 +641,79 @@ def _engine_restore_fixed_s(
     copied = difference(engine.capturer.costs.snapshot(), before)
     copy_s = sum(v["s"] for k, v in copied.items() if k.startswith("restore: copy"))
     return max(0.0, total - copy_s)
+
+
+def _persistent_restore_fixed_s(trainer: Any) -> float | None:
+    """A restore from persistent storage as the harness's baseline trainers make one, every
+    rank at once: the agreement on the newest iteration, DCP's load into the live state
+    (``PersistentCheckpointer.restore(into=...)``), then the trainer's load of it; minus a
+    plain copy of the same bytes (the simulator moves them at the storage's bandwidth), s.
+    None if it cannot run here (the reason is logged).
+
+    The checkpoint is written first to a folder of rank 0's (in the page cache, unthrottled:
+    what is left is DCP's own work, not the storage's), under a key of this benchmark's own
+    (``GEMINI_PERSISTENT_KEY``: no key file is created for it), and removed afterwards. The
+    Gemini engine's fall-back to storage loads through the same ``load_persistent``."""
+    import secrets
+    import shutil
+
+    import torch.distributed as dist
+
+    from real.persistent.baseline import PersistentCheckpointer
+    from real.persistent.metadata import KEY_ENV
+
+    shared: list[Any] = [None]
+    if dist.get_rank() == 0:
+        shared = [(tempfile.mkdtemp(prefix="gemini-calibrate-dcp-"), secrets.token_hex(16))]
+    dist.broadcast_object_list(shared, src=0)
+    folder, key = shared[0]
+    previous = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = key
+    checkpointer = None
+    try:
+        checkpointer = PersistentCheckpointer(folder, 1, trainer.state)
+        checkpointer.save(1, trainer.state())
+        state = trainer.state()
+        tensors = [t for t in _tensors(state) if t.numel()]
+        targets = [torch.empty_like(t) for t in tensors]
+        began = time.perf_counter()
+        for target, tensor in zip(targets, tensors, strict=True):
+            target.copy_(tensor)
+        copy_s = time.perf_counter() - began
+        del targets
+        dist.barrier()
+        began = time.perf_counter()
+        restored = checkpointer.restore(into=trainer.state)
+        if restored is not None:
+            trainer.load_state(restored.state)
+        total = time.perf_counter() - began
+        dist.barrier()
+        return None if restored is None else max(0.0, total - copy_s)
+    except Exception as error:  # a micro-benchmark that cannot run says so and is left out
+        log.warning("persistent restore micro-benchmark skipped: %s", error)
+        return None
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+        if previous is None:
+            os.environ.pop(KEY_ENV, None)
+        else:
+            os.environ[KEY_ENV] = previous
+        with contextlib.suppress(Exception):
+            dist.barrier()  # every rank is done with the folder
+        if dist.get_rank() == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensors(item)
 
 
 def _clone_tree(value: Any) -> Any:

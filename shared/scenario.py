@@ -581,6 +581,12 @@ class RecoveryConfig(_Strict):
         description="Fixed cost of every restore beyond moving bytes (connecting to the "
         "stores, agreeing on the plan, verifying checksums), s.",
     )
+    persistent_retrieval_overhead_s: NonNegativeFloat | None = Field(
+        None,
+        description="Fixed cost of a restore from persistent storage beyond moving bytes "
+        "(agreeing on the iteration, DCP's metadata, planning and collectives, deserialising "
+        "into the live state), s. Default: retrieval_overhead_s.",
+    )
 
 
 class SimConfig(_Strict):

@@ -28,7 +28,8 @@ leaves it at the abort too), replacement
 once ``cluster.standby_nodes`` of them are taken a node starts cold,
 ``recovery.node_start_s``), restart (``recovery.restart_s``: the survivors rejoin in process
 and warm spares take the dead ranks), and retrieval: a fixed
-``recovery.retrieval_overhead_s``, then the
+``recovery.retrieval_overhead_s`` (``recovery.persistent_retrieval_overhead_s`` when the plan
+reads from storage), then the
 ``shared`` recovery plan's bytes: local copies over each node's copy engine, peer copies as
 flows over the node links, persistent reads as flows sharing the storage's aggregate bandwidth
 (``sim.network``). Training resumes from
@@ -698,15 +699,20 @@ class Simulation:
         return "done"
 
     def _retrieve(self, chain: _Chain, plan: ClusterPlan) -> Generator[simpy.Event, Any, str]:
-        # A fixed cost first (connect to the stores, agree on the plan, verify), then bytes.
-        outcome = yield from self._wait(self.scenario.recovery.retrieval_overhead_s)
+        # A fixed cost first (connect to the stores, agree on the plan, verify; a restore
+        # from storage: DCP's agreement, metadata and planning), then bytes.
+        readers = [s.node for s in plan.remote if s.from_node is None]
+        recovery = self.scenario.recovery
+        overhead = recovery.retrieval_overhead_s
+        if readers and recovery.persistent_retrieval_overhead_s is not None:
+            overhead = recovery.persistent_retrieval_overhead_s
+        outcome = yield from self._wait(overhead)
         if outcome != "done":
             return outcome
         start = self.env.now
         copy_s = self.model.shard_bytes / self.scenario.cluster.copy_bytes_per_s
         finished: dict[int, tuple[float, str]] = {}
         processes = []
-        readers = [s.node for s in plan.remote if s.from_node is None]
         for source in plan.remote:
             if source.from_node is not None:
                 processes.append(

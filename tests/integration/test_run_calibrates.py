@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,24 @@ def test_the_micro_calibration_measures_this_machine(
         original(assignment, backend, timeout_s)
 
     monkeypatch.setattr(inprocess, "join_process_group", recorded)
+    # The persistent restore it times writes a DCP checkpoint under a key of its own, in a
+    # temporary folder it removes: no key file, no folder left.
+    config = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
     measured = measure_recovery(CalibrationOptions(QUICKSTART, (), tmp_path, quick=True))
+    assert not config.exists()
+    # (torch's own compile cache, torchinductor_<user>, is torch's to keep)
+    left = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor")]
+    assert left == []
     assert sorted(joins.read_text().split("\n")[:-1]) == sorted(
         f"{rank} calibrate/{number}" for rank in range(4) for number in range(1 + REJOINS)
     )
     keys = ("spare_join_s", "rejoin_s", "park_s", "state_load_s", "micro_iteration_time_s")
-    for key in (*keys, "engine_build_s", "engine_restore_fixed_s"):  # quickstart: Gemini
+    engine = ("engine_build_s", "engine_restore_fixed_s")  # quickstart: Gemini
+    for key in (*keys, *engine, "persistent_restore_fixed_s"):
         assert 0 < measured[key] < 60, key
     # The survivor's all-reduce failed when its peer vanished, well before the 60 s timeout.
     assert 0 <= measured["collective_failure_s"] < 30

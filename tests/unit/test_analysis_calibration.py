@@ -199,6 +199,17 @@ def test_the_engines_own_restore_sets_the_retrieval_overhead_when_measured() -> 
     assert "recovery.retrieval_overhead_s=0.05" in calibration_overrides(MICRO)
 
 
+def test_a_restore_from_storage_gets_the_measured_persistent_overhead() -> None:
+    # The baseline's restore (DCP's agreement, metadata, planning and load into the live
+    # state, less a copy of the bytes) sets the fixed cost of restores from storage; a
+    # calibration without it leaves the field to its default (the in-memory overhead).
+    measured = {**MICRO, "engine_restore_fixed_s": 0.03, "persistent_restore_fixed_s": 0.2}
+    overrides = calibration_overrides(measured, "persistent")
+    assert "recovery.persistent_retrieval_overhead_s=0.2" in overrides
+    assert "recovery.retrieval_overhead_s=0.03" in overrides
+    assert not any("persistent_retrieval" in o for o in calibration_overrides(MICRO))
+
+
 # --- Laws: fitted on reference shapes, evaluated at others ------------------------------------
 
 LAWS_TRUE = {
@@ -251,6 +262,7 @@ def _sample(
         "engine_iteration_s": compute + communication + (0.01 + state / 1e9) * share,
         "engine_restore_fixed_s": 0.02 * share,
         "engine_restore_fixed_zero3_s": 0.09 * share,
+        "persistent_restore_fixed_s": 0.15 * share,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
@@ -283,6 +295,13 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     # The engine's restore without its copy: a fixed cost, times the share.
     assert costs["engine_restore_fixed_s"] == pytest.approx(0.02 * share, rel=1e-6)
     assert "engine_restore_fixed_zero3_s" not in costs
+    # A restore from storage: DCP's fixed cost, times the share, whatever the strategy.
+    assert costs["persistent_restore_fixed_s"] == pytest.approx(0.15 * share, rel=1e-6)
+    baseline = load_scenario(
+        REPO / "scenarios" / "validation" / "v14-small-8nodes-baseline-software.yaml"
+    )
+    overrides = scenario_overrides(_law_calibration(), baseline, background=5)
+    assert f"recovery.persistent_retrieval_overhead_s={0.15 * share:g}" in overrides
 
 
 def test_an_fsdp2_scenario_restores_at_the_cost_of_a_rebuilt_trainer() -> None:
