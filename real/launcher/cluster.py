@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,17 +225,26 @@ class LocalCluster:
 
     def kill_node(self, node_id: int) -> None:
         """A hardware failure: every process of the node at once, then its shared memory."""
-        agent = self.agents.get(node_id)
-        if agent is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(agent.pid, signal.SIGKILL)  # the agent and its store
-        for pid in self._trainer_pids(node_id):
-            self._kill_trainer_group(pid, signal.SIGKILL)
-        if agent is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                agent.wait(10.0)
-        self.frozen.discard(node_id)
-        self.remove_shm(f"{self.job}-{node_id}-")
+        self.kill_nodes([node_id])
+
+    def kill_nodes(self, node_ids: Sequence[int]) -> None:
+        """Several nodes lost at once: every process of every one of them is killed before
+        any is reaped (an agent takes tens of milliseconds to exit; nodes killed one after
+        another would fail that much apart, and the survivors could find the first lost while
+        the next still answered), then their shared memory is removed."""
+        agents = {n: self.agents.get(n) for n in node_ids}
+        for node_id, agent in agents.items():
+            if agent is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(agent.pid, signal.SIGKILL)  # the agent and its store
+            for pid in self._trainer_pids(node_id):
+                self._kill_trainer_group(pid, signal.SIGKILL)
+        for node_id, agent in agents.items():
+            if agent is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    agent.wait(10.0)
+            self.frozen.discard(node_id)
+            self.remove_shm(f"{self.job}-{node_id}-")
 
     def freeze_node(self, node_id: int) -> None:
         """A partition in local mode: the node's processes stop answering (SIGSTOP)."""

@@ -232,9 +232,8 @@ class FailureInjector:
         elif target.action == "partition_node":
             for node_id in node_ids:
                 cluster.partition_node(node_id)  # type: ignore[attr-defined]
-        else:
-            for node_id in node_ids:
-                cluster.kill_node(node_id)  # type: ignore[attr-defined]
+        else:  # every node of the failure at once
+            cluster.kill_nodes(node_ids)  # type: ignore[attr-defined]
         log.warning("injected failure %d: %s of slots %s (nodes %s)", index, kind, slots, node_ids)
         done = Injected(index, kind, tuple(slots), tuple(node_ids), event.time_s, attempt)
         with self._lock:

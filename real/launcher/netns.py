@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from real.launcher.cluster import LocalCluster
@@ -241,9 +242,10 @@ class NetnsCluster(LocalCluster):
 
     # -- failures ---------------------------------------------------------------------------
 
-    def kill_node(self, node_id: int) -> None:
-        self.link_down(node_id)
-        super().kill_node(node_id)
+    def kill_nodes(self, node_ids: Sequence[int]) -> None:
+        for node_id in node_ids:  # every link first: no packet leaves a lost node
+            self.link_down(node_id)
+        super().kill_nodes(node_ids)
 
     def partition_node(self, node_id: int) -> None:
         """The node's link goes down; its processes live on until fenced."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from running import store_daemons
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,13 +80,6 @@ def run(
     )
 
 
-def daemons(runtime: Path) -> list[str]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"real.engine.daemon.*{runtime}"], capture_output=True, text=True
-    )
-    return found.stdout.split()
-
-
 def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
@@ -96,14 +90,14 @@ def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
         reference = run(script, tmp_path / "reference", runtime, None)
         assert reference.returncode == 0, reference.stderr[-3000:]
         # A clean finish: the daemon this process started is gone, and all it held.
-        assert daemons(runtime) == []
+        assert store_daemons(runtime) == []
         assert list(runtime.iterdir()) == []
         assert set(os.listdir("/dev/shm")) - shm_before == set()
 
         crashed = run(script, tmp_path / "resumed", runtime, 5)
         assert crashed.returncode == 17, crashed.stderr[-3000:]
         # A crash: the daemon stays for a rerun from the same parent (this test's process).
-        assert len(daemons(runtime)) == 1
+        assert len(store_daemons(runtime)) == 1
         rerun = run(script, tmp_path / "resumed", runtime, None)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "resumed at 6 from local" in rerun.stdout
@@ -111,12 +105,12 @@ def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
         expected = torch.load(tmp_path / "reference" / "final.pt")
         for name, tensor in expected.items():
             assert torch.equal(final[name], tensor), name
-        assert daemons(runtime) == []
+        assert store_daemons(runtime) == []
         assert list(runtime.iterdir()) == []
         assert set(os.listdir("/dev/shm")) - shm_before == set()
     finally:
-        for pid in daemons(runtime):
+        for pid in store_daemons(runtime):
             os.kill(int(pid), 15)
         deadline = time.monotonic() + 10
-        while daemons(runtime) and time.monotonic() < deadline:
+        while store_daemons(runtime) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from running import store_daemons
 
 from real.runtime.processes import free_port
 
@@ -100,15 +101,8 @@ def test_torchrun_restart_restores_from_memory_bitwise(tmp_path: Path, script: s
     # The daemons end with their torchrun agents (they look twice a second): no process, no
     # discovery file, no slot file.
     deadline = time.monotonic() + 30
-    while daemons(runtime) and time.monotonic() < deadline:
+    while store_daemons(runtime) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert daemons(runtime) == []
+    assert store_daemons(runtime) == []
     assert list(runtime.iterdir()) == []
     assert set(os.listdir("/dev/shm")) - shm_before == set()
-
-
-def daemons(runtime: Path) -> list[str]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"real.engine.daemon.*{runtime}"], capture_output=True, text=True
-    )
-    return found.stdout.split()

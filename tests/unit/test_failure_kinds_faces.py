@@ -99,6 +99,10 @@ class RecordingCluster:
             self.leader_id = survivors[0] if survivors else None
         self.live[slot] = node_id + 10  # its replacement, once recovered
 
+    def kill_nodes(self, node_ids: list[int]) -> None:
+        for node_id in node_ids:
+            self.kill_node(node_id)
+
     def partition_node(self, node_id: int) -> None:
         self.actions.append(("partition_node", node_id))
 
@@ -239,3 +243,47 @@ def test_an_iteration_trigger_waits_for_the_failing_nodes_ranks(tmp_path: Path) 
         assert not injector._reached(watcher.progress, lost, 6)
     finally:
         log.close()
+
+
+def test_nodes_lost_together_are_all_killed_before_any_is_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group failure strikes its nodes at the same instant: the emulated cluster sends every
+    SIGKILL first, then reaps the agents (one takes tens of milliseconds to exit; killed one
+    after the other, the next node still answered the new root's probe)."""
+    import subprocess
+    import sys
+
+    import real.launcher.cluster as cluster_module
+    from real.launcher.cluster import LocalCluster
+
+    scenario = parse_scenario(SCENARIO)
+    cluster = LocalCluster(scenario, tmp_path / "s.yaml", (), tmp_path, "gemini", time.time())
+    order: list[tuple[str, int]] = []
+
+    class Agent(subprocess.Popen[bytes]):
+        def wait(self, timeout: float | None = None) -> int:
+            order.append(("reap", self.pid))
+            return super().wait(timeout)
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    agents = {node: Agent(sleeper, start_new_session=True) for node in (2, 3)}
+    cluster.agents = dict(agents)  # type: ignore[assignment]
+    killpg = cluster_module.os.killpg
+
+    def recorded(pgid: int, signum: int) -> None:
+        order.append(("kill", pgid))
+        killpg(pgid, signum)
+
+    monkeypatch.setattr(cluster_module.os, "killpg", recorded)
+    monkeypatch.setattr(cluster, "_trainer_pids", lambda node_id: [])
+    try:
+        cluster.kill_nodes([2, 3])
+    finally:
+        for agent in agents.values():
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    pids = [agents[2].pid, agents[3].pid]
+    assert order == [("kill", pids[0]), ("kill", pids[1]), ("reap", pids[0]), ("reap", pids[1])]
+    assert all(agent.returncode == -9 for agent in agents.values())
