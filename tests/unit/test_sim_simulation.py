@@ -151,17 +151,20 @@ def test_summary_phases_follow_from_the_log() -> None:
     assert summary.ettr == pytest.approx(10 * 1.0 / 20.0)
 
 
+GROUP_LOST = (
+    "failures.schedule=[{kind: group, nodes: [0], at_iteration: 3}]",
+    "checkpoint.persist_every_iterations=2",
+    "cluster.storage.bandwidth_gbit_s=8",
+    "cluster.standby_nodes=2",
+)
+"""Group {0, 1} lost as iteration 3 ends, with a persistent checkpoint every 2 iterations."""
+
+
 def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
     # Persist every 2 iterations: a background upload of 12 MB at 0.008 Gbit/s (12 s) ...
     # too slow; at 8 Gbit/s it takes 12 ms. Iteration 2 commits at 2.01 and is persisted at
     # 2.022. Losing group {0, 1} at 3.0 leaves iteration 2 only in storage.
-    log = _log(
-        TINY,
-        "failures.schedule=[{kind: group, nodes: [0], at_iteration: 3}]",
-        "checkpoint.persist_every_iterations=2",
-        "cluster.storage.bandwidth_gbit_s=8",
-        "cluster.standby_nodes=2",
-    )
+    log = _log(TINY, *GROUP_LOST)
     assert (2.01, "persist_begin", None, 2, None) in log
     assert (2.022, "persist_done", None, 2, None) in log
     restored = [entry for entry in log if entry[1] == "state_restored" and entry[2] is None]
@@ -178,14 +181,7 @@ def test_losing_a_whole_group_rolls_back_to_persistent_storage() -> None:
 def test_a_restore_from_storage_pays_the_persistent_overhead_and_one_from_memory_does_not() -> None:
     # As above, with a fixed cost of its own for restores from storage (DCP's agreement,
     # metadata and planning): 0.3 s instead of the 0.04 s that a restore from memory pays.
-    log = _log(
-        TINY,
-        "failures.schedule=[{kind: group, nodes: [0], at_iteration: 3}]",
-        "checkpoint.persist_every_iterations=2",
-        "cluster.storage.bandwidth_gbit_s=8",
-        "cluster.standby_nodes=2",
-        "recovery.persistent_retrieval_overhead_s=0.3",
-    )
+    log = _log(TINY, *GROUP_LOST, "recovery.persistent_retrieval_overhead_s=0.3")
     restored = [entry for entry in log if entry[1] == "state_restored" and entry[2] is None]
     restored_s = round(3.0 + 0.6 + 0.1 + 0.5 + 0.5 + 3.0 + 0.3 + 0.012, 9)
     assert restored == [(restored_s, "state_restored", None, 2, "persistent")]
