@@ -659,6 +659,7 @@ def _persistent_restore_fixed_s(trainer: Any) -> float | None:
 
     import torch.distributed as dist
 
+    from real.engine.state import flatten_state
     from real.persistent.baseline import PersistentCheckpointer
     from real.persistent.metadata import KEY_ENV
 
@@ -673,8 +674,7 @@ def _persistent_restore_fixed_s(trainer: Any) -> float | None:
     try:
         checkpointer = PersistentCheckpointer(folder, 1, trainer.state)
         checkpointer.save(1, trainer.state())
-        state = trainer.state()
-        tensors = [t for t in _tensors(state) if t.numel()]
+        tensors = [t for t in flatten_state(trainer.state())[0].values() if t.numel()]
         targets = [torch.empty_like(t) for t in tensors]
         began = time.perf_counter()
         for target, tensor in zip(targets, tensors, strict=True):
@@ -703,17 +703,6 @@ def _persistent_restore_fixed_s(trainer: Any) -> float | None:
             dist.barrier()  # every rank is done with the folder
         if dist.get_rank() == 0:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _tensors(item)
 
 
 def _clone_tree(value: Any) -> Any:
