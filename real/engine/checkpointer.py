@@ -610,14 +610,14 @@ class _Live:
         return self._state
 
 
-def _gloo_group(dedicated: bool = False) -> Any:
+def _gloo_group() -> Any:
     """A gloo group of all ranks (collective: every rank constructs its checkpointer at the same
-    point), or None outside a process group; ``dedicated``: a new one even under gloo."""
+    point): the default group under gloo, else a new one; None outside a process group."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return None
-    if dist.get_backend() == "gloo" and not dedicated:
+    if dist.get_backend() == "gloo":
         return dist.group.WORLD
     from real.runtime.procgroup import new_gloo_group
 
