@@ -114,7 +114,8 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
       root reads the acknowledgements as they are written);
     - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
       a spare's join and a survivor's rejoin (every rank waits for the group) + building the
-      checkpoint engine (``engine_build_s``, when measured);
+      checkpoint engine (``engine_build_s``, when measured) + what a tc-limited link adds to
+      the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from ``law_costs``);
     - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
       the harness makes one (the root's plan, every rank at once, into the live state, then
       the trainer's load; ``engine_restore_fixed_s``, the slowest rank) without its copy of
@@ -158,7 +159,12 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
         if v is not None
     ]
     if joins:
-        out["restart_s"] = agent / 2 + max(joins) + (_number(measurements, "engine_build_s") or 0)
+        out["restart_s"] = (
+            agent / 2
+            + max(joins)
+            + (_number(measurements, "engine_build_s") or 0)
+            + (_number(measurements, "restart_link_s") or 0)
+        )
     load = _number(measurements, "state_load_s")
     restore = _number(measurements, "engine_restore_fixed_s")
     if restore is not None:
@@ -622,7 +628,9 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     ``spare_join_s``, ``rejoin_s``, ``state_load_s``, ``compute_s`` and ``communication_s``
     for the scenario's world size, parameters, tokens per rank, parallelism and the state one
     node restores (``shared.costs.node_checkpoint_bytes``). With links limited by tc (netns),
-    the communication takes at least its bytes over the scenario's link. ``background``: the
+    the communication takes at least its bytes over the scenario's link, and under DDP
+    ``restart_link_s`` is what that adds to a restart's one gradient all-reduce (the bucket
+    warm-up of a rewrapped model). ``background``: the
     other jobs' runnable processes on this host when the scenario will run
     (``runnable_processes``), which lengthens every CPU-bound cost of a ``single_host``
     scenario.
@@ -683,7 +691,13 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     ) * share
     if scenario.real.mode == "netns":  # the tc-limited link, if it is the slower
         link = cluster.network_bandwidth_gbit_s * 1e9 / 8
-        out["communication_s"] = max(out["communication_s"], sent / link)
+        machine = out["communication_s"]
+        out["communication_s"] = max(machine, sent / link)
+        if scenario.training.parallelism == "ddp":
+            # A restart wraps the model in DDP and settles its buckets with one gradient
+            # all-reduce (real.trainer.workload.trainer); the join and rejoin laws timed it
+            # over loopback, so the link adds only its excess.
+            out["restart_link_s"] = out["communication_s"] - machine
     return out
 
 

@@ -382,7 +382,9 @@ def _recovery_rank_main(
 
     began = time.perf_counter()
     join(0)
-    trainer = Trainer(config, rank=rank, world_size=world)
+    # As a spare joining a recovery builds it: DDP skips its broadcast, the plan's checkpoint
+    # overwrites every rank (here every rank holds the same seeded weights anyway).
+    trainer = Trainer(config, rank=rank, world_size=world, restoring=True)
     dist.barrier()
     spare_join_s = time.perf_counter() - began
     profiler = CommProfiler(iterations)

@@ -152,17 +152,12 @@ class GeminiCheckpointer:
         self._fixed_interval = 1 if config.interval == "adaptive" else config.interval
         self._interval, self._anchor = self._fixed_interval, 0
         self._resumed_at: float | None = None  # when the last save() returned
-        # A gloo group for the engine's small collectives (CPU tensors, also under NCCL).
-        self.group = _gloo_group()
-        # The sender agrees on the newest iteration every rank has committed on a gloo group of
-        # its own, in the background (collectives of two threads must not share a group); the
-        # group connects in the background too, off the restart's path.
-        if config.commit != "next_iteration_end":
-            self.replication.keep_group = _background_group("engine-keep")
         self.persistent: PersistentTier | None = None
         # persist_interval: young|daly: the interval follows the failures this process saw.
         self._born, self._failures = time.monotonic(), 0
         if config.persists_from_memory:
+            # First: its group is built lazily (connected by its first save), which must not
+            # overlap another group's construction on a thread of ours (engine-keep, next).
             self.persistent = PersistentTier(
                 self.persistent_url,
                 config.persist_every_iterations or NEVER,
@@ -171,6 +166,13 @@ class GeminiCheckpointer:
                 self.events,
             )
             self.replication.on_commit = self.persistent.committed
+        # A gloo group for the engine's small collectives (CPU tensors, also under NCCL).
+        self.group = _gloo_group()
+        # The sender agrees on the newest iteration every rank has committed on a gloo group of
+        # its own, in the background (collectives of two threads must not share a group); the
+        # group connects in the background too, off the restart's path.
+        if config.commit != "next_iteration_end":
+            self.replication.keep_group = _background_group("engine-keep")
         if model is not None and hasattr(model, "register_comm_hook"):
             self.attach(model)  # DDP: profile its all-reduces to find the idle spans
 

@@ -75,7 +75,7 @@ class BackgroundPersister:
         event_log: where persist_begin / persist_done events go.
         keep: complete checkpoints to keep.
         process_group: group for DCP's collectives, used by no other thread (default: a new
-            gloo group).
+            gloo group, which connects at the thread's first save, off the caller's path).
         key: the key of the ``.metadata`` sidecars (default: :func:`metadata_key`'s).
     """
 
@@ -96,7 +96,9 @@ class BackgroundPersister:
         self.event_log = event_log or EventLog(None, time.time())
         self.keep = keep
         self.rank, self.world_size = _rank_and_world()
-        self._group = process_group if process_group is not None else gloo_group(dedicated=True)
+        self._group = (
+            process_group if process_group is not None else gloo_group(dedicated=True, lazy=True)
+        )
         self._distributed = dist.is_available() and dist.is_initialized()
         self._pending: dict[int, Mapping[str, Any]] = {}
         self._condition = threading.Condition()

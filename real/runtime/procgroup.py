@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import gc
 import logging
+import os
 import threading
 import time
 import weakref
@@ -205,7 +206,7 @@ class BackgroundGlooGroup:
             held.clear()  # here: nothing waits on it
 
 
-def new_gloo_group() -> dist.ProcessGroup:
+def new_gloo_group(*, lazy: bool = False) -> dist.ProcessGroup:
     """A new gloo group of every rank, bounded by the default group's collective timeout.
 
     ``dist.new_group`` falls back to torch's 30-minute default, not the timeout the job was
@@ -213,17 +214,45 @@ def new_gloo_group() -> dist.ProcessGroup:
     persister's saves) that waits on a hung peer then holds the group's worker thread, and
     ``destroy_process_group`` on the failed attempt blocks until it ends, long after the job's
     own collectives timed out. A collective call on every rank.
+
+    Args:
+        lazy: connect each pair of ranks at its first collective, not here (gloo's
+            ``TORCH_GLOO_LAZY_INIT``, read when a group is constructed). The call then returns
+            without waiting for the other ranks, and the group's first collective waits for
+            the slowest: right for a group only a background thread uses, whose connections
+            then stay off the restart's path (the persister's took 0.5-1.1 s of a restart over
+            0.2 Gbit/s links). A value the user set for the variable is left alone. The
+            variable belongs to the process: a group another thread constructs meanwhile
+            (a ``BackgroundGlooGroup`` connecting) would read it too, and one gloo group lazy
+            on some ranks and eager on others crashed a trainer. Build a lazy group before
+            any background group of the same attempt starts.
     """
-    group: dist.ProcessGroup = dist.new_group(backend="gloo", timeout=_default_timeout())
+    timeout = _default_timeout()
+    if not lazy or LAZY_INIT_ENV in os.environ:
+        group: dist.ProcessGroup = dist.new_group(backend="gloo", timeout=timeout)
+        return group
+    # torch reads the variable only when it constructs a group, so it is set for this one
+    # construction; the lock keeps two such constructions from unsetting it under each other.
+    with _LAZY_LOCK:
+        os.environ[LAZY_INIT_ENV] = "1"
+        try:
+            group = dist.new_group(backend="gloo", timeout=timeout)
+        finally:
+            del os.environ[LAZY_INIT_ENV]
     return group
 
 
-def gloo_group(*, dedicated: bool = False) -> dist.ProcessGroup | None:
+LAZY_INIT_ENV = "TORCH_GLOO_LAZY_INIT"
+_LAZY_LOCK = threading.Lock()
+
+
+def gloo_group(*, dedicated: bool = False, lazy: bool = False) -> dist.ProcessGroup | None:
     """A process group for DCP's CPU-side collectives (a collective call on every rank).
 
     Args:
         dedicated: always a new group. A background thread needs one of its own: collectives
             of two threads on one group would interleave differently on different ranks.
+        lazy: a new group connects at its first collective (:func:`new_gloo_group`).
 
     Returns:
         None (the default group) when that is gloo and ``dedicated`` is false; a new gloo group
@@ -234,4 +263,4 @@ def gloo_group(*, dedicated: bool = False) -> dist.ProcessGroup | None:
         return None
     if dist.get_backend() == "gloo" and not dedicated:
         return None
-    return new_gloo_group()
+    return new_gloo_group(lazy=lazy)

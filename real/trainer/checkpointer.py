@@ -146,7 +146,11 @@ class Checkpointer:
             self.timeout_s = timeout_s
             # A warm spare: pay the lazy imports before the job needs this process.
             config = job.checkpoint
-            prewarm(checkpoint_modules(config.strategy, config.persists_from_memory))
+            prewarm(
+                checkpoint_modules(
+                    config.strategy, config.persists_from_memory, job.cluster.storage.url
+                )
+            )
             self._channel.send("ready", pid=os.getpid())
             self._assignment = self._channel.next_assignment(0)
             if self._assignment is None:

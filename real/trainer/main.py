@@ -49,6 +49,7 @@ from real.trainer.inprocess import (
     Assignment,
     checkpoint_modules,
     install_abort_checks,
+    plan_restores,
     prewarm,
     run_attempts,
 )
@@ -277,7 +278,11 @@ def _serve_agent(
 ) -> Path | None:
     """A warm trainer under a node agent: serve attempts until the job is over."""
     job = _Job(options, scenario, run_dir, crash_point_from_env())
-    prewarm(checkpoint_modules(job.kind, scenario.checkpoint.persists_from_memory))
+    prewarm(
+        checkpoint_modules(
+            job.kind, scenario.checkpoint.persists_from_memory, storage_url(scenario, run_dir)
+        )
+    )
     final: list[Path] = []
 
     def body(assignment: Assignment) -> None:
@@ -351,6 +356,9 @@ class _Job:
                 rank=where.rank,
                 world_size=where.world_size,
                 device=device,
+                # A spare joining a recovery: the plan's checkpoint overwrites every rank's
+                # weights, so DDP need not broadcast rank 0's first.
+                restoring=plan_restores(os.environ),
             )
             self.trainer = trainer
         if self.hooked is not trainer.module:

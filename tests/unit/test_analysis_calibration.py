@@ -378,6 +378,41 @@ def test_a_calibration_never_overrides_what_the_scenario_limits() -> None:
     assert phases["communication"] >= sent / (0.2e9 / 8) * (1 - 1e-5)
 
 
+def test_a_restart_over_a_tc_limited_link_pays_its_gradient_all_reduce() -> None:
+    """A restart settles the rewrapped DDP model's buckets with one gradient all-reduce: over
+    a tc-limited link the restart pays what the link adds to it (v08: 7.7 MB a rank at 0.2
+    Gbit/s); over loopback, in local mode, the laws timed it already, and FSDP2 has none."""
+    from analysis.calibration import law_costs, scenario_overrides
+
+    validation = REPO / "scenarios" / "validation"
+    calibration = _law_calibration()
+    laws = calibration["measurements"]["laws"]  # type: ignore[index]
+    netns = load_scenario(validation / "v08-large-netns-02g-hardware.yaml")
+    costs = law_costs(laws, netns)
+    sent = 2 * 3 / 4 * 4 * netns.model.parameter_count
+    link = sent / (0.2e9 / 8)
+    assert costs["communication_s"] == pytest.approx(link)
+    assert 0 < costs["restart_link_s"] < link
+    machine = costs["communication_s"] - costs["restart_link_s"]
+    assert machine == pytest.approx(
+        law_costs(
+            laws, netns.model_copy(update={"real": netns.real.model_copy(update={"mode": "local"})})
+        )["communication_s"]
+    )
+    calibrated = load_scenario(
+        validation / "v08-large-netns-02g-hardware.yaml", scenario_overrides(calibration, netns)
+    )
+    hop = 0.025 + 0.025
+    restart = hop / 2 + max(costs["spare_join_s"], costs["rejoin_s"]) + costs["restart_link_s"]
+    assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-4)
+    for local in ("v02-large-hardware-ring.yaml", "v05-large-fsdp-hardware.yaml"):
+        assert "restart_link_s" not in law_costs(laws, load_scenario(validation / local))
+    fsdp = netns.model_copy(
+        update={"training": netns.training.model_copy(update={"parallelism": "zero3"})}
+    )
+    assert "restart_link_s" not in law_costs(laws, fsdp)
+
+
 def test_law_overrides_set_the_recovery_costs_by_the_micro_rules() -> None:
     from analysis.calibration import law_costs, scenario_overrides
 

@@ -533,3 +533,23 @@ def test_a_warm_spare_imports_its_jobs_checkpointer_before_it_is_needed(
     assert ("torch.distributed.checkpoint" in out) == dcp
     if strategy == "gemini":  # the engine's persistent tier (the baseline's is its own)
         assert ("real.persistent.persister" in out) == persists
+
+
+@pytest.mark.parametrize(
+    ("strategy", "persists", "url", "s3"),
+    [
+        ("gemini", True, "s3://bucket/job", True),
+        ("persistent", False, "s3://bucket/job", True),
+        ("gemini", False, "s3://bucket/job", False),  # no persistent tier: nothing to open
+        ("gemini", True, "/tmp/job/persistent", False),
+        ("gemini", True, None, False),
+    ],
+)
+def test_a_warm_spare_imports_its_storage_filesystem(
+    strategy: str, persists: bool, url: str | None, s3: bool
+) -> None:
+    """An object store's fsspec filesystem (s3fs and botocore: 0.4 s) is imported while the
+    spare waits, not when its first engine opens the tier during a recovery."""
+    from real.trainer.inprocess import checkpoint_modules
+
+    assert ("s3fs" in checkpoint_modules(strategy, persists, url)) == s3

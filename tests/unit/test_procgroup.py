@@ -209,3 +209,41 @@ def test_releasing_a_background_group_that_never_connected_frees_its_waiter(
         for process in ranks:
             process.kill()
             process.wait()
+
+
+LAZY_RANK = """
+import datetime, os, sys, torch, torch.distributed as dist
+from real.runtime.procgroup import LAZY_INIT_ENV, leave_process_group, new_gloo_group
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=30))
+store = dist.distributed_c10d._get_default_store()
+if rank == world - 1:  # the late rank builds its group only once the others have theirs
+    store.wait([f"built-{peer}" for peer in range(world - 1)], datetime.timedelta(seconds=20))
+group = new_gloo_group(lazy=True)
+store.set(f"built-{rank}", "1")
+print("env", LAZY_INIT_ENV in os.environ, flush=True)
+eager = new_gloo_group()  # the next group connects at once again
+for each in (group, eager):
+    tensor = torch.tensor([rank + 1])
+    dist.all_reduce(tensor, group=each)
+    print("sum", int(tensor.item()), flush=True)
+leave_process_group(together=True)
+"""
+
+
+def test_a_lazy_group_is_built_without_waiting_for_the_other_ranks(tmp_path: Any) -> None:
+    """The persister's group connects at its first collective: ranks build it before the last
+    rank has even started to (an eager group would wait for it, and the late rank waits for
+    theirs: a deadlock the store's 20 s wait ends), it reduces over every rank, and the
+    variable that made it lazy is gone, so the next group is eager."""
+    ranks = _ranks(tmp_path, LAZY_RANK, 3)
+    try:
+        outputs = [process.communicate(timeout=120)[0] for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank}: {output}"
+        assert output.split() == ["env", "False", "sum", "6", "sum", "6"], output
