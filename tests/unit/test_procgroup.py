@@ -99,13 +99,8 @@ def _ranks(tmp_path: Any, source: str, world: int, *extra: str) -> list[Any]:
     ]
 
 
-def test_background_groups_connect_beside_the_programs_own_and_reduce_over_every_rank(
-    tmp_path: Any,
-) -> None:
-    """Two background groups of one name and a registered group built between them: each
-    reduces over all three ranks, the two have names of their own, and a clean leave drops
-    them and their threads."""
-    ranks = _ranks(tmp_path, BACKGROUND_RANK, 3)
+def _outputs(ranks: list[Any]) -> list[str]:
+    """Every rank's output once it exited 0 (each is killed at the end either way)."""
     try:
         outputs = [process.communicate(timeout=120)[0] for process in ranks]
     finally:
@@ -114,6 +109,16 @@ def test_background_groups_connect_beside_the_programs_own_and_reduce_over_every
             process.wait()
     for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
         assert process.returncode == 0, f"rank {rank}: {output}"
+    return outputs
+
+
+def test_background_groups_connect_beside_the_programs_own_and_reduce_over_every_rank(
+    tmp_path: Any,
+) -> None:
+    """Two background groups of one name and a registered group built between them: each
+    reduces over all three ranks, the two have names of their own, and a clean leave drops
+    them and their threads."""
+    for output in _outputs(_ranks(tmp_path, BACKGROUND_RANK, 3)):
         lines = dict(line.split(" ", 1) for line in output.strip().splitlines())
         assert lines["names"] == "test-1 test-2"
         assert lines["values"] == "10 10 10"
@@ -237,13 +242,5 @@ def test_a_lazy_group_is_built_without_waiting_for_the_other_ranks(tmp_path: Any
     rank has even started to (an eager group would wait for it, and the late rank waits for
     theirs: a deadlock the store's 20 s wait ends), it reduces over every rank, and the
     variable that made it lazy is gone, so the next group is eager."""
-    ranks = _ranks(tmp_path, LAZY_RANK, 3)
-    try:
-        outputs = [process.communicate(timeout=120)[0] for process in ranks]
-    finally:
-        for process in ranks:
-            process.kill()
-            process.wait()
-    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank}: {output}"
+    for output in _outputs(_ranks(tmp_path, LAZY_RANK, 3)):
         assert output.split() == ["env", "False", "sum", "6", "sum", "6"], output
