@@ -313,3 +313,60 @@ def test_weights_file_round_trips_and_detects_damage(tmp_path: Path) -> None:
     (tmp_path / "w.bin").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="damaged"):
         read_tensors(tmp_path / "w.bin")
+
+
+REWRAP_RANK = """
+import datetime, sys, torch, torch.distributed as dist
+from real.trainer.workload.model import GPTConfig
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+rank, address = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+torch.set_num_threads(1)
+config = TrainerConfig(model=GPTConfig(2, 32, 4, 32), iterations=4, batch_size_per_rank=2)
+trainer = Trainer(config, rank=rank, world_size=2)
+weight = next(iter(trainer.module.parameters()))
+initial = weight.detach().clone()
+def moved():
+    return round(float((weight.detach() - initial).mean()), 4)
+with torch.no_grad():  # ranks whose weights differ, as a survivor's differ from a spare's
+    weight.add_(rank + 1.0)
+trainer.detach()
+trainer.rejoin()  # a restore follows: no broadcast, each rank keeps its own weights
+kept = moved()
+trainer.detach()
+trainer.model = trainer._wrap_ddp(sync=True)  # a first start's wrap: rank 0's everywhere
+print("rejoin", kept, "synced", moved(), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_a_rejoin_keeps_each_ranks_weights_where_a_first_wrap_broadcasts(
+    tmp_path: Path,
+) -> None:
+    """DDP's broadcast of rank 0's parameters is skipped when a restore follows (a survivor's
+    rejoin, a spare whose plan restores): each rank keeps its own weights, for the restore
+    to overwrite; the first start's wrap still gives every rank rank 0's."""
+    import subprocess
+    import sys
+
+    from real.runtime.processes import free_port
+
+    script = tmp_path / "rank.py"
+    script.write_text(REWRAP_RANK)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), address], stdout=subprocess.PIPE, text=True
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=180)[0] for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank}: {output}"
+        assert output.split() == ["rejoin", f"{rank + 1.0}", "synced", "1.0"], output
