@@ -1,9 +1,12 @@
-"""What the tests find running on this machine."""
+"""What the tests find running on this machine, and the rank scripts they start."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
+
+from real.runtime.processes import free_port
 
 
 def store_daemons(runtime: Path) -> list[str]:
@@ -12,3 +15,32 @@ def store_daemons(runtime: Path) -> list[str]:
         ["pgrep", "-f", f"real.engine.daemon.*{runtime}"], capture_output=True, text=True
     )
     return found.stdout.split()
+
+
+def rank_scripts(folder: Path, source: str, world: int, *extra: str) -> list[subprocess.Popen[str]]:
+    """``source`` written to ``folder`` and started once per rank, as ``python rank.py RANK
+    WORLD tcp://127.0.0.1:PORT *extra`` (stdout piped): the ranks of one gloo job."""
+    script = folder / "rank.py"
+    script.write_text(source)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(world), address, *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+
+
+def rank_outputs(ranks: list[subprocess.Popen[str]], timeout_s: float = 120) -> list[str]:
+    """Every rank's output once it exited 0 (each is killed at the end either way)."""
+    try:
+        outputs = [process.communicate(timeout=timeout_s)[0] for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank}: {output}"
+    return outputs

@@ -479,13 +479,17 @@ def checkpoint_modules(
     """
     if strategy == "persistent":
         modules: tuple[str, ...] = ("real.persistent.baseline",)
-    elif strategy != "gemini":
-        return ()
+    elif strategy == "gemini" and persists:
+        modules = (
+            "real.engine.checkpointer",
+            "real.engine.restore",
+            "real.persistent.from_memory",
+            "real.persistent.persister",
+        )
+    elif strategy == "gemini":
+        return ("real.engine.checkpointer", "real.engine.restore")  # no tier to open
     else:
-        modules = ("real.engine.checkpointer", "real.engine.restore")
-        if not persists:
-            return modules
-        modules = (*modules, "real.persistent.from_memory", "real.persistent.persister")
+        return ()
     return (*modules, *_filesystem_modules(storage_url))
 
 

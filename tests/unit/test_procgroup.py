@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from running import rank_outputs, rank_scripts
 
 from real.runtime.processes import free_port
 from real.runtime.procgroup import leave_process_group, new_gloo_group
@@ -82,43 +83,13 @@ print("left", len(procgroup._BACKGROUND_GROUPS), len(alive), flush=True)
 """
 
 
-def _ranks(tmp_path: Any, source: str, world: int, *extra: str) -> list[Any]:
-    import subprocess
-    import sys
-
-    script = tmp_path / "rank.py"
-    script.write_text(source)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    return [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), str(world), address, *extra],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(world)
-    ]
-
-
-def _outputs(ranks: list[Any]) -> list[str]:
-    """Every rank's output once it exited 0 (each is killed at the end either way)."""
-    try:
-        outputs = [process.communicate(timeout=120)[0] for process in ranks]
-    finally:
-        for process in ranks:
-            process.kill()
-            process.wait()
-    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank}: {output}"
-    return outputs
-
-
 def test_background_groups_connect_beside_the_programs_own_and_reduce_over_every_rank(
     tmp_path: Any,
 ) -> None:
     """Two background groups of one name and a registered group built between them: each
     reduces over all three ranks, the two have names of their own, and a clean leave drops
     them and their threads."""
-    for output in _outputs(_ranks(tmp_path, BACKGROUND_RANK, 3)):
+    for output in rank_outputs(rank_scripts(tmp_path, BACKGROUND_RANK, 3)):
         lines = dict(line.split(" ", 1) for line in output.strip().splitlines())
         assert lines["names"] == "test-1 test-2"
         assert lines["values"] == "10 10 10"
@@ -156,7 +127,7 @@ def test_abandoning_a_background_group_does_not_wait_for_its_hung_reduction(
     """A failed attempt's survivor drops its background group while a reduction on it waits
     for a peer that is alive but never comes: dropping it joins that wait, on a thread of its
     own, and the group is gone for every later caller."""
-    ranks = _ranks(tmp_path, ABANDONING_RANK, 2)
+    ranks = rank_scripts(tmp_path, ABANDONING_RANK, 2)
     try:
         assert ranks[1].stdout is not None
         said = ranks[1].stdout.readline()
@@ -202,7 +173,7 @@ def test_releasing_a_background_group_that_never_connected_frees_its_waiter(
     """A peer that never built the group: a background thread waiting for the connection (the
     engine's sender, on a failed attempt) returns when the group is released, not after the
     collective timeout."""
-    ranks = _ranks(tmp_path, UNCONNECTED_RANK, 2)
+    ranks = rank_scripts(tmp_path, UNCONNECTED_RANK, 2)
     try:
         assert ranks[1].stdout is not None
         line = ranks[1].stdout.readline()
@@ -242,5 +213,5 @@ def test_a_lazy_group_is_built_without_waiting_for_the_other_ranks(tmp_path: Any
     rank has even started to (an eager group would wait for it, and the late rank waits for
     theirs: a deadlock the store's 20 s wait ends), it reduces over every rank, and the
     variable that made it lazy is gone, so the next group is eager."""
-    for output in _outputs(_ranks(tmp_path, LAZY_RANK, 3)):
+    for output in rank_outputs(rank_scripts(tmp_path, LAZY_RANK, 3)):
         assert output.split() == ["env", "False", "sum", "6", "sum", "6"], output

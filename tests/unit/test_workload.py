@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from running import rank_outputs, rank_scripts
 
 from real.engine.state import flatten_state, unflatten_state
 from real.trainer.workload.data import ByteTokenizer, Corpus, DataPipeline, load_corpus
@@ -319,8 +320,8 @@ REWRAP_RANK = """
 import datetime, sys, torch, torch.distributed as dist
 from real.trainer.workload.model import GPTConfig
 from real.trainer.workload.trainer import Trainer, TrainerConfig
-rank, address = int(sys.argv[1]), sys.argv[2]
-dist.init_process_group("gloo", init_method=address, rank=rank, world_size=2,
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world,
                         timeout=datetime.timedelta(seconds=60))
 torch.set_num_threads(1)
 config = TrainerConfig(model=GPTConfig(2, 32, 4, 32), iterations=4, batch_size_per_rank=2)
@@ -347,26 +348,5 @@ def test_a_rejoin_keeps_each_ranks_weights_where_a_first_wrap_broadcasts(
     """DDP's broadcast of rank 0's parameters is skipped when a restore follows (a survivor's
     rejoin, a spare whose plan restores): each rank keeps its own weights, for the restore
     to overwrite; the first start's wrap still gives every rank rank 0's."""
-    import subprocess
-    import sys
-
-    from real.runtime.processes import free_port
-
-    script = tmp_path / "rank.py"
-    script.write_text(REWRAP_RANK)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), address], stdout=subprocess.PIPE, text=True
-        )
-        for rank in range(2)
-    ]
-    try:
-        outputs = [process.communicate(timeout=180)[0] for process in ranks]
-    finally:
-        for process in ranks:
-            process.kill()
-            process.wait()
-    for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank}: {output}"
+    for rank, output in enumerate(rank_outputs(rank_scripts(tmp_path, REWRAP_RANK, 2), 180)):
         assert output.split() == ["rejoin", f"{rank + 1.0}", "synced", "1.0"], output
