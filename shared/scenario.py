@@ -496,6 +496,14 @@ class DetectionConfig(_Strict):
         "member's agent; one that refuses the connection, or does not answer within this, "
         "is lost at once (the lease stays the backstop for silent partitions).",
     )
+    silence_probe_s: PositiveFloat | None = Field(
+        None,
+        description="A member whose heartbeat has not advanced for this long is probed at "
+        "once (lost_node: probe): a node whose links went silent (a power loss, a partition) "
+        "breaks no collective, its peers only wait, so without this only its lease would find "
+        "it. One that does not answer within probe_timeout_s is lost; one that answers is "
+        "probed again after as long a silence. Default: twice heartbeat_interval_s.",
+    )
     collective_timeout_s: PositiveFloat = Field(
         120.0,
         description="A trainer's collective waiting this long for a peer fails (gloo cannot "
@@ -508,12 +516,13 @@ class DetectionConfig(_Strict):
     )
     lost_node: Literal["probe", "lease"] = Field(
         "probe",
-        description="How a lost node is found while the job trains: probe (the survivors' "
-        "next collective breaks and the root probes the agents: the time to that collective "
-        "plus probe_detection_s), or lease (its heartbeat lease runs out: "
-        "lease_timeout_s - heartbeat_interval_s / 2 on average; the paper's system). A loss "
-        "of the root's own node, of a partitioned node, or while the job is stopped is found "
-        "by the lease either way.",
+        description="How a lost node is found: probe (the survivors' next collective breaks "
+        "and the root probes the agents: the time to that collective plus "
+        "probe_detection_s; a node whose links went silent, or one lost while the job is "
+        "stopped, is probed once its heartbeat stands still for silence_probe_s), or lease "
+        "(its heartbeat lease runs out: lease_timeout_s - heartbeat_interval_s / 2 on "
+        "average; the paper's system). Whichever comes first; the lease is the backstop. The "
+        "loss of the root's own node waits for a new root either way.",
     )
     probe_detection_s: NonNegativeFloat = Field(
         0.1,
@@ -529,7 +538,22 @@ class DetectionConfig(_Strict):
                 f"lease_timeout_s ({self.lease_timeout_s}) must exceed heartbeat_interval_s "
                 f"({self.heartbeat_interval_s})"
             )
+        if self.silence_probe_s is not None and self.silence_probe_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"silence_probe_s ({self.silence_probe_s}) must exceed heartbeat_interval_s "
+                f"({self.heartbeat_interval_s}): every beat would be late"
+            )
         return self
+
+    @property
+    def silence_s(self) -> float | None:
+        """How long a member's heartbeat may stand still before the root probes it; None when
+        lost nodes are left to their lease (``lost_node: lease``)."""
+        if self.lost_node == "lease":
+            return None
+        if self.silence_probe_s is not None:
+            return self.silence_probe_s
+        return 2 * self.heartbeat_interval_s
 
 
 class RecoveryConfig(_Strict):

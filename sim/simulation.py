@@ -16,14 +16,17 @@ A failure then runs its recovery, phase by phase, as docs/design.md section 5 na
 real harness recovers in process: detection (``detection.exit_report_s`` for a trainer crash,
 which its agent reports; a lost node is found by probe once the survivors' next collective
 fails, i.e. the time until the iteration profile's next communication phase plus
-``detection.probe_detection_s``; by its heartbeat lease, ``lease_timeout_s -
-heartbeat_interval_s / 2`` on average, when it is partitioned or lost in netns mode (the
-survivors' collectives hang: no reset reaches them), when the job is not training or with
-``detection.lost_node: lease``; the root's own node by the same probe, its agent deposed by
-the survivor's agent that finds it refusing connections, or, where no probe runs, after a
-re-election, ``root_loss_detection_s``), the stop (``recovery.stop_s`` from detection: the
-survivors are aborted and park, no process is killed; one waiting in a hung collective
-leaves it at the abort too), replacement
+``detection.probe_detection_s``; or by the probe its heartbeat's silence starts,
+``silence_detection_s``: ``silence_s - heartbeat_interval_s / 2`` on average, plus
+``probe_timeout_s`` when its agent cannot answer, which is how a partitioned node or one lost
+in netns mode is found (the survivors' collectives hang: no reset reaches them), and one lost
+while the job is not training; whichever comes first, with the heartbeat lease,
+``lease_timeout_s - heartbeat_interval_s / 2`` on average, as the backstop and the only way
+with ``detection.lost_node: lease``; the root's own node by the same collective's probe, its
+agent deposed by the survivor's agent that finds it refusing connections, or, where that
+does not happen, after a re-election, ``root_loss_detection_s``), the stop
+(``recovery.stop_s`` from detection: the survivors are aborted and park, no process is
+killed; one waiting in a hung collective leaves it at the abort too), replacement
 (hardware only: the standby pool's delay; a live warm standby agent needs nothing more, and
 once ``cluster.standby_nodes`` of them are taken a node starts cold,
 ``recovery.node_start_s``), restart (``recovery.restart_s``: the survivors rejoin in process
@@ -137,8 +140,9 @@ class _Chain:
     """From the failure until the survivors' next collective (which then fails); None when
     the job was not training (a failure during a recovery) or runs no collectives."""
     hung: bool = False
-    """The survivors' collectives hang rather than fail (``Simulation._hangs``): no probe is
-    triggered, the lease finds the node (the stop then ends their waits at once)."""
+    """The survivors' collectives hang rather than fail (``Simulation._hangs``): no broken
+    collective starts a probe; the heartbeat's silence (or the lease) finds the node, and the
+    stop then ends their waits at once."""
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -578,11 +582,20 @@ class Simulation:
             return False
         return chain.label == "network" or self.scenario.real.mode == "netns"
 
+    def _unreachable(self, chain: _Chain) -> bool:
+        """Whether a probe of the chain's lost node waits out its bound rather than being
+        refused: a partitioned node (frozen in local mode, its link down in netns mode) or, in
+        netns mode, any lost node (its link goes down with it)."""
+        return chain.label == "network" or self.scenario.real.mode == "netns"
+
     def _detection(self, chain: _Chain) -> tuple[float, str]:
-        """Expected seconds from the chain's failure to its detection, and by what."""
+        """Expected seconds from the chain's failure to its detection, and by what: the first
+        of the survivors' broken collective's probe, the heartbeat silence's probe and the
+        lease."""
         detection = self.scenario.detection
         if chain.new_kind == "software":
             return detection.exit_report_s, "exit"
+        ways: list[tuple[float, str]] = []
         if (
             detection.lost_node == "probe"
             and chain.label != "network"
@@ -592,10 +605,16 @@ class Simulation:
             # A survivor's broken collective starts the probe. When the root's own node is
             # the one lost, that survivor's agent finds the root's agent refusing connections
             # and deposes it: a new root is elected at once and probes the same way.
-            return chain.collective_wait_s + detection.probe_detection_s, "probe"
+            ways.append((chain.collective_wait_s + detection.probe_detection_s, "probe"))
         if chain.root_lost:
-            return root_loss_detection_s(detection), "election"
-        return detection_delay_s(detection, chain.new_kind), "lease"
+            # Nobody watches the root's heartbeat but the root.
+            ways.append((root_loss_detection_s(detection), "election"))
+        else:
+            silence = silence_detection_s(detection, unreachable=self._unreachable(chain))
+            if silence is not None:
+                ways.append((silence, "silence"))
+            ways.append((detection_delay_s(detection, chain.new_kind), "lease"))
+        return min(ways, key=lambda way: way[0])  # the first listed of equal ones
 
     def _wait(self, duration: float) -> Generator[simpy.Event, Any, str]:
         """Sleep ``duration``; "done", or "failure"/"end" when one comes first."""
@@ -817,6 +836,23 @@ def detection_delay_s(detection: DetectionConfig, kind: str) -> float:
     return detection.lease_timeout_s - detection.heartbeat_interval_s / 2
 
 
+def silence_detection_s(detection: DetectionConfig, *, unreachable: bool) -> float | None:
+    """Expected time from a node's loss to its detection by the probe its heartbeat's silence
+    starts, s; None without one (``lost_node: lease``).
+
+    The node's last beat came at a uniformly random phase of the beat period before the loss,
+    so its heartbeat has stood still for ``silence_s`` some ``silence_s - heartbeat_interval_s
+    / 2`` after the loss on average. The probe then fails at once when the node's agent is
+    gone (refused) or after ``probe_timeout_s`` when it cannot answer (``unreachable``: a
+    partition, a link down). The root's poll (0.05 s) is left out, as for the lease.
+    """
+    silence = detection.silence_s
+    if silence is None:
+        return None
+    wait = detection.probe_timeout_s if unreachable else 0.0
+    return silence - detection.heartbeat_interval_s / 2 + wait
+
+
 ELECTION_RETRY_LIMIT_S = 0.25
 """A candidate retries the election every ``min(ELECTION_RETRY_LIMIT_S, lease_timeout_s / 4)``
 (the node agent's setting)."""
@@ -845,4 +881,11 @@ def _worst_tier(plan: ClusterPlan) -> str:
     return max((s.tier for s in plan.remote), key=_TIER_ORDER.__getitem__, default="local")
 
 
-__all__ = ["RunState", "SimProgress", "Simulation", "detection_delay_s", "root_loss_detection_s"]
+__all__ = [
+    "RunState",
+    "SimProgress",
+    "Simulation",
+    "detection_delay_s",
+    "root_loss_detection_s",
+    "silence_detection_s",
+]

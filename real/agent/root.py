@@ -7,7 +7,8 @@ every member without a heartbeat as lost, and finishes (or starts) the recovery.
 
 One recovery, in the order of the event chain (``details["failure"]`` on every event):
 
-1. **Detect.** The detector (:mod:`real.coord.detector`) reports lost nodes (lease expiry) and
+1. **Detect.** The detector (:mod:`real.coord.detector`) reports lost nodes (a probe its
+   survivors' broken collectives or its heartbeat's silence started, or lease expiry) and
    trainer exits (reported by the agents at once). A lost node or an exit of the node an
    injected failure names is that failure's ``failure_detected``; other exits are *symptoms*
    (the survivors of a killed peer fail their collectives) that start the stop without being
@@ -146,6 +147,7 @@ class RootAgent:
             poll_s=POLL_S,
             prober=self._probe,
             suspect_grace_s=detection.probe_timeout_s + detection.abort_timeout_s,
+            silence_s=detection.silence_s,
         )
         # The trainers' rule (real.trainer.main.storage_url), not imported from there: that
         # module pulls the training stack in, seconds of import on a loaded machine.

@@ -1,6 +1,6 @@
 """The root agent's failure detector: lost nodes and trainer exits, read from the store.
 
-The detector polls two prefixes every ``poll_s``:
+The detector polls three prefixes every ``poll_s``, and watches for silence:
 
 - ``nodes/``: a node it expects whose heartbeat key is gone has lost its lease: a
   **hardware** failure. A node expected but never seen counts as lost once ``lease_timeout_s``
@@ -15,6 +15,13 @@ The detector polls two prefixes every ``poll_s``:
   as a software failure of the one member that reported nothing (the hung trainer's node; the
   first reporter's when that is ambiguous), so the job is stopped and the hung trainer, which
   cannot leave its collective, is replaced.
+- silence (the ``beat`` count in ``nodes/``): a node whose links went silent (a power loss, a
+  partition) breaks no collective, its peers only wait on it. With ``silence_s``, an expected
+  node whose beat has not advanced for that long (by the detector's own clock: the agents'
+  clocks may differ) is probed on a thread of its own, so a probe that waits out its bound
+  never holds up the poll; no answer within the bound, and no beat meanwhile, is a
+  **hardware** failure. A node that answers is probed again only after as long a silence; a
+  slow node, or one stopped for less than the bound, answers and is not lost.
 
 Each failure is reported once, as a :class:`Detection`, with the detection latency the root
 can know: for an exit, from the exit (the agent's timestamp) to its detection; for a lost node,
@@ -29,6 +36,7 @@ not in ``shared/``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -95,6 +103,9 @@ class FailureDetector:
         poll_s: the polling period of :meth:`wait`.
         clock: wall clock (``time.time``); injectable for tests.
         prober: given node ids, returns those whose agent does not answer a probe.
+        suspect_grace_s: how long a suspect may stay unexplained before it is a failure.
+        silence_s: probe a node whose heartbeat has stood still this long (needs ``prober``);
+            None: only the lease finds a silent node.
     """
 
     def __init__(
@@ -107,8 +118,14 @@ class FailureDetector:
         clock: Callable[[], float] = time.time,
         prober: Callable[[list[int]], list[int]] | None = None,
         suspect_grace_s: float = 2.0,
+        silence_s: float | None = None,
     ) -> None:
         self.prober = prober
+        self.silence_s = silence_s
+        # node -> (its last heartbeat value seen, when this detector first saw it)
+        self._heard: dict[int, tuple[tuple[Any, Any], float]] = {}
+        self._probed_at: dict[int, float] = {}  # node -> start of its last silence probe
+        self._silence_probes: dict[int, _SilenceProbe] = {}
         self.suspect_grace_s = suspect_grace_s
         # The attempt running now (the root sets it): a suspect of an older attempt, left by a
         # survivor whose collective broke late, says nothing about the current one.
@@ -129,13 +146,19 @@ class FailureDetector:
     def expect(self, node: int) -> None:
         """Watch ``node`` (a new or replacement node) from now on."""
         self._expected[node] = self.clock()
-        self._last_beat.pop(node, None)
+        self._drop(node)
         self._ignored.discard(node)
 
     def forget(self, node: int) -> None:
         """Stop watching ``node`` (it was reported lost, or left the job cleanly)."""
         self._expected.pop(node, None)
+        self._drop(node)
+
+    def _drop(self, node: int) -> None:
         self._last_beat.pop(node, None)
+        self._heard.pop(node, None)
+        self._probed_at.pop(node, None)
+        self._silence_probes.pop(node, None)  # a probe under way ends by its bound, unread
 
     def ignore_exits(self, node: int, ignore: bool = True) -> None:
         """Do not report exits of ``node`` (the root is stopping its trainers on purpose)."""
@@ -155,6 +178,7 @@ class FailureDetector:
     def poll(self) -> list[Detection]:
         """One look at the store; returns the failures not reported before."""
         found = self._lost_nodes() + self._new_exits()
+        found += self._silent_nodes([d.node for d in found])
         suspects = self._new_suspects()
         if self.prober is not None and (suspects or found):
             found += self._probe([d.node for d in found if d.kind == "hardware"])
@@ -195,22 +219,32 @@ class FailureDetector:
             self.kv.delete(detection.key)
 
     def _heartbeats(self) -> dict[int, float]:
-        beats: dict[int, float] = {}
+        return {node: at for node, (_, at) in self._read_heartbeats().items()}
+
+    def _read_heartbeats(self) -> dict[int, tuple[Any, float]]:
+        """``{node: (beat count, beat time)}`` of every heartbeat key there is now."""
+        beats: dict[int, tuple[Any, float]] = {}
         for key, raw in self.kv.get_prefix(keys.NODES_PREFIX).items():
             try:
                 value = keys.decode(raw)
-                beats[int(key[len(keys.NODES_PREFIX) :])] = float(value["time"])
-            except (ValueError, KeyError, TypeError):
+                beats[int(key[len(keys.NODES_PREFIX) :])] = (
+                    value.get("beat"),
+                    float(value["time"]),
+                )
+            except (ValueError, KeyError, TypeError, AttributeError):
                 logger.warning("unreadable heartbeat %s = %r", key, raw[:80])
         return beats
 
     def _lost_nodes(self) -> list[Detection]:
         now = self.clock()
-        beats = self._heartbeats()
+        beats = self._read_heartbeats()
         lost = []
         for node, since in list(self._expected.items()):
             if node in beats:
-                self._last_beat[node] = beats[node]
+                self._last_beat[node] = beats[node][1]
+                heard = self._heard.get(node)
+                if heard is None or heard[0] != beats[node]:
+                    self._heard[node] = (beats[node], now)
                 continue
             last = self._last_beat.get(node)
             if last is None and now - since < self.lease_timeout_s:
@@ -228,6 +262,33 @@ class FailureDetector:
                 )
             )
             self.forget(node)
+        return lost
+
+    def _silent_nodes(self, known_lost: list[int]) -> list[Detection]:
+        """Read the silence probes that ended; start one for each node silent too long."""
+        if self.silence_s is None or self.prober is None:
+            return []
+        now = self.clock()
+        lost = []
+        for node, probe in list(self._silence_probes.items()):
+            if not probe.done.is_set():
+                continue
+            del self._silence_probes[node]
+            heard = self._heard.get(node)
+            if not probe.lost or node in known_lost or (heard and heard[1] > probe.started):
+                continue  # it answered, another check found it, or it beat meanwhile
+            last = self._last_beat.get(node, now)
+            lost.append(Detection("hardware", node, None, None, now, last, None, "silence"))
+            self.forget(node)
+        for node, (_, heard_at) in self._heard.items():
+            if node in self._silence_probes or node in known_lost:
+                continue
+            if now - max(heard_at, self._probed_at.get(node, heard_at)) >= self.silence_s:
+                logger.info(
+                    "node %d: no heartbeat for %.2f s; probing its agent", node, now - heard_at
+                )
+                self._probed_at[node] = now
+                self._silence_probes[node] = _SilenceProbe(self.prober, node, now)
         return lost
 
     def clear_suspects(self) -> None:
@@ -302,3 +363,25 @@ class FailureDetector:
                 continue
             exits.append(Detection("software", node, rank, exitcode, now, at, key, "exit"))
         return exits
+
+
+class _SilenceProbe:
+    """One probe of a silent node, on a daemon thread: the probe's own bound ends it, and a
+    result nobody reads any more (the node was forgotten meanwhile) is simply dropped."""
+
+    def __init__(self, prober: Callable[[list[int]], list[int]], node: int, started: float):
+        self.started = started
+        self.lost = False
+        self.done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(prober, node), name=f"silence-probe-{node}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, prober: Callable[[list[int]], list[int]], node: int) -> None:
+        try:
+            self.lost = node in prober([node])
+        except Exception:  # a probe that cannot run proves nothing; the lease is the backstop
+            logger.exception("node %d: silence probe failed", node)
+        finally:
+            self.done.set()

@@ -525,6 +525,9 @@ def signal_node(record: dict[str, Any], signum: int) -> None:
         os.kill(int(pid), signum)
 
 
+STALLS_LEASE_S = 5.0
+
+
 @pytest.fixture(scope="session")
 def stalls(runs_dir: Path) -> tuple[RealResult, dict[str, Any]]:
     """Two stalls, done from outside with signals (nothing recorded anywhere):
@@ -535,13 +538,24 @@ def stalls(runs_dir: Path) -> tuple[RealResult, dict[str, Any]]:
     2. node 2's trainer hangs (SIGSTOP, never resumed): its peers' collectives time out, the
        root finds every agent alive, stops the job, and the hung trainer, which cannot leave
        its collective, is killed and replaced by its node's spare.
+
+    Then a scheduled partition of node 1 at iteration 25 (local mode freezes the node): its
+    peers' collectives hang without breaking, and the root, which sees its heartbeat stand
+    still, probes it and finds it lost well before its lease (5 s) would run out.
     """
     out = runs_dir / "stalls"
     path = scenario_file(
         runs_dir,
         "stalls",
-        [],
-        {"detection": {"probe_timeout_s": 2.0, "collective_timeout_s": 6.0}},
+        [{"kind": "network", "nodes": [1], "at_iteration": 25}],
+        {
+            "detection": {
+                "heartbeat_interval_s": 0.25,
+                "lease_timeout_s": STALLS_LEASE_S,
+                "probe_timeout_s": 2.0,
+                "collective_timeout_s": 6.0,
+            }
+        },
     )
     seen: dict[str, Any] = {}
 
@@ -571,19 +585,25 @@ def stalls(runs_dir: Path) -> tuple[RealResult, dict[str, Any]]:
     return result, seen
 
 
-def test_slow_node_is_not_lost_and_hung_trainer_is_replaced(
+def test_slow_node_is_not_lost_hung_trainer_replaced_partition_found_by_silence(
     stalls: tuple[RealResult, dict[str, Any]], reference: dict[str, Any]
 ) -> None:
     result, seen = stalls
     assert {"crashed", "hung"} <= set(seen), seen
     detected = [e for e in result.events if e.kind == "failure_detected"]
-    # Node 3 was stopped while the root probed every agent; it answered once resumed.
+    # Node 3 was stopped while the root probed every agent (its heartbeat stood still too);
+    # it answered once resumed.
     assert all(e.node != 3 for e in detected), detected
-    assert [e.details["failure_kind"] for e in detected] == ["software", "software"], detected
+    kinds = [e.details["failure_kind"] for e in detected]
+    assert kinds == ["software", "software", "hardware"], detected
     assert detected[0].node == 1 and detected[0].details["detected_by"] == "exit"
     # The hang: noticed through the peers' timed-out collectives (no exit, no lost node).
     assert detected[1].details["detected_by"] == "suspect", detected[1]
     assert detected[1].node == 2, detected[1]  # the silent member: the hung trainer's node
+    # The partition: found by the probe its heartbeat's silence started, before its lease.
+    assert (detected[2].node, detected[2].details["detected_by"]) == (1, "silence"), detected
+    (partition,) = [r for r in result.summary.failures if r.index < 1000]
+    assert partition.complete and partition.detection_s < STALLS_LEASE_S - 0.25, partition
     runs = assignments(result)
     last = runs[max(runs)]
     assert last[2][0] != seen["hung"]  # the hung trainer's rank went to another process

@@ -1,7 +1,8 @@
 """The emulated cluster in ``netns`` mode (root, Linux): namespaces, bridge, tc limits, and
 the persistent tier as an S3 endpoint (``rclone serve s3``) in a storage namespace.
 
-One run with a lost node, a network partition and then a whole placement group lost, which
+One run with a lost node and a network partition (each found by the probe its heartbeat's
+silence starts, before its lease) and then a whole placement group lost, which
 rolls back to the newest checkpoint persisted to S3 (every 5 iterations); the final weights must
 equal those of a failure-free local-mode run of the same scenario, and no namespace, process or
 shared-memory segment may remain. Needs the ``netns`` extra (``pip install -e '.[netns]'``:
@@ -38,6 +39,9 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "model": {"layers": 2, "hidden": 64, "heads": 4, "context": 64},
     "training": {"iterations": 30, "batch_size_per_rank": 8},
     "checkpoint": {"persist_every_iterations": 5},
+    # A lease long enough that the probe a silent heartbeat starts (0.5 s of silence, then
+    # the 1 s bound) is seen to come first, with room for a loaded machine.
+    "detection": {"lease_timeout_s": 4.0},
 }
 
 
@@ -69,6 +73,17 @@ def test_netns_hardware_and_partition(runs_dir: Path) -> None:  # noqa: F811
     assert result.summary.iterations_completed == 30
     assert [r.complete for r in result.summary.failures if r.index < 1000] == [True] * 3
     assert result.digest == reference.digest
+    # The lost node and the partitioned one went silent (their links down: no reset reaches
+    # the survivors, whose collectives only wait): each was found by the probe its heartbeat's
+    # silence started, before its lease could run out.
+    detected = {
+        e.details["failure"]: e.details["detected_by"]
+        for e in result.events
+        if e.kind == "failure_detected"
+    }
+    assert (detected[0], detected[1]) == ("silence", "silence"), detected
+    for record in result.summary.failures[:2]:
+        assert record.detection_s < 4.0 - 0.25, record  # the lease, renewed every 0.25 s
     check_tiers_follow_plans(result)
     # The lost group's ranks restored from the S3 endpoint in the storage namespace (the others
     # may still hold the same iteration in their own memory).

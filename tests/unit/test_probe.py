@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,139 @@ def test_a_suspect_of_an_earlier_attempt_is_ignored(kv: EmbeddedKV) -> None:
     assert detector.poll() == []  # within its grace
     clock.now += 1.0
     assert [(d.node, d.detected_by) for d in detector.poll()] == [(1, "suspect")]
+
+
+class Heartbeats:
+    """The nodes' heartbeat keys, written the way ``real.coord.heartbeat`` writes them."""
+
+    def __init__(self, kv: EmbeddedKV, clock: FakeClock, nodes: list[int]) -> None:
+        self.kv, self.clock, self.count = kv, clock, dict.fromkeys(nodes, 0)
+
+    def beat(self, *nodes: int) -> None:
+        for node in nodes:
+            self.count[node] += 1
+            value = {"node": node, "beat": self.count[node], "time": self.clock.now}
+            self.kv.put(keys.node_key(node), keys.encode(value))
+
+
+class GatedProber:
+    """A prober whose probes end only when the test opens the gate; ``lost``: nodes that do
+    not answer."""
+
+    def __init__(self, lost: set[int]) -> None:
+        self.lost, self.probed, self.gate = lost, [], threading.Event()
+
+    def __call__(self, nodes: list[int]) -> list[int]:
+        self.probed.append(sorted(nodes))
+        self.gate.wait(10)
+        return [n for n in nodes if n in self.lost]
+
+
+def poll_until(detector: FailureDetector, timeout_s: float = 5.0) -> list[Any]:
+    """Poll until something is found (a silence probe ends on its thread), or give up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = detector.poll()
+        if found:
+            return found
+        time.sleep(0.01)
+    return []
+
+
+def silence_detector(kv: EmbeddedKV, clock: FakeClock, prober: Any) -> FailureDetector:
+    return FailureDetector(
+        kv,
+        lease_timeout_s=60.0,
+        expected_nodes=[0, 1, 2],
+        clock=clock,
+        prober=prober,
+        silence_s=1.0,
+    )
+
+
+def test_a_silent_heartbeat_is_probed_on_a_thread_and_a_node_that_cannot_answer_is_lost(
+    kv: EmbeddedKV,
+) -> None:
+    """Node 2's links went silent: no collective breaks, its lease has 60 s to run. Once its
+    heartbeat stands still for silence_s it is probed, without holding up the polls, and
+    found lost when the probe gets no answer."""
+    clock, prober = FakeClock(), GatedProber(lost={2})
+    beats = Heartbeats(kv, clock, [0, 1, 2])
+    detector = silence_detector(kv, clock, prober)
+    beats.beat(0, 1, 2)
+    last_beat_of_2 = clock.now
+    assert detector.poll() == []
+    for _ in range(2):
+        clock.now += 0.5
+        beats.beat(0, 1)
+        assert detector.poll() == []
+    assert prober.probed == [[2]]  # 1.0 s of silence: probed; 0 and 1 beat
+    started = time.monotonic()
+    assert detector.poll() == [] and detector.poll() == []
+    assert time.monotonic() - started < 1.0  # the probe, still waiting, holds up no poll
+    assert prober.probed == [[2]]  # and is not started twice
+    prober.gate.set()
+    found = poll_until(detector)
+    assert [(d.kind, d.node, d.detected_by) for d in found] == [("hardware", 2, "silence")]
+    assert found[0].last_seen_at == last_beat_of_2
+    assert detector.expected_nodes == [0, 1]
+    assert detector.poll() == []  # reported once
+
+
+def test_a_silent_node_that_answers_is_not_lost_and_is_probed_again_after_as_long(
+    kv: EmbeddedKV,
+) -> None:
+    """A loaded node whose beats are late answers its probe: not lost. It is probed again
+    only after another silence_s, not at every poll."""
+    clock, prober = FakeClock(), GatedProber(lost=set())
+    prober.gate.set()
+    beats = Heartbeats(kv, clock, [0, 1, 2])
+    detector = silence_detector(kv, clock, prober)
+    beats.beat(0, 1, 2)
+    detector.poll()
+    clock.now += 1.0
+    beats.beat(0, 2)
+    assert detector.poll() == [] and prober.probed == [[1]]
+    assert poll_until(detector, timeout_s=0.5) == []
+    clock.now += 0.9
+    beats.beat(0, 2)
+    assert detector.poll() == [] and prober.probed == [[1]]
+    clock.now += 0.1
+    beats.beat(0, 2)
+    assert detector.poll() == [] and prober.probed == [[1], [1]]
+    assert poll_until(detector, timeout_s=0.5) == []
+    assert detector.expected_nodes == [0, 1, 2]
+
+
+def test_a_node_that_beats_while_its_probe_waits_is_not_lost(kv: EmbeddedKV) -> None:
+    """A node stopped (SIGSTOP) past the silence, resumed before the probe's verdict: the
+    probe found no answer in time, but the beat that came meanwhile proves it alive."""
+    clock, prober = FakeClock(), GatedProber(lost={1})
+    beats = Heartbeats(kv, clock, [0, 1, 2])
+    detector = silence_detector(kv, clock, prober)
+    beats.beat(0, 1, 2)
+    detector.poll()
+    clock.now += 1.0
+    beats.beat(0, 2)
+    detector.poll()
+    assert prober.probed == [[1]]
+    clock.now += 0.5
+    beats.beat(0, 1, 2)
+    assert detector.poll() == []
+    prober.gate.set()
+    assert poll_until(detector, timeout_s=0.5) == []
+    assert detector.expected_nodes == [0, 1, 2]
+
+
+def test_without_silence_s_only_the_lease_finds_a_silent_node(kv: EmbeddedKV) -> None:
+    clock, prober = FakeClock(), GatedProber(lost={2})
+    prober.gate.set()
+    beats = Heartbeats(kv, clock, [0, 1, 2])
+    detector = FailureDetector(
+        kv, lease_timeout_s=60.0, expected_nodes=[0, 1, 2], clock=clock, prober=prober
+    )
+    beats.beat(0, 1, 2)
+    detector.poll()
+    clock.now += 30.0
+    beats.beat(0, 1)
+    assert poll_until(detector, timeout_s=0.3) == [] and prober.probed == []

@@ -83,6 +83,15 @@ def test_cross_field_checks_name_their_fields() -> None:
     assert problem.startswith("failures.schedule.0.nodes:") and "0..3" in problem
 
 
+def test_a_silent_heartbeat_is_probed_after_two_beats_unless_told_otherwise() -> None:
+    assert parse_scenario("name: x\n").detection.silence_s == 1.0  # 2 x 0.5 s
+    text = "name: x\ndetection: {heartbeat_interval_s: 0.2, silence_probe_s: 0.7}\n"
+    assert parse_scenario(text).detection.silence_s == 0.7
+    assert parse_scenario("name: x\ndetection: {lost_node: lease}\n").detection.silence_s is None
+    [problem] = problems_of("name: x\ndetection: {silence_probe_s: 0.5}\n")
+    assert "silence_probe_s (0.5) must exceed heartbeat_interval_s (0.5)" in problem
+
+
 def test_several_problems_are_all_reported() -> None:
     problems = problems_of("cluster: {nodes: 0, bogus: 1}\n")
     assert len(problems) == 3

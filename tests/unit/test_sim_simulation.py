@@ -202,13 +202,14 @@ def test_a_node_lost_during_recovery_joins_it() -> None:
     # their agent deposes the root, whose agent refuses connections, and the new root's probe
     # finds the node lost (0.1 s): detected at 3.7, when the root stops the job: the injector
     # fires the second loss then, and it joins the recovery. No collective is running to
-    # break, so its lease finds it (2.75 s: 6.45); the stop (0.5) follows; both nodes are
-    # replaced by warm standbys (0.5), one restart (3) and one retrieval (0.04 + 0.01): both
-    # resume at 10.5 from iteration 2.
+    # break: its heartbeat stands still for 1 s from its last beat (0.25 s before the loss on
+    # average), and its dead agent refuses the probe (0.75 s: 4.45); the stop (0.5) follows;
+    # both nodes are replaced by warm standbys (0.5), one restart (3) and one retrieval
+    # (0.04 + 0.01): both resume at 8.5 from iteration 2.
     assert (first.time_s, second.time_s) == pytest.approx((3.0, 3.7))
     phases = ("detection_s", "stop_s", "replacement_s", "restart_s", "retrieval_s", "downtime_s")
-    assert [getattr(first, p) for p in phases] == pytest.approx([0.7, 3.25, 0.5, 3, 0.05, 7.5])
-    assert [getattr(second, p) for p in phases] == pytest.approx([2.75, 0.5, 0.5, 3, 0.05, 6.8])
+    assert [getattr(first, p) for p in phases] == pytest.approx([0.7, 1.25, 0.5, 3, 0.05, 5.5])
+    assert [getattr(second, p) for p in phases] == pytest.approx([0.75, 0.5, 0.5, 3, 0.05, 4.8])
     assert (first.tier, second.tier) == ("peer", "peer")
     assert first.restored_iteration == second.restored_iteration == 2
 
@@ -330,27 +331,36 @@ def test_without_probing_the_lease_finds_a_lost_node_and_the_stop_follows() -> N
     )
 
 
-def test_a_partitioned_node_is_found_by_its_lease() -> None:
+def test_a_partitioned_node_is_found_by_the_probe_its_silence_starts() -> None:
     # A partition leaves the node's processes alive: the survivors' collectives hang instead
-    # of failing, so nothing triggers a probe and the lease finds it.
+    # of failing, so no broken collective starts a probe. Its heartbeat stands still: 1 s
+    # after its last beat (0.25 s before the partition on average) the root probes it, and
+    # the probe waits out its 1 s bound: 3.2 + 1.75.
     text = LOST_NODE.replace("kind: hardware", "kind: network")
     assert _detection(text) == [
         (3.2, "failure_injected", None),
-        (5.95, "failure_detected", "lease"),
+        (4.95, "failure_detected", "silence"),
     ]
+    # Probed later than the lease runs out (2.5 - 0.25 + 1 > 3 - 0.25): the lease finds it.
+    assert _detection(text, "detection.silence_probe_s=2.5")[-1] == (
+        5.95,
+        "failure_detected",
+        "lease",
+    )
 
 
 def test_survivors_in_a_hung_collective_leave_it_at_the_stop() -> None:
     # A partition, or in netns mode any lost node (its link goes down: no reset reaches the
-    # survivors): the lease finds it. The stop's abort fails the future their collective waits
-    # on (DDP's bucket all-reduce, FSDP2's all-gather): a plain 0.5 s stop, no kill.
+    # survivors): the probe its heartbeat's silence starts finds it (1.75 s). The stop's abort
+    # fails the future their collective waits on (DDP's bucket all-reduce, FSDP2's
+    # all-gather): a plain 0.5 s stop, no kill.
     for text, overrides in (
         (LOST_NODE.replace("kind: hardware", "kind: network"), ()),
         (LOST_NODE, ("real.mode=netns",)),
         (LOST_NODE, ("real.mode=netns", "training.parallelism=ddp")),
     ):
         (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
-        assert (failure.detection_s, failure.stop_s) == pytest.approx((2.75, 0.5))
+        assert (failure.detection_s, failure.stop_s) == pytest.approx((1.75, 0.5))
     # A lost node in local mode resets the survivors' connections: probe, and a plain stop.
     (failure,) = simulate(parse_scenario(LOST_NODE)).summary.failures
     assert (failure.detection_s, failure.stop_s) == pytest.approx((0.5, 0.5))
