@@ -44,7 +44,7 @@ from typing import Any
 from real.agent import jobkeys
 
 # At start, not on winning: see _launch_root.
-from real.agent.root import RootAgent, preimport_persistent_tier
+from real.agent.root import RootAgent, persistent_url, preimport_persistent_tier
 from real.agent.trainer_processes import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
 from real.coord.connect import connect_kv
@@ -163,8 +163,8 @@ class NodeAgent:
     def run(self) -> int:
         config = self.config
         # Any agent may become the root (at the start or when a root dies): the persistent
-        # tier's modules load now, in the background, not on a recovery's path.
-        preimport_persistent_tier()
+        # tier's modules and filesystem load now, in the background, not on a recovery's path.
+        preimport_persistent_tier(persistent_url(config.scenario, self.run_dir))
         store = StoreProcess(
             config.node_id if config.slot is None else config.slot,
             config.token,

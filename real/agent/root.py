@@ -63,18 +63,37 @@ from shared.recovery import RecoveryPlan, plan_recovery
 from shared.scenario import Scenario
 
 
-def preimport_persistent_tier() -> threading.Thread:
+def persistent_url(scenario: Scenario, run_dir: Path) -> str:
+    """The persistent tier's URL: the scenario's storage, else the run folder's
+    ``persistent/``. The trainers' rule (``real.trainer.main.storage_url``), not imported from
+    there: that module pulls the training stack in, seconds of import on a loaded machine."""
+    return scenario.cluster.storage.url or str(run_dir / "persistent")
+
+
+def preimport_persistent_tier(url: str | None = None) -> threading.Thread:
     """Import the persistent tier's index reader (``real.persistent.storage``: fsspec, not DCP
     nor torch) in the background, now, not at the first recovery: ``latest_persistent``
     imports it lazily, and an import on a recovery's path delays that recovery's plan (DCP's,
     when this module still pulled it in, by 0.5-3 s). Called when an agent starts: any agent
-    may become the root."""
-    thread = threading.Thread(
-        target=importlib.import_module,
-        args=("real.persistent.storage",),
-        name="import-persistent",
-        daemon=True,
-    )
+    may become the root.
+
+    Given the tier's ``url``, it also reads the tier's index once: that imports the URL's
+    fsspec filesystem (s3fs and botocore for ``s3://``), builds the instance fsspec keeps for
+    later calls, and finds the credentials. v07's first recovery paid that, 0.6 s between the
+    replacement and the plan (netns mode, the tier an S3 endpoint)."""
+
+    def warm() -> None:
+        importlib.import_module("real.persistent.storage")
+        if url is None:
+            return
+        from real.persistent.storage import latest_persistent_iteration
+
+        try:
+            latest_persistent_iteration(url)
+        except Exception as error:  # the recovery reads it again, and says what fails
+            log.debug("persistent tier %s not readable yet: %s", url, error)
+
+    thread = threading.Thread(target=warm, name="import-persistent", daemon=True)
     thread.start()
     return thread
 
@@ -149,9 +168,7 @@ class RootAgent:
             suspect_grace_s=detection.probe_timeout_s + detection.abort_timeout_s,
             silence_s=detection.silence_s,
         )
-        # The trainers' rule (real.trainer.main.storage_url), not imported from there: that
-        # module pulls the training stack in, seconds of import on a loaded machine.
-        self.persistent_url = scenario.cluster.storage.url or str(run_dir / "persistent")
+        self.persistent_url = persistent_url(scenario, run_dir)
         self.recoveries = 0
         self.crash_streak: dict[int, int] = {}  # slot -> restarts in a row it crashed soon after
         self.attempt_began = time.time()

@@ -3,6 +3,7 @@ URL), its index of complete checkpoints, and the optional bandwidth throttle."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -207,9 +208,22 @@ def _protocols(fs: Any) -> set[str]:
     return set(protocol) if isinstance(protocol, tuple | list) else {protocol}
 
 
+@functools.lru_cache(maxsize=4)
+def index_reader(url: str) -> PersistentStorage:
+    """One reader of the tier at ``url`` (options from the environment) for the whole process.
+
+    The root agent reads the index at every recovery, each time from a new thread, and fsspec
+    keeps a filesystem instance per thread: an object store's client would be built anew each
+    time (its session, credentials and endpoint data: 0.2 s for s3fs in v07's recovery). An
+    fsspec filesystem's synchronous calls may come from any thread."""
+    return PersistentStorage(url)
+
+
 def latest_persistent_iteration(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> int | None:
-    """The newest complete iteration in the tier at ``url``, or None."""
-    complete = PersistentStorage(url, storage_options).read_index()["complete"]
+    """The newest complete iteration in the tier at ``url``, or None. Without
+    ``storage_options`` (the environment's), through the process's ``index_reader``."""
+    tier = index_reader(url) if storage_options is None else PersistentStorage(url, storage_options)
+    complete = tier.read_index()["complete"]
     return max((int(entry["iteration"]) for entry in complete), default=None)

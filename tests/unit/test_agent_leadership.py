@@ -97,3 +97,34 @@ def test_an_agent_plans_from_the_persistent_tier_without_torch(tmp_path: Path) -
         "assert not heavy, heavy[:5]\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=180)
+
+
+def test_an_agent_warms_the_persistent_tiers_filesystem_at_start(tmp_path: Path) -> None:
+    """Given the tier's URL, the warm-up also imports the URL's fsspec filesystem and builds
+    the instance fsspec keeps: an object store's client (s3fs and botocore) is not imported,
+    nor its credentials found, on the first recovery's path. A filesystem of this test's own,
+    registered by name only, stands for s3fs."""
+    (tmp_path / "warmfs.py").write_text(
+        "from fsspec.implementations.memory import MemoryFileSystem\n"
+        "class WarmFS(MemoryFileSystem):\n"
+        "    protocol = 'warmtest'\n"
+        "    built = 0\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        WarmFS.built += 1\n"
+    )
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import fsspec\n"
+        "fsspec.register_implementation('warmtest', 'warmfs.WarmFS')\n"
+        "from real.agent import root\n"
+        "assert 'warmfs' not in sys.modules\n"
+        "root.preimport_persistent_tier('warmtest://job/persistent').join(timeout=120)\n"
+        "from warmfs import WarmFS\n"
+        "assert WarmFS.built == 1, WarmFS.built\n"
+        "from real.engine import tiers\n"
+        "assert tiers.latest_persistent('warmtest://job/persistent') is None\n"
+        "assert WarmFS.built == 1, WarmFS.built  # the recovery reuses the instance\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=180)
