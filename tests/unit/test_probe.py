@@ -111,16 +111,17 @@ class FakeClock:
         return self.now
 
 
+def watching(kv: EmbeddedKV, clock: FakeClock, prober: Any, **options: Any) -> FailureDetector:
+    """A detector of nodes 0-2 on the test's clock, with a lease (60 s) that never runs out
+    within a test."""
+    return FailureDetector(
+        kv, lease_timeout_s=60.0, expected_nodes=[0, 1, 2], clock=clock, prober=prober, **options
+    )
+
+
 def answering_detector(kv: EmbeddedKV, clock: FakeClock, grace_s: float) -> FailureDetector:
     """A detector of nodes 0-2 whose agents all answer a probe (a hang, not a loss)."""
-    return FailureDetector(
-        kv,
-        lease_timeout_s=60.0,
-        expected_nodes=[0, 1, 2],
-        clock=clock,
-        prober=lambda nodes: [],
-        suspect_grace_s=grace_s,
-    )
+    return watching(kv, clock, lambda nodes: [], suspect_grace_s=grace_s)
 
 
 def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV) -> None:
@@ -210,15 +211,19 @@ def poll_until(detector: FailureDetector, timeout_s: float = 5.0) -> list[Any]:
     return []
 
 
-def silence_detector(kv: EmbeddedKV, clock: FakeClock, prober: Any) -> FailureDetector:
-    return FailureDetector(
-        kv,
-        lease_timeout_s=60.0,
-        expected_nodes=[0, 1, 2],
-        clock=clock,
-        prober=prober,
-        silence_s=1.0,
-    )
+def beating(
+    kv: EmbeddedKV, lost: set[int], *, answers_now: bool, **options: Any
+) -> tuple[FakeClock, GatedProber, Heartbeats, FailureDetector]:
+    """Nodes 0-2 after one beat each, seen by a detector's first poll. ``lost``: the nodes
+    whose probe gets no answer; ``answers_now``: probes end at once (else at the gate)."""
+    clock, prober = FakeClock(), GatedProber(lost)
+    if answers_now:
+        prober.gate.set()
+    beats = Heartbeats(kv, clock, [0, 1, 2])
+    detector = watching(kv, clock, prober, **options)
+    beats.beat(0, 1, 2)
+    assert detector.poll() == []
+    return clock, prober, beats, detector
 
 
 def test_a_silent_heartbeat_is_probed_on_a_thread_and_a_node_that_cannot_answer_is_lost(
@@ -227,12 +232,8 @@ def test_a_silent_heartbeat_is_probed_on_a_thread_and_a_node_that_cannot_answer_
     """Node 2's links went silent: no collective breaks, its lease has 60 s to run. Once its
     heartbeat stands still for silence_s it is probed, without holding up the polls, and
     found lost when the probe gets no answer."""
-    clock, prober = FakeClock(), GatedProber(lost={2})
-    beats = Heartbeats(kv, clock, [0, 1, 2])
-    detector = silence_detector(kv, clock, prober)
-    beats.beat(0, 1, 2)
+    clock, prober, beats, detector = beating(kv, {2}, answers_now=False, silence_s=1.0)
     last_beat_of_2 = clock.now
-    assert detector.poll() == []
     for _ in range(2):
         clock.now += 0.5
         beats.beat(0, 1)
@@ -255,12 +256,7 @@ def test_a_silent_node_that_answers_is_not_lost_and_is_probed_again_after_as_lon
 ) -> None:
     """A loaded node whose beats are late answers its probe: not lost. It is probed again
     only after another silence_s, not at every poll."""
-    clock, prober = FakeClock(), GatedProber(lost=set())
-    prober.gate.set()
-    beats = Heartbeats(kv, clock, [0, 1, 2])
-    detector = silence_detector(kv, clock, prober)
-    beats.beat(0, 1, 2)
-    detector.poll()
+    clock, prober, beats, detector = beating(kv, set(), answers_now=True, silence_s=1.0)
     clock.now += 1.0
     beats.beat(0, 2)
     assert detector.poll() == [] and prober.probed == [[1]]
@@ -278,11 +274,7 @@ def test_a_silent_node_that_answers_is_not_lost_and_is_probed_again_after_as_lon
 def test_a_node_that_beats_while_its_probe_waits_is_not_lost(kv: EmbeddedKV) -> None:
     """A node stopped (SIGSTOP) past the silence, resumed before the probe's verdict: the
     probe found no answer in time, but the beat that came meanwhile proves it alive."""
-    clock, prober = FakeClock(), GatedProber(lost={1})
-    beats = Heartbeats(kv, clock, [0, 1, 2])
-    detector = silence_detector(kv, clock, prober)
-    beats.beat(0, 1, 2)
-    detector.poll()
+    clock, prober, beats, detector = beating(kv, {1}, answers_now=False, silence_s=1.0)
     clock.now += 1.0
     beats.beat(0, 2)
     detector.poll()
@@ -296,14 +288,7 @@ def test_a_node_that_beats_while_its_probe_waits_is_not_lost(kv: EmbeddedKV) -> 
 
 
 def test_without_silence_s_only_the_lease_finds_a_silent_node(kv: EmbeddedKV) -> None:
-    clock, prober = FakeClock(), GatedProber(lost={2})
-    prober.gate.set()
-    beats = Heartbeats(kv, clock, [0, 1, 2])
-    detector = FailureDetector(
-        kv, lease_timeout_s=60.0, expected_nodes=[0, 1, 2], clock=clock, prober=prober
-    )
-    beats.beat(0, 1, 2)
-    detector.poll()
+    clock, prober, beats, detector = beating(kv, {2}, answers_now=True)
     clock.now += 30.0
     beats.beat(0, 1)
     assert poll_until(detector, timeout_s=0.3) == [] and prober.probed == []
