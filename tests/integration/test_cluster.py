@@ -8,6 +8,7 @@ combine several failures each, to keep the whole file within a few minutes on 2 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -518,6 +519,30 @@ def reached(run_dir: Path, iteration: int) -> bool:
     return False
 
 
+def agent_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The agents' events so far (the root's among them), in time order."""
+    events = []
+    for path in (run_dir / "events").glob("agent-*.jsonl"):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a line being written
+                events.append(json.loads(line))
+    return sorted(events, key=lambda event: event["time_s"])
+
+
+def current_root(run_dir: Path) -> int | None:
+    elected = [e["node"] for e in agent_events(run_dir) if e["kind"] == "root_elected"]
+    return elected[-1] if elected else None
+
+
+def detected_lost(run_dir: Path, node: int) -> bool:
+    return any(
+        e["kind"] == "failure_detected"
+        and e["node"] == node
+        and e["details"].get("failure_kind") == "hardware"
+        for e in agent_events(run_dir)
+    )
+
+
 def signal_node(record: dict[str, Any], signum: int) -> None:
     """Signal a node's agent (and its store: the agent's process group) and trainers."""
     os.killpg(int(record["agent"]), signum)
@@ -539,15 +564,17 @@ def stalls(runs_dir: Path) -> tuple[RealResult, dict[str, Any]]:
        root finds every agent alive, stops the job, and the hung trainer, which cannot leave
        its collective, is killed and replaced by its node's spare.
 
-    Then a scheduled partition of node 1 at iteration 25 (local mode freezes the node): its
-    peers' collectives hang without breaking, and the root, which sees its heartbeat stand
-    still, probes it and finds it lost well before its lease (5 s) would run out.
+    3. at iteration 25, a node that is not the root's (the election is first-come, so any
+       node may lead) is partitioned: stopped, agent, store and trainers, until it is found
+       lost. Its peers' collectives hang without breaking; the root, which sees its
+       heartbeat stand still, probes it and finds it lost well before its lease (5 s) would
+       run out. Resumed once replaced, it finds its slot taken and leaves.
     """
     out = runs_dir / "stalls"
     path = scenario_file(
         runs_dir,
         "stalls",
-        [{"kind": "network", "nodes": [1], "at_iteration": 25}],
+        [],
         {
             "detection": {
                 "heartbeat_interval_s": 0.25,
@@ -575,6 +602,16 @@ def stalls(runs_dir: Path) -> tuple[RealResult, dict[str, Any]]:
         hung = int(agent_pids(out)[2]["trainers"]["2"])
         os.kill(hung, signal.SIGSTOP)
         seen["hung"] = hung
+        while not reached(out, 25) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        partitioned = 1 if current_root(out) == 0 else 0
+        record = agent_pids(out)[partitioned]
+        signal_node(record, signal.SIGSTOP)
+        seen["partitioned"] = partitioned
+        until = time.monotonic() + 60
+        while not detected_lost(out, partitioned) and time.monotonic() < until:
+            time.sleep(0.05)
+        signal_node(record, signal.SIGCONT)
 
     import threading
 
@@ -589,7 +626,7 @@ def test_slow_node_is_not_lost_hung_trainer_replaced_partition_found_by_silence(
     stalls: tuple[RealResult, dict[str, Any]], reference: dict[str, Any]
 ) -> None:
     result, seen = stalls
-    assert {"crashed", "hung"} <= set(seen), seen
+    assert {"crashed", "hung", "partitioned"} <= set(seen), seen
     detected = [e for e in result.events if e.kind == "failure_detected"]
     # Node 3 was stopped while the root probed every agent (its heartbeat stood still too);
     # it answered once resumed.
@@ -600,10 +637,11 @@ def test_slow_node_is_not_lost_hung_trainer_replaced_partition_found_by_silence(
     # The hang: noticed through the peers' timed-out collectives (no exit, no lost node).
     assert detected[1].details["detected_by"] == "suspect", detected[1]
     assert detected[1].node == 2, detected[1]  # the silent member: the hung trainer's node
-    # The partition: found by the probe its heartbeat's silence started, before its lease.
-    assert (detected[2].node, detected[2].details["detected_by"]) == (1, "silence"), detected
-    (partition,) = [r for r in result.summary.failures if r.index < 1000]
-    assert partition.complete and partition.detection_s < STALLS_LEASE_S - 0.25, partition
+    # The partition: found by the probe its heartbeat's silence started, before its lease
+    # could run out (the latency runs from the node's last beat).
+    partition = detected[2]
+    assert (partition.node, partition.details["detected_by"]) == (seen["partitioned"], "silence")
+    assert partition.details["detection_latency_s"] < STALLS_LEASE_S, partition
     runs = assignments(result)
     last = runs[max(runs)]
     assert last[2][0] != seen["hung"]  # the hung trainer's rank went to another process
