@@ -555,7 +555,7 @@ STALLS_LEASE_S = 5.0
 
 @pytest.fixture(scope="session")
 def stalls(runs_dir: Path) -> tuple[RealResult, dict[str, Any]]:
-    """Two stalls, done from outside with signals (nothing recorded anywhere):
+    """Three stalls, done from outside with signals (nothing recorded anywhere):
 
     1. node 3 stops (SIGSTOP: agent, store, trainers) and node 1's trainer is killed at the
        same moment; node 3 resumes 0.5 s later, inside the probe bound: only node 1's crash
