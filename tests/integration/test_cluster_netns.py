@@ -23,6 +23,7 @@ import pytest
 from test_cluster import (  # noqa: F401 - shared session fixtures
     check_tiers_follow_plans,
     leftovers,
+    root_at,
     runs_dir,
     scenario_file,
 )
@@ -75,14 +76,21 @@ def test_netns_hardware_and_partition(runs_dir: Path) -> None:  # noqa: F811
     assert result.digest == reference.digest
     # The lost node and the partitioned one went silent (their links down: no reset reaches
     # the survivors, whose collectives only wait): each was found by the probe its heartbeat's
-    # silence started, before its lease could run out.
+    # silence started, before its lease could run out. Unless it ran the root agent (the
+    # election is first-come, so any node may): then a new root is elected first.
     detected = {
         e.details["failure"]: e.details["detected_by"]
         for e in result.events
         if e.kind == "failure_detected"
     }
-    assert (detected[0], detected[1]) == ("silence", "silence"), detected
-    for record in result.summary.failures[:2]:
+    watched = [
+        record
+        for record in result.summary.failures[:2]
+        if root_at(result.events, record.time_s) not in record.nodes
+    ]
+    assert watched, "both losses hit the root's node"
+    for record in watched:
+        assert detected[record.index] == "silence", (record, detected)
         assert record.detection_s < 4.0 - 0.25, record  # the lease, renewed every 0.25 s
     check_tiers_follow_plans(result)
     # The lost group's ranks restored from the S3 endpoint in the storage namespace (the others
