@@ -580,7 +580,7 @@ class Simulation:
         (docs/cluster.md). Only while the job trains (there is a collective to hang in)."""
         if chain.collective_wait_s is None or chain.new_kind == "software":
             return False
-        return chain.label == "network" or self.scenario.real.mode == "netns"
+        return self._unreachable(chain)
 
     def _unreachable(self, chain: _Chain) -> bool:
         """Whether a probe of the chain's lost node waits out its bound rather than being
