@@ -142,8 +142,12 @@ def worker(config: dict[str, Any]) -> None:
             model=trainer.model,
         )
     times, saves = [], []
+    skip = config["profiling"] + 2
+    cpu_began = time.process_time()
     dist.barrier()
     for iteration in range(1, config["iterations"] + 1):
+        if iteration == skip + 1:
+            cpu_began = time.process_time()  # every thread of this process: training, sender
         started = time.perf_counter()
         trainer.step()
         stepped = time.perf_counter()
@@ -151,8 +155,12 @@ def worker(config: dict[str, Any]) -> None:
             checkpointer.save(iteration, trainer.state())
         times.append(time.perf_counter() - started)
         saves.append(time.perf_counter() - stepped)
-    skip = config["profiling"] + 2
-    report: dict[str, Any] = {"times": times, "save_s": statistics.median(saves[skip:])}
+    timed = max(1, config["iterations"] - skip)
+    report: dict[str, Any] = {
+        "times": times,
+        "save_s": statistics.median(saves[skip:]),
+        "cpu_per_iteration_s": (time.process_time() - cpu_began) / timed,
+    }
     if checkpointer is not None:
         checkpointer.wait()
         report["saves"] = len(saves)
@@ -171,6 +179,12 @@ def worker(config: dict[str, Any]) -> None:
     Path(config["out"]).write_text(json.dumps(report))
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a live process has used; Linux's /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
     token = make_token()
     stores = (
@@ -178,6 +192,8 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
     )
     try:
         addrs = [store.start() for store in stores]
+        pids = [store.process.pid for store in stores if store.process is not None]
+        store_cpu = [_cpu_s(pid) for pid in pids]
         world = config["nodes"] * config["per_node"]
         pg = folder / f"{mode}-{time.monotonic_ns()}.pg"
         processes = []
@@ -202,6 +218,11 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
             if process.wait(1800) != 0:
                 raise RuntimeError(f"bench worker exited with {process.returncode}")
         reports = [json.loads((folder / f"{r}.json").read_text()) for r in range(world)]
+        # Whole run over its saves: a store is idle until the first replica arrives.
+        store_cpu = [
+            (_cpu_s(pid) - began) / config["iterations"]
+            for pid, began in zip(pids, store_cpu, strict=True)
+        ]
         store_costs = []
         for node, address in enumerate(addrs):
             client = StoreClient(node, address, token)
@@ -213,8 +234,10 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
     skip = config["profiling"] + 2
     slowest = [max(r["times"][i] for r in reports) for i in range(skip, config["iterations"])]
     detail = {k: v for k, v in reports[0].items() if k != "times"}
+    detail["cpu_per_iteration_s"] = statistics.median(r["cpu_per_iteration_s"] for r in reports)
     if stores:
         detail["store_costs"] = store_costs[0]
+        detail["store_cpu_per_save_s"] = statistics.median(store_cpu)
     return {"iteration_times": slowest, "detail": detail}
 
 

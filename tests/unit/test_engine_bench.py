@@ -1,10 +1,14 @@
-"""The training benchmark's model sizes (``gemini-ckpt bench engine --models``)."""
+"""The training benchmark's model sizes (``gemini-ckpt bench engine --models``) and its CPU
+time reading."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
-from benchmarks.engine_training import MODELS, parse_model
+from benchmarks.engine_training import MODELS, _cpu_s, parse_model
 from real.trainer.workload.model import GPT, GPTConfig, parameter_count
 
 
@@ -26,3 +30,12 @@ def test_presets_and_shapes_parse() -> None:
 def test_bad_model_names_say_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match="LAYERSxHIDDENxCONTEXT"):
         parse_model(text)
+
+
+def test_process_cpu_time_is_read_from_proc_and_grows_with_work() -> None:
+    before = _cpu_s(os.getpid())
+    assert abs(before - sum(os.times()[:2])) < 0.05  # what the kernel says of this process
+    spent = time.process_time()
+    while time.process_time() - spent < 0.3:
+        pass
+    assert _cpu_s(os.getpid()) - before >= 0.2
