@@ -9,13 +9,16 @@ different groups), one real run at a time (about 5 minutes on 2 cores):
 1. **probe**: the baseline without failures (15 iterations, a save every 5) measures its
    blocking save ``t_save`` and its iteration ``T_iter``; the baseline's interval is the
    HighFreq rule ``K = ceil(t_save / T_iter)`` (``validate.highfreq_interval``, the code
-   ``benchmarks/validate.py`` uses);
+   ``benchmarks/validate.py`` uses). Unless ``--no-sim``, Gemini without failures (15
+   iterations) measures its own iteration, checkpoint included: on a host without
+   accelerators the capture and the replication take CPU from training, so it is longer
+   than ``T_iter``;
 2. ``gemini-ckpt real`` with Gemini, then with the baseline saving every K iterations;
 3. the simulator on the same scenario for both, with this machine's recovery costs from the
    micro-benchmarks ``gemini-ckpt run`` calibrates with (``OUT/calibration.yaml``, measured
-   before the real runs) and the probe's ``T_iter`` (``training.iteration_time_s``; its saves
-   block for the state over the storage's bandwidth, as the harness's synchronous writes do):
-   its prediction beside the measurement;
+   before the real runs) and each strategy's probed iteration (``training.iteration_time_s``;
+   the baseline's saves block for the state over the storage's bandwidth, as the harness's
+   synchronous writes do): its prediction beside the measurement;
 4. the table (wasted time and downtime per failure, speedups, tiers) printed and written to
    ``OUT/headline.md`` with the commands.
 
@@ -104,6 +107,12 @@ def highfreq_interval(run_folders: list[Path]) -> tuple[int, float, float]:
         iterations.append(summary.get("iteration_time_no_ckpt_s") or summary["iteration_time_s"])
     t_save, iteration = statistics.median(saves), statistics.median(iterations)
     return highfreq_interval_iterations(t_save, iteration), t_save, iteration
+
+
+def probe_iteration(folder: Path) -> float:
+    """A failure-free run's median iteration, its checkpoint included, s."""
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    return float(summary["iteration_time_s"])
 
 
 def failures(folder: Path) -> list[dict[str, Any]]:
@@ -212,7 +221,10 @@ def main() -> int:
         costs = [o for o in calibration["overrides"] if not o.startswith("training.")]
         print("   " + " ".join(costs))
 
-    print("1. probe: the baseline without failures, to measure t_save and T_iter")
+    print(
+        "1. probes without failures: the baseline's t_save and T_iter"
+        + ("" if options.no_sim else ", Gemini's iteration")
+    )
     probe = out / "probe-baseline"
     probe_settings = [
         "checkpoint.strategy=persistent",
@@ -229,6 +241,21 @@ def main() -> int:
         "(the HighFreq rule; medians of the probe run)"
     )
     print(f"   baseline interval: {rule}")
+    gemini_iteration = ""
+    t_iter_gemini = t_iter
+    if not options.no_sim:
+        # The simulator's network model does not see the checkpoint's CPU work on this host:
+        # Gemini's iteration is measured as it runs, by a failure-free run, never the compared one.
+        probe_gemini = out / "probe-gemini"
+        if not real_run(SCENARIO, probe_gemini, probe_settings[2:], logs):
+            print("the Gemini probe run failed; see " + str(logs))
+            return 1
+        t_iter_gemini = probe_iteration(probe_gemini)
+        gemini_iteration = (
+            f"Gemini's iteration with its checkpoint: {t_iter_gemini:.3f} s "
+            f"({t_iter_gemini / t_iter - 1:+.0%} on T_iter; median of its probe run)"
+        )
+        print(f"   {gemini_iteration}")
 
     print("2. real runs")
     baseline_settings = [
@@ -248,13 +275,20 @@ def main() -> int:
     loads.append(f"end of the real runs: {load()}")
     simulated: dict[str, Path] = {}
     if not options.no_sim:
-        print("3. simulator (this machine's recovery costs, measured T_iter)")
+        print("3. simulator (this machine's recovery costs, each strategy's probed iteration)")
         # The harness's save is one synchronous write (no separate upload), so the simulator's
         # save blocks for the state over the storage's bandwidth: t_save sets only K.
-        measured_inputs = [*costs, f"training.iteration_time_s={t_iter:.6g}"]
         simulated = {"gemini": out / "sim-gemini", "baseline": out / "sim-baseline"}
-        sim_run(SCENARIO, simulated["gemini"], measured_inputs)
-        sim_run(SCENARIO, simulated["baseline"], [*baseline_settings, *measured_inputs])
+        sim_run(
+            SCENARIO,
+            simulated["gemini"],
+            [*costs, f"training.iteration_time_s={t_iter_gemini:.6g}"],
+        )
+        sim_run(
+            SCENARIO,
+            simulated["baseline"],
+            [*baseline_settings, *costs, f"training.iteration_time_s={t_iter:.6g}"],
+        )
 
     command = "`.venv/bin/python benchmarks/headline.py"
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
@@ -266,7 +300,8 @@ def main() -> int:
             "",
             command,
             "",
-            f"Scenario `scenarios/headline.yaml`; baseline interval: {rule}.",
+            f"Scenario `scenarios/headline.yaml`; baseline interval: {rule}."
+            + (f" {gemini_iteration}." if gemini_iteration else ""),
             "",
             table(measured, simulated),
             "",
