@@ -4,7 +4,7 @@
 
 On ``scenarios/headline.yaml`` (4 emulated nodes, a 3.2M-parameter GPT, shared storage at
 0.2 Gbit/s emulated in the application; a trainer crash, a lost node, two nodes at once in
-different groups), one real run at a time (about 5 minutes on 2 cores):
+different groups), one real run at a time (5-6 minutes on 2 cores):
 
 1. **probe**: the baseline without failures (15 iterations, a save every 5) measures its
    blocking save ``t_save`` and its iteration ``T_iter``; the baseline's interval is the
@@ -226,11 +226,11 @@ def main() -> int:
         + ("" if options.no_sim else ", Gemini's iteration")
     )
     probe = out / "probe-baseline"
+    failure_free = ["training.iterations=15", "failures.schedule=[]"]
     probe_settings = [
         "checkpoint.strategy=persistent",
         "checkpoint.baseline_every_iterations=5",
-        "training.iterations=15",
-        "failures.schedule=[]",
+        *failure_free,
     ]
     if not real_run(SCENARIO, probe, probe_settings, logs):
         print("the probe run failed; see " + str(logs))
@@ -247,7 +247,7 @@ def main() -> int:
         # The simulator's network model does not see the checkpoint's CPU work on this host:
         # Gemini's iteration is measured as it runs, by a failure-free run, never the compared one.
         probe_gemini = out / "probe-gemini"
-        if not real_run(SCENARIO, probe_gemini, probe_settings[2:], logs):
+        if not real_run(SCENARIO, probe_gemini, failure_free, logs):
             print("the Gemini probe run failed; see " + str(logs))
             return 1
         t_iter_gemini = probe_iteration(probe_gemini)
