@@ -9,7 +9,8 @@ with ``summarize``, so the phases are measured the same way in both (docs/design
 - restart: restart begins -> process group ready on every rank (the last rank's event);
 - retrieval: process group ready on every rank -> state restored on every rank;
 - lost progress: iterations recomputed (reached before the failure minus restored) times the
-  failure-free iteration time, plus the part of the iteration in flight when the failure struck;
+  failure-free iteration time, plus the part of the iteration in flight when the failure struck
+  unless the restore brought that iteration back (a failure after every rank captured it);
 - wasted time = lost progress + retrieval (the paper's definition);
 - downtime = failure injected -> training resumed.
 """
@@ -258,7 +259,11 @@ def _record(
     # Iterations are numbered from 1; restoring iteration r resumes at r + 1. Nothing
     # restored (start from scratch) loses everything reached.
     lost = max(0, reached - (restored_iteration if restored_iteration is not None else 0))
-    lost_progress = lost * iteration_time_s + max(0.0, min(partial_s, iteration_time_s))
+    # A failure after every rank captured the iteration in flight (its last rank's
+    # iteration_end not yet written) restores that iteration: its work is not lost.
+    kept = restored_iteration is not None and restored_iteration > reached
+    partial = 0.0 if kept else max(0.0, min(partial_s, iteration_time_s))
+    lost_progress = lost * iteration_time_s + partial
     retrieval = max(0.0, restored - group_ready)
     nodes_value = injected.details.get("nodes")
     if isinstance(nodes_value, list):

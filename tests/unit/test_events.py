@@ -108,6 +108,21 @@ def test_software_failure_has_no_replacement_and_simulator_fields_win() -> None:
     assert record.lost_progress_s == pytest.approx(4.25)
 
 
+def test_a_restore_of_the_iteration_in_flight_loses_none_of_it() -> None:
+    iterations = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 11)]
+    # Failure at t=10.4, 0.4 s into iteration 11, after every rank captured it: the restore
+    # brings iteration 11 back, so nothing is recomputed.
+    events = iterations + chain(0, 10.4, "software", hardware=False, restored=11, tier="local")
+    [record] = failure_records(events, iteration_time_s=1.0)
+    assert record.lost_iterations == 0
+    assert record.lost_progress_s == 0.0
+    assert record.wasted_s == pytest.approx(record.retrieval_s)
+    # Restoring the iteration before it, the 0.4 s in flight are lost.
+    events = iterations + chain(0, 10.4, "software", hardware=False, restored=10, tier="local")
+    [record] = failure_records(events, iteration_time_s=1.0)
+    assert record.lost_progress_s == pytest.approx(0.4)
+
+
 def test_summary_totals_and_json_round_trip(tmp_path: Path) -> None:
     events = chain(0, 10.0, "software", hardware=False, restored=5, tier="local", reached=6)
     events += chain(1, 50.0, "hardware", hardware=True, restored=20, tier="persistent", reached=30)
