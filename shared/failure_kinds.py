@@ -24,8 +24,11 @@ moment*, never a node the scenario names: the kind exists to exercise the loss o
 and the harness cannot make a chosen node lead (its election is first-come on the
 coordination store, with no hand-over). Both faces follow one rule, ``next_root``:
 
-- at the start the root runs on the lowest node (slot 0): the launcher starts the agents in
-  slot order, so slot 0 campaigns first and wins the create-if-absent race;
+- at the start the root runs on the lowest node (slot 0): its agent campaigns at once, and
+  every other agent holds back its first campaign until a root leads or ``lease_timeout_s``
+  has passed (``real.coord.election``), so slot 0 leads unless its agent is not up by then
+  (agents start one after the other and import at different speeds: without the hold, the
+  first agent up won the create-if-absent race);
 - the root stays where it is while its node lives (a trainer crash does not move it);
 - when its node is lost, the lowest surviving node becomes the root. In the harness the
   survivors race for the leader key and any of them may win; the simulator, which needs one

@@ -56,6 +56,7 @@ from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
 from shared.errors import KVError
+from shared.failure_kinds import initial_root
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,11 @@ class NodeAgent:
                 poll_s=min(0.25, detection.lease_timeout_s / 4),
                 events=self.events,
                 on_change=self._leadership,
+                # the job's first root is slot 0's agent, as in the simulator: the others
+                # hold back their first campaign until it leads (or a lease's time passed)
+                hold_s=0.0
+                if self.slot == initial_root(config.scenario.cluster.nodes)
+                else detection.lease_timeout_s,
             )
             self.election = election
             self.heartbeat = heartbeat

@@ -16,6 +16,13 @@ own TTL (a long pause) finds its lease
 expired, steps down, and campaigns again like everyone else; ``is_leader()`` is checked
 against the store on every tick, so at most one agent believes it leads, up to one tick.
 
+Which candidate wins the job's first election is set, not raced: the agent of the lowest
+node (slot 0, ``shared.failure_kinds.initial_root``, where the simulator puts the root) campaigns
+at once, and every other agent holds back (``hold_s``) until a leader exists or ``hold_s`` has
+passed. Agents start one after the other and import at different speeds, so without the hold
+the first agent up won, and a scenario that loses "node 3" lost the root in one face and a
+plain member in the other.
+
 The winner records a ``root_elected`` event (details: ``previous``, the leader it replaced if
 it saw one, and ``campaign_s``, how long it campaigned).
 """
@@ -48,6 +55,9 @@ class Election:
         events: where ``root_elected`` goes (None: nowhere).
         on_change: called from the background thread with True when this candidate becomes
             leader and False when it stops being leader.
+        hold_s: for this long after :meth:`campaign`, do not try for the key while nobody
+            holds it: a preferred candidate (the job's first root) is still starting. After
+            a leader was seen, or once ``hold_s`` has passed, campaign as usual.
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class Election:
         key: str = keys.LEADER_KEY,
         events: EventLog | None = None,
         on_change: Callable[[bool], None] | None = None,
+        hold_s: float = 0.0,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError(f"Election ttl_s must be positive, got {ttl_s}")
@@ -69,6 +80,10 @@ class Election:
         self.poll_s = poll_s if poll_s is not None else ttl_s / 4
         if not 0 < self.poll_s < ttl_s:
             raise ValueError(f"Election poll_s ({self.poll_s}) must be in (0, ttl_s={ttl_s})")
+        if hold_s < 0:
+            raise ValueError(f"Election hold_s must be >= 0, got {hold_s}")
+        self.hold_s = hold_s
+        self._hold_until = 0.0  # monotonic; set by campaign()
         self.key = key
         self.events = events
         self.on_change = on_change
@@ -97,6 +112,7 @@ class Election:
         if self._thread is None:
             self._stop.clear()
             self._started_at = time.time()
+            self._hold_until = time.monotonic() + self.hold_s
             self._thread = threading.Thread(
                 target=self._run, name=f"election-{self.node_id}", daemon=True
             )
@@ -200,6 +216,13 @@ class Election:
             if self.kv.get(self.key) != self._value:
                 logger.warning("node %d: lost the leader key", self.node_id)
                 self._set_leader(False)
+            return
+        if self._hold_until and now < self._hold_until:
+            current = self.leader()
+            if current is None:
+                return  # the preferred candidate may still be starting
+            self._seen_leader = current
+            self._hold_until = 0.0  # a leader exists: from now on, an ordinary candidate
             return
         value = keys.encode({"node": self.node_id, "lease": self._lease.id, "pid": os.getpid()})
         if self.kv.create(self.key, value, self._lease):

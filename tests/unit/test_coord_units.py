@@ -118,6 +118,39 @@ def test_election_records_root_elected(kv: EmbeddedKV, tmp_path: Path) -> None:
 def test_election_rejects_bad_timing(kv: EmbeddedKV) -> None:
     with pytest.raises(ValueError, match="poll_s"):
         Election(kv, 0, ttl_s=1.0, poll_s=2.0)
+    with pytest.raises(ValueError, match="hold_s"):
+        Election(kv, 0, ttl_s=1.0, hold_s=-1.0)
+
+
+def test_a_holding_candidate_up_first_leaves_the_first_root_to_the_preferred_one(
+    kv: EmbeddedKV,
+) -> None:
+    # node 3's agent is up first; node 0's (the job's first root) only 0.3 s later
+    late = Election(kv, 3, ttl_s=1.0, poll_s=0.05, hold_s=5.0)
+    first = Election(kv, 0, ttl_s=1.0, poll_s=0.05)
+    try:
+        late.campaign(0)
+        time.sleep(0.3)
+        assert kv.get(keys.LEADER_KEY) is None  # held back: nobody leads yet
+        assert first.campaign(timeout_s=5.0)
+        time.sleep(0.2)
+        assert not late.is_leader() and late.leader() == 0
+        # once it has seen a leader it is an ordinary candidate: the next root when 0 resigns
+        first.resign()
+        assert late.campaign(timeout_s=1.0)
+    finally:
+        first.resign()
+        late.resign()
+
+
+def test_a_holding_candidate_leads_when_the_preferred_one_never_comes(kv: EmbeddedKV) -> None:
+    late = Election(kv, 3, ttl_s=1.0, poll_s=0.05, hold_s=0.5)
+    try:
+        started = time.monotonic()
+        assert late.campaign(timeout_s=5.0)
+        assert time.monotonic() - started >= 0.5
+    finally:
+        late.resign()
 
 
 def test_a_closed_client_says_so(kv: EmbeddedKV) -> None:
