@@ -195,7 +195,7 @@ class NodeAgent:
                     GEMINI_RUN_DIR: str(self.run_dir),
                     GEMINI_RUN_T0: repr(config.t0),
                 },
-                spares_now=config.slot is not None,
+                spares="now" if config.slot is not None else "background",
                 on_change=self.wake.set,
             )
             prober = ProbeServer(config.node_id, config.host)
@@ -203,7 +203,10 @@ class NodeAgent:
             # Join (or offer this node to) the job only once its trainers are warm: an attempt
             # assigned to processes still importing torch would wait for them, and a failure
             # meanwhile would find nothing ready to take over.
-            if not self.pool.wait_ready(WARM_TIMEOUT_S, self.stopping):
+            # (a standby node's spares warm in the background: it offers itself without them)
+            if not self.pool.wait_ready(
+                WARM_TIMEOUT_S, self.stopping, spares=config.slot is not None
+            ):
                 if self.stopping.is_set():
                     return 0  # stopped while they warmed: the trainers stop on the way out
                 raise RuntimeError(
@@ -226,7 +229,7 @@ class NodeAgent:
             if self.slot is None and not self._wait_for_slot(registration):
                 return 0
             assert self.slot is not None
-            self.pool.slot = self.slot
+            self.pool.take_slot(self.slot)
             self.events.node = self.slot
             jobkeys.put_json(
                 self.kv,

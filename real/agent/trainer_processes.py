@@ -345,8 +345,12 @@ class TrainerPool:
         spec: the job's trainer settings.
         node_id: the node's id (names the trainers' logs).
         env: variables common to every trainer of the node (token, run folder, clock).
-        spares_now: start the spares at once (a standby node starts them when it joins, to
-            spare the machine while nothing needs them).
+        spares: when the spares start: ``"now"``, at the trainers' priority (a node of the
+            job); ``"background"``, now but below the trainers' priority, warming from the CPU
+            the job leaves idle (a standby node: nothing needs them yet, but a rank it takes
+            may fail again soon after its takeover, and a spare started only then warms up
+            during training, for more than 8 s beside four ranks on 2 cores); ``"later"``, at
+            the first assignment.
         on_change: called (from a reader thread) whenever a trainer reports or ends, so the
             agent acts at once instead of at its next look.
 
@@ -360,7 +364,7 @@ class TrainerPool:
         spec: TrainerSpec,
         node_id: int,
         env: Mapping[str, str],
-        spares_now: bool = True,
+        spares: str = "now",
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.spec, self.node_id, self.env = spec, node_id, dict(env)
@@ -375,8 +379,10 @@ class TrainerPool:
         self._background = may_raise_priority()
         for local_rank in range(spec.per_node):
             self.active[local_rank] = self._start(local_rank)
-        if spares_now:
-            self._top_up(background=False)
+        if spares not in ("now", "background", "later"):
+            raise ValueError(f"spares must be 'now', 'background' or 'later', got {spares!r}")
+        if spares != "later":
+            self._top_up(background=spares == "background")
 
     def _top_up(self, background: bool = True) -> None:
         """Start spares until every local rank has ``spec.spares`` live ones; ``background``:
@@ -406,18 +412,34 @@ class TrainerPool:
         )
         return worker
 
+    def take_slot(self, slot: int) -> None:
+        """Give the node its place in the job (a standby node: when it takes a lost node's).
+
+        A standby node's spares warm below the trainers while it waits; from here on they back
+        ranks of the job, which may fail again soon after the takeover. A training job leaves
+        the background next to no CPU (4 ranks on 2 cores: 1.4 s of CPU in 24 s), so they are
+        raised to the trainers' priority now; otherwise the next failure of such a rank found
+        its spare still importing torch, and every rank waited for it (1.3-1.8 s of restart
+        instead of 0.1-0.2 s in the recovery benchmark)."""
+        self.slot = slot
+        for worker in (w for ws in self.spares.values() for w in ws):
+            worker.foreground()
+
     def rank(self, local_rank: int) -> int:
         return self.slot * self.spec.per_node + local_rank
 
-    def wait_ready(self, timeout_s: float, stop: threading.Event | None = None) -> bool:
-        """Wait until every active trainer and spare is warm; False on timeout, or within a
-        quarter second of ``stop`` being set (a Ctrl-C while the trainers import torch)."""
+    def wait_ready(
+        self, timeout_s: float, stop: threading.Event | None = None, spares: bool = True
+    ) -> bool:
+        """Wait until every active trainer (and, with ``spares``, every spare) is warm; False
+        on timeout, or within a quarter second of ``stop`` being set (a Ctrl-C while the
+        trainers import torch)."""
         deadline = time.monotonic() + timeout_s
 
         def stopped() -> bool:
             return stop is not None and stop.is_set()
 
-        for worker in self.workers():
+        for worker in self.workers() if spares else list(self.active.values()):
             remaining = max(0.0, deadline - time.monotonic())
             if not worker.wait_until(
                 lambda w=worker: w.state != "starting" or stopped(), remaining

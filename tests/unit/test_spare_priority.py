@@ -32,6 +32,19 @@ sock.sendall(json.dumps({"op": "ready"}).encode() + b"\\n")
 sock.recv(1)
 """
 
+# A stand-in for a standby node's trainers: one started at the trainers' priority is warm at
+# once; a spare started in the background (below it) waits for the file, as the one that was
+# still importing torch when its rank failed again.
+STANDBY_TRAINER = f"""
+import json, os, socket, sys, time
+sock = socket.socket(fileno=int(os.environ["GEMINI_AGENT_FD"]))
+go = sys.argv[1]
+while os.nice(0) >= {BACKGROUND_NICENESS} and not os.path.exists(go):
+    time.sleep(0.01)
+sock.sendall(json.dumps({{"op": "ready"}}).encode() + b"\\n")
+sock.recv(1)
+"""
+
 needs_nice = pytest.mark.skipif(
     not may_raise_priority(), reason="raising a priority needs CAP_SYS_NICE or RLIMIT_NICE"
 )
@@ -55,7 +68,9 @@ def wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-unt
         time.sleep(0.02)
 
 
-def pool(tmp_path: Path, go: Path) -> TrainerPool:
+def pool(
+    tmp_path: Path, go: Path, spares: str = "later", program: str = FAKE_TRAINER
+) -> TrainerPool:
     spec = TrainerSpec(
         scenario=tmp_path / "scenario.yaml",
         overrides=(),
@@ -63,9 +78,9 @@ def pool(tmp_path: Path, go: Path) -> TrainerPool:
         checkpointer="gemini",
         world_size=1,
         per_node=1,
-        entrypoint=(sys.executable, "-c", FAKE_TRAINER, str(go)),
+        entrypoint=(sys.executable, "-c", program, str(go)),
     )
-    return TrainerPool(spec, node_id=0, env={}, spares_now=False)
+    return TrainerPool(spec, node_id=0, env={}, spares=spares)
 
 
 @needs_nice
@@ -100,6 +115,32 @@ def test_a_spare_taking_a_rank_while_warming_up_is_raised_at_once(tmp_path: Path
     finally:
         go.touch()
         trainers.stop(grace_s=1.0)
+
+
+@needs_nice
+def test_a_standby_nodes_spares_warm_in_the_background_until_it_takes_a_slot(
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    trainers = pool(tmp_path, go, spares="background", program=STANDBY_TRAINER)
+    try:
+        (spare,) = trainers.spares[0]  # started with the node, not when it takes a slot
+        assert trainers.wait_ready(20.0, spares=False)  # its active trainer is warm
+        assert trainers.active[0].state == "ready" and spare.state == "starting"
+        assert niceness(spare.pid) == BACKGROUND_NICENESS
+        # taking a lost node's slot: its spares back ranks of the job from now on, at once
+        trainers.take_slot(3)
+        assert trainers.rank(0) == 3
+        assert spare.state == "starting" and niceness(spare.pid) == TRAINER_NICENESS
+        go.touch()
+        assert trainers.wait_ready(20.0)
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
+def test_a_pool_refuses_an_unknown_spares_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="spares"):
+        pool(tmp_path, tmp_path / "go", spares="soon")
 
 
 def test_a_stop_while_the_trainers_start_ends_the_wait_and_kills_them_at_once(
