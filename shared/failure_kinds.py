@@ -21,8 +21,8 @@ kind            effect      nodes hit             what the harness does to each 
 
 **Which node a ``root_agent`` failure hits.** The node that runs the root agent *at that
 moment*, never a node the scenario names: the kind exists to exercise the loss of the root,
-and the harness cannot make a chosen node lead (its election is first-come on the
-coordination store, with no hand-over). Both faces follow one rule, ``next_root``:
+and the harness cannot make a chosen node lead (after its first root, its election is a race
+on the coordination store, with no hand-over). Both faces follow one rule, ``next_root``:
 
 - at the start the root runs on the lowest node (slot 0): its agent campaigns at once, and
   every other agent holds back its first campaign until a root leads or ``lease_timeout_s``

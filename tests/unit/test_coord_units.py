@@ -137,7 +137,7 @@ def test_a_holding_candidate_up_first_leaves_the_first_root_to_the_preferred_one
         assert not late.is_leader() and late.leader() == 0
         # once it has seen a leader it is an ordinary candidate: the next root when 0 resigns
         first.resign()
-        assert late.campaign(timeout_s=1.0)
+        assert late.campaign(timeout_s=5.0)
     finally:
         first.resign()
         late.resign()
