@@ -367,6 +367,8 @@ class TrainerPool:
         spares: str = "now",
         on_change: Callable[[], None] | None = None,
     ) -> None:
+        if spares not in ("now", "background", "later"):  # before any process starts
+            raise ValueError(f"spares must be 'now', 'background' or 'later', got {spares!r}")
         self.spec, self.node_id, self.env = spec, node_id, dict(env)
         self.on_change = on_change
         self.slot = -1
@@ -379,8 +381,6 @@ class TrainerPool:
         self._background = may_raise_priority()
         for local_rank in range(spec.per_node):
             self.active[local_rank] = self._start(local_rank)
-        if spares not in ("now", "background", "later"):
-            raise ValueError(f"spares must be 'now', 'background' or 'later', got {spares!r}")
         if spares != "later":
             self._top_up(background=spares == "background")
 

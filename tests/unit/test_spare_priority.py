@@ -138,9 +138,14 @@ def test_a_standby_nodes_spares_warm_in_the_background_until_it_takes_a_slot(
         trainers.stop(grace_s=1.0)
 
 
-def test_a_pool_refuses_an_unknown_spares_mode(tmp_path: Path) -> None:
+def test_a_pool_refuses_an_unknown_spares_mode_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+    monkeypatch.setattr(TrainerPool, "_start", lambda self, *args, **kwargs: started.append(1))
     with pytest.raises(ValueError, match="spares"):
         pool(tmp_path, tmp_path / "go", spares="soon")
+    assert started == []  # no trainer left behind
 
 
 def test_a_stop_while_the_trainers_start_ends_the_wait_and_kills_them_at_once(
