@@ -7,7 +7,8 @@ Three sources, all decided up front so that a seed fixes the whole run:
   explicit entries with ``at_time_s``;
 - **iteration-based**: explicit entries with ``at_iteration: k`` strike the moment iteration
   k ends (its capture done), before its checkpoint has committed, the first time the run gets
-  there (as the real injector fires them, once the failing nodes' ranks have ended k;
+  there (as the real injector fires them, once the failing nodes' ranks have captured k,
+  which hold there until it strikes;
   ``during: replication``: halfway through the replication of iteration k's checkpoint);
 - **during recovery**: an explicit entry with ``during: recovery`` strikes during the recovery
   from the entry before it in the schedule, where the real harness's injector fires it: a lost

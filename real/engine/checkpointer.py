@@ -47,6 +47,7 @@ from real.runtime.env import (
     GEMINI_TOKEN,
     GEMINI_VERIFY_LOCAL,
 )
+from real.trainer.inject import hold_point
 from real.trainer.inprocess import check_abort
 from shared.adaptive import due, persist_every
 from shared.errors import NodeStoreError, VerificationError
@@ -244,6 +245,8 @@ class GeminiCheckpointer:
             duration_s=captured.seconds,
             throughput_bytes_per_s=captured.nbytes / max(captured.seconds, 1e-9),
         )
+        # The harness's failure at this iteration's end strikes here, before a byte is sent.
+        hold_point(self.rank, iteration)
         self.replication.submit(captured)
         ended = time.perf_counter()
         costs.add("save: event, hand-off to the sender (fixed)", ended - captured_at)

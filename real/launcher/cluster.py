@@ -39,7 +39,8 @@ from real.coord import keys
 from real.coord.connect import connect_kv
 from real.coord.kv import KeyValueStore
 from real.engine.shm import SHM_DIR
-from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
+from real.runtime.env import GEMINI_HOLD_DIR, GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
+from real.trainer.inject import hold_folder
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class LocalCluster:
             GEMINI_TOKEN: self.token,
             GEMINI_RUN_T0: repr(self.t0),
             GEMINI_RUN_DIR: str(self.run_dir),
+            GEMINI_HOLD_DIR: str(hold_folder(self.run_dir)),  # the injector's (its _arm)
             "OMP_NUM_THREADS": "1",
         }
 

@@ -5,7 +5,9 @@ It fires each failure of the scenario's schedule in order, when its trigger come
 - ``at_iteration: N``: once every rank of the nodes it names has ended iteration N, or, when N
   is checkpointed, captured it (``ckpt_captured``: the copy done, its replication not started;
   read from the event files; a ``root_agent`` failure, whose node is known only when it
-  strikes: once some rank has ended N);
+  strikes: once some rank has ended N). The ranks it will strike hold after their capture of
+  N until it is performed (``_arm``; ``real.trainer.inject.hold_point``): a small state
+  replicates within milliseconds of its capture, faster than this thread sees the event;
 - ``at_time_s: T``: T seconds after the run started;
 - ``during: replication``: after the trigger, at the next checkpoint captured on the failing
   node, while its replication to the peers is in flight (interleaved replication sends the
@@ -40,11 +42,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from real.agent import jobkeys
 from real.engine.eventlog import EventLog
 from real.launcher.progress import Progress, ProgressWatcher
-from shared.failure_kinds import resolve_failure
+from real.trainer.inject import hold_folder
+from shared.failure_kinds import ResolvedFailure, initial_root, resolve_failure
 from shared.placement import plan_placement
 from shared.scenario import Scenario, ScheduledFailure
 
@@ -119,9 +123,14 @@ class FailureInjector:
     def _run(self) -> None:
         try:
             for index, failure in enumerate(self.schedule):
-                if not self._wait_trigger(index, failure):
-                    return
-                self.inject(index, failure)
+                holds = self._arm(failure)
+                try:
+                    if not self._wait_trigger(index, failure):
+                        return
+                    self.inject(index, failure)
+                finally:
+                    for path in holds:  # performed (or given up): the ranks go on
+                        path.unlink(missing_ok=True)
         except BaseException as error:  # reported by the launcher
             log.exception("failure injector stopped")
             self.errors.append(error)
@@ -141,6 +150,43 @@ class FailureInjector:
                 return self._wait_capture(failure) if failure.during == "replication" else True
             time.sleep(POLL_S)
         return False
+
+    def _arm(self, failure: ScheduledFailure) -> list[Path]:
+        """Hold the ranks an ``at_iteration: k`` failure strikes at their capture of k, until
+        it is performed (``real.trainer.inject.hold_point``): the files that arm the holds."""
+        if failure.at_iteration is None or failure.during != "training":
+            return []
+        try:
+            # Before the job has a root, a root_agent failure will find the first one there.
+            target, _ = self._resolve(failure, initial_root(self.scenario.cluster.nodes))
+        except Exception as error:  # a store not answering: the failure fires unheld
+            log.warning("failure at iteration %d: no hold armed (%s)", failure.at_iteration, error)
+            return []
+        per_node = self.scenario.cluster.accelerators_per_node
+        local = range(1) if target.action == "kill_trainer" else range(per_node)
+        folder = hold_folder(Path(self.cluster.run_dir))  # type: ignore[attr-defined]
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [
+            folder / f"{slot * per_node + r}.{failure.at_iteration}"
+            for slot in target.nodes
+            for r in local
+        ]
+        for path in paths:
+            path.touch()
+        return paths
+
+    def _resolve(
+        self, failure: ScheduledFailure, no_root: int | None = None
+    ) -> tuple[ResolvedFailure, dict[int, int]]:
+        """What ``failure`` strikes now (``root_agent``: the root's node at this moment;
+        ``no_root`` while none is elected), and the job's members (slot -> node id)."""
+        members = self.cluster.members()  # type: ignore[attr-defined]
+        root: int | None = None
+        if failure.kind == "root_agent":
+            leader = self.cluster.leader()  # type: ignore[attr-defined]
+            root = next((s for s, n in members.items() if n == leader), no_root)
+        target = resolve_failure(failure.kind, failure.nodes, placement=self.placement, root=root)
+        return target, members
 
     def _reached(self, progress: Progress, failure: ScheduledFailure, iteration: int) -> bool:
         """Whether every rank of the nodes ``failure`` names has ended or captured ``iteration``:
@@ -186,12 +232,7 @@ class FailureInjector:
         """Record and perform one failure now."""
         cluster = self.cluster
         kind = failure.kind
-        members = cluster.members()  # type: ignore[attr-defined]
-        root: int | None = None
-        if kind == "root_agent":
-            leader = cluster.leader()  # type: ignore[attr-defined]
-            root = next((s for s, n in members.items() if n == leader), None)
-        target = resolve_failure(kind, failure.nodes, placement=self.placement, root=root)
+        target, members = self._resolve(failure)
         slots = list(target.nodes)
         node_ids = [members[s] for s in slots]
         record = cluster.attempt()  # type: ignore[attr-defined]

@@ -27,6 +27,8 @@ Failure injection in a trainer (``real.trainer.inject``)
     GEMINI_CRASH_PHASE         where in the iteration (after_step, after_save, ...).
     GEMINI_CRASH_MODE          kill (SIGKILL) or exit (``os._exit``).
     GEMINI_CRASH_FAILURE       the failure's index in the run, for the events.
+    GEMINI_HOLD_DIR            the harness injector's hold points: a rank holds after capturing
+                               the iteration a file there names (``real.trainer.inject``).
 
 The engine (``real.engine``)
     GEMINI_RUNTIME_DIR         the node store daemon under torchrun: where discovery files live
@@ -69,6 +71,7 @@ GEMINI_CRASH_RANK = "GEMINI_CRASH_RANK"
 GEMINI_CRASH_PHASE = "GEMINI_CRASH_PHASE"
 GEMINI_CRASH_MODE = "GEMINI_CRASH_MODE"
 GEMINI_CRASH_FAILURE = "GEMINI_CRASH_FAILURE"
+GEMINI_HOLD_DIR = "GEMINI_HOLD_DIR"
 GEMINI_RUNTIME_DIR = "GEMINI_RUNTIME_DIR"
 GEMINI_VERIFY_LOCAL = "GEMINI_VERIFY_LOCAL"
 GEMINI_ETCD_PASSWORD = "GEMINI_ETCD_PASSWORD"

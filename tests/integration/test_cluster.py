@@ -259,6 +259,23 @@ def test_a_crash_restores_what_every_rank_captured(node_failures: RealResult) ->
         assert record.restored_iteration == restart.iteration
 
 
+def test_a_node_lost_as_an_iteration_ends_loses_that_iteration(node_failures: RealResult) -> None:
+    """``at_iteration: k`` strikes as k ends, before any byte of k leaves the node (the
+    simulator's meaning): the lost node's shard of k is nowhere else, so the job restores
+    k - 1, every rank holding it. Without the injector's hold at the capture, a state this
+    small reached the peers before the failure struck, and the harness restored k."""
+    for index, at in ((1, 10), (2, 15)):  # the lost node, then the root's node
+        record = next(r for r in node_failures.summary.failures if r.index == index)
+        assert record.kind in ("hardware", "root_agent"), record
+        assert record.restored_iteration == at - 1, record
+        injected = next(
+            e
+            for e in node_failures.events
+            if e.kind == "failure_injected" and e.details.get("failure") == index
+        )
+        assert injected.details["replicating"] is True, injected
+
+
 def root_at(events: list[Event], time_s: float) -> int | None:
     """The node that was root at ``time_s`` (the last election before it)."""
     elected = [e for e in events if e.kind == "root_elected" and e.time_s <= time_s]

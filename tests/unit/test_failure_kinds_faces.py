@@ -287,3 +287,51 @@ def test_nodes_lost_together_are_all_killed_before_any_is_reaped(
     pids = [agents[2].pid, agents[3].pid]
     assert order == [("kill", pids[0]), ("kill", pids[1]), ("reap", pids[0]), ("reap", pids[1])]
     assert all(agent.returncode == -9 for agent in agents.values())
+
+
+@pytest.mark.parametrize(
+    ("entry", "leader", "held"),
+    [
+        # A trainer crash: the node's first local rank only (the one the harness kills).
+        ({"kind": "software", "nodes": [2], "at_iteration": 7}, 10, {"4.7"}),
+        (
+            {"kind": "hardware", "nodes": [1, 3], "at_iteration": 7},
+            10,
+            {"2.7", "3.7", "6.7", "7.7"},
+        ),
+        # Node 3's group is the ring {2, 3, 4}.
+        ({"kind": "group", "nodes": [3], "at_iteration": 7}, 10, {f"{r}.7" for r in range(4, 10)}),
+        # The root's node now (slot 2), or the first root while none is elected (slot 0).
+        ({"kind": "root_agent", "nodes": [3], "at_iteration": 7}, 12, {"4.7", "5.7"}),
+        ({"kind": "root_agent", "nodes": [3], "at_iteration": 7}, None, {"0.7", "1.7"}),
+        ({"kind": "hardware", "nodes": [1], "at_iteration": 7, "during": "replication"}, 10, set()),
+        ({"kind": "hardware", "nodes": [1], "at_time_s": 3.0}, 10, set()),
+    ],
+)
+def test_the_injector_holds_the_ranks_its_failure_strikes(
+    tmp_path: Path, entry: dict[str, Any], leader: int | None, held: set[str]
+) -> None:
+    """``at_iteration: k`` arms a hold for every rank the failure will strike, at its capture
+    of k (``real.trainer.inject.hold_point``), and releases them once it is performed."""
+    scenario: Scenario = parse_scenario(SCENARIO, overrides=["cluster.accelerators_per_node=2"])
+    cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
+    cluster.leader_id = leader
+    log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
+    failure = ScheduledFailure.model_validate(entry)
+    injector = FailureInjector(cluster, scenario, log, schedule=[failure])
+    armed: list[set[str]] = []
+
+    def trigger(index: int, scheduled: ScheduledFailure) -> bool:
+        folder = tmp_path / "holds"
+        armed.append({p.name for p in folder.iterdir()} if folder.exists() else set())
+        return True
+
+    injector._wait_trigger = trigger  # type: ignore[method-assign]
+    try:
+        injector._run()
+    finally:
+        log.close()
+    assert not injector.errors
+    assert armed == [held]
+    assert len(injector.injected) == 1 and cluster.actions
+    assert not any((tmp_path / "holds").glob("*")), "holds left after the failure"

@@ -62,3 +62,42 @@ def test_the_process_dies_at_the_crash_point(tmp_path: Path, mode: str, returnco
     event = json.loads(log.read_text().splitlines()[-1])
     assert event["kind"] == "failure_injected" and event["iteration"] == 3
     assert event["details"]["failure"] == 0 and event["details"]["reached_iteration"] == 3
+
+
+def test_a_rank_holds_at_an_armed_capture_until_the_hold_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The injector's hold: only the armed rank and iteration wait, until the file goes."""
+    import threading
+    import time
+
+    from real.trainer.inject import hold_point
+
+    monkeypatch.delenv("GEMINI_HOLD_DIR", raising=False)
+    (tmp_path / "3.7").touch()
+    assert hold_point(3, 7) is False  # no hold folder: never holds
+    monkeypatch.setenv("GEMINI_HOLD_DIR", str(tmp_path))
+    assert hold_point(3, 6) is False and hold_point(2, 7) is False
+    released = threading.Timer(0.3, (tmp_path / "3.7").unlink)
+    started = time.monotonic()
+    released.start()
+    try:
+        assert hold_point(3, 7) is True
+    finally:
+        released.join()
+    assert time.monotonic() - started >= 0.3
+
+
+def test_a_hold_never_released_ends_at_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    from real.trainer.inject import hold_point
+
+    monkeypatch.setenv("GEMINI_HOLD_DIR", str(tmp_path))
+    (tmp_path / "0.4").touch()
+    started = time.monotonic()
+    assert hold_point(0, 4, timeout_s=0.2) is True
+    assert 0.2 <= time.monotonic() - started < 5.0
+    assert "outlasted" in caplog.text
