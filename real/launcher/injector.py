@@ -40,7 +40,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,23 +125,25 @@ class FailureInjector:
             for index, failure in enumerate(self.schedule):
                 holds = self._arm(failure)
                 try:
-                    if not self._wait_trigger(index, failure):
+                    if not self._wait_trigger(index, failure, tuple(holds)):
                         return
                     self.inject(index, failure)
                 finally:
-                    for path in holds:  # performed (or given up): the ranks go on
+                    for path in holds.values():  # performed (or given up): the ranks go on
                         path.unlink(missing_ok=True)
         except BaseException as error:  # reported by the launcher
             log.exception("failure injector stopped")
             self.errors.append(error)
 
-    def _wait_trigger(self, index: int, failure: ScheduledFailure) -> bool:
+    def _wait_trigger(
+        self, index: int, failure: ScheduledFailure, held: Collection[int] = ()
+    ) -> bool:
         while not self._stop.is_set():
             progress = self.watcher.poll()
             if failure.during == "recovery" and index > 0:
                 due = self._in_recovery(index - 1, failure)
             elif failure.at_iteration is not None:
-                due = self._reached(progress, failure, failure.at_iteration)
+                due = self._reached(progress, failure, failure.at_iteration, held)
             elif failure.at_time_s is not None:
                 due = self.events.now() >= failure.at_time_s
             else:
@@ -151,27 +153,27 @@ class FailureInjector:
             time.sleep(POLL_S)
         return False
 
-    def _arm(self, failure: ScheduledFailure) -> list[Path]:
+    def _arm(self, failure: ScheduledFailure) -> dict[int, Path]:
         """Hold the ranks an ``at_iteration: k`` failure strikes at their capture of k, until
-        it is performed (``real.trainer.inject.hold_point``): the files that arm the holds."""
+        it is performed (``real.trainer.inject.hold_point``): the file that arms each held
+        rank's hold."""
         if failure.at_iteration is None or failure.during != "training":
-            return []
+            return {}
         try:
             # Before the job has a root, a root_agent failure will find the first one there.
             target, _ = self._resolve(failure, initial_root(self.scenario.cluster.nodes))
         except Exception as error:  # a store not answering: the failure fires unheld
             log.warning("failure at iteration %d: no hold armed (%s)", failure.at_iteration, error)
-            return []
+            return {}
         per_node = self.scenario.cluster.accelerators_per_node
         local = range(1) if target.action == "kill_trainer" else range(per_node)
         folder = hold_folder(Path(self.cluster.run_dir))  # type: ignore[attr-defined]
         folder.mkdir(parents=True, exist_ok=True)
-        paths = [
-            folder / f"{slot * per_node + r}.{failure.at_iteration}"
-            for slot in target.nodes
-            for r in local
-        ]
-        for path in paths:
+        paths = {
+            rank: folder / f"{rank}.{failure.at_iteration}"
+            for rank in (slot * per_node + r for slot in target.nodes for r in local)
+        }
+        for path in paths.values():
             path.touch()
         return paths
 
@@ -188,11 +190,21 @@ class FailureInjector:
         target = resolve_failure(failure.kind, failure.nodes, placement=self.placement, root=root)
         return target, members
 
-    def _reached(self, progress: Progress, failure: ScheduledFailure, iteration: int) -> bool:
+    def _reached(
+        self,
+        progress: Progress,
+        failure: ScheduledFailure,
+        iteration: int,
+        held: Collection[int] = (),
+    ) -> bool:
         """Whether every rank of the nodes ``failure`` names has ended or captured ``iteration``:
         the simulator's failure strikes as the iteration ends, its capture done and its
-        replicas not yet sent. For ``root_agent``, whether some rank has ended it."""
+        replicas not yet sent. For ``root_agent``, whose node is the root's when it strikes:
+        whether the ranks held for it (``_arm``: the root's node's) have, or without holds
+        whether some rank has ended it."""
         if failure.kind == "root_agent":
+            if held:
+                return all(progress.ended.get(rank, 0) >= iteration for rank in held)
             return progress.max_iteration >= iteration
         per_node = self.scenario.cluster.accelerators_per_node
         ranks = [n * per_node + r for n in failure.nodes for r in range(per_node)]

@@ -212,7 +212,8 @@ def test_an_iteration_trigger_waits_for_the_failing_nodes_ranks(tmp_path: Path) 
     """``at_iteration: k`` fires once the named nodes' ranks have ended or captured k, as the
     simulator's failure strikes with k captured and its replicas not yet sent; not when some
     other rank got there first. A root_agent failure, whose node is known only when it strikes,
-    fires once some rank has."""
+    fires once the ranks held for it (the root's node's) have, or once some rank has when none
+    could be held."""
     scenario: Scenario = parse_scenario(SCENARIO)
     cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
     log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
@@ -233,7 +234,11 @@ def test_an_iteration_trigger_waits_for_the_failing_nodes_ranks(tmp_path: Path) 
         assert not injector._reached(progress, crash, 5)
         assert injector._reached(progress, lost, 5)
         assert injector._reached(progress, root, 5)
+        # Rank 2 held for the root's node: not before it has captured 5, whoever else has.
+        assert not injector._reached(progress, root, 5, held=(2,))
+        assert injector._reached(progress, root, 5, held=(1,))
         progress.ended[2] = 5
+        assert injector._reached(progress, root, 5, held=(2,))
         assert injector._reached(progress, crash, 5)
         # A capture counts as the iteration's end: it comes first, before the replication.
         watcher = injector.watcher
@@ -321,9 +326,11 @@ def test_the_injector_holds_the_ranks_its_failure_strikes(
     injector = FailureInjector(cluster, scenario, log, schedule=[failure])
     armed: list[set[str]] = []
 
-    def trigger(index: int, scheduled: ScheduledFailure) -> bool:
+    def trigger(index: int, scheduled: ScheduledFailure, ranks: tuple[int, ...] = ()) -> bool:
         folder = tmp_path / "holds"
         armed.append({p.name for p in folder.iterdir()} if folder.exists() else set())
+        # The trigger waits for the ranks held, the ones the failure strikes.
+        assert {f"{rank}.{scheduled.at_iteration}" for rank in ranks} == armed[-1]
         return True
 
     injector._wait_trigger = trigger  # type: ignore[method-assign]
