@@ -560,9 +560,7 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         **({} if restore is None else {"engine_restore_fixed_s": restore}),
     }
     if scenario.training.parallelism == "ddp":  # the reference shapes: FSDP2's restore too
-        zero3 = _fsdp2_restore_fixed_s(scenario, rank, world)
-        if zero3 is not None:
-            out["engine_restore_fixed_zero3_s"] = zero3
+        out.update(_fsdp2_restore_fixed_s(scenario, rank, world) or {})
     return out
 
 
@@ -571,9 +569,11 @@ FSDP2_SAVES = 2
 slots)."""
 
 
-def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> float | None:
-    """The engine's restore as the harness's FSDP2 trainers make one, s; None if it cannot
-    run here (the reason is logged).
+def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> dict[str, float] | None:
+    """The engine's restore as the harness's FSDP2 trainers make one
+    (``engine_restore_fixed_zero3_s``), and what a new process's first FSDP2 state and first
+    FSDP2 trainer cost beyond later ones (``fsdp2_first_state_s``, ``fsdp2_first_build_s``),
+    s; None if it cannot run here (the reason is logged).
 
     An FSDP2 module's parameters belong to the device mesh of the group it was sharded on, so
     after a failure the harness builds a new trainer around the new group and restores into
@@ -590,7 +590,12 @@ def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> float | None
     step on DTensors whose dispatch it has never seen, which costs several times what it does
     in a process that has sharded a model before (0.22-0.24 s against 0.02-0.05 s on the
     validation's FSDP2 model, 2 ranks). The restore below runs in a process that has, so the
-    difference is measured on its own (``_first_state_extra_s``) and added."""
+    difference is measured on its own (``_first_state_extra_s``) and returned beside it: only
+    the new process pays it, while the survivors wait, so the laws scale it by one process's
+    share of the CPUs, not by every rank's (``analysis.calibration.law_costs``). Its first FSDP2
+    trainer likewise costs more to build than one built after it (the first sharding of a
+    module on a device mesh in the process): the difference is what a spare's join pays beyond
+    the DDP build the join law measures."""
     import torch.distributed as dist
 
     from real.trainer.workload.trainer import Trainer, TrainerConfig
@@ -600,7 +605,9 @@ def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> float | None
     config = TrainerConfig.from_scenario(sharded)
     try:
         with _own_node_store(rank, world) as build:
-            trainer = Trainer(config, rank=rank, world_size=world)
+            began = time.perf_counter()
+            trainer = Trainer(config, rank=rank, world_size=world)  # this process's first
+            first_build_s = time.perf_counter() - began
             began = time.perf_counter()
             trainer.state()  # this process's first FSDP2 state: what a spare's costs
             first_s = time.perf_counter() - began
@@ -613,14 +620,22 @@ def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> float | None
             dist.barrier()
             engine.close(abandon=True)
             del trainer, engine  # as the harness drops them, then builds the next attempt's
+            began = time.perf_counter()
             fresh = Trainer(config, rank=rank, world_size=world)
+            later_build_s = time.perf_counter() - began
             engine, _ = build(sharded, fresh.state)
             restore = _engine_restore_fixed_s(engine, fresh, world, committed)
             engine.close(abandon=True)
             del fresh, engine
             extra = _first_state_extra_s(first_s, Trainer(config, rank=rank, world_size=world))
         dist.barrier()
-        return None if restore is None else restore + extra
+        if restore is None:
+            return None
+        return {
+            "engine_restore_fixed_zero3_s": restore,
+            "fsdp2_first_state_s": extra,
+            "fsdp2_first_build_s": max(0.0, first_build_s - later_build_s),
+        }
     except Exception as error:  # left out, with the reason
         log.warning("FSDP2 restore micro-benchmark skipped: %s", error)
         return None
@@ -775,21 +790,51 @@ def _probe_round_trip_s(repeats: int = 5) -> float:
     return max(statistics.median(live), statistics.median(refused))
 
 
+TRAINER_LIKE = (
+    "import sys, time, torch, torch.distributed\n"
+    "torch.set_num_threads(1)\n"
+    "model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.Linear(1024, 256))\n"
+    "optimizer = torch.optim.AdamW(model.parameters())\n"
+    "model(torch.ones(8, 256)).sum().backward()\n"
+    "optimizer.step()\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(120)\n"
+)
+"""A child that holds what a trainer's process holds when it dies (torch and its distributed
+package loaded, a model trained one step): its teardown is what an agent waits for."""
+
+
 def _exit_notice_s(repeats: int = 3) -> float:
-    """From SIGKILL of a child process to its parent reaping it (how an agent learns), s."""
+    """From SIGKILL of a trainer-like child process (``TRAINER_LIKE``) to its parent reaping
+    it, s: how an agent learns of its trainer's crash.
+
+    The kernel tears down the dead process's memory before its parent's wait returns: for a
+    process with torch loaded that is 20-35 ms on our machines, against about 1 ms for a bare
+    Python, so a bare child would leave most of the notice out. The children start together
+    and are killed one at a time once all are ready."""
+    children = [
+        subprocess.Popen([sys.executable, "-c", TRAINER_LIKE], stdout=subprocess.PIPE, text=True)
+        for _ in range(repeats)
+    ]
     times = []
-    for _ in range(repeats):
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        try:
+    try:
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"exit-notice child exited with code {child.wait(timeout=10)}")
+        for child in children:
             time.sleep(0.05)
             began = time.perf_counter()
             child.kill()
             child.wait(timeout=10)
             times.append(time.perf_counter() - began)
-        finally:
+    finally:
+        for child in children:
             if child.poll() is None:
                 child.kill()
                 child.wait(timeout=10)
+            if child.stdout is not None:
+                child.stdout.close()
     return statistics.median(times)
 
 
