@@ -95,18 +95,13 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def recovery_costs(measurements: Mapping[str, Any], notifies: bool = False) -> dict[str, float]:
+def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     """The in-process recovery's costs from micro-measurements (``source: micro``), s.
 
-    Every hop of a message between trainer, agent and root costs ``hop_work_s`` when measured
-    (the CPU a woken process waits for and spends on it; the laws scale it with the host's
-    load). With a store that polls (etcd: ``notifies`` False), the agents read it every
-    ``agent_poll_s`` and the root every ``root_poll_s``, so a message also waits half a period
-    on average at each hop. With a store that notifies (the embedded one: ``notifies`` True),
-    a store watch wakes the agents and the root when a key they wait for is written, and a
-    trainer's message or exit wakes its agent, so no hop waits for a period. Below, "agent
-    poll / 2" stands for agent poll / 2 + hop work (only the hop work when the store
-    notifies), "root poll / 2" likewise:
+    The harness's agents poll every ``agent_poll_s`` and its root every ``root_poll_s``; a
+    message waits half a period on average at each hop, plus ``hop_work_s`` when measured (the
+    CPU a poller waits for and spends once woken; the laws scale it with the host's load), so
+    below "agent poll / 2" stands for agent poll / 2 + hop work, "root poll / 2" likewise:
 
     - ``detection.exit_report_s`` = exit notice + agent poll / 2 + root poll / 2;
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
@@ -142,8 +137,8 @@ def recovery_costs(measurements: Mapping[str, Any], notifies: bool = False) -> d
     Only what was measured is returned.
     """
     work = _number(measurements, "hop_work_s") or 0.0
-    agent = (0.0 if notifies else _number(measurements, "agent_poll_s") or 0.0) + 2 * work
-    root = (0.0 if notifies else _number(measurements, "root_poll_s") or 0.0) + 2 * work
+    agent = (_number(measurements, "agent_poll_s") or 0.0) + 2 * work
+    root = (_number(measurements, "root_poll_s") or 0.0) + 2 * work
     hop = agent / 2 + root / 2
     out: dict[str, float] = {}
     notice = _number(measurements, "exit_notice_s")
@@ -199,9 +194,7 @@ MICRO_FIELDS = {
 """Costs from ``recovery_costs`` and the scenario fields they set."""
 
 
-def calibration_overrides(
-    calibration: Mapping[str, Any], strategy: str | None = None, notifies: bool = False
-) -> list[str]:
+def calibration_overrides(calibration: Mapping[str, Any], strategy: str | None = None) -> list[str]:
     """Scenario overrides (``dotted.key=value``) for the simulator from a calibration.
 
     Accepts the whole calibration document or just its ``measurements`` mapping. Rules:
@@ -223,8 +216,7 @@ def calibration_overrides(
     what they measure by ``recovery_costs``, unless the same cost was measured by runs. With
     ``strategy`` ``gemini`` the micro-benchmark's iteration with a checkpoint each
     (``engine_iteration_s``) stands for the iteration, its phases stretched alike (the laws'
-    rule); without one, or for the baseline, the iteration without checkpoints. ``notifies``:
-    the scenario's store wakes agents and root when it changes (``store_notifies``).
+    rule); without one, or for the baseline, the iteration without checkpoints.
 
     Raises:
         ValueError: a measurement that is not a non-negative number, or a bad phase.
@@ -232,7 +224,7 @@ def calibration_overrides(
     measurements = calibration.get("measurements", calibration)
     if not isinstance(measurements, Mapping):
         raise ValueError(f"calibration measurements must be a mapping, got {measurements!r}")
-    micro = recovery_costs(measurements, notifies)
+    micro = recovery_costs(measurements)
     if micro:
         overrides = _micro_overrides(measurements, micro, strategy)
         return [*overrides, *_plain_overrides(measurements, skip=overrides)]
@@ -439,7 +431,6 @@ def calibration_scenarios(calibration: Mapping[str, Any]) -> list[str]:
 # --- Laws: costs that transfer to shapes the calibration did not measure ---------------------
 
 FIXED_LAWS = (
-    "park_s",
     "engine_build_s",
     "engine_close_s",
     "engine_restore_fixed_s",
@@ -448,8 +439,8 @@ FIXED_LAWS = (
     "fsdp2_first_build_s",
     "persistent_restore_fixed_s",
 )
-"""A survivor's park, the engine's fixed costs and the persistent restore's, each a constant
-times a CPU share (``LAW_FORMS``)."""
+"""The engine's fixed costs and the persistent restore's, each a constant times a CPU share
+(``LAW_FORMS``)."""
 
 LAW_FORMS: dict[str, str] = {
     "rejoin_s": "(r0 + r1 * ranks) * share",
@@ -458,8 +449,6 @@ LAW_FORMS: dict[str, str] = {
     "compute_s": "(c0 + 6 * parameters * tokens_per_rank / flops_per_s) * share",
     "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
     "hop_work_s": "w * share",
-    "exit_notice_s": "e * share",
-    "park_s": "e * share",
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
@@ -476,10 +465,8 @@ CPUs (``single_host``): ``max(1, (ranks + background) / cpus)``, with ``backgrou
 runnable processes of other jobs (``runnable_processes``: when the sample was taken, or when
 the prediction is made); 1 on a real cluster. ``share_one`` is the share of one process
 that works while the others wait: ``max(1, (1 + background) / cpus)`` (a spare's first FSDP2
-state, which the reference shapes measure on every rank at once). A killed trainer's exit
-notice is the kernel's teardown of its memory, which competes with the survivors still
-training: timed with only the background beside it, it is fitted divided by ``share_one``
-and evaluated times ``share``. A DDP iteration's
+state and trainer, which the reference shapes measure on every rank at once). A DDP
+iteration's
 collective is a ring all-reduce of the fp32 gradients (``steps`` = 2 (n - 1) messages,
 ``sent_bytes`` = 2 (n - 1) / n x 4 P), ZeRO-3/FSDP's two all-gathers and a reduce-scatter
 (3 (n - 1) and 3 (n - 1) / n x 4 P)."""
@@ -489,8 +476,10 @@ FIRST_FSDP2 = ("fsdp2_first_state_s", "fsdp2_first_build_s")
 pays them, while the survivors wait, so they scale with one process's share (``share_one``)."""
 
 CONSTANT_LAWS = (
+    "park_s",
     "collective_failure_s",
     "probe_s",
+    "exit_notice_s",
     "agent_poll_s",
     "root_poll_s",
 )
@@ -606,14 +595,6 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     ]
     if works:
         laws["hop_work_s"] = {"w": statistics.median(works)}
-    # Timed before the reference ranks start: one dying process, beside the background.
-    notices = [
-        float(s["exit_notice_s"]) / _share(1, cpus, True, float(s.get("load_average") or 0.0))
-        for s in samples
-        if isinstance(s.get("exit_notice_s"), int | float)
-    ]
-    if notices:
-        laws["exit_notice_s"] = {"e": statistics.median(notices)}
     compute, communication = [], []
     for s in samples:
         phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
@@ -654,7 +635,7 @@ def _law(laws: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -> dict[str, float]:
     """The scenario's recovery costs and iteration (seconds) by ``LAW_FORMS``.
 
-    Returns ``collective_failure_s``, ``probe_s`` (constants), ``park_s``, ``exit_notice_s``,
+    Returns ``exit_notice_s``, ``collective_failure_s``, ``probe_s``, ``park_s`` (constants),
     ``spare_join_s``, ``rejoin_s``, ``state_load_s``, ``compute_s`` and ``communication_s``
     for the scenario's world size, parameters, tokens per rank, parallelism and the state one
     node restores (``shared.costs.node_checkpoint_bytes``). With links limited by tc (netns),
@@ -685,11 +666,6 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
         value = laws.get(key)
         if isinstance(value, int | float):
             out[key] = float(value)
-    notice = laws.get("exit_notice_s")
-    if isinstance(notice, Mapping):
-        out["exit_notice_s"] = float(notice["e"]) * share
-    elif isinstance(notice, int | float):  # laws fitted before 2026-12-04: a constant
-        out["exit_notice_s"] = float(notice)
     rejoin = _law(laws, "rejoin_s")
     out["rejoin_s"] = (float(rejoin["r0"]) + float(rejoin["r1"]) * ranks) * share
     join = _law(laws, "spare_join_s")
@@ -700,8 +676,6 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
         fitted = laws.get(key)
         if isinstance(fitted, Mapping):
             out[key] = float(fitted[letter]) * (alone if key in FIRST_FSDP2 else share)
-        elif isinstance(fitted, int | float):  # laws fitted before 2026-12-04: a constant
-            out[key] = float(fitted)
     # FSDP2: the harness restores into a trainer rebuilt around the new group (measured as
     # such on the reference shapes, benchmarks/calibrate.py), not into the trained one, and
     # the recovery waits for its new process (a spare), whose first FSDP2 state costs more
@@ -834,7 +808,7 @@ def law_overrides(
         **{k: v for k, v in measurements.items() if k != "laws"},
         **{k: round(v, 6) for k, v in costs.items()},
     }
-    micro = recovery_costs(shaped, store_notifies(scenario))
+    micro = recovery_costs(shaped)
     overrides = [
         f"{field}={_fmt(micro[key])}" for key, field in MICRO_FIELDS.items() if key in micro
     ]
@@ -922,13 +896,5 @@ def scenario_overrides(
     if isinstance(measurements, Mapping) and isinstance(measurements.get("laws"), Mapping):
         return law_overrides(calibration, scenario, background)
     return limited_overrides(
-        calibration_overrides(calibration, scenario.checkpoint.strategy, store_notifies(scenario)),
-        scenario,
+        calibration_overrides(calibration, scenario.checkpoint.strategy), scenario
     )
-
-
-def store_notifies(scenario: Any) -> bool:
-    """Whether the scenario's coordination store wakes the harness's agents and root when a
-    key changes (the embedded store's watch), rather than being polled (etcd's client in this
-    harness polls: ``real.coord.kv.KeyValueStore.watch``)."""
-    return bool(scenario.real.store == "embedded")

@@ -464,20 +464,23 @@ ENGINE_ITERATIONS = 4
 
 @contextlib.contextmanager
 def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, float]]]:
-    """A node store of this rank's own, in this process (the stores' addresses and the job's
-    secret are exchanged over the process group), and a function that builds an in-memory
-    checkpoint engine against it: ``build(scenario, template) -> (engine, build seconds)``.
-    Engines built one after another share the store and the run folder, as a trainer's
-    successive attempts do. The store stops on the way out."""
+    """A node store of this rank's own, a process of its own as a node agent starts one
+    (``StoreProcess``: the engine's connections, replicas and restores cross processes, and the
+    store takes CPU beside the trainers, as in the harness; the stores' addresses and the
+    job's secret are exchanged over the process group), and a function that builds an
+    in-memory checkpoint engine against it: ``build(scenario, template) -> (engine, build
+    seconds)``. Engines built one after another share the store and the run folder, as a
+    trainer's successive attempts do. The store stops on the way out."""
     import torch.distributed as dist
 
     from real.engine import GeminiCheckpointer
+    from real.engine.process import StoreProcess
     from real.engine.protocol import make_token
-    from real.engine.store import NodeStore
 
     tokens: list[Any] = [None] * world
     dist.all_gather_object(tokens, make_token())
-    store = NodeStore(rank, tokens[0]).start()
+    store = StoreProcess(rank, tokens[0])
+    store.start()
     try:
         addresses: list[Any] = [None] * world
         dist.all_gather_object(addresses, store.address)
@@ -510,7 +513,7 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
     iteration with its checkpoint, a stop's engine teardown and a restore's fixed cost take,
     s.
 
-    Every rank runs a node store of its own in this process (``_own_node_store``). Empty for
+    Every rank runs a node store process of its own (``_own_node_store``). Empty for
     strategies other than Gemini's, or when the engine cannot be built here (the reason is
     logged).
     """
@@ -790,51 +793,21 @@ def _probe_round_trip_s(repeats: int = 5) -> float:
     return max(statistics.median(live), statistics.median(refused))
 
 
-TRAINER_LIKE = (
-    "import sys, time, torch, torch.distributed\n"
-    "torch.set_num_threads(1)\n"
-    "model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.Linear(1024, 256))\n"
-    "optimizer = torch.optim.AdamW(model.parameters())\n"
-    "model(torch.ones(8, 256)).sum().backward()\n"
-    "optimizer.step()\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(120)\n"
-)
-"""A child that holds what a trainer's process holds when it dies (torch and its distributed
-package loaded, a model trained one step): its teardown is what an agent waits for."""
-
-
 def _exit_notice_s(repeats: int = 3) -> float:
-    """From SIGKILL of a trainer-like child process (``TRAINER_LIKE``) to its parent reaping
-    it, s: how an agent learns of its trainer's crash.
-
-    The kernel tears down the dead process's memory before its parent's wait returns: for a
-    process with torch loaded that is 20-35 ms on our machines, against about 1 ms for a bare
-    Python, so a bare child would leave most of the notice out. The children start together
-    and are killed one at a time once all are ready."""
-    children = [
-        subprocess.Popen([sys.executable, "-c", TRAINER_LIKE], stdout=subprocess.PIPE, text=True)
-        for _ in range(repeats)
-    ]
+    """From SIGKILL of a child process to its parent reaping it (how an agent learns), s."""
     times = []
-    try:
-        for child in children:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"exit-notice child exited with code {child.wait(timeout=10)}")
-        for child in children:
+    for _ in range(repeats):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
             time.sleep(0.05)
             began = time.perf_counter()
             child.kill()
             child.wait(timeout=10)
             times.append(time.perf_counter() - began)
-    finally:
-        for child in children:
+        finally:
             if child.poll() is None:
                 child.kill()
                 child.wait(timeout=10)
-            if child.stdout is not None:
-                child.stdout.close()
     return statistics.median(times)
 
 

@@ -187,7 +187,7 @@ def command(
         values = ", ".join(f"{k}={_short(v)}" for k, v in (fitted or {}).items())
         table.add_row(f"{key} = {form}", values)
     for key in ("park_s", "collective_failure_s", "probe_s", "exit_notice_s"):
-        if isinstance(laws.get(key), int | float):  # a constant, not a law of the forms above
+        if key in laws:
             table.add_row(key, _short(laws[key]))
     console.print(table)
     if loaded is not None:

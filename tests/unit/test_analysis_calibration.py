@@ -174,39 +174,6 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     assert "training.iteration_time_s=0.3" in overrides
 
 
-def test_a_store_that_notifies_leaves_out_the_half_polls_but_not_the_hop_work() -> None:
-    """The embedded store wakes agents and root when a key changes, and a trainer's message
-    wakes its agent: no hop waits half a period. Etcd is polled: every hop does."""
-    from analysis.calibration import recovery_costs
-
-    woken = recovery_costs(MICRO, notifies=True)
-    assert woken["exit_report_s"] == pytest.approx(0.01)
-    assert woken["probe_detection_s"] == pytest.approx(0.06 + 0.002)
-    assert woken["stop_s"] == pytest.approx(0.004)
-    assert woken["stop_parked_s"] == pytest.approx(0.0)
-    assert woken["restart_s"] == pytest.approx(0.3)
-    polled = recovery_costs(MICRO)
-    assert polled["stop_s"] == pytest.approx(0.004 + 0.01 + 0.035)
-    # The CPU a woken process waits for stays on every hop: three on a stop's path.
-    worked = recovery_costs({**MICRO, "hop_work_s": 0.002}, notifies=True)
-    assert worked["stop_s"] == pytest.approx(0.004 + 3 * 0.002)
-    assert worked["exit_report_s"] == pytest.approx(0.01 + 2 * 0.002)
-    # A scenario's store decides it.
-    quickstart = load_scenario(REPO / "scenarios" / "quickstart.yaml")
-    assert quickstart.real.store == "embedded"
-    etcd = quickstart.model_copy(
-        update={"real": quickstart.real.model_copy(update={"store": "etcd"})}
-    )
-    embedded_stop = load_scenario(
-        REPO / "scenarios" / "quickstart.yaml", scenario_overrides(MICRO, quickstart)
-    ).recovery.stop_s
-    etcd_stop = load_scenario(
-        REPO / "scenarios" / "quickstart.yaml", scenario_overrides(MICRO, etcd)
-    ).recovery.stop_s
-    assert embedded_stop == pytest.approx(0.004)
-    assert etcd_stop == pytest.approx(0.004 + 0.01 + 0.035)
-
-
 def test_geminis_iteration_carries_its_checkpoints_the_baselines_does_not() -> None:
     # The micro-benchmark timed its iteration with a checkpoint each too (0.15 s against
     # 0.1 s): Gemini's simulated phases stretch by that (the laws' rule), the baseline's not.
@@ -259,6 +226,7 @@ LAWS_TRUE = {
     "beta": 1e8,
 }
 CONSTANTS = {
+    "park_s": 0.01,
     "collective_failure_s": 0.03,
     "probe_s": 0.001,
     "exit_notice_s": 0.002,
@@ -281,8 +249,6 @@ def _sample(
     state = 12 * parameters
     return {
         **CONSTANTS,
-        # A killed child's teardown, timed before the ranks start: only the background beside it.
-        "exit_notice_s": CONSTANTS["exit_notice_s"] * max(1.0, (1 + background) / cpus),
         "ranks": ranks,
         "parameters": parameters,
         "state_bytes": state,
@@ -294,10 +260,9 @@ def _sample(
         "state_load_s": (t["l0"] + state / t["load"]) * share,
         "micro_iteration_time_s": compute + communication,
         "engine_iteration_s": compute + communication + (0.01 + state / 1e9) * share,
-        "park_s": 0.01 * share,
         "engine_restore_fixed_s": 0.02 * share,
         "engine_restore_fixed_zero3_s": 0.09 * share,
-        # Every rank's first FSDP2 state at once: the CPUs shared by all of them.
+        # Every rank's first FSDP2 state and trainer at once: the CPUs shared by all of them.
         "fsdp2_first_state_s": 0.05 * share,
         "fsdp2_first_build_s": 0.04 * share,
         "persistent_restore_fixed_s": 0.15 * share,
@@ -321,12 +286,8 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     scenario = load_scenario(REPO / "scenarios" / "validation" / "v03-small-8nodes-hardware.yaml")
     expected = _sample(8, scenario.model.parameter_count, background=5)
     costs = law_costs(laws, scenario, background=5)
-    for key in ("rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS.keys() - {"exit_notice_s"}):
+    for key in ("rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
         assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
-    # A trainer's teardown competes with the survivors, who go on training: every rank's share.
-    assert costs["exit_notice_s"] == pytest.approx(0.002 * (8 + 5) / 2, rel=1e-6)
-    # Laws fitted before the exit notice scaled with the load kept it as a constant.
-    assert law_costs({**laws, "exit_notice_s": 0.004}, scenario, 5)["exit_notice_s"] == 0.004
     phases = dict(expected["micro_iteration_phases"])  # type: ignore[call-overload]
     assert costs["compute_s"] == pytest.approx(phases["compute"], rel=1e-6)
     assert costs["communication_s"] == pytest.approx(phases["communication"], rel=1e-6)
@@ -334,8 +295,7 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     share = (8 + 5) / 2
     state = 12 * scenario.model.parameter_count
     assert costs["checkpoint_overhead_s"] == pytest.approx((0.01 + state / 1e9) * share, rel=1e-6)
-    # A survivor's park and the engine's restore without its copy: fixed costs, times the share.
-    assert costs["park_s"] == pytest.approx(0.01 * share, rel=1e-6)
+    # The engine's restore without its copy: a fixed cost, times the share.
     assert costs["engine_restore_fixed_s"] == pytest.approx(0.02 * share, rel=1e-6)
     assert "engine_restore_fixed_zero3_s" not in costs
     # A restore from storage: DCP's fixed cost, times the share, whatever the strategy.
@@ -455,8 +415,8 @@ def test_a_restart_over_a_tc_limited_link_pays_its_gradient_all_reduce() -> None
     calibrated = load_scenario(
         validation / "v08-large-netns-02g-hardware.yaml", scenario_overrides(calibration, netns)
     )
-    # v08's embedded store wakes the agents: no half poll before the new attempt.
-    restart = max(costs["spare_join_s"], costs["rejoin_s"]) + costs["restart_link_s"]
+    hop = 0.025 + 0.025
+    restart = hop / 2 + max(costs["spare_join_s"], costs["rejoin_s"]) + costs["restart_link_s"]
     assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-4)
     for local in ("v02-large-hardware-ring.yaml", "v05-large-fsdp-hardware.yaml"):
         assert "restart_link_s" not in law_costs(laws, load_scenario(validation / local))
@@ -474,22 +434,11 @@ def test_law_overrides_set_the_recovery_costs_by_the_micro_rules() -> None:
     scenario = load_scenario(path)
     costs = law_costs(calibration["measurements"]["laws"], scenario)  # type: ignore[index]
     calibrated = load_scenario(path, scenario_overrides(calibration, scenario))
-    # The embedded store notifies: no half polls (test_a_store_that_notifies_...).
-    notice = costs["exit_notice_s"]
-    assert notice == pytest.approx(0.002 * 4 / 2)  # 4 ranks on 2 CPUs
-    assert calibrated.detection.exit_report_s == pytest.approx(notice)
-    park = costs["park_s"]
-    assert park == pytest.approx(0.01 * 4 / 2)  # every survivor parks at once
-    assert calibrated.recovery.stop_s == pytest.approx(park)
-    restart = max(costs["spare_join_s"], costs["rejoin_s"])
-    assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-5)
-    # Under etcd, which the harness polls, every hop waits half a period.
-    etcd = scenario.model_copy(update={"real": scenario.real.model_copy(update={"store": "etcd"})})
-    polled = load_scenario(path, scenario_overrides(calibration, etcd))
     hop = 0.025 + 0.025
-    assert polled.detection.exit_report_s == pytest.approx(notice + hop)
-    assert polled.recovery.stop_s == pytest.approx(0.025 + park + hop)
-    assert polled.recovery.restart_s == pytest.approx(0.025 + restart, rel=1e-5)
+    assert calibrated.detection.exit_report_s == pytest.approx(0.002 + hop)
+    assert calibrated.recovery.stop_s == pytest.approx(0.025 + 0.01 + hop)
+    restart = 0.025 + max(costs["spare_join_s"], costs["rejoin_s"])
+    assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-5)
     assert calibrated.recovery.node_start_s == pytest.approx(2.5)
     phases = calibrated.training.phases
     assert phases is not None
