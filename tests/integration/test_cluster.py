@@ -458,6 +458,13 @@ def test_etcd_store_recovers_a_root_failure(runs_dir: Path, reference: dict[str,
     assert not pids and not shm, (pids, shm)
 
 
+def _default_sigint() -> None:
+    """A shell that starts the tests in the background (``cmd &`` without job control) leaves
+    SIGINT ignored, and every child inherits that, so Python would install no handler: the
+    command under test gets Ctrl-C's default disposition, as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_tears_everything_down(runs_dir: Path) -> None:
     path = scenario_file(runs_dir, "interrupted", [])
     out = runs_dir / "interrupted"
@@ -466,6 +473,7 @@ def test_ctrl_c_tears_everything_down(runs_dir: Path) -> None:
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
