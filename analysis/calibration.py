@@ -678,15 +678,15 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
             out[key] = float(fitted[letter]) * (alone if key in FIRST_FSDP2 else share)
     # FSDP2: the harness restores into a trainer rebuilt around the new group (measured as
     # such on the reference shapes, benchmarks/calibrate.py), not into the trained one, and
-    # the recovery waits for its new process (a spare), whose first FSDP2 state costs more
-    # while the survivors, done, wait: that part competes only with the background.
+    # the recovery waits for its new process (a spare), whose first FSDP2 state and first
+    # FSDP2 trainer (beyond the DDP build the join law timed) cost more while the survivors
+    # wait: those parts compete only with the background (``FIRST_FSDP2``).
     zero3 = out.pop("engine_restore_fixed_zero3_s", None)
-    first = out.pop("fsdp2_first_state_s", 0.0)
-    if zero3 is not None and scenario.training.parallelism == "zero3":
-        out["engine_restore_fixed_s"] = zero3 + first
-    # Its first FSDP2 trainer, beyond the DDP build that the join law timed: the spare's alone.
+    first_state = out.pop("fsdp2_first_state_s", 0.0)
     first_build = out.pop("fsdp2_first_build_s", 0.0)
     if scenario.training.parallelism == "zero3":
+        if zero3 is not None:
+            out["engine_restore_fixed_s"] = zero3 + first_state
         out["spare_join_s"] += first_build
     load = _law(laws, "state_load_s")
     rate = load.get("load_bytes_per_s")

@@ -563,7 +563,7 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         **({} if restore is None else {"engine_restore_fixed_s": restore}),
     }
     if scenario.training.parallelism == "ddp":  # the reference shapes: FSDP2's restore too
-        out.update(_fsdp2_restore_fixed_s(scenario, rank, world) or {})
+        out.update(_fsdp2_costs(scenario, rank, world) or {})
     return out
 
 
@@ -572,7 +572,7 @@ FSDP2_SAVES = 2
 slots)."""
 
 
-def _fsdp2_restore_fixed_s(scenario: Any, rank: int, world: int) -> dict[str, float] | None:
+def _fsdp2_costs(scenario: Any, rank: int, world: int) -> dict[str, float] | None:
     """The engine's restore as the harness's FSDP2 trainers make one
     (``engine_restore_fixed_zero3_s``), and what a new process's first FSDP2 state and first
     FSDP2 trainer cost beyond later ones (``fsdp2_first_state_s``, ``fsdp2_first_build_s``),
