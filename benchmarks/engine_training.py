@@ -7,7 +7,10 @@ DDP, gloo) runs on
 - ``none``: no checkpoints;
 - ``interleaved``: ``GeminiCheckpointer`` saving every iteration, replication profiled over the
   first iterations and then scheduled into the idle spans of DDP's all-reduces;
-- ``blocking``: the same, but each save replicates and commits before training continues.
+- ``blocking``: the same, but each save replicates and commits before training continues;
+- ``floor`` (asked for by name): the least any in-memory checkpoint replicated to a peer must do,
+  ``FloorCheckpointer``: one plain copy of the state per iteration and one one-way send of its
+  bytes to the next node's store; its overhead is what this machine charges for the bytes alone.
 
 An iteration's time is the slowest rank's time from the start of its step to the return of
 ``save()``; the figure per mode is the median over the iterations after profiling and over the
@@ -22,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,10 +33,114 @@ from typing import Any
 
 from real.engine.client import StoreClient
 from real.engine.process import StoreProcess
-from real.engine.protocol import make_token
+from real.engine.protocol import make_token, recv_frame, send_frame
 from real.runtime.env import GEMINI_TOKEN
 
 MODES = ("none", "interleaved", "blocking")
+ALL_MODES = (*MODES, "floor")
+
+
+class FloorCheckpointer:
+    """The floor of a per-iteration checkpoint replicated to one peer, for the benchmark.
+
+    ``save()`` copies every tensor of the state into one of two plain host buffers (the
+    engine's two slots), one ``copy_`` per tensor, and hands the buffer to a thread that
+    sends its bytes to the peer store's raw-TCP ``sink`` (plain memory there). No hash, no
+    manifest, no round trip but the sink's reply, no commit: any design that keeps a
+    checkpoint in host memory and a copy on another node moves at least these bytes. A save
+    waits only while the buffer it needs is still being sent (the send before the previous
+    one).
+    """
+
+    def __init__(self, client: StoreClient) -> None:
+        self.client = client
+        self.buffers: list[Any] = []
+        self.views: list[dict[str, Any]] = []
+        self.free = [threading.Event(), threading.Event()]
+        for event in self.free:
+            event.set()
+        self.pending: list[int] = []  # buffers saved and not yet sent, oldest first
+        self.ready = threading.Condition()
+        self.closing = False
+        self.sent_bytes = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._send_loop, name="floor-sender", daemon=True)
+        self.thread.start()
+        self.saves = 0
+
+    def _layout(self, tensors: dict[str, Any]) -> None:
+        import torch
+
+        offsets, total = {}, 0
+        for key, tensor in tensors.items():
+            offsets[key] = total
+            total += -(-tensor.numel() * tensor.element_size() // 64) * 64  # 64-byte aligned
+        for _ in range(2):
+            flat = torch.zeros(total, dtype=torch.uint8)  # zero-filled: pages touched
+            self.buffers.append(flat)
+            self.views.append(
+                {
+                    key: flat[offsets[key] : offsets[key] + t.numel() * t.element_size()]
+                    .view(t.dtype)
+                    .view(t.shape)
+                    for key, t in tensors.items()
+                }
+            )
+
+    def save(self, iteration: int, state: dict[str, Any]) -> None:
+        from real.engine.state import flatten_state
+
+        if self.error is not None:
+            raise RuntimeError("floor sender failed") from self.error
+        tensors, _ = flatten_state(state)
+        if not self.buffers:
+            self._layout(tensors)
+        index = self.saves % 2
+        self.free[index].wait()
+        self.free[index].clear()
+        views = self.views[index]
+        for key, tensor in tensors.items():
+            views[key].copy_(tensor.detach())
+        with self.ready:
+            self.pending.append(index)
+            self.ready.notify()
+        self.saves += 1
+
+    def _send_loop(self) -> None:
+        while True:
+            with self.ready:
+                while not self.pending and not self.closing:
+                    self.ready.wait()
+                if not self.pending:
+                    return
+                index = self.pending.pop(0)
+            try:
+                if self.error is None:
+                    payload = memoryview(self.buffers[index].numpy())
+                    send_frame(self.client.sock, {"op": "sink"}, payload)
+                    reply = recv_frame(self.client.sock)[0]
+                    if not reply.get("ok"):
+                        raise RuntimeError(f"sink refused: {reply}")
+                    self.sent_bytes += len(payload)
+            except BaseException as error:  # reported by the next save() or wait()
+                self.error = error
+            finally:
+                self.free[index].set()
+
+    def wait(self) -> None:
+        """Until every save so far has been sent."""
+        for event in self.free:
+            event.wait()
+        if self.error is not None:
+            raise RuntimeError("floor sender failed") from self.error
+
+    def close(self) -> None:
+        self.wait()
+        with self.ready:
+            self.closing = True
+            self.ready.notify()
+        self.thread.join()
+        self.client.close()
 
 
 @dataclass(frozen=True)
@@ -127,8 +235,13 @@ def worker(config: dict[str, Any]) -> None:
     )
     scenario = _scenario(config)
     trainer = Trainer(TrainerConfig.from_scenario(scenario), rank=rank, world_size=world)
-    checkpointer = None
-    if config["mode"] != "none":
+    checkpointer: Any = None
+    if config["mode"] == "floor":
+        peer = (rank // config["per_node"] + 1) % config["nodes"]
+        checkpointer = FloorCheckpointer(
+            StoreClient(peer, config["addrs"][peer], os.environ[GEMINI_TOKEN])
+        )
+    elif config["mode"] != "none":
         from real.engine import GeminiCheckpointer
 
         checkpointer = GeminiCheckpointer(
@@ -161,7 +274,11 @@ def worker(config: dict[str, Any]) -> None:
         "save_s": statistics.median(saves[skip:]),
         "cpu_per_iteration_s": (time.process_time() - cpu_began) / timed,
     }
-    if checkpointer is not None:
+    if isinstance(checkpointer, FloorCheckpointer):
+        checkpointer.close()
+        report["saves"] = len(saves)
+        report["sent_bytes"] = checkpointer.sent_bytes
+    elif checkpointer is not None:
         checkpointer.wait()
         report["saves"] = len(saves)
         report["costs"] = {
@@ -265,8 +382,8 @@ def bench_training(
         "batch": model.batch,
         "profiling": profiling,
     }
-    if "none" not in modes or any(mode not in MODES for mode in modes):
-        raise ValueError(f"modes must include 'none' and come from {MODES}, got {modes}")
+    if "none" not in modes or any(mode not in ALL_MODES for mode in modes):
+        raise ValueError(f"modes must include 'none' and come from {ALL_MODES}, got {modes}")
     samples: dict[str, list[float]] = {mode: [] for mode in modes}
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="gemini-bench-train-") as folder:

@@ -31,10 +31,13 @@ or wrong before it looks at the data.
 
 from __future__ import annotations
 
+import collections
+import copy
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -370,6 +373,54 @@ def seal_with(manifest: Manifest, digests: list[str]) -> None:
     """Fill in the block checksums computed elsewhere (a :class:`BlockHasher`) and the shard's."""
     manifest.blocks = list(digests)
     manifest.shard_checksum = checksum("".join(manifest.blocks).encode())
+
+
+class TrustedManifests:
+    """Manifests this process signed (the sender's seal) or verified (a restore), by the job's
+    key and their exact bytes.
+
+    A restore from a slot whose manifest region holds exactly such bytes skips parsing them
+    and checking their MAC again: the same bytes under the same key are the same manifest. It
+    lives as long as the process, not the engine, so a survivor whose engine is rebuilt after
+    a failure restores the checkpoints its previous engine sealed without parsing them. A
+    rank has two local slots, so a few entries suffice; the oldest go first. Entries are
+    copies nobody else holds: a restored state gets copies of their JSON values.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: collections.OrderedDict[tuple[bytes, bytes], Manifest] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()  # the sender thread remembers, the training thread reads
+
+    def remember(self, key: bytes, raw: bytes, manifest: Manifest) -> Manifest:
+        """Trust ``raw``, which is ``manifest`` signed with ``key``; returns the private copy
+        kept."""
+        own = replace(
+            manifest,
+            tensors=list(manifest.tensors),
+            values=copy.deepcopy(manifest.values),
+            blocks=list(manifest.blocks),
+        )
+        with self._lock:
+            self._entries[(key, raw)] = own
+            self._entries.move_to_end((key, raw))
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return own
+
+    def get(self, key: bytes, raw: bytes) -> Manifest | None:
+        with self._lock:
+            return self._entries.get((key, raw))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+TRUSTED = TrustedManifests()
+"""This process's trusted manifests (``real.engine.restore.read_local``)."""
 
 
 def verify(manifest: Manifest, data: memoryview) -> None:

@@ -39,3 +39,36 @@ def test_process_cpu_time_is_read_from_proc_and_grows_with_work() -> None:
     while time.process_time() - spent < 0.3:
         pass
     assert _cpu_s(os.getpid()) - before >= 0.2
+
+
+def test_floor_checkpointer_copies_and_sends_every_state_byte_to_the_peer() -> None:
+    """The training benchmark's floor moves the whole state: each save's bytes land in the
+    peer store's sink, and two buffers alternate so a save never overwrites one in flight."""
+    import torch
+
+    from benchmarks.engine_training import FloorCheckpointer
+    from real.engine.client import StoreClient
+    from real.engine.protocol import make_token
+    from real.engine.store import NodeStore
+
+    token = make_token()
+    store = NodeStore(1, token).start()
+    floor = FloorCheckpointer(StoreClient(1, store.address, token))
+    try:
+        weights = torch.arange(1000, dtype=torch.float32)
+        state = {"model": {"w": weights, "b": torch.arange(3, dtype=torch.int64)}, "step": 0}
+        for iteration in range(1, 4):
+            weights.add_(1.0)
+            floor.save(iteration, state)
+            floor.wait()
+            got = bytes(store.scratch[: floor.buffers[0].numel()])
+            sent = bytes(floor.buffers[(iteration - 1) % 2].numpy())
+            assert got == sent
+            first = torch.frombuffer(bytearray(got[:4000]), dtype=torch.float32)
+            assert torch.equal(first, weights)
+        # 4000 bytes of weights, then 24 of int64 at the next 64-byte boundary
+        assert floor.sent_bytes == 3 * (4032 + 64)
+        assert floor.buffers[0].data_ptr() != floor.buffers[1].data_ptr()
+    finally:
+        floor.close()
+        store.stop()

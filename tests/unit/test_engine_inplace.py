@@ -272,6 +272,85 @@ def test_the_capture_plans_its_layout_once_while_it_holds(rig: dict[str, Any]) -
     assert torch.equal(read_local(capturer.slots, 0, 3)["model"]["extra"], torch.ones(5))
 
 
+def test_a_local_restore_trusts_only_the_manifest_bytes_this_process_sealed(
+    rig: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore from a slot whose manifest this process sealed, mapped anew (as by an engine
+    rebuilt after a failure), skips parsing it and checking its MAC; a manifest changed by a
+    single byte since is checked whole, and refused."""
+    from real.engine import replication as replication_module
+    from real.engine import restore as restore_module
+    from real.engine.manifest import TrustedManifests
+    from real.engine.shm import Slot
+
+    trusted = TrustedManifests()
+    monkeypatch.setattr(restore_module, "TRUSTED", trusted)
+    monkeypatch.setattr(replication_module, "TRUSTED", trusted)
+    checked: list[int] = []
+    real_check = restore_module.check_manifest
+
+    def counting(*args: Any, **kwargs: Any) -> Manifest:
+        checked.append(args[3])  # the iteration
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "check_manifest", counting)
+    capturer = rig["capturer"]
+
+    def remapped() -> list[Slot | None]:
+        slots: list[Slot | None] = []
+        for slot in capturer.slots:
+            fresh = None if slot is None else Slot.open(slot.path)
+            if fresh is not None:
+                fresh.manifest_key = capturer.client.manifest_key
+            slots.append(fresh)
+        return slots
+
+    for iteration in (1, 2, 3):  # iteration 3 reuses iteration 1's slot
+        _replicate(rig, iteration)
+        live = _live()
+        objects = _tensors(live)
+        restored = read_local(remapped(), 0, iteration, into=live, verify_data=False)
+        _assert_restored(restored, iteration)
+        assert all(_tensors(restored)[name] is tensor for name, tensor in objects.items())
+    assert checked == []
+    # A manifest sealed elsewhere (here: rewritten behind the sender's back) is checked once.
+    slot = best_slot(capturer.slots, 3)
+    assert slot is not None
+    raw = slot.manifest_bytes()
+    other = Manifest.from_bytes(raw, key=capturer.client.manifest_key)
+    other.values = {"position": 30, "note": "resealed"}
+    resealed = other.to_bytes()
+    slot.write_manifest(resealed, xxhash.xxh3_64_intdigest(resealed), other.data_bytes)
+    for _ in range(2):
+        assert read_local(remapped(), 0, 3, verify_data=False)["note"] == "resealed"
+    assert checked == [3]
+    # One byte changed without the key: checked, and refused.
+    tampered = resealed.replace(b'"position":30', b'"position":31')
+    assert tampered != resealed
+    slot.write_manifest(tampered, xxhash.xxh3_64_intdigest(tampered), other.data_bytes)
+    with pytest.raises(VerificationError, match="MAC"):
+        read_local(remapped(), 0, 3, into=_live(), verify_data=False)
+    assert checked == [3, 3]
+
+
+def test_trusted_manifests_are_private_copies_and_bounded() -> None:
+    """A restored state's JSON values are the caller's to change; the oldest entries go."""
+    from real.engine.manifest import TrustedManifests
+
+    trusted = TrustedManifests(size=2)
+    groups = [{"lr": 0.1}]
+    manifest = Manifest(1, 0, [], {"groups": groups}, 0)
+    kept = trusted.remember(b"k", b"one", manifest)
+    groups[0]["lr"] = 0.5  # the live optimizer moves on after the seal
+    assert kept.values == {"groups": [{"lr": 0.1}]}
+    assert trusted.get(b"k", b"one") is kept
+    assert trusted.get(b"other key", b"one") is None
+    trusted.remember(b"k", b"two", manifest)
+    trusted.remember(b"k", b"three", manifest)
+    assert trusted.get(b"k", b"one") is None
+    assert trusted.get(b"k", b"three") is not None
+
+
 def test_a_persistent_tier_that_was_never_written_is_not_opened(tmp_path: Path) -> None:
     assert not persistent_exists(str(tmp_path / "persistent"))
     assert not persistent_exists(f"file://{tmp_path}/persistent")
