@@ -32,7 +32,6 @@ or wrong before it looks at the data.
 from __future__ import annotations
 
 import collections
-import copy
 import hashlib
 import hmac
 import json
@@ -110,7 +109,10 @@ class Manifest:
         return body if self.key is None else sign(body, self.key)
 
     def _body(self) -> bytes:
-        document = {
+        """The JSON object of every field but the MAC, in a fixed order (``tensors`` and
+        ``values`` last). The ``tensors`` array is most of it and the same for every capture
+        of one layout, so its encoding is kept (``_encoded_tensors``)."""
+        head = {
             "format": FORMAT,
             "iteration": self.iteration,
             "rank": self.rank,
@@ -118,19 +120,17 @@ class Manifest:
             "block_bytes": self.block_bytes,
             "blocks": self.blocks,
             "shard_checksum": self.shard_checksum,
-            "tensors": [
-                {
-                    "name": t.name,
-                    "dtype": t.dtype,
-                    "shape": list(t.shape),
-                    "offset": t.offset,
-                    "nbytes": t.nbytes,
-                }
-                for t in self.tensors
-            ],
-            "values": self.values,
         }
-        return json.dumps(document, separators=(",", ":")).encode()
+        return b"".join(
+            (
+                json.dumps(head, separators=(",", ":")).encode()[:-1],
+                b',"tensors":',
+                _encoded_tensors(self.tensors),
+                b',"values":',
+                json.dumps(self.values, separators=(",", ":")).encode(),
+                b"}",
+            )
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes, key: bytes | None = None, *, sealed: bool = True) -> Manifest:
@@ -204,6 +204,46 @@ class Manifest:
 def manifest_key(token: str) -> bytes:
     """The key of a job's manifest MACs, derived from its secret token."""
     return hmac.new(token.encode(), b"gemini-manifest-key", hashlib.sha256).digest()
+
+
+_ENCODED: collections.OrderedDict[int, tuple[list[TensorEntry], tuple[Any, ...], bytes]] = (
+    collections.OrderedDict()
+)
+_ENCODED_LOCK = threading.Lock()
+
+
+def _ends(tensors: list[TensorEntry]) -> tuple[Any, ...]:
+    return (len(tensors), tensors[0], tensors[-1]) if tensors else (0,)
+
+
+def _encoded_tensors(tensors: list[TensorEntry]) -> bytes:
+    """``tensors`` as a JSON array, kept for the few lists encoded last, by identity: a
+    capturer reuses its layout's list (of frozen entries) for every capture while the layout
+    holds. A list is not to change once encoded; one that grew or shrank is encoded anew."""
+    with _ENCODED_LOCK:
+        cached = _ENCODED.get(id(tensors))
+        if cached is not None and cached[0] is tensors and cached[1] == _ends(tensors):
+            _ENCODED.move_to_end(id(tensors))
+            return cached[2]
+    encoded = json.dumps(
+        [
+            {
+                "name": t.name,
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "offset": t.offset,
+                "nbytes": t.nbytes,
+            }
+            for t in tensors
+        ],
+        separators=(",", ":"),
+    ).encode()
+    with _ENCODED_LOCK:
+        # The list itself is held, so no other list can take its id while it is cached.
+        _ENCODED[id(tensors)] = (tensors, _ends(tensors), encoded)
+        while len(_ENCODED) > 4:
+            _ENCODED.popitem(last=False)
+    return encoded
 
 
 def _mac(body: bytes, key: bytes) -> bytes:
@@ -379,12 +419,13 @@ class TrustedManifests:
     """Manifests this process signed (the sender's seal) or verified (a restore), by the job's
     key and their exact bytes.
 
-    A restore from a slot whose manifest region holds exactly such bytes skips parsing them
-    and checking their MAC again: the same bytes under the same key are the same manifest. It
-    lives as long as the process, not the engine, so a survivor whose engine is rebuilt after
-    a failure restores the checkpoints its previous engine sealed without parsing them. A
-    rank has two local slots, so a few entries suffice; the oldest go first. Entries are
-    copies nobody else holds: a restored state gets copies of their JSON values.
+    A restore from a slot whose manifest region holds exactly such bytes skips checking their
+    MAC and building the layout again: the same bytes under the same key are the same manifest.
+    It lives as long as the process, not the engine, so a survivor whose engine is rebuilt after
+    a failure restores the checkpoints its previous engine sealed that way. A rank has two
+    local slots, so a few entries suffice; the oldest go first. The JSON values are parsed from
+    the bytes at each ``get`` (a seal keeps no reference to the live state's values, which the
+    training loop goes on changing, and every restore gets values of its own).
     """
 
     def __init__(self, size: int = 8) -> None:
@@ -394,25 +435,22 @@ class TrustedManifests:
         )
         self._lock = threading.Lock()  # the sender thread remembers, the training thread reads
 
-    def remember(self, key: bytes, raw: bytes, manifest: Manifest) -> Manifest:
-        """Trust ``raw``, which is ``manifest`` signed with ``key``; returns the private copy
-        kept."""
-        own = replace(
-            manifest,
-            tensors=list(manifest.tensors),
-            values=copy.deepcopy(manifest.values),
-            blocks=list(manifest.blocks),
-        )
+    def remember(self, key: bytes, raw: bytes, manifest: Manifest) -> None:
+        """Trust ``raw``, which is ``manifest`` signed with ``key`` (its layout is kept)."""
+        own = replace(manifest, values={}, blocks=list(manifest.blocks))
         with self._lock:
             self._entries[(key, raw)] = own
             self._entries.move_to_end((key, raw))
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
-        return own
 
     def get(self, key: bytes, raw: bytes) -> Manifest | None:
+        """The manifest ``raw`` holds, if trusted, with its values parsed anew; else None."""
         with self._lock:
-            return self._entries.get((key, raw))
+            entry = self._entries.get((key, raw))
+        if entry is None:
+            return None
+        return replace(entry, values=dict(json.loads(raw)["values"]))
 
     def clear(self) -> None:
         with self._lock:

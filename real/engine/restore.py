@@ -23,7 +23,6 @@ iterations.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -218,7 +217,7 @@ def read_local(
             manifest = check_manifest(
                 raw, to_unsigned(state.manifest_checksum), rank, iteration, key, sealed=False
             )
-            manifest = TRUSTED.remember(key, raw, manifest)
+            TRUSTED.remember(key, raw, manifest)
         else:
             # Signed or verified by this process, byte for byte: the same manifest.
             manifest = trusted
@@ -234,8 +233,7 @@ def read_local(
         with costs.timed("restore: verify every block (hash)", manifest.data_bytes):
             verify(manifest, slot.data(manifest.data_bytes))
     tensors = load_tensors(manifest, slot.data_tensor(manifest.data_bytes), into, costs)
-    # The JSON values are the trusted manifest's: the caller gets its own copy.
-    return unflatten_state(tensors, copy.deepcopy(manifest.values))
+    return unflatten_state(tensors, manifest.values)
 
 
 def load_tensors(

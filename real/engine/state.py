@@ -16,6 +16,9 @@ import torch
 SEPARATOR = "/"
 
 JSON_LEAVES = (str, int, float, bool, type(None))
+# Exact types, for the fast paths: a state's long lists (an RNG's state: hundreds of ints) are
+# checked with one set lookup per item instead of a walk through the ABCs.
+_LEAF_TYPES = frozenset(JSON_LEAVES)
 
 
 def flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -48,6 +51,8 @@ def _walk(node: Any, prefix: str, tensors: dict[str, torch.Tensor], values: dict
                     f"string without {SEPARATOR!r}"
                 )
             _walk(child, f"{prefix}{SEPARATOR}{key}" if prefix else key, tensors, values)
+    elif type(node) in (list, tuple) and all(type(item) in _LEAF_TYPES for item in node):
+        values[prefix] = list(node) if isinstance(node, tuple) else node
     elif isinstance(node, list | tuple) and any(_holds_tensor(item) for item in node):
         for index, child in enumerate(node):
             _walk(child, f"{prefix}{SEPARATOR}[{index}]", tensors, values)
@@ -61,6 +66,8 @@ def _walk(node: Any, prefix: str, tensors: dict[str, torch.Tensor], values: dict
 
 
 def _holds_tensor(node: Any) -> bool:
+    if type(node) in _LEAF_TYPES:
+        return False
     if isinstance(node, torch.Tensor):
         return True
     if isinstance(node, Mapping):
@@ -71,7 +78,7 @@ def _holds_tensor(node: Any) -> bool:
 
 
 def _is_json(node: Any) -> bool:
-    if isinstance(node, JSON_LEAVES):
+    if type(node) in _LEAF_TYPES or isinstance(node, JSON_LEAVES):
         return True
     if isinstance(node, list | tuple):
         return all(_is_json(v) for v in node)

@@ -333,22 +333,28 @@ def test_a_local_restore_trusts_only_the_manifest_bytes_this_process_sealed(
     assert checked == [3, 3]
 
 
-def test_trusted_manifests_are_private_copies_and_bounded() -> None:
-    """A restored state's JSON values are the caller's to change; the oldest entries go."""
+def test_trusted_manifests_hold_no_live_values_and_are_bounded() -> None:
+    """A trusted manifest's values come from its bytes, not from the live state that the
+    training loop goes on changing, and each restore gets its own; the oldest entries go."""
     from real.engine.manifest import TrustedManifests
 
     trusted = TrustedManifests(size=2)
     groups = [{"lr": 0.1}]
     manifest = Manifest(1, 0, [], {"groups": groups}, 0)
-    kept = trusted.remember(b"k", b"one", manifest)
+    raw = manifest.to_bytes()
+    trusted.remember(b"k", raw, manifest)
     groups[0]["lr"] = 0.5  # the live optimizer moves on after the seal
-    assert kept.values == {"groups": [{"lr": 0.1}]}
-    assert trusted.get(b"k", b"one") is kept
-    assert trusted.get(b"other key", b"one") is None
-    trusted.remember(b"k", b"two", manifest)
-    trusted.remember(b"k", b"three", manifest)
-    assert trusted.get(b"k", b"one") is None
-    assert trusted.get(b"k", b"three") is not None
+    first = trusted.get(b"k", raw)
+    assert first is not None and first.values == {"groups": [{"lr": 0.1}]}
+    first.values["groups"][0]["lr"] = 9.0  # a caller changes its restored state
+    second = trusted.get(b"k", raw)
+    assert second is not None and second.values == {"groups": [{"lr": 0.1}]}
+    assert trusted.get(b"another key", raw) is None
+    others = [Manifest(i, 0, [], {}, 0) for i in (2, 3)]
+    for other in others:
+        trusted.remember(b"k", other.to_bytes(), other)
+    assert trusted.get(b"k", raw) is None
+    assert trusted.get(b"k", others[1].to_bytes()) is not None
 
 
 def test_a_persistent_tier_that_was_never_written_is_not_opened(tmp_path: Path) -> None:

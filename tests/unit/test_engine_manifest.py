@@ -52,6 +52,47 @@ def test_round_trip_is_bitwise_for_every_dtype_and_shape() -> None:
     assert all(entry.offset % 64 == 0 for entry in parsed.tensors)
 
 
+def test_the_encoded_layout_is_reused_and_the_json_is_the_plain_encoding() -> None:
+    """A layout's tensors are encoded once for all the manifests that share its list; the
+    bytes are those of encoding the whole document at once, and a list that grew is encoded
+    anew."""
+    import json
+
+    manifest, _ = _packed(_state())
+    document = {
+        "format": json.loads(manifest.to_bytes())["format"],
+        "iteration": 5,
+        "rank": 2,
+        "data_bytes": manifest.data_bytes,
+        "block_bytes": 4096,
+        "blocks": manifest.blocks,
+        "shard_checksum": manifest.shard_checksum,
+        "tensors": [
+            {
+                "name": t.name,
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "offset": t.offset,
+                "nbytes": t.nbytes,
+            }
+            for t in manifest.tensors
+        ],
+        "values": manifest.values,
+    }
+    plain = json.dumps(document, separators=(",", ":")).encode()
+    assert manifest.to_bytes() == plain
+    later = Manifest(6, 2, manifest.tensors, {"position": 8}, manifest.data_bytes)
+    assert json.loads(later.to_bytes())["tensors"] == document["tensors"]
+    from real.engine import manifest as manifest_module
+
+    assert manifest_module._encoded_tensors(manifest.tensors) is manifest_module._encoded_tensors(
+        later.tensors
+    )
+    grown = manifest.tensors
+    grown.append(type(grown[0])("extra", "float32", (2,), manifest.data_bytes, 8))
+    assert json.loads(later.to_bytes())["tensors"][-1]["name"] == "extra"
+
+
 @pytest.mark.parametrize("position", [0, 4095, 4096, -1])
 def test_a_flipped_byte_anywhere_is_detected(position: int) -> None:
     manifest, data = _packed(_state())
