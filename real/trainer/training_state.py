@@ -82,17 +82,26 @@ class _StateDictKeys:
     """
 
     def __init__(self) -> None:
-        # model -> (optimizer, model keys -> names, optimizer indices -> names)
+        # model -> (optimizer, its parameters' ids in group order, model keys -> names,
+        # optimizer indices -> names)
         self._learnt: weakref.WeakKeyDictionary[
-            nn.Module, tuple[weakref.ref[torch.optim.Optimizer], dict[str, str], dict[int, str]]
+            nn.Module,
+            tuple[
+                weakref.ref[torch.optim.Optimizer], tuple[int, ...], dict[str, str], dict[int, str]
+            ],
         ] = weakref.WeakKeyDictionary()
 
     def state_dicts(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         learnt = self._learnt.get(model)
-        if learnt is not None and learnt[0]() is optimizer and optimizer.state:
-            fast = _renamed(model, optimizer, learnt[1], learnt[2])
+        if (
+            learnt is not None
+            and learnt[0]() is optimizer
+            and optimizer.state
+            and learnt[1] == _parameter_ids(optimizer)  # indices still mean the same tensors
+        ):
+            fast = _renamed(model, optimizer, learnt[2], learnt[3])
             if fast is not None:
                 return fast
         model_state, optim_state = get_state_dict(model, optimizer)
@@ -123,7 +132,11 @@ class _StateDictKeys:
             if len(ours["params"]) != len(theirs["params"]):
                 return
             names.update(zip(ours["params"], theirs["params"], strict=True))
-        self._learnt[model] = (weakref.ref(optimizer), keys, names)
+        self._learnt[model] = (weakref.ref(optimizer), _parameter_ids(optimizer), keys, names)
+
+
+def _parameter_ids(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
+    return tuple(id(p) for group in optimizer.param_groups for p in group["params"])
 
 
 def _keyable(value: Any) -> bool:

@@ -102,6 +102,10 @@ def test_changed_keys_go_back_to_get_state_dict(counted: list[int]) -> None:
     other = torch.optim.AdamW(model.parameters(), lr=1e-3)  # another optimizer, same model
     _check(model, other, counted)
     assert len(counted) == 3
+    group = other.param_groups[0]["params"]
+    group[0], group[1] = group[1], group[0]  # same count, other tensors at two indices
+    _check(model, other, counted)
+    assert len(counted) == 4
 
 
 def test_tied_weights_always_take_get_state_dict(counted: list[int]) -> None:
