@@ -538,7 +538,10 @@ def reached(run_dir: Path, iteration: int) -> bool:
     """Whether some trainer has ended ``iteration``."""
     for path in (run_dir / "events").glob("trainer-rank*.jsonl"):
         for line in path.read_text().splitlines():
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line being written
+                continue
             if event["kind"] == "iteration_end" and event["iteration"] >= iteration:
                 return True
     return False

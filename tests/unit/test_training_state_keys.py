@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
+from real.runtime.procgroup import leave_process_group
 from real.trainer import training_state
 from real.trainer.training_state import model_and_optimizer_state
 from real.trainer.workload.model import GPT, GPTConfig
@@ -62,7 +63,7 @@ def group(tmp_path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        leave_process_group(together=True)  # the test's DDP module collected first
 
 
 def _check(model: nn.Module, optimizer: torch.optim.Optimizer, counted: list[int]) -> None:

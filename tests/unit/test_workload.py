@@ -338,7 +338,11 @@ kept = moved()
 trainer.detach()
 trainer.model = trainer._wrap_ddp(sync=True)  # a first start's wrap: rank 0's everywhere
 print("rejoin", kept, "synced", moved(), flush=True)
-dist.destroy_process_group()
+# Modules first, then the groups: a DDP module still holding its group when the interpreter
+# shuts down can abort it (docs/training.md, "Leaving").
+del trainer, weight
+from real.runtime.procgroup import leave_process_group
+leave_process_group(together=True)
 """
 
 
