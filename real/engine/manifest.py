@@ -147,20 +147,25 @@ class Manifest:
         """
         if key is not None:
             authenticate(raw, key)
+        split = _split_tensors(raw)
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw if split is None else split[1])
             if doc.get("format") != FORMAT:
                 raise VerificationError(f"manifest format {doc.get('format')!r}, want {FORMAT}")
-            tensors = [
-                TensorEntry(
-                    str(t["name"]),
-                    str(t["dtype"]),
-                    tuple(int(d) for d in t["shape"]),
-                    int(t["offset"]),
-                    int(t["nbytes"]),
-                )
-                for t in doc["tensors"]
-            ]
+            known = None if split is None else _PARSED.get(split[0], int(doc["data_bytes"]))
+            if known is not None:
+                tensors = list(known)
+            else:
+                tensors = [
+                    TensorEntry(
+                        str(t["name"]),
+                        str(t["dtype"]),
+                        tuple(int(d) for d in t["shape"]),
+                        int(t["offset"]),
+                        int(t["nbytes"]),
+                    )
+                    for t in (doc["tensors"] if split is None else json.loads(split[0]))
+                ]
             manifest = cls(
                 iteration=int(doc["iteration"]),
                 rank=int(doc["rank"]),
@@ -176,11 +181,14 @@ class Manifest:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise VerificationError(f"malformed manifest: {error}") from error
-        for t in manifest.tensors:
-            if t.offset < 0 or t.offset + t.nbytes > manifest.data_bytes:
-                raise VerificationError(f"manifest tensor {t.name!r} lies outside the data")
-            if t.dtype not in DTYPES:
-                raise VerificationError(f"manifest names an unknown dtype {t.dtype!r}")
+        if known is None:
+            for t in manifest.tensors:
+                if t.offset < 0 or t.offset + t.nbytes > manifest.data_bytes:
+                    raise VerificationError(f"manifest tensor {t.name!r} lies outside the data")
+                if t.dtype not in DTYPES:
+                    raise VerificationError(f"manifest names an unknown dtype {t.dtype!r}")
+            if split is not None:
+                _PARSED.put(split[0], manifest.data_bytes, manifest.tensors)
         if manifest.block_bytes <= 0:
             raise VerificationError("manifest block size must be positive")
         if (sealed or manifest.blocks) and len(manifest.blocks) != block_count(
@@ -244,6 +252,53 @@ def _encoded_tensors(tensors: list[TensorEntry]) -> bytes:
         while len(_ENCODED) > 4:
             _ENCODED.popitem(last=False)
     return encoded
+
+
+_TENSORS_HEAD = b',"tensors":['
+_TENSORS_TAIL = b'],"values":'
+
+
+def _split_tensors(raw: bytes) -> tuple[bytes, bytes] | None:
+    """A manifest's ``tensors`` array and the rest of its document, as ``to_bytes`` writes
+    them (``tensors`` right before ``values``); None for any other layout of the JSON.
+
+    The array ends at the first ``],"values":`` after it starts: inside it, only names are
+    free text, and a quote in a JSON string is always escaped."""
+    start = raw.find(_TENSORS_HEAD)
+    if start < 0:
+        return None
+    end = raw.find(_TENSORS_TAIL, start)
+    if end < 0:
+        return None
+    return raw[start + len(_TENSORS_HEAD) - 1 : end + 1], raw[:start] + raw[end + 1 :]
+
+
+class _ParsedLayouts:
+    """Tensor entries parsed and checked from a ``tensors`` array, by its exact bytes and the
+    data size they were checked against: a store parses each replica's manifest twice per
+    save (the layout at ``put_begin``, the sealed one at ``put_end``), and the array, most of
+    a manifest's bytes (210 entries for a 4-layer GPT with AdamW: 0.8 ms to build), repeats
+    from save to save while the state's layout holds. A few entries, the oldest dropped."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: collections.OrderedDict[tuple[bytes, int], list[TensorEntry]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()  # a store serves each connection on a thread
+
+    def get(self, array: bytes, data_bytes: int) -> list[TensorEntry] | None:
+        with self._lock:
+            return self._entries.get((array, data_bytes))
+
+    def put(self, array: bytes, data_bytes: int, tensors: list[TensorEntry]) -> None:
+        with self._lock:
+            self._entries[(array, data_bytes)] = list(tensors)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_PARSED = _ParsedLayouts()
 
 
 def _mac(body: bytes, key: bytes) -> bytes:

@@ -93,6 +93,47 @@ def test_the_encoded_layout_is_reused_and_the_json_is_the_plain_encoding() -> No
     assert json.loads(later.to_bytes())["tensors"][-1]["name"] == "extra"
 
 
+def test_a_repeated_layout_parses_to_the_same_manifest() -> None:
+    """A store parses the same tensors array save after save; the entries it keeps give the
+    manifest a first parse gives, names with JSON punctuation included, and a data size the
+    entries do not fit is refused however often the array was seen."""
+    import json
+
+    from real.engine.manifest import TensorEntry
+
+    tensors = _state()
+    tensors['odd ],"values":{"x"'] = torch.ones(3)
+    manifest, _ = _packed(tensors)
+    manifest.values = {"a": [1], "values": {"tensors": [2]}}  # the markers again, in values
+    raw = manifest.to_bytes()
+    assert raw.count(b'],"values":') == 2
+    first = Manifest.from_bytes(raw)
+    again = Manifest.from_bytes(raw)
+    assert first == again == manifest
+    assert first.tensors is not again.tensors  # each parse gets a list of its own
+    assert 'odd ],"values":{"x"' in [t.name for t in again.tensors]
+    # The same array with a data region too small for it.
+    small = json.loads(raw)
+    small["data_bytes"] = 8
+    small["blocks"] = []
+    small["shard_checksum"] = ""
+    order = ["format", "iteration", "rank", "data_bytes", "block_bytes", "blocks"]
+    document = {k: small[k] for k in [*order, "shard_checksum", "tensors", "values"]}
+    shrunk = json.dumps(document, separators=(",", ":")).encode()
+    with pytest.raises(VerificationError, match="outside the data"):
+        Manifest.from_bytes(shrunk, sealed=False)
+    # Another key order (not to_bytes's): parsed whole, the same manifest.
+    reordered = json.dumps(
+        {
+            "tensors": json.loads(raw)["tensors"],
+            **{k: v for k, v in json.loads(raw).items() if k != "tensors"},
+        },
+        separators=(",", ":"),
+    ).encode()
+    assert Manifest.from_bytes(reordered) == manifest
+    assert all(isinstance(t, TensorEntry) for t in Manifest.from_bytes(reordered).tensors)
+
+
 @pytest.mark.parametrize("position", [0, 4095, 4096, -1])
 def test_a_flipped_byte_anywhere_is_detected(position: int) -> None:
     manifest, data = _packed(_state())
