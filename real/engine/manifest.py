@@ -36,7 +36,7 @@ import hashlib
 import hmac
 import json
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -468,52 +468,6 @@ def seal_with(manifest: Manifest, digests: list[str]) -> None:
     """Fill in the block checksums computed elsewhere (a :class:`BlockHasher`) and the shard's."""
     manifest.blocks = list(digests)
     manifest.shard_checksum = checksum("".join(manifest.blocks).encode())
-
-
-class TrustedManifests:
-    """Manifests this process signed (the sender's seal) or verified (a restore), by the job's
-    key and their exact bytes.
-
-    A restore from a slot whose manifest region holds exactly such bytes skips checking their
-    MAC and building the layout again: the same bytes under the same key are the same manifest.
-    It lives as long as the process, not the engine, so a survivor whose engine is rebuilt after
-    a failure restores the checkpoints its previous engine sealed that way. A rank has two
-    local slots, so a few entries suffice; the oldest go first. The JSON values are parsed from
-    the bytes at each ``get`` (a seal keeps no reference to the live state's values, which the
-    training loop goes on changing, and every restore gets values of its own).
-    """
-
-    def __init__(self, size: int = 8) -> None:
-        self._size = size
-        self._entries: collections.OrderedDict[tuple[bytes, bytes], Manifest] = (
-            collections.OrderedDict()
-        )
-        self._lock = threading.Lock()  # the sender thread remembers, the training thread reads
-
-    def remember(self, key: bytes, raw: bytes, manifest: Manifest) -> None:
-        """Trust ``raw``, which is ``manifest`` signed with ``key`` (its layout is kept)."""
-        own = replace(manifest, values={}, blocks=list(manifest.blocks))
-        with self._lock:
-            self._entries[(key, raw)] = own
-            self._entries.move_to_end((key, raw))
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def get(self, key: bytes, raw: bytes) -> Manifest | None:
-        """The manifest ``raw`` holds, if trusted, with its values parsed anew; else None."""
-        with self._lock:
-            entry = self._entries.get((key, raw))
-        if entry is None:
-            return None
-        return replace(entry, values=dict(json.loads(raw)["values"]))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-TRUSTED = TrustedManifests()
-"""This process's trusted manifests (``real.engine.restore.read_local``)."""
 
 
 def verify(manifest: Manifest, data: memoryview) -> None:

@@ -42,7 +42,7 @@ from real.engine.capture import Captured, Capturer
 from real.engine.client import StoreClient, TimedHasher
 from real.engine.costs import Costs
 from real.engine.eventlog import EventLog
-from real.engine.manifest import TRUSTED, BlockHasher, seal, seal_with
+from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
 from shared.adaptive import IntervalController, IntervalDecision, tile_spans
 from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
@@ -550,8 +550,6 @@ class ReplicationManager:
         captured.slot.mark_complete(None)
         captured.slot.write_manifest(raw, xxhash.xxh3_64_intdigest(raw), captured.nbytes)
         captured.slot.mark_complete(captured.iteration)
-        if captured.manifest.key is not None:
-            TRUSTED.remember(captured.manifest.key, raw, captured.manifest)
         return raw
 
     def _send(

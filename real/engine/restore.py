@@ -34,7 +34,7 @@ import xxhash
 
 from real.engine.client import StoreClient
 from real.engine.costs import Costs
-from real.engine.manifest import TRUSTED, Manifest, tensors_from, verify
+from real.engine.manifest import Manifest, tensors_from, verify
 from real.engine.shm import Slot, held_slot, to_unsigned
 from real.engine.state import flatten_state, unflatten_state
 from shared.errors import VerificationError
@@ -212,16 +212,9 @@ def read_local(
     with costs.timed("restore: manifest checksum, MAC, layout (fixed)"):
         state = slot.state()
         raw = slot.manifest_bytes()
-        trusted = TRUSTED.get(key, raw)
-        if trusted is None:
-            manifest = check_manifest(
-                raw, to_unsigned(state.manifest_checksum), rank, iteration, key, sealed=False
-            )
-            TRUSTED.remember(key, raw, manifest)
-        else:
-            # Signed or verified by this process, byte for byte: the same manifest.
-            manifest = trusted
-            check_identity(manifest, rank, iteration)
+        manifest = check_manifest(
+            raw, to_unsigned(state.manifest_checksum), rank, iteration, key, sealed=False
+        )
     if verify_data and not manifest.blocks:
         raise VerificationError(
             f"no committed copy of iteration {iteration} to verify: it is captured but its "
@@ -232,8 +225,8 @@ def read_local(
     if verify_data:
         with costs.timed("restore: verify every block (hash)", manifest.data_bytes):
             verify(manifest, slot.data(manifest.data_bytes))
-    tensors = load_tensors(manifest, slot.data_tensor(manifest.data_bytes), into, costs)
-    return unflatten_state(tensors, manifest.values)
+    data = slot.data_tensor(manifest.data_bytes)
+    return unflatten_state(load_tensors(manifest, data, into, costs), manifest.values)
 
 
 def load_tensors(
@@ -326,18 +319,13 @@ def check_manifest(
     if xxhash.xxh3_64_intdigest(raw) != want:
         raise VerificationError("manifest checksum mismatch")
     manifest = Manifest.from_bytes(raw, key=key, sealed=sealed)
-    check_identity(manifest, rank, iteration)
-    return manifest
-
-
-def check_identity(manifest: Manifest, rank: int, iteration: int) -> None:
-    """VerificationError unless ``manifest`` is ``rank``'s shard of ``iteration``."""
     if (manifest.rank, manifest.iteration) != (rank, iteration):
         raise VerificationError(
             f"manifest is rank {manifest.rank} iteration "
             f"{manifest.iteration}, expected rank {rank} iteration "
             f"{iteration}"
         )
+    return manifest
 
 
 def load_persistent_state(url: str, iteration: int, template: Any) -> Mapping[str, Any]:
