@@ -196,7 +196,7 @@ def micro(size_mb: int, repeats: int) -> dict[str, Any]:
 
         def remapped(restore: Callable[[list[Slot | None]], Any]) -> Measurement:
             # As a survivor's engine, rebuilt after a failure, finds them: slot files mapped
-            # anew (outside the timing: the rebuild maps them), manifests its sender sealed.
+            # anew (outside the timing: the rebuild maps them).
             slots = [None if s is None else Slot.open(s.path) for s in capturer.slots]
             for slot in slots:
                 if slot is not None:

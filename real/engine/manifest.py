@@ -32,6 +32,7 @@ or wrong before it looks at the data.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import hmac
 import json
@@ -152,26 +153,18 @@ class Manifest:
             doc = json.loads(raw if split is None else split[1])
             if doc.get("format") != FORMAT:
                 raise VerificationError(f"manifest format {doc.get('format')!r}, want {FORMAT}")
-            known = None if split is None else _PARSED.get(split[0], int(doc["data_bytes"]))
-            if known is not None:
-                tensors = list(known)
-            else:
-                tensors = [
-                    TensorEntry(
-                        str(t["name"]),
-                        str(t["dtype"]),
-                        tuple(int(d) for d in t["shape"]),
-                        int(t["offset"]),
-                        int(t["nbytes"]),
-                    )
-                    for t in (doc["tensors"] if split is None else json.loads(split[0]))
-                ]
+            data_bytes = int(doc["data_bytes"])
+            tensors = (
+                _entries(doc["tensors"], data_bytes)
+                if split is None
+                else list(_repeated_entries(split[0], data_bytes))
+            )
             manifest = cls(
                 iteration=int(doc["iteration"]),
                 rank=int(doc["rank"]),
                 tensors=tensors,
                 values=dict(doc["values"]),
-                data_bytes=int(doc["data_bytes"]),
+                data_bytes=data_bytes,
                 block_bytes=int(doc["block_bytes"]),
                 blocks=[str(b) for b in doc["blocks"]],
                 shard_checksum=str(doc["shard_checksum"]),
@@ -181,14 +174,6 @@ class Manifest:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise VerificationError(f"malformed manifest: {error}") from error
-        if known is None:
-            for t in manifest.tensors:
-                if t.offset < 0 or t.offset + t.nbytes > manifest.data_bytes:
-                    raise VerificationError(f"manifest tensor {t.name!r} lies outside the data")
-                if t.dtype not in DTYPES:
-                    raise VerificationError(f"manifest names an unknown dtype {t.dtype!r}")
-            if split is not None:
-                _PARSED.put(split[0], manifest.data_bytes, manifest.tensors)
         if manifest.block_bytes <= 0:
             raise VerificationError("manifest block size must be positive")
         if (sealed or manifest.blocks) and len(manifest.blocks) != block_count(
@@ -273,32 +258,34 @@ def _split_tensors(raw: bytes) -> tuple[bytes, bytes] | None:
     return raw[start + len(_TENSORS_HEAD) - 1 : end + 1], raw[:start] + raw[end + 1 :]
 
 
-class _ParsedLayouts:
-    """Tensor entries parsed and checked from a ``tensors`` array, by its exact bytes and the
-    data size they were checked against: a store parses each replica's manifest twice per
-    save (the layout at ``put_begin``, the sealed one at ``put_end``), and the array, most of
-    a manifest's bytes (210 entries for a 4-layer GPT with AdamW: 0.8 ms to build), repeats
-    from save to save while the state's layout holds. A few entries, the oldest dropped."""
-
-    def __init__(self, size: int = 8) -> None:
-        self._size = size
-        self._entries: collections.OrderedDict[tuple[bytes, int], list[TensorEntry]] = (
-            collections.OrderedDict()
+def _entries(items: Any, data_bytes: int) -> list[TensorEntry]:
+    """The tensor entries of a parsed ``tensors`` array, each checked to lie inside
+    ``data_bytes`` with a known dtype."""
+    tensors = [
+        TensorEntry(
+            str(t["name"]),
+            str(t["dtype"]),
+            tuple(int(d) for d in t["shape"]),
+            int(t["offset"]),
+            int(t["nbytes"]),
         )
-        self._lock = threading.Lock()  # a store serves each connection on a thread
-
-    def get(self, array: bytes, data_bytes: int) -> list[TensorEntry] | None:
-        with self._lock:
-            return self._entries.get((array, data_bytes))
-
-    def put(self, array: bytes, data_bytes: int, tensors: list[TensorEntry]) -> None:
-        with self._lock:
-            self._entries[(array, data_bytes)] = list(tensors)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+        for t in items
+    ]
+    for t in tensors:
+        if t.offset < 0 or t.offset + t.nbytes > data_bytes:
+            raise VerificationError(f"manifest tensor {t.name!r} lies outside the data")
+        if t.dtype not in DTYPES:
+            raise VerificationError(f"manifest names an unknown dtype {t.dtype!r}")
+    return tensors
 
 
-_PARSED = _ParsedLayouts()
+@functools.lru_cache(maxsize=8)
+def _repeated_entries(array: bytes, data_bytes: int) -> tuple[TensorEntry, ...]:
+    """``_entries`` of a ``tensors`` array's bytes, kept for the last few: a store parses each
+    replica's manifest twice per save (the layout at ``put_begin``, the sealed one at
+    ``put_end``), and the array, most of a manifest's bytes (210 entries for a 4-layer GPT
+    with AdamW: 0.8 ms to build), repeats from save to save while the state's layout holds."""
+    return tuple(_entries(json.loads(array), data_bytes))
 
 
 def _mac(body: bytes, key: bytes) -> bytes:

@@ -152,11 +152,10 @@ def _renamed(
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The plain state dicts under the learnt names; None when their keys are not the learnt
     ones (a parameter added, a group added: ``get_state_dict`` learns again)."""
-    with torch.no_grad():
-        plain = model.state_dict()
-        if plain.keys() != keys.keys():
-            return None
-        raw = optimizer.state_dict()
+    plain = model.state_dict()
+    if plain.keys() != keys.keys():
+        return None
+    raw = optimizer.state_dict()
     try:
         state = {names[index]: entries for index, entries in raw["state"].items()}
         groups = [
