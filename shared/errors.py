@@ -83,5 +83,13 @@ class AttemptAborted(GeminiError, RuntimeError):
     """The agent stopped this attempt (a failure somewhere in the job); the trainer parks."""
 
 
+class PeerLost(GeminiError, ConnectionError):
+    """A collective of this attempt failed (a peer is gone); the trainer parks.
+
+    Raised at the training thread's next abort check once a collective it launched failed,
+    so a survivor leaves without computing the rest of its forward or backward pass first.
+    """
+
+
 class RunFolderError(GeminiError, ValueError):
     """A run folder is missing or does not hold a valid run (the message names the file)."""

@@ -64,7 +64,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from real.runtime.env import GEMINI_AGENT_FD, GEMINI_RDZV_PREFIX, GEMINI_RESTORE_PLAN
-from shared.errors import AttemptAborted
+from real.runtime.peers import is_peer_failure, peer_failure_text
+from shared.errors import AttemptAborted, PeerLost
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +74,6 @@ RDZV_PREFIX_ENV = GEMINI_RDZV_PREFIX
 JOIN_TIMEOUT_S = 120.0
 """The longest a rank waits at an attempt's rendezvous for the others to arrive (one that
 never comes is the root's business: a lost node is probed, the stop kills what cannot leave)."""
-PEER_FAILURE_MARKERS = (
-    "connection closed by peer",
-    "connection reset by peer",
-    "broken pipe",
-    "timed out",
-    "timeout",
-    "connection refused",
-    "socket closed",
-    "nccl",
-    "gloo",
-    "attempt aborted",
-)
 
 
 @dataclass(frozen=True)
@@ -228,20 +217,30 @@ _current: tuple[AgentChannel, int] | None = None
 
 
 def check_abort() -> None:
-    """Raise :class:`AttemptAborted` if this trainer's agent stopped the running attempt.
+    """Raise :class:`AttemptAborted` if this trainer's agent stopped the running attempt, or
+    :class:`PeerLost` if one of the attempt's :func:`abortable` collectives failed.
 
     Called by the checkpointer at every save and, through :func:`install_abort_checks`, at
     every module's forward and every parameter's gradient, so a trainer whose peers are gone
-    leaves its attempt within one layer's compute even when no collective of its own failed
-    yet. Cheap: a set lookup, no lock.
+    leaves its attempt within one layer's compute: when its agent aborts the attempt, and when
+    a collective it launched failed while it went on computing (DDP waits for its buckets'
+    all-reduces only at the end of ``backward()``; a survivor would otherwise compute the whole
+    pass before it learns, and tells its agent, that a peer is gone). Cheap: two lookups, no
+    lock.
     """
     current = _current
-    if current is not None and current[0].aborted_now(current[1]):
+    if current is None:
+        return
+    if current[0].aborted_now(current[1]):
         raise AttemptAborted(f"attempt {current[1]} aborted by the node agent")
+    broken = _broken.get(current[1])
+    if broken is not None:
+        raise PeerLost(f"attempt {current[1]}: a collective failed ({broken})")
 
 
 _pending_lock = threading.Lock()
 _pending: dict[int, set[Any]] = {}  # attempt -> abortable futures not completed yet
+_broken: dict[int, str] = {}  # attempt -> the first error of one of its collectives
 
 
 def abortable(future: Any) -> Any:
@@ -275,6 +274,9 @@ def abortable(future: Any) -> Any:
         try:
             outer.set_result(done.value())
         except Exception as error:
+            # A peer is gone: the training thread leaves at its next check (a gradient hook,
+            # a forward hook, a save) instead of computing the rest of its pass first.
+            _broken.setdefault(attempt, peer_failure_text(error))
             outer.set_exception(error)
 
     future.add_done_callback(settle)
@@ -412,10 +414,11 @@ def install_abort_checks(module: Any) -> Callable[[], None]:
 
     A survivor of a peer's failure is usually computing (forward, backward) when its agent's
     abort arrives, and would learn of it only at its next collective or ``save``: up to one
-    iteration later. This registers :func:`check_abort` as a forward pre-hook on the module,
-    its children and theirs, and as a gradient hook on one parameter of each: an abort
-    interrupts the pass within one block, raising :class:`AttemptAborted` out of
-    ``forward()`` or ``backward()``. Outside an attempt (or without an agent) the checks do
+    iteration later. This registers :func:`check_abort` as a forward pre-hook on the module
+    and on every submodule that holds parameters or submodules, and as a gradient hook on
+    every parameter: an abort (or a failed collective) interrupts the pass within one layer,
+    raising :class:`AttemptAborted` (or :class:`PeerLost`) out of ``forward()`` or
+    ``backward()``. Outside an attempt (or without an agent) the checks do
     nothing. What the interrupted step leaves
     (half-updated DDP buckets, partial gradients) belongs to the attempt being left: the next
     one wraps the module afresh and restores its state.
@@ -431,39 +434,25 @@ def install_abort_checks(module: Any) -> Callable[[], None]:
         check_abort()
         return gradient
 
-    # A check per block, not per layer: each hook costs a call into Python on every pass.
-    blocks = [module, *module.children()]
-    for child in list(module.children()):
-        blocks += list(child.children())
-    handles = [block.register_forward_pre_hook(forward_check) for block in blocks]
-    for block in blocks[1:]:
-        first = next((p for p in block.parameters() if p.requires_grad), None)
-        if first is not None:
-            handles.append(first.register_hook(gradient_check))
+    # A check before every module that computes (its own parameters, or a block of them) and
+    # after every parameter's gradient: on a loaded host one block's backward takes tens of
+    # milliseconds, which a check per block added to every stop. A call into Python costs
+    # about a microsecond; a model has tens to thousands of parameters against a pass of
+    # milliseconds to seconds.
+    handles = [
+        sub.register_forward_pre_hook(forward_check)
+        for sub in module.modules()
+        if any(True for _ in sub.parameters(recurse=False))
+        or sub is module
+        or any(True for _ in sub.children())
+    ]
+    handles += [p.register_hook(gradient_check) for p in module.parameters() if p.requires_grad]
 
     def remove() -> None:
         for handle in handles:
             handle.remove()
 
     return remove
-
-
-def is_peer_failure(error: BaseException) -> bool:
-    """Whether ``error`` is what a collective raises when a peer is gone (or the attempt was
-    aborted), as opposed to a bug in the training code."""
-    if isinstance(error, AttemptAborted | ConnectionError | TimeoutError):
-        return True
-    try:
-        import torch.distributed as dist
-
-        if isinstance(error, dist.DistError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    if isinstance(error, RuntimeError | OSError):
-        text = str(error).lower()
-        return any(marker in text for marker in PEER_FAILURE_MARKERS)
-    return False
 
 
 def checkpoint_modules(
@@ -686,7 +675,7 @@ def run_attempts(
         except Exception as error:
             if not (is_peer_failure(error) or channel.aborted(assignment.attempt)):
                 raise
-            reason = f"{type(error).__name__}: {error}"[:500]
+            reason = peer_failure_text(error, limit=500)
             # Where the attempt was left (a hook, a save, a collective), for the timeline.
             where = " < ".join(
                 f"{Path(frame.filename).name}:{frame.lineno}"
@@ -699,7 +688,7 @@ def run_attempts(
                 "rank %d: attempt %d failed (%s); waiting for the next one",
                 assignment.rank,
                 assignment.attempt,
-                error,
+                reason,
             )
             # The traceback holds the body's frames and the modules in them: drop it, or
             # every recovery leaks the old DDP reducer's threads and sockets, and the group's
@@ -715,6 +704,7 @@ def run_attempts(
             continue
         finally:
             _current = None
+            _broken.pop(assignment.attempt, None)
         try:
             leave_attempt(together=True)
         finally:

@@ -31,7 +31,7 @@ from real.trainer.inprocess import (
     is_peer_failure,
     run_attempts,
 )
-from shared.errors import AttemptAborted
+from shared.errors import AttemptAborted, PeerLost
 
 
 class Agent:
@@ -264,6 +264,83 @@ def test_an_abort_interrupts_forward_and_backward(pair: tuple[Agent, AgentChanne
     assert left == ["forward", "backward"]
     model(torch.ones(2, 4)).sum().backward()  # outside an attempt the checks do nothing
     remove()
+
+
+def test_an_abort_interrupts_backward_at_the_next_parameter(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    """Every parameter's gradient checks, not one per block: an abort that comes before
+    ``backward()`` leaves at the last layer's gradient, before the first layer's is computed
+    (its own hook, registered before the checks, never runs)."""
+    torch = pytest.importorskip("torch")
+    agent, channel = pair
+    first, last = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Sequential(first, last)))
+    reached: list[str] = []
+    first.weight.register_hook(lambda grad: reached.append("first layer") or grad)
+    remove = install_abort_checks(model)
+    left: list[str] = []
+
+    def body(assignment: Assignment) -> None:
+        loss = model(torch.ones(2, 4)).sum()
+        agent.send("abort", attempt=assignment.attempt)
+        wait_aborted(channel, assignment.attempt)
+        try:
+            loss.backward()
+        except AttemptAborted:
+            left.append("backward")
+            raise
+
+    park_after_attempt_1(agent, channel, body)
+    assert left == ["backward"] and reached == []
+    remove()
+
+
+def test_a_failed_collective_is_raised_at_the_next_check(
+    pair: tuple[Agent, AgentChannel],
+) -> None:
+    """A collective that failed while the trainer computes (DDP waits for its buckets only at
+    the end of ``backward()``) makes the next check raise :class:`PeerLost`: the trainer
+    leaves within one layer and tells its agent, and the next attempt starts clean."""
+    torch = pytest.importorskip("torch")
+    agent, channel = pair
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    remove = install_abort_checks(model)
+    raised: list[str] = []
+
+    def body(assignment: Assignment) -> None:
+        if assignment.attempt == 2:
+            model(torch.ones(2, 4)).sum().backward()  # a new attempt: no stale failure
+            return
+        inner: Any = torch.futures.Future()
+        outer = abortable(inner)  # as the engine's DDP communication hook returns it
+        loss = model(torch.ones(2, 4)).sum()
+        check_abort()  # the collective is still running: nothing to raise
+        inner.set_exception(RuntimeError("[pair.cc:553] Connection closed by peer [::1]:1"))
+        with pytest.raises(RuntimeError, match="Connection closed by peer"):
+            outer.wait()  # the collective's own waiter sees gloo's error
+        try:
+            loss.backward()
+        except PeerLost as error:
+            raised.append(str(error))
+            raise
+
+    agent.assign(1)
+    thread = threading.Thread(
+        target=run_attempts, args=(body, channel), kwargs={"backend": "gloo", "timeout_s": 30.0}
+    )
+    thread.start()
+    failed = agent.wait_for("failed", 1)
+    agent.wait_for("parked", 1)
+    agent.assign(2)
+    agent.wait_for("done", 2)
+    agent.send("finish")
+    thread.join(30)
+    remove()
+    cause = "RuntimeError: Connection closed by peer [::1]:1"
+    assert raised == [f"attempt 1: a collective failed ({cause})"]
+    assert failed["error"] == f"PeerLost: attempt 1: a collective failed ({cause})"
+    assert is_peer_failure(PeerLost("x"))
 
 
 def test_a_rendezvous_prefix_joins_through_a_standing_store(

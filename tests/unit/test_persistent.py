@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -229,6 +230,43 @@ def test_failed_write_is_recorded_and_never_advertised(
     persister.close()
     assert persister.errors and "disk full" in persister.errors[0]
     assert latest_persistent_iteration(url) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "level", "logged"),
+    [
+        (OSError("disk full"), logging.ERROR, "background persist failed"),
+        (
+            RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:4: reset"),
+            logging.WARNING,
+            "background persist abandoned, a peer is gone (RuntimeError: Read error",
+        ),
+    ],
+)
+def test_a_persist_a_vanished_peer_broke_is_a_warning_a_fault_an_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    level: int,
+    logged: str,
+) -> None:
+    """A recovery's survivors see their background persist fail with the broken group: one
+    line, no traceback; a fault of the tier itself keeps its traceback."""
+
+    def failing_save(*_args: Any, **_kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(persistent_persister, "save_persistent", failing_save)
+    persister = BackgroundPersister(str(tmp_path / "tier"), keep=None)
+    with caplog.at_level(logging.WARNING, logger=persistent_persister.__name__):
+        persister.submit(1, copied(trained(1).state()))
+        assert persister.wait(60)
+        persister.close()
+    records = [r for r in caplog.records if "background persist" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == level
+    assert logged in records[0].getMessage()
+    assert (records[0].exc_info is not None) == (level == logging.ERROR)
 
 
 CRASHING_WRITER = """
