@@ -106,12 +106,13 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     - ``detection.exit_report_s`` = exit notice + agent poll / 2 + root poll / 2;
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
       report) + root poll / 2 + probe round trip;
-    - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop) + closing the checkpoint
-      engine (``engine_close_s``, when measured) + park + agent poll / 2 (the abort settles)
-      + root poll / 2 (the root reads the acknowledgements);
+    - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
+      still in its step, too) + closing the checkpoint engine (``engine_close_s``, when
+      measured) + park: the root reads the acknowledgements on its store watch as they are
+      written (until 2026-12-04 also + agent poll / 2 + root poll / 2, which no stop measured
+      since in-process recovery has waited: docs/analysis.md, "Known inaccuracy");
     - ``recovery.stop_parked_s`` = agent poll / 2: the stop after a lost node that the
-      survivors' broken collectives revealed (they parked before the probe found it, and the
-      root reads the acknowledgements as they are written);
+      survivors' broken collectives revealed (they parked before the probe found it);
     - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
       a spare's join and a survivor's rejoin (every rank waits for the group) + building the
       checkpoint engine (``engine_build_s``, when measured) + what a tc-limited link adds to
@@ -151,7 +152,7 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     park = _number(measurements, "park_s")
     if park is not None:
         close = _number(measurements, "engine_close_s") or 0.0
-        out["stop_s"] = agent / 2 + close + park + hop
+        out["stop_s"] = agent / 2 + close + park
         out["stop_parked_s"] = agent / 2
     joins = [
         v
