@@ -238,11 +238,22 @@ def test_peer_failures_are_told_from_bugs(error: BaseException, expected: bool) 
     assert is_peer_failure(error) is expected
 
 
-def test_an_abort_interrupts_forward_and_backward(pair: tuple[Agent, AgentChannel]) -> None:
+@pytest.fixture
+def checked_model() -> Iterator[Any]:
+    """A two-layer model with the abort checks installed (removed afterwards)."""
     torch = pytest.importorskip("torch")
-    agent, channel = pair
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     remove = install_abort_checks(model)
+    yield model
+    remove()
+
+
+def test_an_abort_interrupts_forward_and_backward(
+    pair: tuple[Agent, AgentChannel], checked_model: Any
+) -> None:
+    torch = pytest.importorskip("torch")
+    agent, channel = pair
+    model = checked_model
     left: list[str] = []
 
     def body(assignment: Assignment) -> None:
@@ -263,7 +274,6 @@ def test_an_abort_interrupts_forward_and_backward(pair: tuple[Agent, AgentChanne
     park_after_attempt_1(agent, channel, body)
     assert left == ["forward", "backward"]
     model(torch.ones(2, 4)).sum().backward()  # outside an attempt the checks do nothing
-    remove()
 
 
 def test_an_abort_interrupts_backward_at_the_next_parameter(
@@ -297,15 +307,14 @@ def test_an_abort_interrupts_backward_at_the_next_parameter(
 
 
 def test_a_failed_collective_is_raised_at_the_next_check(
-    pair: tuple[Agent, AgentChannel],
+    pair: tuple[Agent, AgentChannel], checked_model: Any
 ) -> None:
     """A collective that failed while the trainer computes (DDP waits for its buckets only at
     the end of ``backward()``) makes the next check raise :class:`PeerLost`: the trainer
     leaves within one layer and tells its agent, and the next attempt starts clean."""
     torch = pytest.importorskip("torch")
     agent, channel = pair
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
-    remove = install_abort_checks(model)
+    model = checked_model
     raised: list[str] = []
 
     def body(assignment: Assignment) -> None:
@@ -336,7 +345,6 @@ def test_a_failed_collective_is_raised_at_the_next_check(
     agent.wait_for("done", 2)
     agent.send("finish")
     thread.join(30)
-    remove()
     cause = "RuntimeError: Connection closed by peer [::1]:1"
     assert raised == [f"attempt 1: a collective failed ({cause})"]
     assert failed["error"] == f"PeerLost: attempt 1: a collective failed ({cause})"
