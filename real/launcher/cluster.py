@@ -14,8 +14,9 @@ launcher fences them (``kill_node``) once the root has replaced the node.
 
 ``teardown`` always runs (success, error, Ctrl-C): SIGTERM to every agent (which stops its
 trainers and removes its slot files), a timed wait, SIGKILL to whatever is left (agents' groups
-and every trainer ever recorded), the coordination store stopped, and every slot file with the
-job's prefix removed.
+and every trainer ever recorded), then to any trainer of the run still alive until none is
+(``end_stray_trainers``: a killed agent's newest spare, or a trainer still tearing down), the
+coordination store stopped, and every slot file with the job's prefix removed.
 """
 
 from __future__ import annotations
@@ -325,6 +326,7 @@ class LocalCluster:
                 self._kill_trainer_group(pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(10.0)
+        end_stray_trainers(self.run_dir)
         if self.kv is not None:
             self.kv.close()
             self.kv = None
@@ -332,6 +334,41 @@ class LocalCluster:
             self.kv_server.stop()
             self.kv_server = None
         self.remove_shm(f"{self.job}-")
+
+
+def stray_trainers(run_dir: Path) -> list[int]:
+    """Trainer processes of the run in ``run_dir`` still alive: their command line runs
+    ``real.trainer.main`` with that folder. A killed agent's spare that it started just before
+    it died (not yet in its pids file) outlives it until it notices; one killed by its PID
+    still tears its memory down for tens of milliseconds. Neither is the launcher's child (an
+    agent started it), so neither can be waited for."""
+    needle = str(run_dir).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in arguments and b"real.trainer.main" in arguments:
+            found.append(int(entry.name))
+    return found
+
+
+def end_stray_trainers(run_dir: Path, timeout_s: float = 10.0) -> list[int]:
+    """SIGKILL :func:`stray_trainers` (each with its process group) until none is left, or
+    ``timeout_s``; returns those still alive then (logged), so that a run does not return
+    while a process it started still runs."""
+    deadline = time.monotonic() + timeout_s
+    while left := stray_trainers(run_dir):
+        if time.monotonic() >= deadline:
+            log.warning("trainers %s of %s did not exit after SIGKILL", left, run_dir)
+            return left
+        for pid in left:
+            _kill_group(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    return []
 
 
 def _kill_group(pid: int, signum: int) -> None:
