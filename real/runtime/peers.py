@@ -5,7 +5,8 @@ with its C++ source location and advice, DDP's communication-hook failure wrappe
 ("Unable to cast ... to Tensor"), a socket error, torch's ``DistError``. The trainer parks on
 these and only these (anything else is the training script's bug and ends the process), and
 every survivor of a failure logs one of them: :func:`peer_failure_text` keeps the cause.
-Without torch imported: the warm spare's channel and the agents use it too.
+It imports no torch of its own (``torch.distributed`` only when asked about an error), like
+``real.trainer.inprocess``, which imports it.
 """
 
 from __future__ import annotations

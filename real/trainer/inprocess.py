@@ -275,8 +275,10 @@ def abortable(future: Any) -> Any:
             outer.set_result(done.value())
         except Exception as error:
             # A peer is gone: the training thread leaves at its next check (a gradient hook,
-            # a forward hook, a save) instead of computing the rest of its pass first.
-            _broken.setdefault(attempt, peer_failure_text(error))
+            # a forward hook, a save) instead of computing the rest of its pass first. Any
+            # other error reaches the training thread as the backend raises it.
+            if is_peer_failure(error):
+                _broken.setdefault(attempt, peer_failure_text(error))
             outer.set_exception(error)
 
     future.add_done_callback(settle)
