@@ -271,11 +271,14 @@ def test_example_script_resumes_under_torchrun(tmp_path: Path) -> None:
     daemon ends with the job and leaves nothing behind."""
     runtime = tmp_path / "runtime"
     runtime.mkdir()
+    scratch = tmp_path / "tmp"  # torchrun's log folders (torchelastic_*) stay in the test's
+    scratch.mkdir()
     shm_before = set(os.listdir("/dev/shm"))
 
     def torchrun(out: Path, crash: dict[str, str] | None = None) -> str:
         env = {
             **os.environ,
+            "TMPDIR": str(scratch),
             "DS_ACCELERATOR": "cpu",
             "OMP_NUM_THREADS": "1",
             "GEMINI_RUNTIME_DIR": str(runtime),
