@@ -328,10 +328,12 @@ def _recovery_rank_main(
     go: Any,
 ) -> None:
     """One rank of the recovery micro-benchmark, already started and warm (torch imported,
-    a first optimizer step taken: what a warm spare has paid before it is needed).
+    a first optimizer step taken, and under DDP the model and optimizer state built: what a
+    warm spare has paid before it is needed).
 
     Times, per rank: joining a fresh process group and building the scenario's trainer (a
-    spare taking a dead rank: group, model, DDP wrapper, bucket warm-up); a few iterations and
+    spare taking a dead rank: group, DDP wrapper around the prepared model, bucket warm-up;
+    under FSDP2 the model too); a few iterations and
     their communication profile; leaving the group and rejoining a fresh one around the same
     model (a survivor's in-process rejoin, ``REJOINS`` times: the median); loading a copy of
     the state (the fixed part of a restore); the in-memory engine's costs (``_engine_costs``)
@@ -361,6 +363,8 @@ def _recovery_rank_main(
     gc.freeze()
     loaded = load_scenario(scenario, overrides)
     config = TrainerConfig.from_scenario(loaded)
+    # What a warm spare builds while it waits (real.trainer.main: DDP, on the CPU).
+    prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
     timeout = datetime.timedelta(seconds=60)
     results.put({"rank": rank, "ready": True})
     # The parent says go once both ranks are warm: what follows is a restart, not a start.
@@ -382,9 +386,11 @@ def _recovery_rank_main(
 
     began = time.perf_counter()
     join(0)
-    # As a spare joining a recovery builds it: DDP skips its broadcast, the plan's checkpoint
-    # overwrites every rank (here every rank holds the same seeded weights anyway).
-    trainer = Trainer(config, rank=rank, world_size=world, restoring=True)
+    # As a spare joining a recovery builds it: around what it prepared while it waited; DDP
+    # skips its broadcast, the plan's checkpoint overwrites every rank (here every rank holds
+    # the same seeded weights anyway).
+    trainer = Trainer(config, rank=rank, world_size=world, restoring=True, prepared=prepared)
+    del prepared
     dist.barrier()
     spare_join_s = time.perf_counter() - began
     profiler = CommProfiler(iterations)

@@ -53,7 +53,7 @@ from real.trainer.inprocess import (
     prewarm,
     run_attempts,
 )
-from real.trainer.workload.trainer import Trainer, TrainerConfig
+from real.trainer.workload.trainer import Prepared, Trainer, TrainerConfig
 from real.trainer.workload.weights import state_digest, write_tensors
 from shared.scenario import Scenario
 from shared.scenario_loader import load_scenario
@@ -283,6 +283,7 @@ def _serve_agent(
             job.kind, scenario.checkpoint.persists_from_memory, storage_url(scenario, run_dir)
         )
     )
+    job.prepare()
     final: list[Path] = []
 
     def body(assignment: Assignment) -> None:
@@ -323,12 +324,22 @@ class _Job:
         self.tags: dict[str, Any] = {}
         self.attempts = 0
         self.hooked: torch.nn.Module | None = None  # the module carrying the abort checks
+        self.prepared: Prepared | None = None
         storage = scenario.cluster.storage
         if storage.emulate_bandwidth:  # read by every PersistentStorage of this process
             from real.persistent.throttle import STORAGE_RATE_ENV, emulated_rate_per_rank
 
             rate = emulated_rate_per_rank(storage.bandwidth_gbit_s, scenario.cluster.ranks)
             os.environ[STORAGE_RATE_ENV] = repr(rate)
+
+    def prepare(self) -> None:
+        """Build the DDP model, optimizer state and corpus now, while this process waits for
+        its first attempt (``Trainer.prepare``), so that taking a rank costs a warm spare what
+        a survivor's rejoin costs. On the CPU only: on a GPU a spare would hold a second copy
+        of its rank's state in the device's memory beside the active trainer's."""
+        config = TrainerConfig.from_scenario(self.scenario)
+        if config.parallelism == "ddp" and not torch.cuda.is_available():
+            self.prepared = Trainer.prepare(config, "cpu")
 
     def attempt(
         self, where: RankEnv, device: torch.device, began: float, joined: float | None = None
@@ -359,7 +370,9 @@ class _Job:
                 # A spare joining a recovery: the plan's checkpoint overwrites every rank's
                 # weights, so DDP need not broadcast rank 0's first.
                 restoring=plan_restores(os.environ),
+                prepared=self.prepared,
             )
+            self.prepared = None
             self.trainer = trainer
         if self.hooked is not trainer.module:
             # An abort from the agent interrupts forward and backward at once (in process).

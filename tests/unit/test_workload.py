@@ -275,6 +275,80 @@ def test_a_state_restored_in_place_loads_without_a_copy(monkeypatch: pytest.Monk
     assert state_digest(trainer.model_state()) == state_digest(uninterrupted.model_state())
 
 
+def _restore_in_place(trainer: Trainer, saved: dict[str, torch.Tensor], values: object) -> None:
+    """What the engine's ``restore(into=trainer.state)`` then the trainer's load do."""
+    live, _ = flatten_state(trainer.state())
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            live[name].copy_(tensor)
+    trainer.load_state(unflatten_state(dict(live), values))  # type: ignore[arg-type]
+
+
+def test_a_prepared_spare_restores_without_a_first_optimizer_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A warm spare builds its model and optimizer state while it waits (``Trainer.prepare``):
+    the weights are the seed's, the moments exist, and taking a rank then restoring costs no
+    optimizer step (a trainer built on the spot takes one, on the restore's path, for
+    ``get_state_dict`` to create the moments). The restored run continues bitwise like the
+    uninterrupted one."""
+    torch.set_num_threads(1)
+    config = tiny_config()
+    prepared = Trainer.prepare(config)
+    fresh = GPT(TINY, seed=config.seed)
+    assert state_digest(prepared.module.state_dict()) == state_digest(fresh.state_dict())
+    moments = list(prepared.optimizer.state.values())
+    assert len(moments) == len(list(fresh.parameters()))
+    assert all(not m["exp_avg"].any() and not m["exp_avg_sq"].any() for m in moments)
+    assert all(p.grad is None for p in prepared.module.parameters())
+
+    uninterrupted = train(config, 8)
+    tensors, values = flatten_state(train(config, 3).state())
+    saved = {k: v.detach().clone() for k, v in tensors.items()}
+    steps: list[str] = []
+    original_step = torch.optim.AdamW.step
+
+    def counted(self: torch.optim.AdamW, *args: object, **kwargs: object) -> object:
+        steps.append("step")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)
+    spare = Trainer(config, restoring=True, prepared=prepared)
+    assert spare.optimizer is prepared.optimizer and spare.module is prepared.module
+    _restore_in_place(spare, saved, values)
+    assert steps == []
+    on_the_spot = Trainer(config, restoring=True)
+    _restore_in_place(on_the_spot, saved, values)
+    assert steps == ["step"]  # what the prepared spare saved
+    monkeypatch.undo()
+    for resumed in (spare, on_the_spot):
+        while resumed.iteration < 8:
+            resumed.step()
+        assert state_digest(resumed.model_state()) == state_digest(uninterrupted.model_state())
+
+
+def test_a_prepared_trainer_that_starts_over_trains_as_a_fresh_one() -> None:
+    """A warm process whose first attempt starts from scratch: the prepared optimizer's
+    allocated moments (and its step count) would change the first updates, so it gets a fresh
+    optimizer, and trains bitwise like a trainer built on the spot."""
+    torch.set_num_threads(1)
+    prepared = Trainer.prepare(tiny_config())
+    trainer = Trainer(tiny_config(), prepared=prepared)
+    assert trainer.module is prepared.module and trainer.optimizer is not prepared.optimizer
+    assert not trainer.optimizer.state
+    while trainer.iteration < 8:
+        trainer.step()
+    on_the_spot = train(tiny_config(), 8)
+    assert state_digest(trainer.model_state()) == state_digest(on_the_spot.model_state())
+
+
+def test_only_a_ddp_trainer_can_be_prepared() -> None:
+    with pytest.raises(ValueError, match="DDP"):
+        Trainer.prepare(tiny_config(parallelism="zero3"))
+    with pytest.raises(ValueError, match="DDP only"):
+        Trainer(tiny_config(parallelism="zero3"), prepared=Trainer.prepare(tiny_config()))
+
+
 def test_load_training_state_keeps_live_tensors_and_clones_the_rest() -> None:
     from real.trainer.training_state import clone_state, load_training_state, training_state
 
