@@ -373,7 +373,8 @@ class GeminiCheckpointer:
         def client(node: int) -> StoreClient | None:
             if node not in clients:
                 try:
-                    clients[node] = StoreClient(node, self.addresses[node], self.token, 10.0)
+                    with self.capturer.costs.timed("restore: connect to a store (round trips)"):
+                        clients[node] = StoreClient(node, self.addresses[node], self.token, 10.0)
                 except OSError:
                     clients[node] = None
             return clients[node]
