@@ -91,6 +91,23 @@ def test_a_ddp_model_learns_names_without_its_prefix(counted: list[int], group: 
     assert names and not any(name.startswith("module.") for name in names)
 
 
+def test_a_new_ddp_wrapper_of_the_same_module_keeps_the_learnt_keys(
+    counted: list[int], group: None
+) -> None:
+    """In-process recovery wraps the same module in a new DDP wrapper (``Trainer.rejoin``):
+    its keys are the old wrapper's, so they are not learnt again; the plain module's are."""
+    torch.manual_seed(0)
+    module = GPT(GPTConfig(2, 32, 4, 16))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    _check(nn.parallel.DistributedDataParallel(module), optimizer, counted)
+    assert counted == [1]
+    rewrapped = nn.parallel.DistributedDataParallel(module, init_sync=False)
+    _check(rewrapped, optimizer, counted)
+    assert counted == [1]
+    _check(module, optimizer, counted)  # unwrapped: other keys, learnt anew
+    assert counted == [1, 1]
+
+
 def test_changed_keys_go_back_to_get_state_dict(counted: list[int]) -> None:
     torch.manual_seed(0)
     model = GPT(GPTConfig(2, 32, 4, 16))
