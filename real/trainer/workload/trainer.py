@@ -118,9 +118,9 @@ class Prepared:
 
     Attributes:
         module: the decoder with its seeded weights.
-        optimizer: AdamW over ``module``'s parameters, its state allocated by a step with
-            zero gradients at learning rate 0 (the weights do not move). A restore overwrites
-            it; a trainer that starts from scratch builds a fresh one instead.
+        optimizer: AdamW over ``module``'s parameters, its state allocated by a first ask
+            for the state (the weights do not move). A restore overwrites it; a trainer that
+            starts from scratch builds a fresh one instead.
         corpus: the loaded corpus.
     """
 
@@ -234,18 +234,9 @@ class Trainer:
         torch.set_flush_denormal(True)
         module = GPT(config.model, seed=config.seed).to(torch.device(device))
         optimizer = _adamw(module, config)
-        # Allocate the moments as torch's get_state_dict would on a first state(): a step
-        # with zero gradients at learning rate 0, which leaves every weight as it was.
-        parameters = [p for p in module.parameters() if p.requires_grad]
-        for parameter in parameters:
-            parameter.grad = torch.zeros_like(parameter)
-        rates = [group["lr"] for group in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["lr"] = 0.0
-        optimizer.step()
-        for group, rate in zip(optimizer.param_groups, rates, strict=True):
-            group["lr"] = rate
-        optimizer.zero_grad(set_to_none=True)
+        # The first ask for the state makes the moments (torch's get_state_dict: a step with
+        # zero gradients at learning rate 0, which leaves every weight as it was).
+        model_and_optimizer_state(module, optimizer, clone=False)
         return Prepared(module, optimizer, load_corpus(config.corpus))
 
     def rejoin(self) -> None:
