@@ -59,6 +59,42 @@ TRAINER_NICENESS = 5
 # else it warms at TRAINER_NICENESS from the start.
 BACKGROUND_NICENESS = 19
 CAP_SYS_NICE = 23
+EXIT_WATCH_S = 0.01
+"""How often a node agent looks for a trainer of the running attempt that has begun to exit
+(``exiting_status``): half of it, on average, is added to a crash's detection."""
+PF_EXITING = 0x4
+"""The kernel's flag of a task that has begun to exit (``include/linux/sched.h``)."""
+
+
+def exiting_status(pid: int) -> int | None:
+    """The exit status of process ``pid`` once it has begun to exit with a non-zero one, as
+    ``Popen.returncode`` gives it (negative: the signal that killed it); None while it runs,
+    when it exits with 0, or when it cannot be read (not Linux, gone, no permission).
+
+    A process that dies first marks itself exiting (``PF_EXITING``) and records its status,
+    then tears down its memory and only then closes its files and tells its parent. The
+    teardown of a trainer (torch alone maps over 200 MB; a GPU node adds its CUDA context) took
+    15-60 ms on our 2-core machine, and its peers' collectives and its agent's ``waitpid``
+    learn nothing before its end. The flag is in ``/proc/PID/stat`` at once (``proc(5)``: field
+    9, ``flags``; field 52, ``exit_code``, in ``waitpid``'s form). Nothing a library offers
+    reports this moment without tracing the process (``PTRACE_EVENT_EXIT``), which would stop
+    it on every signal and keep debuggers out, so the agent polls for it. An exit with status
+    0 (a trainer that finished) is left to ``waitpid``: it is no failure to hurry for.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: count after it.
+    fields = text[text.rfind(b")") + 2 :].split()
+    try:
+        flags, status = int(fields[9 - 3]), int(fields[52 - 3])
+    except (IndexError, ValueError):
+        return None
+    if not flags & PF_EXITING or status == 0:
+        return None
+    return -(status & 0x7F) if status & 0x7F else status >> 8
 
 
 def may_raise_priority() -> bool:
@@ -194,6 +230,8 @@ class Worker:
         self.attempt = 0  # the attempt this worker was last assigned
         self.reported: int | None = None  # the attempt its last joined/parked/done names
         self.error: str | None = None
+        # Its exit status once it has begun to exit (``watch_exit``), before it is reaped.
+        self.exiting: int | None = None
         self.started_at = time.time()
         self.ready_at: float | None = None
         logs = spec.run_dir / "logs"
@@ -283,12 +321,30 @@ class Worker:
         self.send("assign", attempt=attempt, env=dict(env))
 
     def exitcode(self) -> int | None:
-        return self.proc.poll()
+        """Its exit status once it ended or began to exit with a failure; else None."""
+        code = self.proc.poll()
+        return code if code is not None else self.exiting
+
+    def watch_exit(self) -> bool:
+        """Look whether the process has begun to exit with a failure (``exiting_status``); if
+        so, record its status and tell the waiters and the agent at once. True if this call
+        found it."""
+        if self.exiting is not None or self.proc.returncode is not None:
+            return False
+        status = exiting_status(self.pid)
+        if status is None:
+            return False
+        with self._lock:
+            self.exiting = status
+            self._lock.notify_all()
+        if self._on_change is not None:
+            self._on_change()
+        return True
 
     def settled(self, attempt: int) -> bool:
         """Whether this worker has left ``attempt`` (parked, done, never joined, or dead)."""
         with self._lock:
-            if self.proc.poll() is not None:
+            if self.exitcode() is not None:
                 return True
             if self.attempt != attempt:
                 return True
@@ -299,7 +355,7 @@ class Worker:
         with self._lock:
             while not predicate():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
+                if remaining <= 0 or self.exitcode() is not None:
                     return bool(predicate())
                 # Every message and the process's end notify; the slice bounds a missed one.
                 self._lock.wait(min(remaining, 0.25))
@@ -322,12 +378,19 @@ class Worker:
             time.sleep(0.2)
 
     def kill(self) -> None:
-        """SIGKILL the trainer and its children; reap it."""
+        """SIGKILL the trainer and its children; reap it (one already exiting: in the
+        background, so that its teardown does not hold up the recovery)."""
         kill_pids([self.pid])
-        with contextlib.suppress(Exception):
-            self.proc.wait(10.0)
+        if self.exiting is not None and self.proc.returncode is None:
+            threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
+        else:
+            self._reap()
         with contextlib.suppress(OSError):
             self._sock.close()
+
+    def _reap(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.wait(10.0)
 
     def stop(self, grace_s: float) -> None:
         """Ask it to finish, wait ``grace_s``, then kill."""
@@ -379,10 +442,25 @@ class TrainerPool:
         self.done: set[int] = set()
         self._env: dict[str, str] = {}
         self._background = may_raise_priority()
+        self._closed = threading.Event()
         for local_rank in range(spec.per_node):
             self.active[local_rank] = self._start(local_rank)
         if spares != "later":
             self._top_up(background=spares == "background")
+        if Path("/proc/self/stat").exists():  # Linux: else only waitpid tells
+            threading.Thread(
+                target=self._watch_exits, name=f"exit-watch-{node_id}", daemon=True
+            ).start()
+
+    def _watch_exits(self) -> None:
+        """Every ``EXIT_WATCH_S``, look whether a trainer of the running attempt has begun to
+        exit with a failure, so that the agent reports the crash before the kernel has torn
+        the process down (``exiting_status``). Its cost: one read of ``/proc/PID/stat`` per
+        active trainer per period."""
+        while not self._closed.wait(EXIT_WATCH_S):
+            for worker in list(self.active.values()):
+                if worker.attempt:
+                    worker.watch_exit()
 
     def _top_up(self, background: bool = True) -> None:
         """Start spares until every local rank has ``spec.spares`` live ones; ``background``:
@@ -605,6 +683,7 @@ class TrainerPool:
 
         One still starting (importing torch) holds nothing and cannot read the message yet:
         it is killed at once rather than waited for (a Ctrl-C during a cluster's start)."""
+        self._closed.set()
         workers = self.workers()
         for worker in workers:
             if worker.state == "starting":
