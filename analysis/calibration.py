@@ -36,7 +36,7 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       park_s: 0.01                # a survivor tears its broken group down
       collective_failure_s: 0.06  # a peer vanishes -> the survivor's all-reduce raises
       probe_s: 0.0002             # a probe round trip (live and refused)
-      exit_notice_s: 0.01         # SIGKILL of a child -> its parent reaps it
+      exit_notice_s: 0.01         # SIGKILL of a child -> its agent's exit watch sees it
       state_load_s: 0.05          # loading a copy of the state into model and optimizer
       agent_poll_s: 0.02          # the harness's polling periods (its constants)
       root_poll_s: 0.05
@@ -103,7 +103,11 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     CPU a poller waits for and spends once woken; the laws scale it with the host's load), so
     below "agent poll / 2" stands for agent poll / 2 + hop work, "root poll / 2" likewise:
 
-    - ``detection.exit_report_s`` = exit notice + agent poll / 2 + root poll / 2;
+    - ``detection.exit_report_s`` = exit notice (the signal's delivery + half the period of
+      the agent's exit watch, ``EXIT_WATCH_S``: the agent learns of it from that watch, not
+      from a poll) + hop work + root poll / 2 (until 2026-12-05, when the agents learned of an
+      exit only after the process's teardown, agent poll / 2 + root poll / 2, the agent's
+      half poll standing in for that teardown);
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
       report) + root poll / 2 + probe round trip;
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
@@ -144,7 +148,7 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     notice = _number(measurements, "exit_notice_s")
     if notice is not None:
-        out["exit_report_s"] = notice + hop
+        out["exit_report_s"] = notice + work + root / 2
     failure = _number(measurements, "collective_failure_s")
     probe = _number(measurements, "probe_s")
     if failure is not None:

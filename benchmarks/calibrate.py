@@ -800,7 +800,16 @@ def _probe_round_trip_s(repeats: int = 5) -> float:
 
 
 def _exit_notice_s(repeats: int = 3) -> float:
-    """From SIGKILL of a child process to its parent reaping it (how an agent learns), s."""
+    """From SIGKILL of a child process to its node agent's exit watch seeing it, s.
+
+    The agent's pool reads the kernel's exit mark every ``EXIT_WATCH_S``
+    (``real.agent.trainer_processes.exiting_status``), so a crash at a random moment waits half
+    a period on average: that, plus the signal's delivery (from the kill until the mark is
+    there, read here every 0.2 ms; the median of ``repeats`` kills). The process's teardown,
+    which a trainer's size makes long, comes after the mark and is not on the path.
+    """
+    from real.agent.trainer_processes import EXIT_WATCH_S, exiting_status
+
     times = []
     for _ in range(repeats):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -808,13 +817,14 @@ def _exit_notice_s(repeats: int = 3) -> float:
             time.sleep(0.05)
             began = time.perf_counter()
             child.kill()
-            child.wait(timeout=10)
+            while exiting_status(child.pid) is None and child.poll() is None:
+                time.sleep(0.0002)
             times.append(time.perf_counter() - began)
         finally:
             if child.poll() is None:
                 child.kill()
-                child.wait(timeout=10)
-    return statistics.median(times)
+            child.wait(timeout=10)
+    return statistics.median(times) + EXIT_WATCH_S / 2
 
 
 def _echo_poller(connection: Any, period_s: float) -> None:

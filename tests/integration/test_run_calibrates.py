@@ -56,8 +56,8 @@ def test_run_simulates_with_the_costs_its_micro_calibration_measured(
     assert calibration["source"] == "micro" and calibration["scenarios_used"] == []
     assert calibration["measurements"] == measured
     crash, lost = read_summary(out / "sim-gemini" / "summary.json").failures
-    hop = 0.01 + 0.03  # half an agent poll and half a root poll
-    assert crash.detection_s == pytest.approx(0.2 + hop)
+    # The exit notice holds the agent's exit watch; the report waits half a root poll.
+    assert crash.detection_s == pytest.approx(0.2 + 0.03)
     # The crash's stop: the agents see it (half a poll), the trainers park; the root reads
     # the acknowledgements on its store watch as they come.
     assert crash.stop_s == pytest.approx(0.01 + 0.3)
