@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from real.agent.trainer_processes import TrainerPool, TrainerSpec
 from real.runtime.processes import free_port
 
 
@@ -44,3 +46,24 @@ def rank_outputs(ranks: list[subprocess.Popen[str]], timeout_s: float = 120) -> 
     for rank, (process, output) in enumerate(zip(ranks, outputs, strict=True)):
         assert process.returncode == 0, f"rank {rank}: {output}"
     return outputs
+
+
+def stand_in_pool(
+    folder: Path,
+    program: str,
+    *arguments: str,
+    spares: str = "later",
+    on_change: Callable[[], None] | None = None,
+) -> TrainerPool:
+    """A node agent's pool of one rank whose trainers run ``python -c program *arguments``:
+    stand-ins that speak the agent's protocol on ``GEMINI_AGENT_FD``."""
+    spec = TrainerSpec(
+        scenario=folder / "scenario.yaml",
+        overrides=(),
+        run_dir=folder,
+        checkpointer="gemini",
+        world_size=1,
+        per_node=1,
+        entrypoint=(sys.executable, "-c", program, *arguments),
+    )
+    return TrainerPool(spec, node_id=0, env={}, spares=spares, on_change=on_change)

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from running import stand_in_pool
 
 from real.agent import trainer_processes
-from real.agent.trainer_processes import TrainerPool, TrainerSpec, exiting_status
+from real.agent.trainer_processes import TrainerPool, exiting_status
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="the kernel's exit mark is read from /proc"
@@ -74,16 +75,7 @@ def test_a_running_process_or_one_that_finished_cleanly_shows_no_failure() -> No
 
 
 def staying_pool(tmp_path: Path, changed: threading.Event) -> TrainerPool:
-    spec = TrainerSpec(
-        scenario=tmp_path / "scenario.yaml",
-        overrides=(),
-        run_dir=tmp_path,
-        checkpointer="gemini",
-        world_size=1,
-        per_node=1,
-        entrypoint=(sys.executable, "-c", STAYING_TRAINER),
-    )
-    return TrainerPool(spec, node_id=0, env={}, spares="later", on_change=changed.set)
+    return stand_in_pool(tmp_path, STAYING_TRAINER, on_change=changed.set)
 
 
 def test_the_pool_reports_a_trainer_that_began_to_exit_while_the_process_still_runs(

@@ -5,18 +5,17 @@ Ctrl-C during a cluster's start) does not wait for them (``real.agent.trainer_pr
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from running import stand_in_pool
 
 from real.agent.trainer_processes import (
     BACKGROUND_NICENESS,
     TRAINER_NICENESS,
     TrainerPool,
-    TrainerSpec,
     may_raise_priority,
 )
 
@@ -71,16 +70,7 @@ def wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-unt
 def pool(
     tmp_path: Path, go: Path, spares: str = "later", program: str = FAKE_TRAINER
 ) -> TrainerPool:
-    spec = TrainerSpec(
-        scenario=tmp_path / "scenario.yaml",
-        overrides=(),
-        run_dir=tmp_path,
-        checkpointer="gemini",
-        world_size=1,
-        per_node=1,
-        entrypoint=(sys.executable, "-c", program, str(go)),
-    )
-    return TrainerPool(spec, node_id=0, env={}, spares=spares)
+    return stand_in_pool(tmp_path, program, str(go), spares=spares)
 
 
 @needs_nice
