@@ -199,6 +199,7 @@ class GeminiCheckpointer:
             # in its idle spans, and a prepared one counts once this iteration has ended.
             self.replication.commit_prepared()
             self.replication.tick()
+            hold_point(self.rank, iteration)  # the harness's failure at this iteration's end
             self._resumed_at = time.perf_counter()
             return
         self.replication.wait()  # the previous checkpoint's remaining chunks go now

@@ -2,12 +2,11 @@
 
 It fires each failure of the scenario's schedule in order, when its trigger comes:
 
-- ``at_iteration: N``: once every rank of the nodes it names has ended iteration N, or, when N
-  is checkpointed, captured it (``ckpt_captured``: the copy done, its replication not started;
-  read from the event files; a ``root_agent`` failure, whose node is known only when it
-  strikes: once some rank has ended N). The ranks it will strike hold after their capture of
-  N until it is performed (``_arm``; ``real.trainer.inject.hold_point``): a small state
-  replicates within milliseconds of its capture, faster than this thread sees the event;
+- ``at_iteration: N``: once every rank has ended iteration N, or, when N is checkpointed,
+  captured it (``ckpt_captured``: the copy done, its replication not started; read from the
+  event files). Every rank holds at its save of N until the failure is performed (``_arm``;
+  ``real.trainer.inject.hold_point``): a small state replicates within milliseconds of its
+  capture, faster than this thread sees the event, and a rank not held would begin N + 1;
 - ``at_time_s: T``: T seconds after the run started;
 - ``during: replication``: after the trigger, at the next checkpoint captured on the failing
   node, while its replication to the peers is in flight (interleaved replication sends the
@@ -48,7 +47,7 @@ from real.agent import jobkeys
 from real.engine.eventlog import EventLog
 from real.launcher.progress import Progress, ProgressWatcher
 from real.trainer.inject import hold_folder
-from shared.failure_kinds import ResolvedFailure, initial_root, resolve_failure
+from shared.failure_kinds import ResolvedFailure, resolve_failure
 from shared.placement import plan_placement
 from shared.scenario import Scenario, ScheduledFailure
 
@@ -154,39 +153,32 @@ class FailureInjector:
         return False
 
     def _arm(self, failure: ScheduledFailure) -> dict[int, Path]:
-        """Hold the ranks an ``at_iteration: k`` failure strikes at their capture of k, until
-        it is performed (``real.trainer.inject.hold_point``): the file that arms each held
-        rank's hold."""
+        """Hold every rank of the job at its save of k, until an ``at_iteration: k`` failure
+        is performed (``real.trainer.inject.hold_point``): the file that arms each rank's
+        hold. Every rank, not only the ones it strikes: in the simulator the failure strikes
+        as k ends everywhere, so no rank has begun k + 1 (whose part-iteration would count as
+        lost progress in the harness and not in the simulator)."""
         if failure.at_iteration is None or failure.during != "training":
             return {}
-        try:
-            # Before the job has a root, a root_agent failure will find the first one there.
-            target, _ = self._resolve(failure, initial_root(self.scenario.cluster.nodes))
-        except Exception as error:  # a store not answering: the failure fires unheld
-            log.warning("failure at iteration %d: no hold armed (%s)", failure.at_iteration, error)
-            return {}
-        per_node = self.scenario.cluster.accelerators_per_node
-        local = range(1) if target.action == "kill_trainer" else range(per_node)
+        cluster = self.scenario.cluster
         folder = hold_folder(Path(self.cluster.run_dir))  # type: ignore[attr-defined]
         folder.mkdir(parents=True, exist_ok=True)
         paths = {
             rank: folder / f"{rank}.{failure.at_iteration}"
-            for rank in (slot * per_node + r for slot in target.nodes for r in local)
+            for rank in range(cluster.nodes * cluster.accelerators_per_node)
         }
         for path in paths.values():
             path.touch()
         return paths
 
-    def _resolve(
-        self, failure: ScheduledFailure, no_root: int | None = None
-    ) -> tuple[ResolvedFailure, dict[int, int]]:
-        """What ``failure`` strikes now (``root_agent``: the root's node at this moment;
-        ``no_root`` while none is elected), and the job's members (slot -> node id)."""
+    def _resolve(self, failure: ScheduledFailure) -> tuple[ResolvedFailure, dict[int, int]]:
+        """What ``failure`` strikes now (``root_agent``: the root's node at this moment), and
+        the job's members (slot -> node id)."""
         members = self.cluster.members()  # type: ignore[attr-defined]
         root: int | None = None
         if failure.kind == "root_agent":
             leader = self.cluster.leader()  # type: ignore[attr-defined]
-            root = next((s for s, n in members.items() if n == leader), no_root)
+            root = next((s for s, n in members.items() if n == leader), None)
         target = resolve_failure(failure.kind, failure.nodes, placement=self.placement, root=root)
         return target, members
 
@@ -197,14 +189,14 @@ class FailureInjector:
         iteration: int,
         held: Collection[int] = (),
     ) -> bool:
-        """Whether every rank of the nodes ``failure`` names has ended or captured ``iteration``:
-        the simulator's failure strikes as the iteration ends, its capture done and its
-        replicas not yet sent. For ``root_agent``, whose node is the root's when it strikes:
-        whether the ranks held for it (``_arm``: the root's node's) have, or without holds
-        whether some rank has ended it."""
+        """Whether ``iteration`` has ended where ``failure`` strikes: with holds (``_arm``),
+        once every held rank has ended or captured it, so that the failure strikes as the
+        iteration ends on every rank, its capture done and its replicas not yet sent, as the
+        simulator's does; without, once every rank of the nodes it names has (for
+        ``root_agent``, whose node is known only when it strikes: once some rank has)."""
+        if held:
+            return all(progress.ended.get(rank, 0) >= iteration for rank in held)
         if failure.kind == "root_agent":
-            if held:
-                return all(progress.ended.get(rank, 0) >= iteration for rank in held)
             return progress.max_iteration >= iteration
         per_node = self.scenario.cluster.accelerators_per_node
         ranks = [n * per_node + r for n in failure.nodes for r in range(per_node)]

@@ -22,6 +22,7 @@ from real.persistent.dcp import DEFAULT_KEEP, load_persistent
 from real.persistent.persister import save_persistent_logged
 from real.persistent.storage import latest_persistent_iteration
 from real.runtime.procgroup import gloo_group
+from real.trainer.inject import hold_point
 from real.trainer.inprocess import check_abort
 
 logger = logging.getLogger(__name__)
@@ -108,18 +109,20 @@ class PersistentCheckpointer:
             AttemptAborted: the node agent stopped this attempt (in-process recovery).
         """
         check_abort()
-        if iteration % self.every_iterations:
-            return
-        save_persistent_logged(
-            self.event_log,
-            self.url,
-            iteration,
-            state,
-            blocking=True,
-            process_group=self._group,
-            storage_options=self.storage_options,
-            keep=self.keep,
-        )
+        if iteration % self.every_iterations == 0:
+            save_persistent_logged(
+                self.event_log,
+                self.url,
+                iteration,
+                state,
+                blocking=True,
+                process_group=self._group,
+                storage_options=self.storage_options,
+                keep=self.keep,
+            )
+        # The harness's failure at this iteration's end strikes here, as in the in-memory
+        # engine's save: every rank has ended the iteration, none has begun the next.
+        hold_point(dist.get_rank() if dist.is_initialized() else 0, iteration)
 
     def close(self, abandon: bool = False) -> None:
         """Nothing runs in the background."""

@@ -17,6 +17,7 @@ import pytest
 from real.coord.kv import KeyValueStore, Lease
 from real.engine.eventlog import EventLog
 from real.launcher.injector import FailureInjector
+from real.launcher.progress import Progress
 from shared.scenario import Scenario, ScheduledFailure
 from shared.scenario_loader import parse_scenario
 from sim import simulate
@@ -294,31 +295,31 @@ def test_nodes_lost_together_are_all_killed_before_any_is_reaped(
     assert all(agent.returncode == -9 for agent in agents.values())
 
 
+EVERY_RANK = {"every rank"}
+
+
 @pytest.mark.parametrize(
     ("entry", "leader", "held"),
     [
-        # A trainer crash: the node's first local rank only (the one the harness kills).
-        ({"kind": "software", "nodes": [2], "at_iteration": 7}, 10, {"4.7"}),
-        (
-            {"kind": "hardware", "nodes": [1, 3], "at_iteration": 7},
-            10,
-            {"2.7", "3.7", "6.7", "7.7"},
-        ),
-        # Node 3's group is the ring {2, 3, 4}.
-        ({"kind": "group", "nodes": [3], "at_iteration": 7}, 10, {f"{r}.7" for r in range(4, 10)}),
-        # The root's node now (slot 2), or the first root while none is elected (slot 0).
-        ({"kind": "root_agent", "nodes": [3], "at_iteration": 7}, 12, {"4.7", "5.7"}),
-        ({"kind": "root_agent", "nodes": [3], "at_iteration": 7}, None, {"0.7", "1.7"}),
+        # Every rank of the job, whatever the failure strikes: it strikes as k ends everywhere.
+        ({"kind": "software", "nodes": [2], "at_iteration": 7}, 10, EVERY_RANK),
+        ({"kind": "hardware", "nodes": [1, 3], "at_iteration": 7}, 10, EVERY_RANK),
+        ({"kind": "group", "nodes": [3], "at_iteration": 7}, 10, EVERY_RANK),
+        ({"kind": "root_agent", "nodes": [3], "at_iteration": 7}, 12, EVERY_RANK),
+        ({"kind": "root_agent", "nodes": [3], "at_iteration": 7}, None, EVERY_RANK),
         ({"kind": "hardware", "nodes": [1], "at_iteration": 7, "during": "replication"}, 10, set()),
         ({"kind": "hardware", "nodes": [1], "at_time_s": 3.0}, 10, set()),
     ],
 )
-def test_the_injector_holds_the_ranks_its_failure_strikes(
+def test_the_injector_holds_every_rank_until_its_failure_is_performed(
     tmp_path: Path, entry: dict[str, Any], leader: int | None, held: set[str]
 ) -> None:
-    """``at_iteration: k`` arms a hold for every rank the failure will strike, at its capture
-    of k (``real.trainer.inject.hold_point``), and releases them once it is performed."""
+    """``at_iteration: k`` arms a hold for every rank of the job at its save of k
+    (``real.trainer.inject.hold_point``), and releases them once it is performed."""
     scenario: Scenario = parse_scenario(SCENARIO, overrides=["cluster.accelerators_per_node=2"])
+    if held == EVERY_RANK:
+        world = scenario.cluster.nodes * scenario.cluster.accelerators_per_node
+        held = {f"{rank}.7" for rank in range(world)}
     cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
     cluster.leader_id = leader
     log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
@@ -329,7 +330,7 @@ def test_the_injector_holds_the_ranks_its_failure_strikes(
     def trigger(index: int, scheduled: ScheduledFailure, ranks: tuple[int, ...] = ()) -> bool:
         folder = tmp_path / "holds"
         armed.append({p.name for p in folder.iterdir()} if folder.exists() else set())
-        # The trigger waits for the ranks held, the ones the failure strikes.
+        # The trigger waits for the ranks held.
         assert {f"{rank}.{scheduled.at_iteration}" for rank in ranks} == armed[-1]
         return True
 
@@ -342,3 +343,22 @@ def test_the_injector_holds_the_ranks_its_failure_strikes(
     assert armed == [held]
     assert len(injector.injected) == 1 and cluster.actions
     assert not any((tmp_path / "holds").glob("*")), "holds left after the failure"
+
+
+def test_a_held_failure_strikes_once_every_rank_has_ended_its_iteration(tmp_path: Path) -> None:
+    """With holds, the struck ranks' end of k is not enough: a survivor still in k would end
+    it after the failure, where the simulator's failure strikes as k ends everywhere."""
+    scenario: Scenario = parse_scenario(SCENARIO)
+    cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
+    log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time())
+    failure = ScheduledFailure.model_validate({"kind": "software", "nodes": [1], "at_iteration": 7})
+    injector = FailureInjector(cluster, scenario, log, schedule=[failure])
+    world = range(scenario.cluster.nodes * scenario.cluster.accelerators_per_node)
+    try:
+        progress = Progress(max_iteration=7, ended={rank: 7 for rank in world})
+        assert injector._reached(progress, failure, 7, held=tuple(world))
+        progress.ended[0] = 6  # a survivor, not the struck rank, still in iteration 7
+        assert not injector._reached(progress, failure, 7, held=tuple(world))
+        assert injector._reached(progress, failure, 7)  # unheld: the struck node's ranks
+    finally:
+        log.close()
