@@ -46,7 +46,7 @@ from pathlib import Path
 from real.agent import jobkeys
 from real.engine.eventlog import EventLog
 from real.launcher.progress import Progress, ProgressWatcher
-from real.trainer.inject import hold_folder
+from real.trainer.inject import held_path, hold_folder, hold_path
 from shared.failure_kinds import ResolvedFailure, resolve_failure
 from shared.placement import plan_placement
 from shared.scenario import Scenario, ScheduledFailure
@@ -126,10 +126,13 @@ class FailureInjector:
                 try:
                     if not self._wait_trigger(index, failure, tuple(holds)):
                         return
-                    self.inject(index, failure)
+                    self.inject(index, failure, held=bool(holds))
                 finally:
-                    for path in holds.values():  # performed (or given up): the ranks go on
+                    for rank, path in holds.items():  # performed (or given up): the ranks go on
                         path.unlink(missing_ok=True)
+                        held_path(path.parent, rank, failure.at_iteration or 0).unlink(
+                            missing_ok=True
+                        )
         except BaseException as error:  # reported by the launcher
             log.exception("failure injector stopped")
             self.errors.append(error)
@@ -164,7 +167,7 @@ class FailureInjector:
         folder = hold_folder(Path(self.cluster.run_dir))  # type: ignore[attr-defined]
         folder.mkdir(parents=True, exist_ok=True)
         paths = {
-            rank: folder / f"{rank}.{failure.at_iteration}"
+            rank: hold_path(folder, rank, failure.at_iteration)
             for rank in range(cluster.nodes * cluster.accelerators_per_node)
         }
         for path in paths.values():
@@ -195,7 +198,12 @@ class FailureInjector:
         simulator's does; without, once every rank of the nodes it names has (for
         ``root_agent``, whose node is known only when it strikes: once some rank has)."""
         if held:
-            return all(progress.ended.get(rank, 0) >= iteration for rank in held)
+            folder = hold_folder(Path(self.cluster.run_dir))  # type: ignore[attr-defined]
+            return all(
+                progress.ended.get(rank, 0) >= iteration
+                or held_path(folder, rank, iteration).exists()
+                for rank in held
+            )
         if failure.kind == "root_agent":
             return progress.max_iteration >= iteration
         per_node = self.scenario.cluster.accelerators_per_node
@@ -232,8 +240,10 @@ class FailureInjector:
 
     # -- performing -------------------------------------------------------------------------
 
-    def inject(self, index: int, failure: ScheduledFailure) -> Injected:
-        """Record and perform one failure now."""
+    def inject(self, index: int, failure: ScheduledFailure, held: bool = False) -> Injected:
+        """Record and perform one failure now; ``held``: every rank holds at the end of
+        ``failure.at_iteration`` (``_arm``), so that iteration is the one reached, and nothing
+        of the next has begun."""
         cluster = self.cluster
         kind = failure.kind
         target, members = self._resolve(failure)
@@ -267,8 +277,16 @@ class FailureInjector:
             nodes=slots,
             node_ids=node_ids,
             during=failure.during,
-            reached_iteration=progress.max_iteration,
             replicating=bool(replicating),
+            **(
+                # Every rank waits at the end of k, none has ended it yet (an iteration ends
+                # after its save): as the simulator records a failure at an iteration's end.
+                {"reached_iteration": failure.at_iteration, "partial_iteration_s": 0.0}
+                if held
+                and failure.at_iteration is not None
+                and progress.max_iteration < failure.at_iteration
+                else {"reached_iteration": progress.max_iteration}
+            ),
         )
         if target.action == "kill_trainer":
             for slot, node_id in zip(slots, node_ids, strict=True):

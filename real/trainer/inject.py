@@ -22,15 +22,19 @@ its replication not started (``sim.failures``). An injector outside the process 
 capture only once its event is written, and a small state replicates within a few milliseconds
 of it (3.9 MB in 4-18 ms in the validation's v05), before any such injector can strike: the
 lost node's replica of k had reached its peer and the harness restored k where the scenario
-loses it. So the harness's injector arms a hold for each rank the failure strikes (a file
-``<rank>.<k>`` in ``GEMINI_HOLD_DIR``), and such a rank waits in ``hold_point``, right after its
-capture of k and before handing it to its sender, until the failure is performed (the file
-removed; the process killed or frozen meanwhile). Nothing holds without the variable, which only
-the harness's clusters set: a trainer elsewhere pays one dictionary lookup per checkpoint.
+loses it. So the harness's injector arms a hold for every rank of the job (a file
+``<rank>.<k>`` in ``GEMINI_HOLD_DIR``), and each waits in ``hold_point`` in its save of k (right
+after its capture and before handing it to its sender; in the baseline's save, or an
+iteration the engine does not checkpoint, once the iteration's work is done), having said so
+(a file ``<rank>.<k>.held``), until the failure is performed (the file removed; the struck
+processes killed or frozen meanwhile). No rank has begun k + 1 when it strikes, as in the
+simulator. Nothing holds without the variable, which only the harness's clusters set: a trainer
+elsewhere pays one dictionary lookup per save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -156,6 +160,16 @@ def hold_folder(run_dir: Path) -> Path:
     return run_dir / "holds"
 
 
+def hold_path(folder: str | Path, rank: int, iteration: int) -> Path:
+    """The file that holds ``rank`` at ``iteration`` while it exists."""
+    return Path(folder) / f"{rank}.{iteration}"
+
+
+def held_path(folder: str | Path, rank: int, iteration: int) -> Path:
+    """The file a rank writes once it waits at its hold of ``iteration``."""
+    return Path(folder) / f"{rank}.{iteration}.held"
+
+
 HOLD_TIMEOUT_S = 30.0  # a hold whose failure never comes (the injector gone) ends here
 HOLD_POLL_S = 0.001
 
@@ -172,10 +186,12 @@ def hold_point(rank: int, iteration: int, timeout_s: float = HOLD_TIMEOUT_S) -> 
     folder = os.environ.get(GEMINI_HOLD_DIR)
     if not folder:
         return False
-    path = os.path.join(folder, f"{rank}.{iteration}")
-    if not os.path.exists(path):
+    path = hold_path(folder, rank, iteration)
+    if not path.exists():
         return False
-    logger.info("rank %d: held at iteration %d's capture by the failure injector", rank, iteration)
+    with contextlib.suppress(OSError):  # the injector's trigger waits for every rank's
+        held_path(folder, rank, iteration).touch()
+    logger.info("rank %d: held at iteration %d's end by the failure injector", rank, iteration)
     deadline = time.monotonic() + timeout_s
     while os.path.exists(path):
         check_abort()

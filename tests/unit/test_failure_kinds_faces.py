@@ -18,6 +18,7 @@ from real.coord.kv import KeyValueStore, Lease
 from real.engine.eventlog import EventLog
 from real.launcher.injector import FailureInjector
 from real.launcher.progress import Progress
+from shared.events import read_events
 from shared.scenario import Scenario, ScheduledFailure
 from shared.scenario_loader import parse_scenario
 from sim import simulate
@@ -343,6 +344,14 @@ def test_the_injector_holds_every_rank_until_its_failure_is_performed(
     assert armed == [held]
     assert len(injector.injected) == 1 and cluster.actions
     assert not any((tmp_path / "holds").glob("*")), "holds left after the failure"
+    events = read_events(tmp_path / "events" / "launcher.jsonl")
+    (event,) = (e for e in events if e.kind == "failure_injected")
+    if held:  # every rank waits at the end of k: k reached, nothing of k + 1 begun
+        assert event.details["reached_iteration"] == 7
+        assert event.details["partial_iteration_s"] == 0.0
+    else:  # what the ranks' events say
+        assert event.details["reached_iteration"] == 0
+        assert "partial_iteration_s" not in event.details
 
 
 def test_a_held_failure_strikes_once_every_rank_has_ended_its_iteration(tmp_path: Path) -> None:
@@ -360,5 +369,10 @@ def test_a_held_failure_strikes_once_every_rank_has_ended_its_iteration(tmp_path
         progress.ended[0] = 6  # a survivor, not the struck rank, still in iteration 7
         assert not injector._reached(progress, failure, 7, held=tuple(world))
         assert injector._reached(progress, failure, 7)  # unheld: the struck node's ranks
+        # A rank held where it writes no event first (the baseline's save) says it waits.
+        folder = tmp_path / "holds"
+        folder.mkdir()
+        (folder / "0.7.held").touch()
+        assert injector._reached(progress, failure, 7, held=tuple(world))
     finally:
         log.close()

@@ -78,6 +78,7 @@ def test_a_rank_holds_at_an_armed_capture_until_the_hold_is_released(
     assert hold_point(3, 7) is False  # no hold folder: never holds
     monkeypatch.setenv("GEMINI_HOLD_DIR", str(tmp_path))
     assert hold_point(3, 6) is False and hold_point(2, 7) is False
+    assert not (tmp_path / "3.6.held").exists() and not (tmp_path / "2.7.held").exists()
     released = threading.Timer(0.3, (tmp_path / "3.7").unlink)
     started = time.monotonic()
     released.start()
@@ -86,6 +87,7 @@ def test_a_rank_holds_at_an_armed_capture_until_the_hold_is_released(
     finally:
         released.join()
     assert time.monotonic() - started >= 0.3
+    assert (tmp_path / "3.7.held").exists()  # it said it waits: the injector's trigger reads it
 
 
 def test_a_hold_never_released_ends_at_its_bound(
