@@ -416,7 +416,10 @@ class ScheduledFailure(_Strict):
         min_length=1, description="Nodes failing together (group: any node of the group)."
     )
     at_iteration: int | None = Field(
-        None, ge=0, description="Fail once this iteration has ended (on the nodes named)."
+        None,
+        ge=0,
+        description="Fail the nodes named as this iteration ends: every rank has ended it, "
+        "none has begun the next (the harness holds every rank there until it strikes).",
     )
     at_time_s: float | None = Field(None, ge=0, description="Fail at this run time, s.")
     during: Literal["training", "replication", "recovery"] = Field(
