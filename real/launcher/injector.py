@@ -128,11 +128,9 @@ class FailureInjector:
                         return
                     self.inject(index, failure, held=bool(holds))
                 finally:
-                    for rank, path in holds.items():  # performed (or given up): the ranks go on
+                    for path in holds.values():  # performed (or given up): the ranks go on
                         path.unlink(missing_ok=True)
-                        held_path(path.parent, rank, failure.at_iteration or 0).unlink(
-                            missing_ok=True
-                        )
+                        held_path(path).unlink(missing_ok=True)
         except BaseException as error:  # reported by the launcher
             log.exception("failure injector stopped")
             self.errors.append(error)
@@ -201,7 +199,7 @@ class FailureInjector:
             folder = hold_folder(Path(self.cluster.run_dir))  # type: ignore[attr-defined]
             return all(
                 progress.ended.get(rank, 0) >= iteration
-                or held_path(folder, rank, iteration).exists()
+                or held_path(hold_path(folder, rank, iteration)).exists()
                 for rank in held
             )
         if failure.kind == "root_agent":

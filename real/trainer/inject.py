@@ -165,9 +165,9 @@ def hold_path(folder: str | Path, rank: int, iteration: int) -> Path:
     return Path(folder) / f"{rank}.{iteration}"
 
 
-def held_path(folder: str | Path, rank: int, iteration: int) -> Path:
-    """The file a rank writes once it waits at its hold of ``iteration``."""
-    return Path(folder) / f"{rank}.{iteration}.held"
+def held_path(hold: Path) -> Path:
+    """The file a rank writes beside its ``hold`` (``hold_path``) once it waits there."""
+    return hold.with_name(f"{hold.name}.held")
 
 
 HOLD_TIMEOUT_S = 30.0  # a hold whose failure never comes (the injector gone) ends here
@@ -190,7 +190,7 @@ def hold_point(rank: int, iteration: int, timeout_s: float = HOLD_TIMEOUT_S) -> 
     if not path.exists():
         return False
     with contextlib.suppress(OSError):  # the injector's trigger waits for every rank's
-        held_path(folder, rank, iteration).touch()
+        held_path(path).touch()
     logger.info("rank %d: held at iteration %d's end by the failure injector", rank, iteration)
     deadline = time.monotonic() + timeout_s
     while os.path.exists(path):
