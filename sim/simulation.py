@@ -413,7 +413,7 @@ class Simulation:
         now = self.env.now
         self._pop(failure)
         reached = timeline.reached_by(now)
-        progress_since = timeline.end(reached) if reached > timeline.base else timeline.start_s
+        lost_since = timeline.lost_since(reached, now)
         if reached > timeline.base:
             self._emit(
                 timeline.end(reached), "iteration_end", iteration=reached, last_before_failure=True
@@ -436,7 +436,7 @@ class Simulation:
                 self.memory.capture(captured)
         self._persist_free_s = now  # an upload in flight is abandoned with the job
         self._count_stall(progressed=reached > timeline.base)
-        chain = self._inject(failure, {}, reached, now - progress_since)
+        chain = self._inject(failure, {}, reached, now - lost_since)
         chain.reached = reached
         chain.collective_wait_s = self._until_collective_s(timeline, now)
         chain.hung = self._hangs(chain)

@@ -173,6 +173,22 @@ class Timeline:
         """Time of iteration k's update (its progress point)."""
         return self.start(k) + self.model.progress_s
 
+    def lost_since(self, k: int, time_s: float) -> float:
+        """When the work lost by a failure at ``time_s`` began, for ``k = reached_by(time_s)``.
+
+        Iteration k's update, or, once the blocking save that follows k has returned, that
+        save's end: the save made k durable, and the harness reports k's end after it (so a
+        failure injected as k ends, which strikes after that save, loses nothing of k + 1).
+        A failure during the save loses the part of it already made, as in the harness.
+        """
+        if k <= self.base:
+            return self.start_s
+        end = self.end(k)
+        every = self.model.pause_every
+        if every and k % every == 0 and time_s >= end + self.model.pause_s:
+            return end + self.model.pause_s
+        return end
+
     def reached_by(self, time_s: float) -> int:
         """The newest iteration whose update happened at or before ``time_s``."""
         if time_s < self.end(self.base + 1):

@@ -456,6 +456,34 @@ def test_a_failure_as_a_save_iteration_ends_finds_the_blocking_save_done() -> No
     (failure,) = result.summary.failures
     assert failure.time_s == pytest.approx(3.012)
     assert (failure.restored_iteration, failure.lost_iterations) == (3, 0)
+    # The save made iteration 3 durable, and no part of iteration 4 had begun: nothing is
+    # lost, as the harness (which reports 3's end after its save) records it.
+    (injected,) = [e for e in result.events if e.kind == "failure_injected"]
+    assert injected.details["partial_iteration_s"] == 0.0
+    assert failure.lost_progress_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("at_time_s", "reached", "partial_s"),
+    [
+        (3.2, 3, 0.188),  # after save(3) returned at 3.012: only what followed it is lost
+        (3.006, 3, 0.006),  # during save(3): its part already made is lost with the rest
+        (2.5, 2, 0.5),  # iteration 2 has no save: from its update on
+    ],
+)
+def test_a_baseline_failure_loses_the_work_since_its_last_update_or_save(
+    at_time_s: float, reached: int, partial_s: float
+) -> None:
+    overrides = [
+        "checkpoint.strategy=persistent",
+        "checkpoint.baseline_every_iterations=3",
+        "cluster.storage.bandwidth_gbit_s=8",  # the save of 12 MB blocks 12 ms
+    ]
+    text = LOST_NODE.replace("at_time_s: 3.2", f"at_time_s: {at_time_s}")
+    result = simulate(parse_scenario(text, overrides=overrides))
+    (injected,) = [e for e in result.events if e.kind == "failure_injected"]
+    assert injected.details["reached_iteration"] == reached
+    assert injected.details["partial_iteration_s"] == pytest.approx(partial_s)
 
 
 # --- what a failure restores: captured (a crash) or committed (a lost node) -------------------

@@ -70,3 +70,16 @@ def test_captured_by_keeps_to_the_checkpointed_iterations() -> None:
     every_three = Timeline(0.0, 0, dataclasses.replace(_model(), checkpoint_every=3))
     assert [every_three.captured_by(t) for t in (2.9, 3.0, 5.5, 6.0)] == [None, 3, 3, 6]
     assert every_three.committed_by(6.0) == 3
+
+
+def test_lost_work_starts_at_the_update_or_once_the_blocking_save_has_returned() -> None:
+    timeline = Timeline(10.0, 0, _model(pause_every=3, pause_s=0.5))  # 3 ends at 13, saves
+    assert timeline.lost_since(2, 12.4) == pytest.approx(12.0)  # no save after 2
+    assert timeline.lost_since(3, 13.2) == pytest.approx(13.0)  # during save(3)
+    assert timeline.lost_since(3, 13.5) == pytest.approx(13.5)  # save(3) returned
+    assert timeline.lost_since(3, 14.2) == pytest.approx(13.5)
+    assert timeline.lost_since(0, 10.5) == pytest.approx(10.0)  # nothing reached: the start
+    restored = Timeline(20.0, 3, _model(pause_every=3, pause_s=0.5))
+    assert restored.lost_since(3, 20.5) == pytest.approx(20.0)  # the base: no save after it
+    gemini = Timeline(0.0, 0, _model())
+    assert gemini.lost_since(3, 3.7) == pytest.approx(3.0)

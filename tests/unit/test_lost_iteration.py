@@ -1,0 +1,69 @@
+"""What the harness charges a lost iteration: the median, plus the baseline's blocking saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from real.launcher.results import lost_iteration_s, summarize_run
+from shared.events import Event, write_events
+
+
+def _run(saves_every: int, save_s: float) -> list[Event]:
+    """Twelve iterations of 0.1 s; a blocking save of ``save_s`` every ``saves_every``-th;
+    a node lost 0.05 s after iteration 10 ended, iteration 8 restored."""
+    events: list[Event] = [Event(0.0, "run_started")]
+    t = 0.0
+    for k in range(1, 13):
+        save = save_s if k % saves_every == 0 else 0.001
+        t += 0.1 + save
+        events.append(
+            Event(
+                t,
+                "iteration_end",
+                rank=0,
+                iteration=k,
+                details={"duration_s": 0.1 + save, "save_s": save},
+            )
+        )
+        if k == 10:
+            failed = t + 0.05
+            events += [
+                Event(failed, "failure_injected", node=1, details={"failure": 0}),
+                Event(failed + 0.1, "failure_detected", node=1, details={"failure": 0}),
+                Event(failed + 0.2, "restart_begin", details={"failure": 0, "attempt": 1}),
+                Event(failed + 0.3, "process_group_ready", rank=0),
+                Event(
+                    failed + 0.4,
+                    "state_restored",
+                    rank=0,
+                    iteration=8,
+                    details={"tier": "persistent"},
+                ),
+                Event(failed + 0.4, "training_resumed", rank=0, iteration=9),
+            ]
+            break
+    return events
+
+
+def test_the_baseline_spreads_its_blocking_saves_over_every_iteration() -> None:
+    events = _run(4, 0.4)  # saves at 4 and 8: 0.8 s over ten iterations, 0.001 s in the rest
+    median = 0.101
+    spread = (0.8 + 8 * 0.001) / 10 - 0.001
+    assert lost_iteration_s(events, "persistent", median) == pytest.approx(median + spread)
+    # Gemini's save is a capture in every iteration, already in the median.
+    assert lost_iteration_s(events, "gemini", median) == median
+    assert lost_iteration_s([Event(0.0, "run_started")], "persistent", 0.2) == 0.2
+
+
+def test_a_measured_baseline_failure_is_charged_its_saves(tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir()
+    write_events(tmp_path / "events" / "rank0.jsonl", _run(4, 0.4))
+    summary, _ = summarize_run(tmp_path, "spread", "persistent", 0, "local")
+    (failure,) = summary.failures
+    assert summary.iteration_time_s == pytest.approx(0.101)  # the median, as before
+    lost = 0.101 + (0.8 + 8 * 0.001) / 10 - 0.001
+    # Iterations 9 and 10 redone, each with its share of the saves; then 0.05 s of 11.
+    assert failure.lost_iterations == 2
+    assert failure.lost_progress_s == pytest.approx(2 * lost + 0.05)
