@@ -365,6 +365,12 @@ def _recovery_rank_main(
     config = TrainerConfig.from_scenario(loaded)
     # What a warm spare builds while it waits (real.trainer.main: DDP, on the CPU).
     prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
+    # And what an FSDP2 spare pays while it waits (``Trainer.warm_sharding``): the FSDP2
+    # costs below (``_fsdp2_costs``) are then what a spare still pays at its attempt.
+    sharded = loaded.training.model_copy(update={"parallelism": "zero3"})
+    Trainer.warm_sharding(
+        TrainerConfig.from_scenario(loaded.model_copy(update={"training": sharded}))
+    )
     timeout = datetime.timedelta(seconds=60)
     results.put({"rank": rank, "ready": True})
     # The parent says go once both ranks are warm: what follows is a restart, not a start.
@@ -604,7 +610,10 @@ def _fsdp2_costs(scenario: Any, rank: int, world: int) -> dict[str, float] | Non
     share of the CPUs, not by every rank's (``analysis.calibration.law_costs``). Its first FSDP2
     trainer likewise costs more to build than one built after it (the first sharding of a
     module on a device mesh in the process): the difference is what a spare's join pays beyond
-    the DDP build the join law measures."""
+    the DDP build the join law measures. A warm spare pays part of both while it waits
+    (``Trainer.warm_sharding``, on a group of its own); this process did the same before it
+    joined, so both differences are what a warm spare still pays (measured 2026-12-05, 2 ranks
+    of the validation's FSDP2 model: first state 0.07 s with it, 0.10-0.13 s without)."""
     import torch.distributed as dist
 
     from real.trainer.workload.trainer import Trainer, TrainerConfig

@@ -336,10 +336,15 @@ class _Job:
         """Build the DDP model, optimizer state and corpus now, while this process waits for
         its first attempt (``Trainer.prepare``), so that taking a rank costs a warm spare what
         a survivor's rejoin costs. On the CPU only: on a GPU a spare would hold a second copy
-        of its rank's state in the device's memory beside the active trainer's."""
+        of its rank's state in the device's memory beside the active trainer's. An FSDP2
+        model is sharded over its attempt's group, so it cannot be built before; the process's
+        first sharding and first FSDP2 state are paid instead (``Trainer.warm_sharding``, on
+        the CPU and a group of its own, dropped before the attempt)."""
         config = TrainerConfig.from_scenario(self.scenario)
         if config.parallelism == "ddp" and not torch.cuda.is_available():
             self.prepared = Trainer.prepare(config, "cpu")
+        elif config.parallelism == "zero3":
+            Trainer.warm_sharding(config)
 
     def attempt(
         self, where: RankEnv, device: torch.device, began: float, joined: float | None = None

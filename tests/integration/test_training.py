@@ -215,6 +215,59 @@ def test_fsdp2_state_round_trips_bitwise(tmp_path: Path) -> None:
     assert all(result["sharded"] for result in parsed)  # each rank held only its shards
 
 
+FSDP_WARMED = """
+import datetime, json, os
+import torch, torch.distributed as dist
+from real.trainer.workload.model import GPTConfig
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+from real.trainer.workload.weights import state_digest
+
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+torch.set_num_threads(1)
+config = TrainerConfig(model=GPTConfig(2, 32, 4, 32), parallelism="zero3", iterations=6,
+                       warmup_iterations=2, batch_size_per_rank=2)
+rng = torch.get_rng_state()
+if rank == 1:  # a warm spare beside a rank that never warmed
+    Trainer.warm_sharding(config)
+result = {"rng_kept": bool(torch.equal(rng, torch.get_rng_state())),
+          "no_group_left": not dist.is_initialized()}
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
+                        rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+try:
+    Trainer.warm_sharding(config)
+    result["refused_in_a_group"] = False
+except RuntimeError:
+    result["refused_in_a_group"] = True
+digests = []
+for _ in range(2):  # the first trainer of the process, then one built after it
+    trainer = Trainer(config, rank=rank, world_size=world)
+    for _ in range(3):
+        trainer.step()
+    trainer.state()
+    digests.append(state_digest(trainer.model_state(full=True)))
+    del trainer
+result["same_weights"] = digests[0] == digests[1]
+print("RESULT " + json.dumps(result))
+from real.runtime.procgroup import leave_process_group
+leave_process_group(together=True)
+"""
+
+
+def test_a_spare_warmed_for_fsdp2_trains_as_one_that_did_not() -> None:
+    # Trainer.warm_sharding (a warm spare's wait) leaves no group, no RNG draw and no trace in
+    # the FSDP2 training that follows, on the warmed rank and beside one that did not warm.
+    results = run_ranks(2, [], module=["-c", FSDP_WARMED])
+    for code, output in results:
+        assert code == 0, output
+        line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+        assert json.loads(line.removeprefix("RESULT ")) == {
+            "rng_kept": True,
+            "no_group_left": True,
+            "refused_in_a_group": True,
+            "same_weights": True,
+        }
+
+
 def test_bad_settings_fail_with_a_clear_message(tmp_path: Path) -> None:
     scenario = tmp_path / "no-interval.yaml"
     scenario.write_text(

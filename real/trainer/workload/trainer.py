@@ -239,6 +239,36 @@ class Trainer:
         model_and_optimizer_state(module, optimizer, clone=False)
         return Prepared(module, optimizer, load_corpus(config.corpus))
 
+    @staticmethod
+    def warm_sharding(config: TrainerConfig) -> None:
+        """Pay this process's first FSDP2 sharding and first FSDP2 state now, before it has a
+        process group (a warm spare's wait), on a model of ``config`` sharded over a group of
+        this process alone, which is then dropped.
+
+        A process's first ``fully_shard`` and its first ask for an FSDP2 trainer's state (the
+        optimizer's moments made by a step on DTensors whose dispatch torch has never seen)
+        cost several times later ones, and a spare paid both inside a recovery, where every
+        rank waited for it (docs/cluster.md, "Warm spares"). The model cannot be kept: its
+        parameters would belong to this group's mesh.
+
+        Raises:
+            RuntimeError: a process group is already initialised.
+        """
+        if dist.is_initialized():
+            raise RuntimeError("warm_sharding needs a process with no process group yet")
+        store = dist.HashStore()  # type: ignore[attr-defined]
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        # Whatever torch draws on the way comes from a copy of the process's generator: the
+        # job's first attempt finds it as a process that did not warm up would.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                model = _fully_shard(GPT(config.model, seed=config.seed), torch.device("cpu"), 1)
+                optimizer = _adamw(model, config)
+                model_and_optimizer_state(model, optimizer, clone=False)
+                del model, optimizer
+            finally:
+                dist.destroy_process_group()
+
     def rejoin(self) -> None:
         """Wrap the same module and optimizer in the process group formed since (in-process
         recovery: the previous attempt's group is gone with its failure).
