@@ -133,6 +133,11 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
       DCP's load into the live state from a folder in the page cache, then the trainer's load;
       ``persistent_restore_fixed_s``, the slowest rank) without a copy of the bytes, which the
       simulator moves at the storage's bandwidth;
+    - ``cluster.storage.save_overhead_s`` = the baseline's blocking save to persistent storage
+      as its trainers make one (every rank at once: DCP's plans, files, sidecars and the
+      index, to a folder in the page cache; ``persistent_save_fixed_s``, the slowest rank)
+      without a copy of the bytes, which the simulator moves at the storage's bandwidth
+      (a save from memory in the background pays it too);
     - the iteration (``micro_iteration_time_s`` and its phases): measured on
       ``recovery_ranks`` ranks (the world size, up to 8); when the scenario's ranks all share
       this host (``single_host``) and are more, each gets a smaller share of its CPUs, so the
@@ -179,6 +184,9 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     persistent = _number(measurements, "persistent_restore_fixed_s")
     if persistent is not None:
         out["persistent_retrieval_overhead_s"] = persistent
+    save = _number(measurements, "persistent_save_fixed_s")
+    if save is not None:
+        out["persistent_save_overhead_s"] = save
     cpus = _number(measurements, "cpus")
     world = _number(measurements, "world_size")
     ranks = _number(measurements, "recovery_ranks")
@@ -195,6 +203,7 @@ MICRO_FIELDS = {
     "restart_s": "recovery.restart_s",
     "retrieval_overhead_s": "recovery.retrieval_overhead_s",
     "persistent_retrieval_overhead_s": "recovery.persistent_retrieval_overhead_s",
+    "persistent_save_overhead_s": "cluster.storage.save_overhead_s",
 }
 """Costs from ``recovery_costs`` and the scenario fields they set."""
 
@@ -443,9 +452,10 @@ FIXED_LAWS = (
     "fsdp2_first_state_s",
     "fsdp2_first_build_s",
     "persistent_restore_fixed_s",
+    "persistent_save_fixed_s",
 )
-"""The engine's fixed costs and the persistent restore's, each a constant times a CPU share
-(``LAW_FORMS``)."""
+"""The engine's fixed costs and the persistent restore's and save's, each a constant times a
+CPU share (``LAW_FORMS``)."""
 
 LAW_FORMS: dict[str, str] = {
     "rejoin_s": "(r0 + r1 * ranks) * share",
@@ -461,6 +471,7 @@ LAW_FORMS: dict[str, str] = {
     "fsdp2_first_state_s": "e * share_one",
     "fsdp2_first_build_s": "e * share_one",
     "persistent_restore_fixed_s": "e * share",
+    "persistent_save_fixed_s": "e * share",
     "checkpoint_overhead_s": "(o0 + bytes / bytes_per_s) * share",
 }
 """The stated laws ``fit_laws`` fits and ``law_costs`` evaluates. ``ranks`` is the world size,

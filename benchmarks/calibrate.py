@@ -337,7 +337,7 @@ def _recovery_rank_main(
     their communication profile; leaving the group and rejoining a fresh one around the same
     model (a survivor's in-process rejoin, ``REJOINS`` times: the median); loading a copy of
     the state (the fixed part of a restore); the in-memory engine's costs (``_engine_costs``)
-    and a restore from persistent storage (``_persistent_restore_fixed_s``). Then the last
+    and a save to and a restore from persistent storage (``_persistent_fixed_costs``). Then the last
     rank vanishes (``os._exit``) and
     rank 0 times how long its next all-reduce takes to fail, and how long tearing the broken group
     down takes (parking).
@@ -438,7 +438,7 @@ def _recovery_rank_main(
         rejoins.append(time.perf_counter() - began)
     rejoin_s = statistics.median(rejoins)
     engine = _engine_costs(loaded, rank, world, trainer)
-    persistent = _persistent_restore_fixed_s(trainer)
+    persistent = _persistent_fixed_costs(trainer)
     report = {
         "rank": rank,
         "spare_join_s": spare_join_s,
@@ -447,7 +447,7 @@ def _recovery_rank_main(
         "iteration_s": statistics.median(lengths),
         "spans": spans,
         **engine,
-        **({} if persistent is None else {"persistent_restore_fixed_s": persistent}),
+        **persistent,
     }
     if rank == world - 1:
         results.put(report)
@@ -701,12 +701,14 @@ def _engine_restore_fixed_s(
     return max(0.0, total - copy_s)
 
 
-def _persistent_restore_fixed_s(trainer: Any) -> float | None:
-    """A restore from persistent storage as the harness's baseline trainers make one, every
-    rank at once: the agreement on the newest iteration, DCP's load into the live state
-    (``PersistentCheckpointer.restore(into=...)``), then the trainer's load of it; minus a
-    plain copy of the same bytes (the simulator moves them at the storage's bandwidth), s.
-    None if it cannot run here (the reason is logged).
+def _persistent_fixed_costs(trainer: Any) -> dict[str, float]:
+    """A save to and a restore from persistent storage as the harness's baseline trainers
+    make them, every rank at once, each minus a plain copy of the same bytes (the simulator
+    moves them at the storage's bandwidth), s: ``persistent_save_fixed_s``, the blocking
+    save (``PersistentCheckpointer.save``: DCP's plans, its files and their sidecars, the
+    index), and ``persistent_restore_fixed_s``, the agreement on the newest iteration, DCP's
+    load into the live state (``PersistentCheckpointer.restore(into=...)``), then the
+    trainer's load of it. Empty if it cannot run here (the reason is logged).
 
     The checkpoint is written first to a folder of rank 0's (in the page cache, unthrottled:
     what is left is DCP's own work, not the storage's), under a key of this benchmark's own
@@ -731,7 +733,11 @@ def _persistent_restore_fixed_s(trainer: Any) -> float | None:
     checkpointer = None
     try:
         checkpointer = PersistentCheckpointer(folder, 1, trainer.state)
-        checkpointer.save(1, trainer.state())
+        checkpointer.save(1, trainer.state())  # the first: the folder and index made
+        dist.barrier()
+        began = time.perf_counter()
+        checkpointer.save(2, trainer.state())  # as the baseline's later saves
+        save_s = time.perf_counter() - began
         tensors = [t for t in flatten_state(trainer.state())[0].values() if t.numel()]
         targets = [torch.empty_like(t) for t in tensors]
         began = time.perf_counter()
@@ -746,10 +752,13 @@ def _persistent_restore_fixed_s(trainer: Any) -> float | None:
             trainer.load_state(restored.state)
         total = time.perf_counter() - began
         dist.barrier()
-        return None if restored is None else max(0.0, total - copy_s)
+        costs = {"persistent_save_fixed_s": max(0.0, save_s - copy_s)}
+        if restored is not None:
+            costs["persistent_restore_fixed_s"] = max(0.0, total - copy_s)
+        return costs
     except Exception as error:  # a micro-benchmark that cannot run says so and is left out
-        log.warning("persistent restore micro-benchmark skipped: %s", error)
-        return None
+        log.warning("persistent save and restore micro-benchmark skipped: %s", error)
+        return {}
     finally:
         if checkpointer is not None:
             checkpointer.close()

@@ -50,6 +50,12 @@ class StorageConfig(_Strict):
         description="Time to serialise one full checkpoint to storage (the paper's 81 s "
         "with torch.save); default: checkpoint bytes over the aggregate bandwidth.",
     )
+    save_overhead_s: NonNegativeFloat = Field(
+        0.0,
+        description="Fixed cost of one save to storage beyond moving its bytes (planning, "
+        "files, metadata), s: a save without save_time_s takes this plus checkpoint bytes "
+        "over the aggregate bandwidth. gemini-ckpt calibrate measures it.",
+    )
     emulate_bandwidth: bool = Field(
         False,
         description="Real harness: pace every byte the trainers write to or read from the "

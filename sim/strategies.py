@@ -17,10 +17,11 @@ Strategies (``checkpoint.strategy``):
 - ``persistent`` (the paper's baselines): a blocking save every K iterations. The save
   serialises for ``storage.save_time_s`` (blocking), then uploads the bytes at the storage's
   aggregate bandwidth in the background; without ``save_time_s`` the save writes straight to
-  storage and blocks for the whole upload. K by ``baseline_interval``: ``fixed``;
-  ``strawman`` every 3 h; ``highfreq`` every ceil(t_ckpt / T_iter) iterations, t_ckpt the time
-  a save takes to reach storage; ``young`` / ``daly`` from ``shared.costs`` with the blocking
-  time as the checkpoint cost and the whole job's MTBF.
+  storage and blocks for its fixed cost (``storage.save_overhead_s``) and the whole upload.
+  K by ``baseline_interval``: ``fixed``; ``strawman`` every 3 h; ``highfreq`` every
+  ceil(t_ckpt / T_iter) iterations, t_ckpt the time a save takes to reach storage; ``young`` /
+  ``daly`` from ``shared.costs`` with the blocking time as the checkpoint cost and the whole
+  job's MTBF.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def persistent_save_times(scenario: Scenario) -> tuple[float, float]:
     # splits its writes among them (while a DCP load reads the whole state on every rank).
     upload = scenario.model.checkpoint_bytes / (storage.bandwidth_gbit_s * 1e9 / 8)
     if storage.save_time_s is None:
-        return upload, 0.0
+        return storage.save_overhead_s + upload, 0.0
     return storage.save_time_s, upload
 
 

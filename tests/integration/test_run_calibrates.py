@@ -92,7 +92,7 @@ def test_the_micro_calibration_measures_this_machine(
     monkeypatch.setattr(
         calibrate, "_first_state_extra_s", lambda first_s, later: 5.0 + first_extra(first_s, later)
     )
-    # The persistent restore it times writes a DCP checkpoint under a key of its own, in a
+    # The persistent save and restore it times write a DCP checkpoint under a key of its own, in a
     # temporary folder it removes: no key file, no folder left.
     config = tmp_path / "config"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
@@ -115,7 +115,7 @@ def test_the_micro_calibration_measures_this_machine(
     )
     keys = ("spare_join_s", "rejoin_s", "park_s", "state_load_s", "micro_iteration_time_s")
     engine = ("engine_build_s", "engine_restore_fixed_s")  # quickstart: Gemini
-    for key in (*keys, *engine, "persistent_restore_fixed_s"):
+    for key in (*keys, *engine, "persistent_restore_fixed_s", "persistent_save_fixed_s"):
         assert 0 < measured[key] < 60, key
     assert 5.0 < measured["fsdp2_first_state_s"] < 60
     assert 0 < measured["engine_restore_fixed_zero3_s"] < 5.0

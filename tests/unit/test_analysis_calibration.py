@@ -211,6 +211,14 @@ def test_a_restore_from_storage_gets_the_measured_persistent_overhead() -> None:
     assert not any("persistent_retrieval" in o for o in calibration_overrides(MICRO))
 
 
+def test_a_save_to_storage_gets_the_measured_fixed_cost() -> None:
+    # The baseline's blocking save (DCP's plans, files, sidecars, index, less a copy of the
+    # bytes) sets the fixed cost of a save; without it the field keeps its default (none).
+    measured = {**MICRO, "persistent_save_fixed_s": 0.12}
+    assert "cluster.storage.save_overhead_s=0.12" in calibration_overrides(measured, "persistent")
+    assert not any("save_overhead" in o for o in calibration_overrides(MICRO))
+
+
 # --- Laws: fitted on reference shapes, evaluated at others ------------------------------------
 
 LAWS_TRUE = {
@@ -267,6 +275,7 @@ def _sample(
         "fsdp2_first_state_s": 0.05 * share,
         "fsdp2_first_build_s": 0.04 * share,
         "persistent_restore_fixed_s": 0.15 * share,
+        "persistent_save_fixed_s": 0.11 * share,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
@@ -306,6 +315,9 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     )
     overrides = scenario_overrides(_law_calibration(), baseline, background=5)
     assert f"recovery.persistent_retrieval_overhead_s={0.15 * share:g}" in overrides
+    # A save to storage likewise: its fixed cost, times the share.
+    assert costs["persistent_save_fixed_s"] == pytest.approx(0.11 * share, rel=1e-6)
+    assert f"cluster.storage.save_overhead_s={0.11 * share:g}" in overrides
 
 
 def test_an_fsdp2_scenario_restores_at_the_cost_of_a_rebuilt_trainer() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from shared.scenario_loader import parse_scenario
 from sim import simulate
+from sim.model import build_model
 
 # 4 nodes, groups {0,1} {2,3}; iteration = 0.6 s compute (the idle span) + 0.4 s all-reduce.
 # ZeRO-3 shards the 12 MB state: 3 MB per node, replicated in 3 chunks of 1 MB at 1 GB/s inside
@@ -431,7 +432,6 @@ def test_standby_agents_run_out_then_replacements_start_cold() -> None:
 
 def test_under_ddp_every_rank_checkpoints_the_whole_state() -> None:
     # DDP: each rank holds the full 12 MB (1M parameters x 12 bytes), as the harness saves it.
-    from sim.model import build_model
 
     assert build_model(parse_scenario(TINY)).shard_bytes == pytest.approx(3e6)
     ddp = parse_scenario(TINY, overrides=["training.parallelism=ddp"])
@@ -461,6 +461,31 @@ def test_a_failure_as_a_save_iteration_ends_finds_the_blocking_save_done() -> No
     (injected,) = [e for e in result.events if e.kind == "failure_injected"]
     assert injected.details["partial_iteration_s"] == 0.0
     assert failure.lost_progress_s == 0.0
+
+
+def test_a_save_to_storage_blocks_for_its_fixed_cost_and_its_bytes() -> None:
+    # 12 MB at 8 Gbit/s = 12 ms, plus a fixed cost of 0.1 s: the baseline's save of
+    # iteration 3 returns at 3.112; Gemini's save from memory, off the training path, takes
+    # as long to be done.
+    text = LOST_NODE.replace("at_time_s: 3.2", "at_iteration: 3")
+    storage = ["cluster.storage.bandwidth_gbit_s=8", "cluster.storage.save_overhead_s=0.1"]
+    baseline = simulate(
+        parse_scenario(
+            text,
+            overrides=[
+                "checkpoint.strategy=persistent",
+                "checkpoint.baseline_every_iterations=3",
+                *storage,
+            ],
+        )
+    )
+    (failure,) = baseline.summary.failures
+    assert failure.time_s == pytest.approx(3.112)
+    assert baseline.summary.extra["blocking_save_s"] == pytest.approx(0.112)
+    gemini = build_model(
+        parse_scenario(text, overrides=[*storage, "checkpoint.persist_every_iterations=2"])
+    )
+    assert gemini.strategy.upload_s == pytest.approx(0.112)
 
 
 @pytest.mark.parametrize(
