@@ -339,9 +339,12 @@ class _Job:
         of its rank's state in the device's memory beside the active trainer's. An FSDP2
         model is sharded over its attempt's group, so it cannot be built before; the process's
         first sharding and first FSDP2 state are paid instead (``Trainer.warm_sharding``, on
-        the CPU and a group of its own, dropped before the attempt)."""
+        the CPU and a group of its own, dropped before the attempt). Also on the CPU only: on
+        a GPU node the whole model, unsharded, would pass through every spare's host memory."""
         config = TrainerConfig.from_scenario(self.scenario)
-        if config.parallelism == "ddp" and not torch.cuda.is_available():
+        if torch.cuda.is_available():
+            return
+        if config.parallelism == "ddp":
             self.prepared = Trainer.prepare(config, "cpu")
         elif config.parallelism == "zero3":
             Trainer.warm_sharding(config)
