@@ -367,10 +367,7 @@ def _recovery_rank_main(
     prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
     # And what an FSDP2 spare pays while it waits (``Trainer.warm_sharding``): the FSDP2
     # costs below (``_fsdp2_costs``) are then what a spare still pays at its attempt.
-    sharded = loaded.training.model_copy(update={"parallelism": "zero3"})
-    Trainer.warm_sharding(
-        TrainerConfig.from_scenario(loaded.model_copy(update={"training": sharded}))
-    )
+    Trainer.warm_sharding(TrainerConfig.from_scenario(_sharded(loaded)))
     timeout = datetime.timedelta(seconds=60)
     results.put({"rank": rank, "ready": True})
     # The parent says go once both ranks are warm: what follows is a restart, not a start.
@@ -584,6 +581,12 @@ FSDP2_SAVES = 2
 slots)."""
 
 
+def _sharded(scenario: Any) -> Any:
+    """The scenario trained with FSDP2 (``parallelism: zero3``), whatever its own."""
+    training = scenario.training.model_copy(update={"parallelism": "zero3"})
+    return scenario.model_copy(update={"training": training})
+
+
 def _fsdp2_costs(scenario: Any, rank: int, world: int) -> dict[str, float] | None:
     """The engine's restore as the harness's FSDP2 trainers make one
     (``engine_restore_fixed_zero3_s``), and what a new process's first FSDP2 state and first
@@ -618,8 +621,7 @@ def _fsdp2_costs(scenario: Any, rank: int, world: int) -> dict[str, float] | Non
 
     from real.trainer.workload.trainer import Trainer, TrainerConfig
 
-    training = scenario.training.model_copy(update={"parallelism": "zero3"})
-    sharded = scenario.model_copy(update={"training": training})
+    sharded = _sharded(scenario)
     config = TrainerConfig.from_scenario(sharded)
     try:
         with _own_node_store(rank, world) as build:
