@@ -119,14 +119,44 @@ def emulated_rate_per_rank(bandwidth_gbit_s: float, world_size: int) -> float:
     return bandwidth_gbit_s * 1e9 / 8 / max(1, world_size)
 
 
+BATCH_BYTES = 64 * 1024
+"""Reads smaller than this are charged to the throttle together, once they add up to it (or
+when the file closes, or before a larger transfer), from when the first of them began. DCP
+loads every tensor with ``torch.load`` of a slice of its file, whose unpickler reads a few bytes
+at a time: some 2,300 reads, and as many ``seek`` and ``tell`` calls, per rank and load of the
+validation's small model. Charged one by one, the emulation itself cost each rank 0.03-0.06 s
+of CPU per load (8 ranks on 2 cores: 0.12 s of CPU against 0.06 s without the emulation),
+which no real storage link costs. The time charged is the same."""
+
+
 class ThrottledFile:
     """A file object of an fsspec filesystem whose reads and writes pass ``throttle``."""
 
     def __init__(self, raw: Any, throttle: Throttle) -> None:
         self._raw = raw
         self._throttle = throttle
+        self._owed = 0  # bytes of small reads not charged yet (BATCH_BYTES)
+        self._owed_since = 0.0
+
+    def _charge(self, count: int, began: float) -> None:
+        if count >= BATCH_BYTES:
+            self.settle()
+            self._throttle.account(count, began)
+            return
+        if not self._owed:
+            self._owed_since = began
+        self._owed += count
+        if self._owed >= BATCH_BYTES:
+            self.settle()
+
+    def settle(self) -> None:
+        """Charge the small reads not charged yet."""
+        if self._owed:
+            owed, self._owed = self._owed, 0
+            self._throttle.account(owed, self._owed_since)
 
     def write(self, data: Any) -> int:
+        self.settle()
         began = self._throttle.clock()
         written = self._raw.write(data)
         count = memoryview(data).nbytes if written is None else int(written)
@@ -136,44 +166,51 @@ class ThrottledFile:
     def read(self, size: int = -1) -> bytes:
         began = self._throttle.clock()
         data: bytes = self._raw.read(size)
-        self._throttle.account(len(data), began)
+        self._charge(len(data), began)
         return data
 
     def read1(self, size: int = -1) -> bytes:
         began = self._throttle.clock()
         data: bytes = self._raw.read1(size)
-        self._throttle.account(len(data), began)
+        self._charge(len(data), began)
         return data
 
     def readinto(self, buffer: Any) -> int:
         began = self._throttle.clock()
         count = int(self._raw.readinto(buffer) or 0)
-        self._throttle.account(count, began)
+        self._charge(count, began)
         return count
 
     def readinto1(self, buffer: Any) -> int:
         began = self._throttle.clock()
         count = int(self._raw.readinto1(buffer) or 0)
-        self._throttle.account(count, began)
+        self._charge(count, began)
         return count
 
     def readline(self, size: int = -1) -> bytes:
         began = self._throttle.clock()
         data: bytes = self._raw.readline(size)
-        self._throttle.account(len(data), began)
+        self._charge(len(data), began)
         return data
 
     def __iter__(self) -> Any:
         return iter(self.readline, b"")
 
+    def close(self) -> None:
+        self.settle()
+        self._raw.close()
+
     def __enter__(self) -> ThrottledFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._raw.close()
+        self.close()
 
-    def __getattr__(self, name: str) -> Any:  # seek, tell, flush, fileno, close, ...
-        return getattr(self._raw, name)
+    def __getattr__(self, name: str) -> Any:  # seek, tell, flush, fileno, ...
+        value = getattr(self._raw, name)
+        if callable(value):  # a bound method: found directly from now on (seek, tell)
+            self.__dict__[name] = value
+        return value
 
 
 class ThrottledFileSystem:

@@ -66,6 +66,7 @@ from real.trainer.inprocess import (
     join_process_group,
     make_fsdp_abortable,
     prewarm,
+    report_resumed,
     run_attempts,
 )
 from shared.scenario import Scenario
@@ -356,6 +357,7 @@ class Checkpointer:
             self.events.emit(
                 "training_resumed", iteration=restored.iteration + 1, tier=restored.tier
             )
+        report_resumed()
         self._last_step = time.perf_counter()
         return restored
 

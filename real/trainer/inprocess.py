@@ -238,6 +238,16 @@ def check_abort() -> None:
         raise PeerLost(f"attempt {current[1]}: a collective failed ({broken})")
 
 
+def report_resumed() -> None:
+    """Tell this trainer's agent that its restore in the running attempt is over (restored,
+    or nothing to restore): it trains again. A standby node that took a lost node's slot holds
+    its spares' warm-up back until then (``TrainerPool.take_slot``). Outside an attempt it
+    does nothing."""
+    current = _current
+    if current is not None:
+        current[0].send("resumed", attempt=current[1])
+
+
 _pending_lock = threading.Lock()
 _pending: dict[int, set[Any]] = {}  # attempt -> abortable futures not completed yet
 _broken: dict[int, str] = {}  # attempt -> the first error of one of its collectives

@@ -51,6 +51,7 @@ from real.trainer.inprocess import (
     install_abort_checks,
     plan_restores,
     prewarm,
+    report_resumed,
     run_attempts,
 )
 from real.trainer.workload.trainer import Prepared, Trainer, TrainerConfig
@@ -478,6 +479,7 @@ def _train(
         start = restored.iteration + 1
         events.emit("training_resumed", iteration=start, tier=restored.tier, **tags)
         logger.info("rank %d: resumed at iteration %d from %s", rank, start, restored.tier)
+    report_resumed()
     for iteration in range(start, iterations + 1):
         began = time.perf_counter()
         maybe_crash(crash, iteration, rank, "before_step", events)

@@ -377,6 +377,45 @@ def test_tiny_transfers_are_paced_in_batches_without_losing_time() -> None:
     assert clock.now - 100.0 == pytest.approx(0.05)
 
 
+class CountingThrottle(throttling.Throttle):
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(1e6, clock=clock, sleep=clock.sleep)
+        self.charges: list[tuple[int, float]] = []
+
+    def account(self, nbytes: int, began: float | None = None) -> float:
+        self.charges.append((nbytes, self.clock() if began is None else began))
+        return super().account(nbytes, began)
+
+
+def test_a_files_small_reads_are_charged_together_and_in_full_by_its_close() -> None:
+    """A parser's thousands of reads of a few bytes (DCP's ``torch.load`` of every tensor) are
+    charged to the throttle in batches of ``BATCH_BYTES``, from when the first began, and what
+    is left when the file closes: the same bytes and time, a few charges."""
+    import io
+
+    clock = FakeClock()
+    throttle = CountingThrottle(clock)
+    data = bytes(range(256)) * 1024  # 256 KiB
+    small = throttling.BATCH_BYTES // 64
+    with throttling.ThrottledFile(io.BytesIO(data), throttle) as handle:
+        began = clock.now
+        read = b"".join(handle.read(small) for _ in range(100))  # 1.56 batches
+        assert [n for n, _ in throttle.charges] == [throttling.BATCH_BYTES]
+        assert throttle.charges[0][1] == began  # charged from the first read's start
+        assert handle.tell() == len(read) and handle.seek(0) == 0  # passed straight through
+        assert "tell" in vars(handle)  # looked up once
+        buffer = bytearray(throttling.BATCH_BYTES)
+        assert handle.readinto(buffer) == len(buffer)  # a large read: what is owed, then it
+        assert [n for n, _ in throttle.charges[1:]] == [36 * small, throttling.BATCH_BYTES]
+        assert handle.read(10) == data[len(buffer) : len(buffer) + 10]
+    assert throttle.charges[-1][0] == 10  # the close charged the rest
+    assert throttle.transferred == 100 * small + throttling.BATCH_BYTES + 10
+    # the time the bytes take, less a last wait too short to sleep (MIN_SLEEP_S)
+    assert clock.now - 100.0 == pytest.approx(
+        throttle.transferred / 1e6, abs=throttling.MIN_SLEEP_S
+    )
+
+
 def test_emulated_bandwidth_paces_real_writes_and_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from running import stand_in_pool
 
+from real.agent import trainer_processes
 from real.agent.trainer_processes import (
     BACKGROUND_NICENESS,
     TRAINER_NICENESS,
@@ -33,15 +34,22 @@ sock.recv(1)
 
 # A stand-in for a standby node's trainers: one started at the trainers' priority is warm at
 # once; a spare started in the background (below it) waits for the file, as the one that was
-# still importing torch when its rank failed again.
+# still importing torch when its rank failed again. Assigned an attempt, a trainer says it
+# resumed training there once the file named by its second argument exists (its restore).
 STANDBY_TRAINER = f"""
 import json, os, socket, sys, time
 sock = socket.socket(fileno=int(os.environ["GEMINI_AGENT_FD"]))
-go = sys.argv[1]
+go, restored = sys.argv[1], sys.argv[2]
 while os.nice(0) >= {BACKGROUND_NICENESS} and not os.path.exists(go):
     time.sleep(0.01)
 sock.sendall(json.dumps({{"op": "ready"}}).encode() + b"\\n")
-sock.recv(1)
+for line in sock.makefile():
+    message = json.loads(line)
+    if message["op"] != "assign":
+        break
+    while not os.path.exists(restored):
+        time.sleep(0.01)
+    sock.sendall(json.dumps({{"op": "resumed", "attempt": message["attempt"]}}).encode() + b"\\n")
 """
 
 needs_nice = pytest.mark.skipif(
@@ -70,7 +78,7 @@ def wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-unt
 def pool(
     tmp_path: Path, go: Path, spares: str = "later", program: str = FAKE_TRAINER
 ) -> TrainerPool:
-    return stand_in_pool(tmp_path, program, str(go), spares=spares)
+    return stand_in_pool(tmp_path, program, str(go), str(tmp_path / "restored"), spares=spares)
 
 
 @needs_nice
@@ -108,9 +116,12 @@ def test_a_spare_taking_a_rank_while_warming_up_is_raised_at_once(tmp_path: Path
 
 
 @needs_nice
-def test_a_standby_nodes_spares_warm_in_the_background_until_it_takes_a_slot(
+def test_a_standby_nodes_spares_warm_in_the_background_until_its_trainers_resume(
     tmp_path: Path,
 ) -> None:
+    """A standby node that takes a lost node's slot raises its spares to the trainers'
+    priority (they back ranks of the job from now on), but only once its trainers have
+    restored: raised at the takeover, they took CPU from the recovery itself."""
     go = tmp_path / "go"
     trainers = pool(tmp_path, go, spares="background", program=STANDBY_TRAINER)
     try:
@@ -118,12 +129,40 @@ def test_a_standby_nodes_spares_warm_in_the_background_until_it_takes_a_slot(
         assert trainers.wait_ready(20.0, spares=False)  # its active trainer is warm
         assert trainers.active[0].state == "ready" and spare.state == "starting"
         assert niceness(spare.pid) == BACKGROUND_NICENESS
-        # taking a lost node's slot: its spares back ranks of the job from now on, at once
-        trainers.take_slot(3)
+        trainers.take_slot(3)  # a lost node's slot: the recovery begins
         assert trainers.rank(0) == 3
-        assert spare.state == "starting" and niceness(spare.pid) == TRAINER_NICENESS
-        go.touch()
-        assert trainers.wait_ready(20.0)
+        trainers.assign(1, {})
+        for _ in range(10):  # restoring: the agent polls on
+            assert trainers.poll() == ({}, [])
+            time.sleep(0.02)
+        assert spare.state == "starting" and niceness(spare.pid) == BACKGROUND_NICENESS
+        (tmp_path / "restored").touch()  # restored: the trainer says it trains again
+        wait_for(lambda: trainers.active[0].resumed == 1)
+        trainers.poll()
+        assert niceness(spare.pid) == TRAINER_NICENESS
+        assert trainers.wait_ready(20.0)  # and the stand-in, raised, warms up
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
+@needs_nice
+def test_a_standby_nodes_spares_are_raised_after_a_bound_if_its_trainers_never_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer of the user's own that restores without our ``Checkpointer`` never says it
+    resumed: its node's spares are raised ``SPARE_RAISE_BOUND_S`` after the takeover."""
+    monkeypatch.setattr(trainer_processes, "SPARE_RAISE_BOUND_S", 0.3)
+    trainers = pool(tmp_path, tmp_path / "go", spares="background", program=STANDBY_TRAINER)
+    try:
+        (spare,) = trainers.spares[0]
+        assert trainers.wait_ready(20.0, spares=False)
+        trainers.take_slot(0)
+        trainers.assign(1, {})
+        trainers.poll()
+        assert niceness(spare.pid) == BACKGROUND_NICENESS
+        time.sleep(0.4)
+        trainers.poll()
+        assert niceness(spare.pid) == TRAINER_NICENESS
     finally:
         trainers.stop(grace_s=1.0)
 
