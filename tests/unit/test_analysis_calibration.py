@@ -320,6 +320,21 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     assert f"cluster.storage.save_overhead_s={0.11 * share:g}" in overrides
 
 
+def test_an_fsdp2_restore_waits_for_the_spares_first_state_beside_the_survivors() -> None:
+    """The survivors' restores run while the spare pays its first FSDP2 state: the restore
+    takes the longer of all that work spread over the CPUs and the spare's own chain."""
+    from analysis.calibration import fsdp2_restore_fixed_s
+
+    # 4 ranks on 2 CPUs, no background: a first state larger than the survivors' spread work.
+    assert fsdp2_restore_fixed_s(0.02, 0.08, 4, 2.0, 1.0) == pytest.approx(0.10)
+    # A small first state hides in the spread: 4 restores and it, over 2 CPUs.
+    assert fsdp2_restore_fixed_s(0.02, 0.01, 4, 2.0, 1.0) == pytest.approx(0.045)
+    # No first state: the restore's law alone.
+    assert fsdp2_restore_fixed_s(0.02, 0.0, 8, 4.0, 1.0) == pytest.approx(0.08)
+    # A background that slows the spare's chain too.
+    assert fsdp2_restore_fixed_s(0.02, 0.08, 4, 3.5, 2.5) == pytest.approx(0.25)
+
+
 def test_an_fsdp2_scenario_restores_at_the_cost_of_a_rebuilt_trainer() -> None:
     """Under FSDP2 the harness restores into a trainer built anew around the new group; the
     reference shapes measure that path as well, and an FSDP2 scenario's retrieval takes it."""
@@ -330,14 +345,17 @@ def test_an_fsdp2_scenario_restores_at_the_cost_of_a_rebuilt_trainer() -> None:
     assert scenario.training.parallelism == "zero3"
     share = (4 + 1) / 2
     costs = law_costs(laws, scenario, background=1)
-    # The spare's first FSDP2 state competes only with the background: (1 + 1) / 2 CPUs.
-    expected = 0.09 * share + 0.05 * 1.0
+    # The survivors restore while the spare pays its first FSDP2 state: every rank's restore
+    # and that state spread over the CPUs, or the spare's own chain competing only with the
+    # background ((1 + 1) / 2 CPUs), whichever is longer; here the spread.
+    expected = 0.09 * share + 0.05 * share / 4
+    assert expected > (0.09 + 0.05) * 1.0
     assert costs["engine_restore_fixed_s"] == pytest.approx(expected, rel=1e-6)
     assert "fsdp2_first_state_s" not in costs
     assert recovery_costs(costs)["retrieval_overhead_s"] == pytest.approx(expected, rel=1e-6)
     busy = law_costs(laws, scenario, background=5)
     assert busy["engine_restore_fixed_s"] == pytest.approx(
-        0.09 * (4 + 5) / 2 + 0.05 * (1 + 5) / 2, rel=1e-6
+        0.09 * (4 + 5) / 2 + 0.05 * (4 + 5) / 2 / 4, rel=1e-6
     )
     ddp = scenario.model_copy(
         update={"training": scenario.training.model_copy(update={"parallelism": "ddp"})}
