@@ -44,9 +44,10 @@ from real.engine.costs import Costs
 from real.engine.eventlog import EventLog
 from real.engine.manifest import BlockHasher, seal, seal_with
 from real.engine.profiler import CommProfiler
+from real.trainer.inprocess import wait_collective
 from shared.adaptive import IntervalController, IntervalDecision, tile_spans
 from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
-from shared.errors import NodeStoreError
+from shared.errors import AttemptAborted, NodeStoreError
 from shared.placement import Placement
 from shared.scenario import Scenario
 from shared.scheduling import Chunk, IdleSpan, TrafficPlan, plan_traffic
@@ -293,7 +294,13 @@ class ReplicationManager:
             pending, self._reductions = self._reductions, []
         for work, tensor in pending:
             try:
-                work.wait()
+                # Abortable: a peer whose node vanished without closing its sockets (a lost
+                # node behind a network namespace) leaves the reduction waiting for gloo's
+                # timeout, and only the agent's kill at ``detection.abort_timeout_s`` ended
+                # it: a survivor lost its process.
+                wait_collective(work)
+            except AttemptAborted:
+                raise
             except Exception as error:  # the group broke: a peer is gone
                 raise ConnectionError(
                     f"node {self.node} rank {self.rank}: the agreement on the last committed "

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from typing import Any
 
 import pytest
 import torch
 
+import real.trainer.inprocess as inprocess
 from real.engine.replication import ReplicationManager
-from real.trainer.inprocess import is_peer_failure
+from real.trainer.inprocess import AgentChannel, is_peer_failure
+from shared.errors import AttemptAborted
 
 
 class Work:
@@ -21,8 +26,16 @@ class Work:
         if self.error is not None:
             raise self.error
 
+    def get_future(self) -> torch.futures.Future[None]:  # how a trainer in an attempt waits
+        future: torch.futures.Future[None] = torch.futures.Future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(None)
+        return future
 
-def manager(reductions: list[tuple[Work, torch.Tensor]], agreed: int | None) -> ReplicationManager:
+
+def manager(reductions: list[tuple[Any, torch.Tensor]], agreed: int | None) -> ReplicationManager:
     replication = ReplicationManager.__new__(ReplicationManager)
     replication.node, replication.rank = 3, 3
     replication._keep_lock = threading.Lock()
@@ -58,3 +71,51 @@ def test_a_restore_of_a_committed_iteration_agrees_on_it_and_one_only_captured_d
     assert (replication.keep(), replication.last_committed) == (25, 25)
     replication.restored(26, committed=False)
     assert (replication.keep(), replication.last_committed) == (None, None)
+
+
+class HungWork:
+    """An all-reduce whose peer vanished without closing its sockets: it never completes."""
+
+    def __init__(self) -> None:
+        self.future: torch.futures.Future[None] = torch.futures.Future()
+
+    def get_future(self) -> torch.futures.Future[None]:
+        return self.future
+
+    def wait(self) -> None:  # what the wait was before: until gloo's timeout
+        self.future.wait()
+
+
+def test_an_abort_ends_the_wait_for_a_reduction_that_never_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A survivor waiting in ``save()`` for the agreement of a reduction whose peer vanished
+    leaves the attempt when its agent aborts it, keeping its process, instead of waiting for
+    gloo's timeout until the agent kills it."""
+    ours, theirs = socket.socketpair()
+    channel = AgentChannel(theirs)
+    monkeypatch.setattr(inprocess, "_current", (channel, 4))
+    hung = HungWork()
+    replication = manager([(Work(), torch.tensor([22])), (hung, torch.tensor([23]))], 21)
+    raised: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            replication.keep()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=save, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive()  # waiting for the reduction
+    ours.sendall(b'{"op":"abort","attempt":4}\n')
+    thread.join(10)
+    try:
+        assert not thread.is_alive()
+        assert len(raised) == 1 and isinstance(raised[0], AttemptAborted)
+        assert replication.agreed == 22  # what completed here still counts
+    finally:
+        hung.future.set_result(None)
+        channel.close()
+        ours.close()
