@@ -510,7 +510,8 @@ class TrainerPool:
         restored and train again (``report_resumed``; at most ``SPARE_RAISE_BOUND_S``): raised
         at the takeover, two such spares took a core of two from the recovery they were not
         part of (a group of two nodes lost, 4 ranks on 2 cores: 0.26 s of CPU in the 0.31 s
-        from the restart to the restored state, which took 0.21 s instead of 0.12 s)."""
+        from the restart to the restored state; the restore from storage took 0.21 s, and
+        0.14-0.17 s with them held back)."""
         self.slot = slot
         if any(w.background for ws in self.spares.values() for w in ws):
             self._raise_spares_at = time.monotonic() + SPARE_RAISE_BOUND_S
