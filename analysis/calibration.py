@@ -699,14 +699,12 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     # the DDP build the join law timed) costs more while the survivors wait: that part
     # competes only with the background (``FIRST_FSDP2``).
     zero3 = out.pop("engine_restore_fixed_zero3_s", None)
-    out.pop("fsdp2_first_state_s", None)
+    first_state = out.pop("fsdp2_first_state_s", 0.0)
     first_build = out.pop("fsdp2_first_build_s", 0.0)
     if scenario.training.parallelism == "zero3":
         if zero3 is not None:
-            first = laws.get("fsdp2_first_state_s")
-            first_e = float(first["e"]) if isinstance(first, Mapping) else 0.0
             out["engine_restore_fixed_s"] = fsdp2_restore_fixed_s(
-                zero3 / share, first_e, ranks, share, alone
+                zero3 / share, first_state / alone, ranks, share, alone
             )
         out["spare_join_s"] += first_build
     load = _law(laws, "state_load_s")
