@@ -14,6 +14,7 @@ import torch
 from running import rank_outputs, rank_scripts
 
 from real.engine.state import flatten_state, unflatten_state
+from real.trainer.training_state import clone_state
 from real.trainer.workload.data import ByteTokenizer, Corpus, DataPipeline, load_corpus
 from real.trainer.workload.model import GPT, GPTConfig, parameter_count
 from real.trainer.workload.rng import capture_rng_state, restore_rng_state
@@ -243,9 +244,8 @@ def test_restored_state_continues_bitwise_like_the_uninterrupted_run() -> None:
 def test_a_state_restored_in_place_loads_without_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the engine's ``restore(into=trainer.state)`` hands back: the checkpoint copied into
     the live tensors, which are the state's tensors. Loading it copies nothing (no self-copy of
-    the model, no clone) and the run continues bitwise like the uninterrupted one."""
-    import real.trainer.training_state as training_state
-
+    the model, no clone) and goes through none of torch's loads (only the optimizer's
+    hyperparameters are set), and the run continues bitwise like the uninterrupted one."""
     torch.set_num_threads(1)
     uninterrupted = train(tiny_config(), 8)
     trainer = train(tiny_config(), 3)
@@ -259,17 +259,60 @@ def test_a_state_restored_in_place_loads_without_a_copy(monkeypatch: pytest.Monk
         for name, tensor in saved.items():
             live[name].copy_(tensor)
     restored = unflatten_state(dict(live), values)
-    calls: list[str] = []
-    real_set = training_state.set_model_state_dict
-    monkeypatch.setattr(
-        training_state,
-        "set_model_state_dict",
-        lambda *a, **k: calls.append("model") or real_set(*a, **k),
-    )
+    # A hyperparameter changed since the checkpoint: the load must set it back.
+    trainer.optimizer.param_groups[0]["weight_decay"] = 0.5
+    calls = _count_general_loads(monkeypatch)
     trainer.load_state(restored)
     assert calls == []
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == tiny_config().weight_decay
     after, _ = flatten_state(trainer.state())
     assert {n: t.data_ptr() for n, t in after.items() if not n.startswith("rng/")} == pointers
+    while trainer.iteration < 8:
+        trainer.step()
+    assert state_digest(trainer.model_state()) == state_digest(uninterrupted.model_state())
+
+
+def _count_general_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every call of the general load path's three ``torch.distributed.checkpoint``
+    functions (``real.trainer.training_state``)."""
+    import real.trainer.training_state as training_state
+
+    calls: list[str] = []
+    for name in ("get_model_state_dict", "set_model_state_dict", "set_optimizer_state_dict"):
+        real = getattr(training_state, name)
+        monkeypatch.setattr(
+            training_state,
+            name,
+            lambda *a, _name=name, _real=real, **k: calls.append(_name) or _real(*a, **k),
+        )
+    return calls
+
+
+def test_a_state_with_copied_optimizer_tensors_loads_through_the_general_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a state restored wholly into the live tensors skips torch's load: model tensors
+    in place but the optimizer's moments elsewhere (or a per-parameter entry that differs)
+    go through ``set_optimizer_state_dict``, and the run still continues bitwise."""
+    torch.set_num_threads(1)
+    uninterrupted = train(tiny_config(), 8)
+    trainer = train(tiny_config(), 3)
+    state = trainer.state()
+    saved = {
+        "model": {k: v.detach().clone() for k, v in state["model"].items()},
+        "optim": clone_state(state["optim"]),
+    }
+    for _ in range(2):
+        trainer.step()
+    live = trainer.state()
+    with torch.no_grad():
+        for name, tensor in saved["model"].items():
+            live["model"][name].copy_(tensor)
+    restored = {**state, "model": live["model"], "optim": saved["optim"]}
+    calls = _count_general_loads(monkeypatch)
+    trainer.load_state(restored)
+    assert "set_optimizer_state_dict" in calls and "set_model_state_dict" not in calls
+    monkeypatch.undo()
     while trainer.iteration < 8:
         trainer.step()
     assert state_digest(trainer.model_state()) == state_digest(uninterrupted.model_state())
