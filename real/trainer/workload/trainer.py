@@ -318,8 +318,12 @@ class Trainer:
         rebuilt one, and the weights would drift by an ulp. Every run, fresh or resumed, does
         this warm-up, so every real iteration uses the rebuilt layout. It reads no data and
         draws no random numbers; the gradients are dropped.
+
+        The blank batch is one token long: the order in which gradients become ready is the
+        autograd graph's, the same at any length, and a full context cost every rank of a
+        restart several times the compute (it wraps and settles on the restart's path).
         """
-        blank = torch.zeros(1, self.config.model.context, dtype=torch.long, device=self.device)
+        blank = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         model(blank, blank).backward()
         for parameter in model.parameters():
             parameter.grad = None
