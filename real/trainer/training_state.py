@@ -248,9 +248,8 @@ def _loaded_in_place(
     """
     if not optimizer.state or any(isinstance(p, DTensor) for p in model.parameters()):
         return False
-    if optimizer._optimizer_load_state_dict_pre_hooks or (
-        optimizer._optimizer_load_state_dict_post_hooks
-    ):
+    hooks = ("_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks")
+    if any(getattr(optimizer, name, None) for name in hooks):
         return False
     live_model, live_optim = _KEYS.state_dicts(model, optimizer)
     if not _all_live(model_state, live_model):

@@ -471,3 +471,54 @@ def test_a_rejoin_keeps_each_ranks_weights_where_a_first_wrap_broadcasts(
     to overwrite; the first start's wrap still gives every rank rank 0's."""
     for rank, output in enumerate(rank_outputs(rank_scripts(tmp_path, REWRAP_RANK, 2), 180)):
         assert output.split() == ["rejoin", f"{rank + 1.0}", "synced", "1.0"], output
+
+
+LAYOUT_RANK = """
+import datetime, json, sys, torch, torch.distributed as dist
+from torch import nn
+from real.trainer.workload.model import GPTConfig
+from real.trainer.workload.trainer import Trainer, TrainerConfig
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=60))
+torch.set_num_threads(1)
+config = TrainerConfig(model=GPTConfig(2, 32, 4, 32), iterations=4, batch_size_per_rank=2,
+                       bucket_cap_mb=0.02)
+def layout(warm):
+    # The bucket layout of the first real backward: each bucket's parameter names.
+    trainer = Trainer(config, rank=rank, world_size=world)  # wraps and settles
+    if warm != "trainer":  # rewrapped by hand: warmed on a blank batch of WARM tokens, or not
+        trainer.model = nn.parallel.DistributedDataParallel(
+            trainer.module, bucket_cap_mb=config.bucket_cap_mb)
+        if warm:
+            blank = torch.zeros(1, warm, dtype=torch.long)
+            trainer.model(blank, blank).backward()
+            for parameter in trainer.model.parameters():
+                parameter.grad = None
+    names = {id(p): n for n, p in trainer.module.named_parameters()}
+    seen = []
+    def record(state, bucket):
+        seen.append([names[id(p)] for p in bucket.parameters()])
+        work = dist.all_reduce(bucket.buffer(), async_op=True)
+        return work.get_future().then(lambda f: f.value()[0])
+    trainer.model.register_comm_hook(None, record)
+    trainer.step()
+    return seen
+print(json.dumps({str(w): layout(w) for w in ("trainer", 32, 0)}), flush=True)
+from real.runtime.procgroup import leave_process_group
+leave_process_group(together=True)
+"""
+
+
+def test_the_one_token_warm_up_gives_ddp_the_buckets_a_full_context_does(tmp_path: Path) -> None:
+    """DDP regroups its buckets after its first backward, in the order gradients became ready;
+    the trainer's warm-up on a one-token blank batch (``Trainer._settle_ddp_buckets``) gives
+    the first real backward the same buckets as a warm-up on a full context, and other
+    buckets than no warm-up at all (so the comparison can tell)."""
+    import json
+
+    for output in rank_outputs(rank_scripts(tmp_path, LAYOUT_RANK, 2), 180):
+        layouts = json.loads(output)
+        assert len(layouts["trainer"]) > 1  # several buckets, else the order cannot differ
+        assert layouts["trainer"] == layouts["32"]
+        assert layouts["trainer"] != layouts["0"]
