@@ -18,7 +18,9 @@ took the state. Bitwise continuation on more than two ranks needs the same gradi
 layout as the uninterrupted run: keep ``bucket_cap_mb`` fixed, and since DDP regroups its
 buckets after its first backward, give every run (fresh or resumed) one warm-up forward and
 backward on a blank batch before its first real iteration, gradients dropped, as the built-in
-trainer does (``real.trainer.workload.trainer``). On two ranks the order of a sum does not matter.
+trainer does (``real.trainer.workload.trainer``; one token is enough, and cheapest: the order in
+which gradients become ready is the graph's at any length). On two ranks the order of a sum
+does not matter.
 """
 
 from __future__ import annotations
