@@ -255,20 +255,12 @@ def _loaded_in_place(
     if not _all_live(model_state, live_model):
         return False
     given, live = optim_state.get("state", {}), live_optim["state"]
-    if set(given) != set(live):
+    if set(given) != set(live) or not all(
+        set(entries) == set(live[name])
+        and all(_same_entry(value, live[name][key]) for key, value in entries.items())
+        for name, entries in given.items()
+    ):
         return False
-    for name, entries in given.items():
-        mine = live[name]
-        if set(entries) != set(mine):
-            return False
-        for key, value in entries.items():
-            same = (
-                _same_memory(value, mine[key])
-                if isinstance(value, torch.Tensor)
-                else not isinstance(mine[key], torch.Tensor) and value == mine[key]
-            )
-            if not same:
-                return False
     groups = optim_state.get("param_groups", [])
     if len(groups) != len(optimizer.param_groups) or any(
         list(group.get("params", [])) != list(ours["params"])
@@ -373,6 +365,14 @@ def _same_memory(tensor: torch.Tensor, live: Any) -> bool:
         and a.stride() == b.stride()
         and a.data_ptr() == b.data_ptr()
     )
+
+
+def _same_entry(value: Any, live: Any) -> bool:
+    """Whether an optimizer's per-parameter entry is its live one: a tensor by its memory
+    (``_same_memory``), anything else by equality."""
+    if isinstance(value, torch.Tensor):
+        return _same_memory(value, live)
+    return not isinstance(live, torch.Tensor) and bool(value == live)
 
 
 def _all_live(state: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
