@@ -677,7 +677,14 @@ def _engine_restore_fixed_s(
     """A restore of ``iteration`` from local memory as the harness's trainers make one, every
     rank at once: the root's plan (every node its own memory), the engine's restore into the
     live state, then the trainer's load of it; minus the copy of the bytes (the simulator adds
-    that at the copy bandwidth), s. None when nothing was committed to restore."""
+    that at the copy bandwidth), s. None when nothing was committed to restore.
+
+    Timed as the harness times a retrieval: from the last rank's start to the last rank's
+    state, on the host's monotonic clock the ranks share (the slowest rank's own time, used
+    until 2026-12-05, also counted its wait for the last rank to leave the barrier). And, as
+    the harness's ranks do, each trains as soon as it has its state: the first to have it
+    compute their step while the last still finish their restore, on the same CPUs."""
+    import torch
     import torch.distributed as dist
 
     from real.engine.costs import difference
@@ -697,10 +704,14 @@ def _engine_restore_fixed_s(
     restored = engine.restore(plan=plan, into=trainer.state)
     if restored is not None:
         trainer.load_state(restored.state)
-    total = time.perf_counter() - began
+    ended = time.perf_counter()
     copied = difference(engine.capturer.costs.snapshot(), before)
     copy_s = sum(v["s"] for k, v in copied.items() if k.startswith("restore: copy"))
-    return max(0.0, total - copy_s)
+    trainer.step()
+    # The latest start, and the latest end net of its rank's copy of the bytes.
+    span = torch.tensor([began, ended - copy_s], dtype=torch.float64)
+    dist.all_reduce(span, op=dist.ReduceOp.MAX)
+    return max(0.0, float(span[1] - span[0]))
 
 
 def _persistent_fixed_costs(trainer: Any) -> dict[str, float]:

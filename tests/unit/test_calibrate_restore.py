@@ -1,0 +1,72 @@
+"""The calibration times a restore as the harness times a retrieval (benchmarks/calibrate.py):
+from the last rank's start to the last rank's state, with each rank training once restored."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from running import rank_outputs, rank_scripts
+
+RANK = """
+import sys, time
+import torch.distributed as dist
+from benchmarks.calibrate import _engine_restore_fixed_s
+
+rank, world, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+calls = []
+
+
+class Costs:
+    def __init__(self):
+        self.copy_s = 0.0
+
+    def snapshot(self):
+        return {"restore: copy": {"s": self.copy_s, "calls": 1, "bytes": 0}}
+
+
+class Restored:
+    state = {"weights": 1}
+
+
+class Engine:
+    def __init__(self):
+        self.capturer = type("Capturer", (), {"costs": Costs()})()
+
+    def restore(self, plan, into):
+        calls.append(("restore", plan.iteration, len(plan.sources)))
+        if rank == 1:  # the last rank to have its state: 0.3 s, 0.1 s of it the copy
+            time.sleep(0.3)
+            self.capturer.costs.copy_s = 0.1
+        return Restored()
+
+
+class Trainer:
+    state = {}
+
+    def load_state(self, state):
+        calls.append(("load", state["weights"]))
+
+    def step(self):
+        calls.append(("step",))
+
+
+seconds = _engine_restore_fixed_s(Engine(), Trainer(), world, 7)
+print(repr((seconds, calls)))
+dist.destroy_process_group()
+"""
+
+
+def test_a_restore_is_timed_to_the_last_ranks_state_net_of_its_copy(tmp_path: Path) -> None:
+    outputs = rank_outputs(rank_scripts(tmp_path, RANK, 2))
+    results = [ast.literal_eval(output.strip().splitlines()[-1]) for output in outputs]
+    seconds = [s for s, _ in results]
+    # Every rank gives the same span: rank 0's own restore took no time, but the retrieval
+    # ends when rank 1 has its state; rank 1's copy of the bytes (0.1 s) is left out.
+    assert seconds[0] == seconds[1]
+    assert 0.19 <= seconds[0] < 0.3
+    # Each rank restores the committed iteration from every node's own memory, loads it, then
+    # trains, as the harness's ranks do once they have their state.
+    for _, calls in results:
+        assert calls == [("restore", 7, 2), ("load", 1), ("step",)]
