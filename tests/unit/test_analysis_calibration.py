@@ -534,6 +534,36 @@ def test_a_run_profile_sets_the_iteration_at_the_load_of_the_prediction() -> Non
     assert sum(p.duration_s for p in loaded) != pytest.approx(0.2)
 
 
+def test_a_run_profiles_iteration_is_simulated_with_its_checkpoint_traffic_counted_once() -> None:
+    """A run profile's iteration carries its checkpoint; the simulator adds that checkpoint's
+    traffic itself. Over v08's 0.2 Gbit/s links 15.4 MB of replicas per iteration do not fit
+    the idle spans: the phases are what, with that traffic, simulates the profiled iteration.
+    Over v01's loopback the traffic fits, and the phases are the profiled iteration."""
+    from analysis.calibration import configuration, scenario_overrides
+    from sim.model import build_model
+
+    validation = REPO / "scenarios" / "validation"
+    for name, slow in (("v08-large-netns-02g-hardware", True), ("v01-small-software", False)):
+        path = validation / f"{name}.yaml"
+        scenario = load_scenario(path)
+        profile = {
+            "configuration": configuration(scenario),
+            "strategy": "gemini",
+            "run_iteration_time_s": 1.05 if slow else 0.06,
+            "background": 0.0,
+        }
+        calibration = {**_law_calibration(), "profile": profile}
+        calibrated = load_scenario(path, scenario_overrides(calibration, scenario, 0.0))
+        phases = sum(p.duration_s for p in calibrated.training.phases or [])
+        assert build_model(calibrated).strategy.cycle_s == pytest.approx(
+            profile["run_iteration_time_s"], rel=1e-3
+        )
+        if slow:  # 15.4 MB at 0.2 Gbit/s: 0.62 s of replicas, the rest the phases
+            assert 0.3 < phases < 0.6
+        else:
+            assert phases == pytest.approx(0.06, rel=1e-5)
+
+
 def test_a_micro_profile_without_communication_keeps_the_laws_split() -> None:
     # FSDP2's micro-profile has no communication phases (only DDP's are profiled): the
     # measured iteration is split as the laws split it, so the survivors still have a
