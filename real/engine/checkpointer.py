@@ -202,7 +202,8 @@ class GeminiCheckpointer:
             hold_point(self.rank, iteration)  # the harness's failure at this iteration's end
             self._resumed_at = time.perf_counter()
             return
-        self.replication.wait()  # the previous checkpoint's remaining chunks go now
+        # The previous checkpoint's remaining chunks go now (an abort ends the wait).
+        self.replication.wait(check=check_abort)
         waited = time.perf_counter()
         costs.add("save: wait for the previous checkpoint", waited - started)
         self.replication.commit_prepared()  # commit: next_iteration_end, its iteration has ended

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 Tamper = Callable[[int, int, memoryview], bytes | memoryview]
 Hook = Callable[[str, int], None]
 CODEC_REMEASURE = 50  # checkpoints between two measurements of the codec on the state
+WAIT_CHECK_S = 0.01
+"""How often a ``wait`` given a ``check`` calls it (an abort's agent message is read by then)."""
 
 
 class ReplicationManager:
@@ -161,11 +163,28 @@ class ReplicationManager:
         self.iteration_start = self.profiler.iteration_begins()
         self._starts.append(self.iteration_start)
 
-    def wait(self, timeout_s: float = 300.0) -> bool:
-        """Send whatever is left of the previous checkpoint now and wait for it to finish."""
+    def wait(self, timeout_s: float = 300.0, check: Callable[[], None] | None = None) -> bool:
+        """Send whatever is left of the previous checkpoint now and wait for it to finish.
+
+        ``check`` is called every ``WAIT_CHECK_S`` while it waits, and leaves the wait by
+        raising: ``save()`` passes ``check_abort``, so a survivor whose replica goes to a node
+        that vanished without closing its sockets (the sender waits on them) leaves the attempt
+        when its agent aborts it, instead of waiting until the agent kills it (seen 2026-12-05
+        in the netns recipe test, the survivor killed at its 2 s abort bound).
+        """
         self._flush.set()
-        finished = self._idle.wait(timeout_s)
-        self._flush.clear()
+        try:
+            deadline = time.monotonic() + timeout_s
+            finished = False
+            while not finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                finished = self._idle.wait(min(remaining, WAIT_CHECK_S) if check else remaining)
+                if not finished and check is not None:
+                    check()
+        finally:
+            self._flush.clear()
         if not finished:
             log.warning(
                 "node %d rank %d: replication still running after %.0f s",

@@ -119,3 +119,52 @@ def test_an_abort_ends_the_wait_for_a_reduction_that_never_completes(
         hung.future.set_result(None)
         channel.close()
         ours.close()
+
+
+def test_an_abort_ends_the_wait_for_a_replica_sent_to_a_vanished_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``save()`` waits for the previous checkpoint's replicas. When the peer's node vanished
+    without closing its sockets, the sender waits on them for good: the agent's abort ends the
+    survivor's wait, which then keeps its process (the agent's kill came at 2 s before)."""
+    ours, theirs = socket.socketpair()
+    channel = AgentChannel(theirs)
+    monkeypatch.setattr(inprocess, "_current", (channel, 6))
+    replication = ReplicationManager.__new__(ReplicationManager)
+    replication.node, replication.rank = 1, 1
+    replication._idle, replication._flush = threading.Event(), threading.Event()  # sending
+    raised: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            replication.wait(check=inprocess.check_abort)
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=save, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    try:
+        assert thread.is_alive()  # waiting for the sender
+        assert replication._flush.is_set()  # which sends what is left at once
+        ours.sendall(b'{"op":"abort","attempt":6}\n')
+        thread.join(10)
+        assert not thread.is_alive()
+        assert len(raised) == 1 and isinstance(raised[0], AttemptAborted)
+        assert not replication._flush.is_set()
+    finally:
+        channel.close()
+        ours.close()
+
+
+def test_a_replication_wait_ends_when_the_sender_is_done_or_at_its_bound() -> None:
+    replication = ReplicationManager.__new__(ReplicationManager)
+    replication.node, replication.rank = 1, 1
+    replication._idle, replication._flush = threading.Event(), threading.Event()
+    checks: list[float] = []
+    began = time.monotonic()
+    assert not replication.wait(0.1, check=lambda: checks.append(time.monotonic()))
+    assert 0.1 <= time.monotonic() - began < 1.0 and len(checks) >= 2
+    threading.Timer(0.05, replication._idle.set).start()
+    assert replication.wait(5.0, check=lambda: None)
+    assert replication.wait(5.0)  # idle already: at once
