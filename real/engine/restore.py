@@ -165,11 +165,11 @@ def all_reduce_int(value: int, op: str, group: Any) -> int:
     Every rank sends its value straight to every other (``all_to_all_single``) and reduces
     what it receives, rather than ``all_reduce``: gloo reduces a small tensor around a ring,
     2(n - 1) hops one after another, each waiting for the next rank to be scheduled, while
-    here a rank waits only for every other to have sent. Measured 2026-12-05 on 2 cores, the
-    last of n ranks to arrive 50 ms late, the others training once agreed (medians of 20): the
-    last rank agreed 28.6 ms after that arrival with the ring and 17.3 ms with this at n = 8,
-    9.7 and 7.7 ms at n = 4. n - 1 tiny messages per rank: on thousands of ranks the ring's
-    2(n - 1) latencies cost more than they do.
+    here a rank waits only for every other to have sent. ``benchmarks/agreement.py``, the
+    last of n ranks arriving 50 ms late and the others training once agreed (2026-12-05, 2
+    cores, medians of 20): the last rank agreed 25.7 ms after that arrival around the ring and
+    17.1 ms with this at n = 8, 9.9 and 8.8 ms at n = 4. n - 1 tiny messages per rank: on
+    thousands of ranks the ring's 2(n - 1) latencies in a row cost more than they do.
     """
     import torch.distributed as dist
 
