@@ -887,61 +887,11 @@ def law_overrides(
     ]
     if storage:
         overrides.append(f"cluster.storage.bandwidth_gbit_s={_fmt(min(storage))}")
-    overrides = limited_overrides(overrides, scenario)
     if profiled_run is not None and scenario.checkpoint.strategy == "gemini":
-        overrides = net_of_checkpoint_traffic(overrides, scenario, profiled_run)
-    return overrides
-
-
-def net_of_checkpoint_traffic(
-    overrides: Sequence[str], scenario: Any, iteration_s: float
-) -> list[str]:
-    """``overrides`` with the iteration's phases scaled so that the simulator's Gemini
-    iteration, with the checkpoint traffic it adds itself, lasts ``iteration_s``: a run
-    profile's iteration, which carries its checkpoint already.
-
-    The simulator lays each checkpoint's chunks over the phases' idle spans and, when they do
-    not fit, lets them share the link with the collectives (``sim.training``). Phases scaled to
-    the profiled iteration itself count that traffic twice wherever the link limits it: v08's
-    replicas, 15.4 MB per iteration over 0.2 Gbit/s links, stretched a profiled 1.05 s to a
-    simulated 1.61 s, while the harness's iterations took 1.0-1.1 s (found 2026-12-05, after
-    the miss had stood in every validation). Where the link is fast the traffic fits the idle
-    spans and the phases stay as they were. One simulated iteration per try, a bisection
-    (scipy's ``brentq``) over the phases' scale; unchanged when the scenario cannot be
-    simulated or the traffic alone outlasts the profiled iteration.
-    """
-    import yaml
-    from scipy.optimize import brentq
-
-    from shared.errors import ScenarioError
-    from shared.scenario_loader import parse_scenario
-    from sim.model import build_model
-
-    key = "training.phases="
-    phases = [o for o in overrides if o.startswith(key)]
-    if not phases or iteration_s <= 0:
-        return list(overrides)
-    others = [o for o in overrides if not o.startswith(key)]
-    base = [[p["kind"], float(p["duration_s"])] for p in yaml.safe_load(phases[-1][len(key) :])]
-    document = yaml.safe_dump(scenario.model_dump(mode="json"))
-
-    def scaled(factor: float) -> str:
-        return key + _phases_yaml([[kind, seconds * factor] for kind, seconds in base])
-
-    def excess(factor: float) -> float:
-        simulated = parse_scenario(document, overrides=[*others, scaled(factor)])
-        return build_model(simulated).strategy.cycle_s - iteration_s
-
-    try:
-        if excess(1.0) <= 1e-6 * iteration_s:
-            return list(overrides)
-        low = 1e-3
-        if excess(low) >= 0:  # the traffic alone outlasts the profiled iteration
-            return list(overrides)
-        factor = brentq(excess, low, 1.0, xtol=1e-4)
-    except (ScenarioError, ValueError):
-        return list(overrides)
-    return [*others, scaled(float(factor))]
+        # The run's iteration carries its checkpoint, whose traffic the simulator adds itself:
+        # it scales the phases so as to count that traffic once (sim.training.net_of_checkpoint).
+        overrides.append("training.phases_with_checkpoint=true")
+    return limited_overrides(overrides, scenario)
 
 
 RUN_MEASUREMENTS = (

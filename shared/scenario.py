@@ -199,6 +199,12 @@ class TrainingConfig(_Strict):
     phases: list[PhaseConfig] | None = Field(
         None, description="Measured profile of one iteration; network idle spans follow."
     )
+    phases_with_checkpoint: bool = Field(
+        False,
+        description="The phases add up to an iteration measured with Gemini's checkpoint "
+        "running (a run profile): the simulator scales them so that its iteration, with "
+        "the checkpoint traffic it adds itself, lasts as long.",
+    )
     accelerator_tflops: PositiveFloat = Field(312.0, description="Peak TFLOP/s per accelerator.")
     efficiency: Annotated[float, Field(gt=0, le=1)] = Field(
         0.4, description="Fraction of peak FLOP/s reached."

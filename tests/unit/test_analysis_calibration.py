@@ -536,9 +536,10 @@ def test_a_run_profile_sets_the_iteration_at_the_load_of_the_prediction() -> Non
 
 def test_a_run_profiles_iteration_is_simulated_with_its_checkpoint_traffic_counted_once() -> None:
     """A run profile's iteration carries its checkpoint; the simulator adds that checkpoint's
-    traffic itself. Over v08's 0.2 Gbit/s links 15.4 MB of replicas per iteration do not fit
-    the idle spans: the phases are what, with that traffic, simulates the profiled iteration.
-    Over v01's loopback the traffic fits, and the phases are the profiled iteration."""
+    traffic itself (``training.phases_with_checkpoint``, ``sim.model.net_of_checkpoint``).
+    Over v08's 0.2 Gbit/s links 15.4 MB of replicas per iteration do not fit the idle spans:
+    the simulated phases are what, with that traffic, makes the profiled iteration. Over v01's
+    loopback the traffic fits, and the phases are the profiled iteration."""
     from analysis.calibration import configuration, scenario_overrides
     from sim.model import build_model
 
@@ -546,22 +547,32 @@ def test_a_run_profiles_iteration_is_simulated_with_its_checkpoint_traffic_count
     for name, slow in (("v08-large-netns-02g-hardware", True), ("v01-small-software", False)):
         path = validation / f"{name}.yaml"
         scenario = load_scenario(path)
+        iteration = 1.05 if slow else 0.06
         profile = {
             "configuration": configuration(scenario),
             "strategy": "gemini",
-            "run_iteration_time_s": 1.05 if slow else 0.06,
+            "run_iteration_time_s": iteration,
             "background": 0.0,
         }
         calibration = {**_law_calibration(), "profile": profile}
-        calibrated = load_scenario(path, scenario_overrides(calibration, scenario, 0.0))
-        phases = sum(p.duration_s for p in calibrated.training.phases or [])
-        assert build_model(calibrated).strategy.cycle_s == pytest.approx(
-            profile["run_iteration_time_s"], rel=1e-3
-        )
+        overrides = scenario_overrides(calibration, scenario, 0.0)
+        assert "training.phases_with_checkpoint=true" in overrides
+        model = build_model(load_scenario(path, overrides))
+        assert model.strategy.cycle_s == pytest.approx(iteration, rel=1e-3)
         if slow:  # 15.4 MB at 0.2 Gbit/s: 0.62 s of replicas, the rest the phases
-            assert 0.3 < phases < 0.6
+            assert 0.3 < model.profile.iteration_s < 0.6
         else:
-            assert phases == pytest.approx(0.06, rel=1e-5)
+            assert model.profile.iteration_s == pytest.approx(iteration, rel=1e-5)
+    # The baseline's run profile is its iteration as it is.
+    baseline = load_scenario(validation / "v13-small-baseline-hardware.yaml")
+    profile = {
+        "configuration": configuration(baseline),
+        "strategy": "persistent",
+        "run_iteration_time_s": 0.1,
+        "background": 0.0,
+    }
+    overrides = scenario_overrides({**_law_calibration(), "profile": profile}, baseline, 0.0)
+    assert not any(o.startswith("training.phases_with_checkpoint") for o in overrides)
 
 
 def test_a_micro_profile_without_communication_keeps_the_laws_split() -> None:

@@ -198,3 +198,29 @@ def test_young_persistence_starts_from_the_failure_process() -> None:
         YOUNG, overrides=["failures.schedule=[]", "failures.process={failures_per_day: 2000}"]
     )
     assert build_model(scenario).strategy.persist_every == 10
+
+
+def _with_checkpoint(phases: str, flagged: bool) -> Any:
+    text = SLOW.replace("interval: adaptive", "interval: 1").replace(
+        "  phases: [{kind: compute, duration_s: 0.6}, {kind: communication, duration_s: 0.4}]",
+        f"  phases: {phases}\n  phases_with_checkpoint: {str(flagged).lower()}",
+    )
+    return build_model(parse_scenario(text))
+
+
+def test_phases_measured_with_the_checkpoint_count_its_traffic_once() -> None:
+    """Phases that add up to an iteration measured with Gemini's checkpoint running are scaled
+    so that the simulated iteration, with the traffic the simulator adds, lasts as long; the
+    same phases taken as an iteration without checkpoints come out longer."""
+    phases = "[{kind: compute, duration_s: 1.2}, {kind: communication, duration_s: 0.8}]"
+    plain = _with_checkpoint(phases, False)
+    assert plain.strategy.cycle_s > 2.1  # the 1.2 s idle span carries 2.16 of the 3 MB
+    flagged = _with_checkpoint(phases, True)
+    assert abs(flagged.strategy.cycle_s - 2.0) < 1e-3
+    compute, communication = (p.duration_s for p in flagged.profile.phases)
+    assert compute + communication < 1.9
+    assert abs(compute / communication - 1.5) < 1e-9  # one scale for every phase
+    # When the traffic alone (1.5 s) outlasts the measured iteration, the phases stay.
+    short = "[{kind: compute, duration_s: 0.6}, {kind: communication, duration_s: 0.4}]"
+    kept = _with_checkpoint(short, True)
+    assert [p.duration_s for p in kept.profile.phases] == [0.6, 0.4]
