@@ -889,7 +889,7 @@ def law_overrides(
         overrides.append(f"cluster.storage.bandwidth_gbit_s={_fmt(min(storage))}")
     if profiled_run is not None and scenario.checkpoint.strategy == "gemini":
         # The run's iteration carries its checkpoint, whose traffic the simulator adds itself:
-        # it scales the phases so as to count that traffic once (sim.training.net_of_checkpoint).
+        # it scales the phases so as to count that traffic once (sim.model.net_of_checkpoint).
         overrides.append("training.phases_with_checkpoint=true")
     return limited_overrides(overrides, scenario)
 
