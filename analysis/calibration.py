@@ -123,7 +123,8 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
       the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from ``law_costs``);
     - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
       the harness makes one (the root's plan, every rank at once, into the live state, then
-      the trainer's load; ``engine_restore_fixed_s``, the slowest rank) without its copy of
+      the trainer's load; ``engine_restore_fixed_s``, from the last rank's start to the last
+      rank's state, each rank training once it has it) without its copy of
       the bytes, which the simulator adds at the copy bandwidth (under FSDP2 the law's
       ``engine_restore_fixed_zero3_s`` stands in: the restore into a trainer rebuilt around
       the new group, as the harness makes it, ``law_costs``); else (no engine measured)

@@ -180,7 +180,8 @@ class ReplicationManager:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                finished = self._idle.wait(min(remaining, WAIT_CHECK_S) if check else remaining)
+                slice_s = remaining if check is None else min(remaining, WAIT_CHECK_S)
+                finished = self._idle.wait(slice_s)
                 if not finished and check is not None:
                     check()
         finally:
