@@ -1,7 +1,7 @@
 """Downtime per trainer crash and per lost node, phase by phase, over several failures.
 
     .venv/bin/python benchmarks/recovery.py [--out runs/recovery] [--runs N]
-        [--compare OTHER_TREE] [--strategy gemini|persistent]
+        [--compare OTHER_TREE] [--strategy gemini|persistent] [--store embedded|etcd]
 
 Runs ``gemini-ckpt real scenarios/quickstart.yaml`` (4 emulated nodes x 1 rank, 2 warm standby
 agents, the heartbeat lease 3 s) with a longer schedule of failures: four trainer crashes (one
@@ -17,6 +17,10 @@ election lease, and the new root finds the node when it adopts the job.
 commit, with this virtual environment) alternately with this one, ``--runs`` times each, and
 prints both side by side: measured under the same load, minutes apart. The load average
 (``uptime``) is printed with every run. One run takes 1-2 minutes on 2 cores.
+
+``--store etcd`` coordinates the agents through etcd (``real.store: etcd``, an etcd on loopback
+that the launcher starts, as on a real cluster where etcd is a service) instead of the embedded
+store; it needs the ``etcd`` binary (Debian's etcd-server).
 """
 
 from __future__ import annotations
@@ -54,12 +58,12 @@ def load() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
-def real_run(tree: Path, out: Path, strategy: str) -> Path:
+def real_run(tree: Path, out: Path, strategy: str, store: str = "embedded") -> Path:
     """One ``gemini-ckpt real`` run from the source tree ``tree``; its folder."""
     if out.exists():
         shutil.rmtree(out)
     command = [sys.executable, "-m", "gemini_ckpt", "real", SCENARIO, "--out", str(out)]
-    for setting in (*SETTINGS, f"checkpoint.strategy={strategy}"):
+    for setting in (*SETTINGS, f"checkpoint.strategy={strategy}", f"real.store={store}"):
         command += ["--set", setting]
     if strategy == "persistent":
         command += ["--set", "checkpoint.baseline_every_iterations=6"]
@@ -148,6 +152,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per source tree")
     parser.add_argument("--compare", type=Path, help="another source tree, run alternately")
     parser.add_argument("--strategy", choices=("gemini", "persistent"), default="gemini")
+    parser.add_argument(
+        "--store",
+        choices=("embedded", "etcd"),
+        default="embedded",
+        help="the agents' coordination store (etcd: an etcd on loopback, started by the run)",
+    )
     options = parser.parse_args()
     trees = {"this": REPO}
     if options.compare is not None:
@@ -158,7 +168,7 @@ def main() -> int:
         for name, tree in trees.items():
             before = load()
             started = time.monotonic()
-            folder = real_run(tree, options.out / f"{name}-{run}", options.strategy)
+            folder = real_run(tree, options.out / f"{name}-{run}", options.strategy, options.store)
             after = load()
             found = failures(folder)
             rows[name] += found
@@ -180,9 +190,11 @@ def main() -> int:
             "",
             f"`.venv/bin/python benchmarks/recovery.py --runs {options.runs}"
             + (f" --compare {options.compare}" if options.compare else "")
+            + (f" --store {options.store}" if options.store != "embedded" else "")
             + "`",
             "",
-            f"`gemini-ckpt real {SCENARIO}` with " + ", ".join(f"`--set {s}`" for s in SETTINGS),
+            f"`gemini-ckpt real {SCENARIO}` with "
+            + ", ".join(f"`--set {s}`" for s in (*SETTINGS, f"real.store={options.store}")),
             "",
             table(rows),
             "",

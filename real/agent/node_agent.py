@@ -63,8 +63,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.05
 """The longest an agent goes without reading the attempt record and looking at its trainers,
 s. It acts at once on a change: a watch on the store wakes it when the record is written, and
-its trainers' messages and exits wake it too; the period bounds what no notification covers
-(etcd, which this harness polls)."""
+its trainers' messages and exits wake it too (on both stores: etcd's own watch since
+2026-12-05); the period bounds what no notification covers."""
 STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0

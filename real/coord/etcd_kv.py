@@ -32,14 +32,16 @@ import hmac
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from etcd3gw import exceptions as etcd_exceptions
 from etcd3gw.client import Etcd3Client
 
+from real.coord.etcd_watch import IDLE_S, PrefixWatches
 from real.coord.kv import TOKEN_ENV, KeyValueStore, Lease
 from real.runtime.env import (
     GEMINI_ETCD_CA,
@@ -213,6 +215,8 @@ class EtcdKV(KeyValueStore):
             {"verify": self.options.ca_file} if self.options.ca_file else {}
         )
         self._lock = threading.Lock()
+        self._timeout_s = timeout_s
+        self._watches = PrefixWatches(self._open_watch, self.url)
         if self.options.user:
             with self._lock:
                 self._login()
@@ -331,6 +335,50 @@ class EtcdKV(KeyValueStore):
         result = self._call("/lease/grant", {"TTL": max(1, math.ceil(ttl_s)), "ID": 0})
         return EtcdLease(self, int(result["ID"]), float(result["TTL"]))
 
+    def watch(
+        self, prefixes: Sequence[str], after: int | None, timeout_s: float
+    ) -> tuple[int, bool]:
+        """etcd's own watch (:mod:`real.coord.etcd_watch`): the cursor is etcd's revision, and
+        a change wakes the caller at once. ``after`` None: the store's revision now."""
+        if after is None:
+            return self._revision(), False
+        keys = [self._key(prefix) for prefix in prefixes]
+        try:
+            return self._watches.wait(keys, after, timeout_s)
+        except KVError as error:
+            if not self.options.user or not any(m in str(error) for m in _LOGIN_AGAIN):
+                raise
+            with self._lock:
+                self._login()  # the token expired while the stream was down: log in, again
+            return self._watches.wait(keys, after, timeout_s)
+
+    def _revision(self) -> int:
+        result = self._call("/kv/range", {"key": _b64(self._key("__probe__")), "count_only": True})
+        return int(result.get("header", {}).get("revision", 0))
+
+    def _open_watch(self, prefix: bytes, start: int) -> requests.Response:
+        """etcd's watch of the keys under ``prefix`` from revision ``start``, streaming."""
+        request: dict[str, Any] = {
+            "create_request": {
+                "key": _b64(prefix),
+                "range_end": _b64(_prefix_end(prefix)),
+                "start_revision": start,
+            }
+        }
+        response = self._client.session.post(
+            self._client.get_url("/watch"),
+            json=request,
+            stream=True,
+            timeout=(self._timeout_s, IDLE_S),
+            **self._request,
+        )
+        if response.status_code != requests.codes.ok:
+            text = response.text[:200]
+            response.close()
+            raise KVError(f"HTTP {response.status_code}: {text}")
+        return response
+
     def close(self) -> None:
+        self._watches.close()
         with self._lock:
             self._client.session.close()

@@ -16,7 +16,7 @@ Three things make such a store fit for failure detection and election:
 - **Prefix reads.** ``get_prefix("exits/")`` returns every reported exit at once.
 - **Watches.** ``watch(prefixes, cursor, timeout_s)`` returns when a key under the prefixes
   changes, so the agents act on a write at once instead of at their next poll (the embedded
-  store notifies; etcd's client here only sleeps, and its callers poll).
+  store notifies; on etcd, its own watch streams, :mod:`real.coord.etcd_watch`).
 
 Backends:
 
@@ -144,10 +144,12 @@ class KeyValueStore(abc.ABC):
 
         The agents wait here instead of sleeping between reads, so a change reaches them at
         once. ``after`` None returns a cursor at once (take it before the first read: a change
-        between that read and the next call is then not missed). Lease expiry is not a change:
-        callers still read the store every ``timeout_s``. The embedded store notifies; this
-        default (etcd) only sleeps ``timeout_s`` and reports no change, so its callers poll at
-        that period.
+        between that read and the next call is then not missed). Lease expiry need not be a
+        change (etcd's deletion of the lease's keys is one, the embedded store's is not):
+        callers still read the store every ``timeout_s``. Both backends notify (waking with
+        nothing changed is allowed: callers read the store on every wake); this default, for
+        a backend without watches, only sleeps ``timeout_s`` and reports no change, so its
+        callers poll at that period.
         """
         if after is not None:
             time.sleep(max(0.0, timeout_s))

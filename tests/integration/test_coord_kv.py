@@ -288,8 +288,6 @@ def test_trainer_exit_reported_under_one_second(make_kv: Callable[[], KeyValueSt
 def test_watch_wakes_on_a_change_under_its_prefixes_only(
     backend: tuple[str, str], make_kv: Callable[[], KeyValueStore]
 ) -> None:
-    if backend[0] != "embedded":
-        pytest.skip("etcd is polled: its watch only sleeps")
     watcher, writer = make_kv(), make_kv()
     cursor, changed = watcher.watch(["job/"], None, 0.0)  # a cursor before the first read
     assert not changed
@@ -310,8 +308,6 @@ def test_watch_wakes_on_a_change_under_its_prefixes_only(
 def test_watch_after_close_is_an_error(
     backend: tuple[str, str], make_kv: Callable[[], KeyValueStore]
 ) -> None:
-    if backend[0] != "embedded":
-        pytest.skip("etcd is polled: its watch only sleeps")
     kv = make_kv()
     kv.close()
     with pytest.raises(KVError):
