@@ -495,6 +495,15 @@ class FailuresConfig(_Strict):
     )
 
 
+ROOT_POLL_S = 0.05
+"""The root agent's failure detector reads the store at least this often, s (the harness's
+root waits on a store watch between reads, ``real.agent.root.POLL_S``). What no write announces
+is noticed only at one of these reads: a heartbeat key gone with its lease, a heartbeat
+standing still, a silence probe that has ended. The simulator's rules for those detections
+count the half period each such read adds on average (``sim.simulation.detection_delay_s``,
+``silence_detection_s``)."""
+
+
 class DetectionConfig(_Strict):
     """How failures are noticed."""
 

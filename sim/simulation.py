@@ -18,10 +18,12 @@ which its agent reports; a lost node is found by probe once the survivors' next 
 fails, i.e. the time until the iteration profile's next communication phase plus
 ``detection.probe_detection_s``; or by the probe its heartbeat's silence starts,
 ``silence_detection_s``: ``silence_s - heartbeat_interval_s / 2`` on average, plus
-``probe_timeout_s`` when its agent cannot answer, which is how a partitioned node or one lost
+``probe_timeout_s`` when its agent cannot answer, plus three half periods of the root's reads
+of the store (``shared.scenario.ROOT_POLL_S``), which is how a partitioned node or one lost
 in netns mode is found (the survivors' collectives hang: no reset reaches them), and one lost
 while the job is not training; whichever comes first, with the heartbeat lease,
-``lease_timeout_s - heartbeat_interval_s / 2`` on average, as the backstop and the only way
+``lease_timeout_s - heartbeat_interval_s / 2`` on average, plus half a period of the root's
+reads, as the backstop and the only way
 with ``detection.lost_node: lease``; the root's own node by the same collective's probe, its
 agent deposed by the survivor's agent that finds it refusing connections, or, where that
 does not happen, after a re-election, ``root_loss_detection_s``), the stop
@@ -58,7 +60,7 @@ from shared.errors import ScenarioError
 from shared.events import Event, JsonValue
 from shared.failure_kinds import initial_root, next_root, resolve_failure
 from shared.recovery import FailureKind
-from shared.scenario import DetectionConfig
+from shared.scenario import ROOT_POLL_S, DetectionConfig
 from shared.storms import (
     expected_process_failures,
     fastest_recovery_s,
@@ -829,11 +831,12 @@ def detection_delay_s(detection: DetectionConfig, kind: str) -> float:
     A crash is reported by its agent (``exit_report_s``). A lost node nobody probes is noticed
     when its heartbeat lease runs out: the lease was renewed at the node's last beat, which
     came at a uniformly random phase of the beat period before the failure, so on average the
-    lease ends ``lease_timeout_s - heartbeat_interval_s / 2`` after it.
+    lease ends ``lease_timeout_s - heartbeat_interval_s / 2`` after it; the root sees the key
+    gone at its next read of the store, half its period (``ROOT_POLL_S``) later on average.
     """
     if kind == "software":
         return detection.exit_report_s
-    return detection.lease_timeout_s - detection.heartbeat_interval_s / 2
+    return detection.lease_timeout_s - detection.heartbeat_interval_s / 2 + ROOT_POLL_S / 2
 
 
 def silence_detection_s(detection: DetectionConfig, *, unreachable: bool) -> float | None:
@@ -844,13 +847,17 @@ def silence_detection_s(detection: DetectionConfig, *, unreachable: bool) -> flo
     so its heartbeat has stood still for ``silence_s`` some ``silence_s - heartbeat_interval_s
     / 2`` after the loss on average. The probe then fails at once when the node's agent is
     gone (refused) or after ``probe_timeout_s`` when it cannot answer (``unreachable``: a
-    partition, a link down). The root's poll (0.05 s) is left out, as for the lease.
+    partition, a link down). Three of the root's reads of the store (``ROOT_POLL_S`` apart)
+    each add half a period on average: the one that first sees the last beat (the silence is
+    timed from there, by the root's clock), the one that finds the silence long enough and
+    starts the probe, and the one that reads the probe's end. (Until 2026-12-05 they were left
+    out; added after the validation's silent nodes measured 1.80-2.02 s against 1.75 s.)
     """
     silence = detection.silence_s
     if silence is None:
         return None
     wait = detection.probe_timeout_s if unreachable else 0.0
-    return silence - detection.heartbeat_interval_s / 2 + wait
+    return silence - detection.heartbeat_interval_s / 2 + wait + 1.5 * ROOT_POLL_S
 
 
 ELECTION_RETRY_LIMIT_S = 0.25

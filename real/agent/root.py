@@ -60,7 +60,7 @@ from shared.errors import KVError
 from shared.failure_kinds import HARDWARE_KINDS
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
-from shared.scenario import Scenario
+from shared.scenario import ROOT_POLL_S, Scenario
 
 
 def persistent_url(scenario: Scenario, run_dir: Path) -> str:
@@ -99,7 +99,7 @@ def preimport_persistent_tier(url: str | None = None) -> threading.Thread:
 
 
 log = logging.getLogger(__name__)
-POLL_S = 0.05
+POLL_S = ROOT_POLL_S
 """The longest the root goes without reading the store. It acts at once on a change: it waits
 on a watch of the keys the agents write (exits, suspects, acknowledgements, registrations,
 done), and reads the store every ``POLL_S`` for what writes nothing (a lease that expires)."""

@@ -204,13 +204,14 @@ def test_a_node_lost_during_recovery_joins_it() -> None:
     # finds the node lost (0.1 s): detected at 3.7, when the root stops the job: the injector
     # fires the second loss then, and it joins the recovery. No collective is running to
     # break: its heartbeat stands still for 1 s from its last beat (0.25 s before the loss on
-    # average), and its dead agent refuses the probe (0.75 s: 4.45); the stop (0.5) follows;
-    # both nodes are replaced by warm standbys (0.5), one restart (3) and one retrieval
-    # (0.04 + 0.01): both resume at 8.5 from iteration 2.
+    # average), three of the root's reads add half a poll each (0.075), and its dead agent
+    # refuses the probe (0.825 s: 4.525); the stop (0.5) follows; both nodes are replaced by
+    # warm standbys (0.5), one restart (3) and one retrieval (0.04 + 0.01): both resume at
+    # 8.575 from iteration 2.
     assert (first.time_s, second.time_s) == pytest.approx((3.0, 3.7))
     phases = ("detection_s", "stop_s", "replacement_s", "restart_s", "retrieval_s", "downtime_s")
-    assert [getattr(first, p) for p in phases] == pytest.approx([0.7, 1.25, 0.5, 3, 0.05, 5.5])
-    assert [getattr(second, p) for p in phases] == pytest.approx([0.75, 0.5, 0.5, 3, 0.05, 4.8])
+    assert [getattr(first, p) for p in phases] == pytest.approx([0.7, 1.325, 0.5, 3, 0.05, 5.575])
+    assert [getattr(second, p) for p in phases] == pytest.approx([0.825, 0.5, 0.5, 3, 0.05, 4.875])
     assert (first.tier, second.tier) == ("peer", "peer")
     assert first.restored_iteration == second.restored_iteration == 2
 
@@ -319,14 +320,15 @@ def test_probe_event_log_stop_is_an_abort_and_a_warm_standby_needs_no_node_start
 
 
 def test_without_probing_the_lease_finds_a_lost_node_and_the_stop_follows() -> None:
-    # lost_node: lease (the paper's system): 3 - 0.5 / 2 = 2.75 s after the failure; the stop
-    # starts then (no overlap with the detection).
+    # lost_node: lease (the paper's system): 3 - 0.5 / 2 = 2.75 s after the failure, seen at
+    # the root's next read of the store (half its 0.05 s period on average): 2.775 s; the
+    # stop starts then (no overlap with the detection).
     (failure,) = simulate(
         parse_scenario(LOST_NODE, overrides=["detection.lost_node=lease"])
     ).summary.failures
-    assert (failure.detection_s, failure.stop_s) == pytest.approx((2.75, 0.5))
+    assert (failure.detection_s, failure.stop_s) == pytest.approx((2.775, 0.5))
     assert _detection(LOST_NODE, "detection.lost_node=lease")[-1] == (
-        5.95,
+        5.975,
         "failure_detected",
         "lease",
     )
@@ -336,15 +338,16 @@ def test_a_partitioned_node_is_found_by_the_probe_its_silence_starts() -> None:
     # A partition leaves the node's processes alive: the survivors' collectives hang instead
     # of failing, so no broken collective starts a probe. Its heartbeat stands still: 1 s
     # after its last beat (0.25 s before the partition on average) the root probes it, and
-    # the probe waits out its 1 s bound: 3.2 + 1.75.
+    # the probe waits out its 1 s bound; three of the root's reads of the store add half its
+    # 0.05 s period each: 3.2 + 1.825.
     text = LOST_NODE.replace("kind: hardware", "kind: network")
     assert _detection(text) == [
         (3.2, "failure_injected", None),
-        (4.95, "failure_detected", "silence"),
+        (5.025, "failure_detected", "silence"),
     ]
     # Probed later than the lease runs out (2.5 - 0.25 + 1 > 3 - 0.25): the lease finds it.
     assert _detection(text, "detection.silence_probe_s=2.5")[-1] == (
-        5.95,
+        5.975,
         "failure_detected",
         "lease",
     )
@@ -352,7 +355,7 @@ def test_a_partitioned_node_is_found_by_the_probe_its_silence_starts() -> None:
 
 def test_survivors_in_a_hung_collective_leave_it_at_the_stop() -> None:
     # A partition, or in netns mode any lost node (its link goes down: no reset reaches the
-    # survivors): the probe its heartbeat's silence starts finds it (1.75 s). The stop's abort
+    # survivors): the probe its heartbeat's silence starts finds it (1.825 s). The stop's abort
     # fails the future their collective waits on (DDP's bucket all-reduce, FSDP2's
     # all-gather): a plain 0.5 s stop, no kill.
     for text, overrides in (
@@ -361,7 +364,7 @@ def test_survivors_in_a_hung_collective_leave_it_at_the_stop() -> None:
         (LOST_NODE, ("real.mode=netns", "training.parallelism=ddp")),
     ):
         (failure,) = simulate(parse_scenario(text, overrides=overrides)).summary.failures
-        assert (failure.detection_s, failure.stop_s) == pytest.approx((1.75, 0.5))
+        assert (failure.detection_s, failure.stop_s) == pytest.approx((1.825, 0.5))
     # A lost node in local mode resets the survivors' connections: probe, and a plain stop.
     (failure,) = simulate(parse_scenario(LOST_NODE)).summary.failures
     assert (failure.detection_s, failure.stop_s) == pytest.approx((0.5, 0.5))
@@ -413,7 +416,7 @@ def test_losing_the_root_node_without_a_probe_waits_for_a_new_root() -> None:
         (5.925, "failure_detected", "election"),
     ]
     lease = _detection(text, "detection.lost_node=lease")
-    assert lease[-1] == (5.95, "failure_detected", "election")  # the heartbeat lease, 2.75
+    assert lease[-1] == (5.975, "failure_detected", "election")  # the heartbeat lease, 2.775
 
 
 def test_standby_agents_run_out_then_replacements_start_cold() -> None:
