@@ -40,6 +40,10 @@ IDLE_S = 30.0
 """A stream with nothing to read for this long is closed and opened again at the next wait (a
 connection a partition left half-open would otherwise never deliver again)."""
 
+REOPEN_AFTER_S = 0.05
+"""A stream that etcd closed (without an error) sooner than this after it was opened is
+reported as an error instead of opened again: the caller backs off rather than spin."""
+
 OpenStream = Callable[[bytes, int], requests.Response]
 """Opens etcd's watch of the keys under a prefix from a revision: ``(prefix, start)`` to the
 streaming HTTP response (status checked), credentials and TLS included."""
@@ -53,6 +57,8 @@ class _Stream:
         self.last = start - 1  # the newest event's revision read so far
         self.ended = False  # etcd, the network or close() ended it: open it again
         self.error: str | None = None  # why it could not be opened or read
+        self.compacted = False  # etcd had compacted the history from ``start``: start moved
+        self.opened_at = time.monotonic()
         self.response: requests.Response | None = None
         self.thread: threading.Thread | None = None
 
@@ -105,8 +111,11 @@ class PrefixWatches:
             del self._streams[prefix]
             if stream.error is not None:
                 raise KVError(f"etcd at {self._name}: watch of {prefix!r}: {stream.error}")
-            # Ended without an error (compacted, or closed by the server): again from the
-            # cursor, or from the oldest revision etcd still has.
+            if not stream.compacted and time.monotonic() - stream.opened_at < REOPEN_AFTER_S:
+                # Closed as soon as opened: say so rather than open it again and again.
+                raise KVError(f"etcd at {self._name}: watch of {prefix!r} closed at once")
+            # Ended without an error (compacted, idle, or closed by the server): again from
+            # the cursor, or from the oldest revision etcd still has.
             stream = None if stream.start <= after + 1 else _Stream(prefix, stream.start)
             if stream is not None:
                 self._start(stream)
@@ -157,11 +166,13 @@ class PrefixWatches:
         with self._changed:
             if result.get("canceled"):
                 compacted = int(result.get("compact_revision", 0))
-                if compacted > stream.start:
-                    # etcd compacted the history this stream was to replay; the next wait
-                    # opens it again from what is left, reporting a change.
-                    stream.start = compacted
-                    stream.last = compacted - 1
+                if compacted <= stream.start:
+                    reason = result.get("cancel_reason") or "no reason given"
+                    return f"etcd canceled the watch: {reason}"
+                # etcd compacted the history this stream was to replay (``compact_revision``
+                # is the oldest revision it still has); the next wait opens it again from
+                # there, reporting a change.
+                stream.start, stream.last, stream.compacted = compacted, compacted - 1, True
                 stream.ended = True
                 self._changed.notify_all()
                 return None
