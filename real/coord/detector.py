@@ -47,6 +47,8 @@ from real.coord.kv import KeyValueStore
 from shared.recovery import FailureKind
 
 logger = logging.getLogger(__name__)
+SNAPSHOT = (keys.NODES_PREFIX, keys.EXITS_PREFIX, keys.SUSPECTS_PREFIX)
+"""What one poll reads, at once."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class FailureDetector:
         # node -> (its last heartbeat value seen, when this detector first saw it)
         self._heard: dict[int, tuple[tuple[Any, Any], float]] = {}
         self._probed_at: dict[int, float] = {}  # node -> start of its last silence probe
+        self._snapshot: dict[str, dict[str, bytes]] | None = None  # the poll's read
         self._silence_probes: dict[int, _SilenceProbe] = {}
         self.suspect_grace_s = suspect_grace_s
         # The attempt running now (the root sets it): a suspect of an older attempt, left by a
@@ -177,6 +180,15 @@ class FailureDetector:
 
     def poll(self) -> list[Detection]:
         """One look at the store; returns the failures not reported before."""
+        # The three prefixes in one read (on etcd one transaction, where it was three round
+        # trips on every poll and on every step of a recovery).
+        self._snapshot = self.kv.get_prefixes(SNAPSHOT)
+        try:
+            return self._poll()
+        finally:
+            self._snapshot = None
+
+    def _poll(self) -> list[Detection]:
         found = self._lost_nodes() + self._new_exits()
         found += self._silent_nodes([d.node for d in found])
         suspects = self._new_suspects()
@@ -218,13 +230,19 @@ class FailureDetector:
         if detection.key is not None:
             self.kv.delete(detection.key)
 
+    def _read(self, prefix: str) -> dict[str, bytes]:
+        """The prefix as this poll read it (outside a poll: read now)."""
+        if self._snapshot is not None and prefix in self._snapshot:
+            return self._snapshot[prefix]
+        return self.kv.get_prefix(prefix)
+
     def _heartbeats(self) -> dict[int, float]:
         return {node: at for node, (_, at) in self._read_heartbeats().items()}
 
     def _read_heartbeats(self) -> dict[int, tuple[Any, float]]:
         """``{node: (beat count, beat time)}`` of every heartbeat key there is now."""
         beats: dict[int, tuple[Any, float]] = {}
-        for key, raw in self.kv.get_prefix(keys.NODES_PREFIX).items():
+        for key, raw in self._read(keys.NODES_PREFIX).items():
             try:
                 value = keys.decode(raw)
                 beats[int(key[len(keys.NODES_PREFIX) :])] = (
@@ -316,7 +334,7 @@ class FailureDetector:
         the first reporter stands for the failure.
         """
         reporters = set()
-        for raw in self.kv.get_prefix(keys.SUSPECTS_PREFIX).values():
+        for raw in self._read(keys.SUSPECTS_PREFIX).values():
             try:
                 value = keys.decode(raw)
                 node, attempt = int(value["node"]), value.get("attempt")
@@ -329,7 +347,7 @@ class FailureDetector:
 
     def _new_suspects(self) -> list[str]:
         new = []
-        for key, raw in sorted(self.kv.get_prefix(keys.SUSPECTS_PREFIX).items()):
+        for key, raw in sorted(self._read(keys.SUSPECTS_PREFIX).items()):
             try:
                 value = keys.decode(raw)
                 at, node, rank = float(value["time"]), int(value["node"]), int(value["rank"])
@@ -347,7 +365,7 @@ class FailureDetector:
     def _new_exits(self) -> list[Detection]:
         now = self.clock()
         exits = []
-        for key, raw in sorted(self.kv.get_prefix(keys.EXITS_PREFIX).items()):
+        for key, raw in sorted(self._read(keys.EXITS_PREFIX).items()):
             try:
                 value = keys.decode(raw)
                 node, rank, at = int(value["node"]), int(value["rank"]), float(value["time"])

@@ -277,10 +277,31 @@ class EtcdKV(KeyValueStore):
         return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        return self._items(self._call("/kv/range", self._range(prefix)))
+
+    def get_prefixes(self, prefixes: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        """One transaction of range reads (one round trip, one revision) for all of them."""
+        if len(prefixes) < 2:
+            return super().get_prefixes(prefixes)
+        reads = [{"request_range": self._range(prefix)} for prefix in prefixes]
+        result = self._call("/kv/txn", {"compare": [], "success": reads, "failure": []})
+        answers = result.get("responses", [])
+        if len(answers) != len(prefixes):
+            raise KVError(
+                f"etcd at {self.url}: a read of {len(prefixes)} prefixes answered "
+                f"{len(answers)} times"
+            )
+        return {
+            prefix: self._items(answer.get("response_range", {}))
+            for prefix, answer in zip(prefixes, answers, strict=True)
+        }
+
+    def _range(self, prefix: str) -> dict[str, str]:
         start = self._key(prefix)
-        result = self._call(
-            "/kv/range", {"key": _b64(start), "range_end": _b64(_prefix_end(start))}
-        )
+        return {"key": _b64(start), "range_end": _b64(_prefix_end(start))}
+
+    def _items(self, result: Mapping[str, Any]) -> dict[str, bytes]:
+        """The keys (without the namespace) and values of a range read's answer."""
         strip = len(self.namespace.encode("utf-8"))
         return {
             base64.b64decode(item["key"])[strip:].decode("utf-8"): base64.b64decode(

@@ -106,6 +106,11 @@ class KeyValueStore(abc.ABC):
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
         """Every live key starting with ``prefix`` and its value (an empty dict if none)."""
 
+    def get_prefixes(self, prefixes: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        """``get_prefix`` of each of ``prefixes``, as one consistent read where the backend
+        can (etcd: one transaction, one round trip); this default reads them in turn."""
+        return {prefix: self.get_prefix(prefix) for prefix in prefixes}
+
     @abc.abstractmethod
     def put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
         """Write ``key``; with a lease, the key vanishes when the lease ends.

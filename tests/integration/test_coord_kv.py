@@ -107,6 +107,17 @@ def test_put_get_delete_and_prefixes(kv: KeyValueStore) -> None:
     assert kv.get_prefix("nothing/") == {}
 
 
+def test_several_prefixes_read_at_once_equal_each_read_alone(kv: KeyValueStore) -> None:
+    kv.put("nodes/1", b"beat")
+    kv.put("exits/1/2", b"crash")
+    kv.put("exits/3/0", b"crash")
+    kv.put("other", b"x")
+    prefixes = ["nodes/", "exits/", "suspects/"]
+    assert kv.get_prefixes(prefixes) == {p: kv.get_prefix(p) for p in prefixes}
+    assert kv.get_prefixes(prefixes)["suspects/"] == {}
+    assert kv.get_prefixes(["exits/"]) == {"exits/": kv.get_prefix("exits/")}
+
+
 def test_namespaces_do_not_see_each_other(backend: tuple[str, str]) -> None:
     with connect_kv(f"{backend[1]}/left") as left, connect_kv(f"{backend[1]}/right") as right:
         left.put("k", b"L")

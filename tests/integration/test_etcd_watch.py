@@ -130,6 +130,22 @@ def test_closing_the_client_ends_its_streams(etcd_url: str) -> None:
     assert watch_threads() == before
 
 
+def test_several_prefixes_are_read_in_one_transaction(
+    make_kv: Callable[[], EtcdKV], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = make_kv()
+    kv.put("exits/1", b"a")
+    kv.put("nodes/1", b"b")
+    calls: list[str] = []
+    call = kv._call
+    monkeypatch.setattr(
+        kv, "_call", lambda path, payload: calls.append(path) or call(path, payload)
+    )
+    found = kv.get_prefixes(["nodes/", "exits/", "suspects/"])
+    assert found == {"nodes/": {"nodes/1": b"b"}, "exits/": {"exits/1": b"a"}, "suspects/": {}}
+    assert calls == ["/kv/txn"]
+
+
 def test_messages_are_split_by_line_whatever_the_chunking() -> None:
     stream = b'{"result":{"created":true}}\n{"result":{"events":[{"kv":{"mod_revision":"7"}}]}}\n'
     for size in (1, 5, len(stream)):

@@ -87,6 +87,39 @@ def test_node_that_never_comes_up_is_lost_after_one_lease_timeout(kv: EmbeddedKV
     assert detector.expected_nodes == [0]
 
 
+def test_a_poll_reads_the_store_once(kv: EmbeddedKV, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One read of the three prefixes per poll (on etcd one transaction), whatever it finds.
+    reads: list[tuple[str, ...]] = []
+    single: list[str] = []
+    many, one = kv.get_prefixes, kv.get_prefix
+    inside = [False]
+
+    def get_prefixes(prefixes: list[str]) -> dict[str, dict[str, bytes]]:
+        reads.append(tuple(prefixes))
+        inside[0] = True
+        try:
+            return many(prefixes)
+        finally:
+            inside[0] = False
+
+    def get_prefix(prefix: str) -> dict[str, bytes]:
+        if not inside[0]:
+            single.append(prefix)
+        return one(prefix)
+
+    monkeypatch.setattr(kv, "get_prefixes", get_prefixes)
+    monkeypatch.setattr(kv, "get_prefix", get_prefix)
+    clock = FakeClock()
+    detector = FailureDetector(kv, lease_timeout_s=3.0, expected_nodes=[0], clock=clock)
+    report_exit(kv, node=0, rank=1, exitcode=-9)
+    kv.put(keys.node_key(0), keys.encode({"node": 0, "time": clock.now}))
+    found = detector.poll()
+    assert [(d.kind, d.node, d.rank) for d in found] == [("software", 0, 1)]
+    assert detector.poll() == []
+    assert reads == [(keys.NODES_PREFIX, keys.EXITS_PREFIX, keys.SUSPECTS_PREFIX)] * 2
+    assert single == []
+
+
 def test_ignored_exits_are_never_reported(kv: EmbeddedKV) -> None:
     detector = FailureDetector(kv, lease_timeout_s=3.0)
     detector.ignore_exits(1)
