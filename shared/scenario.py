@@ -545,8 +545,9 @@ class DetectionConfig(_Strict):
         "probe_detection_s; a node whose links went silent, or one lost while the job is "
         "stopped, is probed once its heartbeat stands still for silence_probe_s), or lease "
         "(its heartbeat lease runs out: lease_timeout_s - heartbeat_interval_s / 2 on "
-        "average; the paper's system). Whichever comes first; the lease is the backstop. The "
-        "loss of the root's own node waits for a new root either way.",
+        "average, seen at the root's next read of the store; the paper's system). "
+        "Whichever comes first; the lease is the backstop. The loss of the root's own node "
+        "waits for a new root either way.",
     )
     probe_detection_s: NonNegativeFloat = Field(
         0.1,
