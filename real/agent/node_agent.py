@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -68,6 +69,11 @@ its trainers' messages and exits wake it too (on both stores: etcd's own watch s
 STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0
+RECORD_READ_S = 1.0
+"""While its store watch runs, an agent reads the attempt record when the watch reports a
+change, and at least this often besides; without a watch, on every pass (every ``POLL_S``).
+Each read is a request to the store: on etcd, 4 agents reading every pass made some 80 a
+second."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,9 @@ class NodeAgent:
         self.root_stop = threading.Event()
         self.kv: KeyValueStore | None = None
         self.wake = threading.Event()  # something changed: the record, a trainer
+        self.record_changed = threading.Event()  # the watch saw a change: read the record
+        self.record_changed.set()
+        self.watching = False  # the store watch holds a cursor (else: read on every pass)
         self.rendezvous: Any = None  # the job's rendezvous store, kept by every agent
 
     def _watch(self, prefixes: list[str]) -> None:
@@ -144,15 +153,21 @@ class NodeAgent:
             cursor: int | None = None
             while not self.stopping.is_set():
                 try:
+                    fresh = cursor is None
                     cursor, changed = kv.watch(prefixes, cursor, WATCH_S)
                 except KVError as error:
                     log.warning("node %d: store watch: %s", self.config.node_id, error)
+                    self.watching = False
                     cursor = None
                     self.stopping.wait(POLL_S)
                     continue
-                if changed:
+                if fresh:  # a change before this cursor may be unread: read once more
+                    self.watching = True
+                if changed or fresh:
+                    self.record_changed.set()
                     self.wake.set()
         finally:
+            self.watching = False
             kv.close()
 
     def stop(self) -> None:
@@ -368,6 +383,8 @@ class NodeAgent:
 
     def _follow(self) -> int:
         assert self.kv is not None
+        record: dict[str, Any] | None = None
+        read_at = -math.inf
         while not self.stopping.is_set():
             if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
                 log.warning("node %d: launcher gone; stopping", self.config.node_id)
@@ -381,12 +398,20 @@ class NodeAgent:
                 self._stop_trainers()
                 return 1
             try:
-                record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+                now = time.monotonic()
+                if (
+                    self.record_changed.is_set()
+                    or not self.watching
+                    or now - read_at >= RECORD_READ_S
+                ):
+                    self.record_changed.clear()  # a change from here on sets it again
+                    record, read_at = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY), now
                 if record is not None and not self._apply(record):
                     return 1 if self.job_failed else 0
                 self._watch_trainers(record)
             except KVError as error:
                 log.warning("node %d: store error: %s", self.config.node_id, error)
+                self.record_changed.set()  # not read: again at the next pass
             self.wake.wait(POLL_S)
             self.wake.clear()  # what woke it is read by the next pass
         return 0

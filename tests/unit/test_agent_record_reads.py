@@ -1,0 +1,127 @@
+"""A node agent reads the attempt record when its store watch reports a change (and at least
+every ``RECORD_READ_S``), not on every pass of its loop; without a watch, on every pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from real.agent import jobkeys, node_agent
+from real.agent.node_agent import NodeAgent
+from real.coord import keys
+
+
+class RecordKV:
+    """The agent's store client: the attempt record, and how often it was read."""
+
+    def __init__(self) -> None:
+        self.record = keys.encode({"attempt": 1, "state": "running"})
+        self.reads = 0
+
+    def get(self, key: str) -> bytes | None:
+        assert key == jobkeys.ATTEMPT_KEY
+        self.reads += 1
+        return self.record
+
+
+class WatchKV:
+    """The watch thread's client: a change is announced by ``announce()``."""
+
+    def __init__(self) -> None:
+        self.revision = 1
+        self.changed = threading.Event()
+
+    def watch(self, prefixes: list[str], after: int | None, timeout_s: float) -> tuple[int, bool]:
+        if after is None:
+            return self.revision, False
+        if self.changed.wait(timeout_s):
+            self.changed.clear()
+            return self.revision, True
+        return after, False
+
+    def announce(self) -> None:
+        self.revision += 1
+        self.changed.set()
+
+    def close(self) -> None:
+        pass
+
+
+def agent(kv: RecordKV) -> tuple[Any, list[dict[str, Any]]]:
+    """A NodeAgent (never run) whose loop applies records into a list."""
+    made: Any = NodeAgent.__new__(NodeAgent)
+    made.config = SimpleNamespace(parent_pid=None, node_id=3, kv_url="memory://")
+    made.heartbeat = None
+    made.kv = kv
+    made.job_failed = False
+    made.stopping = threading.Event()
+    made.wake = threading.Event()
+    made.record_changed = threading.Event()
+    made.record_changed.set()
+    made.watching = False
+    applied: list[dict[str, Any]] = []
+    made._apply = lambda record: applied.append(record) or True
+    made._watch_trainers = lambda record: None
+    return made, applied
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def test_the_record_is_read_on_a_change_not_on_every_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kv, watch = RecordKV(), WatchKV()
+    monkeypatch.setattr(node_agent, "connect_kv", lambda url: watch)
+    made, applied = agent(kv)
+    threads = [
+        threading.Thread(target=made._watch, args=([jobkeys.ATTEMPT_KEY],), daemon=True),
+        threading.Thread(target=made._follow, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: made.watching and kv.reads >= 1)
+        settled = kv.reads
+        # Woken 20 times by something else (its trainers): no read of the store.
+        for _ in range(20):
+            made.wake.set()
+            time.sleep(0.02)
+        assert kv.reads - settled <= 1  # at most the safety read, every RECORD_READ_S
+        assert len(applied) > 20  # the loop ran, on the record it had
+        kv.record = keys.encode({"attempt": 2, "state": "stopped"})
+        watch.announce()
+        wait_for(lambda: applied[-1]["attempt"] == 2)
+    finally:
+        made.stopping.set()
+        made.wake.set()
+        watch.changed.set()
+        for thread in threads:
+            thread.join(5)
+
+
+def test_without_a_watch_the_record_is_read_on_every_pass() -> None:
+    kv = RecordKV()
+    made, applied = agent(kv)
+    thread = threading.Thread(target=made._follow, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: kv.reads >= 1)
+        for _ in range(10):
+            made.wake.set()
+            time.sleep(0.02)
+        wait_for(lambda: kv.reads >= 5)
+        assert kv.reads >= len(applied) - 1
+    finally:
+        made.stopping.set()
+        made.wake.set()
+        thread.join(5)
