@@ -48,10 +48,6 @@ def make_kv(etcd_url: str) -> Iterator[Callable[[], EtcdKV]]:
         client.close()
 
 
-def watch_threads() -> int:
-    return sum(t.name == WATCH_THREAD and t.is_alive() for t in threading.enumerate())
-
-
 def test_a_change_wakes_the_waiter_at_once_and_another_prefix_does_not(
     make_kv: Callable[[], EtcdKV],
 ) -> None:
@@ -121,13 +117,15 @@ def test_a_compacted_history_reports_a_change_then_watches_on(
 
 
 def test_closing_the_client_ends_its_streams(etcd_url: str) -> None:
-    before = watch_threads()
     kv = connect_kv(f"{etcd_url}/{uuid.uuid4().hex[:12]}")
+    assert isinstance(kv, EtcdKV)
     cursor, _ = kv.watch(["a/", "b/", "c/"], None, 0.0)
     kv.watch(["a/", "b/", "c/"], cursor, 0.05)
-    assert watch_threads() == before + 3
+    threads = [stream.thread for stream in kv._watches._streams.values()]
+    assert len(threads) == 3
+    assert all(t is not None and t.name == WATCH_THREAD and t.is_alive() for t in threads)
     kv.close()
-    assert watch_threads() == before
+    assert not any(t is not None and t.is_alive() for t in threads)
 
 
 def test_several_prefixes_are_read_in_one_transaction(
