@@ -6,6 +6,8 @@ under gemini-ckpt's agents (survivors recover in process)::
     torchrun --nnodes 1 --nproc-per-node 2 --max-restarts 3 examples/ddp_train.py --out runs/ddp
 
 Set ``EXAMPLE_CRASH_AT=<iteration>`` to make rank 1 die there once (first torchrun attempt).
+As written it trains on the CPU (gloo); on a GPU host, where the process group uses NCCL, put
+the model and the batches on ``cuda:LOCAL_RANK`` (docs/training.md).
 """
 
 import argparse

@@ -9,6 +9,8 @@ Under the agents a surviving process recovers in place: FSDP2's parameters belon
 process group they were sharded over, so the model and optimizer are built inside ``train``,
 once per attempt (cheap next to the process start a restart would cost), and the restored
 shards are loaded into them. Set ``EXAMPLE_CRASH_AT=<iteration>`` to make rank 1 die there once.
+As written it trains on the CPU (gloo); on a GPU host, where the process group uses NCCL, put
+the model and the batches on ``cuda:LOCAL_RANK`` (docs/training.md).
 """
 
 import argparse

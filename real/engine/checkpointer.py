@@ -5,7 +5,7 @@ A training loop restores once and saves after every optimizer step::
     checkpointer = GeminiCheckpointer(scenario=scenario, rank=rank, world_size=world,
                                       node=node, local_rank=local_rank, run_dir=run_dir)
     checkpointer.attach(ddp_model)          # optional: profile DDP traffic for interleaving
-    restored = checkpointer.restore()   # template=...: only for the persistent tier
+    restored = checkpointer.restore()   # template=...: the persistent tier reads only its shape
     ...
     checkpointer.save(iteration, trainer.state())   # returns once the state is copied
     checkpointer.close()
@@ -75,7 +75,8 @@ class GeminiCheckpointer:
         persistent_url: fsspec URL of the persistent tier (default: the scenario's storage
             URL, else ``<run_dir>/persistent``).
         model: the training model; a ``DistributedDataParallel`` one is profiled (``attach``).
-        template: returns this rank's current state; the persistent tier loads into its shape.
+        template: returns this rank's current state; the persistent tier reads this rank's
+            tensors shaped as it (shards as shards). Without one, every tensor whole.
         event_log: where ckpt_* and state_restored events go (default: ``ckpt-n<node>-r<rank>``).
         verify_local: a restore from this node's memory hashes every block against the sealed
             manifest before copying (default: ``GEMINI_VERIFY_LOCAL=1``, else off: the slot's
@@ -343,14 +344,17 @@ class GeminiCheckpointer:
 
     def restore(
         self,
-        template: Mapping[str, Any] | None = None,
+        template: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         plan: RecoveryPlan | None = None,
         into: LiveState | None = None,
     ) -> Restored | None:
         """Restore the newest iteration every rank can get; None to start from scratch.
 
         Args:
-            template: the state's shape (needed only for the persistent tier's DCP load).
+            template: the state's shape for the persistent tier's DCP load, or a callable
+                returning it (asked for only when that tier serves); default: ``into``, else
+                the constructor's, else none: every tensor is read whole, as stored (under
+                FSDP2 the global tensors, which the adapters' loads take too).
             plan: the root agent's plan (default: ``GEMINI_RESTORE_PLAN``, else decided here).
             into: the live state (the model's and optimizer's tensors, as given to ``save()``),
                 or a callable returning it, asked for only when a memory tier serves: every
@@ -471,7 +475,7 @@ class GeminiCheckpointer:
         self,
         plan: RecoveryPlan,
         client: Any,
-        template: Mapping[str, Any] | None,
+        template: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
         live: _Live,
     ) -> tuple[Any, int | None, Any, bool] | None:
         """This rank's shard of the plan's iteration: (tier, source node, state, whether the
@@ -558,18 +562,16 @@ class GeminiCheckpointer:
             if held is not None and held > iteration:
                 self.client.invalidate(self.rank, held, "newer than the restore")
 
-    def _template(self, given: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    def _template(
+        self, given: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+    ) -> Mapping[str, Any] | None:
         """The state's shape, asked for only when needed: ``Trainer.state()`` before the first
         step initialises the optimizer's state (DCP's state-dict helpers do), which would change
-        the training that follows."""
+        the training that follows. None when nobody gave one: the persistent tier then reads
+        every tensor whole, as stored (``real.persistent.dcp.load_persistent``)."""
         if given is not None:
-            return given
-        if self.template is None:
-            raise ValueError(
-                "restoring from the persistent tier needs template= (the state's "
-                "shape): pass it to restore() or to the constructor"
-            )
-        return self.template()
+            return given() if callable(given) else given
+        return None if self.template is None else self.template()
 
     def _invalidate(self, holder: int, iteration: int, reason: str, client: Any) -> None:
         if "no committed" in reason:  # nothing there to invalidate

@@ -36,8 +36,9 @@ class PersistentCheckpointer:
     Args:
         url: the storage location (path or fsspec URL).
         every_iterations: K: iterations divisible by K are saved.
-        template: returns this rank's current state (``Trainer.state``): restore loads into
-            tensors shaped like it.
+        template: returns this rank's current state (``Trainer.state``): restore reads into
+            fresh tensors shaped like it (shards as shards); None: every tensor whole, as
+            stored.
         storage_options: fsspec options.
         event_log: where persist_begin / persist_done events go.
         keep: complete checkpoints to keep.
@@ -47,7 +48,7 @@ class PersistentCheckpointer:
         self,
         url: str,
         every_iterations: int,
-        template: Callable[[], Mapping[str, Any]],
+        template: Callable[[], Mapping[str, Any]] | None,
         *,
         storage_options: Mapping[str, Any] | None = None,
         event_log: EventLog | None = None,
@@ -68,13 +69,18 @@ class PersistentCheckpointer:
     def restore(self, into: LiveState | None = None) -> Restored | None:
         """Load the newest complete checkpoint (every rank the same iteration), or None.
 
-        ``into``: the live state DCP loads into, in place (default: the template's).
+        ``into``: a state (or a callable returning one) whose shape DCP reads into, into fresh
+        tensors (default: the template's; with neither, every tensor whole, as stored).
         """
         start, cpu = time.perf_counter(), time.process_time()
         iteration = self._agreed_latest()
         if iteration is None:
             return None
-        target = self.template() if into is None else into() if callable(into) else into
+        target: Mapping[str, Any] | None
+        if into is not None:
+            target = into() if callable(into) else into
+        else:
+            target = None if self.template is None else self.template()
         state = load_persistent(
             self.url,
             iteration,

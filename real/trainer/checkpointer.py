@@ -251,7 +251,7 @@ class Checkpointer:
 
     # -- the engine, per attempt ------------------------------------------------------------
 
-    def _engine_now(self, template: Callable[[], Mapping[str, Any]] | None = None) -> Any:
+    def _engine_now(self) -> Any:
         if self._engine is not None:
             return self._engine
         scenario = self.scenario
@@ -262,7 +262,7 @@ class Checkpointer:
             self._engine = PersistentCheckpointer(
                 scenario.cluster.storage.url or str(self.run_dir / "persistent"),
                 every,
-                template or _no_template,
+                None,  # restore() gives the shape, if any
             )
             return self._engine
         from real.engine import GeminiCheckpointer
@@ -278,7 +278,6 @@ class Checkpointer:
             store_addresses=addresses,
             token=token,
             model=self._model,
-            template=template,
             event_log=self.events,
         )
         return self._engine
@@ -333,19 +332,29 @@ class Checkpointer:
         :meth:`run` therefore restores into fresh tensors: its ``train`` wraps the model after.
 
         Args:
-            template: the state's shape (the persistent tier loads into it); also the live
-                state to restore into when ``into`` is not given.
+            template: the state's shape: the persistent tier reads this rank's tensors shaped
+                as it (under FSDP2 only this rank's shards) into fresh tensors; without one it
+                reads every tensor whole, as stored. Also the live state to restore a
+                checkpoint from memory into when ``into`` is not given.
             into: the live state, as passed to ``save()`` (model and optimizer tensors), or a
                 callable returning it (asked only when a memory tier serves). Default:
                 ``template``, else fresh tensors.
         """
-        engine = self._engine_now(None if template is None else (lambda: template))
+        return self._restore(template, into if into is not None else template)
+
+    def _restore(
+        self,
+        template: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+        into: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+    ) -> Restored | None:
+        """:meth:`restore` with the persistent tier's shape (``template``, a state or a
+        callable asked only when that tier serves) and the memory tiers' target apart."""
+        engine = self._engine_now()
         restored: Restored | None
         if self.scenario.checkpoint.strategy == "gemini":
-            target = into if into is not None else template
-            restored = engine.restore(template=template, into=target)
-        else:
-            restored = engine.restore()
+            restored = engine.restore(template=template, into=into)
+        else:  # the baseline: DCP reads into fresh tensors shaped as the template, if any
+            restored = engine.restore(into=template)
         if restored is not None:
             self.events.emit(
                 "state_restored",
@@ -376,7 +385,11 @@ class Checkpointer:
         )
         self._last_step = ended
 
-    def run(self, train: Callable[[Restored | None], None]) -> None:
+    def run(
+        self,
+        train: Callable[[Restored | None], None],
+        template: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         """Call ``train(restored)`` once per attempt until the job is done.
 
         Under the agents a failed peer makes ``train``'s collective raise; this process then
@@ -388,10 +401,19 @@ class Checkpointer:
         in ``DistributedDataParallel``, whose construction overwrites every rank's parameters
         with rank 0's, and rank 0 may be a fresh process whose parameters are still the
         initial ones.
+
+        Args:
+            train: the attempt's work: wrap the model, load ``restored`` if any, train.
+            template: returns this rank's state as ``save()`` takes it (for instance
+                ``lambda: fsdp2.state_dict(model, optimizer)``), asked for only when the
+                checkpoint must come from the persistent tier: that tier then reads only this
+                rank's tensors (under FSDP2 its shards) into fresh tensors shaped as it.
+                Without it, the tier reads every tensor whole, as stored, which the adapters'
+                loads take too (under FSDP2 every rank then reads the whole model).
         """
         self._ran = True
         if self._channel is None:
-            train(self.restore())
+            train(self._restore(template, None))
             return
         first = self._assignment
 
@@ -404,7 +426,7 @@ class Checkpointer:
             first = None
             finished = False
             try:
-                train(self.restore())
+                train(self._restore(template, None))
                 finished = True
             finally:
                 if not finished:
@@ -470,13 +492,6 @@ class Checkpointer:
         trace: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _no_template() -> Mapping[str, Any]:
-    raise ValueError(
-        "restoring from persistent storage needs the state's shape: call "
-        "restore(template=your_current_state)"
-    )
 
 
 def _backend() -> str:

@@ -1,11 +1,13 @@
 """A user's script in one process, started by hand (no torchrun, no agents): a crash leaves
 the node's store daemon to a rerun from the same parent, which restores from its memory and
 ends with the same weights as a run without the crash; a clean finish stops the daemon and
-frees its memory (no process, no discovery file, no slot file)."""
+frees its memory (no process, no discovery file, no slot file). With the memory gone, ``run``
+restores from the persistent tier, under either strategy, with or without a template."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,10 +60,11 @@ with checkpointer:
 
 
 def run(
-    script: Path, out: Path, runtime: Path, crash_at: int | None
+    script: Path, out: Path, runtime: Path, crash_at: int | None, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        **extra,
         "GEMINI_RUNTIME_DIR": str(runtime),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
@@ -114,3 +117,86 @@ def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while store_daemons(runtime) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+PERSISTENT_SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch
+from torch import nn
+from gemini_ckpt import Checkpointer
+from gemini_ckpt.adapters import ddp
+
+out = Path(sys.argv[1])
+torch.manual_seed(0)
+torch.set_num_threads(1)
+checkpointer = Checkpointer(
+    run_dir=out,
+    strategy=os.environ["STRATEGY"],
+    persistent_url=os.environ["STORAGE"],
+    persist_every=2,
+)
+model = nn.Linear(8, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # a state that matters
+crash_at = int(os.environ.get("CRASH_AT", "0"))
+
+def train(restored):
+    start = 1
+    if restored is not None:
+        ddp.load_state_dict(model, optimizer, restored.state)
+        start = restored.iteration + 1
+        print(f"resumed at {start} from {restored.tier}", flush=True)
+    for iteration in range(start, 9):
+        inputs = torch.randn(4, 8, generator=torch.Generator().manual_seed(iteration))
+        loss = model(inputs).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        checkpointer.save(iteration, ddp.state_dict(model, optimizer, clone=False))
+        if iteration == crash_at:
+            # The job ends with its memory: the store daemon stops and frees every slot,
+            # after the background persist in flight; what is left is on storage.
+            checkpointer.close()
+            os._exit(17)
+    torch.save(model.state_dict(), out / "final.pt")
+
+template = (lambda: ddp.state_dict(model, optimizer)) if os.environ.get("TEMPLATE") else None
+with checkpointer:
+    checkpointer.run(train, template=template)
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "template"), [("gemini", False), ("gemini", True), ("persistent", False)]
+)
+def test_run_resumes_from_persistent_storage_when_memory_is_gone(
+    tmp_path: Path, strategy: str, template: bool
+) -> None:
+    """``run(train)`` restores from the persistent tier when no memory holds a checkpoint
+    (with or without ``template``), and the run ends with the weights of a run without the
+    failure."""
+    script = tmp_path / "train.py"
+    script.write_text(PERSISTENT_SCRIPT)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    extra = {"STRATEGY": strategy, **({"TEMPLATE": "1"} if template else {})}
+    try:
+        reference = run(
+            script, tmp_path / "reference", runtime, None, STORAGE=str(tmp_path / "s1"), **extra
+        )
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        storage = str(tmp_path / "s2")
+        crashed = run(script, tmp_path / "resumed", runtime, 5, STORAGE=storage, **extra)
+        assert crashed.returncode == 17, crashed.stderr[-3000:]
+        assert store_daemons(runtime) == []  # no memory left: only storage holds a checkpoint
+        rerun = run(script, tmp_path / "resumed", runtime, None, STORAGE=storage, **extra)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        # Iteration 4, the last persisted (2 if a slow machine ran out close()'s bounded wait).
+        assert re.search(r"resumed at [35] from persistent", rerun.stdout), rerun.stdout
+        final = torch.load(tmp_path / "resumed" / "final.pt")
+        expected = torch.load(tmp_path / "reference" / "final.pt")
+        for name, tensor in expected.items():
+            assert torch.equal(final[name], tensor), name
+    finally:
+        for pid in store_daemons(runtime):
+            os.kill(int(pid), 15)
