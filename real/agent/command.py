@@ -20,7 +20,11 @@ from real.runtime.env import GEMINI_RUN_T0, GEMINI_TOKEN
 @click.command(name="agent")
 @click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
-    "--kv", "kv_url", required=True, help="Coordination store: etcd://H:P or tcpstore://H:P."
+    "--kv",
+    "kv_url",
+    required=True,
+    help="Coordination store: etcd[s]://[USER@]HOST:PORT[/NAMESPACE] or "
+    "tcpstore://HOST:PORT[/NAMESPACE].",
 )
 @click.option("--node-id", type=click.IntRange(min=0), required=True, help="This machine's id.")
 @click.option(
