@@ -70,10 +70,10 @@ STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0
 RECORD_READ_S = 1.0
-"""While its store watch runs, an agent reads the attempt record when the watch reports a
-change, and at least this often besides; without a watch, on every pass (every ``POLL_S``).
-Each read is a request to the store: on etcd, 4 agents reading every pass made some 80 a
-second."""
+"""While its store watch runs, an agent reads the attempt record (a standby agent also its
+order) when the watch reports a change, and at least this often besides; without a watch, on
+every pass (every ``POLL_S``, a standby's every ``STANDBY_POLL_S``). Each read is a request to
+the store: on etcd, 4 agents reading every pass made some 80 a second."""
 
 
 @dataclass(frozen=True)
@@ -293,15 +293,26 @@ class NodeAgent:
         node_id = self.config.node_id
         jobkeys.put_json(self.kv, f"{jobkeys.STANDBY_PREFIX}{node_id}", registration)
         log.info("node %d: standby, waiting for a slot", node_id)
+        order: dict[str, Any] | None = None
+        record: dict[str, Any] | None = None
+        read_at = -math.inf
         while not self.stopping.is_set():
             if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
                 return False
-            try:
-                order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}")
-                record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
-            except KVError as error:
-                log.warning("node %d: store error: %s", node_id, error)
-                order = record = None
+            # Its order and the attempt record are read when the store watch reports a change
+            # (it watches both) and at least every RECORD_READ_S; without a watch, on every
+            # pass. A standby pool polling every pass cost the store 20 requests a second each.
+            now = time.monotonic()
+            if self.record_changed.is_set() or not self.watching or now - read_at >= RECORD_READ_S:
+                self.record_changed.clear()  # a change from here on sets it again
+                try:
+                    order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}")
+                    record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+                    read_at = now
+                except KVError as error:
+                    log.warning("node %d: store error: %s", node_id, error)
+                    order = record = None
+                    self.record_changed.set()  # not read: again at the next pass
             if record is not None and record.get("state") in ("finished", "failed"):
                 return False  # the job ended without needing this node
             if order is not None and time.time() >= float(order["ready_at"]):

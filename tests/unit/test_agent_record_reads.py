@@ -1,5 +1,6 @@
-"""A node agent reads the attempt record when its store watch reports a change (and at least
-every ``RECORD_READ_S``), not on every pass of its loop; without a watch, on every pass."""
+"""A node agent reads the attempt record (a standby agent also its order) when its store watch
+reports a change (and at least every ``RECORD_READ_S``), not on every pass of its loop; without
+a watch, on every pass."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class WatchKV:
         pass
 
 
-def agent(kv: RecordKV) -> tuple[Any, list[dict[str, Any]]]:
+def agent(kv: Any) -> tuple[Any, list[dict[str, Any]]]:
     """A NodeAgent (never run) whose loop applies records into a list."""
     made: Any = NodeAgent.__new__(NodeAgent)
     made.config = SimpleNamespace(parent_pid=None, node_id=3, kv_url="memory://")
@@ -127,3 +128,83 @@ def test_without_a_watch_the_record_is_read_on_every_pass() -> None:
         made.stopping.set()
         made.wake.set()
         thread.join(5)
+
+
+class StandbyKV:
+    """A standby agent's store client: its order, the attempt record, and the reads made."""
+
+    def __init__(self, node_id: int) -> None:
+        self.order_key = f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}"
+        self.values: dict[str, bytes] = {
+            jobkeys.ATTEMPT_KEY: keys.encode({"attempt": 1, "state": "running"})
+        }
+        self.reads = 0
+
+    def get(self, key: str) -> bytes | None:
+        assert key in (self.order_key, jobkeys.ATTEMPT_KEY)
+        self.reads += 1
+        return self.values.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def waiting_standby(
+    kv: StandbyKV, watch: WatchKV | None
+) -> tuple[Any, list[threading.Thread], list[bool]]:
+    """A standby NodeAgent (never run) waiting for its slot, with or without a store watch."""
+    made, _ = agent(kv)
+    made.config = SimpleNamespace(parent_pid=None, node_id=5, kv_url="memory://")
+    made.slot = None
+    took: list[bool] = []
+    threads = [threading.Thread(target=lambda: took.append(made._wait_for_slot({})), daemon=True)]
+    if watch is not None:
+        prefixes = [jobkeys.ATTEMPT_KEY, jobkeys.REPLACEMENTS_PREFIX]
+        threads.append(threading.Thread(target=made._watch, args=(prefixes,), daemon=True))
+    for thread in threads:
+        thread.start()
+    return made, threads, took
+
+
+def test_a_standby_reads_its_order_on_a_change_not_on_every_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kv, watch = StandbyKV(5), WatchKV()
+    monkeypatch.setattr(node_agent, "connect_kv", lambda url: watch)
+    monkeypatch.setattr(node_agent, "RECORD_READ_S", 60.0)  # no safety read within the test
+    monkeypatch.setattr(node_agent, "STANDBY_POLL_S", 0.01)  # a pass every 10 ms
+    made, threads, took = waiting_standby(kv, watch)
+    try:
+        wait_for(lambda: made.watching and kv.reads >= 2)
+        settled = kv.reads
+        time.sleep(0.3)  # some 30 passes
+        assert kv.reads - settled <= 2  # at most the reads a fresh watch cursor asks for
+        # The root's order comes due now: announced by the watch, read and taken at once.
+        kv.values[kv.order_key] = keys.encode({"slot": 2, "ready_at": time.time()})
+        watch.announce()
+        wait_for(lambda: took == [True])
+        assert made.slot == 2
+    finally:
+        made.stopping.set()
+        made.wake.set()
+        watch.changed.set()
+        for thread in threads:
+            thread.join(5)
+
+
+def test_a_standby_without_a_watch_reads_on_every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    kv = StandbyKV(5)
+    monkeypatch.setattr(node_agent, "STANDBY_POLL_S", 0.01)
+    made, threads, took = waiting_standby(kv, None)
+    try:
+        wait_for(lambda: kv.reads >= 20)  # two keys a pass: ten passes
+        kv.values[jobkeys.ATTEMPT_KEY] = keys.encode({"attempt": 1, "state": "finished"})
+        wait_for(lambda: took == [False])  # the job ended without it
+    finally:
+        made.stopping.set()
+        made.wake.set()
+        for thread in threads:
+            thread.join(5)
