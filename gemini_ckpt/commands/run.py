@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,9 +295,10 @@ def command(
             folder = out / name
             step = f"[{number}/{len(jobs)}] {name}"
             if kind == "real" and (folder / "events").exists():
-                console.print(f"{step}: {folder} holds an earlier run; remove it to rerun")
-                failed.append(name)
-                continue
+                # The same command again (or after a Ctrl-C): its earlier run gives way, as the
+                # simulations and the report do; another --out keeps it.
+                console.print(f"{step}: replacing the earlier run in {folder}")
+                shutil.rmtree(folder)
             began = time.monotonic()
             if kind in ("sim", "sweep"):
                 if kind == "sim":

@@ -1,0 +1,44 @@
+"""``gemini-ckpt run`` into a folder that holds an earlier run (the same command again, or one
+stopped with Ctrl-C) replaces that run's real clusters instead of refusing them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from gemini_ckpt.cli import main
+from gemini_ckpt.commands import run as run_command
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
+
+
+def test_a_second_run_replaces_the_earlier_real_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Path] = []
+
+    class FakeChild:
+        """The real cluster's child process, as far as ``run`` sees it: it fails at once."""
+
+        def __init__(self, args: Sequence[str], log: Path) -> None:
+            folder = Path(args[args.index("--out") + 1])
+            assert not folder.exists()  # the earlier run is gone before the new one starts
+            started.append(folder)
+
+        def wait(self) -> int:
+            return 1
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(run_command, "ChildRun", FakeChild)
+    out = tmp_path / "q"
+    for name in ("real-gemini", "real-baseline"):  # what an earlier run left
+        (out / name / "events").mkdir(parents=True)
+        (out / name / "events" / "trainer-rank0.jsonl").write_text("{}\n")
+    args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep"]
+    assert main([*args, "--no-gif", "--no-video"]) == 1  # the fake clusters failed
+    assert started == [out / "real-gemini", out / "real-baseline"]
