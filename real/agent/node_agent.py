@@ -69,6 +69,11 @@ its trainers' messages and exits wake it too (on both stores: etcd's own watch s
 STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0
+ROOT_FAILURES = 5
+"""A root that fails this many times in a row (each within ``ROOT_FAILURE_WINDOW_S`` of its
+start) fails the job instead of starting again."""
+ROOT_FAILURE_WINDOW_S = 60.0
+ROOT_RESTART_WAIT_S = 0.5
 RECORD_READ_S = 1.0
 """While its store watch runs, an agent reads the attempt record (a standby agent also its
 order) when the watch reports a change, and at least this often besides; without a watch, on
@@ -370,11 +375,34 @@ class NodeAgent:
         self.root_thread.start()
 
     def _run_root(self, stop: threading.Event) -> None:
+        """Run the root while this node leads. A root that fails (a store request that timed
+        out, say) starts again at once, adopting the job where it stands, as a new leader
+        would: this node keeps the election's lease, so no other agent would take over, and
+        the job would wait for nobody until ``real.timeout_s``. After ``ROOT_FAILURES`` failures
+        in a row the job is marked failed with the last error."""
+        failures = 0
+        while not stop.is_set() and not self.stopping.is_set():
+            began = time.monotonic()
+            error = self._root_once(stop)
+            if error is None:
+                return
+            failures = 1 if time.monotonic() - began > ROOT_FAILURE_WINDOW_S else failures + 1
+            if failures >= ROOT_FAILURES and self._fail_job(
+                f"the root agent failed {failures} times in a row; the last error: {error}"
+            ):
+                return
+            log.warning(
+                "node %d: root agent failed (%s); starting it again", self.config.node_id, error
+            )
+            stop.wait(ROOT_RESTART_WAIT_S)
+
+    def _root_once(self, stop: threading.Event) -> Exception | None:
+        """One root, from its start to its end; the error that ended it early, else None."""
         try:
             kv = connect_kv(self.config.kv_url)
         except KVError as error:
             log.error("node %d: root cannot reach the store: %s", self.config.node_id, error)
-            return
+            return error
         try:
             root = RootAgent(
                 kv,
@@ -386,11 +414,35 @@ class NodeAgent:
                 stop,
                 self.config.token,
             )
-        except Exception:
+        except Exception as error:
             log.exception("node %d: root agent failed to start", self.config.node_id)
             kv.close()
-            return
-        root.run_safely()  # closes kv
+            return error
+        return root.run_safely()  # closes kv
+
+    def _fail_job(self, reason: str) -> bool:
+        """Mark the job failed (every agent then stops and exits 1); False when the store
+        could not be told."""
+        try:
+            kv = connect_kv(self.config.kv_url)
+        except KVError:
+            return False
+        try:
+            record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
+            if record is None or record.get("state") in ("finished", "failed"):
+                return True
+            jobkeys.put_json(
+                kv, jobkeys.ATTEMPT_KEY, {**record, "state": "failed", "reason": reason}
+            )
+        except KVError:
+            return False
+        finally:
+            kv.close()
+        log.error("node %d: root: %s", self.config.node_id, reason)
+        self.events.emit(
+            "run_finished", attempt=record["attempt"], node=self.slot, failed=True, reason=reason
+        )
+        return True
 
     def _follow(self) -> int:
         assert self.kv is not None

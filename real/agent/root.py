@@ -187,15 +187,19 @@ class RootAgent:
 
     # -- main loop --------------------------------------------------------------------------
 
-    def run_safely(self) -> None:
+    def run_safely(self) -> Exception | None:
+        """:meth:`run`, then close the store client; the exception that ended it early (logged),
+        else None (the job ended, or this root was told to stop or stepped down)."""
         try:
             self.run()
         except RecoveryAborted:
             log.warning("node %d: root stepped down during a recovery", self.node_id)
-        except Exception:
+        except Exception as error:
             log.exception("node %d: root agent failed", self.node_id)
+            return error
         finally:
             self.kv.close()
+        return None
 
     def run(self) -> None:
         self._cursor, _ = self.kv.watch(WATCHED, None, 0.0)  # before the first read

@@ -1,0 +1,88 @@
+"""A node agent whose root fails (a store request timed out, say) starts a root again, which
+adopts the job where it stands; after ``ROOT_FAILURES`` failures in a row it marks the job
+failed with the last error, rather than keep the election's lease with no root running (the
+job then waited for nobody until ``real.timeout_s``)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from real.agent import jobkeys, node_agent
+from real.agent.node_agent import NodeAgent
+from real.coord import keys
+from shared.errors import KVError
+
+
+class RecordKV:
+    """The store, as far as ``_fail_job`` uses it: the attempt record."""
+
+    def __init__(self) -> None:
+        self.values = {jobkeys.ATTEMPT_KEY: keys.encode({"attempt": 3, "state": "running"})}
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+
+    def close(self) -> None:
+        pass
+
+
+def agent_with_roots(
+    monkeypatch: pytest.MonkeyPatch, outcomes: list[Exception | None]
+) -> tuple[Any, list[int], list[tuple[str, dict[str, Any]]], RecordKV]:
+    """A NodeAgent (never run) whose roots end as ``outcomes`` say, one per root started."""
+    store = RecordKV()
+    started: list[int] = []
+
+    class Root:
+        def __init__(self, *args: Any) -> None:
+            started.append(len(started))
+
+        def run_safely(self) -> Exception | None:
+            return outcomes[len(started) - 1] if len(started) <= len(outcomes) else outcomes[-1]
+
+    monkeypatch.setattr(node_agent, "RootAgent", Root)
+    monkeypatch.setattr(node_agent, "connect_kv", lambda url: store)
+    monkeypatch.setattr(node_agent, "ROOT_RESTART_WAIT_S", 0.0)
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    made: Any = NodeAgent.__new__(NodeAgent)
+    made.config = SimpleNamespace(
+        node_id=0, kv_url="memory://", scenario=None, token="t", parent_pid=None
+    )
+    made.slot, made.run_dir = 0, None
+    made.events = SimpleNamespace(emit=lambda kind, **details: emitted.append((kind, details)))
+    made.stopping = threading.Event()
+    return made, started, emitted, store
+
+
+def test_a_failed_root_starts_again_and_adopts_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = KVError("etcd at http://127.0.0.1:2379 failed on /kv/txn: timed out")
+    made, started, emitted, store = agent_with_roots(monkeypatch, [error, error, None])
+    made._run_root(threading.Event())
+    assert len(started) == 3  # two failures, then a root that ran the job to its end
+    assert emitted == []
+    assert keys.decode(store.values[jobkeys.ATTEMPT_KEY])["state"] == "running"
+
+
+def test_a_root_failing_again_and_again_fails_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    made, started, emitted, store = agent_with_roots(monkeypatch, [RuntimeError("a bug")])
+    made._run_root(threading.Event())
+    assert len(started) == node_agent.ROOT_FAILURES
+    record = keys.decode(store.values[jobkeys.ATTEMPT_KEY])
+    assert record["state"] == "failed" and "a bug" in record["reason"]
+    assert [kind for kind, _ in emitted] == ["run_finished"]
+    assert emitted[0][1]["failed"] is True
+
+
+def test_a_root_told_to_stop_is_not_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    made, started, _, _ = agent_with_roots(monkeypatch, [RuntimeError("a bug")])
+    stop = threading.Event()
+    stop.set()  # leadership lost: the root stops and nobody starts another here
+    made._run_root(stop)
+    assert started == []
