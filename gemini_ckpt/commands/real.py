@@ -7,7 +7,9 @@ does not fit is refused with the estimate and the limit (exit 2) unless ``--forc
 
 from __future__ import annotations
 
+import shlex
 import signal
+import subprocess
 from pathlib import Path
 
 import click
@@ -67,6 +69,8 @@ def command(
     chosen = strategy or parsed.checkpoint.strategy
     # run_real checks again; here the refusal names the file, before any folder is made.
     require_fits(parsed, chosen, force=force, source=str(scenario))
+    if (mode or parsed.real.mode) == "netns":
+        _require_netns()
     if out is None:
         out = Path("runs") / f"{parsed.name}-{chosen}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -80,6 +84,8 @@ def command(
         )
     except (RuntimeError, TimeoutError, OSError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+    except subprocess.CalledProcessError as error:  # an ip or tc step of the netns set-up
+        raise click.ClickException(_failed_step(error)) from error
     finally:
         signal.signal(signal.SIGTERM, previous)
     console = Console(width=None if Console().is_terminal else 150)
@@ -92,3 +98,22 @@ def command(
     console.print(
         f"events: {result.run_dir / 'events.jsonl'}  summary: {result.run_dir / 'summary.json'}"
     )
+
+
+def _require_netns() -> None:
+    """Refuse netns mode (exit 2) where this host cannot make network namespaces."""
+    from real.launcher.netns import netns_available
+
+    why = netns_available()
+    if why is not None:
+        raise click.UsageError(f"{why}; use --mode local to run without network namespaces")
+
+
+def _failed_step(error: subprocess.CalledProcessError) -> str:
+    """The command that failed, its exit status and what it said on stderr."""
+    command = error.cmd if isinstance(error.cmd, str) else shlex.join(map(str, error.cmd))
+    stderr = error.stderr
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    said = f": {stderr.strip()}" if stderr else ""
+    return f"a step of the emulated cluster failed: {command} exited with {error.returncode}{said}"

@@ -17,12 +17,24 @@ import click
 from real.runtime.env import GEMINI_RUN_T0, GEMINI_TOKEN
 
 
+def _checked_kv_url(ctx: click.Context, param: click.Parameter, url: str) -> str:
+    """``--kv`` as given, refused (exit 2) with the parser's reason when it is no store URL."""
+    from real.coord.kv import parse_kv_url
+
+    try:
+        parse_kv_url(url)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    return url
+
+
 @click.command(name="agent")
 @click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--kv",
     "kv_url",
     required=True,
+    callback=_checked_kv_url,
     help="Coordination store: etcd[s]://[USER@]HOST:PORT[/NAMESPACE] or "
     "tcpstore://HOST:PORT[/NAMESPACE].",
 )

@@ -137,7 +137,11 @@ class EtcdServer:
         return f"etcd://{user}{self.host}:{self.client_port}"
 
     def start(self, attempts: int = 3) -> EtcdServer:
-        """Start etcd and wait until it answers; retries when a chosen port was taken."""
+        """Start etcd and wait until it answers; retries when a chosen port was taken.
+
+        On any other error (Ctrl-C included) the started etcd and its folder are removed
+        before the error goes on.
+        """
         binary = etcd_binary()
         if binary is None:
             raise KVError(
@@ -152,6 +156,9 @@ class EtcdServer:
             except KVError as error:
                 last_error = error
                 self.stop()
+            except BaseException:  # Ctrl-C or a bug while etcd starts: leave no etcd behind
+                self.stop()
+                raise
         raise KVError(f"etcd did not start after {attempts} attempts: {last_error}")
 
     def _start_once(self, binary: str) -> None:
