@@ -48,8 +48,9 @@ def command() -> None:
 @click.option(
     "--iterations",
     default=None,
-    type=int,
-    help="Training: iterations per run (default: per model, 40 tiny, 20 medium, 12 demo).",
+    type=click.IntRange(min=8),
+    help="Training: iterations per run (default: per model, 40 tiny, 20 medium, 12 demo); "
+    "the first 7 (profiling the idle spans, warm-up) are not timed.",
 )
 @click.option(
     "--memory-model",
@@ -93,7 +94,7 @@ def engine(
     figures: dict[str, Any] = {"micro": bench_micro(size_mb, repeats)}
     _print_micro(figures["micro"])
     try:
-        from real.engine import bench_training as training_bench
+        from benchmarks import engine_training as training_bench
     except ImportError as error:  # the workload is optional for this command
         click.echo(f"training and model memory: skipped ({error})")
         training, memory_model = False, ""
