@@ -40,7 +40,13 @@ from real.coord import keys
 from real.coord.connect import connect_kv
 from real.coord.kv import KeyValueStore
 from real.engine.shm import SHM_DIR
-from real.runtime.env import GEMINI_HOLD_DIR, GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
+from real.runtime.env import (
+    GEMINI_AGENT_FD,
+    GEMINI_HOLD_DIR,
+    GEMINI_RUN_DIR,
+    GEMINI_RUN_T0,
+    GEMINI_TOKEN,
+)
 from real.trainer.inject import hold_folder
 from shared.scenario import Scenario
 
@@ -281,15 +287,10 @@ class LocalCluster:
         )
 
     def _kill_trainer_group(self, pid: int, signum: int) -> None:
-        """Signal a trainer we started (checked: its command line names our run folder, so a
-        recycled pid of someone else's process is never touched) and its process group."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return
-        if str(self.run_dir).encode() not in cmdline:
-            return
-        _kill_group(pid, signum)
+        """Signal a trainer we started (checked by :func:`trainer_of`, so a recycled pid of
+        someone else's process is never touched) and its process group."""
+        if trainer_of(pid, self.run_dir):
+            _kill_group(pid, signum)
 
     def remove_shm(self, prefix: str) -> int:
         removed = 0
@@ -336,24 +337,39 @@ class LocalCluster:
         self.remove_shm(f"{self.job}-")
 
 
+def trainer_of(pid: int, run_dir: Path) -> bool:
+    """Whether process ``pid`` is a trainer of the run in ``run_dir``: the built-in trainer's
+    command line runs ``real.trainer.main`` with that folder; a script of the user's
+    (``training.entrypoint``), whose command line is its own, was started by an agent with
+    that folder in ``GEMINI_RUN_DIR`` and its agent's socket in ``GEMINI_AGENT_FD`` (the
+    environment it started with, ``/proc/PID/environ``: readable for our own processes)."""
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    folder = str(run_dir).encode()
+    if folder in arguments and b"real.trainer.main" in arguments:
+        return True
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{GEMINI_RUN_DIR}={run_dir}".encode() in environment and any(
+        variable.startswith(f"{GEMINI_AGENT_FD}=".encode()) for variable in environment
+    )
+
+
 def stray_trainers(run_dir: Path) -> list[int]:
-    """Trainer processes of the run in ``run_dir`` still alive: their command line runs
-    ``real.trainer.main`` with that folder. A killed agent's spare that it started just before
-    it died (not yet in its pids file) outlives it until it notices; one killed by its PID
-    still tears its memory down for tens of milliseconds. Neither is the launcher's child (an
-    agent started it), so neither can be waited for."""
-    needle = str(run_dir).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in arguments and b"real.trainer.main" in arguments:
-            found.append(int(entry.name))
-    return found
+    """Trainer processes of the run in ``run_dir`` still alive (:func:`trainer_of`). A killed
+    agent's spare that it started just before it died (not yet in its pids file) outlives it
+    until it notices; one killed by its PID still tears its memory down for tens of
+    milliseconds. Neither is the launcher's child (an agent started it), so neither can be
+    waited for."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and trainer_of(int(entry.name), run_dir)
+    ]
 
 
 def end_stray_trainers(run_dir: Path, timeout_s: float = 10.0) -> list[int]:

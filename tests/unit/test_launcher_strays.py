@@ -1,7 +1,10 @@
-"""The launcher's teardown ends trainers no agent is left to stop (``end_stray_trainers``)."""
+"""The launcher's teardown ends trainers no agent is left to stop (``end_stray_trainers``): the
+built-in trainer, known by its command line, and a script of the user's, known by the
+environment its agent started it with."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -47,3 +50,33 @@ def test_nothing_to_end_returns_at_once(tmp_path: Path) -> None:
     started = time.monotonic()
     assert end_stray_trainers(tmp_path / "run", timeout_s=10) == []
     assert time.monotonic() - started < 5
+
+
+def _script_like(run_dir: Path, agent_fd: bool) -> subprocess.Popen[bytes]:
+    """A process whose command line is a script's own, started with the environment an agent
+    gives a trainer of ``run_dir`` (or, without ``agent_fd``, one that is no trainer)."""
+    env = {**os.environ, "GEMINI_RUN_DIR": str(run_dir)}
+    if agent_fd:
+        env["GEMINI_AGENT_FD"] = "7"
+    return subprocess.Popen(
+        [sys.executable, "-c", SLEEPER, "train.py"], env=env, start_new_session=True
+    )
+
+
+def test_a_stray_user_script_is_found_by_its_environment(tmp_path: Path) -> None:
+    ours = tmp_path / "run"
+    script, helper = _script_like(ours, agent_fd=True), _script_like(ours, agent_fd=False)
+    try:
+        deadline = time.monotonic() + 10
+        while script.pid not in stray_trainers(ours):  # its exec has replaced the fork
+            assert time.monotonic() < deadline and script.poll() is None
+            time.sleep(0.01)
+        assert helper.pid not in stray_trainers(ours)  # the run's, but no agent's trainer
+        assert end_stray_trainers(ours, timeout_s=10) == []
+        assert script.wait(10) == -9
+        assert helper.poll() is None
+    finally:
+        for process in (script, helper):
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
