@@ -208,6 +208,11 @@ def _simulate(scenario_path: Path, overrides: Sequence[str], out: Path) -> None:
 )
 @click.option("--real/--no-real", default=True, show_default=True, help="Run the real harness.")
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Run the real clusters even where the size check says they do not fit this host.",
+)
+@click.option(
     "--sweep/--no-sweep", default=True, show_default=True, help="Simulate the ETTR sweep."
 )
 @click.option("--gif/--no-gif", default=True, show_default=True, help="Animate one recovery.")
@@ -224,6 +229,7 @@ def command(
     calibration: Path | None,
     calibrate: bool,
     real: bool,
+    force: bool,
     sweep: bool,
     gif: bool,
     video: bool,
@@ -233,6 +239,12 @@ def command(
 
     console = Console(stderr=True)
     loaded = load_scenario(scenario, overrides)
+    if real and "real" in loaded.targets:
+        from real.launcher.capacity import require_fits
+
+        # Refused here, before minutes of calibration and simulation (exit 2, as `real`).
+        for strategy in ("gemini", "persistent"):
+            require_fits(loaded, strategy, force=force, source=str(scenario))
     out = out or Path("runs") / loaded.name
     out.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] | None = None
@@ -315,7 +327,14 @@ def command(
             else:
                 console.print(f"{step}: emulated cluster, log in {out / 'logs' / name}.log")
                 child = ChildRun(
-                    ["real", str(scenario), "--out", str(folder), *_sets(settings)],
+                    [
+                        "real",
+                        str(scenario),
+                        "--out",
+                        str(folder),
+                        *_sets(settings),
+                        *(["--force"] if force else []),
+                    ],
                     out / "logs" / f"{name}.log",
                 )
                 code = child.wait()

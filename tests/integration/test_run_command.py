@@ -1,5 +1,7 @@
 """``gemini-ckpt run`` into a folder that holds an earlier run (the same command again, or one
-stopped with Ctrl-C) replaces that run's real clusters instead of refusing them."""
+stopped with Ctrl-C) replaces that run's real clusters instead of refusing them; a scenario
+whose real clusters do not fit this host is refused before anything is calibrated or
+simulated."""
 
 from __future__ import annotations
 
@@ -42,3 +44,16 @@ def test_a_second_run_replaces_the_earlier_real_runs(
     args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep"]
     assert main([*args, "--no-gif", "--no-video"]) == 1  # the fake clusters failed
     assert started == [out / "real-gemini", out / "real-baseline"]
+
+
+def test_a_run_too_big_for_this_host_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_calibration(*args: object) -> None:
+        raise AssertionError("calibrated a run that cannot start")
+
+    monkeypatch.setattr(run_command, "calibrate_machine", no_calibration)
+    out = tmp_path / "q"
+    assert main(["run", str(QUICKSTART), "--out", str(out), "--set", "cluster.nodes=500"]) == 2
+    assert "does not fit on this host" in capsys.readouterr().err
+    assert not out.exists()
