@@ -670,8 +670,18 @@ def _alive(pid: int) -> bool:
 
 
 def run_agent(config: AgentConfig) -> int:
-    """Run a node agent until the job ends; SIGTERM and SIGINT stop it cleanly."""
+    """Run a node agent until the job ends; SIGTERM and SIGINT stop it cleanly. Its exit
+    status: the agent's, or 130 when a Ctrl-C (SIGINT) stopped it (a SIGTERM, a service
+    manager's stop, is a clean end: 0)."""
     agent = NodeAgent(config)
+    interrupted = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT:
+            interrupted.set()
+        agent.stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: agent.stop())
-    return agent.run()
+        signal.signal(signum, stop)
+    code = agent.run()
+    return 130 if interrupted.is_set() and code == 0 else code

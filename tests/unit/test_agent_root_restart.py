@@ -1,10 +1,12 @@
 """A node agent whose root fails (a store request timed out, say) starts a root again, which
 adopts the job where it stands; after ``ROOT_FAILURES`` failures in a row it marks the job
 failed with the last error, rather than keep the election's lease with no root running (the
-job then waited for nobody until ``real.timeout_s``)."""
+job then waited for nobody until ``real.timeout_s``). And an agent's exit status on a signal."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -86,3 +88,31 @@ def test_a_root_told_to_stop_is_not_started_again(monkeypatch: pytest.MonkeyPatc
     stop.set()  # leadership lost: the root stops and nobody starts another here
     made._run_root(stop)
     assert started == []
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_an_agent_stopped_by_ctrl_c_exits_130(
+    monkeypatch: pytest.MonkeyPatch, signum: int, status: int
+) -> None:
+    """Ctrl-C (SIGINT) stops a hand-started agent with 130, as every command; a SIGTERM (a
+    service manager's stop) is a clean end."""
+
+    class Agent:
+        def __init__(self, config: Any) -> None:
+            self.stopped = threading.Event()
+
+        def stop(self) -> None:
+            self.stopped.set()
+
+        def run(self) -> int:
+            os.kill(os.getpid(), signum)
+            assert self.stopped.wait(10)
+            return 0
+
+    monkeypatch.setattr(node_agent, "NodeAgent", Agent)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert node_agent.run_agent(SimpleNamespace()) == status  # type: ignore[arg-type]
+    finally:
+        for which, handler in handlers.items():
+            signal.signal(which, handler)
