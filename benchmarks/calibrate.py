@@ -34,6 +34,7 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import queue
 import socket
 import statistics
 import subprocess
@@ -281,7 +282,7 @@ def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str,
                 raise TimeoutError("calibration ranks did not finish within 600 s")
             try:
                 reports.append(results.get(timeout=min(remaining, 5.0)))
-            except Exception:  # queue.Empty: check that nobody died
+            except queue.Empty:  # check that nobody died
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
                     raise RuntimeError(
@@ -289,14 +290,7 @@ def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str,
                         "run with -v for its output"
                     ) from None
     finally:
-        for process in processes:
-            process.join(timeout=30)
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
+        _reap(processes, grace_s=30.0 if len(reports) == world else 0.0)
     rank0 = next(r for r in reports if r["rank"] == 0)
     return {
         "restart_s": max(r["ready_wall"] for r in reports) - start_wall,
@@ -968,6 +962,7 @@ def measure_recovery(
         "127.0.0.1", ports[0], is_master=True, wait_for_workers=False
     )
     reports: list[dict[str, Any]] = []
+    finished = False
     try:
         deadline = time.monotonic() + 300
         while sum(1 for r in reports if "iteration_s" in r) < ranks or not any(
@@ -980,19 +975,16 @@ def measure_recovery(
                 reports.append(results.get(timeout=min(remaining, 5.0)))
                 if sum(1 for r in reports if r.get("ready")) == ranks:
                     go.set()
-            except Exception:  # queue.Empty: check that nobody died early
+            except queue.Empty:  # check that nobody died early
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
                     raise RuntimeError(
                         f"recovery calibration rank exited with code {dead[0].exitcode}; "
                         "run with -v for its output"
                     ) from None
+        finished = True
     finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
+        _reap(processes, grace_s=30.0 if finished else 0.0)
         del rendezvous
     timed = [r for r in reports if "iteration_s" in r]
     rank0 = next(r for r in timed if r["rank"] == 0)
@@ -1219,3 +1211,19 @@ def measure_machine(
         "scenarios_used": [],
         "measurements": measurements,
     }
+
+
+def _reap(processes: Sequence[Any], grace_s: float) -> None:
+    """End the calibration's rank processes: after a normal end each gets what is left of
+    ``grace_s`` (shared, not per process) to exit on its own; after an error none waits (the
+    others would only wait for the dead one). Then SIGTERM, then SIGKILL, whatever is left."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
