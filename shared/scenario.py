@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared import costs
+
 GBIT = 1e9 / 8  # bytes per second in one Gbit/s
 GBYTE = 1e9
 
@@ -707,8 +709,15 @@ class Scenario(_Strict):
 
     @property
     def checkpoint_bytes_per_node(self) -> float:
-        """Bytes each node checkpoints: its share of the whole job's state."""
-        return self.model.checkpoint_bytes / self.cluster.nodes
+        """Bytes each node checkpoints: its share of a ZeRO-3 job's state, or under DDP, where
+        every rank holds the whole state, a full copy per rank
+        (``shared.costs.node_checkpoint_bytes``)."""
+        return costs.node_checkpoint_bytes(
+            self.model.checkpoint_bytes,
+            nodes=self.cluster.nodes,
+            ranks_per_node=self.cluster.accelerators_per_node,
+            parallelism=self.training.parallelism,
+        )
 
     def replace(self, **changes: object) -> Scenario:
         """A copy with some top-level sections replaced, validated again."""

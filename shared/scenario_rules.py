@@ -261,14 +261,18 @@ def _failure_process(scenario: Scenario) -> list[Finding]:
 def checkpoint_memory_bytes(scenario: Scenario) -> float:
     """CPU memory each node needs for checkpoints, bytes.
 
-    Gemini: two slots (the last committed checkpoint and the one in progress) for the node's own
-    shard and for each replica it holds: 2 m shards. The persistent baseline keeps a serialised
-    copy in host memory while it uploads (when ``storage.save_time_s`` splits the save into a
-    blocking serialisation and a background upload), else nothing.
+    Gemini: ``checkpoint.local_slots`` slots for the node's own shard (two by default: the
+    last committed checkpoint and the one in progress) and two for each of the ``m - 1``
+    replicas it holds: 2 m shards by default, 2 m - 1 with one local slot. The persistent
+    baseline keeps a serialised copy in host memory while it uploads (when
+    ``storage.save_time_s`` splits the save into a blocking serialisation and a background
+    upload), else nothing. The shard is ``Scenario.checkpoint_bytes_per_node`` (under DDP a
+    full copy per rank).
     """
     shard = scenario.checkpoint_bytes_per_node
-    if scenario.checkpoint.strategy == "gemini":
-        return 2 * scenario.checkpoint.replicas * shard
+    ckpt = scenario.checkpoint
+    if ckpt.strategy == "gemini":
+        return (ckpt.local_slots + 2 * (ckpt.replicas - 1)) * shard
     return shard if scenario.cluster.storage.save_time_s is not None else 0.0
 
 
@@ -279,8 +283,10 @@ def _memory(scenario: Scenario) -> list[Finding]:
         return []
     ckpt = scenario.checkpoint
     shard_gb = scenario.checkpoint_bytes_per_node / 1e9
+    slots = ckpt.local_slots + 2 * (ckpt.replicas - 1)
     how = (
-        f"2 slots x {ckpt.replicas} replicas x {shard_gb:.3g} GB"
+        f"{slots} slots of {shard_gb:.3g} GB: {ckpt.local_slots} for its own shard, 2 per "
+        f"replica of another's ({ckpt.replicas - 1})"
         if ckpt.strategy == "gemini"
         else f"a serialised copy of {shard_gb:.3g} GB while it uploads"
     )

@@ -47,8 +47,10 @@ def _rule_rows() -> list[tuple[str, str, str, str]]:
             "error",
         ),
         (
-            "checkpoints fit in the node's memory: Gemini keeps 2 m shards (two slots, own and "
-            "replicas), the baseline one serialised shard while it uploads (with `save_time_s`)",
+            "checkpoints fit in the node's memory: Gemini keeps `local_slots` + 2 (m - 1) shards "
+            "(2 m by default: two slots for its own, two per replica held; under DDP a node's "
+            "shard is a full copy per rank), the baseline one serialised shard while it uploads "
+            "(with `save_time_s`)",
             "`cluster.cpu_memory_gb`",
             "all",
             "error",

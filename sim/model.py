@@ -20,6 +20,7 @@ from shared.scenario_rules import (
     Finding,
     SimFacts,
     check_scenario,
+    checkpoint_memory_bytes,
     errors,
     simulated_run_rules,
 )
@@ -90,8 +91,8 @@ def build_model(scenario: Scenario) -> SimModel:
     blocking, upload = persistent_save_times(scenario)
     if ckpt.strategy == "gemini":
         cadence, steady, per_iteration = _gemini_iteration(scenario, profile, placement)
-        # Two slots (last committed, in progress) for the node's own shard and per replica held.
-        memory = 2 * ckpt.replicas * shard
+        # Its own shard's slots and two per replica held, as the scenario's check counts them.
+        memory = checkpoint_memory_bytes(scenario)
         strategy = StrategyModel(
             name="gemini",
             progress_s=steady.progress_s / per_iteration,

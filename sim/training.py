@@ -163,15 +163,10 @@ def _layout(parallelism: str, compute_s: float, communication_s: float) -> tuple
 
 
 def node_shard_bytes(scenario: Scenario) -> float:
-    """Bytes one node checkpoints: its share of a ZeRO-3 job's state, or under DDP, where every
-    rank holds the whole state, a full copy per rank (``shared.costs.node_checkpoint_bytes``)."""
-    cluster = scenario.cluster
-    return costs.node_checkpoint_bytes(
-        scenario.model.checkpoint_bytes,
-        nodes=cluster.nodes,
-        ranks_per_node=cluster.accelerators_per_node,
-        parallelism=scenario.training.parallelism,
-    )
+    """Bytes one node checkpoints (``Scenario.checkpoint_bytes_per_node``: its share of a
+    ZeRO-3 job's state, or under DDP, where every rank holds the whole state, a full copy per
+    rank)."""
+    return scenario.checkpoint_bytes_per_node
 
 
 def traffic_plan(

@@ -70,15 +70,39 @@ def test_staging_buffer_must_hold_a_byte_per_sub_buffer() -> None:
 
 
 def test_a_buffer_cutting_a_checkpoint_into_too_many_chunks() -> None:
-    text = "name: c\nmodel: {parameters: 1.0e+9}\ncheckpoint: {buffer_mb: 0.001, sub_buffers: 1}"
+    text = (
+        "name: c\nmodel: {parameters: 1.0e+9}\ntraining: {parallelism: zero3}\n"
+        "checkpoint: {buffer_mb: 0.001, sub_buffers: 1}"
+    )
     (problem,) = problems_of(text)
     assert problem.startswith("checkpoint.buffer_mb:") and "chunks" in problem
 
 
 def test_checkpoints_must_fit_in_cpu_memory() -> None:
-    text = "name: m\nmodel: {parameters: 1.0e+10}\ncluster: {nodes: 4, cpu_memory_gb: 24}"
+    # ZeRO-3: a node's shard is its share, 120 GB / 4; four slots of it at m = 2.
+    text = (
+        "name: m\nmodel: {parameters: 1.0e+10}\ntraining: {parallelism: zero3}\n"
+        "cluster: {nodes: 4, cpu_memory_gb: 24}"
+    )
     (problem,) = problems_of(text)
     assert problem.startswith("cluster.cpu_memory_gb: checkpoints need 120 GB per node")
+
+
+def test_under_ddp_every_rank_checkpoints_the_whole_state() -> None:
+    # 1e9 parameters: 12 GB of state, a copy per rank: 2 ranks x 12 GB per node, 4 slots.
+    text = (
+        "name: m\nmodel: {parameters: 1.0e+9}\ntraining: {parallelism: ddp}\n"
+        "cluster: {nodes: 4, accelerators_per_node: 2, cpu_memory_gb: 64}"
+    )
+    (problem,) = problems_of(text)
+    assert problem.startswith("cluster.cpu_memory_gb: checkpoints need 96 GB per node")
+
+
+def test_one_local_slot_needs_one_shard_less() -> None:
+    text = "name: m\nmodel: {parameters: 1.0e+9}\ncluster: {nodes: 4, cpu_memory_gb: 40}"
+    (problem,) = problems_of(text)  # 4 slots of 12 GB
+    assert problem.startswith("cluster.cpu_memory_gb: checkpoints need 48 GB per node")
+    parse_scenario(text + "\ncheckpoint: {local_slots: 1}", source="s.yaml")  # 3 slots: 36 GB
 
 
 def test_young_and_daly_need_a_failure_rate() -> None:
