@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from analysis.results import RunResult, pair_runs
 from shared.summary import FailureRecord, RunSummary
 
+JUDGED_OVER = 6
+"""Pairs of runs below which the validation goal is reported, not judged."""
 GOAL = 0.10
 """Median absolute relative error of downtime that the simulator must meet."""
 
@@ -238,7 +240,9 @@ class ValidationReport:
 
     @property
     def verdict(self) -> str:
-        """A sentence for the report: holds or not, over how many scenarios, and why not."""
+        """A sentence for the report: holds or not, over how many runs, and why not. Each
+        (scenario, strategy) pair of a simulated and a measured run counts once; under
+        ``JUDGED_OVER`` of them the goal is not judged, only reported."""
         if self.median_abs_error is None:
             return (
                 "No scenario has both a simulated and a measured run with matching failures "
@@ -246,21 +250,21 @@ class ValidationReport:
             )
         head = (
             f"Median absolute error of total recovery time (downtime): "
-            f"{self.median_abs_error:.1%} over {self.counted} scenario(s) not used for "
-            f"calibration; goal <= {self.goal:.0%}: "
+            f"{self.median_abs_error:.1%} over {self.counted} pair(s) of a simulated and a "
+            f"measured run (a scenario under one strategy) not used for calibration; "
+            f"goal <= {self.goal:.0%}: "
         )
-        if self.holds:
-            text = head + "met."
-        else:
-            missing = [s for s in self.scenarios if s.meets_goal is False]
-            names = ", ".join(f"{s.scenario} ({s.strategy})" for s in missing)
-            text = head + f"NOT met; missed by {names}. See the notes per scenario."
-        if self.counted < 6:
-            text += (
-                f" The goal is judged over at least six scenarios; {self.counted} compared here"
-                " (the full set: benchmarks/validate.py)."
+        missing = [s for s in self.scenarios if s.meets_goal is False]
+        names = ", ".join(f"{s.scenario} ({s.strategy})" for s in missing)
+        if self.counted < JUDGED_OVER:
+            within = "within it" if self.holds else f"not within it (missed by {names})"
+            return head + (
+                f"not judged on {self.counted}, it needs at least {JUDGED_OVER} (the full "
+                f"set: benchmarks/validate.py); these are {within}."
             )
-        return text
+        if self.holds:
+            return head + "met."
+        return head + f"NOT met; missed by {names}. See the notes per scenario."
 
 
 def validate(

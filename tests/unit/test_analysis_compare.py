@@ -73,8 +73,9 @@ def test_median_over_scenarios_excludes_calibration_and_says_why(tmp_path: Path)
     assert report.counted == 3
     assert report.median_abs_error == pytest.approx(0.28 / 2.52)
     assert report.holds is False  # 11.1% > 10%
-    assert "NOT met" in report.verdict and "b (gemini)" in report.verdict
-    assert "at least six" in report.verdict
+    # Three pairs: reported, not judged (a verdict needs six), with the one that missed.
+    assert "not judged on 3, it needs at least 6" in report.verdict
+    assert "not within it (missed by b (gemini)" in report.verdict and " met" not in report.verdict
     calibrated = validate(runs, calibration_scenarios={"c"})
     assert calibrated.counted == 2
     assert calibrated.median_abs_error == pytest.approx((0.0 + 0.28 / 2.52) / 2)
@@ -111,3 +112,19 @@ def test_strategy_speedups_are_ratios_of_the_means(tmp_path: Path) -> None:
     # Gemini: wasted (0.5 + 0.5) and (0.5 + 1.0); baseline: (2.0 + 4.5) and (2.5 + 5.0).
     assert comparison.wasted_speedup == pytest.approx((6.5 + 7.5) / (1.0 + 1.5))
     assert comparison.downtime_speedup == pytest.approx((6.8 + 10.75) / (2.8 + 6.75))
+
+
+def test_six_pairs_are_judged(tmp_path: Path) -> None:
+    runs = []
+    for index in range(6):
+        scenario = f"s{index}"
+        measured = SyntheticFailure(4, "software", (1,), 0.1, 0.2, 0.0, 2.0, 0.5, "local", 3)
+        runs.append(run(tmp_path, f"{scenario}-sim", scenario=scenario, failures=(SOFT,)))
+        runs.append(
+            run(
+                tmp_path, f"{scenario}-real", scenario=scenario, source="real", failures=(measured,)
+            )
+        )
+    report = validate(runs)
+    assert report.counted == 6 and report.holds is True
+    assert report.verdict.endswith("goal <= 10%: met.")
