@@ -359,8 +359,10 @@ def figure_specs(
         FigureSpec(
             "iteration_time",
             "Iteration time with and without checkpointing",
-            "Median iteration time of each run; 'step only' marks a measured run whose time "
-            "without checkpointing is its step time without the save call.",
+            "Iteration time of each run: the median of a measured run's iterations, the mean "
+            "of a simulated one (the baseline's blocking saves spread over every iteration); "
+            "'step only' marks a measured run whose time without checkpointing is its step "
+            "time without the save call.",
             lambda: plots.plot_iteration_time(list(runs)),
         ),
         FigureSpec(

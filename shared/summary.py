@@ -61,7 +61,9 @@ class RunSummary:
         seed: the seed of this run.
         duration_s: run length (simulated or wall), s.
         iterations_completed: iterations whose progress survived to the end.
-        iteration_time_s: median iteration time with checkpointing, s.
+        iteration_time_s: iteration time with checkpointing, s: the median of every rank's
+            iterations in a real run; the mean in a simulation (the baseline's blocking saves
+            spread over every iteration).
         iteration_time_no_ckpt_s: median iteration time without checkpointing, s (None if
             unknown).
         failures: one record per failure.
