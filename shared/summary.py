@@ -110,11 +110,15 @@ class RunSummary:
 
     @property
     def ettr(self) -> float:
-        """Effective training time ratio: useful training time over run time."""
-        if self.duration_s <= 0:
+        """Effective training time ratio: useful training time over the run's training time,
+        from its first iteration on (a real run's start-up, ``extra["startup_s"]``, left
+        out, as the simulator, which starts training at once, has none)."""
+        startup = self.extra.get("startup_s")
+        training_s = self.duration_s - (float(startup) if isinstance(startup, int | float) else 0.0)
+        if training_s <= 0:
             return 0.0
         ideal = self.iteration_time_no_ckpt_s or self.iteration_time_s
-        return min(1.0, self.iterations_completed * ideal / self.duration_s)
+        return min(1.0, self.iterations_completed * ideal / training_s)
 
     @property
     def checkpoint_overhead(self) -> float | None:

@@ -167,6 +167,14 @@ def summarize_run(
     records = failure_records(events, lost_iteration_s(events, strategy, iteration_time_s))
     ends = [e.iteration for e in events if e.kind == "iteration_end" and e.iteration is not None]
     duration_s = max((e.time_s for e in events), default=0.0)
+    # The cluster's start-up (processes, imports, the first process group) precedes the first
+    # iteration; ETTR leaves it out, as the simulator, which starts training at once, does.
+    first = next((e for e in events if e.kind == "iteration_end"), None)
+    startup_s = (
+        0.0
+        if first is None
+        else max(0.0, first.time_s - float(first.details.get("duration_s", 0.0)))  # type: ignore[arg-type]
+    )
     committed = [e for e in events if e.kind == "ckpt_committed" and e.rank == 0]
     digests = final_digests(run_dir)
     summary = RunSummary(
@@ -183,6 +191,7 @@ def summarize_run(
         checkpoint_memory_bytes=max(memory, default=0.0),
         extra={
             "mode": mode,
+            "startup_s": round(startup_s, 6),
             "iteration_time_no_ckpt_source": "median step_s of iteration_end (step without save)",
             "final_digest": next(iter(set(digests.values())), None)
             if len(set(digests.values())) == 1
