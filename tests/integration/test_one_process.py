@@ -179,7 +179,12 @@ def test_run_resumes_from_persistent_storage_when_memory_is_gone(
     script.write_text(PERSISTENT_SCRIPT)
     runtime = tmp_path / "runtime"
     runtime.mkdir()
-    extra = {"STRATEGY": strategy, **({"TEMPLATE": "1"} if template else {})}
+    extra = {
+        "STRATEGY": strategy,
+        # The persistent tier's metadata key: a user key file of the test's own, not ~/.config.
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        **({"TEMPLATE": "1"} if template else {}),
+    }
     try:
         reference = run(
             script, tmp_path / "reference", runtime, None, STORAGE=str(tmp_path / "s1"), **extra
