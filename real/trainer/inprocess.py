@@ -6,8 +6,9 @@ paid) and is then given **attempts**. For each attempt it joins a fresh process 
 attempt's own rendezvous port, so nothing stale is read), runs the training body, and either
 finishes or **parks**: a collective that failed because a peer vanished, or an abort from its
 agent, hands control back here; the process group is torn down and the process waits for the
-next attempt, keeping whatever the body keeps outside the attempt (model, optimizer, data,
-checkpoint engine). Only processes that died are replaced, by the node's warm spares.
+next attempt, keeping whatever the body keeps outside the attempt (model, optimizer, data; the
+checkpointers close their engine at each attempt's end and build it anew, while the node
+store's slots stay). Only processes that died are replaced, by the node's warm spares.
 
 The agent and the trainer talk over a socket the agent created and the trainer inherited
 (file descriptor ``GEMINI_AGENT_FD``): one JSON object per line, so no address to find and no

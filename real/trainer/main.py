@@ -568,7 +568,10 @@ def _write_final(trainer: Trainer, run_dir: Path, where: RankEnv, kind: str) -> 
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Iterations to train.")
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default 1)."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Intra-op threads (default: OMP_NUM_THREADS, else 1).",
 )
 @click.option(
     "--timeout-s",
