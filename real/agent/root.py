@@ -474,6 +474,23 @@ class _Recovery:
         for index in resumed:
             for slot in records.get(str(index), {}).get("nodes", []):
                 self.failure_of_slot.setdefault(int(slot), index)
+        if resumed:
+            self._adopt_orders()
+
+    def _adopt_orders(self) -> None:
+        """A new root resuming a recovery takes over the orders its predecessor gave for this
+        one: those replacing a slot's current member. Ordering again would leave the node of
+        the first order (a standby agent that may already hold the slot) unused, and wait
+        for a second one. An order of an earlier recovery replaced a member the attempt
+        record no longer names."""
+        for key, order in jobkeys.read_prefix(self.kv, jobkeys.REPLACEMENTS_PREFIX).items():
+            try:
+                slot, replaces, node_id = int(order["slot"]), int(order["replaces"]), int(key)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if self.members.get(slot) == replaces and node_id != replaces:
+                self.replacements.setdefault(slot, node_id)
+                log.info("adopted the order of node %d for slot %d", node_id, slot)
 
     # -- classification ---------------------------------------------------------------------
 
