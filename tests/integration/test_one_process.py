@@ -27,20 +27,36 @@ from pathlib import Path
 import torch
 from torch import nn
 from gemini_ckpt import Checkpointer
+from gemini_ckpt.adapters import ddp
 
 out = Path(sys.argv[1])
 torch.manual_seed(0)
 torch.set_num_threads(1)
-checkpointer = Checkpointer(run_dir=out)
+storage = os.environ.get("STORAGE")  # a persistent tier, written every 2nd checkpoint
+checkpointer = Checkpointer(
+    run_dir=out,
+    strategy=os.environ.get("STRATEGY", "gemini"),
+    **({"persistent_url": storage, "persist_every": 2} if storage else {}),
+)
 model = nn.Linear(8, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+momentum = float(os.environ.get("MOMENTUM", "0"))  # with it, an optimizer state that matters
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
 crash_at = int(os.environ.get("CRASH_AT", "0"))
+adapter = bool(os.environ.get("ADAPTER"))  # the DDP adapter's state, else plain state dicts
+
+def state():
+    if adapter:
+        return ddp.state_dict(model, optimizer, clone=False)
+    return {"model": model.state_dict(), "optim": optimizer.state_dict()}
 
 def train(restored):
     start = 1
     if restored is not None:
-        model.load_state_dict(restored.state["model"])
-        optimizer.load_state_dict(restored.state["optim"])
+        if adapter:
+            ddp.load_state_dict(model, optimizer, restored.state)
+        else:
+            model.load_state_dict(restored.state["model"])
+            optimizer.load_state_dict(restored.state["optim"])
         start = restored.iteration + 1
         print(f"resumed at {start} from {restored.tier}", flush=True)
     for iteration in range(start, 9):
@@ -49,13 +65,18 @@ def train(restored):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        checkpointer.save(iteration, {"model": model.state_dict(), "optim": optimizer.state_dict()})
+        checkpointer.save(iteration, state())
         if iteration == crash_at:
+            if storage:
+                # The job ends with its memory: the store daemon stops and frees every slot,
+                # after the background persist in flight; what is left is on storage.
+                checkpointer.close()
             os._exit(17)  # a crash: no cleanup
     torch.save(model.state_dict(), out / "final.pt")
 
+template = (lambda: ddp.state_dict(model, optimizer)) if os.environ.get("TEMPLATE") else None
 with checkpointer:
-    checkpointer.run(train)
+    checkpointer.run(train, template=template)
 """
 
 
@@ -119,53 +140,6 @@ def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
             time.sleep(0.1)
 
 
-PERSISTENT_SCRIPT = """
-import os, sys
-from pathlib import Path
-import torch
-from torch import nn
-from gemini_ckpt import Checkpointer
-from gemini_ckpt.adapters import ddp
-
-out = Path(sys.argv[1])
-torch.manual_seed(0)
-torch.set_num_threads(1)
-checkpointer = Checkpointer(
-    run_dir=out,
-    strategy=os.environ["STRATEGY"],
-    persistent_url=os.environ["STORAGE"],
-    persist_every=2,
-)
-model = nn.Linear(8, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # a state that matters
-crash_at = int(os.environ.get("CRASH_AT", "0"))
-
-def train(restored):
-    start = 1
-    if restored is not None:
-        ddp.load_state_dict(model, optimizer, restored.state)
-        start = restored.iteration + 1
-        print(f"resumed at {start} from {restored.tier}", flush=True)
-    for iteration in range(start, 9):
-        inputs = torch.randn(4, 8, generator=torch.Generator().manual_seed(iteration))
-        loss = model(inputs).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        checkpointer.save(iteration, ddp.state_dict(model, optimizer, clone=False))
-        if iteration == crash_at:
-            # The job ends with its memory: the store daemon stops and frees every slot,
-            # after the background persist in flight; what is left is on storage.
-            checkpointer.close()
-            os._exit(17)
-    torch.save(model.state_dict(), out / "final.pt")
-
-template = (lambda: ddp.state_dict(model, optimizer)) if os.environ.get("TEMPLATE") else None
-with checkpointer:
-    checkpointer.run(train, template=template)
-"""
-
-
 @pytest.mark.parametrize(
     ("strategy", "template"), [("gemini", False), ("gemini", True), ("persistent", False)]
 )
@@ -176,11 +150,13 @@ def test_run_resumes_from_persistent_storage_when_memory_is_gone(
     (with or without ``template``), and the run ends with the weights of a run without the
     failure."""
     script = tmp_path / "train.py"
-    script.write_text(PERSISTENT_SCRIPT)
+    script.write_text(SCRIPT)
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     extra = {
         "STRATEGY": strategy,
+        "ADAPTER": "1",
+        "MOMENTUM": "0.9",
         # The persistent tier's metadata key: a user key file of the test's own, not ~/.config.
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         **({"TEMPLATE": "1"} if template else {}),

@@ -71,6 +71,16 @@ def agent(kv: Any) -> tuple[Any, list[dict[str, Any]]]:
     return made, applied
 
 
+def stop(made: Any, threads: list[threading.Thread], watch: WatchKV | None = None) -> None:
+    """End an agent's loop (and its watch thread) started by a test."""
+    made.stopping.set()
+    made.wake.set()
+    if watch is not None:
+        watch.changed.set()
+    for thread in threads:
+        thread.join(5)
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -105,11 +115,7 @@ def test_the_record_is_read_on_a_change_not_on_every_pass(
         watch.announce()
         wait_for(lambda: applied[-1]["attempt"] == 2)
     finally:
-        made.stopping.set()
-        made.wake.set()
-        watch.changed.set()
-        for thread in threads:
-            thread.join(5)
+        stop(made, threads, watch)
 
 
 def test_without_a_watch_the_record_is_read_on_every_pass() -> None:
@@ -125,9 +131,7 @@ def test_without_a_watch_the_record_is_read_on_every_pass() -> None:
         wait_for(lambda: kv.reads >= 5)
         assert kv.reads >= len(applied) - 1
     finally:
-        made.stopping.set()
-        made.wake.set()
-        thread.join(5)
+        stop(made, [thread])
 
 
 class StandbyKV:
@@ -188,11 +192,7 @@ def test_a_standby_reads_its_order_on_a_change_not_on_every_pass(
         wait_for(lambda: took == [True])
         assert made.slot == 2
     finally:
-        made.stopping.set()
-        made.wake.set()
-        watch.changed.set()
-        for thread in threads:
-            thread.join(5)
+        stop(made, threads, watch)
 
 
 def test_a_standby_without_a_watch_reads_on_every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +204,4 @@ def test_a_standby_without_a_watch_reads_on_every_pass(monkeypatch: pytest.Monke
         kv.values[jobkeys.ATTEMPT_KEY] = keys.encode({"attempt": 1, "state": "finished"})
         wait_for(lambda: took == [False])  # the job ended without it
     finally:
-        made.stopping.set()
-        made.wake.set()
-        for thread in threads:
-            thread.join(5)
+        stop(made, threads)
