@@ -664,7 +664,6 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     (``runnable_processes``), which lengthens every CPU-bound cost of a ``single_host``
     scenario.
     """
-    from shared.costs import node_checkpoint_bytes
 
     cluster = scenario.cluster
     ranks = cluster.nodes * cluster.accelerators_per_node
@@ -672,12 +671,7 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     tokens = scenario.training.batch_size_per_rank * scenario.model.context
     cpus = float(laws.get("cpus") or 1)
     share = _share(ranks, cpus, bool(cluster.single_host), background)
-    state = node_checkpoint_bytes(
-        scenario.model.checkpoint_bytes,
-        nodes=cluster.nodes,
-        ranks_per_node=cluster.accelerators_per_node,
-        parallelism=scenario.training.parallelism,
-    )
+    state = scenario.checkpoint_bytes_per_node
     alone = _share(1, cpus, bool(cluster.single_host), background)
     out: dict[str, float] = {}
     for key in CONSTANT_LAWS:

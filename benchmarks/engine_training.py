@@ -255,7 +255,7 @@ def worker(config: dict[str, Any]) -> None:
             model=trainer.model,
         )
     times, saves = [], []
-    skip = config["profiling"] + 2
+    skip = untimed(config["profiling"])
     cpu_began = time.process_time()
     dist.barrier()
     for iteration in range(1, config["iterations"] + 1):
@@ -348,7 +348,7 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
     finally:
         for store in stores:
             store.stop()
-    skip = config["profiling"] + 2
+    skip = untimed(config["profiling"])
     slowest = [max(r["times"][i] for r in reports) for i in range(skip, config["iterations"])]
     detail = {k: v for k, v in reports[0].items() if k != "times"}
     detail["cpu_per_iteration_s"] = statistics.median(r["cpu_per_iteration_s"] for r in reports)
@@ -358,19 +358,37 @@ def _launch(mode: str, config: dict[str, Any], folder: Path) -> dict[str, Any]:
     return {"iteration_times": slowest, "detail": detail}
 
 
+PROFILING = 5
+"""Iterations that profile the idle spans before checkpoints start (``bench_training``)."""
+
+
+def untimed(profiling: int = PROFILING) -> int:
+    """The first iterations of a run, not timed: the profile's, then two of warm-up."""
+    return profiling + 2
+
+
 def bench_training(
     nodes: int = 2,
     per_node: int = 2,
     iterations: int | None = None,
     model: BenchModel = MODELS["tiny"],
-    profiling: int = 5,
+    profiling: int = PROFILING,
     repeats: int = 2,
     modes: tuple[str, ...] = MODES,
 ) -> dict[str, Any]:
     """Median iteration time per mode, and the overheads relative to no checkpoints.
 
-    ``iterations``: per run (default: the model's); the first ``profiling + 2`` are not timed.
+    ``iterations``: per run (default: the model's); the first ``untimed(profiling)`` are not
+    timed.
+
+    Raises:
+        ValueError: ``iterations`` leaves none to time.
     """
+    if iterations is not None and iterations <= untimed(profiling):
+        raise ValueError(
+            f"{iterations} iterations leave none to time: the first {untimed(profiling)} "
+            "profile the idle spans and warm up"
+        )
     config = {
         "nodes": nodes,
         "per_node": per_node,

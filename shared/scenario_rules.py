@@ -258,6 +258,14 @@ def _failure_process(scenario: Scenario) -> list[Finding]:
     return []
 
 
+def gemini_slots(scenario: Scenario) -> int:
+    """Slots of a node's shard size a Gemini node store holds: ``checkpoint.local_slots`` for
+    its own shard and two (committed, in progress) for each of the ``m - 1`` replicas of
+    others' it keeps."""
+    ckpt = scenario.checkpoint
+    return ckpt.local_slots + 2 * (ckpt.replicas - 1)
+
+
 def checkpoint_memory_bytes(scenario: Scenario) -> float:
     """CPU memory each node needs for checkpoints, bytes.
 
@@ -270,9 +278,8 @@ def checkpoint_memory_bytes(scenario: Scenario) -> float:
     full copy per rank).
     """
     shard = scenario.checkpoint_bytes_per_node
-    ckpt = scenario.checkpoint
-    if ckpt.strategy == "gemini":
-        return (ckpt.local_slots + 2 * (ckpt.replicas - 1)) * shard
+    if scenario.checkpoint.strategy == "gemini":
+        return gemini_slots(scenario) * shard
     return shard if scenario.cluster.storage.save_time_s is not None else 0.0
 
 
@@ -283,7 +290,7 @@ def _memory(scenario: Scenario) -> list[Finding]:
         return []
     ckpt = scenario.checkpoint
     shard_gb = scenario.checkpoint_bytes_per_node / 1e9
-    slots = ckpt.local_slots + 2 * (ckpt.replicas - 1)
+    slots = gemini_slots(scenario)
     how = (
         f"{slots} slots of {shard_gb:.3g} GB: {ckpt.local_slots} for its own shard, 2 per "
         f"replica of another's ({ckpt.replicas - 1})"

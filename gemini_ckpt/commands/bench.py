@@ -48,7 +48,7 @@ def command() -> None:
 @click.option(
     "--iterations",
     default=None,
-    type=click.IntRange(min=8),
+    type=click.IntRange(min=1),
     help="Training: iterations per run (default: per model, 40 tiny, 20 medium, 12 demo); "
     "the first 7 (profiling the idle spans, warm-up) are not timed.",
 )
@@ -90,14 +90,20 @@ def engine(
     from benchmarks.engine import bench_micro
 
     warnings.filterwarnings("ignore", module="torch.distributed.checkpoint")
-    click.echo(f"$ gemini-ckpt {shlex.join(sys.argv[1:])}")
-    figures: dict[str, Any] = {"micro": bench_micro(size_mb, repeats)}
-    _print_micro(figures["micro"])
     try:
         from benchmarks import engine_training as training_bench
     except ImportError as error:  # the workload is optional for this command
         click.echo(f"training and model memory: skipped ({error})")
         training, memory_model = False, ""
+    if training and iterations is not None and iterations <= training_bench.untimed():
+        raise click.BadParameter(
+            f"{iterations} leave none to time: the first {training_bench.untimed()} profile "
+            "the idle spans and warm up",
+            param_hint="--iterations",
+        )
+    click.echo(f"$ gemini-ckpt {shlex.join(sys.argv[1:])}")
+    figures: dict[str, Any] = {"micro": bench_micro(size_mb, repeats)}
+    _print_micro(figures["micro"])
     if memory_model:
         try:
             model = training_bench.parse_model(memory_model)

@@ -242,20 +242,12 @@ def _from_runs(
     document: dict[str, Any], loaded: Any, runs: list[Any], measure: Any
 ) -> dict[str, float]:
     """Recovery costs measured by runs of ``loaded`` (``measurements_from_runs``)."""
-    from shared.costs import node_checkpoint_bytes
-
     # A restore from memory moves a node's shard at about the memory copy bandwidth; what the
     # runs measured beyond that is the restore's fixed cost.
     copy = float(document["measurements"].get("memory_copy_gbyte_s") or 0) * 1e9
-    cluster = loaded.cluster
-    shard = node_checkpoint_bytes(
-        loaded.model.checkpoint_bytes,
-        nodes=cluster.nodes,
-        ranks_per_node=cluster.accelerators_per_node,
-        parallelism=loaded.training.parallelism,
-    )
+    shard = loaded.checkpoint_bytes_per_node
     transfer = shard / copy if copy > 0 else 0.0
     result: dict[str, float] = measure(
-        runs, replacement_s=cluster.replacement_s, transfer_s=transfer
+        runs, replacement_s=loaded.cluster.replacement_s, transfer_s=transfer
     )
     return result

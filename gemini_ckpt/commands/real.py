@@ -70,7 +70,7 @@ def command(
     # run_real checks again; here the refusal names the file, before any folder is made.
     require_fits(parsed, chosen, force=force, source=str(scenario))
     if (mode or parsed.real.mode) == "netns":
-        _require_netns()
+        require_netns()
     if out is None:
         out = Path("runs") / f"{parsed.name}-{chosen}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -100,7 +100,7 @@ def command(
     )
 
 
-def _require_netns() -> None:
+def require_netns() -> None:
     """Refuse netns mode (exit 2) where this host cannot make network namespaces."""
     from real.launcher.netns import netns_available
 

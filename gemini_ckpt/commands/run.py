@@ -239,12 +239,16 @@ def command(
 
     console = Console(stderr=True)
     loaded = load_scenario(scenario, overrides)
-    if real and "real" in loaded.targets:
+    runs_real = real and "real" in loaded.targets
+    if runs_real:
+        from gemini_ckpt.commands.real import require_netns
         from real.launcher.capacity import require_fits
 
         # Refused here, before minutes of calibration and simulation (exit 2, as `real`).
         for strategy in ("gemini", "persistent"):
             require_fits(loaded, strategy, force=force, source=str(scenario))
+        if loaded.real.mode == "netns":
+            require_netns()
     out = out or Path("runs") / loaded.name
     out.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] | None = None
@@ -281,7 +285,7 @@ def command(
         ("sim", "sim-gemini", [*gemini, *gemini_extra]),
         ("sim", "sim-baseline", [*base, *baseline, *baseline_extra]),
     ]
-    if real and "real" in loaded.targets:
+    if runs_real:
         jobs += [
             ("real", "real-gemini", [*base, "checkpoint.strategy=gemini"]),
             ("real", "real-baseline", [*base, *baseline]),

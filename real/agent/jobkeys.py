@@ -71,6 +71,14 @@ def put_json(kv: KeyValueStore, key: str, value: dict[str, Any]) -> None:
     kv.put(key, keys.encode(value))
 
 
+def mark_failed(kv: KeyValueStore, record: dict[str, Any], reason: str) -> dict[str, Any]:
+    """Write ``record`` as the attempt record of a job that gave up (``failed``, with the
+    reason: every agent then stops and exits 1); the record written."""
+    failed = {**record, "state": "failed", "reason": reason}
+    put_json(kv, ATTEMPT_KEY, failed)
+    return failed
+
+
 def members_of(record: dict[str, Any]) -> dict[int, int]:
     """``{slot: node_id}`` of an attempt record."""
     return {int(slot): int(node) for slot, node in record.get("members", {}).items()}

@@ -291,6 +291,15 @@ class NodeAgent:
                 self.kv.close()
             self.events.close()
 
+    def _record_due(self, since_read_s: float) -> bool:
+        """Whether to read the attempt record (a standby also its order) now: the store watch
+        reported a change, no watch runs, or ``RECORD_READ_S`` passed since the last read. It
+        takes the change: one reported from here on is a new one."""
+        if self.record_changed.is_set() or not self.watching or since_read_s >= RECORD_READ_S:
+            self.record_changed.clear()
+            return True
+        return False
+
     def _wait_for_slot(self, registration: dict[str, Any]) -> bool:
         """A standby agent: announce itself, then wait until the root's order for this node
         comes due (``replacements/<node_id>``) and take its slot; False if told to stop."""
@@ -308,8 +317,7 @@ class NodeAgent:
             # (it watches both) and at least every RECORD_READ_S; without a watch, on every
             # pass. A standby pool polling every pass cost the store 20 requests a second each.
             now = time.monotonic()
-            if self.record_changed.is_set() or not self.watching or now - read_at >= RECORD_READ_S:
-                self.record_changed.clear()  # a change from here on sets it again
+            if self._record_due(now - read_at):
                 try:
                     order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}")
                     record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
@@ -387,6 +395,8 @@ class NodeAgent:
             if error is None:
                 return
             failures = 1 if time.monotonic() - began > ROOT_FAILURE_WINDOW_S else failures + 1
+            if stop.is_set() or self.stopping.is_set():
+                return  # no longer the leader (the store's trouble may have cost it the lease)
             if failures >= ROOT_FAILURES and self._fail_job(
                 f"the root agent failed {failures} times in a row; the last error: {error}"
             ):
@@ -431,9 +441,7 @@ class NodeAgent:
             record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
             if record is None or record.get("state") in ("finished", "failed"):
                 return True
-            jobkeys.put_json(
-                kv, jobkeys.ATTEMPT_KEY, {**record, "state": "failed", "reason": reason}
-            )
+            jobkeys.mark_failed(kv, record, reason)
         except KVError:
             return False
         finally:
@@ -462,12 +470,7 @@ class NodeAgent:
                 return 1
             try:
                 now = time.monotonic()
-                if (
-                    self.record_changed.is_set()
-                    or not self.watching
-                    or now - read_at >= RECORD_READ_S
-                ):
-                    self.record_changed.clear()  # a change from here on sets it again
+                if self._record_due(now - read_at):
                     record, read_at = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY), now
                 if record is not None and not self._apply(record):
                     return 1 if self.job_failed else 0

@@ -389,8 +389,7 @@ class RootAgent:
         reason = self._give_up(recovery)
         if reason is not None:
             log.error("node %d: root: %s", self.node_id, reason)
-            failed = {**stopped, "state": "failed", "reason": reason}
-            jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, failed)
+            failed = jobkeys.mark_failed(self.kv, stopped, reason)
             self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
             return failed
         while True:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from shared.errors import HostCapacityError
 from shared.scenario import Scenario
+from shared.scenario_rules import gemini_slots
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +141,17 @@ def estimate_run(
 
     Each rank's state is the model's (``model.parameter_count``) with DDP, its share with
     ZeRO-3; a checkpoint holds ``model.checkpoint_bytes_per_parameter`` bytes per parameter.
-    A Gemini store keeps two slots (committed, in progress) of its node's state and of each
-    replica it holds: ``2 m`` node states; the persistent baseline keeps none.
+    A Gemini store keeps the slots the scenario check counts
+    (``shared.scenario_rules.gemini_slots``: by default two, committed and in progress, of its
+    node's state and of each replica it holds); the persistent baseline keeps none.
     """
     cluster, model = scenario.cluster, scenario.model
     per_node = cluster.accelerators_per_node
     parameters = model.parameter_count
     if scenario.training.parallelism == "zero3":
         parameters /= cluster.ranks
-    node_state = parameters * model.checkpoint_bytes_per_parameter * per_node
-    copies = 2 * scenario.checkpoint.replicas if strategy == "gemini" else 0
-    slots = copies * node_state
+    node_state = scenario.checkpoint_bytes_per_node
+    slots = (gemini_slots(scenario) if strategy == "gemini" else 0) * node_state
     trainers_per_node = per_node * (1 + footprint.warm_spares)
     trainer_bytes = trainers_per_node * (
         footprint.trainer_bytes + parameters * footprint.bytes_per_parameter

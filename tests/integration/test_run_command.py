@@ -41,7 +41,7 @@ def test_a_second_run_replaces_the_earlier_real_runs(
     for name in ("real-gemini", "real-baseline"):  # what an earlier run left
         (out / name / "events").mkdir(parents=True)
         (out / name / "events" / "trainer-rank0.jsonl").write_text("{}\n")
-    args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep"]
+    args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep", "--force"]
     assert main([*args, "--no-gif", "--no-video"]) == 1  # the fake clusters failed
     assert started == [out / "real-gemini", out / "real-baseline"]
 

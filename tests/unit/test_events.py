@@ -144,8 +144,8 @@ def test_summary_totals_and_json_round_trip(tmp_path: Path) -> None:
     assert summary.fraction_from_memory == 0.5
     assert summary.ettr == pytest.approx(0.8)
     # A real run's cluster start-up before its first iteration is not training time.
-    started = dataclasses.replace(summary, source="real", extra={"startup_s": 20.0})
-    assert started.ettr == pytest.approx(80 * 1.0 / 80.0)
+    started = dataclasses.replace(summary, source="real", extra={"startup_s": 10.0})
+    assert started.ettr == pytest.approx(80 * 1.0 / 90.0)
     assert summary.checkpoint_overhead == pytest.approx(0.05)
     assert summary.total_wasted_s == pytest.approx(sum(r.wasted_s for r in records))
     path = tmp_path / "summary.json"
