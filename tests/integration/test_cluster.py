@@ -286,7 +286,9 @@ def test_detection_within_bounds(node_failures: RealResult, group_failures: Real
     for result in (node_failures, group_failures):
         for record in result.summary.failures:
             if record.kind == "software":
-                assert record.detection_s < 1.0, record
+                # The exit report: under a second on its own, plus the same scheduling slack
+                # the lease bound has (the node's agent still beats: no lease finds it).
+                assert record.detection_s < 1.0 + DETECTION_SLACK_S, record
                 continue
             # The lease expires within its timeout; the slack covers the root's poll and
             # scheduling delays of 4 trainers, 4 agents and 4 stores on 2 cores. When the
@@ -458,6 +460,22 @@ def test_etcd_store_recovers_a_root_failure(runs_dir: Path, reference: dict[str,
     assert not pids and not shm, (pids, shm)
 
 
+def job_of(run_dir: Path) -> str | None:
+    """The job id (the prefix of its ``/dev/shm`` files), read from the command line of a
+    running node agent of ``run_dir`` (``--job``)."""
+    needle = str(run_dir.resolve()).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--job" in args[:-1] and any(needle in arg for arg in args):
+            return args[args.index(b"--job") + 1].decode()
+    return None
+
+
 def _default_sigint() -> None:
     """A shell that starts the tests in the background (``cmd &`` without job control) leaves
     SIGINT ignored, and every child inherits that, so Python would install no handler: the
@@ -481,6 +499,8 @@ def test_ctrl_c_tears_everything_down(runs_dir: Path) -> None:
             assert process.poll() is None, process.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        job = job_of(out)
+        assert job is not None, "no node agent of the run found"
         process.send_signal(signal.SIGINT)
         process.wait(60)
     finally:
@@ -498,8 +518,10 @@ def test_ctrl_c_tears_everything_down(runs_dir: Path) -> None:
             except OSError:
                 pass
     assert not left
-    pids = json.loads(next((out / "pids").glob("*.json")).read_text())
-    assert pids["agent"] not in left
+    shm = sorted(Path("/dev/shm").glob(f"{job}-*"))  # the job's slot files
+    for path in shm:  # the test itself leaves nothing behind either
+        path.unlink(missing_ok=True)
+    assert not shm, [path.name for path in shm]
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from test_engine_recovery import (
 )
 
 from real.engine.process import StoreProcess
+from real.runtime.processes import stop_process
 
 __all__ = ["stores"]  # the fixture, shared
 
@@ -81,13 +82,17 @@ def _crash_then_recover(
         "GEMINI_CRASH_PHASE": "after_step",
     }
     first = _launch(scenario, out, "gemini", addrs, token, crash)
-    deadline = time.monotonic() + TIMEOUT_S
-    while first[1].poll() is None:
-        assert time.monotonic() < deadline, "rank 1 never crashed"
-        time.sleep(0.05)
-    assert first[1].returncode != 0
-    first[0].kill()
-    first[0].wait(30)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while first[1].poll() is None:
+            assert time.monotonic() < deadline, "rank 1 never crashed"
+            time.sleep(0.05)
+        assert first[1].returncode != 0
+        first[0].kill()
+        first[0].wait(30)
+    finally:
+        for process in first:  # reaped whatever happened above
+            stop_process(process, 10)
     captured = sorted(e["iteration"] for e in _events(out, "ckpt_captured") if e["rank"] == 0)
     for node in lost_nodes:
         processes[node].stop()

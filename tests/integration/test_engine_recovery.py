@@ -30,7 +30,7 @@ import pytest
 
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
-from real.runtime.processes import free_port
+from real.runtime.processes import free_port, stop_process
 
 SCENARIO = """
 name: engine-recovery
@@ -96,10 +96,14 @@ def _launch(
 
 
 def _finish(processes: list[subprocess.Popen[bytes]], out: Path) -> list[dict[str, object]]:
-    for rank, process in enumerate(processes):
-        code = process.wait(TIMEOUT_S)
-        log = out.with_name(f"{out.name}-rank{rank}.log").read_text()
-        assert code == 0, f"rank {rank} exited {code}:\n{log[-4000:]}"
+    try:
+        for rank, process in enumerate(processes):
+            code = process.wait(TIMEOUT_S)
+            log = out.with_name(f"{out.name}-rank{rank}.log").read_text()
+            assert code == 0, f"rank {rank} exited {code}:\n{log[-4000:]}"
+    finally:
+        for process in processes:  # none left running when a rank failed or hung
+            stop_process(process, 10)
     return [json.loads((out / "final" / f"rank{r}.bin.json").read_text()) for r in range(2)]
 
 
@@ -185,13 +189,17 @@ def test_crash_and_restore_reach_the_uninterrupted_weights(
         _finish(_launch(scenario, out, "gemini", addrs, token), out)
     else:
         first = _launch(scenario, out, "gemini", addrs, token, crash)
-        deadline = time.monotonic() + TIMEOUT_S
-        while first[1].poll() is None:
-            assert time.monotonic() < deadline, "rank 1 never crashed"
-            time.sleep(0.05)
-        assert first[1].returncode != 0
-        first[0].kill()  # the agent stops the surviving trainer
-        first[0].wait(30)
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while first[1].poll() is None:
+                assert time.monotonic() < deadline, "rank 1 never crashed"
+                time.sleep(0.05)
+            assert first[1].returncode != 0
+            first[0].kill()  # the agent stops the surviving trainer
+            first[0].wait(30)
+        finally:
+            for process in first:  # reaped whatever happened above
+                stop_process(process, 10)
     # hardware: node 1 is lost with its memory, a fresh node takes its place; group: the whole
     # placement group (both nodes) is lost, only persistent storage is left.
     for node in {"software": [], "hardware": [1], "group": [0, 1]}[failure]:

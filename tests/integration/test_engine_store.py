@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -73,13 +74,14 @@ def test_the_owner_sweeps_the_files_of_a_store_killed_with_sigkill() -> None:
     assert not _leftovers(prefix)
     # A restarted store of the same prefix starts clean too.
     stale = SHM_DIR / f"{prefix}-n0-o0-s0-v1"
-    stale.write_bytes(b"stale")
     again = StoreProcess(0, protocol.make_token(), prefix=prefix)
-    again.start()
     try:
+        stale.write_bytes(b"stale")
+        again.start()
         assert not stale.exists()
     finally:
         again.stop()
+        stale.unlink(missing_ok=True)
 
 
 def _raw_connection(store: StoreProcess) -> socket.socket:
@@ -147,7 +149,8 @@ def test_unauthenticated_connections_are_refused_and_the_store_keeps_serving(
             assert _closed_by_store(sock)
     # The store is unharmed: same holdings, still serving authenticated clients.
     assert client.holdings() == before
-    assert StoreClient(0, store.address, store.token).call("ping")["node"] == 0
+    with contextlib.closing(StoreClient(0, store.address, store.token)) as other:
+        assert other.call("ping")["node"] == 0
     client.close()
 
 
@@ -189,7 +192,8 @@ def test_a_chunk_outside_the_replica_is_refused(store: StoreProcess) -> None:
     client.put_chunk(8, b"x" * 16)
     assert _closed_by_store(client.sock)
     client.close()
-    assert StoreClient(0, store.address, store.token).holdings() == {5: []}
+    with contextlib.closing(StoreClient(0, store.address, store.token)) as other:
+        assert other.holdings() == {5: []}
 
 
 def test_the_owner_keeps_no_temporary_folder_once_the_store_serves() -> None:

@@ -143,10 +143,9 @@ def test_an_abort_ends_the_wait_for_a_replica_sent_to_a_vanished_node(
 
     thread = threading.Thread(target=save, daemon=True)
     thread.start()
-    time.sleep(0.2)
     try:
-        assert thread.is_alive()  # waiting for the sender
-        assert replication._flush.is_set()  # which sends what is left at once
+        assert replication._flush.wait(10.0)  # it asks the sender to send what is left at once
+        assert thread.is_alive()  # and waits for it
         ours.sendall(b'{"op":"abort","attempt":6}\n')
         thread.join(10)
         assert not thread.is_alive()

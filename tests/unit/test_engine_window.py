@@ -60,8 +60,13 @@ def test_past_every_span_of_the_window_it_waits_for_the_flush() -> None:
     now = time.perf_counter()
     sender = _sender(2, [now - 5.0, now - 4.0])  # both iterations over
     asks = threading.Timer(0.1, sender._flush.set)  # the next checkpoint's save() asks
+    began = time.monotonic()
     asks.start()
     try:
         assert not sender._wait_for_span(_chunk(3, 1.5))  # it goes now, as spill
+        # ... but only once asked: it waited for the flush, it did not give up at once
+        assert sender._flush.is_set()
+        assert time.monotonic() - began >= 0.09  # the timer's 0.1 s, less clock rounding
     finally:
         asks.cancel()
+        asks.join(5.0)

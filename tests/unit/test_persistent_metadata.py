@@ -163,8 +163,10 @@ def test_the_background_persister_drops_what_a_broken_group_cannot_agree_on(
         raise RuntimeError("Connection closed by peer")
 
     monkeypatch.setattr(persister, "_agree", broken)
-    persister.submit(ITERATION, _state())
-    assert persister.wait(5.0)
-    time.sleep(0.05)
-    assert calls == [ITERATION] and len(persister.errors) == 1
-    persister.close(5)
+    try:
+        persister.submit(ITERATION, _state())
+        assert persister.wait(5.0)
+        time.sleep(0.5)  # a retry loop would call again many times in this
+        assert calls == [ITERATION] and len(persister.errors) == 1
+    finally:
+        persister.close(5)

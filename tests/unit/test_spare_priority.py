@@ -183,11 +183,16 @@ def test_a_stop_while_the_trainers_start_ends_the_wait_and_kills_them_at_once(
     # Never warm (the stand-in waits for a file that never comes): what a trainer importing
     # torch looks like to its agent, which cannot read a "finish" yet.
     trainers = pool(tmp_path, tmp_path / "never")
-    (active,) = trainers.workers()
     stop = threading.Event()
-    threading.Timer(0.3, stop.set).start()
-    began = time.monotonic()
-    assert not trainers.wait_ready(120.0, stop)  # the stop ends the wait, not the timeout
-    trainers.stop(grace_s=120.0)  # and the stop does not wait its grace for them
-    assert time.monotonic() - began < 60.0
-    assert active.exitcode() is not None
+    stopper = threading.Timer(0.3, stop.set)
+    try:
+        (active,) = trainers.workers()
+        stopper.start()
+        began = time.monotonic()
+        assert not trainers.wait_ready(120.0, stop)  # the stop ends the wait, not the timeout
+        trainers.stop(grace_s=120.0)  # and the stop does not wait its grace for them
+        assert time.monotonic() - began < 60.0
+        assert active.exitcode() is not None
+    finally:
+        stopper.cancel()
+        trainers.stop(grace_s=1.0)
