@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from real.agent.trainer_processes import TrainerPool, TrainerSpec
-from real.runtime.processes import free_port
+from real.runtime.processes import free_port, stop_process
 
 
 def store_daemons(runtime: Path) -> list[str]:
@@ -67,3 +68,19 @@ def stand_in_pool(
         entrypoint=(sys.executable, "-c", program, *arguments),
     )
     return TrainerPool(spec, node_id=0, env={}, spares=spares, on_change=on_change)
+
+
+def survivor_of_a_crash(ranks: list[subprocess.Popen[str]], timeout_s: float) -> None:
+    """Wait until rank 1 crashed (an injected crash: a non-zero exit), stop rank 0 as its agent
+    would, and reap both whatever happened."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while ranks[1].poll() is None:
+            assert time.monotonic() < deadline, "rank 1 never crashed"
+            time.sleep(0.05)
+        assert ranks[1].returncode != 0
+        ranks[0].kill()  # the agent stops the surviving trainer
+        ranks[0].wait(30)
+    finally:
+        for process in ranks:
+            stop_process(process, 10)

@@ -18,9 +18,10 @@ the end. Proof of recovery is state: the final weights equal those of a run with
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
+
+from running import survivor_of_a_crash
 
 # The same launcher, store fixture and proofs (pytest puts this folder on sys.path).
 from test_engine_recovery import (
@@ -32,7 +33,6 @@ from test_engine_recovery import (
 )
 
 from real.engine.process import StoreProcess
-from real.runtime.processes import stop_process
 
 __all__ = ["stores"]  # the fixture, shared
 
@@ -81,18 +81,7 @@ def _crash_then_recover(
         "GEMINI_CRASH_RANK": "1",
         "GEMINI_CRASH_PHASE": "after_step",
     }
-    first = _launch(scenario, out, "gemini", addrs, token, crash)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while first[1].poll() is None:
-            assert time.monotonic() < deadline, "rank 1 never crashed"
-            time.sleep(0.05)
-        assert first[1].returncode != 0
-        first[0].kill()
-        first[0].wait(30)
-    finally:
-        for process in first:  # reaped whatever happened above
-            stop_process(process, 10)
+    survivor_of_a_crash(_launch(scenario, out, "gemini", addrs, token, crash), TIMEOUT_S)
     captured = sorted(e["iteration"] for e in _events(out, "ckpt_captured") if e["rank"] == 0)
     for node in lost_nodes:
         processes[node].stop()

@@ -21,12 +21,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from running import survivor_of_a_crash
 
 from real.engine.process import StoreProcess
 from real.engine.protocol import make_token
@@ -188,18 +188,7 @@ def test_crash_and_restore_reach_the_uninterrupted_weights(
         # background write is lost with the group.
         _finish(_launch(scenario, out, "gemini", addrs, token), out)
     else:
-        first = _launch(scenario, out, "gemini", addrs, token, crash)
-        try:
-            deadline = time.monotonic() + TIMEOUT_S
-            while first[1].poll() is None:
-                assert time.monotonic() < deadline, "rank 1 never crashed"
-                time.sleep(0.05)
-            assert first[1].returncode != 0
-            first[0].kill()  # the agent stops the surviving trainer
-            first[0].wait(30)
-        finally:
-            for process in first:  # reaped whatever happened above
-                stop_process(process, 10)
+        survivor_of_a_crash(_launch(scenario, out, "gemini", addrs, token, crash), TIMEOUT_S)
     # hardware: node 1 is lost with its memory, a fresh node takes its place; group: the whole
     # placement group (both nodes) is lost, only persistent storage is left.
     for node in {"software": [], "hardware": [1], "group": [0, 1]}[failure]:
