@@ -621,6 +621,18 @@ class RecoveryConfig(_Strict):
         "(interpreter up, torch imported) takes each dead rank, s; no process start "
         "(the paper's cold restart: 253 s).",
     )
+    warm_spares: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Warm spare trainer processes each node agent keeps per local rank "
+        "(interpreter up, torch and the checkpoint modules imported, waiting for an attempt; "
+        "on a GPU no model on the device). A dead rank's process is replaced by one, and a new "
+        "spare warms up in the background, below the trainers: seconds of CPU, which a busy "
+        "host gives it slowly. 2 covers a rank that fails again before that new spare is warm, "
+        "at the memory of one more trainer process per rank (the size check counts it). The "
+        "simulator assumes every crash finds a warm spare.",
+    )
     node_start_s: NonNegativeFloat = Field(
         0.0,
         description="Starting a cold replacement node's own software (agent, checkpoint store, "

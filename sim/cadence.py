@@ -30,7 +30,7 @@ from shared.adaptive import IntervalController, IntervalDecision
 from shared.compression import CodecMeasurement, CompressionDecision, decide, wire_bytes
 from shared.scenario import GBYTE, Scenario
 from shared.scheduling import TrafficPlan, plan_traffic
-from sim.training import IterationProfile, node_shard_bytes
+from sim.training import IterationProfile
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def checkpoint_cadence(
     ckpt, cluster = scenario.checkpoint, scenario.cluster
     compression = compression_decision(scenario)
     ratio = ckpt.compression_ratio if compression.enabled else None
-    sent = wire_bytes(node_shard_bytes(scenario), ratio)
+    sent = wire_bytes(scenario.checkpoint_bytes_per_node, ratio)
     interleaved = ckpt.traffic == "interleaved"
     spans = profile.idle_spans() if interleaved else ()
     controller = IntervalController(ckpt.interval)

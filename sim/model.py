@@ -31,7 +31,6 @@ from sim.training import (
     Phase,
     SteadyIteration,
     iteration_profile,
-    node_shard_bytes,
     steady_iteration,
     traffic_plan,
 )
@@ -49,8 +48,8 @@ class SimModel:
 
     @property
     def shard_bytes(self) -> float:
-        """Bytes one node checkpoints (``node_shard_bytes``)."""
-        return node_shard_bytes(self.scenario)
+        """Bytes one node checkpoints (``Scenario.checkpoint_bytes_per_node``)."""
+        return self.scenario.checkpoint_bytes_per_node
 
     @property
     def facts(self) -> SimFacts:
@@ -87,12 +86,12 @@ def build_model(scenario: Scenario) -> SimModel:
     if ckpt.strategy == "gemini" and scenario.training.phases_with_checkpoint:
         profile = net_of_checkpoint(scenario, profile, placement)
     base_s = profile.iteration_s
-    shard = node_shard_bytes(scenario)
     blocking, upload = persistent_save_times(scenario)
+    # The scenario check's rule: Gemini's slots of its own shard and two per replica held; the
+    # baseline's serialised copy while it uploads (storage.save_time_s), else nothing.
+    memory = checkpoint_memory_bytes(scenario)
     if ckpt.strategy == "gemini":
         cadence, steady, per_iteration = _gemini_iteration(scenario, profile, placement)
-        # Its own shard's slots and two per replica held, as the scenario's check counts them.
-        memory = checkpoint_memory_bytes(scenario)
         strategy = StrategyModel(
             name="gemini",
             progress_s=steady.progress_s / per_iteration,
@@ -114,8 +113,6 @@ def build_model(scenario: Scenario) -> SimModel:
     else:
         steady = None
         every, rule = baseline_interval(scenario, base_s)
-        # A serialised copy waits in host memory while it uploads.
-        memory = shard if upload > 0 else 0.0
         strategy = StrategyModel(
             name="persistent",
             progress_s=base_s,

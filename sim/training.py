@@ -162,13 +162,6 @@ def _layout(parallelism: str, compute_s: float, communication_s: float) -> tuple
     return tuple(p for p in phases if p.duration_s > 0)
 
 
-def node_shard_bytes(scenario: Scenario) -> float:
-    """Bytes one node checkpoints (``Scenario.checkpoint_bytes_per_node``: its share of a
-    ZeRO-3 job's state, or under DDP, where every rank holds the whole state, a full copy per
-    rank)."""
-    return scenario.checkpoint_bytes_per_node
-
-
 def traffic_plan(
     scenario: Scenario, profile: IterationProfile, destinations: Sequence[int]
 ) -> TrafficPlan:
@@ -177,7 +170,7 @@ def traffic_plan(
     spans = profile.idle_spans() if ckpt.traffic == "interleaved" else ()
     return plan_traffic(
         spans,
-        round(node_shard_bytes(scenario)),
+        round(scenario.checkpoint_bytes_per_node),
         destinations,
         bandwidth_bytes_per_s=scenario.cluster.network_bytes_per_s,
         alpha_s=scenario.cluster.network_alpha_s,
@@ -195,7 +188,7 @@ def steady_iteration(
     bandwidth = scenario.cluster.network_bytes_per_s
     network = FlowNetwork(env, {"uplink": bandwidth})
     alpha = scenario.cluster.network_alpha_s
-    capture_s = node_shard_bytes(scenario) / scenario.cluster.copy_bytes_per_s
+    capture_s = scenario.checkpoint_bytes_per_node / scenario.cluster.copy_bytes_per_s
     blocking = scenario.checkpoint.traffic == "blocking"
     marks: dict[str, float] = {}
 

@@ -55,9 +55,11 @@ def stand_in_pool(
     *arguments: str,
     spares: str = "later",
     on_change: Callable[[], None] | None = None,
+    warm_spares: int = 1,
 ) -> TrainerPool:
     """A node agent's pool of one rank whose trainers run ``python -c program *arguments``:
-    stand-ins that speak the agent's protocol on ``GEMINI_AGENT_FD``."""
+    stand-ins that speak the agent's protocol on ``GEMINI_AGENT_FD``; ``warm_spares`` spares
+    are kept (``recovery.warm_spares``)."""
     spec = TrainerSpec(
         scenario=folder / "scenario.yaml",
         overrides=(),
@@ -66,6 +68,7 @@ def stand_in_pool(
         world_size=1,
         per_node=1,
         entrypoint=(sys.executable, "-c", program, *arguments),
+        spares=warm_spares,
     )
     return TrainerPool(spec, node_id=0, env={}, spares=spares, on_change=on_change)
 

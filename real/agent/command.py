@@ -104,6 +104,7 @@ def command(
         world_size=parsed.cluster.ranks,
         per_node=parsed.cluster.accelerators_per_node,
         abort_timeout_s=parsed.detection.abort_timeout_s,
+        spares=parsed.recovery.warm_spares,
         timeout_s=parsed.detection.collective_timeout_s,
         entrypoint=(
             None if parsed.training.entrypoint is None else tuple(parsed.training.entrypoint)

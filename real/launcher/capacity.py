@@ -52,8 +52,6 @@ class Footprint:
         trainer_start_cpu_s: CPU time to start a trainer: import torch (2.1-2.6 s) and build
             the first optimizer (about 2 s).
         node_start_cpu_s: CPU time to start a node agent and its store.
-        warm_spares: warm spare trainers kept per rank
-        (``real.agent.trainer_processes.TrainerSpec``).
     """
 
     trainer_bytes: int = 330 * MB
@@ -63,7 +61,6 @@ class Footprint:
     bytes_per_parameter: float = 16.0
     trainer_start_cpu_s: float = 4.5
     node_start_cpu_s: float = 0.5
-    warm_spares: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +136,9 @@ def estimate_run(
 ) -> RunEstimate:
     """What ``scenario`` needs when run with ``strategy`` on one host (pure).
 
-    Each rank's state is the model's (``model.parameter_count``) with DDP, its share with
-    ZeRO-3; a checkpoint holds ``model.checkpoint_bytes_per_parameter`` bytes per parameter.
+    Each rank has its active trainer and ``recovery.warm_spares`` spares, standby nodes
+    included. Each rank's state is the model's (``model.parameter_count``) with DDP, its share
+    with ZeRO-3; a checkpoint holds ``model.checkpoint_bytes_per_parameter`` bytes per parameter.
     A Gemini store keeps the slots the scenario check counts
     (``shared.scenario_rules.gemini_slots``: by default two, committed and in progress, of its
     node's state and of each replica it holds); the persistent baseline keeps none.
@@ -152,7 +150,7 @@ def estimate_run(
         parameters /= cluster.ranks
     node_state = scenario.checkpoint_bytes_per_node
     slots = (gemini_slots(scenario) if strategy == "gemini" else 0) * node_state
-    trainers_per_node = per_node * (1 + footprint.warm_spares)
+    trainers_per_node = per_node * (1 + scenario.recovery.warm_spares)
     trainer_bytes = trainers_per_node * (
         footprint.trainer_bytes + parameters * footprint.bytes_per_parameter
     )

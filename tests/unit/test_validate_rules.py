@@ -406,6 +406,17 @@ def test_the_quickstart_fits_a_two_core_machine() -> None:
     assert fit_problems(estimate, SMALL_HOST, scenario.real.timeout_s) == []
 
 
+def test_each_warm_spare_per_rank_counts_a_trainer_per_rank_and_node() -> None:
+    one = estimate_run(parse_scenario(QUICKSTART.read_text()), "gemini")
+    two = estimate_run(
+        parse_scenario(QUICKSTART.read_text(), overrides=["recovery.warm_spares=2"]), "gemini"
+    )
+    # 6 nodes (4 and 2 standby) of one rank each: one more process per node, and its memory.
+    assert two.trainers == one.trainers + 6 and two.processes == one.processes + 6
+    assert two.trainer_bytes_per_node == pytest.approx(one.trainer_bytes_per_node * 3 / 2)
+    assert two.memory_bytes > one.memory_bytes
+
+
 def test_500_nodes_are_refused_with_the_estimate_and_the_limits() -> None:
     scenario = parse_scenario(QUICKSTART.read_text(), overrides=["cluster.nodes=500"])
     with pytest.raises(HostCapacityError) as caught:

@@ -1,0 +1,107 @@
+"""``recovery.warm_spares``: a node agent keeps that many warm spares per local rank, so a rank
+that fails again before the spare started after its first failure is warm still finds a warm
+one (``real.agent.trainer_processes.TrainerPool``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from running import stand_in_pool
+
+from real.agent.trainer_processes import TrainerPool
+
+QUICKSTART = Path(__file__).parents[2] / "scenarios" / "quickstart.yaml"
+
+# A stand-in trainer that counts the trainers started before it (a file each, claimed
+# atomically): the first ``warm`` are warm at once, the later ones stay "starting" until the
+# file ``go`` exists, as a spare still importing torch beside a busy job.
+COUNTED_TRAINER = """
+import json, os, socket, sys, time
+sock = socket.socket(fileno=int(os.environ["GEMINI_AGENT_FD"]))
+folder, go, warm = sys.argv[1], sys.argv[2], int(sys.argv[3])
+index = 0
+while True:
+    try:
+        os.close(os.open(os.path.join(folder, f"started-{index}"), os.O_CREAT | os.O_EXCL))
+        break
+    except FileExistsError:
+        index += 1
+while index >= warm and not os.path.exists(go):
+    time.sleep(0.01)
+sock.sendall(json.dumps({"op": "ready"}).encode() + b"\\n")
+for line in sock.makefile():
+    if json.loads(line)["op"] != "assign":
+        break
+"""
+
+
+def crash_the_active_trainer(trainers: TrainerPool) -> None:
+    worker = trainers.active[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20.0
+    while worker.exitcode() is None:
+        assert time.monotonic() < deadline, "the killed trainer never exited"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("warm_spares", [1, 2])
+def test_a_second_crash_before_the_new_spare_is_warm_finds_a_warm_one_with_two(
+    tmp_path: Path, warm_spares: int
+) -> None:
+    counted = tmp_path / "started"
+    counted.mkdir()
+    # The trainers of the node's start (the active one and its spares) warm at once; every
+    # spare started after a crash keeps warming until the test ends.
+    trainers = stand_in_pool(
+        tmp_path,
+        COUNTED_TRAINER,
+        str(counted),
+        str(tmp_path / "go"),
+        str(1 + warm_spares),
+        spares="now",
+        warm_spares=warm_spares,
+    )
+    try:
+        assert trainers.wait_ready(20.0)
+        assert len(trainers.spares[0]) == warm_spares
+        trainers.take_slot(0)
+        assert trainers.assign(1, {}) == {0: False}
+        states = []
+        for attempt in (2, 3):  # the rank crashes twice in a row
+            crash_the_active_trainer(trainers)
+            assert trainers.assign(attempt, {}) == {0: True}  # a spare took the rank
+            states.append(trainers.active[0].state)
+            # The pool is topped up at once: a new spare per one taken.
+            assert len([w for w in trainers.spares[0] if w.exitcode() is None]) == warm_spares
+        # The first crash finds a warm spare either way; the second finds the one started
+        # after the first still warming, unless the rank kept a second warm spare.
+        assert states == (["ready", "ready"] if warm_spares == 2 else ["ready", "starting"])
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
+def test_the_agent_keeps_the_scenarios_warm_spares_per_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from real.agent import command, node_agent
+
+    configs: list[node_agent.AgentConfig] = []
+    monkeypatch.setattr(node_agent, "run_agent", lambda config: configs.append(config) or 0)
+    monkeypatch.setenv("GEMINI_TOKEN", "secret")
+    arguments = ["--kv", "tcpstore://127.0.0.1:1", "--node-id", "0", "--slot", "0"]
+    arguments += ["--run-dir", str(tmp_path), str(QUICKSTART)]
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        for extra in ([], ["--set", "recovery.warm_spares=2"]):
+            result = CliRunner().invoke(command.command, arguments + extra)
+            assert result.exit_code == 0, result.output
+    finally:  # the command configures the root logger, as a process of its own would
+        logging.root.handlers[:], logging.root.level = handlers, level
+    assert [config.spec.spares for config in configs] == [1, 2]
