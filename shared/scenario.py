@@ -224,8 +224,9 @@ class TrainingConfig(_Strict):
         min_length=1,
         description="The trainer the agents run, a program and its arguments, started with "
         "torchrun's environment (a first item ending in .py runs with the agents' Python); "
-        "it checkpoints with `from gemini_ckpt import Checkpointer`. Default: the built-in "
-        "GPT trainer (python -m real.trainer.main).",
+        "it checkpoints with `from gemini_ckpt import Checkpointer`; training.iterations "
+        "still gives the iterations it runs, against which scheduled failures are placed. "
+        "Default: the built-in GPT trainer (python -m real.trainer.main).",
     )
 
 

@@ -49,6 +49,29 @@ def rank_outputs(ranks: list[subprocess.Popen[str]], timeout_s: float = 120) -> 
     return outputs
 
 
+# The end of a stand-in trainer's program (``stand_in_pool``), once it has said "ready": for
+# each attempt assigned, it says it trains again there ("resumed") once the file ``restored``
+# exists (its restore); anything but an assignment ends it. Needs json, os, time, ``sock`` and
+# ``restored``.
+SERVE_ATTEMPTS = """
+for line in sock.makefile():
+    message = json.loads(line)
+    if message["op"] != "assign":
+        break
+    while not os.path.exists(restored):
+        time.sleep(0.01)
+    sock.sendall(json.dumps({"op": "resumed", "attempt": message["attempt"]}).encode() + b"\\n")
+"""
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` until it holds; the test fails after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def stand_in_pool(
     folder: Path,
     program: str,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import shlex
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -93,11 +95,24 @@ def command(
     summary = result.summary
     console.print(
         f"iterations {summary.iterations_completed}, iteration {summary.iteration_time_s:.3f} s, "
-        f"run {summary.duration_s:.1f} s, final weights {result.digest or 'DIFFER between ranks'}"
+        f"run {summary.duration_s:.1f} s, final weights {final_weights(summary.extra)}"
     )
     console.print(
         f"events: {result.run_dir / 'events.jsonl'}  summary: {result.run_dir / 'summary.json'}"
     )
+
+
+def final_weights(extra: Mapping[str, Any]) -> str:
+    """The final weights' line of a run's summary (``RunSummary.extra``): their digest when
+    every rank wrote the same, else why there is none."""
+    if extra.get("final_digest"):
+        return str(extra["final_digest"])
+    if not extra.get("final_digests"):
+        return (
+            "not reported (no trainer wrote final/rank*.bin.json: a script of your own "
+            "keeps its own)"
+        )
+    return "DIFFER between ranks"
 
 
 def require_netns() -> None:

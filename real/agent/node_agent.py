@@ -229,6 +229,9 @@ class NodeAgent:
             ):
                 if self.stopping.is_set():
                     return 0  # stopped while they warmed: the trainers stop on the way out
+                failure = self.pool.start_failure()
+                if failure is not None:
+                    raise RuntimeError(f"node {config.node_id}: {failure}")
                 raise RuntimeError(
                     f"node {config.node_id}: trainers not warm after {WARM_TIMEOUT_S:.0f} s; "
                     f"see {self.run_dir}/logs/trainer-node{config.node_id}-*.log"

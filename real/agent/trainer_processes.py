@@ -48,6 +48,7 @@ from real.runtime.env import (
     GEMINI_SCENARIO_SET,
     GEMINI_STORE_ADDRS,
 )
+from real.runtime.processes import last_line
 
 log = logging.getLogger(__name__)
 TRAINER_NICENESS = 5
@@ -443,6 +444,7 @@ class TrainerPool:
         self.on_change = on_change
         self.slot = -1
         self._raise_spares_at: float | None = None  # see take_slot
+        self._top_up_at: float | None = None  # see _top_up_once_resumed
         self.active: dict[int, Worker] = {}
         self.spares: dict[int, list[Worker]] = {r: [] for r in range(spec.per_node)}
         self.attempt = 0
@@ -521,11 +523,38 @@ class TrainerPool:
         attempt (or the bound passed, or there is nothing left to raise)."""
         if self._raise_spares_at is None:
             return
-        resumed = self.attempt > 0 and all(w.resumed == self.attempt for w in self.active.values())
-        if resumed or time.monotonic() >= self._raise_spares_at:
+        if self._resumed() or time.monotonic() >= self._raise_spares_at:
             self._raise_spares_at = None
             for worker in (w for ws in self.spares.values() for w in ws):
                 worker.foreground()
+
+    def _resumed(self) -> bool:
+        """Every active trainer said it trains again in the current attempt."""
+        return self.attempt > 0 and all(w.resumed == self.attempt for w in self.active.values())
+
+    def _top_up_once_resumed(self) -> None:
+        """Start the spares that replace those taken, once this node's trainers train again.
+
+        A spare's start is seconds of CPU (python, torch, the job's modules), and the
+        recovery that took a spare runs on the same cores: started at the assignment, the new
+        process competes with the ranks that join, rebuild and restore. Held back until they
+        train, a crash's downtime in the recovery benchmark went from a median of 0.19 to 0.18
+        s and from 0.22 to 0.18 s (restart 0.10 to 0.10 s and 0.12 to 0.09 s) in two runs of
+        12 crashes a side (2026-12-05, docs/results.md). So it waits until every active
+        trainer says it resumed in the current attempt (``report_resumed``), or
+        ``SPARE_RAISE_BOUND_S`` for a trainer that never says (a script without our
+        ``Checkpointer``); ``poll`` starts it then. A rank
+        that fails again before that takes another warm spare if it has one
+        (``recovery.warm_spares``), else a process started on the spot (``_promote``)."""
+        self._top_up_at = time.monotonic() + SPARE_RAISE_BOUND_S
+        self._top_up_when_resumed()
+
+    def _top_up_when_resumed(self) -> None:
+        if self._top_up_at is None:
+            return
+        if self._resumed() or time.monotonic() >= self._top_up_at:
+            self._top_up_at = None
+            self._top_up()
 
     def rank(self, local_rank: int) -> int:
         return self.slot * self.spec.per_node + local_rank
@@ -551,6 +580,20 @@ class TrainerPool:
                 return False
         return True
 
+    def start_failure(self) -> str | None:
+        """Why a trainer ended before it was warm (a wrong entrypoint, an import error in the
+        script): its local rank, pid, exit status and the last line of its log; None when
+        none did."""
+        for worker in self.workers():
+            code = worker.exitcode()
+            if worker.state == "starting" and code is not None:
+                return (
+                    f"trainer for local rank {worker.local_rank} (pid {worker.pid}) exited with "
+                    f"status {code} before it was warm; its log {worker.log_path} ends: "
+                    f"{last_line(worker.log_path) or '(empty)'}"
+                )
+        return None
+
     def workers(self) -> list[Worker]:
         return [*self.active.values(), *(w for ws in self.spares.values() for w in ws)]
 
@@ -571,7 +614,7 @@ class TrainerPool:
                 fresh[self.rank(local_rank)] = True
             worker.assign(attempt, self._rank_env(local_rank, env))
         self._env = dict(env)
-        self._top_up()
+        self._top_up_once_resumed()
         return fresh
 
     def _rank_env(self, local_rank: int, env: Mapping[str, str]) -> dict[str, str]:
@@ -599,7 +642,7 @@ class TrainerPool:
                 self._promote(local_rank).assign(
                     self.attempt, self._rank_env(local_rank, self._env)
                 )
-                self._top_up()
+                self._top_up_once_resumed()
 
     def _promote(self, local_rank: int) -> Worker:
         """The spare of ``local_rank`` becomes active (a cold start if none is alive); a new
@@ -663,6 +706,7 @@ class TrainerPool:
         (``{rank: exit code}``, negative for a signal) and ranks that finished it."""
         self._replace_retired()
         self._raise_spares_once_resumed()
+        self._top_up_when_resumed()
         exited, finished = {}, []
         for local_rank, worker in self.active.items():
             rank = self.rank(local_rank)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from real.engine.eventlog import EventLog
 from real.launcher.capacity import require_fits
 from real.launcher.injector import FailureInjector, Injected
 from real.launcher.results import summarize_run
+from real.runtime.processes import last_line
 from shared.events import Event
 from shared.scenario import ScheduledFailure
 from shared.scenario_loader import load_scenario
@@ -126,6 +128,16 @@ def run_real(options: RealOptions) -> RealResult:
     return RealResult(run_dir, summary, merged, injected, cluster.job)
 
 
+def _first_error(logs: Path) -> str:
+    """``: agent-N.log ends with '...'`` for the first agent log that ends with an exception's
+    message (the line a traceback ends with), else ""."""
+    for path in sorted(logs.glob("agent-*.log")):
+        line = last_line(path)
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
+            return f": {path.name} ends with {line!r}"
+    return ""
+
+
 def _wait_finished(cluster: object, injector: FailureInjector, timeout_s: float, t0: float) -> None:
     while True:
         cluster.tick()  # type: ignore[attr-defined]
@@ -143,9 +155,10 @@ def _wait_finished(cluster: object, injector: FailureInjector, timeout_s: float,
         if injector.errors:
             raise RuntimeError(f"failure injection failed: {injector.errors[0]}")
         if not cluster.alive_agents():  # type: ignore[attr-defined]
+            logs = cluster.run_dir / "logs"  # type: ignore[attr-defined]
             raise RuntimeError(
-                f"every node agent exited before the job finished; see "
-                f"{cluster.run_dir}/logs/agent-*.log"  # type: ignore[attr-defined]
+                f"every node agent exited before the job finished{_first_error(logs)}; see "
+                f"{logs}/agent-*.log"
             )
         if time.time() - t0 > timeout_s:
             raise TimeoutError(

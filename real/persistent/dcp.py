@@ -160,7 +160,8 @@ def load_persistent(
         iteration: a complete iteration (listed in the index).
         template_state: this rank's state of the same structure (``Trainer.state()``): its
             tensors give shapes, dtypes and shardings (DTensors load as this rank's shards) and
-            are not modified; the load is collective when a process group is initialised.
+            are not modified; stored tensors it lacks are read whole, as stored; the load is
+            collective when a process group is initialised.
             None: no template, no collective: every tensor is read whole, as stored (under
             FSDP2 the global tensors; ``Trainer.load_state`` takes those too).
         rank: whose per-rank values to read (default: this process's rank).
@@ -199,6 +200,12 @@ def load_persistent(
     if template_state is not None:
         tensors, _ = flatten_state(template_state)
         fresh = {path: torch.empty_like(t) for path, t in tensors.items()}
+        # A stored tensor the template lacks is read whole, as stored: an optimizer that has
+        # taken no step yet has none of its tensors in the adapters' state (a fresh process's
+        # template), and the checkpoint's moments must still come back.
+        missing = {p: k for p, k in sidecar["tensors"].items() if p not in fresh}
+        if missing:
+            fresh.update(_allocate_as_stored(storage, iteration, missing, secret))
         group = _group_kwargs(process_group)
     else:
         fresh = _allocate_as_stored(storage, iteration, sidecar["tensors"], secret)

@@ -139,6 +139,7 @@ class Checkpointer:
         self._assignment: Assignment | None = None
         self._owns_group = self._channel is not None
         self._ran = False
+        self._told_plain = False  # the warning of a plain loop under the agents, once
         if self._channel is not None:
             # The job's scenario decides, the collective timeout included (a hung peer is
             # noticed after it).
@@ -373,6 +374,15 @@ class Checkpointer:
     def save(self, iteration: int, state: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` (nested dicts and lists of tensors and plain values) after
         ``iteration``; returns once every tensor is copied."""
+        if self._channel is not None and not self._ran and not self._told_plain:
+            self._told_plain = True
+            log.warning(
+                "Checkpointer.save under gemini-ckpt's agents without Checkpointer.run(train): "
+                "a peer's failure ends this process instead of recovering it in place (its "
+                "rank goes to a warm spare, and a lost node is found by its lease, not by the "
+                "survivors' broken collectives); docs/training.md, 'In-process recovery "
+                "under the agents'"
+            )
         began = time.perf_counter()
         self._engine_now().save(iteration, state)
         ended = time.perf_counter()

@@ -278,6 +278,7 @@ def training_state(
     scheduler: Any = None,
     *,
     clone: bool = True,
+    initialise: bool = True,
 ) -> dict[str, Any]:
     """Model, optimizer, scheduler and generator states of this rank, ready for a checkpointer.
 
@@ -287,11 +288,26 @@ def training_state(
         scheduler: its learning-rate scheduler (anything with ``state_dict``), or None.
         clone: copy every tensor (default), so the state stays as it is while training goes
             on; False hands out the live tensors, for a checkpointer that copies them at once.
+        initialise: what to do with an optimizer that has no state yet (no step taken).
+            torch's ``get_state_dict`` initialises it with a step at learning rate 0, which
+            creates its per-parameter tensors (Adam's moments, zeros) but also counts a step
+            (Adam's ``step`` becomes 1, which its bias correction then uses for every later
+            step); it does so only while no parameter has a gradient. True keeps that (the
+            built-in trainer's warm spares take a state once to create the tensors a restore
+            then writes into); False, the public adapters' choice, puts the optimizer back as
+            it was and records its state as empty: a state taken before the first step
+            neither changes the run nor, restored, starts it from a counted step.
 
     Returns:
         ``{"model", "optim", "rng"}`` and ``"scheduler"`` when one is given.
     """
+    fresh = not initialise and not optimizer.state
+    if fresh:
+        before = optimizer.state_dict()
     model_state, optim_state = model_and_optimizer_state(model, optimizer, clone=clone)
+    if fresh:
+        optimizer.load_state_dict(before)
+        optim_state = {**optim_state, "state": {}}
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
     if scheduler is not None:
         state["scheduler"] = copy.deepcopy(scheduler.state_dict())
@@ -308,6 +324,10 @@ def load_training_state(
     """Continue from ``state`` (from ``training_state``, a checkpointer's restore, or DCP).
 
     The tensors are cloned first, so the state given stays usable (loading keeps references).
+    The model's gradients are dropped (set to None): they are no part of the state, and a
+    survivor of a failure may hold those of the step it was aborted in, which a loop that
+    zeroes them after its optimizer step (gradient accumulation, typically) would otherwise
+    add to its first step after the restore.
 
     Raises:
         ValueError: a scheduler is given but the state has none, or the model state lacks some
@@ -325,6 +345,8 @@ def load_training_state(
         clone_state(state["model"], live=live_model),
         clone_state(state["optim"], live=live_optim),
     )
+    for parameter in model.parameters():
+        parameter.grad = None
     if scheduler is not None:
         scheduler.load_state_dict(copy.deepcopy(dict(state["scheduler"])))
     restore_rng_state(state["rng"])

@@ -213,5 +213,74 @@ def test_a_state_taken_without_a_scheduler_does_not_load_into_one() -> None:
         ddp.load_state_dict(model, optimizer, state, scheduler)
 
 
+def test_a_restore_drops_the_gradients_of_an_aborted_step() -> None:
+    """A survivor aborted after its backward (before its step) holds that step's gradients;
+    with a loop that zeroes them after each step, the restore must drop them, or its first
+    step after the restore adds them in and the run leaves the uninterrupted one."""
+    import torch
+    from torch import nn
+
+    from gemini_ckpt.adapters import ddp
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = torch.ones(4, 3)
+
+    def step() -> None:  # backward, step, then zero: the accumulation-friendly order
+        model(batch).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
+    state = ddp.state_dict(model, optimizer)
+    step()
+    uninterrupted = {key: value.clone() for key, value in model.state_dict().items()}
+    model(batch).square().sum().backward()  # the aborted step: gradients, no optimizer step
+    ddp.load_state_dict(model, optimizer, state)
+    assert all(parameter.grad is None for parameter in model.parameters())
+    step()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, uninterrupted[key]), key
+
+
+def test_a_state_taken_before_the_first_step_changes_nothing() -> None:
+    """torch's ``get_state_dict`` initialises an optimizer without state by a step at learning
+    rate 0, which counts (AdamW's ``step`` becomes 1): a save before the first step must not
+    change the run, and a restore of it must start the optimizer from no step."""
+    import torch
+    from torch import nn
+
+    from gemini_ckpt.adapters import ddp
+
+    def build() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
+        for _ in range(steps):
+            model(torch.ones(4, 3)).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    model, optimizer = build()
+    train(model, optimizer, 3)
+    uninterrupted = {key: value.clone() for key, value in model.state_dict().items()}
+
+    model, optimizer = build()
+    state = ddp.state_dict(model, optimizer)  # no gradients yet: what torch initialises
+    assert state["optim"]["state"] == {} and not optimizer.state
+    train(model, optimizer, 3)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in uninterrupted.items())
+
+    survivor, its_optimizer = build()  # trained on, then rolled back to before the first step
+    train(survivor, its_optimizer, 2)
+    ddp.load_state_dict(survivor, its_optimizer, state)
+    assert not its_optimizer.state
+    train(survivor, its_optimizer, 3)
+    assert all(torch.equal(survivor.state_dict()[k], v) for k, v in uninterrupted.items())
+
+
 if __name__ == "__main__":
     worker(json.loads(sys.argv[1]))

@@ -1,6 +1,7 @@
 """``gemini-ckpt real --mode netns`` where network namespaces cannot be made: refused as a
 usage error (exit 2) before anything starts; a failing ip or tc step is a one-line error
-naming the command and what it said (exit 1), not an internal error."""
+naming the command and what it said (exit 1), not an internal error; the final weights' line
+says why a run has no digest."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ def test_failed_netns_step_names_the_command(
     assert code == 1
     assert "ip netns add gkab12-n0 exited with 2: RTNETLINK answers: File exists" in output
     assert "Traceback" not in output
+
+
+def test_the_final_weights_line_says_why_there_is_no_digest() -> None:
+    from gemini_ckpt.commands.real import final_weights
+
+    assert final_weights({"final_digest": "f1800480", "final_digests": {"0": "f1800480"}}) == (
+        "f1800480"
+    )
+    # A script of the user's own writes no final/rank*.bin.json: nothing to compare, no alarm.
+    assert final_weights({"final_digest": None, "final_digests": {}}).startswith("not reported")
+    assert final_weights({"final_digest": None, "final_digests": {"0": "a", "1": "b"}}) == (
+        "DIFFER between ranks"
+    )

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from running import stand_in_pool
+from running import SERVE_ATTEMPTS, stand_in_pool, wait_for
 
 from real.agent import trainer_processes
 from real.agent.trainer_processes import (
@@ -36,21 +36,17 @@ sock.recv(1)
 # once; a spare started in the background (below it) waits for the file, as the one that was
 # still importing torch when its rank failed again. Assigned an attempt, a trainer says it
 # resumed training there once the file named by its second argument exists (its restore).
-STANDBY_TRAINER = f"""
+STANDBY_TRAINER = (
+    f"""
 import json, os, socket, sys, time
 sock = socket.socket(fileno=int(os.environ["GEMINI_AGENT_FD"]))
 go, restored = sys.argv[1], sys.argv[2]
 while os.nice(0) >= {BACKGROUND_NICENESS} and not os.path.exists(go):
     time.sleep(0.01)
 sock.sendall(json.dumps({{"op": "ready"}}).encode() + b"\\n")
-for line in sock.makefile():
-    message = json.loads(line)
-    if message["op"] != "assign":
-        break
-    while not os.path.exists(restored):
-        time.sleep(0.01)
-    sock.sendall(json.dumps({{"op": "resumed", "attempt": message["attempt"]}}).encode() + b"\\n")
 """
+    + SERVE_ATTEMPTS
+)
 
 needs_nice = pytest.mark.skipif(
     not may_raise_priority(), reason="raising a priority needs CAP_SYS_NICE or RLIMIT_NICE"
@@ -66,13 +62,6 @@ def niceness(pid: int) -> int:
         group = int(autogroup.read_text().split("nice")[1])
         return own if group == own else -100  # they disagree: no niceness matches
     return own
-
-
-def wait_for(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def pool(

@@ -1,6 +1,7 @@
 """``recovery.warm_spares``: a node agent keeps that many warm spares per local rank, so a rank
 that fails again before the spare started after its first failure is warm still finds a warm
-one (``real.agent.trainer_processes.TrainerPool``)."""
+one; the spare replacing one taken starts once the node's trainers train again, not during the
+recovery (``real.agent.trainer_processes.TrainerPool``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from running import stand_in_pool
+from running import SERVE_ATTEMPTS, stand_in_pool, wait_for
 
 from real.agent.trainer_processes import TrainerPool
 
@@ -19,11 +20,13 @@ QUICKSTART = Path(__file__).parents[2] / "scenarios" / "quickstart.yaml"
 
 # A stand-in trainer that counts the trainers started before it (a file each, claimed
 # atomically): the first ``warm`` are warm at once, the later ones stay "starting" until the
-# file ``go`` exists, as a spare still importing torch beside a busy job.
-COUNTED_TRAINER = """
+# file ``go`` exists, as a spare still importing torch beside a busy job. Assigned an attempt,
+# it says it trains again there once the file ``restored`` exists (its restore).
+COUNTED_TRAINER = (
+    """
 import json, os, socket, sys, time
 sock = socket.socket(fileno=int(os.environ["GEMINI_AGENT_FD"]))
-folder, go, warm = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder, go, warm, restored = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 index = 0
 while True:
     try:
@@ -34,10 +37,30 @@ while True:
 while index >= warm and not os.path.exists(go):
     time.sleep(0.01)
 sock.sendall(json.dumps({"op": "ready"}).encode() + b"\\n")
-for line in sock.makefile():
-    if json.loads(line)["op"] != "assign":
-        break
 """
+    + SERVE_ATTEMPTS
+)
+
+
+def counted_pool(folder: Path, warm_spares: int) -> TrainerPool:
+    """A node's pool of one rank whose trainers of the node's start (the active one and its
+    spares) are warm at once; every spare started after a crash warms until the test ends."""
+    counted = folder / "started"
+    counted.mkdir()
+    return stand_in_pool(
+        folder,
+        COUNTED_TRAINER,
+        str(counted),
+        str(folder / "go"),
+        str(1 + warm_spares),
+        str(folder / "restored"),
+        spares="now",
+        warm_spares=warm_spares,
+    )
+
+
+def live_spares(trainers: TrainerPool) -> int:
+    return len([w for w in trainers.spares[0] if w.exitcode() is None])
 
 
 def crash_the_active_trainer(trainers: TrainerPool) -> None:
@@ -53,19 +76,8 @@ def crash_the_active_trainer(trainers: TrainerPool) -> None:
 def test_a_second_crash_before_the_new_spare_is_warm_finds_a_warm_one_with_two(
     tmp_path: Path, warm_spares: int
 ) -> None:
-    counted = tmp_path / "started"
-    counted.mkdir()
-    # The trainers of the node's start (the active one and its spares) warm at once; every
-    # spare started after a crash keeps warming until the test ends.
-    trainers = stand_in_pool(
-        tmp_path,
-        COUNTED_TRAINER,
-        str(counted),
-        str(tmp_path / "go"),
-        str(1 + warm_spares),
-        spares="now",
-        warm_spares=warm_spares,
-    )
+    (tmp_path / "restored").touch()  # every assigned trainer resumes at once
+    trainers = counted_pool(tmp_path, warm_spares)
     try:
         assert trainers.wait_ready(20.0)
         assert len(trainers.spares[0]) == warm_spares
@@ -76,11 +88,39 @@ def test_a_second_crash_before_the_new_spare_is_warm_finds_a_warm_one_with_two(
             crash_the_active_trainer(trainers)
             assert trainers.assign(attempt, {}) == {0: True}  # a spare took the rank
             states.append(trainers.active[0].state)
-            # The pool is topped up at once: a new spare per one taken.
-            assert len([w for w in trainers.spares[0] if w.exitcode() is None]) == warm_spares
+            if attempt == 2:  # it trains again: a new spare per one taken, still warming
+                wait_for(lambda: trainers.active[0].resumed == 2)
+                trainers.poll()
+                assert live_spares(trainers) == warm_spares
         # The first crash finds a warm spare either way; the second finds the one started
         # after the first still warming, unless the rank kept a second warm spare.
         assert states == (["ready", "ready"] if warm_spares == 2 else ["ready", "starting"])
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
+def test_the_spare_replacing_one_taken_starts_once_the_trainers_train_again(
+    tmp_path: Path,
+) -> None:
+    trainers = counted_pool(tmp_path, warm_spares=1)
+    try:
+        assert trainers.wait_ready(20.0)
+        trainers.take_slot(0)
+        (tmp_path / "restored").touch()
+        trainers.assign(1, {})
+        wait_for(lambda: trainers.active[0].resumed == 1)
+        (tmp_path / "restored").unlink()  # the next restore lasts until the file is back
+        crash_the_active_trainer(trainers)
+        assert trainers.assign(2, {}) == {0: True}
+        for _ in range(20):  # recovering: no new process takes CPU from it
+            trainers.poll()
+            assert live_spares(trainers) == 0
+            time.sleep(0.01)
+        assert len(os.listdir(tmp_path / "started")) == 2
+        (tmp_path / "restored").touch()  # restored: the rank trains again
+        wait_for(lambda: trainers.active[0].resumed == 2)
+        trainers.poll()
+        assert live_spares(trainers) == 1
     finally:
         trainers.stop(grace_s=1.0)
 

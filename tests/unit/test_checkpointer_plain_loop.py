@@ -1,0 +1,56 @@
+"""Under the agents, a script that saves without ``Checkpointer.run(train)`` gets no in-process
+recovery: its first ``save`` says so, once, in the trainer's log; a script using ``run`` and
+one under torchrun are told nothing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from real.trainer.checkpointer import Checkpointer
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+
+    def save(self, iteration: int, state: Any) -> None:
+        self.saved.append(iteration)
+
+
+class _Events:
+    def emit(self, kind: str, **details: Any) -> None:
+        pass
+
+
+def checkpointer(*, agents: bool, ran: bool) -> tuple[Checkpointer, _Engine]:
+    """A ``Checkpointer`` as its constructor leaves it, around stand-ins for the engine, the
+    event log and the agent's channel (none under torchrun)."""
+    engine = _Engine()
+    made = object.__new__(Checkpointer)
+    made._channel = object() if agents else None  # type: ignore[assignment]
+    made._ran, made._told_plain = ran, False
+    made._engine_now = lambda: engine  # type: ignore[method-assign]
+    made.events = _Events()  # type: ignore[assignment]
+    made._last_step = time.perf_counter()
+    return made, engine
+
+
+@pytest.mark.parametrize(
+    ("agents", "ran", "told"), [(True, False, 1), (True, True, 0), (False, False, 0)]
+)
+def test_a_plain_loop_under_the_agents_is_told_once(
+    caplog: pytest.LogCaptureFixture, agents: bool, ran: bool, told: int
+) -> None:
+    made, engine = checkpointer(agents=agents, ran=ran)
+    with caplog.at_level(logging.WARNING, logger="real.trainer.checkpointer"):
+        for iteration in (1, 2, 3):
+            made.save(iteration, {})
+    assert engine.saved == [1, 2, 3]
+    warnings = [
+        r.getMessage() for r in caplog.records if "without Checkpointer.run" in r.getMessage()
+    ]
+    assert len(warnings) == told
