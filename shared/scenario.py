@@ -629,10 +629,10 @@ class RecoveryConfig(_Strict):
         description="Warm spare trainer processes each node agent keeps per local rank "
         "(interpreter up, torch and the checkpoint modules imported, waiting for an attempt; "
         "on a GPU no model on the device). A dead rank's process is replaced by one, and a new "
-        "spare warms up in the background, below the trainers: seconds of CPU, which a busy "
-        "host gives it slowly. 2 covers a rank that fails again before that new spare is warm, "
-        "at the memory of one more trainer process per rank (the size check counts it). The "
-        "simulator assumes every crash finds a warm spare.",
+        "spare warms up in the background once the node trains again, below the trainers: "
+        "seconds of CPU, which a busy host gives it slowly. 2 covers a rank that fails again "
+        "before that new spare is warm, at the memory of one more trainer process per rank "
+        "(the size check counts it). The simulator assumes every crash finds a warm spare.",
     )
     node_start_s: NonNegativeFloat = Field(
         0.0,

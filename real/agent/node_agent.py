@@ -552,7 +552,10 @@ class NodeAgent:
         pool, attempt = self.pool, self.running
         if pool is None or attempt is None:
             return
+        started = pool.processes_started
         exited, finished = pool.poll()
+        if pool.processes_started != started:  # spares started (killed with the node if lost)
+            self._write_pids(None)
         for rank in finished:
             jobkeys.put_json(
                 self.kv, f"{jobkeys.DONE_PREFIX}{attempt}/{rank}", {"time": time.time()}

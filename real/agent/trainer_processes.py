@@ -1,16 +1,18 @@
 """The trainer processes of one node: long-lived, recovered in process, backed by warm spares.
 
-A node agent keeps, per local rank, one **active** trainer and one **warm spare**: both started
-ahead of need (``python -m real.trainer.main``, interpreter up, torch imported, an optimizer step
-taken once), waiting on a socket the agent created and the trainer inherited
+A node agent keeps, per local rank, one **active** trainer and ``recovery.warm_spares`` **warm
+spares** (one by default), all started ahead of need (``python -m real.trainer.main``,
+interpreter up, torch imported, an optimizer step taken once), waiting on a socket the agent
+created and the trainer inherited
 (:mod:`real.trainer.inprocess`). For each attempt of the job the agent **assigns** the attempt to
 the
 active trainer of every local rank (rank, world, rendezvous, stores, restore plan). When the
 root stops an attempt, the agent **aborts** it: survivors leave their failed collectives and
 **park**, keeping their model and optimizer for the next attempt. A trainer that died, or has
 not parked within ``detection.abort_timeout_s`` (stuck in a collective gloo cannot abort), is
-killed and replaced by the spare; a new spare starts in the background. So a crash or a
-replacement node pays no process start, and survivors pay no restart at all.
+killed and replaced by a spare; a new spare starts in the background once the node's trainers
+train again. So a crash or a replacement node pays no process start, and survivors pay no
+restart at all.
 
 Environment of each trainer: ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GEMINI_AGENT_FD``,
 ``GEMINI_TOKEN``, ``GEMINI_RUN_DIR``, ``GEMINI_RUN_T0``, ``OMP_NUM_THREADS=1``; each assignment
@@ -420,8 +422,8 @@ class TrainerPool:
             job); ``"background"``, now but below the trainers' priority, warming from the CPU
             the job leaves idle (a standby node: nothing needs them yet, but a rank it takes
             may fail again soon after its takeover, and a spare started only then warms up
-            during training, for more than 8 s beside four ranks on 2 cores); ``"later"``, at
-            the first assignment.
+            during training, for more than 8 s beside four ranks on 2 cores); ``"later"``, once
+            the first attempt trains (``_top_up_once_resumed``).
         on_change: called (from a reader thread) whenever a trainer reports or ends, so the
             agent acts at once instead of at its next look.
 
@@ -445,6 +447,7 @@ class TrainerPool:
         self.slot = -1
         self._raise_spares_at: float | None = None  # see take_slot
         self._top_up_at: float | None = None  # see _top_up_once_resumed
+        self.processes_started = 0  # every trainer process this pool started (pids file)
         self.active: dict[int, Worker] = {}
         self.spares: dict[int, list[Worker]] = {r: [] for r in range(spec.per_node)}
         self.attempt = 0
@@ -483,6 +486,7 @@ class TrainerPool:
 
     def _start(self, local_rank: int, background: bool = False) -> Worker:
         background = background and self._background
+        self.processes_started += 1
         worker = Worker(
             self.spec,
             f"node{self.node_id}",
@@ -546,7 +550,8 @@ class TrainerPool:
         ``Checkpointer``); ``poll`` starts it then. A rank
         that fails again before that takes another warm spare if it has one
         (``recovery.warm_spares``), else a process started on the spot (``_promote``)."""
-        self._top_up_at = time.monotonic() + SPARE_RAISE_BOUND_S
+        bound = time.monotonic() + SPARE_RAISE_BOUND_S
+        self._top_up_at = bound if self._top_up_at is None else min(self._top_up_at, bound)
         self._top_up_when_resumed()
 
     def _top_up_when_resumed(self) -> None:
@@ -645,12 +650,13 @@ class TrainerPool:
                 self._top_up_once_resumed()
 
     def _promote(self, local_rank: int) -> Worker:
-        """The spare of ``local_rank`` becomes active (a cold start if none is alive); a new
-        spare starts in the background."""
+        """A spare of ``local_rank`` becomes active, a warm one first (a cold start if none is
+        alive); its replacement starts later (``_top_up_once_resumed``)."""
         spares = [w for w in self.spares[local_rank] if w.exitcode() is None]
         self.spares[local_rank] = spares
         if spares:
-            worker = spares.pop(0)
+            worker = next((w for w in spares if w.state != "starting"), spares[0])
+            spares.remove(worker)
             worker.foreground()  # still warming up, maybe: it is on the recovery's path now
             log.info(
                 "node slot %d: %s spare (pid %d) takes local rank %d",

@@ -199,11 +199,12 @@ def load_persistent(
         ) from error
     if template_state is not None:
         tensors, _ = flatten_state(template_state)
-        fresh = {path: torch.empty_like(t) for path, t in tensors.items()}
-        # A stored tensor the template lacks is read whole, as stored: an optimizer that has
-        # taken no step yet has none of its tensors in the adapters' state (a fresh process's
-        # template), and the checkpoint's moments must still come back.
-        missing = {p: k for p, k in sidecar["tensors"].items() if p not in fresh}
+        stored = sidecar["tensors"]
+        # Only what the checkpoint holds (a state saved before the optimizer's first step has
+        # none of its tensors, and a survivor's template has them); a stored tensor the
+        # template lacks is read whole, as stored.
+        fresh = {path: torch.empty_like(t) for path, t in tensors.items() if path in stored}
+        missing = {p: k for p, k in stored.items() if p not in fresh}
         if missing:
             fresh.update(_allocate_as_stored(storage, iteration, missing, secret))
         group = _group_kwargs(process_group)

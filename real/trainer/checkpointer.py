@@ -69,6 +69,7 @@ from real.trainer.inprocess import (
     report_resumed,
     run_attempts,
 )
+from real.trainer.templates import initialised
 from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -351,6 +352,10 @@ class Checkpointer:
         """:meth:`restore` with the persistent tier's shape (``template``, a state or a
         callable asked only when that tier serves) and the memory tiers' target apart."""
         engine = self._engine_now()
+        # Asked for only when a restore needs them, and then loaded over: the adapters' states
+        # may give the optimizer's tensors (training_state.initialising_optimizers).
+        template = initialised(template) if callable(template) else template
+        into = initialised(into) if callable(into) else into
         restored: Restored | None
         if self.scenario.checkpoint.strategy == "gemini":
             restored = engine.restore(template=template, into=into)
@@ -376,6 +381,8 @@ class Checkpointer:
         ``iteration``; returns once every tensor is copied."""
         if self._channel is not None and not self._ran and not self._told_plain:
             self._told_plain = True
+            if self._assignment is not None:  # it trains: its node may start new spares
+                self._channel.send("resumed", attempt=self._assignment.attempt)
             log.warning(
                 "Checkpointer.save under gemini-ckpt's agents without Checkpointer.run(train): "
                 "a peer's failure ends this process instead of recovering it in place (its "

@@ -44,6 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from real.trainer.templates import initialising
 from real.trainer.workload.rng import capture_rng_state, restore_rng_state
 
 
@@ -292,21 +293,19 @@ def training_state(
             torch's ``get_state_dict`` initialises it with a step at learning rate 0, which
             creates its per-parameter tensors (Adam's moments, zeros) but also counts a step
             (Adam's ``step`` becomes 1, which its bias correction then uses for every later
-            step); it does so only while no parameter has a gradient. True keeps that (the
-            built-in trainer's warm spares take a state once to create the tensors a restore
-            then writes into); False, the public adapters' choice, puts the optimizer back as
-            it was and records its state as empty: a state taken before the first step
-            neither changes the run nor, restored, starts it from a counted step.
+            step); it does so only while no parameter has a gradient. True keeps that; False,
+            the public adapters' choice, clears that state again and records the optimizer's
+            as empty: a state taken before the first step neither changes the run nor,
+            restored, starts it from a counted step. Within ``initialising_optimizers`` (a
+            restore's template) torch's initialisation stays.
 
     Returns:
         ``{"model", "optim", "rng"}`` and ``"scheduler"`` when one is given.
     """
-    fresh = not initialise and not optimizer.state
-    if fresh:
-        before = optimizer.state_dict()
+    fresh = not (initialise or initialising()) and not optimizer.state
     model_state, optim_state = model_and_optimizer_state(model, optimizer, clone=clone)
-    if fresh:
-        optimizer.load_state_dict(before)
+    if fresh:  # torch set the learning rates back; its step's per-parameter state goes
+        optimizer.state.clear()
         optim_state = {**optim_state, "state": {}}
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
     if scheduler is not None:

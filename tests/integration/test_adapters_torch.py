@@ -274,6 +274,12 @@ def test_a_state_taken_before_the_first_step_changes_nothing() -> None:
     train(model, optimizer, 3)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in uninterrupted.items())
 
+    # Taken as a restore's template, it keeps torch's optimizer tensors to restore into.
+    from real.trainer.templates import initialising_optimizers
+
+    with initialising_optimizers():
+        assert set(ddp.state_dict(*build())["optim"]["state"]) == {"weight", "bias"}
+
     survivor, its_optimizer = build()  # trained on, then rolled back to before the first step
     train(survivor, its_optimizer, 2)
     ddp.load_state_dict(survivor, its_optimizer, state)

@@ -1,6 +1,7 @@
 """Under the agents, a script that saves without ``Checkpointer.run(train)`` gets no in-process
-recovery: its first ``save`` says so, once, in the trainer's log; a script using ``run`` and
-one under torchrun are told nothing."""
+recovery: its first ``save`` says so, once, in the trainer's log, and tells its agent that it
+trains (``resumed``: the node may start the spares it holds back during a recovery); a script
+using ``run`` and one under torchrun are told nothing."""
 
 from __future__ import annotations
 
@@ -21,22 +22,35 @@ class _Engine:
         self.saved.append(iteration)
 
 
+class _Channel:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, op: str, **fields: Any) -> None:
+        self.sent.append((op, fields))
+
+
+class _Assignment:
+    attempt = 3
+
+
 class _Events:
     def emit(self, kind: str, **details: Any) -> None:
         pass
 
 
-def checkpointer(*, agents: bool, ran: bool) -> tuple[Checkpointer, _Engine]:
+def checkpointer(*, agents: bool, ran: bool) -> tuple[Checkpointer, _Engine, _Channel]:
     """A ``Checkpointer`` as its constructor leaves it, around stand-ins for the engine, the
     event log and the agent's channel (none under torchrun)."""
-    engine = _Engine()
+    engine, channel = _Engine(), _Channel()
     made = object.__new__(Checkpointer)
-    made._channel = object() if agents else None  # type: ignore[assignment]
+    made._channel = channel if agents else None  # type: ignore[assignment]
+    made._assignment = _Assignment() if agents else None  # type: ignore[assignment]
     made._ran, made._told_plain = ran, False
     made._engine_now = lambda: engine  # type: ignore[method-assign]
     made.events = _Events()  # type: ignore[assignment]
     made._last_step = time.perf_counter()
-    return made, engine
+    return made, engine, channel
 
 
 @pytest.mark.parametrize(
@@ -45,7 +59,7 @@ def checkpointer(*, agents: bool, ran: bool) -> tuple[Checkpointer, _Engine]:
 def test_a_plain_loop_under_the_agents_is_told_once(
     caplog: pytest.LogCaptureFixture, agents: bool, ran: bool, told: int
 ) -> None:
-    made, engine = checkpointer(agents=agents, ran=ran)
+    made, engine, channel = checkpointer(agents=agents, ran=ran)
     with caplog.at_level(logging.WARNING, logger="real.trainer.checkpointer"):
         for iteration in (1, 2, 3):
             made.save(iteration, {})
@@ -54,3 +68,4 @@ def test_a_plain_loop_under_the_agents_is_told_once(
         r.getMessage() for r in caplog.records if "without Checkpointer.run" in r.getMessage()
     ]
     assert len(warnings) == told
+    assert channel.sent == [("resumed", {"attempt": 3})] * told

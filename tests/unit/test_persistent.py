@@ -87,6 +87,33 @@ def test_template_free_load_reads_the_state_as_stored(tmp_path: Path) -> None:
     assert state_digest(resumed.model_state()) == state_digest(trainer.model_state())
 
 
+def test_a_template_and_a_checkpoint_holding_other_optimizer_tensors(tmp_path: Path) -> None:
+    """A state saved before the optimizer's first step holds none of its tensors (the
+    adapters'), a survivor's template holds them, a fresh process's does not: each reads."""
+    from torch import nn
+
+    from gemini_ckpt.adapters import ddp
+
+    def built() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    url = str(tmp_path / "tier")
+    model, optimizer = built()
+    save_persistent(url, 0, ddp.state_dict(model, optimizer))
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    save_persistent(url, 1, ddp.state_dict(model, optimizer))
+    state = load_persistent(url, 0, ddp.state_dict(model, optimizer))  # a survivor's template
+    assert state["optim"]["state"] == {}
+    state = load_persistent(url, 1, ddp.state_dict(*built()))  # a fresh process's: read whole
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(
+            state["optim"]["state"]["weight"][key], optimizer.state[model.weight][key]
+        )
+
+
 def test_storage_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_STORAGE_OPTIONS", '{"auto_mkdir": true}')
     assert persistent_storage.PersistentStorage("/tmp/x").storage_options == {"auto_mkdir": True}

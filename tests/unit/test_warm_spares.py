@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from running import SERVE_ATTEMPTS, stand_in_pool, wait_for
 
+from real.agent import trainer_processes
 from real.agent.trainer_processes import TrainerPool
 
 QUICKSTART = Path(__file__).parents[2] / "scenarios" / "quickstart.yaml"
@@ -121,6 +122,29 @@ def test_the_spare_replacing_one_taken_starts_once_the_trainers_train_again(
         wait_for(lambda: trainers.active[0].resumed == 2)
         trainers.poll()
         assert live_spares(trainers) == 1
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
+def test_a_spare_taken_is_replaced_after_a_bound_when_the_trainers_never_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer of the user's own that never says it resumed: the node starts the new spare
+    ``SPARE_RAISE_BOUND_S`` after the assignment anyway."""
+    monkeypatch.setattr(trainer_processes, "SPARE_RAISE_BOUND_S", 0.3)
+    trainers = counted_pool(tmp_path, warm_spares=1)  # no "restored" file: never resumes
+    try:
+        assert trainers.wait_ready(20.0)
+        trainers.take_slot(0)
+        trainers.assign(1, {})
+        crash_the_active_trainer(trainers)
+        assert trainers.assign(2, {}) == {0: True}
+        started = trainers.processes_started
+        trainers.poll()
+        assert live_spares(trainers) == 0
+        time.sleep(0.4)
+        trainers.poll()
+        assert live_spares(trainers) == 1 and trainers.processes_started == started + 1
     finally:
         trainers.stop(grace_s=1.0)
 
