@@ -592,9 +592,10 @@ class TrainerPool:
         for worker in self.workers():
             code = worker.exitcode()
             if worker.state == "starting" and code is not None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 return (
-                    f"trainer for local rank {worker.local_rank} (pid {worker.pid}) exited with "
-                    f"status {code} before it was warm; its log {worker.log_path} ends: "
+                    f"trainer for local rank {worker.local_rank} (pid {worker.pid}) {how} "
+                    f"before it was warm; its log {worker.log_path} ends: "
                     f"{last_line(worker.log_path) or '(empty)'}"
                 )
         return None

@@ -129,9 +129,10 @@ def run_real(options: RealOptions) -> RealResult:
 
 
 def _first_error(logs: Path) -> str:
-    """``: agent-N.log ends with '...'`` for the first agent log that ends with an exception's
-    message (the line a traceback ends with), else ""."""
-    for path in sorted(logs.glob("agent-*.log")):
+    """``: agent-N.log ends with '...'`` for the agent log that stopped first among those that
+    end with an exception's message (the line a traceback ends with: the first failure, which
+    the others may only follow), else ""."""
+    for path in sorted(logs.glob("agent-*.log"), key=lambda p: (p.stat().st_mtime, p.name)):
         line = last_line(path)
         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
             return f": {path.name} ends with {line!r}"

@@ -4,6 +4,7 @@ and by the launcher, instead of a wait said to have timed out."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def test_a_trainer_that_exits_while_starting_is_named_with_its_last_words(
         trainers.stop(grace_s=1.0)
 
 
+def test_a_trainer_killed_while_starting_is_named_with_the_signal(tmp_path: Path) -> None:
+    trainers = stand_in_pool(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    try:
+        assert not trainers.wait_ready(60.0)
+        failure = trainers.start_failure()
+        assert failure is not None and "was killed by signal 9 before it was warm" in failure
+        assert failure.endswith("ends: (empty)")
+    finally:
+        trainers.stop(grace_s=1.0)
+
+
 def test_the_launcher_quotes_the_first_agent_log_that_ends_with_an_error(
     tmp_path: Path,
 ) -> None:
@@ -48,6 +60,13 @@ def test_the_launcher_quotes_the_first_agent_log_that_ends_with_an_error(
         ": agent-1.log ends with 'RuntimeError: node 1: trainer for local rank 0 (pid 7) "
         "exited with status 2'"
     )
+    # The agent that stopped first is quoted: the others may only follow its failure.
+    (tmp_path / "agent-10.log").write_text("KVError: the root's store went away\n")
+    os.utime(tmp_path / "agent-10.log", (1, 1))
+    assert (
+        _first_error(tmp_path) == ': agent-10.log ends with "KVError: the root\'s store went away"'
+    )
+    (tmp_path / "agent-10.log").unlink()
     (tmp_path / "agent-1.log").write_text("INFO node1 stopping\n")
     assert _first_error(tmp_path) == ""
     assert last_line(tmp_path / "missing.log") == ""
