@@ -547,9 +547,9 @@ class TrainerPool:
         12 crashes a side (2026-12-05, docs/results.md). So it waits until every active
         trainer says it resumed in the current attempt (``report_resumed``), or
         ``SPARE_RAISE_BOUND_S`` for a trainer that never says (a script without our
-        ``Checkpointer``); ``poll`` starts it then. A rank
-        that fails again before that takes another warm spare if it has one
-        (``recovery.warm_spares``), else a process started on the spot (``_promote``)."""
+        ``Checkpointer``); ``poll`` starts it then. A rank that fails again before that takes
+        another warm spare if it has one (``recovery.warm_spares``), else a process started on
+        the spot (``_promote``)."""
         bound = time.monotonic() + SPARE_RAISE_BOUND_S
         self._top_up_at = bound if self._top_up_at is None else min(self._top_up_at, bound)
         self._top_up_when_resumed()
