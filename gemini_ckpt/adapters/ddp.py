@@ -51,7 +51,7 @@ def state_dict(
         clone: copy every tensor (default); False gives the live tensors, for a
             ``checkpointer.save`` that copies them before it returns.
     """
-    return training_state(model, optimizer, scheduler, clone=clone, initialise=False)
+    return training_state(model, optimizer, scheduler, clone=clone)
 
 
 def load_state_dict(

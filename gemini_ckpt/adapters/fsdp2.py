@@ -50,7 +50,7 @@ def state_dict(
         clone: copy every shard (default); False gives the live shards, for a
             ``checkpointer.save`` that copies them before it returns.
     """
-    return training_state(model, optimizer, scheduler, clone=clone, initialise=False)
+    return training_state(model, optimizer, scheduler, clone=clone)
 
 
 def load_state_dict(

@@ -18,12 +18,11 @@ _INITIALISING: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def initialising_optimizers() -> Iterator[None]:
-    """Within: ``training_state`` lets torch initialise an optimizer without state, whatever
-    its ``initialise``. For a state taken as a restore's template or target (``Checkpointer``
-    asks for it only when a restore needs it): its optimizer tensors (this rank's shards under
-    FSDP2) tell the persistent tier what to read and give a restore in place somewhere to
-    write, and the restore's load then replaces that state, so the counted step never
-    trains."""
+    """Within: ``training_state`` lets torch initialise an optimizer without state. For a
+    state taken as a restore's template or target (``Checkpointer`` asks for it only when a
+    restore needs it): its optimizer tensors (this rank's shards under FSDP2) tell the
+    persistent tier what to read and give a restore in place somewhere to write, and the
+    restore's load then replaces that state, so the counted step never trains."""
     token = _INITIALISING.set(True)
     try:
         yield

@@ -279,7 +279,6 @@ def training_state(
     scheduler: Any = None,
     *,
     clone: bool = True,
-    initialise: bool = True,
 ) -> dict[str, Any]:
     """Model, optimizer, scheduler and generator states of this rank, ready for a checkpointer.
 
@@ -289,20 +288,20 @@ def training_state(
         scheduler: its learning-rate scheduler (anything with ``state_dict``), or None.
         clone: copy every tensor (default), so the state stays as it is while training goes
             on; False hands out the live tensors, for a checkpointer that copies them at once.
-        initialise: what to do with an optimizer that has no state yet (no step taken).
-            torch's ``get_state_dict`` initialises it with a step at learning rate 0, which
-            creates its per-parameter tensors (Adam's moments, zeros) but also counts a step
-            (Adam's ``step`` becomes 1, which its bias correction then uses for every later
-            step); it does so only while no parameter has a gradient. True keeps that; False,
-            the public adapters' choice, clears that state again and records the optimizer's
-            as empty: a state taken before the first step neither changes the run nor,
-            restored, starts it from a counted step. Within ``initialising_optimizers`` (a
-            restore's template) torch's initialisation stays.
+
+    An optimizer that has no state yet (no step taken) is left so: torch's ``get_state_dict``
+    initialises it (while no parameter has a gradient) with a step at learning rate 0, which
+    creates its per-parameter tensors (Adam's moments, zeros) but also counts a step (Adam's
+    ``step`` becomes 1, which its bias correction then uses for every later step); that state
+    is cleared again and the optimizer's recorded as empty, so a state taken before the first
+    step neither changes the run nor, restored, starts it from a counted step. Within
+    ``real.trainer.templates.initialising_optimizers`` (a restore's template) torch's
+    initialisation stays.
 
     Returns:
         ``{"model", "optim", "rng"}`` and ``"scheduler"`` when one is given.
     """
-    fresh = not (initialise or initialising()) and not optimizer.state
+    fresh = not initialising() and not optimizer.state
     model_state, optim_state = model_and_optimizer_state(model, optimizer, clone=clone)
     if fresh:  # torch set the learning rates back; its step's per-parameter state goes
         optimizer.state.clear()
