@@ -13,6 +13,11 @@ with ``summarize``, so the phases are measured the same way in both (docs/design
   unless the restore brought that iteration back (a failure after every rank captured it);
 - wasted time = lost progress + retrieval (the paper's definition);
 - downtime = failure injected -> training resumed.
+
+A failure nothing injected (a real cluster's, numbered from 1000 by the root agent) has no
+``failure_injected`` event: its phases start at the first evidence of it that the detection
+carries, the trainer's exit or the lost node's last heartbeat (``failure_detected``'s time less
+its ``detection_latency_s``).
 """
 
 from __future__ import annotations
@@ -173,7 +178,7 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
         iteration_time_s: failure-free iteration time, for lost progress.
     """
     chains: dict[int, dict[str, Event]] = {}
-    order = sorted(events, key=lambda e: e.time_s)
+    order = sorted(_with_anchors(list(events)), key=lambda e: e.time_s)
     last_iteration = 0
     progress_since = 0.0  # when the iteration in flight started
     reached_at_failure: dict[int, tuple[int, float]] = {}
@@ -216,6 +221,39 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
             record = replace(record, tier=TIER_ORDER[tiers[index]])
         records.append(record)
     return tuple(records)
+
+
+def _with_anchors(events: list[Event]) -> list[Event]:
+    """``events`` with a ``failure_injected`` event (``unscheduled: true``) for each failure
+    detected that no injection announced, at the first evidence of the failure: the detection
+    less its latency (from the trainer's exit, or from the lost node's last heartbeat)."""
+    injected = {e.details.get("failure") for e in events if e.kind == "failure_injected"}
+    anchors: dict[int, Event] = {}
+    for event in events:
+        index = event.details.get("failure")
+        if (
+            event.kind != "failure_detected"
+            or not isinstance(index, int)
+            or isinstance(index, bool)
+            or index in injected
+        ):
+            continue
+        latency = event.details.get("detection_latency_s", 0.0)
+        latency_s = float(latency) if isinstance(latency, int | float) else 0.0
+        anchor = Event(
+            max(0.0, event.time_s - max(0.0, latency_s)),
+            "failure_injected",
+            node=event.node,
+            details={
+                "failure": index,
+                "failure_kind": event.details.get("failure_kind", "unknown"),
+                "nodes": [] if event.node is None else [event.node],
+                "unscheduled": True,
+            },
+        )
+        if index not in anchors or anchor.time_s < anchors[index].time_s:
+            anchors[index] = anchor
+    return [*events, *anchors.values()]
 
 
 TIER_ORDER = ("local", "peer", "persistent")

@@ -109,6 +109,28 @@ def test_software_failure_has_no_replacement_and_simulator_fields_win() -> None:
     assert record.lost_progress_s == pytest.approx(4.25)
 
 
+def test_a_failure_nothing_injected_starts_at_its_first_evidence() -> None:
+    """A real cluster's failure (numbered from 1000 by the root) has no failure_injected: its
+    phases start at the trainer's exit, the detection less its latency."""
+    iterations = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 11)]
+    scheduled = chain(1000, 10.5, "software", hardware=False, restored=10, tier="local")
+    events = [e for e in scheduled if e.kind != "failure_injected"]
+    detected = next(e for e in events if e.kind == "failure_detected")
+    details = {"failure": 1000, "failure_kind": "software", "detection_latency_s": 0.75}
+    events[events.index(detected)] = dataclasses.replace(detected, node=2, details=details)
+    [record] = failure_records(iterations + events, iteration_time_s=1.0)
+    assert (record.index, record.kind, record.nodes) == (1000, "software", (2,))
+    assert record.time_s == pytest.approx(10.75)  # detected at 11.5, 0.75 s after the exit
+    assert record.detection_s == pytest.approx(0.75)
+    assert record.stop_s == pytest.approx(0.5)
+    assert record.lost_progress_s == pytest.approx(0.75)  # iteration 11's 0.75 s in flight
+    assert record.downtime_s == pytest.approx(14.6 - 10.75)  # resumed at 14.6
+    assert record.complete
+    # An injected failure keeps its own time: the detection's latency does not move it.
+    [injected] = failure_records(iterations + scheduled, iteration_time_s=1.0)
+    assert injected.time_s == 10.5 and injected.detection_s == pytest.approx(1.0)
+
+
 def test_a_restore_of_the_iteration_in_flight_loses_none_of_it() -> None:
     iterations = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 11)]
     # Failure at t=10.4, 0.4 s into iteration 11, after every rank captured it: the restore
