@@ -597,10 +597,14 @@ class RecoveryConfig(_Strict):
         3,
         ge=1,
         description="A rank whose trainer dies this many restarts in a row, each time within "
-        "crash_loop_window_s of its restart, is in a crash loop: the job stops with that reason.",
+        "crash_loop_window_s of its restart, is in a crash loop: the job stops with that reason. "
+        "So do this many restarts in a row from the iteration the one before restored, each "
+        "after an attempt broken that soon, no node lost (an attempt loop).",
     )
     crash_loop_window_s: PositiveFloat = Field(
-        30.0, description="How soon after a restart a crash counts toward a crash loop, s."
+        30.0,
+        description="How soon after a restart a crash counts toward a crash loop (or a "
+        "broken attempt toward an attempt loop), s.",
     )
 
     stop_s: NonNegativeFloat = Field(

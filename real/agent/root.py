@@ -171,6 +171,9 @@ class RootAgent:
         self.persistent_url = persistent_url(scenario, run_dir)
         self.recoveries = 0
         self.crash_streak: dict[int, int] = {}  # slot -> restarts in a row it crashed soon after
+        # Restarts in a row that found nothing committed since the one before, no node lost.
+        self.stuck_streak = 0
+        self.last_restart: tuple[int | None] | None = None  # its plan's iteration
         self.attempt_began = time.time()
         self._cursor: int | None = None  # of the store watch
 
@@ -401,6 +404,12 @@ class RootAgent:
             if recovery.unreplaced():
                 continue
             break
+        reason = self._stuck(recovery, plan.iteration)
+        if reason is not None:
+            log.error("node %d: root: %s", self.node_id, reason)
+            failed = jobkeys.mark_failed(self.kv, stopped, reason)
+            self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
+            return failed
         record = self._attempt_record(
             attempt + 1, recovery.members, _plan_json(plan), recovery.indices
         )
@@ -455,6 +464,38 @@ class RootAgent:
                 )
         return None
 
+    def _stuck(self, recovery: _Recovery, iteration: int | None) -> str | None:
+        """Why the job must stop because its attempts make no progress, or None.
+
+        A restart that restores the iteration the one before it restored (nothing committed
+        in between) after an attempt that broke within ``recovery.crash_loop_window_s`` of its
+        start, with no node lost, counts; ``recovery.crash_loop_restarts`` in a row stop the
+        job. The crash loop above needs the same slot's trainer to exit each time; a
+        model kept from an earlier attempt (a DDP wrapper, FSDP2 sharding over its dead
+        group) fails every attempt from whichever rank survived the one before, or breaks
+        its collectives with no exit at all. Lost nodes do not count: a storm of them is bad
+        luck, which the job recovers from."""
+        lost_node = "hardware" in recovery.failed.values()
+        same = self.last_restart == (iteration,)
+        soon = (  # the attempt broke soon after it began: it did not just miss a checkpoint
+            recovery.first_seen is not None
+            and recovery.first_seen - self.attempt_began
+            < self.scenario.recovery.crash_loop_window_s
+        )
+        self.stuck_streak = self.stuck_streak + 1 if same and soon and not lost_node else 0
+        self.last_restart = (iteration,)
+        restarts = self.scenario.recovery.crash_loop_restarts
+        if self.stuck_streak < restarts:
+            return None
+        where = "from scratch" if iteration is None else f"from iteration {iteration}"
+        return (
+            f"attempt loop: the last {self.stuck_streak} attempts each restarted {where} "
+            "and failed before committing an iteration, with no node lost (a DDP wrapper or "
+            "FSDP2 module made in an earlier attempt? docs/training.md, 'Build outside, wrap "
+            f"inside'); fix the cause (see {self.run_dir}/logs/trainer-*.log) and start the "
+            "job again"
+        )
+
 
 class _Recovery:
     """The bookkeeping of one recovery (see the module docstring)."""
@@ -467,6 +508,7 @@ class _Recovery:
         self.failure_of_slot: dict[int, int] = {}
         self.symptoms: list[Detection] = []
         self.exit_time: dict[int, float] = {}  # slot -> when its trainer exited (software)
+        self.first_seen: float | None = None  # the earliest evidence of a failure, wall s
         self.replacements: dict[int, int] = {}  # slot -> the replacement's node id
         self._original = dict(members)
         records = jobkeys.read_prefix(self.kv, jobkeys.FAILURES_PREFIX)
@@ -540,6 +582,8 @@ class _Recovery:
         return None
 
     def _detected(self, slot: int, detection: Detection, kinds: tuple[str, ...]) -> None:
+        if self.first_seen is None or detection.last_seen_at < self.first_seen:
+            self.first_seen = detection.last_seen_at
         index = self._match(slot, kinds)
         if index is None:
             index = self.failure_of_slot.get(slot)

@@ -67,6 +67,7 @@ from real.trainer.inprocess import (
     make_fsdp_abortable,
     prewarm,
     report_resumed,
+    require_live_groups,
     run_attempts,
 )
 from real.trainer.templates import initialised
@@ -302,7 +303,13 @@ class Checkpointer:
 
         An FSDP2 module (``fully_shard``) is not profiled; on the CPU its all-gathers and
         reduce-scatters are made abortable instead, so that under the agents a survivor leaves
-        a failed attempt at once rather than wait for peers that have left it."""
+        a failed attempt at once rather than wait for peers that have left it.
+
+        Raises:
+            StaleProcessGroupError: the DDP wrapper or the FSDP2 sharding was made in an
+                earlier attempt, over a process group that is gone (make it inside ``train``).
+        """
+        require_live_groups(ddp_model)
         make_fsdp_abortable(ddp_model)
         if not hasattr(ddp_model, "register_comm_hook"):
             return  # not a DDP model: no all-reduces to profile

@@ -398,6 +398,48 @@ class AbortableReduceScatter(_PlainBuffers):
         return None
 
 
+class StaleProcessGroupError(RuntimeError):
+    """A model is wrapped (DDP) or sharded (FSDP2) over a process group that is gone: that of
+    an earlier attempt. A bug of the training script, not a peer's failure: its collectives
+    would fail at once in every attempt."""
+
+
+def require_live_groups(module: Any) -> None:
+    """Raise :class:`StaleProcessGroupError` when ``module`` (a DDP wrapper, or a module with
+    FSDP2 modules in it) holds a process group that has been destroyed.
+
+    Under in-process recovery every attempt forms a new group and drops the old one; a DDP
+    wrapper or FSDP2 sharding kept from an earlier attempt still points at the old one, and its
+    first collective fails in every attempt after it, which looks like a peer's failure.
+    """
+    import torch.distributed as dist
+
+    groups: list[tuple[str, Any]] = []
+    if getattr(module, "process_group", None) is not None:  # DistributedDataParallel
+        groups.append(("DDP wrapper", module.process_group))
+    for sub in module.modules():
+        # FSDP2 collects over the group objects it took from its mesh at ``fully_shard``
+        # (``mesh_info``); the mesh itself resolves its groups by name, and so would name the
+        # new attempt's. No public accessor: without these attributes (another torch) the
+        # check is skipped, and the root agent's loop guard still stops such a job.
+        state_of = getattr(sub, "_get_fsdp_state", None)
+        param_group = getattr(state_of(), "_fsdp_param_group", None) if state_of else None
+        mesh_info = getattr(param_group, "mesh_info", None)
+        for name in ("shard_process_group", "replicate_process_group"):
+            if getattr(mesh_info, name, None) is not None:
+                groups.append(("FSDP2 sharding", getattr(mesh_info, name)))
+    for what, group in groups:
+        try:
+            dist.get_process_group_ranks(group)
+        except (KeyError, ValueError, RuntimeError):
+            raise StaleProcessGroupError(
+                f"this model's {what} belongs to the process group of an earlier attempt, "
+                "which is gone: make the DDP wrapper, and under FSDP2 the model and its "
+                "optimizer, inside the function given to Checkpointer.run() (docs/training.md, "
+                '"Build outside, wrap inside")'
+            ) from None
+
+
 def make_fsdp_abortable(module: Any) -> int:
     """Give every FSDP2 module in ``module`` (itself included) collectives that the agent's
     abort ends (:class:`AbortableAllGather`, :class:`AbortableReduceScatter`), when its

@@ -25,10 +25,12 @@ from real.trainer.inprocess import (
     RDZV_PREFIX_ENV,
     AgentChannel,
     Assignment,
+    StaleProcessGroupError,
     abortable,
     check_abort,
     install_abort_checks,
     is_peer_failure,
+    require_live_groups,
     run_attempts,
 )
 from shared.errors import AttemptAborted, PeerLost
@@ -643,3 +645,38 @@ def test_a_warm_spare_imports_its_storage_filesystem(
     from real.trainer.inprocess import checkpoint_modules
 
     assert ("s3fs" in checkpoint_modules(strategy, persists, url)) == s3
+
+
+def _world_of_one(tmp_path: Any, name: str) -> None:
+    store = dist.FileStore(str(tmp_path / name), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+
+def test_attach_refuses_a_model_wrapped_or_sharded_in_an_earlier_attempt(tmp_path: Any) -> None:
+    """A DDP wrapper or FSDP2 sharding kept across attempts still holds the old process group:
+    its first collective would fail in every later attempt, as a peer's failure would (the
+    survivor parked and rejoined forever). ``attach`` names the mistake instead."""
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    from real.runtime.procgroup import leave_process_group
+
+    _world_of_one(tmp_path, "first")
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+        sharded = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+        fully_shard(sharded[0])
+        fully_shard(sharded)
+        for model in (wrapped, sharded):  # made over this attempt's group: fine
+            require_live_groups(model)
+        require_live_groups(torch.nn.Linear(4, 4))  # no group at all: fine
+        leave_process_group(together=True)  # the attempt ends; the models are kept
+        _world_of_one(tmp_path, "second")
+        for model, what in ((wrapped, "DDP wrapper"), (sharded, "FSDP2 sharding")):
+            with pytest.raises(StaleProcessGroupError, match=f"{what} belongs to") as raised:
+                require_live_groups(model)
+            assert not is_peer_failure(raised.value)  # a bug: the process exits, not parks
+            assert "Build outside, wrap inside" in str(raised.value)
+    finally:
+        del wrapped, sharded
+        leave_process_group(together=True)
