@@ -436,7 +436,12 @@ class ScheduledFailure(_Strict):
         description="Fail the nodes named as this iteration ends: every rank has ended it, "
         "none has begun the next (the harness holds every rank there until it strikes).",
     )
-    at_time_s: float | None = Field(None, ge=0, description="Fail at this run time, s.")
+    at_time_s: float | None = Field(
+        None,
+        ge=0,
+        description="Fail this long after training began (the first iteration's start; "
+        "the real harness's start-up before it is not counted), s.",
+    )
     during: Literal["training", "replication", "recovery"] = Field(
         "training",
         description="replication: while a checkpoint is being replicated; "

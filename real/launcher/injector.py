@@ -7,7 +7,9 @@ It fires each failure of the scenario's schedule in order, when its trigger come
   event files). Every rank holds at its save of N until the failure is performed (``_arm``;
   ``real.trainer.inject.hold_point``): a small state replicates within milliseconds of its
   capture, faster than this thread sees the event, and a rank not held would begin N + 1;
-- ``at_time_s: T``: T seconds after the run started;
+- ``at_time_s: T``: T seconds after training began (the first iteration's start, where the
+  run's ``startup_s`` ends), as in the simulator, whose training begins at 0: the
+  cluster's start-up takes what it takes, and a failure never strikes before the job runs;
 - ``during: replication``: after the trigger, at the next checkpoint captured on the failing
   node, while its replication to the peers is in flight (interleaved replication sends the
   chunks of iteration i during iteration i+1);
@@ -145,7 +147,8 @@ class FailureInjector:
             elif failure.at_iteration is not None:
                 due = self._reached(progress, failure, failure.at_iteration, held)
             elif failure.at_time_s is not None:
-                due = self.events.now() >= failure.at_time_s
+                began = progress.began
+                due = began is not None and self.events.now() >= began + failure.at_time_s
             else:
                 due = True
             if due:

@@ -25,6 +25,8 @@ class Progress:
         captured: ``(time_s, rank, iteration)`` of every ``ckpt_captured``.
         committed: ``(rank, iteration)`` pairs committed.
         resumed: times of ``training_resumed`` events.
+        began: when training began: the first ``iteration_end`` less its duration (the run's
+            ``startup_s`` ends there); None before any iteration ended.
     """
 
     max_iteration: int = 0
@@ -32,6 +34,7 @@ class Progress:
     captured: list[tuple[float, int, int]] = field(default_factory=list)
     committed: set[tuple[int, int]] = field(default_factory=set)
     resumed: list[float] = field(default_factory=list)
+    began: float | None = None
 
 
 class ProgressWatcher:
@@ -69,6 +72,9 @@ class ProgressWatcher:
         progress = self.progress
         if kind == "iteration_end" and isinstance(iteration, int):
             progress.max_iteration = max(progress.max_iteration, iteration)
+            duration = event.get("details", {}).get("duration_s", 0.0)
+            began = float(event["time_s"]) - (float(duration) if duration else 0.0)
+            progress.began = began if progress.began is None else min(progress.began, began)
             if isinstance(rank, int):
                 progress.ended[rank] = max(progress.ended.get(rank, 0), iteration)
         elif kind == "ckpt_captured" and isinstance(iteration, int) and isinstance(rank, int):

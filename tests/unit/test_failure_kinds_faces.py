@@ -8,8 +8,10 @@ everything else loses it).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ import pytest
 from real.coord.kv import KeyValueStore, Lease
 from real.engine.eventlog import EventLog
 from real.launcher.injector import FailureInjector
-from real.launcher.progress import Progress
+from real.launcher.progress import Progress, ProgressWatcher
 from shared.events import read_events
 from shared.scenario import Scenario, ScheduledFailure
 from shared.scenario_loader import parse_scenario
@@ -376,3 +378,56 @@ def test_a_held_failure_strikes_once_every_rank_has_ended_its_iteration(tmp_path
         assert injector._reached(progress, failure, 7, held=tuple(world))
     finally:
         log.close()
+
+
+def test_at_time_s_counts_from_the_first_iteration_as_in_the_simulator(tmp_path: Path) -> None:
+    """The simulator trains from 0; the harness first starts its cluster, for however long
+    that takes. ``at_time_s: T`` strikes T s after training began, never before the job runs
+    (a node lost before it registered left the root waiting for it)."""
+    scenario: Scenario = parse_scenario(SCENARIO)
+    cluster = RecordingCluster(tmp_path, scenario.cluster.nodes)
+    log = EventLog(tmp_path / "events" / "launcher.jsonl", time.time() - 100.0)  # 100 s in
+    failure = ScheduledFailure.model_validate({"kind": "hardware", "nodes": [1], "at_time_s": 3})
+    injector = FailureInjector(cluster, scenario, log, schedule=[failure])
+    seen: list[float | None] = []
+    began = [None, None, log.now() - 2.0, log.now() - 3.5]  # training began 2 s, then 3.5 s ago
+
+    def poll() -> Progress:
+        seen.append(began[len(seen)])
+        return Progress(began=seen[-1])
+
+    injector.watcher = SimpleNamespace(poll=poll)  # type: ignore[assignment]
+    try:
+        assert injector._wait_trigger(0, failure)
+    finally:
+        log.close()
+    assert len(seen) == 4  # not before training began, nor 2 s into it: 3.5 s in
+
+    # The watcher reads when training began off the first iteration's end and duration.
+    events = tmp_path / "run" / "events"
+    events.mkdir(parents=True)
+    lines = [
+        {
+            "time_s": 12.0,
+            "kind": "iteration_end",
+            "rank": 1,
+            "iteration": 1,
+            "details": {"duration_s": 0.5},
+        },
+        {
+            "time_s": 11.9,
+            "kind": "iteration_end",
+            "rank": 0,
+            "iteration": 1,
+            "details": {"duration_s": 0.6},
+        },
+        {
+            "time_s": 12.4,
+            "kind": "iteration_end",
+            "rank": 0,
+            "iteration": 2,
+            "details": {"duration_s": 0.5},
+        },
+    ]
+    (events / "trainer.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert ProgressWatcher(tmp_path / "run").poll().began == pytest.approx(11.3)
