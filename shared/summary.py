@@ -72,7 +72,8 @@ class RunSummary:
         iteration_time_no_ckpt_s: median iteration time without checkpointing, s (None if
             unknown).
         failures: one record per failure.
-        checkpoints_per_hour: in-memory (or persistent) checkpoints committed per hour.
+        checkpoints_per_hour: the strategy's checkpoints per hour of training: Gemini's
+            committed in memory, the baseline's saved to persistent storage.
         checkpoint_memory_bytes: CPU memory per node used for checkpoints.
         extra: face-specific figures.
     """

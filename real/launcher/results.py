@@ -175,7 +175,11 @@ def summarize_run(
         if first is None
         else max(0.0, first.time_s - float(first.details.get("duration_s", 0.0)))  # type: ignore[arg-type]
     )
-    committed = [e for e in events if e.kind == "ckpt_committed" and e.rank == 0]
+    # Checkpoints as the simulator counts them: the strategy's own (Gemini's commits in
+    # memory, the baseline's saves to storage; rank 0's), per hour of training (start-up out).
+    own = "persist_done" if strategy == "persistent" else "ckpt_committed"
+    checkpoints = sum(1 for e in events if e.kind == own and e.rank == 0)
+    training_h = max(0.0, duration_s - startup_s) / 3600.0
     digests = final_digests(run_dir)
     summary = RunSummary(
         source="real",
@@ -187,7 +191,7 @@ def summarize_run(
         iteration_time_s=iteration_time_s,
         iteration_time_no_ckpt_s=statistics.median(steps) if steps else None,
         failures=records,
-        checkpoints_per_hour=len(committed) / duration_s * 3600 if duration_s > 0 else 0.0,
+        checkpoints_per_hour=checkpoints / training_h if training_h > 0 else 0.0,
         checkpoint_memory_bytes=max(memory, default=0.0),
         extra={
             "mode": mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def test_a_measured_baseline_failure_is_charged_its_saves(tmp_path: Path) -> Non
     # Iterations 9 and 10 redone, each with its share of the saves; then 0.05 s of 11.
     assert failure.lost_iterations == 2
     assert failure.lost_progress_s == pytest.approx(2 * lost + 0.05)
+
+
+@pytest.mark.parametrize("strategy", ["persistent", "gemini"])
+def test_checkpoints_per_hour_count_the_strategys_own_over_training(
+    tmp_path: Path, strategy: str
+) -> None:
+    """As the simulator counts them: the baseline's saves to storage, Gemini's commits in
+    memory (rank 0's), per hour of training: the cluster's start-up before the first
+    iteration is not in it."""
+    startup = [Event(0.0, "run_started")]
+    events = [dataclasses.replace(e, time_s=e.time_s + 10.0) for e in _run(4, 0.4)]
+    for k in (4, 8):  # two of each, from rank 0, and one of rank 1's that does not count
+        events.append(Event(10.0 + 0.1 * k, "persist_done", rank=0, iteration=k))
+        events.append(Event(10.0 + 0.1 * k, "ckpt_committed", rank=0, iteration=k))
+    events.append(Event(10.9, "ckpt_committed", rank=1, iteration=8))
+    (tmp_path / "events").mkdir()
+    write_events(tmp_path / "events" / "rank0.jsonl", startup + events)
+    summary, _ = summarize_run(tmp_path, "rate", strategy, 0, "local")
+    training_s = summary.duration_s - summary.extra["startup_s"]
+    assert summary.extra["startup_s"] == pytest.approx(10.0)
+    assert summary.checkpoints_per_hour == pytest.approx(2 / training_s * 3600)
