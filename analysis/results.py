@@ -159,6 +159,15 @@ def pair_runs(runs: Sequence[RunResult]) -> list[tuple[RunResult, RunResult]]:
     return [(sims[key], reals[key]) for key in sims if key in reals]
 
 
+def shadowed_runs(runs: Sequence[RunResult]) -> list[tuple[RunResult, list[RunResult]]]:
+    """For each (source, scenario, strategy) given more than once: the run ``pair_runs``
+    compares (the first given) and the runs it leaves out of the comparison."""
+    groups: dict[tuple[str, str, str], list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault((run.source, run.scenario, run.strategy), []).append(run)
+    return [(group[0], group[1:]) for group in groups.values() if len(group) > 1]
+
+
 def select(
     runs: Sequence[RunResult], *, source: str | None = None, strategy: str | None = None
 ) -> list[RunResult]:

@@ -47,7 +47,7 @@ def command(
 
     from analysis.calibration import calibration_scenarios, load_calibration
     from analysis.report import write_report
-    from analysis.results import load_runs, split_sweep
+    from analysis.results import load_runs, shadowed_runs, split_sweep
     from shared.errors import RunFolderError
 
     try:
@@ -63,6 +63,14 @@ def command(
     main, sweep = split_sweep(runs)
     if not main:
         main, sweep = sweep, []
+    console = Console(stderr=True)
+    for used, others in shadowed_runs(main):
+        console.print(
+            f"[yellow]warning:[/] {len(others) + 1} {used.source} runs of {used.scenario} "
+            f"({used.strategy}): the comparison uses the first given, {used.path}; not "
+            f"compared: {', '.join(str(other.path) for other in others)}",
+            soft_wrap=True,
+        )
     if out is None:
         first = run_dirs[0]
         out = (
@@ -78,7 +86,6 @@ def command(
         animation=gif,
         video=video,
     )
-    console = Console(stderr=True)
     console.print(f"{len(main)} run(s){f' + {len(sweep)} sweep runs' if sweep else ''}")
     if files.validation is not None:
         console.print(files.validation.verdict)

@@ -115,3 +115,21 @@ def test_the_baseline_interval_follows_the_highfreq_rule() -> None:
     assert baseline_overrides(load_scenario(quickstart, named)) == [
         "checkpoint.strategy=persistent"
     ]
+
+
+def test_report_names_the_runs_it_leaves_out_of_the_comparison(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two simulated runs of one scenario and strategy: the first given is compared with the
+    measured run, and the report says which, in whatever order the folders came."""
+    other = write_synthetic_run(tmp_path / "sim-again", SyntheticRun("sim", failures=(HARD,)))
+    first, measured = run_dir / "sim-gemini", run_dir / "real-gemini"
+    for order in ((first, other, measured), (other, first, measured)):
+        out = tmp_path / f"report-{order[0].name}"
+        args = ["report", *map(str, order), "--out", str(out), "--no-video", "--no-gif"]
+        assert main(args) == 0
+        said = " ".join(capsys.readouterr().err.split())
+        assert (
+            f"2 sim runs of synthetic (gemini): the comparison uses the first given, {order[0]}; "
+            f"not compared: {order[1]}" in said
+        )
