@@ -127,10 +127,16 @@ def lead_table(runs: Sequence[RunResult]) -> Table:
         "downtime baseline",
         "speedup (downtime)",
     ]
+    measured = any(source == "real" for _, source, _ in found)
     note = (
         "Per failure, mean over the failures of each kind: measured on the emulated cluster, "
         "the simulator's prediction (made before the run, from this machine's calibration) in "
-        "parentheses. Wasted time = lost progress + retrieval; downtime = failure to training "
+        "parentheses"
+        if measured
+        else "Per failure, mean over the failures of each kind, simulated (no measured run "
+        "was given)"
+    ) + (
+        ". Wasted time = lost progress + retrieval; downtime = failure to training "
         "resumed; speedup = baseline / Gemini."
     )
     return Table("Gemini vs the persistent-storage baseline, per failure", headers, rows, note)
@@ -322,8 +328,10 @@ def figure_specs(
     pairs = pair_runs(runs)
     specs = []
     timeline_runs: list[RunResult] = [run for pair in pairs for run in pair]
+    side_by_side = "Simulated (left) and measured (right) side by side."
     if not timeline_runs:
         timeline_runs = list(runs[:4])
+        side_by_side = "One panel per run, as named above it (no simulated and measured pair)."
     if timeline_runs:
         specs.append(
             FigureSpec(
@@ -331,7 +339,7 @@ def figure_specs(
                 "Recovery timeline per node",
                 "Each row is a node; colours are what it was doing (training, detection, "
                 "stop, replacement, restart, retrieval, recomputation of lost progress). "
-                "Simulated (left) and measured (right) side by side.",
+                + side_by_side,
                 lambda: plot_timelines(timeline_runs[:8]),
             )
         )
@@ -343,13 +351,18 @@ def figure_specs(
             "baseline; the speedup is the ratio of the means.",
             lambda: plots.plot_strategy_comparison(comparisons),
         ),
-        FigureSpec(
-            "phases",
-            "Simulated vs measured, per recovery phase",
-            "Durations summed over each scenario's matched failures; labels are the relative "
-            "error (sim - real) / real.",
-            lambda: plots.plot_phase_comparison(report),
-        ),
+    ]
+    if pairs:  # nothing to compare without a simulated and a measured run of one scenario
+        specs.append(
+            FigureSpec(
+                "phases",
+                "Simulated vs measured, per recovery phase",
+                "Durations summed over each scenario's matched failures; labels are the "
+                "relative error (sim - real) / real.",
+                lambda: plots.plot_phase_comparison(report),
+            )
+        )
+    specs += [
         FigureSpec(
             "throughput",
             "Throughput over time",

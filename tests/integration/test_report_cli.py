@@ -94,7 +94,8 @@ def test_run_simulates_both_strategies_and_reports(tmp_path: Path) -> None:
     assert "| sim | " in markdown  # the Gemini vs baseline row of the simulator
     final = (out / "final-report.md").read_text()  # the deliverables come with the main job
     assert "## What misses" in final and "figures/timeline.png" in final
-    assert (out / "slides.html").read_text().count("<section class='slide figure'>") == 6
+    # Five figures: with nothing measured there is no simulated-vs-measured phase figure.
+    assert (out / "slides.html").read_text().count("<section class='slide figure'>") == 5
     assert not (out / "demo.mp4").exists()  # --no-video
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
 
@@ -133,3 +134,18 @@ def test_report_names_the_runs_it_leaves_out_of_the_comparison(
             f"2 sim runs of synthetic (gemini): the comparison uses the first given, {order[0]}; "
             f"not compared: {order[1]}" in said
         )
+
+
+def test_a_report_of_simulated_runs_alone_claims_no_measurement(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sim-only"
+    sims = [str(run_dir / "sim-gemini"), str(run_dir / "sim-baseline")]
+    assert main(["report", *sims, "--out", str(out), "--no-video", "--no-gif"]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "simulated (no measured run was given)" in markdown
+    assert "measured on the emulated cluster" not in markdown
+    assert "Simulated (left) and measured (right)" not in markdown
+    assert "One panel per run" in markdown
+    assert "figures/phases.png" not in markdown  # nothing measured to set beside
+    assert not (out / "figures" / "phases.png").exists()
