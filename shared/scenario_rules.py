@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from shared.failure_kinds import resolve_failure
 from shared.failures import _MAX_EXPECTED_EVENTS, sample_failures
 from shared.placement import plan_placement
 from shared.scheduling import plan_traffic
@@ -115,6 +116,7 @@ def check_scenario(
         if sim is not None:
             findings += simulated_run_rules(scenario, sim)
     if "real" in faces:
+        findings += _whole_job_lost(scenario)
         findings += schedule_reach(
             scenario,
             last_iteration=scenario.training.iterations,
@@ -418,6 +420,44 @@ def _storm(scenario: Scenario) -> list[Finding]:
             )
         ]
     return []
+
+
+def _whole_job_lost(scenario: Scenario) -> list[Finding]:
+    """A scheduled failure that loses every node of the job at once: nobody would recover it.
+
+    The root agent runs on one of the job's nodes, elected among them; standby agents wait for
+    a root's order and never lead. A job that loses all its nodes is started again (it resumes
+    from persistent storage), which the harness does not do by itself.
+    """
+    cluster, ckpt = scenario.cluster, scenario.checkpoint
+    try:
+        placement = plan_placement(
+            cluster.nodes,
+            ckpt.replicas,
+            ckpt.placement,
+            domains=None if ckpt.placement == "explicit" else cluster.domain_names(),
+            explicit=ckpt.explicit_placement,
+        )
+    except ValueError:
+        return []  # _placement reports it
+    findings = []
+    for index, entry in enumerate(scenario.failures.schedule):
+        named = [n for n in entry.nodes if 0 <= n < cluster.nodes]
+        if not named or len(named) < len(entry.nodes):
+            continue  # schedule_reach reports a node that does not exist
+        resolved = resolve_failure(entry.kind, named, placement=placement, root=None)
+        if resolved.effect == "hardware" and len(resolved.nodes) == cluster.nodes:
+            findings.append(
+                Finding(
+                    f"failures.schedule[{index}]",
+                    f"a {entry.kind} failure of nodes {list(entry.nodes)} loses all "
+                    f"{cluster.nodes} nodes of the job at once: the root agent runs on one "
+                    "of them and standby agents never lead, so nothing would recover it (such "
+                    "a job is started again, and resumes from persistent storage); name fewer "
+                    "nodes, or use more nodes than one placement group",
+                )
+            )
+    return findings
 
 
 def _duration(seconds: float) -> str:

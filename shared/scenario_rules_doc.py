@@ -83,6 +83,14 @@ def _rule_rows() -> list[tuple[str, str, str, str]]:
             "error",
         ),
         (
+            "a scheduled failure does not lose every node of the job at once (a `group` of "
+            "a cluster that is one placement group, or every node named): the root agent runs "
+            "on one of them and standby agents never lead, so nothing would recover it",
+            "`failures.schedule.N`",
+            "real",
+            "error",
+        ),
+        (
             "the same for a simulation (which skips the failure): its `nodes` exist, "
             "`at_iteration` is reached in `sim.duration_days` (failure-free), `at_time_s` "
             "within it, `during: recovery` not first",

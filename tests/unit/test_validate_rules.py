@@ -49,6 +49,26 @@ def test_group_placement_must_divide_the_nodes() -> None:
     assert "divide nodes (4)" in problem and "mixed" in problem
 
 
+def test_a_real_failure_of_every_node_at_once_is_refused() -> None:
+    """The root agent runs on one of the job's nodes; standby agents never lead. A failure
+    that loses them all would leave the harness waiting for nobody until its timeout."""
+    base = "name: w\ncluster: {nodes: 2, standby_nodes: 2}\ntraining: {iterations: 40}\n"
+    text = base + "failures: {schedule: [{kind: group, nodes: [1], at_iteration: 5}]}"
+    (problem,) = problems_of(text, faces=("real",))
+    assert problem.startswith("failures.schedule[0]: a group failure of nodes [1] loses all 2")
+    parse_scenario(text, faces=("sim",))  # the simulator models the rollback to storage
+    both = base + "failures: {schedule: [{kind: hardware, nodes: [0, 1], at_iteration: 5}]}"
+    assert len(problems_of(both, faces=("real",))) == 1
+    one = base + "failures: {schedule: [{kind: hardware, nodes: [1], at_iteration: 5}]}"
+    parse_scenario(one, faces=("real",))
+    crash = base + "failures: {schedule: [{kind: software, nodes: [0, 1], at_iteration: 5}]}"
+    parse_scenario(crash, faces=("real",))  # the nodes live: their agents recover it
+    four = base.replace("nodes: 2", "nodes: 4") + (
+        "failures: {schedule: [{kind: group, nodes: [1], at_iteration: 5}]}"
+    )
+    parse_scenario(four, faces=("real",))  # one group of two, of four nodes
+
+
 def test_explicit_placement_holders_are_checked_by_the_placement_itself() -> None:
     text = (
         "name: e\ncluster: {nodes: 4}\n"
