@@ -429,7 +429,8 @@ class Checkpointer:
         Args:
             train: the attempt's work: wrap the model, load ``restored`` if any, train.
             template: returns this rank's state as ``save()`` takes it (for instance
-                ``lambda: fsdp2.state_dict(model, optimizer)``), asked for only when the
+                ``lambda: ddp.state_dict(model, optimizer)``; under FSDP2, whose model
+                ``train`` builds, docs/training.md shows how), asked for only when the
                 checkpoint must come from the persistent tier: that tier then reads only this
                 rank's tensors (under FSDP2 its shards) into fresh tensors shaped as it.
                 Without it, the tier reads every tensor whole, as stored, which the adapters'
