@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -212,7 +213,15 @@ def load_persistent(
         fresh = _allocate_as_stored(storage, iteration, sidecar["tensors"], secret)
         group = {"no_dist": True}
     try:
-        dcp_load(_to_dcp(fresh, rank), storage_reader=storage.reader(iteration, secret), **group)
+        with warnings.catch_warnings():
+            # Without a template every rank reads whole tensors alone, on purpose: DCP's
+            # warning that it assumes one process (the job's group is up) says nothing true.
+            warnings.filterwarnings(
+                "ignore", message="torch.distributed is disabled", category=UserWarning
+            )
+            dcp_load(
+                _to_dcp(fresh, rank), storage_reader=storage.reader(iteration, secret), **group
+            )
     except (Exception, CheckpointException) as error:
         raise ValueError(
             f"cannot load iteration {iteration} from {url} into this rank's state: {error}"
