@@ -137,11 +137,30 @@ def _advertise(storage: PersistentStorage, iteration: int, keep: int | None) -> 
     dropped = complete[:-keep] if keep is not None else []
     complete = complete[len(dropped) :]
     storage.write_json(INDEX_NAME, {"format": FORMAT, "complete": complete})
-    for entry in dropped:  # unlisted first, deleted after: a reader never follows a dangling entry
+    listed = {entry["folder"] for entry in complete}
+    # A save a failure interrupted (its folder never listed, no .metadata or some ranks'
+    # files missing) is abandoned once a later iteration is complete: the job's one writer
+    # saves iterations in order, so nothing still writes it. Newer unlisted folders stay.
+    abandoned = [
+        {"folder": name}
+        for name in _iteration_folders(storage)
+        if name not in listed and name < iteration_folder(iteration)
+    ]
+    for entry in [*dropped, *abandoned]:  # unlisted first, deleted after: no dangling entry
         try:
             storage.remove(entry["folder"])
         except OSError as error:
             logger.warning("could not delete old checkpoint %s: %s", entry["folder"], error)
+
+
+def _iteration_folders(storage: PersistentStorage) -> list[str]:
+    """The names of the iteration folders in the tier (listed or not)."""
+    try:
+        entries = storage.fs.ls(storage.root, detail=False)
+    except (OSError, FileNotFoundError):
+        return []
+    names = [posixpath.basename(str(entry).rstrip("/")) for entry in entries]
+    return [n for n in names if n.startswith("iter_") and n[len("iter_") :].isdigit()]
 
 
 def load_persistent(

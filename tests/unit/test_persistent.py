@@ -155,6 +155,24 @@ def test_index_keeps_the_newest_and_refuses_unlisted_iterations(tmp_path: Path) 
     assert latest_persistent_iteration(str(tmp_path / "empty")) is None
 
 
+def test_a_save_a_failure_interrupted_is_removed_once_a_later_one_is_complete(
+    tmp_path: Path,
+) -> None:
+    """A failure during a save leaves a folder never listed (no .metadata, some ranks' files).
+    Nothing listed it, so retention never deleted it; the next complete save does, and leaves
+    a newer unlisted folder alone."""
+    url, tier = str(tmp_path / "tier"), tmp_path / "tier"
+    trainer = trained(1)
+    save_persistent(url, 1, trainer.state(), keep=None)
+    for iteration in (2, 9):  # half-written: one rank's shard, no metadata
+        (tier / iteration_folder(iteration)).mkdir()
+        (tier / iteration_folder(iteration) / "__0_0.distcp").write_bytes(b"partial")
+    save_persistent(url, 5, trainer.state(), keep=None)
+    assert not (tier / iteration_folder(2)).exists()
+    assert (tier / iteration_folder(9)).exists()  # newer: not ours to judge
+    assert (tier / iteration_folder(1)).exists() and latest_persistent_iteration(url) == 5
+
+
 def test_fsspec_urls_work_beyond_local_paths() -> None:
     url = f"memory://gemini-test-{os.getpid()}/tier"
     trainer = trained(2)
