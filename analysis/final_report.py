@@ -135,7 +135,7 @@ def miss_table(rows: Sequence[Miss], report: ValidationReport) -> Table:
 
 def setup_table(runs: Sequence[RunResult]) -> Table:
     """One row per run: what was run, on how many nodes, for how long, with which failures."""
-    from analysis.render import Table, _s
+    from analysis.render import Table, _bytes, _s
 
     rows = []
     for run in runs:
@@ -151,7 +151,7 @@ def setup_table(runs: Sequence[RunResult]) -> Table:
                 str(len(run_nodes(run))),
                 str(s.iterations_completed),
                 _s(s.iteration_time_s),
-                f"{s.checkpoint_memory_bytes / 1e6:.3g} MB",
+                _bytes(s.checkpoint_memory_bytes),
                 ", ".join(f"{kind} x{count}" for kind, count in sorted(kinds.items())) or "none",
                 _s(s.duration_s),
             ]

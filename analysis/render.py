@@ -129,3 +129,19 @@ img { max-width: 100%; border: 1px solid #eee; }
 .note { color: #444; font-size: 0.9em; }
 .caption { color: #555; font-size: 0.9em; }
 """
+
+
+def _duration(seconds: float) -> str:
+    """A run's length: seconds, minutes, hours or days, three figures."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _bytes(count: float) -> str:
+    """Bytes in MB below a gigabyte, else GB or TB, without exponents."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9)):
+        if count >= size:
+            return f"{count / size:,.1f} {unit}"
+    return f"{count / 1e6:,.1f} MB"

@@ -55,6 +55,8 @@ def test_report_writes_self_contained_html_markdown_and_gif(run_dir: Path, tmp_p
         assert heading in markdown
     assert re.search(r"^\| scenario \| strategy \| failures \| predicted downtime", markdown, re.M)
     assert "| synthetic | gemini | 2 |" in markdown
+    # ETTR says what it is over: a simulated day and a measured minute are not one figure.
+    assert "| trained | ETTR |" in markdown and "not a simulated day with a" in markdown
     # One scenario under two strategies: two pairs, reported but not judged.
     assert "goal <= 10%: not judged on 2, it needs at least 6" in markdown
     assert "these are within it" in markdown

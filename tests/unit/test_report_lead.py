@@ -47,3 +47,12 @@ def test_without_measured_runs_the_lead_shows_the_simulator(tmp_path: Path) -> N
     ]
     crash, _ = lead_table(runs).rows
     assert crash[2:5] == ["0.1 s", "2 s", "20.0x"]
+
+
+def test_sizes_and_lengths_read_without_exponents() -> None:
+    from analysis.render import _bytes, _duration
+
+    assert _bytes(3e11) == "300.0 GB" and _bytes(2.5e12) == "2.5 TB"
+    assert _bytes(11_428_784) == "11.4 MB" and _bytes(0) == "0.0 MB"
+    assert _duration(36.6) == "36.6 s" and _duration(864.0) == "14.4 min"
+    assert _duration(86400 * 30) == "30 d" and _duration(7200) == "2 h"
