@@ -238,6 +238,7 @@ def command(
     from analysis.calibration import calibration_scenarios, load_calibration, scenario_overrides
 
     console = Console(stderr=True)
+    started = time.monotonic()  # the whole job, its calibration included
     loaded = load_scenario(scenario, overrides)
     runs_real = real and "real" in loaded.targets
     if runs_real:
@@ -305,7 +306,6 @@ def command(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
-    started = time.monotonic()
     try:
         for number, (kind, name, settings) in enumerate(jobs, start=1):
             folder = out / name
