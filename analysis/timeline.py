@@ -19,6 +19,12 @@ recoveries rather than from ``iteration_end`` events; both faces give the same p
 
 The recovery phases come from the event chain of each failure (``details["failure"]``), the
 same events ``shared.summary`` measures them from, so the picture and the tables agree.
+
+Big runs stay cheap and readable: a timeline keeps at most ``MAX_NODES_SHOWN`` rows (the nodes
+that failed, in the order of their first failure, then the lowest ids; the title says how many
+of how many are shown), and ``draw_gantt`` draws one bar collection per row and state, with the
+phases narrower than a pixel merged into one-pixel marks (``pixel_bars``). So drawing costs
+rows x pixels, whatever the number of failures and events.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from analysis.results import RunResult
 from shared.events import Event
+from shared.summary import FailureRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,6 +57,16 @@ STATE_COLORS: dict[str, str] = {
 """Colour of every state (seaborn's deep/colorblind palettes)."""
 
 STATE_ORDER = tuple(STATE_COLORS)
+
+MAX_NODES_SHOWN = 16
+"""Most node rows a timeline keeps. At 0.45 inch a row, 16 rows make a chart of about 8.5
+inches, which still fits a report page beside its twin; they hold every node of the quickstart
+(4) and of the 8- and 16-node sweeps, and in a bigger run the failed nodes of its first
+failures beside healthy ones to compare with. More rows would not be read, only drawn."""
+
+MAX_RECOVERIES_SHOWN = 16
+"""Most failures the default window of a timeline holds (``Timeline.default_window``): as
+many as the rows, which are the nodes of the first failures."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +127,35 @@ class Timeline:
     spans: tuple[Span, ...]
     markers: tuple[Marker, ...]
     recoveries: tuple[Recovery, ...]
+    node_count: int = 0
+    """How many nodes the run has; 0 means just those of ``nodes`` (none left out)."""
+
+    @property
+    def hidden_nodes(self) -> int:
+        """How many of the run's nodes have no row (see ``MAX_NODES_SHOWN``)."""
+        return max(0, self.node_count - len(self.nodes))
+
+    def rows_note(self) -> str:
+        """The sentence a figure shows when rows are left out; empty when none are."""
+        if not self.hidden_nodes:
+            return ""
+        return (
+            f"{len(self.nodes)} of {self.node_count} nodes shown: "
+            "those that failed, then the lowest ids"
+        )
 
     def default_window(self) -> tuple[float, float]:
         """The part worth showing: the whole run, or up to a little after the last recovery
-        when the run goes on much longer (a simulated day after a few seconds of failures)."""
+        when the run goes on much longer (a simulated day after a few seconds of failures).
+        With more than ``MAX_RECOVERIES_SHOWN`` failures, up to a little after the last of
+        the first ones: a month of 450 failures on 500 pixels is a failure per pixel, where
+        no recovery can be told from the next, while the first 16 fill the width with
+        recoveries a few pixels wide; and the failed nodes given rows are those of the first
+        failures (``choose_nodes``), so their failures are in the window."""
         if not self.recoveries:
             return self.start, self.end
-        last = max(r.recompute_end for r in self.recoveries)
+        first = sorted(self.recoveries, key=lambda r: (r.injected, r.index))
+        last = max(r.recompute_end for r in first[:MAX_RECOVERIES_SHOWN])
         span = last - self.start
         return self.start, min(self.end, last + max(0.15 * span, 1e-9))
 
@@ -195,6 +234,43 @@ def run_nodes(run: RunResult) -> tuple[int, ...]:
     return tuple(sorted(n for n in seen if n is not None)) or (0,)
 
 
+def choose_nodes(
+    nodes: Sequence[int],
+    recoveries: Sequence[Recovery],
+    limit: int | None = MAX_NODES_SHOWN,
+    *,
+    failures: Sequence[FailureRecord] = (),
+    focus: int | None = None,
+) -> tuple[int, ...]:
+    """The nodes that get a row, in id order: all of them when they fit in ``limit``, else
+    those that failed (in the order of their first failure; the nodes of failure ``focus``
+    before any), then the lowest ids. Deterministic: the same run always gives the same rows.
+
+    Args:
+        nodes: every node of the run (``run_nodes``).
+        recoveries: the run's recoveries (their failed nodes and injection times).
+        limit: most rows; None for no limit.
+        failures: the summary's failures, for those whose event chain is missing.
+        focus: a failure index whose nodes come first (the one an animation shows).
+    """
+    if limit is None or len(nodes) <= limit:
+        return tuple(nodes)
+    by_time = [(r.injected, r.index, r.nodes) for r in recoveries]
+    known = {r.index for r in recoveries}
+    by_time += [(f.time_s, f.index, f.nodes) for f in failures if f.index not in known]
+    by_time.sort(key=lambda item: (item[1] != focus, item[0], item[1]))
+    ordered = [n for _, _, failed in by_time for n in failed]
+    ordered += sorted(nodes)
+    chosen: list[int] = []
+    present = set(nodes)
+    for node in ordered:
+        if node in present and node not in chosen:
+            chosen.append(node)
+            if len(chosen) == max(limit, 1):
+                break
+    return tuple(sorted(chosen))
+
+
 def _subtract(
     start: float, end: float, holes: Sequence[tuple[float, float]]
 ) -> list[tuple[float, float]]:
@@ -213,10 +289,21 @@ def _subtract(
     return [(a, b) for a, b in pieces if b > a]
 
 
-def build_timeline(run: RunResult) -> Timeline:
-    """Spans and markers of every node of a run."""
+def build_timeline(
+    run: RunResult, *, max_nodes: int | None = MAX_NODES_SHOWN, focus: int | None = None
+) -> Timeline:
+    """Spans and markers of the nodes of a run that get a row (``choose_nodes``).
+
+    Only the rows kept are built: a 1000-node run with hundreds of failures would otherwise
+    make millions of spans and markers that no figure shows.
+
+    Args:
+        run: the run.
+        max_nodes: most rows (``MAX_NODES_SHOWN``); None keeps every node.
+        focus: a failure index whose nodes get rows first (an animation's failure).
+    """
     events = run.events
-    nodes = run_nodes(run)
+    all_nodes = run_nodes(run)
     starts = [e.time_s for e in events if e.kind == "run_started"]
     run_start = min(starts) if starts else (events[0].time_s if events else 0.0)
     finished = [e.time_s for e in events if e.kind == "run_finished"]
@@ -236,6 +323,10 @@ def build_timeline(run: RunResult) -> Timeline:
     else:
         train_start = run_start
     recoveries = _recoveries(run)
+    nodes = choose_nodes(
+        all_nodes, recoveries, max_nodes, failures=run.summary.failures, focus=focus
+    )
+    shown = set(nodes)
     spans: list[Span] = []
     markers: list[Marker] = []
     # Recomputation ends at the next failure at the latest.
@@ -277,11 +368,20 @@ def build_timeline(run: RunResult) -> Timeline:
         kind = {"ckpt_committed": "checkpoint", "persist_done": "persist"}.get(event.kind)
         if kind is None:
             continue
+        if event.node is not None and event.node not in shown:
+            continue
         targets = nodes if event.node is None else (event.node,)
         markers.extend(Marker(node, event.time_s, kind) for node in targets)
     title = f"{run.source} · {run.strategy} · {run.scenario}"
     return Timeline(
-        title, nodes, run_start, run_end, tuple(spans), tuple(markers), tuple(recoveries)
+        title,
+        nodes,
+        run_start,
+        run_end,
+        tuple(spans),
+        tuple(markers),
+        tuple(recoveries),
+        len(all_nodes),
     )
 
 
@@ -297,7 +397,75 @@ MARKER_LABELS = {
     "failure": "failure",
     "resume": "training resumed",
 }
-_MAX_MARKERS_PER_ROW = 300
+_MARKER_GAP_PX = {"checkpoint": 3.0, "persist": 4.0, "failure": 8.0, "resume": 8.0}
+"""Least distance (pixels) between two markers of one kind on a row: about the marker's width,
+so that a marker closer to the one kept before it, which would only be drawn over it, is left
+out. Keeps the markers, like the bars, to rows x pixels (a simulated day has a resume marker
+per node and failure)."""
+
+
+def pixel_bars(
+    spans: Sequence[Span], lo: float, hi: float, pixel_s: float
+) -> tuple[dict[str, list[tuple[float, float]]], bool]:
+    """The bars of one row, per state, as ``(start, width)`` pairs for ``broken_barh``.
+
+    The rule: a span at least one pixel wide (``pixel_s`` seconds) is drawn as it is, clipped
+    to ``[lo, hi]``. A narrower one cannot be seen on its own, so it goes to the pixel its
+    middle falls in; each such pixel is drawn one pixel wide in the state that had most time
+    in it among those narrow spans, a recovery phase before training or start-up whatever its
+    time (a short stretch of training between two failures must not hide them; ties: the
+    later state of ``STATE_ORDER``). Touching bars of one state are merged. A row without
+    overlapping spans then has at most one wide bar per pixel and one mark per pixel, so the
+    bars scale with the pixels across, not with the spans: a recovery of a few seconds in a
+    simulated day stays visible as a one-pixel mark instead of 10 invisible bars.
+
+    Returns:
+        the bars per state, and whether states were merged away (a pixel held narrow spans of
+        several states; a lone narrow state is only drawn a pixel wide, as it looked anyway).
+    """
+    pixel_s = max(pixel_s, 1e-12)
+    wide: dict[str, list[tuple[float, float]]] = {}
+    narrow: dict[int, dict[str, float]] = {}
+    for span in spans:
+        a, b = max(span.start, lo), min(span.end, hi)
+        if b <= a:
+            continue
+        if b - a >= pixel_s:
+            wide.setdefault(span.state, []).append((a, b))
+        else:
+            column = int(((a + b) / 2 - lo) // pixel_s)
+            times = narrow.setdefault(column, {})
+            times[span.state] = times.get(span.state, 0.0) + (b - a)
+    rank = {state: i for i, state in enumerate(STATE_ORDER)}
+    steady = ("training", "startup")
+    columns: dict[str, list[int]] = {}
+    for column, times in narrow.items():
+        state = max(times, key=lambda s: (s not in steady, times[s], rank.get(s, -1)))
+        columns.setdefault(state, []).append(column)
+    bars: dict[str, list[tuple[float, float]]] = {}
+    for state in {*wide, *columns}:
+        pieces = wide.get(state, [])
+        # Runs of consecutive pixels become one piece; pixel edges come from integers so
+        # that neighbours touch exactly.
+        run_start: int | None = None
+        previous = 0
+        for column in sorted(columns.get(state, [])):
+            if run_start is not None and column == previous + 1:
+                previous = column
+                continue
+            if run_start is not None:
+                pieces.append((lo + run_start * pixel_s, min(hi, lo + (previous + 1) * pixel_s)))
+            run_start = previous = column
+        if run_start is not None:
+            pieces.append((lo + run_start * pixel_s, min(hi, lo + (previous + 1) * pixel_s)))
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(pieces):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        bars[state] = [(a, b - a) for a, b in merged]
+    return bars, any(len(times) > 1 for times in narrow.values())
 
 
 def draw_gantt(
@@ -309,7 +477,12 @@ def draw_gantt(
     legend: bool = True,
     steady_legend: bool = False,
 ) -> None:
-    """Draw a timeline on ``ax``: one row per node, time (s) across.
+    """Draw a timeline on ``ax``: one row per node of ``timeline.nodes``, time (s) across.
+
+    Each row is one ``broken_barh`` collection per state (``pixel_bars``: phases narrower than
+    a pixel of the axes become one-pixel marks), so the artists are at most rows x states and
+    their bars rows x pixels, however many spans the run has. The title names the timeline,
+    how many nodes are left out (``Timeline.rows_note``) and whether phases were merged.
 
     Args:
         ax: the axes.
@@ -325,31 +498,43 @@ def draw_gantt(
     lo, hi = window or timeline.default_window()
     shown_end = hi if now is None else min(hi, now)
     rows = {node: i for i, node in enumerate(timeline.nodes)}
-    used: set[str] = set()
+    # One pixel of the axes as laid out now, at the figure's dpi (a layout that narrows the
+    # axes later, or saving at a higher dpi, only makes the merged marks a pixel or two wide).
+    pixels = max(1.0, ax.get_window_extent().width)
+    pixel_s = (hi - lo) / pixels
+    by_row: dict[int, list[Span]] = {node: [] for node in rows}
     for span in timeline.spans:
-        a, b = max(span.start, lo), min(span.end, shown_end)
-        if b <= a:
-            continue
-        used.add(span.state)
-        ax.broken_barh(
-            [(a, b - a)],
-            (rows[span.node] - 0.38, 0.76),
-            facecolors=STATE_COLORS[span.state],
-            edgecolor="none",
-            hatch="//" if span.state == "recompute" else None,
-        )
+        if span.node in by_row:
+            by_row[span.node].append(span)
+    used: set[str] = set()
+    merged = False
+    for node, row in rows.items():
+        bars, row_merged = pixel_bars(by_row[node], lo, shown_end, pixel_s)
+        merged |= row_merged
+        # In state order, so that recovery phases lie over training where a mark overlaps.
+        for state in sorted(bars, key=lambda s: STATE_ORDER.index(s)):
+            used.add(state)
+            ax.broken_barh(
+                bars[state],
+                (row - 0.38, 0.76),
+                facecolors=STATE_COLORS[state],
+                edgecolor="none",
+                hatch="//" if state == "recompute" else None,
+            )
+    marker_times: dict[tuple[str, int], list[float]] = {}
+    for m in timeline.markers:
+        if m.node in rows and lo <= m.time <= shown_end:
+            marker_times.setdefault((m.kind, m.node), []).append(m.time)
     used_markers: set[str] = set()
     for kind in ("checkpoint", "persist", "failure", "resume"):
         xs: list[float] = []
         ys: list[float] = []
         for node, row in rows.items():
-            times = [
-                m.time
-                for m in timeline.markers
-                if m.kind == kind and m.node == node and lo <= m.time <= shown_end
-            ]
-            step = max(1, len(times) // _MAX_MARKERS_PER_ROW)
-            times = times[::step]
+            gap = _MARKER_GAP_PX[kind] * pixel_s
+            times: list[float] = []
+            for time in sorted(marker_times.get((kind, node), [])):
+                if not times or time - times[-1] >= gap:
+                    times.append(time)
             offset = 0.3 if kind in ("checkpoint", "persist") else 0.0
             xs.extend(times)
             ys.extend([row + offset] * len(times))
@@ -362,7 +547,10 @@ def draw_gantt(
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_yticks(range(len(rows)), [f"node {n}" for n in timeline.nodes])
     ax.set_xlabel("time since run start (s)")
-    ax.set_title(timeline.title)
+    notes = [timeline.rows_note()]
+    if merged:
+        notes.append("phases shorter than a pixel drawn as 1-pixel marks")
+    ax.set_title("\n".join([timeline.title, *(n for n in notes if n)]))
     ax.grid(axis="x", alpha=0.3)
     if steady_legend:
         used |= {s.state for s in timeline.spans if s.end > lo and s.start < hi}
@@ -399,7 +587,10 @@ def draw_gantt(
 
 
 def plot_timelines(runs: Sequence[RunResult]) -> Figure:
-    """Gantt charts of several runs (simulated and measured side by side), one row each."""
+    """Gantt charts of several runs (simulated and measured side by side), one row each.
+
+    Each chart has at most ``MAX_NODES_SHOWN`` node rows (``build_timeline``), so the figure
+    stays a page tall whatever the cluster size."""
     import matplotlib.pyplot as plt
 
     count = max(1, len(runs))
@@ -416,9 +607,12 @@ def plot_timelines(runs: Sequence[RunResult]) -> Figure:
         lo, hi = timeline.default_window()
         draw_gantt(ax, timeline, (lo, hi), legend=(i % columns == columns - 1 or count == 1))
         if hi < timeline.end:
-            ax.set_title(
-                f"{timeline.title}\n(shown {lo:.3g}-{hi:.3g} s of a {timeline.end:.3g} s run)"
-            )
+            title, *notes = ax.get_title().split("\n")
+            shown = f"(shown {lo:.3g}-{hi:.3g} s of a {timeline.end:.3g} s run)"
+            failures = len(timeline.recoveries)
+            if failures > MAX_RECOVERIES_SHOWN:
+                shown = f"{shown[:-1]}: its first {MAX_RECOVERIES_SHOWN} of {failures} failures)"
+            ax.set_title("\n".join([title, shown, *notes]))
     fig.tight_layout()
     return fig
 
@@ -491,7 +685,7 @@ def animate_failure(
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    timeline = build_timeline(run)
+    timeline = build_timeline(run, focus=index)
     recovery, lo, hi = failure_window(timeline, index)
     height = 0.45 * len(timeline.nodes) + 1.6
     fig, ax = plt.subplots(figsize=(8.5, height), dpi=dpi)
@@ -502,7 +696,10 @@ def animate_failure(
     draw_gantt(ax, timeline, (lo, hi), steady_legend=True)
     ax.set_title("")
     top = 1.0 - 0.12 / height  # two heading lines in the top 0.5 inch (tight_layout leaves it)
-    fig.text(0.5, top, f"{timeline.title} · failure {recovery.index}", ha="center", fontsize=10)
+    heading = " · ".join(
+        part for part in (timeline.title, f"failure {recovery.index}", timeline.rows_note()) if part
+    )
+    fig.text(0.5, top, heading, ha="center", fontsize=10)
     clock = fig.text(0.5, top - 0.2 / height, "", ha="center", fontsize=10, animated=True)
     cover = Rectangle((lo, -1.0), hi - lo, len(timeline.nodes) + 1.0)
     cover.set(facecolor="white", edgecolor="none", animated=True)
