@@ -114,7 +114,7 @@ def command(
     from shared.errors import RunFolderError
     from shared.scenario_loader import load_scenario
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
     runs = []
     if from_runs:
         if scenario is None:

@@ -63,7 +63,7 @@ def command(
     main, sweep = split_sweep(runs)
     if not main:
         main, sweep = sweep, []
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
     for used, others in shadowed_runs(main):
         console.print(
             f"[yellow]warning:[/] {len(others) + 1} {used.source} runs of {used.scenario} "

@@ -237,7 +237,7 @@ def command(
     """Simulate and run SCENARIO, Gemini and the persistent baseline, and write the report."""
     from analysis.calibration import calibration_scenarios, load_calibration, scenario_overrides
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
     started = time.monotonic()  # the whole job, its calibration included
     loaded = load_scenario(scenario, overrides)
     runs_real = real and "real" in loaded.targets

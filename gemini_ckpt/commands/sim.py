@@ -49,12 +49,20 @@ STRATEGIES: dict[str, list[str]] = {
 
 
 def _format(value: float | None, unit: str = "") -> str:
+    """A table value: a fraction as a percentage (``unit`` "%"), a large count with
+    thousands separators, anything else to four figures."""
     if value is None:
         return "-"
+    if unit == "%":
+        return f"{value * 100:.3g}%"
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}{unit}"
     return f"{value:.4g}{unit}"
 
 
 def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table:
+    from analysis.render import _bytes
+
     table = Table(title=f"{summary.scenario} ({summary.strategy})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -66,8 +74,8 @@ def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table
         ("failures", "failures", ""),
         ("mean_wasted_s", "mean wasted / failure", " s"),
         ("mean_downtime_s", "mean downtime / failure", " s"),
-        ("fraction_from_memory", "recovered from memory", ""),
-        ("checkpoint_overhead", "checkpoint overhead", ""),
+        ("fraction_from_memory", "recovered from memory", "%"),
+        ("checkpoint_overhead", "checkpoint overhead", "%"),
     ]
     for key, label, unit in rows:
         if replications:
@@ -86,7 +94,7 @@ def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table
         f"{summary.iteration_time_s:.4g} / {summary.iteration_time_no_ckpt_s:.4g} s",
     )
     table.add_row("checkpoints per hour", _format(summary.checkpoints_per_hour))
-    table.add_row("checkpoint memory per node", f"{summary.checkpoint_memory_bytes / 1e9:.3g} GB")
+    table.add_row("checkpoint memory per node", _bytes(summary.checkpoint_memory_bytes))
     return table
 
 
@@ -169,7 +177,7 @@ def command(
     loaded = load_scenario(scenario, settings, faces=faces)
     out = out or Path("runs") / f"sim-{loaded.name}"
     count = seeds or loaded.sim.replications
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
     with _named(scenario):
         from sim.model import build_model
 

@@ -26,9 +26,13 @@ def test_every_shipped_scenario_runs(path: Path) -> None:
     assert result.events[0].kind == "run_started" and result.events[-1].kind == "run_finished"
 
 
-def test_one_seed_writes_events_and_summary(tmp_path: Path) -> None:
+def test_one_seed_writes_events_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["sim", str(ROOT / "scenarios/quickstart.yaml"), "--out", str(tmp_path)])
     assert code == 0
+    said = capsys.readouterr().err  # fractions as percentages, sizes in their unit
+    assert "recovered from memory" in said and "100%" in said and " MB " in said
     summary = read_summary(tmp_path / "summary.json")
     assert summary.source == "sim" and len(summary.failures) == 2
     assert {e.kind for e in read_events(tmp_path / "events.jsonl")} >= {
