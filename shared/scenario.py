@@ -612,6 +612,12 @@ class RecoveryConfig(_Strict):
         "broken attempt toward an attempt loop), s.",
     )
 
+    start_timeout_s: PositiveFloat = Field(
+        600.0,
+        description="How long the root agent waits for a live agent on every slot before the "
+        "job's first attempt; past it the job fails, naming the slots without one "
+        "(torchrun's rendezvous waits 600 s too), s.",
+    )
     stop_s: NonNegativeFloat = Field(
         1.0,
         description="From detection to the job stopped: the agents abort the attempt, the "

@@ -291,15 +291,30 @@ class RootAgent:
         return {int(k): v for k, v in jobkeys.read_prefix(self.kv, jobkeys.STORES_PREFIX).items()}
 
     def _start_job(self) -> dict[str, Any] | None:
-        """Wait for one registered, beating agent per slot; write attempt 1."""
+        """Wait for one registered, beating agent per slot; write attempt 1. Past
+        ``recovery.start_timeout_s`` without one on every slot, the job fails, naming the
+        slots without one (a node lost while the job started, an agent never launched)."""
         log.info("node %d: root: waiting for %d nodes", self.node_id, self.nodes)
+        timeout_s = self.scenario.recovery.start_timeout_s
+        deadline = time.monotonic() + timeout_s
         while not self.stop.is_set():
             alive = set(self.detector.alive_nodes())
             by_slot: dict[int, int] = {}
             for node_id, registration in sorted(self._registrations().items()):
                 if node_id in alive:
                     by_slot.setdefault(int(registration["slot"]), node_id)
-            if all(slot in by_slot for slot in range(self.nodes)):
+            missing = [slot for slot in range(self.nodes) if slot not in by_slot]
+            if missing and time.monotonic() > deadline:
+                reason = (
+                    f"the job did not start: no live agent on slot(s) {missing} after "
+                    f"{timeout_s:g} s (recovery.start_timeout_s); start `gemini-ckpt agent "
+                    "--slot N` for each, or see their agents' logs"
+                )
+                log.error("node %d: root: %s", self.node_id, reason)
+                jobkeys.mark_failed(self.kv, {"attempt": 0, "members": {}}, reason)
+                self._emit("run_finished", attempt=0, failed=True, reason=reason)
+                return None
+            if not missing:
                 members = {slot: by_slot[slot] for slot in range(self.nodes)}
                 ids = [*self._registrations(), *members.values()]
                 if self.kv.get(jobkeys.NEXT_NODE_ID_KEY) is None:

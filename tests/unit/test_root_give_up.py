@@ -2,10 +2,12 @@
 the same iteration, each attempt broken soon after it began, with no node lost. That is what a
 model kept from an earlier attempt does (a DDP wrapper or FSDP2 sharding over its dead group):
 whichever rank survived the attempt before fails, a different slot each time, or its
-collectives break with no trainer exiting at all, so the per-slot crash loop never sees it."""
+collectives break with no trainer exiting at all, so the per-slot crash loop never sees it.
+And a job that never gets a live agent on every slot fails once its start's bound passes."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -91,3 +93,45 @@ def test_progress_a_late_failure_or_a_lost_node_ends_the_streak() -> None:
     for _ in range(4):
         verdict = restart(agent, None, exited(agent, 1))
     assert verdict is not None and "restarted from scratch" in verdict
+
+
+class RecordKV(NoKV):
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def put(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        return {k: v for k, v in self.values.items() if k.startswith(prefix)}
+
+
+def test_a_job_whose_slot_never_gets_an_agent_fails_naming_the_slot() -> None:
+    """On a real cluster nothing else bounds the start: a node lost while the job started, or
+    an agent never launched, left every other agent waiting forever."""
+    import threading
+
+    from real.agent import jobkeys
+
+    kv = RecordKV()
+    kv.put(f"{jobkeys.STORES_PREFIX}7", b'{"slot": 0, "address": "127.0.0.1:1"}')
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    agent = SimpleNamespace(
+        kv=kv,
+        node_id=7,
+        nodes=2,
+        stop=threading.Event(),
+        scenario=SimpleNamespace(recovery=RecoveryConfig(start_timeout_s=0.05)),
+        detector=SimpleNamespace(alive_nodes=lambda: [7]),
+        wait=lambda: time.sleep(0.01),
+        _emit=lambda kind, **details: emitted.append((kind, details)),
+    )
+    agent._registrations = lambda: RootAgent._registrations(agent)
+    assert RootAgent._start_job(agent) is None
+    record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
+    assert record is not None and record["state"] == "failed"
+    assert record["reason"].startswith("the job did not start: no live agent on slot(s) [1]")
+    assert emitted == [("run_finished", {"attempt": 0, "failed": True, "reason": record["reason"]})]
