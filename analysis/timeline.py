@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from analysis.results import RunResult
 from shared.events import Event
-from shared.summary import FailureRecord
+from shared.summary import FailureRecord, with_failure_anchors
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -175,7 +175,8 @@ def _chains(events: Sequence[Event]) -> dict[int, dict[str, Event]]:
 def _recoveries(run: RunResult) -> list[Recovery]:
     records = {f.index: f for f in run.summary.failures}
     out = []
-    for index, chain in sorted(_chains(run.events).items()):
+    # A failure nothing injected (a real cluster's) starts where the summary starts it.
+    for index, chain in sorted(_chains(with_failure_anchors(list(run.events))).items()):
         injected_event = chain.get("failure_injected")
         if injected_event is None:
             continue

@@ -440,23 +440,43 @@ def _whole_job_lost(scenario: Scenario) -> list[Finding]:
         )
     except ValueError:
         return []  # _placement reports it
-    findings = []
+    # Entries with one trigger strike together (the injector's way of failing nodes of
+    # several groups at once): their lost nodes add up.
+    together: dict[tuple[object, ...], tuple[list[int], set[int]]] = {}
     for index, entry in enumerate(scenario.failures.schedule):
         named = [n for n in entry.nodes if 0 <= n < cluster.nodes]
         if not named or len(named) < len(entry.nodes):
             continue  # schedule_reach reports a node that does not exist
         resolved = resolve_failure(entry.kind, named, placement=placement, root=None)
-        if resolved.effect == "hardware" and len(resolved.nodes) == cluster.nodes:
-            findings.append(
-                Finding(
-                    f"failures.schedule[{index}]",
-                    f"a {entry.kind} failure of nodes {list(entry.nodes)} loses all "
-                    f"{cluster.nodes} nodes of the job at once: the root agent runs on one "
-                    "of them and standby agents never lead, so nothing would recover it (such "
-                    "a job is started again, and resumes from persistent storage); name fewer "
-                    "nodes, or use more nodes than one placement group",
-                )
+        if resolved.effect != "hardware":
+            continue
+        trigger: tuple[object, ...] = (
+            ("recovery", index)  # each strikes during the recovery of the one before
+            if entry.during == "recovery"
+            else (entry.at_iteration, entry.at_time_s, entry.during)
+        )
+        entries, lost = together.setdefault(trigger, ([], set()))
+        entries.append(index)
+        lost.update(resolved.nodes)
+    findings = []
+    for entries, lost in together.values():
+        if len(lost) < cluster.nodes:
+            continue
+        where = f"failures.schedule[{entries[0]}]"
+        what = (
+            f"this failure loses all {cluster.nodes} nodes"
+            if len(entries) == 1
+            else f"entries {entries}, with one trigger, lose all {cluster.nodes} nodes"
+        )
+        findings.append(
+            Finding(
+                where,
+                f"{what} of the job at once: the root agent runs on one of them and standby "
+                "agents never lead, so nothing would recover it (such a job is started again, "
+                "and resumes from persistent storage); fail fewer nodes, or use more nodes "
+                "than one placement group",
             )
+        )
     return findings
 
 

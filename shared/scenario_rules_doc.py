@@ -83,9 +83,10 @@ def _rule_rows() -> list[tuple[str, str, str, str]]:
             "error",
         ),
         (
-            "a scheduled failure does not lose every node of the job at once (a `group` of "
-            "a cluster that is one placement group, or every node named): the root agent runs "
-            "on one of them and standby agents never lead, so nothing would recover it",
+            "scheduled failures do not lose every node of the job at once (a `group` of a "
+            "cluster that is one placement group, every node named, or entries of one trigger "
+            "that add up to all): the root agent runs on one of them and standby agents never "
+            "lead, so nothing would recover it",
             "`failures.schedule.N`",
             "real",
             "error",

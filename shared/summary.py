@@ -179,7 +179,7 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
         iteration_time_s: failure-free iteration time, for lost progress.
     """
     chains: dict[int, dict[str, Event]] = {}
-    order = sorted(_with_anchors(list(events)), key=lambda e: e.time_s)
+    order = sorted(with_failure_anchors(list(events)), key=lambda e: e.time_s)
     last_iteration = 0
     progress_since = 0.0  # when the iteration in flight started
     reached_at_failure: dict[int, tuple[int, float]] = {}
@@ -224,7 +224,7 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
     return tuple(records)
 
 
-def _with_anchors(events: list[Event]) -> list[Event]:
+def with_failure_anchors(events: list[Event]) -> list[Event]:
     """``events`` with a ``failure_injected`` event (``unscheduled: true``) for each failure
     detected that no injection announced, at the first evidence of the failure: the detection
     less its latency (from the trainer's exit, or from the lost node's last heartbeat)."""

@@ -82,7 +82,7 @@ def _table(summary: RunSummary, replications: dict[str, object] | None) -> Table
             entry = replications[key]
             assert isinstance(entry, dict)
             ci = (
-                f"[{_format(entry['ci_low'])}, {_format(entry['ci_high'])}]"
+                f"[{_format(entry['ci_low'], unit)}, {_format(entry['ci_high'], unit)}]"
                 if entry["ci_low"] is not None
                 else "-"
             )

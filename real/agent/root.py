@@ -489,15 +489,18 @@ class RootAgent:
         model kept from an earlier attempt (a DDP wrapper, FSDP2 sharding over its dead
         group) fails every attempt from whichever rank survived the one before, or breaks
         its collectives with no exit at all. Lost nodes do not count: a storm of them is bad
-        luck, which the job recovers from."""
+        luck, which the job recovers from; nor do failures the injector scheduled."""
         lost_node = "hardware" in recovery.failed.values()
+        # A failure the emulated cluster's injector scheduled is meant, however soon it comes.
+        scheduled = any(index < UNSCHEDULED_BASE for index in recovery.indices)
         same = self.last_restart == (iteration,)
         soon = (  # the attempt broke soon after it began: it did not just miss a checkpoint
             recovery.first_seen is not None
             and recovery.first_seen - self.attempt_began
             < self.scenario.recovery.crash_loop_window_s
         )
-        self.stuck_streak = self.stuck_streak + 1 if same and soon and not lost_node else 0
+        stuck = same and soon and not lost_node and not scheduled
+        self.stuck_streak = self.stuck_streak + 1 if stuck else 0
         self.last_restart = (iteration,)
         restarts = self.scenario.recovery.crash_loop_restarts
         if self.stuck_streak < restarts:

@@ -144,7 +144,9 @@ def _advertise(storage: PersistentStorage, iteration: int, keep: int | None) -> 
     abandoned = [
         {"folder": name}
         for name in _iteration_folders(storage)
-        if name not in listed and name < iteration_folder(iteration)
+        if name not in listed
+        and name < iteration_folder(iteration)
+        and name not in {entry["folder"] for entry in dropped}
     ]
     for entry in [*dropped, *abandoned]:  # unlisted first, deleted after: no dangling entry
         try:
@@ -157,7 +159,7 @@ def _iteration_folders(storage: PersistentStorage) -> list[str]:
     """The names of the iteration folders in the tier (listed or not)."""
     try:
         entries = storage.fs.ls(storage.root, detail=False)
-    except (OSError, FileNotFoundError):
+    except OSError:
         return []
     names = [posixpath.basename(str(entry).rstrip("/")) for entry in entries]
     return [n for n in names if n.startswith("iter_") and n[len("iter_") :].isdigit()]

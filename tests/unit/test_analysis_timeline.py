@@ -240,3 +240,22 @@ def test_a_run_of_many_failures_shows_its_first_ones(tmp_path: Path) -> None:
         assert f"first {MAX_RECOVERIES_SHOWN} of {len(failures)} failures" in title
     finally:
         plt.close(fig)
+
+
+def test_a_failure_nothing_injected_is_drawn_from_its_first_evidence(run: RunResult) -> None:
+    """A real cluster's failure (numbered from 1000, no failure_injected): the timeline starts
+    it where the summary does, at the detection less its latency, on the detected node."""
+    import dataclasses
+
+    events = []
+    for event in run.events:
+        if event.kind == "failure_injected":
+            continue
+        if event.kind == "failure_detected":
+            details = {"failure": 4, "failure_kind": "hardware", "detection_latency_s": 0.75}
+            event = dataclasses.replace(event, node=2, details=details)
+        events.append(event)
+    unscheduled = dataclasses.replace(run, events=tuple(events))
+    (recovery,) = build_timeline(unscheduled).recoveries
+    assert recovery.nodes == (2,)
+    assert recovery.injected == pytest.approx(recovery.detected - 0.75)

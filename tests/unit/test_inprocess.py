@@ -661,6 +661,8 @@ def test_attach_refuses_a_model_wrapped_or_sharded_in_an_earlier_attempt(tmp_pat
 
     from real.runtime.procgroup import leave_process_group
 
+    wrapped: Any = None
+    sharded: Any = None
     _world_of_one(tmp_path, "first")
     try:
         wrapped = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))

@@ -79,13 +79,15 @@ def test_checkpoints_per_hour_count_the_strategys_own_over_training(
     iteration is not in it."""
     startup = [Event(0.0, "run_started")]
     events = [dataclasses.replace(e, time_s=e.time_s + 10.0) for e in _run(4, 0.4)]
-    for k in (4, 8):  # two of each, from rank 0, and one of rank 1's that does not count
+    for k in (4, 8):  # two saves to storage, from rank 0
         events.append(Event(10.0 + 0.1 * k, "persist_done", rank=0, iteration=k))
+    for k in (2, 5, 7, 9, 10):  # five commits in memory, from rank 0
         events.append(Event(10.0 + 0.1 * k, "ckpt_committed", rank=0, iteration=k))
-    events.append(Event(10.9, "ckpt_committed", rank=1, iteration=8))
+    events.append(Event(10.9, "ckpt_committed", rank=1, iteration=8))  # rank 1's: not counted
     (tmp_path / "events").mkdir()
     write_events(tmp_path / "events" / "rank0.jsonl", startup + events)
     summary, _ = summarize_run(tmp_path, "rate", strategy, 0, "local")
     training_s = summary.duration_s - summary.extra["startup_s"]
     assert summary.extra["startup_s"] == pytest.approx(10.0)
-    assert summary.checkpoints_per_hour == pytest.approx(2 / training_s * 3600)
+    own = 2 if strategy == "persistent" else 5
+    assert summary.checkpoints_per_hour == pytest.approx(own / training_s * 3600)

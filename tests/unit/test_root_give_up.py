@@ -89,6 +89,17 @@ def test_progress_a_late_failure_or_a_lost_node_ends_the_streak() -> None:
     restart(agent, 23, exited(agent, 0))
     assert restart(agent, 23, suspect(agent, 0), lost(agent, 1)) is None  # a storm, not a bug
     assert agent.stuck_streak == 0
+    # Failures the injector scheduled are meant, however soon they come (crashes during
+    # recovery, a baseline's crashes closer than its saves).
+    for _ in range(4):
+        recovery = _Recovery(agent, {0: 0, 1: 1}, resumed=[])
+        detection = exited(agent, 1)
+        recovery.failed[1] = "software"
+        recovery.indices.append(3)  # the schedule's index, as the injector's record names it
+        recovery.first_seen = detection.last_seen_at
+        assert RootAgent._stuck(agent, recovery, 23) is None
+        agent.attempt_began += 100.0
+    assert agent.stuck_streak == 0
     # From scratch is one place too: the first such restart, then three more.
     for _ in range(4):
         verdict = restart(agent, None, exited(agent, 1))

@@ -55,12 +55,20 @@ def test_a_real_failure_of_every_node_at_once_is_refused() -> None:
     base = "name: w\ncluster: {nodes: 2, standby_nodes: 2}\ntraining: {iterations: 40}\n"
     text = base + "failures: {schedule: [{kind: group, nodes: [1], at_iteration: 5}]}"
     (problem,) = problems_of(text, faces=("real",))
-    assert problem.startswith("failures.schedule[0]: a group failure of nodes [1] loses all 2")
+    assert problem.startswith("failures.schedule[0]: this failure loses all 2 nodes of the job")
     parse_scenario(text, faces=("sim",))  # the simulator models the rollback to storage
     both = base + "failures: {schedule: [{kind: hardware, nodes: [0, 1], at_iteration: 5}]}"
     assert len(problems_of(both, faces=("real",))) == 1
     one = base + "failures: {schedule: [{kind: hardware, nodes: [1], at_iteration: 5}]}"
     parse_scenario(one, faces=("real",))
+    two = base + (  # two entries, one trigger: the injector fails them together
+        "failures: {schedule: [{kind: hardware, nodes: [0], at_iteration: 5},"
+        " {kind: hardware, nodes: [1], at_iteration: 5}]}"
+    )
+    (problem,) = problems_of(two, faces=("real",))
+    assert "entries [0, 1], with one trigger, lose all 2 nodes" in problem
+    apart = two.replace("nodes: [1], at_iteration: 5", "nodes: [1], at_iteration: 9")
+    parse_scenario(apart, faces=("real",))  # one after the other: a survivor each time
     crash = base + "failures: {schedule: [{kind: software, nodes: [0, 1], at_iteration: 5}]}"
     parse_scenario(crash, faces=("real",))  # the nodes live: their agents recover it
     four = base.replace("nodes: 2", "nodes: 4") + (
