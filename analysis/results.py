@@ -132,6 +132,19 @@ def find_run_folders(path: str | Path) -> list[Path]:
     return found
 
 
+def unfinished_run_folders(path: str | Path) -> list[Path]:
+    """Folders at or under ``path`` that hold a run's event files but no summary: runs
+    stopped before they ended (a Ctrl-C, a crash of the launcher), which a report skips."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(
+        events.parent
+        for events in root.rglob("events")
+        if events.is_dir() and not (events.parent / SUMMARY).is_file()
+    )
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[RunResult]:
     """Load every run folder at or under each path, in order, without duplicates."""
     seen: set[Path] = set()

@@ -47,7 +47,7 @@ def command(
 
     from analysis.calibration import calibration_scenarios, load_calibration
     from analysis.report import write_report
-    from analysis.results import load_runs, shadowed_runs, split_sweep
+    from analysis.results import load_runs, shadowed_runs, split_sweep, unfinished_run_folders
     from shared.errors import RunFolderError
 
     try:
@@ -64,6 +64,11 @@ def command(
     if not main:
         main, sweep = sweep, []
     console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
+    for folder in sorted({f for path in run_dirs for f in unfinished_run_folders(path)}):
+        console.print(
+            f"[yellow]warning:[/] skipped {folder}: events but no summary.json (a run "
+            "stopped before it ended)"
+        )
     for used, others in shadowed_runs(main):
         console.print(
             f"[yellow]warning:[/] {len(others) + 1} {used.source} runs of {used.scenario} "

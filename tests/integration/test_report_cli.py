@@ -151,3 +151,20 @@ def test_a_report_of_simulated_runs_alone_claims_no_measurement(
     assert "One panel per run" in markdown
     assert "figures/phases.png" not in markdown  # nothing measured to set beside
     assert not (out / "figures" / "phases.png").exists()
+
+
+def test_report_names_a_run_folder_it_skips_for_want_of_a_summary(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped before it ended (Ctrl-C) has event files and no summary: skipped, said."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(run_dir / "sim-gemini", root / "sim-gemini")
+    stopped = root / "real-gemini"
+    (stopped / "events").mkdir(parents=True)
+    (stopped / "events" / "agent-0.jsonl").write_text("")
+    args = ["report", str(root), "--out", str(tmp_path / "r"), "--no-video", "--no-gif"]
+    assert main(args) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"skipped {stopped}: events but no summary.json" in said
