@@ -97,6 +97,16 @@ def _kind_means(summary: RunSummary) -> dict[str, tuple[float, float, int]]:
     }
 
 
+def _seed_note(summary: RunSummary) -> str:
+    """For a run of several seeds, which seed its figures are (the first's; the means over
+    seeds are in its ``replications.json``)."""
+    replications = summary.extra.get("replications")
+    seeds = replications.get("seeds") if isinstance(replications, dict) else None
+    if not isinstance(seeds, list) or len(seeds) < 2:
+        return ""
+    return f" (seed {summary.seed} of {len(seeds)}; means over seeds in replications.json)"
+
+
 def lead_table(runs: Sequence[RunResult]) -> Table:
     """Gemini against the baseline per failure kind: measured, the simulator beside it.
 
@@ -196,7 +206,7 @@ def runs_table(runs: Sequence[RunResult]) -> Table:
             [
                 run.label,
                 s.scenario,
-                run.path.name,
+                run.path.name + _seed_note(s),
                 str(len(s.failures)),
                 _s(s.mean_wasted_s),
                 _s(s.mean_downtime_s),

@@ -56,3 +56,13 @@ def test_sizes_and_lengths_read_without_exponents() -> None:
     assert _bytes(11_428_784) == "11.4 MB" and _bytes(0) == "0.0 MB"
     assert _duration(36.6) == "36.6 s" and _duration(864.0) == "14.4 min"
     assert _duration(86400 * 30) == "30 d" and _duration(7200) == "2 h"
+
+
+def test_a_run_of_several_seeds_says_which_seed_its_figures_are() -> None:
+    from types import SimpleNamespace
+
+    from analysis.report import _seed_note
+
+    several = SimpleNamespace(seed=3, extra={"replications": {"seeds": [3, 4, 5]}})
+    assert _seed_note(several) == " (seed 3 of 3; means over seeds in replications.json)"  # type: ignore[arg-type]
+    assert _seed_note(SimpleNamespace(seed=0, extra={})) == ""  # type: ignore[arg-type]
