@@ -15,6 +15,7 @@ import datetime
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -47,7 +48,26 @@ def leave_process_group(*, together: bool) -> None:
         for thread in list(_RELEASING):
             thread.join(RELEASE_JOIN_S)
     dist.destroy_process_group()
+    _forget_in_frameworks()
     gc.collect()
+
+
+def _forget_in_frameworks() -> None:
+    """Drop the groups that frameworks cache at module level, once torch destroyed them.
+
+    DeepSpeed keeps its world and data-parallel groups in ``deepspeed.utils.groups``; its own
+    ``deepspeed.comm.destroy_process_group`` releases them after torch's, which ours calls.
+    Without it, the next attempt's ``deepspeed.initialize`` broadcasts over a dead group
+    ("Group ... is not registered") and the survivor dies. The release is DeepSpeed's
+    function; only a DeepSpeed already imported by the script is touched.
+    """
+    groups = sys.modules.get("deepspeed.utils.groups")
+    release = getattr(groups, "_release_process_group_references", None)
+    if release is not None:
+        try:
+            release(None)  # None: the world went, and every group with it
+        except Exception as error:  # another DeepSpeed's bookkeeping: nothing of ours
+            log.warning("could not release DeepSpeed's process groups: %s", error)
 
 
 def abandon_process_groups() -> None:
@@ -65,6 +85,7 @@ def abandon_process_groups() -> None:
         dist.destroy_process_group()
     except Exception as error:  # a half-destroyed group: what is left goes with the process
         log.debug("destroying the failed attempt's groups: %s", error)
+    _forget_in_frameworks()
     gc.collect()
     release_in_background(groups)
 

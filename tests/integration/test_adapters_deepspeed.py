@@ -322,3 +322,41 @@ def test_example_script_resumes_under_torchrun(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     worker(json.loads(sys.argv[1]))
+
+
+TWO_ATTEMPTS = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ.update(DS_ACCELERATOR="cpu", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                  MASTER_ADDR="127.0.0.1")
+import deepspeed_train as example
+from real.runtime.procgroup import leave_process_group
+from real.runtime.processes import free_port
+
+for attempt in (1, 2):  # a survivor's: the group of the first is gone when the second begins
+    os.environ["MASTER_PORT"] = str(free_port())
+    example.init_distributed()
+    engine = example.build_engine(2)
+    example.train_step(engine, 1)
+    print(f"attempt {attempt} trained", flush=True)
+    del engine
+    leave_process_group(together=False)
+"""
+
+
+def test_a_survivor_builds_a_deepspeed_engine_again_in_a_new_group(tmp_path: Path) -> None:
+    """DeepSpeed caches its world group at module level; after a failure our teardown drops
+    the groups, and a survivor's next ``deepspeed.initialize`` broadcast over the cached, dead
+    one ("Group ... is not registered") and died, so a spare took its rank."""
+    script = tmp_path / "two_attempts.py"
+    script.write_text(TWO_ATTEMPTS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(REPO / "examples")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = [line for line in done.stdout.splitlines() if line.endswith(" trained")]
+    assert trained == ["attempt 1 trained", "attempt 2 trained"], done.stderr[-3000:]
