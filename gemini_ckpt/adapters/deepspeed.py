@@ -38,6 +38,7 @@ not covered.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,35 @@ LAYOUT_ONLY = ("param_slice_mappings", "universal_checkpoint_info")
 LOSS_SCALER = "loss_scaler"
 
 
+_ENGINE_OF_MODULE: weakref.WeakKeyDictionary[Any, object] = weakref.WeakKeyDictionary()
+"""The token of the engine each module served last (``_require_own_module``)."""
+
+
+def _require_own_module(engine: Any) -> None:
+    """Refuse an engine whose module an earlier engine wrapped.
+
+    ``deepspeed.initialize`` leaves its ZeRO hooks on the module's parameters, and they stay
+    when the engine goes (a survivor's engine of a failed attempt). A second engine over that
+    module trained to other weights than a run without the failure (ZeRO-2 on the CPU), with
+    no error: the module must be built anew for each engine, inside ``Checkpointer.run``'s
+    ``train``. Each engine gets a token of its own (an attribute), and each module remembers
+    the token of the engine it served.
+    """
+    token = getattr(engine, "_gemini_ckpt_token", None)
+    if token is None:
+        token = object()
+        engine._gemini_ckpt_token = token
+    served = _ENGINE_OF_MODULE.get(engine.module)
+    if served is not None and served is not token:
+        raise ValueError(
+            "this engine's module was wrapped by an earlier DeepSpeed engine (an earlier "
+            "attempt's), whose hooks stay on its parameters and change its training: build "
+            "the module anew, and call deepspeed.initialize, inside the function given to "
+            'Checkpointer.run() (docs/training.md, "Build outside, wrap inside")'
+        )
+    _ENGINE_OF_MODULE[engine.module] = token
+
+
 def state_dict(engine: Any, *, clone: bool = True) -> dict[str, Any]:
     """This rank's training state (see the module docstring); a collective under ZeRO-3.
 
@@ -65,8 +95,10 @@ def state_dict(engine: Any, *, clone: bool = True) -> dict[str, Any]:
             before it returns.
 
     Raises:
-        ValueError: the engine does not run ZeRO stage 1, 2 or 3, or uses the elastic format.
+        ValueError: the engine does not run ZeRO stage 1, 2 or 3, or uses the elastic format;
+            or its module served an earlier engine.
     """
+    _require_own_module(engine)
     stage = _zero_stage(engine)
     optimizer = engine.optimizer
     _prologue(optimizer)
@@ -99,9 +131,10 @@ def load_state_dict(engine: Any, state: Mapping[str, Any]) -> None:
     usable (DeepSpeed keeps references to what it loads).
 
     Raises:
-        ValueError: another ZeRO stage or data-parallel layout, or a state this adapter did not
-            take.
+        ValueError: another ZeRO stage or data-parallel layout, a state this adapter did not
+            take, or a module that served an earlier engine.
     """
+    _require_own_module(engine)
     stage = _zero_stage(engine)
     optimizer = engine.optimizer
     if "zero" not in state:

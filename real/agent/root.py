@@ -508,10 +508,10 @@ class RootAgent:
         where = "from scratch" if iteration is None else f"from iteration {iteration}"
         return (
             f"attempt loop: the last {self.stuck_streak} attempts each restarted {where} "
-            "and failed before committing an iteration, with no node lost (a DDP wrapper or "
-            "FSDP2 module made in an earlier attempt? docs/training.md, 'Build outside, wrap "
-            f"inside'); fix the cause (see {self.run_dir}/logs/trainer-*.log) and start the "
-            "job again"
+            "and failed before committing an iteration, with no node lost (a DDP wrapper, "
+            "FSDP2 module or DeepSpeed module made in an earlier attempt? docs/training.md, "
+            "'Build outside, wrap inside'); fix the cause (see "
+            f"{self.run_dir}/logs/trainer-*.log) and start the job again"
         )
 
 

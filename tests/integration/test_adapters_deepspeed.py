@@ -333,13 +333,28 @@ import deepspeed_train as example
 from real.runtime.procgroup import leave_process_group
 from real.runtime.processes import free_port
 
+import deepspeed, torch
+from gemini_ckpt.adapters import deepspeed as ds_state
+
+kept = None  # a module kept across attempts: refused by the adapter in the second
 for attempt in (1, 2):  # a survivor's: the group of the first is gone when the second begins
     os.environ["MASTER_PORT"] = str(free_port())
     example.init_distributed()
     engine = example.build_engine(2)
     example.train_step(engine, 1)
+    ds_state.state_dict(engine)
     print(f"attempt {attempt} trained", flush=True)
-    del engine
+    kept = kept or torch.nn.Linear(4, 4)
+    again, *_ = deepspeed.initialize(
+        model=kept, optimizer=torch.optim.AdamW(kept.parameters(), lr=0.1),
+        config=example.deepspeed_config(2),
+    )
+    try:
+        ds_state.state_dict(again)
+        print(f"attempt {attempt} kept module taken", flush=True)
+    except ValueError as error:
+        print(f"attempt {attempt} kept module refused: {error}", flush=True)
+    del engine, again
     leave_process_group(together=False)
 """
 
@@ -347,7 +362,8 @@ for attempt in (1, 2):  # a survivor's: the group of the first is gone when the 
 def test_a_survivor_builds_a_deepspeed_engine_again_in_a_new_group(tmp_path: Path) -> None:
     """DeepSpeed caches its world group at module level; after a failure our teardown drops
     the groups, and a survivor's next ``deepspeed.initialize`` broadcast over the cached, dead
-    one ("Group ... is not registered") and died, so a spare took its rank."""
+    one ("Group ... is not registered") and died, so a spare took its rank. A module kept from
+    the earlier attempt is refused by the adapter: its first engine's hooks stay on it."""
     script = tmp_path / "two_attempts.py"
     script.write_text(TWO_ATTEMPTS)
     done = subprocess.run(
@@ -358,5 +374,11 @@ def test_a_survivor_builds_a_deepspeed_engine_again_in_a_new_group(tmp_path: Pat
         timeout=TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    trained = [line for line in done.stdout.splitlines() if line.endswith(" trained")]
-    assert trained == ["attempt 1 trained", "attempt 2 trained"], done.stderr[-3000:]
+    said = [line for line in done.stdout.splitlines() if line.startswith("attempt ")]
+    assert said[:3] == [
+        "attempt 1 trained",
+        "attempt 1 kept module taken",
+        "attempt 2 trained",
+    ], done.stderr[-3000:]
+    # A module an earlier attempt's engine wrapped keeps that engine's ZeRO hooks: refused.
+    assert said[3].startswith("attempt 2 kept module refused: this engine's module was wrapped")
