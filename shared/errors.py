@@ -93,3 +93,7 @@ class PeerLost(GeminiError, ConnectionError):
 
 class RunFolderError(GeminiError, ValueError):
     """A run folder is missing or does not hold a valid run (the message names the file)."""
+
+
+class AgentIdentityError(GeminiError):
+    """A node agent started with the node id or slot of a live agent of the job."""

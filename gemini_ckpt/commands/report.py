@@ -67,7 +67,8 @@ def command(
     for folder in sorted({f for path in run_dirs for f in unfinished_run_folders(path)}):
         console.print(
             f"[yellow]warning:[/] skipped {folder}: events but no summary.json (a run "
-            "stopped before it ended)"
+            "stopped before it ended, or the agents' own run folder: the launcher, "
+            "`gemini-ckpt real`, writes the summary)"
         )
     for used, others in shadowed_runs(main):
         console.print(

@@ -80,6 +80,7 @@ def command(
     """Run a node agent: node store, heartbeat, trainers, root election."""
     from real.agent.node_agent import AgentConfig, run_agent
     from real.agent.trainer_processes import TrainerSpec
+    from shared.errors import AgentIdentityError
     from shared.scenario_loader import load_scenario
 
     if standby == (slot is not None):
@@ -122,6 +123,9 @@ def command(
         t0=float(os.environ.get(GEMINI_RUN_T0, time.time())),
         parent_pid=parent_pid,
     )
-    code = run_agent(config)
+    try:
+        code = run_agent(config)
+    except AgentIdentityError as error:  # started as a second copy of a live agent
+        raise click.UsageError(str(error)) from error
     if code:
         raise click.exceptions.Exit(code)

@@ -56,7 +56,7 @@ from real.coord.probe import ProbeServer, refuses
 from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
-from shared.errors import KVError
+from shared.errors import AgentIdentityError, KVError
 from shared.failure_kinds import initial_root
 from shared.scenario import Scenario
 
@@ -183,6 +183,8 @@ class NodeAgent:
 
     def run(self) -> int:
         config = self.config
+        # A new run folder has none yet; the node store writes its log there at once.
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         # Any agent may become the root (at the start or when a root dies): the persistent
         # tier's modules and filesystem load now, in the background, not on a recovery's path.
         preimport_persistent_tier(persistent_url(config.scenario, self.run_dir))
@@ -198,6 +200,7 @@ class NodeAgent:
         prober: ProbeServer | None = None
         try:
             self.kv = connect_kv(config.kv_url)
+            self._require_free_identity()
             threading.Thread(
                 target=self._watch,
                 args=([jobkeys.ATTEMPT_KEY, jobkeys.REPLACEMENTS_PREFIX],),
@@ -293,6 +296,31 @@ class NodeAgent:
             if self.kv is not None:
                 self.kv.close()
             self.events.close()
+
+    def _require_free_identity(self) -> None:
+        """Refuse to start with the node id of a live agent of the job (its heartbeat lease is
+        held), or, for a slot's agent, with the slot of a live member: either would run a
+        second copy beside it (shared pids, event files and slot files; two trainers of one
+        rank). Raises ``AgentIdentityError``; an agent restarted after its predecessor died
+        waits for that one's lease to lapse (``detection.lease_timeout_s``)."""
+        assert self.kv is not None
+        config = self.config
+        lease = config.scenario.detection.lease_timeout_s
+        if self.kv.get(keys.node_key(config.node_id)) is not None:
+            raise AgentIdentityError(
+                f"node id {config.node_id} is taken by a live agent of this job (its heartbeat "
+                f"lease is held): give this agent another --node-id, or wait {lease:g} s after "
+                "that agent stopped"
+            )
+        if config.slot is None:
+            return
+        for node_id, registration in jobkeys.read_prefix(self.kv, jobkeys.STORES_PREFIX).items():
+            live = self.kv.get(keys.node_key(int(node_id))) is not None
+            if live and int(registration.get("slot", -1)) == config.slot:
+                raise AgentIdentityError(
+                    f"slot {config.slot} is held by node {node_id}, a live agent of this job: "
+                    "give each slot one agent (--slot), and start spares with --standby"
+                )
 
     def _record_due(self, since_read_s: float) -> bool:
         """Whether to read the attempt record (a standby also its order) now: the store watch
