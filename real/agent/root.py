@@ -701,6 +701,16 @@ class _Recovery:
                     },
                 )
                 self.replacements[slot] = node_id
+                if standby is None:  # on a real cluster somebody starts it: say with which id
+                    log.warning(
+                        "slot %d: no live standby agent; ordered node %d: start "
+                        "`gemini-ckpt agent ... --standby --node-id %d` on a new machine",
+                        slot,
+                        node_id,
+                        node_id,
+                    )
+                else:
+                    log.info("slot %d: ordered standby node %d", slot, node_id)
                 root.events.emit(
                     "replacement_requested",
                     node=slot,
