@@ -301,8 +301,9 @@ class NodeAgent:
         """Refuse to start with the node id of a live agent of the job (its heartbeat lease is
         held), or, for a slot's agent, with the slot of a live member: either would run a
         second copy beside it (shared pids, event files and slot files; two trainers of one
-        rank). Raises ``AgentIdentityError``; an agent restarted after its predecessor died
-        waits for that one's lease to lapse (``detection.lease_timeout_s``)."""
+        rank). A node the root ordered for the slot takes it at once: a probe finds a lost node
+        before its lease lapses. Raises ``AgentIdentityError``; an agent restarted after its
+        predecessor died waits for that one's lease to lapse (``detection.lease_timeout_s``)."""
         assert self.kv is not None
         config = self.config
         lease = config.scenario.detection.lease_timeout_s
@@ -314,6 +315,9 @@ class NodeAgent:
             )
         if config.slot is None:
             return
+        order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{config.node_id}")
+        if order is not None and int(order.get("slot", -1)) == config.slot:
+            return  # the root ordered this node for the slot: its lost member may still beat
         for node_id, registration in jobkeys.read_prefix(self.kv, jobkeys.STORES_PREFIX).items():
             live = self.kv.get(keys.node_key(int(node_id))) is not None
             if live and int(registration.get("slot", -1)) == config.slot:

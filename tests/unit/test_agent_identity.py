@@ -52,6 +52,15 @@ def test_a_live_agents_node_id_or_slot_is_refused() -> None:
         starting(5, 0, KV(JOB))._require_free_identity()
 
 
+def test_the_node_the_root_ordered_for_a_slot_takes_it_while_the_lost_one_still_beats() -> None:
+    # A probe found node 0 lost before its lease lapsed; the root ordered node 7 for slot 0,
+    # and the emulated cluster starts it with --slot 0 (a real cluster, with --standby).
+    ordered = {**JOB, f"{jobkeys.REPLACEMENTS_PREFIX}7": {"node_id": 7, "slot": 0}}
+    starting(7, 0, KV(ordered))._require_free_identity()
+    with pytest.raises(AgentIdentityError, match="slot 0 is held by node 0"):
+        starting(8, 0, KV(ordered))._require_free_identity()  # not the node ordered
+
+
 def test_a_dead_agents_slot_and_a_fresh_id_are_free() -> None:
     starting(5, 1, KV(JOB))._require_free_identity()  # node 4's lease lapsed: slot 1 is free
     starting(1000, None, KV(JOB))._require_free_identity()  # a standby with an id of its own
