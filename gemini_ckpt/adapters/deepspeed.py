@@ -70,11 +70,14 @@ def _require_own_module(engine: Any) -> None:
     ``train``. Each engine gets a token of its own (an attribute), and each module remembers
     the token of the engine it served.
     """
+    module = getattr(engine, "module", None)
+    if module is None:  # nothing wrapped to tell apart
+        return
     token = getattr(engine, "_gemini_ckpt_token", None)
     if token is None:
         token = object()
         engine._gemini_ckpt_token = token
-    served = _ENGINE_OF_MODULE.get(engine.module)
+    served = _ENGINE_OF_MODULE.get(module)
     if served is not None and served is not token:
         raise ValueError(
             "this engine's module was wrapped by an earlier DeepSpeed engine (an earlier "
@@ -82,7 +85,7 @@ def _require_own_module(engine: Any) -> None:
             "the module anew, and call deepspeed.initialize, inside the function given to "
             'Checkpointer.run() (docs/training.md, "Build outside, wrap inside")'
         )
-    _ENGINE_OF_MODULE[engine.module] = token
+    _ENGINE_OF_MODULE[module] = token
 
 
 def state_dict(engine: Any, *, clone: bool = True) -> dict[str, Any]:
@@ -98,8 +101,8 @@ def state_dict(engine: Any, *, clone: bool = True) -> dict[str, Any]:
         ValueError: the engine does not run ZeRO stage 1, 2 or 3, or uses the elastic format;
             or its module served an earlier engine.
     """
-    _require_own_module(engine)
     stage = _zero_stage(engine)
+    _require_own_module(engine)
     optimizer = engine.optimizer
     _prologue(optimizer)
     try:
@@ -134,8 +137,8 @@ def load_state_dict(engine: Any, state: Mapping[str, Any]) -> None:
         ValueError: another ZeRO stage or data-parallel layout, a state this adapter did not
             take, or a module that served an earlier engine.
     """
-    _require_own_module(engine)
     stage = _zero_stage(engine)
+    _require_own_module(engine)
     optimizer = engine.optimizer
     if "zero" not in state:
         raise ValueError(
