@@ -33,7 +33,7 @@ import numpy as np
 
 from shared.failure_kinds import resolve_failure
 from shared.failures import _MAX_EXPECTED_EVENTS, sample_failures
-from shared.placement import plan_placement
+from shared.placement import Placement, plan_placement
 from shared.scheduling import plan_traffic
 from shared.storms import (
     SECONDS_PER_DAY,
@@ -148,17 +148,23 @@ def warnings(findings: Sequence[Finding]) -> list[str]:
 # --- rules of every face ----------------------------------------------------------------------
 
 
+def _job_placement(scenario: Scenario) -> Placement:
+    """The scenario's placement (``ValueError`` when it cannot be built)."""
+    ckpt, cluster = scenario.checkpoint, scenario.cluster
+    return plan_placement(
+        cluster.nodes,
+        ckpt.replicas,
+        ckpt.placement,
+        domains=None if ckpt.placement == "explicit" else cluster.domain_names(),
+        explicit=ckpt.explicit_placement,
+    )
+
+
 def _placement(scenario: Scenario) -> list[Finding]:
     ckpt, cluster = scenario.checkpoint, scenario.cluster
     explicit = ckpt.placement == "explicit"
     try:
-        plan_placement(
-            cluster.nodes,
-            ckpt.replicas,
-            ckpt.placement,
-            domains=None if explicit else cluster.domain_names(),
-            explicit=ckpt.explicit_placement,
-        )
+        _job_placement(scenario)
     except ValueError as error:
         where = "checkpoint.explicit_placement" if explicit else "checkpoint.placement"
         return [
@@ -429,15 +435,9 @@ def _whole_job_lost(scenario: Scenario) -> list[Finding]:
     a root's order and never lead. A job that loses all its nodes is started again (it resumes
     from persistent storage), which the harness does not do by itself.
     """
-    cluster, ckpt = scenario.cluster, scenario.checkpoint
+    cluster = scenario.cluster
     try:
-        placement = plan_placement(
-            cluster.nodes,
-            ckpt.replicas,
-            ckpt.placement,
-            domains=None if ckpt.placement == "explicit" else cluster.domain_names(),
-            explicit=ckpt.explicit_placement,
-        )
+        placement = _job_placement(scenario)
     except ValueError:
         return []  # _placement reports it
     # Entries with one trigger strike together (the injector's way of failing nodes of

@@ -137,22 +137,18 @@ def _advertise(storage: PersistentStorage, iteration: int, keep: int | None) -> 
     dropped = complete[:-keep] if keep is not None else []
     complete = complete[len(dropped) :]
     storage.write_json(INDEX_NAME, {"format": FORMAT, "complete": complete})
-    listed = {entry["folder"] for entry in complete}
+    old = [entry["folder"] for entry in dropped]
+    known = {entry["folder"] for entry in complete}.union(old)
     # A save a failure interrupted (its folder never listed, no .metadata or some ranks'
     # files missing) is abandoned once a later iteration is complete: the job's one writer
     # saves iterations in order, so nothing still writes it. Newer unlisted folders stay.
-    abandoned = [
-        {"folder": name}
-        for name in _iteration_folders(storage)
-        if name not in listed
-        and name < iteration_folder(iteration)
-        and name not in {entry["folder"] for entry in dropped}
-    ]
-    for entry in [*dropped, *abandoned]:  # unlisted first, deleted after: no dangling entry
+    newest = iteration_folder(iteration)
+    abandoned = [n for n in _iteration_folders(storage) if n not in known and n < newest]
+    for folder in [*old, *abandoned]:  # unlisted first, deleted after: no dangling entry
         try:
-            storage.remove(entry["folder"])
+            storage.remove(folder)
         except OSError as error:
-            logger.warning("could not delete old checkpoint %s: %s", entry["folder"], error)
+            logger.warning("could not delete old checkpoint %s: %s", folder, error)
 
 
 def _iteration_folders(storage: PersistentStorage) -> list[str]:
