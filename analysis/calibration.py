@@ -32,6 +32,8 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
 
     measurements:
       spare_join_s: 0.38          # a warm rank joins a fresh group and builds the model + DDP
+                                  # (the median of the rounds' slowest ranks:)
+      spare_join_rounds_s: [0.41, 0.38, 0.36]
       rejoin_s: 0.35              # a survivor leaves its group, joins a fresh one, re-wraps DDP
       park_s: 0.01                # a survivor tears its broken group down
       collective_failure_s: 0.06  # a peer vanishes -> the survivor's all-reduce raises

@@ -310,6 +310,152 @@ this host's CPUs are the run's."""
 REJOINS = 3
 """Rejoins timed (their median is kept)."""
 
+SPARE_ROUNDS = 3
+"""Spares' joins timed, each round in processes that never formed a group (a spare's first
+join is the one it pays in a recovery, so a round cannot be repeated in one process): the
+median of the rounds' slowest ranks is kept. One round alone moved the predicted restart
+between 71 and 109 ms from one calibration to the next on this 2-core machine."""
+
+
+def _join_group(rank: int, world: int, port: int, number: int, timeout_s: float) -> None:
+    """Form a group as the harness's trainers do (``join_process_group``): through a
+    rendezvous store that stays listening (the parent's, as a node agent's), under a prefix of
+    its own; a ``tcp://`` group per join would time torch's ~0.6 s back-off whenever rank 0
+    comes last, which the harness never pays."""
+    from real.trainer.inprocess import RDZV_PREFIX_ENV, Assignment, join_process_group
+
+    env = {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        RDZV_PREFIX_ENV: f"calibrate/{number}",
+    }
+    join_process_group(Assignment(attempt=number, env=env), "gloo", timeout_s)
+
+
+def _spare_join(
+    config: Any, rank: int, world: int, port: int, number: int, prepared: Any
+) -> tuple[float, Any]:
+    """A spare taking a dead rank: join group ``number`` and build the trainer around what it
+    prepared while it waited (DDP skips its broadcast: the plan's checkpoint overwrites every
+    rank; here every rank holds the same seeded weights anyway), until every rank has;
+    returns (seconds, the trainer)."""
+    import torch.distributed as dist
+
+    from real.trainer.workload.trainer import Trainer
+
+    began = time.perf_counter()
+    _join_group(rank, world, port, number, 60.0)
+    trainer = Trainer(config, rank=rank, world_size=world, restoring=True, prepared=prepared)
+    dist.barrier()
+    return time.perf_counter() - began, trainer
+
+
+def _spare_rank_main(
+    rank: int,
+    world: int,
+    port: int,
+    scenario: str,
+    overrides: list[str],
+    number: int,
+    results: Any,
+    go: Any,
+) -> None:
+    """One rank of a further spare round (``SPARE_ROUNDS``): as warm as
+    ``_recovery_rank_main``'s ranks are before their first join, then timed joining group
+    ``number``."""
+    import torch.distributed as dist
+
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
+    from shared.scenario_loader import load_scenario
+
+    torch.set_num_threads(1)
+    gc.collect()
+    gc.freeze()
+    loaded = load_scenario(scenario, overrides)
+    config = TrainerConfig.from_scenario(loaded)
+    prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
+    Trainer.warm_sharding(TrainerConfig.from_scenario(_sharded(loaded)))
+    results.put({"rank": rank, "ready": True})
+    go.wait(120)
+    seconds, _ = _spare_join(config, rank, world, port, number, prepared)
+    results.put({"rank": rank, "spare_join_s": seconds})
+    dist.destroy_process_group()
+
+
+def _spare_rounds(options: CalibrationOptions, ranks: int, rounds: int) -> list[float]:
+    """``rounds`` more spare rounds, each on ``ranks`` fresh ranks forked from this warm
+    process; each round's slowest rank, s."""
+    import torch.distributed as dist
+
+    context = mp.get_context("fork")
+    port = free_port()
+    rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
+        "127.0.0.1", port, is_master=True, wait_for_workers=False
+    )
+    slowest = []
+    try:
+        # Group numbers after the first round's and its rejoins' (``_recovery_rank_main``).
+        for number in range(1 + REJOINS, 1 + REJOINS + rounds):
+            results, go = context.Queue(), context.Event()
+            processes = [
+                context.Process(
+                    target=_spare_rank_main,
+                    args=(
+                        rank,
+                        ranks,
+                        port,
+                        str(options.scenario),
+                        list(options.overrides),
+                        number,
+                        results,
+                        go,
+                    ),
+                    daemon=True,
+                )
+                for rank in range(ranks)
+            ]
+            for process in processes:
+                process.start()
+            finished = False
+            try:
+                times = _round_results(results, go, processes, ranks)
+                finished = True
+            finally:
+                _reap(processes, grace_s=30.0 if finished else 0.0)
+            slowest.append(max(times))
+    finally:
+        del rendezvous
+    return slowest
+
+
+def _round_results(results: Any, go: Any, processes: Sequence[Any], ranks: int) -> list[float]:
+    """The ``spare_join_s`` of a spare round's ``ranks``; says go once all are ready."""
+    ready, times = 0, []
+    deadline = time.monotonic() + 300
+    while len(times) < ranks:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("a spare round's ranks did not finish within 300 s")
+        try:
+            report = results.get(timeout=min(remaining, 5.0))
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(
+                    f"spare round rank exited with code {dead[0].exitcode}; "
+                    "run with -v for its output"
+                ) from None
+            continue
+        if report.get("ready"):
+            ready += 1
+            if ready == ranks:
+                go.set()
+        else:
+            times.append(float(report["spare_join_s"]))
+    return times
+
 
 def _recovery_rank_main(
     rank: int,
@@ -341,12 +487,7 @@ def _recovery_rank_main(
     import torch.distributed as dist
 
     from real.engine.profiler import CommProfiler
-    from real.trainer.inprocess import (
-        RDZV_PREFIX_ENV,
-        Assignment,
-        join_process_group,
-        leave_attempt,
-    )
+    from real.trainer.inprocess import leave_attempt
     from real.trainer.workload.trainer import Trainer, TrainerConfig
     from shared.scenario_loader import load_scenario
 
@@ -368,28 +509,10 @@ def _recovery_rank_main(
     go.wait(120)
 
     def join(number: int) -> None:
-        """Form a group as the harness's trainers do (``join_process_group``): through a
-        rendezvous store that stays listening (the parent's, as a node agent's), under a
-        prefix of its own; a ``tcp://`` group per join would time torch's ~0.6 s back-off
-        whenever rank 0 comes last, which the harness never pays."""
-        env = {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(ports[0]),
-            RDZV_PREFIX_ENV: f"calibrate/{number}",
-        }
-        join_process_group(Assignment(attempt=number, env=env), "gloo", timeout.total_seconds())
+        _join_group(rank, world, ports[0], number, timeout.total_seconds())
 
-    began = time.perf_counter()
-    join(0)
-    # As a spare joining a recovery builds it: around what it prepared while it waited; DDP
-    # skips its broadcast, the plan's checkpoint overwrites every rank (here every rank holds
-    # the same seeded weights anyway).
-    trainer = Trainer(config, rank=rank, world_size=world, restoring=True, prepared=prepared)
+    spare_join_s, trainer = _spare_join(config, rank, world, ports[0], 0, prepared)
     del prepared
-    dist.barrier()
-    spare_join_s = time.perf_counter() - began
     profiler = CommProfiler(iterations)
     if isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel):
         profiler.attach(trainer.model)
@@ -909,9 +1032,10 @@ def measure_recovery(
 
     Warm ranks of the scenario's model, as many as its world size (up to
     ``MAX_RECOVERY_RANKS``; their start is not timed: warm spares pay it before they are
-    needed), time a spare's join and a survivor's rejoin, the iteration profile, loading a
-    state, a collective failing when a peer vanishes and the teardown that follows; the parent
-    times a probe round trip and the notice of a killed child. A few seconds; never the
+    needed), time a spare's join (in ``SPARE_ROUNDS`` rounds of fresh ranks: the median) and
+    a survivor's rejoin, the iteration profile, loading a state, a collective failing when a
+    peer vanishes and the teardown that follows; the parent times a probe round trip and the
+    notice of a killed child. A few seconds; never the
     scenario's own run. Returns the ``measurements`` (see
     ``analysis.calibration.recovery_costs`` for how they become costs).
     """
@@ -987,13 +1111,19 @@ def measure_recovery(
         _reap(processes, grace_s=30.0 if finished else 0.0)
         del rendezvous
     timed = [r for r in reports if "iteration_s" in r]
+    progress(f"{SPARE_ROUNDS - 1} more spares' joins on {ranks} ranks")
+    spare_joins = [
+        max(r["spare_join_s"] for r in timed),
+        *_spare_rounds(options, ranks, SPARE_ROUNDS - 1),
+    ]
     rank0 = next(r for r in timed if r["rank"] == 0)
     vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)
     failed = [float(r["failed_at"]) for r in timed if r.get("failed_at")]
     cpus = os.cpu_count() or 1
     measurements.update(
         {
-            "spare_join_s": round(max(r["spare_join_s"] for r in timed), 6),
+            "spare_join_s": round(statistics.median(spare_joins), 6),
+            "spare_join_rounds_s": [round(x, 6) for x in spare_joins],
             "rejoin_s": round(max(r["rejoin_s"] for r in timed), 6),
             "state_load_s": round(max(r["load_s"] for r in timed), 6),
             **{
