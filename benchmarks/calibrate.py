@@ -432,7 +432,8 @@ def _spare_rounds(options: CalibrationOptions, ranks: int, rounds: int) -> list[
 
 def _round_results(results: Any, go: Any, processes: Sequence[Any], ranks: int) -> list[float]:
     """The ``spare_join_s`` of a spare round's ``ranks``; says go once all are ready."""
-    ready, times = 0, []
+    ready = 0
+    times: list[float] = []
     deadline = time.monotonic() + 300
     while len(times) < ranks:
         remaining = deadline - time.monotonic()

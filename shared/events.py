@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,10 +128,14 @@ def event_sort_key(event: Event) -> tuple[float, int, int]:
 
 
 def write_events(path: str | Path, events: Iterable[Event]) -> None:
-    """Write events as JSON Lines, one object per line."""
-    with open(path, "w", encoding="utf-8") as handle:
+    """Write events as JSON Lines, one object per line; whole or not at all (a temporary file
+    renamed over ``path``)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "w", encoding="utf-8") as handle:
         for event in events:
             write_event(handle, event)
+    os.replace(partial, path)
 
 
 def write_event(handle: IO[str], event: Event) -> None:

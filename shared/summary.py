@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -159,7 +160,11 @@ class RunSummary:
 
 
 def write_summary(path: str | Path, summary: RunSummary) -> None:
-    Path(path).write_text(json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n")
+    """Write ``summary`` as JSON, whole or not at all (a temporary file renamed over it)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
 
 
 def read_summary(path: str | Path) -> RunSummary:

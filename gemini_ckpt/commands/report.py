@@ -4,10 +4,10 @@ Writes ``report.html`` and ``report.md`` (with ``figures/``), the final report
 (``final-report.md``, ``final-report.html``), the slide deck (``slides.html``) and the demo
 video of one recovery (``demo.mp4``; ``--no-video`` skips it).
 
-Each RUN_DIR is a run folder (``events.jsonl`` + ``summary.json``, from ``gemini-ckpt sim`` or
-``gemini-ckpt real``) or a folder holding run folders (the output of ``gemini-ckpt run``). Runs
-under a folder named ``sweep`` feed only the ETTR figure. Exit codes: 0 written, 2 a RUN_DIR is
-missing or holds no valid run.
+Each RUN_DIR is a run folder (``events.jsonl`` + ``summary.json``, from ``gemini-ckpt sim``,
+``gemini-ckpt real`` or the agents started by hand) or a folder holding run folders (the
+output of ``gemini-ckpt run``). Runs under a folder named ``sweep`` feed only the ETTR figure.
+Exit codes: 0 written, 2 a RUN_DIR is missing or holds no valid run.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def command(
     for folder in sorted({f for path in run_dirs for f in unfinished_run_folders(path)}):
         console.print(
             f"[yellow]warning:[/] skipped {folder}: events but no summary.json (a run "
-            "stopped before it ended, or the agents' own run folder: the launcher, "
-            "`gemini-ckpt real`, writes the summary)"
+            "stopped before it ended: `gemini-ckpt real`, or the root agent of agents started "
+            "by hand, writes it when the job ends)"
         )
     for used, others in shadowed_runs(main):
         console.print(

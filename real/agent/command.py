@@ -64,6 +64,12 @@ def _checked_kv_url(ctx: click.Context, param: click.Parameter, url: str) -> str
 @click.option("--job", default="gemini-job", show_default=True, help="Job id (slot file prefix).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="This node's address.")
 @click.option("--parent-pid", type=int, default=None, help="Exit when this process is gone.")
+@click.option(
+    "--no-summary",
+    is_flag=True,
+    help="Do not write summary.json when this agent's root ends the job (gemini-ckpt real's "
+    "launcher passes it: it summarizes the run itself).",
+)
 def command(
     scenario: Path,
     kv_url: str,
@@ -76,6 +82,7 @@ def command(
     job: str,
     host: str,
     parent_pid: int | None,
+    no_summary: bool,
 ) -> None:
     """Run a node agent: node store, heartbeat, trainers, root election."""
     from real.agent.node_agent import AgentConfig, run_agent
@@ -122,6 +129,7 @@ def command(
         host=host,
         t0=float(os.environ.get(GEMINI_RUN_T0, time.time())),
         parent_pid=parent_pid,
+        summarize=not no_summary,
     )
     try:
         code = run_agent(config)

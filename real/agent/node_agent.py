@@ -97,6 +97,8 @@ class AgentConfig:
         host: this node's address (store, rendezvous).
         t0: the run's start (wall seconds), for event times.
         parent_pid: exit when this process is gone (None: never).
+        summarize: when this agent's root ends the job, write the run folder's
+            ``summary.json`` (False under ``gemini-ckpt real``, whose launcher does).
     """
 
     kv_url: str
@@ -109,6 +111,7 @@ class AgentConfig:
     host: str = "127.0.0.1"
     t0: float = 0.0
     parent_pid: int | None = None
+    summarize: bool = True
 
 
 class NodeAgent:
@@ -288,7 +291,8 @@ class NodeAgent:
             if election is not None:
                 election.resign()
             if self.root_thread is not None:
-                self.root_thread.join(10.0)
+                # A root that ended the job writes its summary first (RootAgent._summarize).
+                self.root_thread.join(60.0)
             if heartbeat is not None:
                 heartbeat.stop()
             store.stop()
@@ -458,6 +462,7 @@ class NodeAgent:
                 self.events,
                 stop,
                 self.config.token,
+                self.config.spec.checkpointer if self.config.summarize else None,
             )
         except Exception as error:
             log.exception("node %d: root agent failed to start", self.config.node_id)

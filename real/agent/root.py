@@ -131,6 +131,11 @@ class RootAgent:
         events: the agent's event log (root events carry ``node`` = the root's slot).
         stop: set when this agent stops being the root.
         token: the job's secret, to ask the stores what they hold.
+        summary_strategy: when given, the strategy the trainers run: once the job has ended
+            (finished or failed), the root writes the run folder's ``events.jsonl`` and
+            ``summary.json`` (``real.launcher.results.summarize_run``, mode ``cluster``), as
+            ``gemini-ckpt real`` does for its emulated cluster, whose launcher passes None
+            and summarizes the run itself.
     """
 
     def __init__(
@@ -143,8 +148,10 @@ class RootAgent:
         events: EventLog,
         stop: threading.Event,
         token: str,
+        summary_strategy: str | None = None,
     ) -> None:
         self.kv, self.node_id, self.slot = kv, node_id, slot
+        self.summary_strategy = summary_strategy
         self.scenario, self.run_dir, self.events, self.stop = scenario, run_dir, events, stop
         self.token = token
         cluster, config = scenario.cluster, scenario.checkpoint
@@ -195,6 +202,7 @@ class RootAgent:
         else None (the job ended, or this root was told to stop or stepped down)."""
         try:
             self.run()
+            self._summarize()
         except RecoveryAborted:
             log.warning("node %d: root stepped down during a recovery", self.node_id)
         except Exception as error:
@@ -203,6 +211,32 @@ class RootAgent:
         finally:
             self.kv.close()
         return None
+
+    def _summarize(self) -> None:
+        """Once the job has ended, its results in the run folder (``summary_strategy``). A
+        summary that cannot be written is logged, never fatal: the events stay. (The agent
+        may already be stopping this root: the job's end stops every agent.)"""
+        if self.summary_strategy is None:
+            return
+        record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+        if record is None or record.get("state") not in ("finished", "failed"):
+            return
+        from real.launcher.results import summarize_run  # not on the path of a recovery
+
+        scenario = self.scenario
+        try:
+            summary, _ = summarize_run(
+                self.run_dir, scenario.name, self.summary_strategy, scenario.seed, "cluster"
+            )
+        except (OSError, ValueError) as error:
+            log.warning("node %d: root: no summary of the run: %s", self.node_id, error)
+            return
+        log.info(
+            "node %d: root: %d failures, summary in %s",
+            self.node_id,
+            len(summary.failures),
+            self.run_dir / "summary.json",
+        )
 
     def run(self) -> None:
         self._cursor, _ = self.kv.watch(WATCHED, None, 0.0)  # before the first read

@@ -131,6 +131,7 @@ class LocalCluster:
             self.job,
             "--parent-pid",
             str(os.getpid()),
+            "--no-summary",  # summarized by the launcher (real.launcher.run)
         ]
         for override in self.overrides:
             command += ["--set", override]

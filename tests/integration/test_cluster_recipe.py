@@ -45,6 +45,7 @@ from real.coord.kv import KeyValueStore
 from real.engine.client import StoreClient
 from real.launcher.netns import ip, netns_available
 from shared.errors import KVError, ProtocolError
+from shared.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ddp_train.py"
@@ -550,6 +551,27 @@ def test_failures_classified_from_observation(recipe: Outcome) -> None:
     ], detected
     assert detected[0]["details"]["detected_by"] == "exit"
     assert all(e["details"]["failure"] >= 1000 for e in detected)  # unscheduled: real ones
+
+
+def test_the_root_summarizes_the_run(recipe: Outcome) -> None:
+    """The job's end leaves its results in the run folder, as ``gemini-ckpt real`` does for its
+    emulated cluster: the merged events and the summary, a record per failure the root saw."""
+    run_dir = recipe.cluster.run_dir
+    summary = read_summary(run_dir / "summary.json")
+    assert (summary.source, summary.scenario, summary.strategy) == (
+        "real",
+        "cluster-recipe",
+        "gemini",
+    )
+    assert summary.extra["mode"] == "cluster"
+    assert [(f.kind, f.nodes, f.tier) for f in summary.failures] == [
+        ("software", (1,), "local"),
+        ("hardware", (recipe.lost["slot"],), "peer"),
+    ], summary.failures
+    assert all(f.complete and f.downtime_s > 0 for f in summary.failures), summary.failures
+    merged = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert sum(e["kind"] == "failure_detected" for e in merged) == 2
+    assert not list(run_dir.glob(".*.partial"))
 
 
 def test_crashed_rank_taken_by_a_warm_spare_survivor_keeps_its_process(recipe: Outcome) -> None:
