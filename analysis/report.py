@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import statistics
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -419,10 +420,17 @@ def figure_specs(
 
 
 def _save(figure: Figure, path: Path) -> None:
+    """Save ``figure`` as ``path`` whole or not at all (a Ctrl-C while it is written leaves the
+    earlier figure, not a truncated one)."""
     import matplotlib.pyplot as plt
 
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        figure.savefig(partial, dpi=110, bbox_inches="tight")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        plt.close(figure)
 
 
 def write_report(

@@ -35,6 +35,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import signal
 import socket
 import statistics
 import subprocess
@@ -191,6 +192,7 @@ def _rank_main(
     results: Any,
 ) -> None:
     """One spawned rank: form the process group, then time the scenario's model."""
+    _leave_interrupts_to_the_parent()
     import torch.distributed as dist
 
     from real.engine.profiler import CommProfiler
@@ -247,6 +249,13 @@ def _phases(iteration_s: float, spans: Sequence[tuple[float, float]]) -> list[li
     if iteration_s > cursor:
         phases.append(["communication", iteration_s - cursor])
     return [[kind, round(float(d), 9)] for kind, d in phases if float(d) > 1e-7]  # type: ignore[arg-type]
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """In a rank process: ignore Ctrl-C, which the terminal sends to every process of its
+    group. The parent stops its ranks itself (``_reap``); a rank that took the interrupt would
+    print its traceback, and its peers theirs for the broken group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str, Any]:
@@ -365,6 +374,7 @@ def _spare_rank_main(
     """One rank of a further spare round (``SPARE_ROUNDS``): as warm as
     ``_recovery_rank_main``'s ranks are before their first join, then timed joining group
     ``number``."""
+    _leave_interrupts_to_the_parent()
     import torch.distributed as dist
 
     from real.trainer.workload.trainer import Trainer, TrainerConfig
@@ -483,6 +493,7 @@ def _recovery_rank_main(
     rank 0 times how long its next all-reduce takes to fail, and how long tearing the broken group
     down takes (parking).
     """
+    _leave_interrupts_to_the_parent()
     import datetime
 
     import torch.distributed as dist
@@ -978,6 +989,7 @@ def _exit_notice_s(repeats: int = 3) -> float:
 
 def _echo_poller(connection: Any, period_s: float) -> None:
     """Poll ``connection`` every ``period_s`` as an agent polls; echo what arrives."""
+    _leave_interrupts_to_the_parent()
     while True:
         if connection.poll():
             message = connection.recv()

@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:
         error.show()
         return 2 if isinstance(error, click.UsageError | click.BadParameter) else error.exit_code
-    except click.Abort:
-        click.echo("Aborted.", err=True)
+    except click.Abort:  # click's form of a Ctrl-C in a command
+        click.echo("Interrupted.", err=True)
         return 130
     except (ScenarioError, HostCapacityError) as error:
         click.echo(f"error: {error}", err=True)

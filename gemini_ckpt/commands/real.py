@@ -75,6 +75,10 @@ def command(
         require_netns()
     if out is None:
         out = Path("runs") / f"{parsed.name}-{chosen}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "events").exists():  # run_real refuses it too; here it is bad input (exit 2)
+        raise click.BadParameter(
+            f"{out} already holds a run's events; choose a new --out folder", param_hint="--out"
+        )
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

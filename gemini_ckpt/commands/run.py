@@ -176,6 +176,42 @@ def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> di
     return document
 
 
+def _clear_earlier(
+    out: Path,
+    names: set[str],
+    *,
+    keep: Sequence[Path],
+    calibrating: bool,
+    video: bool,
+    console: Console,
+) -> None:
+    """Remove what an earlier run left in ``out`` that this one will not write again (its
+    real runs after ``--no-real``, its sweep after ``--no-sweep``, its calibration after
+    ``--no-calibrate``, its video after ``--no-video``): the report reads every run folder in
+    ``out``, and would pair this run's simulations with measurements, and a calibration, that
+    they were not made for. Other names, and the files in ``keep`` (a ``--calibration`` given
+    from ``out``), are left alone."""
+    earlier = [
+        folder
+        for pattern in ("sim-*", "real-*", "sweep/*")
+        for folder in sorted(out.glob(pattern))
+        if folder.is_dir() and str(folder.relative_to(out)) not in names
+    ]
+    if not calibrating:
+        earlier.append(out / "calibration.yaml")
+    if not video:
+        earlier.append(out / "demo.mp4")
+    kept = {path.resolve() for path in keep}
+    for path in earlier:
+        if not path.exists() or path.resolve() in kept:
+            continue
+        console.print(f"removing {path}: an earlier run's, which this one does not replace")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _simulate(scenario_path: Path, overrides: Sequence[str], out: Path) -> None:
     from sim import simulate, write_result
 
@@ -299,6 +335,14 @@ def command(
             jobs.append(
                 ("sweep", f"sweep/{name}-baseline", [*base, *settings, *baseline, *baseline_extra])
             )
+    _clear_earlier(
+        out,
+        {name for _, name, _ in jobs},
+        keep=[calibration] if calibration is not None else [],
+        calibrating=calibrate and calibration is None,
+        video=video,
+        console=console,
+    )
     failed: list[str] = []
     child: ChildRun | None = None
 
@@ -356,7 +400,7 @@ def command(
         if child is not None:
             console.print("interrupted: stopping the running cluster (teardown)...")
             child.stop()
-        console.print("[red]interrupted[/]")
+        console.print("[red]Interrupted.[/]")
         raise click.exceptions.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -69,6 +69,8 @@ its trainers' messages and exits wake it too (on both stores: etcd's own watch s
 STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0
+PARENT_POLL_S = 0.5
+"""How often an agent started with ``--parent-pid`` looks whether its launcher still runs, s."""
 ROOT_FAILURES = 5
 """A root that fails this many times in a row (each within ``ROOT_FAILURE_WINDOW_S`` of its
 start) fails the job instead of starting again."""
@@ -148,6 +150,7 @@ class NodeAgent:
         self.record_changed.set()
         self.watching = False  # the store watch holds a cursor (else: read on every pass)
         self.rendezvous: Any = None  # the job's rendezvous store, kept by every agent
+        self.orphaned = False  # its launcher (--parent-pid) is gone: the agent leaves, status 1
 
     def _watch(self, prefixes: list[str]) -> None:
         """Wake the agent whenever a key under ``prefixes`` changes (a thread of its own,
@@ -159,16 +162,22 @@ class NodeAgent:
             return
         try:
             cursor: int | None = None
+            failing = False  # said once, until the watch works again (it retries every POLL_S)
             while not self.stopping.is_set():
                 try:
                     fresh = cursor is None
                     cursor, changed = kv.watch(prefixes, cursor, WATCH_S)
                 except KVError as error:
-                    log.warning("node %d: store watch: %s", self.config.node_id, error)
+                    say = log.debug if failing else log.warning
+                    say("node %d: store watch: %s; retrying", self.config.node_id, error)
+                    failing = True
                     self.watching = False
                     cursor = None
                     self.stopping.wait(POLL_S)
                     continue
+                if failing:
+                    log.info("node %d: store watch works again", self.config.node_id)
+                    failing = False
                 if fresh:  # a change before this cursor may be unread: read once more
                     self.watching = True
                 if changed or fresh:
@@ -181,6 +190,16 @@ class NodeAgent:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+
+    def _follow_parent(self, pid: int) -> None:
+        """Stop the agent once process ``pid`` (its launcher) is gone, whatever it is doing:
+        also while its node starts (store, warm trainers), which takes seconds."""
+        while not self.stopping.wait(PARENT_POLL_S):
+            if not _alive(pid):
+                log.warning("node %d: launcher gone; stopping", self.config.node_id)
+                self.orphaned = True
+                self.stop()
+                return
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -201,6 +220,13 @@ class NodeAgent:
         heartbeat: Heartbeat | None = None
         election: Election | None = None
         prober: ProbeServer | None = None
+        if config.parent_pid is not None:
+            threading.Thread(
+                target=self._follow_parent,
+                args=(config.parent_pid,),
+                name="parent-watch",
+                daemon=True,
+            ).start()
         try:
             self.kv = connect_kv(config.kv_url)
             self._require_free_identity()
@@ -233,8 +259,8 @@ class NodeAgent:
             if not self.pool.wait_ready(
                 WARM_TIMEOUT_S, self.stopping, spares=config.slot is not None
             ):
-                if self.stopping.is_set():
-                    return 0  # stopped while they warmed: the trainers stop on the way out
+                if self.stopping.is_set():  # while they warmed: they stop on the way out
+                    return 1 if self.orphaned else 0
                 failure = self.pool.start_failure()
                 if failure is not None:
                     raise RuntimeError(f"node {config.node_id}: {failure}")
@@ -497,8 +523,11 @@ class NodeAgent:
         record: dict[str, Any] | None = None
         read_at = -math.inf
         while not self.stopping.is_set():
-            if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
-                log.warning("node %d: launcher gone; stopping", self.config.node_id)
+            if self.orphaned or (
+                self.config.parent_pid is not None and not _alive(self.config.parent_pid)
+            ):
+                if not self.orphaned:
+                    log.warning("node %d: launcher gone; stopping", self.config.node_id)
                 return 1
             if self.heartbeat is not None and self.heartbeat.lease_lost and self.was_member:
                 # Fenced: the root may already have given this slot to a replacement.

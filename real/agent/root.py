@@ -355,13 +355,57 @@ class RootAgent:
                     self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(max(ids) + 1).encode())
                 for node_id in members.values():
                     self.detector.expect(node_id)
-                record = self._attempt_record(1, members, {"iteration": None, "sources": []}, [])
+                plan, refusal = self._first_plan()
+                if refusal is not None:
+                    log.error("node %d: root: %s", self.node_id, refusal)
+                    jobkeys.mark_failed(self.kv, {"attempt": 0, "members": {}}, refusal)
+                    self._emit("run_finished", attempt=0, failed=True, reason=refusal)
+                    return None
+                record = self._attempt_record(1, members, plan, [])
                 jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
                 self.detector.attempt = 1
-                self._emit("run_started", attempt=1, members=_json_members(members))
+                resumed = {} if plan["iteration"] is None else {"resumed_from": plan["iteration"]}
+                self._emit("run_started", attempt=1, members=_json_members(members), **resumed)
                 return record
             self.wait()
         return None
+
+    def _first_plan(self) -> tuple[dict[str, Any], str | None]:
+        """Attempt 1's plan, and a reason to fail the job instead (else None).
+
+        A job submitted again after it lost every node (docs/cluster.md) resumes from the
+        persistent tier's newest checkpoint, every node reading its shard from there; with
+        none there, training starts from scratch. A checkpoint this job cannot verify (its
+        ``.metadata`` signed under another job's key) fails the job before any trainer
+        starts: resuming would fail in every trainer, and starting afresh would overwrite the
+        other job's checkpoints.
+        """
+        scratch: dict[str, Any] = {"iteration": None, "sources": []}
+        iteration = latest_persistent(self.persistent_url)
+        if iteration is None:
+            return scratch, None
+        # DCP and torch come with the verification: paid only by a job that resumes.
+        from real.persistent.metadata import metadata_key
+        from real.persistent.storage import index_reader
+
+        try:
+            key, source = metadata_key()
+            index_reader(self.persistent_url).verify_metadata(iteration, key)
+        except (OSError, ValueError) as error:  # MetadataVerificationError is a ValueError
+            return scratch, (
+                f"the persistent tier {self.persistent_url} holds iteration {iteration}, which "
+                f"this job cannot resume from: {error}. To resume from it, set "
+                "GEMINI_PERSISTENT_KEY to the key of the job that wrote it; to start afresh, "
+                "give this job a storage URL (cluster.storage.url) or run folder of its own"
+            )
+        plan = plan_recovery(self.placement, {}, {}, iteration)
+        log.info(
+            "node %d: root: resuming from persistent iteration %d (key from %s)",
+            self.node_id,
+            iteration,
+            source,
+        )
+        return _plan_json(plan), None
 
     def _adopt(self, record: dict[str, Any]) -> list[Detection]:
         """Take over a job from a dead root: members without a heartbeat, or whose agent does
@@ -544,7 +588,8 @@ class RootAgent:
             f"attempt loop: the last {self.stuck_streak} attempts each restarted {where} "
             "and failed before committing an iteration, with no node lost (a DDP wrapper, "
             "FSDP2 module or DeepSpeed module made in an earlier attempt? docs/training.md, "
-            "'Build outside, wrap inside'); fix the cause (see "
+            "'Build outside, wrap inside'; or a rank that raises, every attempt, an error "
+            "that reads like a peer's, such as a TimeoutError of its own); fix the cause (see "
             f"{self.run_dir}/logs/trainer-*.log) and start the job again"
         )
 

@@ -172,7 +172,10 @@ class LocalCluster:
         )
         self.slots[node_id] = slot
         log.info(
-            "node %d (slot %d): agent started, pid %d", node_id, slot, self.agents[node_id].pid
+            "node %d (%s): agent started, pid %d",
+            node_id,
+            "standby" if slot is None else f"slot {slot}",
+            self.agents[node_id].pid,
         )
 
     def start_due_replacements(self) -> list[int]:

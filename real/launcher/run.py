@@ -16,11 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,24 +111,51 @@ def run_real(options: RealOptions) -> RealResult:
     outer_token = os.environ.get(TOKEN_ENV)
     os.environ[TOKEN_ENV] = cluster.token
     injector: FailureInjector | None = None
+    failed = False
     try:
         cluster.start()
         injector = FailureInjector(cluster, scenario, events, options.schedule).start()
         _wait_finished(cluster, injector, scenario.real.timeout_s, t0)
         if not cluster.wait_agents(30.0):
             log.warning("agents %s did not leave in time", cluster.alive_agents())
+    except Exception:
+        # A job that failed (the root gave it up, the timeout; not a Ctrl-C): its folder
+        # still gets the merged events and the summary of what happened, after the teardown.
+        failed = True
+        raise
     finally:
         if injector is not None:
             injector.stop()
-        cluster.teardown()
+        with _uninterrupted():
+            cluster.teardown()
         events.close()
         if outer_token is None:
             os.environ.pop(TOKEN_ENV, None)
         else:
             os.environ[TOKEN_ENV] = outer_token
+        if failed:
+            try:
+                summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode)
+            except (OSError, ValueError) as error:
+                log.warning("no summary of the failed run: %s", error)
     summary, merged = summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode)
     injected = list(injector.injected if injector else [])
     return RealResult(run_dir, summary, merged, injected, cluster.job)
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ignore Ctrl-C while the cluster is torn down (in the main thread): a second one used to
+    end the launcher with its agents still running. The teardown is bounded itself (a grace
+    period, then SIGKILL)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _first_error(logs: Path) -> str:

@@ -524,6 +524,80 @@ def test_ctrl_c_tears_everything_down(runs_dir: Path) -> None:
     assert not shm, [path.name for path in shm]
 
 
+def _stored_iterations(store: Path) -> list[int]:
+    try:
+        index = json.loads((store / "index.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [int(entry["iteration"]) for entry in index["complete"]]
+
+
+def test_a_job_submitted_again_resumes_from_storage(
+    runs_dir: Path, reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node of a job lost at once (here its launcher killed, so its agents leave): the
+    job submitted again, with the same storage and the key it signed its checkpoints with,
+    resumes from the newest one and ends with the failure-free run's weights; without that
+    key it fails at once, before any trainer starts, and overwrites nothing."""
+    store = runs_dir / "resubmitted-store"
+    sections = {
+        "checkpoint": {"persist_every_iterations": 5},
+        "cluster": {"storage": {"url": str(store)}},
+    }
+    path = scenario_file(runs_dir, "resubmitted", [], sections)
+    monkeypatch.setenv("GEMINI_PERSISTENT_KEY", "the key every submission of the job shares")
+    first = runs_dir / "resubmitted-1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gemini_ckpt", "real", str(path), "--out", str(first)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not _stored_iterations(store):
+            assert process.poll() is None, "the first submission ended before it persisted"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.kill()  # the job's whole cluster is gone: its agents follow their launcher
+        process.wait()
+        deadline = time.monotonic() + 60
+        needle = str(first.resolve()).encode()
+        while any(
+            needle in (entry / "cmdline").read_bytes()
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and (entry / "cmdline").exists()
+        ):
+            assert time.monotonic() < deadline, "the first submission's agents did not leave"
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stored = _stored_iterations(store)
+    assert stored and max(stored) < 30, stored
+
+    monkeypatch.setenv("GEMINI_PERSISTENT_KEY", "another job's key")
+    with pytest.raises(RuntimeError, match="cannot resume from"):
+        run_real(RealOptions(path, runs_dir / "resubmitted-wrong-key"))
+    assert _stored_iterations(store) == stored  # nothing overwritten
+
+    monkeypatch.setenv("GEMINI_PERSISTENT_KEY", "the key every submission of the job shares")
+    second = run_real(RealOptions(path, runs_dir / "resubmitted-2"))
+    started = next(e for e in second.events if e.kind == "run_started")
+    assert started.details["resumed_from"] == max(stored)
+    restored = {
+        e.rank: (e.iteration, e.details["tier"])
+        for e in second.events
+        if e.kind == "state_restored"
+    }
+    assert restored == {rank: (max(stored), "persistent") for rank in range(4)}
+    first_trained = min(e.iteration for e in second.events if e.kind == "iteration_end")
+    assert first_trained == max(stored) + 1
+    assert second.summary.iterations_completed == 30
+    assert second.digest == reference["extra"]["final_digest"]
+
+
 @pytest.mark.slow
 def test_chaos(runs_dir: Path, reference: dict[str, Any]) -> None:
     """Random failures of every kind for several minutes; the same checks each time."""
@@ -731,3 +805,7 @@ def test_crash_loop_stops_the_job(runs_dir: Path) -> None:
     ]
     detected = [e for e in events if e["kind"] == "failure_detected"]
     assert [e["node"] for e in detected] == [1, 1, 1]
+    # A job that failed still leaves its merged events and the summary of what happened.
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["nodes"] for f in summary["failures"]] == [[1], [1], [1]]
+    assert (out / "events.jsonl").exists()

@@ -60,6 +60,7 @@ def agent(kv: Any) -> tuple[Any, list[dict[str, Any]]]:
     made.heartbeat = None
     made.kv = kv
     made.job_failed = False
+    made.orphaned = False
     made.stopping = threading.Event()
     made.wake = threading.Event()
     made.record_changed = threading.Event()
