@@ -44,6 +44,11 @@ def batch(iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train(restored) -> None:  # once per attempt, with the process group ready
     ddp_model = nn.parallel.DistributedDataParallel(model)
     checkpointer.attach(ddp_model)  # its all-reduces' idle spans carry the replicas
+    # One warm-up forward and backward, gradients dropped: DDP regroups its buckets after its
+    # first backward, and on more than two ranks a resumed run must reduce in the layout of
+    # the run it continues (docs/training.md, "What the adapters leave to your script").
+    ddp_model(torch.zeros(1, 32)).sum().backward()
+    optimizer.zero_grad(set_to_none=True)
     start = 1
     if restored is not None:
         adapter.load_state_dict(ddp_model, optimizer, restored.state)

@@ -223,7 +223,9 @@ class TrainingConfig(_Strict):
         None,
         min_length=1,
         description="The trainer the agents run, a program and its arguments, started with "
-        "torchrun's environment (a first item ending in .py runs with the agents' Python); "
+        "torchrun's environment (a first item ending in .py runs with the agents' Python; "
+        "relative paths are taken from the agents' working directory, for gemini-ckpt real "
+        "the one it was started in: give absolute ones on a cluster); "
         "it checkpoints with `from gemini_ckpt import Checkpointer`; training.iterations "
         "still gives the iterations it runs, against which scheduled failures are placed. "
         "Default: the built-in GPT trainer (python -m real.trainer.main).",

@@ -16,7 +16,7 @@ from real.engine.eventlog import EventLog
 from real.persistent.dcp import DEFAULT_KEEP, _rank_and_world, save_persistent
 from real.persistent.metadata import metadata_key
 from real.persistent.storage import PersistentStorage
-from real.runtime.peers import is_peer_failure, peer_failure_text
+from real.runtime.peers import follows_peer_failure, peer_failure_text
 from real.runtime.procgroup import gloo_group
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class BackgroundPersister:
                         del self._pending[older]
                 self._persist(target, state)
             except Exception as error:  # record and go on: the next checkpoint may succeed
-                if is_peer_failure(error):
+                if follows_peer_failure(error):
                     # A recovery's ordinary aftermath, not a fault of the persistent tier.
                     logger.warning(
                         "rank %d: background persist abandoned, a peer is gone (%s)",

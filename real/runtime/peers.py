@@ -40,9 +40,18 @@ _SOURCE_LOCATION = re.compile(r"\[[^\]\s]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
 _ADVICE = re.compile(r"\.?\s*This is typically caused by .*$", re.DOTALL)
 
 
+LOCAL_FAILURE_MARKERS = ("dataloader",)
+"""Text of a failure of this process's own that reads like a peer's: a ``DataLoader`` whose
+``timeout`` passed ("DataLoader timed out after 2.0 seconds") or whose worker died. Parked as
+a peer's, it let the root blame the one node that did not report (the peer that waited)."""
+
+
 def is_peer_failure(error: BaseException) -> bool:
     """Whether ``error`` is what a collective raises when a peer is gone (or the attempt was
-    aborted), as opposed to a bug in the training code."""
+    aborted), as opposed to a bug in the training code or a failure of this process's own
+    (``LOCAL_FAILURE_MARKERS``)."""
+    if any(marker in str(error).lower() for marker in LOCAL_FAILURE_MARKERS):
+        return False
     if isinstance(error, AttemptAborted | ConnectionError | TimeoutError):
         return True
     try:
@@ -55,6 +64,20 @@ def is_peer_failure(error: BaseException) -> bool:
     if isinstance(error, RuntimeError | OSError):
         text = str(error).lower()
         return any(marker in text for marker in PEER_FAILURE_MARKERS)
+    return False
+
+
+def follows_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a peer's failure or was raised while one was being handled (its
+    ``__cause__`` or ``__context__`` chain): torch, handling gloo's "Connection reset by peer",
+    can itself raise a ``ValueError`` about the group it was tearing down."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if is_peer_failure(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

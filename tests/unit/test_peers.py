@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from real.runtime.peers import is_peer_failure, peer_failure_text
+from real.runtime.peers import follows_peer_failure, is_peer_failure, peer_failure_text
 from shared.errors import AttemptAborted, PeerLost
 
 GLOO_ADVICE = (
@@ -55,3 +55,34 @@ def test_a_bug_keeps_its_own_text() -> None:
     error = RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
     assert not is_peer_failure(error)
     assert peer_failure_text(error) == f"RuntimeError: {error}"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("DataLoader timed out after 2.0 seconds"),
+        RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly"),
+    ],
+)
+def test_a_failure_of_this_process_s_own_data_loader_is_not_a_peer_s(error: Exception) -> None:
+    # Parked as a peer's, the rank's own timeout let the root blame the node that waited.
+    assert not is_peer_failure(error)
+
+
+def test_an_error_raised_while_a_peer_failure_was_handled_follows_it() -> None:
+    try:
+        try:
+            raise RuntimeError("[pair.cc:537] Read error: Connection reset by peer." + GLOO_ADVICE)
+        except RuntimeError:
+            raise ValueError("Process group is not initialized in the world group map") from None
+    except ValueError as raised:
+        suppressed = raised  # `from None` hides the context from tracebacks, not from us
+    assert not is_peer_failure(suppressed) and follows_peer_failure(suppressed)
+    try:
+        try:
+            raise ConnectionResetError()
+        except ConnectionResetError:
+            raise ValueError("Process group is not initialized in the world group map")  # noqa: B904
+    except ValueError as raised:
+        assert follows_peer_failure(raised)
+    assert not follows_peer_failure(ValueError("a bug of the script's own"))
