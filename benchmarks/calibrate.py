@@ -375,8 +375,6 @@ def _spare_rank_main(
     ``_recovery_rank_main``'s ranks are before their first join, then timed joining group
     ``number``."""
     _leave_interrupts_to_the_parent()
-    import torch.distributed as dist
-
     from real.trainer.workload.trainer import Trainer, TrainerConfig
     from shared.scenario_loader import load_scenario
 
@@ -389,9 +387,18 @@ def _spare_rank_main(
     Trainer.warm_sharding(TrainerConfig.from_scenario(_sharded(loaded)))
     results.put({"rank": rank, "ready": True})
     go.wait(120)
-    seconds, _ = _spare_join(config, rank, world, port, number, prepared)
+    seconds, _trainer = _spare_join(config, rank, world, port, number, prepared)
     results.put({"rank": rank, "spare_join_s": seconds})
-    dist.destroy_process_group()
+    _exit_without_destructors(results)
+
+
+def _exit_without_destructors(results: Any) -> None:
+    """End a rank process once ``results`` has carried its reports, without running
+    destructors: freeing a DDP wrapper holds the GIL while its gloo group joins a worker thread
+    that needs the GIL, a deadlock that stopped one calibration for minutes (2026-12-06)."""
+    results.close()
+    results.join_thread()  # the queue's feeder thread has written everything
+    os._exit(0)
 
 
 def _spare_rounds(options: CalibrationOptions, ranks: int, rounds: int) -> list[float]:
@@ -579,9 +586,7 @@ def _recovery_rank_main(
         results.put(report)
         time.sleep(0.3)  # the others are inside their all-reduce by now
         results.put({"rank": rank, "vanished_at": time.time()})
-        results.close()
-        results.join_thread()  # the queue's feeder thread has written everything
-        os._exit(0)  # a peer that dies: its sockets close with it
+        _exit_without_destructors(results)  # a peer that dies: its sockets close with it
     tensor = torch.zeros(1)
     try:
         dist.all_reduce(tensor)
@@ -594,6 +599,7 @@ def _recovery_rank_main(
     report["park_s"] = time.perf_counter() - began
     report["failed_at"] = failed_at
     results.put(report)
+    _exit_without_destructors(results)
 
 
 ENGINE_ITERATIONS = 4
