@@ -145,8 +145,35 @@ def unfinished_run_folders(path: str | Path) -> list[Path]:
     )
 
 
+def failed_reason(summary: RunSummary) -> str | None:
+    """Why the run's job failed (the root gave it up, the launcher's timeout), or None: the
+    summary of a failed run says so (``extra["failed"]``) and tells what happened until then,
+    not what the scenario measures."""
+    value = summary.extra.get("failed")
+    return str(value) if value else None
+
+
+def failed_run_folders(path: str | Path) -> list[tuple[Path, str]]:
+    """Run folders at or under ``path`` whose job failed, with the reason (``load_runs``
+    leaves them out)."""
+    try:
+        folders = find_run_folders(path)
+    except RunFolderError:
+        return []
+    found = []
+    for folder in folders:
+        try:
+            reason = failed_reason(read_summary(folder / SUMMARY))
+        except (OSError, ValueError, KeyError, TypeError):  # load_runs says what is wrong
+            continue
+        if reason is not None:
+            found.append((folder, reason))
+    return found
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[RunResult]:
-    """Load every run folder at or under each path, in order, without duplicates."""
+    """Load every run folder at or under each path, in order, without duplicates, leaving out
+    runs whose job failed (``failed_run_folders``)."""
     seen: set[Path] = set()
     runs: list[RunResult] = []
     for path in paths:
@@ -154,7 +181,9 @@ def load_runs(paths: Iterable[str | Path]) -> list[RunResult]:
             key = folder.resolve()
             if key not in seen:
                 seen.add(key)
-                runs.append(load_run(folder))
+                run = load_run(folder)
+                if failed_reason(run.summary) is None:
+                    runs.append(run)
     return runs
 
 

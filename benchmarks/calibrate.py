@@ -398,6 +398,8 @@ def _exit_without_destructors(results: Any) -> None:
     that needs the GIL, a deadlock that stopped one calibration for minutes (2026-12-06)."""
     results.close()
     results.join_thread()  # the queue's feeder thread has written everything
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
@@ -407,43 +409,43 @@ def _spare_rounds(options: CalibrationOptions, ranks: int, rounds: int) -> list[
     import torch.distributed as dist
 
     context = mp.get_context("fork")
-    port = free_port()
-    rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
-        "127.0.0.1", port, is_master=True, wait_for_workers=False
-    )
     slowest = []
-    try:
-        # Group numbers after the first round's and its rejoins' (``_recovery_rank_main``).
-        for number in range(1 + REJOINS, 1 + REJOINS + rounds):
-            results, go = context.Queue(), context.Event()
-            processes = [
-                context.Process(
-                    target=_spare_rank_main,
-                    args=(
-                        rank,
-                        ranks,
-                        port,
-                        str(options.scenario),
-                        list(options.overrides),
-                        number,
-                        results,
-                        go,
-                    ),
-                    daemon=True,
-                )
-                for rank in range(ranks)
-            ]
-            for process in processes:
-                process.start()
-            finished = False
-            try:
-                times = _round_results(results, go, processes, ranks)
-                finished = True
-            finally:
-                _reap(processes, grace_s=30.0 if finished else 0.0)
-            slowest.append(max(times))
-    finally:
-        del rendezvous
+    # Group numbers after the first round's and its rejoins' (``_recovery_rank_main``).
+    for number in range(1 + REJOINS, 1 + REJOINS + rounds):
+        results, go = context.Queue(), context.Event()
+        port = free_port()
+        processes = [
+            context.Process(
+                target=_spare_rank_main,
+                args=(
+                    rank,
+                    ranks,
+                    port,
+                    str(options.scenario),
+                    list(options.overrides),
+                    number,
+                    results,
+                    go,
+                ),
+                daemon=True,
+            )
+            for rank in range(ranks)
+        ]
+        for process in processes:
+            process.start()
+        # The rendezvous store after the forks, as measure_recovery's: its server thread is
+        # not forked into the ranks.
+        rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
+            "127.0.0.1", port, is_master=True, wait_for_workers=False
+        )
+        finished = False
+        try:
+            times = _round_results(results, go, processes, ranks)
+            finished = True
+        finally:
+            _reap(processes, grace_s=30.0 if finished else 0.0)
+            del rendezvous
+        slowest.append(max(times))
     return slowest
 
 

@@ -20,9 +20,11 @@ the real harness).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +132,28 @@ def event_sort_key(event: Event) -> tuple[float, int, int]:
 def write_events(path: str | Path, events: Iterable[Event]) -> None:
     """Write events as JSON Lines, one object per line; whole or not at all (a temporary file
     renamed over ``path``)."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
+    with replaced_whole(path) as handle:
         for event in events:
             write_event(handle, event)
-    os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str | Path) -> Iterator[IO[str]]:
+    """A text file to write that replaces ``path`` once the block ends, whole, or not at all:
+    a temporary file of a unique name in the same folder (two writers, even on two hosts of
+    a shared file system, never share it), renamed over ``path``; removed if the block
+    raises."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        os.chmod(name, 0o644)  # as a file open() would make (mkstemp's are private)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def write_event(handle: IO[str], event: Event) -> None:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shared.events import Event
+from shared.events import Event, replaced_whole
 
 
 @dataclass(frozen=True)
@@ -161,10 +160,9 @@ class RunSummary:
 
 def write_summary(path: str | Path, summary: RunSummary) -> None:
     """Write ``summary`` as JSON, whole or not at all (a temporary file renamed over it)."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    text = json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n"
+    with replaced_whole(path) as handle:
+        handle.write(text)
 
 
 def read_summary(path: str | Path) -> RunSummary:

@@ -45,6 +45,13 @@ import click
     is_flag=True,
     help="Start even when the size check estimates that the cluster does not fit this host.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Resume from the persistent tier's newest checkpoint (cluster.storage.url: a job "
+    "submitted again; export the same GEMINI_PERSISTENT_KEY for every submission). Default: "
+    "start from scratch.",
+)
 def command(
     scenario: Path,
     out: Path | None,
@@ -52,6 +59,7 @@ def command(
     strategy: str | None,
     mode: str | None,
     force: bool,
+    resume: bool,
 ) -> None:
     """Run training with the scenario's failures on an emulated cluster; print the recovery
     breakdown. Writes events.jsonl and summary.json to the run folder."""
@@ -86,7 +94,15 @@ def command(
     previous = signal.signal(signal.SIGTERM, interrupt)  # teardown runs on SIGTERM too
     try:
         result = run_real(
-            RealOptions(scenario, out, tuple(overrides), strategy=chosen, mode=mode, force=force)
+            RealOptions(
+                scenario,
+                out,
+                tuple(overrides),
+                strategy=chosen,
+                mode=mode,
+                force=force,
+                resume=resume,
+            )
         )
     except (RuntimeError, TimeoutError, OSError, ValueError) as error:
         raise click.ClickException(str(error)) from error

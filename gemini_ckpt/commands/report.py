@@ -47,13 +47,26 @@ def command(
 
     from analysis.calibration import calibration_scenarios, load_calibration
     from analysis.report import write_report
-    from analysis.results import load_runs, shadowed_runs, split_sweep, unfinished_run_folders
+    from analysis.results import (
+        failed_run_folders,
+        load_runs,
+        shadowed_runs,
+        split_sweep,
+        unfinished_run_folders,
+    )
     from shared.errors import RunFolderError
 
     try:
         runs = load_runs(run_dirs)
     except RunFolderError as error:
         raise click.UsageError(str(error)) from error
+    failed = sorted({f for path in run_dirs for f in failed_run_folders(path)})
+    if not runs:
+        raise click.UsageError(
+            "no run to report: every run given failed ("
+            + "; ".join(f"{folder}: {reason}" for folder, reason in failed)
+            + ")"
+        )
     calibrated_on: list[str] = []
     if calibration is not None:
         try:
@@ -70,6 +83,8 @@ def command(
             "stopped before it ended: `gemini-ckpt real`, or the root agent of agents started "
             "by hand, writes it when the job ends)"
         )
+    for folder, reason in failed:
+        console.print(f"[yellow]warning:[/] skipped {folder}: its job failed ({reason})")
     for used, others in shadowed_runs(main):
         console.print(
             f"[yellow]warning:[/] {len(others) + 1} {used.source} runs of {used.scenario} "

@@ -176,34 +176,25 @@ def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> di
     return document
 
 
-def _clear_earlier(
-    out: Path,
-    names: set[str],
-    *,
-    keep: Sequence[Path],
-    calibrating: bool,
-    video: bool,
-    console: Console,
-) -> None:
-    """Remove what an earlier run left in ``out`` that this one will not write again (its
-    real runs after ``--no-real``, its sweep after ``--no-sweep``, its calibration after
-    ``--no-calibrate``, its video after ``--no-video``): the report reads every run folder in
-    ``out``, and would pair this run's simulations with measurements, and a calibration, that
-    they were not made for. Other names, and the files in ``keep`` (a ``--calibration`` given
-    from ``out``), are left alone."""
+RUN_FOLDERS = ("sim-gemini", "sim-baseline", "real-gemini", "real-baseline")
+"""The run folders ``gemini-ckpt run`` writes in ``--out``, beside ``sweep/`` (its sweep's)."""
+
+
+def _clear_earlier(out: Path, names: set[str], *, video: bool, console: Console) -> None:
+    """Remove what an earlier ``gemini-ckpt run`` left in ``out`` that this one will not write
+    again (its real runs after ``--no-real``, its sweep after ``--no-sweep``, its video after
+    ``--no-video``): the report reads every run folder in ``out``, and would pair this run's
+    simulations with measurements they were not made for. Only the names this command writes
+    (``RUN_FOLDERS``, ``sweep/*``, ``demo.mp4``) are touched, never a link; other folders and
+    a calibration file are left alone."""
     earlier = [
-        folder
-        for pattern in ("sim-*", "real-*", "sweep/*")
-        for folder in sorted(out.glob(pattern))
-        if folder.is_dir() and str(folder.relative_to(out)) not in names
+        *(out / name for name in RUN_FOLDERS),
+        *sorted((out / "sweep").glob("*")),
     ]
-    if not calibrating:
-        earlier.append(out / "calibration.yaml")
     if not video:
         earlier.append(out / "demo.mp4")
-    kept = {path.resolve() for path in keep}
     for path in earlier:
-        if not path.exists() or path.resolve() in kept:
+        if str(path.relative_to(out)) in names or path.is_symlink() or not path.exists():
             continue
         console.print(f"removing {path}: an earlier run's, which this one does not replace")
         if path.is_dir():
@@ -335,14 +326,7 @@ def command(
             jobs.append(
                 ("sweep", f"sweep/{name}-baseline", [*base, *settings, *baseline, *baseline_extra])
             )
-    _clear_earlier(
-        out,
-        {name for _, name, _ in jobs},
-        keep=[calibration] if calibration is not None else [],
-        calibrating=calibrate and calibration is None,
-        video=video,
-        console=console,
-    )
+    _clear_earlier(out, {name for _, name, _ in jobs}, video=video, console=console)
     failed: list[str] = []
     child: ChildRun | None = None
 

@@ -70,6 +70,12 @@ def _checked_kv_url(ctx: click.Context, param: click.Parameter, url: str) -> str
     help="Do not write summary.json when this agent's root ends the job (gemini-ckpt real's "
     "launcher passes it: it summarizes the run itself).",
 )
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="When this agent's root starts the job, start from scratch even if the persistent "
+    "tier holds a checkpoint (gemini-ckpt real passes it unless --resume).",
+)
 def command(
     scenario: Path,
     kv_url: str,
@@ -83,6 +89,7 @@ def command(
     host: str,
     parent_pid: int | None,
     no_summary: bool,
+    no_resume: bool,
 ) -> None:
     """Run a node agent: node store, heartbeat, trainers, root election."""
     from real.agent.node_agent import AgentConfig, run_agent
@@ -130,6 +137,7 @@ def command(
         t0=float(os.environ.get(GEMINI_RUN_T0, time.time())),
         parent_pid=parent_pid,
         summarize=not no_summary,
+        resume=not no_resume,
     )
     try:
         code = run_agent(config)

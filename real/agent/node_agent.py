@@ -70,6 +70,9 @@ STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0
 PARENT_POLL_S = 0.5
+ROOT_JOIN_S = 120.0
+"""How long an agent that stops waits for its root thread: a root that ended the job merges
+every node's events into the run's summary first (RootAgent._summarize)."""
 """How often an agent started with ``--parent-pid`` looks whether its launcher still runs, s."""
 ROOT_FAILURES = 5
 """A root that fails this many times in a row (each within ``ROOT_FAILURE_WINDOW_S`` of its
@@ -101,6 +104,8 @@ class AgentConfig:
         parent_pid: exit when this process is gone (None: never).
         summarize: when this agent's root ends the job, write the run folder's
             ``summary.json`` (False under ``gemini-ckpt real``, whose launcher does).
+        resume: when this agent's root starts the job, resume from the persistent tier's
+            newest checkpoint (False under ``gemini-ckpt real`` unless ``--resume``).
     """
 
     kv_url: str
@@ -114,6 +119,7 @@ class AgentConfig:
     t0: float = 0.0
     parent_pid: int | None = None
     summarize: bool = True
+    resume: bool = True
 
 
 class NodeAgent:
@@ -318,7 +324,14 @@ class NodeAgent:
                 election.resign()
             if self.root_thread is not None:
                 # A root that ended the job writes its summary first (RootAgent._summarize).
-                self.root_thread.join(60.0)
+                self.root_thread.join(ROOT_JOIN_S)
+                if self.root_thread.is_alive():
+                    log.warning(
+                        "node %d: the root did not end within %.0f s (writing the run's "
+                        "summary?); leaving without it",
+                        config.node_id,
+                        ROOT_JOIN_S,
+                    )
             if heartbeat is not None:
                 heartbeat.stop()
             store.stop()
@@ -489,6 +502,7 @@ class NodeAgent:
                 stop,
                 self.config.token,
                 self.config.spec.checkpointer if self.config.summarize else None,
+                self.config.resume,
             )
         except Exception as error:
             log.exception("node %d: root agent failed to start", self.config.node_id)
@@ -549,7 +563,7 @@ class NodeAgent:
                 self.record_changed.set()  # not read: again at the next pass
             self.wake.wait(POLL_S)
             self.wake.clear()  # what woke it is read by the next pass
-        return 0
+        return 1 if self.orphaned else 0
 
     # -- following the root -----------------------------------------------------------------
 

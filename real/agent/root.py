@@ -56,7 +56,7 @@ from real.engine.client import StoreClient
 from real.engine.eventlog import EventLog
 from real.engine.tiers import complete_counts, latest_persistent
 from real.runtime.processes import free_port
-from shared.errors import KVError
+from shared.errors import KVError, MetadataVerificationError
 from shared.failure_kinds import HARDWARE_KINDS
 from shared.placement import plan_placement
 from shared.recovery import RecoveryPlan, plan_recovery
@@ -136,6 +136,9 @@ class RootAgent:
             ``summary.json`` (``real.launcher.results.summarize_run``, mode ``cluster``), as
             ``gemini-ckpt real`` does for its emulated cluster, whose launcher passes None
             and summarizes the run itself.
+        resume: plan the job's first attempt from the persistent tier's newest checkpoint
+            (``_first_plan``); False (the emulated cluster unless ``--resume``): from
+            scratch, whatever the tier holds.
     """
 
     def __init__(
@@ -149,9 +152,10 @@ class RootAgent:
         stop: threading.Event,
         token: str,
         summary_strategy: str | None = None,
+        resume: bool = True,
     ) -> None:
         self.kv, self.node_id, self.slot = kv, node_id, slot
-        self.summary_strategy = summary_strategy
+        self.summary_strategy, self.resume = summary_strategy, resume
         self.scenario, self.run_dir, self.events, self.stop = scenario, run_dir, events, stop
         self.token = token
         cluster, config = scenario.cluster, scenario.checkpoint
@@ -218,17 +222,27 @@ class RootAgent:
         may already be stopping this root: the job's end stops every agent.)"""
         if self.summary_strategy is None:
             return
-        record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+        try:
+            record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+        except KVError as error:  # the store went down with the job
+            log.warning("node %d: root: no summary of the run: %s", self.node_id, error)
+            return
         if record is None or record.get("state") not in ("finished", "failed"):
             return
         from real.launcher.results import summarize_run  # not on the path of a recovery
 
         scenario = self.scenario
+        failed = str(record.get("reason") or "failed") if record["state"] == "failed" else None
         try:
             summary, _ = summarize_run(
-                self.run_dir, scenario.name, self.summary_strategy, scenario.seed, "cluster"
+                self.run_dir,
+                scenario.name,
+                self.summary_strategy,
+                scenario.seed,
+                "cluster",
+                failed,
             )
-        except (OSError, ValueError) as error:
+        except Exception as error:  # odd events included: the job has ended either way
             log.warning("node %d: root: no summary of the run: %s", self.node_id, error)
             return
         log.info(
@@ -381,17 +395,30 @@ class RootAgent:
         other job's checkpoints.
         """
         scratch: dict[str, Any] = {"iteration": None, "sources": []}
-        iteration = latest_persistent(self.persistent_url)
+        from real.persistent.storage import index_reader, latest_persistent_iteration
+
+        # Raises when the tier cannot be read (OSError; the root starts again, and after
+        # ROOT_FAILURES the job fails with it): a job that cannot see its checkpoints must
+        # not start afresh over them.
+        iteration = latest_persistent_iteration(self.persistent_url)
         if iteration is None:
+            return scratch, None
+        if not self.resume:
+            log.warning(
+                "node %d: root: the persistent tier %s holds iteration %d; this job starts "
+                "from scratch (resuming is off: gemini-ckpt real --resume turns it on)",
+                self.node_id,
+                self.persistent_url,
+                iteration,
+            )
             return scratch, None
         # DCP and torch come with the verification: paid only by a job that resumes.
         from real.persistent.metadata import metadata_key
-        from real.persistent.storage import index_reader
 
+        key, source = metadata_key()
         try:
-            key, source = metadata_key()
             index_reader(self.persistent_url).verify_metadata(iteration, key)
-        except (OSError, ValueError) as error:  # MetadataVerificationError is a ValueError
+        except MetadataVerificationError as error:
             return scratch, (
                 f"the persistent tier {self.persistent_url} holds iteration {iteration}, which "
                 f"this job cannot resume from: {error}. To resume from it, set "

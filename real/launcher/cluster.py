@@ -63,7 +63,13 @@ class LocalCluster:
         run_dir: the run's folder.
         strategy: gemini or persistent.
         t0: the run's start, wall seconds.
+
+    ``resume`` (set before ``start``): the job's first attempt resumes from the persistent
+    tier's newest checkpoint (``gemini-ckpt real --resume``); by default the agents start it
+    from scratch, whatever a ``cluster.storage.url`` shared with other runs holds.
     """
+
+    resume = False
 
     def __init__(
         self,
@@ -132,6 +138,7 @@ class LocalCluster:
             "--parent-pid",
             str(os.getpid()),
             "--no-summary",  # summarized by the launcher (real.launcher.run)
+            *([] if self.resume else ["--no-resume"]),
         ]
         for override in self.overrides:
             command += ["--set", override]

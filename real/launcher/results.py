@@ -140,9 +140,16 @@ def lost_iteration_s(events: Sequence[Event], strategy: str, iteration_s: float)
 
 
 def summarize_run(
-    run_dir: Path, scenario_name: str, strategy: str, seed: int, mode: str
+    run_dir: Path,
+    scenario_name: str,
+    strategy: str,
+    seed: int,
+    mode: str,
+    failed: str | None = None,
 ) -> tuple[RunSummary, list[Event]]:
-    """Merge the event files, tie the recovery events, write events.jsonl and summary.json."""
+    """Merge the event files, tie the recovery events, write events.jsonl and summary.json.
+    ``failed``: why the job failed, kept in the summary (``extra["failed"]``): a report
+    leaves such a run out (``analysis.results.load_runs``)."""
     events = tie_recovery_events(merge_event_files(run_dir))
     write_events(run_dir / "events.jsonl", events)
     durations = [
@@ -194,6 +201,7 @@ def summarize_run(
         checkpoints_per_hour=checkpoints / training_h if training_h > 0 else 0.0,
         checkpoint_memory_bytes=max(memory, default=0.0),
         extra={
+            **({"failed": failed} if failed else {}),
             "mode": mode,
             "startup_s": round(startup_s, 6),
             "iteration_time_no_ckpt_source": "median step_s of iteration_end (step without save)",

@@ -55,6 +55,9 @@ class RealOptions:
         mode: local or netns; None: the scenario's ``real.mode``.
         schedule: failures to inject instead of the scenario's (the chaos test's).
         force: start even when the size check says the cluster does not fit this host.
+        resume: the first attempt resumes from the persistent tier's newest checkpoint (a
+            job submitted again after it lost every node; docs/cluster.md); else it starts
+            from scratch, whatever the tier holds.
     """
 
     scenario: Path
@@ -64,6 +67,7 @@ class RealOptions:
     mode: str | None = None
     schedule: Sequence[ScheduledFailure] | None = None
     force: bool = False
+    resume: bool = False
 
 
 @dataclass
@@ -106,22 +110,24 @@ def run_real(options: RealOptions) -> RealResult:
     cluster = cluster_class(
         scenario, options.scenario.resolve(), tuple(options.overrides), run_dir, strategy, t0
     )
+    cluster.resume = options.resume
     # The launcher is a process of the job too: its clients of the coordination store (and the
     # store it starts) prove the job's secret as the agents' do, from GEMINI_TOKEN.
     outer_token = os.environ.get(TOKEN_ENV)
     os.environ[TOKEN_ENV] = cluster.token
     injector: FailureInjector | None = None
-    failed = False
+    failed: str | None = None
     try:
         cluster.start()
         injector = FailureInjector(cluster, scenario, events, options.schedule).start()
         _wait_finished(cluster, injector, scenario.real.timeout_s, t0)
         if not cluster.wait_agents(30.0):
             log.warning("agents %s did not leave in time", cluster.alive_agents())
-    except Exception:
+    except Exception as error:
         # A job that failed (the root gave it up, the timeout; not a Ctrl-C): its folder
-        # still gets the merged events and the summary of what happened, after the teardown.
-        failed = True
+        # still gets the merged events and the summary of what happened, after the teardown,
+        # marked failed (a report leaves it out).
+        failed = str(error) or type(error).__name__
         raise
     finally:
         if injector is not None:
@@ -135,27 +141,33 @@ def run_real(options: RealOptions) -> RealResult:
             os.environ[TOKEN_ENV] = outer_token
         if failed:
             try:
-                summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode)
-            except (OSError, ValueError) as error:
+                summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode, failed)
+            except Exception as error:  # the job's own failure is the one to tell
                 log.warning("no summary of the failed run: %s", error)
     summary, merged = summarize_run(run_dir, scenario.name, strategy, scenario.seed, mode)
     injected = list(injector.injected if injector else [])
     return RealResult(run_dir, summary, merged, injected, cluster.job)
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _uninterrupted() -> Iterator[None]:
-    """Ignore Ctrl-C while the cluster is torn down (in the main thread): a second one used to
-    end the launcher with its agents still running. The teardown is bounded itself (a grace
-    period, then SIGKILL)."""
+    """Ignore Ctrl-C (and SIGTERM) while the cluster is torn down (in the main thread): a
+    second one used to end the launcher with its agents still running. The teardown is
+    bounded itself (a grace period, then SIGKILL)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM too: `gemini-ckpt real` turns it into a Ctrl-C, and `run` stops its child so.
+    previous = {which: signal.signal(which, signal.SIG_IGN) for which in INTERRUPTS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for which, handler in previous.items():
+            if handler is not None:
+                signal.signal(which, handler)
 
 
 def _first_error(logs: Path) -> str:

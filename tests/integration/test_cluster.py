@@ -536,9 +536,10 @@ def test_a_job_submitted_again_resumes_from_storage(
     runs_dir: Path, reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every node of a job lost at once (here its launcher killed, so its agents leave): the
-    job submitted again, with the same storage and the key it signed its checkpoints with,
-    resumes from the newest one and ends with the failure-free run's weights; without that
-    key it fails at once, before any trainer starts, and overwrites nothing."""
+    job submitted again (``--resume``), with the same storage and the key it signed its
+    checkpoints with, resumes from the newest one and ends with the failure-free run's
+    weights; without that key it fails at once, before any trainer starts, and overwrites
+    nothing."""
     store = runs_dir / "resubmitted-store"
     sections = {
         "checkpoint": {"persist_every_iterations": 5},
@@ -548,7 +549,7 @@ def test_a_job_submitted_again_resumes_from_storage(
     monkeypatch.setenv("GEMINI_PERSISTENT_KEY", "the key every submission of the job shares")
     first = runs_dir / "resubmitted-1"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gemini_ckpt", "real", str(path), "--out", str(first)],
+        [sys.executable, "-m", "gemini_ckpt", "real", str(path), "--out", str(first), "--resume"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -579,11 +580,14 @@ def test_a_job_submitted_again_resumes_from_storage(
 
     monkeypatch.setenv("GEMINI_PERSISTENT_KEY", "another job's key")
     with pytest.raises(RuntimeError, match="cannot resume from"):
-        run_real(RealOptions(path, runs_dir / "resubmitted-wrong-key"))
+        run_real(RealOptions(path, runs_dir / "resubmitted-wrong-key", resume=True))
     assert _stored_iterations(store) == stored  # nothing overwritten
+    # Its folder still tells what happened, marked failed: a report leaves such a run out.
+    refused = json.loads((runs_dir / "resubmitted-wrong-key" / "summary.json").read_text())
+    assert "cannot resume from" in refused["extra"]["failed"]
 
     monkeypatch.setenv("GEMINI_PERSISTENT_KEY", "the key every submission of the job shares")
-    second = run_real(RealOptions(path, runs_dir / "resubmitted-2"))
+    second = run_real(RealOptions(path, runs_dir / "resubmitted-2", resume=True))
     started = next(e for e in second.events if e.kind == "run_started")
     assert started.details["resumed_from"] == max(stored)
     restored = {

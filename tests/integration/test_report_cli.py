@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -168,3 +169,27 @@ def test_report_names_a_run_folder_it_skips_for_want_of_a_summary(
     assert main(args) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert f"skipped {stopped}: events but no summary.json" in said
+
+
+def test_report_leaves_out_a_run_whose_job_failed(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed run's summary tells what happened until then, not what its scenario
+    measures: the report leaves it out, and says why; with nothing else, there is no report."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(run_dir / "sim-gemini", root / "sim-gemini")
+    shutil.copytree(run_dir / "sim-baseline", root / "failed")
+    summary = json.loads((root / "failed" / "summary.json").read_text())
+    summary["extra"]["failed"] = "the root agent gave up the job: crash loop"
+    (root / "failed" / "summary.json").write_text(json.dumps(summary))
+    args = ["report", str(root), "--out", str(tmp_path / "r"), "--no-video", "--no-gif"]
+    assert main(args) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"skipped {root / 'failed'}: its job failed (the root agent gave up" in said
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "persistent" not in markdown.split("## Runs")[1].split("##")[0]  # not in the table
+    only_failed = ["report", str(root / "failed"), "--out", str(tmp_path / "r2"), "--no-video"]
+    assert main(only_failed) == 2
+    assert "every run given failed" in " ".join(capsys.readouterr().err.split())

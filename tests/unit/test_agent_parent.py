@@ -43,3 +43,13 @@ def test_an_agent_whose_launcher_runs_is_left_alone() -> None:
     made.stopping.set()  # the agent stops for another reason: the watch ends with it
     watch.join(2 * PARENT_POLL_S)
     assert not watch.is_alive() and not made.orphaned
+
+
+def test_an_agent_left_by_its_launcher_exits_1() -> None:
+    made = agent()
+    made.kv, made.config.parent_pid = object(), None
+    made.orphaned = True
+    made.stop()  # as the parent watch stops it: the main loop ends before its own check
+    assert made._follow() == 1
+    made.orphaned = False  # stopped otherwise (SIGTERM): 0
+    assert made._follow() == 0

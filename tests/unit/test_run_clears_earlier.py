@@ -1,6 +1,6 @@
 """``gemini-ckpt run`` into a folder of an earlier run removes what it will not write again:
 its report reads every run folder there, and paired this run's simulations with the earlier
-run's measurements (after ``--no-real``) and a calibration they were not made for."""
+run's measurements (after ``--no-real``). Only the names the command writes are touched."""
 
 from __future__ import annotations
 
@@ -10,20 +10,24 @@ from rich.console import Console
 
 from gemini_ckpt.commands.run import _clear_earlier
 
-EARLIER = [
+OURS = [
     "sim-gemini/summary.json",
     "sim-baseline/summary.json",
     "real-gemini/summary.json",
     "real-baseline/summary.json",
     "sweep/mtbf-1h-gemini/summary.json",
-    "calibration.yaml",
     "demo.mp4",
-    "notes.txt",  # not the run's: left alone
+]
+THEIRS = [  # not written by `gemini-ckpt run`: never removed
+    "notes.txt",
+    "calibration.yaml",  # a calibration made by hand, say
+    "sim-quickstart/summary.json",  # `gemini-ckpt sim`'s default folder name
+    "real-gemini-before-the-fix/summary.json",
 ]
 
 
 def earlier_run(out: Path) -> None:
-    for name in EARLIER:
+    for name in OURS + THEIRS:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("earlier")
 
@@ -34,34 +38,21 @@ def left(out: Path) -> list[str]:
 
 def test_what_this_run_does_not_write_again_is_removed(tmp_path: Path) -> None:
     earlier_run(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "sweep" / "linked").symlink_to(tmp_path / "elsewhere")  # a link: left alone
     said = Console(file=open(tmp_path / "said.log", "w"), width=200)  # noqa: SIM115
-    _clear_earlier(
-        tmp_path,
-        {"sim-gemini", "sim-baseline"},  # --no-real --no-sweep
-        keep=[],
-        calibrating=False,  # --no-calibrate
-        video=False,  # --no-video
-        console=said,
-    )
+    # --no-real --no-sweep --no-video
+    _clear_earlier(tmp_path, {"sim-gemini", "sim-baseline"}, video=False, console=said)
     said.file.close()
-    assert left(tmp_path) == [
-        "notes.txt",
-        "said.log",
-        "sim-baseline/summary.json",
-        "sim-gemini/summary.json",
-    ]
+    assert left(tmp_path) == sorted(
+        [*THEIRS, "said.log", "sim-baseline/summary.json", "sim-gemini/summary.json"]
+    )
+    assert (tmp_path / "sweep" / "linked").is_symlink()
     assert "removing" in (tmp_path / "said.log").read_text()
 
 
-def test_what_this_run_writes_again_and_a_given_calibration_stay(tmp_path: Path) -> None:
+def test_what_this_run_writes_again_stays(tmp_path: Path) -> None:
     earlier_run(tmp_path)
-    names = {"sim-gemini", "sim-baseline", "real-gemini", "real-baseline"}
-    _clear_earlier(
-        tmp_path,
-        names,
-        keep=[tmp_path / "calibration.yaml"],  # --calibration OUT/calibration.yaml
-        calibrating=False,
-        video=True,
-        console=Console(quiet=True),
-    )
-    assert left(tmp_path) == sorted(set(EARLIER) - {"sweep/mtbf-1h-gemini/summary.json"})
+    names = {"sim-gemini", "sim-baseline", "real-gemini", "real-baseline", "sweep/mtbf-1h-gemini"}
+    _clear_earlier(tmp_path, names, video=True, console=Console(quiet=True))
+    assert left(tmp_path) == sorted(OURS + THEIRS)
