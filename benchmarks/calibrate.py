@@ -258,6 +258,30 @@ def _leave_interrupts_to_the_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _next_report(
+    results: Any, processes: Sequence[Any], deadline: float, ranks_of: str
+) -> dict[str, Any] | None:
+    """The next report of the rank processes on ``results``, None after 5 s without one.
+
+    Raises:
+        TimeoutError: past ``deadline`` (monotonic seconds).
+        RuntimeError: a rank exited with an error (``ranks_of`` names them in both).
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"{ranks_of} ranks did not finish in time")
+    try:
+        report: dict[str, Any] = results.get(timeout=min(remaining, 5.0))
+        return report
+    except queue.Empty:  # check that nobody died
+        dead = [p for p in processes if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(
+                f"{ranks_of} rank exited with code {dead[0].exitcode}; run with -v for its output"
+            ) from None
+        return None
+
+
 def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str, Any]:
     """Spawn ``world`` ranks: end-to-end restart time, group formation, iteration profile."""
     context = mp.get_context("spawn")
@@ -286,18 +310,9 @@ def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str,
     try:
         deadline = time.monotonic() + 600
         while len(reports) < world:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("calibration ranks did not finish within 600 s")
-            try:
-                reports.append(results.get(timeout=min(remaining, 5.0)))
-            except queue.Empty:  # check that nobody died
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"calibration rank exited with code {dead[0].exitcode}; "
-                        "run with -v for its output"
-                    ) from None
+            report = _next_report(results, processes, deadline, "calibration")
+            if report is not None:
+                reports.append(report)
     finally:
         _reap(processes, grace_s=30.0 if len(reports) == world else 0.0)
     rank0 = next(r for r in reports if r["rank"] == 0)
@@ -361,6 +376,27 @@ def _spare_join(
     return time.perf_counter() - began, trainer
 
 
+def _warm_rank(scenario: str, overrides: Sequence[str]) -> tuple[Any, Any, Any]:
+    """In a rank process: pay what a warm spare has paid before it is needed; returns the
+    scenario, its trainer's configuration and the DDP model prepared (None under FSDP2)."""
+    from real.trainer.workload.trainer import Trainer, TrainerConfig
+    from shared.scenario_loader import load_scenario
+
+    # As the harness runs its trainers: one thread each (OMP_NUM_THREADS=1), and what the
+    # warm process holds moved out of the collector's sight (real.trainer.inprocess.prewarm).
+    torch.set_num_threads(1)
+    gc.collect()
+    gc.freeze()
+    loaded = load_scenario(scenario, overrides)
+    config = TrainerConfig.from_scenario(loaded)
+    # What a warm spare builds while it waits (real.trainer.main: DDP, on the CPU).
+    prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
+    # And what an FSDP2 spare pays while it waits (``Trainer.warm_sharding``): the FSDP2
+    # costs of ``_recovery_rank_main`` are then what a spare still pays at its attempt.
+    Trainer.warm_sharding(TrainerConfig.from_scenario(_sharded(loaded)))
+    return loaded, config, prepared
+
+
 def _spare_rank_main(
     rank: int,
     world: int,
@@ -375,16 +411,7 @@ def _spare_rank_main(
     ``_recovery_rank_main``'s ranks are before their first join, then timed joining group
     ``number``."""
     _leave_interrupts_to_the_parent()
-    from real.trainer.workload.trainer import Trainer, TrainerConfig
-    from shared.scenario_loader import load_scenario
-
-    torch.set_num_threads(1)
-    gc.collect()
-    gc.freeze()
-    loaded = load_scenario(scenario, overrides)
-    config = TrainerConfig.from_scenario(loaded)
-    prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
-    Trainer.warm_sharding(TrainerConfig.from_scenario(_sharded(loaded)))
+    _, config, prepared = _warm_rank(scenario, overrides)
     results.put({"rank": rank, "ready": True})
     go.wait(120)
     seconds, _trainer = _spare_join(config, rank, world, port, number, prepared)
@@ -406,47 +433,45 @@ def _exit_without_destructors(results: Any) -> None:
 def _spare_rounds(options: CalibrationOptions, ranks: int, rounds: int) -> list[float]:
     """``rounds`` more spare rounds, each on ``ranks`` fresh ranks forked from this warm
     process; each round's slowest rank, s."""
-    import torch.distributed as dist
-
-    context = mp.get_context("fork")
     slowest = []
     # Group numbers after the first round's and its rejoins' (``_recovery_rank_main``).
     for number in range(1 + REJOINS, 1 + REJOINS + rounds):
-        results, go = context.Queue(), context.Event()
         port = free_port()
-        processes = [
-            context.Process(
-                target=_spare_rank_main,
-                args=(
-                    rank,
-                    ranks,
-                    port,
-                    str(options.scenario),
-                    list(options.overrides),
-                    number,
-                    results,
-                    go,
-                ),
-                daemon=True,
-            )
-            for rank in range(ranks)
-        ]
-        for process in processes:
-            process.start()
-        # The rendezvous store after the forks, as measure_recovery's: its server thread is
-        # not forked into the ranks.
-        rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
-            "127.0.0.1", port, is_master=True, wait_for_workers=False
-        )
-        finished = False
-        try:
-            times = _round_results(results, go, processes, ranks)
-            finished = True
-        finally:
-            _reap(processes, grace_s=30.0 if finished else 0.0)
-            del rendezvous
-        slowest.append(max(times))
+        args = (port, str(options.scenario), list(options.overrides), number)
+        with _forked_ranks(_spare_rank_main, ranks, port, args) as (processes, results, go):
+            slowest.append(max(_round_results(results, go, processes, ranks)))
     return slowest
+
+
+@contextlib.contextmanager
+def _forked_ranks(
+    target: Callable[..., None], ranks: int, port: int, args: tuple[Any, ...]
+) -> Iterator[tuple[list[Any], Any, Any]]:
+    """``ranks`` processes forked from this warm process, each running ``target(rank, ranks,
+    *args, results, go)``, and the rendezvous store they form their groups through, on
+    ``port``, made after the forks (its server thread is not forked into them). Yields
+    (processes, results, go); then the ranks are reaped (with a grace period to end on their
+    own unless the block raised) and the store closed."""
+    import torch.distributed as dist
+
+    context = mp.get_context("fork")
+    results, go = context.Queue(), context.Event()
+    processes = [
+        context.Process(target=target, args=(rank, ranks, *args, results, go), daemon=True)
+        for rank in range(ranks)
+    ]
+    for process in processes:
+        process.start()
+    rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
+        "127.0.0.1", port, is_master=True, wait_for_workers=False
+    )
+    finished = False
+    try:
+        yield processes, results, go
+        finished = True
+    finally:
+        _reap(processes, grace_s=30.0 if finished else 0.0)
+        del rendezvous
 
 
 def _round_results(results: Any, go: Any, processes: Sequence[Any], ranks: int) -> list[float]:
@@ -455,18 +480,8 @@ def _round_results(results: Any, go: Any, processes: Sequence[Any], ranks: int) 
     times: list[float] = []
     deadline = time.monotonic() + 300
     while len(times) < ranks:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("a spare round's ranks did not finish within 300 s")
-        try:
-            report = results.get(timeout=min(remaining, 5.0))
-        except queue.Empty:
-            dead = [p for p in processes if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(
-                    f"spare round rank exited with code {dead[0].exitcode}; "
-                    "run with -v for its output"
-                ) from None
+        report = _next_report(results, processes, deadline, "spare round")
+        if report is None:
             continue
         if report.get("ready"):
             ready += 1
@@ -509,21 +524,9 @@ def _recovery_rank_main(
 
     from real.engine.profiler import CommProfiler
     from real.trainer.inprocess import leave_attempt
-    from real.trainer.workload.trainer import Trainer, TrainerConfig
-    from shared.scenario_loader import load_scenario
+    from real.trainer.workload.trainer import Trainer
 
-    # As the harness runs its trainers: one thread each (OMP_NUM_THREADS=1), and what the
-    # warm process holds moved out of the collector's sight (real.trainer.inprocess.prewarm).
-    torch.set_num_threads(1)
-    gc.collect()
-    gc.freeze()
-    loaded = load_scenario(scenario, overrides)
-    config = TrainerConfig.from_scenario(loaded)
-    # What a warm spare builds while it waits (real.trainer.main: DDP, on the CPU).
-    prepared = Trainer.prepare(config) if config.parallelism == "ddp" else None
-    # And what an FSDP2 spare pays while it waits (``Trainer.warm_sharding``): the FSDP2
-    # costs below (``_fsdp2_costs``) are then what a spare still pays at its attempt.
-    Trainer.warm_sharding(TrainerConfig.from_scenario(_sharded(loaded)))
+    loaded, config, prepared = _warm_rank(scenario, overrides)
     timeout = datetime.timedelta(seconds=60)
     results.put({"rank": rank, "ready": True})
     # The parent says go once both ranks are warm: what follows is a restart, not a start.
@@ -1076,61 +1079,25 @@ def measure_recovery(
     # The ranks are forked from a process that has paid what a warm spare pays (torch and
     # torch.distributed imported, a first optimizer step taken), so they start at once.
     _warm_up_torch()
-    context = mp.get_context("fork")
-    results = context.Queue()
-    go = context.Event()
     # The rendezvous store every join goes through, listening the whole time (a node agent's).
     ports = (free_port(),)
     iterations = 6 if options.quick else max(6, options.iterations)
-    processes = [
-        context.Process(
-            target=_recovery_rank_main,
-            args=(
-                rank,
-                ranks,
-                ports,
-                str(options.scenario),
-                list(options.overrides),
-                iterations,
-                results,
-                go,
-            ),
-            daemon=True,
-        )
-        for rank in range(ranks)
-    ]
-    for process in processes:
-        process.start()
-    import torch.distributed as dist
-
-    rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
-        "127.0.0.1", ports[0], is_master=True, wait_for_workers=False
-    )
     reports: list[dict[str, Any]] = []
-    finished = False
-    try:
+    with _forked_ranks(
+        _recovery_rank_main,
+        ranks,
+        ports[0],
+        (ports, str(options.scenario), list(options.overrides), iterations),
+    ) as (processes, results, go):
         deadline = time.monotonic() + 300
         while sum(1 for r in reports if "iteration_s" in r) < ranks or not any(
             "vanished_at" in r for r in reports
         ):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("recovery calibration ranks did not finish within 300 s")
-            try:
-                reports.append(results.get(timeout=min(remaining, 5.0)))
+            report = _next_report(results, processes, deadline, "recovery calibration")
+            if report is not None:
+                reports.append(report)
                 if sum(1 for r in reports if r.get("ready")) == ranks:
                     go.set()
-            except queue.Empty:  # check that nobody died early
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"recovery calibration rank exited with code {dead[0].exitcode}; "
-                        "run with -v for its output"
-                    ) from None
-        finished = True
-    finally:
-        _reap(processes, grace_s=30.0 if finished else 0.0)
-        del rendezvous
     timed = [r for r in reports if "iteration_s" in r]
     progress(f"{SPARE_ROUNDS - 1} more spares' joins on {ranks} ranks")
     spare_joins = [
