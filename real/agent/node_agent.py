@@ -70,10 +70,10 @@ STANDBY_POLL_S = 0.1
 WARM_TIMEOUT_S = 300.0
 WATCH_S = 1.0
 PARENT_POLL_S = 0.5
+"""How often an agent started with ``--parent-pid`` looks whether its launcher still runs, s."""
 ROOT_JOIN_S = 120.0
 """How long an agent that stops waits for its root thread: a root that ended the job merges
 every node's events into the run's summary first (RootAgent._summarize)."""
-"""How often an agent started with ``--parent-pid`` looks whether its launcher still runs, s."""
 ROOT_FAILURES = 5
 """A root that fails this many times in a row (each within ``ROOT_FAILURE_WINDOW_S`` of its
 start) fails the job instead of starting again."""

@@ -406,7 +406,8 @@ class RootAgent:
         if not self.resume:
             log.warning(
                 "node %d: root: the persistent tier %s holds iteration %d; this job starts "
-                "from scratch (resuming is off: gemini-ckpt real --resume turns it on)",
+                "from scratch (the agents were started with --no-resume; under gemini-ckpt "
+                "real, --resume resumes)",
                 self.node_id,
                 self.persistent_url,
                 iteration,

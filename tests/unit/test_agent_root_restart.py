@@ -55,7 +55,13 @@ def agent_with_roots(
     emitted: list[tuple[str, dict[str, Any]]] = []
     made: Any = NodeAgent.__new__(NodeAgent)
     made.config = SimpleNamespace(
-        node_id=0, kv_url="memory://", scenario=None, token="t", parent_pid=None, summarize=False
+        node_id=0,
+        kv_url="memory://",
+        scenario=None,
+        token="t",
+        parent_pid=None,
+        summarize=False,
+        resume=True,
     )
     made.slot, made.run_dir = 0, None
     made.events = SimpleNamespace(emit=lambda kind, **details: emitted.append((kind, details)))
