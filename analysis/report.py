@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import statistics
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from analysis.render import (
     markdown_table,
 )
 from analysis.results import RunResult, pair_runs
+from shared.events import replaced_whole
 from shared.summary import FailureRecord, RunSummary
 
 if TYPE_CHECKING:
@@ -424,12 +424,10 @@ def _save(figure: Figure, path: Path) -> None:
     earlier figure, not a truncated one)."""
     import matplotlib.pyplot as plt
 
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        figure.savefig(partial, dpi=110, bbox_inches="tight")
-        os.replace(partial, path)
+        with replaced_whole(path) as partial:
+            figure.savefig(partial, format=path.suffix[1:], dpi=110, bbox_inches="tight")
     finally:
-        partial.unlink(missing_ok=True)
         plt.close(figure)
 
 

@@ -130,29 +130,30 @@ def event_sort_key(event: Event) -> tuple[float, int, int]:
 
 
 def write_events(path: str | Path, events: Iterable[Event]) -> None:
-    """Write events as JSON Lines, one object per line; whole or not at all (a temporary file
-    renamed over ``path``)."""
-    with replaced_whole(path) as handle:
+    """Write events as JSON Lines, one object per line; whole or not at all
+    (``replaced_whole``)."""
+    with replaced_whole(path) as partial, open(partial, "w", encoding="utf-8") as handle:
         for event in events:
             write_event(handle, event)
 
 
 @contextlib.contextmanager
-def replaced_whole(path: str | Path) -> Iterator[IO[str]]:
-    """A text file to write that replaces ``path`` once the block ends, whole, or not at all:
-    a temporary file of a unique name in the same folder (two writers, even on two hosts of
-    a shared file system, never share it), renamed over ``path``; removed if the block
-    raises."""
+def replaced_whole(path: str | Path) -> Iterator[Path]:
+    """A path to write in the block, whose file then replaces ``path``, whole, or not at all:
+    a temporary file of a unique name in the same folder (two writers, even on two hosts of a
+    shared file system, never share it), renamed over ``path``; removed if the block raises.
+    Its name does not end as ``path``'s: a writer that reads the format from the name is
+    told it."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    partial = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-        os.chmod(name, 0o644)  # as a file open() would make (mkstemp's are private)
-        os.replace(name, path)
+        yield partial
+        partial.chmod(0o644)  # as a file open() would make (mkstemp's are private)
+        os.replace(partial, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
+        partial.unlink(missing_ok=True)
         raise
 
 

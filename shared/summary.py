@@ -161,8 +161,8 @@ class RunSummary:
 def write_summary(path: str | Path, summary: RunSummary) -> None:
     """Write ``summary`` as JSON, whole or not at all (a temporary file renamed over it)."""
     text = json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n"
-    with replaced_whole(path) as handle:
-        handle.write(text)
+    with replaced_whole(path) as partial:
+        partial.write_text(text, encoding="utf-8")
 
 
 def read_summary(path: str | Path) -> RunSummary:

@@ -71,6 +71,7 @@ def command(
     from real.launcher.capacity import require_fits
     from real.launcher.results import breakdown_table
     from real.launcher.run import REAL, RealOptions, run_real
+    from shared.errors import RunFolderError
     from shared.scenario_loader import load_scenario
     from shared.scenario_rules import check_scenario, warnings
 
@@ -83,10 +84,6 @@ def command(
         require_netns()
     if out is None:
         out = Path("runs") / f"{parsed.name}-{chosen}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "events").exists():  # run_real refuses it too; here it is bad input (exit 2)
-        raise click.BadParameter(
-            f"{out} already holds a run's events; choose a new --out folder", param_hint="--out"
-        )
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -104,6 +101,8 @@ def command(
                 resume=resume,
             )
         )
+    except RunFolderError as error:  # a used --out: bad input
+        raise click.BadParameter(str(error), param_hint="--out") from error
     except (RuntimeError, TimeoutError, OSError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     except subprocess.CalledProcessError as error:  # an ip or tc step of the netns set-up

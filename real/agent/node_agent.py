@@ -537,12 +537,6 @@ class NodeAgent:
         record: dict[str, Any] | None = None
         read_at = -math.inf
         while not self.stopping.is_set():
-            if self.orphaned or (
-                self.config.parent_pid is not None and not _alive(self.config.parent_pid)
-            ):
-                if not self.orphaned:
-                    log.warning("node %d: launcher gone; stopping", self.config.node_id)
-                return 1
             if self.heartbeat is not None and self.heartbeat.lease_lost and self.was_member:
                 # Fenced: the root may already have given this slot to a replacement.
                 log.error(

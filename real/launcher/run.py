@@ -33,6 +33,7 @@ from real.launcher.capacity import require_fits
 from real.launcher.injector import FailureInjector, Injected
 from real.launcher.results import summarize_run
 from real.runtime.processes import last_line
+from shared.errors import RunFolderError
 from shared.events import Event
 from shared.scenario import ScheduledFailure
 from shared.scenario_loader import load_scenario
@@ -94,7 +95,7 @@ def run_real(options: RealOptions) -> RealResult:
     mode = options.mode or scenario.real.mode
     run_dir = options.out.resolve()
     if (run_dir / "events").exists():
-        raise ValueError(f"{run_dir} already holds a run's events; choose a new --out folder")
+        raise RunFolderError(f"{run_dir} already holds a run's events; choose a new --out folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     events = EventLog(run_dir / "events" / "launcher.jsonl", t0)
