@@ -45,7 +45,12 @@ from typing import Any
 from real.agent import jobkeys
 
 # At start, not on winning: see _launch_root.
-from real.agent.root import RootAgent, persistent_url, preimport_persistent_tier
+from real.agent.root import (
+    RootAgent,
+    persistent_url,
+    preimport_persistent_tier,
+    summarize_ended_job,
+)
 from real.agent.trainer_processes import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
 from real.coord.connect import connect_kv
@@ -511,8 +516,9 @@ class NodeAgent:
         return root.run_safely()  # closes kv
 
     def _fail_job(self, reason: str) -> bool:
-        """Mark the job failed (every agent then stops and exits 1); False when the store
-        could not be told."""
+        """Mark the job failed (every agent then stops and exits 1) and, unless the launcher
+        summarizes (``summarize``), write the run's summary as a root that ends the job does;
+        False when the store could not be told."""
         try:
             kv = connect_kv(self.config.kv_url)
         except KVError:
@@ -522,14 +528,26 @@ class NodeAgent:
             if record is None or record.get("state") in ("finished", "failed"):
                 return True
             jobkeys.mark_failed(kv, record, reason)
+            log.error("node %d: root: %s", self.config.node_id, reason)
+            self.events.emit(
+                "run_finished",
+                attempt=record["attempt"],
+                node=self.slot,
+                failed=True,
+                reason=reason,
+            )
+            if self.config.summarize:  # as the root that ends a job does
+                summarize_ended_job(
+                    kv,
+                    self.run_dir,
+                    self.config.scenario,
+                    self.config.spec.checkpointer,
+                    self.config.node_id,
+                )
         except KVError:
             return False
         finally:
             kv.close()
-        log.error("node %d: root: %s", self.config.node_id, reason)
-        self.events.emit(
-            "run_finished", attempt=record["attempt"], node=self.slot, failed=True, reason=reason
-        )
         return True
 
     def _follow(self) -> int:

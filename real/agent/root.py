@@ -119,6 +119,39 @@ class RecoveryAborted(Exception):
     """The root lost its leadership (or was told to stop) in the middle of a recovery."""
 
 
+def summarize_ended_job(
+    kv: KeyValueStore, run_dir: Path, scenario: Scenario, strategy: str, node_id: int
+) -> None:
+    """Write the run folder's ``events.jsonl`` and ``summary.json``
+    (``real.launcher.results.summarize_run``, mode ``cluster``) once the job has ended,
+    finished or failed (a failed job's summary carries its reason). Used by the root that ends
+    the job, and by the agent that marks it failed after its root failed too often. A summary
+    that cannot be written is logged, never fatal: the events stay."""
+    try:
+        record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
+    except KVError as error:  # the store went down with the job
+        log.warning("node %d: root: no summary of the run: %s", node_id, error)
+        return
+    if record is None or record.get("state") not in ("finished", "failed"):
+        return
+    from real.launcher.results import summarize_run  # not on the path of a recovery
+
+    failed = str(record.get("reason") or "failed") if record["state"] == "failed" else None
+    try:
+        summary, _ = summarize_run(
+            run_dir, scenario.name, strategy, scenario.seed, "cluster", failed
+        )
+    except Exception as error:  # odd events included: the job has ended either way
+        log.warning("node %d: root: no summary of the run: %s", node_id, error)
+        return
+    log.info(
+        "node %d: root: %d failures, summary in %s",
+        node_id,
+        len(summary.failures),
+        run_dir / "summary.json",
+    )
+
+
 class RootAgent:
     """The root agent's work loop; ``run_safely()`` returns when the job is finished or
     ``stop`` is set.
@@ -217,40 +250,13 @@ class RootAgent:
         return None
 
     def _summarize(self) -> None:
-        """Once the job has ended, its results in the run folder (``summary_strategy``). A
-        summary that cannot be written is logged, never fatal: the events stay. (The agent
-        may already be stopping this root: the job's end stops every agent.)"""
-        if self.summary_strategy is None:
-            return
-        try:
-            record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
-        except KVError as error:  # the store went down with the job
-            log.warning("node %d: root: no summary of the run: %s", self.node_id, error)
-            return
-        if record is None or record.get("state") not in ("finished", "failed"):
-            return
-        from real.launcher.results import summarize_run  # not on the path of a recovery
-
-        scenario = self.scenario
-        failed = str(record.get("reason") or "failed") if record["state"] == "failed" else None
-        try:
-            summary, _ = summarize_run(
-                self.run_dir,
-                scenario.name,
-                self.summary_strategy,
-                scenario.seed,
-                "cluster",
-                failed,
+        """Once the job has ended, its results in the run folder (``summary_strategy``;
+        :func:`summarize_ended_job`). (The agent may already be stopping this root: the job's
+        end stops every agent.)"""
+        if self.summary_strategy is not None:
+            summarize_ended_job(
+                self.kv, self.run_dir, self.scenario, self.summary_strategy, self.node_id
             )
-        except Exception as error:  # odd events included: the job has ended either way
-            log.warning("node %d: root: no summary of the run: %s", self.node_id, error)
-            return
-        log.info(
-            "node %d: root: %d failures, summary in %s",
-            self.node_id,
-            len(summary.failures),
-            self.run_dir / "summary.json",
-        )
 
     def run(self) -> None:
         self._cursor, _ = self.kv.watch(WATCHED, None, 0.0)  # before the first read

@@ -5,9 +5,12 @@ job then waited for nobody until ``real.timeout_s``). And an agent's exit status
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 from real.agent import jobkeys, node_agent
 from real.agent.node_agent import NodeAgent
 from real.coord import keys
+from real.engine.eventlog import EventLog
 from shared.errors import KVError
 
 
@@ -86,6 +90,26 @@ def test_a_root_failing_again_and_again_fails_the_job(monkeypatch: pytest.Monkey
     assert record["state"] == "failed" and "a bug" in record["reason"]
     assert [kind for kind, _ in emitted] == ["run_finished"]
     assert emitted[0][1]["failed"] is True
+
+
+def test_a_job_failed_by_its_agent_is_summarized(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The agent that marks the job failed after its root failed again and again writes the
+    run's summary, as a root that ends a job does: ``report`` then names the failed run."""
+    made, _, _, _ = agent_with_roots(monkeypatch, [RuntimeError("a bug")])
+    made.config.summarize = True
+    made.config.scenario = SimpleNamespace(name="handmade", seed=7)
+    made.config.spec = SimpleNamespace(checkpointer="gemini")
+    made.run_dir = tmp_path
+    made.events = EventLog(tmp_path / "events" / "agent-node0.jsonl", t0=time.time(), node=0)
+    made._run_root(threading.Event())
+    made.events.close()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["scenario"] == "handmade" and summary["strategy"] == "gemini"
+    assert "a bug" in summary["extra"]["failed"]
+    merged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in merged] == ["run_finished"]
 
 
 def test_a_root_told_to_stop_is_not_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
