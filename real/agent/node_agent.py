@@ -32,6 +32,8 @@ when the process that started it (``--parent-pid``) is gone, so nothing outlives
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import math
@@ -221,6 +223,9 @@ class NodeAgent:
         # Any agent may become the root (at the start or when a root dies): the persistent
         # tier's modules and filesystem load now, in the background, not on a recovery's path.
         preimport_persistent_tier(persistent_url(config.scenario, self.run_dir))
+        # torch (the rendezvous store's) imports meanwhile, seconds on a busy host: an agent
+        # stopped while it imports leaves without waiting for it.
+        torch_imported = _import_in_background("torch.distributed")
         store = StoreProcess(
             config.node_id if config.slot is None else config.slot,
             config.token,
@@ -247,7 +252,16 @@ class NodeAgent:
                 name="store-watch",
                 daemon=True,
             ).start()
+            # Stopped while the node comes up (a Ctrl-C during the cluster's start): no store
+            # and no trainers started only to be stopped, seconds of CPU on a busy host.
+            if self.stopping.is_set():
+                return self._stopped_status()
             address = store.start()
+            while not torch_imported.wait(0.05):
+                if self.stopping.is_set():
+                    return self._stopped_status()
+            if self.stopping.is_set():
+                return self._stopped_status()
             self.rendezvous = _rendezvous_store(config.host)
             # Warm trainers start now, while the rest of the node and the job come up.
             self.pool = TrainerPool(
@@ -271,7 +285,7 @@ class NodeAgent:
                 WARM_TIMEOUT_S, self.stopping, spares=config.slot is not None
             ):
                 if self.stopping.is_set():  # while they warmed: they stop on the way out
-                    return 1 if self.orphaned else 0
+                    return self._stopped_status()
                 failure = self.pool.start_failure()
                 if failure is not None:
                     raise RuntimeError(f"node {config.node_id}: {failure}")
@@ -575,6 +589,10 @@ class NodeAgent:
                 self.record_changed.set()  # not read: again at the next pass
             self.wake.wait(POLL_S)
             self.wake.clear()  # what woke it is read by the next pass
+        return self._stopped_status()
+
+    def _stopped_status(self) -> int:
+        """The exit status of an agent told to stop: 1 when its launcher is gone, else 0."""
         return 1 if self.orphaned else 0
 
     # -- following the root -----------------------------------------------------------------
@@ -743,6 +761,22 @@ class NodeAgent:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(current))
         temporary.replace(path)
+
+
+def _import_in_background(name: str) -> threading.Event:
+    """Import module ``name`` in a daemon thread; the event is set once the import has ended
+    (an import that failed is left for the caller's own import to raise again)."""
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            with contextlib.suppress(Exception):  # the caller's own import says what failed
+                importlib.import_module(name)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"import-{name}", daemon=True).start()
+    return done
 
 
 def _rendezvous_store(host: str) -> Any:

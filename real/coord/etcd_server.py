@@ -130,6 +130,10 @@ class EtcdServer:
         self._data_dir: Path | None = None
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def url(self) -> str:
         """``etcd://gemini@HOST:PORT`` (``etcd://HOST:PORT`` when open) for
         :func:`real.coord.kv.connect_kv`."""
@@ -182,7 +186,15 @@ class EtcdServer:
         ]
         with open(log_path, "ab") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Ctrl-C is left to its owner, which stops it with SIGTERM (see
+                # real.coord.kvserver.serve): a terminal's Ctrl-C reaches the whole process
+                # group, so etcd gets a session of its own (it handles SIGINT even when
+                # started with it ignored).
+                start_new_session=True,
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

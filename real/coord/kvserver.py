@@ -255,8 +255,14 @@ def serve(host: str, port: int, port_file: Path | None, parent_pid: int | None) 
     print(f"PORT {server.port}", flush=True)
 
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Run by hand, Ctrl-C stops it. Owned by a parent (``--parent-pid``: StoreServer), it
+    # leaves Ctrl-C to that parent: a terminal's Ctrl-C reaches the whole foreground process
+    # group, and a store gone before the parent's teardown read as a store error, not as an
+    # interrupt. The parent stops it with SIGTERM, and it ends with the parent anyway.
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN if parent_pid is not None else lambda *_: stop.set()
+    )
     while not stop.wait(_PARENT_POLL_S):
         if parent_pid is not None and os.getppid() != parent_pid:
             break

@@ -10,6 +10,10 @@ Timing bounds are asserted, not slept: every wait polls with a deadline.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -330,3 +334,51 @@ def test_watch_after_close_is_an_error(
     kv.close()
     with pytest.raises(KVError):
         kv.watch(["job/"], 0, 0.1)
+
+
+OWNER = """
+import signal, sys
+from real.coord.etcd_server import EtcdServer
+from real.coord.kvserver import StoreServer
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner's own Ctrl-C handling is not tested
+server = (EtcdServer() if sys.argv[1] == "etcd" else StoreServer()).start()
+print(server.url, flush=True)
+sys.stdin.read()  # until the test closes our stdin
+server.stop()
+"""
+
+
+@pytest.mark.parametrize("name", ["embedded", "etcd"])
+def test_a_store_owned_by_a_launcher_leaves_ctrl_c_to_it(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal's Ctrl-C is SIGINT to the launcher's whole process group. The store the
+    launcher started keeps serving (its owner stops it in its teardown): a store gone first
+    made the interrupted launcher report a store error instead of the interrupt."""
+    if name == "etcd" and etcd_binary() is None:
+        pytest.skip(ETCD_MISSING)
+    monkeypatch.setenv("GEMINI_TOKEN", uuid.uuid4().hex)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as a terminal's job
+    )
+    assert owner.stdin is not None and owner.stdout is not None
+    try:
+        url = owner.stdout.readline().decode().strip()
+        assert url, "the owner did not start its store"
+        kv = connect_kv(f"{url}/{uuid.uuid4().hex[:12]}")
+        try:
+            kv.put("job/attempt", b"1")
+            os.killpg(owner.pid, signal.SIGINT)
+            time.sleep(0.5)
+            assert kv.get("job/attempt") == b"1"
+        finally:
+            kv.close()
+        owner.stdin.close()
+        assert owner.wait(30) == 0
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
