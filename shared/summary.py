@@ -23,7 +23,9 @@ its ``detection_latency_s``).
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -53,6 +55,7 @@ class FailureRecord:
     tier: str
     restored_iteration: int | None
     complete: bool = True
+    joined: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,15 @@ class RunSummary:
 
     @property
     def total_downtime_s(self) -> float:
-        return sum(f.downtime_s for f in self.failures)
+        """Seconds without training that failures caused, each second once: the downtimes of
+        a failure and of one that joined its recovery overlap (the union of the intervals
+        ``[time_s, time_s + downtime_s]``)."""
+        total, reach = 0.0, -math.inf
+        for start, end in sorted((f.time_s, f.time_s + f.downtime_s) for f in self.failures):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
 
     @property
     def mean_wasted_s(self) -> float:
@@ -169,17 +180,31 @@ def read_summary(path: str | Path) -> RunSummary:
     return RunSummary.from_json(json.loads(Path(path).read_text()))
 
 
-def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[FailureRecord, ...]:
+def failure_records(
+    events: Iterable[Event], iteration_time_s: float, save_s: float = 0.0
+) -> tuple[FailureRecord, ...]:
     """Derive one ``FailureRecord`` per failure from an event log.
 
     Events of one failure carry ``details["failure"]``. When a second failure strikes during
     the recovery of a first, the first's chain ends at the second's ``failure_injected`` and
     the first's downtime runs until training resumes after both (marked incomplete only if
-    training never resumed).
+    training never resumed). The second is marked ``joined`` (the first's index), and its
+    wasted time counts only what it adds: the iterations its restore goes back beyond the
+    first's, and its retrieval unless it shares the first's restore. Otherwise both would
+    count the same lost work and the same restore.
+
+    Lost progress is the wall time of the work a failure destroyed: each lost iteration
+    at ``iteration_time_s``, plus the part of the iteration in flight, which includes the part
+    of a blocking save in flight. A blocking save that completed is not lost: it made its
+    iteration durable.
 
     Args:
         events: the run's events (any order).
-        iteration_time_s: failure-free iteration time, for lost progress.
+        iteration_time_s: what redoing one lost iteration costs, s: the failure-free iteration
+            without the baseline's blocking saves (Gemini's capture, made in every iteration,
+            is in it).
+        save_s: the longest blocking save an iteration ends with (the baseline's), s: the part
+            of an iteration in flight is at most ``iteration_time_s + save_s``.
     """
     chains: dict[int, dict[str, Event]] = {}
     order = sorted(with_failure_anchors(list(events)), key=lambda e: e.time_s)
@@ -214,17 +239,54 @@ def failure_records(events: Iterable[Event], iteration_time_s: float) -> tuple[F
         if event.kind in _LAST_COUNTS or event.kind not in chain:
             chain[event.kind] = event
     records = []
+    restores: dict[int, tuple[float, int | None] | None] = {}
     for index in sorted(chains):
         chain = chains[index]
         injected = chain.get("failure_injected")
         if injected is None:
             continue
         reached, partial = reached_at_failure[index]
-        record = _record(index, chain, injected, reached, partial, iteration_time_s, resumes)
+        record = _record(
+            index, chain, injected, reached, partial, iteration_time_s, save_s, resumes
+        )
         if tiers.get(index, -1) >= 0:
             record = replace(record, tier=TIER_ORDER[tiers[index]])
+        restored = chain.get("state_restored")
+        restores[index] = None if restored is None else (restored.time_s, restored.iteration)
         records.append(record)
-    return tuple(records)
+    joined = _joined(records, restores, resumes, iteration_time_s)
+    return tuple(joined.get(r.index, r) for r in records)
+
+
+def _joined(
+    records: Sequence[FailureRecord],
+    restores: Mapping[int, tuple[float, int | None] | None],
+    resumes: Sequence[float],
+    iteration_time_s: float,
+) -> dict[int, FailureRecord]:
+    """The records of failures that struck while an earlier one's recovery was in progress
+    (no training resumed in between), re-counted so that the work and the restore they
+    share with that one count once (``failure_records``)."""
+    out: dict[int, FailureRecord] = {}
+    ordered = sorted(records, key=lambda r: (r.time_s, r.index))
+    for before, record in itertools.pairwise(ordered):
+        resumed = bisect.bisect_right(resumes, record.time_s) > bisect.bisect_right(
+            resumes, before.time_s
+        )
+        if resumed:
+            continue
+        lost = max(0, (before.restored_iteration or 0) - (record.restored_iteration or 0))
+        restore = restores.get(record.index)
+        shared = restore is not None and restore == restores.get(before.index)
+        progress = lost * iteration_time_s
+        out[record.index] = replace(
+            record,
+            lost_iterations=lost,
+            lost_progress_s=progress,
+            wasted_s=progress + (0.0 if shared else record.retrieval_s),
+            joined=before.index,
+        )
+    return out
 
 
 def with_failure_anchors(events: list[Event]) -> list[Event]:
@@ -278,6 +340,7 @@ def _record(
     reached: int,
     partial_s: float,
     iteration_time_s: float,
+    save_s: float,
     resumes: Sequence[float],
 ) -> FailureRecord:
     t0 = injected.time_s
@@ -310,7 +373,7 @@ def _record(
     # A failure after every rank captured the iteration in flight (its last rank's
     # iteration_end not yet written) restores that iteration: its work is not lost.
     kept = restored_iteration is not None and restored_iteration > reached
-    partial = 0.0 if kept else max(0.0, min(partial_s, iteration_time_s))
+    partial = 0.0 if kept else max(0.0, min(partial_s, iteration_time_s + save_s))
     lost_progress = lost * iteration_time_s + partial
     retrieval = max(0.0, restored - group_ready)
     nodes_value = injected.details.get("nodes")

@@ -23,7 +23,11 @@ def build_summary(model: SimModel, state: RunState, seed: int, duration_s: float
     """The run's ``RunSummary`` (module docstring)."""
     strategy = model.strategy
     state.events.sort(key=lambda e: e.time_s)
-    records = failure_records(state.events, strategy.mean_iteration_s)
+    # A lost iteration costs its cycle; a blocking save is lost only while in flight (the
+    # failure's partial iteration), never spread over the iterations it follows.
+    records = failure_records(
+        state.events, strategy.cycle_s, strategy.pause_s if strategy.pause_every else 0.0
+    )
     multi = [r for r in records if len(r.nodes) > 1]
     hours = duration_s / 3600.0
     checkpoints = state.commits if strategy.in_memory else state.persists

@@ -116,27 +116,34 @@ def plans(events: Sequence[Event]) -> list[dict[str, Any]]:
     return [by_attempt[a] for a in sorted(by_attempt)]
 
 
-def lost_iteration_s(events: Sequence[Event], strategy: str, iteration_s: float) -> float:
-    """What one lost iteration costs to redo, s: the median iteration ``iteration_s``, plus,
-    under the persistent baseline, its blocking saves spread over every iteration.
+def lost_iteration_s(
+    events: Sequence[Event], strategy: str, iteration_s: float
+) -> tuple[float, float]:
+    """What redoing one lost iteration costs, s, and the longest blocking save an iteration
+    ends with (``shared.summary.failure_records``): the median iteration ``iteration_s`` and
+    0 for Gemini, whose save is a capture that every iteration makes (redone with it);
+    under the persistent baseline the median iteration without its save plus the median
+    save (the no-op of an iteration that does not save, once K >= 2), and the longest save.
 
-    The baseline saves every K-th iteration on the training thread, so the median iteration
-    has no save in it once K >= 3, while redoing K lost iterations redoes one save too. The
-    simulator charges each lost iteration its mean iteration, the blocking save spread over
-    the interval (``StrategyModel.mean_iteration_s``); this is the same measured: the time the
-    saves took beyond the median save, over every iteration. Gemini's save is a capture that
-    every iteration makes, already in the median (the simulator spreads nothing either).
+    The baseline saves every K-th iteration on the training thread. A save that returned made
+    its iteration durable, so redoing the iterations after it redoes no save; a failure
+    during a save loses the part of it already made, in the iteration in flight. (Until
+    2026-12-06 every lost iteration was charged the saves spread over all iterations, which
+    counted saves that were never lost: +34% on a baseline failure of the simulator's.)
     """
     if strategy != "persistent":
-        return iteration_s
-    saves = [
-        float(e.details["save_s"])  # type: ignore[arg-type]
+        return iteration_s, 0.0
+    timed = [
+        (float(e.details["duration_s"]), float(e.details["save_s"]))  # type: ignore[arg-type]
         for e in events
-        if e.kind == "iteration_end" and "save_s" in e.details
+        if e.kind == "iteration_end" and "save_s" in e.details and "duration_s" in e.details
     ]
-    if not saves:
-        return iteration_s
-    return iteration_s + max(0.0, statistics.fmean(saves) - statistics.median(saves))
+    if not timed:
+        return iteration_s, 0.0
+    return (
+        statistics.median(d - s for d, s in timed) + statistics.median(s for _, s in timed),
+        max(s for _, s in timed),
+    )
 
 
 def summarize_run(
@@ -171,7 +178,7 @@ def summarize_run(
         for e in events
         if e.kind == "run_finished" and "checkpoint_memory_bytes" in e.details
     ]
-    records = failure_records(events, lost_iteration_s(events, strategy, iteration_time_s))
+    records = failure_records(events, *lost_iteration_s(events, strategy, iteration_time_s))
     ends = [e.iteration for e in events if e.kind == "iteration_end" and e.iteration is not None]
     duration_s = max((e.time_s for e in events), default=0.0)
     # The cluster's start-up (processes, imports, the first process group) precedes the first

@@ -183,3 +183,76 @@ def test_failure_tier_is_the_farthest_any_rank_went() -> None:
     )
     [record] = failure_records(events, iteration_time_s=1.0)
     assert record.tier == "peer"
+
+
+def _joined_run(second_restores: int | None) -> list[Event]:
+    """Iterations 1-10 ending at t = 1..10; a crash at 10.5 restoring 9, and a second failure
+    at 11.3, during that recovery. With ``second_restores`` None the second joins the
+    recovery in progress and shares its restore (the harness tags the trainers' events with
+    both); else the first's restore is interrupted at 13.0 and a restore of its own follows."""
+    first, second = {"failure": 0}, {"failure": 1}
+    events = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 11)]
+    events += [
+        Event(10.5, "failure_injected", node=1, details={**first, "failure_kind": "software"}),
+        Event(11.0, "failure_detected", node=1, details=first),
+        Event(11.3, "failure_injected", node=2, details={**second, "failure_kind": "hardware"}),
+        Event(11.6, "failure_detected", node=2, details=second),
+    ]
+    both = [first, second] if second_restores is None else [first]
+    for failure in both:
+        events += [
+            Event(12.0, "restart_begin", details=failure),
+            Event(12.5, "process_group_ready", rank=0, details=failure),
+        ]
+    if second_restores is None:
+        for failure in both:
+            events += [
+                Event(13.0, "state_restored", rank=0, iteration=9, details=failure),
+                Event(13.5, "training_resumed", details=failure),
+            ]
+        return events
+    events += [
+        Event(13.0, "state_restored", rank=0, iteration=9, details={**first, "interrupted": True}),
+        Event(14.0, "restart_begin", details=second),
+        Event(14.5, "process_group_ready", rank=0, details=second),
+        Event(15.5, "state_restored", rank=0, iteration=second_restores, details=second),
+        Event(16.0, "training_resumed", details=second),
+    ]
+    return events
+
+
+def test_a_failure_joining_a_recovery_counts_only_what_it_adds() -> None:
+    """Both failures' events name the same restore: the lost iteration, the 0.5 s of
+    iteration 11 and the retrieval count once, under the first; the downtimes overlap, and
+    the run's total counts each second once."""
+    first, second = failure_records(_joined_run(None), iteration_time_s=1.0)
+    assert (first.lost_iterations, first.lost_progress_s) == (1, pytest.approx(1.5))
+    assert first.wasted_s == pytest.approx(1.5 + 0.5) and first.joined is None
+    assert second.joined == 0
+    assert (second.lost_iterations, second.lost_progress_s, second.wasted_s) == (0, 0.0, 0.0)
+    assert second.retrieval_s == pytest.approx(0.5)  # the phase, as the recovery ran it
+    assert (first.downtime_s, second.downtime_s) == (pytest.approx(3.0), pytest.approx(2.2))
+    summary = RunSummary(
+        source="real",
+        scenario="t",
+        strategy="gemini",
+        seed=0,
+        duration_s=20.0,
+        iterations_completed=15,
+        iteration_time_s=1.0,
+        iteration_time_no_ckpt_s=1.0,
+        failures=(first, second),
+        checkpoints_per_hour=0.0,
+        checkpoint_memory_bytes=0.0,
+    )
+    assert summary.total_downtime_s == pytest.approx(3.0)  # 10.5 to 13.5, once
+    assert summary.total_wasted_s == pytest.approx(2.0)
+
+
+def test_a_failure_interrupting_a_restart_adds_the_iterations_its_restore_goes_back() -> None:
+    first, second = failure_records(_joined_run(7), iteration_time_s=1.0)
+    assert (first.restored_iteration, first.lost_iterations, first.joined) == (9, 1, None)
+    assert second.joined == 0
+    # Iterations 8 and 9, which the first's restore would have kept, and its own retrieval.
+    assert (second.lost_iterations, second.lost_progress_s) == (2, pytest.approx(2.0))
+    assert second.wasted_s == pytest.approx(2.0 + 1.0)

@@ -1,4 +1,5 @@
-"""What the harness charges a lost iteration: the median, plus the baseline's blocking saves."""
+"""What the harness charges a lost iteration: the median, without the baseline's blocking
+saves, which are lost only while in flight."""
 
 from __future__ import annotations
 
@@ -11,25 +12,17 @@ from real.launcher.results import lost_iteration_s, summarize_run
 from shared.events import Event, write_events
 
 
-def _run(saves_every: int, save_s: float) -> list[Event]:
-    """Twelve iterations of 0.1 s; a blocking save of ``save_s`` every ``saves_every``-th;
-    a node lost 0.05 s after iteration 10 ended, iteration 8 restored."""
+def _run(
+    saves_every: int, save_s: float, fail_after: int = 10, into_s: float = 0.05
+) -> list[Event]:
+    """Iterations of 0.1 s; a blocking save of ``save_s`` every ``saves_every``-th (0.001 s
+    in the others); a node lost ``into_s`` after iteration ``fail_after`` ended (into the next
+    iteration, and into its save past 0.1 s), iteration 8 restored."""
     events: list[Event] = [Event(0.0, "run_started")]
     t = 0.0
     for k in range(1, 13):
-        save = save_s if k % saves_every == 0 else 0.001
-        t += 0.1 + save
-        events.append(
-            Event(
-                t,
-                "iteration_end",
-                rank=0,
-                iteration=k,
-                details={"duration_s": 0.1 + save, "save_s": save},
-            )
-        )
-        if k == 10:
-            failed = t + 0.05
+        if k == fail_after + 1:
+            failed = t + into_s
             events += [
                 Event(failed, "failure_injected", node=1, details={"failure": 0}),
                 Event(failed + 0.1, "failure_detected", node=1, details={"failure": 0}),
@@ -45,29 +38,54 @@ def _run(saves_every: int, save_s: float) -> list[Event]:
                 Event(failed + 0.4, "training_resumed", rank=0, iteration=9),
             ]
             break
+        save = save_s if k % saves_every == 0 else 0.001
+        t += 0.1 + save
+        events.append(
+            Event(
+                t,
+                "iteration_end",
+                rank=0,
+                iteration=k,
+                details={"duration_s": 0.1 + save, "save_s": save},
+            )
+        )
     return events
 
 
-def test_the_baseline_spreads_its_blocking_saves_over_every_iteration() -> None:
-    events = _run(4, 0.4)  # saves at 4 and 8: 0.8 s over ten iterations, 0.001 s in the rest
-    median = 0.101
-    spread = (0.8 + 8 * 0.001) / 10 - 0.001
-    assert lost_iteration_s(events, "persistent", median) == pytest.approx(median + spread)
+def test_the_baseline_charges_a_lost_iteration_without_its_saves() -> None:
+    events = _run(4, 0.4)  # saves at 4 and 8, 0.001 s in the other iterations
+    # The median iteration without its save, plus the median save (the no-op); the longest
+    # save bounds the part of an iteration in flight.
+    assert lost_iteration_s(events, "persistent", 0.101) == pytest.approx((0.101, 0.4))
     # Gemini's save is a capture in every iteration, already in the median.
-    assert lost_iteration_s(events, "gemini", median) == median
-    assert lost_iteration_s([Event(0.0, "run_started")], "persistent", 0.2) == 0.2
+    assert lost_iteration_s(events, "gemini", 0.101) == (0.101, 0.0)
+    assert lost_iteration_s([Event(0.0, "run_started")], "persistent", 0.2) == (0.2, 0.0)
 
 
-def test_a_measured_baseline_failure_is_charged_its_saves(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fail_after", "into_s", "lost_iterations", "lost_s"),
+    [
+        # Iterations 9 and 10 redone (the save of 8 returned: it is not lost), 0.05 s of 11.
+        (10, 0.05, 2, 2 * 0.101 + 0.05),
+        # During the save of 12: iterations 9-11, and 12 with the 0.2 s of its save made.
+        (11, 0.3, 3, 3 * 0.101 + 0.3),
+    ],
+)
+def test_a_measured_baseline_failure_loses_the_time_since_its_checkpoint(
+    tmp_path: Path, fail_after: int, into_s: float, lost_iterations: int, lost_s: float
+) -> None:
     (tmp_path / "events").mkdir()
-    write_events(tmp_path / "events" / "rank0.jsonl", _run(4, 0.4))
-    summary, _ = summarize_run(tmp_path, "spread", "persistent", 0, "local")
+    events = _run(4, 0.4, fail_after, into_s)
+    write_events(tmp_path / "events" / "rank0.jsonl", events)
+    summary, _ = summarize_run(tmp_path, "saves", "persistent", 0, "local")
     (failure,) = summary.failures
     assert summary.iteration_time_s == pytest.approx(0.101)  # the median, as before
-    lost = 0.101 + (0.8 + 8 * 0.001) / 10 - 0.001
-    # Iterations 9 and 10 redone, each with its share of the saves; then 0.05 s of 11.
-    assert failure.lost_iterations == 2
-    assert failure.lost_progress_s == pytest.approx(2 * lost + 0.05)
+    assert failure.lost_iterations == lost_iterations
+    # The wall time from the end of the save of 8 to the failure.
+    injected = next(e.time_s for e in events if e.kind == "failure_injected")
+    save_of_8 = next(e.time_s for e in events if e.kind == "iteration_end" and e.iteration == 8)
+    assert failure.lost_progress_s == pytest.approx(lost_s)
+    assert failure.lost_progress_s == pytest.approx(injected - save_of_8)
 
 
 @pytest.mark.parametrize("strategy", ["persistent", "gemini"])
