@@ -6,7 +6,7 @@ memory of a node cannot live in a worker. The node's first local rank starts a s
 and ends with the job: it watches torchrun's agent process (the workers' parent) and, once that
 is gone, stops its store, which removes its slot files from ``/dev/shm``, and its discovery file.
 
-Finding each other: the daemon writes ``<runtime dir>/gemini-<run id>-n<node>.json`` (mode 0600:
+Finding each other: the daemon writes ``<runtime dir>/gemini-<job>-n<node>.json`` (mode 0600:
 it holds the job's secret) with its address; the workers of a node read it, and the job's ranks
 agree on one secret and learn every node's store address through the default process group
 (one all-gather of fixed-size byte tensors each: no pickle), so nothing depends on torchrun's
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -76,8 +77,21 @@ class NodeStores:
     path: Path | None = None
 
 
-def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
+def job_key(*parts: object) -> str:
+    """A short digest of what tells this job from another on the same host (the script, the
+    run folder): part of the daemon's discovery name (``node_stores``)."""
+    return hashlib.sha256("\0".join(str(p) for p in parts).encode()).hexdigest()[:12]
+
+
+def node_stores(node: int, local_rank: int, per_node: int, job: str = "") -> NodeStores:
     """Agree on the job's secret, make sure this node's daemon runs, learn every address.
+
+    The daemon is found by its discovery file, named by the job: torchrun's run id and its
+    agent process (the workers' parent, the same across worker restarts), or without torchrun
+    the shell (the script's parent: a rerun from it restores from memory), and ``job``
+    (``job_key`` of the script and the run folder). torchrun's run id alone is ``none`` for
+    every ``torchrun --nproc-per-node N``: a second job on the host took the first one's
+    daemon, its secret and its checkpoints, and restored another job's state.
 
     Collective over the default process group: call on every rank at the same point.
 
@@ -85,8 +99,10 @@ def node_stores(node: int, local_rank: int, per_node: int) -> NodeStores:
         RuntimeError: the daemon did not start, or serves another secret.
     """
     torchrun_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    run_id = torchrun_id or f"pid{os.getppid()}"
-    path = discovery_file(run_id, node)
+    parent = os.getppid()
+    # The short, distinguishing parts first: the name is cut at 64 characters.
+    run_id = f"{parent}-{torchrun_id}" if torchrun_id else f"pid{parent}"
+    path = discovery_file(f"{job}-{run_id}" if job else run_id, node)
     existing = read_discovery(path)
     # Every rank offers its node daemon's secret if one runs, else a fresh one; the first
     # running daemon's wins (a restart keeps the job's secret), else rank 0's fresh one.

@@ -283,9 +283,12 @@ def live_tensors(state: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
 
 
 def fits(tensor: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
-    """Whether a checkpointed tensor of ``dtype`` and ``shape`` can be restored into ``tensor``."""
+    """Whether a checkpointed tensor of ``dtype`` and ``shape`` can be restored into ``tensor``
+    (not a meta tensor: a copy into one does nothing, and the restore would hand back no data)."""
     local = _local(tensor)
-    return local.dtype == dtype and tuple(local.shape) == tuple(shape)
+    return (
+        local.dtype == dtype and tuple(local.shape) == tuple(shape) and local.device.type != "meta"
+    )
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

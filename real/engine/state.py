@@ -3,7 +3,9 @@
 A training state is a nested mapping whose leaves are tensors or JSON values. The engine moves
 tensors as raw bytes and everything else as JSON, never pickle. ``flatten_state`` splits a
 state into ``{dotted.name: tensor}`` and ``{dotted.name: json value}``; ``unflatten_state``
-rebuilds the nesting. Keys must be strings without the separator.
+rebuilds the nesting. Keys must be strings without the separator (or ints, as an optimizer's
+state has), and not of the reserved forms ``#<digits>`` and ``[...]``. Tuples come back as
+lists.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def _walk(node: Any, prefix: str, tensors: dict[str, torch.Tensor], values: dict
         for key, child in node.items():
             if isinstance(key, int) and not isinstance(key, bool):
                 key = f"#{key}"  # optimizer state is keyed by parameter index
+            elif isinstance(key, str) and _reserved(key):
+                # It would come back as another key: "#3" as the int 3, "[0]" as a list item.
+                raise TypeError(
+                    f"state key {key!r} under {prefix or 'the root'!r} is reserved: '#<digits>' "
+                    "and '[...]' stand for an int key and a list index in a checkpoint; "
+                    "rename it"
+                )
             if not isinstance(key, str) or SEPARATOR in key:
                 raise TypeError(
                     f"state key {key!r} under {prefix or 'the root'!r} must be a "
@@ -63,6 +72,13 @@ def _walk(node: Any, prefix: str, tensors: dict[str, torch.Tensor], values: dict
             f"state leaf {prefix!r} is a {type(node).__name__}; only tensors and "
             "JSON values (numbers, strings, lists, dicts) can be checkpointed"
         )
+
+
+def _reserved(key: str) -> bool:
+    """Whether a string key reads as the flattened form of an int key or a list index."""
+    return (key.startswith("#") and key[1:].isdigit()) or (
+        key.startswith("[") and key.endswith("]")
+    )
 
 
 def _holds_tensor(node: Any) -> bool:

@@ -50,10 +50,11 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from real.engine.api import Restored
 from real.engine.eventlog import RUN_T0_ENV, EventLog
@@ -100,7 +101,12 @@ class Checkpointer:
 
     Raises:
         ValueError: the arguments, or the launcher's environment, are inconsistent.
+        RuntimeError: another Checkpointer of this process is open (not closed).
     """
+
+    _open: ClassVar[weakref.ref[Checkpointer] | None] = None
+    """The process's open Checkpointer (one per trainer process: two would share the node's
+    checkpoint slots); a weak reference, so one dropped without ``close()`` frees the place."""
 
     def __init__(
         self,
@@ -117,6 +123,14 @@ class Checkpointer:
         timeout_s: float = 300.0,
         run_dir: str | Path | None = None,
     ) -> None:
+        open_one = Checkpointer._open() if Checkpointer._open is not None else None
+        if open_one is not None:
+            # Two would share this node's checkpoint slots: each restore could return the
+            # other's state.
+            raise RuntimeError(
+                "a Checkpointer is already open in this process (one per trainer process): "
+                "use that one, or close() it first"
+            )
         self._options: dict[str, Any] = {
             "replicas": replicas,
             "placement": placement,
@@ -176,6 +190,7 @@ class Checkpointer:
             rank=self.rank,
         )
         self._ready()
+        Checkpointer._open = weakref.ref(self)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -290,10 +305,15 @@ class Checkpointer:
         from this node's store daemon (started here by the first local rank if needed)."""
         if self._channel is not None:
             return None, None  # GEMINI_STORE_ADDRS and GEMINI_TOKEN, set by the assignment
-        from real.engine.daemon import node_stores
+        from real.engine.daemon import job_key, node_stores
 
         if self._daemon is None:
-            self._daemon = node_stores(self.node, self.local_rank, self.per_node)
+            # The script and the run folder name the job too: two jobs of one host (torchrun's
+            # run id is "none" for each `torchrun --nproc-per-node N`; two scripts run from
+            # one shell) never share a daemon, nor its checkpoints.
+            script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+            job = job_key(script, self.run_dir.resolve())
+            self._daemon = node_stores(self.node, self.local_rank, self.per_node, job)
         return list(self._daemon.addresses), str(self._daemon.token)
 
     # -- the contract -----------------------------------------------------------------------
@@ -487,6 +507,8 @@ class Checkpointer:
         freed. A close on the way out of an exception (``finally``, ``with``) leaves the
         daemon to a rerun from the same shell, which restores from its memory."""
         failing = sys.exc_info()[0] is not None
+        if Checkpointer._open is not None and Checkpointer._open() is self:
+            Checkpointer._open = None
         self._reset_engine(abandon=False)
         if self._channel is not None and not self._ran and self._assignment is not None:
             self._channel.send("done", attempt=self._assignment.attempt)  # a plain loop ended

@@ -1,5 +1,6 @@
 """A user's script in one process, started by hand (no torchrun, no agents): a crash leaves
-the node's store daemon to a rerun from the same parent, which restores from its memory and
+the node's store daemon to a rerun from the same parent (the same script and run folder; other
+jobs from that parent get daemons of their own), which restores from its memory and
 ends with the same weights as a run without the crash; a clean finish stops the daemon and
 frees its memory (no process, no discovery file, no slot file). With the memory gone, ``run``
 restores from the persistent tier, under either strategy, with or without a template."""
@@ -122,6 +123,15 @@ def test_one_process_crash_rerun_and_clean_finish(tmp_path: Path) -> None:
         assert crashed.returncode == 17, crashed.stderr[-3000:]
         # A crash: the daemon stays for a rerun from the same parent (this test's process).
         assert len(store_daemons(runtime)) == 1
+        # Other jobs from the same parent, with another run folder or another script, start
+        # from scratch with daemons of their own: they restored the crashed job's state.
+        other = run(script, tmp_path / "other", runtime, None)
+        assert other.returncode == 0 and "resumed" not in other.stdout, other.stderr[-3000:]
+        second = tmp_path / "train_again.py"
+        second.write_text(SCRIPT)
+        another = run(second, tmp_path / "resumed", runtime, None)
+        assert another.returncode == 0 and "resumed" not in another.stdout, another.stderr[-3000:]
+        assert len(store_daemons(runtime)) == 1  # theirs stopped with their clean finish
         rerun = run(script, tmp_path / "resumed", runtime, None)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "resumed at 6 from local" in rerun.stdout
@@ -178,6 +188,44 @@ def test_run_resumes_from_persistent_storage_when_memory_is_gone(
         expected = torch.load(tmp_path / "reference" / "final.pt")
         for name, tensor in expected.items():
             assert torch.equal(final[name], tensor), name
+    finally:
+        for pid in store_daemons(runtime):
+            os.kill(int(pid), 15)
+
+
+TWICE = """
+import sys
+from pathlib import Path
+import torch
+from gemini_ckpt import Checkpointer
+
+out = Path(sys.argv[1])
+first = Checkpointer(run_dir=out)
+first.save(1, {"x": torch.ones(2)})
+try:
+    Checkpointer(run_dir=out / "second")
+except RuntimeError as error:
+    print("refused:", error, flush=True)
+first.close()
+again = Checkpointer(run_dir=out)  # once closed, another may open
+print("restored:", again.restore(), flush=True)
+again.close()
+"""
+
+
+def test_a_second_open_checkpointer_in_one_process_is_refused(tmp_path: Path) -> None:
+    """Two open at once would share the node's checkpoint slots: the second's restore returned
+    the first's state."""
+    script = tmp_path / "twice.py"
+    script.write_text(TWICE)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    try:
+        done = run(script, tmp_path / "out", runtime, None)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "refused: a Checkpointer is already open in this process" in done.stdout
+        assert "restored:" in done.stdout
+        assert store_daemons(runtime) == []
     finally:
         for pid in store_daemons(runtime):
             os.kill(int(pid), 15)

@@ -197,11 +197,13 @@ def test_tensors_that_do_not_fit_come_back_fresh(rig: dict[str, Any]) -> None:
     live = _live()
     live["model"]["w"] = torch.zeros(70, 7000)  # another shape
     live["model"]["b"] = torch.zeros(7, dtype=torch.float64)  # another dtype
+    # A meta tensor (a model built on the meta device): a copy into it would do nothing.
+    meta = torch.empty(live["model"]["h"].shape, dtype=live["model"]["h"].dtype, device="meta")
+    live["model"]["h"] = meta
     del live["optim"]  # an optimizer that has not stepped yet
-    kept = live["model"]["h"]
     restored = read_local(rig["capturer"].slots, 0, 1, into=live)
     _assert_restored(restored, 1)
-    assert restored["model"]["h"] is kept
+    assert restored["model"]["h"] is not meta and restored["model"]["h"].device.type == "cpu"
     assert restored["model"]["w"] is not live["model"]["w"]
     assert torch.equal(live["model"]["w"], torch.zeros(70, 7000))  # left alone
     assert restored["model"]["b"] is not live["model"]["b"]
