@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from shared import costs
 from shared.failure_kinds import resolve_failure
 from shared.failures import _MAX_EXPECTED_EVENTS, sample_failures
 from shared.placement import Placement, plan_placement
@@ -107,6 +108,8 @@ def check_scenario(
     ]
     if "sim" in faces:
         findings += _storm(scenario)
+        findings += _communication_over_iteration(scenario)
+        findings += _whole_job_lost(scenario, "sim")
         findings += schedule_reach(
             scenario,
             last_iteration=None,
@@ -116,7 +119,7 @@ def check_scenario(
         if sim is not None:
             findings += simulated_run_rules(scenario, sim)
     if "real" in faces:
-        findings += _whole_job_lost(scenario)
+        findings += _whole_job_lost(scenario, "real")
         findings += schedule_reach(
             scenario,
             last_iteration=scenario.training.iterations,
@@ -428,12 +431,43 @@ def _storm(scenario: Scenario) -> list[Finding]:
     return []
 
 
-def _whole_job_lost(scenario: Scenario) -> list[Finding]:
+def _communication_over_iteration(scenario: Scenario) -> list[Finding]:
+    """The simulator's collectives for the model on this network take longer than the
+    iteration time the scenario states: the iteration is then all communication and the
+    rest of it is cut (``sim.training.iteration_profile``), a profile no cluster has."""
+    training, cluster = scenario.training, scenario.cluster
+    if training.iteration_time_s is None or training.phases is not None:
+        return []
+    communication_s = costs.iteration_communication_s(
+        max(1, round(scenario.model.parameter_count)),
+        parallelism=training.parallelism,
+        ranks=cluster.nodes,
+        alpha_s=cluster.network_alpha_s,
+        bandwidth_bytes_per_s=cluster.network_bytes_per_s,
+    )
+    if communication_s <= training.iteration_time_s:
+        return []
+    return [
+        Finding(
+            "training.iteration_time_s",
+            f"the data-parallel collectives of {scenario.model.parameter_count:.3g} parameters "
+            f"over {cluster.network_bandwidth_gbit_s:g} Gbit/s take {_duration(communication_s)} "
+            f"per iteration, more than the {_duration(training.iteration_time_s)} stated: the "
+            "simulator takes the whole iteration as communication; state a longer iteration, "
+            "a faster network, or the measured profile (training.phases)",
+            "warning",
+        )
+    ]
+
+
+def _whole_job_lost(scenario: Scenario, face: Face) -> list[Finding]:
     """A scheduled failure that loses every node of the job at once: nobody would recover it.
 
     The root agent runs on one of the job's nodes, elected among them; standby agents wait for
     a root's order and never lead. A job that loses all its nodes is started again (it resumes
-    from persistent storage), which the harness does not do by itself.
+    from persistent storage), which the harness does not do by itself: an error for a real
+    run; for the simulator a warning, since it recovers such a job at once, as if started
+    again with no wait (its detection, with no survivor to see the loss, included).
     """
     cluster = scenario.cluster
     try:
@@ -468,6 +502,17 @@ def _whole_job_lost(scenario: Scenario) -> list[Finding]:
             if len(entries) == 1
             else f"entries {entries}, with one trigger, lose all {cluster.nodes} nodes"
         )
+        if face == "sim":
+            findings.append(
+                Finding(
+                    where,
+                    f"{what} of the job at once: the simulator recovers it from persistent "
+                    "storage at once, as if the job were submitted again with no wait, which "
+                    "no real job does (a real run refuses this schedule)",
+                    "warning",
+                )
+            )
+            continue
         findings.append(
             Finding(
                 where,

@@ -4,7 +4,8 @@ A scenario passes when ``sim`` and ``real`` (the faces its ``targets`` name, and
 with ``--target``) would accept it: the schema, the rules of ``shared.scenario_rules`` for
 those faces, and for the simulator the rules that need its iteration time (``sim.model``).
 Warnings (a failure that never fires in a simulation, a failure storm, a real run too big for
-this host) are printed and do not fail the check.
+this host, a simulated loss of every node, collectives longer than the stated iteration) are
+printed and do not fail the check.
 """
 
 from __future__ import annotations
@@ -62,9 +63,20 @@ def _size_warnings(scenario: Scenario) -> list[str]:
     multiple=True,
     help="Check for this face too, whatever the scenario's targets (repeatable).",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a scenario field in every file, e.g. --set cluster.nodes=64 (repeatable).",
+)
 @click.option("--schema", is_flag=True, help="Print every field and rule (Markdown) and exit.")
 def command(
-    files: tuple[str, ...], quiet: bool, extra_targets: tuple[str, ...], schema: bool
+    files: tuple[str, ...],
+    quiet: bool,
+    extra_targets: tuple[str, ...],
+    overrides: tuple[str, ...],
+    schema: bool,
 ) -> None:
     """Check scenario FILES as `sim` and `real` will; print every problem with its field path.
 
@@ -79,7 +91,7 @@ def command(
     for path in files:
         try:
             extra: list[Face] = [face for face in ("sim", "real") if face in extra_targets]
-            scenario = load_scenario(path, faces=extra, with_targets=True)
+            scenario = load_scenario(path, list(overrides), faces=extra, with_targets=True)
             faces = [face for face in ("sim", "real") if face in {*scenario.targets, *extra}]
             lines = scenario_warnings(scenario, faces, path)
         except ScenarioError as error:

@@ -105,6 +105,18 @@ def test_not_yaml_and_not_a_mapping() -> None:
     assert "top level must be a mapping" in problem
 
 
+def test_a_key_given_twice_is_refused() -> None:
+    """PyYAML keeps the last of two equal keys: `nodes: 4` then `nodes: 8` ran with 8."""
+    [problem] = problems_of("name: d\ncluster:\n  nodes: 4\n  nodes: 8\n")
+    assert (
+        problem == "not valid YAML: line 4, column 3: the key 'nodes' is given twice in one mapping"
+    )
+    # The same key in two mappings is two keys.
+    failure = "{kind: software, nodes: [1], at_iteration: 2}"
+    text = f"name: d\ncluster: {{nodes: 4}}\nfailures: {{schedule: [{failure}]}}\n"
+    assert parse_scenario(text).cluster.nodes == 4
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="file not found"):
         load_scenario(tmp_path / "absent.yaml")

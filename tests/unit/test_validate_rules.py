@@ -75,6 +75,11 @@ def test_a_real_failure_of_every_node_at_once_is_refused() -> None:
         "failures: {schedule: [{kind: group, nodes: [1], at_iteration: 5}]}"
     )
     parse_scenario(four, faces=("real",))  # one group of two, of four nodes
+    # The simulator recovers such a job at once, as if submitted again: it says so.
+    scenario = parse_scenario(text, faces=("sim",))
+    (warning,) = warnings(check_scenario(scenario, ("sim",)))
+    assert warning.startswith("failures.schedule[0]: this failure loses all 2 nodes")
+    assert "as if the job were submitted again with no wait" in warning
 
 
 def test_explicit_placement_holders_are_checked_by_the_placement_itself() -> None:
@@ -360,6 +365,29 @@ def test_validate_prints_warnings_and_still_passes(
     code, out, err = run(["validate", str(path)], capsys)
     assert code == 0 and out.startswith("ok")
     assert f"warning: {path}: failures.process.failures_per_node_per_day" in err
+
+
+def test_collectives_longer_than_the_stated_iteration_warn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The simulator cuts the collectives to the iteration it is given: 72 s of ZeRO-3
+    traffic for a 40B model over 25 Gbit/s on 16 nodes in a 30 s iteration is all
+    communication, a profile no cluster has, so validate and sim say so."""
+    path = tmp_path / "slow.yaml"
+    path.write_text(
+        "name: slow\ncluster: {nodes: 16, accelerators_per_node: 8, cpu_memory_gb: 2048,"
+        " network_bandwidth_gbit_s: 25}\nmodel: {parameters: 40.0e+9}\n"
+        "training: {parallelism: zero3, iteration_time_s: 30}\n"
+    )
+    code, _, err = run(["validate", str(path)], capsys)
+    assert code == 0
+    assert "training.iteration_time_s: the data-parallel collectives" in err
+    assert "take 72 s per iteration, more than the 30 s stated" in err
+    # A faster network, given with --set as sim takes it: no warning.
+    code, _, err = run(
+        ["validate", "--set", "cluster.network_bandwidth_gbit_s=100", str(path)], capsys
+    )
+    assert code == 0 and "collectives" not in err
 
 
 def test_validate_checks_the_targets_faces(
