@@ -446,13 +446,20 @@ class ScheduledFailure(_Strict):
     )
     during: Literal["training", "replication", "recovery"] = Field(
         "training",
-        description="replication: while a checkpoint is being replicated; "
-        "recovery: while the previous failure is being recovered.",
+        description="replication: while a checkpoint is being replicated (with at_time_s, the "
+        "first checkpoint after that time); recovery: while the previous failure is being "
+        "recovered (then neither at_iteration nor at_time_s).",
     )
 
     @model_validator(mode="after")
     def _check_when(self) -> Self:
-        if (self.at_iteration is None) == (self.at_time_s is None) and self.during != "recovery":
+        if self.during == "recovery":
+            if self.at_iteration is not None or self.at_time_s is not None:
+                raise ValueError(
+                    "during: recovery strikes in the recovery of the entry before it; give "
+                    "neither at_iteration nor at_time_s"
+                )
+        elif (self.at_iteration is None) == (self.at_time_s is None):
             raise ValueError("give exactly one of at_iteration or at_time_s")
         if len(set(self.nodes)) != len(self.nodes):
             raise ValueError(f"nodes lists a node twice: {self.nodes}")

@@ -345,6 +345,10 @@ class Simulation:
         """The next failure while training, and when it strikes (inf: none)."""
         best: PlannedFailure | None = self.queue.next_timed()
         when = best.time_s if best is not None else math.inf
+        if best is not None and best.during == "replication":
+            # As the real injector: after the time, at the next checkpoint's replication.
+            k = max(timeline.reached_by(max(when, timeline.start_s)) + 1, timeline.base + 1)
+            when = max(timeline.end(k) + self.strategy.last_replica_delay_s / 2, self.env.now)
         by_iteration = self.queue.next_by_iteration()
         if by_iteration is not None and by_iteration.at_iteration is not None:
             k = max(by_iteration.at_iteration, timeline.base + 1)

@@ -105,6 +105,17 @@ def test_not_yaml_and_not_a_mapping() -> None:
     assert "top level must be a mapping" in problem
 
 
+def test_a_failure_during_recovery_takes_no_time_of_its_own() -> None:
+    """It strikes in the recovery of the entry before it: a time given would be ignored."""
+    first = "{kind: software, nodes: [1], at_iteration: 2}"
+    for when in ("at_time_s: 50, during: recovery", "at_iteration: 4, during: recovery"):
+        second = f"{{kind: hardware, nodes: [2], {when}}}"
+        text = f"name: r\ncluster: {{nodes: 4}}\nfailures: {{schedule: [{first}, {second}]}}"
+        [problem] = problems_of(text)
+        assert problem.startswith("failures.schedule.1: during: recovery strikes in the recovery")
+    parse_scenario(text.replace("at_iteration: 4, ", ""))
+
+
 def test_a_key_given_twice_is_refused() -> None:
     """PyYAML keeps the last of two equal keys: `nodes: 4` then `nodes: 8` ran with 8."""
     [problem] = problems_of("name: d\ncluster:\n  nodes: 4\n  nodes: 8\n")

@@ -214,6 +214,11 @@ def test_a_node_lost_during_recovery_joins_it() -> None:
     assert [getattr(second, p) for p in phases] == pytest.approx([0.825, 0.5, 0.5, 3, 0.05, 4.875])
     assert (first.tier, second.tier) == ("peer", "peer")
     assert first.restored_iteration == second.restored_iteration == 2
+    # One recovery: its lost iteration and its retrieval count once, under the first; the
+    # downtimes overlap and the run's total counts 3.0 to 8.575 once.
+    assert (first.lost_iterations, first.joined, second.joined) == (1, None, 0)
+    assert (second.lost_progress_s, second.wasted_s) == (0.0, 0.0)
+    assert result.summary.total_downtime_s == pytest.approx(5.575)
 
 
 def test_crash_during_recovery_strikes_as_the_restarted_trainers_start() -> None:
@@ -533,6 +538,8 @@ def _failures(kind: str, when: str, *overrides: str) -> list[Any]:
     [
         "at_iteration: 3",  # as iteration 3 ends (3.0), before it commits (3.01)
         "at_iteration: 3, during: replication",  # halfway through its replication (3.005)
+        # The first replication after 2.5 s, as the real injector waits for it: 3's (3.005).
+        "at_time_s: 2.5, during: replication",
     ],
 )
 def test_a_crash_as_iteration_k_ends_restores_k_from_local_memory(when: str) -> None:
@@ -546,7 +553,14 @@ def test_a_crash_as_iteration_k_ends_restores_k_from_local_memory(when: str) -> 
     assert (failure.restored_iteration, failure.tier, failure.lost_iterations) == (2, "local", 1)
 
 
-@pytest.mark.parametrize("when", ["at_iteration: 3", "at_iteration: 3, during: replication"])
+@pytest.mark.parametrize(
+    "when",
+    [
+        "at_iteration: 3",
+        "at_iteration: 3, during: replication",
+        "at_time_s: 2.5, during: replication",
+    ],
+)
 def test_a_lost_node_as_iteration_k_ends_restores_the_committed_k_minus_1(when: str) -> None:
     # Node 2's memory is gone with it; its shard of 3 has no replica stored on node 3 yet, so
     # every node restores 2, node 2 from its peer.
