@@ -276,9 +276,13 @@ class Simulation:
                 else "failures_per_day"
             )
             field_path = f"failures.process.{name}"
+            # The bound is what validate can know; this run's recoveries took longer (waits
+            # for replacement nodes, restores from storage), or it would not have stalled.
             cause = (
-                f"the job fails every {1 / rate:.3g} s on average ({rate * 3600:.3g} per hour) "
-                f"and a recovery takes at least {recovery_s:.3g} s ({made_of})"
+                f"the job fails every {1 / rate:.3g} s on average ({rate * 3600:.3g} per hour), "
+                f"and its recoveries here took longer than that: at least {recovery_s:.3g} s "
+                f"({made_of}), plus any wait for a replacement node and any restore from "
+                "persistent storage"
             )
         raise ScenarioError(
             scenario.name,
@@ -286,9 +290,9 @@ class Simulation:
                 f"{field_path}: the simulation stopped at {self.env.now:.6g} s of "
                 f"{self.duration_s:.6g} s: {self._stalled} failures in a row, over "
                 f"{self.env.now - self._stall_since:.3g} s, struck before training made any "
-                f"progress; {cause}, so failures arrive faster than "
+                f"progress; {cause}; so failures arrive faster than "
                 f"recoveries finish and the job cannot train; lower the failure rate (is it "
-                f"per node per day?) or shorten the recovery"
+                f"per node per day?), add standby nodes, or shorten the recovery"
             ],
         )
 
