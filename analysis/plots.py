@@ -193,14 +193,21 @@ def _training_rate(run: RunResult) -> tuple[list[float], list[float], str] | Non
     # The simulator logs no iterations in between: busy when a node's row is training.
     node = timeline.nodes[0]
     rate = 1.0 / run.summary.iteration_time_s if run.summary.iteration_time_s > 0 else 0.0
+    # Each second counted once: a failure that joins a recovery gets a recompute span of its
+    # own over the same time, and summing both doubled the rate there.
+    busy_spans: list[list[float]] = []
+    for s in sorted(
+        (s for s in timeline.spans if s.node == node and s.state in ("training", "recompute")),
+        key=lambda s: s.start,
+    ):
+        if busy_spans and s.start <= busy_spans[-1][1]:
+            busy_spans[-1][1] = max(busy_spans[-1][1], s.end)
+        else:
+            busy_spans.append([s.start, s.end])
     values = []
     for i in range(bins):
         a, b = lo + i * width, lo + (i + 1) * width
-        busy = sum(
-            max(0.0, min(b, s.end) - max(a, s.start))
-            for s in timeline.spans
-            if s.node == node and s.state in ("training", "recompute")
-        )
+        busy = sum(max(0.0, min(b, end) - max(a, start)) for start, end in busy_spans)
         values.append(rate * busy / width)
     return centres, values, "training spans x 1 / iteration time"
 

@@ -69,3 +69,31 @@ def test_a_plain_loop_under_the_agents_is_told_once(
     ]
     assert len(warnings) == told
     assert channel.sent == [("resumed", {"attempt": 3})] * told
+
+
+def test_an_attempt_that_ends_well_finishes_its_checkpoint_before_leaving_its_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine's last background reduction must start on every rank before any rank
+    leaves the attempt's groups; otherwise a rank's release waits out the collective timeout."""
+    from real.trainer import checkpointer as module
+
+    order: list[str] = []
+
+    class Engine:
+        def close(self, abandon: bool = False) -> None:
+            order.append(f"engine closed (abandon={abandon})")
+
+    def run_attempts(body: Any, channel: Any, **kwargs: Any) -> int:
+        body(kwargs["joined"])
+        order.append("attempt left")  # run_attempts' leave_attempt(together=True)
+        return 1
+
+    monkeypatch.setattr(module, "run_attempts", run_attempts)
+    made, _, _ = checkpointer(agents=True, ran=False)
+    made._engine = Engine()
+    made._model = None
+    made._restore = lambda template, into: None  # type: ignore[method-assign]
+    made.timeout_s = 60.0
+    made.run(lambda restored: order.append("trained"))
+    assert order == ["trained", "engine closed (abandon=False)", "attempt left"]
