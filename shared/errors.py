@@ -96,4 +96,5 @@ class RunFolderError(GeminiError, ValueError):
 
 
 class AgentIdentityError(GeminiError):
-    """A node agent started with the node id or slot of a live agent of the job."""
+    """A node agent started with the node id or slot of a live agent of the job, or with a
+    scenario other than the job's."""

@@ -29,12 +29,19 @@ node's slot under a fresh id).
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import TYPE_CHECKING, Any
 
 from real.coord import keys
 from real.coord.kv import KeyValueStore
 
+if TYPE_CHECKING:
+    from shared.scenario import Scenario
+
 ATTEMPT_KEY = "job/attempt"
+SCENARIO_KEY = "job/scenario"
+"""The digest of the scenario the job's first agent was started with (``scenario_digest``):
+every later agent of the job must bring the same."""
 NEXT_NODE_ID_KEY = "job/next_node_id"
 STORES_PREFIX = "stores/"
 ACKS_PREFIX = "acks/"
@@ -82,3 +89,8 @@ def mark_failed(kv: KeyValueStore, record: dict[str, Any], reason: str) -> dict[
 def members_of(record: dict[str, Any]) -> dict[int, int]:
     """``{slot: node_id}`` of an attempt record."""
     return {int(slot): int(node) for slot, node in record.get("members", {}).items()}
+
+
+def scenario_digest(scenario: Scenario) -> str:
+    """A digest of a scenario as parsed (its file with the ``--set`` overrides applied)."""
+    return hashlib.sha256(scenario.model_dump_json().encode()).hexdigest()[:16]

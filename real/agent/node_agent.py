@@ -133,6 +133,9 @@ class NodeAgent:
     """The agent of one node; ``run()`` returns when the job finishes or the agent is told to
     stop (``stop()``, SIGTERM)."""
 
+    store: StoreProcess | None = None
+    """The node store it owns, once ``run`` made it."""
+
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.stopping = threading.Event()
@@ -226,7 +229,7 @@ class NodeAgent:
         # torch (the rendezvous store's) imports meanwhile, seconds on a busy host: an agent
         # stopped while it imports leaves without waiting for it.
         torch_imported = _import_in_background("torch.distributed")
-        store = StoreProcess(
+        store = self.store = StoreProcess(
             config.node_id if config.slot is None else config.slot,
             config.token,
             config.host,
@@ -246,6 +249,7 @@ class NodeAgent:
         try:
             self.kv = connect_kv(config.kv_url)
             self._require_free_identity()
+            self._require_the_jobs_scenario()
             threading.Thread(
                 target=self._watch,
                 args=([jobkeys.ATTEMPT_KEY, jobkeys.REPLACEMENTS_PREFIX],),
@@ -387,6 +391,23 @@ class NodeAgent:
                     f"slot {config.slot} is held by node {node_id}, a live agent of this job: "
                     "give each slot one agent (--slot), and start spares with --standby"
                 )
+
+    def _require_the_jobs_scenario(self) -> None:
+        """Refuse to join a job whose first agent was started with another scenario (another
+        file, or other ``--set`` overrides): its ranks would train other iterations, time out
+        other collectives, and wait for each other at the end. Raises ``AgentIdentityError``."""
+        assert self.kv is not None
+        digest = jobkeys.scenario_digest(self.config.scenario)
+        if self.kv.create(jobkeys.SCENARIO_KEY, digest.encode()):
+            return
+        held = self.kv.get(jobkeys.SCENARIO_KEY)
+        if held is not None and held.decode() != digest:
+            raise AgentIdentityError(
+                f"node {self.config.node_id}: this agent's scenario "
+                f"({self.config.scenario.name}, digest {digest}) is not the job's (digest "
+                f"{held.decode()}): start every agent of a job with the same scenario file and "
+                "the same --set overrides"
+            )
 
     def _record_due(self, since_read_s: float) -> bool:
         """Whether to read the attempt record (a standby also its order) now: the store watch
@@ -569,6 +590,8 @@ class NodeAgent:
         record: dict[str, Any] | None = None
         read_at = -math.inf
         while not self.stopping.is_set():
+            if self._store_died():
+                return 1
             if self.heartbeat is not None and self.heartbeat.lease_lost and self.was_member:
                 # Fenced: the root may already have given this slot to a replacement.
                 log.error(
@@ -590,6 +613,25 @@ class NodeAgent:
             self.wake.wait(POLL_S)
             self.wake.clear()  # what woke it is read by the next pass
         return self._stopped_status()
+
+    def _store_died(self) -> bool:
+        """Whether the node store this agent owns has died (killed, or crashed): the node's
+        checkpoint memory went with it, and no checkpoint of this node's ranks could commit
+        again (no store to hold their replicas). The agent then stops its trainers and
+        leaves, so that the root finds the node lost and replaces it, as after a hardware
+        failure, rather than train on without protection unnoticed."""
+        process = self.store.process if self.store is not None else None
+        code = process.poll() if process is not None else None
+        if code is None:
+            return False
+        log.error(
+            "node %d: its node store died (exit status %s), and the node's checkpoint memory "
+            "with it; stopping the trainers and leaving, so that the root replaces this node",
+            self.config.node_id,
+            code,
+        )
+        self._stop_trainers()
+        return True
 
     def _stopped_status(self) -> int:
         """The exit status of an agent told to stop: 1 when its launcher is gone, else 0."""

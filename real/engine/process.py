@@ -69,6 +69,8 @@ class StoreProcess:
             self.host,
             "--ready-file",
             str(ready),
+            "--parent-pid",
+            str(os.getpid()),
         ]
         if self.prefix:
             command += ["--prefix", self.prefix]
@@ -107,10 +109,14 @@ class StoreProcess:
         return None if self.process is None else self.process.pid
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM, timed join, then SIGKILL; returns the exit code."""
+        """SIGTERM, timed join, then SIGKILL; returns the exit code (None: never started)."""
         process, self.process = self.process, None
         code = None if process is None else stop_process(process, timeout_s)
-        self.sweep()  # a store that died by SIGKILL (or was killed here) leaves its files
+        if process is not None:
+            # A store that died by SIGKILL (or was killed here) leaves its files. One never
+            # started here leaves the prefix's files alone: they may be a live store's (an
+            # agent refused as a second copy of a live one removed that one's checkpoints).
+            self.sweep()
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None

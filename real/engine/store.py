@@ -250,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ready-file", default=None, help="written with host:port once serving (atomically)"
     )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="the owner (a node agent): stop once it is no longer our parent, and leave "
+        "Ctrl-C to it",
+    )
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV)
     if not token:
@@ -266,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         stopped.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Owned by an agent, Ctrl-C is the agent's: it stops its trainers (whose last checkpoint
+    # may still reach this store) and then this store, with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.parent_pid else on_signal)
     store.start()
     if args.ready_file:
         temporary = Path(f"{args.ready_file}.tmp")
@@ -274,11 +283,19 @@ def main(argv: list[str] | None = None) -> int:
         temporary.replace(args.ready_file)
     print(f"node {args.node} store serving on {store.address}", file=sys.stderr, flush=True)
     try:
-        while not stopped.wait(1.0):
-            pass
+        while not stopped.wait(PARENT_POLL_S):
+            if args.parent_pid is not None and os.getppid() != args.parent_pid:
+                # The agent was killed (SIGKILL, or the node's OOM killer): its node's memory
+                # goes with it, as a lost node's would, instead of living on unowned.
+                log.warning("node %d store: its agent is gone; stopping", args.node)
+                break
     finally:
         store.stop()
     return 0
+
+
+PARENT_POLL_S = 0.5
+"""How often a store owned by an agent looks whether the agent still runs, s."""
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -42,8 +44,7 @@ def _make_slot(store: StoreProcess) -> StoreClient:
     return client
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_store_removes_its_memory_on_signals(signum: int) -> None:
+def test_store_removes_its_memory_on_sigterm_and_leaves_ctrl_c_to_its_owner() -> None:
     prefix = f"gemini-test-{uuid.uuid4().hex[:8]}"
     process = StoreProcess(0, protocol.make_token(), prefix=prefix)
     process.start()
@@ -51,11 +52,86 @@ def test_store_removes_its_memory_on_signals(signum: int) -> None:
         _make_slot(process).close()
         assert len(_leftovers(prefix)) == 1
         assert process.process is not None
-        process.process.send_signal(signum)
+        # A terminal's Ctrl-C reaches the agent's whole process group: the agent stops its
+        # trainers (their last checkpoint may still come here), then this store.
+        process.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert process.process.poll() is None
+        _make_slot(process).close()
+        process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(10) == 0
         assert not _leftovers(prefix)
     finally:
         process.stop()
+
+
+OWNER = """
+import sys, time
+from real.engine import protocol
+from real.engine.process import StoreProcess
+store = StoreProcess(0, protocol.make_token(), prefix=sys.argv[1])
+print(store.start(), store.pid, flush=True)
+time.sleep(60)  # SIGKILLed by the test long before
+"""
+
+
+def test_a_store_whose_agent_was_killed_stops_and_frees_its_memory() -> None:
+    """An agent SIGKILLed (or killed by the OOM killer) cannot stop its store: the store sees
+    its owner gone and stops, its slot files with it, instead of living on unowned."""
+    prefix = f"gemini-test-{uuid.uuid4().hex[:8]}"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, prefix], stdout=subprocess.PIPE, text=True
+    )
+    store_pid = None
+    try:
+        assert owner.stdout is not None
+        _, pid = owner.stdout.readline().split()
+        store_pid = int(pid)
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(store_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(store_pid)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if store_pid is not None and _alive(store_pid):
+            os.kill(store_pid, signal.SIGKILL)
+        for name in _leftovers(prefix):
+            (SHM_DIR / name).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+def test_stopping_a_store_never_started_leaves_a_live_stores_files() -> None:
+    """An agent refused at start (a second copy of a live one) stops a store it never
+    started: that must not remove the live store's checkpoints of the same prefix."""
+    prefix = f"gemini-test-{uuid.uuid4().hex[:8]}"
+    live = StoreProcess(0, protocol.make_token(), prefix=prefix)
+    live.start()
+    try:
+        _make_slot(live).close()
+        refused = StoreProcess(0, protocol.make_token(), prefix=prefix)
+        refused.stop()
+        assert len(_leftovers(prefix)) == 1
+    finally:
+        live.stop()
+    assert not _leftovers(prefix)
 
 
 def test_the_owner_sweeps_the_files_of_a_store_killed_with_sigkill() -> None:

@@ -1,0 +1,77 @@
+"""What a node agent checks of its node and its job: a node store that died takes the node
+out (its checkpoint memory is gone, and no checkpoint could commit again: a SIGKILLed store
+went unnoticed for the rest of a job), and an agent started with another scenario than the
+job's first agent is refused (the job's ranks then trained other iterations and waited for each
+other at the end, 120 s at a time)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from real.agent import jobkeys
+from real.agent.node_agent import NodeAgent
+from shared.errors import AgentIdentityError
+from shared.scenario_loader import parse_scenario
+
+
+class MemoryKV:
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def create(self, key: str, value: bytes) -> bool:
+        if key in self.values:
+            return False
+        self.values[key] = value
+        return True
+
+
+def agent(**config: Any) -> Any:
+    made: Any = NodeAgent.__new__(NodeAgent)
+    made.config = SimpleNamespace(node_id=1, parent_pid=None, **config)
+    made.stopping, made.wake, made.orphaned = threading.Event(), threading.Event(), False
+    made.heartbeat, made.store, made.kv = None, None, MemoryKV()
+    made.stopped_trainers = 0
+
+    def stop_trainers() -> None:
+        made.stopped_trainers += 1
+
+    made._stop_trainers = stop_trainers
+    return made
+
+
+def test_an_agent_whose_store_died_stops_its_trainers_and_leaves() -> None:
+    made = agent()
+    made.store = SimpleNamespace(process=SimpleNamespace(poll=lambda: -9))  # SIGKILLed
+    assert made._follow() == 1
+    assert made.stopped_trainers == 1
+
+
+def test_a_live_store_is_left_alone() -> None:
+    made = agent()
+    made.store = SimpleNamespace(process=SimpleNamespace(poll=lambda: None))
+    assert not made._store_died()
+    made.store = SimpleNamespace(process=None)  # not started yet
+    assert not made._store_died()
+
+
+def test_every_agent_of_a_job_brings_the_jobs_scenario() -> None:
+    first = agent(scenario=parse_scenario("name: job\ntraining: {iterations: 600}\n"))
+    first._require_the_jobs_scenario()
+    same = agent(scenario=parse_scenario("name: job\ntraining: {iterations: 600}\n"))
+    same.kv = first.kv
+    same._require_the_jobs_scenario()
+    other = agent(scenario=parse_scenario("name: job\ntraining: {iterations: 900}\n"))
+    other.kv = first.kv
+    with pytest.raises(AgentIdentityError, match=r"is not the job's .*same scenario file"):
+        other._require_the_jobs_scenario()
+    assert (
+        first.kv.get(jobkeys.SCENARIO_KEY)
+        == jobkeys.scenario_digest(first.config.scenario).encode()
+    )
