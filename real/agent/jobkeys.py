@@ -50,6 +50,9 @@ FAILURES_PREFIX = "failures/"
 HANDLED_PREFIX = "handled/"
 REPLACEMENTS_PREFIX = "replacements/"
 STANDBY_PREFIX = "standby/"
+AGENTS_PREFIX = "agents/"
+"""``agents/<node id>``: the claim of a node id by its agent, created at once when the agent
+starts and bound to a lease it keeps (``NodeAgent._claim_identity``)."""
 
 
 def read_json(kv: KeyValueStore, key: str) -> dict[str, Any] | None:

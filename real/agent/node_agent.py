@@ -135,6 +135,8 @@ class NodeAgent:
 
     store: StoreProcess | None = None
     """The node store it owns, once ``run`` made it."""
+    claim: Any = None
+    """The lease of its node id's claim (``_claim_identity``)."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -249,6 +251,7 @@ class NodeAgent:
         try:
             self.kv = connect_kv(config.kv_url)
             self._require_free_identity()
+            self._claim_identity()
             self._require_the_jobs_scenario()
             threading.Thread(
                 target=self._watch,
@@ -357,6 +360,9 @@ class NodeAgent:
                     )
             if heartbeat is not None:
                 heartbeat.stop()
+            if self.claim is not None:
+                with contextlib.suppress(KVError):
+                    self.claim.revoke()
             store.stop()
             self.rendezvous = None  # its server ends with it
             if self.kv is not None:
@@ -391,6 +397,41 @@ class NodeAgent:
                     f"slot {config.slot} is held by node {node_id}, a live agent of this job: "
                     "give each slot one agent (--slot), and start spares with --standby"
                 )
+
+    def _claim_identity(self) -> None:
+        """Claim this node id in the store at once (``agents/<id>``, created only if absent,
+        bound to a lease this agent keeps until it exits). The heartbeat that
+        ``_require_free_identity`` looks for begins only once the node's trainers are warm,
+        seconds later: two agents given one node id and started together (as a scheduler
+        starts them) both passed that check and ran side by side. Raises
+        ``AgentIdentityError`` for the second."""
+        assert self.kv is not None
+        config = self.config
+        ttl = config.scenario.detection.lease_timeout_s
+        claim = self.kv.grant_lease(ttl)
+        mine = keys.encode({"node": config.node_id, "pid": os.getpid(), "host": config.host})
+        if not self.kv.create(f"{jobkeys.AGENTS_PREFIX}{config.node_id}", mine, claim):
+            claim.revoke()
+            raise AgentIdentityError(
+                f"node id {config.node_id} is claimed by another agent of this job, starting "
+                f"or running: give this agent another --node-id, or wait {ttl:g} s after that "
+                "agent stopped"
+            )
+        self.claim = claim
+        period = config.scenario.detection.heartbeat_interval_s
+        threading.Thread(
+            target=self._keep_claim, args=(claim, mine, period), name="claim", daemon=True
+        ).start()
+
+    def _keep_claim(self, claim: Any, value: bytes, period_s: float) -> None:
+        """Keep the node id's claim alive until the agent stops (then ``run`` revokes it)."""
+        assert self.kv is not None
+        while not self.stopping.wait(period_s):
+            try:
+                if not claim.refresh():  # lapsed (a long pause): the heartbeat fences us
+                    return
+            except KVError as error:
+                log.debug("node %d: claim refresh: %s", self.config.node_id, error)
 
     def _require_the_jobs_scenario(self) -> None:
         """Refuse to join a job whose first agent was started with another scenario (another

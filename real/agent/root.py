@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import random
 import threading
 import time
@@ -113,6 +114,10 @@ WATCHED = [
 ]
 UNSCHEDULED_BASE = 1000
 """Failures no injector record names (real ones) are numbered from here in the event log."""
+
+
+START_REMINDER_S = 30.0
+"""How often a root waiting for the job's nodes names the slots still without an agent."""
 
 
 class RecoveryAborted(Exception):
@@ -249,6 +254,25 @@ class RootAgent:
             self.kv.close()
         return None
 
+    def _require_leadership(self) -> None:
+        """Before each write of the attempt record: raise ``RecoveryAborted`` unless this
+        process holds the election's leader key now. A root paused past its lease (SIGSTOP, a
+        frozen VM) went on where it stopped once resumed, before its agent saw it had lost
+        the election: it wrote the job's record over the new root's (a failure of its own
+        making, and the new root's replacement node told it was no longer a member)."""
+        raw = self.kv.get(keys.LEADER_KEY)
+        try:
+            holder = keys.decode(raw) if raw is not None else {}
+        except ValueError:
+            holder = {}
+        if holder.get("node") != self.node_id or holder.get("pid") != os.getpid():
+            log.warning(
+                "node %d: root: no longer the leader (the election's key is %s's); stepping down",
+                self.node_id,
+                holder.get("node", "nobody"),
+            )
+            raise RecoveryAborted
+
     def _summarize(self) -> None:
         """Once the job has ended, its results in the run folder (``summary_strategy``;
         :func:`summarize_ended_job`). (The agent may already be stopping this root: the job's
@@ -278,6 +302,7 @@ class RootAgent:
                 # Ask the stores first: agents take their stores down once they see "finished".
                 memory = self._store_memory(record)
                 record = {**record, "state": "finished"}
+                self._require_leadership()
                 jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
                 self._emit("run_finished", attempt=record["attempt"], **memory)
                 log.info("node %d: root: job finished", self.node_id)
@@ -350,7 +375,9 @@ class RootAgent:
         slots without one (a node lost while the job started, an agent never launched)."""
         log.info("node %d: root: waiting for %d nodes", self.node_id, self.nodes)
         timeout_s = self.scenario.recovery.start_timeout_s
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        deadline = began + timeout_s
+        told = began
         while not self.stop.is_set():
             alive = set(self.detector.alive_nodes())
             by_slot: dict[int, int] = {}
@@ -358,6 +385,17 @@ class RootAgent:
                 if node_id in alive:
                     by_slot.setdefault(int(registration["slot"]), node_id)
             missing = [slot for slot in range(self.nodes) if slot not in by_slot]
+            if missing and time.monotonic() - told >= START_REMINDER_S:
+                told = time.monotonic()
+                log.warning(
+                    "node %d: root: after %.0f s no live agent on slot(s) %s yet; the job "
+                    "starts once each has one (it gives up after %g s: "
+                    "recovery.start_timeout_s)",
+                    self.node_id,
+                    told - began,
+                    missing,
+                    timeout_s,
+                )
             if missing and time.monotonic() > deadline:
                 reason = (
                     f"the job did not start: no live agent on slot(s) {missing} after "
@@ -365,6 +403,7 @@ class RootAgent:
                     "--slot N` for each, or see their agents' logs"
                 )
                 log.error("node %d: root: %s", self.node_id, reason)
+                self._require_leadership()
                 jobkeys.mark_failed(self.kv, {"attempt": 0, "members": {}}, reason)
                 self._emit("run_finished", attempt=0, failed=True, reason=reason)
                 return None
@@ -378,10 +417,12 @@ class RootAgent:
                 plan, refusal = self._first_plan()
                 if refusal is not None:
                     log.error("node %d: root: %s", self.node_id, refusal)
+                    self._require_leadership()
                     jobkeys.mark_failed(self.kv, {"attempt": 0, "members": {}}, refusal)
                     self._emit("run_finished", attempt=0, failed=True, reason=refusal)
                     return None
                 record = self._attempt_record(1, members, plan, [])
+                self._require_leadership()
                 jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
                 self.detector.attempt = 1
                 resumed = {} if plan["iteration"] is None else {"resumed_from": plan["iteration"]}
@@ -514,11 +555,13 @@ class RootAgent:
         recovery.absorb(detections)
         attempt = int(record["attempt"])
         stopped = {**record, "state": "stopped", "failures": recovery.indices}
+        self._require_leadership()
         jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, stopped)
         recovery.wait_stopped(attempt)
         reason = self._give_up(recovery)
         if reason is not None:
             log.error("node %d: root: %s", self.node_id, reason)
+            self._require_leadership()
             failed = jobkeys.mark_failed(self.kv, stopped, reason)
             self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
             return failed
@@ -534,6 +577,7 @@ class RootAgent:
         reason = self._stuck(recovery, plan.iteration)
         if reason is not None:
             log.error("node %d: root: %s", self.node_id, reason)
+            self._require_leadership()
             failed = jobkeys.mark_failed(self.kv, stopped, reason)
             self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
             return failed
@@ -553,6 +597,7 @@ class RootAgent:
                 reason=plan.reason,
                 failed=_json_members(recovery.failed),
             )
+        self._require_leadership()
         jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
         self.attempt_began = time.time()
         self.detector.attempt = attempt + 1

@@ -94,6 +94,13 @@ class _Connection:
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             protocol.client_handshake(self.sock, token, KV_SERVICE)
+        except TimeoutError as error:  # accepted, then silence: not a store of ours at all
+            self.sock.close()
+            raise KVError(
+                f"something accepts connections at {url} but sends no coordination store's "
+                f"greeting within {timeout_s:g} s: a wrong address or port, or a store too "
+                "busy to answer"
+            ) from error
         except (ConnectionError, OSError) as error:
             self.sock.close()
             raise KVError(

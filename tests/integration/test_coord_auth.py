@@ -330,3 +330,15 @@ def test_etcd_over_tls_needs_the_ca_and_a_client_certificate(
     monkeypatch.delenv("GEMINI_ETCD_CA")
     with pytest.raises(KVError, match="CERTIFICATE_VERIFY_FAILED"):  # a server we cannot trust
         connect_kv(f"{url}/tls", timeout_s=2.0)
+
+
+def test_a_silent_listener_is_not_called_a_store_with_another_secret() -> None:
+    """Something that accepts connections and says nothing (a wrong port) used to read as
+    "the store and this client do not share the job's secret"."""
+    from real.coord.embedded_kv import EmbeddedKV
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        with pytest.raises(KVError, match="sends no coordination store's greeting") as caught:
+            EmbeddedKV("127.0.0.1", port, "job", timeout_s=0.5, token=protocol.make_token())
+        assert "secret" not in str(caught.value)

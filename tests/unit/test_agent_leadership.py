@@ -128,3 +128,35 @@ def test_an_agent_warms_the_persistent_tiers_filesystem_at_start(tmp_path: Path)
         "assert WarmFS.built == 1, WarmFS.built  # the recovery reuses the instance\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=180)
+
+
+def test_a_root_writes_the_record_only_while_it_holds_the_leader_key() -> None:
+    """A root paused past its lease (SIGSTOP, a frozen VM) resumed where it stopped and wrote
+    the job's record over the new root's, before its agent saw the election lost: a failure of
+    its own making, and the new root's replacement node told it was no longer a member."""
+    import os
+
+    import pytest
+
+    from real.agent.root import RecoveryAborted, RootAgent
+    from real.coord import keys
+
+    class KV:
+        def __init__(self) -> None:
+            self.values: dict[str, bytes] = {}
+
+        def get(self, key: str) -> bytes | None:
+            return self.values.get(key)
+
+    root: Any = RootAgent.__new__(RootAgent)
+    root.kv, root.node_id = KV(), 2
+    mine = {"node": 2, "lease": 7, "pid": os.getpid()}
+    root.kv.values[keys.LEADER_KEY] = keys.encode(mine)
+    root._require_leadership()  # leading: it writes
+    for holder in ({**mine, "node": 0}, {**mine, "pid": os.getpid() + 1}):
+        root.kv.values[keys.LEADER_KEY] = keys.encode(holder)
+        with pytest.raises(RecoveryAborted):
+            root._require_leadership()
+    del root.kv.values[keys.LEADER_KEY]  # its lease ran out: nobody leads yet
+    with pytest.raises(RecoveryAborted):
+        root._require_leadership()

@@ -75,3 +75,36 @@ def test_every_agent_of_a_job_brings_the_jobs_scenario() -> None:
         first.kv.get(jobkeys.SCENARIO_KEY)
         == jobkeys.scenario_digest(first.config.scenario).encode()
     )
+
+
+def test_two_agents_given_one_node_id_at_once_are_not_both_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scheduler starts its agents together: the heartbeat the identity check looks for
+    begins seconds later, once a node's trainers are warm, so two agents with one node id both
+    passed it and ran side by side. The claim is made at once, in the store."""
+    import os
+
+    from real.coord.connect import connect_kv
+    from real.coord.kvserver import StoreServer
+
+    monkeypatch.setenv("GEMINI_TOKEN", os.urandom(16).hex())
+    scenario = parse_scenario("name: job\ndetection: {heartbeat_interval_s: 0.2}\n")
+    with StoreServer() as server:
+        first, second = agent(scenario=scenario, host="h"), agent(scenario=scenario, host="h")
+        first.kv, second.kv = connect_kv(f"{server.url}/j"), connect_kv(f"{server.url}/j")
+        try:
+            first._claim_identity()
+            with pytest.raises(AgentIdentityError, match="node id 1 is claimed by another agent"):
+                second._claim_identity()
+            assert second.claim is None
+            threading.Event().wait(0.5)  # the first keeps its claim beyond a beat
+            with pytest.raises(AgentIdentityError):
+                second._claim_identity()
+            first.stopping.set()
+            first.claim.revoke()  # as the first exits
+            second._claim_identity()  # now free
+        finally:
+            second.stopping.set()
+            first.kv.close()
+            second.kv.close()

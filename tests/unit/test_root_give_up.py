@@ -141,6 +141,7 @@ def test_a_job_whose_slot_never_gets_an_agent_fails_naming_the_slot() -> None:
         _emit=lambda kind, **details: emitted.append((kind, details)),
     )
     agent._registrations = lambda: RootAgent._registrations(agent)
+    agent._require_leadership = lambda: None  # it leads (RootAgent._require_leadership)
     assert RootAgent._start_job(agent) is None
     record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
     assert record is not None and record["state"] == "failed"
