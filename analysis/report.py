@@ -180,10 +180,14 @@ def _lead_row(scenario: str, kind: str, means: KindMeans, lead: str) -> Row:
             ratios.append(_ratio(baseline / gemini if gemini and baseline else None))
         return shown(ratios)
 
-    count = max(means.get((lead, s), {}).get(kind, (0, 0, 0))[2] for s in ("gemini", "persistent"))
+    counts = [means.get((lead, s), {}).get(kind, (0, 0, 0))[2] for s in ("gemini", "persistent")]
+    # The two strategies may see different failures of a kind (a failure scheduled at an
+    # iteration that one of them never reaches): the row then says both counts.
+    gemini, baseline = counts
+    times = f"x{gemini}" if gemini == baseline else f"Gemini x{gemini}, baseline x{baseline}"
     return [
         scenario,
-        f"{KIND_LABELS.get(kind, kind)} (x{count})",
+        f"{KIND_LABELS.get(kind, kind)} ({times})",
         cell("gemini", 0),
         cell("persistent", 0),
         speedup(0),

@@ -10,6 +10,7 @@ validator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -245,7 +246,15 @@ def _describe(item: Mapping[str, Any]) -> str:
     if kind == "value_error":
         # Cross-field checks on the whole scenario name their own field path first.
         return message if not location else f"{path}: {message}"
-    return f"{path}: {message} (got {_short(value)})"
+    if kind == "model_type" and value is None:  # `cluster:` with nothing under it
+        return f"{path}: the section is empty; give its keys, or leave it out for the defaults"
+    hint = ""
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()):
+        # YAML 1.1, which PyYAML reads, takes 40e9 for text: a float needs a dot and a sign.
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        signed = exponent if exponent[0] in "+-" else f"+{exponent}"
+        hint = f"; YAML reads {value.strip()} as text: write {mantissa}.0e{signed}"
+    return f"{path}: {message} (got {_short(value)}){hint}"
 
 
 def _is_union_tag(part: object) -> bool:

@@ -75,7 +75,8 @@ class RunSummary:
         iteration_time_no_ckpt_s: median iteration time without checkpointing, s (None if
             unknown).
         failures: one record per failure.
-        checkpoints_per_hour: the strategy's checkpoints per hour of training: Gemini's
+        checkpoints_per_hour: the strategy's checkpoints per hour of the run (a simulation's
+            duration, a measured run's after its start-up; downtime included in both): Gemini's
             committed in memory, the baseline's saved to persistent storage.
         checkpoint_memory_bytes: CPU memory per node used for checkpoints.
         extra: face-specific figures.

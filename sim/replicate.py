@@ -78,8 +78,23 @@ def headline(summary: RunSummary) -> dict[str, float | None]:
     return {name: totals.get(name) for name in HEADLINE_METRICS}
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float | None]:
-    """Mean and confidence interval (t distribution) of per-seed values."""
+BOUNDS: dict[str, tuple[float, float]] = {
+    "ettr": (0.0, 1.0),
+    "failures": (0.0, math.inf),
+    "mean_wasted_s": (0.0, math.inf),
+    "mean_downtime_s": (0.0, math.inf),
+    "fraction_from_memory": (0.0, 1.0),
+}
+"""The range each headline metric can take: its interval is cut to it (a t interval over two
+seeds read [-10, 244] failures)."""
+
+
+def mean_ci(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> dict[str, float | None]:
+    """Mean and confidence interval (t distribution) of per-seed values, cut to ``bounds``."""
     if not values:
         return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
     mean = statistics.fmean(values)
@@ -88,7 +103,13 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
     half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * (
         statistics.stdev(values) / math.sqrt(len(values))
     )
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": len(values)}
+    low, high = bounds
+    return {
+        "mean": mean,
+        "ci_low": max(low, mean - half),
+        "ci_high": min(high, mean + half),
+        "n": len(values),
+    }
 
 
 def aggregate(summaries: Sequence[RunSummary]) -> dict[str, Any]:
@@ -97,7 +118,7 @@ def aggregate(summaries: Sequence[RunSummary]) -> dict[str, Any]:
     result: dict[str, Any] = {"seeds": [s.seed for s in summaries]}
     for name in HEADLINE_METRICS:
         values = [float(v) for row in rows if (v := row[name]) is not None]
-        result[name] = mean_ci(values)
+        result[name] = mean_ci(values, bounds=BOUNDS.get(name, (-math.inf, math.inf)))
     return result
 
 

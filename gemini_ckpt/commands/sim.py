@@ -15,6 +15,8 @@ invalid scenario, naming the failure rate.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,6 +184,7 @@ def command(
         from sim.model import build_model
 
         warn(scenario, warnings(build_model(loaded).findings()))
+        _clear_earlier(out)
         if count == 1:
             with _progress_line(console) as on_progress:
                 result = simulate(loaded, on_progress=on_progress)
@@ -190,6 +193,18 @@ def command(
             console.print(f"results in {out}/")
             return
         _replicate(loaded, count, out, workers, console)
+
+
+def _clear_earlier(out: Path) -> None:
+    """Remove what an earlier ``sim`` wrote into ``out`` that this one may not write again
+    (its ``seed-<n>/`` folders and ``replications.json``): a rerun with fewer seeds, or one,
+    left them beside the new results. Nothing else in the folder is touched."""
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        if path.is_dir() and not path.is_symlink() and re.fullmatch(r"seed-\d+", path.name):
+            shutil.rmtree(path)
+    (out / "replications.json").unlink(missing_ok=True)
 
 
 def _background(load: str) -> float:

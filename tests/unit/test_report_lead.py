@@ -66,3 +66,18 @@ def test_a_run_of_several_seeds_says_which_seed_its_figures_are() -> None:
     several = SimpleNamespace(seed=3, extra={"replications": {"seeds": [3, 4, 5]}})
     assert _seed_note(several) == " (seed 3 of 3; means over seeds in replications.json)"  # type: ignore[arg-type]
     assert _seed_note(SimpleNamespace(seed=0, extra={})) == ""  # type: ignore[arg-type]
+
+
+def test_a_kind_seen_a_different_number_of_times_says_both_counts(tmp_path: Path) -> None:
+    """A failure scheduled at an iteration the slower strategy never reaches strikes only the
+    other: the row's means are then over different failures, and it says so."""
+    crash = SyntheticFailure(4, "software", (1,), 0.2, 0.1, 0.0, 0.5, 0.1)
+    again = SyntheticFailure(12, "software", (1,), 0.2, 0.1, 0.0, 0.5, 0.1)
+    gemini = SyntheticRun("sim", "gemini", failures=(crash, again))
+    baseline = SyntheticRun("sim", "persistent", failures=(crash,))
+    runs = [
+        load_run(write_synthetic_run(tmp_path / "sim-gemini", gemini)),
+        load_run(write_synthetic_run(tmp_path / "sim-persistent", baseline)),
+    ]
+    (row,) = lead_table(runs).rows
+    assert row[1] == "trainer crash (Gemini x2, baseline x1)"

@@ -105,6 +105,14 @@ def test_not_yaml_and_not_a_mapping() -> None:
     assert "top level must be a mapping" in problem
 
 
+def test_a_number_yaml_reads_as_text_and_an_empty_section_say_what_to_write() -> None:
+    [problem] = problems_of("name: p\nmodel: {parameters: 40e9}\n")
+    assert problem.endswith("(got '40e9'); YAML reads 40e9 as text: write 40.0e+9")
+    assert parse_scenario("name: p\nmodel: {parameters: 4.0e+6}\n").model.parameters == 4e6
+    [problem] = problems_of("name: p\ncluster:\n")
+    assert problem.startswith("cluster: the section is empty; give its keys, or leave it out")
+
+
 def test_a_failure_during_recovery_takes_no_time_of_its_own() -> None:
     """It strikes in the recovery of the entry before it: a time given would be ignored."""
     first = "{kind: software, nodes: [1], at_iteration: 2}"
