@@ -73,7 +73,13 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[An
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
         key = loader.construct_object(key_node, deep=True)
-        if key in seen:
+        try:
+            repeated = key in seen
+        except TypeError:  # a list or a mapping as a key: PyYAML's own error, with its place
+            raise yaml.constructor.ConstructorError(
+                None, None, "found an unhashable key", key_node.start_mark
+            ) from None
+        if repeated:
             raise yaml.constructor.ConstructorError(
                 None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark
             )

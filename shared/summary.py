@@ -255,8 +255,8 @@ def failure_records(
         restored = chain.get("state_restored")
         restores[index] = None if restored is None else (restored.time_s, restored.iteration)
         records.append(record)
-    joined = _joined(records, restores, resumes, iteration_time_s)
-    return tuple(joined.get(r.index, r) for r in records)
+    counted = _joined(records, restores, resumes, iteration_time_s)
+    return tuple(counted[r.index] for r in records)
 
 
 def _joined(
@@ -265,24 +265,46 @@ def _joined(
     resumes: Sequence[float],
     iteration_time_s: float,
 ) -> dict[int, FailureRecord]:
-    """The records of failures that struck while an earlier one's recovery was in progress
-    (no training resumed in between), re-counted so that the work and the restore they
-    share with that one count once (``failure_records``)."""
-    out: dict[int, FailureRecord] = {}
+    """Every record, those of failures detected while an earlier one's recovery was in
+    progress (no training resumed between the earlier failure and this one's detection)
+    re-counted so that the work and the restore they share with that one count once
+    (``failure_records``).
+
+    The detection, not the failure's time, decides: an unannounced lost node is dated from its
+    last heartbeat, up to a beat before it died, maybe before a resume it did not interrupt.
+    When the earlier failure never restored (the harness recovers a failure that strikes once
+    the restart began on its own, with a restart of its own), its lost work is counted against
+    the restore that followed instead of as a restart from scratch.
+    """
+    out = {r.index: r for r in records}
     ordered = sorted(records, key=lambda r: (r.time_s, r.index))
-    for before, record in itertools.pairwise(ordered):
-        resumed = bisect.bisect_right(resumes, record.time_s) > bisect.bisect_right(
-            resumes, before.time_s
-        )
-        if resumed:
-            continue
-        lost = max(0, (before.restored_iteration or 0) - (record.restored_iteration or 0))
+    for first, second in itertools.pairwise(ordered):
+        before, record = out[first.index], out[second.index]
+        detected = record.time_s + record.detection_s
+        if bisect.bisect_right(resumes, detected) > bisect.bisect_right(resumes, before.time_s):
+            continue  # training resumed in between: a failure of its own
         restore = restores.get(record.index)
-        shared = restore is not None and restore == restores.get(before.index)
-        progress = lost * iteration_time_s
+        shared = False
+        if restores.get(before.index) is None and restore is not None:
+            partial = before.lost_progress_s - before.lost_iterations * iteration_time_s
+            lost = max(0, before.lost_iterations - (record.restored_iteration or 0))
+            progress = lost * iteration_time_s + partial
+            out[before.index] = replace(
+                before,
+                lost_iterations=lost,
+                lost_progress_s=progress,
+                wasted_s=progress + before.retrieval_s,
+                restored_iteration=record.restored_iteration,
+                tier=record.tier,
+            )
+            extra = 0
+        else:
+            extra = max(0, (before.restored_iteration or 0) - (record.restored_iteration or 0))
+            shared = restore is not None and restore == restores.get(before.index)
+        progress = extra * iteration_time_s
         out[record.index] = replace(
             record,
-            lost_iterations=lost,
+            lost_iterations=extra,
             lost_progress_s=progress,
             wasted_s=progress + (0.0 if shared else record.retrieval_s),
             joined=before.index,

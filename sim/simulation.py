@@ -345,6 +345,17 @@ class Simulation:
         self.state.final_iteration = iteration
         self._emit(end, "run_finished", iteration=iteration)
 
+    def _next_checkpoint(self, timeline: Timeline, k: int) -> int:
+        """The first iteration from ``k`` on that checkpoints in memory (``checkpoint.interval``
+        above 1 skips some): the replication a ``during: replication`` failure waits for, as
+        the injector waits for the next capture. ``k`` itself without in-memory checkpoints."""
+        if not self.strategy.in_memory:
+            return k
+        for candidate in range(k, k + self.strategy.checkpoint_every + 1):
+            if timeline.is_checkpoint(candidate):
+                return candidate
+        return k
+
     def _next_failure(self, timeline: Timeline) -> tuple[PlannedFailure | None, float]:
         """The next failure while training, and when it strikes (inf: none)."""
         best: PlannedFailure | None = self.queue.next_timed()
@@ -352,11 +363,13 @@ class Simulation:
         if best is not None and best.during == "replication":
             # As the real injector: after the time, at the next checkpoint's replication.
             k = max(timeline.reached_by(max(when, timeline.start_s)) + 1, timeline.base + 1)
+            k = self._next_checkpoint(timeline, k)
             when = max(timeline.end(k) + self.strategy.last_replica_delay_s / 2, self.env.now)
         by_iteration = self.queue.next_by_iteration()
         if by_iteration is not None and by_iteration.at_iteration is not None:
             k = max(by_iteration.at_iteration, timeline.base + 1)
             if by_iteration.during == "replication":
+                k = self._next_checkpoint(timeline, k)
                 at = timeline.end(k) + self.strategy.last_replica_delay_s / 2
             else:  # "once iteration k has ended": before its checkpoint commits
                 at = timeline.end(k)

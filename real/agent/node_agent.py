@@ -137,6 +137,8 @@ class NodeAgent:
     """The node store it owns, once ``run`` made it."""
     claim: Any = None
     """The lease of its node id's claim (``_claim_identity``)."""
+    store_died = False
+    """Its node store died: it leaves with status 1 (``_store_died``)."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -314,7 +316,7 @@ class NodeAgent:
                 self.kv, config.node_id, detection.heartbeat_interval_s, detection.lease_timeout_s
             ).start()
             if self.slot is None and not self._wait_for_slot(registration):
-                return 0
+                return 1 if self.store_died else 0
             assert self.slot is not None
             self.pool.take_slot(self.slot)
             self.events.node = self.slot
@@ -424,14 +426,29 @@ class NodeAgent:
         ).start()
 
     def _keep_claim(self, claim: Any, value: bytes, period_s: float) -> None:
-        """Keep the node id's claim alive until the agent stops (then ``run`` revokes it)."""
+        """Keep the node id's claim alive until the agent stops (then ``run`` revokes it).
+        A claim that lapsed (a pause longer than its lease, a store outage) is made again;
+        if another agent took the id meanwhile, this one stops: it is now the second copy."""
         assert self.kv is not None
+        config = self.config
+        key = f"{jobkeys.AGENTS_PREFIX}{config.node_id}"
         while not self.stopping.wait(period_s):
             try:
-                if not claim.refresh():  # lapsed (a long pause): the heartbeat fences us
-                    return
+                if claim.refresh():
+                    continue
+                claim = self.kv.grant_lease(config.scenario.detection.lease_timeout_s)
+                if self.kv.create(key, value, claim):
+                    self.claim = claim
+                    continue
+                claim.revoke()
+                log.error(
+                    "node %d: another agent took this node id while this one was paused; leaving",
+                    config.node_id,
+                )
+                self.stop()
+                return
             except KVError as error:
-                log.debug("node %d: claim refresh: %s", self.config.node_id, error)
+                log.debug("node %d: claim refresh: %s", config.node_id, error)
 
     def _require_the_jobs_scenario(self) -> None:
         """Refuse to join a job whose first agent was started with another scenario (another
@@ -471,6 +488,9 @@ class NodeAgent:
         read_at = -math.inf
         while not self.stopping.is_set():
             if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
+                return False
+            if self._store_died():  # a standby without a store would take a slot to leave it
+                self.stop()
                 return False
             # Its order and the attempt record are read when the store watch reports a change
             # (it watches both) and at least every RECORD_READ_S; without a watch, on every
@@ -665,6 +685,7 @@ class NodeAgent:
         code = process.poll() if process is not None else None
         if code is None:
             return False
+        self.store_died = True
         log.error(
             "node %d: its node store died (exit status %s), and the node's checkpoint memory "
             "with it; stopping the trainers and leaving, so that the root replaces this node",

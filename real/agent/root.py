@@ -259,7 +259,11 @@ class RootAgent:
         process holds the election's leader key now. A root paused past its lease (SIGSTOP, a
         frozen VM) went on where it stopped once resumed, before its agent saw it had lost
         the election: it wrote the job's record over the new root's (a failure of its own
-        making, and the new root's replacement node told it was no longer a member)."""
+        making, and the new root's replacement node told it was no longer a member). A read,
+        then the write: a root stopped between the two could still write once; and a root
+        whose own node won the election again after its pause (same node, same process)
+        passes."""
+        self._check()  # the agent told it to stop: its election saw the leadership lost
         raw = self.kv.get(keys.LEADER_KEY)
         try:
             holder = keys.decode(raw) if raw is not None else {}
@@ -846,6 +850,7 @@ class _Recovery:
                 standby = self._standby_agent() if order.source == "standby" else None
                 # No live standby agent: the cluster starts a new agent under a fresh id.
                 node_id = self._fresh_node_id() if standby is None else standby
+                root._require_leadership()  # an order is a write of the job's, as a record
                 jobkeys.put_json(
                     self.kv,
                     f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}",

@@ -24,11 +24,14 @@ that 1 s leases work in tests (the default would make the minimum 2 s).
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -42,6 +45,17 @@ from real.runtime.processes import free_port, stop_process
 from shared.errors import KVError
 
 logger = logging.getLogger(__name__)
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before ``exec``: SIGTERM once the process (the thread) that started it
+    ends (Linux's ``PR_SET_PDEATHSIG``; etcd keeps no parent watch of its own). Start etcd from
+    a thread that lives as long as its owner: the owner's main thread."""
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def etcd_binary() -> str | None:
@@ -193,8 +207,10 @@ class EtcdServer:
                 # Ctrl-C is left to its owner, which stops it with SIGTERM (see
                 # real.coord.kvserver.serve): a terminal's Ctrl-C reaches the whole process
                 # group, so etcd gets a session of its own (it handles SIGINT even when
-                # started with it ignored).
+                # started with it ignored). Out of the owner's session, it would outlive an
+                # owner killed with SIGKILL or by a hang-up: it gets SIGTERM when the owner dies.
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

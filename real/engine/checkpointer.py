@@ -590,16 +590,27 @@ class GeminiCheckpointer:
             abandon: a failure stopped the job: drop replication and persistence in flight
                 instead of finishing them (the peers may be gone).
         """
-        if abandon:
-            self.replication.abandon()
-        else:
-            self.replication.close()
-        if self.persistent is not None:
-            self.persistent.close(abandon=abandon)
-        self.capturer.close()
-        self.client.close()
-        if self._own_events:
-            self.events.close()
+        failed = abandon
+        try:
+            if abandon:
+                self.replication.abandon()
+            else:
+                # Finishing the last checkpoint waits for its replicas: an abort by the agent
+                # (a peer gone meanwhile) ends the wait, as in save().
+                self.replication.close(check=check_abort)
+        except BaseException:
+            failed = True
+            self.replication.abandon()  # the peers may be gone: drop what is in flight
+            raise
+        finally:
+            try:
+                if self.persistent is not None:
+                    self.persistent.close(abandon=failed)
+            finally:
+                self.capturer.close()
+                self.client.close()
+                if self._own_events:
+                    self.events.close()
 
 
 class _Live:

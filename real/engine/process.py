@@ -87,11 +87,11 @@ class StoreProcess:
                 stderr.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout_s
         while not ready.exists():
-            if self.process.poll() is not None:
+            code = self.process.poll()
+            if code is not None:
                 self.stop()
                 raise RuntimeError(
-                    f"node {self.node} store exited with code "
-                    f"{self.process.returncode} before serving; see its log"
+                    f"node {self.node} store exited with code {code} before serving; see its log"
                 )
             if time.monotonic() > deadline:
                 self.stop()

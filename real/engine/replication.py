@@ -205,8 +205,10 @@ class ReplicationManager:
             self._prepared = None
             self._commit(captured, started)
 
-    def close(self, timeout_s: float = 60.0) -> None:
-        self.wait(timeout_s)
+    def close(self, timeout_s: float = 60.0, check: Callable[[], None] | None = None) -> None:
+        """Finish the last checkpoint (``wait``: ``check`` may end it by raising, and then
+        nothing is released here: call :meth:`abandon`), then release the peers and groups."""
+        self.wait(timeout_s, check)
         self._prepared = None  # the next iteration never ended: it does not count
         self._jobs.put(None)
         self._thread.join(timeout_s)

@@ -11,13 +11,16 @@ Timing bounds are asserted, not slept: every wait polls with a deadline.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -342,7 +345,7 @@ from real.coord.etcd_server import EtcdServer
 from real.coord.kvserver import StoreServer
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner's own Ctrl-C handling is not tested
 server = (EtcdServer() if sys.argv[1] == "etcd" else StoreServer()).start()
-print(server.url, flush=True)
+print(server.url, server.pid, flush=True)
 sys.stdin.read()  # until the test closes our stdin
 server.stop()
 """
@@ -366,7 +369,7 @@ def test_a_store_owned_by_a_launcher_leaves_ctrl_c_to_it(
     )
     assert owner.stdin is not None and owner.stdout is not None
     try:
-        url = owner.stdout.readline().decode().strip()
+        url = owner.stdout.readline().decode().split()[0]
         assert url, "the owner did not start its store"
         kv = connect_kv(f"{url}/{uuid.uuid4().hex[:12]}")
         try:
@@ -382,3 +385,48 @@ def test_a_store_owned_by_a_launcher_leaves_ctrl_c_to_it(
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+
+
+@pytest.mark.parametrize("name", ["embedded", "etcd"])
+def test_a_store_ends_with_a_launcher_killed_with_sigkill(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher killed with SIGKILL (or by a hang-up) cannot stop its store: the store ends
+    by itself (the embedded store watches its parent; etcd, in a session of its own, gets
+    SIGTERM when its parent dies)."""
+    if name == "etcd" and etcd_binary() is None:
+        pytest.skip(ETCD_MISSING)
+    monkeypatch.setenv("GEMINI_TOKEN", uuid.uuid4().hex)
+    before = set(Path(tempfile.gettempdir()).glob("gemini-etcd-*"))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    store = None
+    try:
+        assert owner.stdout is not None
+        store = int(owner.stdout.readline().decode().split()[1])
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(store) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(store)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if store is not None and _running(store):
+            os.kill(store, signal.SIGKILL)
+        for folder in set(Path(tempfile.gettempdir()).glob("gemini-etcd-*")) - before:
+            shutil.rmtree(folder, ignore_errors=True)  # etcd's data, left by the killed owner
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status

@@ -149,7 +149,7 @@ def test_a_root_writes_the_record_only_while_it_holds_the_leader_key() -> None:
             return self.values.get(key)
 
     root: Any = RootAgent.__new__(RootAgent)
-    root.kv, root.node_id = KV(), 2
+    root.kv, root.node_id, root.stop = KV(), 2, threading.Event()
     mine = {"node": 2, "lease": 7, "pid": os.getpid()}
     root.kv.values[keys.LEADER_KEY] = keys.encode(mine)
     root._require_leadership()  # leading: it writes
@@ -158,5 +158,9 @@ def test_a_root_writes_the_record_only_while_it_holds_the_leader_key() -> None:
         with pytest.raises(RecoveryAborted):
             root._require_leadership()
     del root.kv.values[keys.LEADER_KEY]  # its lease ran out: nobody leads yet
+    with pytest.raises(RecoveryAborted):
+        root._require_leadership()
+    root.kv.values[keys.LEADER_KEY] = keys.encode(mine)
+    root.stop.set()  # its agent saw the election lost and told it to stop
     with pytest.raises(RecoveryAborted):
         root._require_leadership()

@@ -89,7 +89,9 @@ def test_two_agents_given_one_node_id_at_once_are_not_both_accepted(
     from real.coord.kvserver import StoreServer
 
     monkeypatch.setenv("GEMINI_TOKEN", os.urandom(16).hex())
-    scenario = parse_scenario("name: job\ndetection: {heartbeat_interval_s: 0.2}\n")
+    scenario = parse_scenario(
+        "name: job\ndetection: {heartbeat_interval_s: 0.2, lease_timeout_s: 0.6}\n"
+    )
     with StoreServer() as server:
         first, second = agent(scenario=scenario, host="h"), agent(scenario=scenario, host="h")
         first.kv, second.kv = connect_kv(f"{server.url}/j"), connect_kv(f"{server.url}/j")
@@ -98,7 +100,7 @@ def test_two_agents_given_one_node_id_at_once_are_not_both_accepted(
             with pytest.raises(AgentIdentityError, match="node id 1 is claimed by another agent"):
                 second._claim_identity()
             assert second.claim is None
-            threading.Event().wait(0.5)  # the first keeps its claim beyond a beat
+            threading.Event().wait(1.2)  # twice the claim's lease: the first keeps it alive
             with pytest.raises(AgentIdentityError):
                 second._claim_identity()
             first.stopping.set()

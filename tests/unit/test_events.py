@@ -256,3 +256,51 @@ def test_a_failure_interrupting_a_restart_adds_the_iterations_its_restore_goes_b
     # Iterations 8 and 9, which the first's restore would have kept, and its own retrieval.
     assert (second.lost_iterations, second.lost_progress_s) == (2, pytest.approx(2.0))
     assert second.wasted_s == pytest.approx(2.0 + 1.0)
+
+
+def test_a_failure_after_the_restart_began_is_counted_against_the_restore_that_followed() -> None:
+    """As the harness records it: the second failure strikes once the first's restart began,
+    before any rank restored, and the root recovers it with a restart of its own, whose events
+    name only the second. The first has no restore: its lost work (one iteration and the 0.5 s
+    of iteration 11) is counted against the restore that followed, not as a start from
+    scratch (ten iterations)."""
+    first, second = {"failure": 0}, {"failure": 1}
+    events = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 11)]
+    events += [
+        Event(10.5, "failure_injected", node=1, details={**first, "failure_kind": "software"}),
+        Event(11.0, "failure_detected", node=1, details=first),
+        Event(12.0, "restart_begin", iteration=9, details={**first, "attempt": 2}),
+        Event(12.5, "process_group_ready", details=first),
+        Event(12.7, "failure_injected", node=2, details={**second, "failure_kind": "hardware"}),
+        Event(13.0, "failure_detected", node=2, details=second),
+        Event(14.0, "restart_begin", iteration=9, details={**second, "attempt": 3}),
+        Event(14.5, "process_group_ready", details=second),
+        Event(15.0, "state_restored", iteration=9, details={**second, "tier": "peer"}),
+        Event(15.5, "training_resumed", details=second),
+    ]
+    a, b = failure_records(events, iteration_time_s=1.0)
+    assert (a.lost_iterations, a.restored_iteration, a.tier) == (1, 9, "peer")
+    assert a.wasted_s == pytest.approx(1.5)
+    assert (b.joined, b.lost_iterations, b.wasted_s) == (0, 0, pytest.approx(0.5))
+
+
+def test_a_loss_dated_before_a_resume_but_detected_after_it_is_a_failure_of_its_own() -> None:
+    """An unannounced lost node is dated from its last heartbeat, up to a beat before it died:
+    it may be dated before the resume that ended the previous recovery, which it did not
+    interrupt (its detection came after that resume)."""
+    events = [Event(float(i), "iteration_end", iteration=i) for i in range(1, 16)]
+    events += chain(0, 10.5, "software", hardware=False, restored=10, tier="local")
+    # Resumed at 14.6; node 2 last beat at 14.5, found lost at 16.2, restored 14.
+    later = {"failure": 1000, "failure_kind": "hardware", "detection_latency_s": 1.7}
+    events += [
+        Event(16.2, "failure_detected", node=2, details=later),
+        Event(16.5, "restart_begin", details={"failure": 1000}),
+        Event(17.0, "process_group_ready", details={"failure": 1000}),
+        Event(17.2, "state_restored", iteration=14, details={"failure": 1000, "tier": "peer"}),
+        Event(17.3, "training_resumed", details={"failure": 1000}),
+    ]
+    _, own = failure_records(events, iteration_time_s=1.0)
+    assert own.time_s == pytest.approx(14.5) and own.joined is None
+    # Its own loss counts: the 0.5 s since iteration 14 ended, and its retrieval.
+    assert own.lost_progress_s == pytest.approx(0.5)
+    assert own.wasted_s == pytest.approx(0.5 + 0.2)

@@ -60,6 +60,8 @@ def test_the_baseline_charges_a_lost_iteration_without_its_saves() -> None:
     # Gemini's save is a capture in every iteration, already in the median.
     assert lost_iteration_s(events, "gemini", 0.101) == (0.101, 0.0)
     assert lost_iteration_s([Event(0.0, "run_started")], "persistent", 0.2) == (0.2, 0.0)
+    # Saving every other iteration, the median save would average a save with a no-op.
+    assert lost_iteration_s(_run(2, 0.4), "persistent", 0.101) == pytest.approx((0.101, 0.4))
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,9 @@ def test_a_key_given_twice_is_refused() -> None:
     assert (
         problem == "not valid YAML: line 4, column 3: the key 'nodes' is given twice in one mapping"
     )
+    # A list as a key is YAML's error, not an internal one.
+    [problem] = problems_of("name: x\n[1, 2]: 3\n")
+    assert problem == "not valid YAML: line 2, column 1: found an unhashable key"
     # The same key in two mappings is two keys.
     failure = "{kind: software, nodes: [1], at_iteration: 2}"
     text = f"name: d\ncluster: {{nodes: 4}}\nfailures: {{schedule: [{failure}]}}\n"

@@ -42,9 +42,11 @@ def test_wasted_time_per_failure_strawman_highfreq_gemini() -> None:
     # The paper's 13x counts a HighFreq checkpoint's own time as lost (t_ckpt + 1/(2f) +
     # t_rtvl: training goes on while it saves). Our baseline blocks while it saves, and a
     # save that returned made its iteration durable, so its time is not lost progress
-    # (shared.summary.failure_records): 12.4x. Until 2026-12-06 every lost iteration was
-    # charged the saves spread over all iterations, 13.5x, which counted saves never lost.
-    assert highfreq / gemini == pytest.approx(13, rel=0.1)
+    # (shared.summary.failure_records): 12.4x for this seed, 12.1x over the 4 seeds of
+    # benchmarks/sim_paper.py. Until 2026-12-06 every lost iteration was charged the saves
+    # spread over all iterations, 13.5x here (13.1x over 4 seeds), which counted saves never
+    # lost; this assertion was "> 13" then.
+    assert highfreq / gemini == pytest.approx(12.4, rel=0.03)
     # The scenario takes the paper's accounting (commit: next_iteration_end, t_ckpt = T_iter):
     # the analytic t_ckpt + 1/(2f) + t_rtvl with 62 s, 62 s and the 3 s from peers' memory.
     assert gemini == pytest.approx(costs.wasted_time_per_failure_s(62, 62, 3.0, 62) / 60, rel=0.1)

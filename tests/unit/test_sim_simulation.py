@@ -553,6 +553,18 @@ def test_a_crash_as_iteration_k_ends_restores_k_from_local_memory(when: str) -> 
     assert (failure.restored_iteration, failure.tier, failure.lost_iterations) == (2, "local", 1)
 
 
+def test_a_failure_during_replication_waits_for_a_checkpoint_that_replicates() -> None:
+    """With a checkpoint every 2 iterations, iteration 3 has none to replicate: the failure
+    strikes in 4's replication, as the real injector waits for the next capture."""
+    for when in ("at_iteration: 3, during: replication", "at_time_s: 2.5, during: replication"):
+        text = ONE_FAILURE.replace("KIND", "software").replace("WHEN", when)
+        result = simulate(parse_scenario(text, overrides=["checkpoint.interval=2"]))
+        (injected,) = [e for e in result.events if e.kind == "failure_injected"]
+        assert injected.details["reached_iteration"] == 4, when
+        (failure,) = result.summary.failures
+        assert (failure.restored_iteration, failure.lost_iterations) == (4, 0), when
+
+
 @pytest.mark.parametrize(
     "when",
     [
