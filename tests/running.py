@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from real.agent.trainer_processes import TrainerPool, TrainerSpec
 from real.runtime.processes import free_port, stop_process
@@ -110,3 +113,26 @@ def survivor_of_a_crash(ranks: list[subprocess.Popen[str]], timeout_s: float) ->
     finally:
         for process in ranks:
             stop_process(process, 10)
+
+
+def ends_with_its_owner(owner: subprocess.Popen[Any], pid: int, timeout_s: float = 10.0) -> bool:
+    """SIGKILL ``owner`` (nothing of it runs any cleanup) and tell whether process ``pid``,
+    which it started, ends within ``timeout_s``; one still running then is killed."""
+    owner.kill()
+    owner.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not _running(pid):
+        return True
+    os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from running import ends_with_its_owner
 
 from real.coord import keys
 from real.coord.connect import connect_kv
@@ -404,29 +405,13 @@ def test_a_store_ends_with_a_launcher_killed_with_sigkill(
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
-    store = None
     try:
         assert owner.stdout is not None
         store = int(owner.stdout.readline().decode().split()[1])
-        owner.kill()
-        owner.wait(10)
-        deadline = time.monotonic() + 10
-        while _running(store) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _running(store)
+        assert ends_with_its_owner(owner, store)
     finally:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
-        if store is not None and _running(store):
-            os.kill(store, signal.SIGKILL)
         for folder in set(Path(tempfile.gettempdir()).glob("gemini-etcd-*")) - before:
             shutil.rmtree(folder, ignore_errors=True)  # etcd's data, left by the killed owner
-
-
-def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status

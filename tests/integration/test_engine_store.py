@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from running import ends_with_its_owner
 
 from real.engine import protocol
 from real.engine.client import StoreClient
@@ -82,40 +83,16 @@ def test_a_store_whose_agent_was_killed_stops_and_frees_its_memory() -> None:
     owner = subprocess.Popen(
         [sys.executable, "-c", OWNER, prefix], stdout=subprocess.PIPE, text=True
     )
-    store_pid = None
     try:
         assert owner.stdout is not None
         _, pid = owner.stdout.readline().split()
-        store_pid = int(pid)
-        owner.kill()
-        owner.wait(10)
-        deadline = time.monotonic() + 10
-        while _alive(store_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(store_pid)
+        assert ends_with_its_owner(owner, int(pid))
     finally:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
-        if store_pid is not None and _alive(store_pid):
-            os.kill(store_pid, signal.SIGKILL)
         for name in _leftovers(prefix):
             (SHM_DIR / name).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return "zombie"
 
 
 def test_stopping_a_store_never_started_leaves_a_live_stores_files() -> None:

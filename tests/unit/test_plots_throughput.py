@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from test_sim_simulation import TINY
+
 from analysis.plots import _training_rate
 from analysis.results import RunResult
 from shared.events import Event
@@ -14,23 +16,13 @@ from shared.scenario_loader import parse_scenario
 from shared.summary import RunSummary
 from sim import simulate
 
-JOINED = """
-name: joined
-cluster: {nodes: 4, standby_nodes: 2, replacement_s: 0.5, network_bandwidth_gbit_s: 8,
-          network_alpha_s: 0, copy_bandwidth_gbyte_s: 0.3}
-model: {parameters: 1.0e+6}
-training:
-  parallelism: zero3
-  phases: [{kind: compute, duration_s: 0.6}, {kind: communication, duration_s: 0.4}]
-checkpoint: {replicas: 2, placement: group, buffer_mb: 1, sub_buffers: 1}
-failures:
-  schedule:
-    - {kind: hardware, nodes: [0], at_iteration: 3}
-    - {kind: hardware, nodes: [2], during: recovery}
-detection: {exit_report_s: 0.05, heartbeat_interval_s: 0.5, lease_timeout_s: 3.0}
-recovery: {stop_s: 0.5, restart_s: 3.0, node_start_s: 0.25, retrieval_overhead_s: 0.04}
-sim: {duration_days: 0.0003}
-"""
+# The simulator tests' tiny cluster: a lost node, and a second lost during its recovery.
+JOINED = TINY.replace(
+    "    - {kind: software, nodes: [1], at_iteration: 3}\n"
+    "    - {kind: hardware, nodes: [2], at_iteration: 6}",
+    "    - {kind: hardware, nodes: [0], at_iteration: 3}\n"
+    "    - {kind: hardware, nodes: [2], during: recovery}",
+).replace("standby_nodes: 1", "standby_nodes: 2")
 
 
 def _peak_rate(summary: RunSummary, events: tuple[Event, ...]) -> float:
