@@ -431,6 +431,20 @@ def _storm(scenario: Scenario) -> list[Finding]:
     return []
 
 
+def data_parallel_communication_s(scenario: Scenario) -> float:
+    """The data-parallel collectives of an iteration of the scenario's model on its network,
+    none overlapping another (``shared.costs.iteration_communication_s``), s: the simulator's
+    communication phases when the scenario gives no measured profile."""
+    training, cluster = scenario.training, scenario.cluster
+    return costs.iteration_communication_s(
+        max(1, round(scenario.model.parameter_count)),
+        parallelism=training.parallelism,
+        ranks=cluster.nodes,
+        alpha_s=cluster.network_alpha_s,
+        bandwidth_bytes_per_s=cluster.network_bytes_per_s,
+    )
+
+
 def _communication_over_iteration(scenario: Scenario) -> list[Finding]:
     """The simulator's collectives for the model on this network take longer than the
     iteration time the scenario states: the iteration is then all communication and the
@@ -438,13 +452,7 @@ def _communication_over_iteration(scenario: Scenario) -> list[Finding]:
     training, cluster = scenario.training, scenario.cluster
     if training.iteration_time_s is None or training.phases is not None:
         return []
-    communication_s = costs.iteration_communication_s(
-        max(1, round(scenario.model.parameter_count)),
-        parallelism=training.parallelism,
-        ranks=cluster.nodes,
-        alpha_s=cluster.network_alpha_s,
-        bandwidth_bytes_per_s=cluster.network_bytes_per_s,
-    )
+    communication_s = data_parallel_communication_s(scenario)
     if communication_s <= training.iteration_time_s:
         return []
     return [

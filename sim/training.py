@@ -34,6 +34,7 @@ import simpy
 
 from shared import costs
 from shared.scenario import Scenario
+from shared.scenario_rules import data_parallel_communication_s
 from shared.scheduling import IdleSpan, TrafficPlan, plan_traffic
 from sim.network import FlowNetwork
 
@@ -117,13 +118,7 @@ def iteration_profile(scenario: Scenario) -> IterationProfile:
         )
     cluster = scenario.cluster
     parameters = max(1, round(scenario.model.parameter_count))
-    communication_s = costs.iteration_communication_s(
-        parameters,
-        parallelism=training.parallelism,
-        ranks=cluster.nodes,
-        alpha_s=cluster.network_alpha_s,
-        bandwidth_bytes_per_s=cluster.network_bytes_per_s,
-    )
+    communication_s = data_parallel_communication_s(scenario)
     if training.iteration_time_s is not None:
         total = training.iteration_time_s
         communication_s = min(communication_s, total)
