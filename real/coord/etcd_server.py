@@ -50,12 +50,16 @@ logger = logging.getLogger(__name__)
 def _terminate_with_parent() -> None:
     """In the child, before ``exec``: SIGTERM once the process (the thread) that started it
     ends (Linux's ``PR_SET_PDEATHSIG``; etcd keeps no parent watch of its own). Start etcd from
-    a thread that lives as long as its owner: the owner's main thread."""
-    with contextlib.suppress(AttributeError, OSError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    a thread that lives as long as its owner: the owner's main thread. The C function is
+    looked up in the parent (``_PRCTL``): the child of a threaded process only calls it."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 PR_SET_PDEATHSIG = 1
+_PRCTL = None
+with contextlib.suppress(AttributeError, OSError):  # not Linux: etcd just lacks the signal
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def etcd_binary() -> str | None:

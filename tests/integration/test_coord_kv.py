@@ -160,7 +160,7 @@ def test_create_race_has_exactly_one_winner(make_kv: Callable[[], KeyValueStore]
 
 
 def test_lease_expiry_removes_keys_and_create_takes_them_over(
-    make_kv: Callable[[], KeyValueStore], slack_s: float
+    backend: tuple[str, str], make_kv: Callable[[], KeyValueStore], slack_s: float
 ) -> None:
     owner, other = make_kv(), make_kv()
     lease = owner.grant_lease(TTL_S)
@@ -169,10 +169,14 @@ def test_lease_expiry_removes_keys_and_create_takes_them_over(
     assert owner.create("leased/b", b"2", lease)
     owner.put("plain", b"stays")
     assert not other.create("leased/b", b"mine")
-    gone_after = wait_until(lambda: other.get_prefix("leased/") == {}, TTL_S + slack_s + 2.0)
+    # etcd revokes an expired lease by a proposal through its log: on a loaded 2-core CI
+    # machine that once took more than 3.8 s after the grant (2026-12-06), against 1.5 s or
+    # less here. Still far short of a lease that never expires.
+    late = 3.0 if backend[0] == "etcd" else 0.0
+    gone_after = wait_until(lambda: other.get_prefix("leased/") == {}, TTL_S + slack_s + 2.0 + late)
     # Not before the TTL (the lower bound proves the expiry); 1 s of slack above it for a
-    # slow machine, still far short of a lease that never expires.
-    assert TTL_S - 0.3 <= time.monotonic() - start <= TTL_S + slack_s + 1.2, gone_after
+    # slow machine.
+    assert TTL_S - 0.3 <= time.monotonic() - start <= TTL_S + slack_s + 1.2 + late, gone_after
     assert other.get("plain") == b"stays"
     assert not lease.refresh(), "an expired lease must not come back"
     with pytest.raises(KVError, match="expired"):
