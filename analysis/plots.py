@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from analysis.compare import PHASES, StrategyComparison, ValidationReport
 from analysis.results import RunResult
 from analysis.timeline import build_timeline
+from shared.summary import merged_spans
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -195,15 +196,11 @@ def _training_rate(run: RunResult) -> tuple[list[float], list[float], str] | Non
     rate = 1.0 / run.summary.iteration_time_s if run.summary.iteration_time_s > 0 else 0.0
     # Each second counted once: a failure that joins a recovery gets a recompute span of its
     # own over the same time, and summing both doubled the rate there.
-    busy_spans: list[list[float]] = []
-    for s in sorted(
-        (s for s in timeline.spans if s.node == node and s.state in ("training", "recompute")),
-        key=lambda s: s.start,
-    ):
-        if busy_spans and s.start <= busy_spans[-1][1]:
-            busy_spans[-1][1] = max(busy_spans[-1][1], s.end)
-        else:
-            busy_spans.append([s.start, s.end])
+    busy_spans = merged_spans(
+        (s.start, s.end)
+        for s in timeline.spans
+        if s.node == node and s.state in ("training", "recompute")
+    )
     values = []
     for i in range(bins):
         a, b = lo + i * width, lo + (i + 1) * width

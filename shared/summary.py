@@ -25,7 +25,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -104,12 +103,8 @@ class RunSummary:
         """Seconds without training that failures caused, each second once: the downtimes of
         a failure and of one that joined its recovery overlap (the union of the intervals
         ``[time_s, time_s + downtime_s]``)."""
-        total, reach = 0.0, -math.inf
-        for start, end in sorted((f.time_s, f.time_s + f.downtime_s) for f in self.failures):
-            if end > reach:
-                total += end - max(start, reach)
-                reach = end
-        return total
+        spans = merged_spans((f.time_s, f.time_s + f.downtime_s) for f in self.failures)
+        return sum(end - start for start, end in spans)
 
     @property
     def mean_wasted_s(self) -> float:
@@ -168,6 +163,18 @@ class RunSummary:
         )
         fields = {k: v for k, v in data.items() if k not in ("failures", "totals")}
         return cls(failures=failures, **fields)
+
+
+def merged_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``(start, end)`` spans merged where they overlap or touch, in time order: the seconds
+    they cover, each once."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def write_summary(path: str | Path, summary: RunSummary) -> None:

@@ -266,9 +266,8 @@ class NodeAgent:
             if self.stopping.is_set():
                 return self._stopped_status()
             address = store.start()
-            while not torch_imported.wait(0.05):
-                if self.stopping.is_set():
-                    return self._stopped_status()
+            while not (self.stopping.is_set() or torch_imported.wait(0.05)):
+                pass
             if self.stopping.is_set():
                 return self._stopped_status()
             self.rendezvous = _rendezvous_store(config.host)
@@ -407,13 +406,11 @@ class NodeAgent:
         seconds later: two agents given one node id and started together (as a scheduler
         starts them) both passed that check and ran side by side. Raises
         ``AgentIdentityError`` for the second."""
-        assert self.kv is not None
         config = self.config
         ttl = config.scenario.detection.lease_timeout_s
-        claim = self.kv.grant_lease(ttl)
         mine = keys.encode({"node": config.node_id, "pid": os.getpid(), "host": config.host})
-        if not self.kv.create(f"{jobkeys.AGENTS_PREFIX}{config.node_id}", mine, claim):
-            claim.revoke()
+        claim = self._try_claim(mine)
+        if claim is None:
             raise AgentIdentityError(
                 f"node id {config.node_id} is claimed by another agent of this job, starting "
                 f"or running: give this agent another --node-id, or wait {ttl:g} s after that "
@@ -422,25 +419,32 @@ class NodeAgent:
         self.claim = claim
         period = config.scenario.detection.heartbeat_interval_s
         threading.Thread(
-            target=self._keep_claim, args=(claim, mine, period), name="claim", daemon=True
+            target=self._keep_claim, args=(mine, period), name="claim", daemon=True
         ).start()
 
-    def _keep_claim(self, claim: Any, value: bytes, period_s: float) -> None:
+    def _try_claim(self, value: bytes) -> Any:
+        """The lease of a new claim of this node id (``agents/<id>``, created only if absent),
+        or None when another agent holds it."""
+        assert self.kv is not None
+        claim = self.kv.grant_lease(self.config.scenario.detection.lease_timeout_s)
+        if self.kv.create(f"{jobkeys.AGENTS_PREFIX}{self.config.node_id}", value, claim):
+            return claim
+        claim.revoke()
+        return None
+
+    def _keep_claim(self, value: bytes, period_s: float) -> None:
         """Keep the node id's claim alive until the agent stops (then ``run`` revokes it).
         A claim that lapsed (a pause longer than its lease, a store outage) is made again;
         if another agent took the id meanwhile, this one stops: it is now the second copy."""
-        assert self.kv is not None
         config = self.config
-        key = f"{jobkeys.AGENTS_PREFIX}{config.node_id}"
         while not self.stopping.wait(period_s):
             try:
-                if claim.refresh():
+                if self.claim.refresh():
                     continue
-                claim = self.kv.grant_lease(config.scenario.detection.lease_timeout_s)
-                if self.kv.create(key, value, claim):
+                claim = self._try_claim(value)
+                if claim is not None:
                     self.claim = claim
                     continue
-                claim.revoke()
                 log.error(
                     "node %d: another agent took this node id while this one was paused; leaving",
                     config.node_id,
