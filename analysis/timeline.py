@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from analysis.results import RunResult
 from shared.events import Event
-from shared.summary import FailureRecord, with_failure_anchors
+from shared.summary import FailureRecord, merged_spans, with_failure_anchors
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -459,13 +459,7 @@ def pixel_bars(
             run_start = previous = column
         if run_start is not None:
             pieces.append((lo + run_start * pixel_s, min(hi, lo + (previous + 1) * pixel_s)))
-        merged: list[tuple[float, float]] = []
-        for a, b in sorted(pieces):
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        bars[state] = [(a, b - a) for a, b in merged]
+        bars[state] = [(a, b - a) for a, b in merged_spans(pieces)]
     return bars, any(len(times) > 1 for times in narrow.values())
 
 
