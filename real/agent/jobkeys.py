@@ -53,6 +53,9 @@ STANDBY_PREFIX = "standby/"
 AGENTS_PREFIX = "agents/"
 """``agents/<node id>``: the claim of a node id by its agent, created at once when the agent
 starts and bound to a lease it keeps (``NodeAgent._claim_identity``)."""
+SLOTS_PREFIX = "slots/"
+"""``slots/<slot>``: the claim of a slot by the agent started for it (``--slot``), on the
+same lease as its node id's claim (``NodeAgent._claim_keys``)."""
 
 
 def read_json(kv: KeyValueStore, key: str) -> dict[str, Any] | None:

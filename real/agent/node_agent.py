@@ -388,8 +388,7 @@ class NodeAgent:
             )
         if config.slot is None:
             return
-        order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{config.node_id}")
-        if order is not None and int(order.get("slot", -1)) == config.slot:
+        if self._ordered_for_slot():
             return  # the root ordered this node for the slot: its lost member may still beat
         for node_id, registration in jobkeys.read_prefix(self.kv, jobkeys.STORES_PREFIX).items():
             live = self.kv.get(keys.node_key(int(node_id))) is not None
@@ -410,6 +409,11 @@ class NodeAgent:
         ttl = config.scenario.detection.lease_timeout_s
         mine = keys.encode({"node": config.node_id, "pid": os.getpid(), "host": config.host})
         claim = self._try_claim(mine)
+        if claim is None and self.kv is not None and self.kv.get(self._claim_keys()[0]) is None:
+            raise AgentIdentityError(
+                f"slot {config.slot} is claimed by another agent of this job, starting or "
+                "running: give each slot one agent (--slot), and start spares with --standby"
+            )
         if claim is None:
             raise AgentIdentityError(
                 f"node id {config.node_id} is claimed by another agent of this job, starting "
@@ -422,15 +426,36 @@ class NodeAgent:
             target=self._keep_claim, args=(mine, period), name="claim", daemon=True
         ).start()
 
+    def _claim_keys(self) -> list[str]:
+        """The keys an agent claims as it starts: its node id (``agents/<id>``) and, for an
+        agent started for a slot (``--slot``) the root did not order it to, that slot
+        (``slots/<slot>``): two agents given different ids and one slot, started together,
+        both passed ``_require_free_identity``, which sees a slot's holder only once it has
+        registered. A node the root ordered takes its slot while the lost member's claim may
+        still be held."""
+        config = self.config
+        claimed = [f"{jobkeys.AGENTS_PREFIX}{config.node_id}"]
+        if getattr(config, "slot", None) is not None and not self._ordered_for_slot():
+            claimed.append(f"{jobkeys.SLOTS_PREFIX}{config.slot}")
+        return claimed
+
+    def _ordered_for_slot(self) -> bool:
+        """Whether the root ordered this node for the slot it was started for (``--slot``)."""
+        assert self.kv is not None
+        config = self.config
+        order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{config.node_id}")
+        return order is not None and int(order.get("slot", -1)) == config.slot
+
     def _try_claim(self, value: bytes) -> Any:
-        """The lease of a new claim of this node id (``agents/<id>``, created only if absent),
-        or None when another agent holds it."""
+        """The lease of a new claim of ``_claim_keys`` (each created only if absent, all on
+        one lease), or None when another agent holds one of them."""
         assert self.kv is not None
         claim = self.kv.grant_lease(self.config.scenario.detection.lease_timeout_s)
-        if self.kv.create(f"{jobkeys.AGENTS_PREFIX}{self.config.node_id}", value, claim):
-            return claim
-        claim.revoke()
-        return None
+        for key in self._claim_keys():
+            if not self.kv.create(key, value, claim):
+                claim.revoke()  # and with it the keys this call created
+                return None
+        return claim
 
     def _keep_claim(self, value: bytes, period_s: float) -> None:
         """Keep the node id's claim alive until the agent stops (then ``run`` revokes it).

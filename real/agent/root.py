@@ -149,12 +149,21 @@ def summarize_ended_job(
     except Exception as error:  # odd events included: the job has ended either way
         log.warning("node %d: root: no summary of the run: %s", node_id, error)
         return
-    log.info(
-        "node %d: root: %d failures, summary in %s",
-        node_id,
-        len(summary.failures),
-        run_dir / "summary.json",
-    )
+    where = run_dir / "summary.json"
+    if failed is None:
+        log.info("node %d: root: %d failures, summary in %s", node_id, len(summary.failures), where)
+    elif int(record.get("attempt") or 0) == 0:  # failed before its first attempt
+        log.error(
+            "node %d: root: the job never started (%s); summary in %s", node_id, failed, where
+        )
+    else:
+        log.error(
+            "node %d: root: the job failed after %d failures (%s); summary in %s",
+            node_id,
+            len(summary.failures),
+            failed,
+            where,
+        )
 
 
 class RootAgent:
@@ -216,6 +225,7 @@ class RootAgent:
             prober=self._probe,
             suspect_grace_s=detection.probe_timeout_s + detection.abort_timeout_s,
             silence_s=detection.silence_s,
+            collective_timeout_s=detection.collective_timeout_s,
         )
         self.persistent_url = persistent_url(scenario, run_dir)
         self.recoveries = 0
@@ -488,20 +498,29 @@ class RootAgent:
 
     def _adopt(self, record: dict[str, Any]) -> list[Detection]:
         """Take over a job from a dead root: members without a heartbeat, or whose agent does
-        not answer a probe (a root deposed early still has its heartbeat), are lost."""
+        not answer a probe (a root deposed early still has its heartbeat), are lost.
+
+        Each loss is dated from the node's last sign of life, as the detector dates the losses
+        it sees: an unanswered node from its heartbeat's time; a node whose heartbeat key had
+        lapsed (its value gone with it) a lease before now, the least silence that lets a key
+        lapse. (A loss dated at its detection made a lost root's node look found at once, and
+        left the wait for its lease out of that failure's downtime.)"""
         members = jobkeys.members_of(record)
-        alive = set(self.detector.alive_nodes())
-        others = [n for n in members.values() if n in alive and n != self.node_id]
+        beats = self.detector.heartbeat_times()
+        others = [n for n in members.values() if n in beats and n != self.node_id]
         unanswered = set(self._probe(others))
         now = time.time()
         self.detector.attempt = int(record["attempt"])
         lost = []
         for node_id in members.values():
             self.detector.expect(node_id)
-            if node_id not in alive or node_id in unanswered:
+            if node_id not in beats or node_id in unanswered:
                 self.detector.forget(node_id)
-                how = "probe" if node_id in unanswered else "lease"
-                lost.append(Detection("hardware", node_id, None, None, now, now, None, how))
+                if node_id in unanswered:
+                    how, last = "probe", min(now, beats[node_id])
+                else:
+                    how, last = "lease", now - self.lease_timeout_s
+                lost.append(Detection("hardware", node_id, None, None, now, last, None, how))
         log.info(
             "node %d: root adopts attempt %s (%s); lost: %s",
             self.node_id,

@@ -108,6 +108,10 @@ class FailureDetector:
         suspect_grace_s: how long a suspect may stay unexplained before it is a failure.
         silence_s: probe a node whose heartbeat has stood still this long (needs ``prober``);
             None: only the lease finds a silent node.
+        collective_timeout_s: how long a trainer's collective waits for a hung peer before it
+            fails (``detection.collective_timeout_s``): a hung trainer, found because its
+            peers' collectives timed out, is dated this much before the first of them
+            reported (None: from that report).
     """
 
     def __init__(
@@ -121,8 +125,10 @@ class FailureDetector:
         prober: Callable[[list[int]], list[int]] | None = None,
         suspect_grace_s: float = 2.0,
         silence_s: float | None = None,
+        collective_timeout_s: float | None = None,
     ) -> None:
         self.prober = prober
+        self.collective_timeout_s = collective_timeout_s
         self.silence_s = silence_s
         # node -> (its last heartbeat value seen, when this detector first saw it)
         self._heard: dict[int, tuple[tuple[Any, Any], float]] = {}
@@ -178,6 +184,10 @@ class FailureDetector:
         """Nodes whose heartbeat key exists now (expected or not)."""
         return sorted(self._heartbeats())
 
+    def heartbeat_times(self) -> dict[int, float]:
+        """``{node: wall time of its last heartbeat}`` for every heartbeat key there is now."""
+        return self._heartbeats()
+
     def poll(self) -> list[Detection]:
         """One look at the store; returns the failures not reported before."""
         # The three prefixes in one read (on etcd one transaction, where it was three round
@@ -205,6 +215,9 @@ class FailureDetector:
                 silent = self._silent_member()
                 if silent is not None:  # the hung trainer's node: the one that never reported
                     node, rank = silent, None
+                    # Its peers reported once their collective had waited out its timeout:
+                    # the hang began no later than that wait did.
+                    at -= self.collective_timeout_s or 0.0
                 found = [Detection("software", node, rank, None, now, at, key, "suspect")]
         for detection in found:
             logger.info(

@@ -771,6 +771,8 @@ def test_slow_node_is_not_lost_hung_trainer_replaced_partition_found_by_silence(
     # The hang: noticed through the peers' timed-out collectives (no exit, no lost node).
     assert detected[1].details["detected_by"] == "suspect", detected[1]
     assert detected[1].node == 2, detected[1]  # the silent member: the hung trainer's node
+    # Dated from before its peers waited out their collective (6 s), not from their reports.
+    assert detected[1].details["detection_latency_s"] >= 6.0, detected[1]
     # The partition: found by the probe its heartbeat's silence started, before its lease
     # could run out (the latency runs from the node's last beat).
     partition = detected[2]

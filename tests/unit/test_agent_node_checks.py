@@ -110,3 +110,44 @@ def test_two_agents_given_one_node_id_at_once_are_not_both_accepted(
             second.stopping.set()
             first.kv.close()
             second.kv.close()
+
+
+def test_two_agents_given_one_slot_at_once_are_not_both_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two agents with different node ids and one ``--slot``, started together: the slot's
+    holder registers only once its trainers are warm, so both passed the check of registered
+    holders. The slot is claimed at once, with the node id; a node the root ordered for the
+    slot takes it even while the lost member's claim is held."""
+    import os
+
+    from real.coord.connect import connect_kv
+    from real.coord.kvserver import StoreServer
+
+    monkeypatch.setenv("GEMINI_TOKEN", os.urandom(16).hex())
+    scenario = parse_scenario(
+        "name: job\ndetection: {heartbeat_interval_s: 0.2, lease_timeout_s: 0.6}\n"
+    )
+    with StoreServer() as server:
+        made = [agent(scenario=scenario, host="h", slot=1) for _ in range(3)]
+        made[1].config.node_id, made[2].config.node_id = 2, 3
+        for each in made:
+            each.kv = connect_kv(f"{server.url}/j")
+        first, second, ordered = made
+        try:
+            first._claim_identity()
+            with pytest.raises(AgentIdentityError, match="slot 1 is claimed by another agent"):
+                second._claim_identity()
+            # the refused claim left nothing behind: node id 2 is free for another slot
+            assert second.kv.get(f"{jobkeys.AGENTS_PREFIX}2") is None
+            order = {"node_id": 3, "slot": 1, "replaces": 1, "ready_at": 0.0}
+            jobkeys.put_json(ordered.kv, f"{jobkeys.REPLACEMENTS_PREFIX}3", order)
+            ordered._claim_identity()  # the root's order: the slot is its to take
+            first.stopping.set()
+            first.claim.revoke()  # as the first exits
+            second._claim_identity()  # now free
+            assert second.kv.get(f"{jobkeys.SLOTS_PREFIX}1") is not None
+        finally:
+            for each in made:
+                each.stopping.set()
+                each.kv.close()

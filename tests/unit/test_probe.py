@@ -146,13 +146,33 @@ def test_a_suspect_nothing_explains_is_a_failure_after_the_grace(kv: EmbeddedKV)
     assert detector.poll() == []
 
 
+def test_a_hung_trainer_is_dated_from_before_its_peers_waited_out_their_collective(
+    kv: EmbeddedKV,
+) -> None:
+    """Its peers report only once their collective has waited ``collective_timeout_s`` for it:
+    the hang began at least that long before the first report, and its downtime counts that
+    wait. A reporter standing for an unknown failure keeps the report's time."""
+    clock = FakeClock()
+    detector = watching(kv, clock, lambda nodes: [], suspect_grace_s=1.0, collective_timeout_s=30.0)
+    reported = clock.now
+    suspect(kv, 0, 0, reported)
+    suspect(kv, 2, 2, reported + 0.2)
+    assert detector.poll() == []
+    clock.now += 1.5
+    (hang,) = detector.poll()
+    assert (hang.node, hang.detected_by) == (1, "suspect")
+    assert hang.last_seen_at == reported - 30.0
+    assert hang.latency_s == pytest.approx(31.5)
+
+
 def test_a_hang_with_several_silent_members_is_the_first_reporters(kv: EmbeddedKV) -> None:
     clock = FakeClock()
     detector = answering_detector(kv, clock, grace_s=1.0)
     suspect(kv, 2, 2, clock.now)
     assert detector.poll() == []
     clock.now += 1.0
-    assert [(d.node, d.rank) for d in detector.poll()] == [(2, 2)]
+    (first,) = detector.poll()
+    assert (first.node, first.rank, first.last_seen_at) == (2, 2, clock.now - 1.0)
 
 
 def test_a_suspect_of_an_earlier_attempt_is_ignored(kv: EmbeddedKV) -> None:
