@@ -60,7 +60,11 @@ same lease as its node id's claim (``NodeAgent._claim_keys``)."""
 
 def read_json(kv: KeyValueStore, key: str) -> dict[str, Any] | None:
     """The JSON object at ``key``, or None when absent or unreadable."""
-    raw = kv.get(key)
+    return parse_json(kv.get(key))
+
+
+def parse_json(raw: bytes | None) -> dict[str, Any] | None:
+    """The JSON object a key held (``raw``), or None when absent or unreadable."""
     if raw is None:
         return None
     try:
@@ -84,10 +88,15 @@ def put_json(kv: KeyValueStore, key: str, value: dict[str, Any]) -> None:
     kv.put(key, keys.encode(value))
 
 
+def failed_record(record: dict[str, Any], reason: str) -> dict[str, Any]:
+    """``record`` as the attempt record of a job that gave up (``failed``, with the reason:
+    every agent then stops and exits 1)."""
+    return {**record, "state": "failed", "reason": reason}
+
+
 def mark_failed(kv: KeyValueStore, record: dict[str, Any], reason: str) -> dict[str, Any]:
-    """Write ``record`` as the attempt record of a job that gave up (``failed``, with the
-    reason: every agent then stops and exits 1); the record written."""
-    failed = {**record, "state": "failed", "reason": reason}
+    """Write ``failed_record(record, reason)`` as the attempt record; the record written."""
+    failed = failed_record(record, reason)
     put_json(kv, ATTEMPT_KEY, failed)
     return failed
 

@@ -124,6 +124,12 @@ class RecoveryAborted(Exception):
     """The root lost its leadership (or was told to stop) in the middle of a recovery."""
 
 
+class RecordChanged(Exception):
+    """The attempt record is not the one this root last read or wrote: another root wrote it.
+    The agent starts a root again while its node still leads, which adopts the job as it
+    stands (``NodeAgent._run_root``)."""
+
+
 def summarize_ended_job(
     kv: KeyValueStore, run_dir: Path, scenario: Scenario, strategy: str, node_id: int
 ) -> None:
@@ -187,6 +193,9 @@ class RootAgent:
             (``_first_plan``); False (the emulated cluster unless ``--resume``): from
             scratch, whatever the tier holds.
     """
+
+    _record_raw: bytes | None = None
+    """The attempt record as this root last read or wrote it (``_write_record``)."""
 
     def __init__(
         self,
@@ -257,6 +266,9 @@ class RootAgent:
             self._summarize()
         except RecoveryAborted:
             log.warning("node %d: root stepped down during a recovery", self.node_id)
+        except RecordChanged as error:  # its agent starts a root again while it leads
+            log.warning("%s", error)
+            return error
         except Exception as error:
             log.exception("node %d: root agent failed", self.node_id)
             return error
@@ -287,6 +299,22 @@ class RootAgent:
             )
             raise RecoveryAborted
 
+    def _write_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write the attempt record, a leader's only (``_require_leadership``), and only over
+        the record this root last read or wrote (``KeyValueStore.replace``): a root that passed
+        the leadership check, then paused while another was elected and wrote the record,
+        fails here instead of overwriting it. Raises ``RecordChanged`` then; the record
+        written otherwise."""
+        self._require_leadership()
+        raw = keys.encode(record)
+        if not self.kv.replace(jobkeys.ATTEMPT_KEY, self._record_raw, raw):
+            raise RecordChanged(
+                f"node {self.node_id}: root: the attempt record changed since this root read it "
+                "(another root wrote it); not overwriting it"
+            )
+        self._record_raw = raw
+        return record
+
     def _summarize(self) -> None:
         """Once the job has ended, its results in the run folder (``summary_strategy``;
         :func:`summarize_ended_job`). (The agent may already be stopping this root: the job's
@@ -298,7 +326,8 @@ class RootAgent:
 
     def run(self) -> None:
         self._cursor, _ = self.kv.watch(WATCHED, None, 0.0)  # before the first read
-        record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+        self._record_raw = self.kv.get(jobkeys.ATTEMPT_KEY)
+        record = jobkeys.parse_json(self._record_raw)
         if record is None:
             record = self._start_job()
             if record is None:
@@ -316,8 +345,7 @@ class RootAgent:
                 # Ask the stores first: agents take their stores down once they see "finished".
                 memory = self._store_memory(record)
                 record = {**record, "state": "finished"}
-                self._require_leadership()
-                jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+                self._write_record(record)
                 self._emit("run_finished", attempt=record["attempt"], **memory)
                 log.info("node %d: root: job finished", self.node_id)
                 return
@@ -417,8 +445,7 @@ class RootAgent:
                     "--slot N` for each, or see their agents' logs"
                 )
                 log.error("node %d: root: %s", self.node_id, reason)
-                self._require_leadership()
-                jobkeys.mark_failed(self.kv, {"attempt": 0, "members": {}}, reason)
+                self._write_record(jobkeys.failed_record({"attempt": 0, "members": {}}, reason))
                 self._emit("run_finished", attempt=0, failed=True, reason=reason)
                 return None
             if not missing:
@@ -431,13 +458,12 @@ class RootAgent:
                 plan, refusal = self._first_plan()
                 if refusal is not None:
                     log.error("node %d: root: %s", self.node_id, refusal)
-                    self._require_leadership()
-                    jobkeys.mark_failed(self.kv, {"attempt": 0, "members": {}}, refusal)
+                    never = {"attempt": 0, "members": {}}
+                    self._write_record(jobkeys.failed_record(never, refusal))
                     self._emit("run_finished", attempt=0, failed=True, reason=refusal)
                     return None
                 record = self._attempt_record(1, members, plan, [])
-                self._require_leadership()
-                jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+                self._write_record(record)
                 self.detector.attempt = 1
                 resumed = {} if plan["iteration"] is None else {"resumed_from": plan["iteration"]}
                 self._emit("run_started", attempt=1, members=_json_members(members), **resumed)
@@ -578,14 +604,12 @@ class RootAgent:
         recovery.absorb(detections)
         attempt = int(record["attempt"])
         stopped = {**record, "state": "stopped", "failures": recovery.indices}
-        self._require_leadership()
-        jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, stopped)
+        self._write_record(stopped)
         recovery.wait_stopped(attempt)
         reason = self._give_up(recovery)
         if reason is not None:
             log.error("node %d: root: %s", self.node_id, reason)
-            self._require_leadership()
-            failed = jobkeys.mark_failed(self.kv, stopped, reason)
+            failed = self._write_record(jobkeys.failed_record(stopped, reason))
             self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
             return failed
         while True:
@@ -600,8 +624,7 @@ class RootAgent:
         reason = self._stuck(recovery, plan.iteration)
         if reason is not None:
             log.error("node %d: root: %s", self.node_id, reason)
-            self._require_leadership()
-            failed = jobkeys.mark_failed(self.kv, stopped, reason)
+            failed = self._write_record(jobkeys.failed_record(stopped, reason))
             self._emit("run_finished", attempt=attempt, failed=True, reason=reason)
             return failed
         record = self._attempt_record(
@@ -620,8 +643,7 @@ class RootAgent:
                 reason=plan.reason,
                 failed=_json_members(recovery.failed),
             )
-        self._require_leadership()
-        jobkeys.put_json(self.kv, jobkeys.ATTEMPT_KEY, record)
+        self._write_record(record)
         self.attempt_began = time.time()
         self.detector.attempt = attempt + 1
         for index in recovery.indices:

@@ -267,6 +267,22 @@ class EmbeddedKV(KeyValueStore):
         # The key is there but its lease is dead: replace exactly that stale value.
         return self._compare_set(full, current, desired) == desired
 
+    def replace(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        if expected is None:
+            return self.create(key, value)
+        _check_key(key)
+        full = self.namespace + key
+        raw = self._read(full)
+        if raw is None:
+            return False
+        lease_id, held = _decode(raw)
+        if held != expected or not self._lease_alive(lease_id):
+            return False
+        # The server swaps only the exact stored bytes (each write's own nonce): another write
+        # since the read above makes this fail.
+        desired = _encode(0, value)
+        return self._compare_set(full, raw, desired) == desired
+
     def delete(self, key: str, *, prefix: bool = False) -> int:
         if not prefix:
             _check_key(key)

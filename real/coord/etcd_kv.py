@@ -340,6 +340,20 @@ class EtcdKV(KeyValueStore):
             raise KVError(f"cannot create {key!r}: lease {put.get('lease')} expired") from error
         return bool(result.get("succeeded", False))
 
+    def replace(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        encoded = _b64(self._key(key))
+        compare: dict[str, Any] = {"key": encoded, "result": "EQUAL"}
+        if expected is None:
+            compare.update(target="CREATE", create_revision=0)
+        else:
+            compare.update(target="VALUE", value=_b64(expected))
+        transaction = {
+            "compare": [compare],
+            "success": [{"request_put": {"key": encoded, "value": _b64(value)}}],
+            "failure": [],
+        }
+        return bool(self._call("/kv/txn", transaction).get("succeeded", False))
+
     def delete(self, key: str, *, prefix: bool = False) -> int:
         start = self._key(key)
         payload = {"key": _b64(start)}

@@ -90,7 +90,7 @@ class Lease(abc.ABC):
 
 
 class KeyValueStore(abc.ABC):
-    """The coordination store: seven operations, keys are ``str``, values ``bytes``.
+    """The coordination store: eight operations, keys are ``str``, values ``bytes``.
 
     Implementations are safe to call from several threads of one process. Keys should be
     ``/``-separated paths without a leading slash (``nodes/3``).
@@ -125,6 +125,16 @@ class KeyValueStore(abc.ABC):
 
         Returns:
             True if this call created the key; False if a live key was already there.
+        """
+
+    @abc.abstractmethod
+    def replace(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        """Write ``key`` (no lease) only if its value is ``expected`` now (None: only if it is
+        absent), atomically: a writer that read a key, then wrote it back changed, fails
+        instead of overwriting what another wrote meanwhile.
+
+        Returns:
+            True if this call wrote the key; False if its value was another.
         """
 
     @abc.abstractmethod

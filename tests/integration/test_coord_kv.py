@@ -159,6 +159,44 @@ def test_create_race_has_exactly_one_winner(make_kv: Callable[[], KeyValueStore]
             assert clients[0].get(key) == f"client{index}".encode()
 
 
+def test_replace_writes_only_over_the_value_it_expects(
+    make_kv: Callable[[], KeyValueStore],
+) -> None:
+    """The root's writes of the attempt record: a writer that read a value writes its change
+    only if nobody wrote since; of two that read the same value, one wins."""
+    kv = make_kv()
+    assert kv.replace("cas/a", None, b"1")
+    assert not kv.replace("cas/a", None, b"2")  # there already
+    assert not kv.replace("cas/a", b"0", b"2")  # it holds another value
+    assert kv.get("cas/a") == b"1"
+    assert kv.replace("cas/a", b"1", b"2")
+    assert not kv.replace("cas/a", b"1", b"3")  # a second writer that read "1" too
+    assert kv.get("cas/a") == b"2"
+    assert not kv.replace("cas/missing", b"1", b"2")
+    assert kv.get("cas/missing") is None
+    clients = [make_kv(), make_kv()]
+    for key in range(20):
+        kv.put(f"cas/race/{key}", b"read")
+    wins: list[list[int]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def race(index: int) -> None:
+        barrier.wait()
+        for key in range(20):
+            if clients[index].replace(f"cas/race/{key}", b"read", f"client{index}".encode()):
+                wins[index].append(key)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(wins[0] + wins[1]) == list(range(20))
+    for index, won in enumerate(wins):
+        for key in won:
+            assert kv.get(f"cas/race/{key}") == f"client{index}".encode()
+
+
 def test_lease_expiry_removes_keys_and_create_takes_them_over(
     backend: tuple[str, str], make_kv: Callable[[], KeyValueStore], slack_s: float
 ) -> None:

@@ -164,3 +164,40 @@ def test_a_root_writes_the_record_only_while_it_holds_the_leader_key() -> None:
     root.stop.set()  # its agent saw the election lost and told it to stop
     with pytest.raises(RecoveryAborted):
         root._require_leadership()
+
+
+def test_a_root_writes_the_record_only_over_the_one_it_last_read() -> None:
+    """The leadership check is a read before the write: a root that passed it, then paused
+    while another root was elected and wrote the record, would overwrite that record once
+    resumed. The write swaps only the record this root last read or wrote."""
+    import os
+
+    import pytest
+    from memory_kv import DictKV
+
+    from real.agent import jobkeys
+    from real.agent.root import RecordChanged, RootAgent
+    from real.coord import keys
+
+    root: Any = RootAgent.__new__(RootAgent)
+    root.kv, root.node_id, root.stop = DictKV(), 2, threading.Event()
+    root.kv.put(keys.LEADER_KEY, keys.encode({"node": 2, "lease": 7, "pid": os.getpid()}))
+    first = {"attempt": 1, "state": "running"}
+    assert root._write_record(first) == first  # the job's first record: none was there
+    stopped = {**first, "state": "stopped"}
+    root._write_record(stopped)  # over its own
+    assert jobkeys.read_json(root.kv, jobkeys.ATTEMPT_KEY) == stopped
+    newer = {"attempt": 2, "state": "running"}
+    jobkeys.put_json(root.kv, jobkeys.ATTEMPT_KEY, newer)  # another root, meanwhile
+    with pytest.raises(RecordChanged, match="changed since this root read it"):
+        root._write_record({**stopped, "state": "failed", "reason": "stale"})
+    assert jobkeys.read_json(root.kv, jobkeys.ATTEMPT_KEY) == newer
+    fresh: Any = RootAgent.__new__(RootAgent)  # a root started again adopts what is there
+    fresh.kv, fresh.node_id, fresh.stop = root.kv, 2, threading.Event()
+    fresh._record_raw = root.kv.get(jobkeys.ATTEMPT_KEY)
+    fresh._write_record({**newer, "state": "finished"})
+    late: Any = RootAgent.__new__(RootAgent)  # one that read no record finds one there
+    late.kv, late.node_id, late.stop = root.kv, 2, threading.Event()
+    with pytest.raises(RecordChanged):
+        late._write_record(first)
+    assert jobkeys.read_json(root.kv, jobkeys.ATTEMPT_KEY) == {**newer, "state": "finished"}

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from memory_kv import DictKV
 
-from real.coord.kv import KeyValueStore, Lease
 from real.engine.eventlog import EventLog
 from real.launcher.injector import FailureInjector
 from real.launcher.progress import Progress, ProgressWatcher
@@ -38,36 +38,6 @@ detection: {exit_report_s: 0.05, heartbeat_interval_s: 0.5, lease_timeout_s: 3.0
 recovery: {stop_s: 0.5, restart_s: 3.0, node_start_s: 0.25}
 sim: {duration_days: 0.0006}
 """
-
-
-class DictKV(KeyValueStore):
-    """An in-process key-value store without leases (what the injector writes to)."""
-
-    url = "memory://"
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        return {k: v for k, v in self.data.items() if k.startswith(prefix)}
-
-    def put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
-        self.data[key] = value
-
-    def create(self, key: str, value: bytes, lease: Lease | None = None) -> bool:
-        return self.data.setdefault(key, value) is value
-
-    def delete(self, key: str, *, prefix: bool = False) -> int:
-        doomed = [k for k in self.data if k == key or (prefix and k.startswith(key))]
-        for k in doomed:
-            del self.data[k]
-        return len(doomed)
-
-    def grant_lease(self, ttl_s: float) -> Lease:
-        raise NotImplementedError
 
 
 class RecordingCluster:
