@@ -266,6 +266,8 @@ def _micro_overrides(
             # As the laws do (``law_overrides``): Gemini's trainers checkpoint every iteration,
             # and the benchmark timed that too; on a host without accelerators the capture and
             # replication take CPU from training, so its phases stretch alike.
+            plain = _number(measurements, "engine_step_s") or iteration
+            overrides.append(f"training.iteration_no_ckpt_s={_fmt(plain * scale)}")
             scale *= engine / iteration
         phases = measurements.get("micro_iteration_phases")
         if phases:
@@ -800,6 +802,10 @@ def law_overrides(
         scenario
     )
     profiled_run = None  # the run profile's iteration, at the prediction's background
+    # Gemini's iteration without its checkpoint, where the phases below carry it: the step
+    # without its save where one was measured (as the harness reports a run's), else the
+    # iteration measured or predicted without the engine.
+    no_ckpt: float | None = None
     if isinstance(profile, Mapping) and profiled:
         # A failure-free profile of this very configuration says more than the laws: a run of
         # the harness (its iteration with the strategy's checkpoint, the laws' split between
@@ -813,6 +819,8 @@ def law_overrides(
             then = _share(ranks, cpus, bool(cluster.single_host), profile.get("background", 0.0))
             now = _share(ranks, cpus, bool(cluster.single_host), background)
             profiled_run = run * now / then
+            step = _number(profile, "run_step_s")
+            no_ckpt = step * now / then if step else costs["compute_s"] + costs["communication_s"]
             scale = profiled_run / max(costs["compute_s"] + costs["communication_s"], 1e-12)
             costs["compute_s"] *= scale
             costs["communication_s"] *= scale
@@ -825,6 +833,7 @@ def law_overrides(
             if engine and scenario.checkpoint.strategy == "gemini" and total:
                 # Profiled with a checkpoint every iteration, as Gemini's trainers run:
                 # the extra CPU time stretches the phases alike.
+                no_ckpt = _number(profile, "engine_step_s") or total
                 compute, communication = compute * engine / total, communication * engine / total
                 total = engine
             if communication > 0:
@@ -838,6 +847,8 @@ def law_overrides(
         # replication take CPU from training (the simulator's network model does not see it).
         extra = costs.get("checkpoint_overhead_s", 0.0)
         total = costs["compute_s"] + costs["communication_s"]
+        if total > 0 and extra > 0:
+            no_ckpt = total
         if total > 0:
             costs["compute_s"] *= (total + extra) / total
             costs["communication_s"] *= (total + extra) / total
@@ -888,6 +899,8 @@ def law_overrides(
         # The run's iteration carries its checkpoint, whose traffic the simulator adds itself:
         # it scales the phases so as to count that traffic once (sim.model.net_of_checkpoint).
         overrides.append("training.phases_with_checkpoint=true")
+    if no_ckpt and scenario.checkpoint.strategy == "gemini":
+        overrides.append(f"training.iteration_no_ckpt_s={_fmt(no_ckpt)}")
     return limited_overrides(overrides, scenario)
 
 

@@ -261,7 +261,7 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
 
 def key_results(content: ReportContent) -> list[str]:
     """The summary's bullets: the verdict, Gemini vs baseline, the worst miss."""
-    from analysis.render import _ratio, _s
+    from analysis.render import _s, ratio_text
 
     items = [content.validation.verdict]
     for c in content.comparisons:
@@ -269,8 +269,8 @@ def key_results(content: ReportContent) -> list[str]:
         items.append(
             f"{c.scenario} ({source}): wasted time per failure {_s(c.gemini.mean_wasted_s)} "
             f"with Gemini, {_s(c.baseline.mean_wasted_s)} with the persistent baseline "
-            f"({_ratio(c.wasted_speedup)}); downtime {_s(c.gemini.mean_downtime_s)} vs "
-            f"{_s(c.baseline.mean_downtime_s)} ({_ratio(c.downtime_speedup)})."
+            f"({ratio_text(c.wasted_speedup)}); downtime {_s(c.gemini.mean_downtime_s)} vs "
+            f"{_s(c.baseline.mean_downtime_s)} ({ratio_text(c.downtime_speedup)})."
         )
     worst = misses(content.validation)
     if worst:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from analysis.compare import PHASES, StrategyComparison, ValidationReport
+from analysis.render import ratio_text
 from analysis.results import RunResult
 from analysis.timeline import build_timeline
 from shared.summary import merged_spans
@@ -108,7 +109,7 @@ def plot_strategy_comparison(comparisons: Sequence[StrategyComparison]) -> Figur
             ax.set_xticks(range(count), names)
             ax.set_xlabel("failure")
             ax.set_ylabel(f"{label} per failure ({unit})")
-            ratio = f"speedup {speedup:.1f}x" if speedup is not None else "speedup n/a"
+            ratio = f"speedup {ratio_text(speedup)}" if speedup is not None else "speedup n/a"
             ax.set_title(
                 f"{SOURCE_NAMES.get(comparison.source, comparison.source)} · "
                 f"{comparison.scenario}: {label} ({ratio} on the mean)",

@@ -66,8 +66,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}x"
+def ratio_text(value: float | None) -> str:
+    """A ratio with one decimal from 1 up, two significant digits below (0.04x, not 0.0x)."""
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 1:
+        return f"{value:.1f}x"
+    return f"{value:.2g}x"
 
 
 def markdown_table(table: Table) -> str:

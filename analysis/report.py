@@ -49,10 +49,10 @@ from analysis.render import (
     _data_uri,
     _duration,
     _pct,
-    _ratio,
     _s,
     html_table,
     markdown_table,
+    ratio_text,
 )
 from analysis.results import RunResult, pair_runs
 from shared.events import replaced_whole
@@ -177,7 +177,7 @@ def _lead_row(scenario: str, kind: str, means: KindMeans, lead: str) -> Row:
         for source in sources:
             gemini = figure("gemini", which, source)
             baseline = figure("persistent", which, source)
-            ratios.append(_ratio(baseline / gemini if gemini and baseline else None))
+            ratios.append(ratio_text(baseline / gemini if gemini and baseline else None))
         return shown(ratios)
 
     counts = [means.get((lead, s), {}).get(kind, (0, 0, 0))[2] for s in ("gemini", "persistent")]
@@ -254,10 +254,10 @@ def strategies_table(comparisons: Sequence[StrategyComparison]) -> Table:
             c.source,
             _s(c.gemini.mean_wasted_s),
             _s(c.baseline.mean_wasted_s),
-            _ratio(c.wasted_speedup),
+            ratio_text(c.wasted_speedup),
             _s(c.gemini.mean_downtime_s),
             _s(c.baseline.mean_downtime_s),
-            _ratio(c.downtime_speedup),
+            ratio_text(c.downtime_speedup),
         ]
         for c in comparisons
     ]
@@ -538,7 +538,38 @@ def write_report(
         from analysis.video import write_demo_video
 
         files.video = write_demo_video(runs, out_dir / "demo.mp4", frames=video_frames)
+    _remove_stale(out_dir, files)
     return files
+
+
+STALE_PATTERNS = ("figures/*.png", "figures/*.gif", "demo.mp4", "slides.html", "final-report.*")
+"""What a report writes whose earlier copies it removes when it does not write them again."""
+
+
+def _remove_stale(out_dir: Path, files: ReportFiles) -> None:
+    """Remove the files an earlier report left in ``out_dir`` that this one did not write (a
+    figure of runs no longer given, a video after ``--no-video``): beside the new report they
+    showed other runs' figures. ``figures/`` is the report's own folder; elsewhere only the
+    deliverables' names are touched, never a link."""
+    written = {
+        path.resolve()
+        for path in (
+            files.html,
+            files.markdown,
+            *files.figures,
+            files.animation,
+            files.final_markdown,
+            files.final_html,
+            files.slides,
+            files.video,
+        )
+        if path is not None
+    }
+    for pattern in STALE_PATTERNS:
+        for path in out_dir.glob(pattern):
+            if path.is_file() and not path.is_symlink() and path.resolve() not in written:
+                log.info("removing %s: an earlier report's, not written again", path)
+                path.unlink()
 
 
 def _write_animation(runs: Sequence[RunResult], path: Path, frames: int) -> Path | None:

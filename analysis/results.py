@@ -113,8 +113,11 @@ def find_run_folders(path: str | Path) -> list[Path]:
     """The run folders at or under ``path``: the folder itself if it holds a summary, else
     its sub-folders (recursively) that do, skipping the per-seed folders of a multi-seed run.
 
+    A folder holding only runs stopped before they ended (``unfinished_run_folders``) gives
+    none: a report skips those, with a warning.
+
     Raises:
-        RunFolderError: when ``path`` does not exist or holds no run folder.
+        RunFolderError: when ``path`` does not exist or holds no run folder, finished or not.
     """
     root = Path(path)
     if not root.exists():
@@ -127,7 +130,7 @@ def find_run_folders(path: str | Path) -> list[Path]:
         if folder.name.startswith("seed-") and (folder.parent / SUMMARY).is_file():
             continue
         found.append(folder)
-    if not found:
+    if not found and not unfinished_run_folders(root):
         raise RunFolderError(f"{root}: holds no run folder (no {SUMMARY} in it or below)")
     return found
 

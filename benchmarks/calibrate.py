@@ -684,13 +684,17 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
             engine, build_s = build(scenario, trainer.state)
             # Iterations that checkpoint every time, as Gemini's trainers do: on a host
             # without accelerators the capture and the replication take CPU from training.
-            lengths = []
+            lengths, steps = [], []
             for iteration in range(1, 2 + ENGINE_ITERATIONS):
                 began = time.perf_counter()
                 trainer.step()
+                stepped = time.perf_counter()
                 engine.save(iteration, trainer.state())
                 if iteration > 1:  # the first one fills the slots
                     lengths.append(time.perf_counter() - began)
+                    # The step without its save, as the harness reports a run's iteration
+                    # without checkpoints (the replication still shares the CPU with it).
+                    steps.append(stepped - began)
             engine.wait(30.0)
             committed = engine.last_committed
             dist.barrier()
@@ -709,6 +713,7 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         "engine_build_s": build_s,
         "engine_close_s": close_s,
         "engine_iteration_s": statistics.median(lengths),
+        "engine_step_s": statistics.median(steps),
         **({} if restore is None else {"engine_restore_fixed_s": restore}),
     }
     if scenario.training.parallelism == "ddp":  # the reference shapes: FSDP2's restore too
@@ -1119,15 +1124,11 @@ def measure_recovery(
                 for key in FIXED_LAWS  # the engine's fixed costs: the slowest rank's
                 if all(key in r for r in timed)
             },
-            **(
-                {
-                    "engine_iteration_s": round(
-                        statistics.median(float(r["engine_iteration_s"]) for r in timed), 6
-                    )
-                }
-                if all("engine_iteration_s" in r for r in timed)
-                else {}
-            ),
+            **{
+                key: round(statistics.median(float(r[key]) for r in timed), 6)
+                for key in ("engine_iteration_s", "engine_step_s")
+                if all(key in r for r in timed)
+            },
             "park_s": round(float(rank0["park_s"]), 6),
             # The first survivor whose all-reduce raises: the harness's detector probes on
             # the first suspect record. (Rank 0's alone waited, when its ring neighbour was

@@ -472,25 +472,37 @@ def report_training(result: dict[str, Any]) -> None:
         print_costs("node 0 store, per save", detail["store_costs"], saves)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size-mb", type=_positive, default=64)
+    parser.add_argument("--repeats", type=_positive, default=5)
     parser.add_argument("--models", default="headline,tiny")
-    parser.add_argument("--training-repeats", type=int, default=1)
+    parser.add_argument("--training-repeats", type=_positive, default=1)
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    models = []
+    if not args.no_training:  # read before the micro-benchmarks: a typo costs no minutes
+        try:
+            models = [
+                HEADLINE if name.strip() == "headline" else parse_model(name)
+                for name in args.models.split(",")
+                if name.strip()
+            ]
+        except ValueError as error:
+            parser.error(f"--models: {error}")
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     results: dict[str, Any] = {"micro": micro(args.size_mb, args.repeats)}
     report_micro(results["micro"])
-    if not args.no_training:
-        models = [
-            HEADLINE if name.strip() == "headline" else parse_model(name)
-            for name in args.models.split(",")
-            if name.strip()
-        ]
+    if models:
         results["training"] = training(models, args.training_repeats)
     load = os.getloadavg()
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -207,6 +207,16 @@ class TrainingConfig(_Strict):
         "running (a run profile): the simulator scales them so that its iteration, with "
         "the checkpoint traffic it adds itself, lasts as long.",
     )
+    iteration_no_ckpt_s: PositiveFloat | None = Field(
+        None,
+        description="The iteration without checkpointing, measured, where the phases (or "
+        "iteration_time_s) carry Gemini's checkpoint: on a host without accelerators its "
+        "capture and replication take CPU from training, and a calibration's profile times "
+        "the iteration with them. The reference of the checkpoint's overhead and of the "
+        "ETTR's ideal; a calibration sets it from the step without its save where it timed "
+        "one (as the harness reports a run's), else from the iteration without the engine. "
+        "Default: the iteration of the phases.",
+    )
     accelerator_tflops: PositiveFloat = Field(312.0, description="Peak TFLOP/s per accelerator.")
     efficiency: Annotated[float, Field(gt=0, le=1)] = Field(
         0.4, description="Fraction of peak FLOP/s reached."

@@ -104,7 +104,7 @@ def build_model(scenario: Scenario) -> SimModel:
                 scenario, blocking + upload, steady.cycle_s / per_iteration, 0, 0.0
             ),
             upload_s=blocking + upload,  # from CPU memory: serialise and upload, off the path
-            iteration_no_ckpt_s=base_s,
+            iteration_no_ckpt_s=scenario.training.iteration_no_ckpt_s or base_s,
             memory_bytes=memory,
             interval_rule=_interval_rule(cadence.interval, cadence.decision.reason),
             checkpoint_every=cadence.interval,
@@ -123,7 +123,7 @@ def build_model(scenario: Scenario) -> SimModel:
             pause_s=blocking,
             persist_every=every,
             upload_s=upload,
-            iteration_no_ckpt_s=base_s,
+            iteration_no_ckpt_s=scenario.training.iteration_no_ckpt_s or base_s,
             memory_bytes=memory,
             interval_rule=rule,
         )

@@ -9,10 +9,11 @@ the per-seed values; a single seed has no interval).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import signal
 import statistics
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,13 +151,22 @@ def replicate(
             if on_done:
                 on_done(summaries[-1])
         return summaries
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [
-            pool.submit(_run_one, data, seed, str(out / f"seed-{seed}") if out else None)
-            for seed in seed_list
-        ]
-        for future in as_completed(futures):
-            summaries.append(future.result())
+    # multiprocessing's Pool rather than concurrent.futures: on Ctrl-C (or a seed's error) its
+    # terminate() ends the seeds under way at once, where ProcessPoolExecutor's shutdown waits
+    # for every running one (a minute each for a large cluster). The workers ignore SIGINT,
+    # which a terminal sends to the whole group: the parent alone decides.
+    tasks = [(data, seed, str(out / f"seed-{seed}") if out else None) for seed in seed_list]
+    with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+        for summary in pool.imap_unordered(_run_task, tasks):
+            summaries.append(summary)
             if on_done:
-                on_done(summaries[-1])
+                on_done(summary)
     return sorted(summaries, key=lambda s: s.seed)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_task(task: tuple[dict[str, Any], int, str | None]) -> RunSummary:
+    return _run_one(*task)

@@ -26,17 +26,35 @@ def command() -> None:
 
 @command.command(name="engine")
 @click.option(
-    "--size-mb", default=256, show_default=True, help="State size of the micro benchmarks, MiB."
+    "--size-mb",
+    default=256,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="State size of the micro benchmarks, MiB.",
 )
-@click.option("--repeats", default=5, show_default=True, help="Repeats (medians are printed).")
+@click.option(
+    "--repeats",
+    default=5,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Repeats (medians are printed).",
+)
 @click.option(
     "--training/--no-training",
     default=True,
     show_default=True,
     help="Also measure training iteration time with checkpoints (minutes).",
 )
-@click.option("--nodes", default=2, show_default=True, help="Training: nodes.")
-@click.option("--ranks-per-node", default=2, show_default=True, help="Training: ranks per node.")
+@click.option(
+    "--nodes", default=2, type=click.IntRange(min=1), show_default=True, help="Training: nodes."
+)
+@click.option(
+    "--ranks-per-node",
+    default=2,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Training: ranks per node.",
+)
 @click.option(
     "--models",
     default="tiny,medium",
@@ -62,6 +80,7 @@ def command() -> None:
 @click.option(
     "--training-repeats",
     default=2,
+    type=click.IntRange(min=1),
     show_default=True,
     help="Training: runs of each mode, alternating.",
 )
@@ -101,21 +120,28 @@ def engine(
             "the idle spans and warm up",
             param_hint="--iterations",
         )
+    # Every argument is read before the first benchmark: a typo in a model's name used to
+    # surface only after minutes of micro-benchmarks.
+    chosen, memory = [], None
+    try:
+        if training:
+            chosen = [training_bench.parse_model(m) for m in models.split(",") if m.strip()]
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--models") from None
+    if training and not chosen:
+        raise click.BadParameter("name at least one model", param_hint="--models")
+    if memory_model:
+        try:
+            memory = training_bench.parse_model(memory_model)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--memory-model") from None
     click.echo(f"$ gemini-ckpt {shlex.join(sys.argv[1:])}")
     figures: dict[str, Any] = {"micro": bench_micro(size_mb, repeats)}
     _print_micro(figures["micro"])
-    if memory_model:
-        try:
-            model = training_bench.parse_model(memory_model)
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--memory-model") from None
-        figures["model_memory"] = training_bench.model_memory(model, ranks_per_node)
+    if memory is not None:
+        figures["model_memory"] = training_bench.model_memory(memory, ranks_per_node)
         _print_model_memory(figures["model_memory"])
     if training:
-        try:
-            chosen = [training_bench.parse_model(m) for m in models.split(",") if m.strip()]
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="--models") from None
         figures["training"] = []
         for model in chosen:
             result = training_bench.bench_training(

@@ -166,6 +166,7 @@ def command(
                         "micro_iteration_time_s",
                         "micro_iteration_phases",
                         "engine_iteration_s",
+                        "engine_step_s",
                     )
                     if k in profiled
                 },

@@ -88,14 +88,17 @@ def command(
     if domain_failures:
         if domain_names is None:
             raise click.BadParameter("--domain-failures needs --domains")
-        result = monte_carlo_probability(
-            placement,
-            k,
-            trials=trials,
-            rng=rng,
-            domains=domain_names,
-            domain_failures=domain_failures,
-        )
+        try:
+            result = monte_carlo_probability(
+                placement,
+                k,
+                trials=trials,
+                rng=rng,
+                domains=domain_names,
+                domain_failures=domain_failures,
+            )
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--domain-failures") from error
     else:
         result = recovery_probability(placement, k, rng=rng, trials=trials)
     if as_json:
@@ -167,7 +170,7 @@ def _print(placement: Placement, k: int, domain_failures: int, result: RecoveryP
     )
     if result.method == "monte-carlo":
         line += f", 95% CI [{result.ci_low:.4f}, {result.ci_high:.4f}], {result.trials} trials"
-    console.print(line + ")")
+    console.print(line + ")", soft_wrap=True)  # one line, piped or not
     if result.closed_form is not None:
         kind = "exact here" if result.closed_form_exact else "a lower bound here"
-        console.print(f"paper's closed form: {result.closed_form:.4f} ({kind})")
+        console.print(f"paper's closed form: {result.closed_form:.4f} ({kind})", soft_wrap=True)

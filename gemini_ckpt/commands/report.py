@@ -61,10 +61,14 @@ def command(
     except RunFolderError as error:
         raise click.UsageError(str(error)) from error
     failed = sorted({f for path in run_dirs for f in failed_run_folders(path)})
+    unfinished = sorted({f for path in run_dirs for f in unfinished_run_folders(path)})
     if not runs:
         raise click.UsageError(
-            "no run to report: every run given failed ("
-            + "; ".join(f"{folder}: {reason}" for folder, reason in failed)
+            "no run to report: every run given failed or was stopped before it ended ("
+            + "; ".join(
+                [f"{folder}: {reason}" for folder, reason in failed]
+                + [f"{folder}: no summary.json" for folder in unfinished]
+            )
             + ")"
         )
     calibrated_on: list[str] = []
@@ -77,7 +81,7 @@ def command(
     if not main:
         main, sweep = sweep, []
     console = Console(stderr=True, soft_wrap=True)  # paths stay whole when piped
-    for folder in sorted({f for path in run_dirs for f in unfinished_run_folders(path)}):
+    for folder in unfinished:
         console.print(
             f"[yellow]warning:[/] skipped {folder}: events but no summary.json (a run "
             "stopped before it ended: `gemini-ckpt real`, or the root agent of agents started "

@@ -278,16 +278,16 @@ def command(
         if loaded.real.mode == "netns":
             require_netns()
     out = out or Path("runs") / loaded.name
-    out.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] | None = None
     calibrated_on: list[str] = []
-    if calibration is not None:
+    if calibration is not None:  # read before the run folder is made: a typo leaves nothing
         try:
             document = load_calibration(calibration)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--calibration") from error
         calibrated_on = calibration_scenarios(document)
-    elif calibrate:
+    out.mkdir(parents=True, exist_ok=True)
+    if document is None and calibrate:
         console.print("calibrating this machine (micro-benchmarks of an in-process recovery)")
         began = time.monotonic()
         try:

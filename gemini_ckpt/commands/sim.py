@@ -167,6 +167,8 @@ def command(
     faces: tuple[Face, ...] = ("sim",)
     chosen = [*(STRATEGIES[strategy] if strategy else []), *overrides]
     measured: list[str] = []
+    if load != "0" and not calibration:
+        raise click.UsageError("--load applies to a calibration's costs: give --calibration FILE")
     if calibration:
         # The calibration's laws evaluated at this scenario's shape, within its limits.
         try:

@@ -39,3 +39,19 @@ def test_too_few_iterations_to_time_are_refused() -> None:
     done = bench("--iterations", "7")
     assert done.returncode == 2
     assert "--iterations" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--repeats", "0"], "--repeats"),  # was a StatisticsError
+        (["--size-mb", "0"], "--size-mb"),  # was "2624.00 bytes per state byte"
+        (["--models", "tiny,mediun"], "--models"),  # was refused after the micro-benchmarks
+        (["--memory-model", "huge"], "--memory-model"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_benchmark(args: list[str], named: str) -> None:
+    done = bench(*args)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert "state:" not in done.stdout  # no micro-benchmark ran

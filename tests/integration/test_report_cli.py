@@ -143,6 +143,12 @@ def test_a_report_of_simulated_runs_alone_claims_no_measurement(
     run_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sim-only"
+    # An earlier report of every run in the same folder: its figures of measured runs, and its
+    # GIF, would be left beside the new report's (found by a user's second run).
+    assert main(["report", str(run_dir), "--out", str(out), "--no-video"]) == 0
+    assert (out / "figures" / "phases.png").exists()
+    assert (out / "figures" / "recovery.gif").exists()
+    (out / "demo.mp4").write_bytes(b"an earlier video")
     sims = [str(run_dir / "sim-gemini"), str(run_dir / "sim-baseline")]
     assert main(["report", *sims, "--out", str(out), "--no-video", "--no-gif"]) == 0
     markdown = (out / "report.md").read_text()
@@ -152,6 +158,9 @@ def test_a_report_of_simulated_runs_alone_claims_no_measurement(
     assert "One panel per run" in markdown
     assert "figures/phases.png" not in markdown  # nothing measured to set beside
     assert not (out / "figures" / "phases.png").exists()
+    assert not (out / "figures" / "recovery.gif").exists()  # --no-gif
+    assert not (out / "demo.mp4").exists()  # --no-video
+    assert (out / "slides.html").exists() and (out / "final-report.md").exists()
 
 
 def test_report_names_a_run_folder_it_skips_for_want_of_a_summary(
@@ -169,6 +178,15 @@ def test_report_names_a_run_folder_it_skips_for_want_of_a_summary(
     assert main(args) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert f"skipped {stopped}: events but no summary.json" in said
+    # given by itself, beside a finished run (it was refused: "holds no run folder")
+    args = ["report", str(root / "sim-gemini"), str(stopped), "--out", str(tmp_path / "r2")]
+    assert main([*args, "--no-video", "--no-gif"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"skipped {stopped}: events but no summary.json" in said
+    # alone, there is nothing to report
+    assert main(["report", str(stopped), "--out", str(tmp_path / "r3"), "--no-video"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "stopped before it ended" in said and "no summary.json" in said
 
 
 def test_report_leaves_out_a_run_whose_job_failed(

@@ -57,3 +57,14 @@ def test_a_run_too_big_for_this_host_is_refused_before_anything_starts(
     assert main(["run", str(QUICKSTART), "--out", str(out), "--set", "cluster.nodes=500"]) == 2
     assert "does not fit on this host" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_unreadable_calibration_is_refused_before_the_run_folder_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("measurements: [not, a, mapping]\n")
+    out = tmp_path / "q"
+    assert main(["run", str(QUICKSTART), "--out", str(out), "--calibration", str(typo)]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert not out.exists()  # it was left behind, empty

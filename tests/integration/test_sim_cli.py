@@ -72,6 +72,7 @@ def test_seeds_run_in_parallel_with_confidence_intervals(tmp_path: Path) -> None
         ["sim", "scenarios/quickstart.yaml", "--set", "cluster.nodes=zero"],
         ["sim", "scenarios/quickstart.yaml", "--set", "cluster.cpu_memory_gb=0.000001"],
         ["sim", "scenarios/quickstart.yaml", "--seeds", "0"],
+        ["sim", "scenarios/quickstart.yaml", "--load", "3"],  # without --calibration
     ],
 )
 def test_bad_input_exits_2(
@@ -79,3 +80,41 @@ def test_bad_input_exits_2(
 ) -> None:
     monkeypatch.chdir(ROOT)
     assert main([*argv, "--out", str(tmp_path)]) == 2
+
+
+def test_ctrl_c_ends_a_many_seed_simulation_at_once(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group. The seeds under way used to run to
+    their end (a minute each here), and the queued ones to start, before the command said
+    "Interrupted."; now it ends them at once, and writes no seed it had not finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sim"
+    command = [
+        sys.executable,
+        "-m",
+        "gemini_ckpt",
+        "sim",
+        str(ROOT / "scenarios/cluster-1000.yaml"),
+    ]
+    command += ["--set", "cluster.nodes=10000", "--set", "sim.duration_days=1000"]
+    command += ["--seeds", "4", "--workers", "2", "--out", str(out)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(8)  # the workers are simulating their first seeds (minutes each)
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err.decode()
+    assert "Interrupted." in err.decode()
+    assert not list(out.glob("seed-*/summary.json"))
+    assert not (out / "summary.json").exists()

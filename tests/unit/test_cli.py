@@ -72,6 +72,9 @@ def test_placement_domain_failures_use_monte_carlo(capsys: pytest.CaptureFixture
 def test_placement_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["placement", "-n", "4", "-m", "2", "-k", "2"], capsys)
     assert code == 0 and "0.6667" in out and "group placement" in out
+    # the result on one line, also when piped (rich wrapped it at 80 columns)
+    (line,) = [line for line in out.splitlines() if "P(every checkpoint" in line]
+    assert "0.6667" in line and line.rstrip().endswith(")")
 
 
 @pytest.mark.parametrize(
@@ -82,6 +85,7 @@ def test_placement_table_output(capsys: pytest.CaptureFixture[str]) -> None:
         ["placement", "-n", "4", "-m", "2", "-k", "9"],
         ["placement", "-n", "4"],
         ["placement", "-n", "4", "-m", "2", "--domains", "a,b"],
+        ["placement", "-n", "8", "-m", "2", "--domains", "4", "--domain-failures", "5"],
         ["no-such-command"],
     ],
 )

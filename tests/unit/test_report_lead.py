@@ -81,3 +81,17 @@ def test_a_kind_seen_a_different_number_of_times_says_both_counts(tmp_path: Path
     ]
     (row,) = lead_table(runs).rows
     assert row[1] == "trainer crash (Gemini x2, baseline x1)"
+
+
+def test_a_ratio_below_one_keeps_its_digits() -> None:
+    """Gemini slower than the baseline for some failure kind (0.04x) read "0.0x"."""
+    from analysis.render import ratio_text
+
+    assert [ratio_text(v) for v in (0.0416, 0.5, 1.0, 25.13, 0.0, None)] == [
+        "0.042x",
+        "0.5x",
+        "1.0x",
+        "25.1x",
+        "0.0x",
+        "-",
+    ]
