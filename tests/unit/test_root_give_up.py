@@ -106,28 +106,16 @@ def test_progress_a_late_failure_or_a_lost_node_ends_the_streak() -> None:
     assert verdict is not None and "restarted from scratch" in verdict
 
 
-class RecordKV(NoKV):
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    def put(self, key: str, value: bytes) -> None:
-        self.values[key] = value
-
-    def get(self, key: str) -> bytes | None:
-        return self.values.get(key)
-
-    def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        return {k: v for k, v in self.values.items() if k.startswith(prefix)}
-
-
 def test_a_job_whose_slot_never_gets_an_agent_fails_naming_the_slot() -> None:
     """On a real cluster nothing else bounds the start: a node lost while the job started, or
     an agent never launched, left every other agent waiting forever."""
     import threading
 
+    from memory_kv import DictKV
+
     from real.agent import jobkeys
 
-    kv = RecordKV()
+    kv = DictKV()
     kv.put(f"{jobkeys.STORES_PREFIX}7", b'{"slot": 0, "address": "127.0.0.1:1"}')
     emitted: list[tuple[str, dict[str, Any]]] = []
     agent = SimpleNamespace(
@@ -142,6 +130,8 @@ def test_a_job_whose_slot_never_gets_an_agent_fails_naming_the_slot() -> None:
     )
     agent._registrations = lambda: RootAgent._registrations(agent)
     agent._require_leadership = lambda: None  # it leads (RootAgent._require_leadership)
+    agent._record_raw = None  # no record yet
+    agent._write_record = lambda record: RootAgent._write_record(agent, record)
     assert RootAgent._start_job(agent) is None
     record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
     assert record is not None and record["state"] == "failed"
