@@ -98,3 +98,8 @@ class RunFolderError(GeminiError, ValueError):
 class AgentIdentityError(GeminiError):
     """A node agent started with the node id or slot of a live agent of the job, or with a
     scenario other than the job's."""
+
+
+class CheckpointMismatchError(GeminiError):
+    """A checkpoint this job cannot restore however often it tries (written by a job of
+    another world size): raised at once, not retried as a tier that failed."""

@@ -109,13 +109,15 @@ def command(
         stream=sys.stderr,
         force=True,
     )
+    if strategy is not None:  # the job's checkpoint.strategy, a user's own script's too
+        overrides = (*overrides, f"checkpoint.strategy={strategy}")
     parsed = load_scenario(scenario, overrides)
     run_dir = run_dir.resolve()
     spec = TrainerSpec(
         scenario=scenario.resolve(),
         overrides=overrides,
         run_dir=run_dir,
-        checkpointer=strategy or parsed.checkpoint.strategy,
+        checkpointer=parsed.checkpoint.strategy,
         world_size=parsed.cluster.ranks,
         per_node=parsed.cluster.accelerators_per_node,
         abort_timeout_s=parsed.detection.abort_timeout_s,

@@ -89,8 +89,16 @@ class RealResult:
 
 def run_real(options: RealOptions) -> RealResult:
     """Run the scenario on an emulated cluster; raises on failure, after tearing down."""
-    scenario = load_scenario(options.scenario, options.overrides, faces=REAL)
-    strategy = options.strategy or scenario.checkpoint.strategy
+    # --strategy is the scenario's checkpoint.strategy for the whole job (the agents, the root,
+    # the trainers, a user's own script's Checkpointer): a script given as the entrypoint
+    # read the scenario's and ran Gemini under a run labelled the baseline.
+    overrides = (
+        (*options.overrides, f"checkpoint.strategy={options.strategy}")
+        if options.strategy
+        else tuple(options.overrides)
+    )
+    scenario = load_scenario(options.scenario, overrides, faces=REAL)
+    strategy = scenario.checkpoint.strategy
     require_fits(scenario, strategy, force=options.force)
     mode = options.mode or scenario.real.mode
     run_dir = options.out.resolve()
@@ -108,9 +116,7 @@ def run_real(options: RealOptions) -> RealResult:
         from real.launcher.cluster import LocalCluster
 
         cluster_class = LocalCluster
-    cluster = cluster_class(
-        scenario, options.scenario.resolve(), tuple(options.overrides), run_dir, strategy, t0
-    )
+    cluster = cluster_class(scenario, options.scenario.resolve(), overrides, run_dir, strategy, t0)
     cluster.resume = options.resume
     # The launcher is a process of the job too: its clients of the coordination store (and the
     # store it starts) prove the job's secret as the agents' do, from GEMINI_TOKEN.

@@ -25,6 +25,7 @@ from real.persistent.metadata import (
     metadata_key,
 )
 from real.persistent.storage import FORMAT, INDEX_NAME, PersistentStorage, iteration_folder
+from shared.errors import CheckpointMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -193,15 +194,29 @@ def load_persistent(
             (nothing was unpickled).
         ValueError: the checkpoint lacks a tensor of the template or this rank's values, or
             no key is set.
+        CheckpointMismatchError: a job's restore (a process group, or no ``rank`` given)
+            of a checkpoint another world size wrote.
     """
     storage = PersistentStorage(url, storage_options)
     secret = metadata_key(key)[0]
-    listed = {int(e["iteration"]) for e in storage.read_index()["complete"]}
+    listed = {int(e["iteration"]): e for e in storage.read_index()["complete"]}
     if iteration not in listed:
         raise FileNotFoundError(
             f"{url} holds no complete checkpoint of iteration {iteration} (complete: "
             f"{sorted(listed) or 'none'})"
         )
+    written_by = listed[iteration].get("world_size")
+    joined = dist.is_available() and dist.is_initialized()
+    if written_by is not None and (joined or rank is None):  # a job's restore, not a reader's
+        world = _rank_and_world()[1]
+        if int(written_by) != world:
+            # Each rank's values are its own (its data position, its RNG): restored into
+            # another world size, some would be lost or read twice. Every rank refuses alike.
+            raise CheckpointMismatchError(
+                f"{url}/{iteration_folder(iteration)} was written by a job of {written_by} "
+                f"ranks; this job has {world}: restore it with {written_by} ranks, or give "
+                "this job a storage URL (cluster.storage.url) or run folder of its own"
+            )
     # Refuse here, with a plain error, what the reader would refuse inside DCP (which wraps
     # it); the reader still checks the very bytes it unpickles.
     storage.verify_metadata(iteration, secret)

@@ -80,6 +80,36 @@ SCENARIO_ENV, SCENARIO_SET_ENV = GEMINI_SCENARIO, GEMINI_SCENARIO_SET
 Strategy = Literal["gemini", "persistent"]
 
 
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "placement": ("auto", "group", "ring", "mixed"),
+    "traffic": ("interleaved", "blocking"),
+    "commit": ("on_arrival", "next_iteration_end"),
+    "local_slots": (1, 2),
+    "strategy": ("gemini", "persistent"),
+}
+
+
+def _check_arguments(**given: Any) -> None:
+    """Refuse a bad argument at once, naming it: it used to surface seconds later, once the
+    process group had formed, as a scenario field the caller never passed (``persist_every=0``)
+    or as gloo's "Invalid timeout" (``timeout_s=-1``)."""
+    for name, allowed in _CHOICES.items():
+        if given[name] not in allowed:
+            raise ValueError(
+                f"Checkpointer({name}={given[name]!r}): use one of "
+                + ", ".join(repr(a) for a in allowed)
+            )
+    for name, least in (("replicas", 1), ("persist_every", 1)):
+        value = given[name]
+        if value is None and name == "persist_every":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"Checkpointer({name}={value!r}): an integer >= {least}")
+    timeout = given["timeout_s"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"Checkpointer(timeout_s={timeout!r}): a number of seconds > 0")
+
+
 class Checkpointer:
     """In-memory checkpoints of one rank, with in-process recovery under the agents.
 
@@ -123,6 +153,16 @@ class Checkpointer:
         timeout_s: float = 300.0,
         run_dir: str | Path | None = None,
     ) -> None:
+        _check_arguments(
+            replicas=replicas,
+            placement=placement,
+            traffic=traffic,
+            commit=commit,
+            local_slots=local_slots,
+            persist_every=persist_every,
+            strategy=strategy,
+            timeout_s=timeout_s,
+        )
         open_one = Checkpointer._open() if Checkpointer._open is not None else None
         if open_one is not None:
             # Two would share this node's checkpoint slots: each restore could return the

@@ -73,6 +73,26 @@ def test_round_trip_continues_bitwise(tmp_path: Path) -> None:
     assert state_digest(resumed.model_state()) == state_digest(trainer.model_state())
 
 
+def test_a_checkpoint_of_another_world_size_is_refused_not_restored(tmp_path: Path) -> None:
+    """A 2-rank job's checkpoint restored silently into 1 rank: rank 1's data position and
+    RNG were dropped. A job's restore now refuses it, with the two sizes; a reader that names
+    the rank it reads (a tool, not a job) still reads it."""
+    from shared.errors import CheckpointMismatchError
+
+    url = str(tmp_path / "tier")
+    trainer = trained(3)
+    save_persistent(url, 3, trainer.state())
+    storage = persistent_storage.PersistentStorage(url)
+    index = storage.read_index()
+    index["complete"][0]["world_size"] = 2  # as a job of two ranks advertised it
+    storage.write_json(persistent_storage.INDEX_NAME, index)
+    with pytest.raises(
+        CheckpointMismatchError, match="written by a job of 2 ranks; this job has 1"
+    ):
+        load_persistent(url, 3, Trainer(CONFIG).state())
+    assert load_persistent(url, 3, Trainer(CONFIG).state(), rank=0)["iteration"] == 3
+
+
 def test_template_free_load_reads_the_state_as_stored(
     tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:
@@ -493,3 +513,28 @@ def test_emulated_bandwidth_paces_real_writes_and_reads(
         patch.setenv(throttling.STORAGE_RATE_ENV, "fast")
         with pytest.raises(ValueError, match="GEMINI_STORAGE_RATE"):
             persistent_storage.PersistentStorage(url)
+
+
+def test_a_job_resumed_from_another_world_sizes_checkpoint_fails_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    """The root of a job submitted again plans its first attempt from the persistent tier: a
+    checkpoint of another world size fails the job there, naming both sizes, rather than in
+    every trainer (a crash loop whose cause only the trainers' logs told)."""
+    from typing import cast
+
+    from real.agent.root import RootAgent
+
+    url = str(tmp_path / "tier")
+    save_persistent(url, 3, trained(3).state())  # one rank (no process group)
+    root = cast(Any, RootAgent.__new__(RootAgent))
+    root.persistent_url, root.resume, root.node_id = url, True, 0
+    root.nodes, root.per_node = 2, 1
+    plan, refusal = root._first_plan()
+    assert plan["iteration"] is None
+    assert refusal is not None and "written by a job of 1 ranks; this job has 2" in refusal
+    from shared.placement import plan_placement
+
+    root.nodes, root.placement = 1, plan_placement(1, 1, "group")
+    plan, refusal = root._first_plan()
+    assert refusal is None and plan["iteration"] == 3

@@ -169,3 +169,31 @@ def test_the_agent_keeps_the_scenarios_warm_spares_per_rank(
     finally:  # the command configures the root logger, as a process of its own would
         logging.root.handlers[:], logging.root.level = handlers, level
     assert [config.spec.spares for config in configs] == [1, 2]
+
+
+def test_the_agents_strategy_is_the_scenarios_for_a_users_own_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--strategy persistent`` reached the built-in trainer alone: a script given as the
+    entrypoint read the scenario's strategy and ran Gemini under a run labelled the baseline."""
+    from click.testing import CliRunner
+
+    from real.agent import command, node_agent
+
+    configs: list[node_agent.AgentConfig] = []
+    monkeypatch.setattr(node_agent, "run_agent", lambda config: configs.append(config) or 0)
+    monkeypatch.setenv("GEMINI_TOKEN", "secret")
+    arguments = ["--kv", "tcpstore://127.0.0.1:1", "--node-id", "0", "--slot", "0"]
+    arguments += ["--run-dir", str(tmp_path), str(QUICKSTART), "--strategy", "persistent"]
+    arguments += ["--set", "training.entrypoint=[my_train.py]"]
+    arguments += ["--set", "checkpoint.baseline_every_iterations=10"]
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        result = CliRunner().invoke(command.command, arguments)
+        assert result.exit_code == 0, result.output
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
+    (config,) = configs
+    assert config.scenario.checkpoint.strategy == "persistent"  # the root's and the digest's
+    assert config.spec.checkpointer == "persistent"
+    assert "checkpoint.strategy=persistent" in config.spec.overrides  # the script's scenario
