@@ -266,7 +266,7 @@ def _micro_overrides(
             # As the laws do (``law_overrides``): Gemini's trainers checkpoint every iteration,
             # and the benchmark timed that too; on a host without accelerators the capture and
             # replication take CPU from training, so its phases stretch alike.
-            plain = _number(measurements, "engine_step_s") or iteration
+            plain = min(_number(measurements, "engine_step_s") or iteration, engine)
             overrides.append(f"training.iteration_no_ckpt_s={_fmt(plain * scale)}")
             scale *= engine / iteration
         phases = measurements.get("micro_iteration_phases")
@@ -900,7 +900,10 @@ def law_overrides(
         # it scales the phases so as to count that traffic once (sim.model.net_of_checkpoint).
         overrides.append("training.phases_with_checkpoint=true")
     if no_ckpt and scenario.checkpoint.strategy == "gemini":
-        overrides.append(f"training.iteration_no_ckpt_s={_fmt(no_ckpt)}")
+        # Never above the iteration with the checkpoint: a law's prediction beside a measured
+        # run, or noise, would read as a negative overhead.
+        with_ckpt = costs["compute_s"] + costs["communication_s"]
+        overrides.append(f"training.iteration_no_ckpt_s={_fmt(min(no_ckpt, with_ckpt))}")
     return limited_overrides(overrides, scenario)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +68,14 @@ def _pct(value: float | None) -> str:
 
 
 def ratio_text(value: float | None) -> str:
-    """A ratio with one decimal from 1 up, two significant digits below (0.04x, not 0.0x)."""
+    """A ratio with one decimal from 1 up, two significant digits below (0.042x, not 0.0x),
+    never in exponent notation."""
     if value is None:
         return "-"
-    if value == 0 or abs(value) >= 1:
+    if value == 0 or abs(value) >= 0.95:
         return f"{value:.1f}x"
-    return f"{value:.2g}x"
+    digits = 1 - math.floor(math.log10(abs(value)))
+    return f"{value:.{digits}f}x"
 
 
 def markdown_table(table: Table) -> str:

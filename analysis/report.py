@@ -542,7 +542,14 @@ def write_report(
     return files
 
 
-STALE_PATTERNS = ("figures/*.png", "figures/*.gif", "demo.mp4", "slides.html", "final-report.*")
+STALE_PATTERNS = (
+    "figures/*.png",
+    "figures/*.gif",
+    "demo.mp4",
+    "slides.html",
+    "final-report.md",
+    "final-report.html",
+)
 """What a report writes whose earlier copies it removes when it does not write them again."""
 
 

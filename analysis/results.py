@@ -109,12 +109,12 @@ def _events_path(folder: Path) -> Path | None:
     return seeds[0] / EVENTS if seeds else None
 
 
-def find_run_folders(path: str | Path) -> list[Path]:
+def find_run_folders(path: str | Path, *, skip_unfinished: bool = False) -> list[Path]:
     """The run folders at or under ``path``: the folder itself if it holds a summary, else
     its sub-folders (recursively) that do, skipping the per-seed folders of a multi-seed run.
 
-    A folder holding only runs stopped before they ended (``unfinished_run_folders``) gives
-    none: a report skips those, with a warning.
+    With ``skip_unfinished``, a folder holding only runs stopped before they ended
+    (``unfinished_run_folders``) gives none: a report skips those, with a warning.
 
     Raises:
         RunFolderError: when ``path`` does not exist or holds no run folder, finished or not.
@@ -130,7 +130,7 @@ def find_run_folders(path: str | Path) -> list[Path]:
         if folder.name.startswith("seed-") and (folder.parent / SUMMARY).is_file():
             continue
         found.append(folder)
-    if not found and not unfinished_run_folders(root):
+    if not found and not (skip_unfinished and unfinished_run_folders(root)):
         raise RunFolderError(f"{root}: holds no run folder (no {SUMMARY} in it or below)")
     return found
 
@@ -174,13 +174,14 @@ def failed_run_folders(path: str | Path) -> list[tuple[Path, str]]:
     return found
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[RunResult]:
+def load_runs(paths: Iterable[str | Path], *, skip_unfinished: bool = False) -> list[RunResult]:
     """Load every run folder at or under each path, in order, without duplicates, leaving out
-    runs whose job failed (``failed_run_folders``)."""
+    runs whose job failed (``failed_run_folders``); ``skip_unfinished``: as
+    ``find_run_folders``."""
     seen: set[Path] = set()
     runs: list[RunResult] = []
     for path in paths:
-        for folder in find_run_folders(path):
+        for folder in find_run_folders(path, skip_unfinished=skip_unfinished):
             key = folder.resolve()
             if key not in seen:
                 seen.add(key)

@@ -213,9 +213,11 @@ class TrainingConfig(_Strict):
         "iteration_time_s) carry Gemini's checkpoint: on a host without accelerators its "
         "capture and replication take CPU from training, and a calibration's profile times "
         "the iteration with them. The reference of the checkpoint's overhead and of the "
-        "ETTR's ideal; a calibration sets it from the step without its save where it timed "
-        "one (as the harness reports a run's), else from the iteration without the engine. "
-        "Default: the iteration of the phases.",
+        "ETTR's ideal under Gemini (the baseline's phases carry no checkpoint); a "
+        "calibration sets it from the step without its save where it timed one (as the "
+        "harness reports a run's: the replication still shares the CPU), else from the "
+        "iteration without the engine, never above the iteration with it. Default: the "
+        "iteration of the phases.",
     )
     accelerator_tflops: PositiveFloat = Field(312.0, description="Peak TFLOP/s per accelerator.")
     efficiency: Annotated[float, Field(gt=0, le=1)] = Field(

@@ -123,7 +123,7 @@ def build_model(scenario: Scenario) -> SimModel:
             pause_s=blocking,
             persist_every=every,
             upload_s=upload,
-            iteration_no_ckpt_s=scenario.training.iteration_no_ckpt_s or base_s,
+            iteration_no_ckpt_s=base_s,  # its phases never carry a checkpoint
             memory_bytes=memory,
             interval_rule=rule,
         )

@@ -14,6 +14,7 @@ import os
 import signal
 import statistics
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,22 +152,31 @@ def replicate(
             if on_done:
                 on_done(summaries[-1])
         return summaries
-    # multiprocessing's Pool rather than concurrent.futures: on Ctrl-C (or a seed's error) its
-    # terminate() ends the seeds under way at once, where ProcessPoolExecutor's shutdown waits
-    # for every running one (a minute each for a large cluster). The workers ignore SIGINT,
-    # which a terminal sends to the whole group: the parent alone decides.
-    tasks = [(data, seed, str(out / f"seed-{seed}") if out else None) for seed in seed_list]
-    with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
-        for summary in pool.imap_unordered(_run_task, tasks):
-            summaries.append(summary)
+    # The workers ignore SIGINT, which a terminal sends to the whole group: the parent alone
+    # decides. On Ctrl-C (or a seed's error) the seeds not begun are cancelled and those under
+    # way ended at once: leaving the executor would wait for each (a minute for a large
+    # cluster). A worker that dies breaks the pool (BrokenProcessPool), where
+    # multiprocessing's Pool would wait for its task for ever.
+    others = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+    try:
+        futures = [
+            pool.submit(_run_one, data, seed, str(out / f"seed-{seed}") if out else None)
+            for seed in seed_list
+        ]
+        for future in as_completed(futures):
+            summaries.append(future.result())
             if on_done:
-                on_done(summary)
+                on_done(summaries[-1])
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in set(multiprocessing.active_children()) - others:  # the pool's workers
+            child.terminate()
+        raise
+    pool.shutdown()
     return sorted(summaries, key=lambda s: s.seed)
 
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-
-def _run_task(task: tuple[dict[str, Any], int, str | None]) -> RunSummary:
-    return _run_one(*task)

@@ -57,7 +57,7 @@ def command(
     from shared.errors import RunFolderError
 
     try:
-        runs = load_runs(run_dirs)
+        runs = load_runs(run_dirs, skip_unfinished=True)
     except RunFolderError as error:
         raise click.UsageError(str(error)) from error
     failed = sorted({f for path in run_dirs for f in failed_run_folders(path)})

@@ -167,7 +167,7 @@ def command(
     faces: tuple[Face, ...] = ("sim",)
     chosen = [*(STRATEGIES[strategy] if strategy else []), *overrides]
     measured: list[str] = []
-    if load != "0" and not calibration:
+    if not calibration and (load == "now" or _background(load) != 0):
         raise click.UsageError("--load applies to a calibration's costs: give --calibration FILE")
     if calibration:
         # The calibration's laws evaluated at this scenario's shape, within its limits.

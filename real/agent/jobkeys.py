@@ -94,13 +94,6 @@ def failed_record(record: dict[str, Any], reason: str) -> dict[str, Any]:
     return {**record, "state": "failed", "reason": reason}
 
 
-def mark_failed(kv: KeyValueStore, record: dict[str, Any], reason: str) -> dict[str, Any]:
-    """Write ``failed_record(record, reason)`` as the attempt record; the record written."""
-    failed = failed_record(record, reason)
-    put_json(kv, ATTEMPT_KEY, failed)
-    return failed
-
-
 def members_of(record: dict[str, Any]) -> dict[int, int]:
     """``{slot: node_id}`` of an attempt record."""
     return {int(slot): int(node) for slot, node in record.get("members", {}).items()}

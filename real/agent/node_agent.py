@@ -412,7 +412,8 @@ class NodeAgent:
         if claim is None and self.kv is not None and self.kv.get(self._claim_keys()[0]) is None:
             raise AgentIdentityError(
                 f"slot {config.slot} is claimed by another agent of this job, starting or "
-                "running: give each slot one agent (--slot), and start spares with --standby"
+                "running: give each slot one agent (--slot), and start spares with --standby; "
+                f"or wait {ttl:g} s after that agent stopped"
             )
         if claim is None:
             raise AgentIdentityError(
@@ -451,10 +452,15 @@ class NodeAgent:
         one lease), or None when another agent holds one of them."""
         assert self.kv is not None
         claim = self.kv.grant_lease(self.config.scenario.detection.lease_timeout_s)
-        for key in self._claim_keys():
-            if not self.kv.create(key, value, claim):
-                claim.revoke()  # and with it the keys this call created
-                return None
+        try:
+            for key in self._claim_keys():
+                if not self.kv.create(key, value, claim):
+                    claim.revoke()  # and with it the keys this call created
+                    return None
+        except KVError:
+            with contextlib.suppress(KVError):
+                claim.revoke()
+            raise
         return claim
 
     def _keep_claim(self, value: bytes, period_s: float) -> None:
@@ -471,7 +477,8 @@ class NodeAgent:
                     self.claim = claim
                     continue
                 log.error(
-                    "node %d: another agent took this node id while this one was paused; leaving",
+                    "node %d: another agent took this node id or slot while this one was paused; "
+                    "leaving",
                     config.node_id,
                 )
                 self.stop()
@@ -649,10 +656,16 @@ class NodeAgent:
         except KVError:
             return False
         try:
-            record = jobkeys.read_json(kv, jobkeys.ATTEMPT_KEY)
+            raw = kv.get(jobkeys.ATTEMPT_KEY)
+            record = jobkeys.parse_json(raw)
             if record is None or record.get("state") in ("finished", "failed"):
                 return True
-            jobkeys.mark_failed(kv, record, reason)
+            failed = keys.encode(jobkeys.failed_record(record, reason))
+            if not kv.replace(jobkeys.ATTEMPT_KEY, raw, failed):  # a root wrote it meanwhile
+                log.warning(
+                    "node %d: the attempt record changed; not failing the job", self.config.node_id
+                )
+                return False
             log.error("node %d: root: %s", self.config.node_id, reason)
             self.events.emit(
                 "run_finished",

@@ -482,7 +482,11 @@ class RootAgent:
         other job's checkpoints.
         """
         scratch: dict[str, Any] = {"iteration": None, "sources": []}
-        from real.persistent.storage import index_reader, latest_persistent_iteration
+        from real.persistent.storage import (
+            index_reader,
+            latest_persistent_iteration,
+            world_size_refusal,
+        )
 
         # Raises when the tier cannot be read (OSError; the root starts again, and after
         # ROOT_FAILURES the job fails with it): a job that cannot see its checkpoints must
@@ -513,22 +517,11 @@ class RootAgent:
                 "GEMINI_PERSISTENT_KEY to the key of the job that wrote it; to start afresh, "
                 "give this job a storage URL (cluster.storage.url) or run folder of its own"
             )
-        entry: dict[str, Any] = next(
-            (
-                e
-                for e in index_reader(self.persistent_url).read_index()["complete"]
-                if int(e["iteration"]) == iteration
-            ),
-            {},
-        )
-        written_by, world = entry.get("world_size"), self.nodes * self.per_node
-        if written_by is not None and int(written_by) != world:
-            return scratch, (
-                f"the persistent tier {self.persistent_url} holds iteration {iteration}, "
-                f"written by a job of {written_by} ranks; this job has {world}: resume it "
-                "with that many ranks, or give this job a storage URL (cluster.storage.url) "
-                "or run folder of its own"
-            )
+        complete = index_reader(self.persistent_url).read_index()["complete"]
+        entry: dict[str, Any] = next((e for e in complete if int(e["iteration"]) == iteration), {})
+        refusal = world_size_refusal(self.persistent_url, entry, self.nodes * self.per_node)
+        if refusal is not None:
+            return scratch, f"the persistent tier holds iteration {iteration}: {refusal}"
         plan = plan_recovery(self.placement, {}, {}, iteration)
         log.info(
             "node %d: root: resuming from persistent iteration %d (key from %s)",

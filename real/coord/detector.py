@@ -216,7 +216,8 @@ class FailureDetector:
                 if silent is not None:  # the hung trainer's node: the one that never reported
                     node, rank = silent, None
                     # Its peers reported once their collective had waited out its timeout:
-                    # the hang began no later than that wait did.
+                    # dated from when they began to wait (a trainer that hung inside that
+                    # collective stopped up to its length later).
                     at -= self.collective_timeout_s or 0.0
                 found = [Detection("software", node, rank, None, now, at, key, "suspect")]
         for detection in found:

@@ -342,6 +342,9 @@ class EtcdKV(KeyValueStore):
 
     def replace(self, key: str, expected: bytes | None, value: bytes) -> bool:
         encoded = _b64(self._key(key))
+        # A comparison of values: the same bytes written back in between pass (the embedded
+        # store's values carry a nonce per write and do not). The attempt record changes at
+        # every write (its attempt, state or failures), so for it the two agree.
         compare: dict[str, Any] = {"key": encoded, "result": "EQUAL"}
         if expected is None:
             compare.update(target="CREATE", create_revision=0)

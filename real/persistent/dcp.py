@@ -24,7 +24,13 @@ from real.engine.state import SEPARATOR, flatten_state, unflatten_state
 from real.persistent.metadata import (
     metadata_key,
 )
-from real.persistent.storage import FORMAT, INDEX_NAME, PersistentStorage, iteration_folder
+from real.persistent.storage import (
+    FORMAT,
+    INDEX_NAME,
+    PersistentStorage,
+    iteration_folder,
+    world_size_refusal,
+)
 from shared.errors import CheckpointMismatchError
 
 logger = logging.getLogger(__name__)
@@ -205,18 +211,11 @@ def load_persistent(
             f"{url} holds no complete checkpoint of iteration {iteration} (complete: "
             f"{sorted(listed) or 'none'})"
         )
-    written_by = listed[iteration].get("world_size")
     joined = dist.is_available() and dist.is_initialized()
-    if written_by is not None and (joined or rank is None):  # a job's restore, not a reader's
-        world = _rank_and_world()[1]
-        if int(written_by) != world:
-            # Each rank's values are its own (its data position, its RNG): restored into
-            # another world size, some would be lost or read twice. Every rank refuses alike.
-            raise CheckpointMismatchError(
-                f"{url}/{iteration_folder(iteration)} was written by a job of {written_by} "
-                f"ranks; this job has {world}: restore it with {written_by} ranks, or give "
-                "this job a storage URL (cluster.storage.url) or run folder of its own"
-            )
+    if joined or rank is None:  # a job's restore, not a reader's of one rank's values
+        refusal = world_size_refusal(url, listed[iteration], _rank_and_world()[1])
+        if refusal is not None:  # every rank refuses alike
+            raise CheckpointMismatchError(refusal)
     # Refuse here, with a plain error, what the reader would refuse inside DCP (which wraps
     # it); the reader still checks the very bytes it unpickles.
     storage.verify_metadata(iteration, secret)

@@ -219,6 +219,20 @@ def index_reader(url: str) -> PersistentStorage:
     return PersistentStorage(url)
 
 
+def world_size_refusal(url: str, entry: Mapping[str, Any], world: int) -> str | None:
+    """Why a job of ``world`` ranks may not restore the checkpoint of the index's ``entry``
+    (written by a job of another world size: each rank's values, its data position and RNG,
+    are its own, so some would be lost or read twice), or None."""
+    written_by = entry.get("world_size")
+    if written_by is None or int(written_by) == world:
+        return None
+    return (
+        f"{url}/{iteration_folder(int(entry['iteration']))} was written by a job of "
+        f"{written_by} ranks; this job has {world}: restore it with {written_by} ranks, or "
+        "give this job a storage URL (cluster.storage.url) or run folder of its own"
+    )
+
+
 def latest_persistent_iteration(
     url: str, storage_options: Mapping[str, Any] | None = None
 ) -> int | None:

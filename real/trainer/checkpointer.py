@@ -54,7 +54,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from real.engine.api import Restored
 from real.engine.eventlog import RUN_T0_ENV, EventLog
@@ -80,12 +80,16 @@ SCENARIO_ENV, SCENARIO_SET_ENV = GEMINI_SCENARIO, GEMINI_SCENARIO_SET
 Strategy = Literal["gemini", "persistent"]
 
 
+Placement = Literal["auto", "group", "ring", "mixed"]
+Traffic = Literal["interleaved", "blocking"]
+Commit = Literal["on_arrival", "next_iteration_end"]
+LocalSlots = Literal[1, 2]
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "placement": ("auto", "group", "ring", "mixed"),
-    "traffic": ("interleaved", "blocking"),
-    "commit": ("on_arrival", "next_iteration_end"),
-    "local_slots": (1, 2),
-    "strategy": ("gemini", "persistent"),
+    "placement": get_args(Placement),
+    "traffic": get_args(Traffic),
+    "commit": get_args(Commit),
+    "local_slots": get_args(LocalSlots),
+    "strategy": get_args(Strategy),
 }
 
 
@@ -94,7 +98,7 @@ def _check_arguments(**given: Any) -> None:
     process group had formed, as a scenario field the caller never passed (``persist_every=0``)
     or as gloo's "Invalid timeout" (``timeout_s=-1``)."""
     for name, allowed in _CHOICES.items():
-        if given[name] not in allowed:
+        if isinstance(given[name], bool) or given[name] not in allowed:  # True == 1
             raise ValueError(
                 f"Checkpointer({name}={given[name]!r}): use one of "
                 + ", ".join(repr(a) for a in allowed)
@@ -142,10 +146,10 @@ class Checkpointer:
         self,
         replicas: int = 2,
         *,
-        placement: Literal["auto", "group", "ring", "mixed"] = "auto",
-        traffic: Literal["interleaved", "blocking"] = "interleaved",
-        commit: Literal["on_arrival", "next_iteration_end"] = "on_arrival",
-        local_slots: Literal[1, 2] = 2,
+        placement: Placement = "auto",
+        traffic: Traffic = "interleaved",
+        commit: Commit = "on_arrival",
+        local_slots: LocalSlots = 2,
         persistent_url: str | None = None,
         persist_every: int | None = None,
         strategy: Strategy = "gemini",

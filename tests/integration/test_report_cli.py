@@ -183,6 +183,13 @@ def test_report_names_a_run_folder_it_skips_for_want_of_a_summary(
     assert main([*args, "--no-video", "--no-gif"]) == 0
     said = " ".join(capsys.readouterr().err.split())
     assert f"skipped {stopped}: events but no summary.json" in said
+    # ... while a command that needs its measurements (calibrate --from-run) still refuses it
+    from analysis.results import find_run_folders
+    from shared.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match="holds no run folder"):
+        find_run_folders(stopped)
+    assert find_run_folders(stopped, skip_unfinished=True) == []
     # alone, there is nothing to report
     assert main(["report", str(stopped), "--out", str(tmp_path / "r3"), "--no-video"]) == 2
     said = " ".join(capsys.readouterr().err.split())

@@ -106,7 +106,11 @@ def test_ctrl_c_ends_a_many_seed_simulation_at_once(tmp_path: Path) -> None:
         command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        time.sleep(8)  # the workers are simulating their first seeds (minutes each)
+        deadline = time.monotonic() + 120
+        while len(_children(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the pool's workers start once the scenario is loaded
+        assert len(_children(process.pid)) >= 2, "the workers never started"
+        time.sleep(2)  # they are simulating their first seeds (minutes each)
         assert process.poll() is None, process.communicate()
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=30)
@@ -118,3 +122,16 @@ def test_ctrl_c_ends_a_many_seed_simulation_at_once(tmp_path: Path) -> None:
     assert "Interrupted." in err.decode()
     assert not list(out.glob("seed-*/summary.json"))
     assert not (out / "summary.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

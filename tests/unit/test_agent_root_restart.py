@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from memory_kv import DictKV
 
 from real.agent import jobkeys, node_agent
 from real.agent.node_agent import NodeAgent
@@ -23,27 +24,18 @@ from real.engine.eventlog import EventLog
 from shared.errors import KVError
 
 
-class RecordKV:
+def record_kv() -> DictKV:
     """The store, as far as ``_fail_job`` uses it: the attempt record."""
-
-    def __init__(self) -> None:
-        self.values = {jobkeys.ATTEMPT_KEY: keys.encode({"attempt": 3, "state": "running"})}
-
-    def get(self, key: str) -> bytes | None:
-        return self.values.get(key)
-
-    def put(self, key: str, value: bytes) -> None:
-        self.values[key] = value
-
-    def close(self) -> None:
-        pass
+    store = DictKV()
+    store.put(jobkeys.ATTEMPT_KEY, keys.encode({"attempt": 3, "state": "running"}))
+    return store
 
 
 def agent_with_roots(
     monkeypatch: pytest.MonkeyPatch, outcomes: list[Exception | None]
-) -> tuple[Any, list[int], list[tuple[str, dict[str, Any]]], RecordKV]:
+) -> tuple[Any, list[int], list[tuple[str, dict[str, Any]]], DictKV]:
     """A NodeAgent (never run) whose roots end as ``outcomes`` say, one per root started."""
-    store = RecordKV()
+    store = record_kv()
     started: list[int] = []
 
     class Root:
@@ -79,14 +71,14 @@ def test_a_failed_root_starts_again_and_adopts_the_job(monkeypatch: pytest.Monke
     made._run_root(threading.Event())
     assert len(started) == 3  # two failures, then a root that ran the job to its end
     assert emitted == []
-    assert keys.decode(store.values[jobkeys.ATTEMPT_KEY])["state"] == "running"
+    assert keys.decode(store.data[jobkeys.ATTEMPT_KEY])["state"] == "running"
 
 
 def test_a_root_failing_again_and_again_fails_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
     made, started, emitted, store = agent_with_roots(monkeypatch, [RuntimeError("a bug")])
     made._run_root(threading.Event())
     assert len(started) == node_agent.ROOT_FAILURES
-    record = keys.decode(store.values[jobkeys.ATTEMPT_KEY])
+    record = keys.decode(store.data[jobkeys.ATTEMPT_KEY])
     assert record["state"] == "failed" and "a bug" in record["reason"]
     assert [kind for kind, _ in emitted] == ["run_finished"]
     assert emitted[0][1]["failed"] is True

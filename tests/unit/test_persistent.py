@@ -533,6 +533,7 @@ def test_a_job_resumed_from_another_world_sizes_checkpoint_fails_before_it_start
     plan, refusal = root._first_plan()
     assert plan["iteration"] is None
     assert refusal is not None and "written by a job of 1 ranks; this job has 2" in refusal
+    assert refusal.startswith(f"the persistent tier holds iteration 3: {url}/")
     from shared.placement import plan_placement
 
     root.nodes, root.placement = 1, plan_placement(1, 1, "group")

@@ -87,9 +87,11 @@ def test_a_ratio_below_one_keeps_its_digits() -> None:
     """Gemini slower than the baseline for some failure kind (0.04x) read "0.0x"."""
     from analysis.render import ratio_text
 
-    assert [ratio_text(v) for v in (0.0416, 0.5, 1.0, 25.13, 0.0, None)] == [
+    assert [ratio_text(v) for v in (0.0416, 0.5, 0.999, 4e-05, 1.0, 25.13, 0.0, None)] == [
         "0.042x",
-        "0.5x",
+        "0.50x",
+        "1.0x",
+        "0.000040x",
         "1.0x",
         "25.1x",
         "0.0x",

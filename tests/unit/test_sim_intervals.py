@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sim.replicate import BOUNDS, mean_ci
+from sim.replicate import _run_one as _REAL_RUN_ONE
 
 
 def test_an_interval_is_cut_to_the_metrics_range() -> None:
@@ -42,3 +44,30 @@ def test_a_rerun_into_the_same_folder_leaves_no_earlier_seeds(
     assert main(["sim", str(scenario), "--out", str(out)]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in out.iterdir()) == ["events.jsonl", "notes.txt", "summary.json"]
+
+
+def _dying_run_one(data: Any, seed: int, folder: str | None) -> Any:
+    """A seed's run whose worker dies at seed 1 (module level: the pool pickles it by name)."""
+    import os
+
+    if seed == 1:
+        os._exit(9)
+    return _REAL_RUN_ONE(data, seed, folder)
+
+
+def test_a_seed_whose_worker_dies_fails_the_run_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed (the OOM killer, a segfault) must not leave the parent waiting for its
+    seed for ever, as multiprocessing's Pool would."""
+    import importlib
+    from concurrent.futures.process import BrokenProcessPool
+
+    from shared.scenario_loader import load_scenario
+
+    replicating = importlib.import_module("sim.replicate")  # sim.replicate is the function
+    root = Path(__file__).resolve().parents[2]
+    scenario = load_scenario(root / "scenarios" / "quickstart.yaml", ["sim.duration_days=0.01"])
+    monkeypatch.setattr(replicating, "_run_one", _dying_run_one)
+    with pytest.raises(BrokenProcessPool):
+        replicating.replicate(scenario, 3, workers=2)
