@@ -180,19 +180,17 @@ RUN_FOLDERS = ("sim-gemini", "sim-baseline", "real-gemini", "real-baseline")
 """The run folders ``gemini-ckpt run`` writes in ``--out``, beside ``sweep/`` (its sweep's)."""
 
 
-def _clear_earlier(out: Path, names: set[str], *, video: bool, console: Console) -> None:
-    """Remove what an earlier ``gemini-ckpt run`` left in ``out`` that this one will not write
-    again (its real runs after ``--no-real``, its sweep after ``--no-sweep``, its video after
-    ``--no-video``): the report reads every run folder in ``out``, and would pair this run's
-    simulations with measurements they were not made for. Only the names this command writes
-    (``RUN_FOLDERS``, ``sweep/*``, ``demo.mp4``) are touched, never a link; other folders and
-    a calibration file are left alone."""
+def _clear_earlier(out: Path, names: set[str], *, console: Console) -> None:
+    """Remove the run folders an earlier ``gemini-ckpt run`` left in ``out`` that this one will
+    not write again (its real runs after ``--no-real``, its sweep after ``--no-sweep``): the
+    report reads every run folder in ``out``, and would pair this run's simulations with
+    measurements they were not made for. Only the names this command writes
+    (``RUN_FOLDERS``, ``sweep/*``) are touched, never a link; other folders and a calibration
+    file are left alone. (The report removes its own earlier files, figures and video.)"""
     earlier = [
         *(out / name for name in RUN_FOLDERS),
         *sorted((out / "sweep").glob("*")),
     ]
-    if not video:
-        earlier.append(out / "demo.mp4")
     for path in earlier:
         if str(path.relative_to(out)) in names or path.is_symlink() or not path.exists():
             continue
@@ -326,7 +324,7 @@ def command(
             jobs.append(
                 ("sweep", f"sweep/{name}-baseline", [*base, *settings, *baseline, *baseline_extra])
             )
-    _clear_earlier(out, {name for _, name, _ in jobs}, video=video, console=console)
+    _clear_earlier(out, {name for _, name, _ in jobs}, console=console)
     failed: list[str] = []
     child: ChildRun | None = None
 

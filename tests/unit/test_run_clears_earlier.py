@@ -16,7 +16,6 @@ OURS = [
     "real-gemini/summary.json",
     "real-baseline/summary.json",
     "sweep/mtbf-1h-gemini/summary.json",
-    "demo.mp4",
 ]
 THEIRS = [  # not written by `gemini-ckpt run`: never removed
     "notes.txt",
@@ -41,8 +40,8 @@ def test_what_this_run_does_not_write_again_is_removed(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "sweep" / "linked").symlink_to(tmp_path / "elsewhere")  # a link: left alone
     said = Console(file=open(tmp_path / "said.log", "w"), width=200)  # noqa: SIM115
-    # --no-real --no-sweep --no-video
-    _clear_earlier(tmp_path, {"sim-gemini", "sim-baseline"}, video=False, console=said)
+    # --no-real --no-sweep
+    _clear_earlier(tmp_path, {"sim-gemini", "sim-baseline"}, console=said)
     said.file.close()
     assert left(tmp_path) == sorted(
         [*THEIRS, "said.log", "sim-baseline/summary.json", "sim-gemini/summary.json"]
@@ -54,5 +53,5 @@ def test_what_this_run_does_not_write_again_is_removed(tmp_path: Path) -> None:
 def test_what_this_run_writes_again_stays(tmp_path: Path) -> None:
     earlier_run(tmp_path)
     names = {"sim-gemini", "sim-baseline", "real-gemini", "real-baseline", "sweep/mtbf-1h-gemini"}
-    _clear_earlier(tmp_path, names, video=True, console=Console(quiet=True))
+    _clear_earlier(tmp_path, names, console=Console(quiet=True))
     assert left(tmp_path) == sorted(OURS + THEIRS)
