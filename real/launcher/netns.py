@@ -68,6 +68,14 @@ def storage_secret(token: str) -> str:
     return hmac.new(token.encode(), b"gemini-s3-secret", hashlib.sha256).hexdigest()[:32]
 
 
+def rclone_env(key: str, secret: str, config: Path) -> dict[str, str]:
+    """``rclone serve s3``'s environment: the S3 credentials in their ``RCLONE_<FLAG>`` form of
+    ``--auth-key`` (CSV-quoted), never on the command line where ps would show them; its config
+    file ``config``, which it never writes (it needs none; without it rclone made
+    ``~/.config/rclone`` in the user's home)."""
+    return {**os.environ, "RCLONE_AUTH_KEY": f'"{key},{secret}"', "RCLONE_CONFIG": str(config)}
+
+
 def rclone_command(rclone: str, address: str, folder: Path) -> list[str]:
     """``rclone serve s3`` on ``address:9000`` for ``folder``; the credentials are not in it
     (``RCLONE_AUTH_KEY`` in its environment)."""
@@ -204,9 +212,7 @@ class NetnsCluster(LocalCluster):
         self.storage_process = self.spawn(
             ["ip", "netns", "exec", f"gk{self.short}-st", *rclone_command(rclone, address, folder)],
             "rclone",
-            # The S3 credentials travel in rclone's environment (its RCLONE_<FLAG> form of
-            # --auth-key, CSV-quoted), never on the command line where ps would show them.
-            {**os.environ, "RCLONE_AUTH_KEY": f'"{key},{secret}"'},
+            rclone_env(key, secret, self.run_dir / "logs" / "rclone.conf"),
         )
         self.storage_overrides = (f"cluster.storage.url=s3://gemini/{self.job}",)
         self.storage_env = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from real.launcher.netns import rclone_command, storage_secret
+from real.launcher.netns import rclone_command, rclone_env, storage_secret
 from real.runtime.processes import free_port, stop_process
 
 RCLONE = shutil.which("rclone") or shutil.which("rclone", path=str(Path(sys.executable).parent))
@@ -44,7 +44,7 @@ def test_rclone_serves_with_credentials_from_its_environment_only(tmp_path: Path
     command[command.index("--addr") + 1] = f"127.0.0.1:{port}"
     process = subprocess.Popen(
         command,
-        env={**os.environ, "RCLONE_AUTH_KEY": f'"{key},{secret}"'},
+        env={**rclone_env(key, secret, tmp_path / "rclone.conf"), "HOME": str(tmp_path / "home")},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -66,3 +66,5 @@ def test_rclone_serves_with_credentials_from_its_environment_only(tmp_path: Path
             _client(port, key, storage_secret(os.urandom(16).hex())).cat("gemini/hello.txt")  # type: ignore[attr-defined]
     finally:
         stop_process(process, 5.0)
+    # nothing in the user's home (rclone made ~/.config/rclone), no config file written
+    assert not (tmp_path / "home").exists() and not (tmp_path / "rclone.conf").exists()
