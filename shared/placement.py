@@ -362,20 +362,24 @@ def _explicit_placement(
             f"explicit must list the holders of every node ({nodes} entries), got {len(explicit)}"
         )
     holders: list[tuple[int, ...]] = []
+    problems: list[str] = []  # every bad row at once, not the first alone
     for node, entry in enumerate(explicit):
         listed = [int(x) for x in entry]
         if node not in listed:
             listed.insert(0, node)
         elif listed[0] != node:
-            raise ValueError(
+            problems.append(
                 f"explicit[{node}]: node {node} must be listed first or left out (it is then "
                 f"prepended), got {list(entry)}"
             )
+            continue
         try:
             _check_holders(node, tuple(listed), nodes, replicas)
         except ValueError as e:
-            raise ValueError(f"explicit[{node}]: {e}") from e
+            problems.append(f"explicit[{node}]: {e}")
         holders.append(tuple(listed))
+    if problems:
+        raise ValueError("; ".join(problems))
     # Groups of an explicit placement: connected components of "holds a copy of".
     parent = list(range(nodes))
 

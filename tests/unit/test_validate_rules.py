@@ -89,6 +89,11 @@ def test_explicit_placement_holders_are_checked_by_the_placement_itself() -> Non
     )
     (problem,) = problems_of(text)
     assert problem.startswith("checkpoint.explicit_placement: explicit[3]")
+    # every bad row is named at once, not the first alone
+    text = text.replace("[[1], [0], [3], [3]]", "[[1], [0, 1], [3], [3]]")
+    (problem,) = problems_of(text)
+    assert problem.startswith("checkpoint.explicit_placement: explicit[1]: node 1 must be listed")
+    assert "; explicit[3]" in problem
 
 
 def test_exponential_failures_take_no_weibull_shape() -> None:
