@@ -55,7 +55,7 @@ from real.agent.root import (
 )
 from real.agent.trainer_processes import TrainerPool, TrainerSpec, trainer_env
 from real.coord import keys
-from real.coord.connect import connect_kv
+from real.coord.connect import connect_kv, import_kv_client
 from real.coord.election import Election
 from real.coord.heartbeat import Heartbeat
 from real.coord.kv import KeyValueStore
@@ -227,6 +227,9 @@ class NodeAgent:
         config = self.config
         # A new run folder has none yet; the node store writes its log there at once.
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # The store's client first, in this thread: the background imports below must not
+        # race this thread's own (``import_kv_client``).
+        import_kv_client(config.kv_url)
         # Any agent may become the root (at the start or when a root dies): the persistent
         # tier's modules and filesystem load now, in the background, not on a recovery's path.
         preimport_persistent_tier(persistent_url(config.scenario, self.run_dir))

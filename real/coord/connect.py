@@ -5,9 +5,21 @@ Its own module, so that the interface (``real.coord.kv``) and the two backends
 
 from __future__ import annotations
 
+import importlib
 from urllib.parse import urlsplit
 
 from real.coord.kv import KeyValueStore, job_token, parse_kv_url
+
+
+def import_kv_client(url: str) -> None:
+    """Import the client modules of the store at ``url`` now. A node agent does so before its
+    background imports (torch, the persistent tier) begin: two threads importing the same
+    modules at once (``multiprocessing``, through etcd's client and through torch) can hand
+    one of them a partially initialised module, and an agent died of it as it started
+    (``AttributeError: partially initialized module 'multiprocessing.context'``, once in a CI
+    run)."""
+    etcd = parse_kv_url(url)[0] in ("etcd", "etcds")
+    importlib.import_module("real.coord.etcd_kv" if etcd else "real.coord.embedded_kv")
 
 
 def connect_kv(url: str, *, timeout_s: float = 5.0, token: str | None = None) -> KeyValueStore:
