@@ -482,16 +482,13 @@ class RootAgent:
         other job's checkpoints.
         """
         scratch: dict[str, Any] = {"iteration": None, "sources": []}
-        from real.persistent.storage import (
-            index_reader,
-            latest_persistent_iteration,
-            world_size_refusal,
-        )
+        from real.persistent.storage import index_reader, world_size_refusal
 
         # Raises when the tier cannot be read (OSError; the root starts again, and after
         # ROOT_FAILURES the job fails with it): a job that cannot see its checkpoints must
         # not start afresh over them.
-        iteration = latest_persistent_iteration(self.persistent_url)
+        complete = index_reader(self.persistent_url).read_index()["complete"]
+        iteration = max((int(e["iteration"]) for e in complete), default=None)
         if iteration is None:
             return scratch, None
         if not self.resume:
@@ -517,7 +514,6 @@ class RootAgent:
                 "GEMINI_PERSISTENT_KEY to the key of the job that wrote it; to start afresh, "
                 "give this job a storage URL (cluster.storage.url) or run folder of its own"
             )
-        complete = index_reader(self.persistent_url).read_index()["complete"]
         entry: dict[str, Any] = next((e for e in complete if int(e["iteration"]) == iteration), {})
         refusal = world_size_refusal(self.persistent_url, entry, self.nodes * self.per_node)
         if refusal is not None:
