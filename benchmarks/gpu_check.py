@@ -14,7 +14,12 @@ and exiting 1 if any failed:
 3. **idle-span profiler under NCCL**: a DDP model on a one-rank NCCL group, its all-reduces
    timed by CUDA events; the busy intervals must lie inside the iteration and, with a long
    kernel queued before the backward pass, start well after the host queued them.
-4. **NCCL abort**: an all-reduce on a one-rank NCCL group, then ``leave_attempt`` (abort the
+4. **The public checkpointer on a GPU** (``from gemini_ckpt import Checkpointer``, one process,
+   no torchrun): a GPT decoder and its AdamW state on the GPU, ``save()`` after every step,
+   then ``restore(into=...)`` into the live CUDA tensors, bitwise against the state saved;
+   and the figure: the median iteration with a save after each step against the same steps
+   without, blocks of each in turn (``--device cpu`` runs this check alone, on the CPU).
+5. **NCCL abort**: an all-reduce on a one-rank NCCL group, then ``leave_attempt`` (abort the
    communicators, destroy the group) and a fresh group that works: what a surviving rank does
    in in-process recovery. (A peer that hangs needs a second GPU; one GPU cannot show it.)
 """
@@ -30,10 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from real.runtime.env import GEMINI_RUN_DIR
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from real.runtime.env import GEMINI_RUN_DIR  # noqa: E402  (after the repository is on the path)
 
 MB = 1 << 20
 RESULTS: list[bool] = []
@@ -163,6 +168,90 @@ def profiler_under_nccl() -> None:
         dist.destroy_process_group()
 
 
+def checkpointer_training(device_name: str, layers: int, hidden: int, rounds: int) -> None:
+    import torch
+
+    from gemini_ckpt import Checkpointer
+    from real.trainer.workload.model import GPT, GPTConfig, parameter_count
+
+    device = torch.device(device_name)
+    config = GPTConfig(layers=layers, hidden=hidden, heads=max(hidden // 64, 1), context=256)
+    model = GPT(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 256, (16, config.context + 1), generator=generator).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> None:
+        loss = model(tokens[:, :-1], tokens[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    run_dir = Path(os.environ[GEMINI_RUN_DIR]) / "checkpointer"
+    with Checkpointer(replicas=1, run_dir=run_dir) as checkpointer:
+        step()
+        checkpointer.save(1, state())  # allocates the slots (and the pinned staging)
+        times: dict[str, list[float]] = {"none": [], "save": []}
+        iteration = 1
+        for _ in range(rounds):
+            for mode in ("none", "save"):
+                for _ in range(5):
+                    iteration += 1
+                    sync()
+                    began = time.perf_counter()
+                    step()
+                    if mode == "save":
+                        checkpointer.save(iteration, state())
+                    sync()
+                    times[mode].append(time.perf_counter() - began)
+        iteration += 1
+        step()
+        checkpointer.save(iteration, state())
+        sync()
+        saved = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        moments = [s["exp_avg"].detach().cpu().clone() for s in optimizer.state.values()]
+        objects = [p for p in model.parameters()]
+        step()  # the live state moves on; the restore must bring it back
+        sync()
+        restored = checkpointer.restore(into=state)
+        sync()
+        same_objects = all(a is b for a, b in zip(objects, model.parameters(), strict=True))
+        bitwise = all(
+            torch.equal(v.cpu(), saved[k]) for k, v in model.state_dict().items()
+        ) and all(
+            torch.equal(s["exp_avg"].cpu(), m)
+            for s, m in zip(optimizer.state.values(), moments, strict=True)
+        )
+        check(
+            f"the public Checkpointer restores the live {device_name} state in place",
+            restored is not None
+            and restored.iteration == iteration
+            and restored.tier == "local"
+            and same_objects
+            and bitwise,
+            f"iteration {None if restored is None else restored.iteration} of {iteration} from "
+            f"{None if restored is None else restored.tier}, bitwise, the same tensor objects",
+        )
+    none = statistics.median(times["none"])
+    saved_step = statistics.median(times["save"])
+    state_mb = 12 * parameter_count(model) / MB
+    check(
+        "step with a save() after every iteration",
+        True,
+        f"{1000 * saved_step:.1f} ms vs {1000 * none:.1f} ms without "
+        f"({100 * (saved_step / none - 1):+.1f}%; "
+        f"{parameter_count(model) / 1e6:.1f}M parameters, {state_mb:.0f} MiB of state with AdamW, "
+        f"{len(times['save'])} iterations of each, on {device_name})",
+    )
+
+
 def nccl_abort() -> None:
     import torch
     import torch.distributed as dist
@@ -193,31 +282,49 @@ def nccl_abort() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=int, default=256)
+    parser.add_argument("--size-mb", type=int, default=256, help="state of the capture check")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: only the public checkpointer's check, on the CPU (a dry run of the script)",
+    )
+    parser.add_argument("--layers", type=int, default=8, help="GPT blocks of check 4")
+    parser.add_argument("--hidden", type=int, default=1024, help="GPT width of check 4")
+    parser.add_argument("--rounds", type=int, default=4, help="blocks of 5 iterations per mode")
     args = parser.parse_args(argv)
     try:
         import torch
     except ImportError:
         print("SKIP  torch is not installed")
         return 0
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "SKIP  no CUDA device here: the CUDA capture, the profiler's CUDA events and NCCL's "
             "abort need a GPU (their logic runs on CPU in tests/unit/test_engine_gpu_standin.py)"
         )
         return 0
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    os.environ.setdefault(GEMINI_RUN_DIR, tempfile.mkdtemp(prefix="gemini-gpu-check-"))
-    steps: list[tuple[str, Any]] = [
-        ("CUDA capture and restore", lambda: capture_and_restore(args.size_mb)),
-        ("profiler under NCCL", profiler_under_nccl),
-        ("NCCL abort", nccl_abort),
-    ]
-    for name, step in steps:
-        try:
-            step()
-        except Exception as error:  # report every step, whatever one of them does
-            check(name, False, f"{type(error).__name__}: {error}")
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(f"device: {where}, torch {torch.__version__}", flush=True)
+    training = (
+        "public checkpointer",
+        lambda: checkpointer_training(args.device, args.layers, args.hidden, args.rounds),
+    )
+    steps: list[tuple[str, Any]] = [training]
+    if args.device == "cuda":
+        steps = [
+            ("CUDA capture and restore", lambda: capture_and_restore(args.size_mb)),
+            ("profiler under NCCL", profiler_under_nccl),
+            ("NCCL abort", nccl_abort),
+            training,
+        ]
+    with tempfile.TemporaryDirectory(prefix="gemini-gpu-check-") as scratch:
+        os.environ.setdefault(GEMINI_RUN_DIR, scratch)
+        for name, step in steps:
+            try:
+                step()
+            except Exception as error:  # report every step, whatever one of them does
+                check(name, False, f"{type(error).__name__}: {error}")
     print(f"{sum(RESULTS)} of {len(RESULTS)} checks passed")
     return 0 if all(RESULTS) else 1
 
