@@ -9,16 +9,21 @@ signed layout manifest (no checksums yet) goes into the slot and the slot is mar
 (``real.engine.shm``): from here a trainer crash loses nothing of this iteration. Checksums and
 the sealed manifest are written afterwards, in the background, before the checkpoint can commit.
 
-Accelerator tensors go through pinned staging: a pinned host buffer of ``buffer_bytes`` split
-into ``sub_buffers`` pieces; device-to-host copies run on a side stream (which first waits for
-the training stream, so the copies see the finished step) while the CPU moves finished pieces
-into the slot, pipelined. The CPU path never touches ``torch.cuda``.
+Accelerator tensors are copied on a side stream, which first waits for the training stream
+(the copies must see the finished step). The slot's data region is page-locked once
+(``cudaHostRegister``, as DCP's own stager pins its shared memory), so each device-to-host copy
+lands straight in the slot: one pass over the bytes, at the copy engine's rate. Where CUDA
+refuses to page-lock the slot, they go through pinned staging instead: a pinned host buffer of
+``buffer_bytes`` split into ``sub_buffers`` pieces, the CPU moving finished pieces into the slot
+while later ones are still on the wire (pipelined; two passes). The CPU path never touches
+``torch.cuda``.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +39,8 @@ from real.engine.manifest import Manifest, TensorEntry, block_count, dtype_of, l
 from real.engine.shm import Slot, in_progress_index, next_generation
 from real.engine.state import flatten_state
 from shared.errors import NodeStoreError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,18 +61,24 @@ class Captured:
 
 
 class CudaStager:
-    """Pinned staging buffers and a side stream for device-to-host capture.
+    """A side stream for device-to-host capture, and pinned staging buffers where needed.
 
-    ``copy`` first makes its side stream wait for the training stream (the copies must see the
-    finished optimizer step), then, per piece of at most ``buffer_bytes / sub_buffers``: an
-    asynchronous device-to-host copy into the next pinned buffer on the side stream and an event
-    after it; once every buffer is in flight, the oldest event is waited for and its buffer
-    copied into the slot by the CPU while the later pieces are still on the wire (pipelined).
+    ``copy_direct`` copies each tensor straight into its destination, which must be
+    page-locked (:meth:`register`): its side stream waits for the training stream (the copies
+    must see the finished optimizer step), queues one asynchronous copy per tensor and waits
+    for one event after the last.
+
+    ``copy``, for destinations CUDA would not page-lock, stages instead: per piece of at most
+    ``buffer_bytes / sub_buffers``, an asynchronous device-to-host copy into the next pinned
+    buffer on the side stream and an event after it; once every buffer is in flight, the oldest
+    event is waited for and its buffer copied into the slot by the CPU while the later pieces
+    are still on the wire (pipelined). The pinned buffers are allocated at its first call.
 
     Args:
         buffer_bytes, sub_buffers: the pinned staging (R and p of the paper).
         cuda: the ``torch.cuda`` module or a stand-in with ``Stream``, ``Event``,
-            ``current_stream`` and ``stream`` (the tests run this logic on CPU with one).
+            ``current_stream``, ``stream`` and ``cudart`` (the tests run this logic on CPU with
+            one).
         pin_memory: pinned buffers (off for a stand-in on a machine without CUDA).
     """
 
@@ -75,10 +88,48 @@ class CudaStager:
         self.cuda = cuda if cuda is not None else torch.cuda
         self.piece = max(buffer_bytes // sub_buffers, 1 << 20)
         self.stream = self.cuda.Stream()
-        self.buffers = [
-            torch.empty(self.piece, dtype=torch.uint8, pin_memory=pin_memory)
-            for _ in range(sub_buffers)
-        ]
+        self.sub_buffers = sub_buffers
+        self.pin_memory = pin_memory
+        self._buffers: list[torch.Tensor] = []
+
+    @property
+    def buffers(self) -> list[torch.Tensor]:
+        """The pinned staging buffers, allocated when first needed."""
+        if not self._buffers:
+            self._buffers = [
+                torch.empty(self.piece, dtype=torch.uint8, pin_memory=self.pin_memory)
+                for _ in range(self.sub_buffers)
+            ]
+        return self._buffers
+
+    def register(self, region: torch.Tensor) -> int | None:
+        """Page-lock ``region`` (a slot's data region, a uint8 tensor over its mapping) so that
+        device-to-host copies land in it directly; its address to :meth:`unregister`, or None
+        where CUDA refused (the caller stages instead)."""
+        if region.numel() == 0:
+            return None
+        pointer = region.data_ptr()
+        # Flags 0: cudaHostRegisterDefault. Register only what the caller unregisters before
+        # it unmaps the region.
+        error = self.cuda.cudart().cudaHostRegister(pointer, region.numel(), 0)
+        return pointer if int(error) == 0 else None
+
+    def unregister(self, pointer: int) -> None:
+        """Undo :meth:`register` (before the region is unmapped)."""
+        self.cuda.cudart().cudaHostUnregister(pointer)
+
+    def copy_direct(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy each device tensor into its page-locked uint8 destination view, one
+        asynchronous copy each on the side stream; returns when all landed."""
+        cuda = self.cuda
+        self.stream.wait_stream(cuda.current_stream())
+        with cuda.stream(self.stream):
+            for source, target in pairs:
+                flat = source.detach().contiguous().reshape(-1).view(torch.uint8)
+                target.copy_(flat, non_blocking=True)
+            landed = cuda.Event()
+            landed.record(self.stream)
+        landed.synchronize()
 
     def copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Copy each device tensor into its uint8 destination view; returns when all landed."""
@@ -138,6 +189,8 @@ class Capturer:
         self.slots: list[Slot | None] = [None, None]
         self._staging = (buffer_bytes, sub_buffers)
         self._stager: CudaStager | None = None
+        # Slot file -> the address of its page-locked data region (None: CUDA refused).
+        self._locked: dict[str, int | None] = {}
         self.hook: Callable[[str, int], None] | None = None  # tests: called mid-capture
         self._views: dict[tuple[str, Any], list[torch.Tensor | None]] = {}
         self._layout: tuple[tuple[Any, ...], list[TensorEntry], int, int] | None = None
@@ -223,7 +276,7 @@ class Capturer:
                 else:
                     device_pairs.append((tensor, target.view(-1).view(torch.uint8)))
             if device_pairs:
-                self._device_copy(device_pairs)
+                self._device_copy(slot, device_pairs)
         copied = time.perf_counter()
         self.costs.add("capture: copy into the slot", copied - copying, manifest.data_bytes)
         # Every byte is in: with the signed layout beside it, the slot is a checkpoint a
@@ -283,9 +336,13 @@ class Capturer:
         return views
 
     def _forget(self, slot: Slot) -> None:
+        """Drop what refers to ``slot``'s mapping before it is closed."""
         self._views = {k: v for k, v in self._views.items() if k[0] != str(slot.path)}
+        pointer = self._locked.pop(str(slot.path), None)
+        if pointer is not None and self._stager is not None:
+            self._stager.unregister(pointer)
 
-    def _device_copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _device_copy(self, slot: Slot, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if self._stager is None:
             if not torch.cuda.is_available():
                 raise ValueError(
@@ -293,7 +350,24 @@ class Capturer:
                     "tensors can be captured"
                 )
             self._stager = CudaStager(*self._staging)
-        self._stager.copy(pairs)
+        key = str(slot.path)
+        if key not in self._locked:
+            started = time.perf_counter()
+            self._locked[key] = self._stager.register(slot.data_tensor())
+            self.costs.add(
+                "capture: page-lock a slot for direct device copies (once per slot)",
+                time.perf_counter() - started,
+            )
+            if self._locked[key] is None:
+                log.warning(
+                    "CUDA would not page-lock the checkpoint slot %s: device tensors are "
+                    "captured through pinned staging (two passes over the bytes)",
+                    slot.path,
+                )
+        if self._locked[key] is not None:
+            self._stager.copy_direct(pairs)
+        else:
+            self._stager.copy(pairs)
 
     def commit(self, captured: Captured) -> None:
         """Make a sealed capture this rank's committed local checkpoint."""
@@ -303,6 +377,7 @@ class Capturer:
         self._views.clear()  # drop the views first: they keep the mappings alive
         for slot in self.slots:
             if slot is not None:
+                self._forget(slot)  # unlocks its pages before they are unmapped
                 slot.close()
         self.slots = [None, None]
 

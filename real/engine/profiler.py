@@ -139,10 +139,14 @@ class CommProfiler:
         """Mark the start of an iteration (``save()`` returning); closes the previous one."""
         now = float(self.clock())
         with self.lock:
+            # An iteration whose buckets were the first seen on a device has no zero on the
+            # device's clock: its buckets cannot be placed, so it is not profiled at all.
+            unplaced = False
             if self.cuda is not None and not self.done:
+                unplaced = self.reference is None
                 self._resolve_device()
                 self.reference = self._event()  # the device clock's zero for this iteration
-            if self.iteration_start is not None and not self.done:
+            if self.iteration_start is not None and not self.done and not unplaced:
                 self.lengths.append(now - self.iteration_start)
                 self.busy.extend(self.current)
                 if len(self.lengths) >= self.iterations:
