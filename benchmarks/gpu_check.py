@@ -305,9 +305,16 @@ def nccl_abort() -> None:
     tensor = torch.ones(1024, device="cuda")
     dist.all_reduce(tensor)
     torch.cuda.synchronize()
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
     started = time.perf_counter()
+    profile.enable()
     leave_attempt(together=False)
+    profile.disable()
     left = time.perf_counter() - started
+    pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(8)
     gone = not dist.is_initialized()
     _group("nccl")
     try:
