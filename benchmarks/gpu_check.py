@@ -6,9 +6,10 @@ Without CUDA it prints why it skipped and exits 0 (the same logic is covered on 
 ``tests/unit/test_engine_gpu_standin.py``). With a GPU it checks, printing PASS/FAIL per line
 and exiting 1 if any failed:
 
-1. **CUDA capture** (pinned staging, side stream): a state of ``--size-mb`` MiB on the GPU
-   whose last update is still queued behind a long kernel when ``save()``'s capture starts;
-   the slot must hold the updated bytes (the side stream waited for the training stream).
+1. **CUDA capture** (side stream, straight into the page-locked slot): a state of ``--size-mb``
+   MiB on the GPU whose last update is still queued behind a long kernel when ``save()``'s
+   capture starts; the slot must hold the updated bytes (the side stream waited for the
+   training stream).
    Capture time against a plain device-to-host copy of the same tensors into pinned memory.
 2. **restore into live CUDA tensors** from local memory: bitwise, and the same tensor objects.
 3. **idle-span profiler under NCCL**: a DDP model on a one-rank NCCL group, its all-reduces
