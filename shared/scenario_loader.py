@@ -191,10 +191,7 @@ def apply_overrides(
         if not sep or not key.strip():
             problems.append(f"override {override!r}: expected key.path=value")
             continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _value(raw)
         parts = key.strip().split(".")
         node: Any = result
         try:
@@ -212,6 +209,42 @@ def apply_overrides(
     if problems:
         raise ScenarioError(source, problems)
     return result
+
+
+def with_strategy(
+    overrides: Iterable[str], settings: Iterable[str], *, flag: str = "--strategy"
+) -> tuple[str, ...]:
+    """``overrides`` (``--set``) followed by the ``key=value`` settings a command's ``flag``
+    stands for, in the same order for every command.
+
+    Raises:
+        ScenarioError: a ``--set`` gives one of those keys another value (the order of the
+            two would otherwise decide, silently).
+    """
+    overrides, settings = tuple(overrides), tuple(settings)
+    given: dict[str, Any] = {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if sep:
+            given[key.strip()] = _value(raw)
+    problems = []
+    for setting in settings:
+        key, _, raw = setting.partition("=")
+        if key in given and given[key] != _value(raw):
+            problems.append(
+                f"{flag} sets {key}={raw.strip()}, --set gives {given[key]!r}: give one"
+            )
+    if problems:
+        raise ScenarioError("the command line", problems)
+    return (*overrides, *settings)
+
+
+def _value(raw: str) -> Any:
+    """An override's value as ``apply_overrides`` reads it."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def _step(node: Any, part: str, *, create: bool) -> Any:

@@ -72,12 +72,13 @@ def command(
     from real.launcher.results import breakdown_table
     from real.launcher.run import REAL, RealOptions, run_real
     from shared.errors import RunFolderError
-    from shared.scenario_loader import load_scenario
+    from shared.scenario_loader import load_scenario, with_strategy
     from shared.scenario_rules import check_scenario, warnings
 
+    overrides = with_strategy(overrides, [f"checkpoint.strategy={strategy}"] if strategy else [])
     parsed = load_scenario(scenario, overrides, faces=REAL)
     warn(scenario, warnings(check_scenario(parsed, REAL)))
-    chosen = strategy or parsed.checkpoint.strategy
+    chosen = parsed.checkpoint.strategy
     # run_real checks again; here the refusal names the file, before any folder is made.
     require_fits(parsed, chosen, force=force, source=str(scenario))
     if (mode or parsed.real.mode) == "netns":

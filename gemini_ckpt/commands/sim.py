@@ -162,10 +162,11 @@ def command(
 ) -> None:
     """Simulate SCENARIO (a YAML file) and write events.jsonl and summary.json."""
     from analysis.calibration import load_calibration, scenario_overrides
+    from shared.scenario_loader import with_strategy
     from sim import simulate, write_result
 
     faces: tuple[Face, ...] = ("sim",)
-    chosen = [*(STRATEGIES[strategy] if strategy else []), *overrides]
+    chosen = list(with_strategy(overrides, STRATEGIES[strategy] if strategy else []))
     measured: list[str] = []
     if not calibration and (load == "now" or _background(load) != 0):
         raise click.UsageError("--load applies to a calibration's costs: give --calibration FILE")

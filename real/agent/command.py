@@ -95,7 +95,7 @@ def command(
     from real.agent.node_agent import AgentConfig, run_agent
     from real.agent.trainer_processes import TrainerSpec
     from shared.errors import AgentIdentityError
-    from shared.scenario_loader import load_scenario
+    from shared.scenario_loader import load_scenario, with_strategy
 
     if standby == (slot is not None):
         raise click.UsageError("give either --slot N or --standby")
@@ -109,8 +109,8 @@ def command(
         stream=sys.stderr,
         force=True,
     )
-    if strategy is not None:  # the job's checkpoint.strategy, a user's own script's too
-        overrides = (*overrides, f"checkpoint.strategy={strategy}")
+    # The job's checkpoint.strategy, a user's own script's too.
+    overrides = with_strategy(overrides, [f"checkpoint.strategy={strategy}"] if strategy else [])
     parsed = load_scenario(scenario, overrides)
     run_dir = run_dir.resolve()
     spec = TrainerSpec(

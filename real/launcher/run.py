@@ -36,7 +36,7 @@ from real.runtime.processes import last_line
 from shared.errors import RunFolderError
 from shared.events import Event
 from shared.scenario import ScheduledFailure
-from shared.scenario_loader import load_scenario
+from shared.scenario_loader import load_scenario, with_strategy
 from shared.scenario_rules import Face
 from shared.summary import RunSummary
 
@@ -92,10 +92,8 @@ def run_real(options: RealOptions) -> RealResult:
     # --strategy is the scenario's checkpoint.strategy for the whole job (the agents, the root,
     # the trainers, a user's own script's Checkpointer): a script given as the entrypoint
     # read the scenario's and ran Gemini under a run labelled the baseline.
-    overrides = (
-        (*options.overrides, f"checkpoint.strategy={options.strategy}")
-        if options.strategy
-        else tuple(options.overrides)
+    overrides = with_strategy(
+        options.overrides, [f"checkpoint.strategy={options.strategy}"] if options.strategy else []
     )
     scenario = load_scenario(options.scenario, overrides, faces=REAL)
     strategy = scenario.checkpoint.strategy

@@ -113,3 +113,30 @@ def test_console_script_runs_as_a_module() -> None:
         check=False,
     )
     assert done.returncode == 0 and "placement" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("sim", ["--strategy", "strawman"]), ("real", ["--strategy", "persistent"])],
+)
+def test_strategy_flag_and_a_contrary_set_are_refused_alike(
+    command: str, flag: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = str(REPO / "scenarios" / "quickstart.yaml")
+    contrary = ["--set", "checkpoint.strategy=gemini"]
+    code, _, err = run([command, scenario, *flag, *contrary, "--out", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert "--strategy sets checkpoint.strategy=" in err and "give one" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_strategy_flag_with_an_agreeing_set_simulates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = str(REPO / "scenarios" / "quickstart.yaml")
+    out = tmp_path / "sim"
+    args = ["sim", scenario, "--strategy", "highfreq", "--set", "checkpoint.strategy=persistent"]
+    code, _, err = run([*args, "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == "persistent"

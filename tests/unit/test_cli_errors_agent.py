@@ -20,3 +20,25 @@ def test_bad_kv_scheme_is_a_usage_error(tmp_path: Path) -> None:
     assert "--kv" in result.output and "scheme must be etcd://" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_strategy_and_a_contrary_set_are_a_usage_error(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    args = ["agent", QUICKSTART, "--kv", "etcd://127.0.0.1:9", "--node-id", "0", "--slot", "0"]
+    args += ["--run-dir", str(tmp_path / "run"), "--strategy", "persistent"]
+    args += ["--set", "checkpoint.strategy=gemini"]
+    done = subprocess.run(
+        [sys.executable, "-m", "gemini_ckpt", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "GEMINI_TOKEN": "secret"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--strategy sets checkpoint.strategy=persistent" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
