@@ -97,8 +97,12 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
-    """The in-process recovery's costs from micro-measurements (``source: micro``), s.
+def recovery_costs(
+    measurements: Mapping[str, Any], strategy: str | None = None
+) -> dict[str, float]:
+    """The in-process recovery's costs from micro-measurements (``source: micro``), s, for
+    ``strategy`` (``persistent``: the baseline, which has no in-memory engine to close or to
+    build; else Gemini's).
 
     The harness's agents poll every ``agent_poll_s`` and its root every ``root_poll_s``; a
     message waits half a period on average at each hop, plus ``hop_work_s`` when measured (the
@@ -114,15 +118,20 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
       report) + root poll / 2 + probe round trip;
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
       still in its step, too) + closing the checkpoint engine (``engine_close_s``, when
-      measured) + park: the root reads the acknowledgements on its store watch as they are
-      written (until 2026-12-04 also + agent poll / 2 + root poll / 2, which no stop measured
-      since in-process recovery has waited: docs/analysis.md, "Known inaccuracy");
+      measured; not for the baseline) + park: the root reads the acknowledgements on its
+      store watch as they are written (until 2026-12-04 also + agent poll / 2 + root poll /
+      2, which no stop measured since in-process recovery has waited: docs/analysis.md,
+      "Known inaccuracy");
     - ``recovery.stop_parked_s`` = agent poll / 2: the stop after a lost node that the
       survivors' broken collectives revealed (they parked before the probe found it);
     - ``recovery.restart_s`` = agent poll / 2 (the agents see the new attempt) + the slower of
       a spare's join and a survivor's rejoin (every rank waits for the group) + building the
-      checkpoint engine (``engine_build_s``, when measured) + what a tc-limited link adds to
-      the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from ``law_costs``);
+      checkpoint engine (``engine_build_s``, when measured; not for the baseline, whose
+      trainers build no engine; until 2026-12-06 it was added to the baseline's too, a change
+      made after seeing the baseline's restarts below their prediction) + what a tc-limited
+      link adds
+      to the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from
+      ``law_costs``);
     - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
       the harness makes one (the root's plan, every rank at once, into the live state, then
       the trainer's load; ``engine_restore_fixed_s``, from the last rank's start to the last
@@ -161,9 +170,10 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
     probe = _number(measurements, "probe_s")
     if failure is not None:
         out["probe_detection_s"] = failure + hop + (probe or 0.0)
+    engine = strategy != "persistent"  # the baseline's trainers have no in-memory engine
     park = _number(measurements, "park_s")
     if park is not None:
-        close = _number(measurements, "engine_close_s") or 0.0
+        close = (_number(measurements, "engine_close_s") or 0.0) if engine else 0.0
         out["stop_s"] = agent / 2 + close + park
         out["stop_parked_s"] = agent / 2
     joins = [
@@ -175,7 +185,7 @@ def recovery_costs(measurements: Mapping[str, Any]) -> dict[str, float]:
         out["restart_s"] = (
             agent / 2
             + max(joins)
-            + (_number(measurements, "engine_build_s") or 0)
+            + ((_number(measurements, "engine_build_s") or 0) if engine else 0)
             + (_number(measurements, "restart_link_s") or 0)
         )
     load = _number(measurements, "state_load_s")
@@ -241,7 +251,7 @@ def calibration_overrides(calibration: Mapping[str, Any], strategy: str | None =
     measurements = calibration.get("measurements", calibration)
     if not isinstance(measurements, Mapping):
         raise ValueError(f"calibration measurements must be a mapping, got {measurements!r}")
-    micro = recovery_costs(measurements)
+    micro = recovery_costs(measurements, strategy)
     if micro:
         overrides = _micro_overrides(measurements, micro, strategy)
         return [*overrides, *_plain_overrides(measurements, skip=overrides)]
@@ -856,7 +866,7 @@ def law_overrides(
         **{k: v for k, v in measurements.items() if k != "laws"},
         **{k: round(v, 6) for k, v in costs.items()},
     }
-    micro = recovery_costs(shaped)
+    micro = recovery_costs(shaped, scenario.checkpoint.strategy)
     overrides = [
         f"{field}={_fmt(micro[key])}" for key, field in MICRO_FIELDS.items() if key in micro
     ]

@@ -192,6 +192,22 @@ def test_geminis_iteration_carries_its_checkpoints_the_baselines_does_not() -> N
     assert calibration_overrides(measured) == calibration_overrides(MICRO)
 
 
+def test_only_geminis_recovery_builds_and_closes_an_engine() -> None:
+    # The baseline's trainers have no in-memory engine: its restart builds none and its stop
+    # closes none (until 2026-12-06 both were charged to it too).
+    measured = {**MICRO, "engine_build_s": 0.02, "engine_close_s": 0.007}
+    quickstart = REPO / "scenarios" / "quickstart.yaml"
+    scenario = load_scenario(quickstart)
+    costs = {}
+    for strategy in ("gemini", "persistent"):
+        shaped = load_scenario(
+            quickstart, scenario_overrides(measured, scenario, strategy=strategy)
+        )
+        costs[strategy] = (shaped.recovery.restart_s, shaped.recovery.stop_s)
+    assert costs["gemini"] == pytest.approx((0.01 + 0.3 + 0.02, 0.01 + 0.007 + 0.004))
+    assert costs["persistent"] == pytest.approx((0.01 + 0.3, 0.01 + 0.004))
+
+
 def test_the_engines_own_restore_sets_the_retrieval_overhead_when_measured() -> None:
     # Gemini's calibration times the engine's restore as the harness makes one (less its copy,
     # which the simulator adds); loading a copy of the state stands in only without it.
