@@ -129,9 +129,13 @@ def recovery_costs(
       checkpoint engine (``engine_build_s``, when measured; not for the baseline, whose
       trainers build no engine; until 2026-12-06 it was added to the baseline's too, a change
       made after seeing the baseline's restarts below their prediction) + what a tc-limited
-      link adds
-      to the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from
-      ``law_costs``);
+      link adds to the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from
+      ``law_costs``). For Gemini, where ``engine_rejoin_s`` was measured (a survivor's rejoin
+      as the harness makes one, right after its engine was closed as a failure closes it, the
+      next engine's build included; DDP only): agent poll / 2 + the slower of a spare's join
+      plus the engine's build and that rejoin + the link's part (since 2026-12-06, a change
+      made after seeing the main job's Gemini crashes under-predicted, their survivors'
+      rejoins about twice the rejoin timed with no engine running);
     - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
       the harness makes one (the root's plan, every rank at once, into the live state, then
       the trainer's load; ``engine_restore_fixed_s``, from the last rank's start to the last
@@ -176,18 +180,17 @@ def recovery_costs(
         close = (_number(measurements, "engine_close_s") or 0.0) if engine else 0.0
         out["stop_s"] = agent / 2 + close + park
         out["stop_parked_s"] = agent / 2
-    joins = [
-        v
-        for v in (_number(measurements, "spare_join_s"), _number(measurements, "rejoin_s"))
-        if v is not None
-    ]
-    if joins:
-        out["restart_s"] = (
-            agent / 2
-            + max(joins)
-            + ((_number(measurements, "engine_build_s") or 0) if engine else 0)
-            + (_number(measurements, "restart_link_s") or 0)
-        )
+    spare = _number(measurements, "spare_join_s")
+    build = (_number(measurements, "engine_build_s") or 0.0) if engine else 0.0
+    link = _number(measurements, "restart_link_s") or 0.0
+    rejoin = _number(measurements, "engine_rejoin_s") if engine else None
+    if rejoin is not None:
+        # A survivor's rejoin timed as the harness makes one, its engine's build included.
+        out["restart_s"] = agent / 2 + max((spare or 0.0) + build, rejoin) + link
+    else:
+        joins = [v for v in (spare, _number(measurements, "rejoin_s")) if v is not None]
+        if joins:
+            out["restart_s"] = agent / 2 + max(joins) + build + link
     load = _number(measurements, "state_load_s")
     restore = _number(measurements, "engine_restore_fixed_s")
     if restore is not None:
@@ -474,6 +477,7 @@ CPU share (``LAW_FORMS``)."""
 
 LAW_FORMS: dict[str, str] = {
     "rejoin_s": "(r0 + r1 * ranks) * share",
+    "engine_rejoin_s": "(r0 + r1 * ranks) * share",
     "spare_join_s": "(j0 + j1 * ranks + j2 * parameters_m) * share",
     "state_load_s": "(l0 + bytes / load_bytes_per_s) * share",
     "compute_s": "(c0 + 6 * parameters * tokens_per_rank / flops_per_s) * share",
@@ -585,6 +589,12 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
         [float(s["rejoin_s"]) / x for s, x in zip(samples, shares, strict=True)],
     )
     laws["rejoin_s"] = {"r0": r0, "r1": r1}
+    if all("engine_rejoin_s" in s for s in samples):  # calibrations since 2026-12-06
+        r0, r1 = _nonnegative_fit(
+            [[1, n] for n in ranks],
+            [float(s["engine_rejoin_s"]) / x for s, x in zip(samples, shares, strict=True)],
+        )
+        laws["engine_rejoin_s"] = {"r0": r0, "r1": r1}
     j0, j1, j2 = _nonnegative_fit(
         [[1, n, p / 1e6] for n, p in zip(ranks, params, strict=True)],
         [float(s["spare_join_s"]) / x for s, x in zip(samples, shares, strict=True)],
@@ -694,6 +704,11 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
             out[key] = float(value)
     rejoin = _law(laws, "rejoin_s")
     out["rejoin_s"] = (float(rejoin["r0"]) + float(rejoin["r1"]) * ranks) * share
+    engine_rejoin = laws.get("engine_rejoin_s")  # calibrations since 2026-12-06
+    if isinstance(engine_rejoin, Mapping) and scenario.training.parallelism == "ddp":
+        out["engine_rejoin_s"] = (
+            float(engine_rejoin["r0"]) + float(engine_rejoin["r1"]) * ranks
+        ) * share
     join = _law(laws, "spare_join_s")
     out["spare_join_s"] = (
         float(join["j0"]) + float(join["j1"]) * ranks + float(join["j2"]) * parameters / 1e6

@@ -575,7 +575,7 @@ def _recovery_rank_main(
         dist.barrier()
         rejoins.append(time.perf_counter() - began)
     rejoin_s = statistics.median(rejoins)
-    engine = _engine_costs(loaded, rank, world, trainer)
+    engine = _engine_costs(loaded, rank, world, trainer, join)
     persistent = _persistent_fixed_costs(trainer)
     report = {
         "rank": rank,
@@ -655,12 +655,16 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
         store.stop()
 
 
-def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[str, float]:
+def _engine_costs(
+    scenario: Any, rank: int, world: int, trainer: Any, join: Callable[[int], None]
+) -> dict[str, float]:
     """Build this rank's in-memory checkpoint engine, train ``ENGINE_ITERATIONS`` + 1
     iterations that checkpoint every time, close it as a failure does (``abandon``), then
     build the next attempt's engine and restore with it: what a restart's engine build, an
     iteration with its checkpoint, a stop's engine teardown and a restore's fixed cost take,
-    s.
+    s. Under DDP, then, a Gemini survivor's whole rejoin as the harness makes one
+    (``_engine_rejoins``: ``engine_rejoin_s``). ``join(number)`` forms process group
+    ``number``.
 
     Every rank runs a node store process of its own (``_own_node_store``). Empty for
     strategies other than Gemini's, or when the engine cannot be built here (the reason is
@@ -704,6 +708,9 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
             # The harness restores with the next attempt's engine, new in the same process.
             engine, _ = build(scenario, trainer.state)
             restore = _engine_restore_fixed_s(engine, trainer, world, committed)
+            rejoin = None
+            if scenario.training.parallelism == "ddp":
+                engine, rejoin = _engine_rejoins(scenario, engine, trainer, build, join)
             engine.close(abandon=True)
         dist.barrier()
     except Exception as error:  # a micro-benchmark that cannot run says so and is left out
@@ -715,11 +722,61 @@ def _engine_costs(scenario: Any, rank: int, world: int, trainer: Any) -> dict[st
         "engine_iteration_s": statistics.median(lengths),
         "engine_step_s": statistics.median(steps),
         **({} if restore is None else {"engine_restore_fixed_s": restore}),
+        **({} if rejoin is None else {"engine_rejoin_s": rejoin}),
     }
     if scenario.training.parallelism == "ddp":  # the reference shapes: FSDP2's restore too
         out.update(_fsdp2_costs(scenario, rank, world) or {})
     return out
 
+
+ENGINE_REJOINS = 3
+"""Gemini survivors' rejoins timed with the engine (``engine_rejoin_s``: their median)."""
+
+
+def _engine_rejoins(
+    scenario: Any,
+    engine: Any,
+    trainer: Any,
+    build: Callable[..., tuple[Any, float]],
+    join: Callable[[int], None],
+) -> tuple[Any, float]:
+    """A Gemini survivor's rejoin as the harness makes one, ``ENGINE_REJOINS`` times: an
+    iteration checkpointed (replicated, persisted if due), the attempt's engine closed as a
+    failure closes it and its groups left without waiting (the stop, not timed), then the
+    timed part: a fresh group, the model re-wrapped, the next attempt's engine built, until
+    every rank has. The rejoin in ``_recovery_rank_main`` runs with no engine; here the node
+    stores and the closed engine's teardown share the CPU with it, as after a crash in the
+    harness (its survivors' rejoins took about twice that rejoin's time there, 2026-12-06).
+    Returns (the last engine built, the median seconds)."""
+    import torch.distributed as dist
+
+    from real.trainer.inprocess import leave_attempt
+
+    seconds = []
+    for number in range(ENGINE_REJOIN_GROUPS, ENGINE_REJOIN_GROUPS + ENGINE_REJOINS):
+        trainer.step()
+        engine.save(number, trainer.state())
+        # Replicated and persisted: a crash comes between checkpoints, as a rule (one in a
+        # persist would add that write's teardown to the rejoin).
+        engine.wait(30.0)
+        if engine.persistent is not None:
+            engine.persistent.persister.wait(30.0)
+        dist.barrier()
+        engine.close(abandon=True)
+        trainer.detach()
+        leave_attempt(together=False)
+        began = time.perf_counter()
+        join(number)
+        trainer.rejoin()
+        engine, _ = build(scenario, trainer.state)
+        dist.barrier()
+        seconds.append(time.perf_counter() - began)
+    return engine, statistics.median(seconds)
+
+
+ENGINE_REJOIN_GROUPS = 100
+"""The number of the first group ``_engine_rejoins`` forms (after those of the rejoins
+without an engine, on the same rendezvous store)."""
 
 FSDP2_SAVES = 2
 """Iterations an FSDP2 engine checkpoints before its restore is timed (the first fills the
@@ -1118,6 +1175,11 @@ def measure_recovery(
             "spare_join_s": round(statistics.median(spare_joins), 6),
             "spare_join_rounds_s": [round(x, 6) for x in spare_joins],
             "rejoin_s": round(max(r["rejoin_s"] for r in timed), 6),
+            **(
+                {"engine_rejoin_s": round(max(r["engine_rejoin_s"] for r in timed), 6)}
+                if all("engine_rejoin_s" in r for r in timed)
+                else {}
+            ),
             "state_load_s": round(max(r["load_s"] for r in timed), 6),
             **{
                 key: round(max(float(r[key]) for r in timed), 6)

@@ -104,6 +104,7 @@ class BackgroundPersister:
         self._pending: dict[int, Mapping[str, Any]] = {}
         self._condition = threading.Condition()
         self._stopping = False
+        self._abandoned = False  # abandon(): a write in flight fails with its attempt's group
         self._busy = False
         self.last_persisted: int | None = None
         self.errors: list[str] = []
@@ -155,6 +156,7 @@ class BackgroundPersister:
         failed while iteration 10 was being persisted, 2-6 ms when nothing was)."""
         with self._condition:
             self._stopping = True
+            self._abandoned = True
             self._pending.clear()
             self._condition.notify_all()
 
@@ -190,6 +192,16 @@ class BackgroundPersister:
                         "rank %d: background persist abandoned, a peer is gone (%s)",
                         self.rank,
                         peer_failure_text(error),
+                    )
+                elif self._abandoned:
+                    # This process left the failed attempt and its groups while the write
+                    # was in flight (abandon): its collectives fail on a group no longer
+                    # there, whatever they raise.
+                    logger.info(
+                        "rank %d: background persist ended with its attempt (%s: %s)",
+                        self.rank,
+                        type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "",
                     )
                 else:
                     logger.exception("rank %d: background persist failed", self.rank)

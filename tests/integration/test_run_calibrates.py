@@ -73,7 +73,14 @@ def test_the_micro_calibration_measures_this_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import real.trainer.inprocess as inprocess
-    from benchmarks.calibrate import REJOINS, SPARE_ROUNDS, CalibrationOptions, measure_recovery
+    from benchmarks.calibrate import (
+        ENGINE_REJOIN_GROUPS,
+        ENGINE_REJOINS,
+        REJOINS,
+        SPARE_ROUNDS,
+        CalibrationOptions,
+        measure_recovery,
+    )
 
     # Every join it times goes the harness's way (the ranks are forked: they inherit this).
     joins = tmp_path / "joins"
@@ -111,17 +118,20 @@ def test_the_micro_calibration_measures_this_machine(
     # (torch's own compile cache, torchinductor_<user>, is torch's to keep)
     left = [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor")]
     assert left == []
-    # The first round's spares, its rejoins, then the further spare rounds, each in fresh ranks.
+    # The first round's spares, its rejoins, its rejoins with the engine, then the further
+    # spare rounds, each in fresh ranks.
+    numbers = [
+        *range(1 + REJOINS + SPARE_ROUNDS - 1),
+        *range(ENGINE_REJOIN_GROUPS, ENGINE_REJOIN_GROUPS + ENGINE_REJOINS),
+    ]
     assert sorted(joins.read_text().split("\n")[:-1]) == sorted(
-        f"{rank} calibrate/{number}"
-        for rank in range(4)
-        for number in range(1 + REJOINS + SPARE_ROUNDS - 1)
+        f"{rank} calibrate/{number}" for rank in range(4) for number in numbers
     )
     rounds = measured["spare_join_rounds_s"]
     assert len(rounds) == SPARE_ROUNDS and all(0 < t < 60 for t in rounds)
     assert measured["spare_join_s"] == pytest.approx(statistics.median(rounds), abs=1e-6)
     keys = ("spare_join_s", "rejoin_s", "park_s", "state_load_s", "micro_iteration_time_s")
-    engine = ("engine_build_s", "engine_restore_fixed_s")  # quickstart: Gemini
+    engine = ("engine_build_s", "engine_restore_fixed_s", "engine_rejoin_s")  # quickstart: Gemini
     for key in (*keys, *engine, "persistent_restore_fixed_s", "persistent_save_fixed_s"):
         assert 0 < measured[key] < 60, key
     assert 5.0 < measured["fsdp2_first_state_s"] < 60

@@ -208,6 +208,25 @@ def test_only_geminis_recovery_builds_and_closes_an_engine() -> None:
     assert costs["persistent"] == pytest.approx((0.01 + 0.3, 0.01 + 0.004))
 
 
+def test_geminis_restart_takes_the_rejoin_timed_with_its_engine_when_measured() -> None:
+    # The survivor's rejoin right after its engine closed, the next engine's build included
+    # (0.45 s), against the spare's join plus that build (0.3 + 0.02): the slower one.
+    measured = {**MICRO, "engine_build_s": 0.02, "engine_rejoin_s": 0.45}
+    quickstart = REPO / "scenarios" / "quickstart.yaml"
+    scenario = load_scenario(quickstart)
+    restart = {}
+    for strategy in ("gemini", "persistent"):
+        shaped = load_scenario(
+            quickstart, scenario_overrides(measured, scenario, strategy=strategy)
+        )
+        restart[strategy] = shaped.recovery.restart_s
+    assert restart["gemini"] == pytest.approx(0.01 + 0.45)
+    assert restart["persistent"] == pytest.approx(0.01 + 0.3)  # no engine: join vs rejoin
+    quick = {**measured, "engine_rejoin_s": 0.1}  # the spare and its build are slower
+    shaped = load_scenario(quickstart, scenario_overrides(quick, scenario, strategy="gemini"))
+    assert shaped.recovery.restart_s == pytest.approx(0.01 + 0.3 + 0.02)
+
+
 def test_the_engines_own_restore_sets_the_retrieval_overhead_when_measured() -> None:
     # Gemini's calibration times the engine's restore as the harness makes one (less its copy,
     # which the simulator adds); loading a copy of the state stands in only without it.
@@ -281,6 +300,7 @@ def _sample(
         "single_host": True,
         "load_average": background,
         "rejoin_s": (t["r0"] + t["r1"] * ranks) * share,
+        "engine_rejoin_s": (2 * t["r0"] + t["r1"] * ranks) * share,
         "spare_join_s": (t["j0"] + t["j1"] * ranks + t["j2"] * parameters / 1e6) * share,
         "state_load_s": (t["l0"] + state / t["load"]) * share,
         "micro_iteration_time_s": compute + communication,
@@ -312,8 +332,12 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     scenario = load_scenario(REPO / "scenarios" / "validation" / "v03-small-8nodes-hardware.yaml")
     expected = _sample(8, scenario.model.parameter_count, background=5)
     costs = law_costs(laws, scenario, background=5)
-    for key in ("rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
+    for key in ("rejoin_s", "engine_rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
         assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
+    # Samples measured before the rejoin with the engine (2026-12-06) fit no law for it.
+    older = [{k: v for k, v in s.items() if k != "engine_rejoin_s"} for s in REFERENCE]
+    assert "engine_rejoin_s" not in fit_laws(older, cpus=2)
+    assert "engine_rejoin_s" not in law_costs(fit_laws(older, cpus=2), scenario, background=5)
     phases = dict(expected["micro_iteration_phases"])  # type: ignore[call-overload]
     assert costs["compute_s"] == pytest.approx(phases["compute"], rel=1e-6)
     assert costs["communication_s"] == pytest.approx(phases["communication"], rel=1e-6)

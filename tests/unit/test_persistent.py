@@ -343,6 +343,34 @@ def test_a_persist_a_vanished_peer_broke_is_a_warning_a_fault_an_error(
     assert (records[0].exc_info is not None) == (level == logging.ERROR)
 
 
+def test_a_persist_that_fails_after_its_attempt_was_abandoned_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A survivor leaves its failed attempt (``abandon``, then its groups destroyed) while a
+    write is in flight: the write fails on a group that is gone, which is no fault."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def save_on_a_group_left(*_args: Any, **_kwargs: Any) -> None:
+        started.set()
+        release.wait(30)
+        raise ValueError("Group <ProcessGroup object> is not registered, please create group")
+
+    monkeypatch.setattr(persistent_persister, "save_persistent", save_on_a_group_left)
+    persister = BackgroundPersister(str(tmp_path / "tier"), keep=None)
+    with caplog.at_level(logging.INFO, logger=persistent_persister.__name__):
+        persister.submit(1, copied(trained(1).state()))
+        assert started.wait(30)
+        persister.abandon()
+        release.set()
+        persister._thread.join(30)
+    records = [r for r in caplog.records if "background persist" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.INFO
+    assert "ended with its attempt (ValueError: Group" in records[0].getMessage()
+    assert records[0].exc_info is None
+
+
 CRASHING_WRITER = """
 import sys, threading, time
 from pathlib import Path
