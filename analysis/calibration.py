@@ -35,6 +35,8 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
                                   # (the median of the rounds' slowest ranks:)
       spare_join_rounds_s: [0.41, 0.38, 0.36]
       rejoin_s: 0.35              # a survivor leaves its group, joins a fresh one, re-wraps DDP
+      engine_rejoin_s: 0.5        # Gemini under DDP: the same right after its engine closed as
+                                  # a failure closes it, the next engine's build included
       park_s: 0.01                # a survivor tears its broken group down
       collective_failure_s: 0.06  # a peer vanishes -> the survivor's all-reduce raises
       probe_s: 0.0002             # a probe round trip (live and refused)
