@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from real.runtime.processes import free_port
+from real.runtime.processes import end_with_parent, free_port
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,35 @@ def _phases(iteration_s: float, spans: Sequence[tuple[float, float]]) -> list[li
 def _leave_interrupts_to_the_parent() -> None:
     """In a rank process: ignore Ctrl-C, which the terminal sends to every process of its
     group. The parent stops its ranks itself (``_reap``); a rank that took the interrupt would
-    print its traceback, and its peers theirs for the broken group."""
+    print its traceback, and its peers theirs for the broken group. A parent killed outright
+    takes its ranks with it (they would wait in their collectives for minutes). Temporary
+    files go to the parent's scratch folder (``_rank_scratch``), which the parent removes
+    however its ranks end (``_reap``'s SIGTERM skips a rank's own clean-up)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent(signal.SIGKILL)
+    scratch = os.environ.get(RANK_SCRATCH_ENV)
+    if scratch:
+        tempfile.tempdir = scratch
+
+
+RANK_SCRATCH_ENV = "GEMINI_CALIBRATE_SCRATCH"
+"""The folder the calibration's rank processes keep their temporary files in."""
+
+
+@contextlib.contextmanager
+def _rank_scratch() -> Iterator[None]:
+    """A scratch folder for the rank processes started inside the block (their temporary
+    files: ``_leave_interrupts_to_the_parent``), removed with whatever they left in it."""
+    with tempfile.TemporaryDirectory(prefix="gemini-calibrate-ranks-") as scratch:
+        previous = os.environ.get(RANK_SCRATCH_ENV)
+        os.environ[RANK_SCRATCH_ENV] = scratch
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(RANK_SCRATCH_ENV, None)
+            else:
+                os.environ[RANK_SCRATCH_ENV] = previous
 
 
 def _next_report(
@@ -284,6 +311,11 @@ def _next_report(
 
 def restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str, Any]:
     """Spawn ``world`` ranks: end-to-end restart time, group formation, iteration profile."""
+    with _rank_scratch():
+        return _restart_and_iterations(options, world)
+
+
+def _restart_and_iterations(options: CalibrationOptions, world: int) -> dict[str, Any]:
     context = mp.get_context("spawn")
     results = context.Queue()
     port = free_port()
@@ -460,18 +492,19 @@ def _forked_ranks(
         context.Process(target=target, args=(rank, ranks, *args, results, go), daemon=True)
         for rank in range(ranks)
     ]
-    for process in processes:
-        process.start()
-    rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
-        "127.0.0.1", port, is_master=True, wait_for_workers=False
-    )
-    finished = False
-    try:
-        yield processes, results, go
-        finished = True
-    finally:
-        _reap(processes, grace_s=30.0 if finished else 0.0)
-        del rendezvous
+    with _rank_scratch():
+        for process in processes:
+            process.start()
+        rendezvous = dist.TCPStore(  # type: ignore[attr-defined]
+            "127.0.0.1", port, is_master=True, wait_for_workers=False
+        )
+        finished = False
+        try:
+            yield processes, results, go
+            finished = True
+        finally:
+            _reap(processes, grace_s=30.0 if finished else 0.0)
+            del rendezvous
 
 
 def _round_results(results: Any, go: Any, processes: Sequence[Any], ranks: int) -> list[float]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -92,7 +94,30 @@ def warn(source: str | Path, lines: Sequence[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and map errors to exit codes (0 ok, 2 bad input, 1 failure)."""
+    """Entry point: run the CLI and map errors to exit codes (0 ok, 2 bad input, 1 failure,
+    130 interrupted: Ctrl-C, or SIGTERM, which every command takes as a Ctrl-C so that its
+    clean-up runs; a command may install its own, as the agent does)."""
+    restore = _interrupt_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _interrupt_on_sigterm() -> Callable[[], object]:
+    """Raise KeyboardInterrupt on SIGTERM (in the main thread only, where Python runs signal
+    handlers); returns what puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     global _verbosity
     _verbosity = 0
     try:

@@ -24,8 +24,6 @@ that 1 s leases work in tests (the default would make the minimum 2 s).
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -41,25 +39,17 @@ from pathlib import Path
 
 from real.coord.etcd_kv import derived_password
 from real.coord.kv import TOKEN_ENV
-from real.runtime.processes import free_port, stop_process
+from real.runtime.processes import end_with_parent, free_port, stop_process
 from shared.errors import KVError
 
 logger = logging.getLogger(__name__)
 
 
 def _terminate_with_parent() -> None:
-    """In the child, before ``exec``: SIGTERM once the process (the thread) that started it
-    ends (Linux's ``PR_SET_PDEATHSIG``; etcd keeps no parent watch of its own). Start etcd from
-    a thread that lives as long as its owner: the owner's main thread. The C function is
-    looked up in the parent (``_PRCTL``): the child of a threaded process only calls it."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
-_PRCTL = None
-with contextlib.suppress(AttributeError, OSError):  # not Linux: etcd just lacks the signal
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+    """In the child, before ``exec``: SIGTERM once the thread that started it ends (etcd keeps
+    no parent watch of its own). Start etcd from a thread that lives as long as its owner: the
+    owner's main thread."""
+    end_with_parent(signal.SIGTERM)
 
 
 def etcd_binary() -> str | None:

@@ -1,12 +1,29 @@
 """The local processes and ports the harness owns: a free port to listen on, a clean stop,
-the last words of a process's log."""
+a child that ends with its parent, the last words of a process's log."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+_PRCTL = None
+with contextlib.suppress(AttributeError, OSError):  # not Linux: no such signal
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def end_with_parent(signum: int = signal.SIGTERM) -> None:
+    """In a child process: have the kernel send it ``signum`` once the thread that started it
+    ends (Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing), so that a parent killed outright
+    leaves no orphan. Safe in a forked child and before ``exec`` (the C function was looked
+    up in the parent: the child of a threaded process only calls it)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signum)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
