@@ -63,6 +63,58 @@ def netns_available() -> str | None:
     return None
 
 
+OWNERS = Path("/run/gemini-ckpt/netns")
+"""One file per emulated cluster's network set-up, named by its bridge, holding its owner's
+PID and start time: a set-up whose owner is gone (killed outright, so it could not tear down)
+is removed by the next netns cluster to start (``sweep_orphans``)."""
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22): with the
+    PID it names one process, whatever later process reuses the PID; None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_alive(record: Path) -> bool:
+    try:
+        pid, started = record.read_text().split()
+        return _start_time(int(pid)) == started
+    except (OSError, ValueError):
+        return False
+
+
+def sweep_orphans(owners: Path = OWNERS) -> list[str]:
+    """Remove the network set-ups (namespaces, their veth pairs, the bridge and its route,
+    their /etc/netns folders) of emulated clusters whose owner process is gone; the bridges
+    removed. Only set-ups recorded in ``owners`` are touched: ours."""
+    if not owners.is_dir():
+        return []
+    listed = ip("netns", "list", check=False).stdout.split()
+    removed = []
+    for record in sorted(owners.iterdir()):
+        if _owner_alive(record):
+            continue
+        bridge = record.name
+        for namespace in [n for n in listed if n.startswith(f"{bridge}-")]:
+            ip("netns", "del", namespace, check=False)  # its veth pairs go with it
+            shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
+        ip("link", "del", bridge, check=False)  # its route goes with it
+        record.unlink(missing_ok=True)
+        removed.append(bridge)
+    if removed:
+        log.warning(
+            "removed the network set-up of %d emulated cluster(s) whose owner was killed "
+            "before it could tear down: %s",
+            len(removed),
+            ", ".join(removed),
+        )
+    return removed
+
+
 def storage_secret(token: str) -> str:
     """The S3 endpoint's secret key: derived from the job's token, never a part of it."""
     return hmac.new(token.encode(), b"gemini-s3-secret", hashlib.sha256).hexdigest()[:32]
@@ -143,6 +195,9 @@ class NetnsCluster(LocalCluster):
 
     def start(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        sweep_orphans()
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.bridge).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -274,3 +329,7 @@ class NetnsCluster(LocalCluster):
             self.namespaces.clear()
             with contextlib.suppress(subprocess.CalledProcessError):
                 ip("link", "del", self.bridge, check=False)
+            (OWNERS / self.bridge).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folders go once no set-up is left
+                OWNERS.rmdir()
+                OWNERS.parent.rmdir()
