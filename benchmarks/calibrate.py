@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from real.runtime.env import GEMINI_CALIBRATE_SCRATCH
 from real.runtime.processes import end_with_parent, free_port
 
 log = logging.getLogger(__name__)
@@ -260,13 +261,9 @@ def _leave_interrupts_to_the_parent() -> None:
     however its ranks end (``_reap``'s SIGTERM skips a rank's own clean-up)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     end_with_parent(signal.SIGKILL)
-    scratch = os.environ.get(RANK_SCRATCH_ENV)
+    scratch = os.environ.get(GEMINI_CALIBRATE_SCRATCH)
     if scratch:
         tempfile.tempdir = scratch
-
-
-RANK_SCRATCH_ENV = "GEMINI_CALIBRATE_SCRATCH"
-"""The folder the calibration's rank processes keep their temporary files in."""
 
 
 @contextlib.contextmanager
@@ -274,15 +271,15 @@ def _rank_scratch() -> Iterator[None]:
     """A scratch folder for the rank processes started inside the block (their temporary
     files: ``_leave_interrupts_to_the_parent``), removed with whatever they left in it."""
     with tempfile.TemporaryDirectory(prefix="gemini-calibrate-ranks-") as scratch:
-        previous = os.environ.get(RANK_SCRATCH_ENV)
-        os.environ[RANK_SCRATCH_ENV] = scratch
+        previous = os.environ.get(GEMINI_CALIBRATE_SCRATCH)
+        os.environ[GEMINI_CALIBRATE_SCRATCH] = scratch
         try:
             yield
         finally:
             if previous is None:
-                os.environ.pop(RANK_SCRATCH_ENV, None)
+                os.environ.pop(GEMINI_CALIBRATE_SCRATCH, None)
             else:
-                os.environ[RANK_SCRATCH_ENV] = previous
+                os.environ[GEMINI_CALIBRATE_SCRATCH] = previous
 
 
 def _next_report(
@@ -652,16 +649,24 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
     job's secret are exchanged over the process group), and a function that builds an
     in-memory checkpoint engine against it: ``build(scenario, template) -> (engine, build
     seconds)``. Engines built one after another share the store and the run folder, as a
-    trainer's successive attempts do. The store stops on the way out."""
+    trainer's successive attempts do. What they persist is signed with a key of this
+    benchmark's own (``GEMINI_PERSISTENT_KEY``: no key file is created for it). The store
+    stops on the way out."""
+    import secrets
+
     import torch.distributed as dist
 
     from real.engine import GeminiCheckpointer
     from real.engine.process import StoreProcess
     from real.engine.protocol import make_token
+    from real.persistent.metadata import KEY_ENV
 
     tokens: list[Any] = [None] * world
-    dist.all_gather_object(tokens, make_token())
-    store = StoreProcess(rank, tokens[0])
+    dist.all_gather_object(tokens, (make_token(), secrets.token_hex(16)))
+    token, key = tokens[0]
+    previous = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = key
+    store = StoreProcess(rank, token)
     store.start()
     try:
         addresses: list[Any] = [None] * world
@@ -677,7 +682,7 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
                     node=rank,
                     local_rank=0,
                     run_dir=run_dir,
-                    token=tokens[0],
+                    token=token,
                     store_addresses=list(addresses),
                     template=template,
                 )
@@ -686,6 +691,10 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
             yield build
     finally:
         store.stop()
+        if previous is None:
+            os.environ.pop(KEY_ENV, None)
+        else:
+            os.environ[KEY_ENV] = previous
 
 
 def _engine_costs(

@@ -49,6 +49,10 @@ The persistent tier (``real.persistent``)
     GEMINI_STORAGE_OPTIONS     fsspec storage options (JSON), e.g. an S3 endpoint and keys.
     GEMINI_STORAGE_RATE        emulated storage bandwidth of this process, bytes per second.
 
+The calibration (``benchmarks.calibrate``)
+    GEMINI_CALIBRATE_SCRATCH   the folder its rank processes keep their temporary files in
+                               (their parent's; it removes it however they end).
+
 Tests only (``tests/integration/test_cluster.py``)
     GEMINI_CHAOS_S, GEMINI_CHAOS_SEED  the chaos test's length and seed.
 """
@@ -83,6 +87,7 @@ GEMINI_SETUP_APT = "GEMINI_SETUP_APT"
 GEMINI_PERSISTENT_KEY = "GEMINI_PERSISTENT_KEY"
 GEMINI_STORAGE_OPTIONS = "GEMINI_STORAGE_OPTIONS"
 GEMINI_STORAGE_RATE = "GEMINI_STORAGE_RATE"
+GEMINI_CALIBRATE_SCRATCH = "GEMINI_CALIBRATE_SCRATCH"
 GEMINI_CHAOS_S = "GEMINI_CHAOS_S"
 GEMINI_CHAOS_SEED = "GEMINI_CHAOS_SEED"
 
