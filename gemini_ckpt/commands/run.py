@@ -326,6 +326,7 @@ def command(
             )
     _clear_earlier(out, {name for _, name, _ in jobs}, console=console)
     failed: list[str] = []
+    finished: list[str] = []
     child: ChildRun | None = None
 
     def terminate(signum: int, frame: Any) -> None:
@@ -374,6 +375,7 @@ def command(
                     console.print(_tail(out / "logs" / f"{name}.log"))
                     failed.append(name)
                     continue
+            finished.append(name)
             if kind != "sweep":
                 console.print(f"{step}: done in {time.monotonic() - began:.1f} s")
         console.print("writing the report")
@@ -383,6 +385,12 @@ def command(
             console.print("interrupted: stopping the running cluster (teardown)...")
             child.stop()
         console.print("[red]Interrupted.[/]")
+        kept = [*(["calibration.yaml"] if (out / "calibration.yaml").exists() else []), *finished]
+        console.print(
+            f"kept in {out}: {', '.join(kept) if kept else 'nothing finished'}"
+            + ("; a run cut short has no summary and is left out of any report" if child else "")
+            + ". The same command starts over and replaces them; another --out keeps them."
+        )
         raise click.exceptions.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -68,3 +68,32 @@ def test_an_unreadable_calibration_is_refused_before_the_run_folder_is_made(
     assert main(["run", str(QUICKSTART), "--out", str(out), "--calibration", str(typo)]) == 2
     assert "--calibration" in capsys.readouterr().err
     assert not out.exists()  # it was left behind, empty
+
+
+def test_an_interrupted_run_says_what_it_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class InterruptedChild:
+        """The first real cluster, stopped by a Ctrl-C while it runs."""
+
+        stopped = False
+
+        def __init__(self, args: Sequence[str], log: Path) -> None:
+            pass
+
+        def wait(self) -> int:
+            raise KeyboardInterrupt
+
+        def stop(self) -> None:
+            InterruptedChild.stopped = True
+
+    monkeypatch.setattr(run_command, "ChildRun", InterruptedChild)
+    out = tmp_path / "q"
+    args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep", "--force"]
+    assert main(args) == 130
+    assert InterruptedChild.stopped
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())  # rich wraps long lines
+    assert "Interrupted." in said
+    assert f"kept in {out}: sim-gemini, sim-baseline; a run cut short has no summary" in said
+    assert "The same command starts over and replaces them; another --out keeps them." in said
