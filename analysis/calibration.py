@@ -37,6 +37,7 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       rejoin_s: 0.35              # a survivor leaves its group, joins a fresh one, re-wraps DDP
       engine_rejoin_s: 0.5        # Gemini under DDP: the same right after its engine closed as
                                   # a failure closes it, the next engine's build included
+                                  # (recorded, not used by the rules)
       park_s: 0.01                # a survivor tears its broken group down
       collective_failure_s: 0.06  # a peer vanishes -> the survivor's all-reduce raises
       probe_s: 0.0002             # a probe round trip (live and refused)
@@ -132,12 +133,12 @@ def recovery_costs(
       trainers build no engine; until 2026-12-06 it was added to the baseline's too, a change
       made after seeing the baseline's restarts below their prediction) + what a tc-limited
       link adds to the DDP bucket warm-up's gradient all-reduce (``restart_link_s``, from
-      ``law_costs``). For Gemini, where ``engine_rejoin_s`` was measured (a survivor's rejoin
-      as the harness makes one, right after its engine was closed as a failure closes it, the
-      next engine's build included; DDP only): agent poll / 2 + the slower of a spare's join
-      plus the engine's build and that rejoin + the link's part (since 2026-12-06, a change
-      made after seeing the main job's Gemini crashes under-predicted, their survivors'
-      rejoins about twice the rejoin timed with no engine running);
+      ``law_costs``). ``engine_rejoin_s`` (Gemini under DDP: a survivor's rejoin right after
+      its engine was closed as a failure closes it, the next engine's build included) is
+      recorded but not used: tried on 2026-12-06 for Gemini's rejoin, after seeing the main
+      job's Gemini crashes under-predicted, it brought the main job within 10% in 2 of 3 runs
+      but over-predicted the validation's Gemini restarts (0.10 s against 0.03-0.06 s on 4
+      nodes, 0.26 s against 0.10-0.14 s on 8), so it was withdrawn;
     - ``recovery.retrieval_overhead_s`` = the in-memory engine's restore from local memory as
       the harness makes one (the root's plan, every rank at once, into the live state, then
       the trainer's load; ``engine_restore_fixed_s``, from the last rank's start to the last
@@ -185,14 +186,12 @@ def recovery_costs(
     spare = _number(measurements, "spare_join_s")
     build = (_number(measurements, "engine_build_s") or 0.0) if engine else 0.0
     link = _number(measurements, "restart_link_s") or 0.0
-    rejoin = _number(measurements, "engine_rejoin_s") if engine else None
-    if rejoin is not None:
-        # A survivor's rejoin timed as the harness makes one, its engine's build included.
-        out["restart_s"] = agent / 2 + max((spare or 0.0) + build, rejoin) + link
-    else:
-        joins = [v for v in (spare, _number(measurements, "rejoin_s")) if v is not None]
-        if joins:
-            out["restart_s"] = agent / 2 + max(joins) + build + link
+    # ``engine_rejoin_s`` (a survivor's rejoin timed right after its engine closed) is
+    # recorded, not used: taken for Gemini's rejoin it over-predicted the validation's
+    # restarts (2026-12-06; docs/analysis.md).
+    joins = [v for v in (spare, _number(measurements, "rejoin_s")) if v is not None]
+    if joins:
+        out["restart_s"] = agent / 2 + max(joins) + build + link
     load = _number(measurements, "state_load_s")
     restore = _number(measurements, "engine_restore_fixed_s")
     if restore is not None:

@@ -210,15 +210,12 @@ def test_only_geminis_recovery_builds_and_closes_an_engine() -> None:
     assert (baseline.restart_s, baseline.stop_s) == pytest.approx((0.01 + 0.3, 0.01 + 0.004))
 
 
-def test_geminis_restart_takes_the_rejoin_timed_with_its_engine_when_measured() -> None:
-    # The survivor's rejoin right after its engine closed, the next engine's build included
-    # (0.45 s), against the spare's join plus that build (0.3 + 0.02): the slower one.
+def test_the_rejoin_timed_with_the_engine_is_recorded_not_used() -> None:
+    # Tried for Gemini's restart on 2026-12-06 and withdrawn (it over-predicted the
+    # validation's restarts): the slower of join and rejoin, plus the engine's build, stays.
     measured = {**MICRO, "engine_build_s": 0.02, "engine_rejoin_s": 0.45}
-    assert _quickstart_recovery(measured, "gemini").restart_s == pytest.approx(0.01 + 0.45)
-    # No engine: the slower of join and rejoin.
+    assert _quickstart_recovery(measured, "gemini").restart_s == pytest.approx(0.01 + 0.32)
     assert _quickstart_recovery(measured, "persistent").restart_s == pytest.approx(0.01 + 0.3)
-    quick = {**measured, "engine_rejoin_s": 0.1}  # the spare and its build are slower
-    assert _quickstart_recovery(quick, "gemini").restart_s == pytest.approx(0.01 + 0.3 + 0.02)
 
 
 def test_the_engines_own_restore_sets_the_retrieval_overhead_when_measured() -> None:
