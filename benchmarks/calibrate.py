@@ -260,7 +260,8 @@ def _leave_interrupts_to_the_parent() -> None:
     files go to the parent's scratch folder (``_rank_scratch``), which the parent removes
     however its ranks end (``_reap``'s SIGTERM skips a rank's own clean-up)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    end_with_parent(signal.SIGKILL)
+    parent = mp.parent_process()
+    end_with_parent(signal.SIGKILL, parent.pid if parent is not None else None)
     scratch = os.environ.get(GEMINI_CALIBRATE_SCRATCH)
     if scratch:
         tempfile.tempdir = scratch

@@ -11,9 +11,11 @@ the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -109,12 +111,24 @@ def _interrupt_on_sigterm() -> Callable[[], object]:
     handlers); returns what puts the previous handler back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, _sigterm_interrupts)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_interrupts(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _default_sigterm_in_child() -> None:
+    """In a child forked while a command ran: SIGTERM ends it again, as by default (a forked
+    worker keeps its parent's handlers, and one that took SIGTERM as a Ctrl-C would print a
+    traceback, or not end at all while blocked in C, when its parent stops it)."""
+    if signal.getsignal(signal.SIGTERM) is _sigterm_interrupts:
+        with contextlib.suppress(ValueError):  # forked from a thread: not Python's main
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -111,8 +111,17 @@ class CudaStager:
         pointer = region.data_ptr()
         # Flags 0: cudaHostRegisterDefault. Register only what the caller unregisters before
         # it unmaps the region.
-        error = self.cuda.cudart().cudaHostRegister(pointer, region.numel(), 0)
-        return pointer if int(error) == 0 else None
+        cudart = self.cuda.cudart()
+        error = cudart.cudaHostRegister(pointer, region.numel(), 0)
+        if int(error) == 0:
+            return pointer
+        # A failed runtime call leaves its error as the thread's last one, which the next
+        # kernel launch's check would report as its own: read it to clear it, where torch
+        # exposes the call (not checked on a GPU yet).
+        clear = getattr(cudart, "cudaGetLastError", None)
+        if clear is not None:
+            clear()
+        return None
 
     def unregister(self, pointer: int) -> None:
         """Undo :meth:`register` (before the region is unmapped)."""
@@ -361,7 +370,7 @@ class Capturer:
             if self._locked[key] is None:
                 log.warning(
                     "CUDA would not page-lock the checkpoint slot %s: device tensors are "
-                    "captured through pinned staging (two passes over the bytes)",
+                    "captured into it through pinned staging (two passes over the bytes)",
                     slot.path,
                 )
         if self._locked[key] is not None:

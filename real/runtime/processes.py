@@ -17,13 +17,17 @@ with contextlib.suppress(AttributeError, OSError):  # not Linux: no such signal
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
-def end_with_parent(signum: int = signal.SIGTERM) -> None:
+def end_with_parent(signum: int = signal.SIGTERM, parent: int | None = None) -> None:
     """In a child process: have the kernel send it ``signum`` once the thread that started it
     ends (Linux's ``PR_SET_PDEATHSIG``; elsewhere nothing), so that a parent killed outright
-    leaves no orphan. Safe in a forked child and before ``exec`` (the C function was looked
-    up in the parent: the child of a threaded process only calls it)."""
+    leaves no orphan. ``parent``: the PID it was started by, when known: a parent already gone
+    before the signal was armed sends it at once. Safe in a forked child and before ``exec``
+    (the C function was looked up in the parent: the child of a threaded process only calls
+    it)."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signum)
+        if parent is not None and os.getppid() != parent:
+            os.kill(os.getpid(), signum)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -140,3 +140,27 @@ def test_strategy_flag_with_an_agreeing_set_simulates(
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["strategy"] == "persistent"
+
+
+def test_sigterm_is_a_ctrl_c_in_a_command_but_not_in_its_forked_children() -> None:
+    import multiprocessing
+    import signal
+
+    from gemini_ckpt import cli as cli_module
+
+    restore = cli_module._interrupt_on_sigterm()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is cli_module._sigterm_interrupts
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(
+            target=lambda: results.put(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        )
+        child.start()
+        assert results.get(timeout=30) is True  # a worker its parent stops ends at once
+        child.join(30)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGTERM) is not cli_module._sigterm_interrupts
