@@ -790,7 +790,9 @@ def _engine_rejoins(
     every rank has. The rejoin in ``_recovery_rank_main`` runs with no engine; here the node
     stores and the closed engine's teardown share the CPU with it, as after a crash in the
     harness (its survivors' rejoins took about twice that rejoin's time there, 2026-12-06).
-    Returns (the last engine built, the median seconds)."""
+    Recorded in the calibration; no rule uses it (taken for Gemini's restart, it
+    over-predicted the validation's restarts: docs/analysis.md). Returns (the last engine
+    built, the median seconds)."""
     import torch.distributed as dist
 
     from real.trainer.inprocess import leave_attempt
