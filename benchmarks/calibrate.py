@@ -267,20 +267,31 @@ def _leave_interrupts_to_the_parent() -> None:
         tempfile.tempdir = scratch
 
 
+def _set_environ(name: str, value: str) -> Callable[[], None]:
+    """Set environment variable ``name``; returns what puts its earlier value (or absence)
+    back."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+    return restore
+
+
 @contextlib.contextmanager
 def _rank_scratch() -> Iterator[None]:
     """A scratch folder for the rank processes started inside the block (their temporary
     files: ``_leave_interrupts_to_the_parent``), removed with whatever they left in it."""
     with tempfile.TemporaryDirectory(prefix="gemini-calibrate-ranks-") as scratch:
-        previous = os.environ.get(GEMINI_CALIBRATE_SCRATCH)
-        os.environ[GEMINI_CALIBRATE_SCRATCH] = scratch
+        restore = _set_environ(GEMINI_CALIBRATE_SCRATCH, scratch)
         try:
             yield
         finally:
-            if previous is None:
-                os.environ.pop(GEMINI_CALIBRATE_SCRATCH, None)
-            else:
-                os.environ[GEMINI_CALIBRATE_SCRATCH] = previous
+            restore()
 
 
 def _next_report(
@@ -665,8 +676,7 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
     tokens: list[Any] = [None] * world
     dist.all_gather_object(tokens, (make_token(), secrets.token_hex(16)))
     token, key = tokens[0]
-    previous = os.environ.get(KEY_ENV)
-    os.environ[KEY_ENV] = key
+    restore_key = _set_environ(KEY_ENV, key)
     store = StoreProcess(rank, token)
     store.start()
     try:
@@ -692,10 +702,7 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
             yield build
     finally:
         store.stop()
-        if previous is None:
-            os.environ.pop(KEY_ENV, None)
-        else:
-            os.environ[KEY_ENV] = previous
+        restore_key()
 
 
 def _engine_costs(
@@ -988,8 +995,7 @@ def _persistent_fixed_costs(trainer: Any) -> dict[str, float]:
         shared = [(tempfile.mkdtemp(prefix="gemini-calibrate-dcp-"), secrets.token_hex(16))]
     dist.broadcast_object_list(shared, src=0)
     folder, key = shared[0]
-    previous = os.environ.get(KEY_ENV)
-    os.environ[KEY_ENV] = key
+    restore_key = _set_environ(KEY_ENV, key)
     checkpointer = None
     try:
         checkpointer = PersistentCheckpointer(folder, 1, trainer.state)
@@ -1022,10 +1028,7 @@ def _persistent_fixed_costs(trainer: Any) -> dict[str, float]:
     finally:
         if checkpointer is not None:
             checkpointer.close()
-        if previous is None:
-            os.environ.pop(KEY_ENV, None)
-        else:
-            os.environ[KEY_ENV] = previous
+        restore_key()
         with contextlib.suppress(Exception):
             dist.barrier()  # every rank is done with the folder
         if dist.get_rank() == 0:

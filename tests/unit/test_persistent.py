@@ -337,10 +337,17 @@ def test_a_persist_a_vanished_peer_broke_is_a_warning_a_fault_an_error(
         persister.submit(1, copied(trained(1).state()))
         assert persister.wait(60)
         persister.close()
+    record = _the_persist_record(caplog)
+    assert record.levelno == level
+    assert logged in record.getMessage()
+    assert (record.exc_info is not None) == (level == logging.ERROR)
+
+
+def _the_persist_record(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    """The one log record of the background persister's failure."""
     records = [r for r in caplog.records if "background persist" in r.getMessage()]
-    assert len(records) == 1 and records[0].levelno == level
-    assert logged in records[0].getMessage()
-    assert (records[0].exc_info is not None) == (level == logging.ERROR)
+    assert len(records) == 1
+    return records[0]
 
 
 def test_a_persist_that_fails_after_its_attempt_was_abandoned_is_no_error(
@@ -365,10 +372,10 @@ def test_a_persist_that_fails_after_its_attempt_was_abandoned_is_no_error(
         persister.abandon()
         release.set()
         persister._thread.join(30)
-    records = [r for r in caplog.records if "background persist" in r.getMessage()]
-    assert len(records) == 1 and records[0].levelno == logging.INFO
-    assert "ended with its attempt (ValueError: Group" in records[0].getMessage()
-    assert records[0].exc_info is None
+    record = _the_persist_record(caplog)
+    assert record.levelno == logging.INFO
+    assert "ended with its attempt (ValueError: Group" in record.getMessage()
+    assert record.exc_info is None
 
 
 CRASHING_WRITER = """
