@@ -603,17 +603,17 @@ def join_process_group(assignment: Assignment, backend: str, timeout_s: float) -
         # Every rank arrives first, however long the slowest takes (a spare still warming up
         # on a loaded machine): gloo's own rendezvous waits only the collective timeout, and a
         # short one made every rank give up on a warming spare, attempt after attempt, and
-        # the spare then hang connecting to peers that had left. A client of its own: the
-        # group's store keeps the collective timeout.
-        arrivals = dist.TCPStore(  # type: ignore[attr-defined]
+        # the spare then hang connecting to peers that had left. Then the same client serves
+        # the group, with the collective timeout. One connection, not two: torch's store
+        # looks the peer's address up in the DNS at both ends of each (for its log lines),
+        # and a resolver that drops a query holds the join for its timeout (5 s on our
+        # machine, one query in about 50 in a burst: docs/cluster.md, "Troubleshooting").
+        store = dist.TCPStore(  # type: ignore[attr-defined]
             address, port, is_master=False, timeout=join_timeout
         )
-        arrivals.set(f"{prefix}/arrived/{assignment.rank}", "1")
-        arrivals.wait([f"{prefix}/arrived/{r}" for r in range(assignment.world_size)])
-        del arrivals
-        store = dist.TCPStore(  # type: ignore[attr-defined]
-            address, port, is_master=False, timeout=timeout
-        )
+        store.set(f"{prefix}/arrived/{assignment.rank}", "1")
+        store.wait([f"{prefix}/arrived/{r}" for r in range(assignment.world_size)])
+        store.set_timeout(timeout)
         dist.init_process_group(
             backend,
             store=dist.PrefixStore(prefix, store),  # type: ignore[attr-defined]

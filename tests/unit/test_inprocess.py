@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from real.runtime.processes import free_port
 from real.trainer.inprocess import (
+    JOIN_TIMEOUT_S,
     RDZV_PREFIX_ENV,
     AgentChannel,
     Assignment,
@@ -358,7 +359,7 @@ def test_a_failed_collective_is_raised_at_the_next_check(
 
 
 def test_a_rendezvous_prefix_joins_through_a_standing_store(
-    pair: tuple[Agent, AgentChannel],
+    pair: tuple[Agent, AgentChannel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agent, channel = pair
     server = dist.TCPStore(  # type: ignore[attr-defined]
@@ -369,6 +370,21 @@ def test_a_rendezvous_prefix_joins_through_a_standing_store(
         timeout=datetime.timedelta(seconds=30),
     )
     joined: list[int] = []
+    clients: list[datetime.timedelta] = []
+    timeouts: list[datetime.timedelta] = []
+
+    class Client(dist.TCPStore):  # type: ignore[misc,name-defined]
+        """Counts the connections a join opens, and the timeouts it gives them."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            clients.append(kwargs["timeout"])
+
+        def set_timeout(self, timeout: datetime.timedelta) -> None:
+            super().set_timeout(timeout)
+            timeouts.append(timeout)
+
+    monkeypatch.setattr(dist, "TCPStore", Client)
 
     def body(assignment: Assignment) -> None:
         joined.append(assignment.attempt)
@@ -394,6 +410,10 @@ def test_a_rendezvous_prefix_joins_through_a_standing_store(
     # Both joined through the standing store: a tcp:// init would have had to open that
     # port itself, which the store holds.
     assert joined == [1, 2]
+    # One connection per join (each costs a reverse DNS lookup at both ends), opened with
+    # the rendezvous's patience and then given the collective timeout for the group.
+    assert clients == [datetime.timedelta(seconds=JOIN_TIMEOUT_S)] * 2
+    assert timeouts == [datetime.timedelta(seconds=30)] * 2
 
 
 def test_an_abort_ends_ddp_waiting_for_a_bucket_all_reduce(
