@@ -7,10 +7,11 @@ secret (``GEMINI_TOKEN``), but **no expiry**: a key stays until someone deletes 
 deletes nothing, so without TTLs its heartbeat key would say "alive" forever. Hence the
 emulation:
 
-- A lease is a record ``__lease__/<id>`` whose value is its **deadline** (wall-clock seconds,
-  ``time.time()``). ``refresh`` moves the deadline to now + TTL with a compare-and-set, so a
-  lease that has expired or was revoked is never brought back to life; ``revoke`` deletes the
-  record.
+- A lease is a record ``__lease__/<id>`` whose value is its **deadline**, in seconds of the
+  store's clock (:class:`~real.coord.kvserver.StoreClock`: wall-clock time less the time the
+  store did not run; every reply carries it as ``now``). ``refresh`` moves the deadline to now
+  + TTL with a compare-and-set, so a lease that has expired or was revoked is never brought
+  back to life; ``revoke`` deletes the record.
 - Every value is stored with a small header: the id of its lease (0 for none) and a random
   token. A reader treats a key whose lease is missing or past its deadline as **absent**: keys
   "vanish" at the deadline exactly, without any process having to delete them. (Their bytes
@@ -21,9 +22,11 @@ emulation:
   expired leadership key still produce one winner. The random token makes every written value
   distinct, so a compare-and-set never mistakes another writer's value for its own.
 
-Deadlines are compared across processes, so the hosts' clocks must agree to well under a TTL:
-true on one machine, true with NTP on a cluster; etcd (server-side TTLs) has no such need.
-Keys starting with ``__`` are reserved for the emulation.
+Deadlines are set and compared on the store's clock, as read in the last reply (plus the
+local time since, a few milliseconds), so the hosts' clocks need not agree, and time in which
+the store did not run expires no lease (until 2026-12-06 they were wall-clock deadlines, and a
+9 s pause of our development machine expired every agent's lease at once: each fenced itself
+and the job was lost). Keys starting with ``__`` are reserved for the emulation.
 """
 
 from __future__ import annotations
@@ -70,9 +73,9 @@ class EmbeddedLease(Lease):
     def refresh(self) -> bool:
         record = self._store._record_key(self.id)
         current = self._store._read(record)
-        if current is None or float(current) <= time.time():
+        if current is None or float(current) <= self._store.clock():
             return False
-        renewed = b"%.6f" % (time.time() + self.ttl_s)
+        renewed = b"%.6f" % (self._store.clock() + self.ttl_s)
         return self._store._compare_set(record, current, renewed) == renewed
 
     def revoke(self) -> None:
@@ -84,6 +87,8 @@ class _Connection:
 
     def __init__(self, host: str, port: int, token: str, timeout_s: float, url: str) -> None:
         self.url = url
+        self.store_clock: tuple[float, float] | None = None
+        "(the store's ``now`` in the last reply, this process's monotonic time when it came)"
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout_s)
         except OSError as error:
@@ -112,7 +117,11 @@ class _Connection:
         self, op: str, payload: bytes | None = None, **fields: Any
     ) -> tuple[dict[str, Any], bytes]:
         protocol.send_frame(self.sock, {"op": op, **fields}, payload)
-        return protocol.recv_frame(self.sock)
+        header, value = protocol.recv_frame(self.sock)
+        now = header.get("now")
+        if isinstance(now, (int, float)) and not isinstance(now, bool):
+            self.store_clock = (float(now), time.monotonic())
+        return header, value
 
     def close(self) -> None:
         self.sock.close()
@@ -153,6 +162,20 @@ class EmbeddedKV(KeyValueStore):
     def _connect(self) -> _Connection:
         host, port, secret, timeout_s = self._address
         return _Connection(host, port, secret, timeout_s, self.url)
+
+    def clock(self) -> float:
+        """The store's clock now, s: its ``now`` in the newest reply on either connection,
+        plus the time since on this process's monotonic clock (the wall clock before any
+        reply). The emulated leases' deadlines are in these seconds."""
+        readings = [
+            c.store_clock
+            for c in (self._store, self._watcher)
+            if isinstance(c, _Connection) and c.store_clock is not None
+        ]
+        if not readings:
+            return time.time()
+        now, at = max(readings, key=lambda reading: reading[1])
+        return now + (time.monotonic() - at)
 
     # -- raw store access (every call under the lock, errors as KVError) --
 
@@ -203,7 +226,7 @@ class EmbeddedKV(KeyValueStore):
         if cache is not None and lease_id in cache:
             return cache[lease_id]
         record = self._read(self._record_key(lease_id))
-        alive = record is not None and float(record) > time.time()
+        alive = record is not None and float(record) > self.clock()
         if cache is not None:
             cache[lease_id] = alive
         return alive
@@ -244,7 +267,7 @@ class EmbeddedKV(KeyValueStore):
                 if leases is None:
                     leases = self._scan(f"{self.namespace}{LEASE_PREFIX}")
                 record = leases.get(self._record_key(lease_id)) if lease_id > 0 else None
-                if record is None or float(record) <= time.time():
+                if record is None or float(record) <= self.clock():
                     continue
             found[key[len(self.namespace) :]] = value
         return found
@@ -301,7 +324,7 @@ class EmbeddedKV(KeyValueStore):
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
         header, _ = self._call("add", f"{self.namespace}{LEASE_PREFIX}next", amount=1)
         lease_id = int(header["value"])
-        self._call("set", self._record_key(lease_id), b"%.6f" % (time.time() + ttl_s))
+        self._call("set", self._record_key(lease_id), b"%.6f" % (self.clock() + ttl_s))
         return EmbeddedLease(self, lease_id, float(ttl_s))
 
     def watch(

@@ -11,11 +11,17 @@ The root's :class:`~real.coord.detector.FailureDetector` sees it gone.
 watches the trainer, the moment its process exits: :func:`report_exit` writes
 ``exits/<node>/<rank>``, which the detector reads on its next poll (a fraction of a second).
 
-A heartbeat whose lease expired while the agent still lives (a long pause, a store outage)
-grants a new lease and writes its key again; by then the root may have declared the node lost,
-and a node declared lost stays lost for the job (its replacement has taken its rank). So the
-agent **fences** itself as soon as it sees ``lease_lost``: it stops its trainers and leaves,
-before the others restart without it, rather than train on as a second copy of its rank.
+A heartbeat whose lease expired while the agent still lives (a long pause of the agent alone,
+or a whole lease without reaching the store) grants a new lease and writes its key again; by
+then the root may have declared the node lost, and a node declared lost stays lost for the job
+(its replacement has taken its rank). So the agent **fences** itself as soon as it sees
+``lease_lost``: it stops its trainers and leaves, before the others restart without it, rather
+than train on as a second copy of its rank. Whether the lease ran out is the store's answer to
+the refresh, on the store's clock: a pause of the whole machine expires no lease
+(:class:`~real.coord.kvserver.StoreClock`), while an agent that cannot reach the store for a
+whole lease (a partition, a store stopped alone) fences itself; until 2026-12-06 an agent fenced
+itself after any whole lease between two beats by its own clock, and a 9 s pause of our
+development machine made every agent do so at once, which ended the job.
 """
 
 from __future__ import annotations
@@ -102,9 +108,17 @@ class Heartbeat:
                 logger.warning("node %d: heartbeat failed: %s", self.node_id, error)
 
     def _beat(self) -> None:
-        if time.monotonic() - self.last_beat > self.lease_timeout_s:
-            self.lease_lost = True  # silent for a whole lease: the root may have replaced us
-        if self._lease is not None and not self._lease.refresh():
+        # The store's answer decides whether the lease ran out: its clock, not ours, counts
+        # (a pause of the whole machine, store included, expires nothing: kvserver's
+        # StoreClock). Only while no answer comes does our own clock decide: cut off from the
+        # store for a whole lease, the root may have replaced us.
+        try:
+            refreshed = self._lease.refresh() if self._lease is not None else True
+        except KVError:
+            if time.monotonic() - self.last_beat > self.lease_timeout_s:
+                self.lease_lost = True
+            raise
+        if not refreshed:
             logger.warning("node %d: heartbeat lease had expired; rejoining", self.node_id)
             self.lease_lost = True
             self._lease = None

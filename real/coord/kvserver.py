@@ -30,6 +30,10 @@ bumps the store's revision), or after ``timeout_s`` (at most ``MAX_WATCH_S``) wi
 ``changed`` false; ``after`` null returns the current revision at once. Lease expiry writes
 nothing, so a watcher still looks at the store every ``timeout_s``.
 
+Every reply carries ``now``, the store's clock (:class:`StoreClock`): the clients' emulated
+leases (:mod:`real.coord.embedded_kv`) run on it, so that time in which the store itself did
+not run (stopped, or its whole machine paused) expires no lease.
+
 ``compare_set`` follows torch's ``TCPStore``: an absent key is set when ``expected`` is empty;
 the reply is always the key's value afterwards (``expected`` itself when the key is absent and
 ``expected`` is not empty). Values live in memory only: the store holds small coordination
@@ -53,6 +57,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +73,55 @@ MAX_WATCH_S = 10.0
 WATCH_HISTORY = 8192
 """Changes remembered for watchers (a watcher further behind is told "changed" at once)."""
 _PARENT_POLL_S = 0.5
+CLOCK_TICK_S = 0.1
+"""How often the store's clock looks at the time, s."""
+UNOBSERVED_S = 1.0
+"""A gap longer than this between two looks at the time is time the store did not run."""
+
+
+class StoreClock:
+    """The clock the emulated leases run on: wall-clock seconds, less every stretch of time in
+    which this process did not run.
+
+    A lease's deadline says "expired unless refreshed by then", and only a store that was
+    running could have seen a refresh. After this process was stopped (SIGSTOP, a debugger)
+    or its whole machine paused (a VM frozen by its host: 9 s once, 2026-12-06, on our
+    development machine, where every agent then found its lease expired, fenced itself, and
+    the job was lost), the wall clock has moved past every deadline although no holder failed
+    to refresh while the store could hear it. So the clock is read every ``CLOCK_TICK_S`` (and
+    at every request), and a gap of more than ``UNOBSERVED_S`` between two readings is taken
+    out of it: the leases resume where they stood. A holder that stopped alone still runs out
+    its lease, on the store's clock, as before. (etcd keeps its leases on its own server; this
+    is the embedded store's equivalent.)
+
+    Args:
+        wall: the wall clock; monotonic: a monotonic clock (both injectable for tests).
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall, self._monotonic = wall, monotonic
+        self._lock = threading.Lock()
+        self._last = monotonic()
+        self.unobserved_s = 0.0
+
+    def now(self) -> float:
+        """The store's time, s (wall-clock seconds less the time it did not run)."""
+        with self._lock:
+            reading = self._monotonic()
+            gap = reading - self._last
+            self._last = reading
+            if gap > UNOBSERVED_S:
+                self.unobserved_s += gap - CLOCK_TICK_S
+                log.warning(
+                    "coordination store: did not run for %.1f s (stopped, or its machine "
+                    "paused); the leases keep that time",
+                    gap,
+                )
+            return self._wall() - self.unobserved_s
 
 
 class KVServer:
@@ -92,10 +146,16 @@ class KVServer:
         self.port: int = self._server.getsockname()[1]
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self.clock = StoreClock()
 
     def start(self) -> KVServer:
         threading.Thread(target=self._accept_loop, name="kvserver", daemon=True).start()
+        threading.Thread(target=self._tick, name="kvserver-clock", daemon=True).start()
         return self
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(CLOCK_TICK_S):
+            self.clock.now()
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
@@ -119,7 +179,7 @@ class KVServer:
                         raise
                     return  # the client hung up between requests
                 reply, value = self._handle(header, payload)
-                protocol.send_frame(conn, {"op": "reply", **reply}, value)
+                protocol.send_frame(conn, {"op": "reply", "now": self.clock.now(), **reply}, value)
         except (ConnectionError, ValueError, KeyError, TypeError, OSError) as error:
             log.warning("coordination store: closing connection from %s: %s", peer, error)
         finally:

@@ -394,6 +394,47 @@ server.stop()
 """
 
 
+def test_a_paused_store_expires_no_lease_and_fences_no_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded store's leases run on its own clock. Stopped (SIGSTOP) for twice a lease,
+    as when its whole machine pauses, it expires none: the key stays, the lease refreshes,
+    and a heartbeat whose beat waited for the store does not fence its agent. A heartbeat that
+    could not reach the store for a whole lease (its requests time out: a partition, for all
+    it knows) does fence; and once the store runs, a lease nobody refreshes still expires."""
+    monkeypatch.setenv("GEMINI_TOKEN", uuid.uuid4().hex)
+    with StoreServer() as server:
+        url = f"{server.url}/{uuid.uuid4().hex[:12]}"
+        kv, patient, impatient = (connect_kv(url, timeout_s=t) for t in (5.0, 5.0, 0.2))
+        beats = [
+            Heartbeat(client, node, interval_s=0.1, lease_timeout_s=TTL_S)
+            for node, client in ((0, patient), (1, impatient))
+        ]
+        try:
+            held = kv.grant_lease(TTL_S)
+            kv.put("job/marker", b"held", held)
+            for beat in beats:
+                beat.start()
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                time.sleep(2 * TTL_S)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert kv.get("job/marker") == b"held"
+            assert held.refresh()
+            wait_until(lambda: beats[1].lease_lost, 2.0)
+            time.sleep(3 * 0.1)  # a few beats after the pause
+            assert not beats[0].lease_lost
+            assert keys.decode(kv.get(keys.node_key(0)) or b"{}")["beat"] > 1
+            wait_until(lambda: kv.get("job/marker") is None, TTL_S + 1.0)
+        finally:
+            for beat in beats:
+                beat.stop()
+            for client in (kv, patient, impatient):
+                client.close()
+
+
 @pytest.mark.parametrize("name", ["embedded", "etcd"])
 def test_a_store_owned_by_a_launcher_leaves_ctrl_c_to_it(
     name: str, monkeypatch: pytest.MonkeyPatch

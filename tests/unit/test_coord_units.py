@@ -8,17 +8,18 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from real.coord import keys
+from real.coord import heartbeat, keys
 from real.coord.connect import connect_kv
 from real.coord.detector import FailureDetector
 from real.coord.election import Election
 from real.coord.embedded_kv import EmbeddedKV
-from real.coord.heartbeat import report_exit
+from real.coord.heartbeat import Heartbeat, report_exit
 from real.coord.kv import parse_kv_url
-from real.coord.kvserver import KVServer
+from real.coord.kvserver import CLOCK_TICK_S, KVServer, StoreClock
 from real.engine.eventlog import EventLog
 from real.runtime.processes import free_port
 from shared.errors import KVError
@@ -42,6 +43,52 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_the_store_clock_leaves_out_the_time_the_store_did_not_run() -> None:
+    wall, monotonic = FakeClock(), FakeClock()
+    clock = StoreClock(wall=wall, monotonic=monotonic)
+    for _ in range(50):  # running: read every tick, it keeps the wall clock's time
+        wall.now += CLOCK_TICK_S
+        monotonic.now += CLOCK_TICK_S
+        assert clock.now() == pytest.approx(wall.now)
+    wall.now += 10.0  # stopped for 10 s: both clocks moved, nobody read
+    monotonic.now += 10.0
+    assert clock.now() == pytest.approx(wall.now - 10.0 + CLOCK_TICK_S)
+    assert clock.unobserved_s == pytest.approx(10.0 - CLOCK_TICK_S)
+
+
+def test_a_pause_of_the_whole_machine_fences_no_agent_a_pause_of_the_agent_alone_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store's clock and the agent's move 10 s at once (their machine paused): the lease
+    (3 s) is alive on the store's clock and the agent goes on. Then the agent alone is silent
+    for 10 s while the store runs: its lease has run out, and it fences itself."""
+    wall, monotonic, agent = FakeClock(), FakeClock(), FakeClock()
+    server = KVServer("127.0.0.1", 0, TOKEN)
+    server.clock = StoreClock(wall=wall, monotonic=monotonic)
+    server.start()
+    client = EmbeddedKV("127.0.0.1", server.port, namespace="t/", token=TOKEN)
+    monkeypatch.setattr(heartbeat, "time", SimpleNamespace(monotonic=agent, time=time.time))
+    try:
+        beat = Heartbeat(client, 0, interval_s=0.5, lease_timeout_s=3.0)
+        beat._beat()
+        for clock in (wall, monotonic, agent):
+            clock.now += 10.0
+        beat._beat()
+        assert not beat.lease_lost
+        assert client.get(keys.node_key(0)) is not None
+        for _ in range(100):  # the store runs on, read every tick; the agent says nothing
+            wall.now += CLOCK_TICK_S
+            monotonic.now += CLOCK_TICK_S
+            server.clock.now()
+        assert client.get(keys.node_key(0)) is None
+        agent.now += 10.0
+        beat._beat()
+        assert beat.lease_lost
+    finally:
+        client.close()
+        server.stop()
 
 
 def test_parse_kv_url() -> None:
