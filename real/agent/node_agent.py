@@ -86,6 +86,9 @@ ROOT_FAILURES = 5
 start) fails the job instead of starting again."""
 ROOT_FAILURE_WINDOW_S = 60.0
 ROOT_RESTART_WAIT_S = 0.5
+MEMBERS_GONE_LEASES = 3
+"""A standby agent leaves once no member of the job has held a heartbeat for this many
+leases (by its own clock, over its reads of the store): the job has nobody left to lead it."""
 RECORD_READ_S = 1.0
 """While its store watch runs, an agent reads the attempt record (a standby agent also its
 order) when the watch reports a change, and at least this often besides; without a watch, on
@@ -171,6 +174,7 @@ class NodeAgent:
         self.watching = False  # the store watch holds a cursor (else: read on every pass)
         self.rendezvous: Any = None  # the job's rendezvous store, kept by every agent
         self.orphaned = False  # its launcher (--parent-pid) is gone: the agent leaves, status 1
+        self.members_gone = False  # a standby saw no member beat for MEMBERS_GONE_LEASES leases
 
     def _watch(self, prefixes: list[str]) -> None:
         """Wake the agent whenever a key under ``prefixes`` changes (a thread of its own,
@@ -318,7 +322,7 @@ class NodeAgent:
                 self.kv, config.node_id, detection.heartbeat_interval_s, detection.lease_timeout_s
             ).start()
             if self.slot is None and not self._wait_for_slot(registration):
-                return 1 if self.store_died else 0
+                return 1 if self.store_died or self.members_gone else 0
             assert self.slot is not None
             self.pool.take_slot(self.slot)
             self.events.node = self.slot
@@ -515,6 +519,13 @@ class NodeAgent:
             return True
         return False
 
+    def _a_member_beats(self, record: dict[str, Any]) -> bool:
+        """Whether a member of ``record``'s attempt holds a live heartbeat key."""
+        assert self.kv is not None
+        names = (key[len(keys.NODES_PREFIX) :] for key in self.kv.get_prefix(keys.NODES_PREFIX))
+        beating = {int(name) for name in names if name.isdigit()}
+        return bool(beating & set(jobkeys.members_of(record).values()))
+
     def _wait_for_slot(self, registration: dict[str, Any]) -> bool:
         """A standby agent: announce itself, then wait until the root's order for this node
         comes due (``replacements/<node_id>``) and take its slot; False if told to stop."""
@@ -525,6 +536,7 @@ class NodeAgent:
         order: dict[str, Any] | None = None
         record: dict[str, Any] | None = None
         read_at = -math.inf
+        silent_since: float | None = None  # the first read since which no member has beaten
         while not self.stopping.is_set():
             if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
                 return False
@@ -539,6 +551,10 @@ class NodeAgent:
                 try:
                     order = jobkeys.read_json(self.kv, f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}")
                     record = jobkeys.read_json(self.kv, jobkeys.ATTEMPT_KEY)
+                    if record is None or self._a_member_beats(record):
+                        silent_since = None
+                    elif silent_since is None:
+                        silent_since = now
                     read_at = now
                 except KVError as error:
                     log.warning("node %d: store error: %s", node_id, error)
@@ -546,6 +562,21 @@ class NodeAgent:
                     self.record_changed.set()  # not read: again at the next pass
             if record is not None and record.get("state") in ("finished", "failed"):
                 return False  # the job ended without needing this node
+            lease_s = self.config.scenario.detection.lease_timeout_s
+            silent_s = 0.0 if silent_since is None else read_at - silent_since
+            if order is None and silent_s > MEMBERS_GONE_LEASES * lease_s:
+                # Every member agent is gone (each fenced itself, or was lost with no root
+                # left to order its replacement): nobody will ever give this node a slot, and
+                # a standby agent does not lead. Leaving ends the job's processes here, and
+                # its launcher (or scheduler) sees the job end instead of waiting forever.
+                log.error(
+                    "node %d: no member of the job has beaten for %.0f s: every member agent "
+                    "is gone, and standby agents do not lead; leaving (the job cannot go on)",
+                    node_id,
+                    silent_s,
+                )
+                self.members_gone = True
+                return False
             if order is not None and time.time() >= float(order["ready_at"]):
                 self.slot = int(order["slot"])
                 self.kv.delete(f"{jobkeys.STANDBY_PREFIX}{node_id}")

@@ -141,14 +141,21 @@ class StandbyKV:
     def __init__(self, node_id: int) -> None:
         self.order_key = f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}"
         self.values: dict[str, bytes] = {
-            jobkeys.ATTEMPT_KEY: keys.encode({"attempt": 1, "state": "running"})
+            jobkeys.ATTEMPT_KEY: keys.encode(
+                {"attempt": 1, "state": "running", "members": {"0": 0, "1": 1}}
+            )
         }
+        self.beating = {0, 1}  # the members whose heartbeat key is live
         self.reads = 0
 
     def get(self, key: str) -> bytes | None:
         assert key in (self.order_key, jobkeys.ATTEMPT_KEY)
         self.reads += 1
         return self.values.get(key)
+
+    def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        assert prefix == keys.NODES_PREFIX
+        return {keys.node_key(n): keys.encode({"beat": 1}) for n in self.beating}
 
     def put(self, key: str, value: bytes) -> None:
         self.values[key] = value
@@ -157,13 +164,22 @@ class StandbyKV:
         self.values.pop(key, None)
 
 
+LEASE_S = 0.1
+
+
 def waiting_standby(
     kv: StandbyKV, watch: WatchKV | None
 ) -> tuple[Any, list[threading.Thread], list[bool]]:
     """A standby NodeAgent (never run) waiting for its slot, with or without a store watch."""
     made, _ = agent(kv)
-    made.config = SimpleNamespace(parent_pid=None, node_id=5, kv_url="memory://")
+    made.config = SimpleNamespace(
+        parent_pid=None,
+        node_id=5,
+        kv_url="memory://",
+        scenario=SimpleNamespace(detection=SimpleNamespace(lease_timeout_s=LEASE_S)),
+    )
     made.slot = None
+    made.members_gone = False
     took: list[bool] = []
     threads = [threading.Thread(target=lambda: took.append(made._wait_for_slot({})), daemon=True)]
     if watch is not None:
@@ -204,5 +220,24 @@ def test_a_standby_without_a_watch_reads_on_every_pass(monkeypatch: pytest.Monke
         wait_for(lambda: kv.reads >= 20)  # two keys a pass: ten passes
         kv.values[jobkeys.ATTEMPT_KEY] = keys.encode({"attempt": 1, "state": "finished"})
         wait_for(lambda: took == [False])  # the job ended without it
+    finally:
+        stop(made, threads)
+
+
+def test_a_standby_leaves_once_no_member_of_the_job_beats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every member agent gone (fenced, or lost with no root left): nobody will ever order
+    this node into a slot, so the standby agent leaves, marked so (its exit status is 1),
+    after MEMBERS_GONE_LEASES leases without a member's beat, not before."""
+    kv = StandbyKV(5)
+    monkeypatch.setattr(node_agent, "STANDBY_POLL_S", 0.01)
+    made, threads, took = waiting_standby(kv, None)
+    try:
+        time.sleep(node_agent.MEMBERS_GONE_LEASES * LEASE_S * 2)
+        assert took == []  # members beat: it waits on
+        kv.beating = {7}  # a node that is no member of the job
+        gone = time.monotonic()
+        wait_for(lambda: took == [False])
+        assert made.members_gone
+        assert time.monotonic() - gone >= node_agent.MEMBERS_GONE_LEASES * LEASE_S
     finally:
         stop(made, threads)
