@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint import DefaultSavePlanner
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
@@ -105,7 +106,19 @@ def save_persistent(
             storage.write_json(INDEX_NAME, index)
     tensors, values = flatten_state(state)
     try:
-        dcp_save(_to_dcp(tensors, rank), storage_writer=storage.writer(iteration), **group)
+        dcp_save(
+            _to_dcp(tensors, rank),
+            storage_writer=storage.writer(iteration),
+            # A tensor every rank holds under the same name (a DDP model's, a plain
+            # optimizer's) is written once, and DCP's default spreads those writes over the
+            # ranks. The copies need not be equal: a DDP model's BatchNorm statistics are each
+            # rank's own until DDP broadcasts rank 0's at the next forward, so only rank 0's
+            # are the run's. Rank 0 writes them (found by a user's model with BatchNorm:
+            # restored from this tier on 2 ranks, it ended with other statistics than a run
+            # without the failure, 2026-12-06).
+            planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True),
+            **group,
+        )
     except CheckpointException as error:  # a BaseException: make it an ordinary error
         raise RuntimeError(
             f"rank {rank}: writing iteration {iteration} to {url} failed: {error}"

@@ -215,6 +215,39 @@ def test_fsdp2_state_round_trips_bitwise(tmp_path: Path) -> None:
     assert all(result["sharded"] for result in parsed)  # each rank held only its shards
 
 
+PER_RANK_COPIES = """
+import datetime, json, os, sys
+import torch, torch.distributed as dist
+from real.persistent.dcp import load_persistent, save_persistent
+
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
+                        rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+# A DDP model's state as each rank holds it: the same names on every rank, and values that
+# differ (BatchNorm's running statistics are each rank's own until DDP's next broadcast).
+state = {"model": {f"bn{i}.running_mean": torch.full((64,), 100.0 * rank + i) for i in range(8)}}
+save_persistent(sys.argv[1], 5, state)
+dist.barrier()  # rank 0 lists the checkpoint as complete after the save's own barrier
+loaded = load_persistent(sys.argv[1], 5)
+print("RESULT " + json.dumps({name: loaded["model"][name][0].item() for name in state["model"]}))
+from real.runtime.procgroup import leave_process_group
+leave_process_group(together=True)
+"""
+
+
+def test_the_persistent_tier_keeps_rank_0s_copy_of_what_every_rank_holds(tmp_path: Path) -> None:
+    """Written once, a tensor every rank holds under one name comes from rank 0 (under DDP,
+    the copy the next forward broadcasts), on every rank's restore; DCP's default spread the
+    writes over the ranks, and a restore gave rank 0 rank 1's BatchNorm statistics."""
+    results = run_ranks(2, [str(tmp_path / "tier")], module=["-c", PER_RANK_COPIES])
+    for code, output in results:
+        assert code == 0, output
+        line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+        assert json.loads(line.removeprefix("RESULT ")) == {
+            f"bn{i}.running_mean": float(i) for i in range(8)
+        }
+
+
 FSDP_WARMED = """
 import datetime, json, os
 import torch, torch.distributed as dist
