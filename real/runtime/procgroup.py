@@ -45,8 +45,7 @@ def leave_process_group(*, together: bool) -> None:
     for group in list(_BACKGROUND_GROUPS):  # every collective on them ended with the barrier
         group.release(wait=True)
     if together:  # groups released on their own threads: their last collectives ended too
-        for thread in list(_RELEASING):
-            thread.join(RELEASE_JOIN_S)
+        finish_releases(RELEASE_JOIN_S)
     dist.destroy_process_group()
     _forget_in_frameworks()
     gc.collect()
@@ -108,6 +107,14 @@ def release_in_background(groups: list[Any]) -> None:
     thread = threading.Thread(target=release, name="release-groups", daemon=True)
     _RELEASING.add(thread)
     thread.start()
+
+
+def finish_releases(timeout_s: float = 10.0) -> None:
+    """Wait (each at most ``timeout_s``) for the groups being dropped on threads of their own:
+    a process about to exit must not leave a group's destruction to the interpreter's
+    finalization."""
+    for thread in list(_RELEASING):
+        thread.join(timeout_s)
 
 
 _RELEASING: set[threading.Thread] = set()

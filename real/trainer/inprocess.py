@@ -655,6 +655,17 @@ def leave_attempt(*, together: bool) -> None:
     abandon_process_groups()
 
 
+def _clear_frames(error: BaseException, *, keep_traceback: bool) -> None:
+    """Drop the local variables of the frames ``error`` and its causes went through (the
+    attempt's model, its process groups); without ``keep_traceback`` the tracebacks too."""
+    cause: BaseException | None = error
+    while cause is not None:
+        traceback.clear_frames(cause.__traceback__)
+        if not keep_traceback:
+            cause.__traceback__ = None
+        cause = cause.__cause__ or cause.__context__
+
+
 def _planned(env: Mapping[str, str]) -> dict[str, Any] | None:
     """The root's plan in ``env`` (``GEMINI_RESTORE_PLAN``), or None where there is none."""
     text = env.get(GEMINI_RESTORE_PLAN, "")
@@ -729,6 +740,18 @@ def run_attempts(
             finished = True
         except Exception as error:
             if not (is_peer_failure(error) or channel.aborted(assignment.attempt)):
+                # The script's own error, which ends this process. Its process groups go
+                # first, here: left to the interpreter's exit (the traceback holds the model,
+                # the model the groups, and a closed engine's group may still be releasing on
+                # a thread of its own), a gloo group's threads aborted the process (SIGABRT,
+                # "terminate called without an active exception") instead of exiting with the
+                # error (found by a user's script, 2026-12-06). The traceback keeps its lines.
+                _clear_frames(error, keep_traceback=True)
+                with contextlib.suppress(Exception):
+                    from real.runtime.procgroup import finish_releases, leave_process_group
+
+                    leave_process_group(together=False)
+                    finish_releases()
                 raise
             reason = peer_failure_text(error, limit=500)
             # Where the attempt was left (a hook, a save, a collective), for the timeline.
@@ -748,12 +771,8 @@ def run_attempts(
             # The traceback holds the body's frames and the modules in them: drop it, or
             # every recovery leaks the old DDP reducer's threads and sockets, and the group's
             # connections stay open (peers blocked on this rank would wait for their timeout).
-            cause: BaseException | None = error
-            while cause is not None:
-                traceback.clear_frames(cause.__traceback__)
-                cause.__traceback__ = None
-                cause = cause.__cause__ or cause.__context__
-            del error, cause
+            _clear_frames(error, keep_traceback=False)
+            del error
             leave_attempt(together=False)
             channel.send("parked", attempt=assignment.attempt, error=reason)
             continue

@@ -172,14 +172,19 @@ def test_peer_failure_parks_and_the_next_attempt_runs(pair: tuple[Agent, AgentCh
 
 
 def test_a_bug_is_not_a_peer_failure(pair: tuple[Agent, AgentChannel]) -> None:
+    """The script's own error propagates, with its traceback, and the process group is
+    left before it does: at the interpreter's exit, a gloo group still held by the
+    traceback's frames aborted the process (SIGABRT) instead of its error's exit status."""
     agent, channel = pair
 
     def body(assignment: Assignment) -> None:
         raise KeyError("a typo in the training script")
 
     agent.assign(1)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as raised:
         run_attempts(body, channel, backend="gloo", timeout_s=30.0)
+    assert not dist.is_initialized()
+    assert raised.traceback[-1].name == "body"
 
 
 def test_abort_is_raised_at_the_next_checkpoint(pair: tuple[Agent, AgentChannel]) -> None:
