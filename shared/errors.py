@@ -95,6 +95,12 @@ class RunFolderError(GeminiError, ValueError):
     """A run folder is missing or does not hold a valid run (the message names the file)."""
 
 
+class TrainerStartError(GeminiError, RuntimeError):
+    """A node agent's trainer processes ended before they were ready (a wrong
+    ``training.entrypoint``, an import error in the script), or never got ready: the message
+    names the trainer, its exit and the end of its log."""
+
+
 class AgentIdentityError(GeminiError):
     """A node agent started with the node id or slot of a live agent of the job, or with a
     scenario other than the job's."""

@@ -63,7 +63,7 @@ from real.coord.probe import ProbeServer, refuses
 from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
-from shared.errors import AgentIdentityError, KVError
+from shared.errors import AgentIdentityError, KVError, TrainerStartError
 from shared.failure_kinds import initial_root
 from shared.scenario import Scenario
 
@@ -302,9 +302,9 @@ class NodeAgent:
                 if self.stopping.is_set():  # while they warmed: they stop on the way out
                     return self._stopped_status()
                 failure = self.pool.start_failure()
-                if failure is not None:
-                    raise RuntimeError(f"node {config.node_id}: {failure}")
-                raise RuntimeError(
+                if failure is not None:  # the script's, not ours: said as a user error, whole
+                    raise TrainerStartError(f"node {config.node_id}: {failure}")
+                raise TrainerStartError(
                     f"node {config.node_id}: trainers not warm after {WARM_TIMEOUT_S:.0f} s; "
                     f"see {self.run_dir}/logs/trainer-node{config.node_id}-*.log"
                 )

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from gemini_ckpt.cli import cli
+from gemini_ckpt.cli import cli, main
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml")
 
@@ -42,3 +43,30 @@ def test_strategy_and_a_contrary_set_are_a_usage_error(tmp_path: Path) -> None:
     assert "--strategy sets checkpoint.strategy=persistent" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_trainer_that_cannot_start_is_the_users_error_said_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong ``training.entrypoint`` ends the agent with the trainer's last words, whole,
+    as an error of the input (exit 1), not as an internal error cut at 200 characters."""
+    from real.agent import node_agent
+    from shared.errors import TrainerStartError
+
+    said = (
+        "node 0: trainer for local rank 0 (pid 5227) exited with status 2 before it was warm; "
+        f"its log {tmp_path}/run/logs/trainer-node0-l0-1.log ends: /usr/bin/python: can't open "
+        "file '/tmp/job/mytrain.py': [Errno 2] No such file or directory"
+    )
+
+    def run_agent(config: object) -> int:
+        raise TrainerStartError(said)
+
+    monkeypatch.setattr(node_agent, "run_agent", run_agent)
+    monkeypatch.setenv("GEMINI_TOKEN", "secret")
+    args = ["agent", QUICKSTART, "--kv", "tcpstore://127.0.0.1:9/job", "--node-id", "0"]
+    code = main([*args, "--slot", "0", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"error: {said}" in err
+    assert "internal error" not in err
