@@ -751,7 +751,7 @@ def run_attempts(
                     from real.runtime.procgroup import finish_releases, leave_process_group
 
                     leave_process_group(together=False)
-                    finish_releases()
+                    finish_releases(2.0)  # the error's exit waits that long at most
                 raise
             reason = peer_failure_text(error, limit=500)
             # Where the attempt was left (a hook, a save, a collective), for the timeline.
