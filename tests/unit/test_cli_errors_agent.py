@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,13 @@ def test_a_trainer_that_cannot_start_is_the_users_error_said_whole(
     monkeypatch.setattr(node_agent, "run_agent", run_agent)
     monkeypatch.setenv("GEMINI_TOKEN", "secret")
     args = ["agent", QUICKSTART, "--kv", "tcpstore://127.0.0.1:9/job", "--node-id", "0"]
-    code = main([*args, "--slot", "0", "--run-dir", str(tmp_path / "run")])
+    # ``main`` gives the root logger a handler on this test's captured stderr: put the
+    # handlers back, or later tests log into a closed stream.
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        code = main([*args, "--slot", "0", "--run-dir", str(tmp_path / "run")])
+    finally:
+        logging.root.handlers[:], logging.root.level = handlers, level
     err = capsys.readouterr().err
     assert code == 1, err
     assert f"error: {said}" in err
