@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,16 @@ def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
         yield
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level back after a test that runs a command in its
+    own process: a command configures the root logger as a process of its own would, and a
+    handler left on a test's captured stream made later tests log into a closed file."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
 
 
 @pytest.fixture(autouse=True)

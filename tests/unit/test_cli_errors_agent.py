@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -46,6 +45,7 @@ def test_strategy_and_a_contrary_set_are_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.usefixtures("root_logging")  # main configures the root logger
 def test_a_trainer_that_cannot_start_is_the_users_error_said_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -66,13 +66,7 @@ def test_a_trainer_that_cannot_start_is_the_users_error_said_whole(
     monkeypatch.setattr(node_agent, "run_agent", run_agent)
     monkeypatch.setenv("GEMINI_TOKEN", "secret")
     args = ["agent", QUICKSTART, "--kv", "tcpstore://127.0.0.1:9/job", "--node-id", "0"]
-    # ``main`` gives the root logger a handler on this test's captured stderr: put the
-    # handlers back, or later tests log into a closed stream.
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        code = main([*args, "--slot", "0", "--run-dir", str(tmp_path / "run")])
-    finally:
-        logging.root.handlers[:], logging.root.level = handlers, level
+    code = main([*args, "--slot", "0", "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1, err
     assert f"error: {said}" in err

@@ -5,7 +5,6 @@ recovery (``real.agent.trainer_processes.TrainerPool``)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
@@ -149,6 +148,7 @@ def test_a_spare_taken_is_replaced_after_a_bound_when_the_trainers_never_say(
         trainers.stop(grace_s=1.0)
 
 
+@pytest.mark.usefixtures("root_logging")  # the command configures the root logger
 def test_the_agent_keeps_the_scenarios_warm_spares_per_rank(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,16 +161,13 @@ def test_the_agent_keeps_the_scenarios_warm_spares_per_rank(
     monkeypatch.setenv("GEMINI_TOKEN", "secret")
     arguments = ["--kv", "tcpstore://127.0.0.1:1", "--node-id", "0", "--slot", "0"]
     arguments += ["--run-dir", str(tmp_path), str(QUICKSTART)]
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        for extra in ([], ["--set", "recovery.warm_spares=2"]):
-            result = CliRunner().invoke(command.command, arguments + extra)
-            assert result.exit_code == 0, result.output
-    finally:  # the command configures the root logger, as a process of its own would
-        logging.root.handlers[:], logging.root.level = handlers, level
+    for extra in ([], ["--set", "recovery.warm_spares=2"]):
+        result = CliRunner().invoke(command.command, arguments + extra)
+        assert result.exit_code == 0, result.output
     assert [config.spec.spares for config in configs] == [1, 2]
 
 
+@pytest.mark.usefixtures("root_logging")  # the command configures the root logger
 def test_the_agents_strategy_is_the_scenarios_for_a_users_own_script(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,12 +184,8 @@ def test_the_agents_strategy_is_the_scenarios_for_a_users_own_script(
     arguments += ["--run-dir", str(tmp_path), str(QUICKSTART), "--strategy", "persistent"]
     arguments += ["--set", "training.entrypoint=[my_train.py]"]
     arguments += ["--set", "checkpoint.baseline_every_iterations=10"]
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        result = CliRunner().invoke(command.command, arguments)
-        assert result.exit_code == 0, result.output
-    finally:
-        logging.root.handlers[:], logging.root.level = handlers, level
+    result = CliRunner().invoke(command.command, arguments)
+    assert result.exit_code == 0, result.output
     (config,) = configs
     assert config.scenario.checkpoint.strategy == "persistent"  # the root's and the digest's
     assert config.spec.checkpointer == "persistent"
