@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from shared.errors import GeminiError, HostCapacityError, ScenarioError
+from shared.errors import CredentialsRefused, GeminiError, HostCapacityError, ScenarioError
 
 _verbosity = 0  # -v count of the running command, set by the group's callback
 
@@ -145,7 +145,7 @@ def _main(argv: list[str] | None) -> int:
     except click.Abort:  # click's form of a Ctrl-C in a command
         click.echo("Interrupted.", err=True)
         return 130
-    except (ScenarioError, HostCapacityError) as error:
+    except (ScenarioError, HostCapacityError, CredentialsRefused) as error:
         click.echo(f"error: {error}", err=True)
         return 2
     except GeminiError as error:

@@ -75,6 +75,16 @@ class ProtocolError(GeminiError, ConnectionError):
     """The peer broke the wire format or failed authentication."""
 
 
+class TokenRefused(ProtocolError):
+    """The two ends of a connection do not share the job's secret: the server refused our
+    proof, or could not prove it knows the token."""
+
+
+class CredentialsRefused(KVError):
+    """The coordination store refused this client's credentials (a wrong ``GEMINI_TOKEN``, etcd
+    user or password): a setting to correct, not a failure to retry (the CLI exits 2)."""
+
+
 class MetadataVerificationError(GeminiError, ValueError):
     """A persistent checkpoint's DCP metadata has no valid keyed sidecar: it is not unpickled."""
 

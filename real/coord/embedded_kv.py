@@ -42,7 +42,7 @@ from typing import Any
 from real.coord.kv import KeyValueStore, Lease, job_token
 from real.coord.kvserver import KV_SERVICE, MAX_WATCH_S
 from real.engine import protocol
-from shared.errors import KVError
+from shared.errors import CredentialsRefused, KVError, TokenRefused
 
 LEASE_PREFIX = "__lease__/"
 _DEAD_LEASE = -1
@@ -106,11 +106,17 @@ class _Connection:
                 f"greeting within {timeout_s:g} s: a wrong address or port, or a store too "
                 "busy to answer"
             ) from error
+        except TokenRefused as error:
+            self.sock.close()
+            raise CredentialsRefused(
+                f"the coordination store at {url} and this client do not share the job's "
+                f"secret: {error}"
+            ) from error
         except (ConnectionError, OSError) as error:
             self.sock.close()
             raise KVError(
-                f"the coordination store at {url} and this client do not share the job's "
-                f"secret: {error}"
+                f"the connection to the coordination store at {url} broke during its "
+                f"handshake: {error}"
             ) from error
 
     def request(

@@ -50,7 +50,7 @@ from real.runtime.env import (
     GEMINI_ETCD_PASSWORD,
     GEMINI_ETCD_PASSWORD_FILE,
 )
-from shared.errors import KVError
+from shared.errors import CredentialsRefused, KVError
 
 API_PATH = "/v3/"
 PASSWORD_ENV, PASSWORD_FILE_ENV = GEMINI_ETCD_PASSWORD, GEMINI_ETCD_PASSWORD_FILE
@@ -232,7 +232,7 @@ class EtcdKV(KeyValueStore):
                 **self._request,
             )
         except etcd_exceptions.Etcd3Exception as error:
-            raise KVError(
+            raise CredentialsRefused(
                 f"etcd at {self.url} refused user {self.options.user!r}: {_text(error)}; check "
                 f"{PASSWORD_ENV} / {PASSWORD_FILE_ENV} (or {TOKEN_ENV} for a user made for "
                 "this job)"

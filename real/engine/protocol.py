@@ -43,7 +43,7 @@ import socket
 import struct
 from typing import Any
 
-from shared.errors import ProtocolError
+from shared.errors import ProtocolError, TokenRefused
 
 MAX_HEADER_BYTES = 1 << 20
 AUTH_TIMEOUT_S = 5.0
@@ -175,8 +175,9 @@ def client_handshake(sock: socket.socket, token: str, service: str = STORE_SERVI
     """Answer the server's challenge, then check that the server knows ``token`` too.
 
     Raises:
-        ProtocolError: the server refused our proof (wrong token) or could not prove its own:
+        TokenRefused: the server refused our proof (wrong token) or could not prove its own:
             it is not a server of this job.
+        ProtocolError: the server did not speak the protocol.
     """
     header = recv_header(sock)
     server_nonce = header.get("nonce")
@@ -195,11 +196,11 @@ def client_handshake(sock: socket.socket, token: str, service: str = STORE_SERVI
     try:
         reply = recv_header(sock)
     except ConnectionError as error:
-        raise ProtocolError("the server refused our token (wrong GEMINI_TOKEN?)") from error
+        raise TokenRefused("the server refused our token (wrong GEMINI_TOKEN?)") from error
     if reply["op"] != "ok":
         raise ProtocolError(f"the server refused the connection: {reply}")
     if not _same(reply.get("mac"), auth_mac(token, service, "server", server_nonce, client_nonce)):
-        raise ProtocolError(
+        raise TokenRefused(
             "the server could not prove it knows the job token: it is not a server of this "
             "job (wrong address, or a stranger listening there)"
         )

@@ -31,7 +31,7 @@ from real.coord.kv import KeyValueStore, parse_kv_url
 from real.coord.kvserver import KV_SERVICE, StoreServer
 from real.engine import protocol
 from real.runtime.processes import free_port, stop_process
-from shared.errors import KVError, ProtocolError
+from shared.errors import CredentialsRefused, KVError, ProtocolError
 
 ETCD_MISSING = "etcd binary absent: install Debian's etcd-server (GEMINI_SETUP_APT=1 ./setup.sh)"
 needs_etcd = pytest.mark.skipif(etcd_binary() is None, reason=ETCD_MISSING)
@@ -78,7 +78,7 @@ def test_a_client_with_the_wrong_secret_can_neither_read_nor_write(
 ) -> None:
     with connect_kv(f"{embedded.url}/auth", token=embedded.token) as kv:
         kv.put("kept", b"v1")
-        with pytest.raises(KVError, match="do not share the job's secret"):
+        with pytest.raises(CredentialsRefused, match="do not share the job's secret"):
             connect_kv(f"{embedded.url}/auth", token=protocol.make_token())
         # A raw connection that skips the proof: its write and its read are never served.
         host, port = embedded.host, embedded.port
@@ -189,7 +189,7 @@ def test_etcd_serves_the_jobs_user_and_refuses_everyone_else(
         assert kv.create("leader", b"me", lease) and lease.refresh()
         lease.revoke()
         # A wrong secret derives a wrong password; no user at all is refused too.
-        with pytest.raises(KVError, match="refused user 'gemini'"):
+        with pytest.raises(CredentialsRefused, match="refused user 'gemini'"):
             connect_kv(f"{etcd.url}/auth", token=protocol.make_token())
         with pytest.raises(KVError, match="requires a user"):
             connect_kv(f"{etcd.url.replace('gemini@', '')}/auth", token=etcd.token)

@@ -71,3 +71,26 @@ def test_a_trainer_that_cannot_start_is_the_users_error_said_whole(
     assert code == 1, err
     assert f"error: {said}" in err
     assert "internal error" not in err
+
+
+@pytest.mark.usefixtures("root_logging")  # main configures the root logger
+def test_an_agent_with_another_secret_than_its_store_is_a_setting_to_correct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong ``GEMINI_TOKEN`` is bad input (exit 2, the store's refusal said), not a failure
+    while running (exit 1)."""
+    # The agent imports it in a background thread as it starts; imported here, no import is
+    # left half-done when the agent's refusal returns.
+    import torch.distributed  # noqa: F401
+
+    from real.coord.kvserver import StoreServer
+    from real.engine import protocol
+
+    with StoreServer(token=protocol.make_token()) as server:
+        monkeypatch.setenv("GEMINI_TOKEN", protocol.make_token())
+        args = ["agent", QUICKSTART, "--kv", f"{server.url}/job", "--node-id", "0", "--slot", "0"]
+        code = main([*args, "--run-dir", str(tmp_path / "run"), "--job", "wrongtoken"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "do not share the job's secret" in err and "wrong GEMINI_TOKEN?" in err
+    assert "Traceback" not in err
