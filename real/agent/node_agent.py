@@ -213,6 +213,10 @@ class NodeAgent:
 
     def stop(self) -> None:
         self.stopping.set()
+        # The root first: a Ctrl-C reaches every agent of a job at once, and the others'
+        # trainers exit while this agent stops its own; a root still running then took their
+        # exits for failures ("unscheduled hardware failure") and ordered replacements.
+        self.root_stop.set()
         self.wake.set()
 
     def _follow_parent(self, pid: int) -> None:
@@ -626,6 +630,8 @@ class NodeAgent:
         # with this one for the same reason.
         self.root_stop = threading.Event()
         stop = self.root_stop
+        if self.stopping.is_set():  # stopped while elected: this root ends before it starts
+            stop.set()
         self.root_thread = threading.Thread(
             target=self._run_root, args=(stop,), name="root", daemon=True
         )

@@ -25,6 +25,7 @@ def agent_with_fake_roots() -> tuple[Any, list[threading.Event]]:
     """A NodeAgent (never run) whose roots are threads that run until their stop is set."""
     agent: Any = NodeAgent.__new__(NodeAgent)
     agent.stopping = threading.Event()
+    agent.wake = threading.Event()
     agent.root_thread = None
     agent.root_stop = threading.Event()
     agent.election = FakeElection()
@@ -74,6 +75,28 @@ def test_no_new_root_when_leadership_is_lost_again_before_the_handover() -> None
         thread.join(5)
     assert len(started) == 1
     old_stop.set()
+
+
+def test_an_agent_told_to_stop_stops_its_root_first() -> None:
+    """A Ctrl-C reaches every agent at once: the root must not go on judging the other nodes'
+    trainers, which exit meanwhile, while its own agent stops its trainers (it took their
+    exits for failures and ordered replacements)."""
+    agent, started = agent_with_fake_roots()
+    agent._leadership(True)
+    agent.stop()
+    assert started[0].is_set(), "the running root is told to stop with its agent"
+    agent.root_thread.join(5)
+    assert not agent.root_thread.is_alive()
+
+
+def test_a_root_elected_while_its_agent_stops_never_runs() -> None:
+    agent, _ = agent_with_fake_roots()
+    ran: list[bool] = []
+    agent._run_root = lambda stop: ran.append(stop.is_set())
+    agent.stop()
+    NodeAgent._launch_root(agent)
+    agent.root_thread.join(5)
+    assert ran == [True], "a root launched after the stop gets a stop already set"
 
 
 def test_an_agent_plans_from_the_persistent_tier_without_torch(tmp_path: Path) -> None:
