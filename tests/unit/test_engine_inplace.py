@@ -324,3 +324,39 @@ def test_a_prepared_replica_and_a_sealed_capture_count_as_complete_before_commit
     _assert_restored(read_peer(peer, 0, 1), 1)
     assert peer.served_committed is True
     _assert_restored(read_local(capturer.slots, 0, 2), 2)  # sealed: verifiable
+
+
+def test_persistence_reads_a_checkpoint_back_after_the_peers_committed_it(
+    rig: dict[str, Any],
+) -> None:
+    """The persistent tier's read-back (a pass over the bytes) comes after the peers' commits,
+    which a recovery needs; it came before them and held the replicas uncommitted."""
+    seen: list[list[int]] = []
+
+    def read_back(captured: Any) -> None:
+        seen.append(rig["peer"].holdings().get(0, []))
+
+    rig["manager"].on_commit = read_back
+    _replicate(rig, 1)
+    assert seen == [[1]], "the peer had committed its replica when persistence read it back"
+
+
+def test_persistence_does_not_hash_a_slot_this_process_just_sealed(
+    monkeypatch: pytest.MonkeyPatch, rig: dict[str, Any]
+) -> None:
+    from real.persistent import from_memory
+
+    calls: list[dict[str, Any]] = []
+
+    def reading(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs)
+        return read_local(*args, **kwargs)
+
+    monkeypatch.setattr(from_memory, "read_local", reading)
+    submitted: list[int] = []
+    tier: Any = from_memory.PersistentTier.__new__(from_memory.PersistentTier)
+    tier.every, tier.capturer, tier.rank, tier._layouts = 1, rig["capturer"], 0, {1: {}}
+    tier.persister = type("P", (), {"submit": lambda self, i, state: submitted.append(i)})()
+    rig["manager"].on_commit = tier.committed
+    _replicate(rig, 1)
+    assert submitted == [1] and calls == [{"verify_data": False}]
