@@ -36,6 +36,7 @@ def agent(**config: Any) -> Any:
     made: Any = NodeAgent.__new__(NodeAgent)
     made.config = SimpleNamespace(node_id=1, parent_pid=None, **config)
     made.stopping, made.wake, made.orphaned = threading.Event(), threading.Event(), False
+    made.root_stop = threading.Event()
     made.heartbeat, made.store, made.kv = None, None, MemoryKV()
     made.stopped_trainers = 0
 

@@ -20,6 +20,7 @@ def agent() -> Any:
     made: Any = NodeAgent.__new__(NodeAgent)
     made.config = SimpleNamespace(node_id=3)
     made.stopping, made.wake, made.orphaned = threading.Event(), threading.Event(), False
+    made.root_stop = threading.Event()
     return made
 
 
@@ -32,6 +33,7 @@ def test_an_agent_stops_once_its_launcher_is_gone() -> None:
     watch.join(10 * PARENT_POLL_S)
     assert not watch.is_alive()
     assert made.orphaned and made.stopping.is_set() and made.wake.is_set()
+    assert made.root_stop.is_set()
 
 
 def test_an_agent_whose_launcher_runs_is_left_alone() -> None:

@@ -62,6 +62,7 @@ def agent(kv: Any) -> tuple[Any, list[dict[str, Any]]]:
     made.job_failed = False
     made.orphaned = False
     made.stopping = threading.Event()
+    made.root_stop = threading.Event()
     made.wake = threading.Event()
     made.record_changed = threading.Event()
     made.record_changed.set()
