@@ -85,6 +85,11 @@ class CredentialsRefused(KVError):
     user or password): a setting to correct, not a failure to retry (the CLI exits 2)."""
 
 
+class ReadCancelled(GeminiError):
+    """A read of a checkpoint out of its slot stopped between two tensors because the job
+    stopped (a failure): nothing it read is used."""
+
+
 class MetadataVerificationError(GeminiError, ValueError):
     """A persistent checkpoint's DCP metadata has no valid keyed sidecar: it is not unpickled."""
 

@@ -593,14 +593,14 @@ class GeminiCheckpointer:
         failed = abandon
         try:
             if abandon:
-                self.replication.abandon()
+                self._abandon_replication()
             else:
                 # Finishing the last checkpoint waits for its replicas: an abort by the agent
                 # (a peer gone meanwhile) ends the wait, as in save().
                 self.replication.close(check=check_abort)
         except BaseException:
             failed = True
-            self.replication.abandon()  # the peers may be gone: drop what is in flight
+            self._abandon_replication()  # the peers may be gone: drop what is in flight
             raise
         finally:
             try:
@@ -611,6 +611,13 @@ class GeminiCheckpointer:
                 self.client.close()
                 if self._own_events:
                     self.events.close()
+
+    def _abandon_replication(self) -> None:
+        """Drop the replication in flight (it waits for the sender thread), the persistent
+        tier's read-back on that thread first (it stops between two tensors)."""
+        if self.persistent is not None:
+            self.persistent.cancel()
+        self.replication.abandon()
 
 
 class _Live:

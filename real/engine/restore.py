@@ -37,7 +37,7 @@ from real.engine.costs import Costs
 from real.engine.manifest import Manifest, tensors_from, verify
 from real.engine.shm import Slot, held_slot, to_unsigned
 from real.engine.state import flatten_state, unflatten_state
-from shared.errors import VerificationError
+from shared.errors import ReadCancelled, VerificationError
 from shared.placement import Placement
 from shared.recovery import RecoveryPlan, Source, Tier, plan_recovery
 
@@ -190,6 +190,7 @@ def read_local(
     into: Mapping[str, Any] | None = None,
     verify_data: bool = True,
     costs: Costs | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """This rank's shard from its own node's slot.
 
@@ -205,10 +206,12 @@ def read_local(
             so the block hashes would add no protection against a writer, only against memory
             corruption the hardware's ECC already catches). Only False can restore a slot that
             is complete but not yet sealed (captured, its checksums not computed yet).
+        cancelled: asked before each tensor's copy; true stops the read there.
 
     Raises:
         VerificationError: no committed or complete slot holds ``iteration``, no key is known,
             or the manifest (MAC, structure) or a block does not verify (or cannot: not sealed).
+        ReadCancelled: ``cancelled()`` became true.
     """
     slot = held_slot(slots, iteration)
     if slot is None:
@@ -237,7 +240,7 @@ def read_local(
         with costs.timed("restore: verify every block (hash)", manifest.data_bytes):
             verify(manifest, slot.data(manifest.data_bytes))
     data = slot.data_tensor(manifest.data_bytes)
-    return unflatten_state(load_tensors(manifest, data, into, costs), manifest.values)
+    return unflatten_state(load_tensors(manifest, data, into, costs, cancelled), manifest.values)
 
 
 def load_tensors(
@@ -245,9 +248,11 @@ def load_tensors(
     data: torch.Tensor,
     into: Mapping[str, Any] | None,
     costs: Costs | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The shard's tensors, copied from ``data`` (uint8, the slot's data region) into the live
-    tensors of ``into`` where name, dtype and shape match, else into fresh tensors."""
+    tensors of ``into`` where name, dtype and shape match, else into fresh tensors; raises
+    ``ReadCancelled`` before a tensor once ``cancelled()`` is true."""
     started = time.perf_counter()
     live = live_tensors(into)
     views = tensors_from(manifest, data, copy=False)
@@ -256,6 +261,8 @@ def load_tensors(
     copy_s = clone_s = 0.0
     with torch.no_grad():
         for entry in manifest.tensors:
+            if cancelled is not None and cancelled():
+                raise ReadCancelled(f"read of {manifest.iteration} stopped at {entry.name}")
             view = views[entry.name]
             target = live.get(entry.name)
             began = time.perf_counter()

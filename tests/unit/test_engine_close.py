@@ -24,6 +24,9 @@ class Part:
     def abandon(self) -> None:
         self.log.append(f"{self.name} abandoned")
 
+    def cancel(self) -> None:
+        self.log.append(f"{self.name} cancelled")
+
 
 def engine(log: list[str], *, aborted: bool) -> Any:
     made: Any = GeminiCheckpointer.__new__(GeminiCheckpointer)
@@ -43,6 +46,7 @@ def test_an_abort_while_the_last_checkpoint_finishes_drops_it_and_releases_the_r
         engine(log, aborted=True).close()
     assert log[0].startswith("replication closed {'check'")  # the agent's abort is checked
     assert log[1:] == [
+        "persistent cancelled",  # its read-back on the sender thread stops first
         "replication abandoned",
         "persistent closed {'abandon': True}",
         "capturer closed",
@@ -54,3 +58,15 @@ def test_a_clean_close_finishes_everything() -> None:
     log: list[str] = []
     engine(log, aborted=False).close()
     assert log[1:] == ["persistent closed {'abandon': False}", "capturer closed", "client closed"]
+
+
+def test_a_failure_cancels_the_persistent_read_back_before_it_waits_for_the_sender() -> None:
+    log: list[str] = []
+    engine(log, aborted=False).close(abandon=True)
+    assert log == [
+        "persistent cancelled",
+        "replication abandoned",
+        "persistent closed {'abandon': True}",
+        "capturer closed",
+        "client closed",
+    ]

@@ -356,7 +356,40 @@ def test_persistence_does_not_hash_a_slot_this_process_just_sealed(
     submitted: list[int] = []
     tier: Any = from_memory.PersistentTier.__new__(from_memory.PersistentTier)
     tier.every, tier.capturer, tier.rank, tier._layouts = 1, rig["capturer"], 0, {1: {}}
+    tier._cancelled = False
     tier.persister = type("P", (), {"submit": lambda self, i, state: submitted.append(i)})()
     rig["manager"].on_commit = tier.committed
     _replicate(rig, 1)
-    assert submitted == [1] and calls == [{"verify_data": False}]
+    assert submitted == [1] and [c["verify_data"] for c in calls] == [False]
+
+
+def test_a_read_back_stops_between_tensors_once_cancelled(rig: dict[str, Any]) -> None:
+    """A survivor's stop waits for the sender thread: the persistent tier's read-back on it
+    stops before its next tensor once the job stopped, not after the whole state."""
+    from shared.errors import ReadCancelled
+
+    _replicate(rig, 1)
+    asked: list[int] = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # the job stops after the first tensor
+
+    with pytest.raises(ReadCancelled):
+        read_local(rig["capturer"].slots, 0, 1, verify_data=False, cancelled=cancelled)
+    assert len(asked) == 2
+    _assert_restored(read_local(rig["capturer"].slots, 0, 1, cancelled=lambda: False), 1)
+
+
+def test_a_cancelled_persistent_tier_reads_nothing_back(rig: dict[str, Any]) -> None:
+    from real.persistent import from_memory
+
+    submitted: list[int] = []
+    tier: Any = from_memory.PersistentTier.__new__(from_memory.PersistentTier)
+    tier.every, tier.capturer, tier.rank, tier._layouts = 1, rig["capturer"], 0, {1: {}}
+    tier._cancelled = False
+    tier.persister = type("P", (), {"submit": lambda self, i, state: submitted.append(i)})()
+    tier.cancel()
+    rig["manager"].on_commit = tier.committed
+    _replicate(rig, 1)
+    assert submitted == []
