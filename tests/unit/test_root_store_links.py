@@ -38,50 +38,43 @@ def counted(tmp_path: Path) -> Iterator[tuple[NodeStore, list[Any]]]:
 TOKEN = make_token()
 
 
-def test_plans_ask_each_store_over_one_kept_connection(counted: Any) -> None:
+@pytest.fixture
+def links() -> Iterator[StoreLinks]:
+    made = StoreLinks(TOKEN, timeout_s=2.0)
+    yield made
+    made.close()
+
+
+def test_plans_ask_each_store_over_one_kept_connection(counted: Any, links: StoreLinks) -> None:
     store, served = counted
-    links = StoreLinks(TOKEN)
-    try:
-        for _ in range(3):
-            assert links.holdings(0, store.address, False) == {}
-        assert len(served) == 1
-    finally:
-        links.close()
+    for _ in range(3):
+        assert links.holdings(0, store.address, False) == {}
+    assert len(served) == 1
 
 
-def test_a_kept_connection_the_store_closed_is_made_anew(counted: Any) -> None:
+def test_a_kept_connection_the_store_closed_is_made_anew(counted: Any, links: StoreLinks) -> None:
     store, served = counted
-    links = StoreLinks(TOKEN)
-    try:
-        assert links.holdings(0, store.address, False) == {}
-        with store.lock:  # the store drops every client (as a store restarting would)
-            for conn in list(store._connections):
-                conn.shutdown(2)
-        assert links.holdings(0, store.address, False) == {}
-        assert len(served) == 2
-    finally:
-        links.close()
+    assert links.holdings(0, store.address, False) == {}
+    with store.lock:  # the store drops every client (as a store restarting would)
+        for conn in list(store._connections):
+            conn.shutdown(2)
+    assert links.holdings(0, store.address, False) == {}
+    assert len(served) == 2
 
 
-def test_a_store_gone_is_an_answer_not_an_exception(counted: Any) -> None:
+def test_a_store_gone_is_an_answer_not_an_exception(counted: Any, links: StoreLinks) -> None:
     store, _ = counted
-    links = StoreLinks(TOKEN, timeout_s=2.0)
-    try:
-        assert links.holdings(0, store.address, False) == {}
-        store.stop()
-        assert isinstance(links.holdings(0, store.address, False), OSError)
-        assert isinstance(links.holdings(0, store.address, False), OSError)  # none kept
-    finally:
-        links.close()
+    assert links.holdings(0, store.address, False) == {}
+    store.stop()
+    assert isinstance(links.holdings(0, store.address, False), OSError)
+    assert isinstance(links.holdings(0, store.address, False), OSError)  # none kept
 
 
-def test_keep_closes_the_connections_of_stores_no_longer_asked(counted: Any) -> None:
+def test_keep_closes_the_connections_of_stores_no_longer_asked(
+    counted: Any, links: StoreLinks
+) -> None:
     store, served = counted
-    links = StoreLinks(TOKEN)
-    try:
-        links.holdings(0, store.address, False)
-        links.keep(set())
-        links.holdings(0, store.address, False)
-        assert len(served) == 2
-    finally:
-        links.close()
+    links.holdings(0, store.address, False)
+    links.keep(set())
+    links.holdings(0, store.address, False)
+    assert len(served) == 2
