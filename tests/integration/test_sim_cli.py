@@ -34,7 +34,8 @@ def test_one_seed_writes_events_and_summary(
     said = capsys.readouterr().err  # fractions as percentages, sizes in their unit
     assert "recovered from memory" in said and "100%" in said and " MB " in said
     summary = read_summary(tmp_path / "summary.json")
-    assert summary.source == "sim" and len(summary.failures) == 2
+    scheduled = load_scenario(ROOT / "scenarios/quickstart.yaml").failures.schedule
+    assert summary.source == "sim" and len(summary.failures) == len(scheduled)
     assert {e.kind for e in read_events(tmp_path / "events.jsonl")} >= {
         "failure_injected",
         "state_restored",
