@@ -526,8 +526,7 @@ class NodeAgent:
     def _a_member_beats(self, record: dict[str, Any]) -> bool:
         """Whether a member of ``record``'s attempt holds a live heartbeat key."""
         assert self.kv is not None
-        names = (key[len(keys.NODES_PREFIX) :] for key in self.kv.get_prefix(keys.NODES_PREFIX))
-        beating = {int(name) for name in names if name.isdigit()}
+        beating = {keys.node_of(key) for key in self.kv.get_prefix(keys.NODES_PREFIX)}
         return bool(beating & set(jobkeys.members_of(record).values()))
 
     def _wait_for_slot(self, registration: dict[str, Any]) -> bool:

@@ -980,24 +980,24 @@ class _Recovery:
         root = self.root
         registrations = root._registrations()
         by_rank: dict[int, dict[int, set[int]]] = {}
+        slots = sorted(self.members)
+        addresses = {slot: registrations[self.members[slot]]["address"] for slot in slots}
 
         def ask(slot: int) -> dict[int, set[int]] | BaseException:
-            address = registrations[self.members[slot]]["address"]
-            return root.store_links.holdings(slot, address, complete)
+            return root.store_links.holdings(slot, addresses[slot], complete)
 
         complete = complete_counts(root.scenario)
-        slots = sorted(self.members)
         # Every store at once (a store that must be connected to anew costs a handshake),
         # and the persistent tier's newest checkpoint meanwhile.
         with ThreadPoolExecutor(max_workers=min(16, len(slots) + 1)) as pool:
             newest = pool.submit(latest_persistent, root.persistent_url)
             answers = dict(zip(slots, pool.map(ask, slots), strict=True))
             persistent = newest.result()
-        root.store_links.keep({registrations[self.members[slot]]["address"] for slot in slots})
+        root.store_links.keep(set(addresses.values()))
         for slot, answer in answers.items():
             if isinstance(answer, BaseException):
                 node_id = self.members[slot]
-                address = registrations[node_id]["address"]
+                address = addresses[slot]
                 log.warning("slot %d store %s unreachable: %s; node lost", slot, address, answer)
                 now = time.time()
                 self.absorb([Detection("hardware", node_id, None, None, now, now)])

@@ -257,12 +257,12 @@ class FailureDetector:
         """``{node: (beat count, beat time)}`` of every heartbeat key there is now."""
         beats: dict[int, tuple[Any, float]] = {}
         for key, raw in self._read(keys.NODES_PREFIX).items():
+            node = keys.node_of(key)
             try:
                 value = keys.decode(raw)
-                beats[int(key[len(keys.NODES_PREFIX) :])] = (
-                    value.get("beat"),
-                    float(value["time"]),
-                )
+                if node is None:
+                    raise ValueError("not a node id")
+                beats[node] = (value.get("beat"), float(value["time"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 logger.warning("unreadable heartbeat %s = %r", key, raw[:80])
         return beats

@@ -31,6 +31,12 @@ def node_key(node: int) -> str:
     return f"{NODES_PREFIX}{node}"
 
 
+def node_of(key: str) -> int | None:
+    """The node whose heartbeat key ``key`` is (``nodes/<node>``); None for another key."""
+    name = key[len(NODES_PREFIX) :] if key.startswith(NODES_PREFIX) else ""
+    return int(name) if name.isdigit() else None
+
+
 def exit_key(node: int, rank: int) -> str:
     """The key an agent writes when trainer ``rank`` on ``node`` exits."""
     return f"{EXITS_PREFIX}{node}/{rank}"
