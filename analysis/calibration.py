@@ -147,6 +147,18 @@ def recovery_costs(
       ``engine_restore_fixed_zero3_s`` stands in: the restore into a trainer rebuilt around
       the new group, as the harness makes it, ``law_costs``); else (no engine measured)
       loading a copy of the state into model and optimizer (``state_load_s``);
+    - ``recovery.peer_retrieval_overhead_s`` = the same restore with the last node fetching
+      its shard from a peer's store instead (a lost node's replacement), less its receipt of
+      the bytes into place, which the simulator moves over the links
+      (``engine_restore_peer_fixed_s``; under FSDP2's laws, shifted by what the rebuilt
+      trainer adds to the local restore); set only beside the local one;
+    - ``recovery.spare_warmup_s`` = ``spare_warmup_s``, a spare of the scenario's trainer
+      started as an agent starts one, from its start until it says it is warm (the machine
+      otherwise idle; without a scenario, the built-in trainer's); and
+      ``recovery.spare_background_share`` = ``spare_background_share``, the share of a CPU a
+      process spinning at the background spares' niceness got while the calibration's ranks
+      joined, trained, checkpointed and rejoined (the law calibration: the median over its
+      reference shapes): how fast a new spare warms while the job trains;
     - ``recovery.persistent_retrieval_overhead_s`` = a restore from persistent storage as the
       harness's baseline makes one (every rank at once: the agreement on the newest iteration,
       DCP's load into the live state from a folder in the page cache, then the trainer's load;
@@ -198,12 +210,21 @@ def recovery_costs(
         out["retrieval_overhead_s"] = restore
     elif load is not None:
         out["retrieval_overhead_s"] = load
+    fetch = _number(measurements, "engine_restore_peer_fixed_s")
+    if fetch is not None and restore is not None:
+        out["peer_retrieval_overhead_s"] = fetch
     persistent = _number(measurements, "persistent_restore_fixed_s")
     if persistent is not None:
         out["persistent_retrieval_overhead_s"] = persistent
     save = _number(measurements, "persistent_save_fixed_s")
     if save is not None:
         out["persistent_save_overhead_s"] = save
+    warmup = _number(measurements, "spare_warmup_s")
+    if warmup is not None:
+        out["spare_warmup_s"] = warmup
+    share = _number(measurements, "spare_background_share")
+    if share is not None:
+        out["spare_background_share"] = min(1.0, share)
     cpus = _number(measurements, "cpus")
     world = _number(measurements, "world_size")
     ranks = _number(measurements, "recovery_ranks")
@@ -219,8 +240,11 @@ MICRO_FIELDS = {
     "stop_parked_s": "recovery.stop_parked_s",
     "restart_s": "recovery.restart_s",
     "retrieval_overhead_s": "recovery.retrieval_overhead_s",
+    "peer_retrieval_overhead_s": "recovery.peer_retrieval_overhead_s",
     "persistent_retrieval_overhead_s": "recovery.persistent_retrieval_overhead_s",
     "persistent_save_overhead_s": "cluster.storage.save_overhead_s",
+    "spare_warmup_s": "recovery.spare_warmup_s",
+    "spare_background_share": "recovery.spare_background_share",
 }
 """Costs from ``recovery_costs`` and the scenario fields they set."""
 
@@ -268,7 +292,8 @@ def _micro_overrides(
     overrides = [
         f"{field}={_fmt(micro[key])}"
         for key, field in MICRO_FIELDS.items()
-        if key in micro and _number(measurements, key) is None  # runs measured it: theirs
+        # A cost that runs measured too (``RUN_MEASUREMENTS``) is theirs.
+        if key in micro and (key not in RUN_MEASUREMENTS or _number(measurements, key) is None)
     ]
     iteration = _number(measurements, "micro_iteration_time_s")
     # Runs, or a profile of the scenario's whole world size, say more about the iteration.
@@ -467,6 +492,7 @@ FIXED_LAWS = (
     "engine_build_s",
     "engine_close_s",
     "engine_restore_fixed_s",
+    "engine_restore_peer_fixed_s",
     "engine_restore_fixed_zero3_s",
     "fsdp2_first_state_s",
     "fsdp2_first_build_s",
@@ -487,6 +513,7 @@ LAW_FORMS: dict[str, str] = {
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
+    "engine_restore_peer_fixed_s": "e * share",
     "engine_restore_fixed_zero3_s": "e * share",
     "fsdp2_first_state_s": "e * share_one",
     "fsdp2_first_build_s": "e * share_one",
@@ -728,9 +755,13 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     first_build = out.pop("fsdp2_first_build_s", 0.0)
     if scenario.training.parallelism == "zero3":
         if zero3 is not None:
+            local = out.get("engine_restore_fixed_s")
             out["engine_restore_fixed_s"] = fsdp2_restore_fixed_s(
                 zero3 / share, first_state / alone, ranks, share, alone
             )
+            # A fetch from a peer costs what it cost beyond a local restore (timed under DDP).
+            if local is not None and "engine_restore_peer_fixed_s" in out:
+                out["engine_restore_peer_fixed_s"] += out["engine_restore_fixed_s"] - local
         out["spare_join_s"] += first_build
     load = _law(laws, "state_load_s")
     rate = load.get("load_bytes_per_s")

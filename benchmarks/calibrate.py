@@ -70,6 +70,8 @@ class CalibrationOptions:
             nodes x accelerators_per_node).
         iterations: iterations timed (after two warm-up iterations).
         quick: small buffers and few repetitions (tests).
+        spare_warmup: also time a spare of the scenario's trainer getting warm
+            (``spare_warmup_s``: seconds of the machine to itself).
     """
 
     scenario: Path
@@ -78,6 +80,7 @@ class CalibrationOptions:
     ranks: int | None = None
     iterations: int = 8
     quick: bool = False
+    spare_warmup: bool = True
 
 
 def _best_rate(run: Callable[[], float], repeats: int, size_bytes: int) -> float:
@@ -181,6 +184,75 @@ def process_start_s(repeats: int = 3) -> float:
         )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+SPARE_WARM_TIMEOUT_S = 300.0
+
+
+def spare_warmup_s(scenario_path: Path, overrides: Sequence[str]) -> float:
+    """From the start of a spare of the scenario's trainer (the built-in one or
+    ``training.entrypoint``), as a node agent starts one (``Worker``, at the trainers'
+    niceness: a spare taken by a crash is raised to it), until it says it is warm, s."""
+    import secrets
+
+    from real.agent.trainer_processes import TrainerSpec, Worker
+    from real.runtime.env import GEMINI_RUN_DIR, GEMINI_TOKEN
+    from shared.scenario_loader import load_scenario
+
+    parsed = load_scenario(scenario_path, list(overrides))
+    with tempfile.TemporaryDirectory(prefix=".calibrate-spare-") as folder:
+        spec = TrainerSpec.of_scenario(scenario_path, overrides, parsed, Path(folder))
+        env = {GEMINI_TOKEN: secrets.token_hex(16), GEMINI_RUN_DIR: folder}
+        began = time.perf_counter()
+        worker = Worker(spec, "calibrate", 0, env)
+        try:
+            warm = worker.wait_until(lambda: worker.state == "ready", SPARE_WARM_TIMEOUT_S)
+            took = time.perf_counter() - began
+            if not warm:
+                raise RuntimeError(
+                    f"a spare of {scenario_path.name}'s trainer was not warm after "
+                    f"{SPARE_WARM_TIMEOUT_S:.0f} s ({worker.state}); its log: {worker.log_path}"
+                )
+        finally:
+            worker.stop(5.0)
+    return took
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc/PID/stat``), s."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BackgroundProbe:
+    """A process that spins where a spare warming in the background runs: below everything
+    else (``BACKGROUND_NICENESS``, for its session's autogroup too, as the agents start such
+    a spare). ``share()`` is the part of one CPU it got since the previous call (or its
+    start): what the processes running beside it left to a warming spare."""
+
+    def __init__(self) -> None:
+        from real.agent.trainer_processes import BACKGROUND_NICENESS, set_autogroup_niceness
+
+        self._process = subprocess.Popen(
+            ["nice", "-n", str(BACKGROUND_NICENESS), sys.executable, "-c", "while True: pass"],
+            start_new_session=True,  # its own autogroup, whose niceness is set next
+            stdin=subprocess.DEVNULL,
+        )
+        set_autogroup_niceness(self._process.pid, BACKGROUND_NICENESS)
+        self._mark = (time.perf_counter(), _cpu_seconds(self._process.pid))
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def share(self) -> float:
+        now, cpu = time.perf_counter(), _cpu_seconds(self._process.pid)
+        (then, before), self._mark = self._mark, (now, cpu)
+        return min(1.0, max(0.0, (cpu - before) / max(now - then, 1e-9)))
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait(timeout=10)
 
 
 def _rank_main(
@@ -758,6 +830,13 @@ def _engine_costs(
             # The harness restores with the next attempt's engine, new in the same process.
             engine, _ = build(scenario, trainer.state)
             restore = _engine_restore_fixed_s(engine, trainer, world, committed)
+            # And a lost node's replacement's restore from a peer (the last node's), with the
+            # attempt's engine after that one, as the harness's next attempt builds one.
+            engine.close(abandon=False)
+            engine, _ = build(scenario, trainer.state)
+            peer_restore = _engine_restore_fixed_s(
+                engine, trainer, world, committed, fetcher=world - 1
+            )
             rejoin = None
             if scenario.training.parallelism == "ddp":
                 engine, rejoin = _engine_rejoins(scenario, engine, trainer, build, join)
@@ -772,6 +851,7 @@ def _engine_costs(
         "engine_iteration_s": statistics.median(lengths),
         "engine_step_s": statistics.median(steps),
         **({} if restore is None else {"engine_restore_fixed_s": restore}),
+        **({} if peer_restore is None else {"engine_restore_peer_fixed_s": peer_restore}),
         **({} if rejoin is None else {"engine_rejoin_s": rejoin}),
     }
     if scenario.training.parallelism == "ddp":  # the reference shapes: FSDP2's restore too
@@ -932,12 +1012,15 @@ def _first_state_extra_s(first_s: float, later: Any) -> float:
 
 
 def _engine_restore_fixed_s(
-    engine: Any, trainer: Any, world: int, iteration: int | None
+    engine: Any, trainer: Any, world: int, iteration: int | None, fetcher: int | None = None
 ) -> float | None:
     """A restore of ``iteration`` from local memory as the harness's trainers make one, every
     rank at once: the root's plan (every node its own memory), the engine's restore into the
     live state, then the trainer's load of it; minus the copy of the bytes (the simulator adds
-    that at the copy bandwidth), s. None when nothing was committed to restore.
+    that at the copy bandwidth), s. None when nothing was committed to restore. With
+    ``fetcher``, that node fetches its shard from the first peer holding its replica instead
+    (a lost node's replacement), minus its receipt of the bytes into place (the simulator
+    moves them over the links).
 
     Timed as the harness times a retrieval: from the last rank's start to the last rank's
     state, on the host's monotonic clock the ranks share (the slowest rank's own time, used
@@ -952,12 +1035,10 @@ def _engine_restore_fixed_s(
 
     if iteration is None:
         return None
-    plan = RecoveryPlan(
-        iteration,
-        tuple(Source(node, "local", node) for node in range(world)),
-        False,
-        "calibration: every node restores from its own memory",
-    )
+    sources = [Source(node, "local", node) for node in range(world)]
+    if fetcher is not None:
+        sources[fetcher] = Source(fetcher, "peer", engine.placement.peers_of(fetcher)[0])
+    plan = RecoveryPlan(iteration, tuple(sources), False, "calibration: a restore")
     dist.barrier()
     before = engine.capturer.costs.snapshot()
     began = time.perf_counter()
@@ -966,7 +1047,8 @@ def _engine_restore_fixed_s(
         trainer.load_state(restored.state)
     ended = time.perf_counter()
     copied = difference(engine.capturer.costs.snapshot(), before)
-    copy_s = sum(v["s"] for k, v in copied.items() if k.startswith("restore: copy"))
+    moved = ("restore: copy", "restore: receive into place")
+    copy_s = sum(v["s"] for k, v in copied.items() if k.startswith(moved))
     trainer.step()
     # The latest start, and the latest end net of its rank's copy of the bytes.
     span = torch.tensor([began, ended - copy_s], dtype=torch.float64)
@@ -1199,21 +1281,32 @@ def measure_recovery(
     ports = (free_port(),)
     iterations = 6 if options.quick else max(6, options.iterations)
     reports: list[dict[str, Any]] = []
-    with _forked_ranks(
-        _recovery_rank_main,
-        ranks,
-        ports[0],
-        (ports, str(options.scenario), list(options.overrides), iterations),
-    ) as (processes, results, go):
-        deadline = time.monotonic() + 300
-        while sum(1 for r in reports if "iteration_s" in r) < ranks or not any(
-            "vanished_at" in r for r in reports
-        ):
-            report = _next_report(results, processes, deadline, "recovery calibration")
-            if report is not None:
-                reports.append(report)
-                if sum(1 for r in reports if r.get("ready")) == ranks:
-                    go.set()
+    # While the ranks join, train, checkpoint and rejoin (from the go to the first rank's
+    # report), a process spinning below them measures the CPU they leave a spare warming in
+    # the background (``recovery.spare_background_share``).
+    probe = BackgroundProbe()
+    background_share: float | None = None
+    try:
+        with _forked_ranks(
+            _recovery_rank_main,
+            ranks,
+            ports[0],
+            (ports, str(options.scenario), list(options.overrides), iterations),
+        ) as (processes, results, go):
+            deadline = time.monotonic() + 300
+            while sum(1 for r in reports if "iteration_s" in r) < ranks or not any(
+                "vanished_at" in r for r in reports
+            ):
+                report = _next_report(results, processes, deadline, "recovery calibration")
+                if report is not None:
+                    reports.append(report)
+                    if not go.is_set() and sum(1 for r in reports if r.get("ready")) == ranks:
+                        probe.share()
+                        go.set()
+                    if background_share is None and "iteration_s" in report:
+                        background_share = probe.share()
+    finally:
+        probe.close()
     timed = [r for r in reports if "iteration_s" in r]
     progress(f"{SPARE_ROUNDS - 1} more spares' joins on {ranks} ranks")
     spare_joins = [
@@ -1257,9 +1350,15 @@ def measure_recovery(
             "micro_iteration_time_s": round(statistics.median(r["iteration_s"] for r in timed), 6),
         }
     )
+    if background_share is not None:
+        measurements["spare_background_share"] = round(background_share, 4)
     phases = _phases(rank0["iteration_s"], rank0["spans"])
     if phases:
         measurements["micro_iteration_phases"] = phases
+    if options.spare_warmup:
+        progress(f"a spare of {scenario.name}'s trainer getting warm")
+        warmup = spare_warmup_s(options.scenario, options.overrides)
+        measurements["spare_warmup_s"] = round(warmup, 4)
     return measurements
 
 
@@ -1387,7 +1486,8 @@ def measure_laws(
             for _ in range(1 if quick else LAW_REPEATS):
                 # Other jobs' runnable processes as it measures (the laws' background).
                 load = runnable_processes(0.5, 10)
-                sample = measure_recovery(CalibrationOptions(path, quick=quick), progress)
+                options = CalibrationOptions(path, quick=quick, spare_warmup=False)
+                sample = measure_recovery(options, progress)
                 work = hop_work_s()
                 repeats.append(
                     {**sample, "load_average": round(load, 2), "hop_work_s": round(work, 6)}
@@ -1408,8 +1508,17 @@ def measure_laws(
                 }
             )
             samples.append(measured)
+        # The built-in trainer's spare (the largest reference model: the import of torch
+        # and the job's modules dominate, not the model); and the CPU the reference ranks
+        # left a process below them, the median over the shapes.
+        progress("a spare of the built-in trainer getting warm")
+        spare = {"spare_warmup_s": round(spare_warmup_s(path, ()), 4)}
+        key = "spare_background_share"
+        shares = [float(sample[key]) for sample in samples if key in sample]
+        if shares:
+            spare[key] = round(statistics.median(shares), 4)
     laws = fit_laws(samples, os.cpu_count() or 1)
-    return {"laws": laws, "law_samples": samples}
+    return {"laws": laws, "law_samples": samples, **spare}
 
 
 def measure_machine(

@@ -668,7 +668,28 @@ class RecoveryConfig(_Strict):
         "spare warms up in the background once the node trains again, below the trainers: "
         "seconds of CPU, which a busy host gives it slowly. 2 covers a rank that fails again "
         "before that new spare is warm, at the memory of one more trainer process per rank "
-        "(the size check counts it). The simulator assumes every crash finds a warm spare.",
+        "(the size check counts it). The simulator follows each node's spares "
+        "(spare_warmup_s, spare_background_share).",
+    )
+    spare_warmup_s: NonNegativeFloat = Field(
+        0.0,
+        description="What a new spare takes to become warm with a CPU to itself (interpreter "
+        "start, torch and the checkpoint modules imported, the trainer's objects built, a first "
+        "optimizer step), s. A crash whose rank finds only a spare still warming waits for the "
+        "rest of it (the spare is raised to the trainers' priority), and for all of it when "
+        "no spare is left. 0: every spare is always warm. `gemini-ckpt calibrate` and `run` "
+        "measure it by starting a spare of the scenario's trainer as an agent does.",
+    )
+    spare_background_share: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="How fast a spare warms in the background while the job trains, as a "
+        "share of spare_warmup_s's pace: a spare warming below the trainers (niceness 19) gets "
+        "only the CPU they leave idle; 1 on a node whose cores the trainers leave free (GPU "
+        "training), near 0 where the ranks fill the host's cores (the emulated cluster). "
+        "`gemini-ckpt calibrate` and `run` measure the CPU a process at that niceness gets "
+        "beside the calibration's ranks.",
     )
     node_start_s: NonNegativeFloat = Field(
         0.0,
@@ -680,6 +701,12 @@ class RecoveryConfig(_Strict):
         0.0,
         description="Fixed cost of every restore beyond moving bytes (connecting to the "
         "stores, agreeing on the plan, verifying checksums), s.",
+    )
+    peer_retrieval_overhead_s: NonNegativeFloat | None = Field(
+        None,
+        description="Fixed cost of a restore in which a node fetches its shard from a peer's "
+        "store, beyond moving bytes (the connection to the holder's store, its request and "
+        "the holder's reply, the replica's verification), s. Default: retrieval_overhead_s.",
     )
     persistent_retrieval_overhead_s: NonNegativeFloat | None = Field(
         None,

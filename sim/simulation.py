@@ -215,6 +215,12 @@ class Simulation:
         self._root = initial_root(self.scenario.cluster.nodes)
         # Live standby agents (warm: agent, store and trainers up); taken ones are not renewed.
         self._warm_standby = self.scenario.cluster.standby_nodes
+        # Each node's unused warm spares (``recovery.warm_spares`` per local rank), as the
+        # times they began warming in the background (-inf: warm from the start; a node not
+        # listed has all of its spares warm), and the nodes whose crashed ranks took one in
+        # the recovery under way, with the time that spare is warm (``_take_spares``).
+        self._spares: dict[int, list[float]] = {}
+        self._spare_warm_at: dict[int, float] = {}
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -723,12 +729,16 @@ class Simulation:
                 return outcome
             self._emit_chain(chain, "replacement_ready", nodes=list(lost))
             chain.last_event_s = self.env.now
-        self._emit_chain(chain, "restart_begin")
+        spare_wait = self._take_spares(chain)
+        if spare_wait > 0:
+            self._emit_chain(chain, "restart_begin", spare_wait_s=round(spare_wait, 6))
+        else:
+            self._emit_chain(chain, "restart_begin")
         chain.restart_begun = True
         chain.last_event_s = self.env.now
         # ... and a trainer crash "during recovery" as the restarted trainers start.
         self.queue.arm_recovery_failures(chain.schedule_index, self.env.now, software=True)
-        outcome = yield from self._wait(recovery.restart_s)
+        outcome = yield from self._wait(spare_wait + recovery.restart_s)
         if outcome != "done":
             return outcome
         self._emit_chain(chain, "process_group_ready")
@@ -741,13 +751,17 @@ class Simulation:
         return "done"
 
     def _retrieve(self, chain: _Chain, plan: ClusterPlan) -> Generator[simpy.Event, Any, str]:
-        # A fixed cost first (connect to the stores, agree on the plan, verify; a restore
-        # from storage: DCP's agreement, metadata and planning), then bytes.
+        # A fixed cost first (connect to the stores, agree on the plan, verify; a fetch from a
+        # peer's store: its request and reply too; a restore from storage: DCP's agreement,
+        # metadata and planning), then bytes.
         readers = [s.node for s in plan.remote if s.from_node is None]
+        fetchers = [s.node for s in plan.remote if s.from_node is not None]
         recovery = self.scenario.recovery
         overhead = recovery.retrieval_overhead_s
         if readers and recovery.persistent_retrieval_overhead_s is not None:
             overhead = recovery.persistent_retrieval_overhead_s
+        elif fetchers and recovery.peer_retrieval_overhead_s is not None:
+            overhead = recovery.peer_retrieval_overhead_s
         outcome = yield from self._wait(overhead)
         if outcome != "done":
             return outcome
@@ -833,6 +847,56 @@ class Simulation:
         for node in readers:
             finished[node] = (self.env.now, "persistent")
 
+    def _take_spares(self, chain: _Chain) -> float:
+        """Give each crashed node's dead ranks a spare; how long the restart waits for the
+        last of them to be warm, s.
+
+        As the harness's agents do (``real.agent.trainer_processes``): the spare that has
+        warmed longest is taken and raised to the trainers' priority, where it finishes
+        warming at ``recovery.spare_warmup_s``'s pace; in the background, while the job
+        trained, it warmed at ``spare_background_share`` of that pace. With no spare left (a
+        crash before the node trained again, ``warm_spares`` crashes in a row) a process
+        starts on the spot: the whole warm-up. A node whose ranks took a spare in a recovery
+        that a later failure interrupted keeps it (its warm-up goes on), unless it crashed
+        again. Lost nodes' ranks run in their replacement's trainers, warm (a standby's
+        spares warm while it waits).
+        """
+        recovery = self.scenario.recovery
+        if recovery.spare_warmup_s <= 0:
+            return 0.0
+        now = self.env.now
+        warm_at = []
+        for node, kind in sorted(chain.failed.items()):
+            if kind != "software":
+                continue
+            fresh_crash = node in chain.new_nodes and chain.new_kind == "software"
+            if node not in self._spare_warm_at or fresh_crash:
+                pool = self._spares.setdefault(node, [-math.inf] * recovery.warm_spares)
+                if pool:
+                    since = min(pool)
+                    pool.remove(since)
+                    remaining = 0.0
+                    if since > -math.inf:
+                        done = (now - since) * recovery.spare_background_share
+                        remaining = max(0.0, recovery.spare_warmup_s - done)
+                else:
+                    remaining = recovery.spare_warmup_s
+                self._spare_warm_at[node] = now + remaining
+            warm_at.append(self._spare_warm_at[node])
+        return max((max(0.0, t - now) for t in warm_at), default=0.0)
+
+    def _top_up_spares(self, lost: list[int]) -> None:
+        """The node trains again: new spares replace those taken and begin warming in the
+        background; a replaced node's spares are warm."""
+        for node in lost:
+            self._spares.pop(node, None)
+            self._spare_warm_at.pop(node, None)
+        wanted = self.scenario.recovery.warm_spares
+        for node in self._spare_warm_at:
+            pool = self._spares.setdefault(node, [])
+            pool.extend([self.env.now] * (wanted - len(pool)))
+        self._spare_warm_at.clear()
+
     def _resume(self, chain: _Chain, plan: ClusterPlan, lost: list[int]) -> None:
         if plan.rollback:
             self.state.rollbacks += 1
@@ -844,6 +908,7 @@ class Simulation:
         self._stopped = False
         for node in lost:
             self._ready_at.pop(node, None)
+        self._top_up_spares(lost)
 
 
 def detection_delay_s(detection: DetectionConfig, kind: str) -> float:

@@ -113,20 +113,7 @@ def command(
     overrides = with_strategy(overrides, [f"checkpoint.strategy={strategy}"] if strategy else [])
     parsed = load_scenario(scenario, overrides)
     run_dir = run_dir.resolve()
-    spec = TrainerSpec(
-        scenario=scenario.resolve(),
-        overrides=overrides,
-        run_dir=run_dir,
-        checkpointer=parsed.checkpoint.strategy,
-        world_size=parsed.cluster.ranks,
-        per_node=parsed.cluster.accelerators_per_node,
-        abort_timeout_s=parsed.detection.abort_timeout_s,
-        spares=parsed.recovery.warm_spares,
-        timeout_s=parsed.detection.collective_timeout_s,
-        entrypoint=(
-            None if parsed.training.entrypoint is None else tuple(parsed.training.entrypoint)
-        ),
-    )
+    spec = TrainerSpec.of_scenario(scenario, overrides, parsed, run_dir)
     config = AgentConfig(
         kv_url=kv_url,
         node_id=node_id,

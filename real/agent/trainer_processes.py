@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from real.runtime.env import (
     GEMINI_AGENT_FD,
@@ -51,6 +51,9 @@ from real.runtime.env import (
     GEMINI_STORE_ADDRS,
 )
 from real.runtime.processes import last_line
+
+if TYPE_CHECKING:
+    from shared.scenario import Scenario
 
 log = logging.getLogger(__name__)
 TRAINER_NICENESS = 5
@@ -181,6 +184,27 @@ class TrainerSpec:
     abort_timeout_s: float = 2.0
     spares: int = 1
     entrypoint: tuple[str, ...] | None = None
+
+    @classmethod
+    def of_scenario(
+        cls, path: Path, overrides: Sequence[str], parsed: Scenario, run_dir: Path
+    ) -> TrainerSpec:
+        """The trainers of the scenario at ``path`` (with ``overrides``; ``parsed``: it
+        loaded) for a run in ``run_dir``."""
+        return cls(
+            scenario=path.resolve(),
+            overrides=tuple(overrides),
+            run_dir=run_dir.resolve(),
+            checkpointer=parsed.checkpoint.strategy,
+            world_size=parsed.cluster.ranks,
+            per_node=parsed.cluster.accelerators_per_node,
+            abort_timeout_s=parsed.detection.abort_timeout_s,
+            spares=parsed.recovery.warm_spares,
+            timeout_s=parsed.detection.collective_timeout_s,
+            entrypoint=(
+                None if parsed.training.entrypoint is None else tuple(parsed.training.entrypoint)
+            ),
+        )
 
     def command(self, niceness: int = TRAINER_NICENESS) -> list[str]:
         # Below the agents and stores: a node's heartbeat, probe answers and replica traffic

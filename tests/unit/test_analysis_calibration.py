@@ -679,3 +679,49 @@ def test_geminis_iteration_without_checkpoints_is_measured_not_its_iteration_wit
     assert no_ckpt(unprofiled) == pytest.approx(
         costs["compute_s"] + costs["communication_s"], rel=1e-5
     )
+
+
+def test_a_spares_warm_up_and_its_background_pace_are_set_as_measured() -> None:
+    # ``gemini-ckpt run``'s calibration (the micro rules) and the laws' (their top-level
+    # measurements) set both; without them every spare is warm, as before they were measured.
+    measured = {**MICRO, "spare_warmup_s": 2.7, "spare_background_share": 0.04}
+    recovery = _quickstart_recovery(measured, "gemini")
+    assert (recovery.spare_warmup_s, recovery.spare_background_share) == (2.7, 0.04)
+    baseline = _quickstart_recovery(measured, "persistent")  # the same agents, the same spares
+    assert (baseline.spare_warmup_s, baseline.spare_background_share) == (2.7, 0.04)
+    assert _quickstart_recovery(MICRO, "gemini").spare_warmup_s == 0.0
+    path = REPO / "scenarios" / "validation" / "v01-small-software.yaml"
+    scenario = load_scenario(path)
+    calibration = _law_calibration(spare_warmup_s=3.1, spare_background_share=0.02)
+    recovery = load_scenario(path, scenario_overrides(calibration, scenario)).recovery
+    assert (recovery.spare_warmup_s, recovery.spare_background_share) == (3.1, 0.02)
+
+
+def test_a_fetch_from_a_peer_gets_its_own_measured_restore_cost() -> None:
+    from analysis.calibration import fit_laws, law_costs, recovery_costs
+
+    # The micro rules: the restore with one node fetching from a peer, beside the local one.
+    measured = {**MICRO, "engine_restore_fixed_s": 0.03, "engine_restore_peer_fixed_s": 0.05}
+    overrides = calibration_overrides(measured)
+    assert "recovery.peer_retrieval_overhead_s=0.05" in overrides
+    assert "recovery.retrieval_overhead_s=0.03" in overrides
+    # Without the local restore (an old calibration) neither is set from the engine.
+    alone = {**MICRO, "engine_restore_peer_fixed_s": 0.05}
+    assert not any("peer_retrieval" in o for o in calibration_overrides(alone))
+    # The laws: a constant times the CPU share, as the local restore; under FSDP2 the fetch
+    # adds to the rebuilt trainer's restore what it added under DDP (0.03 s at share 1).
+    samples = [
+        {**s, "engine_restore_peer_fixed_s": 0.05 / 0.02 * float(s["engine_restore_fixed_s"])}  # type: ignore[arg-type]
+        for s in REFERENCE
+    ]
+    laws = fit_laws(samples, cpus=2)
+    scenario = load_scenario(REPO / "scenarios" / "validation" / "v05-large-fsdp-hardware.yaml")
+    share = (4 + 1) / 2
+    costs = law_costs(laws, scenario, background=1)
+    extra = (0.05 - 0.02) * share
+    assert costs["engine_restore_peer_fixed_s"] == pytest.approx(
+        costs["engine_restore_fixed_s"] + extra, rel=1e-6
+    )
+    assert recovery_costs(costs)["peer_retrieval_overhead_s"] == pytest.approx(
+        costs["engine_restore_fixed_s"] + extra, rel=1e-6
+    )

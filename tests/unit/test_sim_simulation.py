@@ -190,6 +190,22 @@ def test_a_restore_from_storage_pays_the_persistent_overhead_and_one_from_memory
     assert _log(TINY, "recovery.persistent_retrieval_overhead_s=0.3") == _log(TINY)
 
 
+def test_a_fetch_from_a_peer_pays_the_peer_overhead_and_a_local_restore_does_not() -> None:
+    # The first test's lost node fetches its shard from node 3 (restored at 14.35 with the
+    # 0.04 s overhead): with a peer overhead of 0.07 s, 0.03 s later. Its crash before, a
+    # local restore, is unchanged (6.6).
+    log = _log(TINY, "recovery.peer_retrieval_overhead_s=0.07")
+    restored = [entry for entry in log if entry[1] == "state_restored" and entry[2] is None]
+    assert restored == [
+        (6.6, "state_restored", None, 3, "local"),
+        (14.38, "state_restored", None, 5, "peer"),
+    ]
+    # A restore from storage pays its own overhead, not the peer's.
+    assert _log(TINY, *GROUP_LOST, "recovery.peer_retrieval_overhead_s=0.07") == _log(
+        TINY, *GROUP_LOST
+    )
+
+
 def test_a_node_lost_during_recovery_joins_it() -> None:
     text = TINY.replace(
         "    - {kind: software, nodes: [1], at_iteration: 3}\n"
@@ -643,3 +659,64 @@ def test_the_persistent_baseline_restores_its_last_save_after_a_crash() -> None:
         "persistent",
         1,
     )
+
+
+def _restarts(*overrides: str) -> list[tuple[float, float]]:
+    """(restart_begin, process_group_ready) of each recovery of TINY with ``overrides``."""
+    log = _log(TINY, *overrides)
+    begins = [entry[0] for entry in log if entry[1] == "restart_begin"]
+    readies = [entry[0] for entry in log if entry[1] == "process_group_ready"]
+    return list(zip(begins, readies, strict=True))
+
+
+TWO_CRASHES_ON_NODE_1 = (
+    "failures.schedule=[{kind: software, nodes: [1], at_iteration: 3},"
+    " {kind: software, nodes: [1], at_iteration: 6}]"
+)
+
+
+def test_a_second_crash_on_a_node_waits_for_its_new_spare_to_finish_warming() -> None:
+    # The first crash (3.0) takes node 1's warm spare: restart 3.55 -> 6.55, resumed at 6.6,
+    # and the new spare begins warming then, in the background at half the pace. The second
+    # crash (iteration 6 ends at 9.6) restarts at 10.15: 3.55 s in the background warmed
+    # 1.775 of its 4 s, the rest (2.225 s) comes before the restart's 3 s: ready at 15.375.
+    spares = ("recovery.spare_warmup_s=4", "recovery.spare_background_share=0.5")
+    assert _restarts(TWO_CRASHES_ON_NODE_1, *spares) == [(3.55, 6.55), (10.15, 15.375)]
+    # A second warm spare per rank takes the second crash instead.
+    assert _restarts(TWO_CRASHES_ON_NODE_1, *spares, "recovery.warm_spares=2") == [
+        (3.55, 6.55),
+        (10.15, 13.15),
+    ]
+    # Another node's crash finds its own spare warm.
+    other = TWO_CRASHES_ON_NODE_1.replace("[1], at_iteration: 6", "[2], at_iteration: 6")
+    assert _restarts(other, *spares) == [(3.55, 6.55), (10.15, 13.15)]
+    # Without a warm-up (the default) every spare is warm.
+    assert _restarts(TWO_CRASHES_ON_NODE_1) == [(3.55, 6.55), (10.15, 13.15)]
+
+
+def test_a_crash_with_no_spare_left_waits_for_a_whole_warm_up_and_a_replaced_node_is_warm() -> None:
+    spares = ("recovery.spare_warmup_s=4", "recovery.spare_background_share=0.5")
+    # The restarted trainer of node 2 crashes as it starts (3.55): node 2's one spare is
+    # taken and no new one starts before the node trains again, so a process starts on the
+    # spot: detection 0.05, then 4 s of warm-up before the restart's 3 s.
+    again = (
+        "failures.schedule=[{kind: software, nodes: [2], at_iteration: 3},"
+        " {kind: software, nodes: [2], during: recovery}]"
+    )
+    log = _log(TINY, again, *spares)
+    assert [entry[0] for entry in log if entry[1] == "restart_begin"] == [3.55, 3.6]
+    assert [entry[0] for entry in log if entry[1] == "process_group_ready"] == [10.6]
+    # A lost node's ranks run in its replacement's trainers, whose spares are warm: a crash
+    # after the replacement waits for nothing.
+    replaced = (
+        "failures.schedule=[{kind: software, nodes: [2], at_iteration: 3},"
+        " {kind: hardware, nodes: [2], at_iteration: 5},"
+        " {kind: software, nodes: [2], at_iteration: 6}]"
+    )
+    restarts = _restarts(replaced, *spares)
+    assert [round(ready - begin, 9) for begin, ready in restarts] == [3.0, 3.0, 3.0]
+    # Without the loss, a second crash as iteration 9 ends (12.6; its restart at 13.15, 6.55
+    # s after the node trained again) finds its new spare 3.275 s into its 4: 0.725 s more.
+    crashes = replaced.replace(" {kind: hardware, nodes: [2], at_iteration: 5},", "")
+    restarts = _restarts(crashes.replace("at_iteration: 6", "at_iteration: 9"), *spares)
+    assert [round(ready - begin, 9) for begin, ready in restarts] == [3.0, 3.725]
