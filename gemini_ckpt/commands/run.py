@@ -42,8 +42,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +121,17 @@ class ChildRun:
     """A ``gemini-ckpt`` child process we own: started in its own session, logged to a file,
     stopped with SIGTERM then killed with its group."""
 
-    def __init__(self, args: Sequence[str], log: Path) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log: Path,
+        program: Sequence[str] = (sys.executable, "-m", "gemini_ckpt"),
+    ) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait/stop
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gemini_ckpt", *args],
+            [*program, *args],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -137,17 +143,45 @@ class ChildRun:
         finally:
             self.handle.close()
 
-    def stop(self) -> None:
-        """SIGTERM (the child tears down), then SIGKILL to its process group."""
+    def stop(self, say: Callable[[str], None] = print) -> None:
+        """SIGTERM (the child tears down), then SIGKILL to its process group.
+
+        Returns only once the child has ended: a further Ctrl-C (or SIGTERM) while it tears
+        down is answered with ``say`` and otherwise ignored. It used to end this process at
+        once, leaving the cluster's teardown (agents, stores, namespaces) to run on behind
+        the shell's prompt; the child ignores interrupts there itself, its teardown being
+        bounded (``real.launcher.run``), and so is this wait (``TEARDOWN_GRACE_S``)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=TEARDOWN_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+            with _patient(say):
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=TEARDOWN_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait(timeout=10)
         self.handle.close()
+
+
+@contextlib.contextmanager
+def _patient(say: Callable[[str], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM only make ``say`` a line, in the main thread, for the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def answer(signum: int, frame: Any) -> None:
+        say(
+            "still stopping the running cluster: its teardown ends its processes and "
+            f"frees their memory (at most {TEARDOWN_GRACE_S:.0f} s, then they are killed)"
+        )
+
+    previous = {which: signal.signal(which, answer) for which in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for which, handler in previous.items():
+            signal.signal(which, handler)
 
 
 def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> dict[str, Any]:
@@ -383,7 +417,7 @@ def command(
     except KeyboardInterrupt:
         if child is not None:
             console.print("interrupted: stopping the running cluster (teardown)...")
-            child.stop()
+            child.stop(lambda line: console.print(f"[yellow]{line}[/]"))
         console.print("[red]Interrupted.[/]")
         kept = [*(["calibration.yaml"] if (out / "calibration.yaml").exists() else []), *finished]
         console.print(

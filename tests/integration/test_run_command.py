@@ -33,7 +33,7 @@ def test_a_second_run_replaces_the_earlier_real_runs(
         def wait(self) -> int:
             return 1
 
-        def stop(self) -> None:
+        def stop(self, say: object = None) -> None:
             pass
 
     monkeypatch.setattr(run_command, "ChildRun", FakeChild)
@@ -84,7 +84,7 @@ def test_an_interrupted_run_says_what_it_kept(
         def wait(self) -> int:
             raise KeyboardInterrupt
 
-        def stop(self) -> None:
+        def stop(self, say: object = None) -> None:
             InterruptedChild.stopped = True
 
     monkeypatch.setattr(run_command, "ChildRun", InterruptedChild)
@@ -97,3 +97,41 @@ def test_an_interrupted_run_says_what_it_kept(
     assert "Interrupted." in said
     assert f"kept in {out}: sim-gemini, sim-baseline; a run cut short has no summary" in said
     assert "The same command starts over and replaces them; another --out keeps them." in said
+
+
+# A child that takes 1.5 s to tear down once told to stop (SIGTERM), as a cluster does.
+SLOW_TEARDOWN = """
+import signal, sys, time
+def teardown(signum, frame):
+    time.sleep(1.5)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, teardown)
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_ctrl_c_waits_for_the_clusters_teardown(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    log = tmp_path / "child.log"
+    child = run_command.ChildRun(["-c", SLOW_TEARDOWN], log, program=(sys.executable,))
+    while "up" not in log.read_text():
+        time.sleep(0.02)
+    said: list[str] = []
+    # The user presses Ctrl-C again (twice) while the child tears down.
+    pressing = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    again = threading.Timer(0.6, lambda: os.kill(os.getpid(), signal.SIGINT))
+    pressing.start()
+    again.start()
+    began = time.monotonic()
+    child.stop(said.append)  # no KeyboardInterrupt: it waits for the child
+    assert child.process.returncode == 0  # its teardown ran to its end
+    assert time.monotonic() - began >= 1.4
+    assert len(said) == 2 and "still stopping the running cluster" in said[0]
+    # Ctrl-C works as before once the teardown is over.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
