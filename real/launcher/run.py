@@ -166,13 +166,20 @@ def _uninterrupted() -> Iterator[None]:
         yield
         return
     # SIGTERM too: `gemini-ckpt real` turns it into a Ctrl-C, and `run` stops its child so.
-    previous = {which: signal.signal(which, signal.SIG_IGN) for which in INTERRUPTS}
+    previous = {which: signal.signal(which, _still_tearing_down) for which in INTERRUPTS}
     try:
         yield
     finally:
         for which, handler in previous.items():
             if handler is not None:
                 signal.signal(which, handler)
+
+
+def _still_tearing_down(signum: int, frame: object) -> None:
+    """A Ctrl-C during the teardown is answered, not obeyed (a write of its own to stderr: a
+    handler may interrupt a print of the main thread)."""
+    with contextlib.suppress(OSError):
+        os.write(2, b"still tearing the cluster down (bounded: a grace period, then SIGKILL)\n")
 
 
 def _first_error(logs: Path) -> str:
