@@ -103,14 +103,17 @@ def command(
             if len(runs) > 1 and not (first / "summary.json").exists()
             else Path("runs/report")
         )
-    files = write_report(
-        main,
-        out,
-        sweep_runs=sweep,
-        calibration_scenarios=calibrated_on,
-        animation=gif,
-        video=video,
-    )
+    from gemini_ckpt.interrupts import interrupts_honoured
+
+    with interrupts_honoured():
+        files = write_report(
+            main,
+            out,
+            sweep_runs=sweep,
+            calibration_scenarios=calibrated_on,
+            animation=gif,
+            video=video,
+        )
     console.print(f"{len(main)} run(s){f' + {len(sweep)} sweep runs' if sweep else ''}")
     if files.validation is not None:
         console.print(files.validation.verdict)

@@ -51,6 +51,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from gemini_ckpt.interrupts import interrupts_honoured
 from shared.errors import ScenarioError
 from shared.scenario import Scenario
 from shared.scenario_loader import load_scenario
@@ -413,7 +414,8 @@ def command(
             if kind != "sweep":
                 console.print(f"{step}: done in {time.monotonic() - began:.1f} s")
         console.print("writing the report")
-        files = _report(out, calibrated_on, gif, video)
+        with interrupts_honoured():
+            files = _report(out, calibrated_on, gif, video)
     except KeyboardInterrupt:
         if child is not None:
             console.print("interrupted: stopping the running cluster (teardown)...")

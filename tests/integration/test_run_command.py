@@ -135,3 +135,33 @@ def test_a_second_ctrl_c_waits_for_the_clusters_teardown(tmp_path: Path) -> None
     assert len(said) == 2 and "still stopping the running cluster" in said[0]
     # Ctrl-C works as before once the teardown is over.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_while_the_report_is_written_still_interrupts_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import time
+    import weakref
+
+    class Figure:
+        pass
+
+    def report(*args: object) -> None:
+        # The user's Ctrl-C lands in a weakref callback of the plotting library, which
+        # swallows its KeyboardInterrupt; the report is then written to its end.
+        def callback(reference: object) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+        figure = Figure()
+        kept = weakref.ref(figure, callback)
+        del figure
+        assert kept() is None
+
+    monkeypatch.setattr(run_command, "_report", report)
+    out = tmp_path / "q"
+    args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep"]
+    assert main([*args, "--no-real"]) == 130
