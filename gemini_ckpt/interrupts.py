@@ -10,29 +10,22 @@ and raises KeyboardInterrupt at the end of its block for one that was swallowed.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from collections.abc import Iterator
+
+from real.runtime.processes import interrupts_handled
 
 
 @contextlib.contextmanager
 def interrupts_honoured() -> Iterator[None]:
     """Within the block, Ctrl-C and SIGTERM raise KeyboardInterrupt as usual; one that a
     callback swallowed is raised again when the block ends (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
         received.append(signum)
         raise KeyboardInterrupt
 
-    previous = {which: signal.signal(which, interrupt) for which in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with interrupts_handled(interrupt):
         yield
-    finally:
-        for which, handler in previous.items():
-            signal.signal(which, handler)
     if received:  # the block ended normally: the KeyboardInterrupt was swallowed on the way
         raise KeyboardInterrupt

@@ -12,9 +12,15 @@ Exit codes: 0 written, 2 a RUN_DIR is missing or holds no valid run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from analysis.report import ReportFiles
+    from analysis.results import RunResult
 
 
 @click.command("report")
@@ -46,7 +52,6 @@ def command(
     from rich.console import Console
 
     from analysis.calibration import calibration_scenarios, load_calibration
-    from analysis.report import write_report
     from analysis.results import (
         failed_run_folders,
         load_runs,
@@ -103,17 +108,7 @@ def command(
             if len(runs) > 1 and not (first / "summary.json").exists()
             else Path("runs/report")
         )
-    from gemini_ckpt.interrupts import interrupts_honoured
-
-    with interrupts_honoured():
-        files = write_report(
-            main,
-            out,
-            sweep_runs=sweep,
-            calibration_scenarios=calibrated_on,
-            animation=gif,
-            video=video,
-        )
+    files = write_files(main, out, sweep, calibrated_on, gif=gif, video=video)
     console.print(f"{len(main)} run(s){f' + {len(sweep)} sweep runs' if sweep else ''}")
     if files.validation is not None:
         console.print(files.validation.verdict)
@@ -122,3 +117,28 @@ def command(
     console.print(f"slides: {files.slides}")
     if files.video is not None:
         console.print(f"demo video: {files.video}")
+
+
+def write_files(
+    main: Sequence[RunResult],
+    out: Path,
+    sweep: Sequence[RunResult],
+    calibrated_on: Sequence[str],
+    *,
+    gif: bool,
+    video: bool,
+) -> ReportFiles:
+    """``analysis.report.write_report`` under ``interrupts_honoured``: a Ctrl-C that a
+    plotting library's callback swallows still interrupts the command (`report` and `run`)."""
+    from analysis.report import write_report
+    from gemini_ckpt.interrupts import interrupts_honoured
+
+    with interrupts_honoured():
+        return write_report(
+            main,
+            out,
+            sweep_runs=sweep,
+            calibration_scenarios=calibrated_on,
+            animation=gif,
+            video=video,
+        )

@@ -42,16 +42,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
-from gemini_ckpt.interrupts import interrupts_honoured
 from shared.errors import ScenarioError
 from shared.scenario import Scenario
 from shared.scenario_loader import load_scenario
@@ -164,12 +162,9 @@ class ChildRun:
         self.handle.close()
 
 
-@contextlib.contextmanager
-def _patient(say: Callable[[str], None]) -> Iterator[None]:
-    """Ctrl-C and SIGTERM only make ``say`` a line, in the main thread, for the block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _patient(say: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C and SIGTERM only make ``say`` a line, for the block."""
+    from real.runtime.processes import interrupts_handled
 
     def answer(signum: int, frame: Any) -> None:
         say(
@@ -177,12 +172,7 @@ def _patient(say: Callable[[str], None]) -> Iterator[None]:
             f"frees their memory (at most {TEARDOWN_GRACE_S:.0f} s, then they are killed)"
         )
 
-    previous = {which: signal.signal(which, answer) for which in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for which, handler in previous.items():
-            signal.signal(which, handler)
+    return interrupts_handled(answer)
 
 
 def calibrate_machine(scenario: Path, overrides: Sequence[str], out: Path) -> dict[str, Any]:
@@ -414,8 +404,7 @@ def command(
             if kind != "sweep":
                 console.print(f"{step}: done in {time.monotonic() - began:.1f} s")
         console.print("writing the report")
-        with interrupts_honoured():
-            files = _report(out, calibrated_on, gif, video)
+        files = _report(out, calibrated_on, gif, video)
     except KeyboardInterrupt:
         if child is not None:
             console.print("interrupted: stopping the running cluster (teardown)...")
@@ -452,8 +441,8 @@ def _sets(settings: Sequence[str]) -> list[str]:
 
 
 def _report(out: Path, calibrated_on: Sequence[str], gif: bool, video: bool) -> Any:
-    from analysis.report import write_report
     from analysis.results import load_runs, split_sweep
+    from gemini_ckpt.commands.report import write_files
     from shared.errors import RunFolderError
 
     try:
@@ -461,11 +450,4 @@ def _report(out: Path, calibrated_on: Sequence[str], gif: bool, video: bool) -> 
     except RunFolderError as error:
         raise click.ClickException(f"no run finished, no report: {error}") from error
     main, sweep = split_sweep(runs)
-    return write_report(
-        main,
-        out,
-        sweep_runs=sweep,
-        calibration_scenarios=calibrated_on,
-        animation=gif,
-        video=video,
-    )
+    return write_files(main, out, sweep, calibrated_on, gif=gif, video=video)

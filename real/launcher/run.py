@@ -20,8 +20,6 @@ import contextlib
 import logging
 import os
 import re
-import signal
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from real.engine.eventlog import EventLog
 from real.launcher.capacity import require_fits
 from real.launcher.injector import FailureInjector, Injected
 from real.launcher.results import summarize_run
-from real.runtime.processes import last_line
+from real.runtime.processes import interrupts_handled, last_line
 from shared.errors import RunFolderError
 from shared.events import Event
 from shared.scenario import ScheduledFailure
@@ -154,25 +152,14 @@ def run_real(options: RealOptions) -> RealResult:
     return RealResult(run_dir, summary, merged, injected, cluster.job)
 
 
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _uninterrupted() -> Iterator[None]:
-    """Ignore Ctrl-C (and SIGTERM) while the cluster is torn down (in the main thread): a
+    """Answer Ctrl-C (and SIGTERM) without obeying it while the cluster is torn down: a
     second one used to end the launcher with its agents still running. The teardown is
-    bounded itself (a grace period, then SIGKILL)."""
-    if threading.current_thread() is not threading.main_thread():
+    bounded itself (a grace period, then SIGKILL). SIGTERM too: `gemini-ckpt real` turns it
+    into a Ctrl-C, and `run` stops its child so."""
+    with interrupts_handled(_still_tearing_down):
         yield
-        return
-    # SIGTERM too: `gemini-ckpt real` turns it into a Ctrl-C, and `run` stops its child so.
-    previous = {which: signal.signal(which, _still_tearing_down) for which in INTERRUPTS}
-    try:
-        yield
-    finally:
-        for which, handler in previous.items():
-            if handler is not None:
-                signal.signal(which, handler)
 
 
 def _still_tearing_down(signum: int, frame: object) -> None:

@@ -1,5 +1,6 @@
 """The local processes and ports the harness owns: a free port to listen on, a clean stop,
-a child that ends with its parent, the last words of a process's log."""
+a child that ends with its parent, the last words of a process's log, interrupts handled for a
+while."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 _PRCTL = None
@@ -60,3 +64,24 @@ def last_line(path: Path, tail_bytes: int = 4096) -> str:
         return ""
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+"""Ctrl-C, and SIGTERM, which the commands take as one."""
+
+
+@contextlib.contextmanager
+def interrupts_handled(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM go to ``handler``, then back to their handlers
+    before. Only in the main thread, where Python runs signal handlers; elsewhere the block
+    runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {which: signal.signal(which, handler) for which in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for which, before in previous.items():
+            if before is not None:
+                signal.signal(which, before)

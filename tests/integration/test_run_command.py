@@ -149,7 +149,7 @@ def test_a_ctrl_c_swallowed_while_the_report_is_written_still_interrupts_the_run
     class Figure:
         pass
 
-    def report(*args: object) -> None:
+    def report(*args: object, **kwargs: object) -> None:
         # The user's Ctrl-C lands in a weakref callback of the plotting library, which
         # swallows its KeyboardInterrupt; the report is then written to its end.
         def callback(reference: object) -> None:
@@ -161,7 +161,9 @@ def test_a_ctrl_c_swallowed_while_the_report_is_written_still_interrupts_the_run
         del figure
         assert kept() is None
 
-    monkeypatch.setattr(run_command, "_report", report)
+    import analysis.report
+
+    monkeypatch.setattr(analysis.report, "write_report", report)
     out = tmp_path / "q"
     args = ["run", str(QUICKSTART), "--out", str(out), "--no-calibrate", "--no-sweep"]
     assert main([*args, "--no-real"]) == 130
