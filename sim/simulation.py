@@ -32,9 +32,11 @@ killed; one waiting in a hung collective leaves it at the abort too), replacemen
 (hardware only: the standby pool's delay; a live warm standby agent needs nothing more, and
 once ``cluster.standby_nodes`` of them are taken a node starts cold,
 ``recovery.node_start_s``), restart (``recovery.restart_s``: the survivors rejoin in process
-and warm spares take the dead ranks), and retrieval: a fixed
+and warm spares take the dead ranks, after the rest of a spare's warm-up where a crashed node's
+new spare is still warming, ``_take_spares``), and retrieval: a fixed
 ``recovery.retrieval_overhead_s`` (``recovery.persistent_retrieval_overhead_s`` when the plan
-reads from storage), then the
+reads from storage, ``recovery.peer_retrieval_overhead_s`` when a node fetches from a peer),
+then the
 ``shared`` recovery plan's bytes: local copies over each node's copy engine, peer copies as
 flows over the node links, persistent reads as flows sharing the storage's aggregate bandwidth
 (``sim.network``). Training resumes from
