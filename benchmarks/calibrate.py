@@ -233,10 +233,14 @@ class BackgroundProbe:
     def __init__(self) -> None:
         from real.agent.trainer_processes import BACKGROUND_NICENESS, set_autogroup_niceness
 
+        parent = os.getpid()
         self._process = subprocess.Popen(
             ["nice", "-n", str(BACKGROUND_NICENESS), sys.executable, "-c", "while True: pass"],
             start_new_session=True,  # its own autogroup, whose niceness is set next
             stdin=subprocess.DEVNULL,
+            # Its own session: no terminal's Ctrl-C reaches it, so it ends with this process
+            # however that ends (a calibration killed outright left it spinning).
+            preexec_fn=lambda: end_with_parent(signal.SIGKILL, parent),
         )
         set_autogroup_niceness(self._process.pid, BACKGROUND_NICENESS)
         self._mark = (time.perf_counter(), _cpu_seconds(self._process.pid))

@@ -74,3 +74,44 @@ def test_the_background_probe_gets_what_busy_processes_leave_on_its_cpu() -> Non
     assert 0.0 <= alone <= 1.0
     assert 0.0 <= beside < 0.25
     assert beside <= alone + 0.05
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_background_probe_ends_with_a_calibration_killed_outright() -> None:
+    # In a session of its own, no terminal's Ctrl-C reaches the probe: it must end with the
+    # process that started it, however that one ends.
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from benchmarks.calibrate import BackgroundProbe; "
+            "print(BackgroundProbe().pid, flush=True); time.sleep(60)",
+        ],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        probe = int(owner.stdout.readline())
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(probe) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gone = not _running(probe)
+        if not gone:
+            os.kill(probe, 9)
+        assert gone, "the probe outlived the calibration that started it"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
