@@ -112,6 +112,18 @@ time.sleep(60)
 
 
 def test_a_second_ctrl_c_waits_for_the_clusters_teardown(tmp_path: Path) -> None:
+    import signal
+
+    # Python's own Ctrl-C handler, whatever the test run was started with (a run in the
+    # background of a shell ignores SIGINT).
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _stop_twice_interrupted(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _stop_twice_interrupted(tmp_path: Path) -> None:
     import os
     import signal
     import sys

@@ -16,13 +16,19 @@ from real.launcher.run import _uninterrupted
 def test_a_ctrl_c_during_the_teardown_is_answered_not_obeyed(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with _uninterrupted():
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)  # the handlers run here; neither raises
-    assert capfd.readouterr().err.count("still tearing the cluster down") == 2
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-    with pytest.raises(KeyboardInterrupt):  # after it, a Ctrl-C interrupts again
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
+    # Python's own Ctrl-C handler, whatever the test run was started with (a run in the
+    # background of a shell ignores SIGINT).
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        with _uninterrupted():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handlers run here; neither raises
+        assert capfd.readouterr().err.count("still tearing the cluster down") == 2
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+        with pytest.raises(KeyboardInterrupt):  # after it, a Ctrl-C interrupts again
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, original)
