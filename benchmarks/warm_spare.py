@@ -16,6 +16,7 @@ runs: torch's libraries are shared between them through the page cache. Run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
 import statistics
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from real.agent.trainer_processes import TrainerSpec, Worker
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_TOKEN
+from shared.scenario_loader import load_scenario
 
 MB = 1 << 20
 
@@ -77,19 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gemini-spare-") as folder:
         run_dir = Path(folder)
-        common = {
-            "scenario": Path("scenarios/quickstart.yaml").resolve(),
-            "overrides": (),
-            "run_dir": run_dir,
-            "checkpointer": "gemini",
-            "world_size": 4,
-            "per_node": 1,
-        }
+        quickstart = Path("scenarios/quickstart.yaml")
+        spec = TrainerSpec.of_scenario(quickstart, (), load_scenario(quickstart), run_dir)
         kinds = {
-            "built-in GPT trainer": TrainerSpec(**common),  # type: ignore[arg-type]
-            "user script (examples/ddp_train.py)": TrainerSpec(
-                **common,  # type: ignore[arg-type]
-                entrypoint=("examples/ddp_train.py", "--out", str(run_dir / "out")),
+            "built-in GPT trainer": spec,
+            "user script (examples/ddp_train.py)": dataclasses.replace(
+                spec, entrypoint=("examples/ddp_train.py", "--out", str(run_dir / "out"))
             ),
         }
         print(
