@@ -73,3 +73,59 @@ def test_a_restore_is_timed_to_the_last_ranks_state_net_of_its_copy(tmp_path: Pa
     # trains, as the harness's ranks do once they have their state.
     for _, calls in results:
         assert calls == [("restore", 7, 2), ("load", 1), ("step",)]
+
+
+def test_restores_are_timed_in_rounds_each_with_a_new_engine_and_their_medians_kept() -> None:
+    from benchmarks.calibrate import RESTORE_ROUNDS, _restore_rounds
+
+    calls: list[tuple[str, ...]] = []
+    # One slow restore of each kind among three (a moment of load): the medians drop it.
+    times = {None: iter([0.030, 0.012, 0.014]), 3: iter([0.020, 0.050, 0.016])}
+
+    class Engine:
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        def close(self, abandon: bool) -> None:
+            calls.append(("close", str(self.number), "abandon" if abandon else "plain"))
+
+    built: list[Engine] = []
+
+    def build() -> Engine:
+        built.append(Engine(len(built)))
+        return built[-1]
+
+    def timed(engine: Engine, fetcher: int | None) -> float:
+        calls.append(("restore", str(engine.number), "local" if fetcher is None else "peer"))
+        return next(times[fetcher])
+
+    engine, local, peer = _restore_rounds(build, timed, fetcher=3, rounds=3)
+    assert RESTORE_ROUNDS >= 3
+    assert (local, peer) == (0.014, 0.020)
+    # Every restore has an engine of its own, built after the one before closed: as after a
+    # failure (abandoned) before a local restore, plainly before a peer's; the last stays open.
+    assert engine is built[-1] and len(built) == 6
+    assert calls == [
+        ("restore", "0", "local"),
+        ("close", "0", "plain"),
+        ("restore", "1", "peer"),
+        ("close", "1", "abandon"),
+        ("restore", "2", "local"),
+        ("close", "2", "plain"),
+        ("restore", "3", "peer"),
+        ("close", "3", "abandon"),
+        ("restore", "4", "local"),
+        ("close", "4", "plain"),
+        ("restore", "5", "peer"),
+    ]
+
+
+def test_restore_rounds_with_nothing_committed_give_no_figure() -> None:
+    from benchmarks.calibrate import _restore_rounds
+
+    class Engine:
+        def close(self, abandon: bool) -> None:
+            pass
+
+    engine, local, peer = _restore_rounds(Engine, lambda engine, fetcher: None, fetcher=1)
+    assert isinstance(engine, Engine) and (local, peer) == (None, None)
