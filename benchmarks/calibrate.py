@@ -754,10 +754,12 @@ def _restore_rounds(
         if engine is not None:
             engine.close(abandon=True)
         engine = build()
-        local.extend(x for x in [timed(engine, None)] if x is not None)
+        if (seconds := timed(engine, None)) is not None:
+            local.append(seconds)
         engine.close(abandon=False)
         engine = build()
-        peer.extend(x for x in [timed(engine, fetcher)] if x is not None)
+        if (seconds := timed(engine, fetcher)) is not None:
+            peer.append(seconds)
     return (
         engine,
         statistics.median(local) if local else None,
