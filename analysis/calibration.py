@@ -42,6 +42,8 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       collective_failure_s: 0.06  # a peer vanishes -> the survivor's all-reduce raises
       probe_s: 0.0002             # a probe round trip (live and refused)
       exit_notice_s: 0.01         # SIGKILL of a child -> its agent's exit watch sees it
+      exit_detection_s: 0.02      # SIGKILL -> the root's verdict, along the harness's chain,
+                                  # beside the ranks as they train (benchmarks.exit_chain)
       state_load_s: 0.05          # loading a copy of the state into model and optimizer
       agent_poll_s: 0.02          # the harness's polling periods (its constants)
       root_poll_s: 0.05
@@ -112,11 +114,16 @@ def recovery_costs(
     CPU a poller waits for and spends once woken; the laws scale it with the host's load), so
     below "agent poll / 2" stands for agent poll / 2 + hop work, "root poll / 2" likewise:
 
-    - ``detection.exit_report_s`` = exit notice (the signal's delivery + half the period of
-      the agent's exit watch, ``EXIT_WATCH_S``: the agent learns of it from that watch, not
-      from a poll) + hop work + root poll / 2 (until 2026-12-05, when the agents learned of an
-      exit only after the process's teardown, agent poll / 2 + root poll / 2, the agent's
-      half poll standing in for that teardown);
+    - ``detection.exit_report_s`` = a crash's detection timed along the harness's own chain
+      beside the calibration's ranks as they train (``exit_detection_s``, the median;
+      ``benchmarks.exit_chain``: a child killed, the agent's exit watch, its record in an
+      embedded coordination store, the root's watch, its detector's read and what it
+      matches an exit against; the laws: exit notice + a constant times the CPU share).
+      Without it (calibrations before 2026-12-06 23:50 UTC): exit notice (the signal's
+      delivery + half the period of the agent's exit watch, ``EXIT_WATCH_S``) + hop work +
+      root poll / 2, where the root had in fact waited on a watch since 2026-12-05 and that
+      half period stood, unknown to the rule, for the probe of every member the root made
+      before it reported a crash (it no longer waits for it: ``real.coord.detector``);
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
       report) + root poll / 2 + probe round trip;
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
@@ -183,7 +190,10 @@ def recovery_costs(
     hop = agent / 2 + root / 2
     out: dict[str, float] = {}
     notice = _number(measurements, "exit_notice_s")
-    if notice is not None:
+    chain = _number(measurements, "exit_detection_s")
+    if chain is not None:
+        out["exit_report_s"] = chain
+    elif notice is not None:
         out["exit_report_s"] = notice + work + root / 2
     failure = _number(measurements, "collective_failure_s")
     probe = _number(measurements, "probe_s")
@@ -510,6 +520,7 @@ LAW_FORMS: dict[str, str] = {
     "compute_s": "(c0 + 6 * parameters * tokens_per_rank / flops_per_s) * share",
     "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
     "hop_work_s": "w * share",
+    "exit_detection_s": "exit_notice_s + x * share",
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
@@ -665,6 +676,16 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     ]
     if works:
         laws["hop_work_s"] = {"w": statistics.median(works)}
+    # A crash's detection beside the ranks: the exit notice (the signal, half the exit watch's
+    # period) is the machine's; the rest is processes woken one after another.
+    chains = [
+        max(0.0, float(s["exit_detection_s"]) - float(s["exit_notice_s"])) / x
+        for s, x in zip(samples, shares, strict=True)
+        if isinstance(s.get("exit_detection_s"), int | float)
+        and isinstance(s.get("exit_notice_s"), int | float)
+    ]
+    if chains:
+        laws["exit_detection_s"] = {"x": statistics.median(chains)}
     compute, communication = [], []
     for s in samples:
         phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
@@ -706,7 +727,8 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     """The scenario's recovery costs and iteration (seconds) by ``LAW_FORMS``.
 
     Returns ``exit_notice_s``, ``collective_failure_s``, ``probe_s``, ``park_s`` (constants),
-    ``spare_join_s``, ``rejoin_s``, ``state_load_s``, ``compute_s`` and ``communication_s``
+    ``spare_join_s``, ``rejoin_s``, ``exit_detection_s`` (where the laws have it),
+    ``state_load_s``, ``compute_s`` and ``communication_s``
     for the scenario's world size, parameters, tokens per rank, parallelism and the state one
     node restores (``shared.costs.node_checkpoint_bytes``). With links limited by tc (netns),
     the communication takes at least its bytes over the scenario's link, and under DDP
@@ -732,6 +754,9 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
             out[key] = float(value)
     rejoin = _law(laws, "rejoin_s")
     out["rejoin_s"] = (float(rejoin["r0"]) + float(rejoin["r1"]) * ranks) * share
+    chain, notice = laws.get("exit_detection_s"), out.get("exit_notice_s")
+    if isinstance(chain, Mapping) and notice is not None:  # calibrations since 2026-12-06
+        out["exit_detection_s"] = notice + float(chain["x"]) * share
     engine_rejoin = laws.get("engine_rejoin_s")  # calibrations since 2026-12-06
     if isinstance(engine_rejoin, Mapping) and scenario.training.parallelism == "ddp":
         out["engine_rejoin_s"] = (

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.exit_chain import ExitChainProbe
 from real.runtime.env import GEMINI_CALIBRATE_SCRATCH
 from real.runtime.processes import end_with_parent, free_port
 
@@ -451,6 +452,8 @@ this host's CPUs are the run's."""
 REJOINS = 3
 """Rejoins timed (their median is kept)."""
 
+MIN_EXIT_DETECTIONS = 3
+"""The fewest crashes timed beside the ranks (``exit_detection_s``) whose median is kept."""
 SPARE_ROUNDS = 3
 """Spares' joins timed, each round in processes that never formed a group (a spare's first
 join is the one it pays in a recovery, so a round cannot be repeated in one process): the
@@ -1298,8 +1301,9 @@ def measure_recovery(
     ``MAX_RECOVERY_RANKS``; their start is not timed: warm spares pay it before they are
     needed), time a spare's join (in ``SPARE_ROUNDS`` rounds of fresh ranks: the median) and
     a survivor's rejoin, the iteration profile, loading a state, a collective failing when a
-    peer vanishes and the teardown that follows; the parent times a probe round trip and the
-    notice of a killed child. A few seconds; never the
+    peer vanishes and the teardown that follows; the parent times a probe round trip, the
+    notice of a killed child, and crashes detected along the harness's chain while the ranks
+    train (``benchmarks.exit_chain``: ``exit_detection_s``). A few seconds; never the
     scenario's own run. Returns the ``measurements`` (see
     ``analysis.calibration.recovery_costs`` for how they become costs).
     """
@@ -1325,9 +1329,12 @@ def measure_recovery(
     reports: list[dict[str, Any]] = []
     # While the ranks join, train, checkpoint and rejoin (from the go to the first rank's
     # report), a process spinning below them measures the CPU they leave a spare warming in
-    # the background (``recovery.spare_background_share``).
+    # the background (``recovery.spare_background_share``), and crashes are detected along
+    # the harness's chain beside them (``exit_detection_s``: ``benchmarks.exit_chain``).
     probe = BackgroundProbe()
+    chain = ExitChainProbe()
     background_share: float | None = None
+    detections: list[float] = []
     try:
         with _forked_ranks(
             _recovery_rank_main,
@@ -1344,11 +1351,16 @@ def measure_recovery(
                     reports.append(report)
                     if not go.is_set() and sum(1 for r in reports if r.get("ready")) == ranks:
                         probe.share()
+                        chain.start()
                         go.set()
                     if background_share is None and "iteration_s" in report:
                         background_share = probe.share()
+                        detections = chain.stop()
     finally:
         probe.close()
+        chain.stop()
+    if chain.error is not None:
+        raise RuntimeError(f"timing a crash's detection failed: {chain.error}") from chain.error
     timed = [r for r in reports if "iteration_s" in r]
     progress(f"{SPARE_ROUNDS - 1} more spares' joins on {ranks} ranks")
     spare_joins = [
@@ -1394,6 +1406,9 @@ def measure_recovery(
     )
     if background_share is not None:
         measurements["spare_background_share"] = round(background_share, 4)
+        if len(detections) >= MIN_EXIT_DETECTIONS:
+            measurements["exit_detection_s"] = round(statistics.median(detections), 6)
+            measurements["exit_detections"] = len(detections)
     phases = _phases(rank0["iteration_s"], rank0["spans"])
     if phases:
         measurements["micro_iteration_phases"] = phases

@@ -8,9 +8,13 @@ The detector polls three prefixes every ``poll_s``, and watches for silence:
 - ``exits/``: each new exit record is a **software** failure (unless the job told the detector
   to ignore the node, for instance while it is being stopped on purpose).
 - ``suspects/``: a trainer left its attempt because a collective broke: a peer is gone. With a
-  ``prober`` (:mod:`real.coord.probe`), a new exit or suspect record makes the detector probe
-  every expected node's agent at once; one that refuses or does not answer within the bound
-  is a **hardware** failure now, not when its lease expires. A suspect that nothing explains
+  ``prober`` (:mod:`real.coord.probe`), a new suspect record (or a node found lost) makes the
+  detector probe every expected node's agent at once, before it reports what it found; one
+  that refuses or does not answer within the bound is a **hardware** failure now, not when its
+  lease expires. A new exit record is reported at once, and the same probe of every member
+  runs on a thread of its own, its verdict reported by a later poll: a crash's detection does
+  not wait for the slowest of all the agents' answers (a node lost with the crash is still
+  found by that probe, a poll later). A suspect that nothing explains
   within ``suspect_grace_s`` (no exit, no lost node: a peer hung rather than died) is reported
   as a software failure of the one member that reported nothing (the hung trainer's node; the
   first reporter's when that is ambiguous), so the job is stopped and the hung trainer, which
@@ -134,7 +138,8 @@ class FailureDetector:
         self._heard: dict[int, tuple[tuple[Any, Any], float]] = {}
         self._probed_at: dict[int, float] = {}  # node -> start of its last silence probe
         self._snapshot: dict[str, dict[str, bytes]] | None = None  # the poll's read
-        self._silence_probes: dict[int, _SilenceProbe] = {}
+        self._silence_probes: dict[int, _BackgroundProbe] = {}
+        self._exit_probe: _BackgroundProbe | None = None  # of every member, after an exit
         self.suspect_grace_s = suspect_grace_s
         # The attempt running now (the root sets it): a suspect of an older attempt, left by a
         # survivor whose collective broke late, says nothing about the current one.
@@ -201,9 +206,16 @@ class FailureDetector:
     def _poll(self) -> list[Detection]:
         found = self._lost_nodes() + self._new_exits()
         found += self._silent_nodes([d.node for d in found])
+        found += self._exit_probe_verdict([d.node for d in found])
         suspects = self._new_suspects()
-        if self.prober is not None and (suspects or found):
-            found += self._probe([d.node for d in found if d.kind == "hardware"])
+        if self.prober is not None:
+            if suspects or any(d.kind == "hardware" for d in found):
+                found += self._probe([d.node for d in found if d.kind == "hardware"])
+            elif found and self._exit_probe is None:
+                # Only exits: reported now; a node lost with them is found a poll later.
+                self._exit_probe = _BackgroundProbe(
+                    self.prober, list(self._expected), self.clock(), "exit"
+                )
         if found:
             self._unexplained.clear()  # the suspects saw this failure
         elif self._unexplained:
@@ -307,7 +319,7 @@ class FailureDetector:
                 continue
             del self._silence_probes[node]
             heard = self._heard.get(node)
-            if not probe.lost or node in known_lost or (heard and heard[1] > probe.started):
+            if node not in probe.lost or node in known_lost or (heard and heard[1] > probe.started):
                 continue  # it answered, another check found it, or it beat meanwhile
             last = self._last_beat.get(node, now)
             lost.append(Detection("hardware", node, None, None, now, last, None, "silence"))
@@ -320,12 +332,29 @@ class FailureDetector:
                     "node %d: no heartbeat for %.2f s; probing its agent", node, now - heard_at
                 )
                 self._probed_at[node] = now
-                self._silence_probes[node] = _SilenceProbe(self.prober, node, now)
+                self._silence_probes[node] = _BackgroundProbe(self.prober, [node], now, "silence")
         return lost
 
     def clear_suspects(self) -> None:
         """Forget suspects not yet explained: the job was stopped, they belonged to it."""
         self._unexplained.clear()
+
+    def _exit_probe_verdict(self, known_lost: list[int]) -> list[Detection]:
+        """The nodes the probe started by an exit found lost, once it has ended (those still
+        expected and not found by another check meanwhile)."""
+        probe = self._exit_probe
+        if probe is None or not probe.done.is_set():
+            return []
+        self._exit_probe = None
+        now = self.clock()
+        lost = []
+        for node in probe.lost:
+            if node not in self._expected or node in known_lost:
+                continue
+            last = self._last_beat.get(node, now)
+            lost.append(Detection("hardware", node, None, None, now, last, None, "probe"))
+            self.forget(node)
+        return lost
 
     def _probe(self, known_lost: list[int]) -> list[Detection]:
         assert self.prober is not None
@@ -397,23 +426,30 @@ class FailureDetector:
         return exits
 
 
-class _SilenceProbe:
-    """One probe of a silent node, on a daemon thread: the probe's own bound ends it, and a
-    result nobody reads any more (the node was forgotten meanwhile) is simply dropped."""
+class _BackgroundProbe:
+    """One probe of ``nodes`` (a silent node; every member after an exit) on a daemon thread:
+    the probe's own bound ends it, and a result nobody reads any more (the node was forgotten
+    meanwhile) is simply dropped. ``lost``: the nodes that did not answer."""
 
-    def __init__(self, prober: Callable[[list[int]], list[int]], node: int, started: float):
+    def __init__(
+        self,
+        prober: Callable[[list[int]], list[int]],
+        nodes: list[int],
+        started: float,
+        why: str,
+    ):
         self.started = started
-        self.lost = False
+        self.lost: list[int] = []
         self.done = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(prober, node), name=f"silence-probe-{node}", daemon=True
+            target=self._run, args=(prober, nodes, why), name=f"{why}-probe", daemon=True
         )
         self._thread.start()
 
-    def _run(self, prober: Callable[[list[int]], list[int]], node: int) -> None:
+    def _run(self, prober: Callable[[list[int]], list[int]], nodes: list[int], why: str) -> None:
         try:
-            self.lost = node in prober([node])
+            self.lost = list(prober(nodes))
         except Exception:  # a probe that cannot run proves nothing; the lease is the backstop
-            logger.exception("node %d: silence probe failed", node)
+            logger.exception("nodes %s: %s probe failed", nodes, why)
         finally:
             self.done.set()

@@ -14,6 +14,7 @@ from analysis.calibration import (
     calibration_scenarios,
     load_calibration,
     measurements_from_runs,
+    recovery_costs,
     scenario_overrides,
     write_calibration,
 )
@@ -176,6 +177,15 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     assert "training.iteration_time_s=0.3" in overrides
 
 
+def test_a_crash_timed_along_the_harness_chain_sets_its_detection() -> None:
+    """Where the calibration timed crashes along the harness's chain beside its ranks, that
+    is the detection; the older rule (notice + root poll / 2) only without it."""
+    timed = {**MICRO, "exit_detection_s": 0.021}
+    scenario = load_scenario(REPO / "scenarios" / "quickstart.yaml", calibration_overrides(timed))
+    assert scenario.detection.exit_report_s == pytest.approx(0.021)
+    assert recovery_costs(MICRO)["exit_report_s"] == pytest.approx(0.01 + 0.025)
+
+
 def test_geminis_iteration_carries_its_checkpoints_the_baselines_does_not() -> None:
     # The micro-benchmark timed its iteration with a checkpoint each too (0.15 s against
     # 0.1 s): Gemini's simulated phases stretch by that (the laws' rule), the baseline's not.
@@ -303,6 +313,8 @@ def _sample(
         "fsdp2_first_build_s": 0.04 * share,
         "persistent_restore_fixed_s": 0.15 * share,
         "persistent_save_fixed_s": 0.11 * share,
+        # The exit notice, then processes woken one after another: 4 ms of them per share.
+        "exit_detection_s": CONSTANTS["exit_notice_s"] + 0.004 * share,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
@@ -323,12 +335,15 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     scenario = load_scenario(REPO / "scenarios" / "validation" / "v03-small-8nodes-hardware.yaml")
     expected = _sample(8, scenario.model.parameter_count, background=5)
     costs = law_costs(laws, scenario, background=5)
-    for key in ("rejoin_s", "engine_rejoin_s", "spare_join_s", "state_load_s", *CONSTANTS):
+    keys = ("rejoin_s", "engine_rejoin_s", "spare_join_s", "state_load_s", "exit_detection_s")
+    for key in (*keys, *CONSTANTS):
         assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
     # Samples measured before the rejoin with the engine (2026-12-06) fit no law for it.
     older = [{k: v for k, v in s.items() if k != "engine_rejoin_s"} for s in REFERENCE]
     assert "engine_rejoin_s" not in fit_laws(older, cpus=2)
     assert "engine_rejoin_s" not in law_costs(fit_laws(older, cpus=2), scenario, background=5)
+    untimed = [{k: v for k, v in s.items() if k != "exit_detection_s"} for s in REFERENCE]
+    assert "exit_detection_s" not in law_costs(fit_laws(untimed, cpus=2), scenario)
     phases = dict(expected["micro_iteration_phases"])  # type: ignore[call-overload]
     assert costs["compute_s"] == pytest.approx(phases["compute"], rel=1e-6)
     assert costs["communication_s"] == pytest.approx(phases["communication"], rel=1e-6)
@@ -496,7 +511,8 @@ def test_law_overrides_set_the_recovery_costs_by_the_micro_rules() -> None:
     scenario = load_scenario(path)
     costs = law_costs(calibration["measurements"]["laws"], scenario)  # type: ignore[index]
     calibrated = load_scenario(path, scenario_overrides(calibration, scenario))
-    assert calibrated.detection.exit_report_s == pytest.approx(0.002 + 0.025)  # root's half
+    # The crash's chain timed beside the reference ranks: the notice + 4 ms x the share of 2.
+    assert calibrated.detection.exit_report_s == pytest.approx(0.002 + 0.004 * 2)
     assert calibrated.recovery.stop_s == pytest.approx(0.025 + 0.01)
     restart = 0.025 + max(costs["spare_join_s"], costs["rejoin_s"])
     assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-5)

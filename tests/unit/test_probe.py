@@ -103,6 +103,35 @@ def test_a_broken_collective_makes_the_detector_probe(kv: EmbeddedKV) -> None:
     assert detector.poll() == []  # reported once
 
 
+def test_an_exit_is_reported_at_once_and_the_members_are_probed_on_a_thread(
+    kv: EmbeddedKV,
+) -> None:
+    """A crash's detection does not wait for every agent's answer: the exit is reported by
+    the poll that reads it while the probe of every member (still waiting at the gate) runs
+    on a thread of its own; a node that probe finds lost is reported by a later poll, once."""
+    prober = GatedProber({2})
+    detector = FailureDetector(kv, lease_timeout_s=60.0, expected_nodes=[0, 1, 2], prober=prober)
+    for node in (0, 1, 2):
+        kv.put(keys.node_key(node), keys.encode({"node": node, "time": time.time()}))
+    assert detector.poll() == [] and prober.probed == []
+    crash = {"node": 1, "rank": 1, "exitcode": -9, "time": time.time(), "attempt": 1}
+    kv.put(keys.exit_key(1, 1), keys.encode(crash))
+    found = detector.poll()
+    assert [(d.kind, d.node, d.detected_by) for d in found] == [("software", 1, "exit")]
+    assert prober.probed == [[0, 1, 2]]
+    assert prober.threads[0] is not threading.current_thread()
+    again = {**crash, "node": 0, "rank": 0}
+    kv.put(keys.exit_key(0, 0), keys.encode(again))
+    assert [(d.node, d.detected_by) for d in detector.poll()] == [(0, "exit")]
+    assert prober.probed == [[0, 1, 2]]  # one probe at a time
+    prober.gate.set()
+    prober.wait_returned()
+    found = detector.poll()
+    assert [(d.kind, d.node, d.detected_by) for d in found] == [("hardware", 2, "probe")]
+    assert detector.expected_nodes == [0, 1]
+    assert detector.poll() == []
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -212,7 +241,8 @@ class GatedProber:
     not answer."""
 
     def __init__(self, lost: set[int]) -> None:
-        self.lost, self.probed, self.gate = lost, [], threading.Event()
+        self.lost, self.gate = lost, threading.Event()
+        self.probed: list[list[int]] = []
         self.threads: list[threading.Thread] = []  # where each probe ran
 
     def __call__(self, nodes: list[int]) -> list[int]:

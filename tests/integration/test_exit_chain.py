@@ -1,0 +1,47 @@
+"""The calibration's timing of a crash's detection along the harness's chain
+(``benchmarks.exit_chain``): real processes, an embedded coordination store, the root's
+detector."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from benchmarks.exit_chain import VERDICT_TIMEOUT_S, ExitChainProbe
+from real.agent.trainer_processes import EXIT_WATCH_S
+
+
+def _children() -> set[int]:
+    """This process's live children (Linux's ``/proc``)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_each_kill_is_timed_to_the_watchers_verdict_and_nothing_is_left() -> None:
+    before = _children()
+    probe = ExitChainProbe()
+    started = _children() - before  # the store and the watcher
+    assert len(started) == 2
+    with probe:
+        deadline = time.monotonic() + 30
+        while len(probe.latencies_s()) < 3 and time.monotonic() < deadline:
+            assert probe.error is None
+            time.sleep(0.05)
+    latencies = probe.latencies_s()
+    assert probe.error is None
+    assert len(latencies) >= 3
+    # Every verdict came from the watcher after its kill, within the probe's bound (the
+    # exit watch alone takes a share of its period).
+    assert all(0 < latency < VERDICT_TIMEOUT_S for latency in latencies)
+    assert max(latencies) > EXIT_WATCH_S / 10
+    assert probe.stop() == latencies  # stopping again changes nothing
+    assert not (_children() - before)  # store, watcher and victims ended
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
