@@ -43,7 +43,8 @@ time); on a given machine those numbers are measured, not guessed. ``gemini-ckpt
       probe_s: 0.0002             # a probe round trip (live and refused)
       exit_notice_s: 0.01         # SIGKILL of a child -> its agent's exit watch sees it
       exit_detection_s: 0.02      # SIGKILL -> the root's verdict, along the harness's chain,
-                                  # beside the ranks as they train (benchmarks.exit_chain)
+                                  # beside the ranks as they train (benchmarks.exit_chain;
+                                  # recorded, not used by the rules)
       state_load_s: 0.05          # loading a copy of the state into model and optimizer
       agent_poll_s: 0.02          # the harness's polling periods (its constants)
       root_poll_s: 0.05
@@ -114,16 +115,19 @@ def recovery_costs(
     CPU a poller waits for and spends once woken; the laws scale it with the host's load), so
     below "agent poll / 2" stands for agent poll / 2 + hop work, "root poll / 2" likewise:
 
-    - ``detection.exit_report_s`` = a crash's detection timed along the harness's own chain
-      beside the calibration's ranks as they train (``exit_detection_s``, the median;
-      ``benchmarks.exit_chain``: a child killed, the agent's exit watch, its record in an
-      embedded coordination store, the root's watch, its detector's read and what it
-      matches an exit against; the laws: exit notice + a constant times the CPU share).
-      Without it (calibrations before 2026-12-06 23:50 UTC): exit notice (the signal's
-      delivery + half the period of the agent's exit watch, ``EXIT_WATCH_S``) + hop work +
-      root poll / 2, where the root had in fact waited on a watch since 2026-12-05 and that
-      half period stood, unknown to the rule, for the probe of every member the root made
-      before it reported a crash (it no longer waits for it: ``real.coord.detector``);
+    - ``detection.exit_report_s`` = exit notice (the signal's delivery + half the period of
+      the agent's exit watch, ``EXIT_WATCH_S``: the agent learns of it from that watch, not
+      from a poll) + hop work + root poll / 2 (until 2026-12-05, when the agents learned of an
+      exit only after the process's teardown, agent poll / 2 + root poll / 2, the agent's
+      half poll standing in for that teardown). The root has waited on a watch since
+      2026-12-05, so no half poll is paid as such: the term stood, unknown to the rule, for
+      the probe of every member the root made before it reported a crash (no longer waited
+      for since 2026-12-06: ``real.coord.detector``) and now stands for the emulated
+      cluster's own load on the chain. ``exit_detection_s`` (a crash timed along the
+      harness's chain beside the calibration's ranks, ``benchmarks.exit_chain``; fitted as a
+      law) is recorded but not used: tried on 2026-12-06 in place of this rule, it
+      under-predicted the whole validation's crash detections by 5-58% (docs/analysis.md,
+      "A crash's detection timed along its chain"), so it was withdrawn;
     - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
       report) + root poll / 2 + probe round trip;
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
@@ -190,10 +194,7 @@ def recovery_costs(
     hop = agent / 2 + root / 2
     out: dict[str, float] = {}
     notice = _number(measurements, "exit_notice_s")
-    chain = _number(measurements, "exit_detection_s")
-    if chain is not None:
-        out["exit_report_s"] = chain
-    elif notice is not None:
+    if notice is not None:
         out["exit_report_s"] = notice + work + root / 2
     failure = _number(measurements, "collective_failure_s")
     probe = _number(measurements, "probe_s")

@@ -28,25 +28,28 @@ import subprocess
 import sys
 import threading
 import time
-from types import TracebackType
 
 from real.coord import keys
 from real.coord.kv import TOKEN_ENV
-from real.runtime.processes import end_with_parent
+from shared.errors import KVError
 
 DETECTED_PREFIX = "calibrate/detected/"
 """Where the watcher writes when it found each exit (``DETECTED_PREFIX<rank>`` = its time)."""
 GAP_S = (0.03, 0.12)
 """The pause before each kill, drawn uniformly: a crash comes at a random phase of the exit
 watch, and the probe stays light beside what it measures."""
-SLEEP = "import time\ntime.sleep(600)"
+VICTIM_S = 30
+"""How long a victim sleeps if nobody kills it: a probe whose process was killed outright
+leaves none for longer. (No ``preexec_fn`` arms a parent-death signal: in a process with
+threads the child can deadlock before it runs the program, and its parent with it.)"""
+SLEEP = f"import time\ntime.sleep({VICTIM_S})"
 """A victim where no ``sleep`` program is found."""
 VERDICT_TIMEOUT_S = 5.0
 """How long one kill may wait for the watcher's verdict before the probe gives up."""
 
 
 class ExitChainProbe:
-    """Kill, notice, report, detect, again and again, until :meth:`stop` (a context manager).
+    """Kill, notice, report, detect, again and again, from :meth:`start` until :meth:`stop`.
 
     ``latencies_s()`` are the seconds from each kill to the watcher's verdict, as the harness
     times a crash from its injection to the root's ``failure_detected``.
@@ -69,13 +72,12 @@ class ExitChainProbe:
         try:
             self._kv = connect_kv(self._server.url, token=self._token)
             env = {**os.environ, TOKEN_ENV: self._token}
-            parent = os.getpid()
+            command = [sys.executable, "-m", "benchmarks.exit_chain", "--watch", self._server.url]
             self._watcher = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.exit_chain", "--watch", self._server.url],
+                [*command, "--parent", str(os.getpid())],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # no terminal's Ctrl-C: it ends when we end it
-                preexec_fn=lambda: end_with_parent(signal.SIGKILL, parent),
             )
         except BaseException:
             self._server.stop()
@@ -113,29 +115,12 @@ class ExitChainProbe:
         self._server.stop()
         return self.latencies_s()
 
-    def __enter__(self) -> ExitChainProbe:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- the agent's side -----------------------------------------------------------------
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         sleeper = shutil.which("sleep")
-        command = [sleeper, "600"] if sleeper else [sys.executable, "-c", SLEEP]
-        parent = os.getpid()
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=lambda: end_with_parent(signal.SIGKILL, parent),
-        )
+        command = [sleeper, str(VICTIM_S)] if sleeper else [sys.executable, "-c", SLEEP]
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _reap(self, kill: bool) -> None:
         with self._lock:
@@ -206,9 +191,10 @@ class ExitChainProbe:
         return None
 
 
-def watch(url: str) -> None:
+def watch(url: str, parent: int | None = None) -> None:
     """The root's side: wait on the store's watch, poll the detector, read what the root
-    matches an exit against, then say when each exit was found (``DETECTED_PREFIX``)."""
+    matches an exit against, then say when each exit was found (``DETECTED_PREFIX``). Ends
+    once ``parent`` is gone or the store is (it ends with the probe's process)."""
     from real.agent import jobkeys
     from real.agent.root import POLL_S, WATCHED
     from real.coord.connect import connect_kv
@@ -216,21 +202,25 @@ def watch(url: str) -> None:
 
     kv = connect_kv(url)
     detector = FailureDetector(kv, lease_timeout_s=3600.0, poll_s=POLL_S)
-    cursor, _ = kv.watch(WATCHED, None, 0.0)
-    while True:
-        cursor, _ = kv.watch(WATCHED, cursor, POLL_S)
-        for detection in detector.poll():
-            # ``RootAgent._match``: the injected failures, less those handled.
-            jobkeys.read_prefix(kv, jobkeys.HANDLED_PREFIX)
-            jobkeys.read_prefix(kv, jobkeys.FAILURES_PREFIX)
-            kv.put(f"{DETECTED_PREFIX}{detection.rank}", repr(time.time()).encode())
+    try:
+        cursor, _ = kv.watch(WATCHED, None, 0.0)
+        while parent is None or os.getppid() == parent:
+            cursor, _ = kv.watch(WATCHED, cursor, POLL_S)
+            for detection in detector.poll():
+                # ``RootAgent._match``: the injected failures, less those handled.
+                jobkeys.read_prefix(kv, jobkeys.HANDLED_PREFIX)
+                jobkeys.read_prefix(kv, jobkeys.FAILURES_PREFIX)
+                kv.put(f"{DETECTED_PREFIX}{detection.rank}", repr(time.time()).encode())
+    except KVError:
+        return  # the store ended: so did the probe
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--watch", metavar="URL", required=True, help="the store to watch")
+    parser.add_argument("--parent", type=int, help="end once this process is gone")
     args = parser.parse_args(argv)
-    watch(args.watch)
+    watch(args.watch, args.parent)
     return 0
 
 

@@ -30,12 +30,14 @@ def test_each_kill_is_timed_to_the_watchers_verdict_and_nothing_is_left() -> Non
     probe = ExitChainProbe()
     started = _children() - before  # the store and the watcher
     assert len(started) == 2
-    with probe:
+    try:
+        probe.start()
         deadline = time.monotonic() + 30
         while len(probe.latencies_s()) < 3 and time.monotonic() < deadline:
             assert probe.error is None
             time.sleep(0.05)
-    latencies = probe.latencies_s()
+    finally:
+        latencies = probe.stop()
     assert probe.error is None
     assert len(latencies) >= 3
     # Every verdict came from the watcher after its kill, within the probe's bound (the

@@ -177,13 +177,13 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     assert "training.iteration_time_s=0.3" in overrides
 
 
-def test_a_crash_timed_along_the_harness_chain_sets_its_detection() -> None:
-    """Where the calibration timed crashes along the harness's chain beside its ranks, that
-    is the detection; the older rule (notice + root poll / 2) only without it."""
+def test_a_crash_timed_along_the_harness_chain_is_recorded_not_used() -> None:
+    """Tried and withdrawn on 2026-12-06 (it under-predicted the validation's crashes): the
+    chain timed beside the ranks does not set the detection; the rule does."""
     timed = {**MICRO, "exit_detection_s": 0.021}
     scenario = load_scenario(REPO / "scenarios" / "quickstart.yaml", calibration_overrides(timed))
-    assert scenario.detection.exit_report_s == pytest.approx(0.021)
-    assert recovery_costs(MICRO)["exit_report_s"] == pytest.approx(0.01 + 0.025)
+    assert scenario.detection.exit_report_s == pytest.approx(0.01 + 0.025)
+    assert recovery_costs(timed) == recovery_costs(MICRO)
 
 
 def test_geminis_iteration_carries_its_checkpoints_the_baselines_does_not() -> None:
@@ -511,8 +511,7 @@ def test_law_overrides_set_the_recovery_costs_by_the_micro_rules() -> None:
     scenario = load_scenario(path)
     costs = law_costs(calibration["measurements"]["laws"], scenario)  # type: ignore[index]
     calibrated = load_scenario(path, scenario_overrides(calibration, scenario))
-    # The crash's chain timed beside the reference ranks: the notice + 4 ms x the share of 2.
-    assert calibrated.detection.exit_report_s == pytest.approx(0.002 + 0.004 * 2)
+    assert calibrated.detection.exit_report_s == pytest.approx(0.002 + 0.025)  # root's half
     assert calibrated.recovery.stop_s == pytest.approx(0.025 + 0.01)
     restart = 0.025 + max(costs["spare_join_s"], costs["rejoin_s"])
     assert calibrated.recovery.restart_s == pytest.approx(restart, rel=1e-5)
