@@ -1332,10 +1332,11 @@ def measure_recovery(
     # the background (``recovery.spare_background_share``), and crashes are detected along
     # the harness's chain beside them (``exit_detection_s``: ``benchmarks.exit_chain``).
     probe = BackgroundProbe()
-    chain = ExitChainProbe()
+    chain: ExitChainProbe | None = None
     background_share: float | None = None
     detections: list[float] = []
     try:
+        chain = ExitChainProbe()
         with _forked_ranks(
             _recovery_rank_main,
             ranks,
@@ -1358,8 +1359,9 @@ def measure_recovery(
                         detections = chain.stop()
     finally:
         probe.close()
-        chain.stop()
-    if chain.error is not None:
+        if chain is not None:
+            chain.stop()
+    if chain is not None and chain.error is not None:
         raise RuntimeError(f"timing a crash's detection failed: {chain.error}") from chain.error
     timed = [r for r in reports if "iteration_s" in r]
     progress(f"{SPARE_ROUNDS - 1} more spares' joins on {ranks} ranks")
