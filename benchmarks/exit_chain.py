@@ -35,6 +35,8 @@ from shared.errors import KVError
 
 DETECTED_PREFIX = "calibrate/detected/"
 """Where the watcher writes when it found each exit (``DETECTED_PREFIX<rank>`` = its time)."""
+READY_KEY = "calibrate/watching"
+"""The watcher writes it once it waits on the store: no kill comes before."""
 GAP_S = (0.03, 0.12)
 """The pause before each kill, drawn uniformly: a crash comes at a random phase of the exit
 watch, and the probe stays light beside what it measures."""
@@ -44,8 +46,9 @@ leaves none for longer. (No ``preexec_fn`` arms a parent-death signal: in a proc
 threads the child can deadlock before it runs the program, and its parent with it.)"""
 SLEEP = f"import time\ntime.sleep({VICTIM_S})"
 """A victim where no ``sleep`` program is found."""
-VERDICT_TIMEOUT_S = 5.0
-"""How long one kill may wait for the watcher's verdict before the probe gives up."""
+VERDICT_TIMEOUT_S = 30.0
+"""How long the watcher may take to start, and one kill to get its verdict, before the probe
+gives up (``error``): on a loaded host a Python process's start alone can take seconds."""
 
 
 class ExitChainProbe:
@@ -146,6 +149,12 @@ class ExitChainProbe:
         kills, one at a time, each waiting for its verdict."""
         rank = 0
         try:
+            if not self._wait_for(READY_KEY):
+                if not self._stop.is_set():
+                    raise RuntimeError(
+                        f"the watcher did not start within {VERDICT_TIMEOUT_S:.0f} s"
+                    )
+                return
             while not self._stop.is_set():
                 victim = self._spawn()
                 self._noticed.clear()
@@ -167,7 +176,7 @@ class ExitChainProbe:
                     "slot": 0,
                 }
                 self._kv.put(keys.exit_key(0, rank), keys.encode(value))
-                detected = self._verdict(rank)
+                detected = self._wait_for(f"{DETECTED_PREFIX}{rank}")
                 if detected is None:
                     raise RuntimeError(
                         f"the watcher found no exit record within {VERDICT_TIMEOUT_S:.0f} s"
@@ -180,14 +189,16 @@ class ExitChainProbe:
         except BaseException as error:  # reported by the caller (``error``), never silent
             self.error = error
 
-    def _verdict(self, rank: int) -> float | None:
+    def _wait_for(self, key: str) -> float | None:
+        """The time the watcher wrote under ``key``; None after ``VERDICT_TIMEOUT_S`` or once
+        the probe is stopped."""
         deadline = time.monotonic() + VERDICT_TIMEOUT_S
-        cursor, _ = self._kv.watch([DETECTED_PREFIX], None, 0.0)
+        cursor, _ = self._kv.watch([key], None, 0.0)
         while time.monotonic() < deadline and not self._stop.is_set():
-            raw = self._kv.get(f"{DETECTED_PREFIX}{rank}")
+            raw = self._kv.get(key)
             if raw is not None:
                 return float(raw.decode())
-            cursor, _ = self._kv.watch([DETECTED_PREFIX], cursor, 0.5)
+            cursor, _ = self._kv.watch([key], cursor, 0.5)
         return None
 
 
@@ -204,6 +215,7 @@ def watch(url: str, parent: int | None = None) -> None:
     detector = FailureDetector(kv, lease_timeout_s=3600.0, poll_s=POLL_S)
     try:
         cursor, _ = kv.watch(WATCHED, None, 0.0)
+        kv.put(READY_KEY, repr(time.time()).encode())
         while parent is None or os.getppid() == parent:
             cursor, _ = kv.watch(WATCHED, cursor, POLL_S)
             for detection in detector.poll():
