@@ -178,6 +178,8 @@ class ExitChainProbe:
                 self._kv.put(keys.exit_key(0, rank), keys.encode(value))
                 detected = self._wait_for(f"{DETECTED_PREFIX}{rank}")
                 if detected is None:
+                    if self._stop.is_set():
+                        return  # stopped while it waited: no verdict was missed
                     raise RuntimeError(
                         f"the watcher found no exit record within {VERDICT_TIMEOUT_S:.0f} s"
                     )

@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from benchmarks.exit_chain import VERDICT_TIMEOUT_S, ExitChainProbe
 from real.agent.trainer_processes import EXIT_WATCH_S
+from real.coord import keys
 
 
 def _children() -> set[int]:
@@ -47,3 +51,29 @@ def test_each_kill_is_timed_to_the_watchers_verdict_and_nothing_is_left() -> Non
     assert probe.stop() == latencies  # stopping again changes nothing
     assert not (_children() - before)  # store, watcher and victims ended
     assert not any(Path(f"/proc/{pid}").exists() for pid in started)
+
+
+def test_a_probe_stopped_while_it_waits_for_a_verdict_reports_no_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped right after it wrote an exit record, the probe waits for no verdict and
+    reports no error: a stop is not a verdict that never came (a calibration once took it
+    for one and failed)."""
+    probe = ExitChainProbe()
+    put = probe._kv.put
+
+    def put_then_stop(key: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        put(key, value, *args, **kwargs)
+        if key.startswith(keys.EXITS_PREFIX):
+            probe._stop.set()
+
+    monkeypatch.setattr(probe._kv, "put", put_then_stop)
+    try:
+        probe.start()
+        deadline = time.monotonic() + 30
+        while not probe._stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert probe._stop.is_set(), "no exit record was written"
+    finally:
+        probe.stop()
+    assert probe.error is None
