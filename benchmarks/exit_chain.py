@@ -101,10 +101,9 @@ class ExitChainProbe:
             return list(self._latencies)
 
     def stop(self) -> list[float]:
-        """End the probe and everything it started (once; again: nothing more); the
-        latencies measured."""
-        if self._stop.is_set():
-            return self.latencies_s()
+        """End the probe and everything it started; the latencies measured. Idempotent: a
+        second call, or a call after the probe's loop already saw a stop, ends whatever is
+        still running and nothing more."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=VERDICT_TIMEOUT_S + 1.0)

@@ -58,7 +58,8 @@ def test_a_probe_stopped_while_it_waits_for_a_verdict_reports_no_error(
 ) -> None:
     """Stopped right after it wrote an exit record, the probe waits for no verdict and
     reports no error: a stop is not a verdict that never came (a calibration once took it
-    for one and failed)."""
+    for one and failed); and its stop still ends the store and the watcher it started."""
+    before = _children()
     probe = ExitChainProbe()
     put = probe._kv.put
 
@@ -77,3 +78,4 @@ def test_a_probe_stopped_while_it_waits_for_a_verdict_reports_no_error(
     finally:
         probe.stop()
     assert probe.error is None
+    assert not (_children() - before)  # the stop ended the store and the watcher

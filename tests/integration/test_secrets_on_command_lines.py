@@ -3,6 +3,9 @@
 A short run (2 nodes x 1 rank, embedded coordination store, persistence on) is watched while it
 trains: every process descending from the test (the coordination store, the agents, their
 node stores and trainers) is read from ``/proc/<pid>/cmdline`` and ``/proc/<pid>/environ``.
+A process that was already there when the run started is not the run's: in a whole test session
+an earlier test's process, with a secret of its own, may still be there (a leak, which that
+test's own checks must catch, not this one).
 The secret must reach them (it is in their environment) and must appear on no command line,
 nor any secret derived from it. The launcher's own environment is restored after the run.
 """
@@ -37,24 +40,29 @@ SCENARIO: dict[str, Any] = {
 }
 
 
-def _descendants(root: int) -> dict[int, tuple[bytes, bytes]]:
-    """{pid: (cmdline, environ)} of every live process below ``root``."""
-    parents: dict[int, int] = {}
+Process = tuple[int, int]
+"""(pid, start time in clock ticks since boot): a process, even once its pid is reused."""
+
+
+def _descendants(root: int) -> dict[Process, tuple[bytes, bytes]]:
+    """{(pid, start): (cmdline, environ)} of every live process below ``root``."""
+    parents: dict[Process, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[(int(entry.name), int(fields[19]))] = int(fields[1])
             except (OSError, ValueError, IndexError):
                 continue
-    found: dict[int, tuple[bytes, bytes]] = {}
+    found: dict[Process, tuple[bytes, bytes]] = {}
     frontier = [root]
     while frontier:
         parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
+        for process, ppid in parents.items():
+            pid = process[0]
+            if ppid == parent and process not in found:
                 try:
-                    found[pid] = (
+                    found[process] = (
                         Path(f"/proc/{pid}/cmdline").read_bytes(),
                         Path(f"/proc/{pid}/environ").read_bytes(),
                     )
@@ -67,12 +75,14 @@ def _descendants(root: int) -> dict[int, tuple[bytes, bytes]]:
 def test_no_secret_on_the_command_line_of_any_process_of_a_run(tmp_path: Path) -> None:
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(SCENARIO))
-    seen: dict[int, tuple[bytes, bytes]] = {}
+    seen: dict[Process, tuple[bytes, bytes]] = {}
     done = threading.Event()
+    earlier = set(_descendants(os.getpid()))
 
     def watch() -> None:
         while not done.wait(0.1):
-            seen.update(_descendants(os.getpid()))
+            found = _descendants(os.getpid())
+            seen.update((process, found[process]) for process in found.keys() - earlier)
 
     watcher = threading.Thread(target=watch, daemon=True)
     outer = os.environ.get("GEMINI_TOKEN")
@@ -85,12 +95,16 @@ def test_no_secret_on_the_command_line_of_any_process_of_a_run(tmp_path: Path) -
     assert os.environ.get("GEMINI_TOKEN") == outer
     assert result.summary.extra.get("final_digest")
 
-    tokens = {
-        environ.split(b"GEMINI_TOKEN=", 1)[1].split(b"\0", 1)[0]
-        for _, environ in seen.values()
-        if b"GEMINI_TOKEN=" in environ
-    }
-    assert len(tokens) == 1, f"one job secret expected, saw {len(tokens)}"
+    holders: dict[bytes, list[str]] = {}
+    for (pid, _), (cmdline, environ) in sorted(seen.items()):
+        if b"GEMINI_TOKEN=" in environ:
+            token = environ.split(b"GEMINI_TOKEN=", 1)[1].split(b"\0", 1)[0]
+            readable = cmdline.replace(b"\0", b" ").decode(errors="replace")[:160]
+            holders.setdefault(token, []).append(f"pid {pid}: {readable}")
+    tokens = set(holders)
+    assert len(tokens) == 1, "one job secret expected, saw these holders of each:\n" + "\n".join(
+        f"{token[:6]!r}...: " + "; ".join(pids) for token, pids in holders.items()
+    )
     token = tokens.pop()
     secrets = [
         token,
@@ -106,7 +120,7 @@ def test_no_secret_on_the_command_line_of_any_process_of_a_run(tmp_path: Path) -
     }
     # Every kind of process the run starts was seen, and it had the secret in its environment.
     assert kinds == {b"real.coord.kvserver", b"real.agent", b"real.engine.store", b"trainer"}
-    for pid, (cmdline, environ) in seen.items():
+    for (pid, _), (cmdline, environ) in seen.items():
         readable = cmdline.replace(b"\0", b" ").decode(errors="replace")
         for secret in secrets:
             assert secret not in cmdline, f"pid {pid} has a secret on its command line: {readable}"
