@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -30,6 +33,43 @@ def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
         yield
+
+
+LEFT_PROCESS_GRACE_S = 15.0
+"""How long a module's processes may take to end after its last test and fixtures: a process
+that ends when its owner or its store is gone notices within a poll."""
+
+
+def _live_descendants() -> dict[tuple[int, float], str]:
+    """{(pid, start time): command line} of every process below this one that still runs
+    (a zombie has ended; only its exit status waits to be read)."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found[(child.pid, child.create_time())] = " ".join(child.cmdline())[:200]
+    return found
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_process_outlives_its_module() -> Iterator[None]:
+    """Every process a test module starts (its tests' and its fixtures') has ended by the time
+    the module is done. One left running is killed, and the module fails, naming it: a process
+    of a test that ran on had once kept its secret in a later test's view (the probe's stop
+    in ``benchmarks.exit_chain``)."""
+    before = _live_descendants()
+    yield
+    deadline = time.monotonic() + LEFT_PROCESS_GRACE_S
+    left = {k: v for k, v in _live_descendants().items() if k not in before}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = {k: v for k, v in _live_descendants().items() if k not in before}
+    for pid, _ in left:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    assert not left, "processes this module started still ran after it (killed now): " + "; ".join(
+        f"pid {pid}: {command}" for (pid, _), command in sorted(left.items())
+    )
 
 
 @pytest.fixture
