@@ -25,6 +25,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # 17-32 s; its refusals below stay in the default run
 def test_bench_engine_measures_training_and_the_model_memory() -> None:
     small = ["--size-mb", "4", "--repeats", "1", "--models", "tiny", "--iterations", "8"]
     done = bench(*small, "--training-repeats", "1", "--nodes", "2", "--ranks-per-node", "1")

@@ -433,6 +433,10 @@ def test_summary_reports_memory_and_step_time(node_failures: RealResult) -> None
     assert 0 < summary.iteration_time_no_ckpt_s <= summary.iteration_time_s
 
 
+# Slow (42-50 s): etcd's election, leases and watches are in the default run already
+# (tests/integration/test_coord_kv.py, test_etcd_watch.py), a root's failure on the embedded store
+# too (test_node_failures_recover_bitwise).
+@pytest.mark.slow
 def test_etcd_store_recovers_a_root_failure(runs_dir: Path, reference: dict[str, Any]) -> None:
     """``real.store: etcd`` (local mode): election, leases and recovery over etcd."""
     from real.coord.etcd_server import etcd_binary
@@ -538,6 +542,10 @@ def _stored_iterations(store: Path) -> list[int]:
     return [int(entry["iteration"]) for entry in index["complete"]]
 
 
+# Slow (92-142 s): a restore from persistent storage is in the default run already, in one
+# process (tests/integration/test_one_process.py) and on every rank of a group
+# (test_baseline.py); this is the cluster's resubmission with --resume.
+@pytest.mark.slow
 def test_a_job_submitted_again_resumes_from_storage(
     runs_dir: Path, reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
