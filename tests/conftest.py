@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from hypothesis import HealthCheck, settings
+from running import live_descendants
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "scenarios"
@@ -40,35 +41,32 @@ LEFT_PROCESS_GRACE_S = 15.0
 that ends when its owner or its store is gone notices within a poll."""
 
 
-def _live_descendants() -> dict[tuple[int, float], str]:
-    """{(pid, start time): command line} of every process below this one that still runs
-    (a zombie has ended; only its exit status waits to be read)."""
-    found = {}
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE:
-                found[(child.pid, child.create_time())] = " ".join(child.cmdline())[:200]
-    return found
+def _command(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())[:200]
+    except psutil.Error:
+        return "(ended)"
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_process_outlives_its_module() -> Iterator[None]:
     """Every process a test module starts (its tests' and its fixtures') has ended by the time
-    the module is done. One left running is killed, and the module fails, naming it: a process
-    of a test that ran on had once kept its secret in a later test's view (the probe's stop
-    in ``benchmarks.exit_chain``)."""
-    before = _live_descendants()
+    the module is done. One left running is killed, and the module fails, naming it: once, an
+    earlier test's process ran on and a later test saw its secret as a second one (the probe's
+    stop in ``benchmarks.exit_chain``)."""
+    before = live_descendants().keys()
     yield
     deadline = time.monotonic() + LEFT_PROCESS_GRACE_S
-    left = {k: v for k, v in _live_descendants().items() if k not in before}
+    left = {k: p for k, p in live_descendants().items() if k not in before}
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = {k: v for k, v in _live_descendants().items() if k not in before}
-    for pid, _ in left:
+        left = {k: p for k, p in live_descendants().items() if k not in before}
+    commands = {pid: _command(process) for (pid, _), process in sorted(left.items())}
+    for process in left.values():
         with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
+            process.kill()  # psutil refuses a pid that another process took meanwhile
     assert not left, "processes this module started still ran after it (killed now): " + "; ".join(
-        f"pid {pid}: {command}" for (pid, _), command in sorted(left.items())
+        f"pid {pid}: {command}" for pid, command in commands.items()
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from real.agent.trainer_processes import TrainerPool, TrainerSpec
 from real.runtime.processes import free_port, stop_process
@@ -136,3 +139,15 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return "State:\tZ" not in status
+
+
+def live_descendants() -> dict[tuple[int, float], psutil.Process]:
+    """{(pid, start time): process} of every process below this one that still runs (a zombie
+    has ended; only its exit status waits to be read). A pid may be reused; a pid and its start
+    time name one process."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found[(child.pid, child.create_time())] = child
+    return found

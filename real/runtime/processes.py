@@ -41,7 +41,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+def stop_process(process: subprocess.Popen[Any], timeout_s: float) -> int | None:
     """SIGTERM, wait up to ``timeout_s``, then SIGKILL and wait again; the exit code."""
     if process.poll() is None:
         process.terminate()

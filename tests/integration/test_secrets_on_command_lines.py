@@ -12,14 +12,17 @@ nor any secret derived from it. The launcher's own environment is restored after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
+from running import live_descendants
 
 from real.coord.etcd_kv import derived_password
 from real.launcher.netns import storage_secret
@@ -40,49 +43,21 @@ SCENARIO: dict[str, Any] = {
 }
 
 
-Process = tuple[int, int]
-"""(pid, start time in clock ticks since boot): a process, even once its pid is reused."""
-
-
-def _descendants(root: int) -> dict[Process, tuple[bytes, bytes]]:
-    """{(pid, start): (cmdline, environ)} of every live process below ``root``."""
-    parents: dict[Process, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                parents[(int(entry.name), int(fields[19]))] = int(fields[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found: dict[Process, tuple[bytes, bytes]] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for process, ppid in parents.items():
-            pid = process[0]
-            if ppid == parent and process not in found:
-                try:
-                    found[process] = (
-                        Path(f"/proc/{pid}/cmdline").read_bytes(),
-                        Path(f"/proc/{pid}/environ").read_bytes(),
-                    )
-                except OSError:
-                    continue
-                frontier.append(pid)
-    return found
-
-
 def test_no_secret_on_the_command_line_of_any_process_of_a_run(tmp_path: Path) -> None:
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(SCENARIO))
-    seen: dict[Process, tuple[bytes, bytes]] = {}
+    # {(pid, start time): (command line, environment)}, read again at every look: a child seen
+    # between its fork and its exec still shows its parent's.
+    seen: dict[tuple[int, float], tuple[str, dict[str, str]]] = {}
     done = threading.Event()
-    earlier = set(_descendants(os.getpid()))
+    earlier = live_descendants().keys()
 
     def watch() -> None:
         while not done.wait(0.1):
-            found = _descendants(os.getpid())
-            seen.update((process, found[process]) for process in found.keys() - earlier)
+            for key, process in live_descendants().items():
+                if key not in earlier:
+                    with contextlib.suppress(psutil.Error):
+                        seen[key] = (" ".join(process.cmdline()), process.environ())
 
     watcher = threading.Thread(target=watch, daemon=True)
     outer = os.environ.get("GEMINI_TOKEN")
@@ -95,37 +70,24 @@ def test_no_secret_on_the_command_line_of_any_process_of_a_run(tmp_path: Path) -
     assert os.environ.get("GEMINI_TOKEN") == outer
     assert result.summary.extra.get("final_digest")
 
-    holders: dict[bytes, list[str]] = {}
+    holders: dict[str, list[str]] = {}
     for (pid, _), (cmdline, environ) in sorted(seen.items()):
-        if b"GEMINI_TOKEN=" in environ:
-            token = environ.split(b"GEMINI_TOKEN=", 1)[1].split(b"\0", 1)[0]
-            readable = cmdline.replace(b"\0", b" ").decode(errors="replace")[:160]
-            holders.setdefault(token, []).append(f"pid {pid}: {readable}")
-    tokens = set(holders)
-    assert len(tokens) == 1, "one job secret expected, saw these holders of each:\n" + "\n".join(
-        f"{token[:6]!r}...: " + "; ".join(pids) for token, pids in holders.items()
+        if "GEMINI_TOKEN" in environ:
+            holders.setdefault(environ["GEMINI_TOKEN"], []).append(f"pid {pid}: {cmdline[:160]}")
+    assert len(holders) == 1, "one job secret expected, saw these holders of each:\n" + "\n".join(
+        f"{token[:6]}...: " + "; ".join(pids) for token, pids in holders.items()
     )
-    token = tokens.pop()
-    secrets = [
-        token,
-        token[:16],
-        derived_password(token.decode()).encode(),
-        storage_secret(token.decode()).encode(),
-    ]
-    kinds = {
-        kind
-        for cmdline, _ in seen.values()
-        for kind in (b"real.coord.kvserver", b"real.agent", b"real.engine.store", b"trainer")
-        if kind in cmdline
-    }
+    (token,) = holders
+    secrets = [token, token[:16], derived_password(token), storage_secret(token)]
+    names = ("real.coord.kvserver", "real.agent", "real.engine.store", "trainer")
+    kinds = {kind for cmdline, _ in seen.values() for kind in names if kind in cmdline}
     # Every kind of process the run starts was seen, and it had the secret in its environment.
-    assert kinds == {b"real.coord.kvserver", b"real.agent", b"real.engine.store", b"trainer"}
+    assert kinds == set(names)
     for (pid, _), (cmdline, environ) in seen.items():
-        readable = cmdline.replace(b"\0", b" ").decode(errors="replace")
         for secret in secrets:
-            assert secret not in cmdline, f"pid {pid} has a secret on its command line: {readable}"
+            assert secret not in cmdline, f"pid {pid} has a secret on its command line: {cmdline}"
         if any(kind in cmdline for kind in kinds):
-            assert b"GEMINI_TOKEN=" + token in environ, f"pid {pid} lacks the job secret"
+            assert environ.get("GEMINI_TOKEN") == token, f"pid {pid} lacks the job secret"
     # The persistent tier's metadata is vouched for by the job's secret.
     tier = tmp_path / "run" / "persistent"
     sidecars = list(tier.glob("iter_*/.metadata.hmac"))
