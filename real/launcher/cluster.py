@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,11 +247,14 @@ class LocalCluster:
         """A hardware failure: every process of the node at once, then its shared memory."""
         self.kill_nodes([node_id])
 
-    def kill_nodes(self, node_ids: Sequence[int]) -> None:
+    def kill_nodes(
+        self, node_ids: Sequence[int], signalled: Callable[[], None] | None = None
+    ) -> None:
         """Several nodes lost at once: every process of every one of them is killed before
         any is reaped (an agent takes tens of milliseconds to exit; nodes killed one after
         another would fail that much apart, and the survivors could find the first lost while
-        the next still answered), then their shared memory is removed."""
+        the next still answered), then their shared memory is removed. ``signalled`` is
+        called once every process has its SIGKILL, before the reaping."""
         agents = {n: self.agents.get(n) for n in node_ids}
         for node_id, agent in agents.items():
             if agent is not None:
@@ -259,6 +262,8 @@ class LocalCluster:
                     os.killpg(agent.pid, signal.SIGKILL)  # the agent and its store
             for pid in self._trainer_pids(node_id):
                 self._kill_trainer_group(pid, signal.SIGKILL)
+        if signalled is not None:
+            signalled()
         for node_id, agent in agents.items():
             if agent is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -4,7 +4,8 @@ It fires each failure of the scenario's schedule in order, when its trigger come
 
 - ``at_iteration: N``: once every rank has ended iteration N, or, when N is checkpointed,
   captured it (``ckpt_captured``: the copy done, its replication not started; read from the
-  event files). Every rank holds at its save of N until the failure is performed (``_arm``;
+  event files). Every rank holds at its save of N until the failure is performed (for lost
+  nodes: until their processes have their SIGKILL, before their reaping) (``_arm``;
   ``real.trainer.inject.hold_point``): a small state replicates within milliseconds of its
   capture, faster than this thread sees the event, and a rank not held would begin N + 1;
 - ``at_time_s: T``: T seconds after training began (the first iteration's start, where the
@@ -41,7 +42,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,11 +129,9 @@ class FailureInjector:
                 try:
                     if not self._wait_trigger(index, failure, tuple(holds)):
                         return
-                    self.inject(index, failure, held=bool(holds))
+                    self.inject(index, failure, holds=holds)
                 finally:
-                    for path in holds.values():  # performed (or given up): the ranks go on
-                        path.unlink(missing_ok=True)
-                        held_path(path).unlink(missing_ok=True)
+                    _release(holds)  # performed (or given up): the ranks go on
         except BaseException as error:  # reported by the launcher
             log.exception("failure injector stopped")
             self.errors.append(error)
@@ -241,10 +240,15 @@ class FailureInjector:
 
     # -- performing -------------------------------------------------------------------------
 
-    def inject(self, index: int, failure: ScheduledFailure, held: bool = False) -> Injected:
-        """Record and perform one failure now; ``held``: every rank holds at the end of
+    def inject(
+        self, index: int, failure: ScheduledFailure, holds: Mapping[int, Path] | None = None
+    ) -> Injected:
+        """Record and perform one failure now; ``holds``: every rank holds at the end of
         ``failure.at_iteration`` (``_arm``), so that iteration is the one reached, and nothing
-        of the next has begun."""
+        of the next has begun. The ranks go on as soon as the failure has struck: for lost
+        nodes once their processes are signalled, before the cluster reaps them and removes
+        their memory (tens of milliseconds that no real node's loss makes its peers wait)."""
+        held = bool(holds)
         cluster = self.cluster
         kind = failure.kind
         target, members = self._resolve(failure)
@@ -297,12 +301,19 @@ class FailureInjector:
             for node_id in node_ids:
                 cluster.partition_node(node_id)  # type: ignore[attr-defined]
         else:  # every node of the failure at once
-            cluster.kill_nodes(node_ids)  # type: ignore[attr-defined]
+            cluster.kill_nodes(node_ids, signalled=lambda: _release(holds or {}))  # type: ignore[attr-defined]
         log.warning("injected failure %d: %s of slots %s (nodes %s)", index, kind, slots, node_ids)
         done = Injected(index, kind, tuple(slots), tuple(node_ids), event.time_s, attempt)
         with self._lock:
             self.injected.append(done)
         return done
+
+
+def _release(holds: Mapping[int, Path]) -> None:
+    """Let the ranks held at a failure's iteration go on (again: nothing more)."""
+    for path in holds.values():
+        path.unlink(missing_ok=True)
+        held_path(path).unlink(missing_ok=True)
 
 
 def chaos_schedule(

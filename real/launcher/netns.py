@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from real.launcher.cluster import LocalCluster
@@ -303,10 +303,12 @@ class NetnsCluster(LocalCluster):
 
     # -- failures ---------------------------------------------------------------------------
 
-    def kill_nodes(self, node_ids: Sequence[int]) -> None:
+    def kill_nodes(
+        self, node_ids: Sequence[int], signalled: Callable[[], None] | None = None
+    ) -> None:
         for node_id in node_ids:  # every link first: no packet leaves a lost node
             self.link_down(node_id)
-        super().kill_nodes(node_ids)
+        super().kill_nodes(node_ids, signalled)
 
     def partition_node(self, node_id: int) -> None:
         """The node's link goes down; its processes live on until fenced."""
