@@ -4,35 +4,21 @@ detector."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from running import live_descendants
 
 from benchmarks.exit_chain import VERDICT_TIMEOUT_S, ExitChainProbe
 from real.agent.trainer_processes import EXIT_WATCH_S
 from real.coord import keys
 
 
-def _children() -> set[int]:
-    """This process's live children (Linux's ``/proc``)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
 def test_each_kill_is_timed_to_the_watchers_verdict_and_nothing_is_left() -> None:
-    before = _children()
+    before = live_descendants().keys()
     probe = ExitChainProbe()
-    started = _children() - before  # the store and the watcher
+    started = live_descendants().keys() - before  # the store and the watcher
     assert len(started) == 2
     try:
         probe.start()
@@ -49,8 +35,8 @@ def test_each_kill_is_timed_to_the_watchers_verdict_and_nothing_is_left() -> Non
     assert all(0 < latency < VERDICT_TIMEOUT_S for latency in latencies)
     assert max(latencies) > EXIT_WATCH_S / 10
     assert probe.stop() == latencies  # stopping again changes nothing
-    assert not (_children() - before)  # store, watcher and victims ended
-    assert not any(Path(f"/proc/{pid}").exists() for pid in started)
+    assert not (live_descendants().keys() - before)  # store, watcher and victims ended
+    assert not (live_descendants().keys() & started)
 
 
 def test_a_probe_stopped_while_it_waits_for_a_verdict_reports_no_error(
@@ -59,7 +45,7 @@ def test_a_probe_stopped_while_it_waits_for_a_verdict_reports_no_error(
     """Stopped right after it wrote an exit record, the probe waits for no verdict and
     reports no error: a stop is not a verdict that never came (a calibration once took it
     for one and failed); and its stop still ends the store and the watcher it started."""
-    before = _children()
+    before = live_descendants().keys()
     probe = ExitChainProbe()
     put = probe._kv.put
 
@@ -78,4 +64,4 @@ def test_a_probe_stopped_while_it_waits_for_a_verdict_reports_no_error(
     finally:
         probe.stop()
     assert probe.error is None
-    assert not (_children() - before)  # the stop ended the store and the watcher
+    assert not (live_descendants().keys() - before)  # the stop ended the store and the watcher
