@@ -128,8 +128,18 @@ def recovery_costs(
       law) is recorded but not used: tried on 2026-12-06 in place of this rule, it
       under-predicted the whole validation's crash detections by 5-58% (docs/analysis.md,
       "A crash's detection timed along its chain"), so it was withdrawn;
-    - ``detection.probe_detection_s`` = collective failure + agent poll / 2 (the trainer's
-      report) + root poll / 2 + probe round trip;
+    - ``detection.collective_failure_s`` = collective failure: a peer vanishes while the
+      survivors wait inside an all-reduce, until the first one raises (the simulator waits
+      for the later of this and the survivors' wait on their next collective's result);
+    - ``detection.probe_detection_s`` = 2 x hop work (the trainer's report to its agent, the
+      agent's suspect record to the root) + probe round trip. Until 2026-12-07 it was
+      collective failure + agent poll / 2 + root poll / 2 + probe, with the simulator waiting
+      only until the survivors' next collective began: a lost node traced along the
+      harness's chain showed the half polls phantom (the agent and the root wake on a socket
+      and a watch: 5-9 ms from the trainer's report to the verdict) and the survivors raising
+      only once their backward ended (DDP waits on its all-reduces there), 104-144 ms after
+      the loss, where the rule gave 85 ms (docs/analysis.md, "A lost node's detection
+      traced"); changed after seeing those misses;
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
       still in its step, too) + closing the checkpoint engine (``engine_close_s``, when
       measured; not for the baseline) + park: the root reads the acknowledgements on its
@@ -191,7 +201,6 @@ def recovery_costs(
     work = _number(measurements, "hop_work_s") or 0.0
     agent = (_number(measurements, "agent_poll_s") or 0.0) + 2 * work
     root = (_number(measurements, "root_poll_s") or 0.0) + 2 * work
-    hop = agent / 2 + root / 2
     out: dict[str, float] = {}
     notice = _number(measurements, "exit_notice_s")
     if notice is not None:
@@ -199,7 +208,8 @@ def recovery_costs(
     failure = _number(measurements, "collective_failure_s")
     probe = _number(measurements, "probe_s")
     if failure is not None:
-        out["probe_detection_s"] = failure + hop + (probe or 0.0)
+        out["collective_failure_s"] = failure
+        out["probe_detection_s"] = 2 * work + (probe or 0.0)
     engine = strategy != "persistent"  # the baseline's trainers have no in-memory engine
     park = _number(measurements, "park_s")
     if park is not None:
@@ -246,6 +256,7 @@ def recovery_costs(
 
 MICRO_FIELDS = {
     "exit_report_s": "detection.exit_report_s",
+    "collective_failure_s": "detection.collective_failure_s",
     "probe_detection_s": "detection.probe_detection_s",
     "stop_s": "recovery.stop_s",
     "stop_parked_s": "recovery.stop_parked_s",
@@ -281,8 +292,11 @@ def calibration_overrides(calibration: Mapping[str, Any], strategy: str | None =
     Micro-measurements of an in-process recovery (``gemini-ckpt run``'s own calibration) set
     what they measure by ``recovery_costs``, unless the same cost was measured by runs. With
     ``strategy`` ``gemini`` the micro-benchmark's iteration with a checkpoint each
-    (``engine_iteration_s``) stands for the iteration, its phases stretched alike (the laws'
-    rule); without one, or for the baseline, the iteration without checkpoints.
+    (``engine_iteration_s``) stands for the iteration: its step's phases stretched alike to
+    the step timed beside the replication (``engine_step_s``), then the save as a compute
+    phase of its own (the laws' rule; until 2026-12-07 all of it stretched alike, which put
+    the end of the survivors' collectives, where a lost node is found, after the save);
+    without one, or for the baseline, the iteration without checkpoints.
 
     Raises:
         ValueError: a measurement that is not a non-negative number, or a bad phase.
@@ -312,18 +326,23 @@ def _micro_overrides(
     if iteration and not any(measurements.get(key) for key in measured):
         scale = micro.get("iteration_scale", 1.0)
         engine = _number(measurements, "engine_iteration_s")
+        save = 0.0
         if strategy == "gemini" and engine:
             # As the laws do (``law_overrides``): Gemini's trainers checkpoint every iteration,
-            # and the benchmark timed that too; on a host without accelerators the capture and
-            # replication take CPU from training, so its phases stretch alike.
+            # and the benchmark timed that too; on a host without accelerators the replication
+            # takes CPU from the step, whose phases stretch alike, and the save follows it.
             plain = min(_number(measurements, "engine_step_s") or iteration, engine)
             overrides.append(f"training.iteration_no_ckpt_s={_fmt(plain * scale)}")
-            scale *= engine / iteration
+            save = (engine - plain) * scale
+            scale *= plain / iteration
         phases = measurements.get("micro_iteration_phases")
         if phases:
-            overrides.append(f"training.phases={_phases_yaml(phases, iteration * scale)}")
+            step = _phases_yaml(phases, iteration * scale)
+            if save > 0:
+                step = f"{step[:-1]}, {{kind: compute, duration_s: {_fmt(save)}}}]"
+            overrides.append(f"training.phases={step}")
         else:
-            overrides.append(f"training.iteration_time_s={_fmt(iteration * scale)}")
+            overrides.append(f"training.iteration_time_s={_fmt(iteration * scale + save)}")
     return overrides
 
 
@@ -889,6 +908,7 @@ def law_overrides(
     # without its save where one was measured (as the harness reports a run's), else the
     # iteration measured or predicted without the engine.
     no_ckpt: float | None = None
+    save = 0.0  # Gemini's save after its step, where measured: a phase of its own
     if isinstance(profile, Mapping) and profiled:
         # A failure-free profile of this very configuration says more than the laws: a run of
         # the harness (its iteration with the strategy's checkpoint, the laws' split between
@@ -904,7 +924,11 @@ def law_overrides(
             profiled_run = run * now / then
             step = _number(profile, "run_step_s")
             no_ckpt = step * now / then if step else costs["compute_s"] + costs["communication_s"]
-            scale = profiled_run / max(costs["compute_s"] + costs["communication_s"], 1e-12)
+            stepped = profiled_run
+            if step and scenario.checkpoint.strategy == "gemini":
+                stepped = min(no_ckpt, profiled_run)
+                save = profiled_run - stepped
+            scale = stepped / max(costs["compute_s"] + costs["communication_s"], 1e-12)
             costs["compute_s"] *= scale
             costs["communication_s"] *= scale
         elif profile.get("micro_iteration_phases") or profile.get("micro_iteration_time_s"):
@@ -914,11 +938,13 @@ def law_overrides(
             total = _number(profile, "micro_iteration_time_s") or compute + communication
             engine = _number(profile, "engine_iteration_s")
             if engine and scenario.checkpoint.strategy == "gemini" and total:
-                # Profiled with a checkpoint every iteration, as Gemini's trainers run:
-                # the extra CPU time stretches the phases alike.
-                no_ckpt = _number(profile, "engine_step_s") or total
-                compute, communication = compute * engine / total, communication * engine / total
-                total = engine
+                # Profiled with a checkpoint every iteration, as Gemini's trainers run: the
+                # replication's CPU time stretches the step's phases alike (to the step timed
+                # beside it), and the save follows the step.
+                no_ckpt = min(_number(profile, "engine_step_s") or total, engine)
+                compute, communication = compute * no_ckpt / total, communication * no_ckpt / total
+                save = engine - no_ckpt
+                total = no_ckpt
             if communication > 0:
                 costs["compute_s"], costs["communication_s"] = compute, communication
             else:  # not profiled (FSDP2): the laws' split of the measured iteration
@@ -956,6 +982,7 @@ def law_overrides(
             ]
         else:
             phases = [["compute", compute], ["communication", communication]]
+        phases.append(["compute", save])
         kept = [p for p in phases if float(p[1]) > 0]
         overrides.append(f"training.phases={_phases_yaml(kept)}")
     plain = {
@@ -985,7 +1012,7 @@ def law_overrides(
     if no_ckpt and scenario.checkpoint.strategy == "gemini":
         # Never above the iteration with the checkpoint: a law's prediction beside a measured
         # run, or noise, would read as a negative overhead.
-        with_ckpt = costs["compute_s"] + costs["communication_s"]
+        with_ckpt = costs["compute_s"] + costs["communication_s"] + save
         overrides.append(f"training.iteration_no_ckpt_s={_fmt(min(no_ckpt, with_ckpt))}")
     return limited_overrides(overrides, scenario)
 

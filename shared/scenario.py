@@ -570,7 +570,8 @@ class DetectionConfig(_Strict):
     lost_node: Literal["probe", "lease"] = Field(
         "probe",
         description="How a lost node is found: probe (the survivors' next collective breaks "
-        "and the root probes the agents: the time to that collective plus "
+        "and the root probes the agents: the time until they wait on that collective's result "
+        "(its communication phase's end) or collective_failure_s, whichever is longer, plus "
         "probe_detection_s; a node whose links went silent, or one lost while the job is "
         "stopped, is probed once its heartbeat stands still for silence_probe_s), or lease "
         "(its heartbeat lease runs out: lease_timeout_s - heartbeat_interval_s / 2 on "
@@ -578,11 +579,17 @@ class DetectionConfig(_Strict):
         "Whichever comes first; the lease is the backstop. The loss of the root's own node "
         "waits for a new root either way.",
     )
+    collective_failure_s: NonNegativeFloat = Field(
+        0.03,
+        description="From a node's loss until a survivor already waiting on a collective's "
+        "result sees it fail: the lost processes' connections close as they are torn down, s "
+        "(lost_node: probe).",
+    )
     probe_detection_s: NonNegativeFloat = Field(
-        0.1,
-        description="From the survivors' first collective that fails to the root's verdict on a "
-        "lost node: the collective raises, the trainer tells its agent, the root reads it and "
-        "probes every member's agent, s (lost_node: probe).",
+        0.01,
+        description="From a survivor's collective raising to the root's verdict on a lost "
+        "node: the trainer tells its agent, the root reads it and probes every member's agent, "
+        "s (lost_node: probe).",
     )
 
     @model_validator(mode="after")

@@ -138,7 +138,8 @@ A failure process fails the whole job at the rate lambda = N / node MTBF (plus
 R = detection + `recovery.restart_s` + `recovery.retrieval_overhead_s` (+ one iteration when
 `training.iteration_time_s` or `training.phases` give it); detection is
 `detection.exit_report_s` when the process has software failures, else
-`detection.probe_detection_s` (`lost_node: probe`) or `lease_timeout_s - heartbeat_interval_s`.
+`detection.collective_failure_s + detection.probe_detection_s` (`lost_node: probe`) or
+`lease_timeout_s - heartbeat_interval_s`.
 With failures arriving at random (Poisson), a recovery finishes before the next failure with
 probability exp(-lambda R), which is also about the best effective training time ratio (ETTR)
 the job can reach.

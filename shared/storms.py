@@ -68,7 +68,9 @@ def fastest_recovery_s(scenario: Scenario) -> tuple[float, str]:
     if software:
         detect_s, detect = detection.exit_report_s, "exit report"
     elif detection.lost_node == "probe":
-        detect_s, detect = detection.probe_detection_s, "probe"
+        # At the soonest the survivors are already waiting on a collective as the node goes.
+        detect_s = detection.collective_failure_s + detection.probe_detection_s
+        detect = "probe"
     else:
         detect_s = detection.lease_timeout_s - detection.heartbeat_interval_s
         detect = "lease"

@@ -160,7 +160,13 @@ def test_micro_measurements_become_recovery_costs_by_the_documented_rules() -> N
     scenario = load_scenario(REPO / "scenarios" / "quickstart.yaml", calibration_overrides(MICRO))
     detection, recovery = scenario.detection, scenario.recovery
     assert detection.exit_report_s == pytest.approx(0.01 + 0.025)
-    assert detection.probe_detection_s == pytest.approx(0.06 + 0.035 + 0.002)
+    # A lost node: its connections close with it (0.06; the simulator waits for the later of
+    # that and the survivors' wait on their collective), then the trainer's report and the
+    # suspect record wake the agent and the root at once: only their work, and the probe.
+    assert detection.collective_failure_s == pytest.approx(0.06)
+    assert detection.probe_detection_s == pytest.approx(0.002)
+    worked = recovery_costs({**MICRO, "hop_work_s": 0.001})
+    assert worked["probe_detection_s"] == pytest.approx(2 * 0.001 + 0.002)
     assert recovery.stop_s == pytest.approx(0.01 + 0.004)  # the acks read as written
     assert recovery.restart_s == pytest.approx(0.01 + 0.3)  # the slower of join and rejoin
     assert recovery.retrieval_overhead_s == pytest.approx(0.05)
@@ -188,17 +194,24 @@ def test_a_crash_timed_along_the_harness_chain_is_recorded_not_used() -> None:
 
 def test_geminis_iteration_carries_its_checkpoints_the_baselines_does_not() -> None:
     # The micro-benchmark timed its iteration with a checkpoint each too (0.15 s against
-    # 0.1 s): Gemini's simulated phases stretch by that (the laws' rule), the baseline's not.
-    measured = {**MICRO, "engine_iteration_s": 0.15}
+    # 0.1 s; x2 for 4 ranks on 2 CPUs): Gemini's simulated iteration carries that (the laws'
+    # rule), the baseline's not. The step's phases stretch to the step timed beside the
+    # replication, then the save is a compute phase of its own: a lost node's survivors raise
+    # as their step's collectives end, before it.
     quickstart = REPO / "scenarios" / "quickstart.yaml"
     scenario = load_scenario(quickstart)
-    for strategy, expected in (("gemini", [0.18, 0.12]), ("persistent", [0.12, 0.08])):
-        shaped = load_scenario(
-            quickstart, scenario_overrides(measured, scenario, strategy=strategy)
-        )
-        phases = shaped.training.phases
-        assert phases is not None
-        assert [p.duration_s for p in phases] == pytest.approx(expected), strategy
+    for measured, gemini in (
+        ({**MICRO, "engine_iteration_s": 0.15, "engine_step_s": 0.12}, [0.144, 0.096, 0.06]),
+        ({**MICRO, "engine_iteration_s": 0.15}, [0.12, 0.08, 0.1]),  # no step timed apart
+    ):
+        for strategy, expected in (("gemini", gemini), ("persistent", [0.12, 0.08])):
+            shaped = load_scenario(
+                quickstart, scenario_overrides(measured, scenario, strategy=strategy)
+            )
+            phases = shaped.training.phases
+            assert phases is not None
+            assert [p.duration_s for p in phases] == pytest.approx(expected), strategy
+            assert [p.kind for p in phases][:2] == ["compute", "communication"]
     # Without a strategy (a calibration file's own list): the iteration without checkpoints.
     assert calibration_overrides(measured) == calibration_overrides(MICRO)
 
@@ -681,6 +694,17 @@ def test_geminis_iteration_without_checkpoints_is_measured_not_its_iteration_wit
     assert no_ckpt(scenario_overrides({**laws, "profile": run}, small, 8.0)) == pytest.approx(
         0.16 * 6 / 3
     )
+
+    def phases(overrides: list[str]) -> list[tuple[str, float]]:
+        shaped = load_scenario(path, overrides).training.phases
+        assert shaped is not None
+        return [(p.kind, p.duration_s) for p in shaped]
+
+    # The step's phases, then the save (the run's iteration less its step) as a compute phase.
+    profiled = phases(scenario_overrides({**laws, "profile": run}, small, 8.0))
+    assert [kind for kind, _ in profiled] == ["compute", "communication", "compute"]
+    assert [d for _, d in profiled][2] == pytest.approx((0.2 - 0.16) * 6 / 3)
+    assert sum(d for _, d in profiled) == pytest.approx(0.2 * 6 / 3)
     micro = {
         "configuration": configuration(small),
         "micro_iteration_phases": [["compute", 0.05], ["communication", 0.03]],
@@ -689,6 +713,11 @@ def test_geminis_iteration_without_checkpoints_is_measured_not_its_iteration_wit
         "engine_step_s": 0.09,
     }
     assert no_ckpt(scenario_overrides({**laws, "profile": micro}, small)) == pytest.approx(0.09)
+    assert phases(scenario_overrides({**laws, "profile": micro}, small)) == [
+        ("compute", pytest.approx(0.05 * 0.09 / 0.08)),
+        ("communication", pytest.approx(0.03 * 0.09 / 0.08)),
+        ("compute", pytest.approx(0.12 - 0.09)),
+    ]
     costs = law_costs(laws["measurements"]["laws"], small)  # type: ignore[index]
     unprofiled = scenario_overrides(laws, small)
     assert no_ckpt(unprofiled) == pytest.approx(
