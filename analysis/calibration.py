@@ -128,18 +128,18 @@ def recovery_costs(
       law) is recorded but not used: tried on 2026-12-06 in place of this rule, it
       under-predicted the whole validation's crash detections by 5-58% (docs/analysis.md,
       "A crash's detection timed along its chain"), so it was withdrawn;
-    - ``detection.collective_failure_s`` = collective failure: a peer vanishes while the
-      survivors wait inside an all-reduce, until the first one raises (the simulator waits
-      for the later of this and the survivors' wait on their next collective's result);
+    - ``detection.collective_failure_s`` = collective failure: a peer vanishes as an
+      iteration ends while the survivors go on training, until the first one's all-reduce
+      fails (the simulator waits for the later of this and the survivors' next collective);
     - ``detection.probe_detection_s`` = 2 x hop work (the trainer's report to its agent, the
       agent's suspect record to the root) + probe round trip. Until 2026-12-07 it was
-      collective failure + agent poll / 2 + root poll / 2 + probe, with the simulator waiting
-      only until the survivors' next collective began: a lost node traced along the
+      collective failure + agent poll / 2 + root poll / 2 + probe, after the wait for the
+      survivors' next collective, whose failure the calibration timed with the survivors
+      idle inside their all-reduce: a lost node traced along the
       harness's chain showed the half polls phantom (the agent and the root wake on a socket
-      and a watch: 5-9 ms from the trainer's report to the verdict) and the survivors raising
-      only once their backward ended (DDP waits on its all-reduces there), 104-144 ms after
-      the loss, where the rule gave 85 ms (docs/analysis.md, "A lost node's detection
-      traced"); changed after seeing those misses;
+      and a watch: 5-9 ms from the trainer's report to the verdict) and the survivors'
+      report 104-144 ms after the loss, where the rule gave 85 ms (docs/analysis.md, "A lost
+      node's detection traced"); changed after seeing those misses;
     - ``recovery.stop_s`` = agent poll / 2 (the agents see the stop; it stands for a survivor
       still in its step, too) + closing the checkpoint engine (``engine_close_s``, when
       measured; not for the baseline) + park: the root reads the acknowledgements on its

@@ -710,15 +710,10 @@ def _recovery_rank_main(
     }
     if rank == world - 1:
         results.put(report)
-        time.sleep(0.3)  # the others are inside their all-reduce by now
+        time.sleep(0.3)  # the others' all-reduce is in flight by now
         results.put({"rank": rank, "vanished_at": time.time()})
         _exit_without_destructors(results)  # a peer that dies: its sockets close with it
-    tensor = torch.zeros(1)
-    try:
-        dist.all_reduce(tensor)
-        failed_at = None
-    except Exception:  # gloo: "Connection closed by peer"
-        failed_at = time.time()
+    failed_at = _collective_failure_at()
     began = time.perf_counter()
     trainer.detach()
     leave_attempt(together=False)
@@ -726,6 +721,33 @@ def _recovery_rank_main(
     report["failed_at"] = failed_at
     results.put(report)
     _exit_without_destructors(results)
+
+
+def _collective_failure_at(bound_s: float = 30.0) -> float | None:
+    """When this survivor's all-reduce, launched as its peer is about to vanish, fails (None:
+    it did not within ``bound_s``).
+
+    As in a scenario, where a node is lost as an iteration ends and its peers train on, the
+    survivor computes beside its collective and checks it between layers, as the harness's
+    trainers do (``real.trainer.inprocess.check_abort``): the vanished peer's connections
+    close only once its process is torn down (its memory unmapped first), and that teardown
+    competes with the survivors' compute for the CPUs. Timed with the survivors idle inside
+    a blocking all-reduce until 2026-12-07, it read 30-35 ms on our 2-core machine, where the
+    harness's lost nodes were reported 104-144 ms after the loss (docs/analysis.md)."""
+    import torch.distributed as dist
+
+    work = dist.all_reduce(torch.zeros(1), async_op=True)
+    layer = torch.ones(256, 256)
+    ends = time.monotonic() + bound_s
+    while not work.is_completed():
+        if time.monotonic() > ends:
+            return None
+        torch.mm(layer, layer)  # one layer's compute
+    try:
+        work.wait()
+    except Exception:  # gloo: "Connection closed by peer"
+        return time.time()
+    return None
 
 
 ENGINE_ITERATIONS = 4

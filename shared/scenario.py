@@ -570,10 +570,10 @@ class DetectionConfig(_Strict):
     lost_node: Literal["probe", "lease"] = Field(
         "probe",
         description="How a lost node is found: probe (the survivors' next collective breaks "
-        "and the root probes the agents: the time until they wait on that collective's result "
-        "(its communication phase's end) or collective_failure_s, whichever is longer, plus "
-        "probe_detection_s; a node whose links went silent, or one lost while the job is "
-        "stopped, is probed once its heartbeat stands still for silence_probe_s), or lease "
+        "and the root probes the agents: the time until that collective or "
+        "collective_failure_s, whichever is longer, plus probe_detection_s; a node whose "
+        "links went silent, or one lost while the job is stopped, is probed once its "
+        "heartbeat stands still for silence_probe_s), or lease "
         "(its heartbeat lease runs out: lease_timeout_s - heartbeat_interval_s / 2 on "
         "average, seen at the root's next read of the store; the paper's system). "
         "Whichever comes first; the lease is the backstop. The loss of the root's own node "
@@ -581,9 +581,9 @@ class DetectionConfig(_Strict):
     )
     collective_failure_s: NonNegativeFloat = Field(
         0.03,
-        description="From a node's loss until a survivor already waiting on a collective's "
-        "result sees it fail: the lost processes' connections close as they are torn down, s "
-        "(lost_node: probe).",
+        description="From a node's loss until a survivor in a collective with it sees that "
+        "collective fail: the lost processes' connections close only once they are torn down, "
+        "s (lost_node: probe).",
     )
     probe_detection_s: NonNegativeFloat = Field(
         0.01,

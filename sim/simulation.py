@@ -15,8 +15,8 @@ needs its shard's replica on a peer, so the newest committed one.
 A failure then runs its recovery, phase by phase, as docs/design.md section 5 names them and as the
 real harness recovers in process: detection (``detection.exit_report_s`` for a trainer crash,
 which its agent reports; a lost node is found by probe once the survivors' next collective
-fails, i.e. the time until the end of the iteration profile's next communication phase
-(where the survivors wait on its result) or ``detection.collective_failure_s``, whichever is
+fails, i.e. the time until the iteration profile's next communication phase or
+``detection.collective_failure_s`` (the lost node's connections closing), whichever is
 longer, plus ``detection.probe_detection_s``; or by the probe its heartbeat's silence starts,
 ``silence_detection_s``: ``silence_s - heartbeat_interval_s / 2`` on average, plus
 ``probe_timeout_s`` when its agent cannot answer, plus three half periods of the root's reads
@@ -142,9 +142,8 @@ class _Chain:
     root_lost: bool = False
     """This failure lost the root agent's node: a new root is elected before detection."""
     collective_wait_s: float | None = None
-    """From the failure until the survivors wait on their next collective's result (which
-    then fails); None when the job was not training (a failure during a recovery) or runs no
-    collectives."""
+    """From the failure until the survivors' next collective (which then fails); None when
+    the job was not training (a failure during a recovery) or runs no collectives."""
     hung: bool = False
     """The survivors' collectives hang rather than fail (``Simulation._hangs``): no broken
     collective starts a probe; the heartbeat's silence (or the lease) finds the node, and the
@@ -593,17 +592,16 @@ class Simulation:
         )
 
     def _until_collective_s(self, timeline: Timeline, time_s: float) -> float | None:
-        """From ``time_s`` until the survivors wait on their next collective's result (None:
-        they run none): the end of the communication phase under way or next."""
+        """From ``time_s`` until the survivors' next collective (None: they run none)."""
         profile = self.model.profile
         k = timeline.reached_by(time_s) + 1  # the iteration in flight (or about to start)
         start = timeline.start(k)
         if time_s >= start:
-            wait = profile.until_collective_result_s(time_s - start)
+            wait = profile.until_collective_s(time_s - start)
             if wait is not None:
                 return wait
             start = timeline.start(k + 1)
-        first = profile.until_collective_result_s(0.0)
+        first = profile.until_collective_s(0.0)
         return None if first is None else start - time_s + first
 
     def _hangs(self, chain: _Chain) -> bool:
@@ -639,7 +637,7 @@ class Simulation:
             # A survivor's broken collective starts the probe. When the root's own node is
             # the one lost, that survivor's agent finds the root's agent refusing connections
             # and deposes it: a new root is elected at once and probes the same way.
-            # It raises once the survivors wait on it and the lost node's connections have
+            # It fails once the survivors run it and the lost node's connections have
             # closed, whichever is later.
             raised = max(chain.collective_wait_s, detection.collective_failure_s)
             ways.append((raised + detection.probe_detection_s, "probe"))

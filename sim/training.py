@@ -63,19 +63,18 @@ class IterationProfile:
     def iteration_s(self) -> float:
         return sum(p.duration_s for p in self.phases)
 
-    def until_collective_result_s(self, offset_s: float) -> float | None:
-        """Seconds from ``offset_s`` into the iteration until the end of the communication
-        phase under way or next; None when no communication phase ends after ``offset_s`` in
-        this iteration.
+    def until_collective_s(self, offset_s: float) -> float | None:
+        """Seconds from ``offset_s`` into the iteration until a communication phase is under
+        way (0 inside one); None when no communication phase remains in this iteration.
 
-        A rank whose peer has vanished notices it here: a rank waits on its collectives'
-        results as their phase ends (DDP on its gradient all-reduces as backward ends, their
-        error held until then), so its broken collective raises no sooner."""
+        A rank whose peer has vanished notices it here: its next collective fails (the
+        harness's trainers check their collectives at every layer's forward and gradient, so
+        they leave within a layer of the failure rather than at the phase's end)."""
         start = 0.0
         for phase in self.phases:
             end = start + phase.duration_s
             if phase.kind == "communication" and offset_s < end:
-                return end - offset_s
+                return max(0.0, start - offset_s)
             start = end
         return None
 
