@@ -294,8 +294,8 @@ def calibration_overrides(calibration: Mapping[str, Any], strategy: str | None =
     ``strategy`` ``gemini`` the micro-benchmark's iteration with a checkpoint each
     (``engine_iteration_s``) stands for the iteration: its step's phases stretched alike to
     the step timed beside the replication (``engine_step_s``), then the save as a compute
-    phase of its own (the laws' rule; until 2026-12-07 all of it stretched alike, which put
-    the end of the survivors' collectives, where a lost node is found, after the save);
+    phase of its own, as the harness's trainers save after their step (the laws' rule;
+    until 2026-12-07 all of it stretched alike, the save spread over the step's phases);
     without one, or for the baseline, the iteration without checkpoints.
 
     Raises:

@@ -68,7 +68,7 @@ def fastest_recovery_s(scenario: Scenario) -> tuple[float, str]:
     if software:
         detect_s, detect = detection.exit_report_s, "exit report"
     elif detection.lost_node == "probe":
-        # At the soonest the survivors are already waiting on a collective as the node goes.
+        # At the soonest the survivors are already inside a collective as the node goes.
         detect_s = detection.collective_failure_s + detection.probe_detection_s
         detect = "probe"
     else:

@@ -519,3 +519,16 @@ def test_a_failure_on_a_node_that_does_not_exist() -> None:
     assert warning.endswith("(cluster.nodes is 4); the simulation skips this failure")
     injected = [e for e in simulate(scenario).events if e.kind == "failure_injected"]
     assert [e.details["nodes"] for e in injected] == [[1]]
+
+
+def test_a_lost_nodes_fastest_detection_is_its_connections_closing_and_the_probe() -> None:
+    # Hardware failures only, found by probe: at the soonest the survivors are inside a
+    # collective as the node goes, so it fails as the connections close (0.2 s), + the probe.
+    from shared.storms import fastest_recovery_s
+
+    text = (
+        "name: s\nfailures: {process: {failures_per_node_per_day: 1, hardware_fraction: 1}}\n"
+        "detection: {collective_failure_s: 0.2, probe_detection_s: 0.05}\n"
+    )
+    _, how = fastest_recovery_s(parse_scenario(text, faces=("sim",)))
+    assert "detection (probe) 0.25 s" in how
