@@ -337,10 +337,8 @@ def _micro_overrides(
             scale *= plain / iteration
         phases = measurements.get("micro_iteration_phases")
         if phases:
-            step = _phases_yaml(phases, iteration * scale)
-            if save > 0:
-                step = f"{step[:-1]}, {{kind: compute, duration_s: {_fmt(save)}}}]"
-            overrides.append(f"training.phases={step}")
+            then = [["compute", save]] if save > 0 else []
+            overrides.append(f"training.phases={_phases_yaml(phases, iteration * scale, then)}")
         else:
             overrides.append(f"training.iteration_time_s={_fmt(iteration * scale + save)}")
     return overrides
@@ -393,8 +391,11 @@ def _plain_overrides(measurements: Mapping[str, Any], skip: Collection[str] = ()
     return [o for o in overrides if o.split("=", 1)[0] not in fields]
 
 
-def _phases_yaml(phases: Any, total_s: float | None = None) -> str:
-    """The phases as a YAML flow list; scaled to sum to ``total_s`` when given."""
+def _phases_yaml(
+    phases: Any, total_s: float | None = None, then: Sequence[Sequence[Any]] = ()
+) -> str:
+    """The phases as a YAML flow list; scaled to sum to ``total_s`` when given, then
+    followed by ``then`` as they are (Gemini's save after its step)."""
     if not isinstance(phases, Sequence) or isinstance(phases, str):
         raise ValueError(f"iteration_phases must be a list of [kind, seconds], got {phases!r}")
     items = []
@@ -416,6 +417,8 @@ def _phases_yaml(phases: Any, total_s: float | None = None) -> str:
         scale = total_s / sum(float(phase[1]) for phase in phases)
     for phase in phases:
         items.append(f"{{kind: {phase[0]}, duration_s: {_fmt(float(phase[1]) * scale)}}}")
+    for kind, seconds in then:
+        items.append(f"{{kind: {kind}, duration_s: {_fmt(float(seconds))}}}")
     return "[" + ", ".join(items) + "]"
 
 
