@@ -17,8 +17,9 @@ runs on, and returns the ``measurements`` mapping of a calibration file (see
   process group formation alone;
 - **in-process recovery** (``measure_recovery``, also what ``gemini-ckpt run`` measures
   first): two warm ranks time a spare's join and a survivor's rejoin, a collective failing when
-  a peer vanishes, the teardown that follows and loading a state; a probe round trip and the
-  notice of a killed child;
+  a peer vanishes, the teardown that follows and loading a state; a lost node's processes,
+  started as a node agent starts them, killed while the survivors train on
+  (``_lost_node_rounds``); a probe round trip and the notice of a killed child;
 - **iteration profile**: the scenario's model trained with DDP on its world size for a few
   iterations, timed, with the communication profiled by ``real.engine.profiler.CommProfiler``
   so the simulator gets the same compute / communication phases.
@@ -51,6 +52,7 @@ from typing import Any
 import torch
 
 from benchmarks.exit_chain import ExitChainProbe
+from real.engine.shm import SHM_DIR
 from real.runtime.env import GEMINI_CALIBRATE_SCRATCH
 from real.runtime.processes import end_with_parent, free_port
 
@@ -750,6 +752,239 @@ def _collective_failure_at(bound_s: float = 30.0) -> float | None:
     return None
 
 
+LOST_NODE_ROUNDS = 3
+"""Lost nodes timed by ``_lost_node_rounds`` (``collective_failure_s``: their median; two
+with ``--quick``). One round alone read 40 ms and the next 70 ms for the quickstart on this
+2-core machine (2026-12-07)."""
+
+LOST_NODE_ITERATIONS = 2
+"""Iterations a lost node's trainer and the survivors train together before the loss (the
+first touches the buffers and DDP's bucketing, as a harness trainer's first iterations did)."""
+
+LOST_NODE_WARM_S = 180.0
+"""How long a lost node's fresh processes may take to start and warm (a Python process with
+torch takes seconds to start on a loaded host) before the round gives up."""
+
+
+ROLES = ("spare", "trainer")
+"""A lost node's processes, in the order the injector kills them (a node's agent group, then
+its trainers; the trainer's store dies with it here)."""
+
+
+def _survivor_rank_main(
+    rank: int,
+    _forked: int,
+    world: int,
+    port: int,
+    scenario: str,
+    overrides: Sequence[str],
+    results: Any,
+    go: Any,
+) -> None:
+    """A survivor of ``_lost_node_rounds``: warm as a spare, joins group 0 with the others and
+    the lost node's trainer (the last of ``world`` ranks), trains with them, then computes
+    beside an all-reduce until it fails (``_collective_failure_at``). Scheduled as a harness
+    trainer is (``_as_harness_trainer``)."""
+    _leave_interrupts_to_the_parent()
+    _as_harness_trainer()
+    import torch.distributed as dist
+
+    loaded, config, prepared = _warm_rank(scenario, overrides)
+    results.put({"rank": rank, "ready": True})
+    go.wait(LOST_NODE_WARM_S)
+    _, trainer = _spare_join(config, rank, world, port, 0, prepared)
+    with _trained_before_loss(loaded, rank, world, trainer):
+        dist.barrier()
+        results.put({"rank": rank, "failed_at": _collective_failure_at()})
+    _exit_without_destructors(results)
+
+
+@contextlib.contextmanager
+def _trained_before_loss(
+    scenario: Any, rank: int, world: int, trainer: Any, prefix: str | None = None
+) -> Iterator[None]:
+    """Train ``LOST_NODE_ITERATIONS`` with every rank of the lost-node round, each checkpointed
+    as the scenario's trainers checkpoint: under Gemini with an engine and a node store of
+    this rank's own (``_own_node_store``; ``prefix``: its slot files'), so the loss comes as
+    the last save's replicas are still on their way, as the harness's injector strikes at
+    the end of an iteration, after its save. The block runs with the store (and the engine)
+    still up."""
+    if scenario.checkpoint.strategy != "gemini":
+        for _ in range(LOST_NODE_ITERATIONS):
+            trainer.step()
+        yield
+        return
+    with _own_node_store(rank, world, prefix) as build:
+        engine, _ = build(scenario, trainer.state)
+        for iteration in range(1, 1 + LOST_NODE_ITERATIONS):
+            trainer.step()
+            engine.save(iteration, trainer.state())
+        yield
+
+
+def _as_harness_trainer() -> None:
+    """In a rank process: be scheduled as a harness trainer is, in a session of its own (a
+    scheduling group of its own where the kernel groups processes by session:
+    ``real.agent.trainer_processes.set_autogroup_niceness``) at the trainers' niceness. A
+    dying process's teardown competes with the survivors for the CPUs: forked ranks left in
+    the calibration's session would weigh as one group against the lost node's processes,
+    each in a group of its own."""
+    from real.agent.trainer_processes import TRAINER_NICENESS, set_autogroup_niceness
+
+    with contextlib.suppress(OSError):  # already a session leader
+        os.setsid()
+    os.nice(TRAINER_NICENESS)
+    set_autogroup_niceness(os.getpid(), TRAINER_NICENESS)
+
+
+class _LostNode:
+    """A lost node's warm spare and trainer (``benchmarks.lost_node``), fresh processes in
+    sessions of their own at the trainers' niceness, as a node agent starts them; :meth:`kill`
+    loses them as the injector loses a node."""
+
+    def __init__(self, options: CalibrationOptions, world: int, port: int) -> None:
+        from real.agent.trainer_processes import TRAINER_NICENESS, set_autogroup_niceness
+
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.lines: dict[str, queue.Queue[str]] = {}
+        # Its store's slot files, which a store killed outright leaves in /dev/shm.
+        self.prefix = f"gemini-calibrate-lost-{os.getpid()}-{port}"
+        # Temporary files (its store's ready file) and the processes' output go to the
+        # scratch folder, which the calibration removes: a process killed outright cannot.
+        scratch = Path(os.environ.get(GEMINI_CALIBRATE_SCRATCH) or tempfile.gettempdir())
+        self.logs = {role: scratch / f"lost-node-{port}-{role}.log" for role in ROLES}
+        for role in ROLES:
+            command = [
+                *("nice", "-n", str(TRAINER_NICENESS)),
+                sys.executable,
+                "-m",
+                "benchmarks.lost_node",
+                f"--role={role}",
+                f"--scenario={options.scenario}",
+                *(f"--set={item}" for item in options.overrides),
+                f"--world={world}",
+                f"--port={port}",
+                f"--parent={os.getpid()}",
+                f"--prefix={self.prefix}",
+            ]
+            with open(self.logs[role], "ab") as log_file:
+                self.processes[role] = subprocess.Popen(
+                    command,
+                    env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)},
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log_file,
+                    text=True,
+                    start_new_session=True,  # the terminal's Ctrl-C is the calibration's
+                )
+            set_autogroup_niceness(self.processes[role].pid, TRAINER_NICENESS)
+            self.lines[role] = queue.Queue()
+            threading.Thread(
+                target=_read_lines,
+                args=(self.processes[role], self.lines[role]),
+                name=f"lost-node-{role}",
+                daemon=True,
+            ).start()
+
+    def wait_for(self, role: str, stage: str, deadline: float) -> None:
+        """Until ``role`` says ``stage``. Raises RuntimeError if it ended first, TimeoutError
+        past ``deadline`` (monotonic seconds)."""
+        while True:
+            try:
+                line = self.lines[role].get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(
+                    f"the lost node's {role} did not say {stage!r} in time"
+                ) from None
+            if not line:
+                code = self.processes[role].wait(5)
+                tail = self.logs[role].read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(
+                    f"the lost node's {role} ended (code {code}) before {stage!r}: "
+                    + (" | ".join(tail) or "no output")
+                )
+            if line.strip() == stage:
+                return
+
+    def kill(self) -> float:
+        """Lose the node as the injector does: SIGKILL the spare, then the trainer with its
+        store (its process group), then reap them and remove the store's slot files, while
+        the survivors find the loss; returns the wall time just before the first signal."""
+        lost_at = time.time()
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        for path in SHM_DIR.glob(f"{self.prefix}-*"):
+            path.unlink(missing_ok=True)
+        return lost_at
+
+    def close(self) -> None:
+        """Kill and reap whatever is left, and remove what its store left."""
+        self.kill()
+        for process in self.processes.values():
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def _read_lines(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    """Every line ``process`` writes to its stdout onto ``lines``, then "" at its end."""
+    assert process.stdout is not None
+    with contextlib.suppress(OSError, ValueError):
+        for line in process.stdout:
+            lines.put(line)
+    lines.put("")
+
+
+def _lost_node_rounds(
+    options: CalibrationOptions, ranks: int, rounds: int = LOST_NODE_ROUNDS
+) -> list[float]:
+    """A lost node's collective failure, ``rounds`` times: ``ranks - 1`` survivors forked
+    from this warm process and, as their last rank, a trainer started as the harness starts
+    one, with its node's warm spare (``benchmarks.lost_node``: fresh processes, each owning
+    its pages). Once they have trained together, the survivors compute beside an all-reduce
+    and the node's processes are killed at once. Each round's first survivor failure after
+    the kill, s (the harness's detector probes on the first suspect record)."""
+    with _rank_scratch():
+        return [s for _ in range(rounds) if (s := _lost_node_round(options, ranks)) is not None]
+
+
+def _lost_node_round(options: CalibrationOptions, ranks: int) -> float | None:
+    """One round of ``_lost_node_rounds``; None if no survivor's all-reduce failed."""
+    port = free_port()
+    node = _LostNode(options, ranks, port)
+    try:
+        deadline = time.monotonic() + LOST_NODE_WARM_S
+        for role in ROLES:
+            node.wait_for(role, "warm", deadline)
+        args = (ranks, port, str(options.scenario), list(options.overrides))
+        with _forked_ranks(_survivor_rank_main, ranks - 1, port, args) as (
+            processes,
+            results,
+            go,
+        ):
+            ready = 0
+            while ready < ranks - 1:
+                if _next_report(results, processes, deadline, "lost node") is not None:
+                    ready += 1
+            go.set()
+            # At once: the last save's replicas are still on their way, as when the
+            # injector strikes (the survivors launch their all-reduce as they leave the
+            # barrier, and whenever they do it fails only once the node's sockets close).
+            node.wait_for("trainer", "trained", time.monotonic() + 120)
+            lost_at = node.kill()
+            failed: list[float] = []
+            while len(failed) < ranks - 1:
+                report = _next_report(results, processes, deadline + 120, "lost node")
+                if report is not None:
+                    failed.append(report["failed_at"] or float("inf"))
+    finally:
+        node.close()
+    return max(0.0, min(failed) - lost_at) if min(failed) < float("inf") else None
+
+
 ENGINE_ITERATIONS = 4
 """Iterations timed with a checkpoint each (``engine_iteration_s``, their median)."""
 
@@ -793,7 +1028,9 @@ def _restore_rounds(
 
 
 @contextlib.contextmanager
-def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, float]]]:
+def _own_node_store(
+    rank: int, world: int, prefix: str | None = None
+) -> Iterator[Callable[..., tuple[Any, float]]]:
     """A node store of this rank's own, a process of its own as a node agent starts one
     (``StoreProcess``: the engine's connections, replicas and restores cross processes, and the
     store takes CPU beside the trainers, as in the harness; the stores' addresses and the
@@ -802,7 +1039,7 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
     seconds)``. Engines built one after another share the store and the run folder, as a
     trainer's successive attempts do. What they persist is signed with a key of this
     benchmark's own (``GEMINI_PERSISTENT_KEY``: no key file is created for it). The store
-    stops on the way out."""
+    stops on the way out. ``prefix``: its slot files' (default: the store's own)."""
     import secrets
 
     import torch.distributed as dist
@@ -816,7 +1053,7 @@ def _own_node_store(rank: int, world: int) -> Iterator[Callable[..., tuple[Any, 
     dist.all_gather_object(tokens, (make_token(), secrets.token_hex(16)))
     token, key = tokens[0]
     restore_key = _set_environ(KEY_ENV, key)
-    store = StoreProcess(rank, token)
+    store = StoreProcess(rank, token, prefix=prefix)
     store.start()
     try:
         addresses: list[Any] = [None] * world
@@ -1323,7 +1560,8 @@ def measure_recovery(
     ``MAX_RECOVERY_RANKS``; their start is not timed: warm spares pay it before they are
     needed), time a spare's join (in ``SPARE_ROUNDS`` rounds of fresh ranks: the median) and
     a survivor's rejoin, the iteration profile, loading a state, a collective failing when a
-    peer vanishes and the teardown that follows; the parent times a probe round trip, the
+    peer vanishes and the teardown that follows, then a lost node's collective failure with
+    the node's own processes (``_lost_node_rounds``); the parent times a probe round trip, the
     notice of a killed child, and crashes detected along the harness's chain while the ranks
     train (``benchmarks.exit_chain``: ``exit_detection_s``). A few seconds; never the
     scenario's own run. Returns the ``measurements`` (see
@@ -1393,9 +1631,13 @@ def measure_recovery(
         max(r["spare_join_s"] for r in timed),
         *_spare_rounds(options, ranks, SPARE_ROUNDS - 1),
     ]
+    rounds = 2 if options.quick else LOST_NODE_ROUNDS
+    progress(f"a lost node's collective failure on {ranks} ranks, {rounds} rounds")
+    lost_node = _lost_node_rounds(options, ranks, rounds)
     rank0 = next(r for r in timed if r["rank"] == 0)
     vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)
     failed = [float(r["failed_at"]) for r in timed if r.get("failed_at")]
+    forked_failure = max(0.0, min(failed, default=vanished) - vanished)
     cpus = os.cpu_count() or 1
     measurements.update(
         {
@@ -1421,8 +1663,14 @@ def measure_recovery(
             "park_s": round(float(rank0["park_s"]), 6),
             # The first survivor whose all-reduce raises: the harness's detector probes on
             # the first suspect record. (Rank 0's alone waited, when its ring neighbour was
-            # not the vanished rank, for that neighbour to fail first and leave.)
-            "collective_failure_s": round(max(0.0, min(failed, default=vanished) - vanished), 6),
+            # not the vanished rank, for that neighbour to fail first and leave.) A lost
+            # node's fresh processes (``_lost_node_rounds``); the forked rank's vanishing,
+            # the rule's source until 2026-12-07, is recorded beside it.
+            "collective_failure_s": round(
+                statistics.median(lost_node) if lost_node else forked_failure, 6
+            ),
+            "collective_failure_rounds_s": [round(x, 6) for x in lost_node],
+            "collective_failure_forked_s": round(forked_failure, 6),
             "recovery_ranks": ranks,
             "cpus": cpus,
             "world_size": world,
