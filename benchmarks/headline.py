@@ -81,6 +81,10 @@ def real_run(
             process.terminate()
             process.wait(60)
             code = -1
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM taken as one: the run stops too
+            process.terminate()  # its cluster's teardown is bounded (real.launcher.run)
+            process.wait(60)
+            raise
     print(
         f"  {folder.name}: exit {code}, {time.monotonic() - began:.0f} s "
         f"({before} before, {load()} after)",
@@ -325,4 +329,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from gemini_ckpt.interrupts import run_script
+
+    raise SystemExit(run_script(main))

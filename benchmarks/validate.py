@@ -351,4 +351,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from gemini_ckpt.interrupts import run_script
+
+    raise SystemExit(run_script(main))

@@ -10,7 +10,8 @@ and raises KeyboardInterrupt at the end of its block for one that was swallowed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 from real.runtime.processes import interrupts_handled
 
@@ -29,3 +30,17 @@ def interrupts_honoured() -> Iterator[None]:
         yield
     if received:  # the block ended normally: the KeyboardInterrupt was swallowed on the way
         raise KeyboardInterrupt
+
+
+def run_script(main: Callable[[], int]) -> int:
+    """A benchmark script's entry point: ``main()`` with SIGTERM taken as Ctrl-C, so a
+    scheduler's stop or ``timeout`` stops the child it runs, as a Ctrl-C does (its children
+    run in sessions of their own, where the terminal's Ctrl-C does not reach them; killed
+    outright, the script left them running). Returns ``main``'s exit code, or 130 when
+    interrupted."""
+    try:
+        with interrupts_honoured():
+            return main()
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr, flush=True)
+        return 130

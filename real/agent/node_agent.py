@@ -63,6 +63,7 @@ from real.coord.probe import ProbeServer, refuses
 from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
+from real.runtime.processes import pid_alive
 from shared.errors import AgentIdentityError, KVError, TrainerStartError
 from shared.failure_kinds import initial_root
 from shared.scenario import Scenario
@@ -223,7 +224,7 @@ class NodeAgent:
         """Stop the agent once process ``pid`` (its launcher) is gone, whatever it is doing:
         also while its node starts (store, warm trainers), which takes seconds."""
         while not self.stopping.wait(PARENT_POLL_S):
-            if not _alive(pid):
+            if not pid_alive(pid):
                 log.warning("node %d: launcher gone; stopping", self.config.node_id)
                 self.orphaned = True
                 self.stop()
@@ -541,7 +542,7 @@ class NodeAgent:
         read_at = -math.inf
         silent_since: float | None = None  # the first read since which no member has beaten
         while not self.stopping.is_set():
-            if self.config.parent_pid is not None and not _alive(self.config.parent_pid):
+            if self.config.parent_pid is not None and not pid_alive(self.config.parent_pid):
                 return False
             if self._store_died():  # a standby without a store would take a slot to leave it
                 self.stop()
@@ -977,16 +978,6 @@ def _rendezvous_store(host: str) -> Any:
     return dist.TCPStore(  # type: ignore[attr-defined]
         host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60)
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_agent(config: AgentConfig) -> int:

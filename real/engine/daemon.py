@@ -36,6 +36,7 @@ from pathlib import Path
 
 from real.engine.store import TOKEN_ENV, NodeStore
 from real.runtime.env import GEMINI_RUNTIME_DIR
+from real.runtime.processes import pid_alive
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
@@ -196,21 +197,11 @@ def stop_daemon(path: Path, pid: int, timeout_s: float = 10.0) -> bool:
     except ProcessLookupError:
         return False  # it ended meanwhile
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and path.exists():
+    while pid_alive(pid) and path.exists():
         if time.monotonic() > deadline:
             log.warning("store daemon %d did not stop within %.0f s", pid, timeout_s)
             return False
         time.sleep(0.01)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -243,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("node %d store serving on %s for pid %d", args.node, store.address, args.watch_pid)
     try:
         while not stopped.wait(0.5):
-            if not _alive(args.watch_pid):
+            if not pid_alive(args.watch_pid):
                 log.info("pid %d is gone: the job ended", args.watch_pid)
                 break
     finally:

@@ -34,6 +34,17 @@ def end_with_parent(signum: int = signal.SIGTERM, parent: int | None = None) -> 
             os.kill(os.getpid(), signum)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one we may not signal counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the caller retries if it is taken meanwhile)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

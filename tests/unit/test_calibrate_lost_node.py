@@ -13,6 +13,8 @@ from pathlib import Path
 
 from running import stop_process
 
+from real.runtime.processes import pid_alive
+
 REPO = Path(__file__).parents[2]
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 
@@ -55,14 +57,6 @@ def _round(*overrides: str) -> dict[str, object]:
     return got
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _slot_files() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("gemini-calibrate-lost-*")}
 
@@ -75,7 +69,7 @@ def test_a_lost_nodes_round_times_the_survivors_failure_and_leaves_nothing() -> 
     assert 0.0 < seconds[0] < 30.0
     pids = got["pids"]
     assert isinstance(pids, list) and len(pids) == 2  # the spare and the trainer
-    assert not [pid for pid in pids if _alive(pid)]
+    assert not [pid for pid in pids if pid_alive(pid)]
     assert _slot_files() <= before
 
 
@@ -85,4 +79,4 @@ def test_a_lost_node_that_cannot_start_says_why() -> None:
     assert isinstance(error, str)
     assert "the lost node's spare ended" in error and "cluster.nodes" in error
     pids = got["pids"]
-    assert isinstance(pids, list) and not [pid for pid in pids if _alive(pid)]
+    assert isinstance(pids, list) and not [pid for pid in pids if pid_alive(pid)]
