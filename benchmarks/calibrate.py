@@ -761,6 +761,10 @@ LOST_NODE_ITERATIONS = 2
 """Iterations a lost node's trainer and the survivors train together before the loss (the
 first touches the buffers and DDP's bucketing, as a harness trainer's first iterations did)."""
 
+LOST_NODE_GROUP = 200
+"""The number of the group a lost-node round forms (each round on a rendezvous store of its
+own): apart from the recovery round's numbers in the logs of the joins."""
+
 LOST_NODE_WARM_S = 180.0
 """How long a lost node's fresh processes may take to start and warm (a Python process with
 torch takes seconds to start on a loaded host) before the round gives up."""
@@ -781,10 +785,10 @@ def _survivor_rank_main(
     results: Any,
     go: Any,
 ) -> None:
-    """A survivor of ``_lost_node_rounds``: warm as a spare, joins group 0 with the others and
-    the lost node's trainer (the last of ``world`` ranks), trains with them, then computes
-    beside an all-reduce until it fails (``_collective_failure_at``). Scheduled as a harness
-    trainer is (``_as_harness_trainer``)."""
+    """A survivor of ``_lost_node_rounds``: warm as a spare, joins the round's group with the
+    others and the lost node's trainer (the last of ``world`` ranks), trains with them, then
+    computes beside an all-reduce until it fails (``_collective_failure_at``). Scheduled as a
+    harness trainer is (``_as_harness_trainer``)."""
     _leave_interrupts_to_the_parent()
     _as_harness_trainer()
     import torch.distributed as dist
@@ -792,7 +796,7 @@ def _survivor_rank_main(
     loaded, config, prepared = _warm_rank(scenario, overrides)
     results.put({"rank": rank, "ready": True})
     go.wait(LOST_NODE_WARM_S)
-    _, trainer = _spare_join(config, rank, world, port, 0, prepared)
+    _, trainer = _spare_join(config, rank, world, port, LOST_NODE_GROUP, prepared)
     with _trained_before_loss(loaded, rank, world, trainer):
         dist.barrier()
         results.put({"rank": rank, "failed_at": _collective_failure_at()})

@@ -10,14 +10,14 @@ against 71-81 ms for this node's processes in one calibration of the quickstart,
 harness's survivors saw their collectives fail 74-123 ms after a loss (docs/analysis.md, "A
 lost node's collective failure timed with its processes").
 
-``--role trainer`` warms as a spare does (``benchmarks.calibrate._warm_rank``), joins group 0
-of the rendezvous store on ``--port`` as the last of ``--world`` ranks, trains two iterations
-with the survivors, each checkpointed by the scenario's strategy (under Gemini with an engine
-and a node store of its own, whose slot files are named by ``--prefix``:
-``benchmarks.calibrate._trained_before_loss``), passes a barrier with them and waits to be
-killed. ``--role spare`` warms
-and waits. Each writes one line to stdout per stage (``warm``, then for the trainer
-``trained``). Neither outlives its parent or ``WAIT_S``.
+``--role trainer`` warms as a spare does (``benchmarks.calibrate._warm_rank``), joins the
+round's group (``LOST_NODE_GROUP``) of the rendezvous store on ``--port`` as the last of
+``--world`` ranks, trains two iterations with the survivors, each checkpointed by the
+scenario's strategy (under Gemini with an engine and a node store of its own, whose slot
+files are named by ``--prefix``: ``benchmarks.calibrate._trained_before_loss``), passes a
+barrier with them and waits to be killed. ``--role spare`` warms and waits. Each writes one
+line to stdout per stage (``warm``, then for the trainer ``trained``). Neither outlives its
+parent or ``WAIT_S``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     end_with_parent(signal.SIGKILL, args.parent)
 
     from benchmarks.calibrate import (
+        LOST_NODE_GROUP,
         _spare_join,
         _trained_before_loss,
         _warm_rank,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch.distributed as dist
 
         rank = args.world - 1
-        _, trainer = _spare_join(config, rank, args.world, args.port, 0, prepared)
+        _, trainer = _spare_join(config, rank, args.world, args.port, LOST_NODE_GROUP, prepared)
         with _trained_before_loss(loaded, rank, args.world, trainer, args.prefix):
             dist.barrier()
             _say("trained")
