@@ -1,7 +1,7 @@
 """Validate the simulator on shapes it was not calibrated on, through the product's commands.
 
     .venv/bin/python benchmarks/validate.py [--out runs/validation] [--only NAME ...]
-        [--calibration FILE] [--rerun] [--no-netns]
+        [--calibration FILE] [--rerun] [--no-netns] [--repeat N]
 
 1. **Calibration**, once: ``gemini-ckpt calibrate --out OUT/calibration.yaml`` measures this
    machine and fits the laws of the recovery costs and the iteration to micro-measurements of
@@ -25,6 +25,15 @@
    the targets (<= 10% per phase, <= 5% for downtime and wasted time), and the worst cases
    with the sub-phase that misses most.
 
+``--repeat N`` measures each scenario N times (``real-<strategy>``, ``real-<strategy>-2``, ...,
+one after the other). The prediction is then compared with the median of the runs, failure by
+failure and phase by phase, and the table adds what the runs of one scenario say about the
+machine itself: per phase, the median over the scenarios of the |relative difference| between
+two of its runs (each scenario's failures summed; the median over every ordered pair of runs,
+so with two runs the mean of A against B and B against A), the error a prediction that
+equalled one run exactly would show against another. A phase whose runs differ by more than
+its target cannot be validated to that target from one run.
+
 Existing calibrations, predictions and real runs are kept (``--rerun`` redoes them), so an
 interrupted run continues where it stopped. Expect 2-4 minutes per scenario on a loaded
 2-core machine.
@@ -40,7 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +87,26 @@ def phase_value(record: FailureRecord, phase: str) -> float:
 
 def relative(predicted: float, measured: float) -> float | None:
     return (predicted - measured) / measured if measured > 0 else None
+
+
+def median_record(records: Sequence[FailureRecord]) -> FailureRecord:
+    """One failure measured several times: each timed field the median of the runs'; the
+    rest (kind, nodes, tier, lost iterations) as the first run recorded it."""
+
+    def median(name: str) -> float:
+        return statistics.median(float(getattr(r, name)) for r in records)
+
+    return replace(
+        records[0],
+        detection_s=median("detection_s"),
+        stop_s=median("stop_s"),
+        replacement_s=median("replacement_s"),
+        restart_s=median("restart_s"),
+        retrieval_s=median("retrieval_s"),
+        lost_progress_s=median("lost_progress_s"),
+        wasted_s=median("wasted_s"),
+        downtime_s=median("downtime_s"),
+    )
 
 
 def netns_possible() -> str | None:
@@ -120,7 +149,9 @@ class Outcome:
     load: tuple[float, float] = (0.0, 0.0)
     real_s: float = 0.0
     problem: str = ""
-    iteration_s: float = 0.0  # the real run's median iteration
+    iteration_s: float = 0.0  # the real run's median iteration (the runs' median with --repeat)
+    runs: list[list[FailureRecord]] = field(default_factory=list)
+    """With ``--repeat``: each measured run's records of ``failures``, in their order."""
 
     def total(self, phase: str, which: int) -> float:
         return sum(phase_value(pair[which], phase) for pair in self.failures)
@@ -140,6 +171,19 @@ class Outcome:
         predicted, measured = self.total(phase, 0), self.total(phase, 1)
         return (predicted - measured) / max(measured, floor)
 
+    def runs_apart(self, phase: str) -> float | None:
+        """The |relative difference| of the phase (failures summed) between two of this
+        scenario's measured runs, the median over every ordered pair: what a prediction equal
+        to one run would miss another by. None with fewer than two runs."""
+        totals = [sum(phase_value(r, phase) for r in run) for run in self.runs]
+        apart = [
+            abs(d)
+            for i, a in enumerate(totals)
+            for j, b in enumerate(totals)
+            if i != j and (d := relative(a, b)) is not None
+        ]
+        return statistics.median(apart) if len(self.runs) > 1 and apart else None
+
     def worst_sub_phase(self) -> str:
         """The sub-phase whose error moves the downtime most, with its figures."""
         errors = []
@@ -151,7 +195,14 @@ class Outcome:
         return f"{name[:-2]} {predicted:.2f} s predicted, {measured:.2f} s measured"
 
 
-def run_scenario(path: Path, out: Path, calibration: Path, rerun: bool, profile: str) -> Outcome:
+def real_folder(folder: Path, strategy: str, run: int) -> Path:
+    """The folder of a scenario's measured run ``run`` (1, 2, ...)."""
+    return folder / (f"real-{strategy}" if run == 1 else f"real-{strategy}-{run}")
+
+
+def run_scenario(
+    path: Path, out: Path, calibration: Path, rerun: bool, profile: str, repeat: int = 1
+) -> Outcome:
     loaded = load_scenario(path)
     strategy = loaded.checkpoint.strategy
     outcome = Outcome(loaded.name, strategy)
@@ -181,31 +232,45 @@ def run_scenario(path: Path, out: Path, calibration: Path, rerun: bool, profile:
     if code != 0:
         outcome.problem = f"sim exited {code}"
         return outcome
-    real_folder = folder / f"real-{strategy}"
-    if rerun and real_folder.exists():
-        shutil.rmtree(real_folder)
-    if not (real_folder / "summary.json").exists():
-        if real_folder.exists():
-            shutil.rmtree(real_folder)
-        before = load_average()
-        began = time.monotonic()
-        code = product(
-            ["real", str(path), "--out", str(real_folder)], logs / f"{path.stem}-real.log"
-        )
-        outcome.real_s = time.monotonic() - began
-        outcome.load = (before, load_average())
-        if code != 0:
-            outcome.problem = f"real exited {code} (log: {logs / path.stem}-real.log)"
-            return outcome
+    summaries = []
+    for run in range(1, repeat + 1):
+        measured_folder = real_folder(folder, strategy, run)
+        if rerun and measured_folder.exists():
+            shutil.rmtree(measured_folder)
+        if not (measured_folder / "summary.json").exists():
+            if measured_folder.exists():
+                shutil.rmtree(measured_folder)
+            log = logs / f"{path.stem}-real{'' if run == 1 else f'-{run}'}.log"
+            before = load_average()
+            began = time.monotonic()
+            code = product(["real", str(path), "--out", str(measured_folder)], log)
+            outcome.real_s += time.monotonic() - began
+            outcome.load = (
+                (before, load_average())
+                if run == 1
+                else (min(outcome.load[0], before), max(outcome.load[1], load_average()))
+            )
+            if code != 0:
+                outcome.problem = f"real exited {code} (log: {log})"
+                return outcome
+        summaries.append(load_run(measured_folder).summary)
     predicted = load_run(sim_folder).summary.failures
-    real_summary = load_run(real_folder).summary
-    outcome.iteration_s = real_summary.iteration_time_s
-    measured = {f.index: f for f in real_summary.failures}
+    outcome.iteration_s = statistics.median(summary.iteration_time_s for summary in summaries)
+    measured = [{f.index: f for f in summary.failures} for summary in summaries]
+    matched = []
     for record in predicted:
-        if record.index in measured and measured[record.index].complete:
-            outcome.failures.append((record, measured[record.index]))
+        runs = [m[record.index] for m in measured if record.index in m]
+        if len(runs) == len(measured) and all(r.complete for r in runs):
+            matched.append((record, runs))
+    for record, runs in matched:
+        outcome.failures.append((record, runs[0] if len(runs) == 1 else median_record(runs)))
+    if repeat > 1:
+        outcome.runs = [[runs[i] for _, runs in matched] for i in range(repeat)]
     if len(outcome.failures) < len(predicted):
-        outcome.problem = f"{len(predicted) - len(outcome.failures)} failure(s) not matched"
+        unmatched = len(predicted) - len(outcome.failures)
+        outcome.problem = f"{unmatched} failure(s) not matched" + (
+            f" in all {repeat} runs" if repeat > 1 else ""
+        )
     return outcome
 
 
@@ -234,27 +299,38 @@ def tables(outcomes: Sequence[Outcome], skipped: dict[str, str]) -> str:
                 f"| {outcome.name} | {outcome.strategy} | {measured.kind} {list(measured.nodes)}"
                 f" | {predicted.tier} / {measured.tier} | " + " | ".join(cells) + " |"
             )
-    lines += ["", "Cells: predicted / measured seconds (relative error).", ""]
+    repeats = max((len(o.runs) for o in outcomes), default=0)
+    lines += [
+        "",
+        "Cells: predicted / measured seconds (relative error)"
+        + (f"; measured: the median of {repeats} runs." if repeats > 1 else "."),
+        "",
+    ]
     if skipped:
         lines += ["Not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()), ""]
     compared = [o for o in outcomes if o.failures]
     lines += [
         f"Per phase over {len(compared)} scenarios (each scenario's failures summed):",
         "",
-        "| phase | median abs error | target | worst scenario (error) | met |",
-        "|---|---|---|---|---|",
+        "| phase | median abs error | target | worst scenario (error) | met |"
+        + (" two runs apart (median) |" if repeats > 1 else ""),
+        "|---|---|---|---|---|" + ("---|" if repeats > 1 else ""),
     ]
     for key, label, target in PHASES:
         errors = [(o.error(key), o) for o in compared]
         known = [(abs(e), o, e) for e, o in errors if e is not None]
+        apart = [a for o in compared if (a := o.runs_apart(key)) is not None]
+        extra = ""
+        if repeats > 1:
+            extra = f" {statistics.median(apart):.1%} |" if apart else " - |"
         if not known:
-            lines.append(f"| {label} | - | <= {target:.0%} | - | - |")
+            lines.append(f"| {label} | - | <= {target:.0%} | - | - |{extra}")
             continue
         median = statistics.median(a for a, _, _ in known)
         worst = max(known, key=lambda item: item[0])
         lines.append(
             f"| {label} | {median:.1%} | <= {target:.0%} | {worst[1].name} ({worst[2]:+.0%}) | "
-            f"{'yes' if median <= target else 'no'} |"
+            f"{'yes' if median <= target else 'no'} |{extra}"
         )
     floored = [(o.error_per_iteration("lost_progress"), o) for o in compared]
     known_floored = [(abs(e), o, e) for e, o in floored if e is not None]
@@ -264,7 +340,15 @@ def tables(outcomes: Sequence[Outcome], skipped: dict[str, str]) -> str:
         lines.append(
             f"| lost progress, over max(measured, one iteration per failure) | {median:.1%} | "
             f"<= 10% | {worst[1].name} ({worst[2]:+.0%}) | {'yes' if median <= 0.10 else 'no'} |"
+            + (" - |" if repeats > 1 else "")
         )
+    if repeats > 1:
+        lines += [
+            "",
+            "Two runs apart: per phase, the median over the scenarios of the |relative "
+            "difference| between two measured runs of one scenario (each scenario's failures "
+            "summed), the error a prediction equal to one run would show against another.",
+        ]
     lines += ["", "Where each scenario's downtime misses most:", ""]
     for outcome in sorted(compared, key=lambda o: -abs(o.error("downtime") or 0.0)):
         lines.append(
@@ -284,6 +368,14 @@ def main() -> int:
     parser.add_argument("--rerun", action="store_true", help="Delete earlier real runs first.")
     parser.add_argument("--no-netns", action="store_true", help="Skip the netns scenarios.")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Measure each scenario N times, compare the prediction with the median of the "
+        "runs and report how far two runs of one scenario are apart (default: 1).",
+    )
+    parser.add_argument(
         "--profile",
         choices=("run", "micro", "none"),
         default="micro",
@@ -292,6 +384,8 @@ def main() -> int:
         "harness run of a minute or two per scenario; none leaves the iteration to the laws).",
     )
     options = parser.parse_args()
+    if options.repeat < 1:
+        parser.error("--repeat must be at least 1")
     out: Path = options.out
     out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -321,7 +415,9 @@ def main() -> int:
                 skipped[loaded.name] = reason
                 print(f"  {path.stem}: skipped ({reason})")
                 continue
-        outcome = run_scenario(path, out, calibration, options.rerun, options.profile)
+        outcome = run_scenario(
+            path, out, calibration, options.rerun, options.profile, options.repeat
+        )
         loads.append(load_average())
         outcomes.append(outcome)
         print(
@@ -335,8 +431,9 @@ def main() -> int:
         [
             "# Validation: the simulator against the real harness",
             "",
-            f"`.venv/bin/python benchmarks/validate.py --out {shown}`"
-            f" ({time.monotonic() - began:.0f} s; 1-minute load average "
+            f"`.venv/bin/python benchmarks/validate.py --out {shown}"
+            + (f" --repeat {options.repeat}`" if options.repeat > 1 else "`")
+            + f" ({time.monotonic() - began:.0f} s; 1-minute load average "
             f"{min(loads):.1f}-{max(loads):.1f} while it ran, {os.cpu_count()} CPUs)",
             "",
             tables(outcomes, skipped),
