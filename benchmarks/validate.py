@@ -146,7 +146,9 @@ class Outcome:
     name: str
     strategy: str
     failures: list[tuple[FailureRecord, FailureRecord]] = field(default_factory=list)
-    load: tuple[float, float] = (0.0, 0.0)
+    load: tuple[float, float] | None = None
+    """The load average before and after the real runs this invocation measured (None when
+    every run was kept from an earlier invocation, which did not record it)."""
     real_s: float = 0.0
     problem: str = ""
     iteration_s: float = 0.0  # the real run's median iteration (the runs' median with --repeat)
@@ -170,6 +172,11 @@ class Outcome:
         floor = len(self.failures) * self.iteration_s
         predicted, measured = self.total(phase, 0), self.total(phase, 1)
         return (predicted - measured) / max(measured, floor)
+
+    def error_against_run(self, phase: str, run: int) -> float | None:
+        """The prediction's error (failures summed) against measured run ``run`` alone."""
+        predicted = self.total(phase, 0)
+        return relative(predicted, sum(phase_value(r, phase) for r in self.runs[run]))
 
     def runs_apart(self, phase: str) -> float | None:
         """The |relative difference| of the phase (failures summed) between two of this
@@ -245,10 +252,11 @@ def run_scenario(
             began = time.monotonic()
             code = product(["real", str(path), "--out", str(measured_folder)], log)
             outcome.real_s += time.monotonic() - began
+            after = load_average()
             outcome.load = (
-                (before, load_average())
-                if run == 1
-                else (min(outcome.load[0], before), max(outcome.load[1], load_average()))
+                (before, after)
+                if outcome.load is None
+                else (min(outcome.load[0], before), max(outcome.load[1], after))
             )
             if code != 0:
                 outcome.problem = f"real exited {code} (log: {log})"
@@ -348,14 +356,42 @@ def tables(outcomes: Sequence[Outcome], skipped: dict[str, str]) -> str:
             "Two runs apart: per phase, the median over the scenarios of the |relative "
             "difference| between two measured runs of one scenario (each scenario's failures "
             "summed), the error a prediction equal to one run would show against another.",
+            "",
+            "The same prediction against each run alone (median abs error per phase over the "
+            "scenarios measured that many times), as a validation of one run would read it:",
+            "",
+            "| run | " + " | ".join(label for _, label, _ in PHASES) + " |",
+            "|---|" + "---|" * len(PHASES),
         ]
+        for run in range(repeats):
+            cells = []
+            for key, _, _ in PHASES:
+                run_errors = [
+                    abs(e)
+                    for o in compared
+                    if len(o.runs) > run and (e := o.error_against_run(key, run)) is not None
+                ]
+                cells.append(f"{statistics.median(run_errors):.1%}" if run_errors else "-")
+            lines.append(f"| {run + 1} | " + " | ".join(cells) + " |")
     lines += ["", "Where each scenario's downtime misses most:", ""]
     for outcome in sorted(compared, key=lambda o: -abs(o.error("downtime") or 0.0)):
+        spread = ""
+        if len(outcome.runs) > 1:
+            spread = "; its runs apart: " + ", ".join(
+                f"{label} {'-' if (a := outcome.runs_apart(key)) is None else f'{a:.0%}'}"
+                for key, label, _ in PHASES
+            )
         lines.append(
             f"- {outcome.name}: downtime {percent(outcome.error('downtime'))}, "
             f"wasted {percent(outcome.error('wasted'))}; largest sub-phase miss: "
-            f"{outcome.worst_sub_phase()}; load average {outcome.load[0]:.1f} -> "
-            f"{outcome.load[1]:.1f} during its real run"
+            f"{outcome.worst_sub_phase()}; "
+            + (
+                "its real runs kept from before (load average not recorded)"
+                if outcome.load is None
+                else f"load average {outcome.load[0]:.1f} -> {outcome.load[1]:.1f} during its "
+                f"real run{'s' if outcome.runs else ''}"
+            )
+            + spread
         )
     return "\n".join(lines) + "\n"
 

@@ -70,6 +70,7 @@ def test_the_table_gives_medians_worst_cases_and_targets() -> None:
     assert "over 3 scenarios" in text
     # Every scenario names the sub-phase that misses most (b: replacement, 0.25 s).
     assert "- b: downtime +50%, wasted +50%; largest sub-phase miss: replacement 0.75 s" in text
+    assert "load average 3.0 -> 4.0 during its real run\n" in text
 
 
 def test_lost_progress_is_also_judged_over_one_iteration_per_failure() -> None:
@@ -119,6 +120,14 @@ def test_two_runs_apart_is_what_a_prediction_equal_to_one_run_misses_the_other_b
     assert "| met | two runs apart (median) |" in text
     assert "| downtime | 6.0% | <= 5% | b (-12%) | no | 30.0% |" in text
     assert "| detection | 6.0% | <= 10% | b (-12%) | yes | 30.0% |" in text
+    # Against run 1 alone: a +10%, b +10%; against run 2: a -8.3%, b -26.7% (median 17.5%).
+    assert "| 1 | 10.0% | 10.0% | 10.0% | 10.0% | 10.0% | 10.0% |" in text
+    assert "| 2 | 17.5% | 17.5% |" in text
+    assert (
+        "its real runs kept from before (load average not recorded); its runs apart: "
+        "detection 42%, restart 42%, retrieval 42%, lost progress 42%, downtime 42%, "
+        "wasted time 42%" in text
+    )
 
 
 def _summary(failures: tuple[FailureRecord, ...], iteration_s: float = 0.5) -> SimpleNamespace:
