@@ -270,8 +270,7 @@ def run_scenario(
         runs = [m[record.index] for m in measured if record.index in m]
         if len(runs) == len(measured) and all(r.complete for r in runs):
             matched.append((record, runs))
-    for record, runs in matched:
-        outcome.failures.append((record, runs[0] if len(runs) == 1 else median_record(runs)))
+    outcome.failures = [(record, median_record(runs)) for record, runs in matched]
     if repeat > 1:
         outcome.runs = [[runs[i] for _, runs in matched] for i in range(repeat)]
     if len(outcome.failures) < len(predicted):
