@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 
+import benchmarks.validate as validate
 from shared.summary import FailureRecord
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _validate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "validate_bench", REPO / "benchmarks" / "validate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["validate_bench"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _record(scale: float, index: int = 0) -> FailureRecord:
@@ -47,14 +35,12 @@ def _record(scale: float, index: int = 0) -> FailureRecord:
 
 
 def test_restart_is_everything_from_detection_to_the_new_group() -> None:
-    validate = _validate()
     assert validate.phase_value(_record(1.0), "restart") == pytest.approx(0.05 + 0.5 + 0.3)
     assert validate.phase_value(_record(1.0), "lost_progress") == pytest.approx(0.4)
     assert validate.phase_value(_record(1.0), "downtime") == pytest.approx(1.2)
 
 
 def test_the_table_gives_medians_worst_cases_and_targets() -> None:
-    validate = _validate()
     outcomes = []
     for name, scale in (("a", 1.02), ("b", 1.5), ("c", 0.97)):
         outcome = validate.Outcome(name, "gemini", load=(3.0, 4.0))
@@ -76,7 +62,6 @@ def test_the_table_gives_medians_worst_cases_and_targets() -> None:
 def test_lost_progress_is_also_judged_over_one_iteration_per_failure() -> None:
     """A crash losing nothing in both faces (0.00 s predicted, 0.01 s measured) is a -100%
     miss over the measurement, -2% over one 0.5 s iteration; a real miss stays one."""
-    validate = _validate()
     none_lost = validate.Outcome("crash", "gemini", iteration_s=0.5)
     predicted = dataclasses.replace(_record(1.0), lost_progress_s=0.0)
     measured = dataclasses.replace(_record(1.0), lost_progress_s=0.01)
@@ -92,7 +77,6 @@ def test_lost_progress_is_also_judged_over_one_iteration_per_failure() -> None:
 
 
 def test_a_repeated_failure_is_measured_by_the_median_of_its_runs() -> None:
-    validate = _validate()
     runs = [_record(1.0), _record(3.0), _record(1.4)]
     median = validate.median_record(runs)
     assert median.detection_s == pytest.approx(0.14)
@@ -102,7 +86,6 @@ def test_a_repeated_failure_is_measured_by_the_median_of_its_runs() -> None:
 
 
 def test_two_runs_apart_is_what_a_prediction_equal_to_one_run_misses_the_other_by() -> None:
-    validate = _validate()
     outcomes = []
     # a's runs are 20% apart one way and 16.7% the other (mean 18.3%); b's 50% and 33.3%
     # (mean 41.7%): the median over the two scenarios is 30%. Predicted against the runs'
@@ -140,7 +123,6 @@ def test_repeat_measures_every_run_and_compares_with_their_median(
     """``--repeat 3`` runs the harness three times into folders of their own, compares the
     prediction with the median of the three and keeps each run's records; a failure that one
     run did not complete is not compared."""
-    validate = _validate()
     calls: list[list[str]] = []
 
     def product(args: list[str], log: Path) -> int:
