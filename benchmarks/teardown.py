@@ -10,7 +10,8 @@ collective failure timed with its processes"). Per resident size and number of b
 processes (each an interpreter spinning on one core), a child touches that much memory,
 connects to this process over loopback TCP and is SIGKILLed; the time from the kill to the
 end of the connection here is the figure (median and range of ``--rounds``). Every child and
-spinner is ended by its owner, also on Ctrl-C.
+spinner is ended by its owner, also on Ctrl-C, and by the kernel if this script is killed
+outright (``real.runtime.processes.end_with_parent``).
 
 No library times this: it is one ``kill`` and one ``recv``, written here.
 """
@@ -27,21 +28,32 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from real.runtime.processes import end_with_parent
 
 CHILD = r"""
-import os, socket, sys, time
-parent = os.getppid()
+import socket, sys, time
 memory = bytearray(int(sys.argv[2]) * 1024 * 1024)
 for at in range(0, len(memory), 4096):  # resident: every page touched
     memory[at] = 1
 connection = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 connection.sendall(b"r")
-while os.getppid() == parent:  # until killed, or its parent is gone
-    time.sleep(0.2)
+time.sleep(600)  # until killed
 """
 
-SPINNER = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
-"""A busy interpreter: spins on one core until killed, or its parent is gone."""
+
+def _owned(code: str, *args: str) -> subprocess.Popen[bytes]:
+    """``python -c CODE ARGS``, SIGKILLed by the kernel if this process ends first (this
+    script runs no threads, so ``preexec_fn`` is safe here)."""
+    parent = os.getpid()
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        preexec_fn=lambda: end_with_parent(signal.SIGKILL, parent),
+    )
+
 
 SETTLE_S = 0.2
 """Pause between the child's ready byte and the kill, so its start-up is over."""
@@ -52,7 +64,7 @@ def teardown_s(rss_mb: int) -> float:
     loopback connection here."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(rss_mb)])
+        child = _owned(CHILD, str(port), str(rss_mb))
         try:
             server.settimeout(60.0)
             connection, _ = server.accept()
@@ -74,7 +86,7 @@ def teardown_s(rss_mb: int) -> float:
 @contextmanager
 def busy(count: int) -> Iterator[None]:
     """``count`` interpreters spinning beside the measurement, ended on leaving."""
-    spinners = [subprocess.Popen([sys.executable, "-c", SPINNER]) for _ in range(count)]
+    spinners = [_owned("while True: pass") for _ in range(count)]
     try:
         yield
     finally:
@@ -112,7 +124,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from gemini_ckpt.interrupts import run_script
 
     raise SystemExit(run_script(main))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import psutil
-from running import live_descendants
+from running import ends_with_its_owner, live_descendants
 
 import benchmarks.teardown as teardown
 
@@ -23,3 +27,23 @@ def test_a_spinner_ends_with_its_owner() -> None:
         spinning = live_descendants()
         assert len(spinning) == 2
     assert not any(psutil.pid_exists(pid) for pid, _ in spinning)
+
+
+def test_a_spinner_ends_when_the_script_is_killed_outright() -> None:
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time, benchmarks.teardown as t\n"
+            "with t.busy(1):\n"
+            "    print('spinning', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert owner.stdout is not None
+    owner.stdout.readline()  # the spinner runs
+    (spinner,) = psutil.Process(owner.pid).children()
+    assert ends_with_its_owner(owner, spinner.pid)
