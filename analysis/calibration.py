@@ -128,13 +128,17 @@ def recovery_costs(
       law) is recorded but not used: tried on 2026-12-06 in place of this rule, it
       under-predicted the whole validation's crash detections by 5-58% (docs/analysis.md,
       "A crash's detection timed along its chain"), so it was withdrawn;
-    - ``detection.collective_failure_s`` = collective failure: a lost node's trainer, its
-      warm spare and (Gemini) its node store, started as a node agent starts them (fresh
-      processes, each owning its pages, in sessions of their own at the trainers'
-      niceness), are killed as an iteration ends, after its save, while the survivors go on
-      training, until the first one's all-reduce fails (the median of
-      ``collective_failure_rounds_s``; the simulator waits for the later of this and the
-      survivors' next collective). Until 2026-12-07 a rank forked from the calibration's
+    - ``detection.collective_failure_s`` = collective failure: a lost node's agent (a
+      stand-in holding what an agent holds: its modules, torch and a rendezvous store), its
+      trainer, its warm spare and (Gemini) its node store, started as the launcher and a
+      node agent start them (fresh processes, each owning its pages, in sessions of their
+      own, the trainers at their niceness), are killed as an iteration ends, after its save,
+      while the survivors go on training, until the first one's all-reduce fails (the median
+      of ``collective_failure_rounds_s``; the simulator waits for the later of this and the
+      survivors' next collective). Their teardowns compete for the CPUs, the agent's with
+      the trainer's: it was left out until the evening of 2026-12-07, when every probed lost
+      node of a repeated validation was under-predicted by 15-50% (changed **after seeing
+      those misses**, docs/analysis.md). Until 2026-12-07 a rank forked from the calibration's
       warm process vanished alone (``collective_failure_forked_s``, still recorded): it
       shares most of its pages with that process and dies faster than a harness trainer
       (44 ms against 71-81 ms side by side, 74-123 ms in the harness's traces: changed

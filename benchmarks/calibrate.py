@@ -770,9 +770,10 @@ LOST_NODE_WARM_S = 180.0
 torch takes seconds to start on a loaded host) before the round gives up."""
 
 
-ROLES = ("spare", "trainer")
+ROLES = ("agent", "spare", "trainer")
 """A lost node's processes, in the order the injector kills them (a node's agent group, then
-its trainers; the trainer's store dies with it here)."""
+its trainers; the trainer's store dies with it here). The agent, whose teardown competes with
+the others' for the CPUs, was left out until 2026-12-07 (``benchmarks.lost_node``)."""
 
 
 def _survivor_rank_main(
@@ -842,9 +843,10 @@ def _as_harness_trainer() -> None:
 
 
 class _LostNode:
-    """A lost node's warm spare and trainer (``benchmarks.lost_node``), fresh processes in
-    sessions of their own at the trainers' niceness, as a node agent starts them; :meth:`kill`
-    loses them as the injector loses a node."""
+    """A lost node's agent, warm spare and trainer (``benchmarks.lost_node``), fresh processes
+    in sessions of their own, the spare and the trainer at the trainers' niceness, as the
+    launcher starts an agent and the agent its trainers; :meth:`kill` loses them as the
+    injector loses a node."""
 
     def __init__(self, options: CalibrationOptions, world: int, port: int) -> None:
         from real.agent.trainer_processes import TRAINER_NICENESS, set_autogroup_niceness
@@ -858,8 +860,9 @@ class _LostNode:
         scratch = Path(os.environ.get(GEMINI_CALIBRATE_SCRATCH) or tempfile.gettempdir())
         self.logs = {role: scratch / f"lost-node-{port}-{role}.log" for role in ROLES}
         for role in ROLES:
+            trainer = role != "agent"  # the launcher starts an agent at the default niceness
             command = [
-                *("nice", "-n", str(TRAINER_NICENESS)),
+                *(("nice", "-n", str(TRAINER_NICENESS)) if trainer else ()),
                 sys.executable,
                 "-m",
                 "benchmarks.lost_node",
@@ -881,7 +884,8 @@ class _LostNode:
                     text=True,
                     start_new_session=True,  # the terminal's Ctrl-C is the calibration's
                 )
-            set_autogroup_niceness(self.processes[role].pid, TRAINER_NICENESS)
+            if trainer:
+                set_autogroup_niceness(self.processes[role].pid, TRAINER_NICENESS)
             self.lines[role] = queue.Queue()
             threading.Thread(
                 target=_read_lines,
@@ -911,8 +915,8 @@ class _LostNode:
                 return
 
     def kill(self) -> float:
-        """Lose the node as the injector does: SIGKILL the spare, then the trainer with its
-        store (its process group), then reap them and remove the store's slot files, while
+        """Lose the node as the injector does: SIGKILL the agent, the spare, then the trainer
+        with its store (its process group), then reap them and remove the store's slot files, while
         the survivors find the loss; returns the wall time just before the first signal."""
         lost_at = time.time()
         for process in self.processes.values():
@@ -948,10 +952,10 @@ def _lost_node_rounds(
 ) -> list[float]:
     """A lost node's collective failure, ``rounds`` times: ``ranks - 1`` survivors forked
     from this warm process and, as their last rank, a trainer started as the harness starts
-    one, with its node's warm spare (``benchmarks.lost_node``: fresh processes, each owning
-    its pages). Once they have trained together, the survivors compute beside an all-reduce
-    and the node's processes are killed at once. Each round's first survivor failure after
-    the kill, s (the harness's detector probes on the first suspect record)."""
+    one, with its node's warm spare and agent (``benchmarks.lost_node``: fresh processes,
+    each owning its pages). Once they have trained together, the survivors compute beside
+    an all-reduce and the node's processes are killed at once. Each round's first survivor
+    failure after the kill, s (the harness's detector probes on the first suspect record)."""
     with _rank_scratch():
         return [s for _ in range(rounds) if (s := _lost_node_round(options, ranks)) is not None]
 

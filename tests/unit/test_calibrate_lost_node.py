@@ -1,5 +1,5 @@
-"""The calibration's lost node (``benchmarks.calibrate._lost_node_rounds``): a trainer and its
-warm spare started as fresh processes, trained with a forked survivor, then killed; the
+"""The calibration's lost node (``benchmarks.calibrate._lost_node_rounds``): its agent, a trainer
+and its warm spare started as fresh processes, trained with a forked survivor, then killed; the
 survivor's all-reduce fails, the round times it, and nothing of the node is left. A node whose
 process cannot start says why."""
 
@@ -68,7 +68,7 @@ def test_a_lost_nodes_round_times_the_survivors_failure_and_leaves_nothing() -> 
     assert isinstance(seconds, list) and len(seconds) == 1
     assert 0.0 < seconds[0] < 30.0
     pids = got["pids"]
-    assert isinstance(pids, list) and len(pids) == 2  # the spare and the trainer
+    assert isinstance(pids, list) and len(pids) == 3  # the agent, the spare and the trainer
     assert not [pid for pid in pids if pid_alive(pid)]
     assert _slot_files() <= before
 
