@@ -136,13 +136,14 @@ def recovery_costs(
       while the survivors go on training, until the first one's all-reduce fails (the median
       of ``collective_failure_rounds_s``; the simulator waits for the later of this and the
       survivors' next collective). Their teardowns compete for the CPUs, the agent's with
-      the trainer's: it was left out until the evening of 2026-12-07, when every probed lost
+      the trainer's: it was left out until 2026-12-07 13:47 UTC, when every probed lost
       node of a repeated validation was under-predicted by 15-50% (changed **after seeing
-      those misses**, docs/analysis.md). Until 2026-12-07 a rank forked from the calibration's
-      warm process vanished alone (``collective_failure_forked_s``, still recorded): it
-      shares most of its pages with that process and dies faster than a harness trainer
-      (44 ms against 71-81 ms side by side, 74-123 ms in the harness's traces: changed
-      **after seeing misses**, docs/analysis.md);
+      those misses**, docs/analysis.md, "The node's agent lost with it"). Until 2026-12-07
+      a rank forked from the calibration's warm process vanished alone
+      (``collective_failure_forked_s``, still recorded): it shares most of its pages with
+      that process and dies faster than a harness trainer (44 ms against 71-81 ms side by
+      side, 74-123 ms in the harness's traces: changed **after seeing misses**,
+      docs/analysis.md);
     - ``detection.probe_detection_s`` = 2 x hop work (the trainer's report to its agent, the
       agent's suspect record to the root) + probe round trip. Until 2026-12-07 it was
       collective failure + agent poll / 2 + root poll / 2 + probe, after the wait for the
