@@ -860,9 +860,11 @@ class _LostNode:
         scratch = Path(os.environ.get(GEMINI_CALIBRATE_SCRATCH) or tempfile.gettempdir())
         self.logs = {role: scratch / f"lost-node-{port}-{role}.log" for role in ROLES}
         for role in ROLES:
-            trainer = role != "agent"  # the launcher starts an agent at the default niceness
+            # The agent starts trainers and spares at theirs; the launcher, the agent at the
+            # default niceness.
+            niced = role != "agent"
             command = [
-                *(("nice", "-n", str(TRAINER_NICENESS)) if trainer else ()),
+                *(("nice", "-n", str(TRAINER_NICENESS)) if niced else ()),
                 sys.executable,
                 "-m",
                 "benchmarks.lost_node",
@@ -884,7 +886,7 @@ class _LostNode:
                     text=True,
                     start_new_session=True,  # the terminal's Ctrl-C is the calibration's
                 )
-            if trainer:
+            if niced:
                 set_autogroup_niceness(self.processes[role].pid, TRAINER_NICENESS)
             self.lines[role] = queue.Queue()
             threading.Thread(
