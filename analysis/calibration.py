@@ -138,7 +138,10 @@ def recovery_costs(
       survivors' next collective). Their teardowns compete for the CPUs, the agent's with
       the trainer's: it was left out until 2026-12-07 13:47 UTC, when every probed lost
       node of a repeated validation was under-predicted by 15-50% (changed **after seeing
-      those misses**, docs/analysis.md, "The node's agent lost with it"). Until 2026-12-07
+      those misses**, docs/analysis.md, "The node's agent lost with it"). By the laws
+      (``law_costs``) it grows with the CPU share, as the wake-ups after the teardown
+      wait for a CPU: a constant until 2026-12-07 16:00 UTC (changed after seeing misses
+      too: "A lost node's collective failure in the CPU share"). Until 2026-12-07
       a rank forked from the calibration's warm process vanished alone
       (``collective_failure_forked_s``, still recorded): it shares most of its pages with
       that process and dies faster than a harness trainer (44 ms against 71-81 ms side by
@@ -557,6 +560,7 @@ LAW_FORMS: dict[str, str] = {
     "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
     "hop_work_s": "w * share",
     "exit_detection_s": "exit_notice_s + x * share",
+    "collective_failure_s": "f0 + f1 * share",
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
@@ -575,7 +579,9 @@ CPUs (``single_host``): ``max(1, (ranks + background) / cpus)``, with ``backgrou
 runnable processes of other jobs (``runnable_processes``: when the sample was taken, or when
 the prediction is made); 1 on a real cluster. ``share_one`` is the share of one process
 that works while the others wait: ``max(1, (1 + background) / cpus)`` (a spare's first FSDP2
-state and trainer, which the reference shapes measure on every rank at once). A DDP
+state and trainer, which the reference shapes measure on every rank at once). A lost node's
+collective failure, ``f0 + f1 * share``, is fitted to the reference shapes' medians of
+their lost-node rounds (``benchmarks.calibrate._lost_node_rounds``). A DDP
 iteration's
 collective is a ring all-reduce of the fp32 gradients (``steps`` = 2 (n - 1) messages,
 ``sent_bytes`` = 2 (n - 1) / n x 4 P), ZeRO-3/FSDP's two all-gathers and a reduce-scatter
@@ -588,13 +594,14 @@ the first trainer, and restore beside the first state (``fsdp2_restore_fixed_s``
 
 CONSTANT_LAWS = (
     "park_s",
-    "collective_failure_s",
     "probe_s",
     "exit_notice_s",
     "agent_poll_s",
     "root_poll_s",
 )
-"""Micro-measurements that do not depend on the shape: their median over the samples."""
+"""Micro-measurements that do not depend on the shape: their median over the samples.
+``collective_failure_s`` was one of them until 2026-12-07 (a calibration of that time holds
+it as a number, which ``law_costs`` still reads as a constant)."""
 
 
 def runnable_processes(seconds: float = 1.0, samples: int = 20) -> float:
@@ -722,6 +729,22 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     ]
     if chains:
         laws["exit_detection_s"] = {"x": statistics.median(chains)}
+    # A lost node's collective failure: the kernel closes the lost processes' sockets as it
+    # tears them down, then the survivors' gloo threads wake, raise and leave their
+    # collectives, all of them competing for the CPUs with the survivors still computing.
+    # A constant until 2026-12-07; a law in the share since, after seeing the validation's
+    # 8-node lost node under-predicted by a third (docs/analysis.md, "A lost node's
+    # collective failure in the CPU share").
+    failures = [
+        (x, float(s["collective_failure_s"]))
+        for s, x in zip(samples, shares, strict=True)
+        if isinstance(s.get("collective_failure_s"), int | float)
+    ]
+    if len(failures) >= 2:
+        f0, f1 = _nonnegative_fit([[1, x] for x, _ in failures], [f for _, f in failures])
+        laws["collective_failure_s"] = {"f0": f0, "f1": f1}
+    elif failures:
+        laws["collective_failure_s"] = {"f0": failures[0][1], "f1": 0.0}
     compute, communication = [], []
     for s in samples:
         phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
@@ -762,7 +785,7 @@ def _law(laws: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -> dict[str, float]:
     """The scenario's recovery costs and iteration (seconds) by ``LAW_FORMS``.
 
-    Returns ``exit_notice_s``, ``collective_failure_s``, ``probe_s``, ``park_s`` (constants),
+    Returns ``exit_notice_s``, ``probe_s``, ``park_s`` (constants), ``collective_failure_s``,
     ``spare_join_s``, ``rejoin_s``, ``exit_detection_s`` (where the laws have it),
     ``state_load_s``, ``compute_s`` and ``communication_s``
     for the scenario's world size, parameters, tokens per rank, parallelism and the state one
@@ -788,6 +811,11 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
         value = laws.get(key)
         if isinstance(value, int | float):
             out[key] = float(value)
+    failure = laws.get("collective_failure_s")
+    if isinstance(failure, Mapping):
+        out["collective_failure_s"] = float(failure["f0"]) + float(failure["f1"]) * share
+    elif isinstance(failure, int | float):  # calibrations before 2026-12-07: a constant
+        out["collective_failure_s"] = float(failure)
     rejoin = _law(laws, "rejoin_s")
     out["rejoin_s"] = (float(rejoin["r0"]) + float(rejoin["r1"]) * ranks) * share
     chain, notice = laws.get("exit_detection_s"), out.get("exit_notice_s")

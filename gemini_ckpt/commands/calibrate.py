@@ -188,7 +188,7 @@ def command(
         values = ", ".join(f"{k}={_short(v)}" for k, v in (fitted or {}).items())
         table.add_row(f"{key} = {form}", values)
     for key in ("park_s", "collective_failure_s", "probe_s", "exit_notice_s"):
-        if key in laws:
+        if isinstance(laws.get(key), int | float):  # a law's constant (or an older file's)
             table.add_row(key, _short(laws[key]))
     console.print(table)
     if loaded is not None:

@@ -285,7 +285,6 @@ LAWS_TRUE = {
 }
 CONSTANTS = {
     "park_s": 0.01,
-    "collective_failure_s": 0.03,
     "probe_s": 0.001,
     "exit_notice_s": 0.002,
     "agent_poll_s": 0.05,
@@ -328,6 +327,8 @@ def _sample(
         "persistent_save_fixed_s": 0.11 * share,
         # The exit notice, then processes woken one after another: 4 ms of them per share.
         "exit_detection_s": CONSTANTS["exit_notice_s"] + 0.004 * share,
+        # A lost node: its sockets closed, the survivors' wake-ups wait for a CPU.
+        "collective_failure_s": 0.03 + 0.01 * share,
         "micro_iteration_phases": [["compute", compute], ["communication", communication]],
     }
 
@@ -348,13 +349,24 @@ def test_laws_fitted_on_reference_shapes_predict_an_unseen_shape() -> None:
     scenario = load_scenario(REPO / "scenarios" / "validation" / "v03-small-8nodes-hardware.yaml")
     expected = _sample(8, scenario.model.parameter_count, background=5)
     costs = law_costs(laws, scenario, background=5)
-    keys = ("rejoin_s", "engine_rejoin_s", "spare_join_s", "state_load_s", "exit_detection_s")
+    keys = (
+        "rejoin_s",
+        "engine_rejoin_s",
+        "spare_join_s",
+        "state_load_s",
+        "exit_detection_s",
+        "collective_failure_s",
+    )
     for key in (*keys, *CONSTANTS):
         assert costs[key] == pytest.approx(expected[key], rel=1e-6), key
     # Samples measured before the rejoin with the engine (2026-12-06) fit no law for it.
     older = [{k: v for k, v in s.items() if k != "engine_rejoin_s"} for s in REFERENCE]
     assert "engine_rejoin_s" not in fit_laws(older, cpus=2)
     assert "engine_rejoin_s" not in law_costs(fit_laws(older, cpus=2), scenario, background=5)
+    assert laws["collective_failure_s"] == pytest.approx({"f0": 0.03, "f1": 0.01}, rel=1e-6)
+    # A calibration of before 2026-12-07 held the collective failure as a constant.
+    older_file = {**laws, "collective_failure_s": 0.07}
+    assert law_costs(older_file, scenario, background=5)["collective_failure_s"] == 0.07
     untimed = [{k: v for k, v in s.items() if k != "exit_detection_s"} for s in REFERENCE]
     assert "exit_detection_s" not in law_costs(fit_laws(untimed, cpus=2), scenario)
     phases = dict(expected["micro_iteration_phases"])  # type: ignore[call-overload]
