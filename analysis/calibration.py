@@ -140,7 +140,7 @@ def recovery_costs(
       node of a repeated validation was under-predicted by 15-50% (changed **after seeing
       those misses**, docs/analysis.md, "The node's agent lost with it"). By the laws
       (``law_costs``) it grows with the CPU share, as the wake-ups after the teardown
-      wait for a CPU: a constant until 2026-12-07 16:00 UTC (changed after seeing misses
+      wait for a CPU: a constant until 2026-12-07 15:58 UTC (changed after seeing misses
       too: "A lost node's collective failure in the CPU share"). Until 2026-12-07
       a rank forked from the calibration's warm process vanished alone
       (``collective_failure_forked_s``, still recorded): it shares most of its pages with

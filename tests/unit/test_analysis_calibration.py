@@ -725,11 +725,11 @@ def test_geminis_iteration_without_checkpoints_is_measured_not_its_iteration_wit
         "engine_step_s": 0.09,
     }
     assert no_ckpt(scenario_overrides({**laws, "profile": micro}, small)) == pytest.approx(0.09)
-    assert phases(scenario_overrides({**laws, "profile": micro}, small)) == [
-        ("compute", pytest.approx(0.05 * 0.09 / 0.08)),
-        ("communication", pytest.approx(0.03 * 0.09 / 0.08)),
-        ("compute", pytest.approx(0.12 - 0.09)),
-    ]
+    profiled = phases(scenario_overrides({**laws, "profile": micro}, small))
+    assert [kind for kind, _ in profiled] == ["compute", "communication", "compute"]
+    assert [seconds for _, seconds in profiled] == pytest.approx(
+        [0.05 * 0.09 / 0.08, 0.03 * 0.09 / 0.08, 0.12 - 0.09]
+    )
     costs = law_costs(laws["measurements"]["laws"], small)  # type: ignore[index]
     unprofiled = scenario_overrides(laws, small)
     assert no_ckpt(unprofiled) == pytest.approx(
