@@ -743,8 +743,6 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     if len(failures) >= 2:
         f0, f1 = _nonnegative_fit([[1, x] for x, _ in failures], [f for _, f in failures])
         laws["collective_failure_s"] = {"f0": f0, "f1": f1}
-    elif failures:
-        laws["collective_failure_s"] = {"f0": failures[0][1], "f1": 0.0}
     compute, communication = [], []
     for s in samples:
         phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
