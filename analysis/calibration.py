@@ -139,9 +139,10 @@ def recovery_costs(
       the trainer's: it was left out until 2026-12-07 13:47 UTC, when every probed lost
       node of a repeated validation was under-predicted by 15-50% (changed **after seeing
       those misses**, docs/analysis.md, "The node's agent lost with it"). By the laws
-      (``law_costs``) it grows with the CPU share, as the wake-ups after the teardown
-      wait for a CPU: a constant until 2026-12-07 15:58 UTC (changed after seeing misses
-      too: "A lost node's collective failure in the CPU share"). Until 2026-12-07
+      (``law_costs``) it grows with the CPU share, as the lost trainer's teardown and the
+      survivors' wake-ups after it wait for a CPU: a constant until 2026-12-07 15:58 UTC
+      (changed after seeing misses too: "A lost node's collective failure in the CPU
+      share"). Until 2026-12-07
       a rank forked from the calibration's warm process vanished alone
       (``collective_failure_forked_s``, still recorded): it shares most of its pages with
       that process and dies faster than a harness trainer (44 ms against 71-81 ms side by
@@ -729,9 +730,9 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     ]
     if chains:
         laws["exit_detection_s"] = {"x": statistics.median(chains)}
-    # A lost node's collective failure: the kernel closes the lost processes' sockets as it
-    # tears them down, then the survivors' gloo threads wake, raise and leave their
-    # collectives, all of them competing for the CPUs with the survivors still computing.
+    # A lost node's collective failure: the kernel closes the lost trainer's sockets once it
+    # has torn its memory down, then the survivors' gloo threads wake, raise and leave their
+    # collectives, all of it competing for the CPUs with the survivors still computing.
     # A constant until 2026-12-07; a law in the share since, after seeing the validation's
     # 8-node lost node under-predicted by a third (docs/analysis.md, "A lost node's
     # collective failure in the CPU share").
