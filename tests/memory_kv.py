@@ -32,6 +32,12 @@ class DictKV(KeyValueStore):
         self.data[key] = value
         return True
 
+    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
+        if self.data.get(guard) != held:
+            return False
+        self.data[key] = value
+        return True
+
     def delete(self, key: str, *, prefix: bool = False) -> int:
         doomed = [k for k in self.data if k == key or (prefix and k.startswith(key))]
         for k in doomed:

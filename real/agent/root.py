@@ -278,15 +278,16 @@ class RootAgent:
             self.kv.close()
         return None
 
-    def _require_leadership(self) -> None:
-        """Before each write of the attempt record: raise ``RecoveryAborted`` unless this
-        process holds the election's leader key now. A root paused past its lease (SIGSTOP, a
-        frozen VM) went on where it stopped once resumed, before its agent saw it had lost
-        the election: it wrote the job's record over the new root's (a failure of its own
-        making, and the new root's replacement node told it was no longer a member). A read,
-        then the write: a root stopped between the two could still write once; and a root
-        whose own node won the election again after its pause (same node, same process)
-        passes."""
+    def _require_leadership(self) -> bytes:
+        """Before each write of the job's keys: raise ``RecoveryAborted`` unless this process
+        holds the election's leader key now; return that key's value as read. A root paused
+        past its lease (SIGSTOP, a frozen VM) went on where it stopped once resumed, before
+        its agent saw it had lost the election: it wrote the job's record over the new root's
+        (a failure of its own making, and the new root's replacement node told it was no
+        longer a member). A read, then the write: a root stopped between the two could still
+        write once, which the record's compare-and-swap (``_write_record``) and the orders'
+        guard (``_leader_put``) then refuse; and a root whose own node won the election again
+        after its pause (same node, same process) passes."""
         self._check()  # the agent told it to stop: its election saw the leadership lost
         raw = self.kv.get(keys.LEADER_KEY)
         try:
@@ -298,6 +299,24 @@ class RootAgent:
                 "node %d: root: no longer the leader (the election's key is %s's); stepping down",
                 self.node_id,
                 holder.get("node", "nobody"),
+            )
+            raise RecoveryAborted
+        assert raw is not None  # decoded above: a holder was there
+        return raw
+
+    def _leader_put(self, key: str, value: bytes) -> None:
+        """Write one of the job's keys (a replacement order, the next node id) only while this
+        root holds the election's key, atomically (``KeyValueStore.put_guarded``): a root that
+        passed the check, then paused while another was elected, writes nothing once resumed
+        and steps down (``RecoveryAborted``). Until 2026-12-07 an order was guarded by the
+        check alone, so such a root could order a second node for a slot the new root had
+        already ordered one for, or hand a standby agent a slot the new root gave another."""
+        held = self._require_leadership()
+        if not self.kv.put_guarded(key, value, keys.LEADER_KEY, held):
+            log.warning(
+                "node %d: root: the election's key changed before writing %s; stepping down",
+                self.node_id,
+                key,
             )
             raise RecoveryAborted
 
@@ -454,7 +473,7 @@ class RootAgent:
                 members = {slot: by_slot[slot] for slot in range(self.nodes)}
                 ids = [*self._registrations(), *members.values()]
                 if self.kv.get(jobkeys.NEXT_NODE_ID_KEY) is None:
-                    self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(max(ids) + 1).encode())
+                    self._leader_put(jobkeys.NEXT_NODE_ID_KEY, str(max(ids) + 1).encode())
                 for node_id in members.values():
                     self.detector.expect(node_id)
                 plan, refusal = self._first_plan()
@@ -870,6 +889,8 @@ class _Recovery:
         for index in self.indices:
             root.events.emit("training_stopped", node=root.slot, failure=index, attempt=attempt)
         # Exit and suspect records of the stopped attempt are handled: a restart starts clean.
+        # (A leader's only: a root paused past its lease must not clear the new root's.)
+        root._require_leadership()
         self.kv.delete(keys.EXITS_PREFIX, prefix=True)
         self.kv.delete(keys.SUSPECTS_PREFIX, prefix=True)
         root.detector.clear_suspects()
@@ -898,18 +919,17 @@ class _Recovery:
                 standby = self._standby_agent() if order.source == "standby" else None
                 # No live standby agent: the cluster starts a new agent under a fresh id.
                 node_id = self._fresh_node_id() if standby is None else standby
-                root._require_leadership()  # an order is a write of the job's, as a record
-                jobkeys.put_json(
-                    self.kv,
-                    f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}",
-                    {
-                        "node_id": node_id,
-                        "slot": slot,
-                        "replaces": self._original[slot],
-                        "ready_at": order.ready_at,
-                        "source": order.source,
-                        "standby": standby is not None,
-                    },
+                order_record = {
+                    "node_id": node_id,
+                    "slot": slot,
+                    "replaces": self._original[slot],
+                    "ready_at": order.ready_at,
+                    "source": order.source,
+                    "standby": standby is not None,
+                }
+                # A write of the job's, fenced as a leader's (no second root orders a node).
+                root._leader_put(
+                    f"{jobkeys.REPLACEMENTS_PREFIX}{node_id}", keys.encode(order_record)
                 )
                 self.replacements[slot] = node_id
                 if standby is None:  # on a real cluster somebody starts it: say with which id
@@ -959,7 +979,7 @@ class _Recovery:
         node_id = int(self.kv.get(jobkeys.NEXT_NODE_ID_KEY) or b"0")
         while node_id in taken:
             node_id += 1
-        self.kv.put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
+        self.root._leader_put(jobkeys.NEXT_NODE_ID_KEY, str(node_id + 1).encode())
         return node_id
 
     def _standby_agent(self) -> int | None:

@@ -312,6 +312,26 @@ class EmbeddedKV(KeyValueStore):
         desired = _encode(0, value)
         return self._compare_set(full, raw, desired) == desired
 
+    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
+        _check_key(key)
+        _check_key(guard)
+        raw = self._read(self.namespace + guard)
+        if raw is None:
+            return False
+        lease_id, current = _decode(raw)
+        if current != held or not self._lease_alive(lease_id):
+            return False
+        # The server writes only while the guard's stored bytes are exactly those read (each
+        # write's own nonce): a new leader's key, written since, makes this fail.
+        header, _ = self._call(
+            "guarded_set",
+            self.namespace + key,
+            raw + _encode(0, value),
+            guard=self.namespace + guard,
+            expected_bytes=len(raw),
+        )
+        return bool(header.get("written"))
+
     def delete(self, key: str, *, prefix: bool = False) -> int:
         if not prefix:
             _check_key(key)

@@ -357,6 +357,23 @@ class EtcdKV(KeyValueStore):
         }
         return bool(self._call("/kv/txn", transaction).get("succeeded", False))
 
+    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
+        # A comparison of values, as in replace(): a guard whose lease ended is deleted, and
+        # an absent key's value compares unequal.
+        transaction = {
+            "compare": [
+                {
+                    "key": _b64(self._key(guard)),
+                    "result": "EQUAL",
+                    "target": "VALUE",
+                    "value": _b64(held),
+                }
+            ],
+            "success": [{"request_put": {"key": _b64(self._key(key)), "value": _b64(value)}}],
+            "failure": [],
+        }
+        return bool(self._call("/kv/txn", transaction).get("succeeded", False))
+
     def delete(self, key: str, *, prefix: bool = False) -> int:
         start = self._key(key)
         payload = {"key": _b64(start)}

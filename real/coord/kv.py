@@ -90,7 +90,7 @@ class Lease(abc.ABC):
 
 
 class KeyValueStore(abc.ABC):
-    """The coordination store: eight operations, keys are ``str``, values ``bytes``.
+    """The coordination store: nine operations, keys are ``str``, values ``bytes``.
 
     Implementations are safe to call from several threads of one process. Keys should be
     ``/``-separated paths without a leading slash (``nodes/3``).
@@ -135,6 +135,18 @@ class KeyValueStore(abc.ABC):
 
         Returns:
             True if this call wrote the key; False if its value was another.
+        """
+
+    @abc.abstractmethod
+    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
+        """Write ``key`` (no lease) only while ``guard`` holds ``held`` (its value as read),
+        atomically: the fence of a leader's writes. A root checks that the election's key is
+        its own, then writes; a root paused between the two (SIGSTOP, a frozen VM) while
+        another was elected would write once resumed. Guarded by the key it read, the write
+        fails instead once the key is another's, or gone.
+
+        Returns:
+            True if this call wrote ``key``; False if ``guard`` held another value, or none.
         """
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ Requests are frames of the same wire format (JSON header, raw payload), one repl
     get          key                      -> found, value (payload)
     set          key, value (payload)
     compare_set  key, expected_bytes, expected + desired (payload) -> the value now (payload)
+    guarded_set  key, guard, expected_bytes, expected + desired (payload) -> written
     add          key, amount              -> value (the integer after adding)
     delete       key                      -> deleted
     scan         prefix                   -> keys, sizes, their values (payload, concatenated)
@@ -36,8 +37,9 @@ not run (stopped, or its whole machine paused) expires no lease.
 
 ``compare_set`` follows torch's ``TCPStore``: an absent key is set when ``expected`` is empty;
 the reply is always the key's value afterwards (``expected`` itself when the key is absent and
-``expected`` is not empty). Values live in memory only: the store holds small coordination
-keys, never checkpoint bytes.
+``expected`` is not empty). ``guarded_set`` writes ``key`` only while the key ``guard`` holds
+exactly ``expected`` (a leader's write fenced by its election key). Values live in memory
+only: the store holds small coordination keys, never checkpoint bytes.
 
 :class:`StoreServer` is the owner side: it starts that process with the token in its
 environment, reads the port, and stops it (SIGTERM, timed wait, SIGKILL).
@@ -222,6 +224,19 @@ class KVServer:
                     self._note(key)
                     return {}, desired
                 return {}, current
+            if op == "guarded_set":
+                guard, size = header.get("guard"), header.get("expected_bytes")
+                if not isinstance(guard, str):
+                    raise ProtocolError("guarded_set: a string guard is required")
+                if not isinstance(size, int) or not 0 < size <= len(payload):
+                    raise ProtocolError("guarded_set: expected_bytes out of range")
+                if len(payload) - size > MAX_VALUE_BYTES:
+                    raise ProtocolError(f"guarded_set: values are at most {MAX_VALUE_BYTES} bytes")
+                if self.data.get(guard) != payload[:size]:
+                    return {"written": False}, None
+                self.data[key] = payload[size:]
+                self._note(key)
+                return {"written": True}, None
             if op == "add":
                 amount = header.get("amount")
                 if not isinstance(amount, int) or isinstance(amount, bool):

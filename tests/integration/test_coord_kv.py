@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from running import ends_with_its_owner
@@ -195,6 +196,42 @@ def test_replace_writes_only_over_the_value_it_expects(
     for index, won in enumerate(wins):
         for key in won:
             assert kv.get(f"cas/race/{key}") == f"client{index}".encode()
+
+
+def test_put_guarded_writes_only_while_the_guard_holds_its_value(
+    backend: tuple[str, str], make_kv: Callable[[], KeyValueStore]
+) -> None:
+    """A leader's writes (the root's replacement orders) fenced by its election key: written
+    while the key holds the value the leader read, refused once it is another's or gone."""
+    leader, other = make_kv(), make_kv()
+    assert not leader.put_guarded("fenced/order", b"1", "fenced/leader", b"me")  # nobody leads
+    lease = leader.grant_lease(30.0)
+    assert leader.create("fenced/leader", b"me", lease)
+    assert leader.put_guarded("fenced/order", b"1", "fenced/leader", b"me")
+    assert other.get("fenced/order") == b"1"
+    assert not leader.put_guarded("fenced/order", b"2", "fenced/leader", b"you")
+    lease.revoke()  # the leader's lease ended: its key is gone
+    assert not leader.put_guarded("fenced/order", b"2", "fenced/leader", b"me")
+    assert other.create("fenced/leader", b"other", other.grant_lease(30.0))
+    assert not leader.put_guarded("fenced/order", b"2", "fenced/leader", b"me")
+    assert other.put_guarded("fenced/order", b"3", "fenced/leader", b"other")
+    assert leader.get("fenced/order") == b"3"
+    if backend[0] != "embedded":
+        return
+    # The embedded store checks the guard's lease on the client, then has the server compare
+    # the guard's stored bytes (each write's own nonce): a new write of the guard between the
+    # two, even of the same value, makes the write fail.
+    stale: Any = make_kv()
+    checked = stale._lease_alive
+
+    def elected_meanwhile(lease_id: int, cache: dict[int, bool] | None = None) -> bool:
+        alive = checked(lease_id, cache)
+        other.put("fenced/leader", b"other")
+        return bool(alive)
+
+    stale._lease_alive = elected_meanwhile
+    assert not stale.put_guarded("fenced/order", b"4", "fenced/leader", b"other")
+    assert leader.get("fenced/order") == b"3"
 
 
 def test_lease_expiry_removes_keys_and_create_takes_them_over(

@@ -224,3 +224,100 @@ def test_a_root_writes_the_record_only_over_the_one_it_last_read() -> None:
     with pytest.raises(RecordChanged):
         late._write_record(first)
     assert jobkeys.read_json(root.kv, jobkeys.ATTEMPT_KEY) == {**newer, "state": "finished"}
+
+
+class PausedAfterCheckKV:
+    """A store in which another root is elected right after this root's leadership check:
+    the read of the election's key returns this root's value, then the key is another's, as
+    for a root paused (SIGSTOP, a frozen VM) between its check and its write."""
+
+    def __init__(self, mine: bytes, theirs: bytes) -> None:
+        from memory_kv import DictKV
+
+        from real.coord import keys
+
+        self.kv: DictKV = DictKV()
+        self.kv.put(keys.LEADER_KEY, mine)
+        self.theirs = theirs
+        self.paused = False
+
+    def get(self, key: str) -> bytes | None:
+        from real.coord import keys
+
+        value: bytes | None = self.kv.get(key)
+        if key == keys.LEADER_KEY and self.paused:
+            self.kv.put(keys.LEADER_KEY, self.theirs)  # elected while this root was stopped
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+def test_a_root_paused_after_its_check_writes_no_order() -> None:
+    """A replacement order is a leader's write, fenced by the election's key it read: a root
+    that passed the check and was stopped while another was elected orders no node once
+    resumed (it could hand a standby agent a slot the new root gave another, or order a
+    second node for one slot), and steps down."""
+    import os
+    from types import SimpleNamespace
+
+    import pytest
+
+    from real.agent import jobkeys
+    from real.agent.root import RecoveryAborted, RootAgent, _Recovery
+    from real.coord import keys
+
+    mine = keys.encode({"node": 2, "lease": 7, "pid": os.getpid()})
+    theirs = keys.encode({"node": 0, "lease": 9, "pid": os.getpid() + 1})
+    for paused in (False, True):
+        store = PausedAfterCheckKV(mine, theirs)
+        store.paused = paused
+        store.kv.put(f"{jobkeys.STANDBY_PREFIX}9", keys.encode({"node": 9}))  # a warm standby
+        root: Any = RootAgent.__new__(RootAgent)
+        root.kv, root.node_id, root.stop = store, 2, threading.Event()
+        root.detector = SimpleNamespace(poll=lambda: [], alive_nodes=lambda: [9], expect=print)
+        root.operator = SimpleNamespace(
+            request_replacement=lambda slot: SimpleNamespace(
+                source="standby", ready_at=0.0, delay_s=0.0
+            )
+        )
+        root.events = SimpleNamespace(emit=lambda *args, **kwargs: None)
+        root._registrations = lambda: {9: {"address": "127.0.0.1:1"}}
+        recovery = _Recovery(root, {0: 0, 1: 1, 2: 2}, resumed=[])
+        recovery.failed[1] = "hardware"
+        order_key = f"{jobkeys.REPLACEMENTS_PREFIX}9"
+        if not paused:
+            recovery.replace()  # the standby joins at once: registered and alive
+            assert (jobkeys.read_json(store.kv, order_key) or {}).get("slot") == 1
+            assert recovery.members[1] == 9
+            continue
+        with pytest.raises(RecoveryAborted):
+            recovery.replace()
+        assert store.kv.get(order_key) is None, "a deposed root ordered a node"
+        assert store.kv.get(keys.LEADER_KEY) == theirs
+
+
+def test_a_leaders_write_is_refused_once_the_election_key_is_another_s() -> None:
+    """``_leader_put`` (the orders and the next node id) writes only while the election's
+    key holds what the check read: not after another root took it, nor once it is gone."""
+    import os
+
+    import pytest
+
+    from real.agent.root import RecoveryAborted, RootAgent
+    from real.coord import keys
+
+    mine = keys.encode({"node": 2, "lease": 7, "pid": os.getpid()})
+    store = PausedAfterCheckKV(mine, keys.encode({"node": 0, "lease": 9, "pid": 1}))
+    root: Any = RootAgent.__new__(RootAgent)
+    root.kv, root.node_id, root.stop = store, 2, threading.Event()
+    root._leader_put("job/next", b"1")
+    assert store.kv.get("job/next") == b"1"
+    store.paused = True
+    with pytest.raises(RecoveryAborted):
+        root._leader_put("job/next", b"2")
+    assert store.kv.get("job/next") == b"1"
+    store.kv.delete(keys.LEADER_KEY)  # the new root's lease ran out too: nobody leads
+    with pytest.raises(RecoveryAborted):
+        root._leader_put("job/next", b"3")
+    assert store.kv.get("job/next") == b"1"
