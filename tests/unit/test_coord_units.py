@@ -262,3 +262,22 @@ def test_only_a_refused_connection_proves_a_process_gone() -> None:
         assert not refuses(address, 1.0)
     assert refuses(address, 1.0)  # closed now: refused
     assert not refuses("not-an-address", 1.0)
+
+
+def test_a_malformed_guarded_write_is_refused_and_writes_nothing(kv: EmbeddedKV) -> None:
+    """The server's ``guarded_set`` checks its request before it writes: a guard that is not
+    a key, or an expected value that is empty or longer than the request, ends the connection
+    (the client's next call connects anew) and writes nothing."""
+    kv.put("guard", b"me")
+    raw = kv._read("t/guard")
+    assert raw is not None
+    for fields in (
+        {"guard": 7, "expected_bytes": len(raw)},
+        {"guard": "t/guard", "expected_bytes": 0},
+        {"guard": "t/guard", "expected_bytes": len(raw) + 10},
+    ):
+        with pytest.raises(KVError, match="guarded_set"):
+            kv._call("guarded_set", "t/order", raw + b"0::x", **fields)
+        assert kv.get("order") is None
+    assert kv.put_guarded("order", b"1", "guard", b"me")
+    assert kv.get("order") == b"1"
