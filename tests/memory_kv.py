@@ -38,6 +38,12 @@ class DictKV(KeyValueStore):
         self.data[key] = value
         return True
 
+    def delete_guarded(self, key: str, guard: str, held: bytes, *, prefix: bool = False) -> bool:
+        if self.data.get(guard) != held:
+            return False
+        self.delete(key, prefix=prefix)
+        return True
+
     def delete(self, key: str, *, prefix: bool = False) -> int:
         doomed = [k for k in self.data if k == key or (prefix and k.startswith(key))]
         for k in doomed:

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from real.agent import jobkeys
 from real.coord import keys
@@ -305,20 +305,32 @@ class RootAgent:
         return raw
 
     def _leader_put(self, key: str, value: bytes) -> None:
-        """Write one of the job's keys (a replacement order, the next node id) only while this
-        root holds the election's key, atomically (``KeyValueStore.put_guarded``): a root that
-        passed the check, then paused while another was elected, writes nothing once resumed
-        and steps down (``RecoveryAborted``). Until 2026-12-07 an order was guarded by the
-        check alone, so such a root could order a second node for a slot the new root had
-        already ordered one for, or hand a standby agent a slot the new root gave another."""
+        """Write one of the job's keys (a replacement order, the next node id, a failure
+        handled) only while this root holds the election's key, atomically
+        (``KeyValueStore.put_guarded``): a root that passed the check, then paused while
+        another was elected, writes nothing once resumed and steps down (``RecoveryAborted``).
+        Until 2026-12-07 these were guarded by the check alone, so such a root could order a
+        second node for a slot the new root had already ordered one for, or hand a standby
+        agent a slot the new root gave another."""
         held = self._require_leadership()
         if not self.kv.put_guarded(key, value, keys.LEADER_KEY, held):
-            log.warning(
-                "node %d: root: the election's key changed before writing %s; stepping down",
-                self.node_id,
-                key,
-            )
-            raise RecoveryAborted
+            self._step_down(f"writing {key}")
+
+    def _leader_delete(self, prefix: str) -> None:
+        """Delete every key under ``prefix`` (a stopped attempt's exits, suspects, acks) only
+        while this root holds the election's key, atomically, as ``_leader_put`` writes: a
+        root resumed after a pause must not clear what the new root has yet to read."""
+        held = self._require_leadership()
+        if not self.kv.delete_guarded(prefix, keys.LEADER_KEY, held, prefix=True):
+            self._step_down(f"clearing {prefix}")
+
+    def _step_down(self, what: str) -> NoReturn:
+        log.warning(
+            "node %d: root: the election's key changed before %s; stepping down",
+            self.node_id,
+            what,
+        )
+        raise RecoveryAborted
 
     def _write_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write the attempt record, a leader's only (``_require_leadership``), and only over
@@ -673,8 +685,9 @@ class RootAgent:
         self.attempt_began = time.time()
         self.detector.attempt = attempt + 1
         for index in recovery.indices:
-            jobkeys.put_json(self.kv, f"{jobkeys.HANDLED_PREFIX}{index}", {"time": time.time()})
-        self.kv.delete(f"{jobkeys.ACKS_PREFIX}{attempt}/", prefix=True)
+            handled = keys.encode({"time": time.time()})
+            self._leader_put(f"{jobkeys.HANDLED_PREFIX}{index}", handled)
+        self._leader_delete(f"{jobkeys.ACKS_PREFIX}{attempt}/")
         log.info(
             "node %d: root: attempt %d restarts at iteration %s: %s",
             self.node_id,
@@ -889,10 +902,8 @@ class _Recovery:
         for index in self.indices:
             root.events.emit("training_stopped", node=root.slot, failure=index, attempt=attempt)
         # Exit and suspect records of the stopped attempt are handled: a restart starts clean.
-        # (A leader's only: a root paused past its lease must not clear the new root's.)
-        root._require_leadership()
-        self.kv.delete(keys.EXITS_PREFIX, prefix=True)
-        self.kv.delete(keys.SUSPECTS_PREFIX, prefix=True)
+        root._leader_delete(keys.EXITS_PREFIX)
+        root._leader_delete(keys.SUSPECTS_PREFIX)
         root.detector.clear_suspects()
 
     # -- replacement ------------------------------------------------------------------------

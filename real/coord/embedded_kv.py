@@ -312,23 +312,38 @@ class EmbeddedKV(KeyValueStore):
         desired = _encode(0, value)
         return self._compare_set(full, raw, desired) == desired
 
-    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
-        _check_key(key)
+    def _guard_raw(self, guard: str, held: bytes) -> bytes | None:
+        """The stored bytes of ``guard`` if it holds ``held`` under a live lease, else None.
+        The guarded operations send them for the server to compare (each write's own nonce):
+        a new leader's key, written since this read, makes them fail."""
         _check_key(guard)
         raw = self._read(self.namespace + guard)
         if raw is None:
-            return False
+            return None
         lease_id, current = _decode(raw)
-        if current != held or not self._lease_alive(lease_id):
+        return raw if current == held and self._lease_alive(lease_id) else None
+
+    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
+        _check_key(key)
+        raw = self._guard_raw(guard, held)
+        if raw is None:
             return False
-        # The server writes only while the guard's stored bytes are exactly those read (each
-        # write's own nonce): a new leader's key, written since, makes this fail.
         header, _ = self._call(
             "guarded_set",
             self.namespace + key,
             raw + _encode(0, value),
             guard=self.namespace + guard,
             expected_bytes=len(raw),
+        )
+        return bool(header.get("written"))
+
+    def delete_guarded(self, key: str, guard: str, held: bytes, *, prefix: bool = False) -> bool:
+        _check_key(key)  # a prefix too: never the whole namespace, nor the leases' records
+        raw = self._guard_raw(guard, held)
+        if raw is None:
+            return False
+        header, _ = self._call(
+            "guarded_delete", self.namespace + key, raw, guard=self.namespace + guard, prefix=prefix
         )
         return bool(header.get("written"))
 

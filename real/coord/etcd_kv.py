@@ -357,22 +357,28 @@ class EtcdKV(KeyValueStore):
         }
         return bool(self._call("/kv/txn", transaction).get("succeeded", False))
 
-    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
-        # A comparison of values, as in replace(): a guard whose lease ended is deleted, and
-        # an absent key's value compares unequal.
+    def _guarded(self, guard: str, held: bytes, operation: dict[str, Any]) -> bool:
+        """``operation`` in one transaction, only while ``guard``'s value is ``held``: a
+        comparison of values, as in replace(); a guard whose lease ended is deleted, and an
+        absent key's value compares unequal."""
+        compare = {"key": _b64(self._key(guard)), "result": "EQUAL", "target": "VALUE"}
         transaction = {
-            "compare": [
-                {
-                    "key": _b64(self._key(guard)),
-                    "result": "EQUAL",
-                    "target": "VALUE",
-                    "value": _b64(held),
-                }
-            ],
-            "success": [{"request_put": {"key": _b64(self._key(key)), "value": _b64(value)}}],
+            "compare": [{**compare, "value": _b64(held)}],
+            "success": [operation],
             "failure": [],
         }
         return bool(self._call("/kv/txn", transaction).get("succeeded", False))
+
+    def put_guarded(self, key: str, value: bytes, guard: str, held: bytes) -> bool:
+        put = {"key": _b64(self._key(key)), "value": _b64(value)}
+        return self._guarded(guard, held, {"request_put": put})
+
+    def delete_guarded(self, key: str, guard: str, held: bytes, *, prefix: bool = False) -> bool:
+        start = self._key(key)
+        doomed = {"key": _b64(start)}
+        if prefix:
+            doomed["range_end"] = _b64(_prefix_end(start))
+        return self._guarded(guard, held, {"request_delete_range": doomed})
 
     def delete(self, key: str, *, prefix: bool = False) -> int:
         start = self._key(key)

@@ -90,7 +90,7 @@ class Lease(abc.ABC):
 
 
 class KeyValueStore(abc.ABC):
-    """The coordination store: nine operations, keys are ``str``, values ``bytes``.
+    """The coordination store: ten operations, keys are ``str``, values ``bytes``.
 
     Implementations are safe to call from several threads of one process. Keys should be
     ``/``-separated paths without a leading slash (``nodes/3``).
@@ -147,6 +147,15 @@ class KeyValueStore(abc.ABC):
 
         Returns:
             True if this call wrote ``key``; False if ``guard`` held another value, or none.
+        """
+
+    @abc.abstractmethod
+    def delete_guarded(self, key: str, guard: str, held: bytes, *, prefix: bool = False) -> bool:
+        """Delete ``key`` (or every key starting with it) only while ``guard`` holds ``held``,
+        atomically: ``put_guarded``'s fence for a leader's deletes.
+
+        Returns:
+            True if the guard held (whatever was there is deleted); False otherwise.
         """
 
     @abc.abstractmethod

@@ -20,6 +20,7 @@ Requests are frames of the same wire format (JSON header, raw payload), one repl
     set          key, value (payload)
     compare_set  key, expected_bytes, expected + desired (payload) -> the value now (payload)
     guarded_set  key, guard, expected_bytes, expected + desired (payload) -> written
+    guarded_delete key, guard, prefix, expected (payload) -> written
     add          key, amount              -> value (the integer after adding)
     delete       key                      -> deleted
     scan         prefix                   -> keys, sizes, their values (payload, concatenated)
@@ -38,7 +39,8 @@ not run (stopped, or its whole machine paused) expires no lease.
 ``compare_set`` follows torch's ``TCPStore``: an absent key is set when ``expected`` is empty;
 the reply is always the key's value afterwards (``expected`` itself when the key is absent and
 ``expected`` is not empty). ``guarded_set`` writes ``key`` only while the key ``guard`` holds
-exactly ``expected`` (a leader's write fenced by its election key). Values live in memory
+exactly ``expected`` (a leader's write fenced by its election key); ``guarded_delete`` deletes
+``key`` (with ``prefix``, every key starting with it) on the same condition. Values live in memory
 only: the store holds small coordination keys, never checkpoint bytes.
 
 :class:`StoreServer` is the owner side: it starts that process with the token in its
@@ -236,6 +238,17 @@ class KVServer:
                     return {"written": False}, None
                 self.data[key] = payload[size:]
                 self._note(key)
+                return {"written": True}, None
+            if op == "guarded_delete":
+                guard, prefix = header.get("guard"), header.get("prefix")
+                if not isinstance(guard, str) or not isinstance(prefix, bool) or not payload:
+                    raise ProtocolError("guarded_delete: a string guard, a prefix flag and a value")
+                if self.data.get(guard) != payload:
+                    return {"written": False}, None
+                doomed = [k for k in self.data if k.startswith(key)] if prefix else [key]
+                for name in doomed:
+                    if self.data.pop(name, None) is not None:
+                        self._note(name)
                 return {"written": True}, None
             if op == "add":
                 amount = header.get("amount")

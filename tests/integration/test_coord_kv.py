@@ -198,11 +198,12 @@ def test_replace_writes_only_over_the_value_it_expects(
             assert kv.get(f"cas/race/{key}") == f"client{index}".encode()
 
 
-def test_put_guarded_writes_only_while_the_guard_holds_its_value(
+def test_guarded_writes_act_only_while_the_guard_holds_its_value(
     backend: tuple[str, str], make_kv: Callable[[], KeyValueStore]
 ) -> None:
-    """A leader's writes (the root's replacement orders) fenced by its election key: written
-    while the key holds the value the leader read, refused once it is another's or gone."""
+    """A leader's writes and deletes (the root's replacement orders, its clean-ups) fenced by
+    its election key: done while the key holds the value the leader read, refused once it is
+    another's or gone."""
     leader, other = make_kv(), make_kv()
     assert not leader.put_guarded("fenced/order", b"1", "fenced/leader", b"me")  # nobody leads
     lease = leader.grant_lease(30.0)
@@ -210,10 +211,26 @@ def test_put_guarded_writes_only_while_the_guard_holds_its_value(
     assert leader.put_guarded("fenced/order", b"1", "fenced/leader", b"me")
     assert other.get("fenced/order") == b"1"
     assert not leader.put_guarded("fenced/order", b"2", "fenced/leader", b"you")
+    for name in ("a", "b"):
+        other.put(f"fenced/exits/{name}", b"x")
+    other.put("fenced/exitsnot", b"y")
+    assert not leader.delete_guarded("fenced/exits/", "fenced/leader", b"you", prefix=True)
+    assert leader.delete_guarded("fenced/exits/a", "fenced/leader", b"me")
+    assert other.get_prefix("fenced/exits") == {
+        "fenced/exits/b": b"x",
+        "fenced/exitsnot": b"y",
+    }
+    other.put("fenced/exits/c", b"x")
+    assert leader.delete_guarded("fenced/exits/", "fenced/leader", b"me", prefix=True)
+    assert other.get_prefix("fenced/exits") == {"fenced/exitsnot": b"y"}
+    other.put("fenced/exits/d", b"x")
     lease.revoke()  # the leader's lease ended: its key is gone
     assert not leader.put_guarded("fenced/order", b"2", "fenced/leader", b"me")
+    assert not leader.delete_guarded("fenced/exits/", "fenced/leader", b"me", prefix=True)
     assert other.create("fenced/leader", b"other", other.grant_lease(30.0))
     assert not leader.put_guarded("fenced/order", b"2", "fenced/leader", b"me")
+    assert not leader.delete_guarded("fenced/exits/", "fenced/leader", b"me", prefix=True)
+    assert other.get("fenced/exits/d") == b"x"
     assert other.put_guarded("fenced/order", b"3", "fenced/leader", b"other")
     assert leader.get("fenced/order") == b"3"
     if backend[0] != "embedded":
@@ -231,7 +248,9 @@ def test_put_guarded_writes_only_while_the_guard_holds_its_value(
 
     stale._lease_alive = elected_meanwhile
     assert not stale.put_guarded("fenced/order", b"4", "fenced/leader", b"other")
+    assert not stale.delete_guarded("fenced/exits/", "fenced/leader", b"other", prefix=True)
     assert leader.get("fenced/order") == b"3"
+    assert leader.get("fenced/exits/d") == b"x"
 
 
 def test_lease_expiry_removes_keys_and_create_takes_them_over(

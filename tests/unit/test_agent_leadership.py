@@ -298,8 +298,10 @@ def test_a_root_paused_after_its_check_writes_no_order() -> None:
 
 
 def test_a_leaders_write_is_refused_once_the_election_key_is_another_s() -> None:
-    """``_leader_put`` (the orders and the next node id) writes only while the election's
-    key holds what the check read: not after another root took it, nor once it is gone."""
+    """``_leader_put`` (the orders, the next node id, a failure handled) and
+    ``_leader_delete`` (a stopped attempt's exits, suspects, acks) act only while the
+    election's key holds what the check read: not after another root took it, nor once it
+    is gone."""
     import os
 
     import pytest
@@ -313,10 +315,18 @@ def test_a_leaders_write_is_refused_once_the_election_key_is_another_s() -> None
     root.kv, root.node_id, root.stop = store, 2, threading.Event()
     root._leader_put("job/next", b"1")
     assert store.kv.get("job/next") == b"1"
+    for name in ("exits/0/0", "exits/1/0", "suspects/1/0"):
+        store.kv.put(name, b"{}")
+    root._leader_delete("exits/")
+    assert store.kv.get_prefix("exits/") == {} and store.kv.get("suspects/1/0") == b"{}"
+    store.kv.put("exits/2/0", b"{}")  # the new root's, yet to be read
     store.paused = True
     with pytest.raises(RecoveryAborted):
         root._leader_put("job/next", b"2")
     assert store.kv.get("job/next") == b"1"
+    with pytest.raises(RecoveryAborted):
+        root._leader_delete("exits/")
+    assert store.kv.get("exits/2/0") == b"{}"
     store.kv.delete(keys.LEADER_KEY)  # the new root's lease ran out too: nobody leads
     with pytest.raises(RecoveryAborted):
         root._leader_put("job/next", b"3")

@@ -265,9 +265,10 @@ def test_only_a_refused_connection_proves_a_process_gone() -> None:
 
 
 def test_a_malformed_guarded_write_is_refused_and_writes_nothing(kv: EmbeddedKV) -> None:
-    """The server's ``guarded_set`` checks its request before it writes: a guard that is not
-    a key, or an expected value that is empty or longer than the request, ends the connection
-    (the client's next call connects anew) and writes nothing."""
+    """The server's ``guarded_set`` and ``guarded_delete`` check their request before they
+    act: a guard that is not a key, an expected value that is empty or longer than the
+    request, a prefix flag that is not a boolean, end the connection (the client's next call
+    connects anew) and change nothing; nor does the client delete the leases' records."""
     kv.put("guard", b"me")
     raw = kv._read("t/guard")
     assert raw is not None
@@ -279,5 +280,20 @@ def test_a_malformed_guarded_write_is_refused_and_writes_nothing(kv: EmbeddedKV)
         with pytest.raises(KVError, match="guarded_set"):
             kv._call("guarded_set", "t/order", raw + b"0::x", **fields)
         assert kv.get("order") is None
+    kv.put("exits/a", b"x")
+    malformed: list[dict[str, object]] = [
+        {"guard": "t/guard", "prefix": "yes"},
+        {"guard": None, "prefix": True},
+    ]
+    for bad in malformed:
+        with pytest.raises(KVError, match="guarded_delete"):
+            kv._call("guarded_delete", "t/exits/", raw, **bad)
+        assert kv.get("exits/a") == b"x"
+    with pytest.raises(KVError, match="guarded_delete"):
+        kv._call("guarded_delete", "t/exits/", b"", guard="t/guard", prefix=True)
+    with pytest.raises(ValueError, match="must not start with '__'"):
+        kv.delete_guarded("__lease__/", "guard", b"me", prefix=True)
     assert kv.put_guarded("order", b"1", "guard", b"me")
     assert kv.get("order") == b"1"
+    assert kv.delete_guarded("exits/", "guard", b"me", prefix=True)
+    assert kv.get("exits/a") is None
