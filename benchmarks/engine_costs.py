@@ -8,8 +8,11 @@ of its own, a ``--size-mb`` state in 32 float32 tensors): every figure is the me
 ``--repeats`` back-to-back pairs, engine and baseline alternating, and each ratio the median of
 the per-pair ratios:
 
-- **capture** (``save()``'s copy into the slot) / a plain ``copy_`` of the same tensors into
-  touched memory; target <= 1.0;
+- **capture** (``save()``'s copy into the slot, each capture committed as in training, so
+  captures alternate between the two local slots) / a plain ``copy_`` of the same tensors into
+  touched memory; target <= 1.0. Beside it, the same plain copy into two buffers of shared
+  memory taken in turn (``DoubleBuffer``: what any checkpoint that keeps its committed copy
+  while it writes the next one must do), against the capture and against the plain copy;
 - **restore from local memory into the live state** / the plain copy; target <= 1.1. Beside
   it, with every block verified first (``verify_local``), and into fresh tensors (a caller
   with no state yet);
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import statistics
 import subprocess
@@ -106,6 +110,34 @@ def _pairs(
     }
 
 
+class DoubleBuffer:
+    """Two buffers of shared memory (shmem pages, as the node store's slots), each laid out as
+    the state's tensors, written in turn: the floor of a capture that keeps the committed copy
+    while it writes the next, where the plain copy writes one private destination again and
+    again (docs/engine.md has both, measured side by side)."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        # mmap(-1) is MAP_SHARED | MAP_ANONYMOUS: shmem pages, like /dev/shm files.
+        self._maps = [mmap.mmap(-1, nbytes) for _ in range(2)]
+        self.halves: list[list[torch.Tensor]] = []
+        for shared in self._maps:
+            data = torch.frombuffer(shared, dtype=torch.uint8)
+            views, offset = [], 0
+            for tensor in tensors:
+                size = tensor.numel() * tensor.element_size()
+                views.append(data[offset : offset + size].view(tensor.dtype).view(tensor.shape))
+                offset += size
+            self.halves.append(views)
+        self.turn = 0
+
+    def copy(self, tensors: list[torch.Tensor]) -> None:
+        """Copy ``tensors`` into the buffer not written last."""
+        self.turn ^= 1
+        for target, tensor in zip(self.halves[self.turn], tensors, strict=True):
+            target.copy_(tensor)
+
+
 def _timed(action: Callable[[], Any], remote: StoreClient | None = None) -> Measurement:
     """Wall time of ``action``, and CPU time of this thread plus the ``remote`` store's."""
     remote_before = remote.stats()["cpu_s"] if remote is not None else 0.0
@@ -151,10 +183,28 @@ def micro(size_mb: int, repeats: int) -> dict[str, Any]:
             return _timed(copy)
 
         def capture() -> Measurement:
+            """One capture, then its commit (not timed), as every iteration of a training with
+            checkpoints commits: the next capture goes to the other slot. Until 2026-12-07 the
+            captures here were never committed, so each wrote the slot the one before had
+            just written, which no training does."""
             iteration[0] += 1
-            return _timed(lambda: capturer.capture(iteration[0], state))
+            captured: list[Any] = []
+            measured = _timed(lambda: captured.append(capturer.capture(iteration[0], state)))
+            capturer.commit(captured[0])
+            slots_written.append(captured[0].slot_index)
+            return measured
+
+        slots_written: list[int] = []
+        sources = list(tensors.values())
+        double = DoubleBuffer(sources)
+
+        def double_buffered_copy() -> Measurement:
+            return _timed(lambda: double.copy(sources))
 
         out["capture"] = _pairs(capture, plain_copy, repeats)
+        out["capture_vs_double_buffer"] = _pairs(capture, double_buffered_copy, repeats)
+        out["double_buffer"] = _pairs(double_buffered_copy, plain_copy, repeats)
+        out["capture_slots"] = sorted(set(slots_written))
 
         def replicate() -> Measurement:
             iteration[0] += 1
@@ -360,6 +410,8 @@ def report_micro(result: dict[str, Any]) -> None:
         )
 
     line("capture (save's copy)", "capture", "plain copy", TARGETS["capture"])
+    line("capture (save's copy)", "capture_vs_double_buffer", "copy, two shared buffers", None)
+    line("copy into two shared buffers in turn", "double_buffer", "plain copy", None)
     line(
         "restore local -> live",
         "restore_local_into_live",

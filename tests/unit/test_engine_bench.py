@@ -72,3 +72,33 @@ def test_floor_checkpointer_copies_and_sends_every_state_byte_to_the_peer() -> N
     finally:
         floor.close()
         store.stop()
+
+
+def test_the_double_buffer_writes_its_two_buffers_in_turn() -> None:
+    import torch
+
+    from benchmarks.engine_costs import DoubleBuffer
+
+    tensors = [torch.arange(6, dtype=torch.float32).view(2, 3), torch.ones(4, dtype=torch.int64)]
+    double = DoubleBuffer(tensors)
+    double.copy(tensors)
+    first = double.turn
+    assert all(torch.equal(a, b) for a, b in zip(double.halves[first], tensors, strict=True))
+    assert not double.halves[1 - first][0].any()  # the other buffer not yet written
+    tensors[0].add_(1)
+    double.copy(tensors)
+    assert double.turn == 1 - first
+    assert torch.equal(double.halves[double.turn][0], tensors[0])
+    assert not torch.equal(double.halves[first][0], tensors[0])  # the older copy kept
+
+
+def test_the_capture_is_measured_as_training_captures_into_both_slots() -> None:
+    """Every capture is committed, as in training, so the next one goes to the other slot
+    (once every capture wrote the same slot, which no training does), and the capture is set
+    beside both baselines."""
+    from benchmarks.engine_costs import micro
+
+    result = micro(2, 2)
+    assert result["capture_slots"] == [0, 1]
+    for key in ("capture", "capture_vs_double_buffer", "double_buffer"):
+        assert result[key]["engine_s"] > 0 and result[key]["baseline_s"] > 0, key
