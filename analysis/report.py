@@ -246,6 +246,57 @@ def runs_table(runs: Sequence[RunResult]) -> Table:
     return Table("Runs", headers, rows, note)
 
 
+def _count(value: object) -> str:
+    """A median count (1.5 where two nodes' counts differ), or "-"."""
+    return f"{value:g}" if isinstance(value, int | float) else "-"
+
+
+def memory_table(runs: Sequence[RunResult]) -> Table | None:
+    """What our processes held per node at a measured run's end (its agents' ``node_memory``
+    events, ``real.launcher.results.node_memory``); None when no run has the figure."""
+
+    def cell(entry: object) -> str:
+        if not isinstance(entry, dict):
+            return "-"
+        return f"{_bytes(float(entry['anon']))} + {_bytes(float(entry['file']))}"
+
+    rows = []
+    for run in runs:
+        footprint = run.summary.extra.get("node_memory")
+        if not isinstance(footprint, dict):
+            continue
+        rows.append(
+            [
+                run.label,
+                str(footprint.get("nodes", "-")),
+                cell(footprint.get("agent")),
+                cell(footprint.get("store")),
+                cell(footprint.get("spare")),
+                _count(footprint.get("spares_per_node")),
+                _bytes(run.summary.checkpoint_memory_bytes),
+            ]
+        )
+    if not rows:
+        return None
+    headers = [
+        "run",
+        "nodes",
+        "agent",
+        "node store",
+        "warm spare (largest)",
+        "spares/node",
+        "ckpt memory/node",
+    ]
+    note = (
+        "Our processes' resident memory per node at the run's end, each as its own pages + "
+        "the files it maps (libraries such as torch's, which every process mapping them "
+        "shares, so a node holds them once): the agent and the node store the medians over "
+        "the nodes, a warm spare the largest. The node store's checkpoint slots are the "
+        "checkpoint memory beside them."
+    )
+    return Table("Our processes' memory per node (measured runs)", headers, rows, note)
+
+
 def strategies_table(comparisons: Sequence[StrategyComparison]) -> Table:
     """Gemini against the persistent baseline: means per failure and speedups."""
     rows = [
@@ -471,9 +522,11 @@ def write_report(
     figures_dir.mkdir(parents=True, exist_ok=True)
     report = validate(runs, calibration_scenarios=calibration_scenarios)
     comparisons = compare_strategies(runs)
+    memory = memory_table(runs)
     tables = [
         lead_table(runs),
         runs_table(runs),
+        *([memory] if memory is not None else []),
         strategies_table(comparisons),
         validation_table(report),
         phase_table(report),

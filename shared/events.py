@@ -14,6 +14,10 @@ Two kinds record the checkpoint policy's choices (``shared.adaptive``, ``shared.
 ``ckpt_interval_changed`` (``interval``, ``previous``: the checkpoint every k iterations) and
 ``ckpt_compression`` (``enabled``, with the measured ``ratio`` and throughputs in the harness).
 
+``node_memory`` (the real harness only) is what a node's processes of ours hold in memory at
+the job's end: ``agent``, ``store`` and each warm ``spares`` entry, each ``anon``, ``file``
+and ``shmem`` bytes (``real.runtime.processes.resident_bytes``).
+
 Times are seconds since the run started (simulated seconds in the simulator, wall seconds in
 the real harness).
 """
@@ -51,6 +55,7 @@ EventKind = Literal[
     "state_restored",
     "training_resumed",
     "root_elected",
+    "node_memory",
     "run_finished",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))

@@ -63,7 +63,7 @@ from real.coord.probe import ProbeServer, refuses
 from real.engine.eventlog import EventLog
 from real.engine.process import StoreProcess
 from real.runtime.env import GEMINI_RUN_DIR, GEMINI_RUN_T0, GEMINI_TOKEN
-from real.runtime.processes import pid_alive
+from real.runtime.processes import pid_alive, resident_bytes
 from shared.errors import AgentIdentityError, KVError, TrainerStartError
 from shared.failure_kinds import initial_root
 from shared.scenario import Scenario
@@ -143,6 +143,8 @@ class NodeAgent:
     """The lease of its node id's claim (``_claim_identity``)."""
     store_died = False
     """Its node store died: it leaves with status 1 (``_store_died``)."""
+    memory_reported = False
+    """Its ``node_memory`` event is written (``_report_memory``)."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -843,6 +845,21 @@ class NodeAgent:
             self._write_pids(None)
         return True
 
+    def _report_memory(self, pool: TrainerPool, attempt: int) -> None:
+        """What this node's processes of ours hold in memory as its first trainer finishes
+        (the job's end: its spares warm, its store holding the last checkpoints): the
+        ``node_memory`` event, from which a run's summary gives what our machinery costs a
+        node beside the checkpoint memory (``real.launcher.results``). Before the trainers'
+        ``done``, which ends the job, so the root's summary reads it. A process gone
+        meanwhile is left out."""
+        self.memory_reported = True
+        spares = [m for m in (resident_bytes(pid) for pid in pool.spare_pids()) if m is not None]
+        details: dict[str, Any] = {"agent": resident_bytes(os.getpid()), "spares": spares}
+        store_pid = self.store.pid if self.store is not None else None
+        if store_pid is not None:
+            details["store"] = resident_bytes(store_pid)
+        self.events.emit("node_memory", attempt=attempt, **details)
+
     def _watch_trainers(self, record: dict[str, Any] | None) -> None:
         assert self.kv is not None
         pool, attempt = self.pool, self.running
@@ -852,6 +869,8 @@ class NodeAgent:
         exited, finished = pool.poll()
         if pool.processes_started != started:  # spares started (killed with the node if lost)
             self._write_pids(None)
+        if finished and not self.memory_reported:
+            self._report_memory(pool, attempt)
         for rank in finished:
             jobkeys.put_json(
                 self.kv, f"{jobkeys.DONE_PREFIX}{attempt}/{rank}", {"time": time.time()}

@@ -116,6 +116,40 @@ def plans(events: Sequence[Event]) -> list[dict[str, Any]]:
     return [by_attempt[a] for a in sorted(by_attempt)]
 
 
+def node_memory(events: Sequence[Event]) -> dict[str, Any] | None:
+    """What our processes held per node at the job's end, from the agents' ``node_memory``
+    events: for the agent and the node store the median over the nodes that reported, for a
+    warm spare the largest (a spare still starting holds less), each as ``anon`` (its own
+    pages) and ``file`` (mapped files: libraries, which every process mapping them shares)
+    bytes. The store's shared memory is left out: it is the checkpoint memory, reported on its
+    own. None when no node reported (the simulator, or a run of an older harness)."""
+    reports = [e.details for e in events if e.kind == "node_memory"]
+    if not reports:
+        return None
+
+    def own(entry: Any) -> tuple[int, int] | None:
+        if not isinstance(entry, dict):
+            return None
+        return int(entry.get("anon", 0)), int(entry.get("file", 0))
+
+    out: dict[str, Any] = {"nodes": len(reports)}
+    for role in ("agent", "store"):
+        found = [m for m in (own(r.get(role)) for r in reports) if m is not None]
+        if found:
+            out[role] = {
+                "anon": statistics.median(m[0] for m in found),
+                "file": statistics.median(m[1] for m in found),
+            }
+    per_node = [r.get("spares") for r in reports]
+    lists = [entries if isinstance(entries, list) else [] for entries in per_node]
+    spares = [m for entries in lists for m in (own(s) for s in entries) if m is not None]
+    if spares:
+        largest = max(spares, key=sum)
+        out["spare"] = {"anon": largest[0], "file": largest[1]}
+        out["spares_per_node"] = statistics.median(len(entries) for entries in lists)
+    return out
+
+
 def lost_iteration_s(
     events: Sequence[Event], strategy: str, iteration_s: float
 ) -> tuple[float, float]:
@@ -219,6 +253,7 @@ def summarize_run(
             else None,
             "final_digests": {str(k): v for k, v in digests.items()},
             "plans": plans(events),
+            **({"node_memory": footprint} if (footprint := node_memory(events)) else {}),
             "root_elections": [
                 {"time_s": e.time_s, "node_id": e.node, "previous": e.details.get("previous")}
                 for e in events

@@ -1,6 +1,6 @@
 """The local processes and ports the harness owns: a free port to listen on, a clean stop,
 a child that ends with its parent, the last words of a process's log, interrupts handled for a
-while."""
+while, a process's resident memory."""
 
 from __future__ import annotations
 
@@ -43,6 +43,28 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_RESIDENT_FIELDS = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+
+
+def resident_bytes(pid: int) -> dict[str, int] | None:
+    """What process ``pid`` holds in memory now, from ``/proc/<pid>/status``: ``anon`` (its
+    own pages: heap, stacks), ``file`` (mapped files, such as the libraries it loaded, which
+    other processes mapping them share), ``shmem`` (shared memory it touched, such as the
+    node store's checkpoint slots); None once the process is gone, or where /proc has no such
+    fields (not Linux)."""
+    found: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                words = line.split()  # "RssAnon:", "152", "kB"
+                field = _RESIDENT_FIELDS.get(words[0]) if words else None
+                if field is not None:
+                    found[field] = int(words[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return found if len(found) == len(_RESIDENT_FIELDS) else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -431,6 +431,15 @@ def test_summary_reports_memory_and_step_time(node_failures: RealResult) -> None
     assert sorted(per_slot) == ["0", "1", "2", "3"]  # type: ignore[arg-type]
     assert summary.iteration_time_no_ckpt_s is not None
     assert 0 < summary.iteration_time_no_ckpt_s <= summary.iteration_time_s
+    # What our processes hold per node at the job's end: every agent that saw its trainer
+    # finish reported (nodes lost during the run did not); each agent and store imports
+    # Python and holds pages of its own; the warm spares have torch imported.
+    footprint = summary.extra["node_memory"]
+    assert 1 <= footprint["nodes"] <= 4
+    for role in ("agent", "store", "spare"):
+        assert footprint[role]["anon"] > 1e6 and footprint[role]["file"] > 1e6, role
+    assert footprint["spare"]["anon"] + footprint["spare"]["file"] > 50e6  # torch imported
+    assert footprint["spares_per_node"] >= 1
 
 
 # Slow (42-50 s): etcd's election, leases and watches are in the default run already
