@@ -285,9 +285,9 @@ class RootAgent:
         its agent saw it had lost the election: it wrote the job's record over the new root's
         (a failure of its own making, and the new root's replacement node told it was no
         longer a member). A read, then the write: a root stopped between the two could still
-        write once, which the record's compare-and-swap (``_write_record``) and the orders'
-        guard (``_leader_put``) then refuse; and a root whose own node won the election again
-        after its pause (same node, same process) passes."""
+        write once, which the record's compare-and-swap (``_write_record``) and the guarded
+        writes and deletes (``_leader_put``, ``_leader_delete``) then refuse; and a root whose
+        own node won the election again after its pause (same node, same process) passes."""
         self._check()  # the agent told it to stop: its election saw the leadership lost
         raw = self.kv.get(keys.LEADER_KEY)
         try:
@@ -325,6 +325,7 @@ class RootAgent:
             self._step_down(f"clearing {prefix}")
 
     def _step_down(self, what: str) -> NoReturn:
+        """A guarded write found the election's key another's, or gone: stop acting as root."""
         log.warning(
             "node %d: root: the election's key changed before %s; stepping down",
             self.node_id,
