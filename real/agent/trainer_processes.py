@@ -50,7 +50,7 @@ from real.runtime.env import (
     GEMINI_SCENARIO_SET,
     GEMINI_STORE_ADDRS,
 )
-from real.runtime.processes import last_line
+from real.runtime.processes import last_line, resident_bytes
 
 if TYPE_CHECKING:
     from shared.scenario import Scenario
@@ -396,14 +396,9 @@ class Worker:
             return True
 
     def rss_bytes(self) -> int | None:
-        """Resident memory of the process (Linux), or None."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
-        return None
+        """Resident memory of the process (Linux: VmRSS, the sum of its parts), or None."""
+        held = resident_bytes(self.pid)
+        return None if held is None else sum(held.values())
 
     def dump_stacks(self) -> None:
         """Ask the trainer to write every thread's stack to its log (before it is killed)."""

@@ -53,7 +53,8 @@ def resident_bytes(pid: int) -> dict[str, int] | None:
     own pages: heap, stacks), ``file`` (mapped files, such as the libraries it loaded, which
     other processes mapping them share), ``shmem`` (shared memory it touched, such as the
     node store's checkpoint slots); None once the process is gone, or where /proc has no such
-    fields (not Linux)."""
+    fields (not Linux). (psutil, a test dependency of ours, gives mapped files and shared
+    memory as one figure; the three apart are these lines of /proc.)"""
     found: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as status:
