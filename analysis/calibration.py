@@ -538,6 +538,8 @@ def calibration_scenarios(calibration: Mapping[str, Any]) -> list[str]:
 
 # --- Laws: costs that transfer to shapes the calibration did not measure ---------------------
 
+GIB = float(1 << 30)
+
 FIXED_LAWS = (
     "engine_build_s",
     "engine_close_s",
@@ -561,7 +563,7 @@ LAW_FORMS: dict[str, str] = {
     "communication_s": "(alpha_s * steps + sent_bytes / bytes_per_s) * share",
     "hop_work_s": "w * share",
     "exit_detection_s": "exit_notice_s + x * share",
-    "collective_failure_s": "f0 + f1 * share",
+    "collective_failure_s": "f0 + f1 * share + held_gib * teardown_s_per_gib * share",
     "engine_build_s": "e * share",
     "engine_close_s": "e * share",
     "engine_restore_fixed_s": "e * share",
@@ -581,8 +583,12 @@ runnable processes of other jobs (``runnable_processes``: when the sample was ta
 the prediction is made); 1 on a real cluster. ``share_one`` is the share of one process
 that works while the others wait: ``max(1, (1 + background) / cpus)`` (a spare's first FSDP2
 state and trainer, which the reference shapes measure on every rank at once). A lost node's
-collective failure, ``f0 + f1 * share``, is fitted to the reference shapes' medians of
-their lost-node rounds (``benchmarks.calibrate._lost_node_rounds``). A DDP
+collective failure is fitted to the reference shapes' medians of their lost-node rounds
+(``benchmarks.calibrate._lost_node_rounds``): ``held_gib`` is what the lost trainer holds of
+its own (GiB; the rounds' trainer for the fit, a run profile's for a scenario), whose
+teardown the survivors wait for, ``teardown_s_per_gib`` the teardown's growth in it on an
+idle machine (``benchmarks.teardown.seconds_per_gib``, divided by the ``share_one`` of its
+moment), and ``f0``, ``f1`` are fitted to what the rounds took beyond that term. A DDP
 iteration's
 collective is a ring all-reduce of the fp32 gradients (``steps`` = 2 (n - 1) messages,
 ``sent_bytes`` = 2 (n - 1) / n x 4 P), ZeRO-3/FSDP's two all-gathers and a reduce-scatter
@@ -736,14 +742,36 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     # A constant until 2026-12-07; a law in the share since, after seeing the validation's
     # 8-node lost node under-predicted by a third (docs/analysis.md, "A lost node's
     # collective failure in the CPU share").
+    # Since 2026-12-07 21:00 UTC (after seeing the lost nodes of larger trainers
+    # under-predicted the most: docs/analysis.md, "A lost trainer's teardown in its bytes")
+    # the teardown of what the lost trainer holds is a term of its own, its rate timed apart,
+    # so that a scenario whose trainer holds more than the reference shapes' waits longer.
     failures = [
-        (x, float(s["collective_failure_s"]))
+        (x, float(s["collective_failure_s"]), s)
         for s, x in zip(samples, shares, strict=True)
         if isinstance(s.get("collective_failure_s"), int | float)
     ]
+    rates = [
+        float(s["teardown_s_per_gib"])
+        / _share(1, cpus, bool(s.get("single_host", True)), float(s.get("load_average") or 0.0))
+        for s in samples
+        if isinstance(s.get("teardown_s_per_gib"), int | float)
+    ]
+    held = [s.get("lost_trainer_anon_bytes") for _, _, s in failures]
+    teardown = bool(rates) and all(isinstance(h, int | float) for h in held)
+    rate = statistics.median(rates) if teardown else 0.0
     if len(failures) >= 2:
-        f0, f1 = _nonnegative_fit([[1, x] for x, _ in failures], [f for _, f in failures])
+        beyond = [
+            f - (float(s["lost_trainer_anon_bytes"]) / GIB * rate * x if teardown else 0.0)
+            for x, f, s in failures
+        ]
+        f0, f1 = _nonnegative_fit([[1, x] for x, _, _ in failures], beyond)
         laws["collective_failure_s"] = {"f0": f0, "f1": f1}
+        if teardown:
+            laws["collective_failure_s"].update(
+                teardown_s_per_gib=rate,
+                held_gib=statistics.median(float(h) for h in held) / GIB,  # type: ignore[arg-type]
+            )
     compute, communication = [], []
     for s in samples:
         phases = s.get("micro_iteration_phases") or [["compute", s["micro_iteration_time_s"]]]
@@ -781,7 +809,12 @@ def _law(laws: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value
 
 
-def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -> dict[str, float]:
+def law_costs(
+    laws: Mapping[str, Any],
+    scenario: Any,
+    background: float = 0.0,
+    held_bytes: float | None = None,
+) -> dict[str, float]:
     """The scenario's recovery costs and iteration (seconds) by ``LAW_FORMS``.
 
     Returns ``exit_notice_s``, ``probe_s``, ``park_s`` (constants), ``collective_failure_s``,
@@ -794,7 +827,9 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     warm-up of a rewrapped model). ``background``: the
     other jobs' runnable processes on this host when the scenario will run
     (``runnable_processes``), which lengthens every CPU-bound cost of a ``single_host``
-    scenario.
+    scenario. ``held_bytes``: what one of the scenario's trainers holds of its own (a run
+    profile's ``run_trainer_anon_bytes``), whose teardown a lost node's survivors wait for;
+    without it, what the reference shapes' lost trainers held.
     """
 
     cluster = scenario.cluster
@@ -813,6 +848,9 @@ def law_costs(laws: Mapping[str, Any], scenario: Any, background: float = 0.0) -
     failure = laws.get("collective_failure_s")
     if isinstance(failure, Mapping):
         out["collective_failure_s"] = float(failure["f0"]) + float(failure["f1"]) * share
+        if "teardown_s_per_gib" in failure:  # calibrations since 2026-12-07 21:00 UTC
+            held = held_bytes / GIB if held_bytes else float(failure["held_gib"])
+            out["collective_failure_s"] += held * float(failure["teardown_s_per_gib"]) * share
     elif isinstance(failure, int | float):  # calibrations before 2026-12-07: a constant
         out["collective_failure_s"] = float(failure)
     rejoin = _law(laws, "rejoin_s")
@@ -941,11 +979,19 @@ def law_overrides(
     laws = measurements.get("laws") if isinstance(measurements, Mapping) else None
     if not isinstance(laws, Mapping):
         raise ValueError("calibration has no `laws` (measure them with `gemini-ckpt calibrate`)")
-    costs = law_costs(laws, scenario, background)
     profile = calibration.get("profile")
     profiled = isinstance(profile, Mapping) and profile.get("configuration") == configuration(
         scenario
     )
+    # What a trainer of this very configuration held, where a run profile measured it.
+    held = (
+        _number(profile, "run_trainer_anon_bytes")
+        if isinstance(profile, Mapping)
+        and profiled
+        and profile.get("strategy") == scenario.checkpoint.strategy
+        else None
+    )
+    costs = law_costs(laws, scenario, background, held)
     profiled_run = None  # the run profile's iteration, at the prediction's background
     # Gemini's iteration without its checkpoint, where the phases below carry it: the step
     # without its save where one was measured (as the harness reports a run's), else the

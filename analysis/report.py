@@ -273,6 +273,7 @@ def memory_table(runs: Sequence[RunResult]) -> Table | None:
                 cell(footprint.get("store")),
                 cell(footprint.get("spare")),
                 _count(footprint.get("spares_per_node")),
+                cell(footprint.get("trainer")),
                 _bytes(run.summary.checkpoint_memory_bytes),
             ]
         )
@@ -285,13 +286,15 @@ def memory_table(runs: Sequence[RunResult]) -> Table | None:
         "node store",
         "warm spare (largest)",
         "spares/node",
+        "trainer (median)",
         "ckpt memory/node",
     ]
     note = (
         "Our processes' resident memory per node at the run's end, each as its own pages + "
         "the files it maps (libraries such as torch's, which every process mapping them "
         "shares, so a node holds them once): the agent and the node store the medians over "
-        "the nodes, a warm spare the largest. The node store's checkpoint slots are the "
+        "the nodes, a warm spare the largest; a trainer as it ended its last iteration, the "
+        "median over the ranks. The node store's checkpoint slots are the "
         "checkpoint memory beside them."
     )
     return Table("Our processes' memory per node (measured runs)", headers, rows, note)

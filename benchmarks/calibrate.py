@@ -47,14 +47,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from benchmarks.exit_chain import ExitChainProbe
 from real.engine.shm import SHM_DIR
 from real.runtime.env import GEMINI_CALIBRATE_SCRATCH
-from real.runtime.processes import end_with_parent, free_port
+from real.runtime.processes import end_with_parent, free_port, resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -949,20 +949,31 @@ def _read_lines(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None
     lines.put("")
 
 
+class LostNodeRound(NamedTuple):
+    """One round of ``_lost_node_rounds``."""
+
+    seconds: float
+    """From the kill to the first survivor's failure."""
+    trainer_anon_bytes: int | None
+    """What the lost trainer held of its own just before the kill (``RssAnon``; None where
+    /proc does not say): the pages whose teardown the survivors wait for."""
+
+
 def _lost_node_rounds(
     options: CalibrationOptions, ranks: int, rounds: int = LOST_NODE_ROUNDS
-) -> list[float]:
+) -> list[LostNodeRound]:
     """A lost node's collective failure, ``rounds`` times: ``ranks - 1`` survivors forked
     from this warm process and, as their last rank, a trainer started as the harness starts
     one, with its node's warm spare and agent (``benchmarks.lost_node``: fresh processes,
     each owning its pages). Once they have trained together, the survivors compute beside
     an all-reduce and the node's processes are killed at once. Each round's first survivor
-    failure after the kill, s (the harness's detector probes on the first suspect record)."""
+    failure after the kill (the harness's detector probes on the first suspect record), with
+    what the lost trainer held."""
     with _rank_scratch():
-        return [s for _ in range(rounds) if (s := _lost_node_round(options, ranks)) is not None]
+        return [r for _ in range(rounds) if (r := _lost_node_round(options, ranks)) is not None]
 
 
-def _lost_node_round(options: CalibrationOptions, ranks: int) -> float | None:
+def _lost_node_round(options: CalibrationOptions, ranks: int) -> LostNodeRound | None:
     """One round of ``_lost_node_rounds``; None if no survivor's all-reduce failed."""
     port = free_port()
     node = _LostNode(options, ranks, port)
@@ -985,6 +996,7 @@ def _lost_node_round(options: CalibrationOptions, ranks: int) -> float | None:
             # injector strikes (the survivors launch their all-reduce as they leave the
             # barrier, and whenever they do it fails only once the node's sockets close).
             node.wait_for("trainer", "trained", time.monotonic() + 120)
+            held = resident_bytes(node.processes["trainer"].pid)  # ``nice`` exec'd it
             lost_at = node.kill()
             failed: list[float] = []
             while len(failed) < ranks - 1:
@@ -993,7 +1005,9 @@ def _lost_node_round(options: CalibrationOptions, ranks: int) -> float | None:
                     failed.append(report["failed_at"] or float("inf"))
     finally:
         node.close()
-    return max(0.0, min(failed) - lost_at) if min(failed) < float("inf") else None
+    if min(failed) == float("inf"):
+        return None
+    return LostNodeRound(max(0.0, min(failed) - lost_at), held["anon"] if held else None)
 
 
 ENGINE_ITERATIONS = 4
@@ -1645,11 +1659,13 @@ def measure_recovery(
     rounds = 2 if options.quick else LOST_NODE_ROUNDS
     progress(f"a lost node's collective failure on {ranks} ranks, {rounds} rounds")
     try:
-        lost_node = _lost_node_rounds(options, ranks, rounds)
+        lost_rounds = _lost_node_rounds(options, ranks, rounds)
     except (RuntimeError, TimeoutError, OSError) as error:
         # The forked rank's reading stands in: a calibration goes on without the rounds.
         log.warning("timing a lost node's collective failure failed: %s", error)
-        lost_node = []
+        lost_rounds = []
+    lost_node = [r.seconds for r in lost_rounds]
+    held = [r.trainer_anon_bytes for r in lost_rounds if r.trainer_anon_bytes is not None]
     rank0 = next(r for r in timed if r["rank"] == 0)
     vanished = next(r["vanished_at"] for r in reports if "vanished_at" in r)
     failed = [float(r["failed_at"]) for r in timed if r.get("failed_at")]
@@ -1687,6 +1703,8 @@ def measure_recovery(
             ),
             "collective_failure_rounds_s": [round(x, 6) for x in lost_node],
             "collective_failure_forked_s": round(forked_failure, 6),
+            # What the rounds' lost trainer held: the laws' teardown term subtracts it.
+            **({"lost_trainer_anon_bytes": float(statistics.median(held))} if held else {}),
             "recovery_ranks": ranks,
             "cpus": cpus,
             "world_size": world,
@@ -1775,8 +1793,9 @@ def _median_sample(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(samples, key=lambda s: float(s["micro_iteration_time_s"]))
     out = dict(ordered[len(ordered) // 2])
     for key, value in samples[0].items():
-        if isinstance(value, float):
-            out[key] = round(statistics.median(float(s[key]) for s in samples), 6)
+        if isinstance(value, float):  # of the repeats that measured it
+            found = [float(s[key]) for s in samples if isinstance(s.get(key), float)]
+            out[key] = round(statistics.median(found), 6)
     return out
 
 
@@ -1812,12 +1831,15 @@ def measure_laws(
     """Micro-measure the reference shapes and fit the laws (``analysis.calibration.fit_laws``).
 
     Each reference shape runs ``measure_recovery`` (warm ranks: a spare's join, a survivor's
-    rejoin, loading a state, the iteration profile, a collective failing, the teardown); the
+    rejoin, loading a state, the iteration profile, a collective failing, the teardown), then
+    the hop's work and the teardown's growth in a killed process's resident bytes
+    (``benchmarks.teardown.seconds_per_gib``); the
     samples and the fitted laws are returned as ``{"laws": ..., "law_samples": [...]}``.
     """
     import yaml
 
     from analysis.calibration import fit_laws, runnable_processes
+    from benchmarks.teardown import seconds_per_gib
     from shared.costs import node_checkpoint_bytes
     from shared.scenario_loader import load_scenario
 
@@ -1836,8 +1858,16 @@ def measure_laws(
                 options = CalibrationOptions(path, quick=quick, spare_warmup=False)
                 sample = measure_recovery(options, progress)
                 work = hop_work_s()
+                # How a killed process's teardown grows with what it holds: the laws carry a
+                # lost trainer's teardown from the reference shapes' to a scenario's.
+                teardown = seconds_per_gib(rounds=1 if quick else 3)
                 repeats.append(
-                    {**sample, "load_average": round(load, 2), "hop_work_s": round(work, 6)}
+                    {
+                        **sample,
+                        "load_average": round(load, 2),
+                        "hop_work_s": round(work, 6),
+                        "teardown_s_per_gib": round(teardown, 6),
+                    }
                 )
             measured = _median_sample(repeats)
             measured.update(

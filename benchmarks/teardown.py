@@ -11,7 +11,7 @@ processes (each an interpreter spinning on one core), a child touches that much 
 connects to this process over loopback TCP and is SIGKILLed; the time from the kill to the
 end of the connection here is the figure (median and range of ``--rounds``). Every child and
 spinner is ended by its owner, also on Ctrl-C, and by the kernel if this script is killed
-outright (``real.runtime.processes.end_with_parent``).
+outright (each child arms ``PR_SET_PDEATHSIG`` itself: ``ARMED``).
 
 No library times this: it is one ``kill`` and one ``recv``, written here.
 """
@@ -26,13 +26,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from real.runtime.processes import end_with_parent
 
 CHILD = r"""
 import socket, sys, time
@@ -45,14 +43,20 @@ time.sleep(600)  # until killed
 """
 
 
+ARMED = r"""
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv.pop(1)):  # its parent ended before it was armed
+    os._exit(1)
+"""
+"""What every child runs first: the kernel kills it once this process ends, so a measurement
+killed outright leaves no orphan (armed by the child itself, with no ``preexec_fn``, so the
+calibration may call ``teardown_s`` beside its threads)."""
+
+
 def _owned(code: str, *args: str) -> subprocess.Popen[bytes]:
-    """``python -c CODE ARGS``, SIGKILLed by the kernel if this process ends first (this
-    script runs no threads, so ``preexec_fn`` is safe here)."""
-    parent = os.getpid()
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        preexec_fn=lambda: end_with_parent(signal.SIGKILL, parent),
-    )
+    """``python -c CODE ARGS``, SIGKILLed by the kernel if this process ends first."""
+    return subprocess.Popen([sys.executable, "-c", ARMED + code, str(os.getpid()), *args])
 
 
 SETTLE_S = 0.2
@@ -81,6 +85,30 @@ def teardown_s(rss_mb: int) -> float:
             if child.poll() is None:
                 child.kill()
             child.wait()
+
+
+SLOPE_SIZES_MB = (64, 512)
+"""The two resident sizes whose teardowns ``seconds_per_gib`` compares: the smaller holds
+about what an interpreter without torch does, the larger about what a harness node's trainer
+and warm spare hold together."""
+
+
+def seconds_per_gib(
+    sizes_mb: tuple[int, int] = SLOPE_SIZES_MB,
+    rounds: int = 3,
+    measure: Callable[[int], float] = teardown_s,
+) -> float:
+    """How much later a killed process's connection closes per GiB it holds resident: the
+    difference of the median teardowns (``measure``, ``rounds`` each) of the two sizes over
+    the difference of their sizes; never negative (a noisy pair reads as no slope). The
+    calibration's law of a lost node's collective failure takes its teardown rate from it
+    (``analysis.calibration.fit_laws``)."""
+    small, large = sizes_mb
+    if not 0 <= small < large or rounds < 1:
+        raise ValueError(f"need 0 <= small < large sizes and rounds >= 1, got {sizes_mb}, {rounds}")
+    first = statistics.median(measure(small) for _ in range(rounds))
+    second = statistics.median(measure(large) for _ in range(rounds))
+    return max(0.0, (second - first) * 1024 / (large - small))
 
 
 @contextmanager

@@ -16,7 +16,9 @@ Two kinds record the checkpoint policy's choices (``shared.adaptive``, ``shared.
 
 ``node_memory`` (the real harness only) is what a node's processes of ours hold in memory at
 the job's end: ``agent``, ``store`` and each warm ``spares`` entry, each ``anon``, ``file``
-and ``shmem`` bytes (``real.runtime.processes.resident_bytes``).
+and ``shmem`` bytes (``real.runtime.processes.resident_bytes``). ``trainer_memory`` (the real
+harness only) is what a trainer holds, the same three figures, as it ends its last iteration,
+its state and checkpoint engine still in hand.
 
 Times are seconds since the run started (simulated seconds in the simulator, wall seconds in
 the real harness).
@@ -56,6 +58,7 @@ EventKind = Literal[
     "training_resumed",
     "root_elected",
     "node_memory",
+    "trainer_memory",
     "run_finished",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))

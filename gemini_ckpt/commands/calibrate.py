@@ -201,9 +201,11 @@ def command(
 def profile_run(scenario: Path, overrides: tuple[str, ...], directory: Path) -> dict[str, Any]:
     """A failure-free run of the scenario by the real harness (``gemini-ckpt real``, failures
     removed, ``PROFILE_ITERATIONS`` iterations, in a temporary folder under ``directory``):
-    its median iteration (with the strategy's checkpoint) and step (without), and the other
-    jobs' runnable processes as it started (the laws rescale the iteration to the load of the
-    moment a prediction is made)."""
+    its median iteration (with the strategy's checkpoint) and step (without), what a trainer
+    held of its own as it ended (the median over the ranks: a lost trainer's teardown, which
+    its survivors wait for, grows with it), and the other jobs' runnable processes as it
+    started (the laws rescale the iteration to the load of the moment a prediction is
+    made)."""
     import subprocess
     import sys
     import tempfile
@@ -227,9 +229,11 @@ def profile_run(scenario: Path, overrides: tuple[str, ...], directory: Path) -> 
             summary = load_run(out).summary
         except RunFolderError as error:
             raise click.ClickException(f"the profile run left no summary: {error}") from error
+    trainer = (summary.extra.get("node_memory") or {}).get("trainer") or {}
     return {
         "run_iteration_time_s": round(summary.iteration_time_s, 6),
         "run_step_s": round(summary.iteration_time_no_ckpt_s or summary.iteration_time_s, 6),
+        **({"run_trainer_anon_bytes": int(trainer["anon"])} if "anon" in trainer else {}),
         "iterations": PROFILE_ITERATIONS,
         "background": round(background, 2),
     }

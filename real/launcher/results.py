@@ -122,9 +122,11 @@ def node_memory(events: Sequence[Event]) -> dict[str, Any] | None:
     warm spare the largest (a spare still starting holds less), each as ``anon`` (its own
     pages) and ``file`` (mapped files: libraries, which every process mapping them shares)
     bytes. The store's shared memory is left out: it is the checkpoint memory, reported on its
-    own. None when no node reported (the simulator, or a run of an older harness)."""
+    own. A trainer (``trainer_memory``, as it ends its last iteration): the median over the
+    ranks. None when nothing reported (the simulator, or a run of an older harness)."""
     reports = [e.details for e in events if e.kind == "node_memory"]
-    if not reports:
+    trainers = [e.details for e in events if e.kind == "trainer_memory"]
+    if not reports and not trainers:
         return None
 
     def own(entry: Any) -> tuple[int, int] | None:
@@ -147,6 +149,12 @@ def node_memory(events: Sequence[Event]) -> dict[str, Any] | None:
         largest = max(spares, key=sum)
         out["spare"] = {"anon": largest[0], "file": largest[1]}
         out["spares_per_node"] = statistics.median(len(entries) for entries in lists)
+    held = [m for m in (own(t) for t in trainers) if m is not None]
+    if held:
+        out["trainer"] = {
+            "anon": statistics.median(m[0] for m in held),
+            "file": statistics.median(m[1] for m in held),
+        }
     return out
 
 

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from real.engine.api import Checkpointer, LiveState, Restored
 from real.engine.eventlog import RUN_DIR_ENV, RUN_T0_ENV, EventLog
 from real.runtime.env import GEMINI_FAILURE, GEMINI_NODE
+from real.runtime.processes import resident_bytes
 from real.runtime.procgroup import leave_process_group
 from real.trainer.inject import CrashPoint, crash_point_from_env, maybe_crash
 from real.trainer.inprocess import (
@@ -428,6 +429,11 @@ class _Job:
                 self.tags,
             )
             finished = True
+            # What a trainer holds as it trains (its state, the engine's mappings): the
+            # calibration's law of a lost node's detection takes it from a profile run.
+            held = resident_bytes(os.getpid())
+            if held is not None:
+                events.emit("trainer_memory", **held, **self.tags)
         finally:
             checkpointer.close(abandon=not finished)
             del checkpointer

@@ -440,6 +440,9 @@ def test_summary_reports_memory_and_step_time(node_failures: RealResult) -> None
         assert footprint[role]["anon"] > 1e6 and footprint[role]["file"] > 1e6, role
     assert footprint["spare"]["anon"] + footprint["spare"]["file"] > 50e6  # torch imported
     assert footprint["spares_per_node"] >= 1
+    # Every trainer that ended its last iteration said what it held: torch, its state and
+    # the engine's mappings (the calibration's law of a lost node's detection reads it).
+    assert footprint["trainer"]["anon"] > 50e6 and footprint["trainer"]["file"] > 1e6
 
 
 # Slow (42-50 s): etcd's election, leases and watches are in the default run already

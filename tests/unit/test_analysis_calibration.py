@@ -446,6 +446,62 @@ def test_fitting_needs_two_shapes() -> None:
         fit_laws(REFERENCE[:1], cpus=2)
 
 
+GIB = float(1 << 30)
+
+
+def _torn_down(sample: dict[str, object], held_gib: float, rate: float = 0.06) -> dict[str, object]:
+    """``sample`` whose lost trainer held ``held_gib`` GiB, torn down at ``rate`` s per GiB
+    on an idle machine: its round waits for that beyond ``0.03 + 0.01 x share``, and the
+    teardown's timing reads the rate times the share of one process beside its background."""
+    ranks, background = float(sample["ranks"]), float(sample["load_average"])  # type: ignore[arg-type]
+    share = max(1.0, (ranks + background) / 2)
+    alone = max(1.0, (1 + background) / 2)
+    return {
+        **sample,
+        "collective_failure_s": 0.03 + 0.01 * share + held_gib * rate * share,
+        "lost_trainer_anon_bytes": held_gib * GIB,
+        "teardown_s_per_gib": rate * alone,
+    }
+
+
+def test_a_lost_trainers_teardown_grows_with_what_it_holds() -> None:
+    from analysis.calibration import configuration, fit_laws, law_costs, scenario_overrides
+
+    held = (0.30, 0.34, 0.32)  # the reference shapes' trainers, GiB
+    samples = [_torn_down(s, h) for s, h in zip(REFERENCE, held, strict=True)]
+    laws = fit_laws(samples, cpus=2)
+    assert laws["collective_failure_s"] == pytest.approx(
+        {"f0": 0.03, "f1": 0.01, "teardown_s_per_gib": 0.06, "held_gib": 0.32}, rel=1e-6
+    )
+    path = REPO / "scenarios" / "validation" / "v02-large-hardware-ring.yaml"
+    large = load_scenario(path)  # 4 ranks on 2 CPUs, 1 other process: a share of 2.5
+    without = law_costs(laws, large, background=1)["collective_failure_s"]
+    assert without == pytest.approx(0.03 + 0.01 * 2.5 + 0.32 * 0.06 * 2.5, rel=1e-6)
+    bigger = law_costs(laws, large, background=1, held_bytes=0.5 * GIB)["collective_failure_s"]
+    assert bigger == pytest.approx(0.03 + 0.01 * 2.5 + 0.5 * 0.06 * 2.5, rel=1e-6)
+    # A run profile of this configuration and strategy says what its trainer holds.
+    profile = {
+        "configuration": configuration(large),
+        "strategy": large.checkpoint.strategy,
+        "run_iteration_time_s": 0.2,
+        "run_trainer_anon_bytes": 0.5 * GIB,
+        "background": 1.0,
+    }
+    calibration = _law_calibration(laws=laws)
+    calibration["profile"] = profile
+
+    def failure(document: dict[str, object]) -> float:
+        overrides = scenario_overrides(document, large, 1.0)
+        return load_scenario(path, overrides).detection.collective_failure_s
+
+    assert failure(calibration) == pytest.approx(bigger, rel=1e-4)
+    other = {**calibration, "profile": {**profile, "strategy": "persistent"}}
+    assert failure(other) == pytest.approx(without, rel=1e-4)  # another strategy's trainer
+    # Reference samples without the teardown's timing fit the law without its term.
+    untimed = [{k: v for k, v in s.items() if k != "teardown_s_per_gib"} for s in samples]
+    assert set(fit_laws(untimed, cpus=2)["collective_failure_s"]) == {"f0", "f1"}
+
+
 def _law_calibration(**extra: object) -> dict[str, object]:
     from analysis.calibration import fit_laws
 

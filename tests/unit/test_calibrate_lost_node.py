@@ -1,6 +1,7 @@
 """The calibration's lost node (``benchmarks.calibrate._lost_node_rounds``): its agent, a trainer
 and its warm spare started as fresh processes, trained with a forked survivor, then killed; the
-survivor's all-reduce fails, the round times it, and nothing of the node is left. A node whose
+survivor's all-reduce fails, the round times it and what the trainer held, and nothing of the
+node is left. A node whose
 process cannot start says why."""
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ calibrate._LostNode.__init__ = recorded
 calibrate._warm_up_torch()
 options = calibrate.CalibrationOptions(scenario=Path(sys.argv[1]), overrides=tuple(sys.argv[2:]))
 try:
-    out = {"seconds": calibrate._lost_node_rounds(options, 2, rounds=1)}
+    rounds = calibrate._lost_node_rounds(options, 2, rounds=1)
+    out = {"seconds": [r.seconds for r in rounds], "held": [r.trainer_anon_bytes for r in rounds]}
 except RuntimeError as error:
     out = {"error": str(error)}
 print(json.dumps({**out, "pids": started}), flush=True)
@@ -67,6 +69,11 @@ def test_a_lost_nodes_round_times_the_survivors_failure_and_leaves_nothing() -> 
     seconds = got["seconds"]
     assert isinstance(seconds, list) and len(seconds) == 1
     assert 0.0 < seconds[0] < 30.0
+    # What the lost trainer held of its own as it was killed: an interpreter with torch and
+    # the scenario's model, state and engine (about 300 MB here), never a forked rank's share.
+    held = got["held"]
+    assert isinstance(held, list) and len(held) == 1
+    assert isinstance(held[0], int) and 100 << 20 < held[0] < 4 << 30
     pids = got["pids"]
     assert isinstance(pids, list) and len(pids) == 3  # the agent, the spare and the trainer
     assert not [pid for pid in pids if pid_alive(pid)]

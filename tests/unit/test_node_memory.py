@@ -62,18 +62,27 @@ def test_the_summary_takes_medians_over_nodes_and_the_largest_spare() -> None:
             (2, 130, 50, []),
         )
     ]
+    trainers = [
+        Event(0.9, "trainer_memory", node=n, rank=n, details=entry(a, 120))
+        for n, a in ((0, 300), (1, 340), (2, 310))
+    ]
     other = Event(0.5, "iteration_end", node=0, details={"duration_s": 0.1})
-    footprint = node_memory([other, *reports])
+    footprint = node_memory([other, *trainers, *reports])
     assert footprint == {
         "nodes": 3,
         "agent": {"anon": 100 * MB, "file": 100 * MB},
         "store": {"anon": 31 * MB, "file": 40 * MB},
         "spare": {"anon": 210 * MB, "file": 150 * MB},
         "spares_per_node": 1,
+        "trainer": {"anon": 310 * MB, "file": 120 * MB},  # the median over the ranks
     }
-    assert node_memory([other]) is None  # no agent reported (the simulator)
+    assert "trainer" not in node_memory([other, *reports])  # type: ignore[operator]
+    assert node_memory([other]) is None  # nothing reported (the simulator)
     gone = Event(1.0, "node_memory", node=3, details={"agent": None, "spares": []})
     assert node_memory([gone]) == {"nodes": 1}
+    # A trainer alone (its node's agent gone before it reported) still says what it held.
+    alone = node_memory(trainers[:1])
+    assert alone == {"nodes": 0, "trainer": {"anon": 300 * MB, "file": 120 * MB}}
 
 
 def test_the_report_lists_the_runs_that_measured_it(tmp_path: Path) -> None:
@@ -86,6 +95,7 @@ def test_the_report_lists_the_runs_that_measured_it(tmp_path: Path) -> None:
         "agent": {"anon": 120e6, "file": 130e6},
         "store": {"anon": 30e6, "file": 40e6},
         "spares_per_node": 1,
+        "trainer": {"anon": 310e6, "file": 125e6},
     }
     table = memory_table([run("sim-gemini", {}), run("real-gemini", {"node_memory": footprint})])
     assert table is not None
@@ -96,6 +106,7 @@ def test_the_report_lists_the_runs_that_measured_it(tmp_path: Path) -> None:
         "30.0 MB + 40.0 MB",
         "-",
         "1",
+        "310.0 MB + 125.0 MB",
         "46.0 MB",
     ]
     assert memory_table([run("sim-gemini", {})]) is None

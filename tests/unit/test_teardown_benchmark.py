@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 from running import ends_with_its_owner, live_descendants
 
 import benchmarks.teardown as teardown
@@ -47,3 +48,41 @@ def test_a_spinner_ends_when_the_script_is_killed_outright() -> None:
     owner.stdout.readline()  # the spinner runs
     (spinner,) = psutil.Process(owner.pid).children()
     assert ends_with_its_owner(owner, spinner.pid)
+
+
+def test_the_slope_is_the_median_teardowns_difference_per_gib() -> None:
+    times = {64: [0.010, 0.012, 0.030], 512: [0.041, 0.040, 0.050]}  # one late round each
+    calls: list[int] = []
+
+    def measure(size_mb: int) -> float:
+        calls.append(size_mb)
+        return times[size_mb][calls.count(size_mb) - 1]
+
+    slope = teardown.seconds_per_gib(rounds=3, measure=measure)
+    assert calls == [64, 64, 64, 512, 512, 512]
+    assert slope == pytest.approx((0.041 - 0.012) * 1024 / 448)  # the medians'
+    # Noise that reads a smaller teardown for more memory is no slope, not a negative one.
+    assert teardown.seconds_per_gib((1, 2), 1, lambda mb: 0.01 / mb) == 0.0
+    with pytest.raises(ValueError, match="small < large"):
+        teardown.seconds_per_gib((64, 64))
+
+
+def test_a_child_arms_its_own_end_with_no_preexec_fn() -> None:
+    # The calibration times teardowns beside its threads, where ``preexec_fn`` is unsafe.
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, time, benchmarks.teardown as t\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "child = t._owned('import time; time.sleep(60)')\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert owner.stdout is not None
+    child = int(owner.stdout.readline())
+    assert ends_with_its_owner(owner, child)
