@@ -742,7 +742,7 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
     # A constant until 2026-12-07; a law in the share since, after seeing the validation's
     # 8-node lost node under-predicted by a third (docs/analysis.md, "A lost node's
     # collective failure in the CPU share").
-    # Since 2026-12-07 21:00 UTC (after seeing the lost nodes of larger trainers
+    # Since 2026-12-07 21:27 UTC (after seeing the lost nodes of larger trainers
     # under-predicted the most: docs/analysis.md, "A lost trainer's teardown in its bytes")
     # the teardown of what the lost trainer holds is a term of its own, its rate timed apart,
     # so that a scenario whose trainer holds more than the reference shapes' waits longer.
@@ -848,7 +848,7 @@ def law_costs(
     failure = laws.get("collective_failure_s")
     if isinstance(failure, Mapping):
         out["collective_failure_s"] = float(failure["f0"]) + float(failure["f1"]) * share
-        if "teardown_s_per_gib" in failure:  # calibrations since 2026-12-07 21:00 UTC
+        if "teardown_s_per_gib" in failure:  # calibrations since 2026-12-07 21:27 UTC
             held = held_bytes / GIB if held_bytes else float(failure["held_gib"])
             out["collective_failure_s"] += held * float(failure["teardown_s_per_gib"]) * share
     elif isinstance(failure, int | float):  # calibrations before 2026-12-07: a constant
