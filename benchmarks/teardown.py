@@ -45,7 +45,9 @@ time.sleep(600)  # until killed
 
 ARMED = r"""
 import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+if prctl is not None:
+    prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 if os.getppid() != int(sys.argv.pop(1)):  # its parent ended before it was armed
     os._exit(1)
 """
