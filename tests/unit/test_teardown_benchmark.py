@@ -30,23 +30,26 @@ def test_a_spinner_ends_with_its_owner() -> None:
     assert not any(psutil.pid_exists(pid) for pid, _ in spinning)
 
 
-def test_a_spinner_ends_when_the_script_is_killed_outright() -> None:
+def _owner(code: str) -> tuple[subprocess.Popen[str], str]:
+    """A script of ``code`` run from the repository, and the first line it prints."""
     owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time, benchmarks.teardown as t\n"
-            "with t.busy(1):\n"
-            "    print('spinning', flush=True)\n"
-            "    time.sleep(60)\n",
-        ],
+        [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert owner.stdout is not None
-    owner.stdout.readline()  # the spinner runs
-    (spinner,) = psutil.Process(owner.pid).children()
+    return owner, owner.stdout.readline()
+
+
+def test_a_spinner_ends_when_the_script_is_killed_outright() -> None:
+    owner, _ = _owner(
+        "import time, benchmarks.teardown as t\n"
+        "with t.busy(1):\n"
+        "    print('spinning', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    (spinner,) = psutil.Process(owner.pid).children()  # it runs
     assert ends_with_its_owner(owner, spinner.pid)
 
 
@@ -69,20 +72,11 @@ def test_the_slope_is_the_median_teardowns_difference_per_gib() -> None:
 
 def test_a_child_arms_its_own_end_with_no_preexec_fn() -> None:
     # The calibration times teardowns beside its threads, where ``preexec_fn`` is unsafe.
-    owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import threading, time, benchmarks.teardown as t\n"
-            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
-            "child = t._owned('import time; time.sleep(60)')\n"
-            "print(child.pid, flush=True)\n"
-            "time.sleep(60)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
+    owner, child = _owner(
+        "import threading, time, benchmarks.teardown as t\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "child = t._owned('import time; time.sleep(60)')\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
     )
-    assert owner.stdout is not None
-    child = int(owner.stdout.readline())
-    assert ends_with_its_owner(owner, child)
+    assert ends_with_its_owner(owner, int(child))
