@@ -757,20 +757,17 @@ def fit_laws(samples: Sequence[Mapping[str, Any]], cpus: int) -> dict[str, Any]:
         for s in samples
         if isinstance(s.get("teardown_s_per_gib"), int | float)
     ]
-    held = [s.get("lost_trainer_anon_bytes") for _, _, s in failures]
+    held: list[Any] = [s.get("lost_trainer_anon_bytes") for _, _, s in failures]
     teardown = bool(rates) and all(isinstance(h, int | float) for h in held)
+    held_gib = [float(h) / GIB for h in held] if teardown else [0.0] * len(failures)
     rate = statistics.median(rates) if teardown else 0.0
     if len(failures) >= 2:
-        beyond = [
-            f - (float(s["lost_trainer_anon_bytes"]) / GIB * rate * x if teardown else 0.0)
-            for x, f, s in failures
-        ]
+        beyond = [f - g * rate * x for (x, f, _), g in zip(failures, held_gib, strict=True)]
         f0, f1 = _nonnegative_fit([[1, x] for x, _, _ in failures], beyond)
         laws["collective_failure_s"] = {"f0": f0, "f1": f1}
         if teardown:
             laws["collective_failure_s"].update(
-                teardown_s_per_gib=rate,
-                held_gib=statistics.median(float(h) for h in held) / GIB,  # type: ignore[arg-type]
+                teardown_s_per_gib=rate, held_gib=statistics.median(held_gib)
             )
     compute, communication = [], []
     for s in samples:

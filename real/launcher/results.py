@@ -134,14 +134,19 @@ def node_memory(events: Sequence[Event]) -> dict[str, Any] | None:
             return None
         return int(entry.get("anon", 0)), int(entry.get("file", 0))
 
+    def median(entries: Sequence[Any]) -> dict[str, float] | None:
+        found = [m for m in map(own, entries) if m is not None]
+        if not found:
+            return None
+        return {
+            "anon": statistics.median(m[0] for m in found),
+            "file": statistics.median(m[1] for m in found),
+        }
+
     out: dict[str, Any] = {"nodes": len(reports)}
     for role in ("agent", "store"):
-        found = [m for m in (own(r.get(role)) for r in reports) if m is not None]
-        if found:
-            out[role] = {
-                "anon": statistics.median(m[0] for m in found),
-                "file": statistics.median(m[1] for m in found),
-            }
+        if (found := median([r.get(role) for r in reports])) is not None:
+            out[role] = found
     per_node = [r.get("spares") for r in reports]
     lists = [entries if isinstance(entries, list) else [] for entries in per_node]
     spares = [m for entries in lists for m in (own(s) for s in entries) if m is not None]
@@ -149,12 +154,8 @@ def node_memory(events: Sequence[Event]) -> dict[str, Any] | None:
         largest = max(spares, key=sum)
         out["spare"] = {"anon": largest[0], "file": largest[1]}
         out["spares_per_node"] = statistics.median(len(entries) for entries in lists)
-    held = [m for m in (own(t) for t in trainers) if m is not None]
-    if held:
-        out["trainer"] = {
-            "anon": statistics.median(m[0] for m in held),
-            "file": statistics.median(m[1] for m in held),
-        }
+    if (held := median(trainers)) is not None:
+        out["trainer"] = held
     return out
 
 
