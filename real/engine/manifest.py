@@ -377,11 +377,12 @@ def seal(manifest: Manifest, data: memoryview) -> None:
 class BlockHasher:
     """The block checksums of a shard, computed from its pieces as they pass by.
 
-    A sender hashes each piece right before it sends it, a receiver right after the kernel
-    wrote it into place: the bytes are hashed while they are in cache, in the same pass that
-    moves them, instead of in a pass of their own. Pieces of one block must come in order to be
-    hashed on the fly (xxh3's streaming state); a block whose pieces come out of order, or
-    twice, is hashed from the data at :meth:`finish`, so the result is always right.
+    A sender hashes each piece right after the kernel copied it into the socket, a receiver
+    right after the kernel wrote it into place: the bytes are hashed while they are in cache,
+    in the same pass that moves them, instead of in a pass of their own. Pieces of one block
+    must come in order to be hashed on the fly (xxh3's streaming state); a block whose pieces
+    come out of order, or twice, is hashed from the data at :meth:`finish`, so the result is
+    always right.
 
     Args:
         data_bytes, block_bytes: the shard's size and block size (the manifest's).

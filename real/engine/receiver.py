@@ -5,7 +5,7 @@ any number of ``put_chunk`` frames (each a byte range of the data) and ``put_end
 manifest: block and shard checksums). Each chunk is received straight into the replica slot in
 pieces that end at block boundaries, and each piece is hashed (xxh3_64, streaming per 1 MiB
 block) right after the kernel wrote it, from cache: every byte is received and hashed in one
-pass. The sender hashed the same bytes the same way right before sending them, so neither side
+pass. The sender hashed the same bytes the same way right after sending them, so neither side
 makes a checksum pass of its own. Both manifests must carry the job's MAC
 (:mod:`real.engine.manifest`) and describe the same shard: a store keeps only replicas its job
 wrote. The replica is *prepared* when every byte arrived and every block and the shard checksum

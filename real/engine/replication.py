@@ -349,8 +349,9 @@ class ReplicationManager:
     def _finish(self, captured: Captured, *, flushing: bool) -> bool:
         started = time.perf_counter()
         # put_begin carries the layout (signed): the first byte goes out before any hashing.
-        # The first send hashes each piece right before it goes out (one pass over the bytes);
-        # then the manifest is sealed, written to the local slot and sent at each put_end.
+        # The first send hashes each piece right after it went out, from cache (one pass over
+        # the bytes); then the manifest is sealed, written to the local slot and sent at each
+        # put_end.
         layout_raw = captured.layout_raw  # signed at capture, as in the slot
         sealed: list[bytes] = []
         if not self.peers:
@@ -597,7 +598,7 @@ class ReplicationManager:
         """Stream one replica to ``peer``; returns the bytes sent outside idle spans.
 
         ``sealed`` holds the sealed manifest once a send has hashed the data; while it is
-        empty, this send hashes every piece right before it goes out and seals at the end.
+        empty, this send hashes every piece right after it went out and seals at the end.
         """
         costs = self.costs
         client = self._client(peer)
