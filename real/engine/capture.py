@@ -35,7 +35,7 @@ import xxhash
 
 from real.engine.client import StoreClient
 from real.engine.costs import Costs
-from real.engine.manifest import Manifest, TensorEntry, block_count, dtype_of, layout
+from real.engine.manifest import Manifest, TensorEntry, block_count, layout, tensor_views
 from real.engine.shm import Slot, in_progress_index, next_generation
 from real.engine.state import flatten_state
 from shared.errors import NodeStoreError
@@ -333,13 +333,7 @@ class Capturer:
         cached = self._views.get(key)
         if cached is not None:
             return cached
-        data = slot.data_tensor(manifest.data_bytes)
-        views: list[torch.Tensor | None] = [
-            data[t.offset : t.offset + t.nbytes].view(dtype_of(t.dtype)).view(t.shape)
-            if t.nbytes
-            else None
-            for t in manifest.tensors
-        ]
+        views = tensor_views(manifest.tensors, slot.data_tensor(manifest.data_bytes))
         self._views = {k: v for k, v in self._views.items() if k[0] != key[0]}
         self._views[key] = views
         return views

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from real.engine import protocol
-from real.engine.manifest import Manifest, layout, seal, tensors_from, verify
+from real.engine.manifest import (
+    Manifest,
+    TensorEntry,
+    layout,
+    seal,
+    tensor_views,
+    tensors_from,
+    verify,
+)
 from shared.errors import ProtocolError, VerificationError
 
 
@@ -50,6 +58,36 @@ def test_round_trip_is_bitwise_for_every_dtype_and_shape() -> None:
         assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape
         assert torch.equal(back[name], tensor), name
     assert all(entry.offset % 64 == 0 for entry in parsed.tensors)
+
+
+def test_views_of_the_data_are_those_of_a_slice_typed_and_shaped() -> None:
+    """``tensor_views`` (one ``as_strided`` per tensor) gives the views that slicing the
+    region and viewing the slice as the entry's dtype and shape gives: same memory, shape,
+    strides and dtype, writes landing in the region; a region that starts inside a larger
+    buffer too; an entry off its element size or outside the region is refused."""
+    tensors = {**_state(), "cube": torch.randn(2, 1, 3), "one": torch.ones(1, 1)}
+    manifest, data = _packed(tensors)
+    for region in (data, torch.zeros(manifest.data_bytes + 64, dtype=torch.uint8)[64:]):
+        region.copy_(data)
+        views = tensor_views(manifest.tensors, region)
+        for entry, view in zip(manifest.tensors, views, strict=True):
+            if not entry.nbytes:
+                assert view is None
+                continue
+            sliced = region[entry.offset : entry.offset + entry.nbytes]
+            want = sliced.view(tensors[entry.name].dtype).view(entry.shape)
+            assert view is not None and view.dtype == want.dtype
+            assert (view.shape, view.stride()) == (want.shape, want.stride()), entry.name
+            assert view.data_ptr() == want.data_ptr() and torch.equal(view, want)
+        names = [entry.name for entry in manifest.tensors]
+        ids = views[names.index("ids")]
+        assert ids is not None
+        ids[3] = -5  # a view writes into the region
+        assert tensors_from(manifest, region, copy=True)["ids"][3] == -5
+    with pytest.raises(VerificationError, match="not aligned"):
+        tensor_views([TensorEntry("odd", "float32", (2,), 2, 8)], data)
+    with pytest.raises(RuntimeError):  # a view must lie inside the region's storage
+        tensor_views([TensorEntry("far", "float32", (4,), 0, 16)], data[:8].clone())
 
 
 def test_the_encoded_layout_is_reused_and_the_json_is_the_plain_encoding() -> None:
